@@ -1,0 +1,243 @@
+/*
+ * base.c — status strings, the per-thread error detail, the logger, element
+ * type tables, half-precision conversion and a few process utilities.
+ */
+#define _GNU_SOURCE
+#include "base.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+/* ---------------------------------------------------------------- status */
+
+static const char *const status_names[SHOAL_STATUS_COUNT] = {
+    [SHOAL_OK] = "ok",
+    [SHOAL_INVALID] = "invalid argument",
+    [SHOAL_NOMEM] = "out of memory",
+    [SHOAL_IO] = "I/O error",
+    [SHOAL_FORMAT] = "malformed input",
+    [SHOAL_UNSUPPORTED] = "unsupported",
+    [SHOAL_CUDA] = "CUDA error",
+    [SHOAL_COMM] = "communication error",
+    [SHOAL_REMOTE] = "another rank failed",
+    [SHOAL_TIMEOUT] = "timed out",
+    [SHOAL_INTERNAL] = "internal error",
+};
+
+const char *shoal_status_str(shoal_status s) {
+    if ((unsigned)s >= SHOAL_STATUS_COUNT) return "unknown status";
+    return status_names[s];
+}
+
+/* Per thread, like errno: see base.h. */
+static _Thread_local char error_detail[1024];
+
+shoal_status shoal_errorf(shoal_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(error_detail, sizeof error_detail, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+void shoal_error_prefix(const char *fmt, ...) {
+    char prefix[512], old[sizeof error_detail];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, error_detail, sizeof old);
+    size_t n = strlen(prefix);
+    if (n + 2 >= sizeof error_detail) n = sizeof error_detail - 3;
+    memcpy(error_detail, prefix, n);
+    memcpy(error_detail + n, ": ", 2);
+    size_t rest = sizeof error_detail - n - 3;
+    size_t olen = strnlen(old, rest);
+    memcpy(error_detail + n + 2, old, olen);
+    error_detail[n + 2 + olen] = 0;
+}
+
+const char *shoal_last_error(void) { return error_detail; }
+void shoal_error_clear(void) { error_detail[0] = 0; }
+
+/* ----------------------------------------------------------------- logging */
+
+/* Written once by shoal_log_init() before threads start; read-only after. */
+static struct {
+    enum shoal_log_level level;
+    int rank;
+    char debug[256]; /* ",comm,offload," or ",all," */
+} log_cfg = { SHOAL_LOG_INFO, 0, "" };
+
+void shoal_log_init(enum shoal_log_level level, int rank, const char *debug_subsystems) {
+    log_cfg.level = level;
+    log_cfg.rank = rank;
+    log_cfg.debug[0] = 0;
+    if (debug_subsystems && *debug_subsystems) {
+        snprintf(log_cfg.debug, sizeof log_cfg.debug, ",%s,", debug_subsystems);
+        if (log_cfg.level < SHOAL_LOG_DEBUG) log_cfg.level = SHOAL_LOG_DEBUG;
+    }
+}
+
+int shoal_log_enabled(enum shoal_log_level level, const char *subsystem) {
+    if (level > log_cfg.level) return 0;
+    if (level < SHOAL_LOG_DEBUG) return 1;
+    if (!log_cfg.debug[0] || strstr(log_cfg.debug, ",all,")) return log_cfg.level >= SHOAL_LOG_DEBUG;
+    char key[64];
+    snprintf(key, sizeof key, ",%s,", subsystem ? subsystem : "");
+    return strstr(log_cfg.debug, key) != NULL;
+}
+
+void shoal_log(enum shoal_log_level level, const char *subsystem, const char *fmt, ...) {
+    static const char *const tags[] = { "error", "warn", "info", "debug" };
+    if (!shoal_log_enabled(level, subsystem)) return;
+    char line[2048];
+    int n = snprintf(line, sizeof line, "[rank %d %s %s] ", log_cfg.rank, tags[level],
+                     subsystem ? subsystem : "-");
+    va_list ap;
+    va_start(ap, fmt);
+    if (n > 0 && (size_t)n < sizeof line) vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    /* One write per line so that lines from ranks and threads do not interleave. */
+    fprintf(stderr, "%s\n", line);
+}
+
+/* ------------------------------------------------------------ element types */
+
+static const struct shoal_dtype_info dtype_table[SHOAL_DTYPE_MAX] = {
+    [SHOAL_DTYPE_F32] = { "f32", 1, 4, 1 },
+    [SHOAL_DTYPE_F16] = { "f16", 1, 2, 1 },
+    [SHOAL_DTYPE_Q4_0] = { "q4_0", 32, 18, 1 },
+    [SHOAL_DTYPE_Q4_1] = { "q4_1", 32, 20, 0 },
+    [SHOAL_DTYPE_Q5_0] = { "q5_0", 32, 22, 0 },
+    [SHOAL_DTYPE_Q5_1] = { "q5_1", 32, 24, 0 },
+    [SHOAL_DTYPE_Q8_0] = { "q8_0", 32, 34, 1 },
+    [SHOAL_DTYPE_Q8_1] = { "q8_1", 32, 36, 0 },
+    [SHOAL_DTYPE_Q2_K] = { "q2_k", 256, 84, 0 },
+    [SHOAL_DTYPE_Q3_K] = { "q3_k", 256, 110, 0 },
+    [SHOAL_DTYPE_Q4_K] = { "q4_k", 256, 144, 0 },
+    [SHOAL_DTYPE_Q5_K] = { "q5_k", 256, 176, 0 },
+    [SHOAL_DTYPE_Q6_K] = { "q6_k", 256, 210, 0 },
+    [SHOAL_DTYPE_Q8_K] = { "q8_k", 256, 292, 0 },
+    [SHOAL_DTYPE_I8] = { "i8", 1, 1, 0 },
+    [SHOAL_DTYPE_I16] = { "i16", 1, 2, 0 },
+    [SHOAL_DTYPE_I32] = { "i32", 1, 4, 0 },
+    [SHOAL_DTYPE_I64] = { "i64", 1, 8, 0 },
+    [SHOAL_DTYPE_F64] = { "f64", 1, 8, 0 },
+    [SHOAL_DTYPE_BF16] = { "bf16", 1, 2, 1 },
+};
+
+const struct shoal_dtype_info *shoal_dtype_info(int type) {
+    if (type < 0 || type >= SHOAL_DTYPE_MAX || !dtype_table[type].name) return NULL;
+    return &dtype_table[type];
+}
+
+const char *shoal_dtype_name(int type) {
+    static const char *const unknown = "unknown type";
+    const struct shoal_dtype_info *ti = shoal_dtype_info(type);
+    return ti ? ti->name : unknown;
+}
+
+int shoal_dtype_from_name(const char *name) {
+    for (int t = 0; t < SHOAL_DTYPE_MAX; t++)
+        if (dtype_table[t].name && strcasecmp(dtype_table[t].name, name) == 0) return t;
+    return -1;
+}
+
+size_t shoal_dtype_row_bytes(int type, int64_t n) {
+    const struct shoal_dtype_info *ti = shoal_dtype_info(type);
+    if (!ti || n < 0 || n % ti->block) return 0;
+    return (size_t)(n / ti->block) * (size_t)ti->block_bytes;
+}
+
+/* ------------------------------------------------------- half precision */
+
+float shoal_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    union { uint32_t u; float f; } v;
+    if (exp == 0x1f) {
+        v.u = sign | 0x7f800000u | (mant << 13); /* inf or NaN */
+    } else if (exp == 0) {
+        /* zero or subnormal: mant * 2^-24, exact in f32 */
+        v.f = (float)mant * (1.0f / 16777216.0f);
+        v.u |= sign;
+    } else {
+        v.u = sign | ((exp + 112) << 23) | (mant << 13);
+    }
+    return v.f;
+}
+
+uint16_t shoal_f32_to_f16(float f) {
+    union { float f; uint32_t u; } v = { .f = f };
+    uint32_t sign = (v.u >> 16) & 0x8000;
+    uint32_t abs = v.u & 0x7fffffff;
+    if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | ((abs >> 13) & 0x3ff)); /* NaN */
+    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* rounds to >= 65520: inf */
+    if (abs < 0x38800000u) {
+        /* subnormal in f16 (or zero): value / 2^-24, rounded to nearest even */
+        union { uint32_t u; float f; } a = { .u = abs };
+        float scaled = a.f * 16777216.0f; /* exact: a power-of-two scale */
+        uint32_t q = (uint32_t)scaled;
+        float rem = scaled - (float)q;
+        if (rem > 0.5f || (rem == 0.5f && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t exp = (abs >> 23) - 112;
+    uint32_t mant = abs & 0x7fffff;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    uint32_t rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++; /* may carry into exp: still right */
+    return (uint16_t)(sign | h);
+}
+
+uint16_t shoal_f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = { .f = f };
+    if ((v.u & 0x7fffffff) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* quiet NaN */
+    uint32_t rounding = 0x7fff + ((v.u >> 16) & 1);
+    return (uint16_t)((v.u + rounding) >> 16);
+}
+
+/* ------------------------------------------------------------- small utils */
+
+const char *shoal_fmt_bytes(char *buf, size_t len, double bytes) {
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+    int u = 0;
+    while (bytes >= 1024.0 && u < 4) {
+        bytes /= 1024.0;
+        u++;
+    }
+    snprintf(buf, len, u ? "%.2f %s" : "%.0f %s", bytes, units[u]);
+    return buf;
+}
+
+double shoal_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+size_t shoal_peak_rss(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (size_t)ru.ru_maxrss * 1024; /* Linux reports KiB */
+}
+
+int shoal_mul_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    uint64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return 0;
+    *out = r;
+    return 1;
+}
+
+int shoal_add_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    uint64_t r;
+    if (__builtin_add_overflow(a, b, &r)) return 0;
+    *out = r;
+    return 1;
+}

@@ -1,0 +1,168 @@
+/*
+ * base — what every other module of shoal uses: the one status type, the
+ * error detail that travels with it, logging, and the tensor element types
+ * (with their half-precision and quantized-block layouts).
+ *
+ * It does no I/O of its own beyond writing log lines to stderr and knows
+ * nothing of models, ranks or devices.
+ */
+#ifndef SHOAL_BASE_H
+#define SHOAL_BASE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum shoal_status {
+    SHOAL_OK = 0,
+    SHOAL_INVALID,     /* bad argument, flag or request */
+    SHOAL_NOMEM,       /* an allocation failed */
+    SHOAL_IO,          /* open/read/write/mmap failed */
+    SHOAL_FORMAT,      /* a file is malformed or of an unsupported kind */
+    SHOAL_UNSUPPORTED, /* well-formed, but not something shoal can run */
+    SHOAL_CUDA,        /* a CUDA, cuBLAS or driver call failed */
+    SHOAL_COMM,        /* an MPI or NCCL call failed */
+    SHOAL_REMOTE,      /* another rank failed */
+    SHOAL_TIMEOUT,
+    SHOAL_INTERNAL,    /* a bug in shoal */
+    SHOAL_STATUS_COUNT
+} shoal_status;
+
+const char *shoal_status_str(shoal_status s);
+
+/*
+ * The detail of the most recent error on this thread: which file, tensor,
+ * rank or field, and what to do about it. It is per thread, like errno, so
+ * it is not state shared between contexts; it is overwritten by the next
+ * error. shoal_errorf() records a message and returns its status so that a
+ * failing function can `return shoal_errorf(SHOAL_FORMAT, "...")`.
+ */
+shoal_status shoal_errorf(shoal_status s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Prepends "context: " to the current detail (e.g. the file name). */
+void shoal_error_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *shoal_last_error(void); /* "" when none was recorded */
+void shoal_error_clear(void);
+
+#define SHOAL_TRY(call)                                                                    \
+    do {                                                                                   \
+        shoal_status shoal_try_rc_ = (call);                                               \
+        if (shoal_try_rc_ != SHOAL_OK) return shoal_try_rc_;                               \
+    } while (0)
+
+#define SHOAL_TRY_GOTO(call, rc, label)                                                    \
+    do {                                                                                   \
+        (rc) = (call);                                                                     \
+        if ((rc) != SHOAL_OK) goto label;                                                  \
+    } while (0)
+
+/* ----------------------------------------------------------------- logging */
+
+enum shoal_log_level { SHOAL_LOG_ERROR, SHOAL_LOG_WARN, SHOAL_LOG_INFO, SHOAL_LOG_DEBUG };
+
+/*
+ * The logger is configured once by launch/ before any other thread starts
+ * (level, rank, and the subsystems named in SHOAL_DEBUG=comm,offload or
+ * "all") and only read afterwards. Every line carries the rank.
+ */
+void shoal_log_init(enum shoal_log_level level, int rank, const char *debug_subsystems);
+int shoal_log_enabled(enum shoal_log_level level, const char *subsystem);
+void shoal_log(enum shoal_log_level level, const char *subsystem, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define SHOAL_LOGE(sub, ...) shoal_log(SHOAL_LOG_ERROR, sub, __VA_ARGS__)
+#define SHOAL_LOGW(sub, ...) shoal_log(SHOAL_LOG_WARN, sub, __VA_ARGS__)
+#define SHOAL_LOGI(sub, ...) shoal_log(SHOAL_LOG_INFO, sub, __VA_ARGS__)
+#define SHOAL_LOGD(sub, ...) shoal_log(SHOAL_LOG_DEBUG, sub, __VA_ARGS__)
+
+/* ------------------------------------------------------------ element types */
+
+/*
+ * Tensor element types. The values are GGUF's (ggml_type) so that a type read
+ * from a file needs no translation; only the ones listed are known to shoal.
+ */
+enum shoal_dtype {
+    SHOAL_DTYPE_F32 = 0,
+    SHOAL_DTYPE_F16 = 1,
+    SHOAL_DTYPE_Q4_0 = 2,
+    SHOAL_DTYPE_Q4_1 = 3,
+    SHOAL_DTYPE_Q5_0 = 6,
+    SHOAL_DTYPE_Q5_1 = 7,
+    SHOAL_DTYPE_Q8_0 = 8,
+    SHOAL_DTYPE_Q8_1 = 9,
+    SHOAL_DTYPE_Q2_K = 10,
+    SHOAL_DTYPE_Q3_K = 11,
+    SHOAL_DTYPE_Q4_K = 12,
+    SHOAL_DTYPE_Q5_K = 13,
+    SHOAL_DTYPE_Q6_K = 14,
+    SHOAL_DTYPE_Q8_K = 15,
+    SHOAL_DTYPE_I8 = 24,
+    SHOAL_DTYPE_I16 = 25,
+    SHOAL_DTYPE_I32 = 26,
+    SHOAL_DTYPE_I64 = 27,
+    SHOAL_DTYPE_F64 = 28,
+    SHOAL_DTYPE_BF16 = 30,
+    SHOAL_DTYPE_MAX = 40 /* exclusive bound on the values above */
+};
+
+struct shoal_dtype_info {
+    const char *name;  /* as llama.cpp prints it: "q4_0", "f16" */
+    int block;         /* values per block (1 for plain types) */
+    int block_bytes;   /* bytes per block */
+    int computable;    /* the compute backends can use it as a weight */
+};
+
+/* NULL for a value that is not a known type. */
+const struct shoal_dtype_info *shoal_dtype_info(int type);
+const char *shoal_dtype_name(int type); /* "type 17" style text for unknown */
+/* -1 when unknown; else the enum value. Case-insensitive. */
+int shoal_dtype_from_name(const char *name);
+/*
+ * Bytes of one row of n values; fails (returns 0) when n is not a multiple of
+ * the block size or the type is unknown.
+ */
+size_t shoal_dtype_row_bytes(int type, int64_t n);
+
+/* Quantized block layouts (GGUF's). Blocks are packed: no padding. */
+#define SHOAL_QK 32
+struct shoal_block_q8_0 {
+    uint16_t d; /* f16 scale */
+    int8_t qs[SHOAL_QK];
+};
+struct shoal_block_q4_0 {
+    uint16_t d;               /* f16 scale */
+    uint8_t qs[SHOAL_QK / 2]; /* value j in low nibble of qs[j], j+16 in the high */
+};
+struct shoal_block_q4_1 {
+    uint16_t d, m; /* f16 scale and minimum */
+    uint8_t qs[SHOAL_QK / 2];
+};
+
+/* ------------------------------------------------------- half precision */
+
+float shoal_f16_to_f32(uint16_t h);
+uint16_t shoal_f32_to_f16(float f); /* round to nearest even */
+static inline float shoal_bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = { .u = (uint32_t)h << 16 };
+    return v.f;
+}
+uint16_t shoal_f32_to_bf16(float f); /* round to nearest even, NaN kept */
+
+/* ------------------------------------------------------------- small utils */
+
+/* Bytes in human units: "1.23 GiB". Writes into buf and returns it. */
+const char *shoal_fmt_bytes(char *buf, size_t len, double bytes);
+/* Monotonic seconds. */
+double shoal_now(void);
+/* Peak resident set size of this process, bytes (0 if unknown). */
+size_t shoal_peak_rss(void);
+/*
+ * Checked arithmetic for sizes read from files: returns 1 and sets *out when
+ * a*b (a+b) fits in 64 bits, else returns 0 and leaves *out alone.
+ */
+int shoal_mul_ok(uint64_t a, uint64_t b, uint64_t *out);
+int shoal_add_ok(uint64_t a, uint64_t b, uint64_t *out);
+
+#endif

@@ -1,0 +1,158 @@
+/*
+ * backend.c — the public wrappers around a compute backend's table, and the
+ * fallbacks for its optional slots. No arithmetic happens here.
+ */
+#include "backend_impl.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct shoal_backend *shoal_backend_new(const struct shoal_backend_i *iface, void *ctx) {
+    struct shoal_backend *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->iface = iface;
+    b->ctx = ctx;
+    return b;
+}
+
+const char *shoal_backend_name(const struct shoal_backend *b) { return b->iface->name; }
+
+void shoal_backend_destroy(struct shoal_backend *b) {
+    if (!b) return;
+    if (b->iface->destroy) b->iface->destroy(b->ctx);
+    free(b);
+}
+
+/* ------------------------------------------------------------ KV types */
+
+static const char *const kv_names[] = { "f32", "f16", "q8" };
+
+const char *shoal_kv_type_name(int t) {
+    return t >= 0 && t < 3 ? kv_names[t] : "unknown";
+}
+
+int shoal_kv_type_from_name(const char *name) {
+    for (int t = 0; t < 3; t++)
+        if (strcmp(kv_names[t], name) == 0) return t;
+    if (strcmp(name, "q8_0") == 0) return SHOAL_KV_Q8;
+    return -1;
+}
+
+void shoal_kv_desc_init(struct shoal_kv_desc *d, int type, int n_kv_heads, int head_dim,
+                        int64_t n_slots) {
+    d->type = type;
+    d->n_kv_heads = n_kv_heads;
+    d->head_dim = head_dim;
+    d->n_slots = n_slots;
+    switch (type) {
+    case SHOAL_KV_F32: d->head_bytes = (size_t)head_dim * 4; break;
+    case SHOAL_KV_F16: d->head_bytes = (size_t)head_dim * 2; break;
+    default: d->head_bytes = 4 + (size_t)head_dim; break;
+    }
+    d->row_bytes = d->head_bytes * (size_t)n_kv_heads;
+}
+
+/* -------------------------------------------------------------- memory */
+
+shoal_status shoal_backend_alloc(struct shoal_backend *b, size_t bytes, void **out) {
+    return b->iface->alloc(b->ctx, bytes, out);
+}
+
+void shoal_backend_free(struct shoal_backend *b, void *p) {
+    if (p) b->iface->free(b->ctx, p);
+}
+
+shoal_status shoal_backend_upload(struct shoal_backend *b, void *dst, const void *src, size_t n) {
+    return b->iface->upload(b->ctx, dst, src, n);
+}
+
+shoal_status shoal_backend_download(struct shoal_backend *b, void *dst, const void *src,
+                                    size_t n) {
+    return b->iface->download(b->ctx, dst, src, n);
+}
+
+shoal_status shoal_backend_memset0(struct shoal_backend *b, void *dst, size_t n) {
+    if (b->iface->memset0) return b->iface->memset0(b->ctx, dst, n);
+    enum { CHUNK = 1 << 20 };
+    void *zeros = calloc(1, n < CHUNK ? n : CHUNK);
+    if (!zeros) return shoal_errorf(SHOAL_NOMEM, "out of memory clearing a device buffer");
+    shoal_status rc = SHOAL_OK;
+    for (size_t off = 0; off < n && rc == SHOAL_OK; off += CHUNK)
+        rc = b->iface->upload(b->ctx, (char *)dst + off, zeros, n - off < CHUNK ? n - off : CHUNK);
+    free(zeros);
+    return rc;
+}
+
+shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *w, int type,
+                                  int64_t rows, int64_t cols, const void *host) {
+    memset(w, 0, sizeof *w);
+    w->type = type;
+    w->rows = rows;
+    w->cols = cols;
+    w->row_bytes = shoal_dtype_row_bytes(type, cols);
+    if (!w->row_bytes || rows <= 0)
+        return shoal_errorf(SHOAL_INVALID, "a %s weight of %lld x %lld cannot be prepared",
+                            shoal_dtype_name(type), (long long)rows, (long long)cols);
+    if (b->iface->weight_prepare) return b->iface->weight_prepare(b->ctx, w, host);
+    size_t bytes = (size_t)rows * w->row_bytes;
+    SHOAL_TRY(b->iface->alloc(b->ctx, bytes, &w->owned));
+    w->data = w->owned;
+    return b->iface->upload(b->ctx, w->owned, host, bytes);
+}
+
+void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w) {
+    if (w->owned) b->iface->free(b->ctx, w->owned);
+    w->owned = NULL;
+    w->data = NULL;
+}
+
+/* ----------------------------------------------------------------- ops */
+
+shoal_status shoal_op_embed(struct shoal_backend *b, float *y, const struct shoal_weight *table,
+                            const struct shoal_batch *batch) {
+    return b->iface->embed(b->ctx, y, table, batch);
+}
+
+shoal_status shoal_op_matmul(struct shoal_backend *b, float *y, const struct shoal_weight *w,
+                             const float *x, int n) {
+    return b->iface->matmul(b->ctx, y, w, x, n);
+}
+
+shoal_status shoal_op_rmsnorm(struct shoal_backend *b, float *y, const float *x, const float *w,
+                              int n, int dim, float eps) {
+    return b->iface->rmsnorm(b->ctx, y, x, w, n, dim, eps);
+}
+
+shoal_status shoal_op_rope(struct shoal_backend *b, float *x, int n_heads, int head_dim,
+                           const struct shoal_rope *rope, const struct shoal_batch *batch) {
+    return b->iface->rope(b->ctx, x, n_heads, head_dim, rope, batch);
+}
+
+shoal_status shoal_op_kv_store(struct shoal_backend *b, const struct shoal_kv_desc *d,
+                               void *kcache, void *vcache, const float *k, const float *v,
+                               const struct shoal_batch *batch) {
+    return b->iface->kv_store(b->ctx, d, kcache, vcache, k, v, batch);
+}
+
+shoal_status shoal_op_attention(struct shoal_backend *b, float *out, const float *q, int n_heads,
+                                const struct shoal_kv_desc *d, const void *kcache,
+                                const void *vcache, const struct shoal_batch *batch, float scale) {
+    return b->iface->attention(b->ctx, out, q, n_heads, d, kcache, vcache, batch, scale);
+}
+
+shoal_status shoal_op_silu_mul(struct shoal_backend *b, float *gate, const float *up, size_t n) {
+    return b->iface->silu_mul(b->ctx, gate, up, n);
+}
+
+shoal_status shoal_op_add(struct shoal_backend *b, float *y, const float *x, size_t n) {
+    return b->iface->add(b->ctx, y, x, n);
+}
+
+shoal_status shoal_op_add_bias(struct shoal_backend *b, float *y, const float *bias, int n,
+                               int dim) {
+    return b->iface->add_bias(b->ctx, y, bias, n, dim);
+}
+
+shoal_status shoal_backend_synchronize(struct shoal_backend *b) {
+    return b->iface->synchronize ? b->iface->synchronize(b->ctx) : SHOAL_OK;
+}

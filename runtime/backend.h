@@ -1,0 +1,136 @@
+/*
+ * The compute-backend interface: everything the model forward pass asks of a
+ * device. cpu/ and cuda/ each provide one; the forward pass in runtime/model.c
+ * is written once against these wrappers and never sees a kernel.
+ *
+ * Pointers named "device" below are in the backend's memory (host memory for
+ * the CPU backend). Float activations are f32 and row-major: a buffer of
+ * n tokens x d values holds token t's values at [t*d, (t+1)*d).
+ * Each wrapper returns SHOAL_OK or an error with its detail set.
+ */
+#ifndef SHOAL_BACKEND_H
+#define SHOAL_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../base/base.h"
+
+struct shoal_backend; /* opaque: see backend_impl.h */
+
+/* A weight matrix usable by matmul: y = W x with W of (rows, cols). */
+struct shoal_weight {
+    int type;          /* enum shoal_dtype of the stored rows */
+    int64_t rows, cols;
+    size_t row_bytes;  /* bytes of one row of cols values */
+    const void *data;  /* device: rows * row_bytes bytes */
+    void *owned;       /* device memory the backend allocated for it, or NULL */
+};
+
+/* Rotary position embedding. */
+enum shoal_rope_mode {
+    SHOAL_ROPE_NORM = 0, /* rotate adjacent pairs (x[2i], x[2i+1]): GGUF "llama" */
+    SHOAL_ROPE_NEOX = 2, /* rotate halves (x[i], x[i+rope_dim/2]): GPT-NeoX, Qwen2 */
+};
+struct shoal_rope {
+    int mode;          /* enum shoal_rope_mode */
+    int rope_dim;      /* leading dims of each head that rotate (<= head_dim, even) */
+    float freq_base;   /* theta_i = pos * freq_scale * base^(-2i/rope_dim) */
+    float freq_scale;  /* 1 / linear scaling factor */
+};
+
+/* KV cache element types. */
+enum shoal_kv_type {
+    SHOAL_KV_F32 = 0,
+    SHOAL_KV_F16 = 1,
+    SHOAL_KV_Q8 = 2, /* per (slot, head): f32 scale then head_dim int8 */
+};
+const char *shoal_kv_type_name(int kv_type);
+int shoal_kv_type_from_name(const char *name); /* -1 if unknown */
+
+/* The shape of one layer's K (or V) cache: n_slots rows of n_kv_heads heads. */
+struct shoal_kv_desc {
+    int type;            /* enum shoal_kv_type */
+    int n_kv_heads, head_dim;
+    int64_t n_slots;
+    size_t head_bytes;   /* bytes of one head's vector in this type */
+    size_t row_bytes;    /* n_kv_heads * head_bytes: one slot */
+};
+/* Fills head_bytes and row_bytes. */
+void shoal_kv_desc_init(struct shoal_kv_desc *d, int type, int n_kv_heads, int head_dim,
+                        int64_t n_slots);
+
+/*
+ * One step's tokens. Arrays are host memory; a backend that needs them on
+ * its device copies them itself. Token t of sequence seq[t] sits at position
+ * pos[t]; its K and V are written to KV slot slot[t]. Attention for token t
+ * reads positions 0..pos[t] of its sequence, where position p lives in slot
+ * block_table[seq[t] * max_blocks + p / block_size] * block_size + p % block_size
+ * (paged KV cache; one sequence in one contiguous block is block_size = n_slots).
+ */
+struct shoal_batch {
+    int n_tokens;
+    const int32_t *token;       /* (n_tokens) */
+    const int32_t *pos;         /* (n_tokens) */
+    const int32_t *seq;         /* (n_tokens) */
+    const int32_t *slot;        /* (n_tokens) */
+    const int32_t *block_table; /* (n_seq, max_blocks) */
+    int n_seq, max_blocks, block_size;
+};
+
+const char *shoal_backend_name(const struct shoal_backend *b);
+void shoal_backend_destroy(struct shoal_backend *b);
+
+/* Device memory. alloc'd memory is uninitialised; free accepts NULL. */
+shoal_status shoal_backend_alloc(struct shoal_backend *b, size_t bytes, void **out);
+void shoal_backend_free(struct shoal_backend *b, void *p);
+shoal_status shoal_backend_upload(struct shoal_backend *b, void *dst, const void *src, size_t n);
+shoal_status shoal_backend_download(struct shoal_backend *b, void *dst, const void *src,
+                                    size_t n);
+shoal_status shoal_backend_memset0(struct shoal_backend *b, void *dst, size_t n);
+
+/*
+ * Makes host bytes (rows * row_bytes of the given type) usable as a weight.
+ * The backend may use them in place (CPU: the mmapped file), copy them to
+ * its device or repack them; host must outlive w unless w->owned is set.
+ * shoal_weight_release frees what prepare allocated.
+ */
+shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *w, int type,
+                                  int64_t rows, int64_t cols, const void *host);
+void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w);
+
+/* y (n, table->cols) = rows token[t] of table, as f32. Token ids are checked. */
+shoal_status shoal_op_embed(struct shoal_backend *b, float *y, const struct shoal_weight *table,
+                            const struct shoal_batch *batch);
+/* y (n, w->rows) = x (n, w->cols) times W transposed. */
+shoal_status shoal_op_matmul(struct shoal_backend *b, float *y, const struct shoal_weight *w,
+                             const float *x, int n);
+/* y (n, dim) = x / rms(x) * w, per token; y may equal x. */
+shoal_status shoal_op_rmsnorm(struct shoal_backend *b, float *y, const float *x, const float *w,
+                              int n, int dim, float eps);
+/* Rotates x (n, n_heads * head_dim) in place at the batch's positions. */
+shoal_status shoal_op_rope(struct shoal_backend *b, float *x, int n_heads, int head_dim,
+                           const struct shoal_rope *rope, const struct shoal_batch *batch);
+/* Stores k and v (n, n_kv_heads * head_dim) into the caches at the batch's slots. */
+shoal_status shoal_op_kv_store(struct shoal_backend *b, const struct shoal_kv_desc *d,
+                               void *kcache, void *vcache, const float *k, const float *v,
+                               const struct shoal_batch *batch);
+/*
+ * out (n, n_heads * head_dim) = causal softmax(q k^T * scale) v over the
+ * cache, for grouped-query attention: query head h reads KV head
+ * h / (n_heads / n_kv_heads).
+ */
+shoal_status shoal_op_attention(struct shoal_backend *b, float *out, const float *q, int n_heads,
+                                const struct shoal_kv_desc *d, const void *kcache,
+                                const void *vcache, const struct shoal_batch *batch, float scale);
+/* gate = silu(gate) * up, elementwise over n values. */
+shoal_status shoal_op_silu_mul(struct shoal_backend *b, float *gate, const float *up, size_t n);
+/* y += x over n values. */
+shoal_status shoal_op_add(struct shoal_backend *b, float *y, const float *x, size_t n);
+/* y (n, dim) += bias (dim) for every token. */
+shoal_status shoal_op_add_bias(struct shoal_backend *b, float *y, const float *bias, int n,
+                               int dim);
+/* Waits for queued work. */
+shoal_status shoal_backend_synchronize(struct shoal_backend *b);
+
+#endif

@@ -1,0 +1,49 @@
+/*
+ * The table behind a compute backend. Backends (cpu/, cuda/) include this;
+ * everyone else uses the wrappers in backend.h. Slots marked optional may
+ * be NULL and the wrapper falls back.
+ */
+#ifndef SHOAL_BACKEND_IMPL_H
+#define SHOAL_BACKEND_IMPL_H
+
+#include "backend.h"
+
+struct shoal_backend_i {
+    const char *name;
+    void (*destroy)(void *ctx);
+    shoal_status (*alloc)(void *ctx, size_t bytes, void **out);
+    void (*free)(void *ctx, void *p);
+    shoal_status (*upload)(void *ctx, void *dst, const void *src, size_t n);
+    shoal_status (*download)(void *ctx, void *dst, const void *src, size_t n);
+    shoal_status (*memset0)(void *ctx, void *dst, size_t n); /* optional: upload of zeros */
+    /* optional: default copies the bytes to device memory */
+    shoal_status (*weight_prepare)(void *ctx, struct shoal_weight *w, const void *host);
+    shoal_status (*embed)(void *ctx, float *y, const struct shoal_weight *table,
+                          const struct shoal_batch *batch);
+    shoal_status (*matmul)(void *ctx, float *y, const struct shoal_weight *w, const float *x,
+                           int n);
+    shoal_status (*rmsnorm)(void *ctx, float *y, const float *x, const float *w, int n, int dim,
+                            float eps);
+    shoal_status (*rope)(void *ctx, float *x, int n_heads, int head_dim,
+                         const struct shoal_rope *rope, const struct shoal_batch *batch);
+    shoal_status (*kv_store)(void *ctx, const struct shoal_kv_desc *d, void *kcache,
+                             void *vcache, const float *k, const float *v,
+                             const struct shoal_batch *batch);
+    shoal_status (*attention)(void *ctx, float *out, const float *q, int n_heads,
+                              const struct shoal_kv_desc *d, const void *kcache,
+                              const void *vcache, const struct shoal_batch *batch, float scale);
+    shoal_status (*silu_mul)(void *ctx, float *gate, const float *up, size_t n);
+    shoal_status (*add)(void *ctx, float *y, const float *x, size_t n);
+    shoal_status (*add_bias)(void *ctx, float *y, const float *bias, int n, int dim);
+    shoal_status (*synchronize)(void *ctx); /* optional: no queue */
+};
+
+struct shoal_backend {
+    const struct shoal_backend_i *iface;
+    void *ctx;
+};
+
+/* For backends: wraps a table and a context into a handle (NULL on no memory). */
+struct shoal_backend *shoal_backend_new(const struct shoal_backend_i *iface, void *ctx);
+
+#endif
