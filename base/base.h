@@ -140,6 +140,10 @@ struct shoal_block_q4_1 {
     uint8_t qs[SHOAL_QK / 2];
 };
 
+_Static_assert(sizeof(struct shoal_block_q8_0) == 34, "q8_0 block is 34 bytes");
+_Static_assert(sizeof(struct shoal_block_q4_0) == 18, "q4_0 block is 18 bytes");
+_Static_assert(sizeof(struct shoal_block_q4_1) == 20, "q4_1 block is 20 bytes");
+
 /* ------------------------------------------------------- half precision */
 
 float shoal_f16_to_f32(uint16_t h);

@@ -1,0 +1,438 @@
+/*
+ * backend_cpu.c — the CPU compute backend: fills the backend table of
+ * runtime/backend_impl.h with host-memory buffers and multithreaded ops.
+ *
+ * "Device" memory is host memory here, and weights are used in place (the
+ * mmapped GGUF), so preparing a weight copies nothing. Matmuls split rows
+ * over the thread pool; attention splits (token, head) pairs. The kernels of
+ * the chosen SIMD level do the arithmetic (kernels_*.c).
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../runtime/backend_impl.h"
+#include "kernels.h"
+#include "pool.h"
+
+struct cpu_ctx {
+    struct shoal_pool *pool;
+    const struct cpu_kernels *k;
+    int n_threads;
+    /* quantized activations for integer matmuls, grown on demand */
+    void *xbuf;
+    size_t xbuf_cap;
+    /* attention: per-thread scores, (n_threads, att_cap) floats */
+    float *att;
+    size_t att_cap;
+};
+
+/* ------------------------------------------------------------ SIMD levels */
+
+static const char *const simd_names[SHOAL_SIMD_COUNT] = { "scalar", "avx2", "avx512" };
+
+const char *shoal_cpu_simd_name(int simd) {
+    return simd >= 0 && simd < SHOAL_SIMD_COUNT ? simd_names[simd] : "unknown";
+}
+
+int shoal_cpu_simd_from_name(const char *name) {
+    if (strcmp(name, "auto") == 0) return SHOAL_SIMD_AUTO;
+    for (int i = 0; i < SHOAL_SIMD_COUNT; i++)
+        if (strcmp(name, simd_names[i]) == 0) return i;
+    return -2;
+}
+
+int shoal_cpu_simd_best(void) {
+#if defined(SHOAL_X86)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c") &&
+        __builtin_cpu_supports("fma"))
+        return SHOAL_SIMD_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return SHOAL_SIMD_AVX2;
+#endif
+    return SHOAL_SIMD_SCALAR;
+}
+
+static const struct cpu_kernels *kernels_for(int simd) {
+#if defined(SHOAL_X86)
+    if (simd == SHOAL_SIMD_AVX512) return &shoal_cpu_kernels_avx512;
+    if (simd == SHOAL_SIMD_AVX2) return &shoal_cpu_kernels_avx2;
+#endif
+    (void)simd;
+    return &shoal_cpu_kernels_scalar;
+}
+
+int shoal_cpu_online_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static shoal_status cpu_alloc(void *ctx, size_t bytes, void **out) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+        return shoal_errorf(SHOAL_NOMEM, "cannot allocate %zu bytes of host memory", bytes);
+    *out = p;
+    return SHOAL_OK;
+}
+
+static void cpu_free(void *ctx, void *p) { free(p); }
+
+static shoal_status cpu_copy(void *ctx, void *dst, const void *src, size_t n) {
+    memcpy(dst, src, n);
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_memset0(void *ctx, void *dst, size_t n) {
+    memset(dst, 0, n);
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_weight_prepare(void *ctx, struct shoal_weight *w, const void *host) {
+    w->data = host; /* used in place: the caller keeps the map alive */
+    return SHOAL_OK;
+}
+
+/* Grows a scratch buffer; contents are not kept. */
+static shoal_status grow(void **buf, size_t *cap, size_t need) {
+    if (need <= *cap) return SHOAL_OK;
+    free(*buf);
+    *buf = NULL;
+    *cap = 0;
+    if (posix_memalign(buf, 64, need) != 0) {
+        *buf = NULL;
+        return shoal_errorf(SHOAL_NOMEM, "cannot allocate %zu bytes of scratch", need);
+    }
+    *cap = need;
+    return SHOAL_OK;
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+struct mm_job {
+    mm_fn fn;
+    struct mm_task task;
+};
+
+static void mm_worker(void *arg, int ith, int nth) {
+    struct mm_job *j = arg;
+    long long lo, hi;
+    shoal_pool_share(j->task.w->rows, ith, nth, MM_ROW_TILE, &lo, &hi);
+    if (lo < hi) j->fn(&j->task, lo, hi);
+}
+
+struct xq_job {
+    const float *x;
+    int64_t cols, nb;
+    int n;
+    int8_t *q;
+    float *d, *s;
+};
+
+static void xq_worker(void *arg, int ith, int nth) {
+    struct xq_job *j = arg;
+    long long lo, hi;
+    shoal_pool_share(j->n, ith, nth, 1, &lo, &hi);
+    for (long long t = lo; t < hi; t++)
+        shoal_cpu_quantize_x(j->x + t * j->cols, j->cols, j->q + t * j->cols, j->d + t * j->nb,
+                             j->s + t * j->nb);
+}
+
+static shoal_status cpu_matmul(void *vctx, float *y, const struct shoal_weight *w, const float *x,
+                               int n) {
+    struct cpu_ctx *c = vctx;
+    mm_fn fn = c->k->mm[w->type] ? c->k->mm[w->type] : shoal_cpu_kernels_scalar.mm[w->type];
+    if (!fn)
+        return shoal_errorf(SHOAL_UNSUPPORTED,
+                            "the CPU backend has no matmul for %s weights (it has f32, f16, bf16, "
+                            "q8_0 and q4_0)",
+                            shoal_dtype_name(w->type));
+    struct mm_job job = { fn, { .w = w, .n = n, .x = x, .y = y } };
+    if (w->type == SHOAL_DTYPE_Q8_0 || w->type == SHOAL_DTYPE_Q4_0) {
+        int64_t nb = w->cols / SHOAL_QK;
+        size_t need = (size_t)n * ((size_t)w->cols + 2 * sizeof(float) * (size_t)nb);
+        SHOAL_TRY(grow(&c->xbuf, &c->xbuf_cap, need));
+        struct xq_job q = { x, w->cols, nb, n, c->xbuf, NULL, NULL };
+        q.d = (float *)((char *)c->xbuf + (size_t)n * (size_t)w->cols);
+        q.s = q.d + (size_t)n * (size_t)nb;
+        if (n >= 4 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
+        else xq_worker(&q, 0, 1);
+        job.task.xq = q.q;
+        job.task.xd = q.d;
+        job.task.xs = q.s;
+    }
+    shoal_pool_run(c->pool, mm_worker, &job);
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------ small ops */
+
+static shoal_status cpu_embed(void *vctx, float *y, const struct shoal_weight *table,
+                              const struct shoal_batch *b) {
+    for (int t = 0; t < b->n_tokens; t++) {
+        int32_t id = b->token[t];
+        if (id < 0 || id >= table->rows)
+            return shoal_errorf(SHOAL_INVALID, "token id %d is outside the vocabulary (0..%lld)",
+                                id, (long long)table->rows - 1);
+        SHOAL_TRY(shoal_dequantize_row(table->type,
+                                       (const char *)table->data + (size_t)id * table->row_bytes,
+                                       y + (int64_t)t * table->cols, table->cols));
+    }
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_rmsnorm(void *vctx, float *y, const float *x, const float *w, int n,
+                                int dim, float eps) {
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (int64_t)t * dim;
+        float *yt = y + (int64_t)t * dim;
+        double ss = 0;
+        for (int i = 0; i < dim; i++) ss += (double)xt[i] * xt[i];
+        float scale = (float)(1.0 / sqrt(ss / dim + eps));
+        for (int i = 0; i < dim; i++) yt[i] = xt[i] * scale * w[i];
+    }
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_rope(void *vctx, float *x, int n_heads, int head_dim,
+                             const struct shoal_rope *r, const struct shoal_batch *b) {
+    int half = r->rope_dim / 2;
+    float cs[512][2]; /* rope_dim <= 1024: checked by the model loader */
+    if (half > 512) return shoal_errorf(SHOAL_UNSUPPORTED, "rope dimension %d > 1024", r->rope_dim);
+    for (int t = 0; t < b->n_tokens; t++) {
+        double p = (double)b->pos[t] * r->freq_scale;
+        for (int i = 0; i < half; i++) {
+            double theta = p * pow((double)r->freq_base, -2.0 * i / r->rope_dim);
+            cs[i][0] = (float)cos(theta);
+            cs[i][1] = (float)sin(theta);
+        }
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((int64_t)t * n_heads + h) * head_dim;
+            for (int i = 0; i < half; i++) {
+                int a = r->mode == SHOAL_ROPE_NEOX ? i : 2 * i;
+                int c = r->mode == SHOAL_ROPE_NEOX ? i + half : 2 * i + 1;
+                float x0 = v[a], x1 = v[c];
+                v[a] = x0 * cs[i][0] - x1 * cs[i][1];
+                v[c] = x0 * cs[i][1] + x1 * cs[i][0];
+            }
+        }
+    }
+    return SHOAL_OK;
+}
+
+static void store_head(int type, void *dst, const float *src, int hd) {
+    if (type == SHOAL_KV_F32) {
+        memcpy(dst, src, (size_t)hd * 4);
+    } else if (type == SHOAL_KV_F16) {
+        uint16_t *d = dst;
+        for (int i = 0; i < hd; i++) d[i] = shoal_f32_to_f16(src[i]);
+    } else {
+        float amax = 0;
+        for (int i = 0; i < hd; i++) amax = fmaxf(amax, fabsf(src[i]));
+        float s = amax / 127.0f, is = s ? 1.0f / s : 0.0f;
+        memcpy(dst, &s, 4);
+        int8_t *q = (int8_t *)dst + 4;
+        for (int i = 0; i < hd; i++) q[i] = (int8_t)lrintf(src[i] * is);
+    }
+}
+
+static shoal_status cpu_kv_store(void *vctx, const struct shoal_kv_desc *d, void *kc, void *vc,
+                                 const float *k, const float *v, const struct shoal_batch *b) {
+    int kvd = d->n_kv_heads * d->head_dim;
+    for (int t = 0; t < b->n_tokens; t++) {
+        int32_t slot = b->slot[t];
+        if (slot < 0 || slot >= d->n_slots)
+            return shoal_errorf(SHOAL_INTERNAL, "KV slot %d outside the cache (%lld slots)", slot,
+                                (long long)d->n_slots);
+        for (int h = 0; h < d->n_kv_heads; h++) {
+            size_t off = (size_t)slot * d->row_bytes + (size_t)h * d->head_bytes;
+            store_head(d->type, (char *)kc + off, k + (int64_t)t * kvd + h * d->head_dim,
+                       d->head_dim);
+            store_head(d->type, (char *)vc + off, v + (int64_t)t * kvd + h * d->head_dim,
+                       d->head_dim);
+        }
+    }
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------- attention */
+
+struct att_job {
+    struct cpu_ctx *c;
+    float *out;
+    const float *q;
+    int n_heads;
+    const struct shoal_kv_desc *d;
+    const char *kc, *vc;
+    const struct shoal_batch *b;
+    float scale;
+};
+
+/* Loads one cached head vector as f32. */
+static inline void load_head(int type, const char *src, float *dst, int hd) {
+    if (type == SHOAL_KV_F32) {
+        memcpy(dst, src, (size_t)hd * 4);
+    } else if (type == SHOAL_KV_F16) {
+        const uint16_t *s = (const uint16_t *)src;
+        for (int i = 0; i < hd; i++) dst[i] = shoal_f16_to_f32(s[i]);
+    } else {
+        float s;
+        memcpy(&s, src, 4);
+        const int8_t *q = (const int8_t *)src + 4;
+        for (int i = 0; i < hd; i++) dst[i] = s * q[i];
+    }
+}
+
+static void att_worker(void *arg, int ith, int nth) {
+    const struct att_job *j = arg;
+    const struct shoal_kv_desc *d = j->d;
+    const struct shoal_batch *b = j->b;
+    const int hd = d->head_dim, group = j->n_heads / d->n_kv_heads;
+    float *scores = j->c->att + (size_t)ith * j->c->att_cap;
+    float kv[1024];
+    long long lo, hi;
+    shoal_pool_share((long long)b->n_tokens * j->n_heads, ith, nth, 1, &lo, &hi);
+    for (long long it = lo; it < hi; it++) {
+        int t = (int)(it / j->n_heads), h = (int)(it % j->n_heads), kvh = h / group;
+        const float *q = j->q + ((int64_t)t * j->n_heads + h) * hd;
+        float *o = j->out + ((int64_t)t * j->n_heads + h) * hd;
+        const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
+        int npos = b->pos[t] + 1;
+        float max = -INFINITY;
+        for (int p = 0; p < npos; p++) {
+            int64_t slot = (int64_t)table[p / b->block_size] * b->block_size + p % b->block_size;
+            load_head(d->type, j->kc + slot * d->row_bytes + kvh * d->head_bytes, kv, hd);
+            float s = j->c->k->dot_f32(q, kv, hd) * j->scale;
+            scores[p] = s;
+            if (s > max) max = s;
+        }
+        float sum = 0;
+        for (int p = 0; p < npos; p++) {
+            scores[p] = expf(scores[p] - max);
+            sum += scores[p];
+        }
+        float inv = 1.0f / sum;
+        for (int i = 0; i < hd; i++) o[i] = 0;
+        for (int p = 0; p < npos; p++) {
+            int64_t slot = (int64_t)table[p / b->block_size] * b->block_size + p % b->block_size;
+            load_head(d->type, j->vc + slot * d->row_bytes + kvh * d->head_bytes, kv, hd);
+            float w = scores[p] * inv;
+            for (int i = 0; i < hd; i++) o[i] += w * kv[i];
+        }
+    }
+}
+
+static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_heads,
+                                  const struct shoal_kv_desc *d, const void *kc, const void *vc,
+                                  const struct shoal_batch *b, float scale) {
+    struct cpu_ctx *c = vctx;
+    if (d->head_dim > 1024)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "head size %d > 1024", d->head_dim);
+    if (n_heads % d->n_kv_heads)
+        return shoal_errorf(SHOAL_INVALID, "%d query heads do not group over %d KV heads", n_heads,
+                            d->n_kv_heads);
+    int max_pos = 0;
+    for (int t = 0; t < b->n_tokens; t++) {
+        int64_t blk = b->pos[t] / b->block_size;
+        if (b->pos[t] < 0 || b->seq[t] < 0 || b->seq[t] >= b->n_seq || blk >= b->max_blocks)
+            return shoal_errorf(SHOAL_INTERNAL, "token %d: position %d of sequence %d is outside "
+                                "its block table", t, b->pos[t], b->seq[t]);
+        if (b->pos[t] > max_pos) max_pos = b->pos[t];
+    }
+    size_t cap = (size_t)max_pos + 1;
+    if (cap > c->att_cap) {
+        void *p = c->att;
+        size_t bytes = 0;
+        SHOAL_TRY(grow(&p, &bytes, cap * sizeof(float) * (size_t)c->n_threads));
+        c->att = p;
+        c->att_cap = cap;
+    }
+    struct att_job j = { c, out, q, n_heads, d, kc, vc, b, scale };
+    shoal_pool_run(c->pool, att_worker, &j);
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_silu_mul(void *vctx, float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_add(void *vctx, float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_add_bias(void *vctx, float *y, const float *bias, int n, int dim) {
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < dim; i++) y[(int64_t)t * dim + i] += bias[i];
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------- lifetime */
+
+static void cpu_destroy(void *vctx) {
+    struct cpu_ctx *c = vctx;
+    if (!c) return;
+    shoal_pool_destroy(c->pool);
+    free(c->xbuf);
+    free(c->att);
+    free(c);
+}
+
+static const struct shoal_backend_i cpu_iface = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .memset0 = cpu_memset0,
+    .weight_prepare = cpu_weight_prepare,
+    .embed = cpu_embed,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .silu_mul = cpu_silu_mul,
+    .add = cpu_add,
+    .add_bias = cpu_add_bias,
+};
+
+shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
+                                      const struct shoal_cpu_params *params) {
+    *out = NULL;
+    int simd = params ? params->simd : SHOAL_SIMD_AUTO;
+    int best = shoal_cpu_simd_best();
+    if (simd == SHOAL_SIMD_AUTO) simd = best;
+    if (simd < 0 || simd >= SHOAL_SIMD_COUNT)
+        return shoal_errorf(SHOAL_INVALID, "unknown SIMD level %d", simd);
+    if (simd > best)
+        return shoal_errorf(SHOAL_UNSUPPORTED,
+                            "this processor (or build) cannot run %s kernels; the best it can "
+                            "run is %s",
+                            shoal_cpu_simd_name(simd), shoal_cpu_simd_name(best));
+    struct cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    c->n_threads = params && params->n_threads > 0 ? params->n_threads : shoal_cpu_online_cores();
+    c->k = kernels_for(simd);
+    int spin = params && params->spin >= 0 ? params->spin : 200000;
+    shoal_status rc = shoal_pool_create(&c->pool, c->n_threads, spin);
+    if (rc != SHOAL_OK) {
+        cpu_destroy(c);
+        return rc;
+    }
+    *out = shoal_backend_new(&cpu_iface, c);
+    if (!*out) {
+        cpu_destroy(c);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
+    return SHOAL_OK;
+}

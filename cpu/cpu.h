@@ -1,0 +1,58 @@
+/*
+ * cpu — the CPU compute backend (the fallback on every machine, and the
+ * reference that other backends are checked against), plus the row
+ * quantizers and dequantizers for the weight types shoal knows.
+ *
+ * Kernels come in a portable scalar form and, on x86-64, AVX2/FMA and
+ * AVX-512 (VNNI) forms compiled separately; the best one the processor
+ * supports is chosen when the backend is created, or forced with params.simd.
+ */
+#ifndef SHOAL_CPU_H
+#define SHOAL_CPU_H
+
+#include <stdint.h>
+
+#include "../runtime/backend.h"
+
+enum shoal_simd {
+    SHOAL_SIMD_AUTO = -1,
+    SHOAL_SIMD_SCALAR = 0,
+    SHOAL_SIMD_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    SHOAL_SIMD_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI */
+    SHOAL_SIMD_COUNT
+};
+
+struct shoal_cpu_params {
+    int n_threads; /* <= 0: one per online core */
+    int simd;      /* enum shoal_simd; SHOAL_SIMD_AUTO picks the best supported */
+    int spin;      /* worker polls before sleeping; < 0: default */
+};
+
+/* The best SIMD level this processor (and this build) supports. */
+int shoal_cpu_simd_best(void);
+const char *shoal_cpu_simd_name(int simd);
+int shoal_cpu_simd_from_name(const char *name); /* "auto", "scalar", "avx2", "avx512"; -2 if unknown */
+int shoal_cpu_online_cores(void);
+
+/*
+ * Creates the backend. Fails with SHOAL_UNSUPPORTED when params.simd names a
+ * level this processor cannot run. The backend owns its threads.
+ */
+shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
+                                      const struct shoal_cpu_params *params);
+
+/* ------------------------------------------------------ quantizers */
+
+/* Whether rows of this type can be written / read by the functions below. */
+int shoal_can_quantize(int type);
+int shoal_can_dequantize(int type);
+
+/*
+ * Converts n values (a multiple of the type's block size) between f32 and a
+ * row of the given type. The formats are GGUF's; quantizers round as
+ * llama.cpp's reference quantizers do.
+ */
+shoal_status shoal_quantize_row(int type, const float *x, void *out, int64_t n);
+shoal_status shoal_dequantize_row(int type, const void *in, float *y, int64_t n);
+
+#endif

@@ -1,0 +1,59 @@
+/*
+ * kernels.h — inside cpu/ only: the table of matmul kernels that each SIMD
+ * level provides, the task they work on, and the row/token tiling they share.
+ *
+ * Quantized weights (Q8_0, Q4_0) are multiplied with activations quantized
+ * to 8 bits per block of 32 (integer dot products, as llama.cpp does); float
+ * weights (F32, F16, BF16) with the f32 activations themselves.
+ */
+#ifndef SHOAL_CPU_KERNELS_H
+#define SHOAL_CPU_KERNELS_H
+
+#include <stdint.h>
+
+#include "cpu.h"
+
+/* y (n, rows) = x (n, cols) W^T, for the rows [r0, r1) of W. */
+struct mm_task {
+    const struct shoal_weight *w;
+    int n;
+    const float *x;   /* (n, cols) */
+    const int8_t *xq; /* (n, cols): x quantized per block of 32 */
+    const float *xd;  /* (n, cols/32): the scale of each block */
+    const float *xs;  /* (n, cols/32): xd * the sum of the block's int8 values */
+    float *y;         /* (n, rows) */
+};
+
+typedef void (*mm_fn)(const struct mm_task *t, int64_t r0, int64_t r1);
+
+struct cpu_kernels {
+    const char *name;
+    mm_fn mm[SHOAL_DTYPE_MAX]; /* NULL where this level has nothing better than scalar */
+    /* dot of n floats; used by attention */
+    float (*dot_f32)(const float *a, const float *b, int n);
+};
+
+extern const struct cpu_kernels shoal_cpu_kernels_scalar;
+extern const struct cpu_kernels shoal_cpu_kernels_avx2;
+extern const struct cpu_kernels shoal_cpu_kernels_avx512;
+
+/* Quantizes one token's activations into the block form of mm_task (scalar). */
+void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s);
+
+/*
+ * The loop every level shares: rows in tiles small enough to stay in L1
+ * while each token of the batch passes over them. dot(t, row, tok) returns
+ * one output value.
+ */
+#define MM_ROW_TILE 8
+static inline void mm_drive(const struct mm_task *t, int64_t r0, int64_t r1,
+                            float (*dot)(const struct mm_task *, int64_t, int)) {
+    const int64_t rows = t->w->rows;
+    for (int64_t r = r0; r < r1; r += MM_ROW_TILE) {
+        int64_t re = r + MM_ROW_TILE < r1 ? r + MM_ROW_TILE : r1;
+        for (int tok = 0; tok < t->n; tok++)
+            for (int64_t i = r; i < re; i++) t->y[(int64_t)tok * rows + i] = dot(t, i, tok);
+    }
+}
+
+#endif

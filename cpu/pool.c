@@ -1,0 +1,132 @@
+/*
+ * pool.c — the CPU backend's worker threads (see pool.h).
+ *
+ * Hand-off: run() bumps a generation counter under the mutex and wakes any
+ * sleepers; workers poll the counter, then sleep when it stays still. The
+ * caller counts finished workers down with an atomic and spins until zero.
+ */
+#define _GNU_SOURCE
+#include "pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+struct worker {
+    struct shoal_pool *pool;
+    int index;
+    pthread_t thread;
+};
+
+struct shoal_pool {
+    int n, spin;
+    struct worker *workers; /* (n - 1): thread 0 is the caller */
+    int started;            /* workers successfully created */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_uint gen;
+    atomic_int pending;
+    atomic_int stop;
+    void (*fn)(void *arg, int ith, int nth);
+    void *arg;
+};
+
+static void *worker_main(void *p) {
+    struct worker *w = p;
+    struct shoal_pool *pool = w->pool;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g = atomic_load_explicit(&pool->gen, memory_order_acquire);
+        for (int i = 0; g == seen && i < pool->spin; i++) {
+            cpu_relax();
+            g = atomic_load_explicit(&pool->gen, memory_order_acquire);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&pool->mu);
+            while ((g = atomic_load(&pool->gen)) == seen && !atomic_load(&pool->stop))
+                pthread_cond_wait(&pool->cv, &pool->mu);
+            pthread_mutex_unlock(&pool->mu);
+        }
+        if (atomic_load(&pool->stop)) return NULL;
+        seen = g;
+        pool->fn(pool->arg, w->index, pool->n);
+        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_release);
+    }
+}
+
+shoal_status shoal_pool_create(struct shoal_pool **out, int n_threads, int spin) {
+    *out = NULL;
+    if (n_threads < 1) return shoal_errorf(SHOAL_INVALID, "thread count %d must be >= 1", n_threads);
+    struct shoal_pool *p = calloc(1, sizeof *p);
+    if (!p) return shoal_errorf(SHOAL_NOMEM, "out of memory for the thread pool");
+    p->n = n_threads;
+    p->spin = spin;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->stop, 0);
+    if (n_threads > 1) {
+        p->workers = calloc((size_t)n_threads - 1, sizeof *p->workers);
+        if (!p->workers) {
+            shoal_pool_destroy(p);
+            return shoal_errorf(SHOAL_NOMEM, "out of memory for the thread pool");
+        }
+        for (int i = 0; i < n_threads - 1; i++) {
+            p->workers[i].pool = p;
+            p->workers[i].index = i + 1;
+            int e = pthread_create(&p->workers[i].thread, NULL, worker_main, &p->workers[i]);
+            if (e) {
+                shoal_pool_destroy(p);
+                return shoal_errorf(SHOAL_NOMEM, "cannot start worker thread %d of %d: %s", i + 1,
+                                    n_threads, strerror(e));
+            }
+            p->started++;
+        }
+    }
+    *out = p;
+    return SHOAL_OK;
+}
+
+void shoal_pool_destroy(struct shoal_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->started; i++) pthread_join(p->workers[i].thread, NULL);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p->workers);
+    free(p);
+}
+
+int shoal_pool_size(const struct shoal_pool *p) { return p->n; }
+
+void shoal_pool_run(struct shoal_pool *p, void (*fn)(void *arg, int ith, int nth), void *arg) {
+    if (p->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    fn(arg, 0, p->n);
+    for (long i = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; i++) {
+        if (i < 1000000) cpu_relax();
+        else sched_yield();
+    }
+}

@@ -1,0 +1,109 @@
+/*
+ * test_matmul — every weight type's matmul, on every SIMD level this machine
+ * can run (and the scalar one), against a float64 reference: the weights
+ * dequantized by the format's definition and multiplied in double.
+ *
+ * Tolerances are derived, not guessed: for Q8_0/Q4_0 the activations are
+ * rounded to 8 bits per block of 32 (error at most half a step, d/2 per
+ * value), so |y - ref| <= sum_b d_b/2 * sum_{i in b} |w_i|, plus float
+ * rounding; for float weights, f32 accumulation: 1e-5 * sum |w_i x_i|.
+ * Shapes include odd row counts and column counts that are not multiples of
+ * the SIMD width, and several tokens at once.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "check.h"
+#include "cpu/cpu.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static void run_case(struct shoal_backend *be, const char *level, int type, int rows, int cols,
+                     int n) {
+    size_t rb = shoal_dtype_row_bytes(type, cols);
+    float *wf = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * n * cols);
+    float *wd = malloc(sizeof(float) * cols), *y = malloc(sizeof(float) * n * rows);
+    uint8_t *wq = malloc(rb * rows);
+    for (int i = 0; i < rows * cols; i++) wf[i] = frand() * (1 + (i % 7 == 0) * 3);
+    for (int i = 0; i < n * cols; i++) x[i] = frand() * 2;
+    for (int r = 0; r < rows; r++) CHECK_OK(shoal_quantize_row(type, wf + r * cols, wq + r * rb, cols));
+    struct shoal_weight w;
+    CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq));
+    CHECK_OK(shoal_op_matmul(be, y, &w, x, n));
+    int quant = type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0;
+    int bad = 0;
+    double worst = 0;
+    for (int r = 0; r < rows; r++) {
+        shoal_dequantize_row(type, wq + r * rb, wd, cols);
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + t * cols;
+            double ref = 0, mag = 0, bound = 0;
+            for (int i = 0; i < cols; i++) {
+                ref += (double)wd[i] * xt[i];
+                mag += fabs((double)wd[i] * xt[i]);
+            }
+            if (quant)
+                for (int b = 0; b < cols / 32; b++) {
+                    double amax = 0, wsum = 0;
+                    for (int i = b * 32; i < b * 32 + 32; i++) {
+                        amax = fmax(amax, fabs(xt[i]));
+                        wsum += fabs(wd[i]);
+                    }
+                    bound += amax / 127.0 / 2.0 * wsum * 1.001;
+                }
+            bound += 2e-5 * mag + 1e-6;
+            double err = fabs(y[t * rows + r] - ref);
+            if (err / bound > worst) worst = err / bound;
+            if (err > bound && bad++ < 3)
+                fprintf(stderr, "  %s %s %dx%d n=%d row %d tok %d: got %.7g want %.7g (bound %.3g)\n",
+                        level, shoal_dtype_name(type), rows, cols, n, r, t, y[t * rows + r], ref, bound);
+        }
+    }
+    CHECK(bad == 0, "%s %s %dx%d n=%d: %d values outside the bound", level, shoal_dtype_name(type),
+          rows, cols, n, bad);
+    if (getenv("VERBOSE"))
+        printf("%-7s %-5s %5dx%-5d n=%-2d worst err/bound %.3f\n", level, shoal_dtype_name(type),
+               rows, cols, n, worst);
+    shoal_weight_release(be, &w);
+    free(wf), free(x), free(wd), free(y), free(wq);
+}
+
+int main(void) {
+    static const int types[] = { SHOAL_DTYPE_F32, SHOAL_DTYPE_F16, SHOAL_DTYPE_BF16,
+                                 SHOAL_DTYPE_Q8_0, SHOAL_DTYPE_Q4_0 };
+    static const int shapes[][3] = {
+        /* rows, cols, tokens */
+        { 1, 32, 1 }, { 7, 64, 1 }, { 13, 96, 3 }, { 64, 172, 1 }, { 33, 224, 2 },
+        { 100, 256, 5 }, { 17, 4096, 1 }, { 5, 32 * 37, 9 }, { 129, 160, 17 },
+    };
+    int best = shoal_cpu_simd_best();
+    printf("best SIMD level here: %s\n", shoal_cpu_simd_name(best));
+    for (int simd = SHOAL_SIMD_SCALAR; simd <= best; simd++) {
+        for (int threads = 1; threads <= 3; threads += 2) {
+            struct shoal_backend *be = NULL;
+            struct shoal_cpu_params p = { .n_threads = threads, .simd = simd, .spin = 1000 };
+            CHECK_OK(shoal_cpu_backend_create(&be, &p));
+            if (!be) continue;
+            for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++)
+                for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+                    int type = types[ti], cols = shapes[si][1];
+                    if (!shoal_dtype_row_bytes(type, cols)) continue; /* 172 is not a block multiple */
+                    run_case(be, shoal_cpu_simd_name(simd), type, shapes[si][0], cols, shapes[si][2]);
+                }
+            shoal_backend_destroy(be);
+        }
+    }
+    /* asking for a level the processor lacks is refused, not a crash */
+    if (best < SHOAL_SIMD_AVX512) {
+        struct shoal_backend *be = NULL;
+        struct shoal_cpu_params p = { .n_threads = 1, .simd = SHOAL_SIMD_AVX512 };
+        CHECK(shoal_cpu_backend_create(&be, &p) == SHOAL_UNSUPPORTED, "unsupported level accepted");
+    }
+    return check_done("test_matmul");
+}
