@@ -144,6 +144,17 @@ _Static_assert(sizeof(struct shoal_block_q8_0) == 34, "q8_0 block is 34 bytes");
 _Static_assert(sizeof(struct shoal_block_q4_0) == 18, "q4_0 block is 18 bytes");
 _Static_assert(sizeof(struct shoal_block_q4_1) == 20, "q4_1 block is 20 bytes");
 
+/*
+ * Row conversion between f32 and the stored formats (base/quant.c): n values,
+ * a multiple of the type's block size. The formats are GGUF's; quantizers
+ * round as llama.cpp's reference quantizers do. F32, F16, BF16, Q8_0, Q4_0
+ * and Q4_1 are known; others are SHOAL_INVALID.
+ */
+int shoal_can_quantize(int type);
+int shoal_can_dequantize(int type);
+shoal_status shoal_quantize_row(int type, const float *x, void *out, int64_t n);
+shoal_status shoal_dequantize_row(int type, const void *in, float *y, int64_t n);
+
 /* ------------------------------------------------------- half precision */
 
 float shoal_f16_to_f32(uint16_t h);

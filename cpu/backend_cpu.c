@@ -210,6 +210,7 @@ static shoal_status cpu_rope(void *vctx, float *x, int n_heads, int head_dim,
         double p = (double)b->pos[t] * r->freq_scale;
         for (int i = 0; i < half; i++) {
             double theta = p * pow((double)r->freq_base, -2.0 * i / r->rope_dim);
+            if (r->freq_factors) theta /= r->freq_factors[i];
             cs[i][0] = (float)cos(theta);
             cs[i][1] = (float)sin(theta);
         }

@@ -1,7 +1,6 @@
 /*
  * cpu — the CPU compute backend (the fallback on every machine, and the
- * reference that other backends are checked against), plus the row
- * quantizers and dequantizers for the weight types shoal knows.
+ * reference that other backends are checked against).
  *
  * Kernels come in a portable scalar form and, on x86-64, AVX2/FMA and
  * AVX-512 (VNNI) forms compiled separately; the best one the processor
@@ -40,19 +39,5 @@ int shoal_cpu_online_cores(void);
  */
 shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
                                       const struct shoal_cpu_params *params);
-
-/* ------------------------------------------------------ quantizers */
-
-/* Whether rows of this type can be written / read by the functions below. */
-int shoal_can_quantize(int type);
-int shoal_can_dequantize(int type);
-
-/*
- * Converts n values (a multiple of the type's block size) between f32 and a
- * row of the given type. The formats are GGUF's; quantizers round as
- * llama.cpp's reference quantizers do.
- */
-shoal_status shoal_quantize_row(int type, const float *x, void *out, int64_t n);
-shoal_status shoal_dequantize_row(int type, const void *in, float *y, int64_t n);
 
 #endif

@@ -37,6 +37,7 @@ struct shoal_rope {
     int rope_dim;      /* leading dims of each head that rotate (<= head_dim, even) */
     float freq_base;   /* theta_i = pos * freq_scale * base^(-2i/rope_dim) */
     float freq_scale;  /* 1 / linear scaling factor */
+    const float *freq_factors; /* host (rope_dim / 2): theta_i is divided by it; or NULL */
 };
 
 /* KV cache element types. */

@@ -7,7 +7,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "cpu.h"
+#include "base.h"
 
 int shoal_can_quantize(int type) {
     switch (type) {

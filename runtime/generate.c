@@ -1,0 +1,149 @@
+/*
+ * generate.c — the one-sequence generation loop (generate.h).
+ */
+#include "generate.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+shoal_status shoal_seq_batch_init(struct shoal_seq_batch *sb, int cap, int n_ctx) {
+    memset(sb, 0, sizeof *sb);
+    sb->pos = malloc((size_t)cap * 3 * sizeof(int32_t));
+    if (!sb->pos) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    sb->seq = sb->pos + cap;
+    sb->slot = sb->seq + cap;
+    sb->cap = cap;
+    sb->table[0] = 0;
+    sb->b.pos = sb->pos;
+    sb->b.seq = sb->seq;
+    sb->b.slot = sb->slot;
+    sb->b.block_table = sb->table;
+    sb->b.n_seq = 1;
+    sb->b.max_blocks = 1;
+    sb->b.block_size = n_ctx;
+    return SHOAL_OK;
+}
+
+void shoal_seq_batch_free(struct shoal_seq_batch *sb) {
+    free(sb->pos);
+    sb->pos = NULL;
+}
+
+void shoal_seq_batch_set(struct shoal_seq_batch *sb, const int32_t *tokens, int n, int pos0) {
+    for (int i = 0; i < n; i++) {
+        sb->pos[i] = pos0 + i;
+        sb->seq[i] = 0;
+        sb->slot[i] = pos0 + i;
+    }
+    sb->b.n_tokens = n;
+    sb->b.token = tokens;
+}
+
+/* Sends a token's text through the callback; nonzero when the callback says stop. */
+static int emit(struct shoal_detok *d, const struct shoal_gen_params *p, int32_t id) {
+    char buf[512];
+    int n = shoal_detok_push(d, id, buf, sizeof buf);
+    if (n > 0 && p->on_text) return p->on_text(p->user, buf, (size_t)n);
+    return 0;
+}
+
+shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer *tok,
+                            struct shoal_sampler *smp, const int32_t *prompt, int n_prompt,
+                            const struct shoal_gen_params *p, struct shoal_gen_stats *st) {
+    const struct shoal_hparams *hp = &s->m->hp;
+    const int n_vocab = hp->n_vocab;
+    memset(st, 0, sizeof *st);
+    st->stop = "length";
+    if (n_prompt < 1) return shoal_errorf(SHOAL_INVALID, "the prompt has no tokens");
+    if (n_prompt > s->n_ctx)
+        return shoal_errorf(SHOAL_INVALID,
+                            "the prompt is %d tokens, longer than the context of %d (raise -c, "
+                            "up to the model's %d, or shorten the prompt)",
+                            n_prompt, s->n_ctx, hp->n_ctx_train);
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= n_vocab)
+            return shoal_errorf(SHOAL_INVALID, "prompt token %d (id %d) is outside the vocabulary",
+                                i, prompt[i]);
+    int limit = p->n_predict < 0 ? s->n_ctx : p->n_predict;
+    /* the whole sequence, for the penalties and the ids callback */
+    int32_t *hist = malloc(((size_t)n_prompt + (size_t)limit + 1) * sizeof(int32_t));
+    int rows_cap = p->all_logits ? s->n_batch : 1;
+    float *logits = malloc((size_t)rows_cap * n_vocab * sizeof(float));
+    int *rows = malloc((size_t)rows_cap * sizeof(int));
+    struct shoal_seq_batch sb;
+    shoal_status rc = shoal_seq_batch_init(&sb, s->n_batch, s->n_ctx);
+    if (!hist || !logits || !rows || rc != SHOAL_OK) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory for generation buffers");
+        goto done;
+    }
+    memcpy(hist, prompt, (size_t)n_prompt * sizeof(int32_t));
+    int n_hist = n_prompt;
+    struct shoal_detok d;
+    shoal_detok_init(&d, tok);
+    int stopped = 0;
+    if (p->echo_prompt)
+        for (int i = 0; i < n_prompt && !stopped; i++) stopped = emit(&d, p, prompt[i]);
+
+    /* prompt, in batches; the last row's logits give the first token */
+    double t0 = shoal_now();
+    float *last = logits;
+    for (int at = 0; at < n_prompt; at += s->n_batch) {
+        int n = n_prompt - at < s->n_batch ? n_prompt - at : s->n_batch;
+        shoal_seq_batch_set(&sb, prompt + at, n, at);
+        int n_out = 1;
+        rows[0] = n - 1;
+        if (p->all_logits) {
+            n_out = n;
+            for (int i = 0; i < n; i++) rows[i] = i;
+        }
+        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, rows, n_out, logits), rc, done);
+        if (p->all_logits && p->on_logits)
+            for (int i = 0; i < n; i++)
+                p->on_logits(p->user, at + i, prompt[at + i], logits + (size_t)i * n_vocab, n_vocab);
+        last = logits + (size_t)(n_out - 1) * n_vocab;
+    }
+    st->n_prompt = n_prompt;
+    int pos = n_prompt;
+    double t1 = shoal_now();
+    while (!stopped) {
+        if (st->n_gen >= limit) break;
+        int32_t next = shoal_sampler_sample(smp, last, hist, n_hist);
+        if (st->n_gen == 0) t1 = shoal_now();
+        hist[n_hist++] = next;
+        st->n_gen++;
+        if (p->on_token) p->on_token(p->user, next);
+        if (!p->ignore_eos && shoal_tokenizer_is_eog(tok, next)) {
+            st->stop = "eos";
+            break;
+        }
+        stopped = emit(&d, p, next);
+        if (stopped) {
+            st->stop = "stopped";
+            break;
+        }
+        if (st->n_gen >= limit) break;
+        if (pos >= s->n_ctx) {
+            st->stop = "context";
+            break;
+        }
+        shoal_seq_batch_set(&sb, &hist[n_hist - 1], 1, pos);
+        rows[0] = 0;
+        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, rows, 1, logits), rc, done);
+        st->n_decode++;
+        if (p->all_logits && p->on_logits) p->on_logits(p->user, pos, next, logits, n_vocab);
+        last = logits;
+        pos++;
+    }
+    double t2 = shoal_now();
+    st->t_prompt = t1 - t0;
+    st->t_decode = t2 - t1;
+    char tail[64];
+    int n = shoal_detok_flush(&d, tail, sizeof tail);
+    if (n > 0 && p->on_text && !stopped) p->on_text(p->user, tail, (size_t)n);
+done:
+    shoal_seq_batch_free(&sb);
+    free(hist);
+    free(logits);
+    free(rows);
+    return rc;
+}

@@ -1,0 +1,191 @@
+/*
+ * sampler.c — see sampler.h. Candidates are (id, logit) pairs; top-k uses a
+ * partial selection so that a 150k vocabulary is not sorted for k = 40.
+ */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cand {
+    int32_t id;
+    float logit;
+    float p;
+};
+
+struct shoal_sampler {
+    struct shoal_sampler_params p;
+    int n_vocab;
+    uint64_t rng[4];  /* xoshiro256** */
+    struct cand *c;   /* (n_vocab) */
+    int32_t *counts;  /* (n_vocab): occurrences in the penalty window */
+};
+
+void shoal_sampler_defaults(struct shoal_sampler_params *p) {
+    memset(p, 0, sizeof *p);
+    p->temp = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->min_p = 0.05f;
+    p->repeat_penalty = 1.0f;
+    p->repeat_last_n = 64;
+    p->seed = 0;
+}
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t next_u64(uint64_t s[4]) {
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+static double uniform(uint64_t s[4]) { return (double)(next_u64(s) >> 11) * (1.0 / 9007199254740992.0); }
+
+shoal_status shoal_sampler_create(struct shoal_sampler **out, const struct shoal_sampler_params *p,
+                                  int n_vocab) {
+    *out = NULL;
+    if (n_vocab < 1) return shoal_errorf(SHOAL_INVALID, "vocabulary of %d tokens", n_vocab);
+    if (!(p->top_p > 0) || p->min_p > 1 || !(p->repeat_penalty > 0) || isnan(p->temp))
+        return shoal_errorf(SHOAL_INVALID,
+                            "sampling parameters out of range (top-p must be in (0, 1], min-p "
+                            "in [0, 1], repeat penalty > 0)");
+    struct shoal_sampler *s = calloc(1, sizeof *s);
+    if (!s) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    s->c = malloc((size_t)n_vocab * sizeof *s->c);
+    s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
+    if (!s->c || !s->counts) {
+        shoal_sampler_destroy(s);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    *out = s;
+    return SHOAL_OK;
+}
+
+void shoal_sampler_destroy(struct shoal_sampler *s) {
+    if (!s) return;
+    free(s->c);
+    free(s->counts);
+    free(s);
+}
+
+static void apply_penalties(struct shoal_sampler *s, float *logits, const int32_t *hist, int n) {
+    const struct shoal_sampler_params *p = &s->p;
+    if (p->repeat_penalty == 1.0f && p->freq_penalty == 0 && p->presence_penalty == 0) return;
+    int window = p->repeat_last_n < 0 || p->repeat_last_n > n ? n : p->repeat_last_n;
+    const int32_t *h = hist + n - window;
+    for (int i = 0; i < window; i++)
+        if (h[i] >= 0 && h[i] < s->n_vocab) s->counts[h[i]]++;
+    for (int i = 0; i < window; i++) {
+        int32_t id = h[i];
+        if (id < 0 || id >= s->n_vocab || s->counts[id] == 0) continue;
+        float l = logits[id];
+        l = l > 0 ? l / p->repeat_penalty : l * p->repeat_penalty;
+        l -= (float)s->counts[id] * p->freq_penalty + p->presence_penalty;
+        logits[id] = l;
+        s->counts[id] = 0; /* once per distinct token; also resets for the next call */
+    }
+}
+
+static int by_logit_desc(const void *a, const void *b) {
+    float x = ((const struct cand *)a)->logit, y = ((const struct cand *)b)->logit;
+    if (x != y) return x > y ? -1 : 1;
+    return ((const struct cand *)a)->id - ((const struct cand *)b)->id;
+}
+
+/* Moves the k largest to the front (unordered), by quickselect. */
+static void select_top(struct cand *c, int n, int k) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = c[(lo + hi) / 2].logit;
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (c[i].logit > pivot) i++;
+            while (c[j].logit < pivot) j--;
+            if (i <= j) {
+                struct cand t = c[i];
+                c[i] = c[j];
+                c[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+}
+
+/* Softmax of c[0..n) at temperature 1 / inv_temp, into .p; c is sorted. */
+static void softmax(struct cand *c, int n, float inv_temp) {
+    double sum = 0;
+    float max = c[0].logit;
+    for (int i = 0; i < n; i++) {
+        c[i].p = expf((c[i].logit - max) * inv_temp);
+        sum += c[i].p;
+    }
+    for (int i = 0; i < n; i++) c[i].p = (float)(c[i].p / sum);
+}
+
+int32_t shoal_sampler_sample(struct shoal_sampler *s, float *logits, const int32_t *history,
+                             int n_history) {
+    const struct shoal_sampler_params *p = &s->p;
+    apply_penalties(s, logits, history, n_history);
+    if (p->temp <= 0) {
+        int32_t best = 0;
+        for (int i = 1; i < s->n_vocab; i++)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    struct cand *c = s->c;
+    int n = s->n_vocab;
+    for (int i = 0; i < n; i++) c[i] = (struct cand){ i, logits[i], 0 };
+    if (p->top_k > 0 && p->top_k < n) {
+        select_top(c, n, p->top_k);
+        n = p->top_k;
+    }
+    qsort(c, (size_t)n, sizeof *c, by_logit_desc);
+    softmax(c, n, 1.0f);
+    if (p->top_p < 1.0f) {
+        double cum = 0;
+        int keep = n;
+        for (int i = 0; i < n; i++) {
+            cum += c[i].p;
+            if (cum >= p->top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        n = keep;
+    }
+    if (p->min_p > 0) {
+        int keep = 1;
+        float floor = c[0].p * p->min_p;
+        while (keep < n && c[keep].p >= floor) keep++;
+        n = keep;
+    }
+    softmax(c, n, 1.0f / p->temp);
+    double r = uniform(s->rng), cum = 0;
+    for (int i = 0; i < n; i++) {
+        cum += c[i].p;
+        if (r < cum) return c[i].id;
+    }
+    return c[n - 1].id;
+}
