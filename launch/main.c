@@ -1,1 +1,56 @@
-int main(void){return 0;}
+/*
+ * main.c — `shoal COMMAND ...`: finds the subcommand and hands it the rest
+ * of the command line.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launch.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *about;
+} commands[] = {
+    { "run", cmd_run, "generate text from a prompt" },
+    { "info", cmd_info, "print a GGUF file's metadata and tensor table" },
+    { "synth", cmd_synth, "write a synthetic model with random weights (tests, benchmarks)" },
+};
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: shoal COMMAND [options]\n\n"
+            "shoal runs LLaMA-family GGUF models on the CPU today, and across ranks,\n"
+            "GPUs and machines as those parts land.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].about);
+    fprintf(f, "\n'shoal COMMAND --help' describes a command's options.\n"
+               "Environment: SHOAL_DEBUG=all (or a list of subsystems) turns on debug logging.\n");
+}
+
+int launch_fail(const char *cmd, shoal_status rc) {
+    const char *detail = shoal_last_error();
+    fprintf(stderr, "shoal %s: error: %s\n", cmd, detail[0] ? detail : shoal_status_str(rc));
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("shoal 0.1.0\n");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "shoal: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,126 @@
+/*
+ * cmd_info.c — `shoal info MODEL`: the file's header, its metadata, its
+ * tensor table and what shoal makes of it (hyperparameters, bytes per type,
+ * whether shoal can run it). A malformed file is an error, not a crash.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../runtime/model.h"
+#include "../runtime/tokenizer.h"
+#include "args.h"
+#include "launch.h"
+
+int cmd_info(int argc, char **argv) {
+    int no_tensors = 0, no_meta = 0, max_elems = 8;
+    const struct opt opts[] = {
+        { "--no-tensors", 0, OPT_FLAG, &no_tensors, NULL, "do not list the tensors" },
+        { "--no-metadata", 0, OPT_FLAG, &no_meta, NULL, "do not list the metadata" },
+        { "--array-items", 0, OPT_INT, &max_elems, "N", "array elements to show per key (default 8)" },
+        OPT_END,
+    };
+    const char *pos[1];
+    int n_pos;
+    int prc = args_parse("shoal info", "MODEL.gguf [options]",
+                         "Prints a GGUF file's metadata, its tensor table and a summary of what\n"
+                         "shoal makes of it. Checks every offset and size on the way.",
+                         opts, argc, argv, pos, 1, &n_pos);
+    if (prc) return prc == 1 ? 0 : 2;
+    if (n_pos != 1) {
+        fprintf(stderr, "shoal info: give one GGUF file (see shoal info --help)\n");
+        return 2;
+    }
+    shoal_log_init(SHOAL_LOG_WARN, 0, NULL);
+    struct shoal_gguf *g = NULL;
+    shoal_status rc = shoal_gguf_open(&g, pos[0]);
+    if (rc != SHOAL_OK) return launch_fail("info", rc);
+
+    char b1[32];
+    printf("file:        %s\n", g->path);
+    printf("format:      GGUF v%d, %s, alignment %u, data at offset %" PRIu64 "\n", g->version,
+           shoal_fmt_bytes(b1, sizeof b1, (double)g->size), g->alignment, g->data_offset);
+    printf("metadata:    %" PRId64 " keys\ntensors:     %" PRId64 "\n", g->n_kv, g->n_tensors);
+
+    if (!no_meta) {
+        printf("\n%-48s %-10s %s\n", "key", "type", "value");
+        for (int64_t i = 0; i < g->n_kv; i++) {
+            const struct shoal_gguf_kv *kv = &g->kv[i];
+            char type[24];
+            if (kv->type == SHOAL_GGUF_ARRAY)
+                snprintf(type, sizeof type, "arr[%s]", shoal_gguf_type_name(kv->arr_type));
+            else
+                snprintf(type, sizeof type, "%s", shoal_gguf_type_name(kv->type));
+            printf("%-48s %-10s ", kv->key, type);
+            shoal_gguf_kv_print(stdout, kv, max_elems);
+            putchar('\n');
+        }
+    }
+
+    uint64_t by_type[SHOAL_DTYPE_MAX] = { 0 }, params = 0, bytes = 0;
+    if (!no_tensors) printf("\n%-5s %-36s %-6s %-24s %12s %14s\n", "#", "tensor", "type", "shape",
+                            "bytes", "offset");
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        const struct shoal_gguf_tensor *t = &g->tensors[i];
+        uint64_t n = 1;
+        char shape[64] = "[";
+        for (int d = 0; d < t->n_dims; d++) {
+            char part[24];
+            snprintf(part, sizeof part, "%s%" PRId64, d ? ", " : "", t->ne[d]);
+            strncat(shape, part, sizeof shape - strlen(shape) - 2);
+            n *= (uint64_t)t->ne[d];
+        }
+        strcat(shape, "]");
+        params += n;
+        bytes += t->nbytes;
+        by_type[t->type] += t->nbytes;
+        if (!no_tensors)
+            printf("%-5" PRId64 " %-36s %-6s %-24s %12" PRIu64 " %14" PRIu64 "\n", i, t->name,
+                   shoal_dtype_name(t->type), shape, t->nbytes, t->offset);
+    }
+    printf("\nparameters:  %" PRIu64 " (%.2fM) in %s\n", params, (double)params / 1e6,
+           shoal_fmt_bytes(b1, sizeof b1, (double)bytes));
+    printf("by type:    ");
+    for (int t = 0; t < SHOAL_DTYPE_MAX; t++)
+        if (by_type[t])
+            printf(" %s %s (%.1f%%)", shoal_dtype_name(t), shoal_fmt_bytes(b1, sizeof b1, (double)by_type[t]),
+                   100.0 * (double)by_type[t] / (double)(bytes ? bytes : 1));
+    putchar('\n');
+
+    /* what shoal makes of it: a model it can run, or why not */
+    int status = 0;
+    if (shoal_gguf_get(g, "general.architecture") && g->n_tensors > 0) {
+        struct shoal_hparams hp;
+        rc = shoal_hparams_read(&hp, g);
+        if (rc == SHOAL_OK) {
+            printf("model:       %s: %s, %d layers, dim %d, %d heads (%d KV, head size %d), ffn %d, "
+                   "vocab %d, context %d\n",
+                   hp.name, hp.arch, hp.n_layers, hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim,
+                   hp.ffn_dim, hp.n_vocab, hp.n_ctx_train);
+            printf("             rope %s over %d dims, base %g; rms eps %g; output head %s\n",
+                   hp.rope.mode == SHOAL_ROPE_NEOX ? "neox" : "norm", hp.rope.rope_dim,
+                   hp.rope.freq_base, hp.rms_eps, hp.tied_output ? "tied to the embeddings" : "separate");
+        } else {
+            printf("model:       shoal cannot run this file: %s\n", shoal_last_error());
+            status = rc == SHOAL_UNSUPPORTED ? 0 : 1;
+        }
+    }
+    if (shoal_gguf_get(g, "tokenizer.ggml.model")) {
+        struct shoal_tokenizer *tok = NULL;
+        rc = shoal_tokenizer_create(&tok, g);
+        const char *s;
+        size_t len;
+        shoal_gguf_get_str_opt(g, "tokenizer.ggml.model", &s, &len);
+        if (rc == SHOAL_OK)
+            printf("tokenizer:   %.*s, %d tokens, BOS %d, EOS %d\n", (int)len, s,
+                   shoal_tokenizer_n_vocab(tok), shoal_tokenizer_bos(tok), shoal_tokenizer_eos(tok));
+        else {
+            printf("tokenizer:   unusable: %s\n", shoal_last_error());
+            if (rc != SHOAL_UNSUPPORTED) status = 1;
+        }
+        shoal_tokenizer_destroy(tok);
+    }
+    if (status) fprintf(stderr, "shoal info: error: %s\n", shoal_last_error());
+    shoal_gguf_close(g);
+    return status;
+}
