@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -69,7 +70,9 @@ shoal_status shoal_pool_create(struct shoal_pool **out, int n_threads, int spin)
     struct shoal_pool *p = calloc(1, sizeof *p);
     if (!p) return shoal_errorf(SHOAL_NOMEM, "out of memory for the thread pool");
     p->n = n_threads;
-    p->spin = spin;
+    /* Oversubscribed, a spinning thread only delays the one it waits for. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    p->spin = cores > 0 && n_threads > cores ? 0 : spin;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     atomic_init(&p->gen, 0);
@@ -125,8 +128,11 @@ void shoal_pool_run(struct shoal_pool *p, void (*fn)(void *arg, int ith, int nth
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     fn(arg, 0, p->n);
+    /* Spin while the workers finish, then yield: with more threads than
+     * cores (or other ranks on the same cores) the worker we wait for may
+     * need this core to run at all. */
     for (long i = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; i++) {
-        if (i < 1000000) cpu_relax();
+        if (i < p->spin) cpu_relax();
         else sched_yield();
     }
 }

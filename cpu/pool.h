@@ -12,7 +12,9 @@
 
 struct shoal_pool;
 
-/* n_threads >= 1; spin is how many polls a worker makes before sleeping. */
+/* n_threads >= 1; spin is how many polls a worker makes before sleeping (and
+ * the caller before it yields); spinning is off when there are more threads
+ * than online cores. */
 shoal_status shoal_pool_create(struct shoal_pool **out, int n_threads, int spin);
 void shoal_pool_destroy(struct shoal_pool *p); /* accepts NULL; joins the workers */
 int shoal_pool_size(const struct shoal_pool *p);

@@ -41,10 +41,16 @@ void shoal_seq_batch_set(struct shoal_seq_batch *sb, const int32_t *tokens, int 
 
 /* Sends a token's text through the callback; nonzero when the callback says stop. */
 static int emit(struct shoal_detok *d, const struct shoal_gen_params *p, int32_t id) {
-    char buf[512];
-    int n = shoal_detok_push(d, id, buf, sizeof buf);
-    if (n > 0 && p->on_text) return p->on_text(p->user, buf, (size_t)n);
-    return 0;
+    char small[512], *buf = small;
+    int n = shoal_detok_push(d, id, buf, sizeof small);
+    if (n < 0) { /* a piece longer than the small buffer (long user-defined tokens) */
+        int need = 256 + shoal_token_to_piece(d->t, id, NULL, 0, 1);
+        if (need > 256 && (buf = malloc((size_t)need)) != NULL)
+            n = shoal_detok_push(d, id, buf, need);
+    }
+    int stop = n > 0 && p->on_text ? p->on_text(p->user, buf, (size_t)n) : 0;
+    if (buf != small) free(buf);
+    return stop;
 }
 
 shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer *tok,

@@ -1,0 +1,60 @@
+"""Helpers the Python tests share: where the shoal binary and the shared
+test data are, running shoal with a timeout, reading its outputs.
+
+Tests skip (saying which file is missing) when test data is absent, and fail
+when the shoal binary is missing: that is the thing under test.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shoal_bin() -> str:
+    path = os.environ.get("SHOAL_BIN") or str(ROOT / "build" / "shoal")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"shoal binary {path} not found: build first or set SHOAL_BIN")
+    return path
+
+
+def testdata(rel: str) -> Path:
+    dirs = [os.environ.get("SHOAL_TESTDATA"), str(ROOT.parent / "shared" / "testdata")]
+    tried = []
+    for d in dirs:
+        if not d:
+            continue
+        p = Path(d) / rel
+        tried.append(str(p))
+        if p.exists():
+            return p
+    pytest.skip(f"test data {rel} not found (tried {', '.join(tried)}; set SHOAL_TESTDATA)")
+
+
+def run(args, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
+    """Runs shoal with args; with check, a non-zero exit fails the test with stderr."""
+    cmd = [shoal_bin()] + [str(a) for a in args]
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr.decode(errors='replace')}")
+    return p
+
+
+def read_ids(path) -> list:
+    return [int(x) for x in Path(path).read_text().split()]
+
+
+def simd_levels() -> list:
+    """The SIMD levels this machine can run, scalar first (from shoal itself)."""
+    levels = ["scalar"]
+    for lv in ("avx2", "avx512"):
+        p = subprocess.run([shoal_bin(), "run", "--simd", lv, "-m", "/nonexistent.gguf"],
+                           capture_output=True, timeout=30)
+        # an unsupported level is refused before the model is opened
+        if b"cannot run" not in p.stderr:
+            levels.append(lv)
+    return levels
