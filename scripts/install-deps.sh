@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing shoal needs on Debian/Ubuntu: a C
+# compiler, CMake, Ninja, and the Python packages the tests use (numpy,
+# gguf, pytest). Safe to run again; installs only what is missing.
+set -euo pipefail
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v ninja >/dev/null || need_apt+=(ninja-build)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! python3 -c "import numpy, gguf, pytest" 2>/dev/null; then
+  python3 -m pip install -q numpy gguf pytest 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages numpy gguf pytest
+fi

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds shoal twice (Release, and Debug with
+# AddressSanitizer + UndefinedBehaviorSanitizer), and runs every test:
+# all suites on the Release build; the C unit tests and the corruption test
+# on the sanitizer build. Exits non-zero if anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+jobs=$(nproc)
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+ninja -C build -j "$jobs"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSHOAL_SANITIZE=ON -DSHOAL_CUDA=OFF >/dev/null
+ninja -C build-asan -j "$jobs"
+
+echo "== all tests (Release build)"
+(cd build && ctest --output-on-failure -j "$jobs")
+
+echo "== unit tests and corruption test under ASan + UBSan"
+export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+(cd build-asan && ctest --output-on-failure -L unit)
+SHOAL_BIN="$PWD/build-asan/shoal" python3 -m pytest -q tests/fuzz
+
+echo "== all tests passed"
