@@ -131,7 +131,7 @@ static void mm_worker(void *arg, int ith, int nth) {
 struct xq_job {
     const float *x;
     int64_t cols, nb;
-    int n;
+    int n, grouped;
     int8_t *q;
     float *d, *s;
 };
@@ -142,13 +142,13 @@ static void xq_worker(void *arg, int ith, int nth) {
     shoal_pool_share(j->n, ith, nth, 1, &lo, &hi);
     for (long long t = lo; t < hi; t++)
         shoal_cpu_quantize_x(j->x + t * j->cols, j->cols, j->q + t * j->cols, j->d + t * j->nb,
-                             j->s + t * j->nb);
+                             j->s + t * j->nb, j->grouped);
 }
 
 static shoal_status cpu_matmul(void *vctx, float *y, const struct shoal_weight *w, const float *x,
                                int n) {
     struct cpu_ctx *c = vctx;
-    mm_fn fn = c->k->mm[w->type] ? c->k->mm[w->type] : shoal_cpu_kernels_scalar.mm[w->type];
+    mm_fn fn = c->k->mm[w->type];
     if (!fn)
         return shoal_errorf(SHOAL_UNSUPPORTED,
                             "the CPU backend has no matmul for %s weights (it has f32, f16, bf16, "
@@ -159,7 +159,8 @@ static shoal_status cpu_matmul(void *vctx, float *y, const struct shoal_weight *
         int64_t nb = w->cols / SHOAL_QK;
         size_t need = (size_t)n * ((size_t)w->cols + 2 * sizeof(float) * (size_t)nb);
         SHOAL_TRY(grow(&c->xbuf, &c->xbuf_cap, need));
-        struct xq_job q = { x, w->cols, nb, n, c->xbuf, NULL, NULL };
+        int grouped = w->type == SHOAL_DTYPE_Q4_0 && c->k->q4_grouped;
+        struct xq_job q = { x, w->cols, nb, n, grouped, c->xbuf, NULL, NULL };
         q.d = (float *)((char *)c->xbuf + (size_t)n * (size_t)w->cols);
         q.s = q.d + (size_t)n * (size_t)nb;
         if (n >= 4 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
@@ -276,28 +277,14 @@ struct att_job {
     float scale;
 };
 
-/* Loads one cached head vector as f32. */
-static inline void load_head(int type, const char *src, float *dst, int hd) {
-    if (type == SHOAL_KV_F32) {
-        memcpy(dst, src, (size_t)hd * 4);
-    } else if (type == SHOAL_KV_F16) {
-        const uint16_t *s = (const uint16_t *)src;
-        for (int i = 0; i < hd; i++) dst[i] = shoal_f16_to_f32(s[i]);
-    } else {
-        float s;
-        memcpy(&s, src, 4);
-        const int8_t *q = (const int8_t *)src + 4;
-        for (int i = 0; i < hd; i++) dst[i] = s * q[i];
-    }
-}
-
 static void att_worker(void *arg, int ith, int nth) {
     const struct att_job *j = arg;
     const struct shoal_kv_desc *d = j->d;
     const struct shoal_batch *b = j->b;
     const int hd = d->head_dim, group = j->n_heads / d->n_kv_heads;
+    float (*dot)(const float *, const void *, int) = j->c->k->kv_dot[d->type];
+    void (*axpy)(float *, float, const void *, int) = j->c->k->kv_axpy[d->type];
     float *scores = j->c->att + (size_t)ith * j->c->att_cap;
-    float kv[1024];
     long long lo, hi;
     shoal_pool_share((long long)b->n_tokens * j->n_heads, ith, nth, 1, &lo, &hi);
     for (long long it = lo; it < hi; it++) {
@@ -305,12 +292,12 @@ static void att_worker(void *arg, int ith, int nth) {
         const float *q = j->q + ((int64_t)t * j->n_heads + h) * hd;
         float *o = j->out + ((int64_t)t * j->n_heads + h) * hd;
         const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
+        const size_t head_off = (size_t)kvh * d->head_bytes;
         int npos = b->pos[t] + 1;
         float max = -INFINITY;
         for (int p = 0; p < npos; p++) {
             int64_t slot = (int64_t)table[p / b->block_size] * b->block_size + p % b->block_size;
-            load_head(d->type, j->kc + slot * d->row_bytes + kvh * d->head_bytes, kv, hd);
-            float s = j->c->k->dot_f32(q, kv, hd) * j->scale;
+            float s = dot(q, j->kc + slot * d->row_bytes + head_off, hd) * j->scale;
             scores[p] = s;
             if (s > max) max = s;
         }
@@ -320,12 +307,10 @@ static void att_worker(void *arg, int ith, int nth) {
             sum += scores[p];
         }
         float inv = 1.0f / sum;
-        for (int i = 0; i < hd; i++) o[i] = 0;
+        memset(o, 0, (size_t)hd * sizeof(float));
         for (int p = 0; p < npos; p++) {
             int64_t slot = (int64_t)table[p / b->block_size] * b->block_size + p % b->block_size;
-            load_head(d->type, j->vc + slot * d->row_bytes + kvh * d->head_bytes, kv, hd);
-            float w = scores[p] * inv;
-            for (int i = 0; i < hd; i++) o[i] += w * kv[i];
+            axpy(o, scores[p] * inv, j->vc + slot * d->row_bytes + head_off, hd);
         }
     }
 }
@@ -334,8 +319,6 @@ static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_
                                   const struct shoal_kv_desc *d, const void *kc, const void *vc,
                                   const struct shoal_batch *b, float scale) {
     struct cpu_ctx *c = vctx;
-    if (d->head_dim > 1024)
-        return shoal_errorf(SHOAL_UNSUPPORTED, "head size %d > 1024", d->head_dim);
     if (n_heads % d->n_kv_heads)
         return shoal_errorf(SHOAL_INVALID, "%d query heads do not group over %d KV heads", n_heads,
                             d->n_kv_heads);

@@ -18,7 +18,7 @@ struct mm_task {
     const struct shoal_weight *w;
     int n;
     const float *x;   /* (n, cols) */
-    const int8_t *xq; /* (n, cols): x quantized per block of 32 */
+    const int8_t *xq; /* (n, cols): x quantized per block of 32 (see q4_grouped) */
     const float *xd;  /* (n, cols/32): the scale of each block */
     const float *xs;  /* (n, cols/32): xd * the sum of the block's int8 values */
     float *y;         /* (n, rows) */
@@ -28,17 +28,31 @@ typedef void (*mm_fn)(const struct mm_task *t, int64_t r0, int64_t r1);
 
 struct cpu_kernels {
     const char *name;
-    mm_fn mm[SHOAL_DTYPE_MAX]; /* NULL where this level has nothing better than scalar */
-    /* dot of n floats; used by attention */
-    float (*dot_f32)(const float *a, const float *b, int n);
+    mm_fn mm[SHOAL_DTYPE_MAX]; /* every weight type the backend computes with */
+    /*
+     * For Q4_0 weights, whether xq is grouped: in each full group of four
+     * blocks the 64 low-half values (0..15 of blocks 0..3) come first, then
+     * the 64 high-half values, matching how four blocks' nibbles unpack in
+     * one 512-bit register; blocks past the last full group stay in order.
+     */
+    int q4_grouped;
+    /* attention over one cached head vector of n values, by KV type (enum
+     * shoal_kv_type): q . k, and o += w * v */
+    float (*kv_dot[3])(const float *q, const void *k, int n);
+    void (*kv_axpy[3])(float *o, float w, const void *v, int n);
 };
 
 extern const struct cpu_kernels shoal_cpu_kernels_scalar;
 extern const struct cpu_kernels shoal_cpu_kernels_avx2;
 extern const struct cpu_kernels shoal_cpu_kernels_avx512;
 
-/* Quantizes one token's activations into the block form of mm_task (scalar). */
-void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s);
+/* Quantizes one token's activations into the block form of mm_task (scalar);
+ * grouped as described at q4_grouped when asked. */
+void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s, int grouped);
+
+/* The portable attention helpers, for levels that leave a slot to them. */
+float shoal_cpu_kv_dot_q8(const float *q, const void *k, int n);
+void shoal_cpu_kv_axpy_q8(float *o, float w, const void *v, int n);
 
 /*
  * The loop every level shares: rows in tiles small enough to stay in L1

@@ -146,6 +146,41 @@ static float row_q4_0(const struct mm_task *t, int64_t r, int tok) {
     return hsum256(_mm256_add_ps(acc0, acc1)) - 8.0f * corr;
 }
 
+/* ------------------------------------------------------------- attention */
+
+static float kv_dot_f32(const float *q, const void *k, int n) { return dot_f32(q, k, n); }
+
+static float kv_dot_f16(const float *q, const void *k, int n) {
+    const uint16_t *h = k;
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),
+                              _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))), acc);
+    float s = hsum256(acc);
+    for (; i < n; i++) s += q[i] * f16(h[i]);
+    return s;
+}
+
+static void kv_axpy_f32(float *o, float w, const void *v, int n) {
+    const float *x = v;
+    __m256 wv = _mm256_set1_ps(w);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(o + i)));
+    for (; i < n; i++) o[i] += w * x[i];
+}
+
+static void kv_axpy_f16(float *o, float w, const void *v, int n) {
+    const uint16_t *h = v;
+    __m256 wv = _mm256_set1_ps(w);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))),
+                                                _mm256_loadu_ps(o + i)));
+    for (; i < n; i++) o[i] += w * f16(h[i]);
+}
+
 #define DRIVER(type)                                                                       \
     static void mm_##type(const struct mm_task *t, int64_t r0, int64_t r1) {               \
         mm_drive(t, r0, r1, row_##type);                                                   \
@@ -166,5 +201,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_Q8_0] = mm_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_q4_0,
     },
-    .dot_f32 = dot_f32,
+    .q4_grouped = 0,
+    .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
+    .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };

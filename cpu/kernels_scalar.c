@@ -5,23 +5,74 @@
  */
 #include <math.h>
 
+#include <string.h>
+
 #include "kernels.h"
 
-void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s) {
-    for (int64_t b = 0; b < cols / SHOAL_QK; b++) {
+static float dot_f32(const float *a, const float *b, int n);
+
+void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s, int grouped) {
+    const int64_t nb = cols / SHOAL_QK, full = grouped ? nb / 4 * 4 : 0;
+    for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * SHOAL_QK;
         float amax = 0;
-        for (int j = 0; j < SHOAL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        for (int j = 0; j < SHOAL_QK; j++) {
+            float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+        }
         float db = amax / 127.0f, id = db ? 1.0f / db : 0.0f;
         int sum = 0;
+        /* where value j of this block goes: in order, or split into halves */
+        int8_t *lo = q + b * SHOAL_QK, *hi = lo + 16;
+        if (b < full) {
+            lo = q + (b / 4) * 128 + (b % 4) * 16;
+            hi = lo + 64;
+        }
         for (int j = 0; j < SHOAL_QK; j++) {
-            int v = (int)lrintf(xb[j] * id);
-            q[b * SHOAL_QK + j] = (int8_t)v;
+            float f = xb[j] * id; /* |f| <= 127: round half away from zero */
+            int v = (int)(f + (f >= 0 ? 0.5f : -0.5f));
+            (j < 16 ? lo : hi)[j & 15] = (int8_t)v;
             sum += v;
         }
         d[b] = db;
         s[b] = db * (float)sum;
     }
+}
+
+float shoal_cpu_kv_dot_q8(const float *q, const void *k, int n) {
+    float scale;
+    memcpy(&scale, k, 4);
+    const int8_t *v = (const int8_t *)k + 4;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += q[i] * (float)v[i];
+    return s * scale;
+}
+
+void shoal_cpu_kv_axpy_q8(float *o, float w, const void *v, int n) {
+    float scale;
+    memcpy(&scale, v, 4);
+    const int8_t *q = (const int8_t *)v + 4;
+    w *= scale;
+    for (int i = 0; i < n; i++) o[i] += w * (float)q[i];
+}
+
+static float kv_dot_f32(const float *q, const void *k, int n) { return dot_f32(q, k, n); }
+
+static float kv_dot_f16(const float *q, const void *k, int n) {
+    const uint16_t *h = k;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += q[i] * shoal_f16_to_f32(h[i]);
+    return s;
+}
+
+static void kv_axpy_f32(float *o, float w, const void *v, int n) {
+    const float *x = v;
+    for (int i = 0; i < n; i++) o[i] += w * x[i];
+}
+
+static void kv_axpy_f16(float *o, float w, const void *v, int n) {
+    const uint16_t *h = v;
+    for (int i = 0; i < n; i++) o[i] += w * shoal_f16_to_f32(h[i]);
 }
 
 static float dot_f32(const float *a, const float *b, int n) {
@@ -111,5 +162,7 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
         [SHOAL_DTYPE_Q8_0] = mm_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_q4_0,
     },
-    .dot_f32 = dot_f32,
+    .q4_grouped = 0,
+    .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
+    .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };
