@@ -134,6 +134,7 @@ struct xq_job {
     int n, grouped;
     int8_t *q;
     float *d, *s;
+    int32_t *sum;
 };
 
 static void xq_worker(void *arg, int ith, int nth) {
@@ -142,7 +143,7 @@ static void xq_worker(void *arg, int ith, int nth) {
     shoal_pool_share(j->n, ith, nth, 1, &lo, &hi);
     for (long long t = lo; t < hi; t++)
         shoal_cpu_quantize_x(j->x + t * j->cols, j->cols, j->q + t * j->cols, j->d + t * j->nb,
-                             j->s + t * j->nb, j->grouped);
+                             j->s + t * j->nb, j->sum + t * j->nb, j->grouped);
 }
 
 static shoal_status cpu_matmul(void *vctx, float *y, const struct shoal_weight *w, const float *x,
@@ -157,17 +158,19 @@ static shoal_status cpu_matmul(void *vctx, float *y, const struct shoal_weight *
     struct mm_job job = { fn, { .w = w, .n = n, .x = x, .y = y } };
     if (w->type == SHOAL_DTYPE_Q8_0 || w->type == SHOAL_DTYPE_Q4_0) {
         int64_t nb = w->cols / SHOAL_QK;
-        size_t need = (size_t)n * ((size_t)w->cols + 2 * sizeof(float) * (size_t)nb);
+        size_t need = (size_t)n * ((size_t)w->cols + 3 * sizeof(float) * (size_t)nb);
         SHOAL_TRY(grow(&c->xbuf, &c->xbuf_cap, need));
         int grouped = w->type == SHOAL_DTYPE_Q4_0 && c->k->q4_grouped;
-        struct xq_job q = { x, w->cols, nb, n, grouped, c->xbuf, NULL, NULL };
-        q.d = (float *)((char *)c->xbuf + (size_t)n * (size_t)w->cols);
+        struct xq_job q = { x, w->cols, nb, n, grouped, c->xbuf, NULL, NULL, NULL };
+        q.d = (float *)((char *)c->xbuf + (size_t)n * (size_t)w->cols); /* cols % 32 == 0: aligned */
         q.s = q.d + (size_t)n * (size_t)nb;
+        q.sum = (int32_t *)(q.s + (size_t)n * (size_t)nb);
         if (n >= 4 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
         else xq_worker(&q, 0, 1);
         job.task.xq = q.q;
         job.task.xd = q.d;
         job.task.xs = q.s;
+        job.task.xsum = q.sum;
     }
     shoal_pool_run(c->pool, mm_worker, &job);
     return SHOAL_OK;

@@ -21,6 +21,7 @@ struct mm_task {
     const int8_t *xq; /* (n, cols): x quantized per block of 32 (see q4_grouped) */
     const float *xd;  /* (n, cols/32): the scale of each block */
     const float *xs;  /* (n, cols/32): xd * the sum of the block's int8 values */
+    const int32_t *xsum; /* (n, cols/32): the sum of the block's int8 values */
     float *y;         /* (n, rows) */
 };
 
@@ -48,7 +49,8 @@ extern const struct cpu_kernels shoal_cpu_kernels_avx512;
 
 /* Quantizes one token's activations into the block form of mm_task (scalar);
  * grouped as described at q4_grouped when asked. */
-void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s, int grouped);
+void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s,
+                          int32_t *sum, int grouped);
 
 /* The portable attention helpers, for levels that leave a slot to them. */
 float shoal_cpu_kv_dot_q8(const float *q, const void *k, int n);

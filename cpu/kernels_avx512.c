@@ -92,89 +92,189 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
                                 (short)(w)[(b) + 3].d, 0, 0, 0, 0))
 
 /*
- * Q8_0: two blocks per register (lanes 0-7 the first, 8-15 the second);
- * |w| times x with w's sign. Four blocks per iteration share one conversion
- * of their scales, spread over the lanes with a permute.
+ * Q8_0 and Q4_0 run as tiles of up to QR rows x QT tokens, so that a row's
+ * weights are loaded and unpacked once for several tokens, and a token's
+ * activations once for several rows. Integer products accumulate with VNNI
+ * (vpdpbusd: unsigned bytes times signed bytes, four at a time per int32
+ * lane), so the weights are made unsigned: Q8_0 by adding 128 (w ^ 0x80),
+ * Q4_0 by keeping its nibbles 0..15 without the -8. The accumulator starts
+ * at the correction, -128 (or -8) times the block's sum of x, spread over
+ * the lanes of that block, so each lane ends exact. Then per block: to
+ * float, times dw * dx, into the tile's accumulator.
+ *
+ * Lanes: Q8_0 puts two blocks in a register (lanes 0-7 and 8-15); Q4_0 puts
+ * four (lanes 4k..4k+3 for block k), its nibbles meeting activations
+ * grouped to match (kernels.h, q4_grouped).
+ *
+ * Decoding (one token) runs 1 x 1 tiles: measured here, two rows at once
+ * halved the bandwidth reached (two interleaved streams per thread), while
+ * one row at a time reaches what membw measures for Q8_0.
  */
-static float row_q8_0(const struct mm_task *t, int64_t r, int tok) {
-    const int64_t nb = t->w->cols / SHOAL_QK;
-    const struct shoal_block_q8_0 *w = row_ptr(t, r);
-    const int8_t *xq = t->xq + tok * t->w->cols;
-    const float *xd = t->xd + tok * nb;
-    const __m512i lanes01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i lanes23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-    const __m512i zero = _mm512_setzero_si512();
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        __m512i w01 = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[b].qs)),
-            _mm256_loadu_si256((const __m256i *)w[b + 1].qs), 1);
-        __m512i w23 = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[b + 2].qs)),
-            _mm256_loadu_si256((const __m256i *)w[b + 3].qs), 1);
-        __m512i x01 = _mm512_loadu_si512((const void *)(xq + b * SHOAL_QK));
-        __m512i x23 = _mm512_loadu_si512((const void *)(xq + b * SHOAL_QK + 64));
-        x01 = _mm512_mask_sub_epi8(x01, _mm512_movepi8_mask(w01), zero, x01);
-        x23 = _mm512_mask_sub_epi8(x23, _mm512_movepi8_mask(w23), zero, x23);
-        __m512i p01 = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(w01), x01);
-        __m512i p23 = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(w23), x23);
-        __m512 s = _mm512_castps128_ps512(_mm_mul_ps(SCALES4(w, b), _mm_loadu_ps(xd + b)));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_permutexvar_ps(lanes01, s), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_permutexvar_ps(lanes23, s), acc1);
-    }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    for (; b < nb; b++) { /* at most three blocks left */
-        int sum = 0;
-        for (int j = 0; j < SHOAL_QK; j++) sum += w[b].qs[j] * xq[b * SHOAL_QK + j];
-        s += f16(w[b].d) * xd[b] * (float)sum;
-    }
-    return s;
+#define QR 2
+#define QT 4
+#define INLINE static inline __attribute__((always_inline))
+
+/* The f16 scales of four blocks of stride sizeof(*w), as floats. */
+#define SCALES4(w, b)                                                                          \
+    _mm_cvtph_ps(_mm_setr_epi16((short)(w)[b].d, (short)(w)[(b) + 1].d, (short)(w)[(b) + 2].d,  \
+                                (short)(w)[(b) + 3].d, 0, 0, 0, 0))
+
+/* Four per-block values spread over the lanes of their blocks. */
+INLINE __m512 spread_ps(__m512i lanes, __m128 v) {
+    return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(v));
+}
+INLINE __m512i spread_epi32(__m512i lanes, __m128i v) {
+    return _mm512_permutexvar_epi32(lanes, _mm512_castsi128_si512(v));
 }
 
-/*
- * Q4_0: four blocks' 64 bytes of nibbles fill one register; the low
- * nibbles (values 0..15 of each block) and the high ones (16..31) each meet
- * the activations grouped to match (kernels.h, q4_grouped), so lanes 4k..4k+3
- * hold block k. The nibbles are unsigned 0..15: the -8 offset is taken off
- * at the end with the block sums of x.
- */
-static float row_q4_0(const struct mm_task *t, int64_t r, int tok) {
-    const int64_t nb = t->w->cols / SHOAL_QK;
-    const struct shoal_block_q4_0 *w = row_ptr(t, r);
-    const int8_t *xq = t->xq + tok * t->w->cols;
-    const float *xd = t->xd + tok * nb, *xs = t->xs + tok * nb;
-    const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i m4 = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
-    __m512 acc = _mm512_setzero_ps();
-    __m128 corr = _mm_setzero_ps(); /* dw * xs per block: the -8 offset */
+INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
+    const __m512i l01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i l23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const struct shoal_block_q8_0 *w[QR];
+    __m512 acc[QR][QT];
+    for (int i = 0; i < NR; i++) {
+        w[i] = row_ptr(t, r0 + i);
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm512_setzero_ps();
+    }
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
-        __m512i q = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)w[b].qs));
-        q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[b + 1].qs), 1);
-        q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[b + 2].qs), 2);
-        q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[b + 3].qs), 3);
-        __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-        __m512i p = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512((const void *)(xq + b * SHOAL_QK)));
-        p = _mm512_dpbusd_epi32(p, hi, _mm512_loadu_si512((const void *)(xq + b * SHOAL_QK + 64)));
-        __m128 dw = SCALES4(w, b);
-        corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xs + b), corr);
-        __m512 s = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(xd + b)));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(lanes, s), acc);
+        __m512i w01[QR], w23[QR];
+        __m512 d01[QR], d23[QR];
+        for (int i = 0; i < NR; i++) {
+            w01[i] = _mm512_xor_si512(bias, _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[i][b].qs)),
+                _mm256_loadu_si256((const __m256i *)w[i][b + 1].qs), 1));
+            w23[i] = _mm512_xor_si512(bias, _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[i][b + 2].qs)),
+                _mm256_loadu_si256((const __m256i *)w[i][b + 3].qs), 1));
+            __m128 dw = SCALES4(w[i], b);
+            d01[i] = spread_ps(l01, dw);
+            d23[i] = spread_ps(l23, dw);
+        }
+        for (int j = 0; j < NT; j++) {
+            const int64_t tok = t0 + j;
+            const int8_t *x = t->xq + tok * cols + b * SHOAL_QK;
+            __m512i x01 = _mm512_loadu_si512((const void *)x);
+            __m512i x23 = _mm512_loadu_si512((const void *)(x + 64));
+            /* -128 * sum over 8 lanes = -16 per lane */
+            __m128i corr = _mm_sub_epi32(_mm_setzero_si128(),
+                                         _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(t->xsum + tok * nb + b)), 4));
+            __m512i c01 = spread_epi32(l01, corr), c23 = spread_epi32(l23, corr);
+            __m128 xd = _mm_loadu_ps(t->xd + tok * nb + b);
+            __m512 x01d = spread_ps(l01, xd), x23d = spread_ps(l23, xd);
+            for (int i = 0; i < NR; i++) {
+                __m512i p01 = _mm512_dpbusd_epi32(c01, w01[i], x01);
+                __m512i p23 = _mm512_dpbusd_epi32(c23, w23[i], x23);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_mul_ps(d01[i], x01d), acc[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_mul_ps(d23[i], x23d), acc[i][j]);
+            }
+        }
     }
-    corr = _mm_add_ps(corr, _mm_movehl_ps(corr, corr));
-    corr = _mm_add_ss(corr, _mm_movehdup_ps(corr));
-    float s = _mm512_reduce_add_ps(acc) - 8.0f * _mm_cvtss_f32(corr);
-    for (; b < nb; b++) { /* at most three blocks left, in natural order */
-        float d0 = f16(w[b].d);
-        int sum = 0;
-        for (int j = 0; j < SHOAL_QK / 2; j++)
-            sum += ((w[b].qs[j] & 0x0f) - 8) * xq[b * SHOAL_QK + j] +
-                   ((w[b].qs[j] >> 4) - 8) * xq[b * SHOAL_QK + j + 16];
-        s += d0 * xd[b] * (float)sum;
-    }
-    return s;
+    for (int i = 0; i < NR; i++)
+        for (int j = 0; j < NT; j++) {
+            const int64_t tok = t0 + j;
+            const int8_t *x = t->xq + tok * cols;
+            float s = _mm512_reduce_add_ps(acc[i][j]);
+            for (int64_t k = b; k < nb; k++) { /* at most three blocks left */
+                int sum = 0;
+                for (int e = 0; e < SHOAL_QK; e++) sum += w[i][k].qs[e] * x[k * SHOAL_QK + e];
+                s += f16(w[i][k].d) * t->xd[tok * nb + k] * (float)sum;
+            }
+            t->y[tok * rows + r0 + i] = s;
+        }
 }
+
+INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
+    const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const struct shoal_block_q4_0 *w[QR];
+    __m512 acc[QR][QT];
+    for (int i = 0; i < NR; i++) {
+        w[i] = row_ptr(t, r0 + i);
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm512_setzero_ps();
+    }
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        __m512i lo[QR], hi[QR];
+        __m512 dw[QR];
+        for (int i = 0; i < NR; i++) {
+            __m512i q = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)w[i][b].qs));
+            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[i][b + 1].qs), 1);
+            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[i][b + 2].qs), 2);
+            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[i][b + 3].qs), 3);
+            lo[i] = _mm512_and_si512(q, m4);
+            hi[i] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+            dw[i] = spread_ps(lanes, SCALES4(w[i], b));
+        }
+        for (int j = 0; j < NT; j++) {
+            const int64_t tok = t0 + j;
+            const int8_t *x = t->xq + tok * cols + b * SHOAL_QK;
+            __m512i xl = _mm512_loadu_si512((const void *)x);
+            __m512i xh = _mm512_loadu_si512((const void *)(x + 64));
+            /* -8 * sum over 4 lanes = -2 per lane */
+            __m128i corr = _mm_sub_epi32(_mm_setzero_si128(),
+                                         _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(t->xsum + tok * nb + b)), 1));
+            __m512i c = spread_epi32(lanes, corr);
+            __m512 xd = spread_ps(lanes, _mm_loadu_ps(t->xd + tok * nb + b));
+            for (int i = 0; i < NR; i++) {
+                __m512i p = _mm512_dpbusd_epi32(c, lo[i], xl);
+                p = _mm512_dpbusd_epi32(p, hi[i], xh);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], xd), acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < NR; i++)
+        for (int j = 0; j < NT; j++) {
+            const int64_t tok = t0 + j;
+            const int8_t *x = t->xq + tok * cols;
+            float s = _mm512_reduce_add_ps(acc[i][j]);
+            for (int64_t k = b; k < nb; k++) { /* at most three blocks left, in natural order */
+                int sum = 0;
+                for (int e = 0; e < SHOAL_QK / 2; e++)
+                    sum += ((w[i][k].qs[e] & 0x0f) - 8) * x[k * SHOAL_QK + e] +
+                           ((w[i][k].qs[e] >> 4) - 8) * x[k * SHOAL_QK + e + 16];
+                s += f16(w[i][k].d) * t->xd[tok * nb + k] * (float)sum;
+            }
+            t->y[tok * rows + r0 + i] = s;
+        }
+}
+
+/* One function per tile shape, so that each is compiled with its loops unrolled. */
+#define TILE_FNS(kind)                                                                         \
+    static void kind##_1_1(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 1); } \
+    static void kind##_1_2(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 2); } \
+    static void kind##_1_3(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 3); } \
+    static void kind##_1_4(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 4); } \
+    static void kind##_2_1(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 1); } \
+    static void kind##_2_2(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 2); } \
+    static void kind##_2_3(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 3); } \
+    static void kind##_2_4(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 4); } \
+    static void (*const kind##_tiles[QR][QT])(const struct mm_task *, int64_t, int) = {        \
+        { kind##_1_1, kind##_1_2, kind##_1_3, kind##_1_4 },                                    \
+        { kind##_2_1, kind##_2_2, kind##_2_3, kind##_2_4 },                                    \
+    };                                                                                         \
+    static void mm_##kind(const struct mm_task *t, int64_t r0, int64_t r1) {                   \
+        for (int64_t r = r0; r < r1; r += MM_ROW_TILE) {                                       \
+            int64_t re = r + MM_ROW_TILE < r1 ? r + MM_ROW_TILE : r1;                          \
+            if (t->n == 1) { /* decoding: one row at a time streams fastest */                 \
+                for (int64_t i = r; i < re; i++) kind##_tiles[0][0](t, i, 0);                    \
+                continue;                                                                      \
+            }                                                                                  \
+            for (int tk = 0; tk < t->n; tk += QT) {                                            \
+                int nt = t->n - tk < QT ? t->n - tk : QT;                                      \
+                for (int64_t i = r; i < re; i += QR) {                                         \
+                    int nr = re - i < QR ? (int)(re - i) : QR;                                 \
+                    kind##_tiles[nr - 1][nt - 1](t, i, tk);                                    \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
+TILE_FNS(q8)
+TILE_FNS(q4)
+#undef TILE_FNS
 
 /* ------------------------------------------------------------- attention */
 
@@ -229,8 +329,6 @@ static void kv_axpy_f16(float *o, float w, const void *v, int n) {
 DRIVER(f32)
 DRIVER(f16)
 DRIVER(bf16)
-DRIVER(q8_0)
-DRIVER(q4_0)
 #undef DRIVER
 
 const struct cpu_kernels shoal_cpu_kernels_avx512 = {
@@ -239,8 +337,8 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_F32] = mm_f32,
         [SHOAL_DTYPE_F16] = mm_f16,
         [SHOAL_DTYPE_BF16] = mm_bf16,
-        [SHOAL_DTYPE_Q8_0] = mm_q8_0,
-        [SHOAL_DTYPE_Q4_0] = mm_q4_0,
+        [SHOAL_DTYPE_Q8_0] = mm_q8,
+        [SHOAL_DTYPE_Q4_0] = mm_q4,
     },
     .q4_grouped = 1,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },

@@ -11,7 +11,8 @@
 
 static float dot_f32(const float *a, const float *b, int n);
 
-void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s, int grouped) {
+void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s,
+                          int32_t *isum, int grouped) {
     const int64_t nb = cols / SHOAL_QK, full = grouped ? nb / 4 * 4 : 0;
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * SHOAL_QK;
@@ -36,6 +37,7 @@ void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, flo
         }
         d[b] = db;
         s[b] = db * (float)sum;
+        isum[b] = sum;
     }
 }
 
