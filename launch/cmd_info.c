@@ -92,6 +92,7 @@ int cmd_info(int argc, char **argv) {
     if (shoal_gguf_get(g, "general.architecture") && g->n_tensors > 0) {
         struct shoal_hparams hp;
         rc = shoal_hparams_read(&hp, g);
+        if (rc == SHOAL_OK) rc = shoal_model_check(g);
         if (rc == SHOAL_OK) {
             printf("model:       %s: %s, %d layers, dim %d, %d heads (%d KV, head size %d), ffn %d, "
                    "vocab %d, context %d\n",

@@ -174,7 +174,7 @@ static shoal_status load_matrix(struct shoal_model *m, const char *name, int64_t
                             "%s: tensor '%s' is %s, which shoal cannot compute with yet "
                             "(supported: f32, f16, bf16, q8_0, q4_0)",
                             m->g->path, name, shoal_dtype_name(t->type));
-    shoal_status rc = shoal_weight_prepare(m->be, w, t->type, rows, cols, t->data);
+    shoal_status rc = m->be ? shoal_weight_prepare(m->be, w, t->type, rows, cols, t->data) : SHOAL_OK;
     if (rc != SHOAL_OK) {
         shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
         return rc;
@@ -196,7 +196,7 @@ static shoal_status load_vector(struct shoal_model *m, const char *name, int64_t
     }
     m->weight_bytes += t->nbytes;
     m->n_params += (uint64_t)n;
-    return shoal_backend_upload(m->be, dst, tmp, (size_t)n * sizeof(float));
+    return m->be ? shoal_backend_upload(m->be, dst, tmp, (size_t)n * sizeof(float)) : SHOAL_OK;
 }
 
 static shoal_status load_weights(struct shoal_model *m) {
@@ -208,7 +208,9 @@ static shoal_status load_weights(struct shoal_model *m) {
     /* one device block for every small f32 vector */
     int64_t per_layer = 2 * (int64_t)hp->dim + (hp->has_qkv_bias ? qd + 2 * kvd : 0);
     int64_t n_small = per_layer * hp->n_layers + hp->dim;
-    SHOAL_TRY(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small));
+    if (m->be) SHOAL_TRY(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small));
+    else if (!(m->small = calloc((size_t)n_small, sizeof(float)))) /* a check: host scratch */
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
     float *tmp = malloc((size_t)(qd > hp->dim ? qd : hp->dim) * sizeof(float));
     if (!tmp) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     float *next = m->small;
@@ -278,6 +280,13 @@ done:
     return rc;
 }
 
+shoal_status shoal_model_check(const struct shoal_gguf *g) {
+    struct shoal_model *m = NULL;
+    shoal_status rc = shoal_model_load(&m, g, NULL);
+    shoal_model_destroy(m);
+    return rc;
+}
+
 shoal_status shoal_model_load(struct shoal_model **out, const struct shoal_gguf *g,
                               struct shoal_backend *be) {
     *out = NULL;
@@ -302,6 +311,13 @@ fail:
 
 void shoal_model_destroy(struct shoal_model *m) {
     if (!m) return;
+    if (!m->be) { /* a check: nothing was prepared on a device */
+        free(m->small);
+        free(m->freq_factors);
+        free(m->layers);
+        free(m);
+        return;
+    }
     if (m->layers) {
         for (int l = 0; l < m->hp.n_layers; l++) {
             struct shoal_layer *L = &m->layers[l];

@@ -68,6 +68,12 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
  */
 shoal_status shoal_model_load(struct shoal_model **out, const struct shoal_gguf *g,
                               struct shoal_backend *be);
+/*
+ * The checks of shoal_model_load (hyperparameters, every tensor present with
+ * its shape and a type shoal computes with) without a backend or any
+ * allocation of weights: whether the file would load.
+ */
+shoal_status shoal_model_check(const struct shoal_gguf *g);
 void shoal_model_destroy(struct shoal_model *m);
 
 /* ---------------------------------------------------------------- state */

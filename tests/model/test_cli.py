@@ -1,0 +1,140 @@
+"""The command line as a user meets it: help on every command, usage errors
+(exit 2) that say what is wrong, failures (exit 1) that name the file, the
+context limit, end of generation, and files shoal can read but not run.
+"""
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import shoal_harness as h  # noqa: E402
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["info"], ["synth"]])
+def test_help(cmd):
+    p = h.run(cmd + ["--help"])
+    out = p.stdout.decode()
+    assert out.startswith("usage: shoal"), out
+    if cmd:
+        assert "-h, --help" in out
+
+
+@pytest.mark.parametrize("args,msg", [
+    ([], "usage"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
+    (["run"], "no model given"),
+    (["run", "-m", "x.gguf", "--bogus"], "unknown option '--bogus'"),
+    (["run", "-m", "x.gguf", "--threads", "abc"], "'abc' is not an integer"),
+    (["run", "-m", "x.gguf", "--kv-type", "f8"], "--kv-type 'f8'"),
+    (["run", "-m", "x.gguf", "--simd", "neon"], "--simd 'neon'"),
+    (["run", "-m", "x.gguf", "-n"], "needs a value"),
+    (["info"], "give one GGUF file"),
+    (["synth", "-o", "/tmp/x.gguf", "--type", "q9_9"], "--type 'q9_9'"),
+    (["synth", "-o", "/tmp/x.gguf", "--heads", "3", "--kv-heads", "2"], "impossible shape"),
+])
+def test_usage_errors(args, msg):
+    p = h.run(args, check=False)
+    assert p.returncode == 2, (args, p.returncode)
+    assert msg in p.stderr.decode(), p.stderr.decode()
+
+
+def test_missing_file_is_named():
+    for args in (["run", "-m", "/nonexistent/model.gguf"], ["info", "/nonexistent/model.gguf"]):
+        p = h.run(args, check=False)
+        assert p.returncode == 1
+        err = p.stderr.decode()
+        assert "/nonexistent/model.gguf" in err and "error:" in err, err
+
+
+def test_info_stories():
+    out = h.run(["info", h.testdata("stories260K.gguf")]).stdout.decode()
+    for want in ("GGUF v3", "llama.block_count", "blk.4.ffn_down.weight", "5 layers, dim 64",
+                 "8 heads (4 KV, head size 8)", "tokenizer:   llama, 512 tokens"):
+        assert want in out, f"{want!r} missing from shoal info"
+
+
+def test_info_vocab_only_file():
+    out = h.run(["info", h.testdata("vocab/ggml-vocab-llama-spm.gguf")]).stdout.decode()
+    assert "32000 tokens" in out
+
+
+def test_context_limit(tmp_path):
+    ids = tmp_path / "ids"
+    p = h.run(["run", "-m", h.testdata("stories260K.gguf"), "-c", 16, "-n", 100, "--temp", 0,
+               "--ids-out", ids])
+    assert "context of 16 tokens is full" in p.stderr.decode()
+    # BOS and 15 fed tokens fill the 16 positions; the 16th token is sampled from the last
+    assert len(h.read_ids(ids)) == 16
+
+
+def test_prompt_longer_than_context():
+    p = h.run(["run", "-m", h.testdata("stories260K.gguf"), "-c", 4, "-p",
+               "Once upon a time there was a girl"], check=False)
+    assert p.returncode == 1
+    assert "longer than the context of 4" in p.stderr.decode()
+
+
+def field_value_offset(reader, key):
+    f = reader.fields[key]
+    return f.offset + sum(len(bytes(part)) for part in f.parts[:-1])
+
+
+def test_stops_at_end_of_generation(tmp_path):
+    """A model whose logits are all zero picks token 0 greedily; with the EOS
+    id patched to 0 generation must stop at once, saying so."""
+    import gguf
+    model = tmp_path / "m.gguf"
+    h.run(["synth", "-o", model, "--dim", 64, "--layers", 1, "--heads", 2, "--kv-heads", 1,
+           "--ffn", 64, "--vocab", 300])
+    r = gguf.GGUFReader(str(model))
+    data = bytearray(model.read_bytes())
+    off = field_value_offset(r, "tokenizer.ggml.eos_token_id")
+    data[off:off + 4] = struct.pack("<I", 0)
+    norm = next(t for t in r.tensors if t.name == "output_norm.weight")
+    data[norm.data_offset:norm.data_offset + norm.n_bytes] = bytes(norm.n_bytes)
+    model.write_bytes(bytes(data))
+    ids = tmp_path / "ids"
+    p = h.run(["run", "-m", model, "-p", "abc", "-n", 20, "--temp", 0, "--ids-out", ids, "--no-echo"])
+    assert "stop: eos" in p.stderr.decode()
+    gen = h.read_ids(ids)
+    assert gen[-1] == 0 and p.stdout == b"\n"
+    p = h.run(["run", "-m", model, "-p", "abc", "-n", 20, "--temp", 0, "--ignore-eos"])
+    assert "stop: length" in p.stderr.decode()
+
+
+def test_unsupported_weight_type_is_named(tmp_path):
+    """A tensor type shoal reads but cannot compute with (q4_k) is reported by
+    name, by `shoal run` (exit 1) and by `shoal info` (exit 0, explained)."""
+    import gguf
+    path = tmp_path / "k.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(64)
+    w.add_embedding_length(256)
+    w.add_block_count(1)
+    w.add_feed_forward_length(256)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    rng = np.random.default_rng(0)
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    w.add_tensor("token_embd.weight", f32(300, 256))
+    w.add_tensor("output_norm.weight", f32(256))
+    w.add_tensor("blk.0.attn_norm.weight", f32(256))
+    w.add_tensor("blk.0.ffn_norm.weight", f32(256))
+    # q4_k: 256 values per 144-byte block
+    w.add_tensor("blk.0.attn_q.weight", rng.integers(0, 255, (256, 144), dtype=np.uint8),
+                 raw_shape=(256, 144), raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+    for name in ("attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+        w.add_tensor(f"blk.0.{name}.weight", f32(256, 256))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    p = h.run(["run", "-m", path, "-p", "x"], check=False)
+    assert p.returncode == 1
+    assert "blk.0.attn_q.weight" in p.stderr.decode() and "q4_k" in p.stderr.decode()
+    out = h.run(["info", path]).stdout.decode()
+    assert "q4_k" in out and "cannot run" in out
