@@ -72,4 +72,10 @@ static inline void mm_drive(const struct mm_task *t, int64_t r0, int64_t r1,
     }
 }
 
+/* mm_TYPE for a level whose row_TYPE(t, row, tok) computes one value. */
+#define MM_ROW_DRIVER(type)                                                                \
+    static void mm_##type(const struct mm_task *t, int64_t r0, int64_t r1) {               \
+        mm_drive(t, r0, r1, row_##type);                                                   \
+    }
+
 #endif

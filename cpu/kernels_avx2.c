@@ -44,21 +44,8 @@ static float row_f32(const struct mm_task *t, int64_t r, int tok) {
     return dot_f32(row_ptr(t, r), t->x + tok * t->w->cols, (int)t->w->cols);
 }
 
-static float row_f16(const struct mm_task *t, int64_t r, int tok) {
-    const int64_t n = t->w->cols;
-    const uint16_t *w = row_ptr(t, r);
-    const float *x = t->x + tok * n;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i)));
-        __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8)));
-        acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), acc0);
-        acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), acc1);
-    }
-    float s = hsum256(_mm256_add_ps(acc0, acc1));
-    for (; i < n; i++) s += f16(w[i]) * x[i];
-    return s;
+static inline __m256 f16x8(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
 static inline __m256 bf16x8(const uint16_t *p) {
@@ -66,19 +53,29 @@ static inline __m256 bf16x8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
+/* A row of 16-bit floats (f16 or bf16: load8 widens 8 of them, cvt one) times f32 x. */
+static inline float row_half(const struct mm_task *t, int64_t r, int tok,
+                             __m256 (*load8)(const uint16_t *), float (*cvt)(uint16_t)) {
     const int64_t n = t->w->cols;
     const uint16_t *w = row_ptr(t, r);
     const float *x = t->x + tok * n;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(bf16x8(w + i), _mm256_loadu_ps(x + i), acc0);
-        acc1 = _mm256_fmadd_ps(bf16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+        acc0 = _mm256_fmadd_ps(load8(w + i), _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(load8(w + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
     }
     float s = hsum256(_mm256_add_ps(acc0, acc1));
-    for (; i < n; i++) s += shoal_bf16_to_f32(w[i]) * x[i];
+    for (; i < n; i++) s += cvt(w[i]) * x[i];
     return s;
+}
+
+static float row_f16(const struct mm_task *t, int64_t r, int tok) {
+    return row_half(t, r, tok, f16x8, f16);
+}
+
+static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
+    return row_half(t, r, tok, bf16x8, shoal_bf16_to_f32);
 }
 
 /* Sum of 32 products of unsigned a and signed b bytes, as 8 int32 lanes in float. */
@@ -181,15 +178,11 @@ static void kv_axpy_f16(float *o, float w, const void *v, int n) {
     for (; i < n; i++) o[i] += w * f16(h[i]);
 }
 
-#define DRIVER(type)                                                                       \
-    static void mm_##type(const struct mm_task *t, int64_t r0, int64_t r1) {               \
-        mm_drive(t, r0, r1, row_##type);                                                   \
-    }
-DRIVER(f32)
-DRIVER(f16)
-DRIVER(bf16)
-DRIVER(q8_0)
-DRIVER(q4_0)
+MM_ROW_DRIVER(f32)
+MM_ROW_DRIVER(f16)
+MM_ROW_DRIVER(bf16)
+MM_ROW_DRIVER(q8_0)
+MM_ROW_DRIVER(q4_0)
 #undef DRIVER
 
 const struct cpu_kernels shoal_cpu_kernels_avx2 = {

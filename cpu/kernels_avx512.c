@@ -43,25 +43,8 @@ static float row_f32(const struct mm_task *t, int64_t r, int tok) {
     return dot_f32(row_ptr(t, r), t->x + tok * t->w->cols, (int)t->w->cols);
 }
 
-static float row_f16(const struct mm_task *t, int64_t r, int tok) {
-    const int64_t n = t->w->cols;
-    const uint16_t *w = row_ptr(t, r);
-    const float *x = t->x + tok * n;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i)));
-        __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i + 16)));
-        acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), acc0);
-        acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i + 16), acc1);
-    }
-    for (; i + 16 <= n; i += 16) {
-        __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i)));
-        acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), acc0);
-    }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    for (; i < n; i++) s += f16(w[i]) * x[i];
-    return s;
+static inline __m512 f16x16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 
 static inline __m512 bf16x16(const uint16_t *p) {
@@ -69,27 +52,31 @@ static inline __m512 bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
 
-static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
+/* A row of 16-bit floats (f16 or bf16: load16 widens 16 of them, cvt one) times f32 x. */
+static inline float row_half(const struct mm_task *t, int64_t r, int tok,
+                             __m512 (*load16)(const uint16_t *), float (*cvt)(uint16_t)) {
     const int64_t n = t->w->cols;
     const uint16_t *w = row_ptr(t, r);
     const float *x = t->x + tok * n;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        acc0 = _mm512_fmadd_ps(bf16x16(w + i), _mm512_loadu_ps(x + i), acc0);
-        acc1 = _mm512_fmadd_ps(bf16x16(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
+        acc0 = _mm512_fmadd_ps(load16(w + i), _mm512_loadu_ps(x + i), acc0);
+        acc1 = _mm512_fmadd_ps(load16(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
     }
-    for (; i + 16 <= n; i += 16)
-        acc0 = _mm512_fmadd_ps(bf16x16(w + i), _mm512_loadu_ps(x + i), acc0);
+    for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(load16(w + i), _mm512_loadu_ps(x + i), acc0);
     float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    for (; i < n; i++) s += shoal_bf16_to_f32(w[i]) * x[i];
+    for (; i < n; i++) s += cvt(w[i]) * x[i];
     return s;
 }
 
-/* The f16 scales of four blocks of stride sizeof(*w), as floats. */
-#define SCALES4(w, b)                                                                          \
-    _mm_cvtph_ps(_mm_setr_epi16((short)(w)[b].d, (short)(w)[(b) + 1].d, (short)(w)[(b) + 2].d,  \
-                                (short)(w)[(b) + 3].d, 0, 0, 0, 0))
+static float row_f16(const struct mm_task *t, int64_t r, int tok) {
+    return row_half(t, r, tok, f16x16, f16);
+}
+
+static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
+    return row_half(t, r, tok, bf16x16, shoal_bf16_to_f32);
+}
 
 /*
  * Q8_0 and Q4_0 run as tiles of up to QR rows x QT tokens, so that a row's
@@ -322,13 +309,9 @@ static void kv_axpy_f16(float *o, float w, const void *v, int n) {
     }
 }
 
-#define DRIVER(type)                                                                       \
-    static void mm_##type(const struct mm_task *t, int64_t r0, int64_t r1) {               \
-        mm_drive(t, r0, r1, row_##type);                                                   \
-    }
-DRIVER(f32)
-DRIVER(f16)
-DRIVER(bf16)
+MM_ROW_DRIVER(f32)
+MM_ROW_DRIVER(f16)
+MM_ROW_DRIVER(bf16)
 #undef DRIVER
 
 const struct cpu_kernels shoal_cpu_kernels_avx512 = {

@@ -93,22 +93,22 @@ static float row_f32(const struct mm_task *t, int64_t r, int tok) {
     return dot_f32(w, t->x + tok * cols, (int)cols);
 }
 
-static float row_f16(const struct mm_task *t, int64_t r, int tok) {
+/* A row of 16-bit floats (f16 or bf16, by cvt) times f32 activations. */
+static inline float row_half(const struct mm_task *t, int64_t r, int tok, float (*cvt)(uint16_t)) {
     const int64_t cols = t->w->cols;
     const uint16_t *w = (const uint16_t *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
     const float *x = t->x + tok * cols;
     float s = 0;
-    for (int64_t i = 0; i < cols; i++) s += shoal_f16_to_f32(w[i]) * x[i];
+    for (int64_t i = 0; i < cols; i++) s += cvt(w[i]) * x[i];
     return s;
 }
 
+static float row_f16(const struct mm_task *t, int64_t r, int tok) {
+    return row_half(t, r, tok, shoal_f16_to_f32);
+}
+
 static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
-    const int64_t cols = t->w->cols;
-    const uint16_t *w = (const uint16_t *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
-    const float *x = t->x + tok * cols;
-    float s = 0;
-    for (int64_t i = 0; i < cols; i++) s += shoal_bf16_to_f32(w[i]) * x[i];
-    return s;
+    return row_half(t, r, tok, shoal_bf16_to_f32);
 }
 
 static float row_q8_0(const struct mm_task *t, int64_t r, int tok) {
@@ -144,15 +144,11 @@ static float row_q4_0(const struct mm_task *t, int64_t r, int tok) {
     return s;
 }
 
-#define DRIVER(type)                                                                       \
-    static void mm_##type(const struct mm_task *t, int64_t r0, int64_t r1) {               \
-        mm_drive(t, r0, r1, row_##type);                                                   \
-    }
-DRIVER(f32)
-DRIVER(f16)
-DRIVER(bf16)
-DRIVER(q8_0)
-DRIVER(q4_0)
+MM_ROW_DRIVER(f32)
+MM_ROW_DRIVER(f16)
+MM_ROW_DRIVER(bf16)
+MM_ROW_DRIVER(q8_0)
+MM_ROW_DRIVER(q4_0)
 #undef DRIVER
 
 const struct cpu_kernels shoal_cpu_kernels_scalar = {

@@ -58,6 +58,46 @@ const struct tok_merge *shoal_tok_merge_find(const struct shoal_tokenizer *t, in
     }
 }
 
+shoal_status shoal_tok_heap_push(struct tok_heap *h, const void *item) {
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 256;
+        char *v = realloc(h->v, cap * h->size);
+        if (!v) return shoal_errorf(SHOAL_NOMEM, "tokenizer: out of memory for %zu merge candidates", cap);
+        h->v = v;
+        h->cap = cap;
+    }
+    size_t i = h->n++;
+    while (i > 0) { /* sift up */
+        size_t up = (i - 1) / 2;
+        if (!h->before(item, h->v + up * h->size)) break;
+        memcpy(h->v + i * h->size, h->v + up * h->size, h->size);
+        i = up;
+    }
+    memcpy(h->v + i * h->size, item, h->size);
+    return SHOAL_OK;
+}
+
+void shoal_tok_heap_pop(struct tok_heap *h, void *out) {
+    memcpy(out, h->v, h->size);
+    const char *last = h->v + --h->n * h->size;
+    size_t i = 0;
+    for (;;) { /* sift the last item down from the top */
+        size_t c = 2 * i + 1;
+        if (c >= h->n) break;
+        if (c + 1 < h->n && h->before(h->v + (c + 1) * h->size, h->v + c * h->size)) c++;
+        if (!h->before(h->v + c * h->size, last)) break;
+        memcpy(h->v + i * h->size, h->v + c * h->size, h->size);
+        i = c;
+    }
+    if (h->n > 0) memcpy(h->v + i * h->size, last, h->size);
+}
+
+void shoal_tok_heap_free(struct tok_heap *h) {
+    free(h->v);
+    h->v = NULL;
+    h->n = h->cap = 0;
+}
+
 shoal_status shoal_tok_ids_push(struct tok_ids *ids, int32_t id) {
     if (ids->n == ids->cap) {
         size_t cap = ids->cap ? ids->cap * 2 : 64;

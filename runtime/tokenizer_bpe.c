@@ -65,48 +65,14 @@ struct bpe_work {
     struct tok_ids *out;
     struct bpe_sym *sym;
     size_t sym_cap;
-    struct bpe_pair *heap;
-    size_t heap_n, heap_cap;
+    struct tok_heap heap; /* of struct bpe_pair */
     char *enc;        /* a pre-token in GPT-2 code points (ignore_merges lookups) */
     size_t enc_cap;
 };
 
-static int before(const struct bpe_pair *a, const struct bpe_pair *b) {
+static int before(const void *va, const void *vb) {
+    const struct bpe_pair *a = va, *b = vb;
     return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
-}
-
-static shoal_status heap_push(struct bpe_work *w, struct bpe_pair p) {
-    if (w->heap_n == w->heap_cap) {
-        size_t cap = w->heap_cap ? w->heap_cap * 2 : 256;
-        struct bpe_pair *v = realloc(w->heap, cap * sizeof *v);
-        if (!v) return shoal_errorf(SHOAL_NOMEM, "tokenizer: out of memory for %zu merge candidates", cap);
-        w->heap = v;
-        w->heap_cap = cap;
-    }
-    size_t i = w->heap_n++;
-    while (i > 0) {
-        size_t up = (i - 1) / 2;
-        if (!before(&p, &w->heap[up])) break;
-        w->heap[i] = w->heap[up];
-        i = up;
-    }
-    w->heap[i] = p;
-    return SHOAL_OK;
-}
-
-static struct bpe_pair heap_pop(struct bpe_work *w) {
-    struct bpe_pair top = w->heap[0], last = w->heap[--w->heap_n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= w->heap_n) break;
-        if (c + 1 < w->heap_n && before(&w->heap[c + 1], &w->heap[c])) c++;
-        if (!before(&w->heap[c], &last)) break;
-        w->heap[i] = w->heap[c];
-        i = c;
-    }
-    if (w->heap_n > 0) w->heap[i] = last;
-    return top;
 }
 
 static shoal_status try_pair(struct bpe_work *w, int32_t left, int32_t right) {
@@ -114,7 +80,8 @@ static shoal_status try_pair(struct bpe_work *w, int32_t left, int32_t right) {
     int32_t lid = w->sym[left].id, rid = w->sym[right].id;
     const struct tok_merge *m = shoal_tok_merge_find(w->t, lid, rid);
     if (!m) return SHOAL_OK;
-    return heap_push(w, (struct bpe_pair){ m->rank, left, right, lid, rid });
+    struct bpe_pair p = { m->rank, left, right, lid, rid };
+    return shoal_tok_heap_push(&w->heap, &p);
 }
 
 static shoal_status emit(struct bpe_work *w, int32_t id) {
@@ -152,11 +119,12 @@ static shoal_status word(struct bpe_work *w, size_t s, size_t e) {
     }
     for (size_t i = 0; i < n; i++)
         w->sym[i] = (struct bpe_sym){ t->byte_tok[b[i]], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1, 1 };
-    w->heap_n = 0;
+    w->heap.n = 0;
     for (size_t i = 1; i < n; i++) SHOAL_TRY(try_pair(w, (int32_t)i - 1, (int32_t)i));
 
-    while (w->heap_n > 0) {
-        struct bpe_pair p = heap_pop(w);
+    while (w->heap.n > 0) {
+        struct bpe_pair p;
+        shoal_tok_heap_pop(&w->heap, &p);
         struct bpe_sym *l = &w->sym[p.left], *r = &w->sym[p.right];
         /* a side that merged since has a new id (or is gone): stale */
         if (!l->alive || !r->alive || l->id != p.lid || r->id != p.rid) continue;
@@ -304,7 +272,8 @@ shoal_status shoal_tok_bpe_encode(const struct shoal_tokenizer *t, const char *t
                                   struct tok_ids *out) {
     if (len == 0) return SHOAL_OK;
     shoal_status rc = SHOAL_OK;
-    struct bpe_work w = { .t = t, .text = (const unsigned char *)text, .out = out };
+    struct bpe_work w = { .t = t, .text = (const unsigned char *)text, .out = out,
+                          .heap = { .size = sizeof(struct bpe_pair), .before = before } };
     w.cp = malloc(len * sizeof *w.cp);
     w.off = malloc((len + 1) * sizeof *w.off);
     if (!w.cp || !w.off) {
@@ -330,7 +299,7 @@ done:
     free(w.cp);
     free(w.off);
     free(w.sym);
-    free(w.heap);
+    shoal_tok_heap_free(&w.heap);
     free(w.enc);
     return rc;
 }

@@ -76,6 +76,20 @@ struct tok_ids {
 };
 shoal_status shoal_tok_ids_push(struct tok_ids *ids, int32_t id);
 
+/*
+ * A binary heap of fixed-size items (size bytes each), the one before()
+ * ranks first on top. SPM and BPE keep their merge candidates in one.
+ * Zero-initialise with size and before set; free with tok_heap_free.
+ */
+struct tok_heap {
+    char *v;
+    size_t n, cap, size;
+    int (*before)(const void *a, const void *b);
+};
+shoal_status shoal_tok_heap_push(struct tok_heap *h, const void *item);
+void shoal_tok_heap_pop(struct tok_heap *h, void *out); /* h->n must be > 0 */
+void shoal_tok_heap_free(struct tok_heap *h);
+
 /* The id whose text is s[0..len), or -1 (hash lookup). */
 int32_t shoal_tok_find(const struct shoal_tokenizer *t, const char *s, size_t len);
 

@@ -32,58 +32,21 @@ struct spm_pair {
     uint32_t size;    /* bytes of the pair when it was pushed */
 };
 
-struct spm_heap {
-    struct spm_pair *v;
-    size_t n, cap;
-};
-
 /* a goes out before b: higher score, then the leftmost */
-static int before(const struct spm_pair *a, const struct spm_pair *b) {
+static int before(const void *va, const void *vb) {
+    const struct spm_pair *a = va, *b = vb;
     return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-static shoal_status heap_push(struct spm_heap *h, struct spm_pair p) {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 256;
-        struct spm_pair *v = realloc(h->v, cap * sizeof *v);
-        if (!v) return shoal_errorf(SHOAL_NOMEM, "tokenizer: out of memory for %zu merge candidates", cap);
-        h->v = v;
-        h->cap = cap;
-    }
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t up = (i - 1) / 2;
-        if (!before(&p, &h->v[up])) break;
-        h->v[i] = h->v[up];
-        i = up;
-    }
-    h->v[i] = p;
-    return SHOAL_OK;
-}
-
-static struct spm_pair heap_pop(struct spm_heap *h) {
-    struct spm_pair top = h->v[0], last = h->v[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n) break;
-        if (c + 1 < h->n && before(&h->v[c + 1], &h->v[c])) c++;
-        if (!before(&h->v[c], &last)) break;
-        h->v[i] = h->v[c];
-        i = c;
-    }
-    if (h->n > 0) h->v[i] = last;
-    return top;
 }
 
 /* Pushes the pair (left, right) when their concatenation is a token. */
 static shoal_status try_pair(const struct shoal_tokenizer *t, const struct spm_sym *sym,
-                             struct spm_heap *h, int32_t left, int32_t right) {
+                             struct tok_heap *h, int32_t left, int32_t right) {
     if (left < 0 || right < 0) return SHOAL_OK;
     uint32_t size = sym[left].n + sym[right].n; /* adjacent symbols are adjacent in memory */
     int32_t id = shoal_tok_find(t, sym[left].text, size);
     if (id < 0) return SHOAL_OK;
-    return heap_push(h, (struct spm_pair){ t->tok[id].score, left, right, size });
+    struct spm_pair p = { t->tok[id].score, left, right, size };
+    return shoal_tok_heap_push(h, &p);
 }
 
 static shoal_status emit_bytes(const struct shoal_tokenizer *t, const char *s, uint32_t n,
@@ -102,7 +65,7 @@ shoal_status shoal_tok_spm_encode(const struct shoal_tokenizer *t, const char *t
     if (len == 0) return SHOAL_OK;
     if (len > INT32_MAX) return shoal_errorf(SHOAL_INVALID, "tokenizer: %zu bytes of text is too long", len);
     shoal_status rc = SHOAL_OK;
-    struct spm_heap heap = { 0 };
+    struct tok_heap heap = { .size = sizeof(struct spm_pair), .before = before };
     /* One symbol per UTF-8 character. llama.cpp goes by the lead byte
        alone, so that a truncated sequence swallows the bytes after it (even
        the U+2581 of an escaped space, which then decodes as "▁"); here a byte
@@ -129,7 +92,8 @@ shoal_status shoal_tok_spm_encode(const struct shoal_tokenizer *t, const char *t
         SHOAL_TRY_GOTO(try_pair(t, sym, &heap, (int32_t)i - 1, (int32_t)i), rc, done);
 
     while (heap.n > 0) {
-        struct spm_pair p = heap_pop(&heap);
+        struct spm_pair p;
+        shoal_tok_heap_pop(&heap, &p);
         struct spm_sym *l = &sym[p.left], *r = &sym[p.right];
         if (l->n == 0 || r->n == 0 || l->n + r->n != p.size) continue; /* stale */
         l->n += r->n;
@@ -149,7 +113,7 @@ shoal_status shoal_tok_spm_encode(const struct shoal_tokenizer *t, const char *t
     }
 
 done:
-    free(heap.v);
+    shoal_tok_heap_free(&heap);
     free(sym);
     return rc;
 }
