@@ -118,6 +118,19 @@ shoal_status shoal_op_matmul(struct shoal_backend *b, float *y, const struct sho
     return b->iface->matmul(b->ctx, y, w, x, n);
 }
 
+shoal_status shoal_op_matmul_n(struct shoal_backend *b, int k, float *const *y,
+                               const struct shoal_weight *const *w, const float *x, int n) {
+    if (k < 1 || k > SHOAL_MATMUL_MAX)
+        return shoal_errorf(SHOAL_INTERNAL, "matmul_n of %d weights (1..%d)", k, SHOAL_MATMUL_MAX);
+    for (int i = 1; i < k; i++)
+        if (w[i]->cols != w[0]->cols)
+            return shoal_errorf(SHOAL_INTERNAL, "matmul_n: weights of %lld and %lld columns",
+                                (long long)w[0]->cols, (long long)w[i]->cols);
+    if (b->iface->matmul_n) return b->iface->matmul_n(b->ctx, k, y, w, x, n);
+    for (int i = 0; i < k; i++) SHOAL_TRY(b->iface->matmul(b->ctx, y[i], w[i], x, n));
+    return SHOAL_OK;
+}
+
 shoal_status shoal_op_rmsnorm(struct shoal_backend *b, float *y, const float *x, const float *w,
                               int n, int dim, float eps) {
     return b->iface->rmsnorm(b->ctx, y, x, w, n, dim, eps);

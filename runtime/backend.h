@@ -106,6 +106,15 @@ shoal_status shoal_op_embed(struct shoal_backend *b, float *y, const struct shoa
 /* y (n, w->rows) = x (n, w->cols) times W transposed. */
 shoal_status shoal_op_matmul(struct shoal_backend *b, float *y, const struct shoal_weight *w,
                              const float *x, int n);
+/*
+ * y[i] (n, w[i]->rows) = x (n, cols) times W[i] transposed, for i < k
+ * (k <= SHOAL_MATMUL_MAX): several weights with the same cols applied to one
+ * input, as Q, K and V are, or the FFN's gate and up. One op so that a
+ * backend can share the work on x and spread all the rows over its threads.
+ */
+#define SHOAL_MATMUL_MAX 4
+shoal_status shoal_op_matmul_n(struct shoal_backend *b, int k, float *const *y,
+                               const struct shoal_weight *const *w, const float *x, int n);
 /* y (n, dim) = x / rms(x) * w, per token; y may equal x. */
 shoal_status shoal_op_rmsnorm(struct shoal_backend *b, float *y, const float *x, const float *w,
                               int n, int dim, float eps);

@@ -410,9 +410,9 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b,
         char *kc = (char *)s->kv + (size_t)l * 2 * layer_kv, *vc = kc + layer_kv;
 
         SHOAL_TRY(shoal_op_rmsnorm(be, s->xb, s->x, L->attn_norm, n, dim, hp->rms_eps));
-        SHOAL_TRY(shoal_op_matmul(be, s->q, &L->wq, s->xb, n));
-        SHOAL_TRY(shoal_op_matmul(be, s->k, &L->wk, s->xb, n));
-        SHOAL_TRY(shoal_op_matmul(be, s->v, &L->wv, s->xb, n));
+        float *qkv_out[3] = { s->q, s->k, s->v };
+        const struct shoal_weight *qkv[3] = { &L->wq, &L->wk, &L->wv };
+        SHOAL_TRY(shoal_op_matmul_n(be, 3, qkv_out, qkv, s->xb, n));
         if (L->bq) {
             SHOAL_TRY(shoal_op_add_bias(be, s->q, L->bq, n, qd));
             SHOAL_TRY(shoal_op_add_bias(be, s->k, L->bk, n, kvd));
@@ -426,8 +426,9 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b,
         SHOAL_TRY(shoal_op_add(be, s->x, s->xb, (size_t)n * dim));
 
         SHOAL_TRY(shoal_op_rmsnorm(be, s->xb, s->x, L->ffn_norm, n, dim, hp->rms_eps));
-        SHOAL_TRY(shoal_op_matmul(be, s->hb, &L->gate, s->xb, n));
-        SHOAL_TRY(shoal_op_matmul(be, s->hb2, &L->up, s->xb, n));
+        float *ffn_out[2] = { s->hb, s->hb2 };
+        const struct shoal_weight *ffn_in[2] = { &L->gate, &L->up };
+        SHOAL_TRY(shoal_op_matmul_n(be, 2, ffn_out, ffn_in, s->xb, n));
         SHOAL_TRY(shoal_op_silu_mul(be, s->hb, s->hb2, (size_t)n * hp->ffn_dim));
         SHOAL_TRY(shoal_op_matmul(be, s->xb, &L->down, s->hb, n));
         SHOAL_TRY(shoal_op_add(be, s->x, s->xb, (size_t)n * dim));
