@@ -142,66 +142,76 @@ static void mm_worker(void *arg, int ith, int nth) {
 struct xq_job {
     const float *x;
     int64_t cols, nb;
-    int n, grouped;
-    int8_t *q;
-    float *d, *s;
-    int32_t *sum;
+    int n, grouped, lanes, offset;
+    struct mm_task *t; /* the buffers to fill: xq, xd, xs, xsum, xvc, xvd */
 };
 
 static void xq_worker(void *arg, int ith, int nth) {
     struct xq_job *j = arg;
+    struct mm_task *m = j->t;
+    int64_t nv = j->nb / 4 * 4 * j->lanes;
     long long lo, hi;
     shoal_pool_share(j->n, ith, nth, 1, &lo, &hi);
     for (long long t = lo; t < hi; t++)
-        shoal_cpu_quantize_x(j->x + t * j->cols, j->cols, j->q + t * j->cols, j->d + t * j->nb,
-                             j->s + t * j->nb, j->sum + t * j->nb, j->grouped);
+        shoal_cpu_quantize_x(j->x + t * j->cols, j->cols, (int8_t *)m->xq + t * j->cols,
+                             (float *)m->xd + t * j->nb, (float *)m->xs + t * j->nb,
+                             (int32_t *)m->xsum + t * j->nb, j->grouped, j->lanes, j->offset,
+                             (int32_t *)m->xvc + t * nv, (float *)m->xvd + t * nv);
 }
 
-/* Quantizes x (n, cols) into the scratch at slot (0: in order, 1: grouped). */
-static shoal_status quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, int grouped,
-                               struct mm_task *t) {
+/* Bytes of quantized x for n tokens of cols values with lanes per block. */
+static size_t xq_bytes(int64_t cols, int n, int lanes) {
+    int64_t nb = cols / SHOAL_QK, nv = nb / 4 * 4 * lanes;
+    return (size_t)n * ((size_t)cols + 3 * sizeof(float) * (size_t)nb + 2 * sizeof(float) * (size_t)nv);
+}
+
+/* Quantizes x (n, cols) for weights of type, into scratch at base, filling t's x fields. */
+static void quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, int type, char *base,
+                       struct mm_task *t) {
     int64_t nb = cols / SHOAL_QK;
-    size_t one = (size_t)n * ((size_t)cols + 3 * sizeof(float) * (size_t)nb);
-    char *base = (char *)c->xbuf + (grouped ? one : 0);
-    struct xq_job q = { x, cols, nb, n, grouped, (int8_t *)base, NULL, NULL, NULL };
-    q.d = (float *)(base + (size_t)n * (size_t)cols); /* cols % 32 == 0: aligned */
-    q.s = q.d + (size_t)n * (size_t)nb;
-    q.sum = (int32_t *)(q.s + (size_t)n * (size_t)nb);
+    int q4 = type == SHOAL_DTYPE_Q4_0;
+    int lanes = c->k->lane_vectors ? (q4 ? 4 : 8) : 0;
+    int64_t nv = nb / 4 * 4 * lanes;
+    t->xq = (int8_t *)base; /* cols % 32 == 0: what follows stays aligned */
+    t->xd = (float *)(base + (size_t)n * (size_t)cols);
+    t->xs = t->xd + (size_t)n * (size_t)nb;
+    t->xsum = (int32_t *)(t->xs + (size_t)n * (size_t)nb);
+    t->xvc = t->xsum + (size_t)n * (size_t)nb;
+    t->xvd = (float *)(t->xvc + (size_t)n * (size_t)nv);
+    struct xq_job q = { x, cols, nb, n, q4 && c->k->q4_grouped, lanes, q4 ? 8 : 128, t };
     if (n >= 4 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
     else xq_worker(&q, 0, 1);
-    t->xq = q.q;
-    t->xd = q.d;
-    t->xs = q.s;
-    t->xsum = q.sum;
-    return SHOAL_OK;
 }
 
 static shoal_status cpu_matmul_n(void *vctx, int k, float *const *y,
                                  const struct shoal_weight *const *w, const float *x, int n) {
     struct cpu_ctx *c = vctx;
     struct mm_job job = { .k = k };
-    struct mm_task done[2] = { { 0 } }; /* x quantized in order / grouped, once each */
+    struct mm_task done[2] = { { 0 } }; /* x quantized for Q8_0 / for Q4_0, once each */
     int have[2] = { 0, 0 };
-    int64_t cols = w[0]->cols, nb = cols / SHOAL_QK;
+    int64_t cols = w[0]->cols;
+    size_t one = xq_bytes(cols, n, 8);
     for (int i = 0; i < k; i++) {
-        if (!(job.fn[i] = c->k->mm[w[i]->type]))
+        int type = w[i]->type;
+        if (!(job.fn[i] = c->k->mm[type]))
             return shoal_errorf(SHOAL_UNSUPPORTED,
                                 "the CPU backend has no matmul for %s weights (it has f32, f16, "
                                 "bf16, q8_0 and q4_0)",
-                                shoal_dtype_name(w[i]->type));
+                                shoal_dtype_name(type));
         job.task[i] = (struct mm_task){ .w = w[i], .n = n, .x = x, .y = y[i] };
-        if (w[i]->type == SHOAL_DTYPE_Q8_0 || w[i]->type == SHOAL_DTYPE_Q4_0) {
-            int grouped = w[i]->type == SHOAL_DTYPE_Q4_0 && c->k->q4_grouped;
-            if (!have[grouped]) {
-                size_t one = (size_t)n * ((size_t)cols + 3 * sizeof(float) * (size_t)nb);
+        if (type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0) {
+            int f = type == SHOAL_DTYPE_Q4_0;
+            if (!have[f]) {
                 SHOAL_TRY(grow(&c->xbuf, &c->xbuf_cap, 2 * one));
-                SHOAL_TRY(quantize_x(c, x, cols, n, grouped, &done[grouped]));
-                have[grouped] = 1;
+                quantize_x(c, x, cols, n, type, (char *)c->xbuf + (size_t)f * one, &done[f]);
+                have[f] = 1;
             }
-            job.task[i].xq = done[grouped].xq;
-            job.task[i].xd = done[grouped].xd;
-            job.task[i].xs = done[grouped].xs;
-            job.task[i].xsum = done[grouped].xsum;
+            job.task[i].xq = done[f].xq;
+            job.task[i].xd = done[f].xd;
+            job.task[i].xs = done[f].xs;
+            job.task[i].xsum = done[f].xsum;
+            job.task[i].xvc = done[f].xvc;
+            job.task[i].xvd = done[f].xvd;
         }
         job.first[i + 1] = job.first[i] + w[i]->rows;
     }
@@ -215,6 +225,34 @@ static shoal_status cpu_matmul(void *vctx, float *y, const struct shoal_weight *
 }
 
 /* ------------------------------------------------------------ small ops */
+
+/*
+ * The elementwise and per-token ops run on the pool only when there is
+ * enough work to pay for waking it (prompts); one token's worth is a few
+ * microseconds on the calling thread.
+ */
+struct par_job {
+    void (*fn)(void *arg, long long lo, long long hi);
+    void *arg;
+    long long n, align;
+};
+
+static void par_worker(void *a, int ith, int nth) {
+    struct par_job *j = a;
+    long long lo, hi;
+    shoal_pool_share(j->n, ith, nth, j->align, &lo, &hi);
+    if (lo < hi) j->fn(j->arg, lo, hi);
+}
+
+static void par_for(struct cpu_ctx *c, long long n, long long serial_below, long long align,
+                    void (*fn)(void *arg, long long lo, long long hi), void *arg) {
+    if (n < serial_below || c->n_threads == 1) {
+        fn(arg, 0, n);
+        return;
+    }
+    struct par_job j = { fn, arg, n, align };
+    shoal_pool_run(c->pool, par_worker, &j);
+}
 
 static shoal_status cpu_embed(void *vctx, float *y, const struct shoal_weight *table,
                               const struct shoal_batch *b) {
@@ -230,25 +268,47 @@ static shoal_status cpu_embed(void *vctx, float *y, const struct shoal_weight *t
     return SHOAL_OK;
 }
 
+struct norm_args {
+    float *y;
+    const float *x, *w;
+    int dim;
+    float eps;
+};
+
+static void rmsnorm_rows(void *a, long long lo, long long hi) {
+    const struct norm_args *r = a;
+    for (long long t = lo; t < hi; t++) {
+        const float *xt = r->x + t * r->dim;
+        float *yt = r->y + t * r->dim;
+        double ss = 0;
+        for (int i = 0; i < r->dim; i++) ss += (double)xt[i] * xt[i];
+        float scale = (float)(1.0 / sqrt(ss / r->dim + r->eps));
+        for (int i = 0; i < r->dim; i++) yt[i] = xt[i] * scale * r->w[i];
+    }
+}
+
 static shoal_status cpu_rmsnorm(void *vctx, float *y, const float *x, const float *w, int n,
                                 int dim, float eps) {
-    for (int t = 0; t < n; t++) {
-        const float *xt = x + (int64_t)t * dim;
-        float *yt = y + (int64_t)t * dim;
-        double ss = 0;
-        for (int i = 0; i < dim; i++) ss += (double)xt[i] * xt[i];
-        float scale = (float)(1.0 / sqrt(ss / dim + eps));
-        for (int i = 0; i < dim; i++) yt[i] = xt[i] * scale * w[i];
-    }
+    struct norm_args a = { y, x, w, dim, eps };
+    par_for(vctx, n, 4, 1, rmsnorm_rows, &a);
     return SHOAL_OK;
 }
 
-static shoal_status cpu_rope(void *vctx, float *x, int n_heads, int head_dim,
-                             const struct shoal_rope *r, const struct shoal_batch *b) {
-    int half = r->rope_dim / 2;
-    float cs[512][2]; /* rope_dim <= 1024: checked by the model loader */
-    if (half > 512) return shoal_errorf(SHOAL_UNSUPPORTED, "rope dimension %d > 1024", r->rope_dim);
-    for (int t = 0; t < b->n_tokens; t++) {
+struct rope_args {
+    float *x;
+    int n_heads, head_dim;
+    const struct shoal_rope *r;
+    const struct shoal_batch *b;
+};
+
+static void rope_rows(void *a, long long lo, long long hi) {
+    const struct rope_args *ra = a;
+    const struct shoal_rope *r = ra->r;
+    const struct shoal_batch *b = ra->b;
+    float *x = ra->x;
+    const int n_heads = ra->n_heads, head_dim = ra->head_dim, half = r->rope_dim / 2;
+    float cs[512][2]; /* rope_dim <= 1024: checked by cpu_rope */
+    for (long long t = lo; t < hi; t++) {
         double p = (double)b->pos[t] * r->freq_scale;
         for (int i = 0; i < half; i++) {
             double theta = p * pow((double)r->freq_base, -2.0 * i / r->rope_dim);
@@ -267,6 +327,13 @@ static shoal_status cpu_rope(void *vctx, float *x, int n_heads, int head_dim,
             }
         }
     }
+}
+
+static shoal_status cpu_rope(void *vctx, float *x, int n_heads, int head_dim,
+                             const struct shoal_rope *r, const struct shoal_batch *b) {
+    if (r->rope_dim > 1024) return shoal_errorf(SHOAL_UNSUPPORTED, "rope dimension %d > 1024", r->rope_dim);
+    struct rope_args a = { x, n_heads, head_dim, r, b };
+    par_for(vctx, b->n_tokens, 4, 1, rope_rows, &a);
     return SHOAL_OK;
 }
 
@@ -286,22 +353,37 @@ static void store_head(int type, void *dst, const float *src, int hd) {
     }
 }
 
-static shoal_status cpu_kv_store(void *vctx, const struct shoal_kv_desc *d, void *kc, void *vc,
-                                 const float *k, const float *v, const struct shoal_batch *b) {
+struct store_args {
+    const struct shoal_kv_desc *d;
+    void *kc, *vc;
+    const float *k, *v;
+    const struct shoal_batch *b;
+};
+
+static void kv_store_rows(void *a, long long lo, long long hi) {
+    const struct store_args *s = a;
+    const struct shoal_kv_desc *d = s->d;
+    const float *k = s->k, *v = s->v;
+    char *kc = s->kc, *vc = s->vc;
     int kvd = d->n_kv_heads * d->head_dim;
-    for (int t = 0; t < b->n_tokens; t++) {
-        int32_t slot = b->slot[t];
-        if (slot < 0 || slot >= d->n_slots)
-            return shoal_errorf(SHOAL_INTERNAL, "KV slot %d outside the cache (%lld slots)", slot,
-                                (long long)d->n_slots);
+    for (long long t = lo; t < hi; t++) {
+        int32_t slot = s->b->slot[t];
         for (int h = 0; h < d->n_kv_heads; h++) {
             size_t off = (size_t)slot * d->row_bytes + (size_t)h * d->head_bytes;
-            store_head(d->type, (char *)kc + off, k + (int64_t)t * kvd + h * d->head_dim,
-                       d->head_dim);
-            store_head(d->type, (char *)vc + off, v + (int64_t)t * kvd + h * d->head_dim,
-                       d->head_dim);
+            store_head(d->type, kc + off, k + (int64_t)t * kvd + h * d->head_dim, d->head_dim);
+            store_head(d->type, vc + off, v + (int64_t)t * kvd + h * d->head_dim, d->head_dim);
         }
     }
+}
+
+static shoal_status cpu_kv_store(void *vctx, const struct shoal_kv_desc *d, void *kc, void *vc,
+                                 const float *k, const float *v, const struct shoal_batch *b) {
+    for (int t = 0; t < b->n_tokens; t++)
+        if (b->slot[t] < 0 || b->slot[t] >= d->n_slots)
+            return shoal_errorf(SHOAL_INTERNAL, "KV slot %d outside the cache (%lld slots)",
+                                b->slot[t], (long long)d->n_slots);
+    struct store_args a = { d, kc, vc, k, v, b };
+    par_for(vctx, b->n_tokens, 4, 1, kv_store_rows, &a);
     return SHOAL_OK;
 }
 
@@ -326,9 +408,9 @@ static void att_worker(void *arg, int ith, int nth) {
     float (*dot)(const float *, const void *, int) = j->c->k->kv_dot[d->type];
     void (*axpy)(float *, float, const void *, int) = j->c->k->kv_axpy[d->type];
     float *scores = j->c->att + (size_t)ith * j->c->att_cap;
-    long long lo, hi;
-    shoal_pool_share((long long)b->n_tokens * j->n_heads, ith, nth, 1, &lo, &hi);
-    for (long long it = lo; it < hi; it++) {
+    /* round robin: later tokens attend to more positions, so contiguous shares
+     * would leave the last thread with most of a prompt's work */
+    for (long long it = ith; it < (long long)b->n_tokens * j->n_heads; it += nth) {
         int t = (int)(it / j->n_heads), h = (int)(it % j->n_heads), kvh = h / group;
         const float *q = j->q + ((int64_t)t * j->n_heads + h) * hd;
         float *o = j->out + ((int64_t)t * j->n_heads + h) * hd;
@@ -384,13 +466,30 @@ static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_
     return SHOAL_OK;
 }
 
+struct ew_args {
+    float *y;
+    const float *x;
+};
+
+static void silu_mul_range(void *a, long long lo, long long hi) {
+    const struct ew_args *e = a;
+    for (long long i = lo; i < hi; i++) e->y[i] = e->y[i] / (1.0f + expf(-e->y[i])) * e->x[i];
+}
+
+static void add_range(void *a, long long lo, long long hi) {
+    const struct ew_args *e = a;
+    for (long long i = lo; i < hi; i++) e->y[i] += e->x[i];
+}
+
 static shoal_status cpu_silu_mul(void *vctx, float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    struct ew_args a = { g, u };
+    par_for(vctx, (long long)n, 1 << 15, 64, silu_mul_range, &a);
     return SHOAL_OK;
 }
 
 static shoal_status cpu_add(void *vctx, float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    struct ew_args a = { y, x };
+    par_for(vctx, (long long)n, 1 << 16, 64, add_range, &a);
     return SHOAL_OK;
 }
 

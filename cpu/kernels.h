@@ -22,6 +22,14 @@ struct mm_task {
     const float *xd;  /* (n, cols/32): the scale of each block */
     const float *xs;  /* (n, cols/32): xd * the sum of the block's int8 values */
     const int32_t *xsum; /* (n, cols/32): the sum of the block's int8 values */
+    /*
+     * Levels with lane_vectors: per token, for each full group of four
+     * blocks, the block's offset correction and scale repeated over the
+     * lanes its products land in (kernels_avx512.c): (n, groups * 4 * lanes)
+     * with 4 lanes per block for Q4_0 and 8 for Q8_0.
+     */
+    const int32_t *xvc;
+    const float *xvd;
     float *y;         /* (n, rows) */
 };
 
@@ -37,6 +45,7 @@ struct cpu_kernels {
      * one 512-bit register; blocks past the last full group stay in order.
      */
     int q4_grouped;
+    int lane_vectors; /* wants xvc/xvd (see mm_task) */
     /* attention over one cached head vector of n values, by KV type (enum
      * shoal_kv_type): q . k, and o += w * v */
     float (*kv_dot[3])(const float *q, const void *k, int n);
@@ -47,10 +56,14 @@ extern const struct cpu_kernels shoal_cpu_kernels_scalar;
 extern const struct cpu_kernels shoal_cpu_kernels_avx2;
 extern const struct cpu_kernels shoal_cpu_kernels_avx512;
 
-/* Quantizes one token's activations into the block form of mm_task (scalar);
- * grouped as described at q4_grouped when asked. */
+/*
+ * Quantizes one token's activations into the block form of mm_task
+ * (scalar); grouped as described at q4_grouped when asked; and, when lanes
+ * is 4 or 8, fills vc with -offset/lanes * sum and vd with d, each repeated
+ * over its block's lanes, for the full groups of four blocks.
+ */
 void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s,
-                          int32_t *sum, int grouped);
+                          int32_t *sum, int grouped, int lanes, int offset, int32_t *vc, float *vd);
 
 /* The portable attention helpers, for levels that leave a slot to them. */
 float shoal_cpu_kv_dot_q8(const float *q, const void *k, int n);

@@ -98,7 +98,7 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
  * one row at a time reaches what membw measures for Q8_0.
  */
 #define QR 2
-#define QT 4
+#define QT 6
 #define INLINE static inline __attribute__((always_inline))
 
 /* The f16 scales of four blocks of stride sizeof(*w), as floats. */
@@ -110,12 +110,36 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
 INLINE __m512 spread_ps(__m512i lanes, __m128 v) {
     return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(v));
 }
-INLINE __m512i spread_epi32(__m512i lanes, __m128i v) {
-    return _mm512_permutexvar_epi32(lanes, _mm512_castsi128_si512(v));
+
+/* The scalar sum for the blocks past the last full group of four. */
+INLINE float q8_tail(const struct shoal_block_q8_0 *w, const struct mm_task *t, int64_t tok,
+                     int64_t b, int64_t nb) {
+    const int8_t *x = t->xq + tok * t->w->cols;
+    float s = 0;
+    for (; b < nb; b++) {
+        int sum = 0;
+        for (int e = 0; e < SHOAL_QK; e++) sum += w[b].qs[e] * x[b * SHOAL_QK + e];
+        s += f16(w[b].d) * t->xd[tok * nb + b] * (float)sum;
+    }
+    return s;
+}
+
+INLINE float q4_tail(const struct shoal_block_q4_0 *w, const struct mm_task *t, int64_t tok,
+                     int64_t b, int64_t nb) {
+    const int8_t *x = t->xq + tok * t->w->cols; /* past the groups: in natural order */
+    float s = 0;
+    for (; b < nb; b++) {
+        int sum = 0;
+        for (int e = 0; e < SHOAL_QK / 2; e++)
+            sum += ((w[b].qs[e] & 0x0f) - 8) * x[b * SHOAL_QK + e] +
+                   ((w[b].qs[e] >> 4) - 8) * x[b * SHOAL_QK + e + 16];
+        s += f16(w[b].d) * t->xd[tok * nb + b] * (float)sum;
+    }
+    return s;
 }
 
 INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows, nv = nb / 4 * 32;
     const __m512i l01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i l23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
     const __m512i bias = _mm512_set1_epi8((char)0x80);
@@ -143,38 +167,28 @@ INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
         for (int j = 0; j < NT; j++) {
             const int64_t tok = t0 + j;
             const int8_t *x = t->xq + tok * cols + b * SHOAL_QK;
-            __m512i x01 = _mm512_loadu_si512((const void *)x);
-            __m512i x23 = _mm512_loadu_si512((const void *)(x + 64));
-            /* -128 * sum over 8 lanes = -16 per lane */
-            __m128i corr = _mm_sub_epi32(_mm_setzero_si128(),
-                                         _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(t->xsum + tok * nb + b)), 4));
-            __m512i c01 = spread_epi32(l01, corr), c23 = spread_epi32(l23, corr);
-            __m128 xd = _mm_loadu_ps(t->xd + tok * nb + b);
-            __m512 x01d = spread_ps(l01, xd), x23d = spread_ps(l23, xd);
+            const int32_t *vc = t->xvc + tok * nv + b * 8;
+            const float *vd = t->xvd + tok * nv + b * 8;
             for (int i = 0; i < NR; i++) {
-                __m512i p01 = _mm512_dpbusd_epi32(c01, w01[i], x01);
-                __m512i p23 = _mm512_dpbusd_epi32(c23, w23[i], x23);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_mul_ps(d01[i], x01d), acc[i][j]);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_mul_ps(d23[i], x23d), acc[i][j]);
+                __m512i p01 = _mm512_dpbusd_epi32(_mm512_loadu_si512(vc), w01[i],
+                                                  _mm512_loadu_si512((const void *)x));
+                __m512i p23 = _mm512_dpbusd_epi32(_mm512_loadu_si512(vc + 16), w23[i],
+                                                  _mm512_loadu_si512((const void *)(x + 64)));
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01),
+                                            _mm512_mul_ps(d01[i], _mm512_loadu_ps(vd)), acc[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23),
+                                            _mm512_mul_ps(d23[i], _mm512_loadu_ps(vd + 16)), acc[i][j]);
             }
         }
     }
     for (int i = 0; i < NR; i++)
-        for (int j = 0; j < NT; j++) {
-            const int64_t tok = t0 + j;
-            const int8_t *x = t->xq + tok * cols;
-            float s = _mm512_reduce_add_ps(acc[i][j]);
-            for (int64_t k = b; k < nb; k++) { /* at most three blocks left */
-                int sum = 0;
-                for (int e = 0; e < SHOAL_QK; e++) sum += w[i][k].qs[e] * x[k * SHOAL_QK + e];
-                s += f16(w[i][k].d) * t->xd[tok * nb + k] * (float)sum;
-            }
-            t->y[tok * rows + r0 + i] = s;
-        }
+        for (int j = 0; j < NT; j++)
+            t->y[(t0 + j) * rows + r0 + i] =
+                _mm512_reduce_add_ps(acc[i][j]) + q8_tail(w[i], t, t0 + j, b, nb);
 }
 
 INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows, nv = nb / 4 * 16;
     const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const struct shoal_block_q4_0 *w[QR];
@@ -199,34 +213,21 @@ INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
         for (int j = 0; j < NT; j++) {
             const int64_t tok = t0 + j;
             const int8_t *x = t->xq + tok * cols + b * SHOAL_QK;
-            __m512i xl = _mm512_loadu_si512((const void *)x);
-            __m512i xh = _mm512_loadu_si512((const void *)(x + 64));
-            /* -8 * sum over 4 lanes = -2 per lane */
-            __m128i corr = _mm_sub_epi32(_mm_setzero_si128(),
-                                         _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(t->xsum + tok * nb + b)), 1));
-            __m512i c = spread_epi32(lanes, corr);
-            __m512 xd = spread_ps(lanes, _mm_loadu_ps(t->xd + tok * nb + b));
+            const int32_t *vc = t->xvc + tok * nv + b * 4;
+            const float *vd = t->xvd + tok * nv + b * 4;
             for (int i = 0; i < NR; i++) {
-                __m512i p = _mm512_dpbusd_epi32(c, lo[i], xl);
-                p = _mm512_dpbusd_epi32(p, hi[i], xh);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], xd), acc[i][j]);
+                __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(vc), lo[i],
+                                                _mm512_loadu_si512((const void *)x));
+                p = _mm512_dpbusd_epi32(p, hi[i], _mm512_loadu_si512((const void *)(x + 64)));
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], _mm512_loadu_ps(vd)),
+                                            acc[i][j]);
             }
         }
     }
     for (int i = 0; i < NR; i++)
-        for (int j = 0; j < NT; j++) {
-            const int64_t tok = t0 + j;
-            const int8_t *x = t->xq + tok * cols;
-            float s = _mm512_reduce_add_ps(acc[i][j]);
-            for (int64_t k = b; k < nb; k++) { /* at most three blocks left, in natural order */
-                int sum = 0;
-                for (int e = 0; e < SHOAL_QK / 2; e++)
-                    sum += ((w[i][k].qs[e] & 0x0f) - 8) * x[k * SHOAL_QK + e] +
-                           ((w[i][k].qs[e] >> 4) - 8) * x[k * SHOAL_QK + e + 16];
-                s += f16(w[i][k].d) * t->xd[tok * nb + k] * (float)sum;
-            }
-            t->y[tok * rows + r0 + i] = s;
-        }
+        for (int j = 0; j < NT; j++)
+            t->y[(t0 + j) * rows + r0 + i] =
+                _mm512_reduce_add_ps(acc[i][j]) + q4_tail(w[i], t, t0 + j, b, nb);
 }
 
 /* One function per tile shape, so that each is compiled with its loops unrolled. */
@@ -239,23 +240,29 @@ INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
     static void kind##_2_2(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 2); } \
     static void kind##_2_3(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 3); } \
     static void kind##_2_4(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 4); } \
+    static void kind##_1_5(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 5); } \
+    static void kind##_1_6(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 6); } \
+    static void kind##_1_7(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 7); } \
+    static void kind##_1_8(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 8); } \
+    static void kind##_2_5(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 5); } \
+    static void kind##_2_6(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 6); } \
+    static void kind##_2_7(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 7); } \
+    static void kind##_2_8(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 8); } \
     static void (*const kind##_tiles[QR][QT])(const struct mm_task *, int64_t, int) = {        \
-        { kind##_1_1, kind##_1_2, kind##_1_3, kind##_1_4 },                                    \
-        { kind##_2_1, kind##_2_2, kind##_2_3, kind##_2_4 },                                    \
+        { kind##_1_1, kind##_1_2, kind##_1_3, kind##_1_4, kind##_1_5, kind##_1_6 }, \
+        { kind##_2_1, kind##_2_2, kind##_2_3, kind##_2_4, kind##_2_5, kind##_2_6 }, \
     };                                                                                         \
     static void mm_##kind(const struct mm_task *t, int64_t r0, int64_t r1) {                   \
-        for (int64_t r = r0; r < r1; r += MM_ROW_TILE) {                                       \
-            int64_t re = r + MM_ROW_TILE < r1 ? r + MM_ROW_TILE : r1;                          \
-            if (t->n == 1) { /* decoding: one row at a time streams fastest */                 \
-                for (int64_t i = r; i < re; i++) kind##_tiles[0][0](t, i, 0);                    \
-                continue;                                                                      \
-            }                                                                                  \
-            for (int tk = 0; tk < t->n; tk += QT) {                                            \
-                int nt = t->n - tk < QT ? t->n - tk : QT;                                      \
-                for (int64_t i = r; i < re; i += QR) {                                         \
-                    int nr = re - i < QR ? (int)(re - i) : QR;                                 \
-                    kind##_tiles[nr - 1][nt - 1](t, i, tk);                                    \
-                }                                                                              \
+        if (t->n == 1) { /* decoding: one row at a time streams fastest */                     \
+            for (int64_t i = r0; i < r1; i++) kind##_tiles[0][0](t, i, 0);                       \
+            return;                                                                            \
+        }                                                                                      \
+        /* a tile of tokens stays in L1 while the rows pass */                                 \
+        for (int tk = 0; tk < t->n; tk += QT) {                                                \
+            int nt = t->n - tk < QT ? t->n - tk : QT;                                          \
+            for (int64_t i = r0; i < r1; i += QR) {                                            \
+                int nr = r1 - i < QR ? (int)(r1 - i) : QR;                                     \
+                kind##_tiles[nr - 1][nt - 1](t, i, tk);                                        \
             }                                                                                  \
         }                                                                                      \
     }
@@ -324,6 +331,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_Q4_0] = mm_q4,
     },
     .q4_grouped = 1,
+    .lane_vectors = 1,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };

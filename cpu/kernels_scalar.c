@@ -12,7 +12,7 @@
 static float dot_f32(const float *a, const float *b, int n);
 
 void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s,
-                          int32_t *isum, int grouped) {
+                          int32_t *isum, int grouped, int lanes, int offset, int32_t *vc, float *vd) {
     const int64_t nb = cols / SHOAL_QK, full = grouped ? nb / 4 * 4 : 0;
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * SHOAL_QK;
@@ -39,6 +39,12 @@ void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, flo
         s[b] = db * (float)sum;
         isum[b] = sum;
     }
+    if (lanes)
+        for (int64_t b = 0; b < nb / 4 * 4; b++)
+            for (int l = 0; l < lanes; l++) {
+                vc[b * lanes + l] = -offset / lanes * isum[b];
+                vd[b * lanes + l] = d[b];
+            }
 }
 
 float shoal_cpu_kv_dot_q8(const float *q, const void *k, int n) {
@@ -161,6 +167,7 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
         [SHOAL_DTYPE_Q4_0] = mm_q4_0,
     },
     .q4_grouped = 0,
+    .lane_vectors = 0,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };
