@@ -181,7 +181,8 @@ int cmd_run(int argc, char **argv) {
     if (n_ctx > hp->n_ctx_train)
         fprintf(stderr, "shoal run: warning: context %d is longer than the %d the model was trained on\n",
                 n_ctx, hp->n_ctx_train);
-    struct shoal_state_params stp = { .n_ctx = n_ctx, .n_batch = n_batch, .kv_type = kv_type };
+    struct shoal_state_params stp = { .n_ctx = n_ctx, .n_batch = n_batch,
+                                      .n_outputs = logits_path ? n_batch : 1, .kv_type = kv_type };
     if ((rc = shoal_state_create(&st, m, &stp)) != SHOAL_OK) goto fail;
     t_load = shoal_now() - t_load;
 

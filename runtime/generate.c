@@ -73,11 +73,13 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     int limit = p->n_predict < 0 ? s->n_ctx : p->n_predict;
     /* the whole sequence, for the penalties and the ids callback */
     int32_t *hist = malloc(((size_t)n_prompt + (size_t)limit + 1) * sizeof(int32_t));
-    int rows_cap = p->all_logits ? s->n_batch : 1;
+    /* with every position's logits wanted, a prompt batch is at most n_outputs tokens */
+    int chunk = p->all_logits ? s->n_outputs : s->n_batch;
+    int rows_cap = p->all_logits ? chunk : 1;
     float *logits = malloc((size_t)rows_cap * n_vocab * sizeof(float));
     int *rows = malloc((size_t)rows_cap * sizeof(int));
     struct shoal_seq_batch sb;
-    shoal_status rc = shoal_seq_batch_init(&sb, s->n_batch, s->n_ctx);
+    shoal_status rc = shoal_seq_batch_init(&sb, chunk, s->n_ctx);
     if (!hist || !logits || !rows || rc != SHOAL_OK) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory for generation buffers");
         goto done;
@@ -93,8 +95,8 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     /* prompt, in batches; the last row's logits give the first token */
     double t0 = shoal_now();
     float *last = logits;
-    for (int at = 0; at < n_prompt; at += s->n_batch) {
-        int n = n_prompt - at < s->n_batch ? n_prompt - at : s->n_batch;
+    for (int at = 0; at < n_prompt; at += chunk) {
+        int n = n_prompt - at < chunk ? n_prompt - at : chunk;
         shoal_seq_batch_set(&sb, prompt + at, n, at);
         int n_out = 1;
         rows[0] = n - 1;

@@ -349,13 +349,14 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     s->m = m;
     s->n_ctx = p->n_ctx;
     s->n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
+    s->n_outputs = p->n_outputs < 1 ? 1 : p->n_outputs < s->n_batch ? p->n_outputs : s->n_batch;
     shoal_kv_desc_init(&s->kvd, p->kv_type, hp->n_kv_heads, hp->head_dim, p->n_ctx);
 
     /* sizes first, then one block each for the KV cache and the activations */
     size_t nb = (size_t)s->n_batch;
     size_t qd = (size_t)hp->n_heads * hp->head_dim, kvd = (size_t)hp->n_kv_heads * hp->head_dim;
     size_t counts[] = { nb * hp->dim, nb * hp->dim, nb * qd, nb * kvd, nb * kvd, nb * qd,
-                        nb * hp->ffn_dim, nb * hp->ffn_dim, nb * hp->n_vocab };
+                        nb * hp->ffn_dim, nb * hp->ffn_dim, (size_t)s->n_outputs * hp->n_vocab };
     float **slots[] = { &s->x, &s->xb, &s->q, &s->k, &s->v, &s->att, &s->hb, &s->hb2, &s->logits };
     size_t total = 0;
     for (size_t i = 0; i < sizeof counts / sizeof *counts; i++)
@@ -396,7 +397,8 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b,
     const int qd = hp->n_heads * hp->head_dim, kvd = hp->n_kv_heads * hp->head_dim;
     if (n < 1 || n > s->n_batch)
         return shoal_errorf(SHOAL_INTERNAL, "batch of %d tokens (limit %d)", n, s->n_batch);
-    if (n_out > n) return shoal_errorf(SHOAL_INTERNAL, "%d output rows of %d", n_out, n);
+    if (n_out > n || n_out > s->n_outputs)
+        return shoal_errorf(SHOAL_INTERNAL, "%d output rows of %d (at most %d)", n_out, n, s->n_outputs);
     for (int t = 0; t < n; t++)
         if (b->slot[t] < 0 || b->slot[t] >= s->n_ctx)
             return shoal_errorf(SHOAL_INVALID, "KV slot %d is outside the context of %d",

@@ -79,15 +79,16 @@ void shoal_model_destroy(struct shoal_model *m);
 /* ---------------------------------------------------------------- state */
 
 struct shoal_state_params {
-    int n_ctx;   /* KV cache positions */
-    int n_batch; /* most tokens per forward call */
-    int kv_type; /* enum shoal_kv_type */
+    int n_ctx;     /* KV cache positions */
+    int n_batch;   /* most tokens per forward call */
+    int n_outputs; /* most rows of logits per forward call (<= n_batch; 0: 1) */
+    int kv_type;   /* enum shoal_kv_type */
 };
 
 struct shoal_state {
     const struct shoal_model *m;
     struct shoal_kv_desc kvd;
-    int n_ctx, n_batch;
+    int n_ctx, n_batch, n_outputs;
     void *kv;          /* device: per layer, K then V, n_ctx slots each */
     void *act;         /* device: the activations below, one block */
     float *x;          /* (n_batch, dim) residual stream */
@@ -96,7 +97,7 @@ struct shoal_state {
     float *k, *v;      /* (n_batch, n_kv_heads * head_dim) */
     float *att;        /* (n_batch, n_heads * head_dim) */
     float *hb, *hb2;   /* (n_batch, ffn_dim) */
-    float *logits;     /* (n_batch, n_vocab) */
+    float *logits;     /* (n_outputs, n_vocab) */
     uint64_t kv_bytes, act_bytes;
 };
 
@@ -107,7 +108,7 @@ void shoal_state_destroy(struct shoal_state *s);
 /*
  * Runs batch b (at most n_batch tokens) through the model, storing its K/V
  * in the cache, and writes to logits (host, n_out x n_vocab) the logits of
- * the batch rows listed in out_rows. n_out may be 0.
+ * the batch rows listed in out_rows. n_out may be 0, at most n_outputs.
  */
 shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b,
                            const int *out_rows, int n_out, float *logits);
