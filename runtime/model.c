@@ -77,12 +77,16 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
     SHOAL_TRY(get_dim(g, a, "attention.head_count_kv", 0, 1, hp->n_heads, &hp->n_kv_heads));
     hp->n_ctx_train = 2048;
     SHOAL_TRY(get_dim(g, a, "context_length", 0, 1, 1 << 24, &hp->n_ctx_train));
-    if (hp->dim % hp->n_heads && !shoal_gguf_get(g, "llama.attention.key_length"))
-        return shoal_errorf(SHOAL_FORMAT,
-                            "%s: embedding_length %d is not a multiple of head_count %d",
-                            g->path, hp->dim, hp->n_heads);
-    hp->head_dim = hp->dim / hp->n_heads;
-    SHOAL_TRY(get_dim(g, a, "attention.key_length", 0, 1, 1024, &hp->head_dim));
+    hp->head_dim = 0;
+    SHOAL_TRY(get_dim(g, a, "attention.key_length", 0, 0, 1024, &hp->head_dim));
+    if (hp->head_dim == 0) {
+        if (hp->dim % hp->n_heads)
+            return shoal_errorf(SHOAL_FORMAT,
+                                "%s: embedding_length %d is not a multiple of head_count %d (and "
+                                "no attention.key_length says the head size)",
+                                g->path, hp->dim, hp->n_heads);
+        hp->head_dim = hp->dim / hp->n_heads;
+    }
     int vdim = hp->head_dim;
     SHOAL_TRY(get_dim(g, a, "attention.value_length", 0, 1, 1024, &vdim));
     if (vdim != hp->head_dim)
@@ -352,7 +356,9 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     s->n_outputs = p->n_outputs < 1 ? 1 : p->n_outputs < s->n_batch ? p->n_outputs : s->n_batch;
     shoal_kv_desc_init(&s->kvd, p->kv_type, hp->n_kv_heads, hp->head_dim, p->n_ctx);
 
-    /* sizes first, then one block each for the KV cache and the activations */
+    /* sizes first, then one block each for the KV cache and the activations; the
+     * cache is not cleared: attention reads only positions already written, and
+     * untouched pages cost no memory */
     size_t nb = (size_t)s->n_batch;
     size_t qd = (size_t)hp->n_heads * hp->head_dim, kvd = (size_t)hp->n_kv_heads * hp->head_dim;
     size_t counts[] = { nb * hp->dim, nb * hp->dim, nb * qd, nb * kvd, nb * kvd, nb * qd,
@@ -364,8 +370,13 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     s->act_bytes = total;
     s->kv_bytes = (uint64_t)hp->n_layers * 2 * (uint64_t)p->n_ctx * s->kvd.row_bytes;
     shoal_status rc;
-    SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, (size_t)s->kv_bytes, &s->kv), rc, fail);
-    SHOAL_TRY_GOTO(shoal_backend_memset0(m->be, s->kv, (size_t)s->kv_bytes), rc, fail);
+    if ((rc = shoal_backend_alloc(m->be, (size_t)s->kv_bytes, &s->kv)) != SHOAL_OK) {
+        char b[32];
+        shoal_error_prefix("the KV cache for %d positions (%s) does not fit (lower -c or use "
+                           "--kv-type q8)",
+                           p->n_ctx, shoal_fmt_bytes(b, sizeof b, (double)s->kv_bytes));
+        goto fail;
+    }
     SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, total, &s->act), rc, fail);
     char *at = s->act;
     for (size_t i = 0; i < sizeof counts / sizeof *counts; i++) {
