@@ -3,10 +3,10 @@
  * F16C (Haswell and later, Zen). Compiled with those instructions enabled
  * (see CMakeLists.txt) and only called after the processor says it has them.
  *
- * Q8_0 x Q8: |w| (unsigned) times x with w's sign (maddubs), pairs summed to
- * int32, scaled per block in float. Q4_0: the nibbles are unsigned 0..15, so
- * maddubs takes them as they are and the -8 offset is taken off afterwards
- * with the block sums of x (xs), which the activation quantizer provides.
+ * Float weights (f32, f16, bf16) are a row at a time. Q8_0 and Q4_0 weights
+ * meet activations quantized per block of 32, in integer dot products with
+ * maddubs, run as tiles of rows x tokens for prompts (see the banner there).
+ * Q4_0 wants its activations grouped and the lane vectors (kernels.h).
  */
 #include <immintrin.h>
 
@@ -78,70 +78,241 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
     return row_half(t, r, tok, bf16x8, shoal_bf16_to_f32);
 }
 
-/* Sum of 32 products of unsigned a and signed b bytes, as 8 int32 lanes in float. */
-static inline __m256 dot_u8s8(__m256i a, __m256i b) {
-    __m256i p16 = _mm256_maddubs_epi16(a, b);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+/*
+ * Q8_0 and Q4_0 run as tiles of up to QR rows x QT tokens, so that a row's
+ * weights are loaded and unpacked once for several tokens, and a token's
+ * activations once for two rows. AVX2 has no VNNI: maddubs multiplies
+ * unsigned by signed bytes and adds neighbours into int16 (saturating);
+ * madd with ones adds those pairs into int32 lanes, which are converted to
+ * float and scaled by their block's dw * dx into the tile's accumulators.
+ * Measured here (Zen 5), maddubs, madd, mul and fma share two pipes, and
+ * those bound the kernels; sign, convert, shuffles and adds run beside them.
+ *
+ * Q8_0 passes |w| and x with w's sign: a pair is at most 2*128*127 = 32512,
+ * so int16 never saturates. (w + 128 with the offset taken off later, as
+ * kernels_avx512.c does, could reach 2*255*127.) One block fills a register.
+ * The scales dw * dx are made eight blocks at a time with one multiply and
+ * read back as broadcasts, leaving maddubs, madd and fma on those pipes.
+ *
+ * Q4_0 passes its nibbles 0..15 (a pair at most 2*15*127; the low and high
+ * nibbles' pairs added, 7620), two blocks to a register: the activations are
+ * grouped (kernels.h, q4_grouped), so the low nibbles of blocks 0, 1 of a
+ * group meet 32 consecutive bytes of x and their high nibbles the 32 bytes
+ * 64 further on (blocks 2, 3: 32 bytes later each). Lanes 0-3 hold the first
+ * block's sums and 4-7 the second's, as in the lane vectors, which supply
+ * the -8 offset in int32 (-2 * the block's sum of x per lane) and dx. Blocks
+ * past the last full group are in natural order: one to a register, offset
+ * -sum(x) in each of its 8 lanes.
+ *
+ * Prompts: token tiles outer, rows inner, so that the tile's activations
+ * stay in L1 while the rows pass. Decoding (one token) runs 1 x 1 tiles,
+ * one row at a time: one stream per thread keeps the prefetchers busy (see
+ * kernels_avx512.c). Tiles of one or two outputs alternate between two
+ * accumulators per output, so that each fma need not wait for the last.
+ */
+#define QR 2
+#define QT 4
+#define INLINE static inline __attribute__((always_inline))
+
+/* int16 lanes added in neighbouring pairs, into int32 lanes. */
+INLINE __m256i sum_pairs(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
+
+/*
+ * The scales (the f16 first field) of blocks a and b in words 0 and 1. Two
+ * loads and a shuffle: cheaper here than building the vector word by word.
+ */
+INLINE __m128i d_pair(const void *a, const void *b) {
+    return _mm_unpacklo_epi16(_mm_loadu_si128((const __m128i *)a), _mm_loadu_si128((const __m128i *)b));
 }
 
-static float row_q8_0(const struct mm_task *t, int64_t r, int tok) {
+/* A tile's rows, and per token where its activations start. */
+struct tile {
+    const void *w[QR];
+    const int8_t *x[QT]; /* xq */
+    const float *xd[QT];
+    const int32_t *xsum[QT];
+    const int32_t *vc[QT]; /* the lane vectors: Q4_0 reads them, Q8_0 does not */
+    const float *vd[QT];
+};
+
+/* Fills the tile for rows r0.. and tokens t0.., and zeroes both accumulator banks. */
+INLINE void tile_start(struct tile *tl, __m256 acc[QR][QT][2], const struct mm_task *t, int64_t r0,
+                       int t0, const int NR, const int NT) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, nv = nb / 4 * 16;
+    for (int i = 0; i < NR; i++) {
+        tl->w[i] = row_ptr(t, r0 + i);
+        for (int j = 0; j < NT; j++) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
+    }
+    for (int j = 0; j < NT; j++) {
+        const int64_t tok = t0 + j;
+        tl->x[j] = t->xq + tok * cols;
+        tl->xd[j] = t->xd + tok * nb;
+        tl->xsum[j] = t->xsum + tok * nb;
+        tl->vc[j] = t->xvc + tok * nv;
+        tl->vd[j] = t->xvd + tok * nv;
+    }
+}
+
+INLINE void tile_store(__m256 acc[QR][QT][2], const struct mm_task *t, int64_t r0, int t0,
+                       const int NR, const int NT) {
+    for (int i = 0; i < NR; i++)
+        for (int j = 0; j < NT; j++)
+            t->y[(t0 + j) * t->w->rows + r0 + i] = hsum256(_mm256_add_ps(acc[i][j][0], acc[i][j][1]));
+}
+
+/* s[i][j][k] = dw * dx of block b+k for row i and token j, k < 8. */
+INLINE void q8_scales(const struct tile *tl, float s[QR][QT][8], int64_t b, const int NR,
+                      const int NT) {
+    for (int i = 0; i < NR; i++) {
+        const struct shoal_block_q8_0 *w = (const struct shoal_block_q8_0 *)tl->w[i] + b;
+        __m128i d03 = _mm_unpacklo_epi32(d_pair(&w[0], &w[1]), d_pair(&w[2], &w[3]));
+        __m128i d47 = _mm_unpacklo_epi32(d_pair(&w[4], &w[5]), d_pair(&w[6], &w[7]));
+        __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(d03, d47));
+        for (int j = 0; j < NT; j++)
+            _mm256_storeu_ps(s[i][j], _mm256_mul_ps(dw, _mm256_loadu_ps(tl->xd[j] + b)));
+    }
+}
+
+/* Q8_0 block b of the tile's rows, scaled by s[i][j][k], into accumulator bank k1. */
+INLINE void q8_block(const struct tile *tl, __m256 acc[QR][QT][2], const float s[QR][QT][8],
+                     int64_t b, int k, int k1, const int NR, const int NT) {
+    __m256i w[QR], aw[QR];
+    for (int i = 0; i < NR; i++) {
+        w[i] = _mm256_loadu_si256((const __m256i *)((const struct shoal_block_q8_0 *)tl->w[i])[b].qs);
+        /* sign, not abs: with abs the compiler loads w twice, once into each
+         * instruction, and decoding measured 4% slower */
+        aw[i] = _mm256_sign_epi8(w[i], w[i]);
+    }
+    for (int j = 0; j < NT; j++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(tl->x[j] + b * SHOAL_QK));
+        for (int i = 0; i < NR; i++) {
+            __m256i p = sum_pairs(_mm256_maddubs_epi16(aw[i], _mm256_sign_epi8(x, w[i])));
+            acc[i][j][k1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&s[i][j][k]),
+                                            acc[i][j][k1]);
+        }
+    }
+}
+
+INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
     const int64_t nb = t->w->cols / SHOAL_QK;
-    const struct shoal_block_q8_0 *w = row_ptr(t, r);
-    const int8_t *xq = t->xq + tok * t->w->cols;
-    const float *xd = t->xd + tok * nb;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    const int k1 = NR * NT <= 2; /* the second bank, for tiles of few outputs */
+    struct tile tl;
+    __m256 acc[QR][QT][2];
+    float s[QR][QT][8];
+    tile_start(&tl, acc, t, r0, t0, NR, NT);
     int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)w[b].qs);
-        __m256i w1 = _mm256_loadu_si256((const __m256i *)w[b + 1].qs);
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * SHOAL_QK));
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * SHOAL_QK));
-        __m256 p0 = dot_u8s8(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0));
-        __m256 p1 = dot_u8s8(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1));
-        acc0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(f16(w[b].d) * xd[b]), acc0);
-        acc1 = _mm256_fmadd_ps(p1, _mm256_set1_ps(f16(w[b + 1].d) * xd[b + 1]), acc1);
+    for (; b + 8 <= nb; b += 8) {
+        q8_scales(&tl, s, b, NR, NT);
+        for (int k = 0; k < 8; k += 2) {
+            q8_block(&tl, acc, s, b + k, k, 0, NR, NT);
+            q8_block(&tl, acc, s, b + k + 1, k + 1, k1, NR, NT);
+        }
     }
     for (; b < nb; b++) {
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)w[b].qs);
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * SHOAL_QK));
-        __m256 p0 = dot_u8s8(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0));
-        acc0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(f16(w[b].d) * xd[b]), acc0);
+        for (int i = 0; i < NR; i++)
+            for (int j = 0; j < NT; j++)
+                s[i][j][0] = f16(((const struct shoal_block_q8_0 *)tl.w[i])[b].d) * tl.xd[j][b];
+        q8_block(&tl, acc, s, b, 0, 0, NR, NT);
     }
-    return hsum256(_mm256_add_ps(acc0, acc1));
+    tile_store(acc, t, r0, t0, NR, NT);
 }
 
-/* The 32 nibbles of a Q4_0 block as bytes 0..15, in value order. */
-static inline __m256i q4_bytes(const uint8_t *qs) {
-    __m128i q = _mm_loadu_si128((const __m128i *)qs);
-    __m256i both = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+/* Q4_0 blocks g+2h, g+2h+1 (half h of the group of four at g), into accumulator bank k1. */
+INLINE void q4_half(const struct tile *tl, __m256 acc[QR][QT][2], int64_t g, int h, int k1,
+                    const int NR, const int NT) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    const int64_t v = g * 4 + 8 * h; /* in the lane vectors */
+    /* a row at a time: both rows' nibbles and scales would not stay in registers */
+    for (int i = 0; i < NR; i++) {
+        const struct shoal_block_q4_0 *w = (const struct shoal_block_q4_0 *)tl->w[i] + g + 2 * h;
+        __m256i q = _mm256_loadu2_m128i((const __m128i *)w[1].qs, (const __m128i *)w[0].qs);
+        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        __m128 d = _mm_cvtph_ps(d_pair(&w[0], &w[1]));
+        __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), lanes);
+        for (int j = 0; j < NT; j++) {
+            const int8_t *x = tl->x[j] + g * SHOAL_QK + 32 * h;
+            __m256i p16 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x)),
+                _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 64))));
+            __m256i p = _mm256_add_epi32(sum_pairs(p16),
+                                         _mm256_loadu_si256((const __m256i *)(tl->vc[j] + v)));
+            __m256 sc = _mm256_mul_ps(dw, _mm256_loadu_ps(tl->vd[j] + v));
+            acc[i][j][k1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[i][j][k1]);
+        }
+    }
 }
 
-static float row_q4_0(const struct mm_task *t, int64_t r, int tok) {
+/* Q4_0 block b, past the groups (natural order), into accumulator bank 0. */
+INLINE void q4_block(const struct tile *tl, __m256 acc[QR][QT][2], int64_t b, const int NR,
+                     const int NT) {
+    for (int i = 0; i < NR; i++) {
+        const struct shoal_block_q4_0 *w = (const struct shoal_block_q4_0 *)tl->w[i] + b;
+        __m128i q = _mm_loadu_si128((const __m128i *)w->qs);
+        __m256i wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+        for (int j = 0; j < NT; j++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(tl->x[j] + b * SHOAL_QK));
+            __m256i p = _mm256_add_epi32(sum_pairs(_mm256_maddubs_epi16(wq, x)),
+                                         _mm256_set1_epi32(-tl->xsum[j][b]));
+            __m256 sc = _mm256_set1_ps(f16(w->d) * tl->xd[j][b]);
+            acc[i][j][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[i][j][0]);
+        }
+    }
+}
+
+INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
     const int64_t nb = t->w->cols / SHOAL_QK;
-    const struct shoal_block_q4_0 *w = row_ptr(t, r);
-    const int8_t *xq = t->xq + tok * t->w->cols;
-    const float *xd = t->xd + tok * nb, *xs = t->xs + tok * nb;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float corr = 0; /* sum over blocks of dw * xs: the -8 offset, taken off at the end */
+    const int k1 = NR * NT <= 2;
+    struct tile tl;
+    __m256 acc[QR][QT][2];
+    tile_start(&tl, acc, t, r0, t0, NR, NT);
     int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        float d0 = f16(w[b].d), d1 = f16(w[b + 1].d);
-        __m256 p0 = dot_u8s8(q4_bytes(w[b].qs), _mm256_loadu_si256((const __m256i *)(xq + b * SHOAL_QK)));
-        __m256 p1 = dot_u8s8(q4_bytes(w[b + 1].qs),
-                             _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * SHOAL_QK)));
-        acc0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(d0 * xd[b]), acc0);
-        acc1 = _mm256_fmadd_ps(p1, _mm256_set1_ps(d1 * xd[b + 1]), acc1);
-        corr += d0 * xs[b] + d1 * xs[b + 1];
+    for (; b + 4 <= nb; b += 4) {
+        q4_half(&tl, acc, b, 0, 0, NR, NT);
+        q4_half(&tl, acc, b, 1, k1, NR, NT);
     }
-    for (; b < nb; b++) {
-        float d0 = f16(w[b].d);
-        __m256 p0 = dot_u8s8(q4_bytes(w[b].qs), _mm256_loadu_si256((const __m256i *)(xq + b * SHOAL_QK)));
-        acc0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(d0 * xd[b]), acc0);
-        corr += d0 * xs[b];
-    }
-    return hsum256(_mm256_add_ps(acc0, acc1)) - 8.0f * corr;
+    for (; b < nb; b++) q4_block(&tl, acc, b, NR, NT);
+    tile_store(acc, t, r0, t0, NR, NT);
 }
+
+typedef void (*tile_fn)(const struct mm_task *t, int64_t r0, int t0);
+
+/* Prompts: token tiles outer, rows inner; tiles[nr-1][nt-1] computes nr rows x nt tokens. */
+static void mm_tiles(const struct mm_task *t, int64_t r0, int64_t r1, const tile_fn tiles[QR][QT]) {
+    for (int tk = 0; tk < t->n; tk += QT) {
+        int nt = t->n - tk < QT ? t->n - tk : QT;
+        for (int64_t i = r0; i < r1; i += QR) {
+            int nr = r1 - i < QR ? (int)(r1 - i) : QR;
+            tiles[nr - 1][nt - 1](t, i, tk);
+        }
+    }
+}
+
+/*
+ * One function per tile shape, so that each is compiled with its loops
+ * unrolled. Decoding calls none of them: its loop over rows has the 1 x 1
+ * tile inlined (a call per row measured 1-2% slower).
+ */
+#define TILE_FN(kind, nr, nt)                                                                  \
+    static void kind##_##nr##_##nt(const struct mm_task *t, int64_t r0, int t0) {              \
+        kind##_tile(t, r0, t0, nr, nt);                                                        \
+    }
+#define TILE_FNS(kind)                                                                         \
+    TILE_FN(kind, 1, 1) TILE_FN(kind, 1, 2) TILE_FN(kind, 1, 3) TILE_FN(kind, 1, 4)            \
+    TILE_FN(kind, 2, 1) TILE_FN(kind, 2, 2) TILE_FN(kind, 2, 3) TILE_FN(kind, 2, 4)            \
+    static void mm_##kind(const struct mm_task *t, int64_t r0, int64_t r1) {                   \
+        static const tile_fn tiles[QR][QT] = {                                                 \
+            { kind##_1_1, kind##_1_2, kind##_1_3, kind##_1_4 },                                \
+            { kind##_2_1, kind##_2_2, kind##_2_3, kind##_2_4 },                                \
+        };                                                                                     \
+        if (t->n > 1) mm_tiles(t, r0, r1, tiles);                                              \
+        else                                                                                   \
+            for (int64_t i = r0; i < r1; i++) kind##_tile(t, i, 0, 1, 1);                      \
+    }
+TILE_FNS(q8)
+TILE_FNS(q4)
+#undef TILE_FNS
+#undef TILE_FN
 
 /* ------------------------------------------------------------- attention */
 
@@ -181,8 +352,6 @@ static void kv_axpy_f16(float *o, float w, const void *v, int n) {
 MM_ROW_DRIVER(f32)
 MM_ROW_DRIVER(f16)
 MM_ROW_DRIVER(bf16)
-MM_ROW_DRIVER(q8_0)
-MM_ROW_DRIVER(q4_0)
 #undef DRIVER
 
 const struct cpu_kernels shoal_cpu_kernels_avx2 = {
@@ -191,11 +360,11 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_F32] = mm_f32,
         [SHOAL_DTYPE_F16] = mm_f16,
         [SHOAL_DTYPE_BF16] = mm_bf16,
-        [SHOAL_DTYPE_Q8_0] = mm_q8_0,
-        [SHOAL_DTYPE_Q4_0] = mm_q4_0,
+        [SHOAL_DTYPE_Q8_0] = mm_q8,
+        [SHOAL_DTYPE_Q4_0] = mm_q4,
     },
-    .q4_grouped = 0,
-    .lane_vectors = 0,
+    .q4_grouped = 1,
+    .lane_vectors = 1,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };
