@@ -170,7 +170,7 @@ static void quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, i
                        struct mm_task *t) {
     int64_t nb = cols / SHOAL_QK;
     int q4 = type == SHOAL_DTYPE_Q4_0;
-    int lanes = c->k->lane_vectors ? (q4 ? 4 : 8) : 0;
+    int lanes = q4 && c->k->q4_lane_vectors ? 4 : 0;
     int64_t nv = nb / 4 * 4 * lanes;
     t->xq = (int8_t *)base; /* cols % 32 == 0: what follows stays aligned */
     t->xd = (float *)(base + (size_t)n * (size_t)cols);
@@ -190,7 +190,7 @@ static shoal_status cpu_matmul_n(void *vctx, int k, float *const *y,
     struct mm_task done[2] = { { 0 } }; /* x quantized for Q8_0 / for Q4_0, once each */
     int have[2] = { 0, 0 };
     int64_t cols = w[0]->cols;
-    size_t one = xq_bytes(cols, n, 8);
+    size_t one = xq_bytes(cols, n, 4);
     for (int i = 0; i < k; i++) {
         int type = w[i]->type;
         if (!(job.fn[i] = c->k->mm[type]))

@@ -23,10 +23,10 @@ struct mm_task {
     const float *xs;  /* (n, cols/32): xd * the sum of the block's int8 values */
     const int32_t *xsum; /* (n, cols/32): the sum of the block's int8 values */
     /*
-     * Levels with lane_vectors: per token, for each full group of four
-     * blocks, the block's offset correction and scale repeated over the
-     * lanes its products land in (kernels_avx512.c): (n, groups * 4 * lanes)
-     * with 4 lanes per block for Q4_0 and 8 for Q8_0.
+     * Q4_0 weights on levels with q4_lane_vectors: per token, for each full
+     * group of four blocks, the block's offset correction (-2 * its sum) and
+     * scale repeated over the four lanes its products land in:
+     * (n, groups * 16).
      */
     const int32_t *xvc;
     const float *xvd;
@@ -45,7 +45,7 @@ struct cpu_kernels {
      * one 512-bit register; blocks past the last full group stay in order.
      */
     int q4_grouped;
-    int lane_vectors; /* wants xvc/xvd (see mm_task) */
+    int q4_lane_vectors; /* wants xvc/xvd for Q4_0 (see mm_task) */
     /* attention over one cached head vector of n values, by KV type (enum
      * shoal_kv_type): q . k, and o += w * v */
     float (*kv_dot[3])(const float *q, const void *k, int n);

@@ -364,7 +364,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_Q4_0] = mm_q4,
     },
     .q4_grouped = 1,
-    .lane_vectors = 1,
+    .q4_lane_vectors = 1,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };

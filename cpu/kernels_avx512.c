@@ -98,7 +98,8 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
  * one row at a time reaches what membw measures for Q8_0.
  */
 #define QR 2
-#define QT 6 /* tokens per tile: measured best of 4, 6 and 8 (8 spills registers) */
+#define QT 6 /* most tokens per tile (Q4_0); measured best of 4, 6 and 8 (8 spills) */
+#define QT8 4 /* for Q8_0, whose weights take twice the registers */
 #define INLINE static inline __attribute__((always_inline))
 
 /* The f16 scales of four blocks of stride sizeof(*w), as floats. */
@@ -109,6 +110,10 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
 /* Four per-block values spread over the lanes of their blocks. */
 INLINE __m512 spread_ps(__m512i lanes, __m128 v) {
     return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(v));
+}
+
+INLINE __m512i spread_epi32(__m512i lanes, __m128i v) {
+    return _mm512_permutexvar_epi32(lanes, _mm512_castsi128_si512(v));
 }
 
 /* The scalar sum for the blocks past the last full group of four. */
@@ -139,12 +144,12 @@ INLINE float q4_tail(const struct shoal_block_q4_0 *w, const struct mm_task *t, 
 }
 
 INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows, nv = nb / 4 * 32;
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
     const __m512i l01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i l23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     const struct shoal_block_q8_0 *w[QR];
-    __m512 acc[QR][QT];
+    __m512 acc[QR][QT]; /* QT8 of them used: the 5- and 6-token shapes are never called */
     for (int i = 0; i < NR; i++) {
         w[i] = row_ptr(t, r0 + i);
         for (int j = 0; j < NT; j++) acc[i][j] = _mm512_setzero_ps();
@@ -167,17 +172,19 @@ INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
         for (int j = 0; j < NT; j++) {
             const int64_t tok = t0 + j;
             const int8_t *x = t->xq + tok * cols + b * SHOAL_QK;
-            const int32_t *vc = t->xvc + tok * nv + b * 8;
-            const float *vd = t->xvd + tok * nv + b * 8;
+            __m512i x01 = _mm512_loadu_si512((const void *)x);
+            __m512i x23 = _mm512_loadu_si512((const void *)(x + 64));
+            /* -128 * sum over 8 lanes = -16 per lane */
+            __m128i corr = _mm_sub_epi32(_mm_setzero_si128(),
+                                         _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(t->xsum + tok * nb + b)), 4));
+            __m512i c01 = spread_epi32(l01, corr), c23 = spread_epi32(l23, corr);
+            __m128 xd = _mm_loadu_ps(t->xd + tok * nb + b);
+            __m512 x01d = spread_ps(l01, xd), x23d = spread_ps(l23, xd);
             for (int i = 0; i < NR; i++) {
-                __m512i p01 = _mm512_dpbusd_epi32(_mm512_loadu_si512(vc), w01[i],
-                                                  _mm512_loadu_si512((const void *)x));
-                __m512i p23 = _mm512_dpbusd_epi32(_mm512_loadu_si512(vc + 16), w23[i],
-                                                  _mm512_loadu_si512((const void *)(x + 64)));
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01),
-                                            _mm512_mul_ps(d01[i], _mm512_loadu_ps(vd)), acc[i][j]);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23),
-                                            _mm512_mul_ps(d23[i], _mm512_loadu_ps(vd + 16)), acc[i][j]);
+                __m512i p01 = _mm512_dpbusd_epi32(c01, w01[i], x01);
+                __m512i p23 = _mm512_dpbusd_epi32(c23, w23[i], x23);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_mul_ps(d01[i], x01d), acc[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_mul_ps(d23[i], x23d), acc[i][j]);
             }
         }
     }
@@ -231,8 +238,8 @@ INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
 }
 
 /* One function per tile shape, so that each is compiled with its loops unrolled. */
-_Static_assert(QR == 2 && QT == 6, "the tile table below lists 2 x 6 shapes");
-#define TILE_FNS(kind)                                                                         \
+_Static_assert(QR == 2 && QT == 6 && QT8 <= QT, "the tile table below lists 2 x 6 shapes");
+#define TILE_FNS(kind, MAXT, ROWS_OUTER)                                                                         \
     static void kind##_1_1(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 1); } \
     static void kind##_1_2(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 2); } \
     static void kind##_1_3(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 3); } \
@@ -254,17 +261,23 @@ _Static_assert(QR == 2 && QT == 6, "the tile table below lists 2 x 6 shapes");
             for (int64_t i = r0; i < r1; i++) kind##_tiles[0][0](t, i, 0);                       \
             return;                                                                            \
         }                                                                                      \
-        /* a tile of tokens stays in L1 while the rows pass */                                 \
-        for (int tk = 0; tk < t->n; tk += QT) {                                                \
-            int nt = t->n - tk < QT ? t->n - tk : QT;                                          \
-            for (int64_t i = r0; i < r1; i += QR) {                                            \
-                int nr = r1 - i < QR ? (int)(r1 - i) : QR;                                     \
-                kind##_tiles[nr - 1][nt - 1](t, i, tk);                                        \
+        /* rows in slices of ROWS_OUTER (all: tokens outer), each slice passing every token */ \
+        for (int64_t r = r0, re; r < r1; r = re) {                                             \
+            re = r1 - r > ROWS_OUTER ? r + ROWS_OUTER : r1;                                    \
+            for (int tk = 0; tk < t->n; tk += MAXT) {                                          \
+                int nt = t->n - tk < MAXT ? t->n - tk : MAXT;                                  \
+                for (int64_t i = r; i < re; i += QR) {                                         \
+                    int nr = re - i < QR ? (int)(re - i) : QR;                                 \
+                    kind##_tiles[nr - 1][nt - 1](t, i, tk);                                    \
+                }                                                                              \
             }                                                                                  \
         }                                                                                      \
     }
-TILE_FNS(q8)
-TILE_FNS(q4)
+/* Measured: Q8_0 is faster with a few rows passing all tokens (its rows are
+ * twice Q4_0's, so a tile of tokens plus the rows no longer fits in L1); Q4_0
+ * with a tile of tokens passing all rows. */
+TILE_FNS(q8, QT8, MM_ROW_TILE)
+TILE_FNS(q4, QT, INT64_MAX)
 #undef TILE_FNS
 
 /* ------------------------------------------------------------- attention */
@@ -328,7 +341,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_Q4_0] = mm_q4,
     },
     .q4_grouped = 1,
-    .lane_vectors = 1,
+    .q4_lane_vectors = 1,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };

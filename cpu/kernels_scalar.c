@@ -167,7 +167,7 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
         [SHOAL_DTYPE_Q4_0] = mm_q4_0,
     },
     .q4_grouped = 0,
-    .lane_vectors = 0,
+    .q4_lane_vectors = 0,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };
