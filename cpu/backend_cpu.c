@@ -140,6 +140,7 @@ static void mm_worker(void *arg, int ith, int nth) {
 }
 
 struct xq_job {
+    const struct cpu_kernels *k;
     const float *x;
     int64_t cols, nb;
     int n, grouped, lanes, offset;
@@ -153,7 +154,7 @@ static void xq_worker(void *arg, int ith, int nth) {
     long long lo, hi;
     shoal_pool_share(j->n, ith, nth, 1, &lo, &hi);
     for (long long t = lo; t < hi; t++)
-        shoal_cpu_quantize_x(j->x + t * j->cols, j->cols, (int8_t *)m->xq + t * j->cols,
+        j->k->quantize_x(j->x + t * j->cols, j->cols, (int8_t *)m->xq + t * j->cols,
                              (float *)m->xd + t * j->nb, (float *)m->xs + t * j->nb,
                              (int32_t *)m->xsum + t * j->nb, j->grouped, j->lanes, j->offset,
                              (int32_t *)m->xvc + t * nv, (float *)m->xvd + t * nv);
@@ -178,7 +179,7 @@ static void quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, i
     t->xsum = (int32_t *)(t->xs + (size_t)n * (size_t)nb);
     t->xvc = t->xsum + (size_t)n * (size_t)nb;
     t->xvd = (float *)(t->xvc + (size_t)n * (size_t)nv);
-    struct xq_job q = { x, cols, nb, n, q4 && c->k->q4_grouped, lanes, q4 ? 8 : 128, t };
+    struct xq_job q = { c->k, x, cols, nb, n, q4 && c->k->q4_grouped, lanes, q4 ? 8 : 128, t };
     if (n >= 4 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
     else xq_worker(&q, 0, 1);
 }

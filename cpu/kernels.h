@@ -46,6 +46,9 @@ struct cpu_kernels {
      */
     int q4_grouped;
     int q4_lane_vectors; /* wants xvc/xvd for Q4_0 (see mm_task) */
+    /* quantizes one token's activations: shoal_cpu_quantize_x's contract */
+    void (*quantize_x)(const float *x, int64_t cols, int8_t *q, float *d, float *s, int32_t *sum,
+                       int grouped, int lanes, int offset, int32_t *vc, float *vd);
     /* attention over one cached head vector of n values, by KV type (enum
      * shoal_kv_type): q . k, and o += w * v */
     float (*kv_dot[3])(const float *q, const void *k, int n);
@@ -58,12 +61,17 @@ extern const struct cpu_kernels shoal_cpu_kernels_avx512;
 
 /*
  * Quantizes one token's activations into the block form of mm_task
- * (scalar); grouped as described at q4_grouped when asked; and, when lanes
+ * (scalar; rounding half away from zero, which every level's version must
+ * match); grouped as described at q4_grouped when asked; and, when lanes
  * is 4 or 8, fills vc with -offset/lanes * sum and vd with d, each repeated
  * over its block's lanes, for the full groups of four blocks.
  */
 void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s,
                           int32_t *sum, int grouped, int lanes, int offset, int32_t *vc, float *vd);
+
+/* Fills the lane vectors of quantize_x from the block scales and sums. */
+void shoal_cpu_lane_vectors(const float *d, const int32_t *sum, int64_t nb, int lanes, int offset,
+                            int32_t *vc, float *vd);
 
 /* The portable attention helpers, for levels that leave a slot to them. */
 float shoal_cpu_kv_dot_q8(const float *q, const void *k, int n);

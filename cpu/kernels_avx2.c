@@ -365,6 +365,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
     },
     .q4_grouped = 1,
     .q4_lane_vectors = 1,
+    .quantize_x = shoal_cpu_quantize_x,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };

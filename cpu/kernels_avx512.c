@@ -280,6 +280,40 @@ TILE_FNS(q8, QT8, MM_ROW_TILE)
 TILE_FNS(q4, QT, INT64_MAX)
 #undef TILE_FNS
 
+/* ---------------------------------------------------------- activations */
+
+/* shoal_cpu_quantize_x, 32 values at a time; the same rounding, so the same bytes. */
+static void quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s, int32_t *isum,
+                       int grouped, int lanes, int offset, int32_t *vc, float *vd) {
+    const int64_t nb = cols / SHOAL_QK, full = grouped ? nb / 4 * 4 : 0;
+    const __m512 half = _mm512_set1_ps(0.5f);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    for (int64_t b = 0; b < nb; b++) {
+        __m512 a = _mm512_loadu_ps(x + b * SHOAL_QK), c = _mm512_loadu_ps(x + b * SHOAL_QK + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
+        float db = amax / 127.0f, id = db ? 1.0f / db : 0.0f;
+        a = _mm512_mul_ps(a, _mm512_set1_ps(id));
+        c = _mm512_mul_ps(c, _mm512_set1_ps(id));
+        /* f + copysign(0.5, f), truncated: half away from zero */
+        __m512i ia = _mm512_cvttps_epi32(_mm512_add_ps(a, _mm512_castsi512_ps(_mm512_or_si512(
+                         _mm512_and_si512(_mm512_castps_si512(a), sign), _mm512_castps_si512(half)))));
+        __m512i ic = _mm512_cvttps_epi32(_mm512_add_ps(c, _mm512_castsi512_ps(_mm512_or_si512(
+                         _mm512_and_si512(_mm512_castps_si512(c), sign), _mm512_castps_si512(half)))));
+        int8_t *lo = q + b * SHOAL_QK, *hi = lo + 16;
+        if (b < full) {
+            lo = q + (b / 4) * 128 + (b % 4) * 16;
+            hi = lo + 64;
+        }
+        _mm_storeu_si128((__m128i *)lo, _mm512_cvtsepi32_epi8(ia));
+        _mm_storeu_si128((__m128i *)hi, _mm512_cvtsepi32_epi8(ic));
+        int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(ia, ic));
+        d[b] = db;
+        s[b] = db * (float)sum;
+        isum[b] = sum;
+    }
+    if (lanes) shoal_cpu_lane_vectors(d, isum, nb, lanes, offset, vc, vd);
+}
+
 /* ------------------------------------------------------------- attention */
 
 static float kv_dot_f32(const float *q, const void *k, int n) { return dot_f32(q, k, n); }
@@ -342,6 +376,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     },
     .q4_grouped = 1,
     .q4_lane_vectors = 1,
+    .quantize_x = quantize_x,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };

@@ -39,12 +39,16 @@ void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, flo
         s[b] = db * (float)sum;
         isum[b] = sum;
     }
-    if (lanes)
-        for (int64_t b = 0; b < nb / 4 * 4; b++)
-            for (int l = 0; l < lanes; l++) {
-                vc[b * lanes + l] = -offset / lanes * isum[b];
-                vd[b * lanes + l] = d[b];
-            }
+    if (lanes) shoal_cpu_lane_vectors(d, isum, nb, lanes, offset, vc, vd);
+}
+
+void shoal_cpu_lane_vectors(const float *d, const int32_t *sum, int64_t nb, int lanes, int offset,
+                            int32_t *vc, float *vd) {
+    for (int64_t b = 0; b < nb / 4 * 4; b++)
+        for (int l = 0; l < lanes; l++) {
+            vc[b * lanes + l] = -offset / lanes * sum[b];
+            vd[b * lanes + l] = d[b];
+        }
 }
 
 float shoal_cpu_kv_dot_q8(const float *q, const void *k, int n) {
@@ -168,6 +172,7 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
     },
     .q4_grouped = 0,
     .q4_lane_vectors = 0,
+    .quantize_x = shoal_cpu_quantize_x,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };

@@ -15,6 +15,7 @@
 
 #include "check.h"
 #include "cpu/cpu.h"
+#include "cpu/kernels.h" /* inside cpu/: the per-level activation quantizers */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -74,6 +75,33 @@ static void run_case(struct shoal_backend *be, const char *level, int type, int 
     free(wf), free(x), free(wd), free(y), free(wq);
 }
 
+/* Each level's activation quantizer writes exactly the scalar one's bytes. */
+static void test_quantize_x(const struct cpu_kernels *k, const char *level) {
+    enum { COLS = 32 * 11 };
+    float x[COLS];
+    for (int i = 0; i < COLS; i++) x[i] = frand() * 3;
+    /* a block whose scale is exactly 1 and whose values sit on halves (ties
+     * round away from zero), and an all-zero block */
+    x[0] = 127.0f;
+    for (int i = 1; i < 32; i++) x[i] = (float)(i % 2 ? i : -i) + (i % 2 ? 0.5f : -0.5f);
+    for (int i = 32; i < 64; i++) x[i] = 0;
+    for (int grouped = 0; grouped <= 1; grouped++)
+        for (int lanes = 0; lanes <= 8; lanes += 4) {
+            int8_t q[2][COLS];
+            float d[2][11], s[2][11], vd[2][8 * 8 * 4];
+            int32_t sum[2][11], vc[2][8 * 8 * 4];
+            shoal_cpu_quantize_x(x, COLS, q[0], d[0], s[0], sum[0], grouped, lanes, 8, vc[0], vd[0]);
+            k->quantize_x(x, COLS, q[1], d[1], s[1], sum[1], grouped, lanes, 8, vc[1], vd[1]);
+            CHECK(memcmp(q[0], q[1], sizeof q[0]) == 0 && memcmp(d[0], d[1], sizeof d[0]) == 0 &&
+                      memcmp(sum[0], sum[1], sizeof sum[0]) == 0 && memcmp(s[0], s[1], sizeof s[0]) == 0,
+                  "%s quantize_x (grouped %d) differs from the scalar one", level, grouped);
+            if (lanes)
+                CHECK(memcmp(vc[0], vc[1], sizeof(int32_t) * 8 * lanes) == 0 &&
+                          memcmp(vd[0], vd[1], sizeof(float) * 8 * lanes) == 0,
+                      "%s lane vectors differ", level);
+        }
+}
+
 int main(void) {
     static const int types[] = { SHOAL_DTYPE_F32, SHOAL_DTYPE_F16, SHOAL_DTYPE_BF16,
                                  SHOAL_DTYPE_Q8_0, SHOAL_DTYPE_Q4_0 };
@@ -84,6 +112,11 @@ int main(void) {
     };
     int best = shoal_cpu_simd_best();
     printf("best SIMD level here: %s\n", shoal_cpu_simd_name(best));
+    test_quantize_x(&shoal_cpu_kernels_scalar, "scalar");
+#if defined(SHOAL_X86)
+    if (best >= SHOAL_SIMD_AVX2) test_quantize_x(&shoal_cpu_kernels_avx2, "avx2");
+    if (best >= SHOAL_SIMD_AVX512) test_quantize_x(&shoal_cpu_kernels_avx512, "avx512");
+#endif
     for (int simd = SHOAL_SIMD_SCALAR; simd <= best; simd++) {
         for (int threads = 1; threads <= 3; threads += 2) {
             struct shoal_backend *be = NULL;
