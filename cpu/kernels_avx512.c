@@ -91,7 +91,10 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
  *
  * Lanes: Q8_0 puts two blocks in a register (lanes 0-7 and 8-15); Q4_0 puts
  * four (lanes 4k..4k+3 for block k), its nibbles meeting activations
- * grouped to match (kernels.h, q4_grouped).
+ * grouped to match (kernels.h, q4_grouped). Q4_0 reads each block's
+ * correction and dx, spread over its lanes, from the lane vectors prepared
+ * once per matmul; Q8_0 spreads them itself per token tile (prepared, they
+ * would be twice Q4_0's and crowd the cache: measured slower).
  *
  * Decoding (one token) runs 1 x 1 tiles: measured here, two rows at once
  * halved the bandwidth reached (two interleaved streams per thread), while
