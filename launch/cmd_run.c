@@ -25,13 +25,13 @@ static void on_sigint(int sig) {
 
 struct run_out {
     FILE *logits, *ids;
-    int failed; /* stdout could not be written */
+    int failed; /* errno of a failed write to stdout, or 0 */
 };
 
 static int on_text(void *user, const char *text, size_t len) {
     struct run_out *o = user;
     if (fwrite(text, 1, len, stdout) != len || fflush(stdout) != 0) {
-        o->failed = 1;
+        o->failed = errno ? errno : EIO;
         return 1;
     }
     return interrupted;
@@ -262,8 +262,12 @@ int cmd_run(int argc, char **argv) {
     }
     if (strcmp(gs.stop, "context") == 0)
         fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n", n_ctx);
+    if (out.failed == EPIPE) { /* the reader went away (| head): stop quietly, as cat does */
+        status = 128 + SIGPIPE;
+        goto done;
+    }
     if (out.failed) {
-        rc = shoal_errorf(SHOAL_IO, "cannot write to stdout: %s", strerror(errno));
+        rc = shoal_errorf(SHOAL_IO, "cannot write to stdout: %s", strerror(out.failed));
         goto fail;
     }
     status = interrupted ? 130 : 0;
