@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs what building and testing shoal needs on Debian/Ubuntu: a C
-# compiler, CMake, Ninja, and the Python packages the tests use (numpy,
-# gguf, pytest). Safe to run again; installs only what is missing.
+# compiler, CMake, Ninja, Open MPI, the tools the emulated-LAN test uses
+# (iproute2, iptables, libnetfilter-queue), and the Python packages the tests
+# use (numpy, gguf, pytest). Safe to run again; installs only what is missing.
 set -euo pipefail
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v ninja >/dev/null || need_apt+=(ninja-build)
+command -v mpirun >/dev/null || need_apt+=(openmpi-bin)
+[ -f /usr/include/x86_64-linux-gnu/openmpi/mpi.h ] || [ -f /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] ||
+  command -v mpicc >/dev/null || need_apt+=(libopenmpi-dev)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v iptables >/dev/null || need_apt+=(iptables)
+[ -f /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need_apt+=(libnetfilter-queue-dev)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,0 +1,97 @@
+/*
+ * comm — how ranks talk. One interface over a group of ranks: all-reduce of
+ * f32 sums (the payload travelling as f32, f16, bf16 or 8-bit blocks, the
+ * sum always in f32 and bit-identical on every rank), all-gather, broadcast,
+ * send, recv and barrier. Backends: self (one rank, no MPI) and mpi. Nothing
+ * outside comm/ calls MPI.
+ *
+ * Buffers live in host memory (these backends' memory). Every call counts
+ * its bytes and time in the group's statistics. A failed call returns
+ * SHOAL_COMM with a message naming the call and the rank.
+ */
+#ifndef SHOAL_COMM_H
+#define SHOAL_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../base/base.h"
+
+struct shoal_comm; /* a group of ranks */
+
+/* How all-reduce payloads travel. */
+enum shoal_wire {
+    SHOAL_WIRE_F32 = 0,
+    SHOAL_WIRE_F16 = 1,
+    SHOAL_WIRE_BF16 = 2,
+    SHOAL_WIRE_Q8 = 3, /* blocks of 32: an f16 scale and 32 int8 (34 bytes) */
+    SHOAL_WIRE_COUNT
+};
+const char *shoal_wire_name(int wire);
+int shoal_wire_from_name(const char *name); /* -1 if unknown */
+/* Bytes n floats take on the wire. */
+size_t shoal_wire_bytes(int wire, size_t n);
+
+struct shoal_comm_stats {
+    uint64_t bytes_sent;  /* payload bytes this rank sent (collectives: its share) */
+    uint64_t calls;
+    double seconds;       /* wall time inside communication calls */
+};
+
+/*
+ * The world group. When the process was started by mpirun (or srun) and the
+ * build has MPI, MPI is initialised and the world is MPI_COMM_WORLD;
+ * otherwise it is a one-rank self group. A launch by mpirun of a build
+ * without MPI is an error that says so. finalize destroys the world and
+ * shuts MPI down; call it once, last.
+ */
+shoal_status shoal_comm_init_world(struct shoal_comm **world, int *argc, char ***argv);
+void shoal_comm_finalize(struct shoal_comm *world);
+
+/* Whether this build can run more than one rank. */
+int shoal_comm_have_mpi(void);
+
+/*
+ * Splits c into groups of the ranks with the same color, ordered by key
+ * (collective over c). *out is owned by the caller (shoal_comm_destroy).
+ */
+shoal_status shoal_comm_split(struct shoal_comm *c, int color, int key, struct shoal_comm **out);
+void shoal_comm_destroy(struct shoal_comm *c); /* accepts NULL; not for the world */
+
+int shoal_comm_rank(const struct shoal_comm *c);
+int shoal_comm_size(const struct shoal_comm *c);
+const char *shoal_comm_backend(const struct shoal_comm *c);
+/* Ranks of the world that share this rank's machine (1 for self). */
+int shoal_comm_local_size(struct shoal_comm *world);
+const struct shoal_comm_stats *shoal_comm_stats(const struct shoal_comm *c);
+void shoal_comm_stats_reset(struct shoal_comm *c);
+
+/*
+ * buf (n floats) becomes the element-wise sum over the group's ranks. Each
+ * rank's contribution travels as wire; the sum is formed in f32, in rank
+ * order, from what travelled (a rank's own part too), so every rank ends
+ * with the same bits.
+ */
+shoal_status shoal_comm_allreduce_sum(struct shoal_comm *c, float *buf, size_t n, int wire);
+/* recv (size * bytes) = every rank's send (bytes), in rank order. */
+shoal_status shoal_comm_allgather(struct shoal_comm *c, const void *send, size_t bytes, void *recv);
+/* recv at root = rank r's bytes[r] at offset sum(bytes[0..r)); others' recv unused. */
+shoal_status shoal_comm_gatherv(struct shoal_comm *c, const void *send, const size_t *bytes,
+                                void *recv, int root);
+shoal_status shoal_comm_bcast(struct shoal_comm *c, void *buf, size_t bytes, int root);
+shoal_status shoal_comm_send(struct shoal_comm *c, const void *buf, size_t bytes, int peer);
+shoal_status shoal_comm_recv(struct shoal_comm *c, void *buf, size_t bytes, int peer);
+shoal_status shoal_comm_barrier(struct shoal_comm *c);
+
+/*
+ * Agreement after work that may fail on some ranks only (loading a file):
+ * every rank passes its status; all get SHOAL_OK when every rank succeeded,
+ * else SHOAL_REMOTE (or the rank's own status) with the detail "rank K:
+ * <its message>" of the lowest failed rank. Collective over c.
+ */
+shoal_status shoal_comm_agree(struct shoal_comm *c, shoal_status mine);
+
+/* Ends every rank of the job now (after a failure that leaves them out of step). */
+void shoal_comm_abort(struct shoal_comm *c, int code);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * The table behind a communicator, for the backends in comm/ (self.c,
+ * mpi.c). Everyone else uses comm.h.
+ */
+#ifndef SHOAL_COMM_IMPL_H
+#define SHOAL_COMM_IMPL_H
+
+#include "comm.h"
+
+struct shoal_comm_i {
+    const char *name;
+    void (*destroy)(void *ctx);
+    shoal_status (*split)(struct shoal_comm *c, int color, int key, struct shoal_comm **out);
+    shoal_status (*allgather)(void *ctx, const void *send, size_t bytes, void *recv);
+    shoal_status (*gatherv)(void *ctx, const void *send, const size_t *bytes, void *recv, int root);
+    shoal_status (*bcast)(void *ctx, void *buf, size_t bytes, int root);
+    shoal_status (*send)(void *ctx, const void *buf, size_t bytes, int peer);
+    shoal_status (*recv)(void *ctx, void *buf, size_t bytes, int peer);
+    shoal_status (*barrier)(void *ctx);
+    int (*local_size)(void *ctx);
+    void (*abort)(void *ctx, int code);
+};
+
+struct shoal_comm {
+    const struct shoal_comm_i *iface;
+    void *ctx;
+    int rank, size;
+    struct shoal_comm_stats stats;
+    void *scratch; /* all-reduce staging, grown on demand */
+    size_t scratch_cap;
+};
+
+/* For backends: a handle around a table and a context (NULL on no memory). */
+struct shoal_comm *shoal_comm_new(const struct shoal_comm_i *iface, void *ctx, int rank, int size);
+
+/* The self backend's world and the MPI backend's (mpi.c, or its stand-in). */
+shoal_status shoal_comm_self_create(struct shoal_comm **out);
+shoal_status shoal_comm_mpi_init(struct shoal_comm **out, int *argc, char ***argv);
+void shoal_comm_mpi_finalize(void);
+int shoal_comm_mpi_built(void);
+
+#endif

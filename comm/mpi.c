@@ -1,0 +1,191 @@
+/*
+ * mpi.c — the MPI communicator. Errors come back (MPI_ERRORS_RETURN) and
+ * become SHOAL_COMM with the call, the rank and MPI's own words. Counts
+ * above INT_MAX bytes go in pieces. Only the thread that called
+ * shoal_comm_init_world makes MPI calls (MPI_THREAD_FUNNELED).
+ */
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm_impl.h"
+
+struct mpi_ctx {
+    MPI_Comm comm;
+    int owned; /* MPI_Comm_free on destroy */
+};
+
+static shoal_status check(int err, const char *call, int rank) {
+    if (err == MPI_SUCCESS) return SHOAL_OK;
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(err, msg, &len);
+    return shoal_errorf(SHOAL_COMM, "%s failed on rank %d: %.*s", call, rank, len, msg);
+}
+
+static int my_rank(const struct mpi_ctx *m) {
+    int r = -1;
+    MPI_Comm_rank(m->comm, &r);
+    return r;
+}
+
+#define MPI_TRY(m, call) SHOAL_TRY(check((call), #call, my_rank(m)))
+
+static void mpi_destroy(void *ctx) {
+    struct mpi_ctx *m = ctx;
+    if (m && m->owned) MPI_Comm_free(&m->comm);
+    free(m);
+}
+
+/* Wraps an MPI communicator in a handle. */
+static shoal_status wrap(MPI_Comm comm, int owned, struct shoal_comm **out);
+
+static shoal_status mpi_split(struct shoal_comm *c, int color, int key, struct shoal_comm **out) {
+    struct mpi_ctx *m = c->ctx;
+    MPI_Comm sub;
+    MPI_TRY(m, MPI_Comm_split(m->comm, color, key, &sub));
+    return wrap(sub, 1, out);
+}
+
+static shoal_status mpi_allgather(void *ctx, const void *send, size_t bytes, void *recv) {
+    struct mpi_ctx *m = ctx;
+    if (bytes > INT_MAX)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "all-gather of %zu bytes per rank (limit 2 GiB)", bytes);
+    MPI_TRY(m, MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->comm));
+    return SHOAL_OK;
+}
+
+static shoal_status mpi_gatherv(void *ctx, const void *send, const size_t *bytes, void *recv,
+                                int root) {
+    struct mpi_ctx *m = ctx;
+    int size, rank = my_rank(m);
+    MPI_Comm_size(m->comm, &size);
+    int *counts = calloc((size_t)size * 2, sizeof *counts), *displs = counts + size;
+    if (!counts) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    size_t off = 0;
+    for (int r = 0; r < size; r++) {
+        if (bytes[r] > INT_MAX || off > INT_MAX) {
+            free(counts);
+            return shoal_errorf(SHOAL_UNSUPPORTED, "gather of more than 2 GiB");
+        }
+        counts[r] = (int)bytes[r];
+        displs[r] = (int)off;
+        off += bytes[r];
+    }
+    shoal_status rc = check(MPI_Gatherv(send, counts[rank], MPI_BYTE, recv, counts, displs,
+                                        MPI_BYTE, root, m->comm),
+                            "MPI_Gatherv", rank);
+    free(counts);
+    return rc;
+}
+
+static shoal_status mpi_bcast(void *ctx, void *buf, size_t bytes, int root) {
+    struct mpi_ctx *m = ctx;
+    for (size_t off = 0; off < bytes; off += INT_MAX) {
+        size_t k = bytes - off < INT_MAX ? bytes - off : INT_MAX;
+        MPI_TRY(m, MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, m->comm));
+    }
+    return SHOAL_OK;
+}
+
+static shoal_status mpi_send(void *ctx, const void *buf, size_t bytes, int peer) {
+    struct mpi_ctx *m = ctx;
+    size_t off = 0;
+    do {
+        size_t k = bytes - off < INT_MAX ? bytes - off : INT_MAX;
+        MPI_TRY(m, MPI_Send((const char *)buf + off, (int)k, MPI_BYTE, peer, 0, m->comm));
+        off += k;
+    } while (off < bytes);
+    return SHOAL_OK;
+}
+
+static shoal_status mpi_recv(void *ctx, void *buf, size_t bytes, int peer) {
+    struct mpi_ctx *m = ctx;
+    size_t off = 0;
+    do {
+        size_t k = bytes - off < INT_MAX ? bytes - off : INT_MAX;
+        MPI_Status st;
+        MPI_TRY(m, MPI_Recv((char *)buf + off, (int)k, MPI_BYTE, peer, 0, m->comm, &st));
+        int got = 0;
+        MPI_Get_count(&st, MPI_BYTE, &got);
+        if ((size_t)got != k)
+            return shoal_errorf(SHOAL_COMM, "rank %d expected %zu bytes from rank %d, got %d",
+                                my_rank(m), k, peer, got);
+        off += k;
+    } while (off < bytes);
+    return SHOAL_OK;
+}
+
+static shoal_status mpi_barrier(void *ctx) {
+    struct mpi_ctx *m = ctx;
+    MPI_TRY(m, MPI_Barrier(m->comm));
+    return SHOAL_OK;
+}
+
+static int mpi_local_size(void *ctx) {
+    struct mpi_ctx *m = ctx;
+    MPI_Comm node;
+    int n = 1;
+    if (MPI_Comm_split_type(m->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+        MPI_Comm_size(node, &n);
+        MPI_Comm_free(&node);
+    }
+    return n;
+}
+
+static void mpi_abort(void *ctx, int code) {
+    struct mpi_ctx *m = ctx;
+    MPI_Abort(m->comm, code);
+    exit(code); /* not reached */
+}
+
+static const struct shoal_comm_i mpi_iface = {
+    .name = "mpi",
+    .destroy = mpi_destroy,
+    .split = mpi_split,
+    .allgather = mpi_allgather,
+    .gatherv = mpi_gatherv,
+    .bcast = mpi_bcast,
+    .send = mpi_send,
+    .recv = mpi_recv,
+    .barrier = mpi_barrier,
+    .local_size = mpi_local_size,
+    .abort = mpi_abort,
+};
+
+static shoal_status wrap(MPI_Comm comm, int owned, struct shoal_comm **out) {
+    struct mpi_ctx *m = calloc(1, sizeof *m);
+    if (!m) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    m->comm = comm;
+    m->owned = owned;
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    *out = shoal_comm_new(&mpi_iface, m, rank, size);
+    if (!*out) {
+        mpi_destroy(m);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
+    return SHOAL_OK;
+}
+
+shoal_status shoal_comm_mpi_init(struct shoal_comm **out, int *argc, char ***argv) {
+    int provided = 0, inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        int err = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+        if (err != MPI_SUCCESS) return shoal_errorf(SHOAL_COMM, "MPI_Init_thread failed (%d)", err);
+    }
+    return wrap(MPI_COMM_WORLD, 0, out);
+}
+
+void shoal_comm_mpi_finalize(void) {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+}
+
+int shoal_comm_mpi_built(void) { return 1; }
