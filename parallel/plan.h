@@ -1,0 +1,79 @@
+/*
+ * parallel — the plan: which rank holds which part of the model, as pure
+ * data (no I/O, no MPI), so that it can be tested exhaustively.
+ *
+ * Ranks = tp x pp; rank = stage * tp + tp_rank, so consecutive ranks form a
+ * tensor-parallel group. Within a stage (Megatron-LM's scheme):
+ *   - Q, K, V are split by output rows at KV-group granularity: a rank takes
+ *     whole KV heads with their query heads. With more ranks than KV heads,
+ *     each KV head is held by tp / n_kv ranks, which share its query heads.
+ *   - attention output is split by input columns to match (row-parallel);
+ *   - FFN gate/up by output rows and down by input columns, in units of
+ *     down's quantization block;
+ *   - the output head by vocabulary rows; norms are replicated.
+ * Shares may be uneven and may be weighted. Layers are cut into pp
+ * contiguous stages balanced by bytes (the last stage also carries the
+ * output head), weighted for unequal hosts.
+ *
+ * A plan that cannot be made is refused with a message that says what
+ * would work.
+ */
+#ifndef SHOAL_PLAN_H
+#define SHOAL_PLAN_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../base/base.h"
+
+/* What the plan needs to know of a model. */
+struct shoal_model_shape {
+    int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, n_vocab;
+    int wo_block;        /* values per quantization block of attn_output's rows (1: float) */
+    int down_block;      /* likewise for ffn_down */
+    double layer_bytes;  /* weight bytes of one layer */
+    double output_bytes; /* of the output head (read every token by the last stage) */
+};
+
+/* What one rank holds. Ranges are half-open. */
+struct shoal_rank_part {
+    int rank, stage, tp_rank;
+    int layer0, layer1; /* the stage's layers */
+    int q0, q1;         /* query heads */
+    int kv0, kv1;       /* KV heads (shared with other ranks when tp > n_kv_heads) */
+    int ff0, ff1;       /* FFN hidden units */
+    int v0, v1;         /* output-head rows (vocabulary); empty before the last stage */
+    int first, last;    /* first / last pipeline stage */
+};
+
+struct shoal_plan {
+    int tp, pp, n_ranks;
+    struct shoal_rank_part *part; /* (n_ranks) */
+};
+
+struct shoal_plan_params {
+    int tp, pp;
+    const double *tp_weights; /* (tp) relative speeds of a stage's ranks, or NULL: equal */
+    const double *pp_weights; /* (pp) relative speeds of the stages, or NULL: equal */
+};
+
+/*
+ * Makes the plan. On success *out is owned by the caller (shoal_plan_destroy).
+ * SHOAL_INVALID with a message that says what would work when the model
+ * cannot be split so.
+ */
+shoal_status shoal_plan_make(struct shoal_plan **out, const struct shoal_model_shape *m,
+                             const struct shoal_plan_params *p);
+void shoal_plan_destroy(struct shoal_plan *p);
+
+/* One line per rank: what it holds. */
+void shoal_plan_print(FILE *f, const struct shoal_plan *p);
+
+/*
+ * Splits total units into n contiguous parts in proportion to weights (NULL:
+ * equal), each at least one unit (total >= n), by largest remainder:
+ * bounds[0] = 0 <= ... <= bounds[n] = total. Exposed for tests.
+ */
+void shoal_split_units(int total, int n, const double *weights, int *bounds);
+
+#endif
