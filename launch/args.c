@@ -41,14 +41,14 @@ int64_t args_parse_size(const char *s) {
     return (int64_t)(v * mul);
 }
 
-static int set_value(const char *cmd, const struct opt *o, const char *val) {
+static int set_value(FILE *err, const char *cmd, const struct opt *o, const char *val) {
     char *end;
     errno = 0;
     switch (o->kind) {
     case OPT_INT: {
         long v = strtol(val, &end, 10);
         if (errno || end == val || *end || v < -2147483647L || v > 2147483647L) {
-            fprintf(stderr, "%s: %s: '%s' is not an integer\n", cmd, o->lng, val);
+            fprintf(err, "%s: %s: '%s' is not an integer\n", cmd, o->lng, val);
             return 2;
         }
         *(int *)o->dst = (int)v;
@@ -57,7 +57,7 @@ static int set_value(const char *cmd, const struct opt *o, const char *val) {
     case OPT_U64: {
         unsigned long long v = strtoull(val, &end, 0);
         if (errno || end == val || *end || val[0] == '-') {
-            fprintf(stderr, "%s: %s: '%s' is not a non-negative integer\n", cmd, o->lng, val);
+            fprintf(err, "%s: %s: '%s' is not a non-negative integer\n", cmd, o->lng, val);
             return 2;
         }
         *(uint64_t *)o->dst = v;
@@ -66,7 +66,7 @@ static int set_value(const char *cmd, const struct opt *o, const char *val) {
     case OPT_FLOAT: {
         float v = strtof(val, &end);
         if (errno || end == val || *end || !isfinite(v)) {
-            fprintf(stderr, "%s: %s: '%s' is not a number\n", cmd, o->lng, val);
+            fprintf(err, "%s: %s: '%s' is not a number\n", cmd, o->lng, val);
             return 2;
         }
         *(float *)o->dst = v;
@@ -75,7 +75,7 @@ static int set_value(const char *cmd, const struct opt *o, const char *val) {
     case OPT_SIZE: {
         int64_t v = args_parse_size(val);
         if (v < 0) {
-            fprintf(stderr, "%s: %s: '%s' is not a size (e.g. 512M, 8G)\n", cmd, o->lng, val);
+            fprintf(err, "%s: %s: '%s' is not a size (e.g. 512M, 8G)\n", cmd, o->lng, val);
             return 2;
         }
         *(uint64_t *)o->dst = (uint64_t)v;
@@ -90,15 +90,35 @@ static int set_value(const char *cmd, const struct opt *o, const char *val) {
     return 2;
 }
 
+static int parse(FILE *err, int loud, const char *cmd, const char *usage, const char *about,
+                 const struct opt *opts, int argc, char **argv, const char **pos, int max_pos,
+                 int *n_pos);
+
 int args_parse(const char *cmd, const char *usage, const char *about, const struct opt *opts,
                int argc, char **argv, const char **pos, int max_pos, int *n_pos) {
+    return args_parse_quiet(1, cmd, usage, about, opts, argc, argv, pos, max_pos, n_pos);
+}
+
+int args_parse_quiet(int loud, const char *cmd, const char *usage, const char *about,
+                     const struct opt *opts, int argc, char **argv, const char **pos, int max_pos,
+                     int *n_pos) {
+    FILE *err = loud ? stderr : fopen("/dev/null", "w");
+    if (!err) err = stderr;
+    int rc = parse(err, loud, cmd, usage, about, opts, argc, argv, pos, max_pos, n_pos);
+    if (err != stderr) fclose(err);
+    return rc;
+}
+
+static int parse(FILE *err, int loud, const char *cmd, const char *usage, const char *about,
+                 const struct opt *opts, int argc, char **argv, const char **pos, int max_pos,
+                 int *n_pos) {
     *n_pos = 0;
     int only_pos = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (only_pos || a[0] != '-' || a[1] == 0) {
             if (*n_pos >= max_pos) {
-                fprintf(stderr, "%s: unexpected argument '%s' (see %s --help)\n", cmd, a, cmd);
+                fprintf(err, "%s: unexpected argument '%s' (see %s --help)\n", cmd, a, cmd);
                 return 2;
             }
             pos[(*n_pos)++] = a;
@@ -109,7 +129,7 @@ int args_parse(const char *cmd, const char *usage, const char *about, const stru
             continue;
         }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            args_help(stdout, cmd, usage, about, opts);
+            if (loud) args_help(stdout, cmd, usage, about, opts);
             return 1;
         }
         const char *inline_val = NULL;
@@ -129,12 +149,12 @@ int args_parse(const char *cmd, const char *usage, const char *about, const stru
                 if (p->shrt == a[1]) o = p;
         }
         if (!o) {
-            fprintf(stderr, "%s: unknown option '%s' (see %s --help)\n", cmd, a, cmd);
+            fprintf(err, "%s: unknown option '%s' (see %s --help)\n", cmd, a, cmd);
             return 2;
         }
         if (o->kind == OPT_FLAG) {
             if (inline_val) {
-                fprintf(stderr, "%s: %s takes no value\n", cmd, o->lng);
+                fprintf(err, "%s: %s takes no value\n", cmd, o->lng);
                 return 2;
             }
             *(int *)o->dst = 1;
@@ -143,12 +163,12 @@ int args_parse(const char *cmd, const char *usage, const char *about, const stru
         const char *val = inline_val;
         if (!val) {
             if (i + 1 >= argc) {
-                fprintf(stderr, "%s: %s needs a value (%s)\n", cmd, o->lng, o->arg ? o->arg : "");
+                fprintf(err, "%s: %s needs a value (%s)\n", cmd, o->lng, o->arg ? o->arg : "");
                 return 2;
             }
             val = argv[++i];
         }
-        int rc = set_value(cmd, o, val);
+        int rc = set_value(err, cmd, o, val);
         if (rc) return rc;
     }
     return 0;

@@ -31,6 +31,10 @@ struct opt {
  */
 int args_parse(const char *cmd, const char *usage, const char *about, const struct opt *opts,
                int argc, char **argv, const char **pos, int max_pos, int *n_pos);
+/* The same, printing help and errors only when loud (one rank of many speaks). */
+int args_parse_quiet(int loud, const char *cmd, const char *usage, const char *about,
+                     const struct opt *opts, int argc, char **argv, const char **pos, int max_pos,
+                     int *n_pos);
 void args_help(FILE *f, const char *cmd, const char *usage, const char *about,
                const struct opt *opts);
 

@@ -1,6 +1,9 @@
 /*
- * cmd_run.c — `shoal run`: load a model, generate from a prompt, stream the
- * text to stdout, and report speed and memory on stderr.
+ * cmd_run.c — `shoal run`: load a model (this rank's part of it), generate
+ * from a prompt, stream the text to stdout, and report speed and memory on
+ * stderr. Under mpirun every rank runs this; rank 0 tokenizes, samples and
+ * prints, the others follow its steps. A failure on any rank while loading
+ * stops every rank with a message naming it; a failure later aborts the job.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -11,10 +14,90 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../comm/comm.h"
 #include "../cpu/cpu.h"
 #include "../runtime/generate.h"
 #include "args.h"
 #include "launch.h"
+
+/* ----------------------------------------------------------------- options */
+
+struct run_opts {
+    const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
+    const char *comm_name;
+    int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
+    int tp, pp, kv_type, simd, wire;
+    struct shoal_sampler_params sp;
+};
+
+/* 0 to go on, else the exit status (help asked: 0, usage error: 2, as 1 + status). */
+static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->kv_name = "f16";
+    o->simd_name = "auto";
+    o->comm_name = "f32";
+    o->n_predict = 256;
+    o->n_batch = 512;
+    o->seed = -1;
+    shoal_sampler_defaults(&o->sp);
+    const struct opt opts[] = {
+        { "--model", 'm', OPT_STR, &o->model, "FILE", "GGUF model to run (required)" },
+        { "--prompt", 'p', OPT_STR, &o->prompt, "TEXT", "prompt text (default: empty, start from BOS)" },
+        { "--file", 'f', OPT_STR, &o->prompt_file, "FILE", "read the prompt from a file" },
+        { "--n-predict", 'n', OPT_INT, &o->n_predict, "N", "tokens to generate (default 256; -1: until EOS or full context)" },
+        { "--threads", 't', OPT_INT, &o->threads, "N", "CPU threads per rank (default: the cores / ranks on this machine)" },
+        { "--ctx-size", 'c', OPT_INT, &o->n_ctx, "N", "context length (default: the model's, at most 4096)" },
+        { "--batch-size", 'b', OPT_INT, &o->n_batch, "N", "prompt tokens per forward pass (default 512)" },
+        { "--temp", 0, OPT_FLOAT, &o->sp.temp, "T", "temperature; 0 = greedy (default 0.8)" },
+        { "--top-k", 0, OPT_INT, &o->sp.top_k, "K", "keep the K most likely tokens; 0 = off (default 40)" },
+        { "--top-p", 0, OPT_FLOAT, &o->sp.top_p, "P", "nucleus sampling; 1 = off (default 0.95)" },
+        { "--min-p", 0, OPT_FLOAT, &o->sp.min_p, "P", "drop tokens below P x the best's probability (default 0.05)" },
+        { "--repeat-penalty", 0, OPT_FLOAT, &o->sp.repeat_penalty, "X", "penalise recent tokens; 1 = off (default 1)" },
+        { "--repeat-last-n", 0, OPT_INT, &o->sp.repeat_last_n, "N", "how many recent tokens to penalise (default 64)" },
+        { "--seed", 0, OPT_INT, &o->seed, "N", "random seed, for reproducible sampling (default: random)" },
+        { "--kv-type", 0, OPT_STR, &o->kv_name, "TYPE", "KV cache type: f32, f16 or q8 (default f16)" },
+        { "--simd", 0, OPT_STR, &o->simd_name, "LEVEL", "CPU kernels: auto, scalar, avx2, avx512 (default auto)" },
+        { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: all ranks, or ranks / --pp)" },
+        { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default 1, or ranks / --tp)" },
+        { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f32, f16, bf16 or q8 (default f32)" },
+        { "--ignore-eos", 0, OPT_FLAG, &o->ignore_eos, NULL, "keep generating past end-of-sequence tokens" },
+        { "--no-bos", 0, OPT_FLAG, &o->no_bos, NULL, "do not start the prompt with BOS" },
+        { "--no-echo", 0, OPT_FLAG, &o->no_echo, NULL, "do not print the prompt before the generated text" },
+        { "--logits-out", 0, OPT_STR, &o->logits_path, "FILE", "write every position's logits as text (for tests)" },
+        { "--ids-out", 0, OPT_STR, &o->ids_path, "FILE", "write the prompt's ids (after BOS) and the generated ids, on one line" },
+        { "--verbose", 'v', OPT_FLAG, &o->verbose, NULL, "more detail on stderr: the plan, per-rank communication" },
+        { "--quiet", 'q', OPT_FLAG, &o->quiet, NULL, "no load line or statistics on stderr" },
+        OPT_END,
+    };
+    const char *pos[1];
+    int n_pos;
+    int prc = args_parse_quiet(loud, "shoal run", "-m MODEL [-p PROMPT] [options]",
+                               "Generates text from a prompt with a GGUF model, streaming it to stdout.\n"
+                               "Speed (prompt and generation tokens/s) and peak memory go to stderr.\n"
+                               "Under mpirun, the ranks split the model --tp x --pp ways.",
+                               opts, argc, argv, pos, 0, &n_pos);
+    if (prc) return prc == 1 ? 1 : 3;
+    FILE *err = loud ? stderr : NULL;
+#define USAGE(...)                                                                             \
+    do {                                                                                       \
+        if (err) fprintf(err, __VA_ARGS__);                                                    \
+        return 3;                                                                              \
+    } while (0)
+    if (!o->model) USAGE("shoal run: no model given: use -m FILE.gguf (see shoal run --help)\n");
+    if (o->prompt && o->prompt_file) USAGE("shoal run: give -p or -f, not both\n");
+    if ((o->kv_type = shoal_kv_type_from_name(o->kv_name)) < 0)
+        USAGE("shoal run: --kv-type '%s' is not one of f32, f16, q8\n", o->kv_name);
+    if ((o->simd = shoal_cpu_simd_from_name(o->simd_name)) == -2)
+        USAGE("shoal run: --simd '%s' is not one of auto, scalar, avx2, avx512\n", o->simd_name);
+    if ((o->wire = shoal_wire_from_name(o->comm_name)) < 0)
+        USAGE("shoal run: --comm-dtype '%s' is not one of f32, f16, bf16, q8\n", o->comm_name);
+    if (o->n_batch < 1 || o->threads < 0 || o->n_ctx < 0 || o->n_predict < -1 || o->tp < 0 || o->pp < 0)
+        USAGE("shoal run: -b must be >= 1, -t, -c, --tp and --pp >= 0, -n >= -1\n");
+#undef USAGE
+    return 0;
+}
+
+/* ------------------------------------------------------------------ output */
 
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig) {
@@ -80,213 +163,292 @@ static shoal_status read_file(const char *path, char **out, size_t *len) {
     return SHOAL_OK;
 }
 
-int cmd_run(int argc, char **argv) {
-    const char *model = NULL, *prompt = NULL, *prompt_file = NULL, *kv_name = "f16";
-    const char *simd_name = "auto", *logits_path = NULL, *ids_path = NULL;
-    int n_predict = 256, threads = 0, n_ctx = 0, n_batch = 512, ignore_eos = 0, no_bos = 0;
-    int no_echo = 0, verbose = 0, quiet = 0, seed_given = 0;
-    uint64_t seed = 0;
-    struct shoal_sampler_params sp;
-    shoal_sampler_defaults(&sp);
-    int seed_int = -1;
-    const struct opt opts[] = {
-        { "--model", 'm', OPT_STR, &model, "FILE", "GGUF model to run (required)" },
-        { "--prompt", 'p', OPT_STR, &prompt, "TEXT", "prompt text (default: empty, start from BOS)" },
-        { "--file", 'f', OPT_STR, &prompt_file, "FILE", "read the prompt from a file" },
-        { "--n-predict", 'n', OPT_INT, &n_predict, "N", "tokens to generate (default 256; -1: until EOS or full context)" },
-        { "--threads", 't', OPT_INT, &threads, "N", "CPU threads (default: all cores)" },
-        { "--ctx-size", 'c', OPT_INT, &n_ctx, "N", "context length (default: the model's, at most 4096)" },
-        { "--batch-size", 'b', OPT_INT, &n_batch, "N", "prompt tokens per forward pass (default 512)" },
-        { "--temp", 0, OPT_FLOAT, &sp.temp, "T", "temperature; 0 = greedy (default 0.8)" },
-        { "--top-k", 0, OPT_INT, &sp.top_k, "K", "keep the K most likely tokens; 0 = off (default 40)" },
-        { "--top-p", 0, OPT_FLOAT, &sp.top_p, "P", "nucleus sampling; 1 = off (default 0.95)" },
-        { "--min-p", 0, OPT_FLOAT, &sp.min_p, "P", "drop tokens below P x the best's probability (default 0.05)" },
-        { "--repeat-penalty", 0, OPT_FLOAT, &sp.repeat_penalty, "X", "penalise recent tokens; 1 = off (default 1)" },
-        { "--repeat-last-n", 0, OPT_INT, &sp.repeat_last_n, "N", "how many recent tokens to penalise (default 64)" },
-        { "--seed", 0, OPT_INT, &seed_int, "N", "random seed, for reproducible sampling (default: random)" },
-        { "--kv-type", 0, OPT_STR, &kv_name, "TYPE", "KV cache type: f32, f16 or q8 (default f16)" },
-        { "--simd", 0, OPT_STR, &simd_name, "LEVEL", "CPU kernels: auto, scalar, avx2, avx512 (default auto)" },
-        { "--ignore-eos", 0, OPT_FLAG, &ignore_eos, NULL, "keep generating past end-of-sequence tokens" },
-        { "--no-bos", 0, OPT_FLAG, &no_bos, NULL, "do not start the prompt with BOS" },
-        { "--no-echo", 0, OPT_FLAG, &no_echo, NULL, "do not print the prompt before the generated text" },
-        { "--logits-out", 0, OPT_STR, &logits_path, "FILE", "write every position's logits as text (for tests)" },
-        { "--ids-out", 0, OPT_STR, &ids_path, "FILE", "write the prompt's ids (after BOS) and the generated ids, on one line" },
-        { "--verbose", 'v', OPT_FLAG, &verbose, NULL, "more detail on stderr" },
-        { "--quiet", 'q', OPT_FLAG, &quiet, NULL, "no load line or statistics on stderr" },
-        OPT_END,
-    };
-    const char *pos[1];
-    int n_pos;
-    int prc = args_parse("shoal run", "-m MODEL [-p PROMPT] [options]",
-                         "Generates text from a prompt with a GGUF model, streaming it to stdout.\n"
-                         "Speed (prompt and generation tokens/s) and peak memory go to stderr.",
-                         opts, argc, argv, pos, 0, &n_pos);
-    if (prc) return prc == 1 ? 0 : 2;
-    if (!model) {
-        fprintf(stderr, "shoal run: no model given: use -m FILE.gguf (see shoal run --help)\n");
-        return 2;
-    }
-    if (prompt && prompt_file) {
-        fprintf(stderr, "shoal run: give -p or -f, not both\n");
-        return 2;
-    }
-    int kv_type = shoal_kv_type_from_name(kv_name);
-    if (kv_type < 0) {
-        fprintf(stderr, "shoal run: --kv-type '%s' is not one of f32, f16, q8\n", kv_name);
-        return 2;
-    }
-    int simd = shoal_cpu_simd_from_name(simd_name);
-    if (simd == -2) {
-        fprintf(stderr, "shoal run: --simd '%s' is not one of auto, scalar, avx2, avx512\n", simd_name);
-        return 2;
-    }
-    if (n_batch < 1 || threads < 0 || n_ctx < 0 || n_predict < -1) {
-        fprintf(stderr, "shoal run: -b must be >= 1, -t and -c >= 0, -n >= -1\n");
-        return 2;
-    }
-    if (seed_int >= 0) {
-        seed = (uint64_t)seed_int;
-        seed_given = 1;
-    } else {
-        seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    }
-    sp.seed = seed;
-    shoal_log_init(verbose ? SHOAL_LOG_INFO : SHOAL_LOG_WARN, 0, getenv("SHOAL_DEBUG"));
+/* ------------------------------------------------------------------- setup */
 
-    struct shoal_gguf *g = NULL;
-    struct shoal_backend *be = NULL;
-    struct shoal_model *m = NULL;
-    struct shoal_tokenizer *tok = NULL;
-    struct shoal_state *st = NULL;
-    struct shoal_sampler *smp = NULL;
-    char *text = NULL;
-    int32_t *ids = NULL;
-    struct run_out out = { 0 };
-    int status = 1;
-    shoal_status rc;
+/* Everything a rank holds for a run, released by teardown(). */
+struct run {
+    struct run_opts o;
+    struct shoal_comm *world;
+    int rank, size;
+    struct shoal_gguf *g;
+    struct shoal_plan *plan;
+    struct shoal_dist *dist;
+    struct shoal_backend *be;
+    struct shoal_model *m;
+    struct shoal_tokenizer *tok;
+    struct shoal_state *st;
+    int threads;
+    double t_load;
+};
 
-    double t_load = shoal_now();
-    if ((rc = shoal_gguf_open(&g, model)) != SHOAL_OK) goto fail;
-    struct shoal_cpu_params cp = { .n_threads = threads, .simd = simd, .spin = -1 };
-    if ((rc = shoal_cpu_backend_create(&be, &cp)) != SHOAL_OK) goto fail;
-    if ((rc = shoal_model_load(&m, g, be)) != SHOAL_OK) goto fail;
-    if ((rc = shoal_tokenizer_create(&tok, g)) != SHOAL_OK) goto fail;
-    const struct shoal_hparams *hp = &m->hp;
-    if (shoal_tokenizer_n_vocab(tok) > hp->n_vocab) {
-        rc = shoal_errorf(SHOAL_FORMAT, "%s: the tokenizer has %d tokens but token_embd.weight only %d rows",
-                          model, shoal_tokenizer_n_vocab(tok), hp->n_vocab);
-        goto fail;
+/* tp x pp from the flags and the number of ranks. */
+static shoal_status choose_layout(struct run *r) {
+    int tp = r->o.tp, pp = r->o.pp, n = r->size;
+    if (!tp && !pp) tp = n, pp = 1;
+    else if (!tp) tp = pp && n % pp == 0 ? n / pp : 0;
+    else if (!pp) pp = n % tp == 0 ? n / tp : 0;
+    if (!tp || !pp || tp * pp != n)
+        return shoal_errorf(SHOAL_INVALID,
+                            "--tp %d x --pp %d does not match the %d rank%s running (start %d "
+                            "ranks with mpirun -np, or choose tp x pp = %d)",
+                            r->o.tp, r->o.pp, n, n == 1 ? "" : "s",
+                            (r->o.tp ? r->o.tp : 1) * (r->o.pp ? r->o.pp : 1), n);
+    r->o.tp = tp;
+    r->o.pp = pp;
+    return SHOAL_OK;
+}
+
+/* The file, its shape and the plan: the same on every rank, bar a bad file on one. */
+static shoal_status plan(struct run *r) {
+    struct shoal_model_shape shape;
+    SHOAL_TRY(shoal_gguf_open(&r->g, r->o.model));
+    SHOAL_TRY(shoal_model_shape(&shape, r->g));
+    struct shoal_plan_params pp = { .tp = r->o.tp, .pp = r->o.pp };
+    return shoal_plan_make(&r->plan, &shape, &pp);
+}
+
+/* This rank's part: the backend, its weights, the tokenizer (rank 0), the state. */
+static shoal_status load(struct run *r) {
+    int local = shoal_comm_local_size(r->world);
+    r->threads = r->o.threads > 0 ? r->o.threads : shoal_cpu_online_cores() / (local > 0 ? local : 1);
+    if (r->threads < 1) r->threads = 1;
+    struct shoal_cpu_params cp = { .n_threads = r->threads, .simd = r->o.simd, .spin = -1 };
+    SHOAL_TRY(shoal_cpu_backend_create(&r->be, &cp));
+    SHOAL_TRY(shoal_model_load(&r->m, r->g, r->be, r->size > 1 ? &r->plan->part[r->rank] : NULL));
+    if (r->rank == 0) {
+        SHOAL_TRY(shoal_tokenizer_create(&r->tok, r->g));
+        if (shoal_tokenizer_n_vocab(r->tok) > r->m->hp.n_vocab)
+            return shoal_errorf(SHOAL_FORMAT,
+                                "%s: the tokenizer has %d tokens but token_embd.weight only %d rows",
+                                r->o.model, shoal_tokenizer_n_vocab(r->tok), r->m->hp.n_vocab);
     }
-    if (n_ctx == 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
-    if (n_ctx > hp->n_ctx_train)
+    const struct shoal_hparams *hp = &r->m->hp;
+    if (r->o.n_ctx == 0) r->o.n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+    if (r->o.n_ctx > hp->n_ctx_train && r->rank == 0)
         fprintf(stderr, "shoal run: warning: context %d is longer than the %d the model was trained on\n",
-                n_ctx, hp->n_ctx_train);
-    struct shoal_state_params stp = { .n_ctx = n_ctx, .n_batch = n_batch,
-                                      .n_outputs = logits_path ? n_batch : 1, .kv_type = kv_type };
-    if ((rc = shoal_state_create(&st, m, &stp)) != SHOAL_OK) goto fail;
-    t_load = shoal_now() - t_load;
+                r->o.n_ctx, hp->n_ctx_train);
+    struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
+                                      .n_outputs = r->o.logits_path ? r->o.n_batch : 1,
+                                      .kv_type = r->o.kv_type, .dist = r->dist };
+    return shoal_state_create(&r->st, r->m, &stp);
+}
 
-    /* the prompt */
+static void teardown(struct run *r) {
+    shoal_state_destroy(r->st);
+    shoal_tokenizer_destroy(r->tok);
+    shoal_model_destroy(r->m);
+    shoal_backend_destroy(r->be);
+    shoal_dist_destroy(r->dist);
+    shoal_plan_destroy(r->plan);
+    shoal_gguf_close(r->g);
+}
+
+/* ------------------------------------------------------------- statistics */
+
+/*
+ * Per-rank communication, gathered to rank 0 and printed there in rank order
+ * when print. Collective: every rank calls it once, after the run.
+ */
+static void report_comm(struct run *r, int steps, int print) {
+    double mine[3] = { 0, 0, 0 };
+    const struct shoal_comm_stats *a = shoal_comm_stats(r->world);
+    const struct shoal_comm_stats *b = r->dist ? shoal_comm_stats(r->dist->tp) : NULL;
+    mine[0] = (double)a->bytes_sent + (b ? (double)b->bytes_sent : 0);
+    mine[1] = a->seconds + (b ? b->seconds : 0);
+    mine[2] = (double)shoal_peak_rss();
+    double *all = calloc((size_t)r->size * 3, sizeof *all);
+    if (!all || shoal_comm_allgather(r->world, mine, sizeof mine, all) != SHOAL_OK || r->rank || !print) {
+        free(all);
+        return;
+    }
+    for (int k = 0; k < r->size; k++) {
+        const struct shoal_rank_part *p = &r->plan->part[k];
+        char rss[32];
+        fprintf(stderr,
+                "shoal: rank %d (stage %d, tp %d): sent %.1f KiB/token, %.2f ms/token in "
+                "communication, peak RSS %s\n",
+                k, p->stage, p->tp_rank, all[3 * k] / 1024.0 / (steps > 0 ? steps : 1),
+                all[3 * k + 1] * 1e3 / (steps > 0 ? steps : 1),
+                shoal_fmt_bytes(rss, sizeof rss, all[3 * k + 2]));
+    }
+    free(all);
+}
+
+/* ---------------------------------------------------------------- rank 0 */
+
+/* Everything before the first step: the prompt, the sampler, the output files. */
+static shoal_status prepare(struct run *r, char **text, int32_t **ids, size_t *n_ids, int *add_bos,
+                            struct shoal_sampler **smp, struct run_out *out) {
+    const struct run_opts *o = &r->o;
     size_t text_len = 0;
-    if (prompt_file) {
-        if ((rc = read_file(prompt_file, &text, &text_len)) != SHOAL_OK) goto fail;
+    if (o->prompt_file) {
+        SHOAL_TRY(read_file(o->prompt_file, text, &text_len));
     } else {
-        text = strdup(prompt ? prompt : "");
-        text_len = strlen(text);
+        if (!(*text = strdup(o->prompt ? o->prompt : ""))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        text_len = strlen(*text);
     }
-    size_t n_ids = 0;
-    int add_bos = !no_bos && shoal_tokenizer_add_bos(tok);
-    if ((rc = shoal_tokenize(tok, text, text_len, add_bos, 1, &ids, &n_ids)) != SHOAL_OK) goto fail;
-    if (n_ids == 0) {
-        rc = shoal_errorf(SHOAL_INVALID, "the prompt is empty and the model adds no BOS token: "
-                          "give a prompt with -p");
-        goto fail;
+    *add_bos = !o->no_bos && shoal_tokenizer_add_bos(r->tok);
+    SHOAL_TRY(shoal_tokenize(r->tok, *text, text_len, *add_bos, 1, ids, n_ids));
+    if (*n_ids == 0)
+        return shoal_errorf(SHOAL_INVALID, "the prompt is empty and the model adds no BOS token: "
+                            "give a prompt with -p");
+    struct shoal_sampler_params sp = o->sp;
+    sp.seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    SHOAL_TRY(shoal_sampler_create(smp, &sp, r->m->hp.n_vocab));
+    if (o->logits_path && !(out->logits = fopen(o->logits_path, "w")))
+        return shoal_errorf(SHOAL_IO, "%s: cannot create: %s", o->logits_path, strerror(errno));
+    if (o->ids_path) {
+        if (!(out->ids = fopen(o->ids_path, "w")))
+            return shoal_errorf(SHOAL_IO, "%s: cannot create: %s", o->ids_path, strerror(errno));
+        for (size_t i = *add_bos ? 1 : 0; i < *n_ids; i++) fprintf(out->ids, "%d ", (*ids)[i]);
     }
-    if ((rc = shoal_sampler_create(&smp, &sp, hp->n_vocab)) != SHOAL_OK) goto fail;
-
-    if (logits_path && !(out.logits = fopen(logits_path, "w"))) {
-        rc = shoal_errorf(SHOAL_IO, "%s: cannot create: %s", logits_path, strerror(errno));
-        goto fail;
-    }
-    if (ids_path) {
-        if (!(out.ids = fopen(ids_path, "w"))) {
-            rc = shoal_errorf(SHOAL_IO, "%s: cannot create: %s", ids_path, strerror(errno));
-            goto fail;
-        }
-        for (size_t i = add_bos ? 1 : 0; i < n_ids; i++) fprintf(out.ids, "%d ", ids[i]);
-    }
-
-    if (!quiet) {
+    if (!o->quiet) {
+        const struct shoal_hparams *hp = &r->m->hp;
         char wb[32], kb[32];
         fprintf(stderr,
-                "shoal: %s (%s, %d layers, dim %d, %.1fM params, %s %s) | cpu %s, %d threads | "
-                "ctx %d, kv %s %s | loaded in %.2f s\n",
-                hp->name, hp->arch, hp->n_layers, hp->dim, (double)m->n_params / 1e6,
-                shoal_fmt_bytes(wb, sizeof wb, (double)m->weight_bytes), shoal_dtype_name(m->main_type),
-                shoal_cpu_simd_name(simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : simd),
-                threads > 0 ? threads : shoal_cpu_online_cores(), n_ctx, kv_name,
-                shoal_fmt_bytes(kb, sizeof kb, (double)st->kv_bytes), t_load);
-        if (verbose)
-            fprintf(stderr, "shoal: seed %llu%s, prompt %zu tokens\n", (unsigned long long)seed,
-                    seed_given ? "" : " (random)", n_ids);
+                "shoal: %s (%s, %d layers, dim %d, %.1fM params on rank 0, %s %s) | %d rank%s: tp %d "
+                "x pp %d, %s | cpu %s, %d threads/rank | ctx %d, kv %s %s | loaded in %.2f s\n",
+                hp->name, hp->arch, hp->n_layers, hp->dim, (double)r->m->n_params / 1e6,
+                shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
+                shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
+                shoal_comm_backend(r->world),
+                shoal_cpu_simd_name(o->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : o->simd),
+                r->threads, o->n_ctx, o->kv_name,
+                shoal_fmt_bytes(kb, sizeof kb, (double)r->st->kv_bytes), r->t_load);
+        if (o->verbose) {
+            fprintf(stderr, "shoal: seed %llu%s, prompt %zu tokens\n", (unsigned long long)sp.seed,
+                    o->seed >= 0 ? "" : " (random)", *n_ids);
+            if (r->size > 1) shoal_plan_print(stderr, r->plan);
+        }
     }
+    return SHOAL_OK;
+}
 
-    signal(SIGINT, on_sigint);
-    signal(SIGPIPE, SIG_IGN);
-    struct shoal_gen_params gp = {
-        .n_predict = n_predict,
-        .ignore_eos = ignore_eos,
-        .echo_prompt = !no_echo,
-        .all_logits = out.logits != NULL,
-        .on_text = on_text,
-        .on_logits = out.logits ? on_logits : NULL,
-        .on_token = on_token,
-        .user = &out,
-    };
-    struct shoal_gen_stats gs;
-    rc = shoal_generate(st, tok, smp, ids, (int)n_ids, &gp, &gs);
-    if (rc != SHOAL_OK) goto fail;
-    if (!out.failed) {
-        fputc('\n', stdout);
-        fflush(stdout);
+static int lead(struct run *r) {
+    const struct run_opts *o = &r->o;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int add_bos = 0;
+    struct shoal_sampler *smp = NULL;
+    struct run_out out = { 0 };
+    struct shoal_gen_stats gs = { .stop = "none" };
+
+    shoal_status rc = prepare(r, &text, &ids, &n_ids, &add_bos, &smp, &out);
+    if (rc == SHOAL_OK) {
+        signal(SIGINT, on_sigint);
+        struct shoal_gen_params gp = {
+            .n_predict = o->n_predict,
+            .ignore_eos = o->ignore_eos,
+            .echo_prompt = !o->no_echo,
+            .all_logits = out.logits != NULL,
+            .on_text = on_text,
+            .on_logits = out.logits ? on_logits : NULL,
+            .on_token = on_token,
+            .user = &out,
+        };
+        shoal_comm_stats_reset(r->world);
+        if (r->dist) shoal_comm_stats_reset(r->dist->tp);
+        if ((rc = shoal_generate(r->st, r->tok, smp, ids, (int)n_ids, &gp, &gs)) != SHOAL_OK) {
+            /* the other ranks may be anywhere in a step: end the job */
+            launch_fail("run", rc);
+            shoal_comm_abort(r->world, 1);
+        }
     }
-    if (!quiet) {
-        char rss[32];
-        double bw = gs.t_decode > 0 ? (double)gs.n_decode * (double)m->weight_bytes / gs.t_decode : 0;
-        fprintf(stderr,
-                "shoal: prompt %d tokens in %.3f s (%.1f tok/s) | generation %d tokens, %d decode "
-                "steps in %.3f s (%.2f tok/s, %.1f GB/s of weights) | peak RSS %s | stop: %s\n",
-                gs.n_prompt, gs.t_prompt, gs.t_prompt > 0 ? gs.n_prompt / gs.t_prompt : 0, gs.n_gen,
-                gs.n_decode, gs.t_decode, gs.t_decode > 0 ? gs.n_decode / gs.t_decode : 0, bw / 1e9,
-                shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()), gs.stop);
+    /* once on every path: the others leave shoal_follow and report with us */
+    shoal_status stop = shoal_stop(r->st);
+    if (rc == SHOAL_OK) rc = stop;
+    report_comm(r, gs.n_prompt + gs.n_decode, o->verbose && rc == SHOAL_OK);
+
+    int status = 0;
+    if (rc == SHOAL_OK) {
+        if (!out.failed) {
+            fputc('\n', stdout);
+            fflush(stdout);
+        }
+        if (!o->quiet) {
+            char rss[32];
+            double bw = gs.t_decode > 0 ? (double)gs.n_decode * (double)r->m->weight_bytes / gs.t_decode : 0;
+            fprintf(stderr,
+                    "shoal: prompt %d tokens in %.3f s (%.1f tok/s) | generation %d tokens, %d decode "
+                    "steps in %.3f s (%.2f tok/s, %.1f GB/s of weights%s) | peak RSS %s%s | stop: %s\n",
+                    gs.n_prompt, gs.t_prompt, gs.t_prompt > 0 ? gs.n_prompt / gs.t_prompt : 0, gs.n_gen,
+                    gs.n_decode, gs.t_decode, gs.t_decode > 0 ? gs.n_decode / gs.t_decode : 0, bw / 1e9,
+                    r->size > 1 ? " on rank 0" : "",
+                    shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
+                    r->size > 1 ? " (rank 0)" : "", gs.stop);
+        }
+        if (strcmp(gs.stop, "context") == 0)
+            fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n",
+                    o->n_ctx);
+        if (out.failed == EPIPE) status = 128 + SIGPIPE; /* the reader went away (| head): quietly, as cat */
+        else if (out.failed)
+            status = launch_fail("run", shoal_errorf(SHOAL_IO, "cannot write to stdout: %s",
+                                                     strerror(out.failed)));
+        else status = interrupted ? 130 : 0;
+    } else {
+        status = launch_fail("run", rc);
     }
-    if (strcmp(gs.stop, "context") == 0)
-        fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n", n_ctx);
-    if (out.failed == EPIPE) { /* the reader went away (| head): stop quietly, as cat does */
-        status = 128 + SIGPIPE;
-        goto done;
-    }
-    if (out.failed) {
-        rc = shoal_errorf(SHOAL_IO, "cannot write to stdout: %s", strerror(out.failed));
-        goto fail;
-    }
-    status = interrupted ? 130 : 0;
-    goto done;
-fail:
-    status = launch_fail("run", rc);
-done:
     if (out.logits && fclose(out.logits) != 0 && status == 0)
-        status = launch_fail("run", shoal_errorf(SHOAL_IO, "%s: write failed", logits_path));
+        status = launch_fail("run", shoal_errorf(SHOAL_IO, "%s: write failed", o->logits_path));
     if (out.ids) fputc('\n', out.ids);
     if (out.ids && fclose(out.ids) != 0 && status == 0)
-        status = launch_fail("run", shoal_errorf(SHOAL_IO, "%s: write failed", ids_path));
+        status = launch_fail("run", shoal_errorf(SHOAL_IO, "%s: write failed", o->ids_path));
     free(ids);
     free(text);
     shoal_sampler_destroy(smp);
-    shoal_state_destroy(st);
-    shoal_tokenizer_destroy(tok);
-    shoal_model_destroy(m);
-    shoal_backend_destroy(be);
-    shoal_gguf_close(g);
+    return status;
+}
+
+/* ------------------------------------------------------------------ entry */
+
+int cmd_run(int argc, char **argv) {
+    struct run r = { 0 };
+    shoal_status rc = shoal_comm_init_world(&r.world, &argc, &argv);
+    if (rc != SHOAL_OK) return launch_fail("run", rc);
+    r.rank = shoal_comm_rank(r.world);
+    r.size = shoal_comm_size(r.world);
+    int status = parse_opts(argc, argv, r.rank == 0, &r.o);
+    if (status) {
+        shoal_comm_finalize(r.world);
+        return status - 1;
+    }
+    shoal_log_init(r.o.verbose ? SHOAL_LOG_INFO : SHOAL_LOG_WARN, r.rank, getenv("SHOAL_DEBUG"));
+    signal(SIGPIPE, SIG_IGN);
+    if (r.rank != 0) signal(SIGINT, SIG_IGN); /* rank 0 stops everyone cleanly */
+
+    /* the layout and the plan are the same on every rank: a failure is everyone's */
+    if ((rc = choose_layout(&r)) != SHOAL_OK) {
+        status = r.rank == 0 ? launch_fail("run", rc) : 1;
+        goto out;
+    }
+    double t0 = shoal_now();
+    rc = shoal_comm_agree(r.world, plan(&r));
+    if (rc == SHOAL_OK && r.size > 1) rc = shoal_dist_create(&r.dist, r.world, r.plan, r.o.wire);
+    if (rc == SHOAL_OK) rc = shoal_comm_agree(r.world, load(&r));
+    if (rc != SHOAL_OK) {
+        /* rank 0 and the failed rank say what happened; the others that they stop */
+        if (r.rank == 0 || rc != SHOAL_REMOTE) status = launch_fail("run", rc);
+        else {
+            fprintf(stderr, "shoal run: rank %d stopping: %s\n", r.rank, shoal_last_error());
+            status = 1;
+        }
+        goto out;
+    }
+    r.t_load = shoal_now() - t0;
+    if (r.rank == 0) {
+        status = lead(&r);
+    } else {
+        rc = shoal_follow(r.st);
+        if (rc != SHOAL_OK) {
+            launch_fail("run", rc);
+            shoal_comm_abort(r.world, 1);
+        }
+        report_comm(&r, 0, 0);
+        status = 0;
+    }
+out:
+    teardown(&r);
+    shoal_comm_finalize(r.world);
     return status;
 }

@@ -73,14 +73,20 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     int limit = p->n_predict < 0 ? s->n_ctx : p->n_predict;
     /* the whole sequence, for the penalties and the ids callback */
     int32_t *hist = malloc(((size_t)n_prompt + (size_t)limit + 1) * sizeof(int32_t));
-    /* with every position's logits wanted, a prompt batch is at most n_outputs tokens */
+    /* with every position's logits wanted, a prompt batch is at most n_outputs tokens;
+     * over pipeline stages, micro-batches small enough that every stage has work */
     int chunk = p->all_logits ? s->n_outputs : s->n_batch;
+    int pp = s->dist ? s->dist->plan->pp : 1;
+    if (pp > 1) {
+        int micro = (n_prompt + 2 * pp - 1) / (2 * pp);
+        if (micro < 16) micro = 16;
+        if (micro < chunk) chunk = micro;
+    }
     int rows_cap = p->all_logits ? chunk : 1;
     float *logits = malloc((size_t)rows_cap * n_vocab * sizeof(float));
-    int *rows = malloc((size_t)rows_cap * sizeof(int));
     struct shoal_seq_batch sb;
     shoal_status rc = shoal_seq_batch_init(&sb, chunk, s->n_ctx);
-    if (!hist || !logits || !rows || rc != SHOAL_OK) {
+    if (!hist || !logits || rc != SHOAL_OK) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory for generation buffers");
         goto done;
     }
@@ -98,17 +104,13 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     for (int at = 0; at < n_prompt; at += chunk) {
         int n = n_prompt - at < chunk ? n_prompt - at : chunk;
         shoal_seq_batch_set(&sb, prompt + at, n, at);
-        int n_out = 1;
-        rows[0] = n - 1;
-        if (p->all_logits) {
-            n_out = n;
-            for (int i = 0; i < n; i++) rows[i] = i;
-        }
-        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, rows, n_out, logits), rc, done);
+        /* logits of every row, or of the last row of the last batch only */
+        int final = at + n == n_prompt, n_out = p->all_logits ? n : final;
+        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, n - n_out, n_out, logits), rc, done);
         if (p->all_logits && p->on_logits)
             for (int i = 0; i < n; i++)
                 p->on_logits(p->user, at + i, prompt[at + i], logits + (size_t)i * n_vocab, n_vocab);
-        last = logits + (size_t)(n_out - 1) * n_vocab;
+        if (final) last = logits + (size_t)(n_out - 1) * n_vocab;
     }
     st->n_prompt = n_prompt;
     int pos = n_prompt;
@@ -135,8 +137,7 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
             break;
         }
         shoal_seq_batch_set(&sb, &hist[n_hist - 1], 1, pos);
-        rows[0] = 0;
-        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, rows, 1, logits), rc, done);
+        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, 0, 1, logits), rc, done);
         st->n_decode++;
         if (p->all_logits && p->on_logits) p->on_logits(p->user, pos, next, logits, n_vocab);
         last = logits;
@@ -152,6 +153,5 @@ done:
     shoal_seq_batch_free(&sb);
     free(hist);
     free(logits);
-    free(rows);
     return rc;
 }

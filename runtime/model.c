@@ -4,11 +4,17 @@
  * The forward pass is the LLaMA block: RMSNorm, Q/K/V projections (with
  * biases for qwen2), RoPE, grouped-query attention over the KV cache, the
  * output projection and residual; RMSNorm, the SwiGLU FFN and residual; the
- * final norm and the output head. Every step is one backend op.
+ * final norm and the output head. Every step is one backend op; with
+ * tensor parallelism the attention output and FFN down projections are
+ * partial sums, all-reduced over the group, and the output head's
+ * vocabulary slices are gathered on the group's first rank. How the steps
+ * reach each rank is dist.c's business.
  */
 #include "model.h"
 
 #include <inttypes.h>
+#include "../comm/comm.h"
+#include "forward.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +148,48 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
     return SHOAL_OK;
 }
 
+/* ----------------------------------------------------------------- shape */
+
+/* Values per quantization block of a tensor (1 for plain types; 0 if absent). */
+static int block_of(const struct shoal_gguf *g, const char *name) {
+    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
+    const struct shoal_dtype_info *ti = t ? shoal_dtype_info(t->type) : NULL;
+    return ti ? ti->block : 0;
+}
+
+shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct shoal_gguf *g) {
+    struct shoal_hparams hp;
+    SHOAL_TRY(shoal_hparams_read(&hp, g));
+    memset(shape, 0, sizeof *shape);
+    shape->n_layers = hp.n_layers;
+    shape->dim = hp.dim;
+    shape->n_heads = hp.n_heads;
+    shape->n_kv_heads = hp.n_kv_heads;
+    shape->head_dim = hp.head_dim;
+    shape->ffn_dim = hp.ffn_dim;
+    shape->n_vocab = hp.n_vocab;
+    shape->wo_block = shape->down_block = 1;
+    char name[96];
+    for (int l = 0; l < hp.n_layers; l++) {
+        snprintf(name, sizeof name, "blk.%d.attn_output.weight", l);
+        int b = block_of(g, name);
+        if (b > shape->wo_block) shape->wo_block = b;
+        snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
+        b = block_of(g, name);
+        if (b > shape->down_block) shape->down_block = b;
+    }
+    double layers = 0, head = 0;
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        const struct shoal_gguf_tensor *t = &g->tensors[i];
+        if (strncmp(t->name, "blk.", 4) == 0) layers += (double)t->nbytes;
+        else if (strcmp(t->name, hp.tied_output ? "token_embd.weight" : "output.weight") == 0)
+            head = (double)t->nbytes;
+    }
+    shape->layer_bytes = layers / hp.n_layers;
+    shape->output_bytes = head;
+    return SHOAL_OK;
+}
+
 /* --------------------------------------------------------------- loading */
 
 /* Finds a tensor and checks its shape: ne0 values per row, ne1 rows (0: 1-D). */
@@ -169,8 +217,15 @@ static int computable(int type) {
     return ti && ti->computable;
 }
 
-static shoal_status load_matrix(struct shoal_model *m, const char *name, int64_t rows,
-                                int64_t cols, struct shoal_weight *w) {
+/*
+ * Rows [r0, r1) and columns [c0, c1) of the (rows, cols) matrix name. Rows of
+ * all the columns are used in place; a column slice is read from the file
+ * into the model's slice block at *at (advanced). A check (no backend) only
+ * validates.
+ */
+static shoal_status load_part(struct shoal_model *m, const char *name, int64_t rows, int64_t cols,
+                              int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                              struct shoal_weight *w, char **at) {
     const struct shoal_gguf_tensor *t = NULL;
     SHOAL_TRY(want(m->g, name, cols, rows, &t));
     if (!computable(t->type))
@@ -178,19 +233,41 @@ static shoal_status load_matrix(struct shoal_model *m, const char *name, int64_t
                             "%s: tensor '%s' is %s, which shoal cannot compute with yet "
                             "(supported: f32, f16, bf16, q8_0, q4_0)",
                             m->g->path, name, shoal_dtype_name(t->type));
-    shoal_status rc = m->be ? shoal_weight_prepare(m->be, w, t->type, rows, cols, t->data) : SHOAL_OK;
-    if (rc != SHOAL_OK) {
-        shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
-        return rc;
+    const struct shoal_dtype_info *ti = shoal_dtype_info(t->type);
+    if (c0 % ti->block || (c1 - c0) % ti->block)
+        return shoal_errorf(SHOAL_INVALID,
+                            "%s: tensor '%s': columns %" PRId64 "-%" PRId64
+                            " are off its %d-value %s blocks",
+                            m->g->path, name, c0, c1 - 1, ti->block, ti->name);
+    size_t rb = shoal_dtype_row_bytes(t->type, cols), lb = shoal_dtype_row_bytes(t->type, c1 - c0);
+    const char *host = (const char *)t->data + (size_t)r0 * rb;
+    if (c1 - c0 != cols) {
+        size_t off = shoal_dtype_row_bytes(t->type, c0);
+        host = *at;
+        for (int64_t r = r0; m->be && r < r1; r++)
+            SHOAL_TRY(shoal_gguf_read(m->g, (const char *)t->data + (size_t)r * rb + off,
+                                      *at + (size_t)(r - r0) * lb, lb));
+        *at += (size_t)(r1 - r0) * lb;
     }
-    m->weight_bytes += t->nbytes;
-    m->n_params += (uint64_t)rows * (uint64_t)cols;
-    return SHOAL_OK;
+    m->weight_bytes += (uint64_t)(r1 - r0) * lb;
+    m->n_params += (uint64_t)(r1 - r0) * (uint64_t)(c1 - c0);
+    if (!m->be) return SHOAL_OK;
+    shoal_status rc = shoal_weight_prepare(m->be, w, t->type, r1 - r0, c1 - c0, host);
+    if (rc != SHOAL_OK) shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
+    return rc;
 }
 
-/* A 1-D f32 vector (norm weight or bias) converted and copied into dst (device). */
-static shoal_status load_vector(struct shoal_model *m, const char *name, int64_t n, float *dst,
-                                float *tmp) {
+/* Bytes of the column slice of name that load_part will read (0 when all columns). */
+static uint64_t slice_bytes(const struct shoal_gguf *g, const char *name, int64_t rows,
+                            int64_t cols, int64_t c0, int64_t c1) {
+    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
+    if (!t || c1 - c0 == cols) return 0;
+    return (uint64_t)rows * shoal_dtype_row_bytes(t->type, c1 - c0);
+}
+
+/* Values [i0, i1) of the 1-D f32 vector name, converted and copied to dst (device). */
+static shoal_status load_vector(struct shoal_model *m, const char *name, int64_t n, int64_t i0,
+                                int64_t i1, float *dst, float *tmp) {
     const struct shoal_gguf_tensor *t = NULL;
     SHOAL_TRY(want(m->g, name, n, 0, &t));
     shoal_status rc = shoal_dequantize_row(t->type, t->data, tmp, n);
@@ -198,65 +275,90 @@ static shoal_status load_vector(struct shoal_model *m, const char *name, int64_t
         shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
         return rc;
     }
-    m->weight_bytes += t->nbytes;
-    m->n_params += (uint64_t)n;
-    return m->be ? shoal_backend_upload(m->be, dst, tmp, (size_t)n * sizeof(float)) : SHOAL_OK;
+    m->weight_bytes += (uint64_t)(i1 - i0) * shoal_dtype_info(t->type)->block_bytes;
+    m->n_params += (uint64_t)(i1 - i0);
+    return m->be ? shoal_backend_upload(m->be, dst, tmp + i0, (size_t)(i1 - i0) * sizeof(float))
+                 : SHOAL_OK;
 }
 
 static shoal_status load_weights(struct shoal_model *m) {
     const struct shoal_hparams *hp = &m->hp;
+    const struct shoal_rank_part *pt = &m->part;
     const struct shoal_gguf *g = m->g;
-    int64_t qd = (int64_t)hp->n_heads * hp->head_dim, kvd = (int64_t)hp->n_kv_heads * hp->head_dim;
+    const int64_t hd = hp->head_dim, dim = hp->dim;
+    const int64_t qd = (int64_t)hp->n_heads * hd, kvd = (int64_t)hp->n_kv_heads * hd;
+    const int64_t q0 = pt->q0 * hd, q1 = pt->q1 * hd, k0 = pt->kv0 * hd, k1 = pt->kv1 * hd;
+    const int n_local = pt->layer1 - pt->layer0;
     char name[96];
 
-    /* one device block for every small f32 vector */
-    int64_t per_layer = 2 * (int64_t)hp->dim + (hp->has_qkv_bias ? qd + 2 * kvd : 0);
-    int64_t n_small = per_layer * hp->n_layers + hp->dim;
-    if (m->be) SHOAL_TRY(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small));
-    else if (!(m->small = calloc((size_t)n_small, sizeof(float)))) /* a check: host scratch */
+    /* sizes first: one device block for the small vectors, one host block for column slices */
+    int64_t per_layer = 2 * dim + (hp->has_qkv_bias ? (q1 - q0) + 2 * (k1 - k0) : 0);
+    int64_t n_small = per_layer * n_local + dim;
+    uint64_t n_slices = 0;
+    for (int l = pt->layer0; l < pt->layer1; l++) {
+        snprintf(name, sizeof name, "blk.%d.attn_output.weight", l);
+        n_slices += slice_bytes(g, name, dim, qd, q0, q1);
+        snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
+        n_slices += slice_bytes(g, name, dim, hp->ffn_dim, pt->ff0, pt->ff1);
+    }
+    if (m->be) {
+        SHOAL_TRY(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small));
+        if (n_slices && !(m->slices = malloc((size_t)n_slices)))
+            return shoal_errorf(SHOAL_NOMEM, "out of memory for %" PRIu64 " bytes of weight slices",
+                                n_slices);
+    } else if (!(m->small = calloc((size_t)n_small, sizeof(float))) ||
+               (n_slices && !(m->slices = malloc(1)))) { /* a check: host scratch only */
         return shoal_errorf(SHOAL_NOMEM, "out of memory");
-    float *tmp = malloc((size_t)(qd > hp->dim ? qd : hp->dim) * sizeof(float));
+    }
+    int64_t tmp_n = qd > dim ? qd : dim;
+    float *tmp = malloc((size_t)tmp_n * sizeof(float));
     if (!tmp) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     float *next = m->small;
+    char *at = m->slices;
     shoal_status rc = SHOAL_OK;
 
-    SHOAL_TRY_GOTO(load_matrix(m, "token_embd.weight", hp->n_vocab, hp->dim, &m->tok_embd), rc, done);
-    if (hp->tied_output) {
-        m->output = m->tok_embd;
-        m->output.owned = NULL; /* released once, through tok_embd */
-    } else {
-        SHOAL_TRY_GOTO(load_matrix(m, "output.weight", hp->n_vocab, hp->dim, &m->output), rc, done);
+    if (pt->first)
+        SHOAL_TRY_GOTO(load_part(m, "token_embd.weight", hp->n_vocab, dim, 0, hp->n_vocab, 0, dim,
+                                 &m->tok_embd, &at), rc, done);
+    if (pt->last) {
+        const char *head = hp->tied_output ? "token_embd.weight" : "output.weight";
+        SHOAL_TRY_GOTO(load_part(m, head, hp->n_vocab, dim, pt->v0, pt->v1, 0, dim, &m->output, &at),
+                       rc, done);
+        m->output_norm = next;
+        next += dim;
+        SHOAL_TRY_GOTO(load_vector(m, "output_norm.weight", dim, 0, dim, m->output_norm, tmp), rc, done);
     }
-    m->output_norm = next;
-    next += hp->dim;
-    SHOAL_TRY_GOTO(load_vector(m, "output_norm.weight", hp->dim, m->output_norm, tmp), rc, done);
 
-    for (int l = 0; l < hp->n_layers; l++) {
-        struct shoal_layer *L = &m->layers[l];
-#define MAT(field, suffix, rows, cols)                                                         \
+    for (int l = pt->layer0; l < pt->layer1; l++) {
+        struct shoal_layer *L = &m->layers[l - pt->layer0];
+#define MAT(field, suffix, rows, cols, r0, r1, c0, c1)                                         \
     snprintf(name, sizeof name, "blk.%d." suffix, l);                                          \
-    SHOAL_TRY_GOTO(load_matrix(m, name, rows, cols, &L->field), rc, done)
-#define VEC(field, suffix, n)                                                                  \
+    SHOAL_TRY_GOTO(load_part(m, name, rows, cols, r0, r1, c0, c1, &L->field, &at), rc, done)
+#define VEC(field, suffix, n, i0, i1)                                                          \
     snprintf(name, sizeof name, "blk.%d." suffix, l);                                          \
     L->field = next;                                                                           \
-    next += (n);                                                                               \
-    SHOAL_TRY_GOTO(load_vector(m, name, n, L->field, tmp), rc, done)
-        MAT(wq, "attn_q.weight", qd, hp->dim);
-        MAT(wk, "attn_k.weight", kvd, hp->dim);
-        MAT(wv, "attn_v.weight", kvd, hp->dim);
-        MAT(wo, "attn_output.weight", hp->dim, qd);
-        MAT(gate, "ffn_gate.weight", hp->ffn_dim, hp->dim);
-        MAT(up, "ffn_up.weight", hp->ffn_dim, hp->dim);
-        MAT(down, "ffn_down.weight", hp->dim, hp->ffn_dim);
-        VEC(attn_norm, "attn_norm.weight", hp->dim);
-        VEC(ffn_norm, "ffn_norm.weight", hp->dim);
+    next += (i1) - (i0);                                                                       \
+    SHOAL_TRY_GOTO(load_vector(m, name, n, i0, i1, L->field, tmp), rc, done)
+        MAT(wq, "attn_q.weight", qd, dim, q0, q1, 0, dim);
+        MAT(wk, "attn_k.weight", kvd, dim, k0, k1, 0, dim);
+        MAT(wv, "attn_v.weight", kvd, dim, k0, k1, 0, dim);
+        MAT(wo, "attn_output.weight", dim, qd, 0, dim, q0, q1);
+        MAT(gate, "ffn_gate.weight", hp->ffn_dim, dim, pt->ff0, pt->ff1, 0, dim);
+        MAT(up, "ffn_up.weight", hp->ffn_dim, dim, pt->ff0, pt->ff1, 0, dim);
+        MAT(down, "ffn_down.weight", dim, hp->ffn_dim, 0, dim, pt->ff0, pt->ff1);
+        VEC(attn_norm, "attn_norm.weight", dim, 0, dim);
+        VEC(ffn_norm, "ffn_norm.weight", dim, 0, dim);
         if (hp->has_qkv_bias) {
-            VEC(bq, "attn_q.bias", qd);
-            VEC(bk, "attn_k.bias", kvd);
-            VEC(bv, "attn_v.bias", kvd);
+            VEC(bq, "attn_q.bias", qd, q0, q1);
+            VEC(bk, "attn_k.bias", kvd, k0, k1);
+            VEC(bv, "attn_v.bias", kvd, k0, k1);
         }
 #undef MAT
 #undef VEC
+        if (l == pt->layer0) {
+            snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
+            m->main_type = shoal_gguf_find_tensor(g, name)->type;
+        }
     }
 
     /* llama3-style rope scaling: one divisor per rotated pair */
@@ -268,17 +370,13 @@ static shoal_status load_weights(struct shoal_model *m) {
                               " values, expected %d", g->path, rf->ne[0], half);
             goto done;
         }
-        m->freq_factors = malloc((size_t)half * sizeof(float));
-        if (!m->freq_factors) {
+        if (!(m->freq_factors = malloc((size_t)half * sizeof(float)))) {
             rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
             goto done;
         }
         SHOAL_TRY_GOTO(shoal_dequantize_row(rf->type, rf->data, m->freq_factors, half), rc, done);
         m->hp.rope.freq_factors = m->freq_factors;
     }
-
-    /* the type most of the bytes are in, for messages */
-    m->main_type = m->layers[0].gate.type;
 done:
     free(tmp);
     return rc;
@@ -286,13 +384,13 @@ done:
 
 shoal_status shoal_model_check(const struct shoal_gguf *g) {
     struct shoal_model *m = NULL;
-    shoal_status rc = shoal_model_load(&m, g, NULL);
+    shoal_status rc = shoal_model_load(&m, g, NULL, NULL);
     shoal_model_destroy(m);
     return rc;
 }
 
 shoal_status shoal_model_load(struct shoal_model **out, const struct shoal_gguf *g,
-                              struct shoal_backend *be) {
+                              struct shoal_backend *be, const struct shoal_rank_part *part) {
     *out = NULL;
     struct shoal_model *m = calloc(1, sizeof *m);
     if (!m) return shoal_errorf(SHOAL_NOMEM, "out of memory");
@@ -300,7 +398,28 @@ shoal_status shoal_model_load(struct shoal_model **out, const struct shoal_gguf 
     m->be = be;
     shoal_status rc;
     SHOAL_TRY_GOTO(shoal_hparams_read(&m->hp, g), rc, fail);
-    m->layers = calloc((size_t)m->hp.n_layers, sizeof *m->layers);
+    const struct shoal_hparams *hp = &m->hp;
+    if (part) {
+        m->part = *part;
+    } else {
+        m->part = (struct shoal_rank_part){ .layer1 = hp->n_layers, .q1 = hp->n_heads,
+                                            .kv1 = hp->n_kv_heads, .ff1 = hp->ffn_dim,
+                                            .v1 = hp->n_vocab, .first = 1, .last = 1 };
+    }
+    const struct shoal_rank_part *pt = &m->part;
+    if (pt->layer0 < 0 || pt->layer1 > hp->n_layers || pt->layer0 >= pt->layer1 || pt->q0 < 0 ||
+        pt->q1 > hp->n_heads || pt->q0 >= pt->q1 || pt->kv0 < 0 || pt->kv1 > hp->n_kv_heads ||
+        pt->ff0 < 0 || pt->ff1 > hp->ffn_dim || pt->ff0 >= pt->ff1 || pt->v0 < 0 ||
+        pt->v1 > hp->n_vocab || (pt->last && pt->v0 >= pt->v1)) {
+        rc = shoal_errorf(SHOAL_INVALID, "%s: the plan's part for rank %d does not fit this model",
+                          g->path, pt->rank);
+        goto fail;
+    }
+    m->n_heads_l = pt->q1 - pt->q0;
+    m->n_kv_l = pt->kv1 - pt->kv0;
+    m->ffn_l = pt->ff1 - pt->ff0;
+    m->n_vocab_l = pt->v1 - pt->v0;
+    m->layers = calloc((size_t)(pt->layer1 - pt->layer0), sizeof *m->layers);
     if (!m->layers) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
         goto fail;
@@ -315,23 +434,19 @@ fail:
 
 void shoal_model_destroy(struct shoal_model *m) {
     if (!m) return;
-    if (!m->be) { /* a check: nothing was prepared on a device */
-        free(m->small);
-        free(m->freq_factors);
-        free(m->layers);
-        free(m);
-        return;
-    }
-    if (m->layers) {
-        for (int l = 0; l < m->hp.n_layers; l++) {
+    if (m->be) {
+        for (int l = 0; m->layers && l < m->part.layer1 - m->part.layer0; l++) {
             struct shoal_layer *L = &m->layers[l];
             struct shoal_weight *ws[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down };
             for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) shoal_weight_release(m->be, ws[i]);
         }
+        shoal_weight_release(m->be, &m->tok_embd);
+        shoal_weight_release(m->be, &m->output);
+        shoal_backend_free(m->be, m->small);
+    } else {
+        free(m->small); /* a check: host scratch */
     }
-    shoal_weight_release(m->be, &m->tok_embd);
-    shoal_weight_release(m->be, &m->output);
-    shoal_backend_free(m->be, m->small);
+    free(m->slices);
     free(m->freq_factors);
     free(m->layers);
     free(m);
@@ -351,24 +466,25 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     struct shoal_state *s = calloc(1, sizeof *s);
     if (!s) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     s->m = m;
+    s->dist = p->dist;
     s->n_ctx = p->n_ctx;
     s->n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
     s->n_outputs = p->n_outputs < 1 ? 1 : p->n_outputs < s->n_batch ? p->n_outputs : s->n_batch;
-    shoal_kv_desc_init(&s->kvd, p->kv_type, hp->n_kv_heads, hp->head_dim, p->n_ctx);
+    shoal_kv_desc_init(&s->kvd, p->kv_type, m->n_kv_l, hp->head_dim, p->n_ctx);
 
     /* sizes first, then one block each for the KV cache and the activations; the
      * cache is not cleared: attention reads only positions already written, and
      * untouched pages cost no memory */
-    size_t nb = (size_t)s->n_batch;
-    size_t qd = (size_t)hp->n_heads * hp->head_dim, kvd = (size_t)hp->n_kv_heads * hp->head_dim;
+    size_t nb = (size_t)s->n_batch, hd = (size_t)hp->head_dim;
+    size_t qd = (size_t)m->n_heads_l * hd, kvd = (size_t)m->n_kv_l * hd;
     size_t counts[] = { nb * hp->dim, nb * hp->dim, nb * qd, nb * kvd, nb * kvd, nb * qd,
-                        nb * hp->ffn_dim, nb * hp->ffn_dim, (size_t)s->n_outputs * hp->n_vocab };
+                        nb * m->ffn_l, nb * m->ffn_l, (size_t)s->n_outputs * m->n_vocab_l };
     float **slots[] = { &s->x, &s->xb, &s->q, &s->k, &s->v, &s->att, &s->hb, &s->hb2, &s->logits };
     size_t total = 0;
     for (size_t i = 0; i < sizeof counts / sizeof *counts; i++)
         total += (counts[i] * sizeof(float) + 63) / 64 * 64;
     s->act_bytes = total;
-    s->kv_bytes = (uint64_t)hp->n_layers * 2 * (uint64_t)p->n_ctx * s->kvd.row_bytes;
+    s->kv_bytes = (uint64_t)(m->part.layer1 - m->part.layer0) * 2 * (uint64_t)p->n_ctx * s->kvd.row_bytes;
     shoal_status rc;
     if ((rc = shoal_backend_alloc(m->be, (size_t)s->kv_bytes, &s->kv)) != SHOAL_OK) {
         char b[32];
@@ -383,6 +499,10 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
         *slots[i] = (float *)at;
         at += (counts[i] * sizeof(float) + 63) / 64 * 64;
     }
+    if (m->part.last && !(s->gathered = malloc((size_t)s->n_outputs * hp->n_vocab * sizeof(float)))) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the logits");
+        goto fail;
+    }
     *out = s;
     return SHOAL_OK;
 fail:
@@ -394,31 +514,33 @@ void shoal_state_destroy(struct shoal_state *s) {
     if (!s) return;
     shoal_backend_free(s->m->be, s->kv);
     shoal_backend_free(s->m->be, s->act);
+    free(s->gathered);
+    free(s->msg);
     free(s);
 }
 
-/* --------------------------------------------------------------- forward */
+/* ----------------------------------------------------- this rank's share */
 
-shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b,
-                           const int *out_rows, int n_out, float *logits) {
+shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b) {
+    return shoal_op_embed(s->m->be, s->x, &s->m->tok_embd, b);
+}
+
+/* Sums a tensor-parallel group's partial outputs (n tokens of dim) in place. */
+static shoal_status reduce(struct shoal_state *s, float *y, int n) {
+    if (!s->dist || shoal_comm_size(s->dist->tp) == 1) return SHOAL_OK;
+    SHOAL_TRY(shoal_backend_synchronize(s->m->be));
+    return shoal_comm_allreduce_sum(s->dist->tp, y, (size_t)n * s->m->hp.dim, s->dist->wire);
+}
+
+shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b) {
     const struct shoal_model *m = s->m;
     const struct shoal_hparams *hp = &m->hp;
     struct shoal_backend *be = m->be;
     const int n = b->n_tokens, dim = hp->dim;
-    const int qd = hp->n_heads * hp->head_dim, kvd = hp->n_kv_heads * hp->head_dim;
-    if (n < 1 || n > s->n_batch)
-        return shoal_errorf(SHOAL_INTERNAL, "batch of %d tokens (limit %d)", n, s->n_batch);
-    if (n_out > n || n_out > s->n_outputs)
-        return shoal_errorf(SHOAL_INTERNAL, "%d output rows of %d (at most %d)", n_out, n, s->n_outputs);
-    for (int t = 0; t < n; t++)
-        if (b->slot[t] < 0 || b->slot[t] >= s->n_ctx)
-            return shoal_errorf(SHOAL_INVALID, "KV slot %d is outside the context of %d",
-                                b->slot[t], s->n_ctx);
+    const int qd = m->n_heads_l * hp->head_dim, kvd = m->n_kv_l * hp->head_dim;
     const float scale = 1.0f / sqrtf((float)hp->head_dim);
     const size_t layer_kv = (size_t)s->n_ctx * s->kvd.row_bytes;
-
-    SHOAL_TRY(shoal_op_embed(be, s->x, &m->tok_embd, b));
-    for (int l = 0; l < hp->n_layers; l++) {
+    for (int l = 0; l < m->part.layer1 - m->part.layer0; l++) {
         const struct shoal_layer *L = &m->layers[l];
         char *kc = (char *)s->kv + (size_t)l * 2 * layer_kv, *vc = kc + layer_kv;
 
@@ -431,31 +553,75 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b,
             SHOAL_TRY(shoal_op_add_bias(be, s->k, L->bk, n, kvd));
             SHOAL_TRY(shoal_op_add_bias(be, s->v, L->bv, n, kvd));
         }
-        SHOAL_TRY(shoal_op_rope(be, s->q, hp->n_heads, hp->head_dim, &hp->rope, b));
-        SHOAL_TRY(shoal_op_rope(be, s->k, hp->n_kv_heads, hp->head_dim, &hp->rope, b));
+        SHOAL_TRY(shoal_op_rope(be, s->q, m->n_heads_l, hp->head_dim, &hp->rope, b));
+        SHOAL_TRY(shoal_op_rope(be, s->k, m->n_kv_l, hp->head_dim, &hp->rope, b));
         SHOAL_TRY(shoal_op_kv_store(be, &s->kvd, kc, vc, s->k, s->v, b));
-        SHOAL_TRY(shoal_op_attention(be, s->att, s->q, hp->n_heads, &s->kvd, kc, vc, b, scale));
+        SHOAL_TRY(shoal_op_attention(be, s->att, s->q, m->n_heads_l, &s->kvd, kc, vc, b, scale));
         SHOAL_TRY(shoal_op_matmul(be, s->xb, &L->wo, s->att, n));
+        SHOAL_TRY(reduce(s, s->xb, n));
         SHOAL_TRY(shoal_op_add(be, s->x, s->xb, (size_t)n * dim));
 
         SHOAL_TRY(shoal_op_rmsnorm(be, s->xb, s->x, L->ffn_norm, n, dim, hp->rms_eps));
         float *ffn_out[2] = { s->hb, s->hb2 };
         const struct shoal_weight *ffn_in[2] = { &L->gate, &L->up };
         SHOAL_TRY(shoal_op_matmul_n(be, 2, ffn_out, ffn_in, s->xb, n));
-        SHOAL_TRY(shoal_op_silu_mul(be, s->hb, s->hb2, (size_t)n * hp->ffn_dim));
+        SHOAL_TRY(shoal_op_silu_mul(be, s->hb, s->hb2, (size_t)n * m->ffn_l));
         SHOAL_TRY(shoal_op_matmul(be, s->xb, &L->down, s->hb, n));
+        SHOAL_TRY(reduce(s, s->xb, n));
         SHOAL_TRY(shoal_op_add(be, s->x, s->xb, (size_t)n * dim));
     }
-    if (n_out == 0) return shoal_backend_synchronize(be);
-    /* the final norm only for the rows whose logits are wanted, packed */
-    for (int i = 0; i < n_out; i++) {
-        if (out_rows[i] < 0 || out_rows[i] >= n)
-            return shoal_errorf(SHOAL_INTERNAL, "output row %d of a %d-token batch", out_rows[i], n);
-        SHOAL_TRY(shoal_op_rmsnorm(be, s->xb + (size_t)i * dim, s->x + (size_t)out_rows[i] * dim,
-                                   m->output_norm, 1, dim, hp->rms_eps));
+    return shoal_backend_synchronize(be);
+}
+
+shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out) {
+    const struct shoal_model *m = s->m;
+    const struct shoal_hparams *hp = &m->hp;
+    const int dim = hp->dim;
+    if (n_out == 0) return SHOAL_OK;
+    if (out0 < 0 || out0 + n_out > n || n_out > s->n_outputs)
+        return shoal_errorf(SHOAL_INTERNAL, "output rows %d-%d of a %d-token batch (at most %d)",
+                            out0, out0 + n_out - 1, n, s->n_outputs);
+    /* the final norm only for the rows whose logits are wanted */
+    SHOAL_TRY(shoal_op_rmsnorm(m->be, s->xb, s->x + (size_t)out0 * dim, m->output_norm, n_out, dim,
+                               hp->rms_eps));
+    SHOAL_TRY(shoal_op_matmul(m->be, s->logits, &m->output, s->xb, n_out));
+    SHOAL_TRY(shoal_backend_synchronize(m->be));
+    size_t local = (size_t)n_out * m->n_vocab_l;
+    if (!s->dist || shoal_comm_size(s->dist->tp) == 1)
+        return shoal_backend_download(m->be, s->gathered, s->logits, local * sizeof(float));
+    /* the group's vocabulary slices to its first rank, then row by row into place */
+    struct shoal_comm *tp = s->dist->tp;
+    const int size = shoal_comm_size(tp), stage = m->part.stage;
+    const struct shoal_rank_part *parts = &s->dist->plan->part[stage * size];
+    size_t *bytes = malloc(sizeof(size_t) * (size_t)size);
+    float *mine = malloc(local * sizeof(float)), *all = NULL;
+    shoal_status rc = SHOAL_OK;
+    if (!bytes || !mine) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
+        goto done;
     }
-    SHOAL_TRY(shoal_op_matmul(be, s->logits, &m->output, s->xb, n_out));
-    SHOAL_TRY(shoal_backend_synchronize(be));
-    return shoal_backend_download(be, logits, s->logits,
-                                  (size_t)n_out * hp->n_vocab * sizeof(float));
+    for (int r = 0; r < size; r++)
+        bytes[r] = (size_t)n_out * (size_t)(parts[r].v1 - parts[r].v0) * sizeof(float);
+    SHOAL_TRY_GOTO(shoal_backend_download(m->be, mine, s->logits, local * sizeof(float)), rc, done);
+    if (shoal_comm_rank(tp) == 0 &&
+        !(all = malloc((size_t)n_out * hp->n_vocab * sizeof(float)))) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
+        goto done;
+    }
+    SHOAL_TRY_GOTO(shoal_comm_gatherv(tp, mine, bytes, all, 0), rc, done);
+    if (shoal_comm_rank(tp) == 0) {
+        const float *src = all;
+        for (int r = 0; r < size; r++) {
+            int v0 = parts[r].v0, nv = parts[r].v1 - parts[r].v0;
+            for (int i = 0; i < n_out; i++)
+                memcpy(s->gathered + (size_t)i * hp->n_vocab + v0, src + (size_t)i * nv,
+                       (size_t)nv * sizeof(float));
+            src += (size_t)n_out * nv;
+        }
+    }
+done:
+    free(bytes);
+    free(mine);
+    free(all);
+    return rc;
 }

@@ -1,19 +1,24 @@
 /*
- * The model: hyperparameters read from a GGUF, the weights prepared on a
- * compute backend, and the state one run needs (KV cache and activations).
- * shoal_forward() runs one batch of tokens through every layer, written once
- * against the backend interface, and returns logits for the rows asked for.
+ * The model: hyperparameters read from a GGUF, this rank's part of the
+ * weights prepared on a compute backend, and the state one run needs (KV
+ * cache and activations). The forward pass is written once against the
+ * backend interface and talks to other ranks only through comm/: a rank of
+ * a tensor-parallel group holds its heads, FFN units and vocabulary rows and
+ * all-reduces the partial sums; a pipeline stage holds its layers and passes
+ * hidden states on (see runtime/dist.h for the protocol between ranks).
  *
- * It does no tokenizing, sampling or printing (see generate.h), and knows
- * nothing of ranks yet: one process holds the whole model.
+ * It does no tokenizing, sampling or printing (see generate.h).
  */
 #ifndef SHOAL_MODEL_H
 #define SHOAL_MODEL_H
 
 #include <stdint.h>
 
+#include "../parallel/plan.h"
 #include "../shard/gguf.h"
 #include "backend.h"
+
+struct shoal_comm;
 
 struct shoal_hparams {
     char arch[32];           /* general.architecture */
@@ -26,32 +31,36 @@ struct shoal_hparams {
     int has_qkv_bias;        /* qwen2 */
 };
 
+/* One layer's weights as this rank holds them ("local": its share of heads, FFN units). */
 struct shoal_layer {
-    struct shoal_weight wq;    /* (n_heads * head_dim, dim) */
-    struct shoal_weight wk;    /* (n_kv_heads * head_dim, dim) */
-    struct shoal_weight wv;    /* (n_kv_heads * head_dim, dim) */
-    struct shoal_weight wo;    /* (dim, n_heads * head_dim) */
-    struct shoal_weight gate;  /* (ffn_dim, dim) */
-    struct shoal_weight up;    /* (ffn_dim, dim) */
-    struct shoal_weight down;  /* (dim, ffn_dim) */
+    struct shoal_weight wq;    /* (local q heads * head_dim, dim) */
+    struct shoal_weight wk;    /* (local kv heads * head_dim, dim) */
+    struct shoal_weight wv;    /* (local kv heads * head_dim, dim) */
+    struct shoal_weight wo;    /* (dim, local q heads * head_dim): its columns */
+    struct shoal_weight gate;  /* (local ffn, dim) */
+    struct shoal_weight up;    /* (local ffn, dim) */
+    struct shoal_weight down;  /* (dim, local ffn): its columns */
     float *attn_norm;          /* device (dim) */
     float *ffn_norm;           /* device (dim) */
-    float *bq, *bk, *bv;       /* device biases, or NULL */
+    float *bq, *bk, *bv;       /* device biases of the local rows, or NULL */
 };
 
 struct shoal_model {
     struct shoal_hparams hp;
-    struct shoal_backend *be;   /* not owned */
-    const struct shoal_gguf *g; /* not owned: weights may point into its map */
-    struct shoal_weight tok_embd; /* (n_vocab, dim) */
-    struct shoal_weight output;   /* (n_vocab, dim); shares tok_embd's bytes when tied */
-    float *output_norm;           /* device (dim) */
-    struct shoal_layer *layers;   /* (n_layers) */
+    struct shoal_rank_part part;  /* what this rank holds; everything on one rank */
+    int n_heads_l, n_kv_l, ffn_l, n_vocab_l; /* local counts */
+    struct shoal_backend *be;     /* not owned; NULL for shoal_model_check */
+    const struct shoal_gguf *g;   /* not owned: weights may point into its map */
+    struct shoal_weight tok_embd; /* (n_vocab, dim); first stage only */
+    struct shoal_weight output;   /* (local vocab, dim); last stage only; may share tok_embd's bytes */
+    float *output_norm;           /* device (dim); last stage only */
+    struct shoal_layer *layers;   /* (part.layer1 - part.layer0) */
     void *small;                  /* device block holding every norm weight and bias (f32) */
+    void *slices;                 /* host block of column slices read from the file */
     float *freq_factors;          /* host (rope_dim / 2) or NULL: llama3 rope scaling */
-    uint64_t n_params;
-    uint64_t weight_bytes;        /* bytes of every tensor the forward pass reads */
-    int main_type;                /* the most common matmul weight type */
+    uint64_t n_params;            /* of this rank's part */
+    uint64_t weight_bytes;        /* bytes of this rank's part that the forward pass reads */
+    int main_type;                /* the type of the FFN weights */
 };
 
 /*
@@ -62,12 +71,21 @@ struct shoal_model {
 shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_gguf *g);
 
 /*
- * Prepares every weight of g on backend be. g and be must outlive the model.
- * A missing tensor, a shape that does not match the hyperparameters or a
- * type the backend cannot compute is an error naming the tensor.
+ * What the planner needs to know of the model in g: its shape, the
+ * quantization blocks its column splits must respect, its bytes.
+ */
+shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct shoal_gguf *g);
+
+/*
+ * Prepares this rank's part of g's weights on backend be (part NULL: the
+ * whole model). g and be must outlive the model. Only the bytes of the part
+ * are read: row slices are used in place from the map, column slices are
+ * read from the file. A missing tensor, a shape that does not match the
+ * hyperparameters or a type the backend cannot compute is an error naming
+ * the tensor.
  */
 shoal_status shoal_model_load(struct shoal_model **out, const struct shoal_gguf *g,
-                              struct shoal_backend *be);
+                              struct shoal_backend *be, const struct shoal_rank_part *part);
 /*
  * The checks of shoal_model_load (hyperparameters, every tensor present with
  * its shape and a type shoal computes with) without a backend or any
@@ -78,26 +96,48 @@ void shoal_model_destroy(struct shoal_model *m);
 
 /* ---------------------------------------------------------------- state */
 
+/* How this rank reaches the others; NULL in a state means one rank alone. */
+struct shoal_dist {
+    struct shoal_comm *world;   /* all ranks */
+    struct shoal_comm *tp;      /* this stage's tensor-parallel group */
+    const struct shoal_plan *plan;
+    int wire;                   /* enum shoal_wire of the all-reduces */
+    int prev, next;             /* world ranks of the previous / next stage's first rank, or -1 */
+};
+
+/*
+ * Makes the dist of this rank for a plan (collective over world: splits the
+ * tensor-parallel groups). *out is owned by the caller (shoal_dist_destroy).
+ */
+shoal_status shoal_dist_create(struct shoal_dist **out, struct shoal_comm *world,
+                               const struct shoal_plan *plan, int wire);
+void shoal_dist_destroy(struct shoal_dist *d);
+
 struct shoal_state_params {
     int n_ctx;     /* KV cache positions */
     int n_batch;   /* most tokens per forward call */
     int n_outputs; /* most rows of logits per forward call (<= n_batch; 0: 1) */
     int kv_type;   /* enum shoal_kv_type */
+    const struct shoal_dist *dist; /* NULL: one rank */
 };
 
 struct shoal_state {
     const struct shoal_model *m;
-    struct shoal_kv_desc kvd;
+    const struct shoal_dist *dist;
+    struct shoal_kv_desc kvd;  /* local KV heads */
     int n_ctx, n_batch, n_outputs;
-    void *kv;          /* device: per layer, K then V, n_ctx slots each */
+    void *kv;          /* device: per local layer, K then V, n_ctx slots each */
     void *act;         /* device: the activations below, one block */
     float *x;          /* (n_batch, dim) residual stream */
     float *xb;         /* (n_batch, dim) normed input / projection output */
-    float *q;          /* (n_batch, n_heads * head_dim) */
-    float *k, *v;      /* (n_batch, n_kv_heads * head_dim) */
-    float *att;        /* (n_batch, n_heads * head_dim) */
-    float *hb, *hb2;   /* (n_batch, ffn_dim) */
-    float *logits;     /* (n_outputs, n_vocab) */
+    float *q;          /* (n_batch, local q heads * head_dim) */
+    float *k, *v;      /* (n_batch, local kv heads * head_dim) */
+    float *att;        /* (n_batch, local q heads * head_dim) */
+    float *hb, *hb2;   /* (n_batch, local ffn) */
+    float *logits;     /* (n_outputs, local vocab) */
+    float *gathered;   /* host (n_outputs, n_vocab): the stage's first rank assembles logits */
+    void *msg;         /* host: one step's message (batch arrays and hidden states) */
+    size_t msg_cap;
     uint64_t kv_bytes, act_bytes;
 };
 
@@ -108,9 +148,20 @@ void shoal_state_destroy(struct shoal_state *s);
 /*
  * Runs batch b (at most n_batch tokens) through the model, storing its K/V
  * in the cache, and writes to logits (host, n_out x n_vocab) the logits of
- * the batch rows listed in out_rows. n_out may be 0, at most n_outputs.
+ * the batch rows [out0, out0 + n_out); n_out may be 0, at most n_outputs.
+ * With several ranks only world rank 0 calls it (the others run
+ * shoal_follow), and it drives the step on every rank.
  */
-shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b,
-                           const int *out_rows, int n_out, float *logits);
+shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, int out0,
+                           int n_out, float *logits);
+
+/*
+ * Ranks other than 0: run the steps rank 0 starts until it stops them.
+ * Returns SHOAL_OK after a stop.
+ */
+shoal_status shoal_follow(struct shoal_state *s);
+
+/* Rank 0: ends shoal_follow on every other rank (no-op on one rank). */
+shoal_status shoal_stop(struct shoal_state *s);
 
 #endif

@@ -367,6 +367,7 @@ shoal_status shoal_gguf_open(struct shoal_gguf **out, const char *path) {
     if (!g) return shoal_errorf(SHOAL_NOMEM, "out of memory opening %s", path);
     g->path = strdup(path);
     shoal_status rc = SHOAL_OK;
+    g->fd = -1;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         rc = shoal_errorf(SHOAL_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -387,7 +388,7 @@ shoal_status shoal_gguf_open(struct shoal_gguf **out, const char *path) {
         goto fail;
     }
     void *m = mmap(NULL, g->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
+    g->fd = fd;
     if (m == MAP_FAILED) {
         rc = shoal_errorf(SHOAL_IO, "%s: cannot map: %s", path, strerror(errno));
         goto fail;
@@ -404,11 +405,29 @@ fail:
 void shoal_gguf_close(struct shoal_gguf *g) {
     if (!g) return;
     if (g->map) munmap((void *)g->map, g->size);
+    if (g->fd >= 0) close(g->fd);
     free(g->kv);
     free(g->tensors);
     free(g->arena);
     free(g->path);
     free(g);
+}
+
+shoal_status shoal_gguf_read(const struct shoal_gguf *g, const void *p, void *dst, size_t n) {
+    const uint8_t *at = p;
+    if (at < g->map || (uint64_t)(at - g->map) > g->size || n > g->size - (uint64_t)(at - g->map))
+        return shoal_errorf(SHOAL_INTERNAL, "%s: read outside the file", g->path);
+    off_t off = (off_t)(at - g->map);
+    size_t done = 0;
+    while (done < n) {
+        ssize_t k = pread(g->fd, (char *)dst + done, n - done, off + (off_t)done);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0)
+            return shoal_errorf(SHOAL_IO, "%s: read failed at offset %lld: %s", g->path,
+                                (long long)(off + (off_t)done), k < 0 ? strerror(errno) : "end of file");
+        done += (size_t)k;
+    }
+    return SHOAL_OK;
 }
 
 /* --------------------------------------------------------------- lookups */

@@ -75,6 +75,7 @@ struct shoal_gguf {
     int64_t n_tensors;
     struct shoal_gguf_tensor *tensors; /* (n_tensors) */
     void *arena;               /* names and string offsets */
+    int fd;                    /* kept open for shoal_gguf_read */
 };
 
 /*
@@ -84,6 +85,14 @@ struct shoal_gguf {
  */
 shoal_status shoal_gguf_open(struct shoal_gguf **out, const char *path);
 void shoal_gguf_close(struct shoal_gguf *g);
+
+/*
+ * Copies n bytes of the file from where p points into its map, with read(2)
+ * rather than through the map: the pages are not mapped into this process
+ * (a rank reading the columns it owns from every row of a matrix would
+ * otherwise touch, and count in its memory, the whole matrix).
+ */
+shoal_status shoal_gguf_read(const struct shoal_gguf *g, const void *p, void *dst, size_t n);
 
 /* Index of the key, or -1. */
 int64_t shoal_gguf_find_key(const struct shoal_gguf *g, const char *key);

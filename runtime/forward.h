@@ -1,0 +1,20 @@
+/*
+ * forward.h — inside runtime/ only: the pieces of a forward step that one
+ * rank runs on its share (model.c), for the step protocol (dist.c) to call.
+ */
+#ifndef SHOAL_FORWARD_H
+#define SHOAL_FORWARD_H
+
+#include "model.h"
+
+/* s->x = the embeddings of the batch's tokens (first stage). */
+shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b);
+/* This rank's layers over s->x, all-reducing over its tensor-parallel group. */
+shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b);
+/*
+ * Last stage: the logits of rows [out0, out0 + n_out) of an n-token batch,
+ * assembled in s->gathered (n_out x n_vocab) on the stage's first rank.
+ */
+shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out);
+
+#endif
