@@ -21,8 +21,9 @@ readonly EXIT_SKIP=77
 readonly SUBNET=10.77.0          # host i is $SUBNET.(i+1)
 readonly CIDR=10.77.0.0/24
 readonly IFACE=eth0              # the link interface inside every host namespace
-readonly HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-readonly SELF=$HERE/$(basename "${BASH_SOURCE[0]}")
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SELF=$HERE/$(basename "${BASH_SOURCE[0]}")
+readonly HERE SELF
 readonly STATE_ROOT=${SHOAL_LAN_STATE_ROOT:-/tmp}
 
 # ------------------------------------------------------------------------
@@ -46,11 +47,17 @@ lan.sh - N fake hosts on a shaped LAN (network namespaces + bridge + tbf + delay
       --delay-ms 0: no NFQUEUE/delayq. --owner PID: a watcher tears the
       instance down when PID exits (even by SIGKILL). ID defaults to this PID.
       If setup fails or is interrupted, everything it made is removed.
+      --shape both: tbf on both directions of each link (egress: only on
+      what the host sends). --no-rt: delayq without SCHED_FIFO.
+      --no-check: skip the 'check' probe (0.2 s).
   lan.sh run ID [--] MPIRUN-ARGS...
       mpirun inside host 0, launching orted on the other hosts through an
       rsh agent that enters their namespaces. Adds the hostfile, the agent,
-      --bind-to none, --allow-run-as-root, pml ob1, btl tcp,self
-      ($SHOAL_LAN_BTL overrides), oob/btl restricted to 10.77.0.0/24.
+      --bind-to none, --allow-run-as-root, pml ob1, btl tcp,vader,self
+      ($SHOAL_LAN_BTL overrides; vader only joins ranks on the same fake
+      host), oob/btl restricted to 10.77.0.0/24, and mpi_yield_when_idle
+      when hosts x slots exceed the cores. Each host has its own hostname
+      (lanID-hI). With --slots > 1 add --map-by node to spread ranks.
       Example: lan.sh run $ID -np 3 ./a.out
   lan.sh exec ID HOST [--] CMD...
       Run CMD inside host HOST's namespace (HOST = index, e.g. 0).
@@ -103,7 +110,9 @@ proc_start() { # start time of pid $1 (clock ticks), empty if gone
   local stat
   { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 0
   stat=${stat##*) }
-  echo "$stat" | awk '{print $20}'
+  local f
+  read -r -a f <<<"$stat"
+  echo "${f[19]}"
 }
 
 # Send TERM to pids, wait up to ~2 s, then KILL what is left.
@@ -149,7 +158,8 @@ check_env() {
   local ns=shoal-check$$-h0 tmp err
   tmp=$(mktemp -d /tmp/shoal-lan-check.XXXXXX)
   # Remove the probe namespace whatever happens (also on ^C).
-  trap 'ip netns del "'$ns'" 2>/dev/null; rm -rf "'$tmp'"' EXIT
+  CHECK_NS=$ns CHECK_TMP=$tmp
+  trap 'ip netns del "$CHECK_NS" 2>/dev/null; rm -rf "$CHECK_TMP"' EXIT
   if ! err=$(ip netns add "$ns" 2>&1); then
     rm -rf "$tmp"; trap - EXIT
     skip "'ip netns add' failed: $err"
@@ -266,7 +276,7 @@ start_delayq() { # $1 state dir, $2 ns, $3 host index, $4 delay ms, $5 rt flag
   local st=$1 ns=$2 i=$3 d=$4 rt=$5 pidf=$1/delayq-h$3.pid k
   rm -f "$pidf"
   # setsid -f: its own session, so a terminal's ^C or hangup does not reach it.
-  setsid -f ip netns exec "$ns" "$st/delayq" --queue 0 --delay-ms "$d" $rt \
+  setsid -f ip netns exec "$ns" "$st/delayq" --queue 0 --delay-ms "$d" ${rt:+"$rt"} \
     --pidfile "$pidf" </dev/null >"$st/delayq-h$i.log" 2>&1
   for ((k = 0; k < 100; k++)); do
     [[ -s $pidf ]] && return 0
@@ -285,7 +295,7 @@ up_failed() { # runs from the EXIT/INT/TERM/HUP trap of cmd_up
 
 UP_ID=
 cmd_up() {
-  local n= rate=1gbit delay=1 slots=1 id=$$ owner= shape=both rt=--rt check=1
+  local n='' rate=1gbit delay=1 slots=1 id=$$ owner='' shape=both rt=--rt check=1
   while (($#)); do
     case $1 in
       --rate) rate=${2:?}; shift 2 ;;
@@ -300,8 +310,8 @@ cmd_up() {
       *) [[ -z $n ]] || usage_error "up: N given twice"; n=$1; shift ;;
     esac
   done
-  [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= 250)) || usage_error "up: N must be 1..250"
-  [[ $slots =~ ^[0-9]+$ ]] && ((slots >= 1)) || usage_error "up: --slots must be >= 1"
+  if ! [[ $n =~ ^[0-9]+$ ]] || ((n < 1 || n > 250)); then usage_error "up: N must be 1..250"; fi
+  if ! [[ $slots =~ ^[0-9]+$ ]] || ((slots < 1)); then usage_error "up: --slots must be >= 1"; fi
   [[ $delay =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "up: --delay-ms must be a number >= 0"
   [[ $shape == both || $shape == egress || $shape == none ]] || usage_error "up: --shape both|egress|none"
   [[ $rate == 0 ]] && shape=none
@@ -310,7 +320,7 @@ cmd_up() {
   valid_id "$id" || usage_error "up: ID must be 1-24 of [A-Za-z0-9_]"
   ((check)) && check_env
 
-  local st sw i ns ip tbf=
+  local st sw i ns ip tbf=()
   st=$(state_dir "$id")
   [[ -z $(instance_namespaces "$id") ]] || die "instance $id already has namespaces (lan.sh down $id)"
   mkdir "$st" 2>/dev/null || die "state dir $st exists: instance $id is up (lan.sh down $id)"
@@ -320,7 +330,7 @@ cmd_up() {
   trap 'up_failed 130' INT
   trap 'up_failed 143' TERM HUP
   local t0=$EPOCHREALTIME
-  [[ $shape == none ]] || tbf=$(tbf_args "$rate")
+  [[ $shape == none ]] || read -r -a tbf <<<"$(tbf_args "$rate")"
   if [[ $delay != 0 && $delay != 0.0 ]]; then build_delayq "$st/delayq"; fi
 
   # The switch: a bridge in its own namespace.
@@ -346,9 +356,9 @@ cmd_up() {
     ip -n "$ns" link set "$IFACE" up
     ip -n "$sw" link set "p$i" master br0
     ip -n "$sw" link set "p$i" up
-    if [[ -n $tbf ]]; then
-      ip netns exec "$ns" tc qdisc add dev "$IFACE" root tbf $tbf
-      [[ $shape == egress ]] || ip netns exec "$sw" tc qdisc add dev "p$i" root tbf $tbf
+    if ((${#tbf[@]})); then
+      ip netns exec "$ns" tc qdisc add dev "$IFACE" root tbf "${tbf[@]}"
+      [[ $shape == egress ]] || ip netns exec "$sw" tc qdisc add dev "p$i" root tbf "${tbf[@]}"
     fi
     if [[ -f $st/delayq ]]; then
       start_delayq "$st" "$ns" $i "$delay" "$rt"
@@ -423,7 +433,7 @@ cmd_run() {
     --mca plm_rsh_no_tree_spawn 1 \
     --mca oob_tcp_if_include "$CIDR" \
     --mca btl_tcp_if_include "$CIDR" \
-    --mca pml ob1 --mca btl "${SHOAL_LAN_BTL:-tcp,self}" \
+    --mca pml ob1 --mca btl "${SHOAL_LAN_BTL:-tcp,vader,self}" \
     --bind-to none \
     "${extra[@]}" "$@"
 }
@@ -434,16 +444,18 @@ cmd_exec() {
   shift 2
   [[ ${1:-} == -- ]] && shift
   need_instance "$id"
-  [[ $h =~ ^[0-9]+$ ]] && ((h < $(wc -l <"$(state_dir "$id")/hosts"))) || usage_error "exec: no host '$h' in instance $id"
+  if ! [[ $h =~ ^[0-9]+$ ]] || ((h >= $(wc -l <"$(state_dir "$id")/hosts"))); then
+    usage_error "exec: no host '$h' in instance $id"
+  fi
   exec ip netns exec "$(ns_host "$id" "$h")" "$@"
 }
 
 cmd_counters() {
   (($# == 1)) || usage_error "usage: lan.sh counters ID"
-  local id=$1 i ip ns name
+  local id=$1 i ip ns
   need_instance "$id"
   echo "# host ip tx_bytes rx_bytes tx_packets rx_packets"
-  while read -r i ip ns name; do
+  while read -r i ip ns _; do
     # sysfs as seen from inside the namespace ('ip netns exec' remounts it).
     ip netns exec "$ns" sh -c 'cd /sys/class/net/'"$IFACE"'/statistics &&
       echo "$(cat tx_bytes) $(cat rx_bytes) $(cat tx_packets) $(cat rx_packets)"' |
@@ -465,7 +477,7 @@ cmd_list() {
 # ------------------------------------------------------------------------
 # session: up, run a command, down, whatever happens
 
-SESSION_ID= SESSION_CHILD=
+SESSION_ID='' SESSION_CHILD=
 session_stop() { # trap of cmd_session: $1 exit status
   trap - INT TERM HUP
   # The child is 'up' (whose own trap then removes what it made) or CMD.
@@ -494,12 +506,16 @@ cmd_session() {
   wait "$SESSION_CHILD" || rc=$?
   SESSION_CHILD=
   ((rc == 0)) || exit "$rc"
-  export SHOAL_LAN_ID=$SESSION_ID
-  export SHOAL_LAN_STATE=$(state_dir "$SESSION_ID")
-  "$@" &
+  SHOAL_LAN_ID=$SESSION_ID
+  SHOAL_LAN_STATE=$(state_dir "$SESSION_ID")
+  export SHOAL_LAN_ID SHOAL_LAN_STATE
+  # The command records itself (pid, start time) before it starts, so that a
+  # teardown, the watcher's too, can end it; with no state dir it never starts.
+  (
+    echo "$BASHPID $(proc_start "$BASHPID")" >"$SHOAL_LAN_STATE/session-cmd.pid"
+    exec "$@"
+  ) &
   SESSION_CHILD=$!
-  # Teardown (the watcher's too) ends the command: pid and start time.
-  echo "$SESSION_CHILD $(proc_start "$SESSION_CHILD")" >"$SHOAL_LAN_STATE/session-cmd.pid"
   wait "$SESSION_CHILD" || rc=$?
   SESSION_CHILD=
   trap - INT TERM HUP
