@@ -139,7 +139,7 @@ void shoal_comm_abort(struct shoal_comm *c, int code) {
 
 /* ------------------------------------------------------------------- wire */
 
-static const char *const wire_names[SHOAL_WIRE_COUNT] = { "f32", "f16", "bf16", "q8" };
+static const char *const wire_names[SHOAL_WIRE_COUNT] = { "f32", "f16", "bf16", "q8", "f64" };
 
 const char *shoal_wire_name(int wire) {
     return wire >= 0 && wire < SHOAL_WIRE_COUNT ? wire_names[wire] : "unknown";
@@ -154,6 +154,7 @@ int shoal_wire_from_name(const char *name) {
 
 size_t shoal_wire_bytes(int wire, size_t n) {
     switch (wire) {
+    case SHOAL_WIRE_F64: return n * 8;
     case SHOAL_WIRE_F32: return n * 4;
     case SHOAL_WIRE_F16:
     case SHOAL_WIRE_BF16: return n * 2;
@@ -163,7 +164,10 @@ size_t shoal_wire_bytes(int wire, size_t n) {
 
 /* n floats to the wire format (a partial last Q8 block is padded with zeros). */
 static void wire_pack(int wire, const float *x, size_t n, void *out) {
-    if (wire == SHOAL_WIRE_F32) {
+    if (wire == SHOAL_WIRE_F64) {
+        double *o = out;
+        for (size_t i = 0; i < n; i++) o[i] = x[i];
+    } else if (wire == SHOAL_WIRE_F32) {
         memcpy(out, x, n * 4);
     } else if (wire == SHOAL_WIRE_F16) {
         uint16_t *o = out;
@@ -184,7 +188,10 @@ static void wire_pack(int wire, const float *x, size_t n, void *out) {
 
 /* acc[i] += the i-th value of a wire buffer. */
 static void wire_add(int wire, const void *in, size_t n, float *acc) {
-    if (wire == SHOAL_WIRE_F32) {
+    if (wire == SHOAL_WIRE_F64) {
+        const double *v = in;
+        for (size_t i = 0; i < n; i++) acc[i] += (float)v[i];
+    } else if (wire == SHOAL_WIRE_F32) {
         const float *v = in;
         for (size_t i = 0; i < n; i++) acc[i] += v[i];
     } else if (wire == SHOAL_WIRE_F16) {
@@ -203,17 +210,51 @@ static void wire_add(int wire, const void *in, size_t n, float *acc) {
     }
 }
 
+/* Room for this rank's packed part and everyone's. */
+static shoal_status scratch(struct shoal_comm *c, size_t need, size_t n) {
+    if (need <= c->scratch_cap) return SHOAL_OK;
+    void *p = realloc(c->scratch, need);
+    if (!p) return shoal_errorf(SHOAL_NOMEM, "out of memory for an all-reduce of %zu values", n);
+    c->scratch = p;
+    c->scratch_cap = need;
+    return SHOAL_OK;
+}
+
+shoal_status shoal_comm_allreduce_sum_f64(struct shoal_comm *c, double *buf, size_t n, int wire) {
+    if (c->size == 1 || n == 0) return SHOAL_OK;
+    if (wire < 0 || wire >= SHOAL_WIRE_COUNT)
+        return shoal_errorf(SHOAL_INVALID, "unknown wire type %d", wire);
+    if (wire != SHOAL_WIRE_F64) { /* rounded to the wire: through f32 */
+        size_t fb = n * sizeof(float), wb = shoal_wire_bytes(wire, n);
+        SHOAL_TRY(scratch(c, fb + wb * (size_t)(c->size + 1), n));
+        float *f = c->scratch;
+        for (size_t i = 0; i < n; i++) f[i] = (float)buf[i];
+        char *mine = (char *)c->scratch + fb, *all = mine + wb;
+        wire_pack(wire, f, n, mine);
+        SHOAL_TRY(shoal_comm_allgather(c, mine, wb, all));
+        memset(f, 0, fb);
+        for (int r = 0; r < c->size; r++) wire_add(wire, all + (size_t)r * wb, n, f);
+        for (size_t i = 0; i < n; i++) buf[i] = f[i];
+        return SHOAL_OK;
+    }
+    size_t wb = n * sizeof(double);
+    SHOAL_TRY(scratch(c, wb * (size_t)c->size, n));
+    double *all = c->scratch;
+    SHOAL_TRY(shoal_comm_allgather(c, buf, wb, all));
+    for (size_t i = 0; i < n; i++) {
+        double s = 0;
+        for (int r = 0; r < c->size; r++) s += all[(size_t)r * n + i];
+        buf[i] = s;
+    }
+    return SHOAL_OK;
+}
+
 shoal_status shoal_comm_allreduce_sum(struct shoal_comm *c, float *buf, size_t n, int wire) {
     if (c->size == 1 || n == 0) return SHOAL_OK;
     if (wire < 0 || wire >= SHOAL_WIRE_COUNT)
         return shoal_errorf(SHOAL_INVALID, "unknown wire type %d", wire);
-    size_t wb = shoal_wire_bytes(wire, n), need = wb * (size_t)(c->size + 1);
-    if (need > c->scratch_cap) {
-        void *p = realloc(c->scratch, need);
-        if (!p) return shoal_errorf(SHOAL_NOMEM, "out of memory for an all-reduce of %zu values", n);
-        c->scratch = p;
-        c->scratch_cap = need;
-    }
+    size_t wb = shoal_wire_bytes(wire, n);
+    SHOAL_TRY(scratch(c, wb * (size_t)(c->size + 1), n));
     char *mine = c->scratch, *all = mine + wb;
     wire_pack(wire, buf, n, mine);
     SHOAL_TRY(shoal_comm_allgather(c, mine, wb, all));

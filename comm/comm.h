@@ -25,6 +25,7 @@ enum shoal_wire {
     SHOAL_WIRE_F16 = 1,
     SHOAL_WIRE_BF16 = 2,
     SHOAL_WIRE_Q8 = 3, /* blocks of 32: an f16 scale and 32 int8 (34 bytes) */
+    SHOAL_WIRE_F64 = 4, /* f64 sums stay f64: what one rank would compute */
     SHOAL_WIRE_COUNT
 };
 const char *shoal_wire_name(int wire);
@@ -73,6 +74,12 @@ void shoal_comm_stats_reset(struct shoal_comm *c);
  * with the same bits.
  */
 shoal_status shoal_comm_allreduce_sum(struct shoal_comm *c, float *buf, size_t n, int wire);
+/*
+ * The same for f64 values (partial sums of the row-parallel projections).
+ * With SHOAL_WIRE_F64 they travel and add up in f64; with another wire they
+ * are rounded to it, as shoal_comm_allreduce_sum sends f32 values.
+ */
+shoal_status shoal_comm_allreduce_sum_f64(struct shoal_comm *c, double *buf, size_t n, int wire);
 /* recv (size * bytes) = every rank's send (bytes), in rank order. */
 shoal_status shoal_comm_allgather(struct shoal_comm *c, const void *send, size_t bytes, void *recv);
 /* recv at root = rank r's bytes[r] at offset sum(bytes[0..r)); others' recv unused. */

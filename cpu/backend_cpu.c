@@ -184,9 +184,9 @@ static void quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, i
     else xq_worker(&q, 0, 1);
 }
 
-static shoal_status cpu_matmul_n(void *vctx, int k, float *const *y,
-                                 const struct shoal_weight *const *w, const float *x, int n) {
-    struct cpu_ctx *c = vctx;
+/* k weights on one input, into f32 y[i] or (when yd) f64 yd[0]. */
+static shoal_status run_matmul(struct cpu_ctx *c, int k, float *const *y, double *yd,
+                               const struct shoal_weight *const *w, const float *x, int n) {
     struct mm_job job = { .k = k };
     struct mm_task done[2] = { { 0 } }; /* x quantized for Q8_0 / for Q4_0, once each */
     int have[2] = { 0, 0 };
@@ -194,12 +194,12 @@ static shoal_status cpu_matmul_n(void *vctx, int k, float *const *y,
     size_t one = xq_bytes(cols, n, 4);
     for (int i = 0; i < k; i++) {
         int type = w[i]->type;
-        if (!(job.fn[i] = c->k->mm[type]))
+        if (!(job.fn[i] = yd ? c->k->mm_f64[type] : c->k->mm[type]))
             return shoal_errorf(SHOAL_UNSUPPORTED,
                                 "the CPU backend has no matmul for %s weights (it has f32, f16, "
                                 "bf16, q8_0 and q4_0)",
                                 shoal_dtype_name(type));
-        job.task[i] = (struct mm_task){ .w = w[i], .n = n, .x = x, .y = y[i] };
+        job.task[i] = (struct mm_task){ .w = w[i], .n = n, .x = x, .y = y ? y[i] : NULL, .yd = yd };
         if (type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0) {
             int f = type == SHOAL_DTYPE_Q4_0;
             if (!have[f]) {
@@ -220,9 +220,19 @@ static shoal_status cpu_matmul_n(void *vctx, int k, float *const *y,
     return SHOAL_OK;
 }
 
+static shoal_status cpu_matmul_n(void *vctx, int k, float *const *y,
+                                 const struct shoal_weight *const *w, const float *x, int n) {
+    return run_matmul(vctx, k, y, NULL, w, x, n);
+}
+
 static shoal_status cpu_matmul(void *vctx, float *y, const struct shoal_weight *w, const float *x,
                                int n) {
-    return cpu_matmul_n(vctx, 1, &y, &w, x, n);
+    return run_matmul(vctx, 1, &y, NULL, &w, x, n);
+}
+
+static shoal_status cpu_matmul_f64(void *vctx, double *y, const struct shoal_weight *w,
+                                   const float *x, int n) {
+    return run_matmul(vctx, 1, NULL, y, &w, x, n);
 }
 
 /* ------------------------------------------------------------ small ops */
@@ -488,6 +498,22 @@ static shoal_status cpu_silu_mul(void *vctx, float *g, const float *u, size_t n)
     return SHOAL_OK;
 }
 
+struct ew64_args {
+    float *y;
+    const double *x;
+};
+
+static void add_f64_range(void *a, long long lo, long long hi) {
+    const struct ew64_args *e = a;
+    for (long long i = lo; i < hi; i++) e->y[i] += (float)e->x[i];
+}
+
+static shoal_status cpu_add_f64(void *vctx, float *y, const double *x, size_t n) {
+    struct ew64_args a = { y, x };
+    par_for(vctx, (long long)n, 1 << 16, 64, add_f64_range, &a);
+    return SHOAL_OK;
+}
+
 static shoal_status cpu_add(void *vctx, float *y, const float *x, size_t n) {
     struct ew_args a = { y, x };
     par_for(vctx, (long long)n, 1 << 16, 64, add_range, &a);
@@ -523,6 +549,8 @@ static const struct shoal_backend_i cpu_iface = {
     .embed = cpu_embed,
     .matmul = cpu_matmul,
     .matmul_n = cpu_matmul_n,
+    .matmul_f64 = cpu_matmul_f64,
+    .add_f64 = cpu_add_f64,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,

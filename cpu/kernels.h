@@ -31,6 +31,7 @@ struct mm_task {
     const int32_t *xvc;
     const float *xvd;
     float *y;         /* (n, rows) */
+    double *yd;       /* (n, rows): the mm_f64 kernels' output */
 };
 
 typedef void (*mm_fn)(const struct mm_task *t, int64_t r0, int64_t r1);
@@ -38,6 +39,14 @@ typedef void (*mm_fn)(const struct mm_task *t, int64_t r0, int64_t r1);
 struct cpu_kernels {
     const char *name;
     mm_fn mm[SHOAL_DTYPE_MAX]; /* every weight type the backend computes with */
+    /*
+     * The same into yd, summed in f64 from products exact in f64: a block's
+     * integer dot product (or a lane's share of it) times the block's f32
+     * scale dw * dx, or an f32 weight times an f32 activation. The sum then
+     * hardly depends on its order, so a row-parallel split of the columns
+     * over ranks gives what one rank gives.
+     */
+    mm_fn mm_f64[SHOAL_DTYPE_MAX];
     /*
      * For Q4_0 weights, whether xq is grouped: in each full group of four
      * blocks the 64 low-half values (0..15 of blocks 0..3) come first, then
@@ -98,5 +107,24 @@ static inline void mm_drive(const struct mm_task *t, int64_t r0, int64_t r1,
     static void mm_##type(const struct mm_task *t, int64_t r0, int64_t r1) {               \
         mm_drive(t, r0, r1, row_##type);                                                   \
     }
+
+/* mm_drive for the f64 kernels: dot(t, row, tok) returns one f64 value. */
+static inline void mm_drive_f64(const struct mm_task *t, int64_t r0, int64_t r1,
+                                double (*dot)(const struct mm_task *, int64_t, int)) {
+    const int64_t rows = t->w->rows;
+    for (int64_t r = r0; r < r1; r += MM_ROW_TILE) {
+        int64_t re = r + MM_ROW_TILE < r1 ? r + MM_ROW_TILE : r1;
+        for (int tok = 0; tok < t->n; tok++)
+            for (int64_t i = r; i < re; i++) t->yd[(int64_t)tok * rows + i] = dot(t, i, tok);
+    }
+}
+
+#define MM_ROW_DRIVER_F64(type)                                                            \
+    static void mm_f64_##type(const struct mm_task *t, int64_t r0, int64_t r1) {           \
+        mm_drive_f64(t, r0, r1, row_f64_##type);                                           \
+    }
+
+/* The portable f64 kernels, for levels that have no faster ones. */
+extern const mm_fn shoal_cpu_mm_f64_scalar[SHOAL_DTYPE_MAX];
 
 #endif

@@ -314,6 +314,118 @@ TILE_FNS(q4)
 #undef TILE_FNS
 #undef TILE_FN
 
+/* --------------------------------------------------------------- f64 sums */
+
+/*
+ * The mm_f64 kernels, a row and a token at a time (they serve the
+ * row-parallel projections; decoding dominates their time). Lanes of int32
+ * sums times their block's f32 scale are exact in f64, as are f32 weights
+ * times f32 activations; both add up in f64 registers.
+ */
+INLINE void acc_f64(__m256d acc[2], __m256i p, __m256 scale) {
+    acc[0] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(p)),
+                             _mm256_cvtps_pd(_mm256_castps256_ps128(scale)), acc[0]);
+    acc[1] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(p, 1)),
+                             _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1)), acc[1]);
+}
+
+INLINE double hsum_pd(const __m256d acc[2]) {
+    __m256d v = _mm256_add_pd(acc[0], acc[1]);
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+static double row_f64_q8_0(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t nb = t->w->cols / SHOAL_QK;
+    const struct shoal_block_q8_0 *w = row_ptr(t, r);
+    const int8_t *x = t->xq + tok * t->w->cols;
+    const float *xd = t->xd + tok * nb;
+    __m256d acc[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv = _mm256_loadu_si256((const __m256i *)w[b].qs);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + b * SHOAL_QK));
+        __m256i p = sum_pairs(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)));
+        acc_f64(acc, p, _mm256_set1_ps(f16(w[b].d) * xd[b]));
+    }
+    return hsum_pd(acc);
+}
+
+static double row_f64_q4_0(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, nv = nb / 4 * 16;
+    const struct shoal_block_q4_0 *w = row_ptr(t, r);
+    const int8_t *x = t->xq + tok * cols;
+    const float *xd = t->xd + tok * nb;
+    const int32_t *vc = t->xvc + tok * nv, *xsum = t->xsum + tok * nb;
+    const float *vd = t->xvd + tok * nv;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    __m256d acc[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4)
+        for (int h = 0; h < 2; h++) { /* blocks b+2h, b+2h+1: the layout of q4_half */
+            const struct shoal_block_q4_0 *wp = w + b + 2 * h;
+            const int8_t *xp = x + b * SHOAL_QK + 32 * h;
+            __m256i q = _mm256_loadu2_m128i((const __m128i *)wp[1].qs, (const __m128i *)wp[0].qs);
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xp)),
+                                           _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xp + 64))));
+            __m256i p = _mm256_add_epi32(sum_pairs(p16), _mm256_loadu_si256((const __m256i *)(vc + b * 4 + 8 * h)));
+            __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(d_pair(&wp[0], &wp[1]))), lanes);
+            acc_f64(acc, p, _mm256_mul_ps(dw, _mm256_loadu_ps(vd + b * 4 + 8 * h)));
+        }
+    double s = hsum_pd(acc);
+    for (; b < nb; b++) { /* past the groups, in natural order */
+        int sum = 0;
+        for (int j = 0; j < SHOAL_QK / 2; j++)
+            sum += (w[b].qs[j] & 0x0f) * x[b * SHOAL_QK + j] + (w[b].qs[j] >> 4) * x[b * SHOAL_QK + j + 16];
+        s += (double)(f16(w[b].d) * xd[b]) * (sum - 8 * xsum[b]);
+    }
+    return s;
+}
+
+/* f32 products of 8-value pieces (widened by load8) summed in f64. */
+INLINE double row_f64_wide(const struct mm_task *t, int64_t r, int tok, __m256 (*load8)(const void *, int64_t),
+                           float (*one)(const void *, int64_t)) {
+    const int64_t n = t->w->cols;
+    const void *w = row_ptr(t, r);
+    const float *x = t->x + tok * n;
+    __m256d acc[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv = load8(w, i), xv = _mm256_loadu_ps(x + i);
+        acc[0] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(wv)),
+                                 _mm256_cvtps_pd(_mm256_castps256_ps128(xv)), acc[0]);
+        acc[1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(wv, 1)),
+                                 _mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), acc[1]);
+    }
+    double s = hsum_pd(acc);
+    for (; i < n; i++) s += (double)one(w, i) * x[i];
+    return s;
+}
+
+static __m256 load8_f32(const void *w, int64_t i) { return _mm256_loadu_ps((const float *)w + i); }
+static __m256 load8_f16(const void *w, int64_t i) { return f16x8((const uint16_t *)w + i); }
+static __m256 load8_bf16(const void *w, int64_t i) { return bf16x8((const uint16_t *)w + i); }
+static float one_f32(const void *w, int64_t i) { return ((const float *)w)[i]; }
+static float one_f16(const void *w, int64_t i) { return f16(((const uint16_t *)w)[i]); }
+static float one_bf16(const void *w, int64_t i) { return shoal_bf16_to_f32(((const uint16_t *)w)[i]); }
+
+static double row_f64_f32(const struct mm_task *t, int64_t r, int tok) {
+    return row_f64_wide(t, r, tok, load8_f32, one_f32);
+}
+static double row_f64_f16(const struct mm_task *t, int64_t r, int tok) {
+    return row_f64_wide(t, r, tok, load8_f16, one_f16);
+}
+static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
+    return row_f64_wide(t, r, tok, load8_bf16, one_bf16);
+}
+
+MM_ROW_DRIVER_F64(f32)
+MM_ROW_DRIVER_F64(f16)
+MM_ROW_DRIVER_F64(bf16)
+MM_ROW_DRIVER_F64(q8_0)
+MM_ROW_DRIVER_F64(q4_0)
+
 /* ------------------------------------------------------------- attention */
 
 static float kv_dot_f32(const float *q, const void *k, int n) { return dot_f32(q, k, n); }
@@ -362,6 +474,13 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_BF16] = mm_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_q8,
         [SHOAL_DTYPE_Q4_0] = mm_q4,
+    },
+    .mm_f64 = {
+        [SHOAL_DTYPE_F32] = mm_f64_f32,
+        [SHOAL_DTYPE_F16] = mm_f64_f16,
+        [SHOAL_DTYPE_BF16] = mm_f64_bf16,
+        [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
+        [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
     },
     .q4_grouped = 1,
     .q4_lane_vectors = 1,

@@ -78,6 +78,50 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
     return row_half(t, r, tok, bf16x16, shoal_bf16_to_f32);
 }
 
+/* The f64 sums of f32 products (exact in f64) of 16-value pieces of a row. */
+static inline double row_f64_any(const struct mm_task *t, int64_t r, int tok,
+                                 __m512 (*load16)(const float *, const void *, int64_t),
+                                 float (*one)(const void *, int64_t)) {
+    const int64_t n = t->w->cols;
+    const void *w = row_ptr(t, r);
+    const float *x = t->x + tok * n;
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 wv = load16(NULL, w, i), xv = _mm512_loadu_ps(x + i);
+        acc0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(wv)),
+                               _mm512_cvtps_pd(_mm512_castps512_ps256(xv)), acc0);
+        acc1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(wv, 1)),
+                               _mm512_cvtps_pd(_mm512_extractf32x8_ps(xv, 1)), acc1);
+    }
+    double s = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+    for (; i < n; i++) s += (double)one(w, i) * x[i];
+    return s;
+}
+
+static __m512 load16_f32(const float *unused, const void *w, int64_t i) {
+    return _mm512_loadu_ps((const float *)w + i);
+}
+static __m512 load16_f16(const float *unused, const void *w, int64_t i) {
+    return f16x16((const uint16_t *)w + i);
+}
+static __m512 load16_bf16(const float *unused, const void *w, int64_t i) {
+    return bf16x16((const uint16_t *)w + i);
+}
+static float one_f32(const void *w, int64_t i) { return ((const float *)w)[i]; }
+static float one_f16(const void *w, int64_t i) { return f16(((const uint16_t *)w)[i]); }
+static float one_bf16(const void *w, int64_t i) { return shoal_bf16_to_f32(((const uint16_t *)w)[i]); }
+
+static double row_f64_f32(const struct mm_task *t, int64_t r, int tok) {
+    return row_f64_any(t, r, tok, load16_f32, one_f32);
+}
+static double row_f64_f16(const struct mm_task *t, int64_t r, int tok) {
+    return row_f64_any(t, r, tok, load16_f16, one_f16);
+}
+static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
+    return row_f64_any(t, r, tok, load16_bf16, one_bf16);
+}
+
 /*
  * Q8_0 and Q4_0 run as tiles of up to QR rows x QT tokens, so that a row's
  * weights are loaded and unpacked once for several tokens, and a token's
@@ -120,47 +164,96 @@ INLINE __m512i spread_epi32(__m512i lanes, __m128i v) {
 }
 
 /* The scalar sum for the blocks past the last full group of four. */
-INLINE float q8_tail(const struct shoal_block_q8_0 *w, const struct mm_task *t, int64_t tok,
-                     int64_t b, int64_t nb) {
+INLINE double q8_tail(const struct shoal_block_q8_0 *w, const struct mm_task *t, int64_t tok,
+                      int64_t b, int64_t nb) {
     const int8_t *x = t->xq + tok * t->w->cols;
-    float s = 0;
+    double s = 0;
     for (; b < nb; b++) {
         int sum = 0;
         for (int e = 0; e < SHOAL_QK; e++) sum += w[b].qs[e] * x[b * SHOAL_QK + e];
-        s += f16(w[b].d) * t->xd[tok * nb + b] * (float)sum;
+        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * sum;
     }
     return s;
 }
 
-INLINE float q4_tail(const struct shoal_block_q4_0 *w, const struct mm_task *t, int64_t tok,
-                     int64_t b, int64_t nb) {
+INLINE double q4_tail(const struct shoal_block_q4_0 *w, const struct mm_task *t, int64_t tok,
+                      int64_t b, int64_t nb) {
     const int8_t *x = t->xq + tok * t->w->cols; /* past the groups: in natural order */
-    float s = 0;
+    double s = 0;
     for (; b < nb; b++) {
         int sum = 0;
         for (int e = 0; e < SHOAL_QK / 2; e++)
             sum += ((w[b].qs[e] & 0x0f) - 8) * x[b * SHOAL_QK + e] +
                    ((w[b].qs[e] >> 4) - 8) * x[b * SHOAL_QK + e + 16];
-        s += f16(w[b].d) * t->xd[tok * nb + b] * (float)sum;
+        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * sum;
     }
     return s;
 }
 
-INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
+/*
+ * The f64 accumulation of the mm_f64 kernels: a block's int32 sum (below
+ * 2^20) times its f32 scale (24 bits) is exact in f64; four blocks at a
+ * time go into one f64 register.
+ */
+/*
+ * Q8_0's f64 accumulation: the four blocks' int32 sums first (p01 holds
+ * blocks 0, 1 in lanes 0-7, 8-15; p23 blocks 2, 3), then one f64 product
+ * per block with its f32 scale (s4: blocks 0..3). Cheaper than converting
+ * 32 lanes, and as exact.
+ */
+INLINE void acc_f64_blocks4(__m256d *acc, __m512i p01, __m512i p23, __m128 s4) {
+    /* per 128-bit chunk k: [p01 pairs summed, p23 pairs summed] */
+    __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(p01, p23), _mm512_unpackhi_epi64(p01, p23));
+    u = _mm512_add_epi32(u, _mm512_shuffle_epi32(u, _MM_PERM_CDAB)); /* lanes [a a b b] per chunk */
+    u = _mm512_add_epi32(u, _mm512_shuffle_i32x4(u, u, _MM_SHUFFLE(2, 3, 0, 1))); /* chunks 0+1, 2+3 */
+    /* chunk 0: [b0 b0 b2 b2], chunk 2: [b1 b1 b3 b3] */
+    const __m512i pick = _mm512_setr_epi32(0, 8, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m128i sums = _mm512_castsi512_si128(_mm512_permutexvar_epi32(pick, u));
+    *acc = _mm256_fmadd_pd(_mm256_cvtepi32_pd(sums), _mm256_cvtps_pd(s4), *acc);
+}
+
+/* Q4_0's: four blocks' int32 sums (lanes 4k..4k+3 of p) times their f32 scales s4. */
+INLINE void acc_f64_lanes4(__m256d *acc, __m512i p, __m128 s4) {
+    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, _MM_PERM_CDAB));
+    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, _MM_PERM_BADC)); /* each chunk: its block's sum */
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m128i sums = _mm512_castsi512_si128(_mm512_permutexvar_epi32(pick, p));
+    *acc = _mm256_fmadd_pd(_mm256_cvtepi32_pd(sums), _mm256_cvtps_pd(s4), *acc);
+}
+
+/* A tile's outputs: f32 sums into y, or (EXACT) f64 sums into yd. */
+INLINE void tile_out(const struct mm_task *t, int64_t r0, int t0, int i, int j, const int EXACT,
+                     __m512 acc, __m256d acc4, double tail) {
+    int64_t at = (t0 + j) * t->w->rows + r0 + i;
+    if (EXACT) {
+        __m128d h = _mm_add_pd(_mm256_castpd256_pd128(acc4), _mm256_extractf128_pd(acc4, 1));
+        t->yd[at] = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h))) + tail;
+    } else {
+        t->y[at] = _mm512_reduce_add_ps(acc) + (float)tail;
+    }
+}
+
+INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
+                    const int EXACT) {
     const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
     const __m512i l01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i l23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     const struct shoal_block_q8_0 *w[QR];
     __m512 acc[QR][QT]; /* QT8 of them used: the 5- and 6-token shapes are never called */
+    __m256d acc4[QR][QT]; /* EXACT: f64 sums of four blocks at a time */
     for (int i = 0; i < NR; i++) {
         w[i] = row_ptr(t, r0 + i);
-        for (int j = 0; j < NT; j++) acc[i][j] = _mm512_setzero_ps();
+        for (int j = 0; j < NT; j++) {
+            acc[i][j] = _mm512_setzero_ps();
+            acc4[i][j] = _mm256_setzero_pd();
+        }
     }
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
         __m512i w01[QR], w23[QR];
         __m512 d01[QR], d23[QR];
+        __m128 dw4[QR];
         for (int i = 0; i < NR; i++) {
             w01[i] = _mm512_xor_si512(bias, _mm512_inserti64x4(
                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[i][b].qs)),
@@ -169,6 +262,7 @@ INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[i][b + 2].qs)),
                 _mm256_loadu_si256((const __m256i *)w[i][b + 3].qs), 1));
             __m128 dw = SCALES4(w[i], b);
+            dw4[i] = dw;
             d01[i] = spread_ps(l01, dw);
             d23[i] = spread_ps(l23, dw);
         }
@@ -186,31 +280,41 @@ INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
             for (int i = 0; i < NR; i++) {
                 __m512i p01 = _mm512_dpbusd_epi32(c01, w01[i], x01);
                 __m512i p23 = _mm512_dpbusd_epi32(c23, w23[i], x23);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_mul_ps(d01[i], x01d), acc[i][j]);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_mul_ps(d23[i], x23d), acc[i][j]);
+                if (EXACT) {
+                    acc_f64_blocks4(&acc4[i][j], p01, p23, _mm_mul_ps(dw4[i], xd));
+                } else {
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_mul_ps(d01[i], x01d), acc[i][j]);
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_mul_ps(d23[i], x23d), acc[i][j]);
+                }
             }
         }
     }
     for (int i = 0; i < NR; i++)
         for (int j = 0; j < NT; j++)
-            t->y[(t0 + j) * rows + r0 + i] =
-                _mm512_reduce_add_ps(acc[i][j]) + q8_tail(w[i], t, t0 + j, b, nb);
+            tile_out(t, r0, t0, i, j, EXACT, acc[i][j], acc4[i][j], q8_tail(w[i], t, t0 + j, b, nb));
+    (void)rows;
 }
 
-INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT) {
+INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
+                    const int EXACT) {
     const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows, nv = nb / 4 * 16;
     const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const struct shoal_block_q4_0 *w[QR];
     __m512 acc[QR][QT];
+    __m256d acc4[QR][QT]; /* EXACT: f64 sums of four blocks at a time */
     for (int i = 0; i < NR; i++) {
         w[i] = row_ptr(t, r0 + i);
-        for (int j = 0; j < NT; j++) acc[i][j] = _mm512_setzero_ps();
+        for (int j = 0; j < NT; j++) {
+            acc[i][j] = _mm512_setzero_ps();
+            acc4[i][j] = _mm256_setzero_pd();
+        }
     }
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
         __m512i lo[QR], hi[QR];
         __m512 dw[QR];
+        __m128 dw4[QR];
         for (int i = 0; i < NR; i++) {
             __m512i q = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)w[i][b].qs));
             q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[i][b + 1].qs), 1);
@@ -218,7 +322,8 @@ INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
             q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[i][b + 3].qs), 3);
             lo[i] = _mm512_and_si512(q, m4);
             hi[i] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            dw[i] = spread_ps(lanes, SCALES4(w[i], b));
+            dw4[i] = SCALES4(w[i], b);
+            dw[i] = spread_ps(lanes, dw4[i]);
         }
         for (int j = 0; j < NT; j++) {
             const int64_t tok = t0 + j;
@@ -229,53 +334,63 @@ INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
                 __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(vc), lo[i],
                                                 _mm512_loadu_si512((const void *)x));
                 p = _mm512_dpbusd_epi32(p, hi[i], _mm512_loadu_si512((const void *)(x + 64)));
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], _mm512_loadu_ps(vd)),
-                                            acc[i][j]);
+                if (EXACT) acc_f64_lanes4(&acc4[i][j], p, _mm_mul_ps(dw4[i], _mm_loadu_ps(t->xd + tok * nb + b)));
+                else
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], _mm512_loadu_ps(vd)),
+                                                acc[i][j]);
             }
         }
     }
     for (int i = 0; i < NR; i++)
         for (int j = 0; j < NT; j++)
-            t->y[(t0 + j) * rows + r0 + i] =
-                _mm512_reduce_add_ps(acc[i][j]) + q4_tail(w[i], t, t0 + j, b, nb);
+            tile_out(t, r0, t0, i, j, EXACT, acc[i][j], acc4[i][j], q4_tail(w[i], t, t0 + j, b, nb));
+    (void)rows;
 }
 
 /* One function per tile shape, so that each is compiled with its loops unrolled. */
 _Static_assert(QR == 2 && QT == 6 && QT8 <= QT, "the tile table below lists 2 x 6 shapes");
-#define TILE_FNS(kind, MAXT, ROWS_OUTER)                                                                         \
-    static void kind##_1_1(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 1); } \
-    static void kind##_1_2(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 2); } \
-    static void kind##_1_3(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 3); } \
-    static void kind##_1_4(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 4); } \
-    static void kind##_2_1(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 1); } \
-    static void kind##_2_2(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 2); } \
-    static void kind##_2_3(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 3); } \
-    static void kind##_2_4(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 4); } \
-    static void kind##_1_5(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 5); } \
-    static void kind##_1_6(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 1, 6); } \
-    static void kind##_2_5(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 5); } \
-    static void kind##_2_6(const struct mm_task *t, int64_t r, int tk) { kind##_tile(t, r, tk, 2, 6); } \
-    static void (*const kind##_tiles[QR][QT])(const struct mm_task *, int64_t, int) = {        \
-        { kind##_1_1, kind##_1_2, kind##_1_3, kind##_1_4, kind##_1_5, kind##_1_6 }, \
-        { kind##_2_1, kind##_2_2, kind##_2_3, kind##_2_4, kind##_2_5, kind##_2_6 }, \
-    };                                                                                         \
-    static void mm_##kind(const struct mm_task *t, int64_t r0, int64_t r1) {                   \
+#define TILE_FN(kind, nr, nt, ex, tag)                                                         \
+    static void kind##tag##_##nr##_##nt(const struct mm_task *t, int64_t r, int tk) {          \
+        kind##_tile(t, r, tk, nr, nt, ex);                                                     \
+    }
+/* Rows in slices of ROWS_OUTER (all of them: tokens outer), each slice passing every token. */
+#define TILE_DRIVER(name, tiles, MAXT, ROWS_OUTER)                                             \
+    static void name(const struct mm_task *t, int64_t r0, int64_t r1) {                        \
         if (t->n == 1) { /* decoding: one row at a time streams fastest */                     \
-            for (int64_t i = r0; i < r1; i++) kind##_tiles[0][0](t, i, 0);                       \
+            for (int64_t i = r0; i < r1; i++) tiles[0][0](t, i, 0);                            \
             return;                                                                            \
         }                                                                                      \
-        /* rows in slices of ROWS_OUTER (all: tokens outer), each slice passing every token */ \
         for (int64_t r = r0, re; r < r1; r = re) {                                             \
             re = r1 - r > ROWS_OUTER ? r + ROWS_OUTER : r1;                                    \
             for (int tk = 0; tk < t->n; tk += MAXT) {                                          \
                 int nt = t->n - tk < MAXT ? t->n - tk : MAXT;                                  \
                 for (int64_t i = r; i < re; i += QR) {                                         \
                     int nr = re - i < QR ? (int)(re - i) : QR;                                 \
-                    kind##_tiles[nr - 1][nt - 1](t, i, tk);                                    \
+                    tiles[nr - 1][nt - 1](t, i, tk);                                           \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
     }
+#define TILE_FNS(kind, MAXT, ROWS_OUTER)                                                       \
+    TILE_FN(kind, 1, 1, 0, ) TILE_FN(kind, 1, 2, 0, ) TILE_FN(kind, 1, 3, 0, )                 \
+    TILE_FN(kind, 1, 4, 0, ) TILE_FN(kind, 1, 5, 0, ) TILE_FN(kind, 1, 6, 0, )                 \
+    TILE_FN(kind, 2, 1, 0, ) TILE_FN(kind, 2, 2, 0, ) TILE_FN(kind, 2, 3, 0, )                 \
+    TILE_FN(kind, 2, 4, 0, ) TILE_FN(kind, 2, 5, 0, ) TILE_FN(kind, 2, 6, 0, )                 \
+    static void (*const kind##_tiles[QR][QT])(const struct mm_task *, int64_t, int) = {        \
+        { kind##_1_1, kind##_1_2, kind##_1_3, kind##_1_4, kind##_1_5, kind##_1_6 },            \
+        { kind##_2_1, kind##_2_2, kind##_2_3, kind##_2_4, kind##_2_5, kind##_2_6 },            \
+    };                                                                                         \
+    TILE_DRIVER(mm_##kind, kind##_tiles, MAXT, ROWS_OUTER)                                     \
+    /* f64 sums take twice the accumulators: tiles of four tokens at most */                    \
+    TILE_FN(kind, 1, 1, 1, _f64) TILE_FN(kind, 1, 2, 1, _f64)                                  \
+    TILE_FN(kind, 1, 3, 1, _f64) TILE_FN(kind, 1, 4, 1, _f64)                                  \
+    TILE_FN(kind, 2, 1, 1, _f64) TILE_FN(kind, 2, 2, 1, _f64)                                  \
+    TILE_FN(kind, 2, 3, 1, _f64) TILE_FN(kind, 2, 4, 1, _f64)                                  \
+    static void (*const kind##_f64_tiles[QR][4])(const struct mm_task *, int64_t, int) = {     \
+        { kind##_f64_1_1, kind##_f64_1_2, kind##_f64_1_3, kind##_f64_1_4 },                    \
+        { kind##_f64_2_1, kind##_f64_2_2, kind##_f64_2_3, kind##_f64_2_4 },                    \
+    };                                                                                         \
+    TILE_DRIVER(mm_f64_##kind, kind##_f64_tiles, 4, ROWS_OUTER)
 /* Measured: Q8_0 is faster with a few rows passing all tokens (its rows are
  * twice Q4_0's, so a tile of tokens plus the rows no longer fits in L1); Q4_0
  * with a tile of tokens passing all rows. */
@@ -366,6 +481,9 @@ static void kv_axpy_f16(float *o, float w, const void *v, int n) {
 MM_ROW_DRIVER(f32)
 MM_ROW_DRIVER(f16)
 MM_ROW_DRIVER(bf16)
+MM_ROW_DRIVER_F64(f32)
+MM_ROW_DRIVER_F64(f16)
+MM_ROW_DRIVER_F64(bf16)
 #undef DRIVER
 
 const struct cpu_kernels shoal_cpu_kernels_avx512 = {
@@ -376,6 +494,13 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_BF16] = mm_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_q8,
         [SHOAL_DTYPE_Q4_0] = mm_q4,
+    },
+    .mm_f64 = {
+        [SHOAL_DTYPE_F32] = mm_f64_f32,
+        [SHOAL_DTYPE_F16] = mm_f64_f16,
+        [SHOAL_DTYPE_BF16] = mm_f64_bf16,
+        [SHOAL_DTYPE_Q8_0] = mm_f64_q8,
+        [SHOAL_DTYPE_Q4_0] = mm_f64_q4,
     },
     .q4_grouped = 1,
     .q4_lane_vectors = 1,

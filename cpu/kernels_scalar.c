@@ -161,6 +161,85 @@ MM_ROW_DRIVER(q8_0)
 MM_ROW_DRIVER(q4_0)
 #undef DRIVER
 
+/* ------------------------------------------------------------ f64 sums */
+
+static double row_f64_f32(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t cols = t->w->cols;
+    const float *w = (const float *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
+    const float *x = t->x + tok * cols;
+    double s = 0;
+    for (int64_t i = 0; i < cols; i++) s += (double)w[i] * x[i];
+    return s;
+}
+
+static inline double row_f64_half(const struct mm_task *t, int64_t r, int tok,
+                                  float (*cvt)(uint16_t)) {
+    const int64_t cols = t->w->cols;
+    const uint16_t *w = (const uint16_t *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
+    const float *x = t->x + tok * cols;
+    double s = 0;
+    for (int64_t i = 0; i < cols; i++) s += (double)cvt(w[i]) * x[i];
+    return s;
+}
+
+static double row_f64_f16(const struct mm_task *t, int64_t r, int tok) {
+    return row_f64_half(t, r, tok, shoal_f16_to_f32);
+}
+
+static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
+    return row_f64_half(t, r, tok, shoal_bf16_to_f32);
+}
+
+/* A block's scale dw * dx as every level forms it: an f32 product. */
+static inline float block_scale(uint16_t dw, float dx) { return shoal_f16_to_f32(dw) * dx; }
+
+static double row_f64_q8_0(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK;
+    const struct shoal_block_q8_0 *w =
+        (const void *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
+    const int8_t *xq = t->xq + tok * cols;
+    const float *xd = t->xd + tok * nb;
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int sum = 0;
+        for (int j = 0; j < SHOAL_QK; j++) sum += w[b].qs[j] * xq[b * SHOAL_QK + j];
+        s += (double)block_scale(w[b].d, xd[b]) * sum;
+    }
+    return s;
+}
+
+static double row_f64_q4_0(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK;
+    const struct shoal_block_q4_0 *w =
+        (const void *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
+    const int8_t *xq = t->xq + tok * cols;
+    const float *xd = t->xd + tok * nb;
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int sum = 0;
+        for (int j = 0; j < SHOAL_QK / 2; j++) {
+            sum += ((w[b].qs[j] & 0x0f) - 8) * xq[b * SHOAL_QK + j];
+            sum += ((w[b].qs[j] >> 4) - 8) * xq[b * SHOAL_QK + j + 16];
+        }
+        s += (double)block_scale(w[b].d, xd[b]) * sum;
+    }
+    return s;
+}
+
+MM_ROW_DRIVER_F64(f32)
+MM_ROW_DRIVER_F64(f16)
+MM_ROW_DRIVER_F64(bf16)
+MM_ROW_DRIVER_F64(q8_0)
+MM_ROW_DRIVER_F64(q4_0)
+
+const mm_fn shoal_cpu_mm_f64_scalar[SHOAL_DTYPE_MAX] = {
+    [SHOAL_DTYPE_F32] = mm_f64_f32,
+    [SHOAL_DTYPE_F16] = mm_f64_f16,
+    [SHOAL_DTYPE_BF16] = mm_f64_bf16,
+    [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
+    [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
+};
+
 const struct cpu_kernels shoal_cpu_kernels_scalar = {
     .name = "scalar",
     .mm = {
@@ -169,6 +248,13 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
         [SHOAL_DTYPE_BF16] = mm_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_q4_0,
+    },
+    .mm_f64 = {
+        [SHOAL_DTYPE_F32] = mm_f64_f32,
+        [SHOAL_DTYPE_F16] = mm_f64_f16,
+        [SHOAL_DTYPE_BF16] = mm_f64_bf16,
+        [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
+        [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
     },
     .q4_grouped = 0,
     .q4_lane_vectors = 0,

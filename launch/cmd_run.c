@@ -35,7 +35,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     memset(o, 0, sizeof *o);
     o->kv_name = "f16";
     o->simd_name = "auto";
-    o->comm_name = "f32";
+    o->comm_name = "f64";
     o->n_predict = 256;
     o->n_batch = 512;
     o->seed = -1;
@@ -59,7 +59,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--simd", 0, OPT_STR, &o->simd_name, "LEVEL", "CPU kernels: auto, scalar, avx2, avx512 (default auto)" },
         { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: all ranks, or ranks / --pp)" },
         { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default 1, or ranks / --tp)" },
-        { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f32, f16, bf16 or q8 (default f32)" },
+        { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f64 (exact: as one rank), f32, f16, bf16 or q8 (default f64)" },
         { "--ignore-eos", 0, OPT_FLAG, &o->ignore_eos, NULL, "keep generating past end-of-sequence tokens" },
         { "--no-bos", 0, OPT_FLAG, &o->no_bos, NULL, "do not start the prompt with BOS" },
         { "--no-echo", 0, OPT_FLAG, &o->no_echo, NULL, "do not print the prompt before the generated text" },
@@ -90,7 +90,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     if ((o->simd = shoal_cpu_simd_from_name(o->simd_name)) == -2)
         USAGE("shoal run: --simd '%s' is not one of auto, scalar, avx2, avx512\n", o->simd_name);
     if ((o->wire = shoal_wire_from_name(o->comm_name)) < 0)
-        USAGE("shoal run: --comm-dtype '%s' is not one of f32, f16, bf16, q8\n", o->comm_name);
+        USAGE("shoal run: --comm-dtype '%s' is not one of f64, f32, f16, bf16, q8\n", o->comm_name);
     if (o->n_batch < 1 || o->threads < 0 || o->n_ctx < 0 || o->n_predict < -1 || o->tp < 0 || o->pp < 0)
         USAGE("shoal run: -b must be >= 1, -t, -c, --tp and --pp >= 0, -n >= -1\n");
 #undef USAGE

@@ -118,6 +118,15 @@ shoal_status shoal_op_matmul(struct shoal_backend *b, float *y, const struct sho
     return b->iface->matmul(b->ctx, y, w, x, n);
 }
 
+shoal_status shoal_op_matmul_f64(struct shoal_backend *b, double *y, const struct shoal_weight *w,
+                                 const float *x, int n) {
+    return b->iface->matmul_f64(b->ctx, y, w, x, n);
+}
+
+shoal_status shoal_op_add_f64(struct shoal_backend *b, float *y, const double *x, size_t n) {
+    return b->iface->add_f64(b->ctx, y, x, n);
+}
+
 shoal_status shoal_op_matmul_n(struct shoal_backend *b, int k, float *const *y,
                                const struct shoal_weight *const *w, const float *x, int n) {
     if (k < 1 || k > SHOAL_MATMUL_MAX)

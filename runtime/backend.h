@@ -107,6 +107,18 @@ shoal_status shoal_op_embed(struct shoal_backend *b, float *y, const struct shoa
 shoal_status shoal_op_matmul(struct shoal_backend *b, float *y, const struct shoal_weight *w,
                              const float *x, int n);
 /*
+ * y (n, w->rows) = x W^T as shoal_op_matmul, but in f64, summed from products
+ * that are exact in f64 (a block's integer dot product times its f32 scale;
+ * an f32 weight times an f32 activation). The result then hardly depends on
+ * the order of the sum: cutting the columns over tensor-parallel ranks and
+ * adding their parts gives, rounded to f32, what one rank gives. For the
+ * row-parallel projections (attention output, FFN down).
+ */
+shoal_status shoal_op_matmul_f64(struct shoal_backend *b, double *y, const struct shoal_weight *w,
+                                 const float *x, int n);
+/* y += x rounded to f32, over n values. */
+shoal_status shoal_op_add_f64(struct shoal_backend *b, float *y, const double *x, size_t n);
+/*
  * y[i] (n, w[i]->rows) = x (n, cols) times W[i] transposed, for i < k
  * (k <= SHOAL_MATMUL_MAX): several weights with the same cols applied to one
  * input, as Q, K and V are, or the FFN's gate and up. One op so that a

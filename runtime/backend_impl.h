@@ -22,6 +22,9 @@ struct shoal_backend_i {
                           const struct shoal_batch *batch);
     shoal_status (*matmul)(void *ctx, float *y, const struct shoal_weight *w, const float *x,
                            int n);
+    shoal_status (*matmul_f64)(void *ctx, double *y, const struct shoal_weight *w, const float *x,
+                               int n);
+    shoal_status (*add_f64)(void *ctx, float *y, const double *x, size_t n);
     /* optional: several weights on one input; default calls matmul for each */
     shoal_status (*matmul_n)(void *ctx, int k, float *const *y, const struct shoal_weight *const *w,
                              const float *x, int n);

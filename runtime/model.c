@@ -478,8 +478,10 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     size_t nb = (size_t)s->n_batch, hd = (size_t)hp->head_dim;
     size_t qd = (size_t)m->n_heads_l * hd, kvd = (size_t)m->n_kv_l * hd;
     size_t counts[] = { nb * hp->dim, nb * hp->dim, nb * qd, nb * kvd, nb * kvd, nb * qd,
-                        nb * m->ffn_l, nb * m->ffn_l, (size_t)s->n_outputs * m->n_vocab_l };
-    float **slots[] = { &s->x, &s->xb, &s->q, &s->k, &s->v, &s->att, &s->hb, &s->hb2, &s->logits };
+                        nb * m->ffn_l, nb * m->ffn_l, (size_t)s->n_outputs * m->n_vocab_l,
+                        2 * nb * hp->dim /* f64 */ };
+    float **slots[] = { &s->x, &s->xb, &s->q, &s->k, &s->v, &s->att, &s->hb, &s->hb2, &s->logits,
+                        (float **)&s->yd };
     size_t total = 0;
     for (size_t i = 0; i < sizeof counts / sizeof *counts; i++)
         total += (counts[i] * sizeof(float) + 63) / 64 * 64;
@@ -525,11 +527,20 @@ shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b)
     return shoal_op_embed(s->m->be, s->x, &s->m->tok_embd, b);
 }
 
-/* Sums a tensor-parallel group's partial outputs (n tokens of dim) in place. */
-static shoal_status reduce(struct shoal_state *s, float *y, int n) {
-    if (!s->dist || shoal_comm_size(s->dist->tp) == 1) return SHOAL_OK;
-    SHOAL_TRY(shoal_backend_synchronize(s->m->be));
-    return shoal_comm_allreduce_sum(s->dist->tp, y, (size_t)n * s->m->hp.dim, s->dist->wire);
+/*
+ * x += the row-parallel projection of in by w: this rank's columns summed
+ * in f64, the tensor-parallel group's parts added, rounded once to f32.
+ */
+static shoal_status project_add(struct shoal_state *s, const struct shoal_weight *w,
+                                const float *in, int n) {
+    struct shoal_backend *be = s->m->be;
+    const size_t count = (size_t)n * s->m->hp.dim;
+    SHOAL_TRY(shoal_op_matmul_f64(be, s->yd, w, in, n));
+    if (s->dist && shoal_comm_size(s->dist->tp) > 1) {
+        SHOAL_TRY(shoal_backend_synchronize(be));
+        SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp, s->yd, count, s->dist->wire));
+    }
+    return shoal_op_add_f64(be, s->x, s->yd, count);
 }
 
 shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b) {
@@ -557,18 +568,14 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
         SHOAL_TRY(shoal_op_rope(be, s->k, m->n_kv_l, hp->head_dim, &hp->rope, b));
         SHOAL_TRY(shoal_op_kv_store(be, &s->kvd, kc, vc, s->k, s->v, b));
         SHOAL_TRY(shoal_op_attention(be, s->att, s->q, m->n_heads_l, &s->kvd, kc, vc, b, scale));
-        SHOAL_TRY(shoal_op_matmul(be, s->xb, &L->wo, s->att, n));
-        SHOAL_TRY(reduce(s, s->xb, n));
-        SHOAL_TRY(shoal_op_add(be, s->x, s->xb, (size_t)n * dim));
+        SHOAL_TRY(project_add(s, &L->wo, s->att, n));
 
         SHOAL_TRY(shoal_op_rmsnorm(be, s->xb, s->x, L->ffn_norm, n, dim, hp->rms_eps));
         float *ffn_out[2] = { s->hb, s->hb2 };
         const struct shoal_weight *ffn_in[2] = { &L->gate, &L->up };
         SHOAL_TRY(shoal_op_matmul_n(be, 2, ffn_out, ffn_in, s->xb, n));
         SHOAL_TRY(shoal_op_silu_mul(be, s->hb, s->hb2, (size_t)n * m->ffn_l));
-        SHOAL_TRY(shoal_op_matmul(be, s->xb, &L->down, s->hb, n));
-        SHOAL_TRY(reduce(s, s->xb, n));
-        SHOAL_TRY(shoal_op_add(be, s->x, s->xb, (size_t)n * dim));
+        SHOAL_TRY(project_add(s, &L->down, s->hb, n));
     }
     return shoal_backend_synchronize(be);
 }

@@ -134,6 +134,7 @@ struct shoal_state {
     float *k, *v;      /* (n_batch, local kv heads * head_dim) */
     float *att;        /* (n_batch, local q heads * head_dim) */
     float *hb, *hb2;   /* (n_batch, local ffn) */
+    double *yd;        /* (n_batch, dim): row-parallel projections, summed in f64 */
     float *logits;     /* (n_outputs, local vocab) */
     float *gathered;   /* host (n_outputs, n_vocab): the stage's first rank assembles logits */
     void *msg;         /* host: one step's message (batch arrays and hidden states) */

@@ -75,6 +75,52 @@ static void run_case(struct shoal_backend *be, const char *level, int type, int 
     free(wf), free(x), free(wd), free(y), free(wq);
 }
 
+/*
+ * The f64 matmul of a matrix equals, rounded to f32, the sum of the f64
+ * matmuls of its two column halves (split on a block boundary), as tensor
+ * parallelism computes it; and it stays within the same bound of the
+ * reference as the f32 matmul.
+ */
+static void run_split_case(struct shoal_backend *be, const char *level, int type, int rows,
+                           int cols, int n, int split) {
+    size_t rb = shoal_dtype_row_bytes(type, cols), rb1 = shoal_dtype_row_bytes(type, split);
+    size_t rb2 = shoal_dtype_row_bytes(type, cols - split);
+    float *row = malloc(sizeof(float) * cols), *x = malloc(sizeof(float) * n * cols);
+    float *x1 = malloc(sizeof(float) * n * cols), *x2 = malloc(sizeof(float) * n * cols);
+    uint8_t *wq = malloc(rb * rows), *w1 = malloc(rb1 * rows), *w2 = malloc(rb2 * rows);
+    double *y = malloc(sizeof(double) * n * rows), *y1 = malloc(sizeof(double) * n * rows);
+    double *y2 = malloc(sizeof(double) * n * rows);
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) row[c] = frand();
+        shoal_quantize_row(type, row, wq + r * rb, cols);
+        memcpy(w1 + r * rb1, wq + r * rb, rb1);
+        memcpy(w2 + r * rb2, wq + r * rb + rb1, rb2);
+    }
+    for (int t = 0; t < n; t++)
+        for (int c = 0; c < cols; c++) {
+            float v = frand() * 3;
+            x[t * cols + c] = v;
+            if (c < split) x1[t * split + c] = v;
+            else x2[t * (cols - split) + c - split] = v;
+        }
+    struct shoal_weight w, wa, wb;
+    CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq));
+    CHECK_OK(shoal_weight_prepare(be, &wa, type, rows, split, w1));
+    CHECK_OK(shoal_weight_prepare(be, &wb, type, rows, cols - split, w2));
+    CHECK_OK(shoal_op_matmul_f64(be, y, &w, x, n));
+    CHECK_OK(shoal_op_matmul_f64(be, y1, &wa, x1, n));
+    CHECK_OK(shoal_op_matmul_f64(be, y2, &wb, x2, n));
+    int differ = 0;
+    for (int i = 0; i < n * rows; i++) {
+        double sum = y1[i] + y2[i];
+        if ((float)sum != (float)y[i] || fabs(sum - y[i]) > 1e-12 * (fabs(y[i]) + 1e-30)) differ++;
+    }
+    CHECK(differ == 0, "%s %s f64 %dx%d n=%d split at %d: %d values differ from the whole", level,
+          shoal_dtype_name(type), rows, cols, n, split, differ);
+    shoal_weight_release(be, &w), shoal_weight_release(be, &wa), shoal_weight_release(be, &wb);
+    free(row), free(x), free(x1), free(x2), free(wq), free(w1), free(w2), free(y), free(y1), free(y2);
+}
+
 /* Each level's activation quantizer writes exactly the scalar one's bytes. */
 static void test_quantize_x(const struct cpu_kernels *k, const char *level) {
     enum { COLS = 32 * 11 };
@@ -129,6 +175,15 @@ int main(void) {
                     if (!shoal_dtype_row_bytes(type, cols)) continue; /* 172 is not a block multiple */
                     run_case(be, shoal_cpu_simd_name(simd), type, shapes[si][0], cols, shapes[si][2]);
                 }
+            /* splits at every kind of block boundary: inside and between groups of four */
+            static const int splits[][4] = { /* rows, cols, tokens, split */
+                { 9, 256, 1, 128 }, { 9, 256, 3, 96 }, { 5, 1184, 2, 32 }, { 17, 352, 1, 160 },
+                { 7, 4096, 1, 2080 }, { 33, 224, 7, 192 }, { 4, 64, 5, 32 },
+            };
+            for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++)
+                for (size_t si = 0; si < sizeof splits / sizeof *splits; si++)
+                    run_split_case(be, shoal_cpu_simd_name(simd), types[ti], splits[si][0],
+                                   splits[si][1], splits[si][2], splits[si][3]);
             shoal_backend_destroy(be);
         }
     }
