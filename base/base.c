@@ -223,6 +223,17 @@ double shoal_now(void) {
 }
 
 size_t shoal_peak_rss(void) {
+    /* VmHWM, not getrusage's ru_maxrss: the latter survives exec, so a process
+     * started from a large parent (a Python test) would report the parent's */
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        char line[256];
+        size_t kib = 0;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "VmHWM: %zu kB", &kib) == 1) break;
+        fclose(f);
+        if (kib) return kib * 1024;
+    }
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
     return (size_t)ru.ru_maxrss * 1024; /* Linux reports KiB */

@@ -265,15 +265,20 @@ shoal_status shoal_comm_allreduce_sum(struct shoal_comm *c, float *buf, size_t n
 
 /* ------------------------------------------------------------- agreement */
 
-shoal_status shoal_comm_agree(struct shoal_comm *c, shoal_status mine) {
+shoal_status shoal_comm_agree(struct shoal_comm *c, shoal_status mine, int *n_failed) {
+    if (n_failed) *n_failed = mine != SHOAL_OK;
     if (c->size == 1) return mine;
     int32_t *all = calloc((size_t)c->size, sizeof *all);
     if (!all) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     int32_t me = mine;
     shoal_status rc = shoal_comm_allgather(c, &me, sizeof me, all);
-    int failed = -1;
-    for (int r = 0; rc == SHOAL_OK && r < c->size && failed < 0; r++)
-        if (all[r] != SHOAL_OK) failed = r;
+    int failed = -1, count = 0;
+    for (int r = 0; rc == SHOAL_OK && r < c->size; r++)
+        if (all[r] != SHOAL_OK) {
+            if (failed < 0) failed = r;
+            count++;
+        }
+    if (n_failed) *n_failed = count;
     if (rc == SHOAL_OK && failed >= 0) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", c->rank == failed ? shoal_last_error() : "");

@@ -94,9 +94,10 @@ shoal_status shoal_comm_barrier(struct shoal_comm *c);
  * Agreement after work that may fail on some ranks only (loading a file):
  * every rank passes its status; all get SHOAL_OK when every rank succeeded,
  * else SHOAL_REMOTE (or the rank's own status) with the detail "rank K:
- * <its message>" of the lowest failed rank. Collective over c.
+ * <its message>" of the lowest failed rank, and *n_failed (if not NULL) the
+ * number of ranks that failed. Collective over c.
  */
-shoal_status shoal_comm_agree(struct shoal_comm *c, shoal_status mine);
+shoal_status shoal_comm_agree(struct shoal_comm *c, shoal_status mine, int *n_failed);
 
 /* Ends every rank of the job now (after a failure that leaves them out of step). */
 void shoal_comm_abort(struct shoal_comm *c, int code);

@@ -423,13 +423,18 @@ int cmd_run(int argc, char **argv) {
         goto out;
     }
     double t0 = shoal_now();
-    rc = shoal_comm_agree(r.world, plan(&r));
+    int n_failed = 0;
+    rc = shoal_comm_agree(r.world, plan(&r), &n_failed);
     if (rc == SHOAL_OK && r.size > 1) rc = shoal_dist_create(&r.dist, r.world, r.plan, r.o.wire);
-    if (rc == SHOAL_OK) rc = shoal_comm_agree(r.world, load(&r));
+    if (rc == SHOAL_OK) rc = shoal_comm_agree(r.world, load(&r), &n_failed);
     if (rc != SHOAL_OK) {
-        /* rank 0 and the failed rank say what happened; the others that they stop */
-        if (r.rank == 0 || rc != SHOAL_REMOTE) status = launch_fail("run", rc);
-        else {
+        /* rank 0 and the failed rank say what happened; the others that they stop; a
+         * failure every rank shares (a bad layout, a bad file everywhere) rank 0 alone */
+        if (n_failed == r.size && r.size > 1) {
+            status = r.rank == 0 ? launch_fail("run", rc) : 1;
+        } else if (r.rank == 0 || rc != SHOAL_REMOTE) {
+            status = launch_fail("run", rc);
+        } else {
             fprintf(stderr, "shoal run: rank %d stopping: %s\n", r.rank, shoal_last_error());
             status = 1;
         }

@@ -44,6 +44,28 @@ def run(args, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
     return p
 
 
+MPIRUN_FLAGS = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+                "--mca", "mpi_yield_when_idle", "1", "--mca", "pml", "ob1",
+                "--mca", "btl", "tcp,vader,self"]
+
+
+def mpirun_bin() -> str:
+    import shutil
+    path = os.environ.get("SHOAL_MPIRUN") or shutil.which("mpirun")
+    if not path:
+        pytest.skip("mpirun not found: multi-rank tests need Open MPI")
+    return path
+
+
+def mpirun(np_, args, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
+    """Runs `mpirun -np np_ shoal args...` (oversubscribed, portable transports)."""
+    cmd = [mpirun_bin()] + MPIRUN_FLAGS + ["-np", str(np_), shoal_bin()] + [str(a) for a in args]
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr.decode(errors='replace')[-4000:]}")
+    return p
+
+
 def read_ids(path) -> list:
     return [int(x) for x in Path(path).read_text().split()]
 

@@ -108,12 +108,14 @@ static void test_split_and_agree(struct shoal_comm *world) {
         CHECK(v == (float)shoal_comm_size(half), "sum over the half: %g", v);
     }
     shoal_comm_destroy(half);
-    CHECK(shoal_comm_agree(world, SHOAL_OK) == SHOAL_OK, "agree on success");
+    CHECK(shoal_comm_agree(world, SHOAL_OK, NULL) == SHOAL_OK, "agree on success");
     if (size > 1) {
         shoal_status mine = SHOAL_OK;
         if (rank == size - 1) mine = shoal_errorf(SHOAL_IO, "disk on fire");
-        shoal_status rc = shoal_comm_agree(world, mine);
+        int n_failed = 0;
+        shoal_status rc = shoal_comm_agree(world, mine, &n_failed);
         CHECK(rc == (rank == size - 1 ? SHOAL_IO : SHOAL_REMOTE), "agree status %d", rc);
+        CHECK(n_failed == 1, "agree counted %d failures", n_failed);
         char want[64];
         snprintf(want, sizeof want, "rank %d: disk on fire", size - 1);
         CHECK(strstr(shoal_last_error(), want) != NULL, "agree message '%s'", shoal_last_error());
