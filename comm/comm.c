@@ -39,23 +39,25 @@ int shoal_comm_have_mpi(void) { return shoal_comm_mpi_built(); }
 
 /* ------------------------------------------------------------------ world */
 
-/* Whether a launcher (mpirun, srun, another PMI) started this process as one of several. */
+/*
+ * Whether a launcher (mpirun, srun, another PMI) started this process as one
+ * of its ranks, and how many there are (0 if it does not say). A batch
+ * script's own shell has SLURM_NTASKS but no SLURM_PROCID: not a rank.
+ */
 static int launched_by_mpi(int *size) {
-    static const char *const vars[] = { "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE",
-                                        "SLURM_NTASKS", "MPI_LOCALNRANKS" };
-    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
-        const char *v = getenv(vars[i]);
-        if (v && *v) {
-            *size = atoi(v);
-            return 1;
-        }
+    static const char *const rank_vars[] = { "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK",
+                                             "SLURM_PROCID" };
+    static const char *const size_vars[] = { "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS" };
+    int ranked = 0;
+    for (size_t i = 0; i < sizeof rank_vars / sizeof *rank_vars; i++)
+        if (getenv(rank_vars[i])) ranked = 1;
+    if (!ranked) return 0;
+    *size = 0;
+    for (size_t i = 0; i < sizeof size_vars / sizeof *size_vars && !*size; i++) {
+        const char *v = getenv(size_vars[i]);
+        if (v && *v) *size = atoi(v);
     }
-    /* PMIx sets only PMIX_RANK for some launchers */
-    if (getenv("PMIX_RANK") || getenv("OMPI_COMM_WORLD_RANK")) {
-        *size = 0;
-        return 1;
-    }
-    return 0;
+    return 1;
 }
 
 shoal_status shoal_comm_init_world(struct shoal_comm **world, int *argc, char ***argv) {
