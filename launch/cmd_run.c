@@ -246,30 +246,30 @@ static void teardown(struct run *r) {
 /* ------------------------------------------------------------- statistics */
 
 /*
- * Per-rank communication, gathered to rank 0 and printed there in rank order
- * when print. Collective: every rank calls it once, after the run.
+ * Per-rank communication per token, prompt and generation apart, gathered to
+ * rank 0 and printed there in rank order when print. Collective: every rank
+ * calls it once, after the run.
  */
-static void report_comm(struct run *r, int steps, int print) {
-    double mine[3] = { 0, 0, 0 };
-    const struct shoal_comm_stats *a = shoal_comm_stats(r->world);
-    const struct shoal_comm_stats *b = r->dist ? shoal_comm_stats(r->dist->tp) : NULL;
-    mine[0] = (double)a->bytes_sent + (b ? (double)b->bytes_sent : 0);
-    mine[1] = a->seconds + (b ? b->seconds : 0);
-    mine[2] = (double)shoal_peak_rss();
-    double *all = calloc((size_t)r->size * 3, sizeof *all);
+static void report_comm(struct run *r, int print) {
+    const struct shoal_step_comm *p = &r->st->comm_prompt, *d = &r->st->comm_decode;
+    double mine[5] = { p->tokens ? (double)p->bytes / (double)p->tokens : 0,
+                       d->steps ? (double)d->bytes / (double)d->steps : 0,
+                       d->steps ? d->seconds / (double)d->steps : 0,
+                       p->tokens ? p->seconds / (double)p->tokens : 0, (double)shoal_peak_rss() };
+    double *all = calloc((size_t)r->size * 5, sizeof *all);
     if (!all || shoal_comm_allgather(r->world, mine, sizeof mine, all) != SHOAL_OK || r->rank || !print) {
         free(all);
         return;
     }
     for (int k = 0; k < r->size; k++) {
-        const struct shoal_rank_part *p = &r->plan->part[k];
+        const struct shoal_rank_part *pt = &r->plan->part[k];
+        const double *v = all + 5 * k;
         char rss[32];
         fprintf(stderr,
-                "shoal: rank %d (stage %d, tp %d): sent %.1f KiB/token, %.2f ms/token in "
-                "communication, peak RSS %s\n",
-                k, p->stage, p->tp_rank, all[3 * k] / 1024.0 / (steps > 0 ? steps : 1),
-                all[3 * k + 1] * 1e3 / (steps > 0 ? steps : 1),
-                shoal_fmt_bytes(rss, sizeof rss, all[3 * k + 2]));
+                "shoal: rank %d (stage %d, tp %d): generation %.1f KiB/token sent, %.2f ms/token in "
+                "communication | prompt %.1f KiB/token, %.3f ms/token | peak RSS %s\n",
+                k, pt->stage, pt->tp_rank, v[1] / 1024.0, v[2] * 1e3, v[0] / 1024.0, v[3] * 1e3,
+                shoal_fmt_bytes(rss, sizeof rss, v[4]));
     }
     free(all);
 }
@@ -347,8 +347,6 @@ static int lead(struct run *r) {
             .on_token = on_token,
             .user = &out,
         };
-        shoal_comm_stats_reset(r->world);
-        if (r->dist) shoal_comm_stats_reset(r->dist->tp);
         if ((rc = shoal_generate(r->st, r->tok, smp, ids, (int)n_ids, &gp, &gs)) != SHOAL_OK) {
             /* the other ranks may be anywhere in a step: end the job */
             launch_fail("run", rc);
@@ -358,7 +356,7 @@ static int lead(struct run *r) {
     /* once on every path: the others leave shoal_follow and report with us */
     shoal_status stop = shoal_stop(r->st);
     if (rc == SHOAL_OK) rc = stop;
-    report_comm(r, gs.n_prompt + gs.n_decode, o->verbose && rc == SHOAL_OK);
+    report_comm(r, o->verbose && rc == SHOAL_OK);
 
     int status = 0;
     if (rc == SHOAL_OK) {
@@ -449,7 +447,7 @@ int cmd_run(int argc, char **argv) {
             launch_fail("run", rc);
             shoal_comm_abort(r.world, 1);
         }
-        report_comm(&r, 0, 0);
+        report_comm(&r, 0);
         status = 0;
     }
 out:

@@ -155,6 +155,28 @@ static shoal_status pass_on(struct shoal_state *s, const struct step_head *h) {
     return shoal_comm_send(s->dist->world, s->msg, h->body_bytes, s->dist->next);
 }
 
+/* Bytes and seconds of communication this rank has spent, all groups. */
+static void comm_total(const struct shoal_state *s, uint64_t *bytes, double *seconds) {
+    *bytes = 0;
+    *seconds = 0;
+    if (!s->dist) return;
+    const struct shoal_comm_stats *a = shoal_comm_stats(s->dist->world), *b = shoal_comm_stats(s->dist->tp);
+    *bytes = a->bytes_sent + b->bytes_sent;
+    *seconds = a->seconds + b->seconds;
+}
+
+/* Adds what a step of n tokens cost since (bytes0, seconds0) to its kind's tally. */
+static void tally(struct shoal_state *s, int n, uint64_t bytes0, double seconds0) {
+    uint64_t bytes;
+    double seconds;
+    comm_total(s, &bytes, &seconds);
+    struct shoal_step_comm *c = n == 1 ? &s->comm_decode : &s->comm_prompt;
+    c->steps++;
+    c->tokens += (uint64_t)n;
+    c->bytes += bytes - bytes0;
+    c->seconds += seconds - seconds0;
+}
+
 /*
  * This rank's share of a step whose batch is b; x holds the hidden states
  * from the previous stage (NULL on the first). Passes the step on, and on
@@ -199,6 +221,9 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
                             out0, out0 + n_out - 1, n, s->n_outputs);
     struct step_head h = { STEP_MAGIC, STEP_VERSION, STEP_RUN, 0, n, b->n_seq, b->max_blocks,
                            b->block_size, out0, n_out, 0, 0 };
+    uint64_t bytes0;
+    double seconds0;
+    comm_total(s, &bytes0, &seconds0);
     if (s->dist && shoal_comm_size(s->dist->tp) > 1) {
         SHOAL_TRY(pack(s, &h, b, 0));
         h.out0 = out0;
@@ -206,14 +231,15 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
         SHOAL_TRY(share(s, &h));
     }
     SHOAL_TRY(run_step(s, &h, b, NULL));
-    if (n_out == 0) return SHOAL_OK;
     size_t bytes = (size_t)n_out * m->hp.n_vocab * sizeof(float);
-    if (m->part.last) { /* one stage: the logits are here */
+    if (n_out > 0 && m->part.last) { /* one stage: the logits are here */
         memcpy(logits, s->gathered, bytes);
-        return SHOAL_OK;
+    } else if (n_out > 0) {
+        int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
+        SHOAL_TRY(shoal_comm_recv(s->dist->world, logits, bytes, last_lead));
     }
-    int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
-    return shoal_comm_recv(s->dist->world, logits, bytes, last_lead);
+    tally(s, n, bytes0, seconds0);
+    return SHOAL_OK;
 }
 
 shoal_status shoal_follow(struct shoal_state *s) {
@@ -222,6 +248,9 @@ shoal_status shoal_follow(struct shoal_state *s) {
     for (;;) {
         struct step_head h;
         int from = 0;
+        uint64_t bytes0;
+        double seconds0;
+        comm_total(s, &bytes0, &seconds0);
         if (!m->part.first && shoal_comm_rank(tp) == 0) {
             from = s->dist->prev;
             SHOAL_TRY(shoal_comm_recv(s->dist->world, &h, sizeof h, from));
@@ -243,6 +272,7 @@ shoal_status shoal_follow(struct shoal_state *s) {
             return shoal_errorf(SHOAL_COMM, "a step reached stage %d without hidden states",
                                 m->part.stage);
         SHOAL_TRY(run_step(s, &h, &b, x));
+        tally(s, h.n_tokens, bytes0, seconds0);
     }
 }
 

@@ -121,8 +121,15 @@ struct shoal_state_params {
     const struct shoal_dist *dist; /* NULL: one rank */
 };
 
+/* Communication of one kind of step on this rank (prompt or single-token). */
+struct shoal_step_comm {
+    uint64_t steps, tokens, bytes;
+    double seconds;
+};
+
 struct shoal_state {
     const struct shoal_model *m;
+    struct shoal_step_comm comm_prompt, comm_decode; /* filled by the step protocol */
     const struct shoal_dist *dist;
     struct shoal_kv_desc kvd;  /* local KV heads */
     int n_ctx, n_batch, n_outputs;
