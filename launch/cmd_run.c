@@ -227,9 +227,14 @@ static shoal_status load(struct run *r) {
     if (r->o.n_ctx > hp->n_ctx_train && r->rank == 0)
         fprintf(stderr, "shoal run: warning: context %d is longer than the %d the model was trained on\n",
                 r->o.n_ctx, hp->n_ctx_train);
+    /* only the best logits need travel when the sampler looks at no others: greedy, or
+     * top-k without penalties (which would lift other tokens); never for --logits-out */
+    const struct shoal_sampler_params *sp = &r->o.sp;
+    int plain = sp->repeat_penalty == 1.0f && sp->freq_penalty == 0 && sp->presence_penalty == 0;
+    int topk = r->o.logits_path || !plain ? 0 : sp->temp <= 0 ? 1 : sp->top_k > 0 && sp->top_k <= 1024 ? sp->top_k : 0;
     struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
                                       .n_outputs = r->o.logits_path ? r->o.n_batch : 1,
-                                      .kv_type = r->o.kv_type, .dist = r->dist };
+                                      .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist };
     return shoal_state_create(&r->st, r->m, &stp);
 }
 

@@ -32,7 +32,7 @@ struct step_head {
     int32_t n_tokens, n_seq, max_blocks, block_size;
     int32_t out0, n_out;
     int32_t has_x; /* the body ends with n_tokens x dim f32 hidden states */
-    int32_t reserved;
+    int32_t topk;  /* > 0: only each row's topk best logits come back */
 };
 
 /* ------------------------------------------------------------------ dist */
@@ -118,7 +118,8 @@ static shoal_status check_head(struct shoal_state *s, const struct step_head *h,
     if (h->kind == STEP_STOP) return SHOAL_OK;
     if (h->kind != STEP_RUN || h->n_tokens < 1 || h->n_tokens > s->n_batch || h->n_seq < 1 ||
         h->max_blocks < 1 || h->block_size < 1 || h->n_out < 0 || h->out0 < 0 ||
-        h->out0 + h->n_out > h->n_tokens || h->n_out > s->n_outputs ||
+        h->out0 + h->n_out > h->n_tokens || h->n_out > s->n_outputs || h->topk < 0 ||
+        h->topk > s->topk ||
         (int64_t)h->n_seq * h->max_blocks > (1 << 24) ||
         h->body_bytes != body_bytes(h, s->m->hp.dim))
         return shoal_errorf(SHOAL_COMM, "rank %d sent a malformed step (%d tokens, %llu bytes)",
@@ -195,12 +196,17 @@ static shoal_status run_step(struct shoal_state *s, const struct step_head *h,
         SHOAL_TRY(pack(s, &out, b, 1));
         out.out0 = h->out0;
         out.n_out = h->n_out;
+        out.topk = h->topk;
         return pass_on(s, &out);
     }
-    SHOAL_TRY(shoal_run_head(s, b->n_tokens, h->out0, h->n_out));
-    if (lead && s->dist && shoal_comm_rank(s->dist->world) != 0 && h->n_out > 0)
+    SHOAL_TRY(shoal_run_head(s, b->n_tokens, h->out0, h->n_out, h->topk));
+    if (lead && s->dist && shoal_comm_rank(s->dist->world) != 0 && h->n_out > 0) {
+        if (h->topk)
+            return shoal_comm_send(s->dist->world, s->cands,
+                                   (size_t)h->n_out * h->topk * sizeof *s->cands, 0);
         return shoal_comm_send(s->dist->world, s->gathered,
                                (size_t)h->n_out * m->hp.n_vocab * sizeof(float), 0);
+    }
     return SHOAL_OK;
 }
 
@@ -219,8 +225,10 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
     if (n_out < 0 || out0 < 0 || out0 + n_out > n || n_out > s->n_outputs)
         return shoal_errorf(SHOAL_INTERNAL, "output rows %d-%d of a %d-token batch (at most %d)",
                             out0, out0 + n_out - 1, n, s->n_outputs);
+    /* top-k candidates travel instead of rows only between ranks */
+    const int topk = s->dist ? s->topk : 0;
     struct step_head h = { STEP_MAGIC, STEP_VERSION, STEP_RUN, 0, n, b->n_seq, b->max_blocks,
-                           b->block_size, out0, n_out, 0, 0 };
+                           b->block_size, out0, n_out, 0, topk };
     uint64_t bytes0;
     double seconds0;
     comm_total(s, &bytes0, &seconds0);
@@ -228,11 +236,19 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
         SHOAL_TRY(pack(s, &h, b, 0));
         h.out0 = out0;
         h.n_out = n_out;
+        h.topk = topk;
         SHOAL_TRY(share(s, &h));
     }
     SHOAL_TRY(run_step(s, &h, b, NULL));
     size_t bytes = (size_t)n_out * m->hp.n_vocab * sizeof(float);
-    if (n_out > 0 && m->part.last) { /* one stage: the logits are here */
+    if (n_out > 0 && topk) {
+        if (!m->part.last) { /* from the last stage */
+            int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
+            SHOAL_TRY(shoal_comm_recv(s->dist->world, s->cands,
+                                      (size_t)n_out * topk * sizeof *s->cands, last_lead));
+        }
+        shoal_expand_cands(s->cands, n_out, topk, m->hp.n_vocab, logits);
+    } else if (n_out > 0 && m->part.last) { /* one stage: the logits are here */
         memcpy(logits, s->gathered, bytes);
     } else if (n_out > 0) {
         int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;

@@ -13,8 +13,12 @@ shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b)
 shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b);
 /*
  * Last stage: the logits of rows [out0, out0 + n_out) of an n-token batch,
- * assembled in s->gathered (n_out x n_vocab) on the stage's first rank.
+ * assembled on the stage's first rank: whole rows in s->gathered (n_out x
+ * n_vocab), or with topk > 0 each row's topk best in s->cands (n_out x
+ * topk, best first, ties to the lower id).
  */
-shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out);
+shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out, int topk);
+/* Rows of logits from candidates: -infinity but for the candidates' tokens. */
+void shoal_expand_cands(const struct shoal_cand *c, int n_out, int topk, int n_vocab, float *logits);
 
 #endif

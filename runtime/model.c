@@ -501,7 +501,12 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
         *slots[i] = (float *)at;
         at += (counts[i] * sizeof(float) + 63) / 64 * 64;
     }
+    s->topk = p->topk > 0 ? (p->topk < hp->n_vocab ? p->topk : hp->n_vocab) : 0;
     if (m->part.last && !(s->gathered = malloc((size_t)s->n_outputs * hp->n_vocab * sizeof(float)))) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the logits");
+        goto fail;
+    }
+    if (s->topk && !(s->cands = malloc((size_t)s->n_outputs * (size_t)s->topk * sizeof *s->cands))) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the logits");
         goto fail;
     }
@@ -517,6 +522,7 @@ void shoal_state_destroy(struct shoal_state *s) {
     shoal_backend_free(s->m->be, s->kv);
     shoal_backend_free(s->m->be, s->act);
     free(s->gathered);
+    free(s->cands);
     free(s->msg);
     free(s);
 }
@@ -580,55 +586,122 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
     return shoal_backend_synchronize(be);
 }
 
-shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out) {
+/* a before b: the larger logit, ties to the lower token id (greedy's choice) */
+static int better(const struct shoal_cand *a, const struct shoal_cand *b) {
+    return a->v > b->v || (a->v == b->v && a->id < b->id);
+}
+
+/* The k best of n candidates into out, best first (k small: a sorted insert). */
+static void select_best(const struct shoal_cand *in, int n, int k, struct shoal_cand *out) {
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        if (have == k && !better(&in[i], &out[k - 1])) continue;
+        int at = have < k ? have++ : k - 1;
+        while (at > 0 && better(&in[i], &out[at - 1])) {
+            out[at] = out[at - 1];
+            at--;
+        }
+        out[at] = in[i];
+    }
+    for (; have < k; have++) out[have] = (struct shoal_cand){ -INFINITY, INT32_MAX };
+}
+
+/* The k best of a row of n logits whose first token is id0. */
+static void row_best(const float *row, int n, int id0, int k, struct shoal_cand *out) {
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        struct shoal_cand c = { row[i], id0 + i };
+        if (have == k && !better(&c, &out[k - 1])) continue;
+        int at = have < k ? have++ : k - 1;
+        while (at > 0 && better(&c, &out[at - 1])) {
+            out[at] = out[at - 1];
+            at--;
+        }
+        out[at] = c;
+    }
+    for (; have < k; have++) out[have] = (struct shoal_cand){ -INFINITY, INT32_MAX };
+}
+
+void shoal_expand_cands(const struct shoal_cand *c, int n_out, int topk, int n_vocab, float *logits) {
+    for (int i = 0; i < n_out; i++) {
+        float *row = logits + (size_t)i * n_vocab;
+        for (int v = 0; v < n_vocab; v++) row[v] = -INFINITY;
+        for (int j = 0; j < topk; j++) {
+            const struct shoal_cand *x = &c[(size_t)i * topk + j];
+            if (x->id >= 0 && x->id < n_vocab) row[x->id] = x->v;
+        }
+    }
+}
+
+shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out, int topk) {
     const struct shoal_model *m = s->m;
     const struct shoal_hparams *hp = &m->hp;
     const int dim = hp->dim;
     if (n_out == 0) return SHOAL_OK;
-    if (out0 < 0 || out0 + n_out > n || n_out > s->n_outputs)
-        return shoal_errorf(SHOAL_INTERNAL, "output rows %d-%d of a %d-token batch (at most %d)",
-                            out0, out0 + n_out - 1, n, s->n_outputs);
+    if (out0 < 0 || out0 + n_out > n || n_out > s->n_outputs || topk < 0 || topk > s->topk)
+        return shoal_errorf(SHOAL_INTERNAL, "output rows %d-%d of a %d-token batch (at most %d, top %d)",
+                            out0, out0 + n_out - 1, n, s->n_outputs, topk);
     /* the final norm only for the rows whose logits are wanted */
     SHOAL_TRY(shoal_op_rmsnorm(m->be, s->xb, s->x + (size_t)out0 * dim, m->output_norm, n_out, dim,
                                hp->rms_eps));
     SHOAL_TRY(shoal_op_matmul(m->be, s->logits, &m->output, s->xb, n_out));
     SHOAL_TRY(shoal_backend_synchronize(m->be));
-    size_t local = (size_t)n_out * m->n_vocab_l;
-    if (!s->dist || shoal_comm_size(s->dist->tp) == 1)
-        return shoal_backend_download(m->be, s->gathered, s->logits, local * sizeof(float));
-    /* the group's vocabulary slices to its first rank, then row by row into place */
-    struct shoal_comm *tp = s->dist->tp;
-    const int size = shoal_comm_size(tp), stage = m->part.stage;
-    const struct shoal_rank_part *parts = &s->dist->plan->part[stage * size];
-    size_t *bytes = malloc(sizeof(size_t) * (size_t)size);
-    float *mine = malloc(local * sizeof(float)), *all = NULL;
-    shoal_status rc = SHOAL_OK;
-    if (!bytes || !mine) {
-        rc = shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
-        goto done;
-    }
-    for (int r = 0; r < size; r++)
-        bytes[r] = (size_t)n_out * (size_t)(parts[r].v1 - parts[r].v0) * sizeof(float);
-    SHOAL_TRY_GOTO(shoal_backend_download(m->be, mine, s->logits, local * sizeof(float)), rc, done);
-    if (shoal_comm_rank(tp) == 0 &&
-        !(all = malloc((size_t)n_out * hp->n_vocab * sizeof(float)))) {
-        rc = shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
-        goto done;
-    }
-    SHOAL_TRY_GOTO(shoal_comm_gatherv(tp, mine, bytes, all, 0), rc, done);
-    if (shoal_comm_rank(tp) == 0) {
-        const float *src = all;
-        for (int r = 0; r < size; r++) {
-            int v0 = parts[r].v0, nv = parts[r].v1 - parts[r].v0;
-            for (int i = 0; i < n_out; i++)
-                memcpy(s->gathered + (size_t)i * hp->n_vocab + v0, src + (size_t)i * nv,
-                       (size_t)nv * sizeof(float));
-            src += (size_t)n_out * nv;
+    const size_t local = (size_t)n_out * m->n_vocab_l;
+    const int size = s->dist ? shoal_comm_size(s->dist->tp) : 1;
+    float *mine = malloc(local * sizeof(float));
+    if (!mine) return shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
+    shoal_status rc = shoal_backend_download(m->be, mine, s->logits, local * sizeof(float));
+    if (rc == SHOAL_OK && topk) {
+        /* each rank's best of its slice to the first, which keeps the best of all */
+        const size_t per = (size_t)n_out * topk;
+        struct shoal_cand *c = malloc(per * ((size_t)size + 1) * sizeof *c), *best = c + per * size;
+        size_t *bytes = malloc(sizeof(size_t) * (size_t)size);
+        if (!c || !bytes) rc = shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
+        for (int i = 0; rc == SHOAL_OK && i < n_out; i++)
+            row_best(mine + (size_t)i * m->n_vocab_l, m->n_vocab_l, m->part.v0, topk,
+                     best + (size_t)i * topk);
+        for (int r = 0; rc == SHOAL_OK && r < size; r++) bytes[r] = per * sizeof *c;
+        if (rc == SHOAL_OK && size > 1) rc = shoal_comm_gatherv(s->dist->tp, best, bytes, c, 0);
+        else if (rc == SHOAL_OK) memcpy(c, best, per * sizeof *c);
+        if (rc == SHOAL_OK && (size == 1 || shoal_comm_rank(s->dist->tp) == 0)) {
+            struct shoal_cand *row = malloc((size_t)size * topk * sizeof *row);
+            if (!row) rc = shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
+            for (int i = 0; rc == SHOAL_OK && i < n_out; i++) {
+                for (int r = 0; r < size; r++)
+                    memcpy(row + (size_t)r * topk, c + ((size_t)r * n_out + i) * topk,
+                           (size_t)topk * sizeof *row);
+                select_best(row, size * topk, topk, s->cands + (size_t)i * topk);
+            }
+            free(row);
         }
+        free(c);
+        free(bytes);
+    } else if (rc == SHOAL_OK && size == 1) {
+        memcpy(s->gathered, mine, local * sizeof(float));
+    } else if (rc == SHOAL_OK) {
+        /* the group's vocabulary slices to its first rank, then row by row into place */
+        struct shoal_comm *tp = s->dist->tp;
+        const struct shoal_rank_part *parts = &s->dist->plan->part[m->part.stage * size];
+        size_t *bytes = malloc(sizeof(size_t) * (size_t)size);
+        float *all = shoal_comm_rank(tp) == 0 ? malloc((size_t)n_out * hp->n_vocab * sizeof(float)) : NULL;
+        if (!bytes || (shoal_comm_rank(tp) == 0 && !all))
+            rc = shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
+        for (int r = 0; rc == SHOAL_OK && r < size; r++)
+            bytes[r] = (size_t)n_out * (size_t)(parts[r].v1 - parts[r].v0) * sizeof(float);
+        if (rc == SHOAL_OK) rc = shoal_comm_gatherv(tp, mine, bytes, all, 0);
+        if (rc == SHOAL_OK && shoal_comm_rank(tp) == 0) {
+            const float *src = all;
+            for (int r = 0; r < size; r++) {
+                int v0 = parts[r].v0, nv = parts[r].v1 - parts[r].v0;
+                for (int i = 0; i < n_out; i++)
+                    memcpy(s->gathered + (size_t)i * hp->n_vocab + v0, src + (size_t)i * nv,
+                           (size_t)nv * sizeof(float));
+                src += (size_t)n_out * nv;
+            }
+        }
+        free(bytes);
+        free(all);
     }
-done:
-    free(bytes);
     free(mine);
-    free(all);
     return rc;
 }

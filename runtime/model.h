@@ -20,6 +20,12 @@
 
 struct shoal_comm;
 
+/* A logit and its token: the top-k candidates that travel instead of a row. */
+struct shoal_cand {
+    float v;
+    int32_t id;
+};
+
 struct shoal_hparams {
     char arch[32];           /* general.architecture */
     char name[96];           /* general.name, or the file name */
@@ -118,6 +124,12 @@ struct shoal_state_params {
     int n_batch;   /* most tokens per forward call */
     int n_outputs; /* most rows of logits per forward call (<= n_batch; 0: 1) */
     int kv_type;   /* enum shoal_kv_type */
+    /*
+     * > 0: the caller needs only the topk largest logits of each row (greedy
+     * decoding, or top-k sampling without penalties), so only they travel
+     * between ranks; the rest of a row comes back as -infinity. 0: whole rows.
+     */
+    int topk;
     const struct shoal_dist *dist; /* NULL: one rank */
 };
 
@@ -132,7 +144,7 @@ struct shoal_state {
     struct shoal_step_comm comm_prompt, comm_decode; /* filled by the step protocol */
     const struct shoal_dist *dist;
     struct shoal_kv_desc kvd;  /* local KV heads */
-    int n_ctx, n_batch, n_outputs;
+    int n_ctx, n_batch, n_outputs, topk;
     void *kv;          /* device: per local layer, K then V, n_ctx slots each */
     void *act;         /* device: the activations below, one block */
     float *x;          /* (n_batch, dim) residual stream */
@@ -144,6 +156,7 @@ struct shoal_state {
     double *yd;        /* (n_batch, dim): row-parallel projections, summed in f64 */
     float *logits;     /* (n_outputs, local vocab) */
     float *gathered;   /* host (n_outputs, n_vocab): the stage's first rank assembles logits */
+    struct shoal_cand *cands; /* host (n_outputs, topk): the top-k candidates, when topk */
     void *msg;         /* host: one step's message (batch arrays and hidden states) */
     size_t msg_cap;
     uint64_t kv_bytes, act_bytes;

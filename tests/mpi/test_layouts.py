@@ -108,3 +108,18 @@ def test_plan_refusal_says_what_works():
     assert p.returncode != 0
     err = p.stderr.decode()
     assert err.count("Tensor-parallel sizes that work: 1, 2, 3, 4, 8") == 1, err
+
+
+@pytest.mark.parametrize("sampling", [
+    ["--temp", 1.0, "--seed", 7],                                   # top-k 40: candidates travel
+    ["--temp", 0.9, "--seed", 3, "--repeat-penalty", 1.2],          # penalties: whole rows travel
+    ["--temp", 1.0, "--seed", 9, "--top-k", 0, "--top-p", 0.9],     # no top-k: whole rows
+])
+def test_sampling_matches_one_rank(sampling, tmp_path):
+    """Sampled text (same seed) is the same over any layout: the logits that
+    reach the sampler, whole or as top-k candidates, are the same."""
+    args = ["-m", h.testdata("stories260K.gguf"), "-p", "Once upon", "-n", 96, "-q"] + sampling
+    one, _ = run_layout(1, 1, args, tmp_path, "s")
+    for tp, pp in [(2, 1), (1, 2), (2, 2)]:
+        out, _ = run_layout(tp, pp, args, tmp_path, "s")
+        assert out == one, f"tp {tp} x pp {pp} sampled other text with {sampling}"
