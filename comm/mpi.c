@@ -3,12 +3,21 @@
  * become SHOAL_COMM with the call, the rank and MPI's own words. Counts
  * above INT_MAX bytes go in pieces. Only the thread that called
  * shoal_comm_init_world makes MPI calls (MPI_THREAD_FUNNELED).
+ *
+ * Waiting: a blocking MPI call polls its transports flat out, so a rank
+ * waiting for the next pipeline step (most of the time, in a pipeline)
+ * would take a core from a rank that computes, when ranks share cores.
+ * Calls are started non-blocking instead and waited for by polling for a
+ * short while, then sleeping between polls with a growing pause (at most
+ * 100 us): a little latency on a long wait for the cores back.
  */
+#define _GNU_SOURCE
 #include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm_impl.h"
 
@@ -33,6 +42,22 @@ static int my_rank(const struct mpi_ctx *m) {
 
 #define MPI_TRY(m, call) SHOAL_TRY(check((call), #call, my_rank(m)))
 
+/* Completes a request: polls for 50 us, then sleeps between polls (see the top). */
+static shoal_status wait(struct mpi_ctx *m, MPI_Request *req, MPI_Status *st, const char *call) {
+    double t0 = shoal_now();
+    long pause_ns = 2000;
+    for (;;) {
+        int done = 0;
+        int err = MPI_Test(req, &done, st ? st : MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS) return check(err, call, my_rank(m));
+        if (done) return SHOAL_OK;
+        if (shoal_now() - t0 < 50e-6) continue;
+        struct timespec ts = { 0, pause_ns };
+        nanosleep(&ts, NULL);
+        if (pause_ns < 100000) pause_ns *= 2;
+    }
+}
+
 static void mpi_destroy(void *ctx) {
     struct mpi_ctx *m = ctx;
     if (m && m->owned) MPI_Comm_free(&m->comm);
@@ -53,8 +78,9 @@ static shoal_status mpi_allgather(void *ctx, const void *send, size_t bytes, voi
     struct mpi_ctx *m = ctx;
     if (bytes > INT_MAX)
         return shoal_errorf(SHOAL_UNSUPPORTED, "all-gather of %zu bytes per rank (limit 2 GiB)", bytes);
-    MPI_TRY(m, MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->comm));
-    return SHOAL_OK;
+    MPI_Request req;
+    MPI_TRY(m, MPI_Iallgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->comm, &req));
+    return wait(m, &req, NULL, "MPI_Iallgather");
 }
 
 static shoal_status mpi_gatherv(void *ctx, const void *send, const size_t *bytes, void *recv,
@@ -74,9 +100,11 @@ static shoal_status mpi_gatherv(void *ctx, const void *send, const size_t *bytes
         displs[r] = (int)off;
         off += bytes[r];
     }
-    shoal_status rc = check(MPI_Gatherv(send, counts[rank], MPI_BYTE, recv, counts, displs,
-                                        MPI_BYTE, root, m->comm),
-                            "MPI_Gatherv", rank);
+    MPI_Request req;
+    shoal_status rc = check(MPI_Igatherv(send, counts[rank], MPI_BYTE, recv, counts, displs,
+                                         MPI_BYTE, root, m->comm, &req),
+                            "MPI_Igatherv", rank);
+    if (rc == SHOAL_OK) rc = wait(m, &req, NULL, "MPI_Igatherv");
     free(counts);
     return rc;
 }
@@ -85,7 +113,9 @@ static shoal_status mpi_bcast(void *ctx, void *buf, size_t bytes, int root) {
     struct mpi_ctx *m = ctx;
     for (size_t off = 0; off < bytes; off += INT_MAX) {
         size_t k = bytes - off < INT_MAX ? bytes - off : INT_MAX;
-        MPI_TRY(m, MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, m->comm));
+        MPI_Request req;
+        MPI_TRY(m, MPI_Ibcast((char *)buf + off, (int)k, MPI_BYTE, root, m->comm, &req));
+        SHOAL_TRY(wait(m, &req, NULL, "MPI_Ibcast"));
     }
     return SHOAL_OK;
 }
@@ -95,7 +125,9 @@ static shoal_status mpi_send(void *ctx, const void *buf, size_t bytes, int peer)
     size_t off = 0;
     do {
         size_t k = bytes - off < INT_MAX ? bytes - off : INT_MAX;
-        MPI_TRY(m, MPI_Send((const char *)buf + off, (int)k, MPI_BYTE, peer, 0, m->comm));
+        MPI_Request req;
+        MPI_TRY(m, MPI_Isend((const char *)buf + off, (int)k, MPI_BYTE, peer, 0, m->comm, &req));
+        SHOAL_TRY(wait(m, &req, NULL, "MPI_Isend"));
         off += k;
     } while (off < bytes);
     return SHOAL_OK;
@@ -107,7 +139,9 @@ static shoal_status mpi_recv(void *ctx, void *buf, size_t bytes, int peer) {
     do {
         size_t k = bytes - off < INT_MAX ? bytes - off : INT_MAX;
         MPI_Status st;
-        MPI_TRY(m, MPI_Recv((char *)buf + off, (int)k, MPI_BYTE, peer, 0, m->comm, &st));
+        MPI_Request req;
+        MPI_TRY(m, MPI_Irecv((char *)buf + off, (int)k, MPI_BYTE, peer, 0, m->comm, &req));
+        SHOAL_TRY(wait(m, &req, &st, "MPI_Irecv"));
         int got = 0;
         MPI_Get_count(&st, MPI_BYTE, &got);
         if ((size_t)got != k)
@@ -120,8 +154,9 @@ static shoal_status mpi_recv(void *ctx, void *buf, size_t bytes, int peer) {
 
 static shoal_status mpi_barrier(void *ctx) {
     struct mpi_ctx *m = ctx;
-    MPI_TRY(m, MPI_Barrier(m->comm));
-    return SHOAL_OK;
+    MPI_Request req;
+    MPI_TRY(m, MPI_Ibarrier(m->comm, &req));
+    return wait(m, &req, NULL, "MPI_Ibarrier");
 }
 
 static int mpi_local_size(void *ctx) {
