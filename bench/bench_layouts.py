@@ -11,6 +11,8 @@ and the links allow for decoding, from a simple model:
 
   per token  >=  compute  +  messages on the critical path x (latency + bytes / bandwidth)
 
+(bytes beyond tbf's 128 KiB bucket: smaller messages leave at once)
+
 where compute is the one-rank, one-thread decode time on this machine
 divided by the ranks that compute at once (a stage's tensor-parallel
 ranks, at most the machine's cores: the emulated hosts share them, and
@@ -43,6 +45,7 @@ MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1), (1, 4)]
 WIRES = ["f64", "f32", "q8"]
 RTT_MS, GBIT = 2.0, 1.0  # the emulated link: 1 ms each way, 1 Gbit/s
+BURST = 128 * 1024      # tbf's bucket (lan.sh): a message this small passes at once
 
 STATS = re.compile(r"prompt (\d+) tokens in ([0-9.]+) s .*? (\d+) decode steps in ([0-9.]+) s")
 RANK = re.compile(r"rank (\d+) \(stage (\d+), tp (\d+)\): generation ([0-9.]+) KiB/token sent, "
@@ -80,18 +83,22 @@ def run_args(shoal, model, prompt, n_gen, tp, pp, wire, threads):
             "--comm-dtype", wire]
 
 
+def link_ms(nbytes):
+    """Time a message of nbytes takes on an emulated link: latency, then what tbf's bucket cannot pass."""
+    return RTT_MS / 2 + max(0.0, nbytes - BURST) * 8 / (GBIT * 1e9) * 1e3
+
+
 def bound_ms(t1_ms, cores, tp, pp, layers, dim, wire):
     """The decode bound on the emulated LAN (see the module docstring)."""
-    lat = RTT_MS / 2
     wb = {"f64": 8, "f32": 4, "f16": 2, "q8": 34 / 32}[wire]
     t = t1_ms / min(tp, cores)
     if tp > 1:
         rounds = math.ceil(math.log2(tp))
-        per_ar = rounds * lat + (tp - 1) * dim * wb * 8 / (GBIT * 1e9) * 1e3
+        per_ar = rounds * link_ms(dim * wb * tp / 2)  # recursive doubling: half the data in the last round
         t += 2 * layers * per_ar          # two all-reduces per layer, every layer in series
-        t += pp * rounds * lat            # each stage shares the step within its group
+        t += pp * rounds * link_ms(256)   # each stage shares the step within its group
     if pp > 1:
-        t += pp * lat + pp * dim * 4 * 8 / (GBIT * 1e9) * 1e3  # hand-offs and the logits back
+        t += pp * link_ms(dim * 4 + 256)  # hand-offs, and the candidates back to rank 0
     return t
 
 
