@@ -124,7 +124,5 @@ static inline void mm_drive_f64(const struct mm_task *t, int64_t r0, int64_t r1,
         mm_drive_f64(t, r0, r1, row_f64_##type);                                           \
     }
 
-/* The portable f64 kernels, for levels that have no faster ones. */
-extern const mm_fn shoal_cpu_mm_f64_scalar[SHOAL_DTYPE_MAX];
 
 #endif

@@ -97,68 +97,6 @@ static float dot_f32(const float *a, const float *b, int n) {
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
-static float row_f32(const struct mm_task *t, int64_t r, int tok) {
-    const int64_t cols = t->w->cols;
-    const float *w = (const float *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
-    return dot_f32(w, t->x + tok * cols, (int)cols);
-}
-
-/* A row of 16-bit floats (f16 or bf16, by cvt) times f32 activations. */
-static inline float row_half(const struct mm_task *t, int64_t r, int tok, float (*cvt)(uint16_t)) {
-    const int64_t cols = t->w->cols;
-    const uint16_t *w = (const uint16_t *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
-    const float *x = t->x + tok * cols;
-    float s = 0;
-    for (int64_t i = 0; i < cols; i++) s += cvt(w[i]) * x[i];
-    return s;
-}
-
-static float row_f16(const struct mm_task *t, int64_t r, int tok) {
-    return row_half(t, r, tok, shoal_f16_to_f32);
-}
-
-static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
-    return row_half(t, r, tok, shoal_bf16_to_f32);
-}
-
-static float row_q8_0(const struct mm_task *t, int64_t r, int tok) {
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK;
-    const struct shoal_block_q8_0 *w =
-        (const void *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
-    const int8_t *xq = t->xq + tok * cols;
-    const float *xd = t->xd + tok * nb;
-    float s = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        int sum = 0;
-        for (int j = 0; j < SHOAL_QK; j++) sum += w[b].qs[j] * xq[b * SHOAL_QK + j];
-        s += shoal_f16_to_f32(w[b].d) * xd[b] * (float)sum;
-    }
-    return s;
-}
-
-static float row_q4_0(const struct mm_task *t, int64_t r, int tok) {
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK;
-    const struct shoal_block_q4_0 *w =
-        (const void *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
-    const int8_t *xq = t->xq + tok * cols;
-    const float *xd = t->xd + tok * nb;
-    float s = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        int sum = 0;
-        for (int j = 0; j < SHOAL_QK / 2; j++) {
-            sum += ((w[b].qs[j] & 0x0f) - 8) * xq[b * SHOAL_QK + j];
-            sum += ((w[b].qs[j] >> 4) - 8) * xq[b * SHOAL_QK + j + 16];
-        }
-        s += shoal_f16_to_f32(w[b].d) * xd[b] * (float)sum;
-    }
-    return s;
-}
-
-MM_ROW_DRIVER(f32)
-MM_ROW_DRIVER(f16)
-MM_ROW_DRIVER(bf16)
-MM_ROW_DRIVER(q8_0)
-MM_ROW_DRIVER(q4_0)
 #undef DRIVER
 
 /* ------------------------------------------------------------ f64 sums */
@@ -232,13 +170,20 @@ MM_ROW_DRIVER_F64(bf16)
 MM_ROW_DRIVER_F64(q8_0)
 MM_ROW_DRIVER_F64(q4_0)
 
-const mm_fn shoal_cpu_mm_f64_scalar[SHOAL_DTYPE_MAX] = {
-    [SHOAL_DTYPE_F32] = mm_f64_f32,
-    [SHOAL_DTYPE_F16] = mm_f64_f16,
-    [SHOAL_DTYPE_BF16] = mm_f64_bf16,
-    [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
-    [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
-};
+/* The f32 kernels of this level are the f64 sums, rounded: slower than
+ * summing in f32, and the reference the other levels are held to. */
+#define ROUNDED(type)                                                                      \
+    static float row_##type(const struct mm_task *t, int64_t r, int tok) {                 \
+        return (float)row_f64_##type(t, r, tok);                                           \
+    }                                                                                      \
+    MM_ROW_DRIVER(type)
+ROUNDED(f32)
+ROUNDED(f16)
+ROUNDED(bf16)
+ROUNDED(q8_0)
+ROUNDED(q4_0)
+#undef ROUNDED
+
 
 const struct cpu_kernels shoal_cpu_kernels_scalar = {
     .name = "scalar",
