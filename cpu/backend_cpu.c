@@ -170,7 +170,7 @@ static size_t xq_bytes(int64_t cols, int n, int lanes) {
 static void quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, int type, char *base,
                        struct mm_task *t) {
     int64_t nb = cols / SHOAL_QK;
-    int q4 = type == SHOAL_DTYPE_Q4_0;
+    int q4 = type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
     int lanes = q4 && c->k->q4_lane_vectors ? 4 : 0;
     int64_t nv = nb / 4 * 4 * lanes;
     t->xq = (int8_t *)base; /* cols % 32 == 0: what follows stays aligned */
@@ -197,11 +197,11 @@ static shoal_status run_matmul(struct cpu_ctx *c, int k, float *const *y, double
         if (!(job.fn[i] = yd ? c->k->mm_f64[type] : c->k->mm[type]))
             return shoal_errorf(SHOAL_UNSUPPORTED,
                                 "the CPU backend has no matmul for %s weights (it has f32, f16, "
-                                "bf16, q8_0 and q4_0)",
+                                "bf16, q8_0, q4_0 and q4_1)",
                                 shoal_dtype_name(type));
         job.task[i] = (struct mm_task){ .w = w[i], .n = n, .x = x, .y = y ? y[i] : NULL, .yd = yd };
-        if (type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0) {
-            int f = type == SHOAL_DTYPE_Q4_0;
+        if (type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1) {
+            int f = type != SHOAL_DTYPE_Q8_0; /* the 4-bit types share a layout */
             if (!have[f]) {
                 SHOAL_TRY(grow(&c->xbuf, &c->xbuf_cap, 2 * one));
                 quantize_x(c, x, cols, n, type, (char *)c->xbuf + (size_t)f * one, &done[f]);
@@ -418,12 +418,20 @@ static void att_worker(void *arg, int ith, int nth) {
     const int hd = d->head_dim, group = j->n_heads / d->n_kv_heads;
     float (*dot)(const float *, const void *, int) = j->c->k->kv_dot[d->type];
     void (*axpy)(float *, float, const void *, int) = j->c->k->kv_axpy[d->type];
-    float *scores = j->c->att + (size_t)ith * j->c->att_cap;
+    float *scores = j->c->att + (size_t)ith * j->c->att_cap, *qh = scores + j->c->att_cap - hd;
+    /* With an f16 cache, queries and weights are rounded to f16 too, as
+     * llama.cpp does (its K q and V softmax products take f16 operands):
+     * the same rounding keeps greedy tokens on its path for longer. */
+    const int f16 = d->type == SHOAL_KV_F16;
     /* round robin: later tokens attend to more positions, so contiguous shares
      * would leave the last thread with most of a prompt's work */
     for (long long it = ith; it < (long long)b->n_tokens * j->n_heads; it += nth) {
         int t = (int)(it / j->n_heads), h = (int)(it % j->n_heads), kvh = h / group;
         const float *q = j->q + ((int64_t)t * j->n_heads + h) * hd;
+        if (f16) {
+            for (int i = 0; i < hd; i++) qh[i] = shoal_f16_to_f32(shoal_f32_to_f16(q[i]));
+            q = qh;
+        }
         float *o = j->out + ((int64_t)t * j->n_heads + h) * hd;
         const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
         const size_t head_off = (size_t)kvh * d->head_bytes;
@@ -435,16 +443,18 @@ static void att_worker(void *arg, int ith, int nth) {
             scores[p] = s;
             if (s > max) max = s;
         }
-        float sum = 0;
+        double sum = 0;
         for (int p = 0; p < npos; p++) {
             scores[p] = expf(scores[p] - max);
             sum += scores[p];
         }
-        float inv = 1.0f / sum;
+        float inv = (float)(1.0 / sum);
         memset(o, 0, (size_t)hd * sizeof(float));
         for (int p = 0; p < npos; p++) {
             int64_t slot = (int64_t)table[p / b->block_size] * b->block_size + p % b->block_size;
-            axpy(o, scores[p] * inv, j->vc + slot * d->row_bytes + head_off, hd);
+            float w = scores[p] * inv;
+            if (f16) w = shoal_f16_to_f32(shoal_f32_to_f16(w));
+            axpy(o, w, j->vc + slot * d->row_bytes + head_off, hd);
         }
     }
 }
@@ -464,7 +474,7 @@ static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_
                                 "its block table", t, b->pos[t], b->seq[t]);
         if (b->pos[t] > max_pos) max_pos = b->pos[t];
     }
-    size_t cap = (size_t)max_pos + 1;
+    size_t cap = (size_t)max_pos + 1 + (size_t)d->head_dim; /* scores, then a rounded query */
     if (cap > c->att_cap) {
         void *p = c->att;
         size_t bytes = 0;

@@ -48,7 +48,7 @@ struct cpu_kernels {
      */
     mm_fn mm_f64[SHOAL_DTYPE_MAX];
     /*
-     * For Q4_0 weights, whether xq is grouped: in each full group of four
+     * For Q4_0 and Q4_1 weights, whether xq is grouped: in each full group of four
      * blocks the 64 low-half values (0..15 of blocks 0..3) come first, then
      * the 64 high-half values, matching how four blocks' nibbles unpack in
      * one 512-bit register; blocks past the last full group stay in order.

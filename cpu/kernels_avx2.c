@@ -9,6 +9,7 @@
  * Q4_0 wants its activations grouped and the lane vectors (kernels.h).
  */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -350,38 +351,61 @@ static double row_f64_q8_0(const struct mm_task *t, int64_t r, int tok) {
     return hsum_pd(acc);
 }
 
-static double row_f64_q4_0(const struct mm_task *t, int64_t r, int tok) {
+/*
+ * Q4_0 and Q4_1 (Q41) in f64 over grouped activations: Q4_0's lanes start at
+ * their correction (the lane vectors), Q4_1 adds m x (dx x sum of x) per block.
+ */
+INLINE double row_f64_q4x(const struct mm_task *t, int64_t r, int tok, const int Q41) {
+    const int BS = Q41 ? sizeof(struct shoal_block_q4_1) : sizeof(struct shoal_block_q4_0);
+    const int QO = Q41 ? 4 : 2; /* where the nibbles start in a block */
     const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, nv = nb / 4 * 16;
-    const struct shoal_block_q4_0 *w = row_ptr(t, r);
+    const uint8_t *w = row_ptr(t, r);
     const int8_t *x = t->xq + tok * cols;
-    const float *xd = t->xd + tok * nb;
+    const float *xd = t->xd + tok * nb, *xs = t->xs + tok * nb, *vd = t->xvd + tok * nv;
     const int32_t *vc = t->xvc + tok * nv, *xsum = t->xsum + tok * nb;
-    const float *vd = t->xvd + tok * nv;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     __m256d acc[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
+    double s = 0;
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4)
         for (int h = 0; h < 2; h++) { /* blocks b+2h, b+2h+1: the layout of q4_half */
-            const struct shoal_block_q4_0 *wp = w + b + 2 * h;
+            const uint8_t *w0 = w + (b + 2 * h) * BS, *w1 = w0 + BS;
             const int8_t *xp = x + b * SHOAL_QK + 32 * h;
-            __m256i q = _mm256_loadu2_m128i((const __m128i *)wp[1].qs, (const __m128i *)wp[0].qs);
+            __m256i q = _mm256_loadu2_m128i((const __m128i *)(w1 + QO), (const __m128i *)(w0 + QO));
             __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xp)),
                                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xp + 64))));
-            __m256i p = _mm256_add_epi32(sum_pairs(p16), _mm256_loadu_si256((const __m256i *)(vc + b * 4 + 8 * h)));
-            __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(d_pair(&wp[0], &wp[1]))), lanes);
+            __m256i p = sum_pairs(p16);
+            if (!Q41) p = _mm256_add_epi32(p, _mm256_loadu_si256((const __m256i *)(vc + b * 4 + 8 * h)));
+            __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(d_pair(w0, w1))), lanes);
             acc_f64(acc, p, _mm256_mul_ps(dw, _mm256_loadu_ps(vd + b * 4 + 8 * h)));
+            if (Q41) {
+                uint16_t m0, m1;
+                memcpy(&m0, w0 + 2, 2);
+                memcpy(&m1, w1 + 2, 2);
+                s += (double)f16(m0) * xs[b + 2 * h] + (double)f16(m1) * xs[b + 2 * h + 1];
+            }
         }
-    double s = hsum_pd(acc);
+    s += hsum_pd(acc);
     for (; b < nb; b++) { /* past the groups, in natural order */
+        const uint8_t *wb = w + b * BS, *qs = wb + QO;
+        uint16_t d, m;
+        memcpy(&d, wb, 2);
+        memcpy(&m, wb + 2, 2);
         int sum = 0;
         for (int j = 0; j < SHOAL_QK / 2; j++)
-            sum += (w[b].qs[j] & 0x0f) * x[b * SHOAL_QK + j] + (w[b].qs[j] >> 4) * x[b * SHOAL_QK + j + 16];
-        s += (double)(f16(w[b].d) * xd[b]) * (sum - 8 * xsum[b]);
+            sum += (qs[j] & 0x0f) * x[b * SHOAL_QK + j] + (qs[j] >> 4) * x[b * SHOAL_QK + j + 16];
+        if (Q41) s += (double)(f16(d) * xd[b]) * sum + (double)f16(m) * xs[b];
+        else s += (double)(f16(d) * xd[b]) * (sum - 8 * xsum[b]);
     }
     return s;
 }
+
+static double row_f64_q4_0(const struct mm_task *t, int64_t r, int tok) { return row_f64_q4x(t, r, tok, 0); }
+static double row_f64_q4_1(const struct mm_task *t, int64_t r, int tok) { return row_f64_q4x(t, r, tok, 1); }
+/* Q4_1 in f32 is the f64 sum rounded: this level has no faster Q4_1 path */
+static float row_q4_1(const struct mm_task *t, int64_t r, int tok) { return (float)row_f64_q4_1(t, r, tok); }
 
 /* f32 products of 8-value pieces (widened by load8) summed in f64. */
 INLINE double row_f64_wide(const struct mm_task *t, int64_t r, int tok, __m256 (*load8)(const void *, int64_t),
@@ -425,6 +449,8 @@ MM_ROW_DRIVER_F64(f16)
 MM_ROW_DRIVER_F64(bf16)
 MM_ROW_DRIVER_F64(q8_0)
 MM_ROW_DRIVER_F64(q4_0)
+MM_ROW_DRIVER_F64(q4_1)
+MM_ROW_DRIVER(q4_1)
 
 /* ------------------------------------------------------------- attention */
 
@@ -474,6 +500,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_BF16] = mm_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_q8,
         [SHOAL_DTYPE_Q4_0] = mm_q4,
+        [SHOAL_DTYPE_Q4_1] = mm_q4_1,
     },
     .mm_f64 = {
         [SHOAL_DTYPE_F32] = mm_f64_f32,
@@ -481,6 +508,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_BF16] = mm_f64_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
+        [SHOAL_DTYPE_Q4_1] = mm_f64_q4_1,
     },
     .q4_grouped = 1,
     .q4_lane_vectors = 1,

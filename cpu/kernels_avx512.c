@@ -12,6 +12,7 @@
  * block sums of x.
  */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -190,6 +191,19 @@ INLINE double q4_tail(const struct shoal_block_q4_0 *w, const struct mm_task *t,
     return s;
 }
 
+INLINE double q41_tail(const struct shoal_block_q4_1 *w, const struct mm_task *t, int64_t tok,
+                       int64_t b, int64_t nb) {
+    const int8_t *x = t->xq + tok * t->w->cols; /* past the groups: in natural order */
+    double s = 0;
+    for (; b < nb; b++) {
+        int sum = 0;
+        for (int e = 0; e < SHOAL_QK / 2; e++)
+            sum += (w[b].qs[e] & 0x0f) * x[b * SHOAL_QK + e] + (w[b].qs[e] >> 4) * x[b * SHOAL_QK + e + 16];
+        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * sum + (double)f16(w[b].m) * t->xs[tok * nb + b];
+    }
+    return s;
+}
+
 /*
  * The f64 accumulation of the mm_f64 kernels: a block's int32 sum (below
  * 2^20) times its f32 scale (24 bits) is exact in f64; four blocks at a
@@ -295,12 +309,27 @@ INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
     (void)rows;
 }
 
-INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
-                    const int EXACT) {
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows, nv = nb / 4 * 16;
+/* Four f16 fields at byte offset off of blocks b..b+3 of BS bytes, as floats. */
+INLINE __m128 f16x4_at(const uint8_t *w, int64_t b, const int BS, const int off) {
+    uint16_t h[4];
+    for (int k = 0; k < 4; k++) memcpy(&h[k], w + (b + k) * BS + off, 2);
+    return _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
+}
+
+/*
+ * Q4_0 and Q4_1 (Q41): the same nibbles, the same grouped activations. Q4_0
+ * starts each lane at its correction (-8 x sum of x); Q4_1 has no offset but
+ * adds m x (dx x sum of x) per block, into one lane of the block (f32) or
+ * straight into the f64 sums.
+ */
+INLINE void q4x_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
+                     const int EXACT, const int Q41) {
+    const int BS = Q41 ? sizeof(struct shoal_block_q4_1) : sizeof(struct shoal_block_q4_0);
+    const int QO = Q41 ? 4 : 2; /* where the nibbles start in a block */
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, nv = nb / 4 * 16;
     const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const struct shoal_block_q4_0 *w[QR];
+    const uint8_t *w[QR];
     __m512 acc[QR][QT];
     __m256d acc4[QR][QT]; /* EXACT: f64 sums of four blocks at a time */
     for (int i = 0; i < NR; i++) {
@@ -314,37 +343,59 @@ INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, c
     for (; b + 4 <= nb; b += 4) {
         __m512i lo[QR], hi[QR];
         __m512 dw[QR];
-        __m128 dw4[QR];
+        __m128 dw4[QR], mn4[QR];
         for (int i = 0; i < NR; i++) {
-            __m512i q = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)w[i][b].qs));
-            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[i][b + 1].qs), 1);
-            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[i][b + 2].qs), 2);
-            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)w[i][b + 3].qs), 3);
+            const uint8_t *q0 = w[i] + b * BS + QO;
+            __m512i q = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)q0));
+            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)(q0 + BS)), 1);
+            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)(q0 + 2 * BS)), 2);
+            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)(q0 + 3 * BS)), 3);
             lo[i] = _mm512_and_si512(q, m4);
             hi[i] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            dw4[i] = SCALES4(w[i], b);
+            dw4[i] = f16x4_at(w[i], b, BS, 0);
             dw[i] = spread_ps(lanes, dw4[i]);
+            if (Q41) mn4[i] = f16x4_at(w[i], b, BS, 2);
         }
         for (int j = 0; j < NT; j++) {
             const int64_t tok = t0 + j;
             const int8_t *x = t->xq + tok * cols + b * SHOAL_QK;
             const int32_t *vc = t->xvc + tok * nv + b * 4;
             const float *vd = t->xvd + tok * nv + b * 4;
+            const __m128 xd4 = _mm_loadu_ps(t->xd + tok * nb + b);
+            const __m128 xs4 = Q41 ? _mm_loadu_ps(t->xs + tok * nb + b) : _mm_setzero_ps();
             for (int i = 0; i < NR; i++) {
-                __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(vc), lo[i],
-                                                _mm512_loadu_si512((const void *)x));
+                __m512i p = Q41 ? _mm512_setzero_si512() : _mm512_loadu_si512(vc);
+                p = _mm512_dpbusd_epi32(p, lo[i], _mm512_loadu_si512((const void *)x));
                 p = _mm512_dpbusd_epi32(p, hi[i], _mm512_loadu_si512((const void *)(x + 64)));
-                if (EXACT) acc_f64_lanes4(&acc4[i][j], p, _mm_mul_ps(dw4[i], _mm_loadu_ps(t->xd + tok * nb + b)));
-                else
+                if (EXACT) {
+                    acc_f64_lanes4(&acc4[i][j], p, _mm_mul_ps(dw4[i], xd4));
+                    if (Q41)
+                        acc4[i][j] = _mm256_fmadd_pd(_mm256_cvtps_pd(mn4[i]), _mm256_cvtps_pd(xs4), acc4[i][j]);
+                } else {
                     acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], _mm512_loadu_ps(vd)),
                                                 acc[i][j]);
+                    if (Q41) /* m x xs into the first lane of each block */
+                        acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_maskz_permutexvar_ps(
+                                                      0x1111, lanes, _mm512_castps128_ps512(_mm_mul_ps(mn4[i], xs4))));
+                }
             }
         }
     }
     for (int i = 0; i < NR; i++)
         for (int j = 0; j < NT; j++)
-            tile_out(t, r0, t0, i, j, EXACT, acc[i][j], acc4[i][j], q4_tail(w[i], t, t0 + j, b, nb));
-    (void)rows;
+            tile_out(t, r0, t0, i, j, EXACT, acc[i][j], acc4[i][j],
+                     Q41 ? q41_tail((const struct shoal_block_q4_1 *)w[i], t, t0 + j, b, nb)
+                         : q4_tail((const struct shoal_block_q4_0 *)w[i], t, t0 + j, b, nb));
+}
+
+INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
+                    const int EXACT) {
+    q4x_tile(t, r0, t0, NR, NT, EXACT, 0);
+}
+
+INLINE void q41_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
+                     const int EXACT) {
+    q4x_tile(t, r0, t0, NR, NT, EXACT, 1);
 }
 
 /* One function per tile shape, so that each is compiled with its loops unrolled. */
@@ -396,6 +447,7 @@ _Static_assert(QR == 2 && QT == 6 && QT8 <= QT, "the tile table below lists 2 x 
  * with a tile of tokens passing all rows. */
 TILE_FNS(q8, QT8, MM_ROW_TILE)
 TILE_FNS(q4, QT, INT64_MAX)
+TILE_FNS(q41, QT, INT64_MAX)
 #undef TILE_FNS
 
 /* ---------------------------------------------------------- activations */
@@ -404,19 +456,13 @@ TILE_FNS(q4, QT, INT64_MAX)
 static void quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s, int32_t *isum,
                        int grouped, int lanes, int offset, int32_t *vc, float *vd) {
     const int64_t nb = cols / SHOAL_QK, full = grouped ? nb / 4 * 4 : 0;
-    const __m512 half = _mm512_set1_ps(0.5f);
-    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     for (int64_t b = 0; b < nb; b++) {
         __m512 a = _mm512_loadu_ps(x + b * SHOAL_QK), c = _mm512_loadu_ps(x + b * SHOAL_QK + 16);
         float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
-        float db = amax / 127.0f, id = db ? 1.0f / db : 0.0f;
-        a = _mm512_mul_ps(a, _mm512_set1_ps(id));
-        c = _mm512_mul_ps(c, _mm512_set1_ps(id));
-        /* f + copysign(0.5, f), truncated: half away from zero */
-        __m512i ia = _mm512_cvttps_epi32(_mm512_add_ps(a, _mm512_castsi512_ps(_mm512_or_si512(
-                         _mm512_and_si512(_mm512_castps_si512(a), sign), _mm512_castps_si512(half)))));
-        __m512i ic = _mm512_cvttps_epi32(_mm512_add_ps(c, _mm512_castsi512_ps(_mm512_or_si512(
-                         _mm512_and_si512(_mm512_castps_si512(c), sign), _mm512_castps_si512(half)))));
+        float db = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        /* to nearest, ties to even (the default rounding mode) */
+        __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(id)));
+        __m512i ic = _mm512_cvtps_epi32(_mm512_mul_ps(c, _mm512_set1_ps(id)));
         int8_t *lo = q + b * SHOAL_QK, *hi = lo + 16;
         if (b < full) {
             lo = q + (b / 4) * 128 + (b % 4) * 16;
@@ -425,8 +471,8 @@ static void quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float 
         _mm_storeu_si128((__m128i *)lo, _mm512_cvtsepi32_epi8(ia));
         _mm_storeu_si128((__m128i *)hi, _mm512_cvtsepi32_epi8(ic));
         int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(ia, ic));
-        d[b] = db;
-        s[b] = db * (float)sum;
+        d[b] = _cvtsh_ss(_cvtss_sh(db, 0));
+        s[b] = _cvtsh_ss(_cvtss_sh(db * (float)sum, 0));
         isum[b] = sum;
     }
     if (lanes) shoal_cpu_lane_vectors(d, isum, nb, lanes, offset, vc, vd);
@@ -494,6 +540,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_BF16] = mm_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_q8,
         [SHOAL_DTYPE_Q4_0] = mm_q4,
+        [SHOAL_DTYPE_Q4_1] = mm_q41,
     },
     .mm_f64 = {
         [SHOAL_DTYPE_F32] = mm_f64_f32,
@@ -501,6 +548,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_BF16] = mm_f64_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_f64_q8,
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4,
+        [SHOAL_DTYPE_Q4_1] = mm_f64_q41,
     },
     .q4_grouped = 1,
     .q4_lane_vectors = 1,

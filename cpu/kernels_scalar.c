@@ -21,7 +21,9 @@ void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, flo
             float a = fabsf(xb[j]);
             amax = a > amax ? a : amax;
         }
-        float db = amax / 127.0f, id = db ? 1.0f / db : 0.0f;
+        /* as llama.cpp's Q8_0/Q8_1 activations: x * 127 / amax rounded to nearest
+         * even, the scale kept as f16, the block's scaled sum too */
+        float db = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
         int sum = 0;
         /* where value j of this block goes: in order, or split into halves */
         int8_t *lo = q + b * SHOAL_QK, *hi = lo + 16;
@@ -30,13 +32,12 @@ void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, flo
             hi = lo + 64;
         }
         for (int j = 0; j < SHOAL_QK; j++) {
-            float f = xb[j] * id; /* |f| <= 127: round half away from zero */
-            int v = (int)(f + (f >= 0 ? 0.5f : -0.5f));
+            int v = (int)nearbyintf(xb[j] * id); /* |v| <= 127; the default mode: to even */
             (j < 16 ? lo : hi)[j & 15] = (int8_t)v;
             sum += v;
         }
-        d[b] = db;
-        s[b] = db * (float)sum;
+        d[b] = shoal_f16_to_f32(shoal_f32_to_f16(db));
+        s[b] = shoal_f16_to_f32(shoal_f32_to_f16(db * (float)sum));
         isum[b] = sum;
     }
     if (lanes) shoal_cpu_lane_vectors(d, isum, nb, lanes, offset, vc, vd);
@@ -164,11 +165,32 @@ static double row_f64_q4_0(const struct mm_task *t, int64_t r, int tok) {
     return s;
 }
 
+/* Q4_1: d * q + m with q in 0..15; the m part is m times the block's sum of
+ * x, xs = dx * sum(xq) (an f32 product every level forms alike). */
+static double row_f64_q4_1(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK;
+    const struct shoal_block_q4_1 *w =
+        (const void *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
+    const int8_t *xq = t->xq + tok * cols;
+    const float *xd = t->xd + tok * nb, *xs = t->xs + tok * nb;
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int sum = 0;
+        for (int j = 0; j < SHOAL_QK / 2; j++) {
+            sum += (w[b].qs[j] & 0x0f) * xq[b * SHOAL_QK + j];
+            sum += (w[b].qs[j] >> 4) * xq[b * SHOAL_QK + j + 16];
+        }
+        s += (double)block_scale(w[b].d, xd[b]) * sum + (double)shoal_f16_to_f32(w[b].m) * xs[b];
+    }
+    return s;
+}
+
 MM_ROW_DRIVER_F64(f32)
 MM_ROW_DRIVER_F64(f16)
 MM_ROW_DRIVER_F64(bf16)
 MM_ROW_DRIVER_F64(q8_0)
 MM_ROW_DRIVER_F64(q4_0)
+MM_ROW_DRIVER_F64(q4_1)
 
 /* The f32 kernels of this level are the f64 sums, rounded: slower than
  * summing in f32, and the reference the other levels are held to. */
@@ -182,6 +204,7 @@ ROUNDED(f16)
 ROUNDED(bf16)
 ROUNDED(q8_0)
 ROUNDED(q4_0)
+ROUNDED(q4_1)
 #undef ROUNDED
 
 
@@ -193,6 +216,7 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
         [SHOAL_DTYPE_BF16] = mm_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_q4_0,
+        [SHOAL_DTYPE_Q4_1] = mm_q4_1,
     },
     .mm_f64 = {
         [SHOAL_DTYPE_F32] = mm_f64_f32,
@@ -200,6 +224,7 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
         [SHOAL_DTYPE_BF16] = mm_f64_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
+        [SHOAL_DTYPE_Q4_1] = mm_f64_q4_1,
     },
     .q4_grouped = 0,
     .q4_lane_vectors = 0,

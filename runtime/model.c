@@ -231,7 +231,7 @@ static shoal_status load_part(struct shoal_model *m, const char *name, int64_t r
     if (!computable(t->type))
         return shoal_errorf(SHOAL_UNSUPPORTED,
                             "%s: tensor '%s' is %s, which shoal cannot compute with yet "
-                            "(supported: f32, f16, bf16, q8_0, q4_0)",
+                            "(supported: f32, f16, bf16, q8_0, q4_0, q4_1)",
                             m->g->path, name, shoal_dtype_name(t->type));
     const struct shoal_dtype_info *ti = shoal_dtype_info(t->type);
     if (c0 % ti->block || (c1 - c0) % ti->block)

@@ -37,7 +37,7 @@ static void run_case(struct shoal_backend *be, const char *level, int type, int 
     struct shoal_weight w;
     CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq));
     CHECK_OK(shoal_op_matmul(be, y, &w, x, n));
-    int quant = type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0;
+    int quant = type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
     int bad = 0;
     double worst = 0;
     for (int r = 0; r < rows; r++) {
@@ -127,7 +127,7 @@ static void test_quantize_x(const struct cpu_kernels *k, const char *level) {
     float x[COLS];
     for (int i = 0; i < COLS; i++) x[i] = frand() * 3;
     /* a block whose scale is exactly 1 and whose values sit on halves (ties
-     * round away from zero), and an all-zero block */
+     * round to even), and an all-zero block */
     x[0] = 127.0f;
     for (int i = 1; i < 32; i++) x[i] = (float)(i % 2 ? i : -i) + (i % 2 ? 0.5f : -0.5f);
     for (int i = 32; i < 64; i++) x[i] = 0;
@@ -150,7 +150,7 @@ static void test_quantize_x(const struct cpu_kernels *k, const char *level) {
 
 int main(void) {
     static const int types[] = { SHOAL_DTYPE_F32, SHOAL_DTYPE_F16, SHOAL_DTYPE_BF16,
-                                 SHOAL_DTYPE_Q8_0, SHOAL_DTYPE_Q4_0 };
+                                 SHOAL_DTYPE_Q8_0, SHOAL_DTYPE_Q4_0, SHOAL_DTYPE_Q4_1 };
     static const int shapes[][3] = {
         /* rows, cols, tokens */
         { 1, 32, 1 }, { 7, 64, 1 }, { 13, 96, 3 }, { 64, 172, 1 }, { 33, 224, 2 },
