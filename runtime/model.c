@@ -317,9 +317,15 @@ static shoal_status load_weights(struct shoal_model *m) {
     char *at = m->slices;
     shoal_status rc = SHOAL_OK;
 
-    if (pt->first)
+    if (pt->first) {
+        /* a lookup: a token reads one row, not the table; and with a tied head on this
+         * rank, the head counts these parameters */
+        uint64_t wb = m->weight_bytes, np = m->n_params;
         SHOAL_TRY_GOTO(load_part(m, "token_embd.weight", hp->n_vocab, dim, 0, hp->n_vocab, 0, dim,
                                  &m->tok_embd, &at), rc, done);
+        m->weight_bytes = wb;
+        if (hp->tied_output && pt->last) m->n_params = np;
+    }
     if (pt->last) {
         const char *head = hp->tied_output ? "token_embd.weight" : "output.weight";
         SHOAL_TRY_GOTO(load_part(m, head, hp->n_vocab, dim, pt->v0, pt->v1, 0, dim, &m->output, &at),

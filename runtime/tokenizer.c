@@ -512,7 +512,7 @@ shoal_status shoal_tokenizer_create(struct shoal_tokenizer **out, const struct s
         int missing = 0;
         for (int b = 0; b < 256; b++) missing += t->byte_tok[b] < 0;
         if (missing)
-            SHOAL_LOGW(TOK_LOG, "%s: %d of the 256 byte-level tokens are missing from the vocabulary; "
+            SHOAL_LOGI(TOK_LOG, "%s: %d of the 256 byte-level tokens are missing from the vocabulary; "
                        "text with those bytes will lose them", g->path, missing);
     }
     *out = t;

@@ -84,8 +84,9 @@ static shoal_status try_pair(struct bpe_work *w, int32_t left, int32_t right) {
     return shoal_tok_heap_push(&w->heap, &p);
 }
 
+/* A byte the vocabulary lacks (id < 0) is dropped, as llama.cpp does: its
+ * unknown token is often <|endoftext|>, which must not end up in a prompt. */
 static shoal_status emit(struct bpe_work *w, int32_t id) {
-    if (id < 0) id = w->t->unk; /* a byte the vocabulary lacks: <unk>, or nothing */
     return id >= 0 ? shoal_tok_ids_push(w->out, id) : SHOAL_OK;
 }
 

