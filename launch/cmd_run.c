@@ -635,7 +635,7 @@ static int lead(struct run *r) {
     if (rc == SHOAL_OK && nothing) {
         status = 0;
     } else if (rc == SHOAL_OK) {
-        if (!out->failed) {
+        if (!out->failed && !o->interactive) { /* -i ends every turn with a newline */
             fputc('\n', stdout);
             fflush(stdout);
         }

@@ -91,6 +91,35 @@ static int split_heads(const struct shoal_model_shape *m, int tp, const double *
     return 0;
 }
 
+/*
+ * The FFN's blocks of hidden units per rank: attention comes in whole KV
+ * groups (SmolLM2's 3 groups over 2 ranks: 2 and 1), so the FFN evens out
+ * each rank's total, attention plus FFN, in proportion to its weight. Costs
+ * are in parameters per layer: a query head has its Q rows and attention
+ * output columns, a KV head its K and V rows, a hidden unit its gate, up and
+ * down vectors.
+ */
+static void split_ffn(const struct shoal_model_shape *m, int tp, const double *w, const int *q,
+                      const int *kv, int *ff) {
+    double head = 2.0 * m->head_dim * m->dim, unit = 3.0 * m->dim, total = m->ffn_dim * unit;
+    double wsum = 0;
+    double *att = malloc(sizeof(double) * 2 * (size_t)tp), *want = att ? att + tp : NULL;
+    if (!att) { /* no memory for the balance: the FFN by weight alone */
+        shoal_split_units(m->ffn_dim / m->down_block, tp, w, ff);
+        return;
+    }
+    for (int t = 0; t < tp; t++) {
+        att[t] = ((q[2 * t + 1] - q[2 * t]) + (kv[2 * t + 1] - kv[2 * t])) * head;
+        total += att[t];
+        wsum += w ? w[t] : 1.0;
+    }
+    /* the FFN share that brings rank t to its target; a rank whose attention
+     * alone is over target still takes a block (shoal_split_units) */
+    for (int t = 0; t < tp; t++) want[t] = fmax(total * (w ? w[t] : 1.0) / wsum - att[t], 1e-9);
+    shoal_split_units(m->ffn_dim / m->down_block, tp, want, ff);
+    free(att);
+}
+
 /* Whether tp ranks (equal weights) can split this model; the reason if not. */
 static int tp_works(const struct shoal_model_shape *m, int tp, char *why, size_t why_len) {
     int *q = malloc(sizeof(int) * 4 * (size_t)tp), *kv = q + 2 * tp;
@@ -204,8 +233,7 @@ shoal_status shoal_plan_make(struct shoal_plan **out, const struct shoal_model_s
     plan->pp = pp;
     plan->n_ranks = tp * pp;
     split_heads(m, tp, p->tp_weights, q, kv, why, sizeof why);
-    /* a rank's weight matters for heads only when it holds whole KV heads */
-    shoal_split_units(m->ffn_dim / m->down_block, tp, p->tp_weights, ff);
+    split_ffn(m, tp, p->tp_weights, q, kv, ff);
     shoal_split_units(m->n_vocab, tp, p->tp_weights, voc);
     split_stages(m, pp, p->pp_weights, st);
     for (int s = 0; s < pp; s++)

@@ -9,7 +9,9 @@
  *     each KV head is held by tp / n_kv ranks, which share its query heads.
  *   - attention output is split by input columns to match (row-parallel);
  *   - FFN gate/up by output rows and down by input columns, in units of
- *     down's quantization block;
+ *     down's quantization block, in shares that even out each rank's total
+ *     (attention, which comes in whole KV groups, plus FFN) in proportion
+ *     to its weight;
  *   - the output head by vocabulary rows; norms are replicated.
  * Shares may be uneven and may be weighted. Layers are cut into pp
  * contiguous stages balanced by bytes (the last stage also carries the

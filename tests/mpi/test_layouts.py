@@ -123,3 +123,41 @@ def test_sampling_matches_one_rank(sampling, tmp_path):
     for tp, pp in [(2, 1), (1, 2), (2, 2)]:
         out, _ = run_layout(tp, pp, args, tmp_path, "s")
         assert out == one, f"tp {tp} x pp {pp} sampled other text with {sampling}"
+
+
+# SmolLM2-135M-Instruct (9 query heads in 3 KV groups, Q4_1): the layouts of
+# its issue, and weighted splits; tp 2 gives 2 groups + 1, tp 3 one each
+SMOLLM2_LAYOUTS = [
+    (2, 1, []), (3, 1, []), (1, 2, []), (2, 2, []), (1, 3, []),
+    (2, 1, ["--tp-weights", "2,1"]), (2, 1, ["--tp-weights", "1,3"]),
+    (1, 2, ["--pp-weights", "1,2"]), (2, 2, ["--tp-weights", "2,1", "--pp-weights", "3,2"]),
+]
+
+
+def test_smollm2_layouts_match_one_rank(tmp_path):
+    model = h.smollm2()
+    args = ["-m", model, "--chat", "-p", "Give me three tips for staying healthy.", "-n", 40,
+            "--temp", 0, "-q"]
+    _, base = run_layout(1, 1, args, tmp_path, "smol")
+    assert len(base) >= 40
+    bad = []
+    for tp, pp, extra in SMOLLM2_LAYOUTS:
+        _, ids = run_layout(tp, pp, args + extra, tmp_path, "smol")
+        if ids != base:
+            same = next((i for i, (a, b) in enumerate(zip(base, ids)) if a != b), len(base))
+            bad.append(f"tp {tp} x pp {pp} {' '.join(extra)}: differs from one rank at token {same}")
+    assert not bad, "\n".join(bad)
+
+
+def test_smollm2_weighted_split_is_uneven(tmp_path):
+    """--tp-weights 2,1 gives rank 0 two KV groups and more of every layer."""
+    model = h.smollm2()
+    p = h.mpirun(2, ["run", "-m", model, "--tp", 2, "--tp-weights", "2,1", "-p", "Hi", "-n", 1,
+                     "--temp", 0, "-v"])
+    err = p.stderr.decode()
+    assert "rank 0: stage 0 layers 0-29, tp 0: query heads 0-5, KV heads 0-1" in err, err
+    assert "rank 1: stage 0 layers 0-29, tp 1: query heads 6-8, KV heads 2-2" in err, err
+    p = h.mpirun(2, ["run", "-m", model, "--tp", 2, "--tp-weights", "2,1,1", "-p", "Hi"], check=False)
+    assert p.returncode != 0 and b"--tp-weights gives 3 values" in p.stderr
+    p = h.mpirun(4, ["run", "-m", model, "--tp", 4, "-p", "Hi"], check=False)
+    assert p.returncode != 0 and b"sizes that work: 1, 2, 3, 9" in p.stderr, p.stderr[-2000:]

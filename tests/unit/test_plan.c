@@ -109,6 +109,13 @@ static void sweep(void) {
                     }
 }
 
+/* A rank's parameters in one layer: Q and attention-output per query head, K and V per
+ * KV head, gate, up and down per FFN unit. */
+static double layer_params(const struct shoal_model_shape *m, const struct shoal_rank_part *r) {
+    return 2.0 * m->head_dim * m->dim * ((r->q1 - r->q0) + (r->kv1 - r->kv0)) +
+           3.0 * m->dim * (r->ff1 - r->ff0);
+}
+
 static void specific(void) {
     /* stories260K: 8 heads in 4 KV groups, head 8, FFN 172, f32 */
     struct shoal_model_shape m = { .n_layers = 5, .dim = 64, .n_heads = 8, .n_kv_heads = 4,
@@ -131,6 +138,12 @@ static void specific(void) {
                   abs((p->part[0].kv1 - p->part[0].kv0) - (p->part[1].kv1 - p->part[1].kv0)) == 1,
               "3 KV groups over 2 ranks: %d + %d", p->part[0].kv1 - p->part[0].kv0, p->part[1].kv1 - p->part[1].kv0);
         check_plan(&m, p, NULL, "smollm tp2");
+        /* the FFN evens out the totals: the rank with one group takes more of it */
+        double c0 = layer_params(&m, &p->part[0]), c1 = layer_params(&m, &p->part[1]);
+        CHECK(p->part[1].ff1 - p->part[1].ff0 > p->part[0].ff1 - p->part[0].ff0 &&
+                  fabs(c0 - c1) <= 3.0 * m.dim * m.down_block,
+              "smollm tp2: per-layer parameters %.0f vs %.0f (FFN %d-%d | %d-%d)", c0, c1,
+              p->part[0].ff0, p->part[0].ff1, p->part[1].ff0, p->part[1].ff1);
         shoal_plan_destroy(p);
     }
     /* weighted: 2:1 */
@@ -140,6 +153,9 @@ static void specific(void) {
     if (p) {
         CHECK(p->part[0].kv1 - p->part[0].kv0 == 2, "2:1 weights give the first rank 2 of 3 KV groups");
         check_plan(&m, p, w, "smollm weighted");
+        double c0 = layer_params(&m, &p->part[0]), c1 = layer_params(&m, &p->part[1]);
+        CHECK(fabs(c0 - 2 * c1) <= 2 * 3.0 * m.dim * m.down_block,
+              "smollm 2:1: per-layer parameters %.0f vs %.0f", c0, c1);
         shoal_plan_destroy(p);
     }
     pr.tp_weights = NULL;
