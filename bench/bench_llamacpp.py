@@ -105,9 +105,12 @@ def make_model(shoal: str, out: Path, wtype: str) -> Path:
     return path
 
 
-def run_shoal(shoal: str, model: Path, threads: int, n_gen: int, prompt_file: Path) -> dict:
-    p = sh([shoal, "run", "-m", str(model), "-f", str(prompt_file), "-n", str(n_gen), "--temp", "0",
-            "--ignore-eos", "-t", str(threads), "-c", "2048", "-b", "512", "--kv-type", "f16"])
+def run_shoal(shoal: str, model: Path, threads: int, n_gen: int, prompt_file: Path,
+              launcher=(), extra=()) -> dict:
+    """One `shoal run` (under launcher, e.g. mpirun -np 2, when given); its statistics."""
+    p = sh(list(launcher) + [shoal, "run", "-m", str(model), "-f", str(prompt_file), "-n", str(n_gen),
+                             "--temp", "0", "--ignore-eos", "-t", str(threads), "-c", "2048", "-b", "512",
+                             "--kv-type", "f16"] + list(extra))
     m = STATS.search(p.stderr)
     if not m:
         raise RuntimeError(f"no statistics line from shoal:\n{p.stderr}")
@@ -115,8 +118,8 @@ def run_shoal(shoal: str, model: Path, threads: int, n_gen: int, prompt_file: Pa
             "n_decode": int(m.group(3)), "t_decode": float(m.group(4))}
 
 
-def run_llama(model: Path, threads: int, n_gen: int) -> dict:
-    p = sh([sys.executable, "-c", LLAMA_CHILD, str(model), str(threads), str(n_gen), PROMPT])
+def run_llama(model: Path, threads: int, n_gen: int, prompt: str = PROMPT) -> dict:
+    p = sh([sys.executable, "-c", LLAMA_CHILD, str(model), str(threads), str(n_gen), prompt])
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
