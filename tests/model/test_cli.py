@@ -25,13 +25,16 @@ def test_help(cmd):
 @pytest.mark.parametrize("args,msg", [
     ([], "usage"),
     (["frobnicate"], "unknown command 'frobnicate'"),
-    (["run"], "no model given"),
+    (["run", "--tp-weights", "2,x"], "--tp-weights '2,x'"),
+    (["run", "--pp-weights", "0,1"], "--pp-weights '0,1'"),
+    (["run", "--chat-template", "jinja"], "--chat-template 'jinja' is not one of"),
+    (["run", "--system", "be brief"], "--system and --chat-template go with --chat"),
     (["run", "-m", "x.gguf", "--bogus"], "unknown option '--bogus'"),
     (["run", "-m", "x.gguf", "--threads", "abc"], "'abc' is not an integer"),
     (["run", "-m", "x.gguf", "--kv-type", "f8"], "--kv-type 'f8'"),
     (["run", "-m", "x.gguf", "--simd", "neon"], "--simd 'neon'"),
     (["run", "-m", "x.gguf", "-n"], "needs a value"),
-    (["info"], "give one GGUF file"),
+    (["info", "a.gguf", "b.gguf"], "unexpected argument 'b.gguf'"),
     (["synth", "-o", "/tmp/x.gguf", "--type", "q9_9"], "--type 'q9_9'"),
     (["synth", "-o", "/tmp/x.gguf", "--heads", "3", "--kv-heads", "2"], "impossible shape"),
 ])
@@ -138,3 +141,14 @@ def test_unsupported_weight_type_is_named(tmp_path):
     assert "blk.0.attn_q.weight" in p.stderr.decode() and "q4_k" in p.stderr.decode()
     out = h.run(["info", path]).stdout.decode()
     assert "q4_k" in out and "cannot run" in out
+
+
+def test_chat_without_template():
+    """A model without a chat template: --chat says so and names the way out."""
+    stories = h.testdata("stories260K.gguf")
+    p = h.run(["run", "-m", stories, "--chat", "-p", "hi"], check=False)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "stories260K.gguf" in err and "--chat-template" in err, err
+    p = h.run(["run", "-m", stories, "--chat", "--chat-template", "llama2", "-p", "hi", "-n", 4,
+               "--temp", 0, "-v"])
+    assert b"chat llama2" in p.stderr
