@@ -161,3 +161,16 @@ def test_smollm2_weighted_split_is_uneven(tmp_path):
     assert p.returncode != 0 and b"--tp-weights gives 3 values" in p.stderr
     p = h.mpirun(4, ["run", "-m", model, "--tp", 4, "-p", "Hi"], check=False)
     assert p.returncode != 0 and b"sizes that work: 1, 2, 3, 9" in p.stderr, p.stderr[-2000:]
+
+
+def test_smollm2_conversation_on_two_ranks():
+    """-i under mpirun: stdin reaches rank 0, the other rank follows every turn."""
+    import subprocess
+    model = h.smollm2()
+    lines = b"Hello\nWhat is 2+2?\n"
+    args = ["run", "-m", str(model), "-i", "-n", "24", "--temp", "0", "-q"]
+    one = subprocess.run([h.shoal_bin()] + args, input=lines, capture_output=True, timeout=120)
+    two = h.mpirun(2, args + ["--tp", "2"], input=lines)
+    three = h.mpirun(3, args + ["--pp", "3"], input=lines)
+    assert one.returncode == 0 and one.stdout.count(b"\n") >= 2, one.stderr
+    assert two.stdout == one.stdout and three.stdout == one.stdout
