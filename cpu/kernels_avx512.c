@@ -177,30 +177,31 @@ INLINE double q8_tail(const struct shoal_block_q8_0 *w, const struct mm_task *t,
     return s;
 }
 
+/* One block's nibbles (less off) dotted with its 32 activations, in natural order. */
+INLINE int nibble_dot(const uint8_t *qs, const int8_t *x, int off) {
+    int sum = 0;
+    for (int e = 0; e < SHOAL_QK / 2; e++)
+        sum += ((qs[e] & 0x0f) - off) * x[e] + ((qs[e] >> 4) - off) * x[e + 16];
+    return sum;
+}
+
+/* Past the groups, block by block: Q4_0 (-8 offset) and Q4_1 (its minimum). */
 INLINE double q4_tail(const struct shoal_block_q4_0 *w, const struct mm_task *t, int64_t tok,
                       int64_t b, int64_t nb) {
-    const int8_t *x = t->xq + tok * t->w->cols; /* past the groups: in natural order */
+    const int8_t *x = t->xq + tok * t->w->cols;
     double s = 0;
-    for (; b < nb; b++) {
-        int sum = 0;
-        for (int e = 0; e < SHOAL_QK / 2; e++)
-            sum += ((w[b].qs[e] & 0x0f) - 8) * x[b * SHOAL_QK + e] +
-                   ((w[b].qs[e] >> 4) - 8) * x[b * SHOAL_QK + e + 16];
-        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * sum;
-    }
+    for (; b < nb; b++)
+        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * nibble_dot(w[b].qs, x + b * SHOAL_QK, 8);
     return s;
 }
 
 INLINE double q41_tail(const struct shoal_block_q4_1 *w, const struct mm_task *t, int64_t tok,
                        int64_t b, int64_t nb) {
-    const int8_t *x = t->xq + tok * t->w->cols; /* past the groups: in natural order */
+    const int8_t *x = t->xq + tok * t->w->cols;
     double s = 0;
-    for (; b < nb; b++) {
-        int sum = 0;
-        for (int e = 0; e < SHOAL_QK / 2; e++)
-            sum += (w[b].qs[e] & 0x0f) * x[b * SHOAL_QK + e] + (w[b].qs[e] >> 4) * x[b * SHOAL_QK + e + 16];
-        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * sum + (double)f16(w[b].m) * t->xs[tok * nb + b];
-    }
+    for (; b < nb; b++)
+        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * nibble_dot(w[b].qs, x + b * SHOAL_QK, 0) +
+             (double)f16(w[b].m) * t->xs[tok * nb + b];
     return s;
 }
 
