@@ -352,6 +352,7 @@ struct convo {
     size_t n_ids, cap_ids, n_cached;
     char *answer; /* this turn's text, for the next turn's prompt */
     size_t answer_len, answer_cap;
+    int full;     /* -i: the conversation outgrew the context */
 };
 
 static void convo_free(struct convo *c) {
@@ -587,10 +588,11 @@ static shoal_status converse(struct run *r, struct convo *c, struct shoal_sample
         add_stats(sum, &gs);
         SHOAL_TRY(convo_answered(c, &gs));
         if (lo->out.failed || !o->interactive) return SHOAL_OK;
-        if (strcmp(gs.stop, "context") == 0)
-            return shoal_errorf(SHOAL_INVALID, "the conversation fills the context of %d tokens "
-                                "(start again with a larger -c)", o->n_ctx);
         if (fputc('\n', stdout) == EOF || fflush(stdout) != 0) return SHOAL_OK;
+        if (strcmp(gs.stop, "context") == 0) {
+            c->full = 1;
+            return SHOAL_OK;
+        }
         size_t len = 0;
         char *line = read_line(&len);
         if (!line) return SHOAL_OK;
@@ -603,6 +605,10 @@ static shoal_status converse(struct run *r, struct convo *c, struct shoal_sample
         }
         free(line);
         SHOAL_TRY(rc);
+        if (c->n_ids >= (size_t)o->n_ctx) { /* nothing ran yet: every rank can stop cleanly */
+            c->full = 1;
+            return SHOAL_OK;
+        }
     }
 }
 
@@ -651,10 +657,16 @@ static int lead(struct run *r) {
                     shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
                     r->size > 1 ? " (rank 0)" : "", gs.stop);
         }
-        if (strcmp(gs.stop, "context") == 0)
+        if (strcmp(gs.stop, "context") == 0 && !c.full)
             fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n",
                     o->n_ctx);
-        if (out->failed == EPIPE) status = 128 + SIGPIPE; /* the reader went away (| head): quietly, as cat */
+        if (c.full)
+            status = launch_fail("run", shoal_errorf(SHOAL_INVALID,
+                                                     "the conversation (%zu tokens) fills the context "
+                                                     "of %d: start again with a larger -c (up to the "
+                                                     "model's %d)", c.n_ids, o->n_ctx,
+                                                     r->m->hp.n_ctx_train));
+        else if (out->failed == EPIPE) status = 128 + SIGPIPE; /* the reader went away (| head): quietly, as cat */
         else if (out->failed)
             status = launch_fail("run", shoal_errorf(SHOAL_IO, "cannot write to stdout: %s",
                                                      strerror(out->failed)));

@@ -169,3 +169,13 @@ def test_missing_default_model_says_how_to_install(tmp_path):
     env["SHOAL_MODEL"] = str(tmp_path / "nope.gguf")
     p = subprocess.run([h.shoal_bin(), "run", "-p", "hi"], capture_output=True, env=env, timeout=60)
     assert p.returncode == 1 and "SHOAL_MODEL" in p.stderr.decode() and "nope.gguf" in p.stderr.decode()
+
+
+def test_interactive_context_full_is_an_error(model):
+    p = subprocess.run([h.shoal_bin(), "run", "-m", str(model), "-i", "-c", "80", "-n", "30", "--temp",
+                        "0", "-q"], input=b"Hello there, how are you today my friend?\n"
+                       b"Tell me a very long story about dragons and knights and castles please.\n",
+                       capture_output=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert b"fills the context of 80" in p.stderr and b"larger -c" in p.stderr, p.stderr
+    assert p.stdout.count(b"\n") >= 1  # the first answer came out
