@@ -15,7 +15,7 @@ llama_decode) is timed with the wall clock, the greedy argmax between them
 left out (llama.cpp's own perf counters read zero through these bindings). shoal's come from the statistics line `shoal run`
 prints. Memory bandwidth is measured by bench/membw.c in the same session,
 and generation is reported as a fraction of it (a token reads every weight
-once).
+once, the embedding table aside: one row of it).
 
 usage: python3 bench/bench_llamacpp.py [--threads 2] [--runs 5] [--types q8_0,q4_0]
                                         [--n-gen 128] [--out bench/out]
@@ -93,6 +93,16 @@ def membw(threads: int, out: Path) -> float:
     return best
 
 
+def read_bytes_per_token(model: Path) -> int:
+    """Weights a decode step reads: every tensor but the embedding table (a
+    token reads one row of it), plus the output head (the table itself when
+    the head is tied to it)."""
+    import gguf
+    sizes = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(model)).tensors}
+    rest = sum(v for k, v in sizes.items() if k != "token_embd.weight")
+    return rest if "output.weight" in sizes else rest + sizes["token_embd.weight"]
+
+
 def make_model(shoal: str, out: Path, wtype: str) -> Path:
     path = out / f"synth-2048x16-{wtype}.gguf"
     if path.exists():
@@ -155,7 +165,7 @@ def main() -> int:
                   f"llama.cpp gen "
                   f"{samples['llama.cpp'][-1]['n_decode'] / samples['llama.cpp'][-1]['t_decode']:.2f} tok/s",
                   file=sys.stderr)
-        row = {"type": wtype, "bytes": size}
+        row = {"type": wtype, "bytes": size, "bytes_per_token": read_bytes_per_token(model)}
         for k, runs in samples.items():
             row[k] = {"prompt_tps": statistics.median(s["n_prompt"] / s["t_prompt"] for s in runs),
                       "gen_tps": statistics.median(s["n_decode"] / s["t_decode"] for s in runs),
@@ -175,7 +185,7 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, l = r["shoal"], r["llama.cpp"]
-        gbs = s["gen_tps"] * r["bytes"] / 1e9
+        gbs = s["gen_tps"] * r["bytes_per_token"] / 1e9
         lines.append(f"| 2048x16 {r['type']} | {r['bytes'] / 2**20:.0f} MiB | {s['prompt_tps']:.1f} | "
                      f"{l['prompt_tps']:.1f} | {s['prompt_tps'] / l['prompt_tps']:.2f} | {s['gen_tps']:.2f} | "
                      f"{l['gen_tps']:.2f} | {s['gen_tps'] / l['gen_tps']:.2f} | {gbs:.1f} ({gbs / bw:.0%}) |")

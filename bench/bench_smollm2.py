@@ -38,16 +38,6 @@ def find_model() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def read_bytes_per_token(model: Path) -> int:
-    """Weights a decode step reads: every tensor but the embedding table, plus
-    the tied output head (which is that table)."""
-    import gguf
-    r = gguf.GGUFReader(str(model))
-    sizes = {t.name: int(t.n_bytes) for t in r.tensors}
-    total = sum(v for k, v in sizes.items() if k != "token_embd.weight")
-    return total + sizes.get("output.weight", sizes["token_embd.weight"]) - sizes.get("output.weight", 0)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -64,7 +54,7 @@ def main() -> int:
     prompt_file = out / "prompt.txt"
     prompt_file.write_text(bl.PROMPT)
     bw = bl.membw(a.threads, out)
-    per_token = read_bytes_per_token(model)
+    per_token = bl.read_bytes_per_token(model)
     t2 = max(1, a.threads // 2)
     configs = [("llama.cpp", None), ("shoal 1 rank", ([], [], a.threads))]
     if mpirun:
