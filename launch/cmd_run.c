@@ -81,7 +81,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
         { "--chat-template", 0, OPT_STR, &o->template_name, "NAME", "chat format instead of the model's: chatml, llama3, llama2, mistral, zephyr" },
-        { "--interactive", 'i', OPT_FLAG, &o->interactive, NULL, "after the answer, read more from stdin and go on (a conversation, with --chat; on by default with -i when the model has a chat template)" },
+        { "--interactive", 'i', OPT_FLAG, &o->interactive, NULL, "a conversation: after each answer, the next line of stdin is the next message (in the chat format when the model has a template)" },
         { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: all ranks, or ranks / --pp)" },
         { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default 1, or ranks / --tp)" },
         { "--tp-weights", 0, OPT_STR, &o->tp_weights_s, "W,W..", "relative speeds of a stage's ranks, e.g. 2,1: a faster host takes a larger share of every layer" },
