@@ -353,6 +353,7 @@ struct convo {
     char *answer; /* this turn's text, for the next turn's prompt */
     size_t answer_len, answer_cap;
     int full;     /* -i: the conversation outgrew the context */
+    int lost;     /* a generated id could not be kept (out of memory) */
 };
 
 static void convo_free(struct convo *c) {
@@ -449,6 +450,7 @@ static shoal_status convo_input(struct convo *c, struct run *r, const char *text
 
 /* After a turn: the answer joins the conversation. */
 static shoal_status convo_answered(struct convo *c, const struct shoal_gen_stats *gs) {
+    if (c->lost) return shoal_errorf(SHOAL_NOMEM, "out of memory keeping the conversation");
     /* every generated token but the last went through the model */
     c->n_cached = gs->n_gen > 0 ? c->n_ids - 1 : c->n_ids;
     if (c->chat) return push_msg(c, "assistant", c->answer ? c->answer : "", c->answer_len);
@@ -479,7 +481,7 @@ static int on_text_convo(void *user, const char *text, size_t len) {
 static void on_token_convo(void *user, int32_t id) {
     struct lead_out *lo = user;
     on_token(&lo->out, id);
-    push_ids(lo->c, &id, 1); /* on failure the id is missing: the next turn recomputes more */
+    if (push_ids(lo->c, &id, 1) != SHOAL_OK) lo->c->lost = 1;
 }
 
 static void on_logits_convo(void *user, int pos, int32_t token, const float *logits, int n_vocab) {
