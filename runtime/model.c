@@ -14,8 +14,10 @@
 
 #include <inttypes.h>
 #include "../comm/comm.h"
+#include "../shard/shard.h"
 #include "forward.h"
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +136,20 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
                             hp->rms_eps);
     hp->has_qkv_bias = ai->qkv_bias;
 
+    /* a rank's shard (shoal shard) holds a slice of the vocabulary, or none of it */
+    uint32_t shard_vocab = 0;
+    SHOAL_TRY(shoal_gguf_get_u32_opt(g, SHOAL_SHARD_KEY_N_VOCAB, &shard_vocab));
+    if (shard_vocab) {
+        int tied = 0;
+        SHOAL_TRY(shoal_gguf_get_bool_opt(g, SHOAL_SHARD_KEY_TIED, &tied));
+        if (shard_vocab > (1u << 24))
+            return shoal_errorf(SHOAL_FORMAT, "%s: %s = %u is not a vocabulary size", g->path,
+                                SHOAL_SHARD_KEY_N_VOCAB, shard_vocab);
+        hp->n_vocab = (int)shard_vocab;
+        hp->tied_output = tied;
+        hp->sharded = 1;
+        return SHOAL_OK;
+    }
     const struct shoal_gguf_tensor *emb = shoal_gguf_find_tensor(g, "token_embd.weight");
     if (!emb)
         return shoal_errorf(SHOAL_FORMAT, "%s: required tensor 'token_embd.weight' is missing",
@@ -217,30 +233,125 @@ static int computable(int type) {
     return ti && ti->computable;
 }
 
+/* ---------------------------------------------------------------- slices */
+
+/* How a layer tensor is cut: which of its dimensions follows the plan. */
+enum cut { ROWS_Q, ROWS_KV, COLS_Q, ROWS_FF, COLS_FF, WHOLE_DIM, VEC_Q, VEC_KV };
+
+static const struct layer_tensor {
+    const char *suffix;
+    enum cut cut;
+    size_t field; /* offsetof(struct shoal_layer, ...): a struct shoal_weight, or a float * for vectors */
+    int bias;     /* only for architectures with Q/K/V biases */
+} layer_tensors[] = {
+    { "attn_q.weight", ROWS_Q, offsetof(struct shoal_layer, wq), 0 },
+    { "attn_k.weight", ROWS_KV, offsetof(struct shoal_layer, wk), 0 },
+    { "attn_v.weight", ROWS_KV, offsetof(struct shoal_layer, wv), 0 },
+    { "attn_output.weight", COLS_Q, offsetof(struct shoal_layer, wo), 0 },
+    { "ffn_gate.weight", ROWS_FF, offsetof(struct shoal_layer, gate), 0 },
+    { "ffn_up.weight", ROWS_FF, offsetof(struct shoal_layer, up), 0 },
+    { "ffn_down.weight", COLS_FF, offsetof(struct shoal_layer, down), 0 },
+    { "attn_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, attn_norm), 0 },
+    { "ffn_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, ffn_norm), 0 },
+    { "attn_q.bias", VEC_Q, offsetof(struct shoal_layer, bq), 1 },
+    { "attn_k.bias", VEC_KV, offsetof(struct shoal_layer, bk), 1 },
+    { "attn_v.bias", VEC_KV, offsetof(struct shoal_layer, bv), 1 },
+};
+#define N_LAYER_TENSORS (sizeof layer_tensors / sizeof layer_tensors[0])
+
+static void layer_slice(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, int l,
+                        const struct layer_tensor *lt, struct shoal_slice *s) {
+    const int64_t hd = hp->head_dim, dim = hp->dim, ff = hp->ffn_dim;
+    const int64_t qd = (int64_t)hp->n_heads * hd, kvd = (int64_t)hp->n_kv_heads * hd;
+    const int64_t q0 = pt->q0 * hd, q1 = pt->q1 * hd, k0 = pt->kv0 * hd, k1 = pt->kv1 * hd;
+    switch (lt->cut) {
+    case ROWS_Q: *s = (struct shoal_slice){ .rows = qd, .cols = dim, .r0 = q0, .r1 = q1, .c1 = dim }; break;
+    case ROWS_KV: *s = (struct shoal_slice){ .rows = kvd, .cols = dim, .r0 = k0, .r1 = k1, .c1 = dim }; break;
+    case COLS_Q: *s = (struct shoal_slice){ .rows = dim, .cols = qd, .r1 = dim, .c0 = q0, .c1 = q1 }; break;
+    case ROWS_FF: *s = (struct shoal_slice){ .rows = ff, .cols = dim, .r0 = pt->ff0, .r1 = pt->ff1, .c1 = dim }; break;
+    case COLS_FF: *s = (struct shoal_slice){ .rows = dim, .cols = ff, .r1 = dim, .c0 = pt->ff0, .c1 = pt->ff1 }; break;
+    case WHOLE_DIM: *s = (struct shoal_slice){ .cols = dim, .c1 = dim }; break;
+    case VEC_Q: *s = (struct shoal_slice){ .cols = qd, .c0 = q0, .c1 = q1 }; break;
+    case VEC_KV: *s = (struct shoal_slice){ .cols = kvd, .c0 = k0, .c1 = k1 }; break;
+    }
+    snprintf(s->name, sizeof s->name, "blk.%d.%s", l, lt->suffix);
+    memcpy(s->src, s->name, sizeof s->name);
+}
+
+/* The embedding table (first stage) and the output head with its norm (last stage). */
+static int global_slices(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
+                         struct shoal_slice *s) {
+    int n = 0;
+    if (pt->first) {
+        s[n] = (struct shoal_slice){ .name = "token_embd.weight", .src = "token_embd.weight",
+                                     .rows = hp->n_vocab, .cols = hp->dim, .r1 = hp->n_vocab, .c1 = hp->dim };
+        n++;
+    }
+    if (pt->last) {
+        /* a tied head is the embedding table's rows; a shard stores them as output.weight */
+        s[n] = (struct shoal_slice){ .name = "output.weight", .rows = hp->n_vocab, .cols = hp->dim,
+                                     .r0 = pt->v0, .r1 = pt->v1, .c1 = hp->dim };
+        snprintf(s[n].src, sizeof s[n].src, "%s", hp->tied_output ? "token_embd.weight" : "output.weight");
+        n++;
+        s[n] = (struct shoal_slice){ .name = "output_norm.weight", .src = "output_norm.weight",
+                                     .cols = hp->dim, .c1 = hp->dim };
+        n++;
+    }
+    return n;
+}
+
+shoal_status shoal_model_slices(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
+                                struct shoal_slice **out, int *n_out) {
+    int per_layer = 0;
+    for (size_t i = 0; i < N_LAYER_TENSORS; i++) per_layer += !layer_tensors[i].bias || hp->has_qkv_bias;
+    int cap = 3 + per_layer * (pt->layer1 - pt->layer0);
+    struct shoal_slice *s = calloc((size_t)cap, sizeof *s);
+    if (!s) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    int n = global_slices(hp, pt, s);
+    for (int l = pt->layer0; l < pt->layer1; l++)
+        for (size_t i = 0; i < N_LAYER_TENSORS; i++)
+            if (!layer_tensors[i].bias || hp->has_qkv_bias) layer_slice(hp, pt, l, &layer_tensors[i], &s[n++]);
+    *out = s;
+    *n_out = n;
+    return SHOAL_OK;
+}
+
+/* ---------------------------------------------------------------- loading */
+
 /*
- * Rows [r0, r1) and columns [c0, c1) of the (rows, cols) matrix name. Rows of
- * all the columns are used in place; a column slice is read from the file
- * into the model's slice block at *at (advanced). A check (no backend) only
- * validates.
+ * The tensor a slice reads: in a GGUF, the whole source tensor; in a rank's
+ * shard, the slice itself under its shard name.
  */
-static shoal_status load_part(struct shoal_model *m, const char *name, int64_t rows, int64_t cols,
-                              int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+static shoal_status find_slice(const struct shoal_model *m, const struct shoal_slice *s,
+                               const struct shoal_gguf_tensor **t) {
+    if (m->hp.sharded) return want(m->g, s->name, s->c1 - s->c0, s->rows ? s->r1 - s->r0 : 0, t);
+    return want(m->g, s->src, s->cols, s->rows, t);
+}
+
+/*
+ * A matrix slice. Rows of all the columns are used in place; a column slice
+ * of a whole GGUF is read from the file into the model's slice block at *at
+ * (advanced). A check (no backend) only validates.
+ */
+static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s,
                               struct shoal_weight *w, char **at) {
     const struct shoal_gguf_tensor *t = NULL;
-    SHOAL_TRY(want(m->g, name, cols, rows, &t));
+    SHOAL_TRY(find_slice(m, s, &t));
+    const char *name = t->name;
     if (!computable(t->type))
         return shoal_errorf(SHOAL_UNSUPPORTED,
                             "%s: tensor '%s' is %s, which shoal cannot compute with yet "
                             "(supported: f32, f16, bf16, q8_0, q4_0, q4_1)",
                             m->g->path, name, shoal_dtype_name(t->type));
     const struct shoal_dtype_info *ti = shoal_dtype_info(t->type);
-    if (c0 % ti->block || (c1 - c0) % ti->block)
+    if (s->c0 % ti->block || (s->c1 - s->c0) % ti->block)
         return shoal_errorf(SHOAL_INVALID,
                             "%s: tensor '%s': columns %" PRId64 "-%" PRId64
                             " are off its %d-value %s blocks",
-                            m->g->path, name, c0, c1 - 1, ti->block, ti->name);
+                            m->g->path, name, s->c0, s->c1 - 1, ti->block, ti->name);
+    const int64_t r0 = s->r0, r1 = s->r1, c0 = s->c0, c1 = s->c1, cols = m->hp.sharded ? c1 - c0 : s->cols;
     size_t rb = shoal_dtype_row_bytes(t->type, cols), lb = shoal_dtype_row_bytes(t->type, c1 - c0);
-    const char *host = (const char *)t->data + (size_t)r0 * rb;
+    const char *host = (const char *)t->data + (m->hp.sharded ? 0 : (size_t)r0 * rb);
     if (c1 - c0 != cols) {
         size_t off = shoal_dtype_row_bytes(t->type, c0);
         host = *at;
@@ -257,27 +368,27 @@ static shoal_status load_part(struct shoal_model *m, const char *name, int64_t r
     return rc;
 }
 
-/* Bytes of the column slice of name that load_part will read (0 when all columns). */
-static uint64_t slice_bytes(const struct shoal_gguf *g, const char *name, int64_t rows,
-                            int64_t cols, int64_t c0, int64_t c1) {
-    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
-    if (!t || c1 - c0 == cols) return 0;
-    return (uint64_t)rows * shoal_dtype_row_bytes(t->type, c1 - c0);
+/* Bytes of a column slice that load_part will read into the slice block (0: none). */
+static uint64_t slice_bytes(const struct shoal_model *m, const struct shoal_slice *s) {
+    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(m->g, s->src);
+    if (m->hp.sharded || !t || !s->rows || s->c1 - s->c0 == s->cols) return 0;
+    return (uint64_t)(s->r1 - s->r0) * shoal_dtype_row_bytes(t->type, s->c1 - s->c0);
 }
 
-/* Values [i0, i1) of the 1-D f32 vector name, converted and copied to dst (device). */
-static shoal_status load_vector(struct shoal_model *m, const char *name, int64_t n, int64_t i0,
-                                int64_t i1, float *dst, float *tmp) {
+/* A vector slice (f32 values [c0, c1)), converted and copied to dst (device). */
+static shoal_status load_vector(struct shoal_model *m, const struct shoal_slice *s, float *dst,
+                                float *tmp) {
     const struct shoal_gguf_tensor *t = NULL;
-    SHOAL_TRY(want(m->g, name, n, 0, &t));
+    SHOAL_TRY(find_slice(m, s, &t));
+    int64_t n = m->hp.sharded ? s->c1 - s->c0 : s->cols, i0 = m->hp.sharded ? 0 : s->c0;
     shoal_status rc = shoal_dequantize_row(t->type, t->data, tmp, n);
     if (rc != SHOAL_OK) {
-        shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
+        shoal_error_prefix("%s: tensor '%s'", m->g->path, t->name);
         return rc;
     }
-    m->weight_bytes += (uint64_t)(i1 - i0) * shoal_dtype_info(t->type)->block_bytes;
-    m->n_params += (uint64_t)(i1 - i0);
-    return m->be ? shoal_backend_upload(m->be, dst, tmp + i0, (size_t)(i1 - i0) * sizeof(float))
+    m->weight_bytes += (uint64_t)(s->c1 - s->c0) * shoal_dtype_info(t->type)->block_bytes;
+    m->n_params += (uint64_t)(s->c1 - s->c0);
+    return m->be ? shoal_backend_upload(m->be, dst, tmp + i0, (size_t)(s->c1 - s->c0) * sizeof(float))
                  : SHOAL_OK;
 }
 
@@ -285,85 +396,69 @@ static shoal_status load_weights(struct shoal_model *m) {
     const struct shoal_hparams *hp = &m->hp;
     const struct shoal_rank_part *pt = &m->part;
     const struct shoal_gguf *g = m->g;
-    const int64_t hd = hp->head_dim, dim = hp->dim;
-    const int64_t qd = (int64_t)hp->n_heads * hd, kvd = (int64_t)hp->n_kv_heads * hd;
-    const int64_t q0 = pt->q0 * hd, q1 = pt->q1 * hd, k0 = pt->kv0 * hd, k1 = pt->kv1 * hd;
-    const int n_local = pt->layer1 - pt->layer0;
-    char name[96];
+    struct shoal_slice *sl = NULL;
+    int n_sl = 0;
+    SHOAL_TRY(shoal_model_slices(hp, pt, &sl, &n_sl));
 
-    /* sizes first: one device block for the small vectors, one host block for column slices */
-    int64_t per_layer = 2 * dim + (hp->has_qkv_bias ? (q1 - q0) + 2 * (k1 - k0) : 0);
-    int64_t n_small = per_layer * n_local + dim;
+    /* sizes first: one device block for the vectors, one host block for column slices */
+    int64_t n_small = 0;
     uint64_t n_slices = 0;
-    for (int l = pt->layer0; l < pt->layer1; l++) {
-        snprintf(name, sizeof name, "blk.%d.attn_output.weight", l);
-        n_slices += slice_bytes(g, name, dim, qd, q0, q1);
-        snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
-        n_slices += slice_bytes(g, name, dim, hp->ffn_dim, pt->ff0, pt->ff1);
+    for (int i = 0; i < n_sl; i++) {
+        if (!sl[i].rows) n_small += sl[i].c1 - sl[i].c0;
+        n_slices += slice_bytes(m, &sl[i]);
     }
+    shoal_status rc = SHOAL_OK;
+    float *tmp = NULL;
     if (m->be) {
-        SHOAL_TRY(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small));
-        if (n_slices && !(m->slices = malloc((size_t)n_slices)))
-            return shoal_errorf(SHOAL_NOMEM, "out of memory for %" PRIu64 " bytes of weight slices",
-                                n_slices);
+        SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small), rc, done);
+        if (n_slices && !(m->slices = malloc((size_t)n_slices))) {
+            rc = shoal_errorf(SHOAL_NOMEM, "out of memory for %" PRIu64 " bytes of weight slices",
+                              n_slices);
+            goto done;
+        }
     } else if (!(m->small = calloc((size_t)n_small, sizeof(float))) ||
                (n_slices && !(m->slices = malloc(1)))) { /* a check: host scratch only */
-        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+        goto done;
     }
-    int64_t tmp_n = qd > dim ? qd : dim;
-    float *tmp = malloc((size_t)tmp_n * sizeof(float));
-    if (!tmp) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    int64_t tmp_n = (int64_t)hp->n_heads * hp->head_dim > hp->dim ? (int64_t)hp->n_heads * hp->head_dim : hp->dim;
+    if (!(tmp = malloc((size_t)tmp_n * sizeof(float)))) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+        goto done;
+    }
     float *next = m->small;
     char *at = m->slices;
-    shoal_status rc = SHOAL_OK;
-
+    int i = 0;
     if (pt->first) {
         /* a lookup: a token reads one row, not the table; and with a tied head on this
          * rank, the head counts these parameters */
         uint64_t wb = m->weight_bytes, np = m->n_params;
-        SHOAL_TRY_GOTO(load_part(m, "token_embd.weight", hp->n_vocab, dim, 0, hp->n_vocab, 0, dim,
-                                 &m->tok_embd, &at), rc, done);
+        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->tok_embd, &at), rc, done);
         m->weight_bytes = wb;
         if (hp->tied_output && pt->last) m->n_params = np;
     }
     if (pt->last) {
-        const char *head = hp->tied_output ? "token_embd.weight" : "output.weight";
-        SHOAL_TRY_GOTO(load_part(m, head, hp->n_vocab, dim, pt->v0, pt->v1, 0, dim, &m->output, &at),
-                       rc, done);
+        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->output, &at), rc, done);
         m->output_norm = next;
-        next += dim;
-        SHOAL_TRY_GOTO(load_vector(m, "output_norm.weight", dim, 0, dim, m->output_norm, tmp), rc, done);
+        next += hp->dim;
+        SHOAL_TRY_GOTO(load_vector(m, &sl[i++], m->output_norm, tmp), rc, done);
     }
-
     for (int l = pt->layer0; l < pt->layer1; l++) {
-        struct shoal_layer *L = &m->layers[l - pt->layer0];
-#define MAT(field, suffix, rows, cols, r0, r1, c0, c1)                                         \
-    snprintf(name, sizeof name, "blk.%d." suffix, l);                                          \
-    SHOAL_TRY_GOTO(load_part(m, name, rows, cols, r0, r1, c0, c1, &L->field, &at), rc, done)
-#define VEC(field, suffix, n, i0, i1)                                                          \
-    snprintf(name, sizeof name, "blk.%d." suffix, l);                                          \
-    L->field = next;                                                                           \
-    next += (i1) - (i0);                                                                       \
-    SHOAL_TRY_GOTO(load_vector(m, name, n, i0, i1, L->field, tmp), rc, done)
-        MAT(wq, "attn_q.weight", qd, dim, q0, q1, 0, dim);
-        MAT(wk, "attn_k.weight", kvd, dim, k0, k1, 0, dim);
-        MAT(wv, "attn_v.weight", kvd, dim, k0, k1, 0, dim);
-        MAT(wo, "attn_output.weight", dim, qd, 0, dim, q0, q1);
-        MAT(gate, "ffn_gate.weight", hp->ffn_dim, dim, pt->ff0, pt->ff1, 0, dim);
-        MAT(up, "ffn_up.weight", hp->ffn_dim, dim, pt->ff0, pt->ff1, 0, dim);
-        MAT(down, "ffn_down.weight", dim, hp->ffn_dim, 0, dim, pt->ff0, pt->ff1);
-        VEC(attn_norm, "attn_norm.weight", dim, 0, dim);
-        VEC(ffn_norm, "ffn_norm.weight", dim, 0, dim);
-        if (hp->has_qkv_bias) {
-            VEC(bq, "attn_q.bias", qd, q0, q1);
-            VEC(bk, "attn_k.bias", kvd, k0, k1);
-            VEC(bv, "attn_v.bias", kvd, k0, k1);
-        }
-#undef MAT
-#undef VEC
-        if (l == pt->layer0) {
-            snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
-            m->main_type = shoal_gguf_find_tensor(g, name)->type;
+        char *L = (char *)&m->layers[l - pt->layer0];
+        for (size_t k = 0; k < N_LAYER_TENSORS; k++) {
+            const struct layer_tensor *lt = &layer_tensors[k];
+            if (lt->bias && !hp->has_qkv_bias) continue;
+            const struct shoal_slice *s = &sl[i++];
+            const struct shoal_gguf_tensor *t;
+            if (l == pt->layer0 && lt->cut == COLS_FF && find_slice(m, s, &t) == SHOAL_OK)
+                m->main_type = t->type;
+            if (s->rows) {
+                SHOAL_TRY_GOTO(load_part(m, s, (struct shoal_weight *)(L + lt->field), &at), rc, done);
+            } else {
+                *(float **)(L + lt->field) = next;
+                next += s->c1 - s->c0;
+                SHOAL_TRY_GOTO(load_vector(m, s, *(float **)(L + lt->field), tmp), rc, done);
+            }
         }
     }
 
@@ -385,6 +480,7 @@ static shoal_status load_weights(struct shoal_model *m) {
     }
 done:
     free(tmp);
+    free(sl);
     return rc;
 }
 

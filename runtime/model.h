@@ -35,6 +35,19 @@ struct shoal_hparams {
     struct shoal_rope rope;
     int tied_output;         /* no output.weight: the embedding table is the head */
     int has_qkv_bias;        /* qwen2 */
+    int sharded;             /* the file is one rank's shard: its tensors are that rank's slices */
+};
+
+/*
+ * One tensor of a rank's part: rows [r0, r1) and columns [c0, c1) of the
+ * (rows, cols) tensor src of a whole GGUF; a vector has rows 0. A rank's
+ * shard holds exactly that slice under name (shaped (r1 - r0, c1 - c0)):
+ * the same name but for a tied output head, which is the embedding table's
+ * rows in a GGUF and output.weight in a shard.
+ */
+struct shoal_slice {
+    char name[96], src[96];
+    int64_t rows, cols, r0, r1, c0, c1;
 };
 
 /* One layer's weights as this rank holds them ("local": its share of heads, FFN units). */
@@ -81,6 +94,15 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
  * quantization blocks its column splits must respect, its bytes.
  */
 shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct shoal_gguf *g);
+
+/*
+ * The tensors a rank with part pt holds, in the order the loader reads
+ * them: the embedding table (first stage), the output head and its norm
+ * (last stage), then each layer's. *out is malloc'ed (the caller frees it).
+ * The one list both the loader and `shoal shard` follow.
+ */
+shoal_status shoal_model_slices(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
+                                struct shoal_slice **out, int *n);
 
 /*
  * Prepares this rank's part of g's weights on backend be (part NULL: the
