@@ -173,3 +173,16 @@ static int parse(FILE *err, int loud, const char *cmd, const char *usage, const 
     }
     return 0;
 }
+
+int args_parse_weights(const char *s, double *w, int max) {
+    int n = 0;
+    while (*s) {
+        char *end;
+        double v = strtod(s, &end);
+        if (end == s || !(v > 0) || v > 1e6 || n == max || (*end && *end != ',')) return -1;
+        w[n++] = v;
+        s = *end ? end + 1 : end;
+        if (*end && !*s) return -1; /* a trailing comma */
+    }
+    return n;
+}

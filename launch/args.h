@@ -38,6 +38,11 @@ int args_parse_quiet(int loud, const char *cmd, const char *usage, const char *a
 void args_help(FILE *f, const char *cmd, const char *usage, const char *about,
                const struct opt *opts);
 
+/* "2,1,1" -> weights (at most max); the count, or -1 unless every value is a
+ * positive number. */
+#define ARGS_MAX_WEIGHTS 256
+int args_parse_weights(const char *s, double *w, int max);
+
 /* "1.5G", "512M", "4096" -> bytes; -1 on error. */
 int64_t args_parse_size(const char *s);
 

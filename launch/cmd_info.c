@@ -13,6 +13,7 @@
 #include "../runtime/model.h"
 #include "../runtime/tokenizer.h"
 #include "../shard/default_model.h"
+#include "../shard/shard.h"
 #include "args.h"
 #include "launch.h"
 
@@ -120,7 +121,7 @@ int cmd_info(int argc, char **argv) {
     if (shoal_gguf_get(g, "general.architecture") && g->n_tensors > 0) {
         struct shoal_hparams hp;
         rc = shoal_hparams_read(&hp, g);
-        if (rc == SHOAL_OK) rc = shoal_model_check(g);
+        if (rc == SHOAL_OK && !hp.sharded) rc = shoal_model_check(g);
         if (rc == SHOAL_OK) {
             printf("model:       %s: %s, %d layers, dim %d, %d heads (%d KV, head size %d), ffn %d, "
                    "vocab %d, context %d\n",
@@ -129,6 +130,15 @@ int cmd_info(int argc, char **argv) {
             printf("             rope %s over %d dims, base %g; rms eps %g; output head %s\n",
                    hp.rope.mode == SHOAL_ROPE_NEOX ? "neox" : "norm", hp.rope.rope_dim,
                    hp.rope.freq_base, hp.rms_eps, hp.tied_output ? "tied to the embeddings" : "separate");
+            if (hp.sharded) {
+                uint32_t rank = 0, n = 0, tp = 0, pp = 0;
+                shoal_gguf_get_u32_opt(g, SHOAL_SHARD_KEY_RANK, &rank);
+                shoal_gguf_get_u32_opt(g, SHOAL_SHARD_KEY_N_RANKS, &n);
+                shoal_gguf_get_u32_opt(g, SHOAL_SHARD_KEY_TP, &tp);
+                shoal_gguf_get_u32_opt(g, SHOAL_SHARD_KEY_PP, &pp);
+                printf("shard:       rank %u of %u (tp %u x pp %u): this rank's slices only; run the "
+                       "set with shoal run --shards DIR\n", rank, n, tp, pp);
+            }
         } else {
             printf("model:       shoal cannot run this file: %s\n", shoal_last_error());
             status = rc == SHOAL_UNSUPPORTED ? 0 : 1;

