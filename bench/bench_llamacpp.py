@@ -84,8 +84,8 @@ def ensure_llama_cpp():
 
 
 def membw(threads: int, out: Path) -> float:
-    exe = out / "membw"
-    sh(["cc", "-O2", "-march=native", "-pthread", str(ROOT / "bench" / "membw.c"), "-o", str(exe)])
+    """GB/s that threads read (build/membw, from bench/membw.c; out is unused)."""
+    exe = Path(os.environ.get("SHOAL_BIN", str(ROOT / "build" / "shoal"))).parent / "membw"
     best = 0.0
     for _ in range(3):
         m = re.match(r"([0-9.]+) GB/s", sh([str(exe), str(threads), "1024"]).stdout)

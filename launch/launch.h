@@ -11,14 +11,48 @@
 #include <stdint.h>
 
 #include "../base/base.h"
+#include "../parallel/cost.h"
+#include "../shard/gguf.h"
 
 int cmd_run(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_shard(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 /* Prints "shoal CMD: error: <detail>" for a failed status and returns 1. */
 int launch_fail(const char *cmd, shoal_status rc);
+
+/*
+ * The planner's side of the command line (cmd_plan.c), shared with shoal run.
+ * This machine: its cores, available memory, and read bandwidth with all
+ * cores and with one, over a buffer of `bytes`.
+ */
+shoal_status launch_measure_machine(struct shoal_host *h, size_t bytes);
+/* The cost parameters of a run of g with these settings (kv_type, wire: the enums). */
+void launch_cost_params(const struct shoal_gguf *g, const struct shoal_model_shape *m, int n_ctx,
+                        int n_batch, int kv_type, int wire, struct shoal_cost_params *p);
+/* The best layout of topo's ranks (fitting, then fastest); best->mem is the caller's. */
+shoal_status launch_auto_layout(const struct shoal_model_shape *m, const struct shoal_topology *topo,
+                                const struct shoal_cost_params *p, struct shoal_layout_cost *best);
+
+/*
+ * The planner's measurements of this machine (probe.c): one layer of a
+ * rank's part, and its output head, timed here (shoal_cost_params.probe).
+ */
+struct probe_entry {
+    int q, kv, ff, v, threads;
+    double layer_s, head_s;
+};
+struct launch_probe {
+    const struct shoal_gguf *g;
+    const struct shoal_model_shape *shape;
+    int kv_type, simd, pos; /* pos: the position a decode step reads up to */
+    struct probe_entry e[64];
+    int n;
+};
+shoal_status launch_probe(void *user, const struct shoal_rank_part *pt, int threads, double *layer_s,
+                          double *head_s);
 
 /* Progress over a known number of bytes, on stderr: a bar on a terminal,
  * plain lines every few seconds otherwise; silent for small totals. */

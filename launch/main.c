@@ -16,6 +16,7 @@ static const struct {
     { "run", cmd_run, "generate text from a prompt" },
     { "info", cmd_info, "print a GGUF file's metadata and tensor table" },
     { "shard", cmd_shard, "cut a GGUF into one file per rank, with a manifest" },
+    { "plan", cmd_plan, "say which layouts fit the hosts and how fast they will decode" },
     { "synth", cmd_synth, "write a synthetic model with random weights (tests, benchmarks)" },
 };
 

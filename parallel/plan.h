@@ -35,6 +35,13 @@ struct shoal_model_shape {
     int down_block;      /* likewise for ffn_down */
     double layer_bytes;  /* weight bytes of one layer */
     double output_bytes; /* of the output head (read every token by the last stage) */
+    /* the same bytes by unit of the split, averaged over the layers (for the cost model) */
+    double q_head_bytes;   /* one query head's Q rows and attention-output columns (and bias) */
+    double kv_head_bytes;  /* one KV head's K and V rows (and biases) */
+    double ffn_unit_bytes; /* one FFN unit's gate and up rows and down column */
+    double norm_bytes;     /* a layer's norm weights (every rank holds them) */
+    double embd_bytes;     /* the embedding table (a lookup: mapped, mostly not read) */
+    int tied_head;         /* the output head is the embedding table */
 };
 
 /* What one rank holds. Ranges are half-open. */

@@ -164,75 +164,6 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
     return SHOAL_OK;
 }
 
-/* ----------------------------------------------------------------- shape */
-
-/* Values per quantization block of a tensor (1 for plain types; 0 if absent). */
-static int block_of(const struct shoal_gguf *g, const char *name) {
-    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
-    const struct shoal_dtype_info *ti = t ? shoal_dtype_info(t->type) : NULL;
-    return ti ? ti->block : 0;
-}
-
-shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct shoal_gguf *g) {
-    struct shoal_hparams hp;
-    SHOAL_TRY(shoal_hparams_read(&hp, g));
-    memset(shape, 0, sizeof *shape);
-    shape->n_layers = hp.n_layers;
-    shape->dim = hp.dim;
-    shape->n_heads = hp.n_heads;
-    shape->n_kv_heads = hp.n_kv_heads;
-    shape->head_dim = hp.head_dim;
-    shape->ffn_dim = hp.ffn_dim;
-    shape->n_vocab = hp.n_vocab;
-    shape->wo_block = shape->down_block = 1;
-    char name[96];
-    for (int l = 0; l < hp.n_layers; l++) {
-        snprintf(name, sizeof name, "blk.%d.attn_output.weight", l);
-        int b = block_of(g, name);
-        if (b > shape->wo_block) shape->wo_block = b;
-        snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
-        b = block_of(g, name);
-        if (b > shape->down_block) shape->down_block = b;
-    }
-    double layers = 0, head = 0;
-    for (int64_t i = 0; i < g->n_tensors; i++) {
-        const struct shoal_gguf_tensor *t = &g->tensors[i];
-        if (strncmp(t->name, "blk.", 4) == 0) layers += (double)t->nbytes;
-        else if (strcmp(t->name, hp.tied_output ? "token_embd.weight" : "output.weight") == 0)
-            head = (double)t->nbytes;
-    }
-    shape->layer_bytes = layers / hp.n_layers;
-    shape->output_bytes = head;
-    return SHOAL_OK;
-}
-
-/* --------------------------------------------------------------- loading */
-
-/* Finds a tensor and checks its shape: ne0 values per row, ne1 rows (0: 1-D). */
-static shoal_status want(const struct shoal_gguf *g, const char *name, int64_t ne0, int64_t ne1,
-                         const struct shoal_gguf_tensor **out) {
-    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
-    if (!t) return shoal_errorf(SHOAL_FORMAT, "%s: required tensor '%s' is missing", g->path, name);
-    int nd = ne1 ? 2 : 1;
-    if (t->n_dims != nd || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1)) {
-        if (ne1)
-            return shoal_errorf(SHOAL_FORMAT,
-                                "%s: tensor '%s' has shape [%" PRId64 ", %" PRId64
-                                "] (%d dims), expected [%" PRId64 ", %" PRId64 "]",
-                                g->path, name, t->ne[0], t->ne[1], t->n_dims, ne0, ne1);
-        return shoal_errorf(SHOAL_FORMAT, "%s: tensor '%s' has shape [%" PRId64
-                            "] (%d dims), expected [%" PRId64 "]",
-                            g->path, name, t->ne[0], t->n_dims, ne0);
-    }
-    *out = t;
-    return SHOAL_OK;
-}
-
-static int computable(int type) {
-    const struct shoal_dtype_info *ti = shoal_dtype_info(type);
-    return ti && ti->computable;
-}
-
 /* ---------------------------------------------------------------- slices */
 
 /* How a layer tensor is cut: which of its dimensions follows the plan. */
@@ -298,6 +229,92 @@ static int global_slices(const struct shoal_hparams *hp, const struct shoal_rank
         n++;
     }
     return n;
+}
+
+/* ----------------------------------------------------------------- shape */
+
+/* Values per quantization block of a tensor (1 for plain types; 0 if absent). */
+static int block_of(const struct shoal_gguf *g, const char *name) {
+    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
+    const struct shoal_dtype_info *ti = t ? shoal_dtype_info(t->type) : NULL;
+    return ti ? ti->block : 0;
+}
+
+shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct shoal_gguf *g) {
+    struct shoal_hparams hp;
+    SHOAL_TRY(shoal_hparams_read(&hp, g));
+    memset(shape, 0, sizeof *shape);
+    shape->n_layers = hp.n_layers;
+    shape->dim = hp.dim;
+    shape->n_heads = hp.n_heads;
+    shape->n_kv_heads = hp.n_kv_heads;
+    shape->head_dim = hp.head_dim;
+    shape->ffn_dim = hp.ffn_dim;
+    shape->n_vocab = hp.n_vocab;
+    shape->wo_block = shape->down_block = 1;
+    char name[96];
+    for (int l = 0; l < hp.n_layers; l++) {
+        snprintf(name, sizeof name, "blk.%d.attn_output.weight", l);
+        int b = block_of(g, name);
+        if (b > shape->wo_block) shape->wo_block = b;
+        snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
+        b = block_of(g, name);
+        if (b > shape->down_block) shape->down_block = b;
+    }
+    double layers = 0, head = 0;
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        const struct shoal_gguf_tensor *t = &g->tensors[i];
+        if (strncmp(t->name, "blk.", 4) == 0) layers += (double)t->nbytes;
+        else if (strcmp(t->name, hp.tied_output ? "token_embd.weight" : "output.weight") == 0)
+            head = (double)t->nbytes;
+        if (strcmp(t->name, "token_embd.weight") == 0) shape->embd_bytes = (double)t->nbytes;
+    }
+    shape->layer_bytes = layers / hp.n_layers;
+    shape->output_bytes = head;
+    shape->tied_head = hp.tied_output;
+    /* by unit of the split: each layer tensor's bytes over the heads or units it is cut by */
+    for (int l = 0; l < hp.n_layers; l++)
+        for (size_t k = 0; k < N_LAYER_TENSORS; k++) {
+            const struct layer_tensor *lt = &layer_tensors[k];
+            snprintf(name, sizeof name, "blk.%d.%s", l, lt->suffix);
+            const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
+            if (!t) continue;
+            double b = (double)t->nbytes / hp.n_layers;
+            switch (lt->cut) {
+            case ROWS_Q: case COLS_Q: case VEC_Q: shape->q_head_bytes += b / hp.n_heads; break;
+            case ROWS_KV: case VEC_KV: shape->kv_head_bytes += b / hp.n_kv_heads; break;
+            case ROWS_FF: case COLS_FF: shape->ffn_unit_bytes += b / hp.ffn_dim; break;
+            case WHOLE_DIM: shape->norm_bytes += b; break;
+            }
+        }
+    return SHOAL_OK;
+}
+
+/* --------------------------------------------------------------- loading */
+
+/* Finds a tensor and checks its shape: ne0 values per row, ne1 rows (0: 1-D). */
+static shoal_status want(const struct shoal_gguf *g, const char *name, int64_t ne0, int64_t ne1,
+                         const struct shoal_gguf_tensor **out) {
+    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
+    if (!t) return shoal_errorf(SHOAL_FORMAT, "%s: required tensor '%s' is missing", g->path, name);
+    int nd = ne1 ? 2 : 1;
+    if (t->n_dims != nd || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1)) {
+        if (ne1)
+            return shoal_errorf(SHOAL_FORMAT,
+                                "%s: tensor '%s' has shape [%" PRId64 ", %" PRId64
+                                "] (%d dims), expected [%" PRId64 ", %" PRId64 "]",
+                                g->path, name, t->ne[0], t->ne[1], t->n_dims, ne0, ne1);
+        return shoal_errorf(SHOAL_FORMAT, "%s: tensor '%s' has shape [%" PRId64
+                            "] (%d dims), expected [%" PRId64 "]",
+                            g->path, name, t->ne[0], t->n_dims, ne0);
+    }
+    *out = t;
+    return SHOAL_OK;
+}
+
+static int computable(int type) {
+    const struct shoal_dtype_info *ti = shoal_dtype_info(type);
+    return ti && ti->computable;
 }
 
 shoal_status shoal_model_slices(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,

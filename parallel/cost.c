@@ -1,0 +1,267 @@
+/*
+ * cost.c — memory and speed of a layout before it runs (cost.h).
+ */
+#include "cost.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The constants of the model, measured on the development machines (2-core
+ * AMD EPYC, Open MPI 4.1 over shared memory and over TCP): */
+#define BW_FRACTION 0.78     /* of the measured read bandwidth that decode kernels reach */
+#define BOUND_FRACTION 0.92  /* the most of it they reach when nothing else limits them */
+#define LAYER_COST 45e-6     /* s per layer per token with one thread: small ops, hand-offs */
+#define LAYER_COST_MT 95e-6  /* the same with several threads (a fork and join per op) */
+#define TOKEN_COST 100e-6    /* s per token: sampling, the step message, bookkeeping */
+#define MSG_COST 20e-6       /* s of software per message beyond the link's latency */
+#define WAKE_COST 450e-6     /* s for a rank that waited a whole stage to notice its message */
+#define BASE_BYTES 6e6       /* a process: code, libraries, stacks, small buffers */
+#define MPI_BYTES 8e6        /* what Open MPI adds to each rank (shared-memory segments) */
+#define PAGE 4096.0          /* a lookup maps the page of the row it reads */
+#define FAULT_AROUND 65536.0 /* a fault in a mapped file maps the cached pages of its 64 KiB window */
+
+/* Bytes of one rank's weights that every token reads, and those it holds. */
+static void rank_weights(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
+                         double *read, double *held) {
+    double layer = (pt->q1 - pt->q0) * m->q_head_bytes + (pt->kv1 - pt->kv0) * m->kv_head_bytes +
+                   (pt->ff1 - pt->ff0) * m->ffn_unit_bytes + m->norm_bytes;
+    double w = layer * (pt->layer1 - pt->layer0);
+    if (pt->last) w += m->output_bytes * (pt->v1 - pt->v0) / m->n_vocab + (double)m->dim * 4;
+    *read = w;
+    *held = w;
+}
+
+static double act_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
+                        const struct shoal_cost_params *p) {
+    /* as shoal_state_create lays them out, each slot rounded to 64 bytes */
+    double nb = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
+    double qd = (double)(pt->q1 - pt->q0) * m->head_dim, kvd = (double)(pt->kv1 - pt->kv0) * m->head_dim;
+    double ff = pt->ff1 - pt->ff0, vocab_l = pt->last ? pt->v1 - pt->v0 : 0;
+    double floats = nb * (2.0 * m->dim + 2 * qd + 2 * kvd + 2 * ff + 2.0 * m->dim) + vocab_l;
+    double a = floats * 4 + 10 * 64;
+    if (pt->last) a += (double)m->n_vocab * 4;            /* the gathered logits */
+    if (pt->rank == 0) a += (double)m->n_vocab * 4 * 3;   /* the sampler's and the loop's copies */
+    return a;
+}
+
+static void rank_mem(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
+                     const struct shoal_cost_params *p, int tp, int n_ranks, struct shoal_rank_mem *r) {
+    double read;
+    rank_weights(m, pt, &read, &r->weights);
+    /* rows mapped in place: a slice of a tensor maps half a window past each end, on
+     * average (Q, K, V, gate and up of each layer, and the output head) */
+    if (tp > 1) r->weights += ((pt->layer1 - pt->layer0) * 5.0 + pt->last) * FAULT_AROUND;
+    /* a lookup maps the page of each row it reads, at most one per position; a tied
+     * head on this rank has some of the table's rows already */
+    r->embd = 0;
+    if (pt->first) {
+        double touched = fmin((double)p->n_ctx, (double)m->n_vocab) * fmax(PAGE, m->embd_bytes / m->n_vocab);
+        double have = pt->last && m->tied_head ? m->embd_bytes * (pt->v1 - pt->v0) / m->n_vocab : 0;
+        r->embd = fmin(m->embd_bytes - have, touched);
+    }
+    r->kv = (double)(pt->layer1 - pt->layer0) * 2 * p->n_ctx * (pt->kv1 - pt->kv0) * p->kv_head_bytes;
+    r->act = act_bytes(m, pt, p);
+    r->base = BASE_BYTES + (n_ranks > 1 ? MPI_BYTES : 0) + p->meta_bytes + (pt->rank == 0 ? p->tokenizer_bytes : 0);
+    r->total = r->weights + r->embd + r->kv + r->act + r->base;
+}
+
+/* An all-gather of n ranks' bytes each over a link: recursive doubling. */
+static double allgather_s(int n, double bytes, const struct shoal_link *l) {
+    if (n < 2) return 0;
+    int rounds = (int)ceil(log2((double)n));
+    return rounds * (l->lat + MSG_COST) + (n - 1) * bytes / l->bw;
+}
+
+/* The slowest link among a stage's ranks. */
+static const struct shoal_link *stage_link(const struct shoal_topology *t, const struct shoal_plan *plan,
+                                           int stage) {
+    const struct shoal_link *worst = &t->local;
+    for (int i = 0; i < plan->tp; i++)
+        for (int j = i + 1; j < plan->tp; j++) {
+            const struct shoal_link *l = shoal_topology_link(t, shoal_topology_host_of(t, stage * plan->tp + i),
+                                                             shoal_topology_host_of(t, stage * plan->tp + j));
+            if (l->lat + 1e5 / l->bw > worst->lat + 1e5 / worst->bw) worst = l;
+        }
+    return worst;
+}
+
+/* The bandwidth one rank reads with while its stage runs: its host's, shared by
+ * the stage's threads there (one rank runs cores / ranks-on-host threads). */
+static double rank_bw(const struct shoal_topology *t, const struct shoal_plan *plan, int rank,
+                      int *threads, double *crowd) {
+    int h = shoal_topology_host_of(t, rank);
+    const struct shoal_host *host = &t->hosts[h];
+    int th = host->cores / host->ranks;
+    if (th < 1) th = 1;
+    int active = 0, stage = rank / plan->tp;
+    for (int i = 0; i < plan->tp; i++)
+        if (shoal_topology_host_of(t, stage * plan->tp + i) == h) active += th;
+    double busy = active < host->cores ? active : host->cores;
+    double bw = fmin(host->membw, busy * host->corebw);
+    *threads = th;
+    *crowd = active > host->cores ? (double)active / host->cores : 1; /* threads per core */
+    return bw * th / (active > host->cores ? active : busy);
+}
+
+/* Seconds of compute one rank spends on a decode step. */
+static shoal_status rank_time(const struct shoal_model_shape *m, const struct shoal_plan *plan,
+                              const struct shoal_topology *topo, const struct shoal_cost_params *p,
+                              const struct shoal_rank_mem *mem, int r, double *out) {
+    const struct shoal_rank_part *q = &plan->part[r];
+    const struct shoal_host *host = &topo->hosts[shoal_topology_host_of(topo, r)];
+    int layers = q->layer1 - q->layer0, th;
+    double read, held, crowd;
+    rank_weights(m, q, &read, &held);
+    read += mem->kv * p->decode_fill; /* the cache filled so far */
+    double bw = rank_bw(topo, plan, r, &th, &crowd);
+    if (!p->probe) {
+        *out = read / (BW_FRACTION * bw) + layers * (th > 1 ? LAYER_COST_MT : LAYER_COST) * crowd;
+        return SHOAL_OK;
+    }
+    double layer_s, head_s;
+    int pth = th < p->probe_cores ? th : p->probe_cores;
+    SHOAL_TRY(p->probe(p->probe_user, q, pth, &layer_s, &head_s));
+    /* another machine, or more threads than the probe had: as their bandwidths */
+    double probe_bw = fmin(p->probe_membw, pth * p->probe_corebw), host_bw = fmin(host->membw, th * host->corebw);
+    double t = (layers * layer_s + head_s) * (probe_bw > 0 ? probe_bw / host_bw : 1) * crowd;
+    /* alone on the machine the probe reads with all of it; here the stage's ranks share it */
+    double bound = read / (BOUND_FRACTION * bw);
+    *out = t > bound ? t : bound;
+    return SHOAL_OK;
+}
+
+shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct shoal_plan *plan,
+                               const struct shoal_topology *topo, const struct shoal_cost_params *p,
+                               struct shoal_layout_cost *c) {
+    memset(c, 0, sizeof *c);
+    if (plan->n_ranks != topo->n_ranks)
+        return shoal_errorf(SHOAL_INVALID, "the plan has %d ranks, the hosts %d", plan->n_ranks, topo->n_ranks);
+    c->tp = plan->tp;
+    c->pp = plan->pp;
+    if (!(c->mem = calloc((size_t)plan->n_ranks, sizeof *c->mem)))
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    for (int r = 0; r < plan->n_ranks; r++) rank_mem(m, &plan->part[r], p, plan->tp, plan->n_ranks, &c->mem[r]);
+
+    /* memory: a host's ranks share its memory */
+    c->fits = 1;
+    double worst_spare = INFINITY;
+    for (int h = 0, r0 = 0; h < topo->n_hosts; r0 += topo->hosts[h].ranks, h++) {
+        double need = 0;
+        int big = r0;
+        for (int r = r0; r < r0 + topo->hosts[h].ranks; r++) {
+            need += c->mem[r].total;
+            if (c->mem[r].total > c->mem[big].total) big = r;
+        }
+        double spare = topo->hosts[h].mem - need;
+        if (spare < worst_spare) {
+            worst_spare = spare;
+            c->worst_host = h;
+            c->worst_rank = big;
+            c->worst_need = need;
+            c->worst_have = topo->hosts[h].mem;
+        }
+        if (spare < 0) c->fits = 0;
+    }
+
+    /* speed: the stages in turn, each as slow as its slowest rank plus its all-reduces */
+    double wire = p->wire_elem;
+    for (int s = 0; s < plan->pp; s++) {
+        double slowest = 0;
+        const struct shoal_rank_part *pt = &plan->part[s * plan->tp];
+        int layers = pt->layer1 - pt->layer0;
+        for (int i = 0; i < plan->tp; i++) {
+            double t;
+            shoal_status rc = rank_time(m, plan, topo, p, &c->mem[s * plan->tp + i], s * plan->tp + i, &t);
+            if (rc != SHOAL_OK) {
+                shoal_layout_cost_free(c);
+                return rc;
+            }
+            if (t > slowest) slowest = t;
+        }
+        const struct shoal_link *l = stage_link(topo, plan, s);
+        double comm = 2.0 * layers * allgather_s(plan->tp, m->dim * wire, l);
+        if (plan->tp > 1) /* the step shared within the group; the candidates gathered */
+            comm += 2 * allgather_s(plan->tp, 256, l);
+        c->t_compute += slowest;
+        c->t_comm += comm;
+    }
+    /* hand-offs between stages and the candidates back to rank 0 */
+    for (int s = 0; s + 1 < plan->pp; s++) {
+        const struct shoal_link *l = shoal_topology_link(topo, shoal_topology_host_of(topo, s * plan->tp),
+                                                         shoal_topology_host_of(topo, (s + 1) * plan->tp));
+        c->t_comm += l->lat + MSG_COST + WAKE_COST + (m->dim * 4.0 + 256) / l->bw;
+    }
+    if (plan->pp > 1) {
+        const struct shoal_link *l = shoal_topology_link(topo, shoal_topology_host_of(topo, (plan->pp - 1) * plan->tp),
+                                                         shoal_topology_host_of(topo, 0));
+        c->t_comm += l->lat + MSG_COST + WAKE_COST + 512 / l->bw;
+    }
+    c->t_compute += TOKEN_COST;
+    c->tok_s = 1.0 / (c->t_compute + c->t_comm);
+    return SHOAL_OK;
+}
+
+void shoal_layout_cost_free(struct shoal_layout_cost *c) {
+    free(c->mem);
+    c->mem = NULL;
+}
+
+static int better(const void *a, const void *b) {
+    const struct shoal_layout_cost *x = a, *y = b;
+    if (x->fits != y->fits) return y->fits - x->fits;
+    if (x->tok_s != y->tok_s) return x->tok_s > y->tok_s ? -1 : 1;
+    return x->pp - y->pp; /* equal speed: fewer stages */
+}
+
+shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoal_topology *topo,
+                            const struct shoal_cost_params *p, struct shoal_layout_cost **out, int *n) {
+    *out = NULL;
+    *n = 0;
+    int N = topo->n_ranks;
+    struct shoal_layout_cost *all = calloc((size_t)N, sizeof *all);
+    if (!all) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    int k = 0;
+    char why[512] = "";
+    for (int tp = 1; tp <= N; tp++) {
+        if (N % tp) continue;
+        struct shoal_plan *plan = NULL;
+        struct shoal_plan_params pp = { .tp = tp, .pp = N / tp };
+        if (shoal_plan_make(&plan, m, &pp) != SHOAL_OK) {
+            snprintf(why, sizeof why, "%s", shoal_last_error());
+            continue;
+        }
+        shoal_status rc = shoal_cost_layout(m, plan, topo, p, &all[k]);
+        shoal_plan_destroy(plan);
+        if (rc != SHOAL_OK) {
+            shoal_layout_costs_free(all, k);
+            return rc;
+        }
+        k++;
+    }
+    if (k == 0) {
+        free(all);
+        return shoal_errorf(SHOAL_INVALID, "no layout of %d ranks splits this model (%s)", N, why);
+    }
+    qsort(all, (size_t)k, sizeof *all, better);
+    *out = all;
+    *n = k;
+    return SHOAL_OK;
+}
+
+void shoal_layout_costs_free(struct shoal_layout_cost *c, int n) {
+    for (int i = 0; c && i < n; i++) shoal_layout_cost_free(&c[i]);
+    free(c);
+}
+
+void shoal_cost_print_assumptions(FILE *f, int probed) {
+    if (probed)
+        fprintf(f, "compute: one layer of each part timed here, at least the bytes / %.0f%% of the "
+                   "bandwidth; ", BOUND_FRACTION * 100);
+    fprintf(f, "assumed: decode reads %.0f%% of the memory bandwidth; %.0f us per layer and token "
+               "(%.0f us with several threads), %.0f us per token; %.0f us per message beyond "
+               "the link's latency, %.0f us more for a rank waking to a pipeline hand-off; all-gathers by recursive doubling; %.0f MiB per process "
+               "(+%.0f MiB under MPI)\n",
+            BW_FRACTION * 100, LAYER_COST * 1e6, LAYER_COST_MT * 1e6, TOKEN_COST * 1e6, MSG_COST * 1e6, WAKE_COST * 1e6,
+            BASE_BYTES / 1048576, MPI_BYTES / 1048576);
+}

@@ -1,0 +1,100 @@
+/*
+ * cost — what a layout costs before it runs: per rank the memory it needs
+ * and the decode speed the layout will reach, from a model of the hardware
+ * (parallel/hosts: hosts with ranks, memory, memory bandwidth and cores;
+ * the links between them), and the choice of the best layout that fits.
+ * Pure functions, like the plan.
+ *
+ * The speed model, per generated token (decoding is memory-bound):
+ *   a rank computes   its weight and KV bytes / its share of its host's
+ *                     memory bandwidth (the stage's ranks on a host read at
+ *                     once), or, when slower, what the kernels reach: one
+ *                     layer of its part (and the output head) timed on this
+ *                     machine by a probe with its thread count, times its
+ *                     layers; without a probe, bytes / (bandwidth x the
+ *                     fraction kernels reach) + a fixed cost per layer;
+ *   a stage takes     its slowest rank, plus two all-reduces per layer over
+ *                     the links among its ranks (latency x rounds + bytes /
+ *                     bandwidth);
+ *   a token takes     every stage in turn, the hand-offs between stages and
+ *                     the sampled candidates back to rank 0.
+ * The constants (the fraction of bandwidth, the fixed costs, shared-memory
+ * latency) were measured on the development machines; `shoal plan` prints
+ * what it assumed, and bench/bench_plan.py sets predictions against runs.
+ */
+#ifndef SHOAL_COST_H
+#define SHOAL_COST_H
+
+#include <stdio.h>
+
+#include "../base/base.h"
+#include "hosts.h"
+#include "plan.h"
+
+struct shoal_cost_params {
+    int n_ctx;          /* KV cache positions */
+    int n_batch;        /* prompt tokens per forward pass (activations) */
+    double kv_head_bytes;   /* bytes of one head's K (or V) at one position (the KV type's) */
+    double wire_elem;       /* bytes per all-reduced value: 8 (f64) ... 34/32 (q8) */
+    double meta_bytes;      /* the model file's header every rank parses (and its index) */
+    double tokenizer_bytes; /* rank 0's tokenizer (vocabulary and merges in tables) */
+    double decode_fill;     /* the part of the cache a decoded token reads, on average (0..1) */
+    /*
+     * Measured compute, or NULL for bytes over bandwidth alone: the seconds
+     * one decode step of one of part's layers (and its output head, for a
+     * last stage) takes with `threads` threads on the machine that probes,
+     * which reads probe_membw with all its cores and probe_corebw with one.
+     * A host scales the times by the bandwidth the probe's threads had over
+     * the bandwidth its rank's threads have.
+     */
+    shoal_status (*probe)(void *user, const struct shoal_rank_part *part, int threads, double *layer_s,
+                          double *head_s);
+    void *probe_user;
+    double probe_membw, probe_corebw;
+    int probe_cores;
+};
+
+/* Memory of one rank, in bytes. */
+struct shoal_rank_mem {
+    double weights;     /* the layers' slices, the output head slice, norms */
+    double embd;        /* the embedding rows a run touches (first stage) */
+    double kv;          /* the KV cache for n_ctx positions */
+    double act;         /* activations for a batch, logits */
+    double base;        /* the process: code, libraries, MPI, thread stacks, tokenizer */
+    double total;
+};
+
+struct shoal_layout_cost {
+    int tp, pp, fits;
+    double tok_s;             /* predicted decode tokens/s */
+    double t_compute, t_comm; /* seconds per token on the critical path */
+    struct shoal_rank_mem *mem; /* (tp * pp) */
+    int worst_host;           /* the host with the least memory to spare */
+    int worst_rank;           /* its rank that needs the most */
+    double worst_need, worst_have; /* that host's need and memory */
+};
+
+/*
+ * The cost of plan on topo (ranks in host order, as mpirun places them).
+ * c->mem is allocated (shoal_layout_cost_free).
+ */
+shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct shoal_plan *plan,
+                               const struct shoal_topology *topo, const struct shoal_cost_params *p,
+                               struct shoal_layout_cost *c);
+void shoal_layout_cost_free(struct shoal_layout_cost *c);
+
+/*
+ * Every layout of topo's ranks that the model can be split into, costed;
+ * *out (n entries, best first: fitting, then fastest) is owned by the
+ * caller (shoal_layout_costs_free). SHOAL_INVALID when no layout splits the
+ * model at all.
+ */
+shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoal_topology *topo,
+                            const struct shoal_cost_params *p, struct shoal_layout_cost **out,
+                            int *n);
+void shoal_layout_costs_free(struct shoal_layout_cost *c, int n);
+
+/* The constants of the model, printed so that a user sees what was assumed. */
+void shoal_cost_print_assumptions(FILE *f, int probed);
+
+#endif
