@@ -62,7 +62,8 @@ void shoal_comm_destroy(struct shoal_comm *c); /* accepts NULL; not for the worl
 int shoal_comm_rank(const struct shoal_comm *c);
 int shoal_comm_size(const struct shoal_comm *c);
 const char *shoal_comm_backend(const struct shoal_comm *c);
-/* Ranks of the world that share this rank's machine (1 for self). */
+/* Ranks of the world that share this rank's machine (1 for self); a collective: every
+ * rank of world calls it. */
 int shoal_comm_local_size(struct shoal_comm *world);
 const struct shoal_comm_stats *shoal_comm_stats(const struct shoal_comm *c);
 void shoal_comm_stats_reset(struct shoal_comm *c);

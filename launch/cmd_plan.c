@@ -71,6 +71,7 @@ void launch_cost_params(const struct shoal_gguf *g, const struct shoal_model_sha
 
 shoal_status launch_auto_layout(const struct shoal_model_shape *m, const struct shoal_topology *topo,
                                 const struct shoal_cost_params *p, struct shoal_layout_cost *best) {
+    memset(best, 0, sizeof *best);
     struct shoal_layout_cost *all = NULL;
     int n = 0;
     SHOAL_TRY(shoal_cost_all(m, topo, p, &all, &n));
@@ -131,20 +132,18 @@ static cJSON *json_cost(const struct shoal_layout_cost *c) {
 
 /* ------------------------------------------------------------ what would fit */
 
-/* The most memory a rank of the best layout needs, for n ranks on one host. */
-static double need_per_rank(const struct shoal_model_shape *m, int n, const struct shoal_host *machine,
-                            const struct shoal_cost_params *p) {
+/* Whether some layout of n ranks on one host like h, per bytes each, fits. */
+static int fits_with(const struct shoal_model_shape *m, int n, double per, const struct shoal_host *h,
+                     const struct shoal_cost_params *p) {
     struct shoal_topology t;
-    if (shoal_hosts_single(n, 1e18, machine, &t) != SHOAL_OK) return INFINITY;
+    if (shoal_hosts_single(n, per, h, &t) != SHOAL_OK) return 0;
+    struct shoal_cost_params q = *p;
+    q.probe = NULL; /* memory is all that matters here */
     struct shoal_layout_cost c;
-    double need = INFINITY;
-    if (launch_auto_layout(m, &t, p, &c) == SHOAL_OK) {
-        need = 0;
-        for (int r = 0; r < n; r++) need = fmax(need, c.mem[r].total);
-        shoal_layout_cost_free(&c);
-    }
+    int fits = launch_auto_layout(m, &t, &q, &c) == SHOAL_OK && c.fits;
+    shoal_layout_cost_free(&c);
     shoal_topology_free(&t);
-    return need;
+    return fits;
 }
 
 static void suggest(const struct shoal_model_shape *m, const struct shoal_topology *t,
@@ -155,24 +154,25 @@ static void suggest(const struct shoal_model_shape *m, const struct shoal_topolo
            best->pp, mib(b[0], 32, best->worst_need), h->name, mib(b[1], 32, best->worst_have));
     printf("it would fit with any of:\n");
     double per = h->mem / h->ranks;
-    printf("  - %s per rank on %s (now %s)\n", mib(b[0], 32, best->worst_need / h->ranks * 1.02),
-           h->name, mib(b[1], 32, per));
+    printf("  - %.0fM per rank on %s (now %s)\n", ceil(best->worst_need / h->ranks * 1.02 / 1048576), h->name,
+           mib(b[1], 32, per));
     /* more ranks of the same memory (each host as the smallest) */
     for (int n = t->n_ranks + 1; n <= 4096; n = n < 64 ? n + 1 : n * 2) {
-        if (need_per_rank(m, n, h, p) <= per) {
-            printf("  - %d ranks of %s each (shoal plan --ranks %d --mem-per-rank %s)\n", n, mib(b[0], 32, per),
-                   n, mib(b[1], 32, per));
+        if (fits_with(m, n, per, h, p)) {
+            printf("  - %d ranks of %s each (shoal plan --ranks %d --mem-per-rank %.0fM)\n", n, mib(b[0], 32, per),
+                   n, floor(per / 1048576));
             break;
         }
     }
-    /* a shorter context */
+    /* a shorter context (memory alone: no probe) */
     struct shoal_cost_params q = *p;
+    q.probe = NULL;
     int lo = 0, hi = p->n_ctx;
     while (hi - lo > 1) {
         q.n_ctx = (lo + hi) / 2;
         struct shoal_layout_cost c;
         int fits = launch_auto_layout(m, t, &q, &c) == SHOAL_OK && c.fits;
-        if (c.mem) shoal_layout_cost_free(&c);
+        shoal_layout_cost_free(&c);
         if (fits) lo = q.n_ctx;
         else hi = q.n_ctx;
     }
@@ -181,10 +181,11 @@ static void suggest(const struct shoal_model_shape *m, const struct shoal_topolo
         struct shoal_kv_desc kd;
         shoal_kv_desc_init(&kd, SHOAL_KV_Q8, 1, m->head_dim, 1);
         q = *p;
+        q.probe = NULL;
         q.kv_head_bytes = (double)kd.head_bytes;
         struct shoal_layout_cost c;
         int fits = launch_auto_layout(m, t, &q, &c) == SHOAL_OK && c.fits;
-        if (c.mem) shoal_layout_cost_free(&c);
+        shoal_layout_cost_free(&c);
         if (fits) printf("  - an 8-bit KV cache (--kv-type q8)\n");
     }
 }
@@ -225,6 +226,60 @@ static shoal_status read_text(const char *path, char **out) {
     }
     *out = s;
     return SHOAL_OK;
+}
+
+shoal_status launch_read_hosts(const char *path, const struct shoal_host *machine, struct shoal_topology *t) {
+    char *text = NULL;
+    SHOAL_TRY(read_text(path, &text));
+    shoal_status rc = shoal_hosts_parse(text, path, machine, t);
+    free(text);
+    return rc;
+}
+
+shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_path, int n_ranks,
+                                  int local_ranks, int n_ctx, int n_batch, int kv_type, int wire,
+                                  struct shoal_layout_cost *best) {
+    memset(best, 0, sizeof *best);
+    struct shoal_model_shape shape;
+    struct shoal_hparams hp;
+    SHOAL_TRY(shoal_hparams_read(&hp, g));
+    SHOAL_TRY(shoal_model_shape(&shape, g));
+    struct shoal_host machine;
+    SHOAL_TRY(launch_measure_machine(&machine, (size_t)128 << 20));
+    struct shoal_topology t;
+    if (hosts_path) {
+        SHOAL_TRY(launch_read_hosts(hosts_path, &machine, &t));
+        if (t.n_ranks != n_ranks) {
+            int n = t.n_ranks;
+            shoal_topology_free(&t);
+            return shoal_errorf(SHOAL_INVALID, "%s describes %d ranks but %d are running", hosts_path, n,
+                                n_ranks);
+        }
+    } else {
+        /* hosts like this one, local_ranks each, joined by what a home LAN has */
+        if (local_ranks < 1 || n_ranks % local_ranks) local_ranks = n_ranks;
+        int n_hosts = n_ranks / local_ranks;
+        char text[256 + 96 * 64];
+        int at = 0;
+        for (int h = 0; h < n_hosts && h < 64; h++)
+            at += snprintf(text + at, sizeof text - (size_t)at, "host h%d ranks=%d mem=%.0f\n", h,
+                           h == 63 ? n_ranks - 63 * local_ranks : local_ranks, machine.mem > 0 ? machine.mem : 1e12);
+        snprintf(text + at, sizeof text - (size_t)at, "link * * bw=%s lat=%s\n", LAUNCH_LINK_BW, LAUNCH_LINK_LAT);
+        SHOAL_TRY(shoal_hosts_parse(text, "(the ranks running)", &machine, &t));
+    }
+    if (!n_ctx) n_ctx = hp.n_ctx_train < 4096 ? hp.n_ctx_train : 4096;
+    struct shoal_cost_params cp;
+    launch_cost_params(g, &shape, n_ctx, n_batch, kv_type, wire, &cp);
+    struct launch_probe probe = { .g = g, .shape = &shape, .kv_type = kv_type, .simd = SHOAL_SIMD_AUTO,
+                                  .pos = (int)(n_ctx * cp.decode_fill) };
+    cp.probe = launch_probe;
+    cp.probe_user = &probe;
+    cp.probe_membw = machine.membw;
+    cp.probe_corebw = machine.corebw;
+    cp.probe_cores = machine.cores;
+    shoal_status rc = launch_auto_layout(&shape, &t, &cp, best);
+    shoal_topology_free(&t);
+    return rc;
 }
 
 int cmd_plan(int argc, char **argv) {
@@ -296,7 +351,6 @@ int cmd_plan(int argc, char **argv) {
     struct shoal_topology topo = { 0 };
     struct shoal_layout_cost *all = NULL;
     int n_all = 0, status = 1;
-    char *text = NULL;
     struct shoal_host machine;
     SHOAL_TRY_GOTO(shoal_gguf_open(&g, model), rc, fail);
     SHOAL_TRY_GOTO(shoal_hparams_read(&hp, g), rc, fail);
@@ -319,8 +373,7 @@ int cmd_plan(int argc, char **argv) {
     if (corebw) machine.corebw = corebw;
     else if (membw) machine.corebw = membw / machine.cores;
     if (hosts_path) {
-        SHOAL_TRY_GOTO(read_text(hosts_path, &text), rc, fail);
-        SHOAL_TRY_GOTO(shoal_hosts_parse(text, hosts_path, &machine, &topo), rc, fail);
+        SHOAL_TRY_GOTO(launch_read_hosts(hosts_path, &machine, &topo), rc, fail);
     } else {
         double per = mem_per_rank ? (double)mem_per_rank : machine.mem / ranks;
         SHOAL_TRY_GOTO(shoal_hosts_single(ranks, per, &machine, &topo), rc, fail);
@@ -372,7 +425,7 @@ int cmd_plan(int argc, char **argv) {
         }
         cJSON_AddBoolToObject(o, "fits", all[0].fits);
         cJSON_AddItemToObject(o, "best", json_cost(&all[0]));
-        if (show != &all[0]) cJSON_AddItemToObject(o, "shown", json_cost(show));
+        cJSON_AddItemToObject(o, "shown", json_cost(show)); /* --tp/--pp, else the best */
         cJSON *ls = cJSON_AddArrayToObject(o, "layouts");
         for (int i = 0; i < n_all; i++) cJSON_AddItemToArray(ls, json_cost(&all[i]));
         char *s = cJSON_Print(o);
@@ -419,7 +472,6 @@ fail:
 done:
     shoal_layout_costs_free(all, n_all);
     shoal_topology_free(&topo);
-    free(text);
     shoal_gguf_close(g);
     return status;
 }

@@ -28,7 +28,7 @@
 
 struct run_opts {
     const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
-    const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name, *shards;
+    const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name, *shards, *hosts;
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
     double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
@@ -71,8 +71,9 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
         { "--chat-template", 0, OPT_STR, &o->template_name, "NAME", "chat format instead of the model's: chatml, llama3, llama2, mistral, zephyr" },
         { "--interactive", 'i', OPT_FLAG, &o->interactive, NULL, "a conversation: after each answer, the next line of stdin is the next message (in the chat format when the model has a template)" },
-        { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: all ranks, or ranks / --pp)" },
-        { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default 1, or ranks / --tp)" },
+        { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: ranks / --pp; with neither, the planner's choice)" },
+        { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default: ranks / --tp; with neither, the planner's choice, as shoal plan)" },
+        { "--hosts", 0, OPT_STR, &o->hosts, "FILE", "the hosts the ranks run on, for the planner (shoal plan --help); default: hosts like this one" },
         { "--tp-weights", 0, OPT_STR, &o->tp_weights_s, "W,W..", "relative speeds of a stage's ranks, e.g. 2,1: a faster host takes a larger share of every layer" },
         { "--pp-weights", 0, OPT_STR, &o->pp_weights_s, "W,W..", "relative speeds of the pipeline stages: a faster stage takes more layers" },
         { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f64 (exact: as one rank), f32, f16, bf16 or q8 (default f64)" },
@@ -103,6 +104,8 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     } while (0)
     if (o->prompt && o->prompt_file) USAGE("shoal run: give -p or -f, not both\n");
     if (o->shards && o->model) USAGE("shoal run: give -m or --shards, not both\n");
+    if (o->hosts && (o->tp || o->pp || o->shards))
+        USAGE("shoal run: --hosts is for the planner, which runs only without --tp, --pp and --shards\n");
     if (o->verify && o->no_verify) USAGE("shoal run: give --verify or --no-verify, not both\n");
     if ((o->verify || o->no_verify) && !o->shards) USAGE("shoal run: --verify and --no-verify go with --shards\n");
     if (o->shards && (o->tp_weights_s || o->pp_weights_s))
@@ -222,8 +225,10 @@ struct run {
 static shoal_status choose_layout(struct run *r) {
     if (r->o.shards) return SHOAL_OK; /* the manifest says, in plan() */
     int tp = r->o.tp, pp = r->o.pp, n = r->size;
-    if (!tp && !pp) tp = n, pp = 1;
-    else if (!tp) tp = pp && n % pp == 0 ? n / pp : 0;
+    if (!tp && !pp) {
+        if (n > 1) return SHOAL_OK; /* the planner's, in auto_layout() */
+        tp = pp = 1;
+    } else if (!tp) tp = pp && n % pp == 0 ? n / pp : 0;
     else if (!pp) pp = n % tp == 0 ? n / tp : 0;
     if (!tp || !pp || tp * pp != n)
         return shoal_errorf(SHOAL_INVALID,
@@ -244,6 +249,47 @@ static shoal_status choose_layout(struct run *r) {
                             r->o.n_pp_weights, r->o.n_pp_weights == 1 ? "" : "s", pp == 1 ? "is" : "are",
                             pp, pp == 1 ? "" : "s");
     return SHOAL_OK;
+}
+
+/*
+ * No --tp/--pp: rank 0 asks the planner (timing the model's layers here while
+ * the others wait) and tells every rank; a failure there is everyone's.
+ */
+static shoal_status auto_layout(struct run *r) {
+    if (r->o.shards || r->o.tp || r->o.pp || r->size == 1) return SHOAL_OK;
+    int32_t lay[2] = { 0, 0 };
+    struct shoal_layout_cost best = { 0 };
+    shoal_status rc = SHOAL_OK;
+    int local = shoal_comm_local_size(r->world); /* a collective: every rank */
+    if (r->rank == 0) {
+        struct shoal_gguf *g = NULL;
+        if (!r->o.model && (rc = shoal_default_model(r->o.model_buf, sizeof r->o.model_buf)) == SHOAL_OK)
+            r->o.model = r->o.model_buf;
+        if (rc == SHOAL_OK) rc = shoal_gguf_open(&g, r->o.model);
+        if (rc == SHOAL_OK)
+            rc = launch_choose_layout(g, r->o.hosts, r->size, local, r->o.n_ctx,
+                                      r->o.n_batch, r->o.kv_type, r->o.wire, &best);
+        shoal_gguf_close(g);
+        if (rc == SHOAL_OK) {
+            lay[0] = best.tp;
+            lay[1] = best.pp;
+        }
+    }
+    shoal_status brc = shoal_comm_bcast(r->world, lay, sizeof lay, 0);
+    if (rc != SHOAL_OK) {
+        shoal_layout_cost_free(&best);
+        return rc;
+    }
+    if (brc != SHOAL_OK) return brc;
+    if (lay[0] < 1 || lay[1] < 1) return shoal_errorf(SHOAL_REMOTE, "rank 0 could not choose a layout");
+    if (r->rank == 0 && !r->o.quiet)
+        fprintf(stderr, "shoal run: tp %d x pp %d, the planner's choice for %d ranks (predicted %.1f tokens/s "
+                "decoding%s; --tp/--pp to choose, shoal plan to compare)\n", best.tp, best.pp, r->size,
+                best.tok_s, best.fits ? "" : "; it may not fit in memory");
+    shoal_layout_cost_free(&best);
+    r->o.tp = lay[0];
+    r->o.pp = lay[1];
+    return choose_layout(r);
 }
 
 static void on_verify(void *user, uint64_t n) { progress_add(user, n); }
@@ -747,7 +793,7 @@ int cmd_run(int argc, char **argv) {
     if (r.rank != 0) signal(SIGINT, SIG_IGN); /* rank 0 stops everyone cleanly */
 
     /* the layout and the plan are the same on every rank: a failure is everyone's */
-    if ((rc = choose_layout(&r)) != SHOAL_OK) {
+    if ((rc = choose_layout(&r)) != SHOAL_OK || (rc = auto_layout(&r)) != SHOAL_OK) {
         status = r.rank == 0 ? launch_fail("run", rc) : 1;
         goto out;
     }

@@ -36,6 +36,21 @@ void launch_cost_params(const struct shoal_gguf *g, const struct shoal_model_sha
 shoal_status launch_auto_layout(const struct shoal_model_shape *m, const struct shoal_topology *topo,
                                 const struct shoal_cost_params *p, struct shoal_layout_cost *best);
 
+/* A host file (shoal plan --help), hosts that leave things out taking machine's. */
+shoal_status launch_read_hosts(const char *path, const struct shoal_host *machine, struct shoal_topology *t);
+
+/*
+ * The layout shoal run takes when given no --tp/--pp: the planner's best for
+ * the ranks running, described by hosts_path, or else as hosts like this one
+ * (measured) with local_ranks ranks each, joined by links of
+ * LAUNCH_LINK_BW / LAUNCH_LINK_LAT (a home LAN; a host file says better).
+ */
+#define LAUNCH_LINK_BW "1Gbit/s"
+#define LAUNCH_LINK_LAT "0.25ms"
+shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_path, int n_ranks,
+                                  int local_ranks, int n_ctx, int n_batch, int kv_type, int wire,
+                                  struct shoal_layout_cost *best);
+
 /*
  * The planner's measurements of this machine (probe.c): one layer of a
  * rank's part, and its output head, timed here (shoal_cost_params.probe).

@@ -1,0 +1,249 @@
+/*
+ * test_cost — the host file and the cost model of `shoal plan`:
+ *   - units (sizes, rates in bytes and bits, times) and the host file's
+ *     statements, defaults and errors (each names the line and the problem);
+ *   - per-rank memory: the ranks of a layout hold every weight byte once
+ *     (norms and the head's norm on each rank that needs them), the KV cache
+ *     is layers x 2 x context x KV heads x bytes, the host's ranks share
+ *     its memory and a layout fits exactly when each host's sum does;
+ *   - speed: more bandwidth is faster, a slow link costs tensor parallelism
+ *     more than pipeline parallelism, a probe's times are used (and scaled
+ *     to a host's bandwidth), and the best layout is the fitting fastest one.
+ */
+#include <math.h>
+
+#include "check.h"
+#include "parallel/cost.h"
+
+static int near(double a, double b, double rel) { return fabs(a - b) <= rel * fmax(fabs(a), fabs(b)); }
+
+static void test_units(void) {
+    CHECK(shoal_parse_size("16G") == 16.0 * 1024 * 1024 * 1024, "16G");
+    CHECK(shoal_parse_size("512MiB") == 512.0 * 1024 * 1024, "512MiB");
+    CHECK(shoal_parse_size("1.5k") == 1536, "1.5k");
+    CHECK(shoal_parse_size("4096") == 4096, "plain bytes");
+    CHECK(shoal_parse_size("12X") < 0 && shoal_parse_size("") < 0 && shoal_parse_size("-1G") < 0, "bad sizes");
+    CHECK(shoal_parse_rate("40GB/s") == 40e9, "40GB/s");
+    CHECK(shoal_parse_rate("1Gbit/s") == 125e6, "1Gbit/s");
+    CHECK(shoal_parse_rate("100Mbit/s") == 12.5e6, "100Mbit/s");
+    CHECK(shoal_parse_rate("40GB") < 0 && shoal_parse_rate("fast") < 0, "bad rates");
+    CHECK(near(shoal_parse_time("1ms"), 1e-3, 1e-12) && near(shoal_parse_time("200us"), 200e-6, 1e-12) &&
+          shoal_parse_time("2s") == 2 && shoal_parse_time("0ms") == 0, "times");
+    CHECK(shoal_parse_time("1") < 0 && shoal_parse_time("1h") < 0, "bad times");
+}
+
+static const struct shoal_host machine = { .name = "here", .membw = 50e9, .corebw = 20e9, .cores = 8 };
+
+static void expect_error(const char *text, const char *needle) {
+    struct shoal_topology t;
+    shoal_status rc = shoal_hosts_parse(text, "h.txt", &machine, &t);
+    CHECK(rc == SHOAL_INVALID, "accepted: %s", text);
+    CHECK(strstr(shoal_last_error(), needle) != NULL, "for %s: '%s' lacks '%s'", text, shoal_last_error(), needle);
+    CHECK(strstr(shoal_last_error(), "h.txt") != NULL, "message names no file: %s", shoal_last_error());
+}
+
+static void test_hosts(void) {
+    struct shoal_topology t;
+    const char *text = "# two boxes and a laptop\n"
+                       "host big ranks=2 mem=32G membw=80GB/s cores=16\n"
+                       "host small ranks=1 mem=8G ram=16G   # defaults: this machine's\n"
+                       "host lap ranks=1 mem=4G membw=20GB/s corebw=10GB/s cores=4\n"
+                       "link big small bw=10Gbit/s lat=100us\n"
+                       "link * * bw=1Gbit/s lat=1ms\n"
+                       "local bw=8GB/s lat=10us\n";
+    CHECK_OK(shoal_hosts_parse(text, "h.txt", &machine, &t));
+    CHECK(t.n_hosts == 3 && t.n_ranks == 4, "%d hosts, %d ranks", t.n_hosts, t.n_ranks);
+    CHECK(strcmp(t.hosts[0].name, "big") == 0 && t.hosts[0].ranks == 2 && t.hosts[0].cores == 16, "big");
+    CHECK(t.hosts[0].membw == 80e9 && t.hosts[0].corebw == 80e9 / 16, "big's corebw defaults to membw/cores");
+    CHECK(t.hosts[1].membw == machine.membw && t.hosts[1].corebw == machine.corebw &&
+          t.hosts[1].cores == machine.cores, "small takes this machine's");
+    CHECK(t.hosts[1].ram == 16.0 * (1 << 30), "ram");
+    CHECK(t.hosts[2].corebw == 10e9 && t.hosts[2].cores == 4, "lap");
+    CHECK(shoal_topology_host_of(&t, 0) == 0 && shoal_topology_host_of(&t, 1) == 0 &&
+          shoal_topology_host_of(&t, 2) == 1 && shoal_topology_host_of(&t, 3) == 2, "ranks host by host");
+    CHECK(shoal_topology_link(&t, 0, 1)->bw == 1.25e9 && near(shoal_topology_link(&t, 1, 0)->lat, 100e-6, 1e-12), "named link");
+    CHECK(shoal_topology_link(&t, 0, 2)->bw == 125e6 && shoal_topology_link(&t, 2, 1)->lat == 1e-3, "default link");
+    CHECK(shoal_topology_link(&t, 2, 2)->bw == 8e9 && near(shoal_topology_link(&t, 0, 0)->lat, 10e-6, 1e-12), "local");
+    shoal_topology_free(&t);
+
+    expect_error("", "no host lines");
+    expect_error("host a ranks=1\n", "mem= is missing");
+    expect_error("host a ranks=0 mem=1G\n", "ranks=0");
+    expect_error("host a ranks=1 mem=lots\n", "mem=lots");
+    expect_error("host a ranks=1 mem=1G speed=3\n", "unknown key 'speed'");
+    expect_error("host a ranks=1 mem=1G\nhost a ranks=1 mem=1G\n", "line 2: host a again");
+    expect_error("host a ranks=1 mem=1G\nhost b ranks=1 mem=1G\n", "no link between a and b");
+    expect_error("host a ranks=1 mem=1G\nlink a c bw=1Gbit/s lat=1ms\n", "host c");
+    expect_error("host a ranks=1 mem=1G\nlink a a bw=1Gbit/s lat=1ms\n", "two hosts");
+    expect_error("host a ranks=1 mem=1G\nlink * * bw=1Gbit lat=1ms\n", "bw=1Gbit");
+    expect_error("host a ranks=1 mem=1G\nswitch x\n", "'switch' is not host, link or local");
+    expect_error("host a ranks=1 mem=1G lat\n", "not key=value");
+    struct shoal_topology u;
+    CHECK(shoal_hosts_parse("host a ranks=1 mem=1G\n", "h.txt", NULL, &u) == SHOAL_INVALID &&
+          strstr(shoal_last_error(), "membw"), "no bandwidth anywhere: %s", shoal_last_error());
+}
+
+/* A LLaMA-like shape: 32 heads (8 KV), dim 4096, 32 layers, F16-sized bytes. */
+static struct shoal_model_shape shape7b(void) {
+    struct shoal_model_shape m = { .n_layers = 32, .dim = 4096, .n_heads = 32, .n_kv_heads = 8, .head_dim = 128,
+                                   .ffn_dim = 11008, .n_vocab = 32000, .wo_block = 1, .down_block = 1 };
+    m.q_head_bytes = 2.0 * 2 * 128 * 4096;   /* Q rows and wo columns */
+    m.kv_head_bytes = 2.0 * 2 * 128 * 4096;  /* K and V rows */
+    m.ffn_unit_bytes = 3.0 * 2 * 4096;       /* gate, up rows and a down column */
+    m.norm_bytes = 2.0 * 4 * 4096;
+    m.layer_bytes = 32 * m.q_head_bytes + 8 * m.kv_head_bytes + 11008 * m.ffn_unit_bytes + m.norm_bytes;
+    m.output_bytes = 2.0 * 32000 * 4096;
+    m.embd_bytes = m.output_bytes;
+    return m;
+}
+
+static struct shoal_cost_params params(void) {
+    return (struct shoal_cost_params){ .n_ctx = 4096, .n_batch = 512, .kv_head_bytes = 2 * 128, .wire_elem = 8,
+                                       .meta_bytes = 1e6, .tokenizer_bytes = 2e6, .decode_fill = 0.5 };
+}
+
+static struct shoal_plan *make(const struct shoal_model_shape *m, int tp, int pp) {
+    struct shoal_plan *p = NULL;
+    struct shoal_plan_params pp_ = { .tp = tp, .pp = pp };
+    CHECK_OK(shoal_plan_make(&p, m, &pp_));
+    return p;
+}
+
+static void test_memory(void) {
+    struct shoal_model_shape m = shape7b();
+    struct shoal_cost_params p = params();
+    const int layouts[][2] = { { 1, 1 }, { 2, 1 }, { 1, 2 }, { 4, 1 }, { 2, 2 }, { 1, 4 }, { 8, 2 } };
+    double one = 0;
+    for (size_t k = 0; k < sizeof layouts / sizeof *layouts; k++) {
+        int tp = layouts[k][0], pp = layouts[k][1], n = tp * pp;
+        struct shoal_topology t;
+        CHECK_OK(shoal_hosts_single(n, 1e12, &machine, &t));
+        struct shoal_plan *plan = make(&m, tp, pp);
+        struct shoal_layout_cost c;
+        CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &c));
+        double weights = 0, kv = 0;
+        for (int r = 0; r < n; r++) {
+            const struct shoal_rank_mem *x = &c.mem[r];
+            weights += x->weights;
+            kv += x->kv;
+            CHECK(near(x->total, x->weights + x->embd + x->kv + x->act + x->base, 1e-12), "total is the sum");
+            CHECK(x->act > 0 && x->base >= 1e6, "activations and process");
+            const struct shoal_rank_part *pt = &plan->part[r];
+            double want_kv = (double)(pt->layer1 - pt->layer0) * 2 * p.n_ctx * (pt->kv1 - pt->kv0) * p.kv_head_bytes;
+            CHECK(near(x->kv, want_kv, 1e-12), "%dx%d rank %d KV %.0f, want %.0f", tp, pp, r, x->kv, want_kv);
+            if (r > 0) CHECK(near(c.mem[0].base - x->base, 2e6, 1e-9), "only rank 0 holds the tokenizer");
+        }
+        /* every weight once; norms on each tensor-parallel rank; mapped-window slack with tp > 1 */
+        double want = m.n_layers * m.layer_bytes + m.output_bytes + m.dim * 4.0 + (tp - 1) * m.n_layers * m.norm_bytes +
+                      (tp - 1) * m.dim * 4.0;
+        double slack = tp > 1 ? (m.n_layers * 5.0 + 1) * tp * 65536 : 0;
+        CHECK(near(weights, want + slack, 1e-9), "%dx%d: weights %.0f, want %.0f", tp, pp, weights, want + slack);
+        CHECK(near(kv, 32.0 * 2 * 4096 * 8 * 256 * (tp > 8 ? tp / 8.0 : 1), 1e-12), "%dx%d: KV total %.0f", tp, pp, kv);
+        if (n == 1) one = c.mem[0].total;
+        else CHECK(c.mem[0].total < one, "%dx%d: rank 0 needs less than one rank alone", tp, pp);
+        /* fits exactly when the host's memory covers its ranks */
+        double need = 0;
+        for (int r = 0; r < n; r++) need += c.mem[r].total;
+        shoal_layout_cost_free(&c);
+        t.hosts[0].mem = need * 1.0001;
+        CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &c));
+        CHECK(c.fits, "%dx%d fits in %.0f", tp, pp, t.hosts[0].mem);
+        shoal_layout_cost_free(&c);
+        t.hosts[0].mem = need * 0.9999;
+        CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &c));
+        CHECK(!c.fits && c.worst_host == 0 && near(c.worst_need, need, 1e-9), "%dx%d does not fit below", tp, pp);
+        shoal_layout_cost_free(&c);
+        shoal_plan_destroy(plan);
+        shoal_topology_free(&t);
+    }
+}
+
+static double tok_s(const char *hosts, int tp, int pp, struct shoal_cost_params *p) {
+    struct shoal_model_shape m = shape7b();
+    struct shoal_topology t;
+    CHECK_OK(shoal_hosts_parse(hosts, "h.txt", &machine, &t));
+    struct shoal_plan *plan = make(&m, tp, pp);
+    struct shoal_layout_cost c;
+    CHECK_OK(shoal_cost_layout(&m, plan, &t, p, &c));
+    double v = c.tok_s;
+    CHECK(v > 0 && isfinite(v) && near(1 / v, c.t_compute + c.t_comm, 1e-9), "tok/s %g", v);
+    shoal_layout_cost_free(&c);
+    shoal_plan_destroy(plan);
+    shoal_topology_free(&t);
+    return v;
+}
+
+static int probe_calls;
+static int probe_threads_seen;
+
+static shoal_status fake_probe(void *user, const struct shoal_rank_part *pt, int threads, double *layer_s,
+                               double *head_s) {
+    (void)user;
+    probe_calls++;
+    probe_threads_seen = threads;
+    /* slow kernels: 10 ms a layer, whatever the part */
+    *layer_s = 10e-3 * (pt->q1 - pt->q0) / 32.0;
+    *head_s = pt->last ? 5e-3 : 0;
+    return SHOAL_OK;
+}
+
+static void test_speed(void) {
+    struct shoal_cost_params p = params();
+    const char *fast = "host a ranks=1 mem=64G membw=100GB/s cores=8\nhost b ranks=1 mem=64G membw=100GB/s cores=8\n"
+                       "link * * bw=100Gbit/s lat=5us\n";
+    const char *slow = "host a ranks=1 mem=64G membw=100GB/s cores=8\nhost b ranks=1 mem=64G membw=100GB/s cores=8\n"
+                       "link * * bw=100Mbit/s lat=2ms\n";
+    const char *half = "host a ranks=1 mem=64G membw=50GB/s cores=8\nhost b ranks=1 mem=64G membw=50GB/s cores=8\n"
+                       "link * * bw=100Gbit/s lat=5us\n";
+    double tp_fast = tok_s(fast, 2, 1, &p), tp_slow = tok_s(slow, 2, 1, &p);
+    double pp_fast = tok_s(fast, 1, 2, &p), pp_slow = tok_s(slow, 1, 2, &p);
+    CHECK(tp_fast > tp_slow * 2, "a slow link costs tp: %.1f vs %.1f", tp_fast, tp_slow);
+    CHECK(pp_slow > tp_slow * 2, "on a slow link pp (%.1f) beats tp (%.1f)", pp_slow, tp_slow);
+    CHECK(pp_fast / pp_slow < 1.2, "pp hardly minds the link: %.1f vs %.1f", pp_fast, pp_slow);
+    CHECK(tp_fast > pp_fast * 1.5, "on a fast link tp (%.1f) beats pp (%.1f): two hosts read at once", tp_fast, pp_fast);
+    double tp_half = tok_s(half, 2, 1, &p);
+    CHECK(tp_half < tp_fast * 0.7, "half the bandwidth is slower: %.1f vs %.1f", tp_half, tp_fast);
+
+    /* a probe: its times, scaled to the host's bandwidth */
+    struct shoal_cost_params q = p;
+    q.probe = fake_probe;
+    q.probe_membw = 50e9;
+    q.probe_corebw = 50e9 / 8;
+    q.probe_cores = 8;
+    probe_calls = 0;
+    double v = tok_s(half, 1, 2, &q);
+    CHECK(probe_calls == 2 && probe_threads_seen == 8, "probed %d times with %d threads", probe_calls, probe_threads_seen);
+    /* 32 layers of 10 ms, a 5 ms head, and the hand-offs: about 3 tokens/s */
+    CHECK(v < 1 / 0.325 && v > 1 / 0.335, "with the probe's times: %.3f tok/s", v);
+    double w = tok_s(fast, 1, 2, &q);
+    CHECK(near(w, 2 * v, 0.02), "twice the probe machine's bandwidth, twice as fast: %.3f vs %.3f", w, v);
+
+    /* the best layout: fitting first, then fastest */
+    struct shoal_model_shape m = shape7b();
+    struct shoal_topology t;
+    CHECK_OK(shoal_hosts_parse(slow, "h.txt", &machine, &t));
+    struct shoal_layout_cost *all = NULL;
+    int n = 0;
+    CHECK_OK(shoal_cost_all(&m, &t, &p, &all, &n));
+    CHECK(n == 2 && all[0].tp == 1 && all[0].pp == 2 && all[0].fits, "slow link: best %dx%d", all[0].tp, all[0].pp);
+    CHECK(all[0].tok_s >= all[1].tok_s, "sorted");
+    shoal_layout_costs_free(all, n);
+    t.hosts[0].mem = 8.0 * (1 << 30); /* 14 GiB of weights do not fit on a in 8 GiB as half of 1 x 2's stages */
+    t.hosts[1].mem = 8.0 * (1 << 30);
+    CHECK_OK(shoal_cost_all(&m, &t, &p, &all, &n));
+    CHECK(all[0].fits && all[0].tp * all[0].pp == 2, "still fits in two halves");
+    shoal_layout_costs_free(all, n);
+    t.hosts[0].mem = 2.0 * (1 << 30);
+    CHECK_OK(shoal_cost_all(&m, &t, &p, &all, &n));
+    CHECK(!all[0].fits && !all[1].fits && all[0].worst_host == 0, "nothing fits in 2 GiB");
+    shoal_layout_costs_free(all, n);
+    shoal_topology_free(&t);
+}
+
+int main(void) {
+    test_units();
+    test_hosts();
+    test_memory();
+    test_speed();
+    return check_done("test_cost");
+}
