@@ -284,7 +284,7 @@ static shoal_status auto_layout(struct run *r) {
     if (lay[0] < 1 || lay[1] < 1) return shoal_errorf(SHOAL_REMOTE, "rank 0 could not choose a layout");
     if (r->rank == 0 && !r->o.quiet)
         fprintf(stderr, "shoal run: tp %d x pp %d, the planner's choice for %d ranks (predicted %.1f tokens/s "
-                "decoding%s; --tp/--pp to choose, shoal plan to compare)\n", best.tp, best.pp, r->size,
+                "decoding with the context half full%s; --tp/--pp to choose, shoal plan to compare)\n", best.tp, best.pp, r->size,
                 best.tok_s, best.fits ? "" : "; it may not fit in memory");
     shoal_layout_cost_free(&best);
     r->o.tp = lay[0];

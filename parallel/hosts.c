@@ -104,12 +104,12 @@ static shoal_status fields(char **words, int n, struct field *f, int nf, const c
         double v = -1;
         char *end = NULL;
         switch (f[k].kind) {
-        case 'i': v = strtol(val, &end, 10); if (!*val || *end || v < 1) v = -1; break;
+        case 'i': v = (double)strtol(val, &end, 10); if (!*val || *end || v < 1 || v > 65536) v = -1; break;
         case 's': v = shoal_parse_size(val); break;
         case 'r': v = shoal_parse_rate(val); break;
         case 't': v = shoal_parse_time(val); break;
         }
-        static const char *const what[] = { ['i'] = "a positive whole number",
+        static const char *const what[] = { ['i'] = "a whole number from 1 to 65536",
                                             ['s'] = "a size such as 16G or 512M",
                                             ['r'] = "a rate such as 40GB/s or 1Gbit/s",
                                             ['t'] = "a time such as 1ms or 200us" };
@@ -217,6 +217,8 @@ shoal_status shoal_hosts_parse(const char *text, const char *name, const struct 
     free(copy);
     if (rc == SHOAL_OK && out->n_hosts == 0)
         rc = shoal_errorf(SHOAL_INVALID, "%s: no host lines (host NAME ranks=N mem=SIZE ...)", name);
+    if (rc == SHOAL_OK && out->n_ranks > 65536)
+        rc = shoal_errorf(SHOAL_INVALID, "%s: %d ranks in all; shoal plans for at most 65536", name, out->n_ranks);
     for (int i = 0; rc == SHOAL_OK && i < out->n_hosts; i++)
         if (!(out->hosts[i].membw > 0) || !(out->hosts[i].corebw > 0) || out->hosts[i].cores < 1)
             rc = shoal_errorf(SHOAL_INVALID, "%s: host %s: give membw= and cores=", name, out->hosts[i].name);
