@@ -192,40 +192,15 @@ static void suggest(const struct shoal_model_shape *m, const struct shoal_topolo
 
 /* ------------------------------------------------------------------- entry */
 
+/* A host file's text: no NUL bytes, at most 16 MiB. */
 static shoal_status read_text(const char *path, char **out) {
+    size_t n;
+    SHOAL_TRY(launch_read_file(path, out, &n));
+    const char *why = n > (16u << 20) ? "too large for a host file" : strlen(*out) != n ? "not a text file (a NUL byte)" : NULL;
+    if (!why) return SHOAL_OK;
+    free(*out);
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return shoal_errorf(SHOAL_IO, "%s: %s", path, strerror(errno));
-    size_t cap = 4096, n = 0;
-    char *s = malloc(cap);
-    size_t k;
-    while (s && (k = fread(s + n, 1, cap - n - 1, f)) > 0) {
-        n += k;
-        if (n + 1 == cap) {
-            char *t = cap < (1 << 24) ? realloc(s, cap * 2) : NULL;
-            if (!t) {
-                free(s);
-                s = NULL;
-                break;
-            }
-            s = t;
-            cap *= 2;
-        }
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!s) return shoal_errorf(SHOAL_INVALID, "%s: too large for a host file", path);
-    if (err) {
-        free(s);
-        return shoal_errorf(SHOAL_IO, "%s: read failed", path);
-    }
-    s[n] = 0;
-    if (strlen(s) != n) {
-        free(s);
-        return shoal_errorf(SHOAL_FORMAT, "%s: not a text file (a NUL byte)", path);
-    }
-    *out = s;
-    return SHOAL_OK;
+    return shoal_errorf(SHOAL_FORMAT, "%s: %s", path, why);
 }
 
 shoal_status launch_read_hosts(const char *path, const struct shoal_host *machine, struct shoal_topology *t) {

@@ -171,37 +171,6 @@ static void on_token(void *user, int32_t id) {
     if (o->ids) fprintf(o->ids, "%d ", id);
 }
 
-/* Reads a whole file into a NUL-terminated buffer (caller frees). */
-static shoal_status read_file(const char *path, char **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return shoal_errorf(SHOAL_IO, "%s: cannot open: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *nb = realloc(buf, cap * 2 + 1);
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = nb;
-        cap *= 2;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!buf) return shoal_errorf(SHOAL_NOMEM, "%s: out of memory reading it", path);
-    if (err) {
-        free(buf);
-        return shoal_errorf(SHOAL_IO, "%s: read error", path);
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return SHOAL_OK;
-}
-
 /* ------------------------------------------------------------------- setup */
 
 /* Everything a rank holds for a run, released by teardown(). */
@@ -581,7 +550,7 @@ static char *read_line(size_t *len);
 
 /* The first prompt: -p or -f, else with -i the first line of stdin (NULL at its end). */
 static shoal_status first_text(const struct run_opts *o, char **text, size_t *len) {
-    if (o->prompt_file) return read_file(o->prompt_file, text, len);
+    if (o->prompt_file) return launch_read_file(o->prompt_file, text, len);
     if (!o->prompt && o->interactive) {
         *text = read_line(len);
         return SHOAL_OK;

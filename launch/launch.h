@@ -23,6 +23,9 @@ int cmd_plan(int argc, char **argv);
 /* Prints "shoal CMD: error: <detail>" for a failed status and returns 1. */
 int launch_fail(const char *cmd, shoal_status rc);
 
+/* Reads a whole file into a NUL-terminated buffer (*out, the caller's; *len bytes). */
+shoal_status launch_read_file(const char *path, char **out, size_t *len);
+
 /*
  * The planner's side of the command line (cmd_plan.c), shared with shoal run.
  * This machine: its cores, available memory, and read bandwidth with all

@@ -2,7 +2,9 @@
  * main.c — `shoal COMMAND ...`: finds the subcommand and hands it the rest
  * of the command line.
  */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -56,3 +58,35 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
 }
+
+/* Reads a whole file into a NUL-terminated buffer (caller frees). */
+shoal_status launch_read_file(const char *path, char **out, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return shoal_errorf(SHOAL_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap) break;
+        char *nb = realloc(buf, cap * 2 + 1);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!buf) return shoal_errorf(SHOAL_NOMEM, "%s: out of memory reading it", path);
+    if (err) {
+        free(buf);
+        return shoal_errorf(SHOAL_IO, "%s: read error", path);
+    }
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return SHOAL_OK;
+}
+
