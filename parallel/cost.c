@@ -256,12 +256,14 @@ void shoal_layout_costs_free(struct shoal_layout_cost *c, int n) {
 
 void shoal_cost_print_assumptions(FILE *f, int probed) {
     if (probed)
-        fprintf(f, "compute: one layer of each part timed here, at least the bytes / %.0f%% of the "
-                   "bandwidth; ", BOUND_FRACTION * 100);
-    fprintf(f, "assumed: decode reads %.0f%% of the memory bandwidth; %.0f us per layer and token "
-               "(%.0f us with several threads), %.0f us per token; %.0f us per message beyond "
-               "the link's latency, %.0f us more for a rank waking to a pipeline hand-off; all-gathers by recursive doubling; %.0f MiB per process "
-               "(+%.0f MiB under MPI)\n",
-            BW_FRACTION * 100, LAYER_COST * 1e6, LAYER_COST_MT * 1e6, TOKEN_COST * 1e6, MSG_COST * 1e6, WAKE_COST * 1e6,
-            BASE_BYTES / 1048576, MPI_BYTES / 1048576);
+        fprintf(f, "compute: each part's layers and output head timed on this machine with the rank's "
+                   "threads, scaled to its host's bandwidth; at least its bytes at %.0f%% of its share of "
+                   "the bandwidth\n", BOUND_FRACTION * 100);
+    else
+        fprintf(f, "compute: bytes at %.0f%% of the memory bandwidth, %.0f us per layer (%.0f us with "
+                   "several threads)\n", BW_FRACTION * 100, LAYER_COST * 1e6, LAYER_COST_MT * 1e6);
+    fprintf(f, "assumed: %.0f us per token; %.0f us per message beyond the link's latency, %.0f us more "
+               "for a rank that waits on a pipeline hand-off; all-gathers by recursive doubling; %.0f MiB "
+               "per process (+%.0f MiB under MPI); the context half full when decoding\n",
+            TOKEN_COST * 1e6, MSG_COST * 1e6, WAKE_COST * 1e6, BASE_BYTES / 1048576, MPI_BYTES / 1048576);
 }
