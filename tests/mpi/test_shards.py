@@ -70,6 +70,18 @@ def test_smollm2_shards_match_the_gguf(tmp_path):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.parametrize("tp,pp", [(4, 1), (1, 4), (2, 2)])
+def test_stories_shards_match_the_oracle(tmp_path, tp, pp):
+    """The previous issue's wide layouts, on the model with run.c's oracle: sharded
+    runs give the oracle's greedy text."""
+    model = h.testdata("stories260K.gguf")
+    oracle = h.testdata("oracle/runc_greedy_bos_256.txt").read_bytes()
+    d = tmp_path / f"st{tp}x{pp}"
+    shard(model, d, "--tp", tp, "--pp", pp)
+    p = h.mpirun(tp * pp, ["run", "--shards", d, "-n", 256, "--temp", 0, "-q"])
+    assert p.stdout == oracle, f"tp {tp} x pp {pp} from shards: the 256-token text differs from run.c's"
+
+
 def test_synthetic_shards_match(tmp_path):
     """q8_0 with grouped-query attention and a separate output head, tp 2 x pp 2."""
     model = tmp_path / "m.gguf"
