@@ -226,7 +226,13 @@ def test_interrupted_shard_leaves_no_manifest(big_model, tmp_path):
     shard(h.smollm2(), d, "--tp", 2)  # an old, complete set in the directory
     p = subprocess.Popen([h.shoal_bin(), "shard", "-m", str(big_model), "--tp", "2", "-o", str(d)],
                          stderr=subprocess.DEVNULL)
-    time.sleep(2.0)
+    # the new run removes the old manifest before it writes anything: kill it right then,
+    # in the middle of writing the rank files
+    t0 = time.time()
+    while (d / "manifest.pb").exists() and p.poll() is None and time.time() - t0 < 60:
+        time.sleep(0.001)
+    time.sleep(0.2)
+    assert p.poll() is None, "shard finished before it could be interrupted"
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)
     assert not (d / "manifest.pb").exists(), "an interrupted shard left a manifest"
