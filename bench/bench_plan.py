@@ -28,7 +28,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -121,19 +120,25 @@ def main() -> int:
     cores = os.cpu_count()
     rows = []
 
-    def measure(where, model, tp, pp, launcher, threads, plan_extra):
-        pred = plan(a.shoal, model, a.ctx, a.batch, tp, pp, plan_extra)
-        if pred is None:
-            print(f"{where:5} {model.name[:28]:28} {tp}x{pp}: the model does not split so", file=sys.stderr)
-            return
-        tps, rss = [], None
+    def measure(where, model, tp, pp, launcher, threads, plan_args):
+        """Each run right after its own prediction (bandwidth measured, then shoal plan, then
+        the run): this machine's bandwidth drifts, so a prediction is set against the run
+        next to it in time; the medians of both are reported."""
+        preds, tps, rss = [], [], None
         for _ in range(a.runs):
+            pred = plan(a.shoal, model, a.ctx, a.batch, tp, pp, plan_args())
+            if pred is None:
+                print(f"{where:5} {model.name[:28]:28} {tp}x{pp}: the model does not split so", file=sys.stderr)
+                return
+            preds.append(pred)
             t, r = run(a.shoal, model, prompt, a.ctx, a.batch, tp, pp, launcher, threads)
             tps.append(t)
             rss = r if rss is None else [max(x, y) for x, y in zip(rss, r)]
+        pred = preds[0]
         row = {"where": where, "model": model.name, "tp": tp, "pp": pp, "tok_s": statistics.median(tps),
-               "pred_tok_s": pred["decode_tok_s"], "rss": rss,
-               "pred_mem": [x["total"] for x in pred["ranks"]]}
+               "pred_tok_s": statistics.median(p["decode_tok_s"] for p in preds), "rss": rss,
+               "pred_mem": [x["total"] for x in pred["ranks"]], "runs_tok_s": tps,
+               "runs_pred_tok_s": [p["decode_tok_s"] for p in preds]}
         row["speed_err"] = row["pred_tok_s"] / row["tok_s"] - 1
         row["mem_err"] = max((p / m - 1 for p, m in zip(row["pred_mem"], rss)), key=abs)
         rows.append(row)
@@ -145,9 +150,10 @@ def main() -> int:
 
     for model in ([] if a.no_local else models):
         for tp, pp in LOCAL:
-            c1, call = membw(a.shoal)
-            extra = ["--ranks", str(tp * pp), "--membw", f"{call}GB/s", "--corebw", f"{c1}GB/s"]
-            measure("local", model, tp, pp, bl.MPIRUN, 0, extra)
+            def local_args(n=tp * pp):
+                c1, call = membw(a.shoal)
+                return ["--ranks", str(n), "--membw", f"{call}GB/s", "--corebw", f"{c1}GB/s"]
+            measure("local", model, tp, pp, bl.MPIRUN, 0, local_args)
 
     lan_id, why = (None, "--no-lan") if a.no_lan else bl.lan_up(4)
     lat = None
@@ -157,13 +163,14 @@ def main() -> int:
             launcher = [str(bl.LAN), "run", lan_id]
             for model in models:
                 for tp, pp in LAN_LAYOUTS:
-                    c1, _ = membw(a.shoal)
-                    hosts = "".join(f"host h{i} ranks=1 mem=4G cores=1 membw={c1}GB/s corebw={c1}GB/s\n"
-                                    for i in range(tp * pp))
-                    hosts += f"link * * bw=1Gbit/s lat={lat:.3f}ms\n"
-                    hf = Path(tempfile.mkstemp(suffix=".hosts", dir=out)[1])
-                    hf.write_text(hosts)
-                    measure("lan", model, tp, pp, launcher, 1, ["--hosts", str(hf)])
+                    hf = out / "plan-lan.hosts"
+
+                    def lan_args(n=tp * pp, hf=hf):
+                        c1, _ = membw(a.shoal)
+                        hf.write_text("".join(f"host h{i} ranks=1 mem=4G cores=1 membw={c1}GB/s corebw={c1}GB/s\n"
+                                              for i in range(n)) + f"link * * bw=1Gbit/s lat={lat:.3f}ms\n")
+                        return ["--hosts", str(hf)]
+                    measure("lan", model, tp, pp, launcher, 1, lan_args)
                     hf.unlink()
         finally:
             subprocess.run([str(bl.LAN), "down", lan_id], capture_output=True)

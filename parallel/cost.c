@@ -16,6 +16,7 @@
 #define TOKEN_COST 100e-6    /* s per token: sampling, the step message, bookkeeping */
 #define MSG_COST 20e-6       /* s of software per message beyond the link's latency */
 #define WAKE_COST 450e-6     /* s for a rank that waited a whole stage to notice its message */
+#define POLL_SHARE 0.25      /* of a core that a rank waiting for its stage takes, polling */
 #define BASE_BYTES 6e6       /* a process: code, libraries, stacks, small buffers */
 #define MPI_BYTES 8e6        /* what Open MPI adds to each rank (shared-memory segments) */
 #define PAGE 4096.0          /* a lookup maps the page of the row it reads */
@@ -100,7 +101,9 @@ static double rank_bw(const struct shoal_topology *t, const struct shoal_plan *p
     double busy = active < host->cores ? active : host->cores;
     double bw = fmin(host->membw, busy * host->corebw);
     *threads = th;
-    *crowd = active > host->cores ? (double)active / host->cores : 1; /* threads per core */
+    /* threads per core: the stage's, and the other stages' ranks waking to poll */
+    double load = active + POLL_SHARE * (host->ranks * th - active);
+    *crowd = load > host->cores ? load / host->cores : 1;
     return bw * th / (active > host->cores ? active : busy);
 }
 
@@ -263,7 +266,7 @@ void shoal_cost_print_assumptions(FILE *f, int probed) {
         fprintf(f, "compute: bytes at %.0f%% of the memory bandwidth, %.0f us per layer (%.0f us with "
                    "several threads)\n", BW_FRACTION * 100, LAYER_COST * 1e6, LAYER_COST_MT * 1e6);
     fprintf(f, "assumed: %.0f us per token; %.0f us per message beyond the link's latency, %.0f us more "
-               "for a rank that waits on a pipeline hand-off; all-gathers by recursive doubling; %.0f MiB "
+               "for a rank that waits on a pipeline hand-off, %.0f%% of a core for one that polls meanwhile; all-gathers by recursive doubling; %.0f MiB "
                "per process (+%.0f MiB under MPI); the context half full when decoding\n",
-            TOKEN_COST * 1e6, MSG_COST * 1e6, WAKE_COST * 1e6, BASE_BYTES / 1048576, MPI_BYTES / 1048576);
+            TOKEN_COST * 1e6, MSG_COST * 1e6, WAKE_COST * 1e6, POLL_SHARE * 100, BASE_BYTES / 1048576, MPI_BYTES / 1048576);
 }
