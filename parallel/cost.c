@@ -17,6 +17,7 @@
 #define MSG_COST 20e-6       /* s of software per message beyond the link's latency */
 #define WAKE_COST 450e-6     /* s for a rank that waited a whole stage to notice its message */
 #define POLL_SHARE 0.25      /* of a core that a rank waiting for its stage takes, polling */
+#define SWITCH_COST 80e-6    /* s per all-gather round and extra thread per core: waiting for a turn */
 #define BASE_BYTES 6e6       /* a process: code, libraries, stacks, small buffers */
 #define MPI_BYTES 8e6        /* what Open MPI adds to each rank (shared-memory segments) */
 #define PAGE 4096.0          /* a lookup maps the page of the row it reads */
@@ -107,6 +108,20 @@ static double rank_bw(const struct shoal_topology *t, const struct shoal_plan *p
     return bw * th / (active > host->cores ? active : busy);
 }
 
+/* The most threads per core the stage's ranks put on one of their hosts (at least 1). */
+static double stage_oversubscription(const struct shoal_topology *t, const struct shoal_plan *plan, int stage) {
+    double worst = 1;
+    for (int h = 0; h < t->n_hosts; h++) {
+        const struct shoal_host *host = &t->hosts[h];
+        int th = host->cores / host->ranks, active = 0;
+        if (th < 1) th = 1;
+        for (int i = 0; i < plan->tp; i++)
+            if (shoal_topology_host_of(t, stage * plan->tp + i) == h) active += th;
+        worst = fmax(worst, (double)active / host->cores);
+    }
+    return worst;
+}
+
 /* Seconds of compute one rank spends on a decode step. */
 static shoal_status rank_time(const struct shoal_model_shape *m, const struct shoal_plan *plan,
                               const struct shoal_topology *topo, const struct shoal_cost_params *p,
@@ -186,6 +201,11 @@ shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct s
         double comm = 2.0 * layers * allgather_s(plan->tp, m->dim * wire, l);
         if (plan->tp > 1) /* the step shared within the group; the candidates gathered */
             comm += 2 * allgather_s(plan->tp, 256, l);
+        /* more of the stage's threads than a host has cores: a rank an all-gather waits
+         * for is often not running, and waits its turn for a core */
+        double over = stage_oversubscription(topo, plan, s);
+        if (plan->tp > 1 && over > 1)
+            comm += (2.0 * layers + 2) * ceil(log2((double)plan->tp)) * SWITCH_COST * (over - 1);
         c->t_compute += slowest;
         c->t_comm += comm;
     }
@@ -266,7 +286,7 @@ void shoal_cost_print_assumptions(FILE *f, int probed) {
         fprintf(f, "compute: bytes at %.0f%% of the memory bandwidth, %.0f us per layer (%.0f us with "
                    "several threads)\n", BW_FRACTION * 100, LAYER_COST * 1e6, LAYER_COST_MT * 1e6);
     fprintf(f, "assumed: %.0f us per token; %.0f us per message beyond the link's latency, %.0f us more "
-               "for a rank that waits on a pipeline hand-off, %.0f%% of a core for one that polls meanwhile; all-gathers by recursive doubling; %.0f MiB "
+               "for a rank that waits on a pipeline hand-off, %.0f%% of a core for one that polls meanwhile, %.0f us per all-gather round for each thread beyond one per core; all-gathers by recursive doubling; %.0f MiB "
                "per process (+%.0f MiB under MPI); the context half full when decoding\n",
-            TOKEN_COST * 1e6, MSG_COST * 1e6, WAKE_COST * 1e6, POLL_SHARE * 100, BASE_BYTES / 1048576, MPI_BYTES / 1048576);
+            TOKEN_COST * 1e6, MSG_COST * 1e6, WAKE_COST * 1e6, POLL_SHARE * 100, SWITCH_COST * 1e6, BASE_BYTES / 1048576, MPI_BYTES / 1048576);
 }

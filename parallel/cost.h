@@ -8,10 +8,11 @@
  * The speed model, per generated token (decoding is memory-bound):
  *   a rank computes   its weight and KV bytes / its share of its host's
  *                     memory bandwidth (the stage's ranks on a host read at
- *                     once), or, when slower, what the kernels reach: one
- *                     layer of its part (and the output head) timed on this
- *                     machine by a probe with its thread count, times its
- *                     layers; without a probe, bytes / (bandwidth x the
+ *                     once), or, when slower, what the kernels reach: its
+ *                     part's layers and output head timed on this machine by
+ *                     a probe with its thread count (scaled to its host's
+ *                     bandwidth, and slowed where a host's ranks crowd its
+ *                     cores); without a probe, bytes / (bandwidth x the
  *                     fraction kernels reach) + a fixed cost per layer;
  *   a stage takes     its slowest rank, plus two all-reduces per layer over
  *                     the links among its ranks (latency x rounds + bytes /
