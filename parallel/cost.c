@@ -23,15 +23,13 @@
 #define PAGE 4096.0          /* a lookup maps the page of the row it reads */
 #define FAULT_AROUND 65536.0 /* a fault in a mapped file maps the cached pages of its 64 KiB window */
 
-/* Bytes of one rank's weights that every token reads, and those it holds. */
-static void rank_weights(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
-                         double *read, double *held) {
+/* Bytes of one rank's weights: what it holds, and what every token reads. */
+static double rank_weights(const struct shoal_model_shape *m, const struct shoal_rank_part *pt) {
     double layer = (pt->q1 - pt->q0) * m->q_head_bytes + (pt->kv1 - pt->kv0) * m->kv_head_bytes +
                    (pt->ff1 - pt->ff0) * m->ffn_unit_bytes + m->norm_bytes;
     double w = layer * (pt->layer1 - pt->layer0);
     if (pt->last) w += m->output_bytes * (pt->v1 - pt->v0) / m->n_vocab + (double)m->dim * 4;
-    *read = w;
-    *held = w;
+    return w;
 }
 
 static double act_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
@@ -49,8 +47,7 @@ static double act_bytes(const struct shoal_model_shape *m, const struct shoal_ra
 
 static void rank_mem(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
                      const struct shoal_cost_params *p, int tp, int n_ranks, struct shoal_rank_mem *r) {
-    double read;
-    rank_weights(m, pt, &read, &r->weights);
+    r->weights = rank_weights(m, pt);
     /* rows mapped in place: a slice of a tensor maps half a window past each end, on
      * average (Q, K, V, gate and up of each layer, and the output head) */
     if (tp > 1) r->weights += ((pt->layer1 - pt->layer0) * 5.0 + pt->last) * FAULT_AROUND;
@@ -129,9 +126,8 @@ static shoal_status rank_time(const struct shoal_model_shape *m, const struct sh
     const struct shoal_rank_part *q = &plan->part[r];
     const struct shoal_host *host = &topo->hosts[shoal_topology_host_of(topo, r)];
     int layers = q->layer1 - q->layer0, th;
-    double read, held, crowd;
-    rank_weights(m, q, &read, &held);
-    read += mem->kv * p->decode_fill; /* the cache filled so far */
+    double crowd;
+    double read = rank_weights(m, q) + mem->kv * p->decode_fill; /* and the cache filled so far */
     double bw = rank_bw(topo, plan, r, &th, &crowd);
     if (!p->probe) {
         *out = read / (BW_FRACTION * bw) + layers * (th > 1 ? LAYER_COST_MT : LAYER_COST) * crowd;
