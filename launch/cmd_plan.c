@@ -58,8 +58,15 @@ static void header_bytes(const struct shoal_gguf *g, double *meta, double *tok) 
     *tok = 64 * strings; /* tokens and merges in hash tables */
 }
 
-void launch_cost_params(const struct shoal_gguf *g, const struct shoal_model_shape *m, int n_ctx,
-                        int n_batch, int kv_type, int wire, struct shoal_cost_params *p) {
+/*
+ * The cost parameters of a run of g with these settings (kv_type, wire: the
+ * enums; n_ctx 0: as shoal run, the model's up to 4096), with the probe timing
+ * parts on machine unless that is NULL (probe is filled in for it).
+ */
+static void cost_params(const struct shoal_gguf *g, const struct shoal_model_shape *m, int n_ctx_train,
+                        int n_ctx, int n_batch, int kv_type, int wire, const struct shoal_host *machine,
+                        struct launch_probe *probe, struct shoal_cost_params *p) {
+    if (!n_ctx) n_ctx = n_ctx_train < 4096 ? n_ctx_train : 4096;
     struct shoal_kv_desc kd;
     shoal_kv_desc_init(&kd, kv_type, 1, m->head_dim, 1);
     double meta, tok;
@@ -67,6 +74,14 @@ void launch_cost_params(const struct shoal_gguf *g, const struct shoal_model_sha
     *p = (struct shoal_cost_params){ .n_ctx = n_ctx, .n_batch = n_batch, .kv_head_bytes = (double)kd.head_bytes,
                                      .wire_elem = (double)shoal_wire_bytes(wire, 1024) / 1024,
                                      .meta_bytes = meta, .tokenizer_bytes = tok, .decode_fill = 0.5 };
+    if (!machine) return;
+    *probe = (struct launch_probe){ .g = g, .shape = m, .kv_type = kv_type, .simd = SHOAL_SIMD_AUTO,
+                                    .pos = (int)(n_ctx * p->decode_fill) };
+    p->probe = launch_probe;
+    p->probe_user = probe;
+    p->probe_membw = machine->membw;
+    p->probe_corebw = machine->corebw;
+    p->probe_cores = machine->cores;
 }
 
 shoal_status launch_auto_layout(const struct shoal_model_shape *m, const struct shoal_topology *topo,
@@ -242,16 +257,9 @@ shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_
         snprintf(text + at, sizeof text - (size_t)at, "link * * bw=%s lat=%s\n", LAUNCH_LINK_BW, LAUNCH_LINK_LAT);
         SHOAL_TRY(shoal_hosts_parse(text, "(the ranks running)", &machine, &t));
     }
-    if (!n_ctx) n_ctx = hp.n_ctx_train < 4096 ? hp.n_ctx_train : 4096;
     struct shoal_cost_params cp;
-    launch_cost_params(g, &shape, n_ctx, n_batch, kv_type, wire, &cp);
-    struct launch_probe probe = { .g = g, .shape = &shape, .kv_type = kv_type, .simd = SHOAL_SIMD_AUTO,
-                                  .pos = (int)(n_ctx * cp.decode_fill) };
-    cp.probe = launch_probe;
-    cp.probe_user = &probe;
-    cp.probe_membw = machine.membw;
-    cp.probe_corebw = machine.corebw;
-    cp.probe_cores = machine.cores;
+    struct launch_probe probe;
+    cost_params(g, &shape, hp.n_ctx_train, n_ctx, n_batch, kv_type, wire, &machine, &probe, &cp);
     shoal_status rc = launch_auto_layout(&shape, &t, &cp, best);
     shoal_topology_free(&t);
     return rc;
@@ -353,18 +361,10 @@ int cmd_plan(int argc, char **argv) {
         double per = mem_per_rank ? (double)mem_per_rank : machine.mem / ranks;
         SHOAL_TRY_GOTO(shoal_hosts_single(ranks, per, &machine, &topo), rc, fail);
     }
-    if (!n_ctx) n_ctx = hp.n_ctx_train < 4096 ? hp.n_ctx_train : 4096;
     struct shoal_cost_params cp;
-    launch_cost_params(g, &shape, n_ctx, n_batch, kv_type, wire, &cp);
-    struct launch_probe probe = { .g = g, .shape = &shape, .kv_type = kv_type, .simd = SHOAL_SIMD_AUTO,
-                                  .pos = (int)(n_ctx * cp.decode_fill) };
-    if (!no_probe) {
-        cp.probe = launch_probe;
-        cp.probe_user = &probe;
-        cp.probe_membw = machine.membw;
-        cp.probe_corebw = machine.corebw;
-        cp.probe_cores = machine.cores;
-    }
+    struct launch_probe probe;
+    cost_params(g, &shape, hp.n_ctx_train, n_ctx, n_batch, kv_type, wire, no_probe ? NULL : &machine, &probe, &cp);
+    n_ctx = cp.n_ctx;
     SHOAL_TRY_GOTO(shoal_cost_all(&shape, &topo, &cp, &all, &n_all), rc, fail);
     const struct shoal_layout_cost *show = &all[0];
     if (tp) {

@@ -32,9 +32,6 @@ shoal_status launch_read_file(const char *path, char **out, size_t *len);
  * cores and with one, over a buffer of `bytes`.
  */
 shoal_status launch_measure_machine(struct shoal_host *h, size_t bytes);
-/* The cost parameters of a run of g with these settings (kv_type, wire: the enums). */
-void launch_cost_params(const struct shoal_gguf *g, const struct shoal_model_shape *m, int n_ctx,
-                        int n_batch, int kv_type, int wire, struct shoal_cost_params *p);
 /* The best layout of topo's ranks (fitting, then fastest); best->mem is the caller's. */
 shoal_status launch_auto_layout(const struct shoal_model_shape *m, const struct shoal_topology *topo,
                                 const struct shoal_cost_params *p, struct shoal_layout_cost *best);

@@ -85,17 +85,27 @@ static const struct shoal_link *stage_link(const struct shoal_topology *t, const
     return worst;
 }
 
+/* Threads of each rank on host (as shoal run starts them: cores / ranks there). */
+static int rank_threads(const struct shoal_host *host) {
+    int th = host->cores / host->ranks;
+    return th < 1 ? 1 : th;
+}
+
+/* Threads the stage's ranks run on host h. */
+static int stage_threads(const struct shoal_topology *t, const struct shoal_plan *plan, int stage, int h) {
+    int n = 0;
+    for (int i = 0; i < plan->tp; i++)
+        if (shoal_topology_host_of(t, stage * plan->tp + i) == h) n++;
+    return n * rank_threads(&t->hosts[h]);
+}
+
 /* The bandwidth one rank reads with while its stage runs: its host's, shared by
  * the stage's threads there (one rank runs cores / ranks-on-host threads). */
 static double rank_bw(const struct shoal_topology *t, const struct shoal_plan *plan, int rank,
                       int *threads, double *crowd) {
     int h = shoal_topology_host_of(t, rank);
     const struct shoal_host *host = &t->hosts[h];
-    int th = host->cores / host->ranks;
-    if (th < 1) th = 1;
-    int active = 0, stage = rank / plan->tp;
-    for (int i = 0; i < plan->tp; i++)
-        if (shoal_topology_host_of(t, stage * plan->tp + i) == h) active += th;
+    int th = rank_threads(host), active = stage_threads(t, plan, rank / plan->tp, h);
     double busy = active < host->cores ? active : host->cores;
     double bw = fmin(host->membw, busy * host->corebw);
     *threads = th;
@@ -108,14 +118,8 @@ static double rank_bw(const struct shoal_topology *t, const struct shoal_plan *p
 /* The most threads per core the stage's ranks put on one of their hosts (at least 1). */
 static double stage_oversubscription(const struct shoal_topology *t, const struct shoal_plan *plan, int stage) {
     double worst = 1;
-    for (int h = 0; h < t->n_hosts; h++) {
-        const struct shoal_host *host = &t->hosts[h];
-        int th = host->cores / host->ranks, active = 0;
-        if (th < 1) th = 1;
-        for (int i = 0; i < plan->tp; i++)
-            if (shoal_topology_host_of(t, stage * plan->tp + i) == h) active += th;
-        worst = fmax(worst, (double)active / host->cores);
-    }
+    for (int h = 0; h < t->n_hosts; h++)
+        worst = fmax(worst, (double)stage_threads(t, plan, stage, h) / t->hosts[h].cores);
     return worst;
 }
 
