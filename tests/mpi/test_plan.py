@@ -18,9 +18,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 
-RSS = re.compile(r"rank (\d+) \(stage \d+, tp \d+\): .* peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")
-ONE = re.compile(r"peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")
-UNIT = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 PROMPT = ("Once upon a time there was a little girl who lived in a village near the forest, and every "
           "day she walked to the river to fetch water. ") * 3
 # no bandwidth measurement or probe: memory does not depend on them, and tests stay quick
@@ -39,12 +36,7 @@ def measured_rss(model, tp, pp, ctx, batch, prompt):
     p = h.mpirun(tp * pp, args, timeout=300) if tp * pp > 1 else h.run(args, timeout=300)
     err = p.stderr.decode()
     assert "context of" in err or "stop: context" in err or "stop: length" in err, err[-2000:]
-    if tp * pp == 1:
-        m = ONE.search(err)
-        return [float(m.group(1)) * UNIT[m.group(2)]]
-    got = {int(r): float(v) * UNIT[u] for r, v, u in RSS.findall(err)}
-    assert sorted(got) == list(range(tp * pp)), err
-    return [got[r] for r in range(tp * pp)]
+    return h.peak_rss(err, tp * pp)
 
 
 @pytest.fixture(scope="module")
