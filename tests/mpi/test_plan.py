@@ -30,9 +30,9 @@ def plan_json(model, *args):
     return p.returncode, json.loads(p.stdout)
 
 
-def measured_rss(model, tp, pp, ctx, batch, prompt):
+def measured_rss(model, tp, pp, ctx, batch, prompt, kv):
     args = ["run", "-m", model, "-f", prompt, "-c", ctx, "-b", batch, "-n", ctx, "--temp", 0,
-            "--ignore-eos", "-v", "--tp", tp, "--pp", pp]
+            "--ignore-eos", "-v", "--tp", tp, "--pp", pp, "--kv-type", kv]
     p = h.mpirun(tp * pp, args, timeout=300) if tp * pp > 1 else h.run(args, timeout=300)
     err = p.stderr.decode()
     assert "context of" in err or "stop: context" in err or "stop: length" in err, err[-2000:]
@@ -49,12 +49,15 @@ def prompt(tmp_path_factory):
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (3, 1), (1, 3)])
 def test_memory_prediction_within_10_percent(prompt, tp, pp):
     model = h.smollm2()
-    ctx, batch = 384, 32
-    _, j = plan_json(model, "--ranks", tp * pp, "-c", ctx, "-b", batch, "--tp", tp, "--pp", pp)
+    # an f32 cache of 1024 positions: enough of a rank's memory that a KV term gone
+    # wrong shows beyond the 10%
+    ctx, batch, kv = 1024, 32, "f32"
+    _, j = plan_json(model, "--ranks", tp * pp, "-c", ctx, "-b", batch, "--tp", tp, "--pp", pp, "--kv-type", kv)
     shown = j.get("shown", j["best"])
     assert (shown["tp"], shown["pp"]) == (tp, pp)
     pred = [r["total"] for r in shown["ranks"]]
-    got = measured_rss(model, tp, pp, ctx, batch, prompt)
+    assert max(r["kv"] / r["total"] for r in shown["ranks"]) > 0.12, "the cache should weigh"
+    got = measured_rss(model, tp, pp, ctx, batch, prompt, kv)
     for r, (p_, m) in enumerate(zip(pred, got)):
         print(f"tp {tp} x pp {pp} rank {r}: predicted {p_ / 2**20:.1f} MiB, peak RSS {m / 2**20:.1f} MiB "
               f"({p_ / m - 1:+.1%})")
