@@ -140,9 +140,15 @@ struct shoal_block_q4_1 {
     uint8_t qs[SHOAL_QK / 2];
 };
 
-_Static_assert(sizeof(struct shoal_block_q8_0) == 34, "q8_0 block is 34 bytes");
-_Static_assert(sizeof(struct shoal_block_q4_0) == 18, "q4_0 block is 18 bytes");
-_Static_assert(sizeof(struct shoal_block_q4_1) == 20, "q4_1 block is 20 bytes");
+/* (the CUDA backend includes this header as C++, which spells it static_assert) */
+#ifdef __cplusplus
+#define SHOAL_STATIC_ASSERT static_assert
+#else
+#define SHOAL_STATIC_ASSERT _Static_assert
+#endif
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q8_0) == 34, "q8_0 block is 34 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q4_0) == 18, "q4_0 block is 18 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q4_1) == 20, "q4_1 block is 20 bytes");
 
 /*
  * Row conversion between f32 and the stored formats (base/quant.c): n values,
@@ -160,7 +166,8 @@ shoal_status shoal_dequantize_row(int type, const void *in, float *y, int64_t n)
 float shoal_f16_to_f32(uint16_t h);
 uint16_t shoal_f32_to_f16(float f); /* round to nearest even */
 static inline float shoal_bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = { .u = (uint32_t)h << 16 };
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
     return v.f;
 }
 uint16_t shoal_f32_to_bf16(float f); /* round to nearest even, NaN kept */

@@ -52,7 +52,7 @@ int main(int argc, char **argv) {
     for (long i = 0; i < n * cols; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
     struct shoal_weight *ws = calloc((size_t)copies, sizeof *ws);
     for (int k = 0; k < copies; k++)
-        shoal_weight_prepare(be, &ws[k], type, rows, cols, w + wbytes * (size_t)k);
+        shoal_weight_prepare(be, &ws[k], type, rows, cols, w + wbytes * (size_t)k, NULL);
     double best = 1e30;
     int reps = n == 1 ? 200 : 5;
     for (int rep = 0; rep < reps; rep++) {

@@ -95,7 +95,10 @@ static shoal_status cpu_memset0(void *ctx, void *dst, size_t n) {
     return SHOAL_OK;
 }
 
-static shoal_status cpu_weight_prepare(void *ctx, struct shoal_weight *w, const void *host) {
+static size_t cpu_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) { return 0; }
+
+static shoal_status cpu_weight_prepare(void *ctx, struct shoal_weight *w, const void *host,
+                                       void *dst) {
     w->data = host; /* used in place: the caller keeps the map alive */
     return SHOAL_OK;
 }
@@ -549,12 +552,14 @@ static void cpu_destroy(void *vctx) {
 
 static const struct shoal_backend_i cpu_iface = {
     .name = "cpu",
+    .host_memory = 1,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
     .memset0 = cpu_memset0,
+    .weight_bytes = cpu_weight_bytes,
     .weight_prepare = cpu_weight_prepare,
     .embed = cpu_embed,
     .matmul = cpu_matmul,

@@ -16,6 +16,7 @@ struct shoal_backend *shoal_backend_new(const struct shoal_backend_i *iface, voi
 }
 
 const char *shoal_backend_name(const struct shoal_backend *b) { return b->iface->name; }
+int shoal_backend_host_memory(const struct shoal_backend *b) { return b->iface->host_memory; }
 
 void shoal_backend_destroy(struct shoal_backend *b) {
     if (!b) return;
@@ -83,8 +84,15 @@ shoal_status shoal_backend_memset0(struct shoal_backend *b, void *dst, size_t n)
     return rc;
 }
 
+size_t shoal_weight_bytes(struct shoal_backend *b, int type, int64_t rows, int64_t cols) {
+    size_t rb = shoal_dtype_row_bytes(type, cols);
+    if (!rb || rows <= 0) return 0;
+    if (b->iface->weight_bytes) return b->iface->weight_bytes(b->ctx, type, rows, cols);
+    return (size_t)rows * rb;
+}
+
 shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *w, int type,
-                                  int64_t rows, int64_t cols, const void *host) {
+                                  int64_t rows, int64_t cols, const void *host, void *dst) {
     memset(w, 0, sizeof *w);
     w->type = type;
     w->rows = rows;
@@ -93,11 +101,16 @@ shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *
     if (!w->row_bytes || rows <= 0)
         return shoal_errorf(SHOAL_INVALID, "a %s weight of %lld x %lld cannot be prepared",
                             shoal_dtype_name(type), (long long)rows, (long long)cols);
-    if (b->iface->weight_prepare) return b->iface->weight_prepare(b->ctx, w, host);
-    size_t bytes = (size_t)rows * w->row_bytes;
-    SHOAL_TRY(b->iface->alloc(b->ctx, bytes, &w->owned));
-    w->data = w->owned;
-    return b->iface->upload(b->ctx, w->owned, host, bytes);
+    size_t bytes = shoal_weight_bytes(b, type, rows, cols);
+    if (!dst && bytes) {
+        SHOAL_TRY(b->iface->alloc(b->ctx, bytes, &w->owned));
+        dst = w->owned;
+    }
+    shoal_status rc = b->iface->weight_prepare ? b->iface->weight_prepare(b->ctx, w, host, dst)
+                                               : b->iface->upload(b->ctx, dst, host, bytes);
+    if (rc == SHOAL_OK && !b->iface->weight_prepare) w->data = dst;
+    if (rc != SHOAL_OK) shoal_weight_release(b, w);
+    return rc;
 }
 
 void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w) {

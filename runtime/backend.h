@@ -80,6 +80,9 @@ struct shoal_batch {
 };
 
 const char *shoal_backend_name(const struct shoal_backend *b);
+/* Whether the backend's buffers are host memory (CPU), which communicators of
+ * host buffers can use directly; else they are staged through the host. */
+int shoal_backend_host_memory(const struct shoal_backend *b);
 void shoal_backend_destroy(struct shoal_backend *b);
 
 /* Device memory. alloc'd memory is uninitialised; free accepts NULL. */
@@ -91,13 +94,22 @@ shoal_status shoal_backend_download(struct shoal_backend *b, void *dst, const vo
 shoal_status shoal_backend_memset0(struct shoal_backend *b, void *dst, size_t n);
 
 /*
+ * Bytes of device memory a weight of (rows, cols) of type takes once
+ * prepared: 0 when the backend uses the host bytes in place (CPU), else at
+ * least rows * the row's bytes (a backend may pad or repack). 0 also for a
+ * shape the type cannot hold.
+ */
+size_t shoal_weight_bytes(struct shoal_backend *b, int type, int64_t rows, int64_t cols);
+/*
  * Makes host bytes (rows * row_bytes of the given type) usable as a weight.
  * The backend may use them in place (CPU: the mmapped file), copy them to
- * its device or repack them; host must outlive w unless w->owned is set.
- * shoal_weight_release frees what prepare allocated.
+ * its device or repack them; host must outlive w unless the bytes were
+ * copied. dst: shoal_weight_bytes of device memory (at a 256-byte boundary)
+ * that the caller owns and carves from one block, or NULL for the backend to
+ * allocate (w->owned). shoal_weight_release frees what prepare allocated.
  */
 shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *w, int type,
-                                  int64_t rows, int64_t cols, const void *host);
+                                  int64_t rows, int64_t cols, const void *host, void *dst);
 void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w);
 
 /* y (n, table->cols) = rows token[t] of table, as f32. Token ids are checked. */

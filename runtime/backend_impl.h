@@ -10,14 +10,20 @@
 
 struct shoal_backend_i {
     const char *name;
+    int host_memory; /* its buffers are host memory that the CPU may read and write */
     void (*destroy)(void *ctx);
     shoal_status (*alloc)(void *ctx, size_t bytes, void **out);
     void (*free)(void *ctx, void *p);
     shoal_status (*upload)(void *ctx, void *dst, const void *src, size_t n);
     shoal_status (*download)(void *ctx, void *dst, const void *src, size_t n);
     shoal_status (*memset0)(void *ctx, void *dst, size_t n); /* optional: upload of zeros */
-    /* optional: default copies the bytes to device memory */
-    shoal_status (*weight_prepare)(void *ctx, struct shoal_weight *w, const void *host);
+    /*
+     * optional: bytes of device memory a weight of (rows, cols) of type needs
+     * when prepared (0: it is used in place); default rows * row bytes
+     */
+    size_t (*weight_bytes)(void *ctx, int type, int64_t rows, int64_t cols);
+    /* optional: default copies the bytes to dst (weight_bytes of device memory) */
+    shoal_status (*weight_prepare)(void *ctx, struct shoal_weight *w, const void *host, void *dst);
     shoal_status (*embed)(void *ctx, float *y, const struct shoal_weight *table,
                           const struct shoal_batch *batch);
     shoal_status (*matmul)(void *ctx, float *y, const struct shoal_weight *w, const float *x,

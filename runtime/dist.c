@@ -63,6 +63,7 @@ shoal_status shoal_dist_create(struct shoal_dist **out, struct shoal_comm *world
 
 void shoal_dist_destroy(struct shoal_dist *d) {
     if (!d) return;
+    shoal_comm_destroy(d->tp_dev);
     shoal_comm_destroy(d->tp);
     free(d);
 }

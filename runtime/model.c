@@ -345,13 +345,25 @@ static shoal_status find_slice(const struct shoal_model *m, const struct shoal_s
     return want(m->g, s->src, s->cols, s->rows, t);
 }
 
+/* Device bytes of a prepared weight in the model's weight block, padded to 256. */
+static size_t weight_block_bytes(const struct shoal_model *m, int type, int64_t rows, int64_t cols) {
+    return (shoal_weight_bytes(m->be, type, rows, cols) + 255) / 256 * 256;
+}
+
+/* The slice's device bytes in the weight block (0 for a vector or a bad tensor). */
+static size_t slice_device_bytes(const struct shoal_model *m, const struct shoal_slice *s) {
+    const struct shoal_gguf_tensor *t = NULL;
+    if (!m->be || !s->rows || find_slice(m, s, &t) != SHOAL_OK) return 0;
+    return weight_block_bytes(m, t->type, s->r1 - s->r0, s->c1 - s->c0);
+}
+
 /*
  * A matrix slice. Rows of all the columns are used in place; a column slice
  * of a whole GGUF is read from the file into the model's slice block at *at
  * (advanced). A check (no backend) only validates.
  */
 static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s,
-                              struct shoal_weight *w, char **at) {
+                              struct shoal_weight *w, char **at, char **dev) {
     const struct shoal_gguf_tensor *t = NULL;
     SHOAL_TRY(find_slice(m, s, &t));
     const char *name = t->name;
@@ -380,9 +392,21 @@ static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s
     m->weight_bytes += (uint64_t)(r1 - r0) * lb;
     m->n_params += (uint64_t)(r1 - r0) * (uint64_t)(c1 - c0);
     if (!m->be) return SHOAL_OK;
-    shoal_status rc = shoal_weight_prepare(m->be, w, t->type, r1 - r0, c1 - c0, host);
+    size_t bytes = weight_block_bytes(m, t->type, r1 - r0, c1 - c0);
+    shoal_status rc = shoal_weight_prepare(m->be, w, t->type, r1 - r0, c1 - c0, host,
+                                           bytes ? *dev : NULL);
+    *dev += bytes;
     if (rc != SHOAL_OK) shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
     return rc;
+}
+
+/* Whether the head is the embedding table itself on this rank (tied, whole vocabulary). */
+static int head_is_table(const struct shoal_model *m, const struct shoal_slice *embd,
+                         const struct shoal_slice *head) {
+    const struct shoal_gguf_tensor *a = NULL, *b = NULL;
+    return m->part.first && find_slice(m, embd, &a) == SHOAL_OK &&
+           find_slice(m, head, &b) == SHOAL_OK && a == b && embd->r0 == head->r0 &&
+           embd->r1 == head->r1 && embd->c0 == head->c0 && embd->c1 == head->c1;
 }
 
 /* Bytes of a column slice that load_part will read into the slice block (0: none). */
@@ -417,17 +441,30 @@ static shoal_status load_weights(struct shoal_model *m) {
     int n_sl = 0;
     SHOAL_TRY(shoal_model_slices(hp, pt, &sl, &n_sl));
 
-    /* sizes first: one device block for the vectors, one host block for column slices */
+    /* sizes first: one device block for the vectors, one for the matrices the
+     * backend copies (none on the CPU), one host block for column slices */
     int64_t n_small = 0;
-    uint64_t n_slices = 0;
+    uint64_t n_slices = 0, n_dev = 0;
+    const int shared_head = pt->first && pt->last && n_sl > 1 && head_is_table(m, &sl[0], &sl[1]);
     for (int i = 0; i < n_sl; i++) {
         if (!sl[i].rows) n_small += sl[i].c1 - sl[i].c0;
         n_slices += slice_bytes(m, &sl[i]);
+        if (!(shared_head && i == 1)) n_dev += slice_device_bytes(m, &sl[i]);
     }
     shoal_status rc = SHOAL_OK;
     float *tmp = NULL;
     if (m->be) {
         SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small), rc, done);
+        if (n_dev) {
+            rc = shoal_backend_alloc(m->be, (size_t)n_dev, &m->wblock);
+            if (rc != SHOAL_OK) {
+                char b[32];
+                shoal_error_prefix("%s: this rank's weights (%s) do not fit the %s device", g->path,
+                                   shoal_fmt_bytes(b, sizeof b, (double)n_dev),
+                                   shoal_backend_name(m->be));
+                goto done;
+            }
+        }
         if (n_slices && !(m->slices = malloc((size_t)n_slices))) {
             rc = shoal_errorf(SHOAL_NOMEM, "out of memory for %" PRIu64 " bytes of weight slices",
                               n_slices);
@@ -444,18 +481,27 @@ static shoal_status load_weights(struct shoal_model *m) {
         goto done;
     }
     float *next = m->small;
-    char *at = m->slices;
+    char *at = m->slices, *dev = m->wblock;
     int i = 0;
     if (pt->first) {
         /* a lookup: a token reads one row, not the table; and with a tied head on this
          * rank, the head counts these parameters */
         uint64_t wb = m->weight_bytes, np = m->n_params;
-        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->tok_embd, &at), rc, done);
+        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->tok_embd, &at, &dev), rc, done);
         m->weight_bytes = wb;
         if (hp->tied_output && pt->last) m->n_params = np;
     }
     if (pt->last) {
-        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->output, &at), rc, done);
+        if (shared_head && m->be) {
+            /* the same bytes: prepared once (a backend that copies would copy them twice) */
+            m->output = m->tok_embd;
+            m->output.owned = NULL;
+            m->weight_bytes += (uint64_t)m->output.rows * m->output.row_bytes;
+            m->n_params += (uint64_t)m->output.rows * (uint64_t)m->output.cols;
+            i++;
+        } else {
+            SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->output, &at, &dev), rc, done);
+        }
         m->output_norm = next;
         next += hp->dim;
         SHOAL_TRY_GOTO(load_vector(m, &sl[i++], m->output_norm, tmp), rc, done);
@@ -470,7 +516,7 @@ static shoal_status load_weights(struct shoal_model *m) {
             if (l == pt->layer0 && lt->cut == COLS_FF && find_slice(m, s, &t) == SHOAL_OK)
                 m->main_type = t->type;
             if (s->rows) {
-                SHOAL_TRY_GOTO(load_part(m, s, (struct shoal_weight *)(L + lt->field), &at), rc, done);
+                SHOAL_TRY_GOTO(load_part(m, s, (struct shoal_weight *)(L + lt->field), &at, &dev), rc, done);
             } else {
                 *(float **)(L + lt->field) = next;
                 next += s->c1 - s->c0;
@@ -494,6 +540,11 @@ static shoal_status load_weights(struct shoal_model *m) {
         }
         SHOAL_TRY_GOTO(shoal_dequantize_row(rf->type, rf->data, m->freq_factors, half), rc, done);
         m->hp.rope.freq_factors = m->freq_factors;
+    }
+    /* a backend that copied the weights no longer needs the column slices read for it */
+    if (m->be && !shoal_backend_host_memory(m->be)) {
+        free(m->slices);
+        m->slices = NULL;
     }
 done:
     free(tmp);
@@ -562,6 +613,7 @@ void shoal_model_destroy(struct shoal_model *m) {
         shoal_weight_release(m->be, &m->tok_embd);
         shoal_weight_release(m->be, &m->output);
         shoal_backend_free(m->be, m->small);
+        shoal_backend_free(m->be, m->wblock);
     } else {
         free(m->small); /* a check: host scratch */
     }
@@ -620,6 +672,12 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
         *slots[i] = (float *)at;
         at += (counts[i] * sizeof(float) + 63) / 64 * 64;
     }
+    if (s->dist && shoal_comm_size(s->dist->tp) > 1 && !s->dist->tp_dev &&
+        !shoal_backend_host_memory(m->be) &&
+        !(s->yd_host = malloc(nb * (size_t)hp->dim * sizeof(double)))) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the all-reduce staging buffer");
+        goto fail;
+    }
     s->topk = p->topk > 0 ? (p->topk < hp->n_vocab ? p->topk : hp->n_vocab) : 0;
     if (m->part.last && !(s->gathered = malloc((size_t)s->n_outputs * hp->n_vocab * sizeof(float)))) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the logits");
@@ -641,6 +699,7 @@ void shoal_state_destroy(struct shoal_state *s) {
     shoal_backend_free(s->m->be, s->kv);
     shoal_backend_free(s->m->be, s->act);
     free(s->gathered);
+    free(s->yd_host);
     free(s->cands);
     free(s->msg);
     free(s);
@@ -662,8 +721,19 @@ static shoal_status project_add(struct shoal_state *s, const struct shoal_weight
     const size_t count = (size_t)n * s->m->hp.dim;
     SHOAL_TRY(shoal_op_matmul_f64(be, s->yd, w, in, n));
     if (s->dist && shoal_comm_size(s->dist->tp) > 1) {
-        SHOAL_TRY(shoal_backend_synchronize(be));
-        SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp, s->yd, count, s->dist->wire));
+        if (s->dist->tp_dev) {
+            /* a communicator of device buffers, queued behind the backend's work */
+            SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp_dev, s->yd, count, s->dist->wire));
+        } else if (shoal_backend_host_memory(be)) {
+            SHOAL_TRY(shoal_backend_synchronize(be));
+            SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp, s->yd, count, s->dist->wire));
+        } else {
+            /* device buffers over a communicator of host buffers: staged through the host */
+            const size_t bytes = count * sizeof(double);
+            SHOAL_TRY(shoal_backend_download(be, s->yd_host, s->yd, bytes));
+            SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp, s->yd_host, count, s->dist->wire));
+            SHOAL_TRY(shoal_backend_upload(be, s->yd, s->yd_host, bytes));
+        }
     }
     return shoal_op_add_f64(be, s->x, s->yd, count);
 }

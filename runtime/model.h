@@ -75,6 +75,7 @@ struct shoal_model {
     float *output_norm;           /* device (dim); last stage only */
     struct shoal_layer *layers;   /* (part.layer1 - part.layer0) */
     void *small;                  /* device block holding every norm weight and bias (f32) */
+    void *wblock;                 /* device block the weight matrices were copied to, or NULL (used in place) */
     void *slices;                 /* host block of column slices read from the file */
     float *freq_factors;          /* host (rope_dim / 2) or NULL: llama3 rope scaling */
     uint64_t n_params;            /* of this rank's part */
@@ -128,6 +129,12 @@ void shoal_model_destroy(struct shoal_model *m);
 struct shoal_dist {
     struct shoal_comm *world;   /* all ranks */
     struct shoal_comm *tp;      /* this stage's tensor-parallel group */
+    /*
+     * The same group over the backend's device buffers (NCCL), or NULL: then
+     * device buffers are staged through the host for tp. Set by the caller
+     * after shoal_dist_create, owned by the dist from then on.
+     */
+    struct shoal_comm *tp_dev;
     const struct shoal_plan *plan;
     int wire;                   /* enum shoal_wire of the all-reduces */
     int prev, next;             /* world ranks of the previous / next stage's first rank, or -1 */
@@ -176,6 +183,7 @@ struct shoal_state {
     float *att;        /* (n_batch, local q heads * head_dim) */
     float *hb, *hb2;   /* (n_batch, local ffn) */
     double *yd;        /* (n_batch, dim): row-parallel projections, summed in f64 */
+    double *yd_host;   /* host (n_batch, dim): yd staged for a host communicator, or NULL */
     float *logits;     /* (n_outputs, local vocab) */
     float *gathered;   /* host (n_outputs, n_vocab): the stage's first rank assembles logits */
     struct shoal_cand *cands; /* host (n_outputs, topk): the top-k candidates, when topk */

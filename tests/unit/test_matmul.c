@@ -35,7 +35,7 @@ static void run_case(struct shoal_backend *be, const char *level, int type, int 
     for (int i = 0; i < n * cols; i++) x[i] = frand() * 2;
     for (int r = 0; r < rows; r++) CHECK_OK(shoal_quantize_row(type, wf + r * cols, wq + r * rb, cols));
     struct shoal_weight w;
-    CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq));
+    CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq, NULL));
     CHECK_OK(shoal_op_matmul(be, y, &w, x, n));
     int quant = type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
     int bad = 0;
@@ -104,9 +104,9 @@ static void run_split_case(struct shoal_backend *be, const char *level, int type
             else x2[t * (cols - split) + c - split] = v;
         }
     struct shoal_weight w, wa, wb;
-    CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq));
-    CHECK_OK(shoal_weight_prepare(be, &wa, type, rows, split, w1));
-    CHECK_OK(shoal_weight_prepare(be, &wb, type, rows, cols - split, w2));
+    CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq, NULL));
+    CHECK_OK(shoal_weight_prepare(be, &wa, type, rows, split, w1, NULL));
+    CHECK_OK(shoal_weight_prepare(be, &wb, type, rows, cols - split, w2, NULL));
     CHECK_OK(shoal_op_matmul_f64(be, y, &w, x, n));
     CHECK_OK(shoal_op_matmul_f64(be, y1, &wa, x1, n));
     CHECK_OK(shoal_op_matmul_f64(be, y2, &wb, x2, n));
