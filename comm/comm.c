@@ -36,6 +36,8 @@ int shoal_comm_local_size(struct shoal_comm *c) { return c->iface->local_size(c-
 const struct shoal_comm_stats *shoal_comm_stats(const struct shoal_comm *c) { return &c->stats; }
 void shoal_comm_stats_reset(struct shoal_comm *c) { memset(&c->stats, 0, sizeof c->stats); }
 int shoal_comm_have_mpi(void) { return shoal_comm_mpi_built(); }
+int shoal_comm_have_nccl(void) { return shoal_comm_nccl_built(); }
+int shoal_comm_device_buffers(const struct shoal_comm *c) { return c->iface->device_buffers; }
 
 /* ------------------------------------------------------------------ world */
 
@@ -226,6 +228,8 @@ shoal_status shoal_comm_allreduce_sum_f64(struct shoal_comm *c, double *buf, siz
     if (c->size == 1 || n == 0) return SHOAL_OK;
     if (wire < 0 || wire >= SHOAL_WIRE_COUNT)
         return shoal_errorf(SHOAL_INVALID, "unknown wire type %d", wire);
+    if (c->iface->allreduce)
+        TIMED(c, n * sizeof(double), c->iface->allreduce(c->ctx, buf, n, 1, wire));
     if (wire != SHOAL_WIRE_F64) { /* rounded to the wire: through f32 */
         size_t fb = n * sizeof(float), wb = shoal_wire_bytes(wire, n);
         SHOAL_TRY(scratch(c, fb + wb * (size_t)(c->size + 1), n));
@@ -255,6 +259,8 @@ shoal_status shoal_comm_allreduce_sum(struct shoal_comm *c, float *buf, size_t n
     if (c->size == 1 || n == 0) return SHOAL_OK;
     if (wire < 0 || wire >= SHOAL_WIRE_COUNT)
         return shoal_errorf(SHOAL_INVALID, "unknown wire type %d", wire);
+    if (c->iface->allreduce)
+        TIMED(c, n * sizeof(float), c->iface->allreduce(c->ctx, buf, n, 0, wire));
     size_t wb = shoal_wire_bytes(wire, n);
     SHOAL_TRY(scratch(c, wb * (size_t)(c->size + 1), n));
     char *mine = c->scratch, *all = mine + wb;

@@ -2,10 +2,10 @@
  * comm — how ranks talk. One interface over a group of ranks: all-reduce of
  * f32 sums (the payload travelling as f32, f16, bf16 or 8-bit blocks, the
  * sum always in f32 and bit-identical on every rank), all-gather, broadcast,
- * send, recv and barrier. Backends: self (one rank, no MPI) and mpi. Nothing
- * outside comm/ calls MPI.
+ * send, recv and barrier. Backends: self (one rank, no MPI), mpi, and nccl
+ * (device buffers). Nothing outside comm/ calls MPI or NCCL.
  *
- * Buffers live in host memory (these backends' memory). Every call counts
+ * Buffers live in host memory (self, mpi) or in a CUDA device's (nccl). Every call counts
  * its bytes and time in the group's statistics. A failed call returns
  * SHOAL_COMM with a message naming the call and the rank.
  */
@@ -49,8 +49,25 @@ struct shoal_comm_stats {
 shoal_status shoal_comm_init_world(struct shoal_comm **world, int *argc, char ***argv);
 void shoal_comm_finalize(struct shoal_comm *world);
 
-/* Whether this build can run more than one rank. */
+/* Whether this build can run more than one rank; whether it has NCCL. */
 int shoal_comm_have_mpi(void);
+int shoal_comm_have_nccl(void);
+
+/*
+ * The ranks of c again as a group over NCCL (comm/nccl.c), for buffers in
+ * the memory of CUDA device `device` (this rank's), its calls queued on
+ * `stream` (a cudaStream_t; NULL: the device's default stream) behind the
+ * kernels already there and returning before they run. Collective over c:
+ * c's rank 0 makes the NCCL id and broadcasts it over c. Every rank of c
+ * needs a device of its own (NCCL refuses two ranks on one GPU). *out is
+ * owned by the caller. SHOAL_UNSUPPORTED in a build without NCCL; SHOAL_COMM
+ * naming the rank and the call when NCCL fails. Such a group all-reduces f64
+ * and f32 values on their own wire (f64, f32) only.
+ */
+shoal_status shoal_comm_nccl_create(struct shoal_comm *c, int device, void *stream,
+                                    struct shoal_comm **out);
+/* Whether c's buffers are device memory (NCCL) rather than host memory. */
+int shoal_comm_device_buffers(const struct shoal_comm *c);
 
 /*
  * Splits c into groups of the ranks with the same color, ordered by key

@@ -19,6 +19,13 @@ struct shoal_comm_i {
     shoal_status (*barrier)(void *ctx);
     int (*local_size)(void *ctx);
     void (*abort)(void *ctx, int code);
+    /*
+     * optional: a sum the backend forms itself (NCCL on device buffers) of n
+     * f32 values, or f64 when f64; a wire it cannot carry is SHOAL_UNSUPPORTED.
+     * Without it the sums are built on allgather, in rank order, on the host.
+     */
+    shoal_status (*allreduce)(void *ctx, void *buf, size_t n, int f64, int wire);
+    int device_buffers; /* buffers live in a device's memory, not the host's */
 };
 
 struct shoal_comm {
@@ -36,6 +43,7 @@ struct shoal_comm *shoal_comm_new(const struct shoal_comm_i *iface, void *ctx, i
 /* The self backend's world and the MPI backend's (mpi.c, or its stand-in). */
 shoal_status shoal_comm_self_create(struct shoal_comm **out);
 shoal_status shoal_comm_mpi_init(struct shoal_comm **out, int *argc, char ***argv);
+int shoal_comm_nccl_built(void);
 void shoal_comm_mpi_finalize(void);
 int shoal_comm_mpi_built(void);
 

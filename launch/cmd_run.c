@@ -16,6 +16,7 @@
 
 #include "../comm/comm.h"
 #include "../cpu/cpu.h"
+#include "../cuda/cuda.h"
 #include "../runtime/chat.h"
 #include "../runtime/generate.h"
 #include "../shard/default_model.h"
@@ -29,6 +30,8 @@
 struct run_opts {
     const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
     const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name, *shards, *hosts;
+    const char *device_name, *tp_comm_name;
+    int device, gpu, tp_comm;
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
     double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
@@ -43,6 +46,9 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     o->kv_name = "f16";
     o->simd_name = "auto";
     o->comm_name = "f64";
+    o->device_name = "auto";
+    o->tp_comm_name = "auto";
+    o->gpu = -1;
     o->n_predict = 256;
     o->n_batch = 512;
     o->seed = -1;
@@ -67,6 +73,9 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--seed", 0, OPT_INT, &o->seed, "N", "random seed, for reproducible sampling (default: random)" },
         { "--kv-type", 0, OPT_STR, &o->kv_name, "TYPE", "KV cache type: f32, f16 or q8 (default f16)" },
         { "--simd", 0, OPT_STR, &o->simd_name, "LEVEL", "CPU kernels: auto, scalar, avx2, avx512 (default auto)" },
+        { "--device", 0, OPT_STR, &o->device_name, "DEV", "compute on: cpu, cuda, or auto = cuda when a GPU is present (default auto)" },
+        { "--gpu", 0, OPT_INT, &o->gpu, "N", "with cuda: the GPU to use (default: one per rank of this machine, by local rank)" },
+        { "--tp-comm", 0, OPT_STR, &o->tp_comm_name, "HOW", "tensor-parallel sums on GPUs: nccl, mpi (host staging) or auto = nccl when each rank has a GPU of its own (default auto)" },
         { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
         { "--chat-template", 0, OPT_STR, &o->template_name, "NAME", "chat format instead of the model's: chatml, llama3, llama2, mistral, zephyr" },
@@ -128,6 +137,12 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         USAGE("shoal run: --kv-type '%s' is not one of f32, f16, q8\n", o->kv_name);
     if ((o->simd = shoal_cpu_simd_from_name(o->simd_name)) == -2)
         USAGE("shoal run: --simd '%s' is not one of auto, scalar, avx2, avx512\n", o->simd_name);
+    if ((o->device = launch_device_from_name(o->device_name)) < 0)
+        USAGE("shoal run: --device '%s' is not one of auto, cpu, cuda\n", o->device_name);
+    if (o->gpu < -1) USAGE("shoal run: --gpu must be >= 0\n");
+    if (strcmp(o->tp_comm_name, "auto") && strcmp(o->tp_comm_name, "nccl") && strcmp(o->tp_comm_name, "mpi"))
+        USAGE("shoal run: --tp-comm '%s' is not one of auto, nccl, mpi\n", o->tp_comm_name);
+    o->tp_comm = o->tp_comm_name[0] == 'n' ? 2 : o->tp_comm_name[0] == 'm' ? 1 : 0;
     if ((o->wire = shoal_wire_from_name(o->comm_name)) < 0)
         USAGE("shoal run: --comm-dtype '%s' is not one of f64, f32, f16, bf16, q8\n", o->comm_name);
     if (o->n_batch < 1 || o->threads < 0 || o->n_ctx < 0 || o->n_predict < -1 || o->tp < 0 || o->pp < 0)
@@ -187,6 +202,8 @@ struct run {
     struct shoal_tokenizer *tok;
     struct shoal_state *st;
     int threads;
+    int gpu;             /* the CUDA device this rank computes on, or -1 */
+    char dev_desc[192];  /* what it computes on, for the load line */
     double t_load;
 };
 
@@ -319,13 +336,57 @@ static shoal_status plan(struct run *r) {
     return shoal_plan_make(&r->plan, &shape, &pp);
 }
 
-/* This rank's part: the backend, its weights, the tokenizer (rank 0), the state. */
-static shoal_status load(struct run *r) {
-    int local = shoal_comm_local_size(r->world);
+/* The backend this rank computes on. local: the ranks on this machine. */
+static shoal_status make_backend(struct run *r, int local) {
     r->threads = r->o.threads > 0 ? r->o.threads : shoal_cpu_online_cores() / (local > 0 ? local : 1);
     if (r->threads < 1) r->threads = 1;
     struct shoal_cpu_params cp = { .n_threads = r->threads, .simd = r->o.simd, .spin = -1 };
-    SHOAL_TRY(shoal_cpu_backend_create(&r->be, &cp));
+    return launch_backend_create(r->o.device, r->o.gpu, &cp, &r->be, &r->gpu, r->dev_desc,
+                                 sizeof r->dev_desc);
+}
+
+/*
+ * With GPUs and tensor parallelism: the tensor-parallel group over NCCL, when
+ * asked or (auto) when the build has NCCL and every rank of the group has a
+ * GPU of its own; else the sums go through MPI, staged through the host.
+ * Collective over the world (every rank calls it once its backend exists).
+ */
+static shoal_status attach_device_comm(struct run *r) {
+    if (!r->dist || shoal_comm_size(r->dist->tp) == 1) return SHOAL_OK;
+    if (r->gpu < 0) {
+        if (r->o.tp_comm == 2)
+            return shoal_errorf(SHOAL_INVALID, "--tp-comm nccl goes with CUDA devices (--device cuda)");
+        return SHOAL_OK;
+    }
+    if (r->o.tp_comm == 1) return SHOAL_OK;
+    /* one GPU per rank of the group: no two ranks on one host with the same device */
+    struct { uint64_t host; int32_t gpu, pad; } mine = { 0, r->gpu, 0 }, *all;
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    mine.host = 1469598103934665603ull;
+    for (const char *p = host; *p; p++) mine.host = (mine.host ^ (unsigned char)*p) * 1099511628211ull;
+    const int n = shoal_comm_size(r->dist->tp);
+    if (!(all = calloc((size_t)n, sizeof *all))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    shoal_status rc = shoal_comm_allgather(r->dist->tp, &mine, sizeof mine, all);
+    int shared = 0;
+    for (int i = 0; rc == SHOAL_OK && i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (all[i].host == all[j].host && all[i].gpu == all[j].gpu) shared = 1;
+    free(all);
+    SHOAL_TRY(rc);
+    if (shared || !shoal_comm_have_nccl()) {
+        if (r->o.tp_comm == 2)
+            return shoal_errorf(SHOAL_UNSUPPORTED, "--tp-comm nccl: %s (use --tp-comm mpi)",
+                                shared ? "ranks of one tensor-parallel group share a GPU, which "
+                                         "NCCL refuses" : "this build has no NCCL");
+        return SHOAL_OK;
+    }
+    return shoal_comm_nccl_create(r->dist->tp, r->gpu, shoal_cuda_backend_stream(r->be),
+                                  &r->dist->tp_dev);
+}
+
+/* This rank's part: its weights, the tokenizer (rank 0), the state. */
+static shoal_status load(struct run *r) {
     SHOAL_TRY(shoal_model_load(&r->m, r->g, r->be,
                                r->size > 1 || r->man ? &r->plan->part[r->rank] : NULL));
     if (r->rank == 0) {
@@ -580,13 +641,12 @@ static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler
         if (c->chat) snprintf(chat, sizeof chat, " | chat %s", shoal_chat_kind_name(c->kind));
         fprintf(stderr,
                 "shoal: %s (%s, %d layers, dim %d, %.1fM params on rank 0, %s %s) | %d rank%s: tp %d "
-                "x pp %d, %s | cpu %s, %d threads/rank | ctx %d, kv %s %s%s | loaded in %.2f s\n",
+                "x pp %d, %s%s | %s | ctx %d, kv %s %s%s | loaded in %.2f s\n",
                 hp->name, hp->arch, hp->n_layers, hp->dim, (double)r->m->n_params / 1e6,
                 shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
                 shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
-                shoal_comm_backend(r->world),
-                shoal_cpu_simd_name(o->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : o->simd),
-                r->threads, o->n_ctx, o->kv_name,
+                shoal_comm_backend(r->world), r->dist && r->dist->tp_dev ? " + nccl" : "",
+                r->dev_desc, o->n_ctx, o->kv_name,
                 shoal_fmt_bytes(kb, sizeof kb, (double)r->st->kv_bytes), chat, r->t_load);
         if (o->verbose) {
             fprintf(stderr, "shoal: model %s | seed %llu%s, prompt %zu tokens\n", o->model,
@@ -770,6 +830,11 @@ int cmd_run(int argc, char **argv) {
     int n_failed = 0;
     rc = shoal_comm_agree(r.world, plan(&r), &n_failed);
     if (rc == SHOAL_OK && r.size > 1) rc = shoal_dist_create(&r.dist, r.world, r.plan, r.o.wire);
+    if (rc == SHOAL_OK) {
+        int local = shoal_comm_local_size(r.world); /* a collective: before anything may fail */
+        rc = shoal_comm_agree(r.world, make_backend(&r, local), &n_failed);
+    }
+    if (rc == SHOAL_OK) rc = shoal_comm_agree(r.world, attach_device_comm(&r), &n_failed);
     if (rc == SHOAL_OK) rc = shoal_comm_agree(r.world, load(&r), &n_failed);
     if (rc != SHOAL_OK) {
         /* rank 0 and the failed rank say what happened; the others that they stop; a

@@ -1,0 +1,348 @@
+/*
+ * backend_cuda.cu — the CUDA backend's table (runtime/backend_impl.h): device
+ * memory, copies, the stream every op is queued on, the batch's arrays on the
+ * device, and error translation. The kernels are in matmul.cu and ops.cu.
+ *
+ * Everything runs on one stream in order, so ops need no events between
+ * them; download and synchronize wait for the stream. Uploads from pageable
+ * host memory return once the bytes are staged, so a caller may reuse its
+ * buffer at once.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.cuh"
+
+/* ---------------------------------------------------------------- errors */
+
+shoal_status cuda_fail(cudaError_t e, const char *call, const char *file, int line, int device) {
+    const char *f = strrchr(file, '/');
+    return shoal_errorf(SHOAL_CUDA, "CUDA device %d: %s failed: %s (%s, at %s:%d)", device, call,
+                        cudaGetErrorString(e), cudaGetErrorName(e), f ? f + 1 : file, line);
+}
+
+shoal_status cublas_fail(cublasStatus_t e, const char *call, const char *file, int line,
+                         int device) {
+    const char *f = strrchr(file, '/');
+    return shoal_errorf(SHOAL_CUDA, "CUDA device %d: %s failed: %s (at %s:%d)", device, call,
+                        cublasGetStatusString(e), f ? f + 1 : file, line);
+}
+
+/* ----------------------------------------------------------------- probe */
+
+extern "C" int shoal_cuda_built(void) { return 1; }
+
+extern "C" int shoal_cuda_device_count(const char **why) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        /* With no GPU or driver this is "insufficient driver" or "no device":
+         * both mean there is nothing to run on, not that shoal is broken. */
+        if (why) *why = cudaGetErrorString(e);
+        cudaGetLastError(); /* not sticky: clear it */
+        return 0;
+    }
+    if (why) *why = n ? "ok" : "no CUDA device found";
+    return n;
+}
+
+extern "C" shoal_status shoal_cuda_device_info(int device, char *name, size_t len, size_t *total,
+                                               size_t *free_bytes) {
+    struct cuda_ctx tmp;
+    struct cuda_ctx *c = &tmp;
+    c->device = device;
+    cudaDeviceProp p;
+    CU_TRY(cudaGetDeviceProperties(&p, device));
+    if (name && len) snprintf(name, len, "%s", p.name);
+    if (total || free_bytes) {
+        int prev = 0;
+        CU_TRY(cudaGetDevice(&prev));
+        CU_TRY(cudaSetDevice(device));
+        size_t f = 0, t = 0;
+        cudaError_t e = cudaMemGetInfo(&f, &t);
+        cudaSetDevice(prev);
+        CU_TRY(e);
+        if (total) *total = t;
+        if (free_bytes) *free_bytes = f;
+    }
+    return SHOAL_OK;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static shoal_status cu_alloc(void *ctx, size_t bytes, void **out) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    *out = NULL;
+    cudaError_t e = cudaMalloc(out, bytes ? bytes : 256);
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        size_t f = 0, t = 0;
+        cudaMemGetInfo(&f, &t);
+        char a[32], b[32], d[32];
+        return shoal_errorf(SHOAL_NOMEM,
+                            "CUDA device %d: cannot allocate %s of device memory (%s free of %s)",
+                            c->device, shoal_fmt_bytes(a, sizeof a, (double)bytes),
+                            shoal_fmt_bytes(b, sizeof b, (double)f),
+                            shoal_fmt_bytes(d, sizeof d, (double)t));
+    }
+    CU_TRY(e);
+    return SHOAL_OK;
+}
+
+static void cu_free(void *ctx, void *p) {
+    if (p) cudaFree(p); /* waits for the device: nothing queued still uses p */
+}
+
+static shoal_status cu_upload(void *ctx, void *dst, const void *src, size_t n) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    if (n) CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->stream));
+    return SHOAL_OK;
+}
+
+static shoal_status cu_download(void *ctx, void *dst, const void *src, size_t n) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    if (n) CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, c->stream));
+    CU_TRY(cudaStreamSynchronize(c->stream));
+    return SHOAL_OK;
+}
+
+static shoal_status cu_memset0(void *ctx, void *dst, size_t n) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    if (n) CU_TRY(cudaMemsetAsync(dst, 0, n, c->stream));
+    return SHOAL_OK;
+}
+
+static shoal_status cu_synchronize(void *ctx) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    CU_TRY(cudaStreamSynchronize(c->stream));
+    return SHOAL_OK;
+}
+
+shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out) {
+    if (bytes > c->scratch_cap) {
+        if (c->scratch) cudaFree(c->scratch); /* waits for the ops that used it */
+        c->scratch = NULL;
+        c->scratch_cap = 0;
+        size_t want = bytes + bytes / 4; /* some room, so that growing is rare */
+        shoal_status rc = cu_alloc(c, want, &c->scratch);
+        if (rc != SHOAL_OK) {
+            shoal_error_prefix("scratch for one op");
+            return rc;
+        }
+        c->scratch_cap = want;
+    }
+    *out = c->scratch;
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------ the batch */
+
+/*
+ * Ops of one forward step (rope twice, the KV store and attention per layer)
+ * see the same batch: it is uploaded when it differs from the last one, from
+ * pinned memory, in one copy. The pinned buffer is rewritten only after its
+ * previous copy has run.
+ */
+shoal_status cuda_batch(struct cuda_ctx *c, const struct shoal_batch *b, const struct dev_batch **out) {
+    const size_t nt = (size_t)b->n_tokens, nbt = (size_t)b->n_seq * (size_t)b->max_blocks;
+    const size_t len = 4 * nt + nbt;
+    const int hdr[4] = { b->n_tokens, b->n_seq, b->max_blocks, b->block_size };
+    if (len > c->batch_cap) {
+        CU_TRY(cudaStreamSynchronize(c->stream)); /* nothing queued still reads the old ones */
+        free(c->batch_host);
+        cudaFreeHost(c->batch_pinned);
+        cudaFree(c->batch_dev);
+        c->batch_host = NULL;
+        c->batch_pinned = NULL;
+        c->batch_dev = NULL;
+        c->batch_cap = 0;
+        c->batch_len = 0;
+        size_t cap = len < 4096 ? 4096 : len * 2;
+        if (!(c->batch_host = (int32_t *)malloc(cap * sizeof(int32_t))))
+            return shoal_errorf(SHOAL_NOMEM, "out of memory for a batch of %d tokens", b->n_tokens);
+        CU_TRY(cudaHostAlloc((void **)&c->batch_pinned, cap * sizeof(int32_t), cudaHostAllocDefault));
+        CU_TRY(cudaMalloc((void **)&c->batch_dev, cap * sizeof(int32_t)));
+        c->batch_cap = cap;
+    }
+    /* the arrays end to end on the host: token, pos, seq, slot, block table */
+    int32_t *h = c->batch_pinned;
+    CU_TRY(cudaEventSynchronize(c->batch_copied));
+    const int32_t *src[4] = { b->token, b->pos, b->seq, b->slot };
+    for (int i = 0; i < 4; i++) {
+        if (src[i]) memcpy(h + i * nt, src[i], nt * sizeof(int32_t));
+        else memset(h + i * nt, 0, nt * sizeof(int32_t));
+    }
+    if (nbt) memcpy(h + 4 * nt, b->block_table, nbt * sizeof(int32_t));
+    int same = len == c->batch_len && memcmp(hdr, c->batch_hdr, sizeof hdr) == 0 &&
+               memcmp(h, c->batch_host, len * sizeof(int32_t)) == 0;
+    if (!same) {
+        CU_TRY(cudaMemcpyAsync(c->batch_dev, h, len * sizeof(int32_t), cudaMemcpyHostToDevice,
+                               c->stream));
+        CU_TRY(cudaEventRecord(c->batch_copied, c->stream));
+        memcpy(c->batch_host, h, len * sizeof(int32_t));
+        memcpy(c->batch_hdr, hdr, sizeof hdr);
+        c->batch_len = len;
+    }
+    struct dev_batch *d = &c->bd;
+    d->token = c->batch_dev;
+    d->pos = c->batch_dev + nt;
+    d->seq = c->batch_dev + 2 * nt;
+    d->slot = c->batch_dev + 3 * nt;
+    d->table = c->batch_dev + 4 * nt;
+    d->n_tokens = b->n_tokens;
+    d->n_seq = b->n_seq;
+    d->max_blocks = b->max_blocks;
+    d->block_size = b->block_size;
+    d->max_pos = 0;
+    for (int t = 0; t < b->n_tokens; t++)
+        if (b->pos[t] > d->max_pos) d->max_pos = b->pos[t];
+    *out = d;
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------ the table */
+
+static size_t cu_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) {
+    struct wlayout l;
+    return cuda_weight_layout(type, rows, cols, &l) ? l.bytes : 0;
+}
+
+static shoal_status cu_weight_prepare(void *ctx, struct shoal_weight *w, const void *host, void *dst) {
+    return cuda_weight_upload((struct cuda_ctx *)ctx, w, host, dst);
+}
+
+static shoal_status cu_matmul(void *ctx, float *y, const struct shoal_weight *w, const float *x,
+                              int n) {
+    return cuda_matmul((struct cuda_ctx *)ctx, 1, &y, NULL, &w, x, n);
+}
+
+static shoal_status cu_matmul_n(void *ctx, int k, float *const *y,
+                                const struct shoal_weight *const *w, const float *x, int n) {
+    return cuda_matmul((struct cuda_ctx *)ctx, k, y, NULL, w, x, n);
+}
+
+static shoal_status cu_matmul_f64(void *ctx, double *y, const struct shoal_weight *w,
+                                  const float *x, int n) {
+    return cuda_matmul((struct cuda_ctx *)ctx, 1, NULL, y, &w, x, n);
+}
+
+#define CTX(name, args, call)                                                              \
+    static shoal_status name args { return call; }
+CTX(cu_embed, (void *ctx, float *y, const struct shoal_weight *t, const struct shoal_batch *b),
+    cuda_embed((struct cuda_ctx *)ctx, y, t, b))
+CTX(cu_rmsnorm, (void *ctx, float *y, const float *x, const float *w, int n, int dim, float eps),
+    cuda_rmsnorm((struct cuda_ctx *)ctx, y, x, w, n, dim, eps))
+CTX(cu_rope, (void *ctx, float *x, int nh, int hd, const struct shoal_rope *r, const struct shoal_batch *b),
+    cuda_rope((struct cuda_ctx *)ctx, x, nh, hd, r, b))
+CTX(cu_kv_store, (void *ctx, const struct shoal_kv_desc *d, void *kc, void *vc, const float *k,
+                  const float *v, const struct shoal_batch *b),
+    cuda_kv_store((struct cuda_ctx *)ctx, d, kc, vc, k, v, b))
+CTX(cu_attention, (void *ctx, float *out, const float *q, int nh, const struct shoal_kv_desc *d,
+                   const void *kc, const void *vc, const struct shoal_batch *b, float scale),
+    cuda_attention((struct cuda_ctx *)ctx, out, q, nh, d, kc, vc, b, scale))
+CTX(cu_silu_mul, (void *ctx, float *g, const float *u, size_t n), cuda_silu_mul((struct cuda_ctx *)ctx, g, u, n))
+CTX(cu_add, (void *ctx, float *y, const float *x, size_t n), cuda_add((struct cuda_ctx *)ctx, y, x, n))
+CTX(cu_add_f64, (void *ctx, float *y, const double *x, size_t n), cuda_add_f64((struct cuda_ctx *)ctx, y, x, n))
+CTX(cu_add_bias, (void *ctx, float *y, const float *bias, int n, int dim),
+    cuda_add_bias((struct cuda_ctx *)ctx, y, bias, n, dim))
+#undef CTX
+
+static void cu_destroy(void *ctx) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    if (!c) return;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->cublas) cublasDestroy(c->cublas);
+    cudaFree(c->scratch);
+    cudaFree(c->batch_dev);
+    cudaFreeHost(c->batch_pinned);
+    free(c->batch_host);
+    cudaFree(c->rope_tab);
+    if (c->batch_copied) cudaEventDestroy(c->batch_copied);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+static struct shoal_backend_i make_iface(void) {
+    struct shoal_backend_i t;
+    memset(&t, 0, sizeof t);
+    t.name = "cuda";
+    t.host_memory = 0;
+    t.destroy = cu_destroy;
+    t.alloc = cu_alloc;
+    t.free = cu_free;
+    t.upload = cu_upload;
+    t.download = cu_download;
+    t.memset0 = cu_memset0;
+    t.weight_bytes = cu_weight_bytes;
+    t.weight_prepare = cu_weight_prepare;
+    t.embed = cu_embed;
+    t.matmul = cu_matmul;
+    t.matmul_n = cu_matmul_n;
+    t.matmul_f64 = cu_matmul_f64;
+    t.add_f64 = cu_add_f64;
+    t.rmsnorm = cu_rmsnorm;
+    t.rope = cu_rope;
+    t.kv_store = cu_kv_store;
+    t.attention = cu_attention;
+    t.silu_mul = cu_silu_mul;
+    t.add = cu_add;
+    t.add_bias = cu_add_bias;
+    t.synchronize = cu_synchronize;
+    return t;
+}
+/* (C++ has no designated initializers for this table before C++20) */
+static const struct shoal_backend_i cuda_iface = make_iface();
+
+extern "C" shoal_status shoal_cuda_backend_create(struct shoal_backend **out,
+                                                  const struct shoal_cuda_params *params) {
+    *out = NULL;
+    const char *why = NULL;
+    int count = shoal_cuda_device_count(&why);
+    int dev = params ? params->device : 0;
+    if (count == 0)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "no CUDA device can be used here: %s "
+                            "(run with --device cpu)", why);
+    if (dev < 0 || dev >= count)
+        return shoal_errorf(SHOAL_INVALID, "CUDA device %d does not exist: this machine has %d "
+                            "(0..%d)", dev, count, count - 1);
+    struct cuda_ctx *c = (struct cuda_ctx *)calloc(1, sizeof *c);
+    if (!c) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    c->device = dev;
+    shoal_status rc = SHOAL_OK;
+    cudaError_t e;
+    cublasStatus_t be;
+#define STEP(call)                                                                         \
+    if ((e = (call)) != cudaSuccess) {                                                     \
+        rc = cuda_fail(e, #call, __FILE__, __LINE__, dev);                                 \
+        goto fail;                                                                         \
+    }
+    STEP(cudaSetDevice(dev));
+    STEP(cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, dev));
+    STEP(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    STEP(cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming));
+#undef STEP
+    if ((be = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS ||
+        (be = cublasSetStream(c->cublas, c->stream)) != CUBLAS_STATUS_SUCCESS) {
+        rc = cublas_fail(be, "cublasCreate", __FILE__, __LINE__, dev);
+        goto fail;
+    }
+    *out = shoal_backend_new(&cuda_iface, c);
+    if (!*out) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+        goto fail;
+    }
+    return SHOAL_OK;
+fail:
+    cu_destroy(c);
+    return rc;
+}
+
+extern "C" void *shoal_cuda_backend_stream(struct shoal_backend *b) {
+    return b && b->iface == &cuda_iface ? (void *)((struct cuda_ctx *)b->ctx)->stream : NULL;
+}
+
+extern "C" int shoal_cuda_backend_device(struct shoal_backend *b) {
+    return b && b->iface == &cuda_iface ? ((struct cuda_ctx *)b->ctx)->device : -1;
+}

@@ -1,0 +1,150 @@
+/*
+ * common.cuh — inside cuda/ only: the backend's context, the error
+ * translation every CUDA and cuBLAS call goes through, the device layout of
+ * prepared weights, and the launchers each .cu file provides to the others.
+ *
+ * Arithmetic follows the CPU reference (cpu/kernels_scalar.c) where it can be
+ * the same: the library is built with --fmad=false so that no multiply and
+ * add fuse behind our back, and elementwise ops spell their rounding out.
+ */
+#ifndef SHOAL_CUDA_COMMON_CUH
+#define SHOAL_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "../runtime/backend_impl.h"
+#include "cuda.h"
+}
+
+/* ---------------------------------------------------------------- errors */
+
+/* A failed CUDA call as a shoal error naming the call, where, and the device. */
+shoal_status cuda_fail(cudaError_t e, const char *call, const char *file, int line, int device);
+shoal_status cublas_fail(cublasStatus_t e, const char *call, const char *file, int line,
+                         int device);
+
+/* For functions of a context c: returns the translated error. */
+#define CU_TRY(call)                                                                       \
+    do {                                                                                   \
+        cudaError_t cu_e_ = (call);                                                        \
+        if (cu_e_ != cudaSuccess) return cuda_fail(cu_e_, #call, __FILE__, __LINE__, c->device); \
+    } while (0)
+#define CUBLAS_TRY(call)                                                                   \
+    do {                                                                                   \
+        cublasStatus_t cb_e_ = (call);                                                     \
+        if (cb_e_ != CUBLAS_STATUS_SUCCESS)                                                \
+            return cublas_fail(cb_e_, #call, __FILE__, __LINE__, c->device);               \
+    } while (0)
+/* After a kernel launch: a bad configuration shows here, a fault at the next sync. */
+#define CU_LAUNCHED(what) CU_TRY(cudaGetLastError())
+
+/* --------------------------------------------------------------- context */
+
+/* The batch's arrays on the device (see batch_on_device). */
+struct dev_batch {
+    const int32_t *token, *pos, *seq, *slot, *table; /* device */
+    int n_tokens, n_seq, max_blocks, block_size;
+    int max_pos; /* the largest position, from the host copy */
+};
+
+struct cuda_ctx {
+    int device;
+    int n_sm;                 /* streaming multiprocessors, for sizing grids */
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    /* scratch for one op at a time (stream order keeps ops apart), grown on demand */
+    void *scratch;
+    size_t scratch_cap;
+    /* the last batch uploaded: host copy (to recognise it), pinned staging, device copy */
+    int32_t *batch_host, *batch_pinned, *batch_dev;
+    size_t batch_cap;         /* int32 values each of the three holds */
+    size_t batch_len;         /* values of the last batch */
+    int batch_hdr[4];         /* n_tokens, n_seq, max_blocks, block_size of the last batch */
+    cudaEvent_t batch_copied; /* the pinned staging may be rewritten once it has fired */
+    struct dev_batch bd;
+    /* rope: per rotated pair base^(-2i/rope_dim) and the divisor (1 without factors) */
+    double *rope_tab;         /* device (2 * rope_cap) */
+    int rope_cap;
+    float rope_key_base;
+    int rope_key_dim;
+    const float *rope_key_factors;
+};
+
+/* Scratch of at least bytes (contents not kept); 256-byte aligned. */
+shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out);
+/* The batch on the device (uploaded once per distinct batch). */
+shoal_status cuda_batch(struct cuda_ctx *c, const struct shoal_batch *b, const struct dev_batch **out);
+
+/* ------------------------------------------------------- weight layout */
+
+/*
+ * A prepared weight on the device. Float types keep their values with rows
+ * padded to a 16-byte pitch. Quantized types are split into planes, each at
+ * a 256-byte boundary: the values (Q8_0: int8, cols per row; Q4_*: the 16
+ * nibble bytes of each block as stored, cols/2 per row), then the f16 scales
+ * (rows x blocks), then for Q4_1 the f16 minimums.
+ */
+struct wlayout {
+    size_t pitch;           /* bytes from one row of values to the next */
+    size_t d_off, m_off;    /* where the scale and minimum planes start (quantized) */
+    size_t bytes;
+};
+int cuda_weight_layout(int type, int64_t rows, int64_t cols, struct wlayout *l); /* 0: unsupported */
+
+/* --------------------------------------------------- what each file has */
+
+/* matmul.cu */
+shoal_status cuda_weight_upload(struct cuda_ctx *c, struct shoal_weight *w, const void *host, void *dst);
+shoal_status cuda_matmul(struct cuda_ctx *c, int k, float *const *y, double *yd,
+                         const struct shoal_weight *const *w, const float *x, int n);
+/* ops.cu */
+shoal_status cuda_embed(struct cuda_ctx *c, float *y, const struct shoal_weight *t,
+                        const struct shoal_batch *b);
+shoal_status cuda_rmsnorm(struct cuda_ctx *c, float *y, const float *x, const float *w, int n,
+                          int dim, float eps);
+shoal_status cuda_rope(struct cuda_ctx *c, float *x, int n_heads, int head_dim,
+                       const struct shoal_rope *r, const struct shoal_batch *b);
+shoal_status cuda_kv_store(struct cuda_ctx *c, const struct shoal_kv_desc *d, void *kc, void *vc,
+                           const float *k, const float *v, const struct shoal_batch *b);
+shoal_status cuda_attention(struct cuda_ctx *c, float *out, const float *q, int n_heads,
+                            const struct shoal_kv_desc *d, const void *kc, const void *vc,
+                            const struct shoal_batch *b, float scale);
+shoal_status cuda_silu_mul(struct cuda_ctx *c, float *g, const float *u, size_t n);
+shoal_status cuda_add(struct cuda_ctx *c, float *y, const float *x, size_t n);
+shoal_status cuda_add_f64(struct cuda_ctx *c, float *y, const double *x, size_t n);
+shoal_status cuda_add_bias(struct cuda_ctx *c, float *y, const float *bias, int n, int dim);
+
+/* ------------------------------------------------------ device helpers */
+
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+static __device__ __forceinline__ double warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v = __dadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+static __device__ __forceinline__ int warp_sum(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+/* An f32 rounded to f16 and back, as shoal_f32_to_f16 then shoal_f16_to_f32. */
+static __device__ __forceinline__ float f16_round(float v) {
+    return __half2float(__float2half_rn(v));
+}
+
+static inline unsigned grid_1d(size_t n, unsigned block) {
+    size_t g = (n + block - 1) / block;
+    return (unsigned)(g < 1 ? 1 : g > 0x7fffffff ? 0x7fffffff : g);
+}
+
+#endif

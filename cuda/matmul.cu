@@ -1,0 +1,632 @@
+/*
+ * matmul.cu — weights on the device and y = x W^T for every weight type the
+ * CPU backend has (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+ *
+ * Decode (up to MMV_MAX_TOKENS tokens): memory-bound kernels, one warp per
+ * row, reading the row once with 16-byte loads for all the batch's tokens.
+ * As on the CPU, quantized weights meet activations quantized to 8 bits per
+ * block of 32 (integer dot products, dp4a), and the f64 variant sums products
+ * that are exact in f64, so its result hardly depends on the order of the
+ * sum. A row's sum runs in the same order whatever the number of rows, so a
+ * tensor-parallel slice of a weight gives the bits the whole weight gives.
+ *
+ * Prompt batches: cuBLAS. F16 and BF16 weights are used as they are, with
+ * the activations rounded to the weight's type (tensor cores, f32 sums);
+ * quantized weights are dequantized to f16 a tile of rows at a time. The f64
+ * variant dequantizes to f64 (exactly) and calls cublasDgemm, keeping the
+ * products exact as above.
+ */
+#include <string.h>
+
+#include "common.cuh"
+
+enum { MMV_MAX_TOKENS = 8, MMV_WARPS = 4 };
+
+/* ------------------------------------------------------------- layout */
+
+static size_t up256(size_t n) { return (n + 255) / 256 * 256; }
+
+int cuda_weight_layout(int type, int64_t rows, int64_t cols, struct wlayout *l) {
+    memset(l, 0, sizeof *l);
+    if (rows <= 0 || cols <= 0) return 0;
+    const size_t r = (size_t)rows, nb = (size_t)cols / SHOAL_QK;
+    switch (type) {
+    case SHOAL_DTYPE_F32:
+    case SHOAL_DTYPE_F16:
+    case SHOAL_DTYPE_BF16: {
+        size_t es = type == SHOAL_DTYPE_F32 ? 4 : 2;
+        l->pitch = ((size_t)cols * es + 15) / 16 * 16;
+        l->bytes = r * l->pitch;
+        return 1;
+    }
+    case SHOAL_DTYPE_Q8_0:
+    case SHOAL_DTYPE_Q4_0:
+    case SHOAL_DTYPE_Q4_1:
+        if (cols % SHOAL_QK) return 0;
+        l->pitch = type == SHOAL_DTYPE_Q8_0 ? (size_t)cols : (size_t)cols / 2;
+        l->d_off = up256(r * l->pitch);
+        l->m_off = up256(l->d_off + r * nb * 2);
+        l->bytes = type == SHOAL_DTYPE_Q4_1 ? l->m_off + r * nb * 2 : l->d_off + r * nb * 2;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* ------------------------------------------------------------- upload */
+
+/* GGUF blocks (rows x nb of them, bs bytes each) split into the planes of the layout. */
+__global__ void k_split_blocks(const uint8_t *__restrict__ src, int64_t n_blocks, int64_t nb, int type,
+                               uint8_t *__restrict__ q, size_t pitch, __half *__restrict__ d,
+                               __half *__restrict__ m) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_blocks) return;
+    const int64_t r = i / nb, b = i % nb;
+    const int bs = type == SHOAL_DTYPE_Q8_0 ? 34 : type == SHOAL_DTYPE_Q4_0 ? 18 : 20;
+    const int qn = type == SHOAL_DTYPE_Q8_0 ? 32 : 16, hdr = type == SHOAL_DTYPE_Q4_1 ? 4 : 2;
+    const uint8_t *s = src + i * bs;
+    uint8_t *dst = q + (size_t)r * pitch + (size_t)b * qn;
+    for (int j = 0; j < qn; j++) dst[j] = s[hdr + j];
+    __half_raw h;
+    h.x = (unsigned short)(s[0] | s[1] << 8);
+    d[i] = h;
+    if (m) {
+        h.x = (unsigned short)(s[2] | s[3] << 8);
+        m[i] = h;
+    }
+}
+
+shoal_status cuda_weight_upload(struct cuda_ctx *c, struct shoal_weight *w, const void *host, void *dst) {
+    struct wlayout l;
+    if (!cuda_weight_layout(w->type, w->rows, w->cols, &l))
+        return shoal_errorf(SHOAL_UNSUPPORTED, "the CUDA backend has no matmul for %s weights "
+                            "(it has f32, f16, bf16, q8_0, q4_0 and q4_1)", shoal_dtype_name(w->type));
+    w->data = dst;
+    if (w->type == SHOAL_DTYPE_F32 || w->type == SHOAL_DTYPE_F16 || w->type == SHOAL_DTYPE_BF16) {
+        CU_TRY(cudaMemcpy2DAsync(dst, l.pitch, host, w->row_bytes, w->row_bytes, (size_t)w->rows,
+                                 cudaMemcpyHostToDevice, c->stream));
+        CU_TRY(cudaStreamSynchronize(c->stream));
+        return SHOAL_OK;
+    }
+    /* quantized: through scratch, some rows at a time, then split into planes */
+    const int64_t nb = w->cols / SHOAL_QK;
+    const size_t chunk_rows = (size_t)(64u << 20) / w->row_bytes + 1;
+    void *buf;
+    SHOAL_TRY(cuda_scratch(c, chunk_rows * w->row_bytes, &buf));
+    uint8_t *q = (uint8_t *)dst;
+    __half *d = (__half *)((char *)dst + l.d_off);
+    __half *m = w->type == SHOAL_DTYPE_Q4_1 ? (__half *)((char *)dst + l.m_off) : NULL;
+    for (int64_t r0 = 0; r0 < w->rows; r0 += (int64_t)chunk_rows) {
+        int64_t nr = w->rows - r0 < (int64_t)chunk_rows ? w->rows - r0 : (int64_t)chunk_rows;
+        CU_TRY(cudaMemcpyAsync(buf, (const char *)host + (size_t)r0 * w->row_bytes,
+                               (size_t)nr * w->row_bytes, cudaMemcpyHostToDevice, c->stream));
+        int64_t n_blocks = nr * nb;
+        k_split_blocks<<<grid_1d((size_t)n_blocks, 256), 256, 0, c->stream>>>(
+            (const uint8_t *)buf, n_blocks, nb, w->type, q + (size_t)r0 * l.pitch, l.pitch,
+            d + r0 * nb, m ? m + r0 * nb : NULL);
+        CU_LAUNCHED("split blocks");
+    }
+    CU_TRY(cudaStreamSynchronize(c->stream)); /* the host bytes may go once we return */
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------ activations to 8 bits */
+
+/*
+ * x (n, cols) to int8 per block of 32, as shoal_cpu_quantize_x: scale amax /
+ * 127 kept as f16, values x * 127 / amax rounded to nearest even, and the
+ * block's sum (int, and times the scale as f16). One warp per block.
+ */
+__global__ void k_quantize_x(const float *__restrict__ x, int64_t cols, int n, int8_t *__restrict__ xq,
+                             float *__restrict__ xd, float *__restrict__ xs, int32_t *__restrict__ xsum) {
+    const int64_t nb = cols / SHOAL_QK;
+    const int lane = threadIdx.x & 31;
+    const int64_t b = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int t = blockIdx.y;
+    if (b >= nb || t >= n) return;
+    const float v = x[(int64_t)t * cols + b * SHOAL_QK + lane];
+    const float amax = warp_max(fabsf(v));
+    const float db = __fdiv_rn(amax, 127.0f), id = amax > 0 ? __fdiv_rn(127.0f, amax) : 0.0f;
+    const int q = (int)rintf(__fmul_rn(v, id));
+    xq[(int64_t)t * cols + b * SHOAL_QK + lane] = (int8_t)q;
+    const int sum = warp_sum(q);
+    if (lane == 0) {
+        const float d = f16_round(db);
+        xd[(int64_t)t * nb + b] = d;
+        xs[(int64_t)t * nb + b] = f16_round(__fmul_rn(db, (float)sum));
+        xsum[(int64_t)t * nb + b] = sum;
+    }
+}
+
+struct xq8 {
+    const int8_t *q; /* (n, cols) */
+    const float *d, *s;
+    const int32_t *sum; /* (n, cols / 32) */
+};
+
+static shoal_status quantize_x(struct cuda_ctx *c, const float *x, int64_t cols, int n, char *at,
+                               struct xq8 *out) {
+    const int64_t nb = cols / SHOAL_QK;
+    out->q = (const int8_t *)at;
+    out->d = (const float *)(at + up256((size_t)n * cols));
+    out->s = out->d + (size_t)n * nb;
+    out->sum = (const int32_t *)(out->s + (size_t)n * nb);
+    dim3 grid((unsigned)((nb + 7) / 8), (unsigned)n);
+    k_quantize_x<<<grid, 256, 0, c->stream>>>(x, cols, n, (int8_t *)out->q, (float *)out->d,
+                                              (float *)out->s, (int32_t *)out->sum);
+    CU_LAUNCHED("quantize activations");
+    return SHOAL_OK;
+}
+
+static size_t quantize_x_bytes(int64_t cols, int n) {
+    return up256((size_t)n * cols) + 3 * (size_t)n * (size_t)(cols / SHOAL_QK) * 4 + 256;
+}
+
+/* ------------------------------------------------------- decode kernels */
+
+/* Up to SHOAL_MATMUL_MAX weights of one type on one input, rows end to end. */
+struct mmv_args {
+    int k;
+    const char *w[SHOAL_MATMUL_MAX];
+    size_t d_off[SHOAL_MATMUL_MAX], m_off[SHOAL_MATMUL_MAX], pitch[SHOAL_MATMUL_MAX];
+    void *y[SHOAL_MATMUL_MAX];
+    int64_t rows[SHOAL_MATMUL_MAX];
+    int64_t first[SHOAL_MATMUL_MAX + 1];
+    int64_t cols;
+    const float *x;
+    struct xq8 xq;
+};
+
+template <typename A> struct acc_ops;
+template <> struct acc_ops<float> {
+    static __device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
+    static __device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
+    static __device__ __forceinline__ float from(float v) { return v; }
+};
+template <> struct acc_ops<double> {
+    static __device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
+    static __device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
+    static __device__ __forceinline__ double from(float v) { return (double)v; }
+};
+
+static __device__ __forceinline__ int dp4a(int a, int b, int c) { return __dp4a(a, b, c); }
+
+/* 8 halves / bf16s of a 16-byte load as floats */
+template <int TYPE> static __device__ __forceinline__ void half8(const uint4 v, float *f) {
+    const uint32_t u[4] = { v.x, v.y, v.z, v.w };
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (TYPE == SHOAL_DTYPE_F16) {
+            __half2_raw r;
+            r.x = (unsigned short)(u[i] & 0xffff);
+            r.y = (unsigned short)(u[i] >> 16);
+            float2 p = __half22float2(__half2(r));
+            f[2 * i] = p.x;
+            f[2 * i + 1] = p.y;
+        } else {
+            f[2 * i] = __uint_as_float(u[i] << 16);
+            f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+        }
+    }
+}
+
+template <int TYPE> static __device__ __forceinline__ float elem(const char *row, int64_t i) {
+    if (TYPE == SHOAL_DTYPE_F32) return ((const float *)row)[i];
+    const uint16_t h = ((const uint16_t *)row)[i];
+    if (TYPE == SHOAL_DTYPE_F16) {
+        __half_raw r;
+        r.x = h;
+        return __half2float(__half(r));
+    }
+    return __uint_as_float((uint32_t)h << 16);
+}
+
+/*
+ * One warp per row of all the weights; each lane reads 16 bytes at a time
+ * (U of them in flight), for NT tokens at once; the lanes' sums meet in a
+ * fixed butterfly. Output y[t * rows + r], as float or (A double) double.
+ */
+template <int TYPE, int NT, typename A>
+__global__ void __launch_bounds__(MMV_WARPS * 32) k_mmv(const struct mmv_args a) {
+    typedef acc_ops<A> op;
+    constexpr int U = 4;
+    const int lane = threadIdx.x & 31;
+    const int64_t g = (int64_t)blockIdx.x * MMV_WARPS + threadIdx.x / 32;
+    if (g >= a.first[a.k]) return;
+    int wi = 0;
+    while (g >= a.first[wi + 1]) wi++;
+    const int64_t r = g - a.first[wi], cols = a.cols, nb = cols / SHOAL_QK;
+    const char *base = a.w[wi];
+    const char *row = base + (size_t)r * a.pitch[wi];
+    A acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0;
+
+    if (TYPE == SHOAL_DTYPE_Q8_0) {
+        /* a lane: 16 values = half a block; a warp: 512 values per step */
+        const __half *d = (const __half *)(base + a.d_off[wi]) + r * nb;
+        for (int64_t i0 = (int64_t)lane * 16; i0 < cols; i0 += 512 * U) {
+            int4 wv[U];
+            float dw[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t i = i0 + (int64_t)u * 512;
+                wv[u] = i < cols ? __ldg((const int4 *)(row + i)) : make_int4(0, 0, 0, 0);
+                dw[u] = i < cols ? __half2float(d[i / SHOAL_QK]) : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t i = i0 + (int64_t)u * 512;
+                if (i >= cols) break;
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    const int4 xv = *(const int4 *)(a.xq.q + (int64_t)t * cols + i);
+                    int s = dp4a(wv[u].x, xv.x, 0);
+                    s = dp4a(wv[u].y, xv.y, s);
+                    s = dp4a(wv[u].z, xv.z, s);
+                    s = dp4a(wv[u].w, xv.w, s);
+                    const float sc = __fmul_rn(dw[u], a.xq.d[(int64_t)t * nb + i / SHOAL_QK]);
+                    acc[t] = op::add(acc[t], op::mul((A)s, op::from(sc)));
+                }
+            }
+        }
+    } else if (TYPE == SHOAL_DTYPE_Q4_0 || TYPE == SHOAL_DTYPE_Q4_1) {
+        /* a lane: one block (16 bytes of nibbles: value j low, j + 16 high); a warp: 32 blocks */
+        const __half *d = (const __half *)(base + a.d_off[wi]) + r * nb;
+        const __half *m = TYPE == SHOAL_DTYPE_Q4_1 ? (const __half *)(base + a.m_off[wi]) + r * nb : NULL;
+        for (int64_t b0 = lane; b0 < nb; b0 += 32 * U) {
+            int4 wv[U];
+            float dw[U], mw[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t b = b0 + (int64_t)u * 32;
+                wv[u] = b < nb ? __ldg((const int4 *)(row + b * 16)) : make_int4(0, 0, 0, 0);
+                dw[u] = b < nb ? __half2float(d[b]) : 0.0f;
+                mw[u] = TYPE == SHOAL_DTYPE_Q4_1 && b < nb ? __half2float(m[b]) : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t b = b0 + (int64_t)u * 32;
+                if (b >= nb) break;
+                const int wq[4] = { wv[u].x, wv[u].y, wv[u].z, wv[u].w };
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    const int4 *xp = (const int4 *)(a.xq.q + (int64_t)t * cols + b * SHOAL_QK);
+                    const int4 xl = xp[0], xh = xp[1];
+                    const int xlo[4] = { xl.x, xl.y, xl.z, xl.w }, xhi[4] = { xh.x, xh.y, xh.z, xh.w };
+                    int s = 0;
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        s = dp4a(wq[j] & 0x0f0f0f0f, xlo[j], s);
+                        s = dp4a((wq[j] >> 4) & 0x0f0f0f0f, xhi[j], s);
+                    }
+                    const int64_t xb = (int64_t)t * nb + b;
+                    if (TYPE == SHOAL_DTYPE_Q4_0) s -= 8 * a.xq.sum[xb];
+                    const float sc = __fmul_rn(dw[u], a.xq.d[xb]);
+                    acc[t] = op::add(acc[t], op::mul((A)s, op::from(sc)));
+                    if (TYPE == SHOAL_DTYPE_Q4_1)
+                        acc[t] = op::add(acc[t], op::mul(op::from(mw[u]), op::from(a.xq.s[xb])));
+                }
+            }
+        }
+    } else {
+        /* float weights: 16 bytes = 4 f32 or 8 f16/bf16 values per lane */
+        constexpr int V = TYPE == SHOAL_DTYPE_F32 ? 4 : 8;
+        const bool vec = cols % V == 0;
+        if (vec) {
+            for (int64_t i0 = (int64_t)lane * V; i0 < cols; i0 += 32 * V * U) {
+                uint4 wv[U];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const int64_t i = i0 + (int64_t)u * 32 * V;
+                    wv[u] = i < cols ? __ldg((const uint4 *)(row + i * (V == 4 ? 4 : 2))) : make_uint4(0, 0, 0, 0);
+                }
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const int64_t i = i0 + (int64_t)u * 32 * V;
+                    if (i >= cols) break;
+                    float wf[8];
+                    if (TYPE == SHOAL_DTYPE_F32) {
+                        wf[0] = __uint_as_float(wv[u].x);
+                        wf[1] = __uint_as_float(wv[u].y);
+                        wf[2] = __uint_as_float(wv[u].z);
+                        wf[3] = __uint_as_float(wv[u].w);
+                    } else {
+                        half8<TYPE>(wv[u], wf);
+                    }
+#pragma unroll
+                    for (int t = 0; t < NT; t++) {
+                        const float *xp = a.x + (int64_t)t * cols + i;
+#pragma unroll
+                        for (int j = 0; j < V; j++)
+                            acc[t] = op::add(acc[t], op::mul(op::from(wf[j]), op::from(xp[j])));
+                    }
+                }
+            }
+        } else {
+            for (int64_t i = lane; i < cols; i += 32) {
+                const float wf = elem<TYPE>(row, i);
+#pragma unroll
+                for (int t = 0; t < NT; t++)
+                    acc[t] = op::add(acc[t], op::mul(op::from(wf), op::from(a.x[(int64_t)t * cols + i])));
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
+    if (lane == 0) {
+        A *y = (A *)a.y[wi];
+#pragma unroll
+        for (int t = 0; t < NT; t++) y[(int64_t)t * a.rows[wi] + r] = acc[t];
+    }
+}
+
+template <int TYPE, typename A>
+static void launch_mmv_type(const struct mmv_args &a, int n, unsigned grid, cudaStream_t s) {
+    switch (n) {
+#define CASE(N)                                                                            \
+    case N:                                                                                \
+        k_mmv<TYPE, N, A><<<grid, MMV_WARPS * 32, 0, s>>>(a);                              \
+        break;
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+    }
+}
+
+template <typename A>
+static void launch_mmv(int type, const struct mmv_args &a, int n, unsigned grid, cudaStream_t s) {
+    switch (type) {
+    case SHOAL_DTYPE_F32: launch_mmv_type<SHOAL_DTYPE_F32, A>(a, n, grid, s); break;
+    case SHOAL_DTYPE_F16: launch_mmv_type<SHOAL_DTYPE_F16, A>(a, n, grid, s); break;
+    case SHOAL_DTYPE_BF16: launch_mmv_type<SHOAL_DTYPE_BF16, A>(a, n, grid, s); break;
+    case SHOAL_DTYPE_Q8_0: launch_mmv_type<SHOAL_DTYPE_Q8_0, A>(a, n, grid, s); break;
+    case SHOAL_DTYPE_Q4_0: launch_mmv_type<SHOAL_DTYPE_Q4_0, A>(a, n, grid, s); break;
+    case SHOAL_DTYPE_Q4_1: launch_mmv_type<SHOAL_DTYPE_Q4_1, A>(a, n, grid, s); break;
+    }
+}
+
+static int quantized(int type) {
+    return type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
+}
+
+/*
+ * The decode path: weights of one type go in one launch; tokens in groups of
+ * up to MMV_MAX_TOKENS (each group's rows of x and y offset).
+ */
+static shoal_status mmv(struct cuda_ctx *c, int k, float *const *y, double *yd,
+                        const struct shoal_weight *const *w, const float *x, int n) {
+    const int64_t cols = w[0]->cols;
+    struct xq8 xq = { 0 };
+    int need_q = 0;
+    for (int i = 0; i < k; i++) need_q |= quantized(w[i]->type);
+    if (need_q) {
+        void *buf;
+        SHOAL_TRY(cuda_scratch(c, quantize_x_bytes(cols, n), &buf));
+        SHOAL_TRY(quantize_x(c, x, cols, n, (char *)buf, &xq));
+    }
+    const int64_t nb = cols / SHOAL_QK;
+    int done[SHOAL_MATMUL_MAX] = { 0 };
+    for (int i = 0; i < k; i++) {
+        if (done[i]) continue;
+        const int type = w[i]->type;
+        for (int t0 = 0; t0 < n; t0 += MMV_MAX_TOKENS) {
+            const int nt = n - t0 < MMV_MAX_TOKENS ? n - t0 : MMV_MAX_TOKENS;
+            struct mmv_args a;
+            memset(&a, 0, sizeof a);
+            a.cols = cols;
+            a.x = x + (int64_t)t0 * cols;
+            if (need_q) {
+                a.xq.q = xq.q + (int64_t)t0 * cols;
+                a.xq.d = xq.d + t0 * nb;
+                a.xq.s = xq.s + t0 * nb;
+                a.xq.sum = xq.sum + t0 * nb;
+            }
+            for (int j = i; j < k; j++) {
+                if (w[j]->type != type) continue;
+                struct wlayout l;
+                cuda_weight_layout(type, w[j]->rows, cols, &l);
+                const int s = a.k++;
+                a.w[s] = (const char *)w[j]->data;
+                a.pitch[s] = l.pitch;
+                a.d_off[s] = l.d_off;
+                a.m_off[s] = l.m_off;
+                a.rows[s] = w[j]->rows;
+                a.y[s] = yd ? (void *)(yd + (int64_t)t0 * w[j]->rows) : (void *)(y[j] + (int64_t)t0 * w[j]->rows);
+                a.first[s + 1] = a.first[s] + w[j]->rows;
+            }
+            const unsigned grid = grid_1d((size_t)a.first[a.k], MMV_WARPS);
+            if (yd) launch_mmv<double>(type, a, nt, grid, c->stream);
+            else launch_mmv<float>(type, a, nt, grid, c->stream);
+            CU_LAUNCHED("matmul");
+        }
+        for (int j = i; j < k; j++)
+            if (w[j]->type == type) done[j] = 1;
+    }
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------- prompt batches */
+
+/* Rows [r0, r0 + nr) of a weight as T (f16 or f64), row-major (nr, cols). */
+template <typename T>
+__global__ void k_dequant_rows(const char *__restrict__ w, int type, int64_t rows, int64_t cols,
+                               size_t pitch, size_t d_off, size_t m_off, int64_t r0, int64_t nr,
+                               T *__restrict__ out) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= nr * cols) return;
+    const int64_t r = r0 + i / cols, j = i % cols, nb = cols / SHOAL_QK;
+    const char *row = w + (size_t)r * pitch;
+    float v;
+    if (type == SHOAL_DTYPE_F32) {
+        v = elem<SHOAL_DTYPE_F32>(row, j);
+    } else if (type == SHOAL_DTYPE_F16) {
+        v = elem<SHOAL_DTYPE_F16>(row, j);
+    } else if (type == SHOAL_DTYPE_BF16) {
+        v = elem<SHOAL_DTYPE_BF16>(row, j);
+    } else {
+        const int64_t b = j / SHOAL_QK, o = j % SHOAL_QK;
+        const float d = __half2float(((const __half *)(w + d_off))[r * nb + b]);
+        if (type == SHOAL_DTYPE_Q8_0) {
+            v = __fmul_rn(d, (float)((const int8_t *)row)[j]);
+        } else {
+            const uint8_t byte = ((const uint8_t *)row)[b * 16 + (o & 15)];
+            const int q = o < 16 ? byte & 15 : byte >> 4;
+            if (type == SHOAL_DTYPE_Q4_0) {
+                v = __fmul_rn(d, (float)(q - 8));
+            } else {
+                /* f64 callers get d * q alone: the minimums meet the blocks' sums of x
+                 * in a GEMM of their own, as the CPU adds m * xs */
+                if (sizeof(T) == 8) {
+                    out[i] = (T)__fmul_rn(d, (float)q);
+                    return;
+                }
+                const float m = __half2float(((const __half *)(w + m_off))[r * nb + b]);
+                v = __fadd_rn(__fmul_rn(d, (float)q), m);
+            }
+        }
+    }
+    out[i] = (T)v;
+}
+
+/* x (n, cols) as f16 or bf16 for the tensor cores */
+template <typename T>
+__global__ void k_convert_x(const float *__restrict__ x, size_t count, T *__restrict__ out) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) out[i] = (T)x[i];
+}
+
+/* x (n, cols) as f64: the 8-bit values times their scale (exact) for quantized weights */
+__global__ void k_x_f64(const float *__restrict__ x, const int8_t *__restrict__ q,
+                        const float *__restrict__ d, int64_t cols, size_t count, double *__restrict__ out) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    if (q) out[i] = (double)d[i / SHOAL_QK] * (double)q[i]; /* cols % 32 == 0: blocks run on */
+    else out[i] = (double)x[i];
+}
+
+/* f16 values (count) as f64 */
+__global__ void k_half_f64(const __half *__restrict__ h, size_t count, double *__restrict__ out) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) out[i] = (double)__half2float(h[i]);
+}
+
+/* f32 values (count) as f64 */
+__global__ void k_f32_f64(const float *__restrict__ x, size_t count, double *__restrict__ out) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) out[i] = (double)x[i];
+}
+
+/*
+ * y (n, rows) = x W^T with cuBLAS: column-major, C (rows, n) = op(W) (rows,
+ * cols) x X (cols, n), W stored (cols, rows) with ldw = its pitch in values.
+ */
+static shoal_status gemm_f32(struct cuda_ctx *c, float *y, const struct shoal_weight *w,
+                             const float *x, int n) {
+    const int64_t rows = w->rows, cols = w->cols;
+    struct wlayout l;
+    cuda_weight_layout(w->type, rows, cols, &l);
+    const float one = 1.0f, zero = 0.0f;
+    if (w->type == SHOAL_DTYPE_F32) {
+        CUBLAS_TRY(cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n, (int)cols, &one,
+                               (const float *)w->data, (int)(l.pitch / 4), x, (int)cols, &zero, y,
+                               (int)rows));
+        return SHOAL_OK;
+    }
+    const int bf = w->type == SHOAL_DTYPE_BF16;
+    const size_t xcount = (size_t)n * cols;
+    const size_t xbytes = up256(xcount * 2);
+    /* quantized weights: a tile of rows dequantized to f16, up to 64 MiB of them */
+    int64_t tile = quantized(w->type) ? (int64_t)((32u << 20) / (size_t)cols) : rows;
+    if (tile > rows) tile = rows;
+    if (tile < 1) tile = 1;
+    void *buf;
+    SHOAL_TRY(cuda_scratch(c, xbytes + (quantized(w->type) ? (size_t)tile * cols * 2 : 0), &buf));
+    if (bf) k_convert_x<__nv_bfloat16><<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xcount, (__nv_bfloat16 *)buf);
+    else k_convert_x<__half><<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xcount, (__half *)buf);
+    CU_LAUNCHED("convert activations");
+    const cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_16F;
+    if (!quantized(w->type)) {
+        CUBLAS_TRY(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n, (int)cols, &one,
+                                w->data, t, (int)(l.pitch / 2), buf, t, (int)cols, &zero, y,
+                                CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return SHOAL_OK;
+    }
+    __half *wt = (__half *)((char *)buf + xbytes);
+    for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+        const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
+        k_dequant_rows<__half><<<grid_1d((size_t)(nr * cols), 256), 256, 0, c->stream>>>(
+            (const char *)w->data, w->type, rows, cols, l.pitch, l.d_off, l.m_off, r0, nr, wt);
+        CU_LAUNCHED("dequantize a tile");
+        CUBLAS_TRY(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, n, (int)cols, &one, wt,
+                                CUDA_R_16F, (int)cols, buf, CUDA_R_16F, (int)cols, &zero, y + r0,
+                                CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    return SHOAL_OK;
+}
+
+/* The f64 variant: exact f64 operands, cublasDgemm (FP64 tensor cores on Hopper). */
+static shoal_status gemm_f64(struct cuda_ctx *c, double *y, const struct shoal_weight *w,
+                             const float *x, int n) {
+    const int64_t rows = w->rows, cols = w->cols;
+    struct wlayout l;
+    cuda_weight_layout(w->type, rows, cols, &l);
+    const size_t xcount = (size_t)n * cols, xbytes = up256(xcount * 8);
+    const size_t qbytes = quantized(w->type) ? quantize_x_bytes(cols, n) : 0;
+    const int64_t nb = cols / SHOAL_QK;
+    const int q41 = w->type == SHOAL_DTYPE_Q4_1;
+    const size_t sbytes = q41 ? up256((size_t)n * nb * 8) : 0; /* the blocks' sums xs, as f64 */
+    int64_t tile = (int64_t)((64u << 20) / 8 / (size_t)cols);
+    if (tile > rows) tile = rows;
+    if (tile < 1) tile = 1;
+    void *buf;
+    SHOAL_TRY(cuda_scratch(c, xbytes + qbytes + sbytes + (size_t)tile * cols * 8, &buf));
+    double *xd = (double *)buf, *xs = (double *)((char *)buf + xbytes + qbytes);
+    double *wt = (double *)((char *)buf + xbytes + qbytes + sbytes);
+    struct xq8 xq = { 0 };
+    if (qbytes) SHOAL_TRY(quantize_x(c, x, cols, n, (char *)buf + xbytes, &xq));
+    k_x_f64<<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xq.q, xq.d, cols, xcount, xd);
+    CU_LAUNCHED("activations to f64");
+    if (q41) {
+        k_f32_f64<<<grid_1d((size_t)n * nb, 256), 256, 0, c->stream>>>(xq.s, (size_t)n * nb, xs);
+        CU_LAUNCHED("block sums to f64");
+    }
+    const double one = 1.0, zero = 0.0;
+    for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+        const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
+        k_dequant_rows<double><<<grid_1d((size_t)(nr * cols), 256), 256, 0, c->stream>>>(
+            (const char *)w->data, w->type, rows, cols, l.pitch, l.d_off, l.m_off, r0, nr, wt);
+        CU_LAUNCHED("dequantize a tile");
+        CUBLAS_TRY(cublasDgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, n, (int)cols, &one, wt,
+                               (int)cols, xd, (int)cols, &zero, y + r0, (int)rows));
+        if (q41) {
+            /* + m (nr, nb) times xs (n, nb)^T: the minimums' part, as the CPU adds it */
+            const __half *m = (const __half *)((const char *)w->data + l.m_off) + r0 * nb;
+            k_half_f64<<<grid_1d((size_t)(nr * nb), 256), 256, 0, c->stream>>>(m, (size_t)(nr * nb), wt);
+            CU_LAUNCHED("minimums to f64");
+            CUBLAS_TRY(cublasDgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, n, (int)nb, &one, wt,
+                                   (int)nb, xs, (int)nb, &one, y + r0, (int)rows));
+        }
+    }
+    return SHOAL_OK;
+}
+
+shoal_status cuda_matmul(struct cuda_ctx *c, int k, float *const *y, double *yd,
+                         const struct shoal_weight *const *w, const float *x, int n) {
+    for (int i = 0; i < k; i++) {
+        struct wlayout l;
+        if (!cuda_weight_layout(w[i]->type, w[i]->rows, w[i]->cols, &l) || !w[i]->data)
+            return shoal_errorf(SHOAL_UNSUPPORTED, "the CUDA backend has no matmul for this %s "
+                                "weight (%lld x %lld)", shoal_dtype_name(w[i]->type),
+                                (long long)w[i]->rows, (long long)w[i]->cols);
+        if ((int64_t)(int)w[i]->rows != w[i]->rows || (int64_t)(int)w[i]->cols != w[i]->cols)
+            return shoal_errorf(SHOAL_UNSUPPORTED, "a %lld x %lld weight is too large for cuBLAS",
+                                (long long)w[i]->rows, (long long)w[i]->cols);
+    }
+    if (n <= 0) return SHOAL_OK;
+    if (n <= MMV_MAX_TOKENS) return mmv(c, k, y, yd, w, x, n);
+    for (int i = 0; i < k; i++) {
+        if (yd) SHOAL_TRY(gemm_f64(c, yd, w[i], x, n));
+        else SHOAL_TRY(gemm_f32(c, y[i], w[i], x, n));
+    }
+    return SHOAL_OK;
+}

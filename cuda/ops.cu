@@ -1,0 +1,460 @@
+/*
+ * ops.cu — the CUDA backend's ops besides matmul: embedding lookup, RMS
+ * norm, rope (both modes), the KV cache store (f32, f16, 8-bit), attention
+ * over the paged cache with grouped-query heads (split-K "flash decoding":
+ * chunks of positions in parallel, merged by their maxima and sums), and the
+ * elementwise ops.
+ *
+ * Each op computes what the CPU backend's does in the same order where the
+ * order is the op's own (norm scale, rope rotation, quantizing a head), so
+ * that they agree to the last bit or nearly; attention's sums run in another
+ * order and agree to rounding.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "common.cuh"
+
+/* ------------------------------------------------------------- embedding */
+
+__global__ void k_embed(const char *__restrict__ w, int type, int64_t cols, size_t pitch,
+                        size_t d_off, size_t m_off, const int32_t *__restrict__ tok,
+                        float *__restrict__ y) {
+    const int t = blockIdx.x;
+    const int64_t r = tok[t], nb = cols / SHOAL_QK;
+    const char *row = w + (size_t)r * pitch;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+        float v;
+        if (type == SHOAL_DTYPE_F32) {
+            v = ((const float *)row)[j];
+        } else if (type == SHOAL_DTYPE_F16) {
+            v = __half2float(((const __half *)row)[j]);
+        } else if (type == SHOAL_DTYPE_BF16) {
+            v = __uint_as_float((uint32_t)((const uint16_t *)row)[j] << 16);
+        } else {
+            const int64_t b = j / SHOAL_QK, o = j % SHOAL_QK;
+            const float d = __half2float(((const __half *)(w + d_off))[r * nb + b]);
+            if (type == SHOAL_DTYPE_Q8_0) {
+                v = __fmul_rn(d, (float)((const int8_t *)row)[j]);
+            } else {
+                const uint8_t byte = ((const uint8_t *)row)[b * 16 + (o & 15)];
+                const int q = o < 16 ? byte & 15 : byte >> 4;
+                if (type == SHOAL_DTYPE_Q4_0) {
+                    v = __fmul_rn(d, (float)(q - 8));
+                } else {
+                    const float m = __half2float(((const __half *)(w + m_off))[r * nb + b]);
+                    v = __fadd_rn(__fmul_rn(d, (float)q), m);
+                }
+            }
+        }
+        y[(int64_t)t * cols + j] = v;
+    }
+}
+
+shoal_status cuda_embed(struct cuda_ctx *c, float *y, const struct shoal_weight *t,
+                        const struct shoal_batch *b) {
+    for (int i = 0; i < b->n_tokens; i++)
+        if (b->token[i] < 0 || b->token[i] >= t->rows)
+            return shoal_errorf(SHOAL_INVALID, "token id %d is outside the vocabulary (0..%lld)",
+                                b->token[i], (long long)t->rows - 1);
+    if (b->n_tokens == 0) return SHOAL_OK;
+    struct wlayout l;
+    if (!cuda_weight_layout(t->type, t->rows, t->cols, &l))
+        return shoal_errorf(SHOAL_UNSUPPORTED, "no embedding lookup for %s", shoal_dtype_name(t->type));
+    const struct dev_batch *d;
+    SHOAL_TRY(cuda_batch(c, b, &d));
+    k_embed<<<b->n_tokens, 256, 0, c->stream>>>((const char *)t->data, t->type, t->cols, l.pitch,
+                                                l.d_off, l.m_off, d->token, y);
+    CU_LAUNCHED("embed");
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------------ norm */
+
+/* y = x / rms(x) * w per token: the sum of squares in f64, then (x * scale) * w. */
+__global__ void k_rmsnorm(float *y, const float *x, const float *__restrict__ w, int dim, float eps) {
+    __shared__ double part[32];
+    __shared__ float scale_s;
+    const int t = blockIdx.x;
+    const float *xt = x + (int64_t)t * dim;
+    double ss = 0;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = __dadd_rn(ss, __dmul_rn((double)xt[i], (double)xt[i]));
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double s = 0;
+        for (int i = 0; i < (int)(blockDim.x / 32); i++) s = __dadd_rn(s, part[i]);
+        scale_s = (float)(1.0 / sqrt(s / dim + (double)eps));
+    }
+    __syncthreads();
+    const float scale = scale_s;
+    float *yt = y + (int64_t)t * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) yt[i] = __fmul_rn(__fmul_rn(xt[i], scale), w[i]);
+}
+
+shoal_status cuda_rmsnorm(struct cuda_ctx *c, float *y, const float *x, const float *w, int n,
+                          int dim, float eps) {
+    if (n <= 0) return SHOAL_OK;
+    k_rmsnorm<<<n, 256, 0, c->stream>>>(y, x, w, dim, eps);
+    CU_LAUNCHED("rmsnorm");
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------------ rope */
+
+/*
+ * theta_i = pos * freq_scale * base^(-2i/rope_dim) [/ factor_i], in f64 as
+ * the CPU forms it (the powers come from the host's pow), cos and sin in f64
+ * rounded to f32, then the rotation in f32 without fused multiply-adds.
+ */
+__global__ void k_rope(float *x, int n_heads, int head_dim, int rope_dim, int neox,
+                       double freq_scale, const double *__restrict__ tab,
+                       const int32_t *__restrict__ pos) {
+    extern __shared__ float cs[]; /* (half, 2) */
+    const int t = blockIdx.x, half = rope_dim / 2;
+    const double p = (double)pos[t] * freq_scale;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double theta = p * tab[i];
+        theta = theta / tab[half + i];
+        cs[2 * i] = (float)cos(theta);
+        cs[2 * i + 1] = (float)sin(theta);
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < n_heads * half; k += blockDim.x) {
+        const int h = k / half, i = k % half;
+        float *v = x + ((int64_t)t * n_heads + h) * head_dim;
+        const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b], co = cs[2 * i], si = cs[2 * i + 1];
+        v[a] = __fsub_rn(__fmul_rn(x0, co), __fmul_rn(x1, si));
+        v[b] = __fadd_rn(__fmul_rn(x0, si), __fmul_rn(x1, co));
+    }
+}
+
+/* The powers and divisors of a rope, uploaded when the rope changes. */
+static shoal_status rope_table(struct cuda_ctx *c, const struct shoal_rope *r) {
+    const int half = r->rope_dim / 2;
+    if (c->rope_tab && c->rope_key_base == r->freq_base && c->rope_key_dim == r->rope_dim &&
+        c->rope_key_factors == r->freq_factors)
+        return SHOAL_OK;
+    double *h = (double *)malloc(sizeof(double) * 2 * (size_t)half);
+    if (!h) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    for (int i = 0; i < half; i++) {
+        h[i] = pow((double)r->freq_base, -2.0 * i / r->rope_dim);
+        h[half + i] = r->freq_factors ? (double)r->freq_factors[i] : 1.0;
+    }
+    shoal_status rc = SHOAL_OK;
+    if (half > c->rope_cap) {
+        cudaFree(c->rope_tab);
+        c->rope_tab = NULL;
+        c->rope_cap = 0;
+        cudaError_t e = cudaMalloc((void **)&c->rope_tab, sizeof(double) * 2 * (size_t)half);
+        if (e != cudaSuccess) rc = cuda_fail(e, "cudaMalloc", __FILE__, __LINE__, c->device);
+        else c->rope_cap = half;
+    }
+    if (rc == SHOAL_OK) {
+        /* synchronous: h goes away below, and kernels queued before read the old table */
+        cudaError_t e = cudaStreamSynchronize(c->stream);
+        if (e == cudaSuccess)
+            e = cudaMemcpy(c->rope_tab, h, sizeof(double) * 2 * (size_t)half, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) rc = cuda_fail(e, "cudaMemcpy", __FILE__, __LINE__, c->device);
+    }
+    free(h);
+    if (rc != SHOAL_OK) return rc;
+    c->rope_key_base = r->freq_base;
+    c->rope_key_dim = r->rope_dim;
+    c->rope_key_factors = r->freq_factors;
+    return SHOAL_OK;
+}
+
+shoal_status cuda_rope(struct cuda_ctx *c, float *x, int n_heads, int head_dim,
+                       const struct shoal_rope *r, const struct shoal_batch *b) {
+    if (r->rope_dim > 1024 || r->rope_dim > head_dim || r->rope_dim % 2)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "rope dimension %d (head %d)", r->rope_dim, head_dim);
+    if (b->n_tokens == 0 || r->rope_dim == 0) return SHOAL_OK;
+    SHOAL_TRY(rope_table(c, r));
+    const struct dev_batch *d;
+    SHOAL_TRY(cuda_batch(c, b, &d));
+    const int half = r->rope_dim / 2;
+    k_rope<<<b->n_tokens, 256, sizeof(float) * 2 * (size_t)half, c->stream>>>(
+        x, n_heads, head_dim, r->rope_dim, r->mode == SHOAL_ROPE_NEOX, (double)r->freq_scale,
+        c->rope_tab, d->pos);
+    CU_LAUNCHED("rope");
+    return SHOAL_OK;
+}
+
+/* -------------------------------------------------------------- KV store */
+
+/* One (token, KV head) per block: K and V into their slot, converted. */
+__global__ void k_kv_store(int type, int n_kv_heads, int head_dim, size_t row_bytes, size_t head_bytes,
+                           char *kc, char *vc, const float *__restrict__ k, const float *__restrict__ v,
+                           const int32_t *__restrict__ slot) {
+    __shared__ float red[2][32];
+    const int t = blockIdx.x, h = blockIdx.y;
+    const size_t off = (size_t)slot[t] * row_bytes + (size_t)h * head_bytes;
+    const int64_t src = ((int64_t)t * n_kv_heads + h) * head_dim;
+    for (int which = 0; which < 2; which++) {
+        const float *s = (which ? v : k) + src;
+        char *dst = (which ? vc : kc) + off;
+        if (type == SHOAL_KV_F32) {
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) ((float *)dst)[i] = s[i];
+        } else if (type == SHOAL_KV_F16) {
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) ((__half *)dst)[i] = __float2half_rn(s[i]);
+        } else {
+            float amax = 0;
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) amax = fmaxf(amax, fabsf(s[i]));
+            amax = warp_max(amax);
+            if ((threadIdx.x & 31) == 0) red[which][threadIdx.x / 32] = amax;
+            __syncthreads();
+            amax = 0;
+            for (int i = 0; i < (int)(blockDim.x / 32); i++) amax = fmaxf(amax, red[which][i]);
+            const float sc = __fdiv_rn(amax, 127.0f), is = sc != 0.0f ? __fdiv_rn(1.0f, sc) : 0.0f;
+            if (threadIdx.x == 0) memcpy(dst, &sc, 4);
+            int8_t *q = (int8_t *)dst + 4;
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) q[i] = (int8_t)rintf(__fmul_rn(s[i], is));
+        }
+    }
+}
+
+shoal_status cuda_kv_store(struct cuda_ctx *c, const struct shoal_kv_desc *d, void *kc, void *vc,
+                           const float *k, const float *v, const struct shoal_batch *b) {
+    for (int t = 0; t < b->n_tokens; t++)
+        if (b->slot[t] < 0 || b->slot[t] >= d->n_slots)
+            return shoal_errorf(SHOAL_INTERNAL, "KV slot %d outside the cache (%lld slots)",
+                                b->slot[t], (long long)d->n_slots);
+    if (b->n_tokens == 0) return SHOAL_OK;
+    const struct dev_batch *db;
+    SHOAL_TRY(cuda_batch(c, b, &db));
+    dim3 grid((unsigned)b->n_tokens, (unsigned)d->n_kv_heads);
+    const int threads = d->head_dim >= 128 ? 128 : 64;
+    k_kv_store<<<grid, threads, 0, c->stream>>>(d->type, d->n_kv_heads, d->head_dim, d->row_bytes,
+                                                d->head_bytes, (char *)kc, (char *)vc, k, v, db->slot);
+    CU_LAUNCHED("kv store");
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------- attention */
+
+enum { ATT_THREADS = 128, ATT_MAX_HEAD = 256, ATT_CHUNK_MIN = 256, ATT_CHUNK_MAX = 4096 };
+
+/* element i of a cached head vector */
+template <int KV> static __device__ __forceinline__ float kv_elem(const char *h, int i) {
+    if (KV == SHOAL_KV_F32) return ((const float *)h)[i];
+    if (KV == SHOAL_KV_F16) return __half2float(((const __half *)h)[i]);
+    float s;
+    memcpy(&s, h, 4);
+    return __fmul_rn(s, (float)((const int8_t *)h)[4 + i]);
+}
+
+struct att_args {
+    float *part;                /* (n_tokens, n_heads, n_chunks, head_dim + 2): o, max, sum */
+    const float *q;             /* (n_tokens, n_heads * head_dim) */
+    const char *kc, *vc;
+    size_t row_bytes, head_bytes;
+    int n_heads, group, head_dim, chunk, n_chunks;
+    float scale;
+    struct dev_batch b;
+};
+
+/*
+ * One chunk of one (token, head): scores of its positions (a warp per
+ * position), their max and exp-sum, and the weighted sum of V (a thread per
+ * dimension). Chunks past the token's position write an empty part.
+ */
+template <int KV>
+__global__ void __launch_bounds__(ATT_THREADS) k_att_part(const struct att_args a) {
+    extern __shared__ float sm[]; /* q (head_dim), then scores (chunk) */
+    __shared__ float red[ATT_THREADS / 32];
+    const int ch = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, nw = ATT_THREADS / 32;
+    const int hd = a.head_dim, npos = a.b.pos[t] + 1;
+    const int p0 = ch * a.chunk, p1 = min(npos, p0 + a.chunk);
+    float *out = a.part + (((int64_t)t * a.n_heads + h) * a.n_chunks + ch) * (hd + 2);
+    if (p0 >= p1) {
+        if (threadIdx.x == 0) {
+            out[hd] = -INFINITY;
+            out[hd + 1] = 0;
+        }
+        return;
+    }
+    float *qs = sm, *sc = sm + hd;
+    const float *q = a.q + ((int64_t)t * a.n_heads + h) * hd;
+    /* with an f16 cache the query is rounded to f16, as the CPU does */
+    for (int i = threadIdx.x; i < hd; i += ATT_THREADS) qs[i] = KV == SHOAL_KV_F16 ? f16_round(q[i]) : q[i];
+    __syncthreads();
+    const int32_t *table = a.b.table + (int64_t)a.b.seq[t] * a.b.max_blocks;
+    const size_t head_off = (size_t)(h / a.group) * a.head_bytes;
+    const int bs = a.b.block_size;
+    float mx = -INFINITY;
+    for (int p = p0 + warp; p < p1; p += nw) {
+        const int64_t slot = (int64_t)table[p / bs] * bs + p % bs;
+        const char *k = a.kc + slot * a.row_bytes + head_off;
+        float s = 0;
+        for (int i = lane; i < hd; i += 32) s = __fadd_rn(s, __fmul_rn(qs[i], kv_elem<KV>(k, i)));
+        s = __fmul_rn(warp_sum(s), a.scale);
+        if (lane == 0) sc[p - p0] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = warp_max(mx);
+    if (lane == 0) red[warp] = mx;
+    __syncthreads();
+    mx = red[0];
+    for (int i = 1; i < nw; i++) mx = fmaxf(mx, red[i]);
+    __syncthreads();
+    float l = 0;
+    for (int p = p0 + threadIdx.x; p < p1; p += ATT_THREADS) {
+        const float e = expf(sc[p - p0] - mx);
+        sc[p - p0] = e;
+        l += e;
+    }
+    l = warp_sum(l);
+    if (lane == 0) red[warp] = l;
+    __syncthreads();
+    l = 0;
+    for (int i = 0; i < nw; i++) l += red[i];
+    for (int i = threadIdx.x; i < hd; i += ATT_THREADS) {
+        float o = 0;
+        for (int p = p0; p < p1; p++) {
+            const int64_t slot = (int64_t)table[p / bs] * bs + p % bs;
+            o = __fadd_rn(o, __fmul_rn(sc[p - p0], kv_elem<KV>(a.vc + slot * a.row_bytes + head_off, i)));
+        }
+        out[i] = o;
+    }
+    if (threadIdx.x == 0) {
+        out[hd] = mx;
+        out[hd + 1] = l;
+    }
+}
+
+/* The chunks of a (token, head) merged: o = sum_c o_c e^(m_c - M) / sum_c l_c e^(m_c - M). */
+__global__ void k_att_merge(float *out, const float *__restrict__ part, int n_heads, int head_dim,
+                            int n_chunks) {
+    const int h = blockIdx.x, t = blockIdx.y;
+    const float *p = part + ((int64_t)t * n_heads + h) * n_chunks * (head_dim + 2);
+    float M = -INFINITY;
+    for (int c = 0; c < n_chunks; c++) M = fmaxf(M, p[(int64_t)c * (head_dim + 2) + head_dim]);
+    float L = 0;
+    for (int c = 0; c < n_chunks; c++) {
+        const float *pc = p + (int64_t)c * (head_dim + 2);
+        if (pc[head_dim + 1] > 0) L += pc[head_dim + 1] * expf(pc[head_dim] - M);
+    }
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        float o = 0;
+        for (int c = 0; c < n_chunks; c++) {
+            const float *pc = p + (int64_t)c * (head_dim + 2);
+            if (pc[head_dim + 1] > 0) o += pc[i] * expf(pc[head_dim] - M);
+        }
+        out[((int64_t)t * n_heads + h) * head_dim + i] = o / L;
+    }
+}
+
+shoal_status cuda_attention(struct cuda_ctx *c, float *out, const float *q, int n_heads,
+                            const struct shoal_kv_desc *d, const void *kc, const void *vc,
+                            const struct shoal_batch *b, float scale) {
+    if (n_heads % d->n_kv_heads)
+        return shoal_errorf(SHOAL_INVALID, "%d query heads do not group over %d KV heads", n_heads,
+                            d->n_kv_heads);
+    if (d->head_dim > ATT_MAX_HEAD)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "the CUDA attention takes heads of up to %d values, "
+                            "not %d", ATT_MAX_HEAD, d->head_dim);
+    for (int t = 0; t < b->n_tokens; t++) {
+        int64_t blk = b->pos[t] / b->block_size;
+        if (b->pos[t] < 0 || b->seq[t] < 0 || b->seq[t] >= b->n_seq || blk >= b->max_blocks)
+            return shoal_errorf(SHOAL_INTERNAL, "token %d: position %d of sequence %d is outside "
+                                "its block table", t, b->pos[t], b->seq[t]);
+    }
+    if (b->n_tokens == 0) return SHOAL_OK;
+    const struct dev_batch *db;
+    SHOAL_TRY(cuda_batch(c, b, &db));
+    /* chunks: enough blocks to fill the device (a few per SM), no chunk under 256 positions */
+    const int npos = db->max_pos + 1;
+    const int64_t pairs = (int64_t)b->n_tokens * n_heads;
+    int64_t want = (4 * (int64_t)c->n_sm + pairs - 1) / pairs;
+    int chunk = (int)((npos + want - 1) / want);
+    chunk = (chunk + ATT_CHUNK_MIN - 1) / ATT_CHUNK_MIN * ATT_CHUNK_MIN;
+    if (chunk > ATT_CHUNK_MAX) chunk = ATT_CHUNK_MAX;
+    const int n_chunks = (npos + chunk - 1) / chunk;
+    void *part;
+    SHOAL_TRY(cuda_scratch(c, (size_t)pairs * n_chunks * (d->head_dim + 2) * sizeof(float), &part));
+    struct att_args a;
+    a.part = (float *)part;
+    a.q = q;
+    a.kc = (const char *)kc;
+    a.vc = (const char *)vc;
+    a.row_bytes = d->row_bytes;
+    a.head_bytes = d->head_bytes;
+    a.n_heads = n_heads;
+    a.group = n_heads / d->n_kv_heads;
+    a.head_dim = d->head_dim;
+    a.chunk = chunk;
+    a.n_chunks = n_chunks;
+    a.scale = scale;
+    a.b = *db;
+    dim3 grid((unsigned)n_chunks, (unsigned)n_heads, (unsigned)b->n_tokens);
+    const size_t shm = sizeof(float) * ((size_t)d->head_dim + (size_t)chunk);
+    switch (d->type) {
+    case SHOAL_KV_F32: k_att_part<SHOAL_KV_F32><<<grid, ATT_THREADS, shm, c->stream>>>(a); break;
+    case SHOAL_KV_F16: k_att_part<SHOAL_KV_F16><<<grid, ATT_THREADS, shm, c->stream>>>(a); break;
+    default: k_att_part<SHOAL_KV_Q8><<<grid, ATT_THREADS, shm, c->stream>>>(a); break;
+    }
+    CU_LAUNCHED("attention");
+    dim3 g2((unsigned)n_heads, (unsigned)b->n_tokens);
+    k_att_merge<<<g2, d->head_dim >= 128 ? 128 : 64, 0, c->stream>>>(out, a.part, n_heads,
+                                                                     d->head_dim, n_chunks);
+    CU_LAUNCHED("attention merge");
+    return SHOAL_OK;
+}
+
+/* ----------------------------------------------------------- elementwise */
+
+/* gate = silu(gate) * up as the CPU: g / (1 + e^-g) * u, e^-g rounded from f64 */
+__global__ void k_silu_mul(float *g, const float *__restrict__ u, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float x = g[i], e = (float)exp(-(double)x);
+    g[i] = __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, e)), u[i]);
+}
+
+__global__ void k_add(float *y, const float *__restrict__ x, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __fadd_rn(y[i], x[i]);
+}
+
+__global__ void k_add_f64(float *y, const double *__restrict__ x, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __fadd_rn(y[i], (float)x[i]);
+}
+
+__global__ void k_add_bias(float *y, const float *__restrict__ bias, size_t n, int dim) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __fadd_rn(y[i], bias[i % (size_t)dim]);
+}
+
+shoal_status cuda_silu_mul(struct cuda_ctx *c, float *g, const float *u, size_t n) {
+    if (!n) return SHOAL_OK;
+    k_silu_mul<<<grid_1d(n, 256), 256, 0, c->stream>>>(g, u, n);
+    CU_LAUNCHED("silu_mul");
+    return SHOAL_OK;
+}
+
+shoal_status cuda_add(struct cuda_ctx *c, float *y, const float *x, size_t n) {
+    if (!n) return SHOAL_OK;
+    k_add<<<grid_1d(n, 256), 256, 0, c->stream>>>(y, x, n);
+    CU_LAUNCHED("add");
+    return SHOAL_OK;
+}
+
+shoal_status cuda_add_f64(struct cuda_ctx *c, float *y, const double *x, size_t n) {
+    if (!n) return SHOAL_OK;
+    k_add_f64<<<grid_1d(n, 256), 256, 0, c->stream>>>(y, x, n);
+    CU_LAUNCHED("add_f64");
+    return SHOAL_OK;
+}
+
+shoal_status cuda_add_bias(struct cuda_ctx *c, float *y, const float *bias, int n, int dim) {
+    const size_t count = (size_t)n * (size_t)dim;
+    if (!count) return SHOAL_OK;
+    k_add_bias<<<grid_1d(count, 256), 256, 0, c->stream>>>(y, bias, count, dim);
+    CU_LAUNCHED("add_bias");
+    return SHOAL_OK;
+}

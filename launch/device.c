@@ -1,0 +1,62 @@
+/*
+ * device.c — which compute backend a rank runs on: --device cpu|cuda|auto
+ * (auto: CUDA when a device is present), --gpu N or, by default, one GPU per
+ * rank of this machine (its local rank from mpirun or Slurm, modulo the
+ * GPUs), and the backend made from that choice with a line saying what it is.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../cpu/cpu.h"
+#include "../cuda/cuda.h"
+#include "launch.h"
+
+int launch_device_from_name(const char *name) {
+    if (strcmp(name, "auto") == 0) return LAUNCH_DEVICE_AUTO;
+    if (strcmp(name, "cpu") == 0) return LAUNCH_DEVICE_CPU;
+    if (strcmp(name, "cuda") == 0 || strcmp(name, "gpu") == 0) return LAUNCH_DEVICE_CUDA;
+    return -1;
+}
+
+int launch_local_rank(void) {
+    static const char *const vars[] = { "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
+                                        "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "PMIX_LOCAL_RANK" };
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
+shoal_status launch_backend_create(int device, int gpu, const struct shoal_cpu_params *cp,
+                                   struct shoal_backend **be, int *gpu_out, char *desc, size_t len) {
+    *be = NULL;
+    *gpu_out = -1;
+    const char *why = NULL;
+    int count = shoal_cuda_device_count(&why);
+    if (device == LAUNCH_DEVICE_AUTO) device = count > 0 ? LAUNCH_DEVICE_CUDA : LAUNCH_DEVICE_CPU;
+    if (device == LAUNCH_DEVICE_CPU) {
+        if (gpu >= 0) return shoal_errorf(SHOAL_INVALID, "--gpu goes with --device cuda");
+        SHOAL_TRY(shoal_cpu_backend_create(be, cp));
+        int simd = cp->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : cp->simd;
+        snprintf(desc, len, "cpu %s, %d threads/rank", shoal_cpu_simd_name(simd), cp->n_threads);
+        return SHOAL_OK;
+    }
+    if (count == 0)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "--device cuda: no CUDA device can be used here: %s "
+                            "(use --device cpu)", why);
+    if (gpu >= count)
+        return shoal_errorf(SHOAL_INVALID, "--gpu %d: this machine has %d CUDA device%s (0..%d)", gpu,
+                            count, count == 1 ? "" : "s", count - 1);
+    if (gpu < 0) gpu = launch_local_rank() % count;
+    struct shoal_cuda_params p = { .device = gpu };
+    SHOAL_TRY(shoal_cuda_backend_create(be, &p));
+    char name[128] = "?", mem[32];
+    size_t total = 0;
+    if (shoal_cuda_device_info(gpu, name, sizeof name, &total, NULL) != SHOAL_OK) shoal_error_clear();
+    snprintf(desc, len, "cuda %d: %s, %s", gpu, name, shoal_fmt_bytes(mem, sizeof mem, (double)total));
+    *gpu_out = gpu;
+    return SHOAL_OK;
+}
