@@ -121,6 +121,9 @@ static shoal_status cu_synchronize(void *ctx) {
 
 shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out) {
     if (bytes > c->scratch_cap) {
+        if (c->capturing)
+            return shoal_errorf(SHOAL_INTERNAL, "scratch grew while a CUDA graph was recorded");
+        cuda_graphs_reset(c);
         if (c->scratch) cudaFree(c->scratch); /* waits for the ops that used it */
         c->scratch = NULL;
         c->scratch_cap = 0;
@@ -144,11 +147,47 @@ shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out) {
  * pinned memory, in one copy. The pinned buffer is rewritten only after its
  * previous copy has run.
  */
+/* Whether b is the batch uploaded last (its shape and every value). */
+static int same_batch(const struct cuda_ctx *c, const struct shoal_batch *b, const int *hdr, size_t len) {
+    const size_t nt = (size_t)b->n_tokens, nbt = (size_t)b->n_seq * (size_t)b->max_blocks;
+    if (len != c->batch_len || memcmp(hdr, c->batch_hdr, 4 * sizeof(int)) != 0) return 0;
+    const int32_t *src[4] = { b->token, b->pos, b->seq, b->slot };
+    for (int i = 0; i < 4; i++) {
+        const int32_t *had = c->batch_host + i * nt;
+        if (src[i] && memcmp(had, src[i], nt * sizeof(int32_t)) != 0) return 0;
+        for (size_t j = 0; !src[i] && j < nt; j++) /* an array not given went up as zeros */
+            if (had[j]) return 0;
+    }
+    return !nbt || memcmp(c->batch_host + 4 * nt, b->block_table, nbt * sizeof(int32_t)) == 0;
+}
+
+static void set_dev_batch(struct cuda_ctx *c, const struct shoal_batch *b) {
+    const size_t nt = (size_t)b->n_tokens;
+    struct dev_batch *d = &c->bd;
+    d->token = c->batch_dev;
+    d->pos = c->batch_dev + nt;
+    d->seq = c->batch_dev + 2 * nt;
+    d->slot = c->batch_dev + 3 * nt;
+    d->table = c->batch_dev + 4 * nt;
+    d->n_tokens = b->n_tokens;
+    d->n_seq = b->n_seq;
+    d->max_blocks = b->max_blocks;
+    d->block_size = b->block_size;
+}
+
 shoal_status cuda_batch(struct cuda_ctx *c, const struct shoal_batch *b, const struct dev_batch **out) {
     const size_t nt = (size_t)b->n_tokens, nbt = (size_t)b->n_seq * (size_t)b->max_blocks;
     const size_t len = 4 * nt + nbt;
     const int hdr[4] = { b->n_tokens, b->n_seq, b->max_blocks, b->block_size };
+    if (same_batch(c, b, hdr, len)) {
+        set_dev_batch(c, b);
+        *out = &c->bd;
+        return SHOAL_OK;
+    }
+    if (c->capturing)
+        return shoal_errorf(SHOAL_INTERNAL, "a new batch while a CUDA graph was recorded");
     if (len > c->batch_cap) {
+        cuda_graphs_reset(c);
         CU_TRY(cudaStreamSynchronize(c->stream)); /* nothing queued still reads the old ones */
         free(c->batch_host);
         cudaFreeHost(c->batch_pinned);
@@ -174,30 +213,85 @@ shoal_status cuda_batch(struct cuda_ctx *c, const struct shoal_batch *b, const s
         else memset(h + i * nt, 0, nt * sizeof(int32_t));
     }
     if (nbt) memcpy(h + 4 * nt, b->block_table, nbt * sizeof(int32_t));
-    int same = len == c->batch_len && memcmp(hdr, c->batch_hdr, sizeof hdr) == 0 &&
-               memcmp(h, c->batch_host, len * sizeof(int32_t)) == 0;
-    if (!same) {
-        CU_TRY(cudaMemcpyAsync(c->batch_dev, h, len * sizeof(int32_t), cudaMemcpyHostToDevice,
-                               c->stream));
-        CU_TRY(cudaEventRecord(c->batch_copied, c->stream));
-        memcpy(c->batch_host, h, len * sizeof(int32_t));
-        memcpy(c->batch_hdr, hdr, sizeof hdr);
-        c->batch_len = len;
+    CU_TRY(cudaMemcpyAsync(c->batch_dev, h, len * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream));
+    CU_TRY(cudaEventRecord(c->batch_copied, c->stream));
+    memcpy(c->batch_host, h, len * sizeof(int32_t));
+    memcpy(c->batch_hdr, hdr, sizeof hdr);
+    c->batch_len = len;
+    set_dev_batch(c, b);
+    *out = &c->bd;
+    return SHOAL_OK;
+}
+
+/* ------------------------------------------------------------- graphs */
+
+void cuda_graphs_reset(struct cuda_ctx *c) {
+    for (size_t i = 0; i < sizeof c->graphs / sizeof *c->graphs; i++) {
+        if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
+        memset(&c->graphs[i], 0, sizeof c->graphs[i]);
     }
-    struct dev_batch *d = &c->bd;
-    d->token = c->batch_dev;
-    d->pos = c->batch_dev + nt;
-    d->seq = c->batch_dev + 2 * nt;
-    d->slot = c->batch_dev + 3 * nt;
-    d->table = c->batch_dev + 4 * nt;
-    d->n_tokens = b->n_tokens;
-    d->n_seq = b->n_seq;
-    d->max_blocks = b->max_blocks;
-    d->block_size = b->block_size;
-    d->max_pos = 0;
-    for (int t = 0; t < b->n_tokens; t++)
-        if (b->pos[t] > d->max_pos) d->max_pos = b->pos[t];
-    *out = d;
+}
+
+/*
+ * Decode steps only (a few tokens: the matmuls are our kernels, not cuBLAS):
+ * the first time a key comes the ops run as they come (which also settles
+ * scratch sizes and tables), the second time they are recorded, and from
+ * then on replayed after the batch's values are uploaded.
+ */
+static shoal_status cu_graph_begin(void *ctx, uint64_t key, const struct shoal_batch *b, int *replayed) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    *replayed = 0;
+    if (!c->graphs_on || c->capturing || b->n_tokens < 1 || b->n_tokens > CUDA_GRAPH_MAX_TOKENS)
+        return SHOAL_OK;
+    const int n = (int)(sizeof c->graphs / sizeof *c->graphs);
+    int at = -1, lru = 0;
+    for (int i = 0; i < n; i++) {
+        if (c->graphs[i].state && c->graphs[i].key == key) at = i;
+        if (c->graphs[i].used < c->graphs[lru].used) lru = i;
+    }
+    c->graph_clock++;
+    const struct dev_batch *d;
+    if (at < 0) { /* first sight: remember it, run as it comes */
+        if (c->graphs[lru].exec) cudaGraphExecDestroy(c->graphs[lru].exec);
+        memset(&c->graphs[lru], 0, sizeof c->graphs[lru]);
+        c->graphs[lru].key = key;
+        c->graphs[lru].state = 1;
+        c->graphs[lru].used = c->graph_clock;
+        return SHOAL_OK;
+    }
+    c->graphs[at].used = c->graph_clock;
+    if (c->graphs[at].state < 0) return SHOAL_OK;
+    SHOAL_TRY(cuda_batch(c, b, &d)); /* uploaded before the recording or the replay */
+    if (c->graphs[at].state == 2) {
+        CU_TRY(cudaGraphLaunch(c->graphs[at].exec, c->stream));
+        *replayed = 1;
+        return SHOAL_OK;
+    }
+    CU_TRY(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    c->capturing = 1;
+    c->capture_slot = at;
+    return SHOAL_OK;
+}
+
+static shoal_status cu_graph_end(void *ctx, int ok) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    if (!c->capturing) return SHOAL_OK;
+    c->capturing = 0;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    cudaGraphExec_t exec = NULL;
+    if (ok && e == cudaSuccess) e = cudaGraphInstantiate(&exec, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (!ok || e != cudaSuccess) {
+        /* run as it comes from now on; the failure itself the caller reports */
+        cudaGetLastError();
+        c->graphs[c->capture_slot].state = -1;
+        if (ok) return cuda_fail(e, "recording a CUDA graph", __FILE__, __LINE__, c->device);
+        return SHOAL_OK;
+    }
+    c->graphs[c->capture_slot].exec = exec;
+    c->graphs[c->capture_slot].state = 2;
+    CU_TRY(cudaGraphLaunch(exec, c->stream)); /* what was recorded has not run yet */
     return SHOAL_OK;
 }
 
@@ -252,7 +346,13 @@ static void cu_destroy(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     if (!c) return;
     cudaSetDevice(c->device);
+    if (c->capturing) {
+        cudaGraph_t g = NULL;
+        cudaStreamEndCapture(c->stream, &g);
+        if (g) cudaGraphDestroy(g);
+    }
     if (c->stream) cudaStreamSynchronize(c->stream);
+    cuda_graphs_reset(c);
     if (c->cublas) cublasDestroy(c->cublas);
     cudaFree(c->scratch);
     cudaFree(c->batch_dev);
@@ -290,6 +390,8 @@ static struct shoal_backend_i make_iface(void) {
     t.add = cu_add;
     t.add_bias = cu_add_bias;
     t.synchronize = cu_synchronize;
+    t.graph_begin = cu_graph_begin;
+    t.graph_end = cu_graph_end;
     return t;
 }
 /* (C++ has no designated initializers for this table before C++20) */
@@ -310,6 +412,7 @@ extern "C" shoal_status shoal_cuda_backend_create(struct shoal_backend **out,
     struct cuda_ctx *c = (struct cuda_ctx *)calloc(1, sizeof *c);
     if (!c) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     c->device = dev;
+    c->graphs_on = !(params && params->no_graphs);
     shoal_status rc = SHOAL_OK;
     cudaError_t e;
     cublasStatus_t be;

@@ -49,7 +49,6 @@ shoal_status cublas_fail(cublasStatus_t e, const char *call, const char *file, i
 struct dev_batch {
     const int32_t *token, *pos, *seq, *slot, *table; /* device */
     int n_tokens, n_seq, max_blocks, block_size;
-    int max_pos; /* the largest position, from the host copy */
 };
 
 struct cuda_ctx {
@@ -73,7 +72,23 @@ struct cuda_ctx {
     float rope_key_base;
     int rope_key_dim;
     const float *rope_key_factors;
+    /* recorded steps (shoal_backend_graph_begin): a key seen once is recorded the
+     * second time and replayed after; a key whose recording failed runs as it comes */
+    int graphs_on, capturing, capture_slot;
+    struct {
+        uint64_t key;
+        int state; /* 0 free, 1 seen once, 2 recorded, -1 do not record */
+        cudaGraphExec_t exec;
+        uint64_t used;
+    } graphs[8];
+    uint64_t graph_clock;
 };
+
+/* Forgets every recording: the buffers they point at are about to change. */
+void cuda_graphs_reset(struct cuda_ctx *c);
+
+/* Steps of up to this many tokens are recorded as CUDA graphs (the decode kernels' limit). */
+#define CUDA_GRAPH_MAX_TOKENS 8
 
 /* Scratch of at least bytes (contents not kept); 256-byte aligned. */
 shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out);

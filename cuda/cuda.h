@@ -31,7 +31,8 @@ shoal_status shoal_cuda_device_info(int device, char *name, size_t len, size_t *
                                     size_t *free_bytes);
 
 struct shoal_cuda_params {
-    int device; /* CUDA device ordinal, 0 .. count - 1 */
+    int device;    /* CUDA device ordinal, 0 .. count - 1 */
+    int no_graphs; /* run every op as it comes, never recorded as CUDA graphs */
 };
 
 /*

@@ -144,6 +144,8 @@ static shoal_status rope_table(struct cuda_ctx *c, const struct shoal_rope *r) {
         h[half + i] = r->freq_factors ? (double)r->freq_factors[i] : 1.0;
     }
     shoal_status rc = SHOAL_OK;
+    if (c->capturing) return shoal_errorf(SHOAL_INTERNAL, "a new rope while a CUDA graph was recorded");
+    cuda_graphs_reset(c); /* recordings read the old table */
     if (half > c->rope_cap) {
         cudaFree(c->rope_tab);
         c->rope_tab = NULL;
@@ -366,8 +368,10 @@ shoal_status cuda_attention(struct cuda_ctx *c, float *out, const float *q, int 
     if (b->n_tokens == 0) return SHOAL_OK;
     const struct dev_batch *db;
     SHOAL_TRY(cuda_batch(c, b, &db));
-    /* chunks: enough blocks to fill the device (a few per SM), no chunk under 256 positions */
-    const int npos = db->max_pos + 1;
+    /* chunks: enough blocks to fill the device (a few per SM), no chunk under 256
+     * positions; cut from the cache's length, not the batch's positions, so that a
+     * recorded decode step (the same grid each time) serves every position */
+    const int npos = (int)d->n_slots;
     const int64_t pairs = (int64_t)b->n_tokens * n_heads;
     int64_t want = (4 * (int64_t)c->n_sm + pairs - 1) / pairs;
     int chunk = (int)((npos + want - 1) / want);

@@ -3,6 +3,7 @@
  * (auto: CUDA when a device is present), --gpu N or, by default, one GPU per
  * rank of this machine (its local rank from mpirun or Slurm, modulo the
  * GPUs), and the backend made from that choice with a line saying what it is.
+ * SHOAL_CUDA_GRAPHS=0 in the environment turns CUDA graphs off.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -51,7 +52,9 @@ shoal_status launch_backend_create(int device, int gpu, const struct shoal_cpu_p
         return shoal_errorf(SHOAL_INVALID, "--gpu %d: this machine has %d CUDA device%s (0..%d)", gpu,
                             count, count == 1 ? "" : "s", count - 1);
     if (gpu < 0) gpu = launch_local_rank() % count;
-    struct shoal_cuda_params p = { .device = gpu };
+    /* SHOAL_CUDA_GRAPHS=0: every op launched as it comes (to measure what graphs save) */
+    const char *graphs = getenv("SHOAL_CUDA_GRAPHS");
+    struct shoal_cuda_params p = { .device = gpu, .no_graphs = graphs && strcmp(graphs, "0") == 0 };
     SHOAL_TRY(shoal_cuda_backend_create(be, &p));
     char name[128] = "?", mem[32];
     size_t total = 0;

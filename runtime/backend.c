@@ -191,3 +191,13 @@ shoal_status shoal_op_add_bias(struct shoal_backend *b, float *y, const float *b
 shoal_status shoal_backend_synchronize(struct shoal_backend *b) {
     return b->iface->synchronize ? b->iface->synchronize(b->ctx) : SHOAL_OK;
 }
+
+shoal_status shoal_backend_graph_begin(struct shoal_backend *b, uint64_t key,
+                                       const struct shoal_batch *batch, int *replayed) {
+    *replayed = 0;
+    return b->iface->graph_begin ? b->iface->graph_begin(b->ctx, key, batch, replayed) : SHOAL_OK;
+}
+
+shoal_status shoal_backend_graph_end(struct shoal_backend *b, int ok) {
+    return b->iface->graph_end ? b->iface->graph_end(b->ctx, ok) : SHOAL_OK;
+}

@@ -167,4 +167,19 @@ shoal_status shoal_op_add_bias(struct shoal_backend *b, float *y, const float *b
 /* Waits for queued work. */
 shoal_status shoal_backend_synchronize(struct shoal_backend *b);
 
+/*
+ * Recording a step's ops once and replaying them (CUDA graphs: one launch
+ * instead of hundreds). key names everything the ops' arguments depend on
+ * besides the batch's values (the state, the batch's shape). begin sets
+ * *replayed to 1 when a recording of key exists: it has been launched with
+ * this batch and the caller skips the ops. Else *replayed is 0, the caller
+ * runs the ops, which the backend may record, and calls end (ok 0 after a
+ * failure: a recording is thrown away), which runs what was recorded. Only
+ * ops go between begin and end: no copies to or from the host, no
+ * synchronize. A backend without graphs never replays.
+ */
+shoal_status shoal_backend_graph_begin(struct shoal_backend *b, uint64_t key,
+                                       const struct shoal_batch *batch, int *replayed);
+shoal_status shoal_backend_graph_end(struct shoal_backend *b, int ok);
+
 #endif

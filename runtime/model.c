@@ -738,7 +738,7 @@ static shoal_status project_add(struct shoal_state *s, const struct shoal_weight
     return shoal_op_add_f64(be, s->x, s->yd, count);
 }
 
-shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b) {
+static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
     const struct shoal_model *m = s->m;
     const struct shoal_hparams *hp = &m->hp;
     struct shoal_backend *be = m->be;
@@ -771,6 +771,30 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
         SHOAL_TRY(shoal_op_matmul_n(be, 2, ffn_out, ffn_in, s->xb, n));
         SHOAL_TRY(shoal_op_silu_mul(be, s->hb, s->hb2, (size_t)n * m->ffn_l));
         SHOAL_TRY(project_add(s, &L->down, s->hb, n));
+    }
+    return SHOAL_OK;
+}
+
+shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b) {
+    struct shoal_backend *be = s->m->be;
+    /* recorded once and replayed (where the backend can), unless a sum goes
+     * through the host between the ops */
+    const int staged = s->dist && shoal_comm_size(s->dist->tp) > 1 && !s->dist->tp_dev &&
+                       !shoal_backend_host_memory(be);
+    if (staged) {
+        SHOAL_TRY(layers(s, b));
+        return shoal_backend_synchronize(be);
+    }
+    uint64_t key = 1469598103934665603ull;
+    const uint64_t parts[] = { (uint64_t)(uintptr_t)s, (uint64_t)b->n_tokens, (uint64_t)b->n_seq,
+                               (uint64_t)b->max_blocks, (uint64_t)b->block_size };
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) key = (key ^ parts[i]) * 1099511628211ull;
+    int replayed = 0;
+    SHOAL_TRY(shoal_backend_graph_begin(be, key, b, &replayed));
+    if (!replayed) {
+        shoal_status rc = layers(s, b), end = shoal_backend_graph_end(be, rc == SHOAL_OK);
+        SHOAL_TRY(rc);
+        SHOAL_TRY(end);
     }
     return shoal_backend_synchronize(be);
 }
