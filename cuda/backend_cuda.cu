@@ -8,6 +8,8 @@
  * host memory return once the bytes are staged, so a caller may reuse its
  * buffer at once.
  */
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,6 +344,11 @@ CTX(cu_add_bias, (void *ctx, float *y, const float *bias, int n, int dim),
     cuda_add_bias((struct cuda_ctx *)ctx, y, bias, n, dim))
 #undef CTX
 
+static shoal_status cu_topk(void *ctx, const float *x, int rows, int cols, int k, int32_t id0,
+                            struct shoal_cand *out) {
+    return cuda_topk((struct cuda_ctx *)ctx, x, rows, cols, k, id0, out);
+}
+
 static void cu_destroy(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     if (!c) return;
@@ -390,6 +397,8 @@ static struct shoal_backend_i make_iface(void) {
     t.add = cu_add;
     t.add_bias = cu_add_bias;
     t.synchronize = cu_synchronize;
+    t.topk = cu_topk;
+    t.topk_max = CUDA_TOPK_MAX; /* more candidates are picked on the host */
     t.graph_begin = cu_graph_begin;
     t.graph_end = cu_graph_end;
     return t;

@@ -133,6 +133,10 @@ shoal_status cuda_silu_mul(struct cuda_ctx *c, float *g, const float *u, size_t 
 shoal_status cuda_add(struct cuda_ctx *c, float *y, const float *x, size_t n);
 shoal_status cuda_add_f64(struct cuda_ctx *c, float *y, const double *x, size_t n);
 shoal_status cuda_add_bias(struct cuda_ctx *c, float *y, const float *bias, int n, int dim);
+/* the k best of each row, k rounds of a block-wide search (for small k) */
+shoal_status cuda_topk(struct cuda_ctx *c, const float *x, int rows, int cols, int k, int32_t id0,
+                       struct shoal_cand *out);
+enum { CUDA_TOPK_MAX = 64 };
 
 /* ------------------------------------------------------ device helpers */
 

@@ -462,3 +462,83 @@ shoal_status cuda_add_bias(struct cuda_ctx *c, float *y, const float *bias, int 
     CU_LAUNCHED("add_bias");
     return SHOAL_OK;
 }
+
+/* ------------------------------------------------------------------ top-k */
+
+struct cand_dev {
+    float v;
+    int32_t id;
+};
+
+/* a before b: the larger value, ties to the lower id (shoal_cand_better) */
+static __device__ __forceinline__ bool cand_better(float av, int32_t ai, float bv, int32_t bi) {
+    return av > bv || (av == bv && ai < bi);
+}
+
+/*
+ * One row per block, k rounds: each round the best of the values strictly
+ * after the last one picked in that order (so nothing needs marking), from
+ * every thread's share then across the block. k is small (greedy: 1).
+ */
+__global__ void k_topk(const float *__restrict__ x, int cols, int k, int32_t id0,
+                       struct cand_dev *__restrict__ out) {
+    __shared__ float bv[32];
+    __shared__ int32_t bi[32];
+    const int r = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+    const int nw = blockDim.x / 32;
+    const float *row = x + (int64_t)r * cols;
+    float lastv = INFINITY;
+    int32_t lasti = -1; /* nothing is after (+inf, -1)... everything is */
+    for (int j = 0; j < k; j++) {
+        float v = -INFINITY;
+        int32_t id = INT32_MAX;
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+            const float xv = row[i];
+            const int32_t xi = id0 + i;
+            if (j > 0 && !cand_better(lastv, lasti, xv, xi)) continue; /* not after the last */
+            if (cand_better(xv, xi, v, id)) {
+                v = xv;
+                id = xi;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+            const int32_t oi = __shfl_xor_sync(0xffffffffu, id, o);
+            if (cand_better(ov, oi, v, id)) {
+                v = ov;
+                id = oi;
+            }
+        }
+        if (lane == 0) {
+            bv[warp] = v;
+            bi[warp] = id;
+        }
+        __syncthreads();
+        v = bv[0];
+        id = bi[0];
+        for (int w = 1; w < nw; w++)
+            if (cand_better(bv[w], bi[w], v, id)) {
+                v = bv[w];
+                id = bi[w];
+            }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            out[(int64_t)r * k + j].v = v;
+            out[(int64_t)r * k + j].id = id;
+        }
+        lastv = v;
+        lasti = id;
+    }
+}
+
+shoal_status cuda_topk(struct cuda_ctx *c, const float *x, int rows, int cols, int k, int32_t id0,
+                       struct shoal_cand *out) {
+    const size_t bytes = (size_t)rows * (size_t)k * sizeof(struct cand_dev);
+    void *buf;
+    SHOAL_TRY(cuda_scratch(c, bytes, &buf));
+    k_topk<<<rows, 256, 0, c->stream>>>(x, cols, k, id0, (struct cand_dev *)buf);
+    CU_LAUNCHED("top-k");
+    CU_TRY(cudaMemcpyAsync(out, buf, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CU_TRY(cudaStreamSynchronize(c->stream));
+    return SHOAL_OK;
+}

@@ -4,6 +4,7 @@
  */
 #include "backend_impl.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,4 +201,44 @@ shoal_status shoal_backend_graph_begin(struct shoal_backend *b, uint64_t key,
 
 shoal_status shoal_backend_graph_end(struct shoal_backend *b, int ok) {
     return b->iface->graph_end ? b->iface->graph_end(b->ctx, ok) : SHOAL_OK;
+}
+
+/* The k best of a row of n logits whose first token is id0, best first (k small: a sorted insert). */
+static void row_best(const float *row, int n, int32_t id0, int k, struct shoal_cand *out) {
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        struct shoal_cand c = { row[i], id0 + i };
+        if (have == k && !shoal_cand_better(&c, &out[k - 1])) continue;
+        int at = have < k ? have++ : k - 1;
+        while (at > 0 && shoal_cand_better(&c, &out[at - 1])) {
+            out[at] = out[at - 1];
+            at--;
+        }
+        out[at] = c;
+    }
+    for (; have < k; have++) out[have] = (struct shoal_cand){ -INFINITY, INT32_MAX };
+}
+
+shoal_status shoal_op_topk(struct shoal_backend *b, const float *x, int rows, int cols, int k,
+                           int32_t id0, struct shoal_cand *out) {
+    if (rows <= 0 || k <= 0) return SHOAL_OK;
+    if (b->iface->topk && k <= b->iface->topk_max)
+        return b->iface->topk(b->ctx, x, rows, cols, k, id0, out);
+    const float *host = x;
+    float *copy = NULL;
+    if (!b->iface->host_memory) {
+        if (!(copy = malloc((size_t)rows * (size_t)cols * sizeof(float))))
+            return shoal_errorf(SHOAL_NOMEM, "out of memory for %d rows of logits", rows);
+        shoal_status rc = b->iface->download(b->ctx, copy, x, (size_t)rows * (size_t)cols * sizeof(float));
+        if (rc != SHOAL_OK) {
+            free(copy);
+            return rc;
+        }
+        host = copy;
+    } else {
+        SHOAL_TRY(shoal_backend_synchronize(b));
+    }
+    for (int r = 0; r < rows; r++) row_best(host + (size_t)r * cols, cols, id0, k, out + (size_t)r * k);
+    free(copy);
+    return SHOAL_OK;
 }

@@ -164,6 +164,23 @@ shoal_status shoal_op_add(struct shoal_backend *b, float *y, const float *x, siz
 /* y (n, dim) += bias (dim) for every token. */
 shoal_status shoal_op_add_bias(struct shoal_backend *b, float *y, const float *bias, int n,
                                int dim);
+/* A logit and its token: the top-k candidates that travel instead of a row. */
+struct shoal_cand {
+    float v;
+    int32_t id;
+};
+/* a before b: the larger logit, ties to the lower token id (greedy's choice) */
+static inline int shoal_cand_better(const struct shoal_cand *a, const struct shoal_cand *b) {
+    return a->v > b->v || (a->v == b->v && a->id < b->id);
+}
+/*
+ * out (host, rows x k) = the k best of each row of x (device, rows x cols),
+ * best first by shoal_cand_better, token ids id0 + column; a row of fewer
+ * than k values is padded with (-infinity, INT32_MAX). Waits for the result.
+ */
+shoal_status shoal_op_topk(struct shoal_backend *b, const float *x, int rows, int cols, int k,
+                           int32_t id0, struct shoal_cand *out);
+
 /* Waits for queued work. */
 shoal_status shoal_backend_synchronize(struct shoal_backend *b);
 

@@ -48,6 +48,10 @@ struct shoal_backend_i {
     shoal_status (*add)(void *ctx, float *y, const float *x, size_t n);
     shoal_status (*add_bias)(void *ctx, float *y, const float *bias, int n, int dim);
     shoal_status (*synchronize)(void *ctx); /* optional: no queue */
+    /* optional, for k up to topk_max: default downloads the rows and selects on the host */
+    shoal_status (*topk)(void *ctx, const float *x, int rows, int cols, int k, int32_t id0,
+                         struct shoal_cand *out);
+    int topk_max;
     /* optional: recording a step's ops once and replaying them (shoal_backend_graph_begin) */
     shoal_status (*graph_begin)(void *ctx, uint64_t key, const struct shoal_batch *b, int *replayed);
     shoal_status (*graph_end)(void *ctx, int ok);

@@ -799,38 +799,17 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
     return shoal_backend_synchronize(be);
 }
 
-/* a before b: the larger logit, ties to the lower token id (greedy's choice) */
-static int better(const struct shoal_cand *a, const struct shoal_cand *b) {
-    return a->v > b->v || (a->v == b->v && a->id < b->id);
-}
-
 /* The k best of n candidates into out, best first (k small: a sorted insert). */
 static void select_best(const struct shoal_cand *in, int n, int k, struct shoal_cand *out) {
     int have = 0;
     for (int i = 0; i < n; i++) {
-        if (have == k && !better(&in[i], &out[k - 1])) continue;
+        if (have == k && !shoal_cand_better(&in[i], &out[k - 1])) continue;
         int at = have < k ? have++ : k - 1;
-        while (at > 0 && better(&in[i], &out[at - 1])) {
+        while (at > 0 && shoal_cand_better(&in[i], &out[at - 1])) {
             out[at] = out[at - 1];
             at--;
         }
         out[at] = in[i];
-    }
-    for (; have < k; have++) out[have] = (struct shoal_cand){ -INFINITY, INT32_MAX };
-}
-
-/* The k best of a row of n logits whose first token is id0. */
-static void row_best(const float *row, int n, int id0, int k, struct shoal_cand *out) {
-    int have = 0;
-    for (int i = 0; i < n; i++) {
-        struct shoal_cand c = { row[i], id0 + i };
-        if (have == k && !better(&c, &out[k - 1])) continue;
-        int at = have < k ? have++ : k - 1;
-        while (at > 0 && better(&c, &out[at - 1])) {
-            out[at] = out[at - 1];
-            at--;
-        }
-        out[at] = c;
     }
     for (; have < k; have++) out[have] = (struct shoal_cand){ -INFINITY, INT32_MAX };
 }
@@ -858,21 +837,19 @@ shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out, i
     SHOAL_TRY(shoal_op_rmsnorm(m->be, s->xb, s->x + (size_t)out0 * dim, m->output_norm, n_out, dim,
                                hp->rms_eps));
     SHOAL_TRY(shoal_op_matmul(m->be, s->logits, &m->output, s->xb, n_out));
-    SHOAL_TRY(shoal_backend_synchronize(m->be));
     const size_t local = (size_t)n_out * m->n_vocab_l;
     const int size = s->dist ? shoal_comm_size(s->dist->tp) : 1;
-    float *mine = malloc(local * sizeof(float));
-    if (!mine) return shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
-    shoal_status rc = shoal_backend_download(m->be, mine, s->logits, local * sizeof(float));
-    if (rc == SHOAL_OK && topk) {
-        /* each rank's best of its slice to the first, which keeps the best of all */
+    shoal_status rc = SHOAL_OK;
+    float *mine = NULL;
+    if (topk) {
+        /* each rank's best of its slice (picked on the backend) to the first, which
+         * keeps the best of all */
         const size_t per = (size_t)n_out * topk;
-        struct shoal_cand *c = malloc(per * ((size_t)size + 1) * sizeof *c), *best = c + per * size;
+        struct shoal_cand *c = malloc(per * ((size_t)size + 1) * sizeof *c), *best = c ? c + per * size : NULL;
         size_t *bytes = malloc(sizeof(size_t) * (size_t)size);
         if (!c || !bytes) rc = shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
-        for (int i = 0; rc == SHOAL_OK && i < n_out; i++)
-            row_best(mine + (size_t)i * m->n_vocab_l, m->n_vocab_l, m->part.v0, topk,
-                     best + (size_t)i * topk);
+        if (rc == SHOAL_OK)
+            rc = shoal_op_topk(m->be, s->logits, n_out, m->n_vocab_l, topk, m->part.v0, best);
         for (int r = 0; rc == SHOAL_OK && r < size; r++) bytes[r] = per * sizeof *c;
         if (rc == SHOAL_OK && size > 1) rc = shoal_comm_gatherv(s->dist->tp, best, bytes, c, 0);
         else if (rc == SHOAL_OK) memcpy(c, best, per * sizeof *c);
@@ -889,7 +866,12 @@ shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out, i
         }
         free(c);
         free(bytes);
-    } else if (rc == SHOAL_OK && size == 1) {
+        return rc;
+    }
+    if (!(mine = malloc(local * sizeof(float))))
+        return shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
+    rc = shoal_backend_download(m->be, mine, s->logits, local * sizeof(float));
+    if (rc == SHOAL_OK && size == 1) {
         memcpy(s->gathered, mine, local * sizeof(float));
     } else if (rc == SHOAL_OK) {
         /* the group's vocabulary slices to its first rank, then row by row into place */

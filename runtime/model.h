@@ -20,12 +20,6 @@
 
 struct shoal_comm;
 
-/* A logit and its token: the top-k candidates that travel instead of a row. */
-struct shoal_cand {
-    float v;
-    int32_t id;
-};
-
 struct shoal_hparams {
     char arch[32];           /* general.architecture */
     char name[96];           /* general.name, or the file name */

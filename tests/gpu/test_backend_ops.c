@@ -924,6 +924,56 @@ static void sweep_elementwise(struct ctx *c) {
         ew_case(c, EW_ADD_BIAS, (size_t)bias[i][0] * bias[i][1], bias[i][1]);
 }
 
+/* ------------------------------------------------------------------ top-k */
+
+/*
+ * The k best logits of each row (greedy decoding's pick, top-k sampling's
+ * candidates): the same values and ids, in the same order, exactly; rows
+ * with ties (ties go to the lower id), -infinity, and fewer values than k.
+ */
+static void topk_case(struct ctx *c, int rows, int cols, int k) {
+    if (!begin(c, "topk", "f32", "%dx%d k=%d", rows, cols, k)) return;
+    shoal_status rc = SHOAL_OK;
+    const size_t n = (size_t)rows * cols, nk = (size_t)rows * k;
+    float *x = NULL;
+    struct shoal_cand *got = NULL, *want = NULL;
+    struct dev2 dx = { { 0 } };
+    struct stats st = { 0 };
+    HALLOC(x, n);
+    HALLOC(got, nk);
+    HALLOC(want, nk);
+    fill(c, x, n, 10.0f);
+    for (size_t i = 0; i < n; i++) {
+        if (below(c, 8) == 0) x[i] = 9.5f;                /* ties at the top */
+        if (below(c, 50) == 0) x[i] = (float)-INFINITY;   /* masked tokens */
+    }
+    SHOAL_TRY_GOTO(dev2_put(c, &dx, x, sizeof(float) * n), rc, done);
+    SHOAL_TRY_GOTO(shoal_op_topk(c->be[0], dx.p[0], rows, cols, k, 1000, got), rc, done);
+    SHOAL_TRY_GOTO(shoal_op_topk(c->be[1], dx.p[1], rows, cols, k, 1000, want), rc, done);
+    if (c->perturb) got[nk - 1].id ^= 1;
+    st.n = (long)nk;
+    for (size_t i = 0; i < nk; i++)
+        if (got[i].id != want[i].id || memcmp(&got[i].v, &want[i].v, sizeof(float)) != 0) {
+            if (!st.bad)
+                note(&st, "[row %zu, #%zu] got (%g, %d) want (%g, %d)", i / k, i % k, got[i].v,
+                     got[i].id, want[i].v, want[i].id);
+            st.bad++;
+        }
+    finish(c, &st);
+done:
+    if (rc != SHOAL_OK) failed_to_run(c, rc);
+    dev2_free(c, &dx);
+    free(x), free(got), free(want);
+}
+
+static void sweep_topk(struct ctx *c) {
+    static const int shapes[][3] = { { 1, 1, 1 },     { 1, 5, 8 },     { 1, 300, 1 },
+                                     { 2, 300, 40 },  { 1, 32000, 1 }, { 3, 32000, 40 },
+                                     { 1, 49159, 64 }, { 2, 1000, 100 } }; /* rows, cols, k */
+    for (int i = 0; i < COUNT(shapes); i++)
+        if (!c->quick || shapes[i][1] <= 32000) topk_case(c, shapes[i][0], shapes[i][1], shapes[i][2]);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static int usage(const char *argv0) {
@@ -1006,6 +1056,7 @@ int main(int argc, char **argv) {
     sweep_kv_store(&c);
     sweep_attention(&c);
     sweep_elementwise(&c);
+    sweep_topk(&c);
     printf("test_backend_ops: %s: %d cases, %d passed, %d failed (%.1f s)\n", name, c.cases,
            c.cases - c.failed, c.failed, shoal_now() - t0);
     for (int i = 0; i < c.failed && i < COUNT(c.fails); i++) printf("  FAILED %s\n", c.fails[i]);
