@@ -97,6 +97,18 @@ static shoal_status cpu_memset0(void *ctx, void *dst, size_t n) {
 
 static size_t cpu_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) { return 0; }
 
+/* as_device: the bytes copied, as a device backend would */
+static size_t dev_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) {
+    return (size_t)rows * shoal_dtype_row_bytes(type, cols);
+}
+
+static shoal_status dev_weight_prepare(void *ctx, struct shoal_weight *w, const void *host,
+                                       void *dst) {
+    memcpy(dst, host, (size_t)w->rows * w->row_bytes);
+    w->data = dst;
+    return SHOAL_OK;
+}
+
 static shoal_status cpu_weight_prepare(void *ctx, struct shoal_weight *w, const void *host,
                                        void *dst) {
     w->data = host; /* used in place: the caller keeps the map alive */
@@ -575,6 +587,32 @@ static const struct shoal_backend_i cpu_iface = {
     .add_bias = cpu_add_bias,
 };
 
+/* The same backend behaving like a device one (shoal_cpu_params.as_device). */
+static const struct shoal_backend_i cpu_dev_iface = {
+    .name = "cpu",
+    .host_memory = 0,
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .memset0 = cpu_memset0,
+    .weight_bytes = dev_weight_bytes,
+    .weight_prepare = dev_weight_prepare,
+    .embed = cpu_embed,
+    .matmul = cpu_matmul,
+    .matmul_n = cpu_matmul_n,
+    .matmul_f64 = cpu_matmul_f64,
+    .add_f64 = cpu_add_f64,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .silu_mul = cpu_silu_mul,
+    .add = cpu_add,
+    .add_bias = cpu_add_bias,
+};
+
 shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
                                       const struct shoal_cpu_params *params) {
     *out = NULL;
@@ -598,7 +636,7 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
         cpu_destroy(c);
         return rc;
     }
-    *out = shoal_backend_new(&cpu_iface, c);
+    *out = shoal_backend_new(params && params->as_device ? &cpu_dev_iface : &cpu_iface, c);
     if (!*out) {
         cpu_destroy(c);
         return shoal_errorf(SHOAL_NOMEM, "out of memory");

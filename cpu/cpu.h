@@ -25,6 +25,13 @@ struct shoal_cpu_params {
     int n_threads; /* <= 0: one per online core */
     int simd;      /* enum shoal_simd; SHOAL_SIMD_AUTO picks the best supported */
     int spin;      /* worker polls before sleeping; < 0: default */
+    /*
+     * Behave like a device backend (for tests of the code around one): the
+     * weights are copied into the caller's device block instead of used in
+     * place, and the buffers do not count as host memory, so that sums
+     * between ranks are staged through the host as they are for a GPU.
+     */
+    int as_device;
 };
 
 /* The best SIMD level this processor (and this build) supports. */

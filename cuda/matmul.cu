@@ -174,6 +174,7 @@ struct mmv_args {
     int64_t first[SHOAL_MATMUL_MAX + 1];
     int64_t cols;
     const float *x;
+    const double *x64; /* x as f64, for float weights summed in f64 (no conversion per row) */
     struct xq8 xq;
 };
 
@@ -336,10 +337,17 @@ __global__ void __launch_bounds__(MMV_WARPS * 32) k_mmv(const struct mmv_args a)
                     }
 #pragma unroll
                     for (int t = 0; t < NT; t++) {
-                        const float *xp = a.x + (int64_t)t * cols + i;
+                        if (sizeof(A) == 8) {
+                            const double *xp = a.x64 + (int64_t)t * cols + i;
 #pragma unroll
-                        for (int j = 0; j < V; j++)
-                            acc[t] = op::add(acc[t], op::mul(op::from(wf[j]), op::from(xp[j])));
+                            for (int j = 0; j < V; j++)
+                                acc[t] = op::add(acc[t], op::mul(op::from(wf[j]), (A)xp[j]));
+                        } else {
+                            const float *xp = a.x + (int64_t)t * cols + i;
+#pragma unroll
+                            for (int j = 0; j < V; j++)
+                                acc[t] = op::add(acc[t], op::mul(op::from(wf[j]), op::from(xp[j])));
+                        }
                     }
                 }
             }
@@ -385,6 +393,8 @@ static void launch_mmv(int type, const struct mmv_args &a, int n, unsigned grid,
     }
 }
 
+__global__ void k_f32_f64(const float *__restrict__ x, size_t count, double *__restrict__ out);
+
 static int quantized(int type) {
     return type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
 }
@@ -397,12 +407,22 @@ static shoal_status mmv(struct cuda_ctx *c, int k, float *const *y, double *yd,
                         const struct shoal_weight *const *w, const float *x, int n) {
     const int64_t cols = w[0]->cols;
     struct xq8 xq = { 0 };
-    int need_q = 0;
-    for (int i = 0; i < k; i++) need_q |= quantized(w[i]->type);
-    if (need_q) {
+    const double *x64 = NULL;
+    int need_q = 0, need_64 = 0;
+    for (int i = 0; i < k; i++) {
+        need_q |= quantized(w[i]->type);
+        need_64 |= yd && !quantized(w[i]->type);
+    }
+    if (need_q || need_64) {
+        const size_t qb = need_q ? quantize_x_bytes(cols, n) : 0;
         void *buf;
-        SHOAL_TRY(cuda_scratch(c, quantize_x_bytes(cols, n), &buf));
-        SHOAL_TRY(quantize_x(c, x, cols, n, (char *)buf, &xq));
+        SHOAL_TRY(cuda_scratch(c, qb + (size_t)n * cols * sizeof(double), &buf));
+        if (need_q) SHOAL_TRY(quantize_x(c, x, cols, n, (char *)buf, &xq));
+        if (need_64) {
+            x64 = (const double *)((char *)buf + qb);
+            k_f32_f64<<<grid_1d((size_t)n * cols, 256), 256, 0, c->stream>>>(x, (size_t)n * cols, (double *)x64);
+            CU_LAUNCHED("activations to f64");
+        }
     }
     const int64_t nb = cols / SHOAL_QK;
     int done[SHOAL_MATMUL_MAX] = { 0 };
@@ -415,6 +435,7 @@ static shoal_status mmv(struct cuda_ctx *c, int k, float *const *y, double *yd,
             memset(&a, 0, sizeof a);
             a.cols = cols;
             a.x = x + (int64_t)t0 * cols;
+            if (x64) a.x64 = x64 + (int64_t)t0 * cols;
             if (need_q) {
                 a.xq.q = xq.q + (int64_t)t0 * cols;
                 a.xq.d = xq.d + t0 * nb;

@@ -645,7 +645,11 @@ static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler
                 hp->name, hp->arch, hp->n_layers, hp->dim, (double)r->m->n_params / 1e6,
                 shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
                 shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
-                shoal_comm_backend(r->world), r->dist && r->dist->tp_dev ? " + nccl" : "",
+                shoal_comm_backend(r->world),
+                !r->dist || shoal_comm_size(r->dist->tp) == 1 ? ""
+                : r->dist->tp_dev                             ? " + nccl"
+                : !shoal_backend_host_memory(r->be)           ? " (sums staged through the host)"
+                                                              : "",
                 r->dev_desc, o->n_ctx, o->kv_name,
                 shoal_fmt_bytes(kb, sizeof kb, (double)r->st->kv_bytes), chat, r->t_load);
         if (o->verbose) {

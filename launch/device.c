@@ -3,7 +3,8 @@
  * (auto: CUDA when a device is present), --gpu N or, by default, one GPU per
  * rank of this machine (its local rank from mpirun or Slurm, modulo the
  * GPUs), and the backend made from that choice with a line saying what it is.
- * SHOAL_CUDA_GRAPHS=0 in the environment turns CUDA graphs off.
+ * SHOAL_CUDA_GRAPHS=0 in the environment turns CUDA graphs off;
+ * SHOAL_CPU_AS_DEVICE=1 makes the CPU backend behave as a device's (tests).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -40,7 +41,12 @@ shoal_status launch_backend_create(int device, int gpu, const struct shoal_cpu_p
     if (device == LAUNCH_DEVICE_AUTO) device = count > 0 ? LAUNCH_DEVICE_CUDA : LAUNCH_DEVICE_CPU;
     if (device == LAUNCH_DEVICE_CPU) {
         if (gpu >= 0) return shoal_errorf(SHOAL_INVALID, "--gpu goes with --device cuda");
-        SHOAL_TRY(shoal_cpu_backend_create(be, cp));
+        /* SHOAL_CPU_AS_DEVICE=1 (tests): the CPU backend behaving as a GPU's does, its
+         * weights copied and its sums between ranks staged through the host */
+        const char *as_dev = getenv("SHOAL_CPU_AS_DEVICE");
+        struct shoal_cpu_params p = *cp;
+        p.as_device = as_dev && strcmp(as_dev, "1") == 0;
+        SHOAL_TRY(shoal_cpu_backend_create(be, &p));
         int simd = cp->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : cp->simd;
         snprintf(desc, len, "cpu %s, %d threads/rank", shoal_cpu_simd_name(simd), cp->n_threads);
         return SHOAL_OK;
