@@ -27,6 +27,7 @@ struct cpu_ctx {
     /* attention: per-thread scores, (n_threads, att_cap) floats */
     float *att;
     size_t att_cap;
+    struct shoal_backend_i dev_iface; /* the table of shoal_cpu_params.as_device */
 };
 
 /* ------------------------------------------------------------ SIMD levels */
@@ -587,32 +588,6 @@ static const struct shoal_backend_i cpu_iface = {
     .add_bias = cpu_add_bias,
 };
 
-/* The same backend behaving like a device one (shoal_cpu_params.as_device). */
-static const struct shoal_backend_i cpu_dev_iface = {
-    .name = "cpu",
-    .host_memory = 0,
-    .destroy = cpu_destroy,
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .upload = cpu_copy,
-    .download = cpu_copy,
-    .memset0 = cpu_memset0,
-    .weight_bytes = dev_weight_bytes,
-    .weight_prepare = dev_weight_prepare,
-    .embed = cpu_embed,
-    .matmul = cpu_matmul,
-    .matmul_n = cpu_matmul_n,
-    .matmul_f64 = cpu_matmul_f64,
-    .add_f64 = cpu_add_f64,
-    .rmsnorm = cpu_rmsnorm,
-    .rope = cpu_rope,
-    .kv_store = cpu_kv_store,
-    .attention = cpu_attention,
-    .silu_mul = cpu_silu_mul,
-    .add = cpu_add,
-    .add_bias = cpu_add_bias,
-};
-
 shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
                                       const struct shoal_cpu_params *params) {
     *out = NULL;
@@ -636,7 +611,16 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
         cpu_destroy(c);
         return rc;
     }
-    *out = shoal_backend_new(params && params->as_device ? &cpu_dev_iface : &cpu_iface, c);
+    const struct shoal_backend_i *iface = &cpu_iface;
+    if (params && params->as_device) {
+        /* the same table but for memory: this backend's own copy */
+        c->dev_iface = cpu_iface;
+        c->dev_iface.host_memory = 0;
+        c->dev_iface.weight_bytes = dev_weight_bytes;
+        c->dev_iface.weight_prepare = dev_weight_prepare;
+        iface = &c->dev_iface;
+    }
+    *out = shoal_backend_new(iface, c);
     if (!*out) {
         cpu_destroy(c);
         return shoal_errorf(SHOAL_NOMEM, "out of memory");
