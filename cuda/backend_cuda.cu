@@ -18,16 +18,26 @@
 
 /* ---------------------------------------------------------------- errors */
 
-shoal_status cuda_fail(cudaError_t e, const char *call, const char *file, int line, int device) {
+/* "rank R, CUDA device D" (the rank when known) */
+static const char *where(const struct cuda_ctx *c, char *buf, size_t len) {
+    if (c->rank >= 0) snprintf(buf, len, "rank %d, CUDA device %d", c->rank, c->device);
+    else snprintf(buf, len, "CUDA device %d", c->device);
+    return buf;
+}
+
+shoal_status cuda_fail(cudaError_t e, const char *call, const char *file, int line,
+                       const struct cuda_ctx *c) {
     const char *f = strrchr(file, '/');
-    return shoal_errorf(SHOAL_CUDA, "CUDA device %d: %s failed: %s (%s, at %s:%d)", device, call,
+    char w[64];
+    return shoal_errorf(SHOAL_CUDA, "%s: %s failed: %s (%s, at %s:%d)", where(c, w, sizeof w), call,
                         cudaGetErrorString(e), cudaGetErrorName(e), f ? f + 1 : file, line);
 }
 
 shoal_status cublas_fail(cublasStatus_t e, const char *call, const char *file, int line,
-                         int device) {
+                         const struct cuda_ctx *c) {
     const char *f = strrchr(file, '/');
-    return shoal_errorf(SHOAL_CUDA, "CUDA device %d: %s failed: %s (at %s:%d)", device, call,
+    char w[64];
+    return shoal_errorf(SHOAL_CUDA, "%s: %s failed: %s (at %s:%d)", where(c, w, sizeof w), call,
                         cublasGetStatusString(e), f ? f + 1 : file, line);
 }
 
@@ -54,6 +64,7 @@ extern "C" shoal_status shoal_cuda_device_info(int device, char *name, size_t le
     struct cuda_ctx tmp;
     struct cuda_ctx *c = &tmp;
     c->device = device;
+    c->rank = -1;
     cudaDeviceProp p;
     CU_TRY(cudaGetDeviceProperties(&p, device));
     if (name && len) snprintf(name, len, "%s", p.name);
@@ -81,10 +92,10 @@ static shoal_status cu_alloc(void *ctx, size_t bytes, void **out) {
         cudaGetLastError();
         size_t f = 0, t = 0;
         cudaMemGetInfo(&f, &t);
-        char a[32], b[32], d[32];
+        char a[32], b[32], d[32], w[64];
         return shoal_errorf(SHOAL_NOMEM,
-                            "CUDA device %d: cannot allocate %s of device memory (%s free of %s)",
-                            c->device, shoal_fmt_bytes(a, sizeof a, (double)bytes),
+                            "%s: cannot allocate %s of device memory (%s free of %s)",
+                            where(c, w, sizeof w), shoal_fmt_bytes(a, sizeof a, (double)bytes),
                             shoal_fmt_bytes(b, sizeof b, (double)f),
                             shoal_fmt_bytes(d, sizeof d, (double)t));
     }
@@ -288,7 +299,7 @@ static shoal_status cu_graph_end(void *ctx, int ok) {
         /* run as it comes from now on; the failure itself the caller reports */
         cudaGetLastError();
         c->graphs[c->capture_slot].state = -1;
-        if (ok) return cuda_fail(e, "recording a CUDA graph", __FILE__, __LINE__, c->device);
+        if (ok) return cuda_fail(e, "recording a CUDA graph", __FILE__, __LINE__, c);
         return SHOAL_OK;
     }
     c->graphs[c->capture_slot].exec = exec;
@@ -421,13 +432,14 @@ extern "C" shoal_status shoal_cuda_backend_create(struct shoal_backend **out,
     struct cuda_ctx *c = (struct cuda_ctx *)calloc(1, sizeof *c);
     if (!c) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     c->device = dev;
+    c->rank = params ? params->rank : -1;
     c->graphs_on = !(params && params->no_graphs);
     shoal_status rc = SHOAL_OK;
     cudaError_t e;
     cublasStatus_t be;
 #define STEP(call)                                                                         \
     if ((e = (call)) != cudaSuccess) {                                                     \
-        rc = cuda_fail(e, #call, __FILE__, __LINE__, dev);                                 \
+        rc = cuda_fail(e, #call, __FILE__, __LINE__, c);                                 \
         goto fail;                                                                         \
     }
     STEP(cudaSetDevice(dev));
@@ -437,7 +449,7 @@ extern "C" shoal_status shoal_cuda_backend_create(struct shoal_backend **out,
 #undef STEP
     if ((be = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS ||
         (be = cublasSetStream(c->cublas, c->stream)) != CUBLAS_STATUS_SUCCESS) {
-        rc = cublas_fail(be, "cublasCreate", __FILE__, __LINE__, dev);
+        rc = cublas_fail(be, "cublasCreate", __FILE__, __LINE__, c);
         goto fail;
     }
     *out = shoal_backend_new(&cuda_iface, c);

@@ -23,22 +23,24 @@ extern "C" {
 
 /* ---------------------------------------------------------------- errors */
 
-/* A failed CUDA call as a shoal error naming the call, where, and the device. */
-shoal_status cuda_fail(cudaError_t e, const char *call, const char *file, int line, int device);
+struct cuda_ctx;
+/* A failed CUDA call as a shoal error naming the call, where, the rank and the device. */
+shoal_status cuda_fail(cudaError_t e, const char *call, const char *file, int line,
+                       const struct cuda_ctx *c);
 shoal_status cublas_fail(cublasStatus_t e, const char *call, const char *file, int line,
-                         int device);
+                         const struct cuda_ctx *c);
 
 /* For functions of a context c: returns the translated error. */
 #define CU_TRY(call)                                                                       \
     do {                                                                                   \
         cudaError_t cu_e_ = (call);                                                        \
-        if (cu_e_ != cudaSuccess) return cuda_fail(cu_e_, #call, __FILE__, __LINE__, c->device); \
+        if (cu_e_ != cudaSuccess) return cuda_fail(cu_e_, #call, __FILE__, __LINE__, c); \
     } while (0)
 #define CUBLAS_TRY(call)                                                                   \
     do {                                                                                   \
         cublasStatus_t cb_e_ = (call);                                                     \
         if (cb_e_ != CUBLAS_STATUS_SUCCESS)                                                \
-            return cublas_fail(cb_e_, #call, __FILE__, __LINE__, c->device);               \
+            return cublas_fail(cb_e_, #call, __FILE__, __LINE__, c);               \
     } while (0)
 /* After a kernel launch: a bad configuration shows here, a fault at the next sync. */
 #define CU_LAUNCHED(what) CU_TRY(cudaGetLastError())
@@ -53,6 +55,7 @@ struct dev_batch {
 
 struct cuda_ctx {
     int device;
+    int rank;                 /* for messages; -1 when not told */
     int n_sm;                 /* streaming multiprocessors, for sizing grids */
     cudaStream_t stream;
     cublasHandle_t cublas;

@@ -33,6 +33,7 @@ shoal_status shoal_cuda_device_info(int device, char *name, size_t len, size_t *
 struct shoal_cuda_params {
     int device;    /* CUDA device ordinal, 0 .. count - 1 */
     int no_graphs; /* run every op as it comes, never recorded as CUDA graphs */
+    int rank;      /* named in error messages; -1: not told */
 };
 
 /*

@@ -151,7 +151,7 @@ static shoal_status rope_table(struct cuda_ctx *c, const struct shoal_rope *r) {
         c->rope_tab = NULL;
         c->rope_cap = 0;
         cudaError_t e = cudaMalloc((void **)&c->rope_tab, sizeof(double) * 2 * (size_t)half);
-        if (e != cudaSuccess) rc = cuda_fail(e, "cudaMalloc", __FILE__, __LINE__, c->device);
+        if (e != cudaSuccess) rc = cuda_fail(e, "cudaMalloc", __FILE__, __LINE__, c);
         else c->rope_cap = half;
     }
     if (rc == SHOAL_OK) {
@@ -159,7 +159,7 @@ static shoal_status rope_table(struct cuda_ctx *c, const struct shoal_rope *r) {
         cudaError_t e = cudaStreamSynchronize(c->stream);
         if (e == cudaSuccess)
             e = cudaMemcpy(c->rope_tab, h, sizeof(double) * 2 * (size_t)half, cudaMemcpyHostToDevice);
-        if (e != cudaSuccess) rc = cuda_fail(e, "cudaMemcpy", __FILE__, __LINE__, c->device);
+        if (e != cudaSuccess) rc = cuda_fail(e, "cudaMemcpy", __FILE__, __LINE__, c);
     }
     free(h);
     if (rc != SHOAL_OK) return rc;

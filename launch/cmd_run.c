@@ -341,7 +341,7 @@ static shoal_status make_backend(struct run *r, int local) {
     r->threads = r->o.threads > 0 ? r->o.threads : shoal_cpu_online_cores() / (local > 0 ? local : 1);
     if (r->threads < 1) r->threads = 1;
     struct shoal_cpu_params cp = { .n_threads = r->threads, .simd = r->o.simd, .spin = -1 };
-    return launch_backend_create(r->o.device, r->o.gpu, &cp, &r->be, &r->gpu, r->dev_desc,
+    return launch_backend_create(r->o.device, r->o.gpu, r->rank, &cp, &r->be, &r->gpu, r->dev_desc,
                                  sizeof r->dev_desc);
 }
 

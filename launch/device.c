@@ -32,7 +32,7 @@ int launch_local_rank(void) {
     return 0;
 }
 
-shoal_status launch_backend_create(int device, int gpu, const struct shoal_cpu_params *cp,
+shoal_status launch_backend_create(int device, int gpu, int rank, const struct shoal_cpu_params *cp,
                                    struct shoal_backend **be, int *gpu_out, char *desc, size_t len) {
     *be = NULL;
     *gpu_out = -1;
@@ -60,7 +60,8 @@ shoal_status launch_backend_create(int device, int gpu, const struct shoal_cpu_p
     if (gpu < 0) gpu = launch_local_rank() % count;
     /* SHOAL_CUDA_GRAPHS=0: every op launched as it comes (to measure what graphs save) */
     const char *graphs = getenv("SHOAL_CUDA_GRAPHS");
-    struct shoal_cuda_params p = { .device = gpu, .no_graphs = graphs && strcmp(graphs, "0") == 0 };
+    struct shoal_cuda_params p = { .device = gpu, .no_graphs = graphs && strcmp(graphs, "0") == 0,
+                                   .rank = rank };
     SHOAL_TRY(shoal_cuda_backend_create(be, &p));
     char name[128] = "?", mem[32];
     size_t total = 0;

@@ -29,14 +29,14 @@ int launch_device_from_name(const char *name);
 int launch_local_rank(void);
 /*
  * The backend a rank computes on: device (LAUNCH_DEVICE_*; auto is CUDA when
- * a device is present), gpu (-1: the local rank modulo the GPUs), cp for the
- * CPU. *be is the caller's; *gpu_out the CUDA device taken (-1 for the CPU);
+ * a device is present), gpu (-1: the local rank modulo the GPUs), rank (for
+ * messages), cp for the CPU. *be is the caller's; *gpu_out the CUDA device taken (-1 for the CPU);
  * desc a short description for the load line. Asking for CUDA where there is
  * none is SHOAL_UNSUPPORTED with the reason.
  */
 struct shoal_cpu_params;
 struct shoal_backend;
-shoal_status launch_backend_create(int device, int gpu, const struct shoal_cpu_params *cp,
+shoal_status launch_backend_create(int device, int gpu, int rank, const struct shoal_cpu_params *cp,
                                    struct shoal_backend **be, int *gpu_out, char *desc, size_t len);
 
 /* Prints "shoal CMD: error: <detail>" for a failed status and returns 1. */

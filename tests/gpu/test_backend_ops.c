@@ -1017,7 +1017,7 @@ int main(int argc, char **argv) {
                     count, count - 1);
             return 2;
         }
-        rc = shoal_cuda_backend_create(&c.be[0], &(struct shoal_cuda_params){ .device = device });
+        rc = shoal_cuda_backend_create(&c.be[0], &(struct shoal_cuda_params){ .device = device, .rank = -1 });
         if (rc == SHOAL_UNSUPPORTED) {
             printf("skipped: no CUDA backend: %s\n", shoal_last_error());
             return 77;
