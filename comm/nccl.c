@@ -5,7 +5,8 @@
  * behind the kernels that fill the buffers and before those that read them.
  *
  * A group is made from an existing (MPI) group of the same ranks: its rank 0
- * asks NCCL for an id and broadcasts it over that group. NCCL and CUDA errors
+ * asks NCCL for an id and broadcasts it over that group. This file is part
+ * of the CUDA module (cuda/module.h), not of every shoal process. NCCL and CUDA errors
  * become SHOAL_COMM errors naming the rank and the call.
  */
 #include <stdio.h>
@@ -164,10 +165,11 @@ static const struct shoal_comm_i nccl_iface = {
     .device_buffers = 1,
 };
 
-int shoal_comm_nccl_built(void) { return 1; }
-
-shoal_status shoal_comm_nccl_create(struct shoal_comm *c, int device, void *stream,
-                                    struct shoal_comm **out) {
+/* shoal_comm_nccl_create (comm.h), as the module's entry point (comm/nccl_loader.c) */
+shoal_status shoal_commmod_nccl_create(struct shoal_comm *c, int device, void *stream,
+                                       struct shoal_comm **out);
+shoal_status shoal_commmod_nccl_create(struct shoal_comm *c, int device, void *stream,
+                                       struct shoal_comm **out) {
     *out = NULL;
     struct nccl_ctx *n = calloc(1, sizeof *n);
     if (!n) return shoal_errorf(SHOAL_NOMEM, "out of memory");

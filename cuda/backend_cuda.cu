@@ -2,6 +2,9 @@
  * backend_cuda.cu — the CUDA backend's table (runtime/backend_impl.h): device
  * memory, copies, the stream every op is queued on, the batch's arrays on the
  * device, and error translation. The kernels are in matmul.cu and ops.cu.
+ * This file and the kernels form the module libshoal_cuda.so, which
+ * cuda/loader.c opens when CUDA is wanted; its entry points are the
+ * shoal_cudamod_* functions.
  *
  * Everything runs on one stream in order, so ops need no events between
  * them; download and synchronize wait for the stream. Uploads from pageable
@@ -43,9 +46,7 @@ shoal_status cublas_fail(cublasStatus_t e, const char *call, const char *file, i
 
 /* ----------------------------------------------------------------- probe */
 
-extern "C" int shoal_cuda_built(void) { return 1; }
-
-extern "C" int shoal_cuda_device_count(const char **why) {
+extern "C" int shoal_cudamod_device_count(const char **why) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
@@ -59,7 +60,7 @@ extern "C" int shoal_cuda_device_count(const char **why) {
     return n;
 }
 
-extern "C" shoal_status shoal_cuda_device_info(int device, char *name, size_t len, size_t *total,
+extern "C" shoal_status shoal_cudamod_device_info(int device, char *name, size_t len, size_t *total,
                                                size_t *free_bytes) {
     struct cuda_ctx tmp;
     struct cuda_ctx *c = &tmp;
@@ -417,11 +418,11 @@ static struct shoal_backend_i make_iface(void) {
 /* (C++ has no designated initializers for this table before C++20) */
 static const struct shoal_backend_i cuda_iface = make_iface();
 
-extern "C" shoal_status shoal_cuda_backend_create(struct shoal_backend **out,
-                                                  const struct shoal_cuda_params *params) {
+extern "C" shoal_status shoal_cudamod_backend_create(struct shoal_backend **out,
+                                                     const struct shoal_cuda_params *params) {
     *out = NULL;
     const char *why = NULL;
-    int count = shoal_cuda_device_count(&why);
+    int count = shoal_cudamod_device_count(&why);
     int dev = params ? params->device : 0;
     if (count == 0)
         return shoal_errorf(SHOAL_UNSUPPORTED, "no CUDA device can be used here: %s "
@@ -463,10 +464,10 @@ fail:
     return rc;
 }
 
-extern "C" void *shoal_cuda_backend_stream(struct shoal_backend *b) {
+extern "C" void *shoal_cudamod_backend_stream(struct shoal_backend *b) {
     return b && b->iface == &cuda_iface ? (void *)((struct cuda_ctx *)b->ctx)->stream : NULL;
 }
 
-extern "C" int shoal_cuda_backend_device(struct shoal_backend *b) {
+extern "C" int shoal_cudamod_backend_device(struct shoal_backend *b) {
     return b && b->iface == &cuda_iface ? ((struct cuda_ctx *)b->ctx)->device : -1;
 }
