@@ -32,25 +32,41 @@ int launch_local_rank(void) {
     return 0;
 }
 
+static shoal_status make_cuda(int gpu, int rank, int count, const char *why,
+                              struct shoal_backend **be, int *gpu_out, char *desc, size_t len);
+
 shoal_status launch_backend_create(int device, int gpu, int rank, const struct shoal_cpu_params *cp,
                                    struct shoal_backend **be, int *gpu_out, char *desc, size_t len) {
     *be = NULL;
     *gpu_out = -1;
     const char *why = NULL;
-    int count = shoal_cuda_device_count(&why);
-    if (device == LAUNCH_DEVICE_AUTO) device = count > 0 ? LAUNCH_DEVICE_CUDA : LAUNCH_DEVICE_CPU;
-    if (device == LAUNCH_DEVICE_CPU) {
-        if (gpu >= 0) return shoal_errorf(SHOAL_INVALID, "--gpu goes with --device cuda");
-        /* SHOAL_CPU_AS_DEVICE=1 (tests): the CPU backend behaving as a GPU's does, its
-         * weights copied and its sums between ranks staged through the host */
-        const char *as_dev = getenv("SHOAL_CPU_AS_DEVICE");
-        struct shoal_cpu_params p = *cp;
-        p.as_device = as_dev && strcmp(as_dev, "1") == 0;
-        SHOAL_TRY(shoal_cpu_backend_create(be, &p));
-        int simd = cp->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : cp->simd;
-        snprintf(desc, len, "cpu %s, %d threads/rank", shoal_cpu_simd_name(simd), cp->n_threads);
-        return SHOAL_OK;
+    int count = device == LAUNCH_DEVICE_CPU ? 0 : shoal_cuda_device_count(&why);
+    const int automatic = device == LAUNCH_DEVICE_AUTO;
+    if (automatic) device = count > 0 ? LAUNCH_DEVICE_CUDA : LAUNCH_DEVICE_CPU;
+    if (device == LAUNCH_DEVICE_CUDA) {
+        shoal_status rc = make_cuda(gpu, rank, count, why, be, gpu_out, desc, len);
+        /* auto: a driver too old for this CUDA, or no module, leaves the CPU */
+        if (rc != SHOAL_UNSUPPORTED || !automatic) return rc;
+        fprintf(stderr, "shoal: rank %d: CUDA not usable (%s); computing on the CPU\n", rank,
+                shoal_last_error());
+        shoal_error_clear();
+        gpu = -1;
     }
+    if (gpu >= 0) return shoal_errorf(SHOAL_INVALID, "--gpu goes with --device cuda");
+    /* SHOAL_CPU_AS_DEVICE=1 (tests): the CPU backend behaving as a GPU's does, its
+     * weights copied and its sums between ranks staged through the host */
+    const char *as_dev = getenv("SHOAL_CPU_AS_DEVICE");
+    struct shoal_cpu_params p = *cp;
+    p.as_device = as_dev && strcmp(as_dev, "1") == 0;
+    SHOAL_TRY(shoal_cpu_backend_create(be, &p));
+    int simd = cp->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : cp->simd;
+    snprintf(desc, len, "cpu %s, %d threads/rank", shoal_cpu_simd_name(simd), cp->n_threads);
+    return SHOAL_OK;
+}
+
+/* The CUDA backend on gpu (-1: by local rank) of count devices. */
+static shoal_status make_cuda(int gpu, int rank, int count, const char *why,
+                              struct shoal_backend **be, int *gpu_out, char *desc, size_t len) {
     if (count == 0)
         return shoal_errorf(SHOAL_UNSUPPORTED, "--device cuda: no CUDA device can be used here: %s "
                             "(use --device cpu)", why);
