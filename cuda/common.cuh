@@ -164,6 +164,28 @@ static __device__ __forceinline__ float f16_round(float v) {
     return __half2float(__float2half_rn(v));
 }
 
+/*
+ * Value j of row r of a prepared weight (struct wlayout) as f32, as
+ * shoal_dequantize_row makes it (exact: a scale times a small integer). With
+ * min 0, a Q4_1 value without its block's minimum (d * q alone).
+ */
+static __device__ __forceinline__ float dequant_elem(const char *w, int type, int64_t cols,
+                                                     size_t pitch, size_t d_off, size_t m_off,
+                                                     int64_t r, int64_t j, int min) {
+    const char *row = w + (size_t)r * pitch;
+    if (type == SHOAL_DTYPE_F32) return ((const float *)row)[j];
+    if (type == SHOAL_DTYPE_F16) return __half2float(((const __half *)row)[j]);
+    if (type == SHOAL_DTYPE_BF16) return __uint_as_float((uint32_t)((const uint16_t *)row)[j] << 16);
+    const int64_t nb = cols / SHOAL_QK, b = j / SHOAL_QK, o = j % SHOAL_QK;
+    const float d = __half2float(((const __half *)(w + d_off))[r * nb + b]);
+    if (type == SHOAL_DTYPE_Q8_0) return __fmul_rn(d, (float)((const int8_t *)row)[j]);
+    const uint8_t byte = ((const uint8_t *)row)[b * 16 + (o & 15)];
+    const int q = o < 16 ? byte & 15 : byte >> 4;
+    if (type == SHOAL_DTYPE_Q4_0) return __fmul_rn(d, (float)(q - 8));
+    if (!min) return __fmul_rn(d, (float)q);
+    return __fadd_rn(__fmul_rn(d, (float)q), __half2float(((const __half *)(w + m_off))[r * nb + b]));
+}
+
 static inline unsigned grid_1d(size_t n, unsigned block) {
     size_t g = (n + block - 1) / block;
     return (unsigned)(g < 1 ? 1 : g > 0x7fffffff ? 0x7fffffff : g);

@@ -475,38 +475,9 @@ __global__ void k_dequant_rows(const char *__restrict__ w, int type, int64_t row
                                T *__restrict__ out) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= nr * cols) return;
-    const int64_t r = r0 + i / cols, j = i % cols, nb = cols / SHOAL_QK;
-    const char *row = w + (size_t)r * pitch;
-    float v;
-    if (type == SHOAL_DTYPE_F32) {
-        v = elem<SHOAL_DTYPE_F32>(row, j);
-    } else if (type == SHOAL_DTYPE_F16) {
-        v = elem<SHOAL_DTYPE_F16>(row, j);
-    } else if (type == SHOAL_DTYPE_BF16) {
-        v = elem<SHOAL_DTYPE_BF16>(row, j);
-    } else {
-        const int64_t b = j / SHOAL_QK, o = j % SHOAL_QK;
-        const float d = __half2float(((const __half *)(w + d_off))[r * nb + b]);
-        if (type == SHOAL_DTYPE_Q8_0) {
-            v = __fmul_rn(d, (float)((const int8_t *)row)[j]);
-        } else {
-            const uint8_t byte = ((const uint8_t *)row)[b * 16 + (o & 15)];
-            const int q = o < 16 ? byte & 15 : byte >> 4;
-            if (type == SHOAL_DTYPE_Q4_0) {
-                v = __fmul_rn(d, (float)(q - 8));
-            } else {
-                /* f64 callers get d * q alone: the minimums meet the blocks' sums of x
-                 * in a GEMM of their own, as the CPU adds m * xs */
-                if (sizeof(T) == 8) {
-                    out[i] = (T)__fmul_rn(d, (float)q);
-                    return;
-                }
-                const float m = __half2float(((const __half *)(w + m_off))[r * nb + b]);
-                v = __fadd_rn(__fmul_rn(d, (float)q), m);
-            }
-        }
-    }
-    out[i] = (T)v;
+    /* f64 callers get Q4_1's d * q alone: the minimums meet the blocks' sums of x
+     * in a GEMM of their own, as the CPU adds m * xs */
+    out[i] = (T)dequant_elem(w, type, cols, pitch, d_off, m_off, r0 + i / cols, i % cols, sizeof(T) != 8);
 }
 
 /* x (n, cols) as f16 or bf16 for the tensor cores */

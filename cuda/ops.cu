@@ -21,34 +21,8 @@ __global__ void k_embed(const char *__restrict__ w, int type, int64_t cols, size
                         size_t d_off, size_t m_off, const int32_t *__restrict__ tok,
                         float *__restrict__ y) {
     const int t = blockIdx.x;
-    const int64_t r = tok[t], nb = cols / SHOAL_QK;
-    const char *row = w + (size_t)r * pitch;
-    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-        float v;
-        if (type == SHOAL_DTYPE_F32) {
-            v = ((const float *)row)[j];
-        } else if (type == SHOAL_DTYPE_F16) {
-            v = __half2float(((const __half *)row)[j]);
-        } else if (type == SHOAL_DTYPE_BF16) {
-            v = __uint_as_float((uint32_t)((const uint16_t *)row)[j] << 16);
-        } else {
-            const int64_t b = j / SHOAL_QK, o = j % SHOAL_QK;
-            const float d = __half2float(((const __half *)(w + d_off))[r * nb + b]);
-            if (type == SHOAL_DTYPE_Q8_0) {
-                v = __fmul_rn(d, (float)((const int8_t *)row)[j]);
-            } else {
-                const uint8_t byte = ((const uint8_t *)row)[b * 16 + (o & 15)];
-                const int q = o < 16 ? byte & 15 : byte >> 4;
-                if (type == SHOAL_DTYPE_Q4_0) {
-                    v = __fmul_rn(d, (float)(q - 8));
-                } else {
-                    const float m = __half2float(((const __half *)(w + m_off))[r * nb + b]);
-                    v = __fadd_rn(__fmul_rn(d, (float)q), m);
-                }
-            }
-        }
-        y[(int64_t)t * cols + j] = v;
-    }
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
+        y[(int64_t)t * cols + j] = dequant_elem(w, type, cols, pitch, d_off, m_off, tok[t], j, 1);
 }
 
 shoal_status cuda_embed(struct cuda_ctx *c, float *y, const struct shoal_weight *t,
