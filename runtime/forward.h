@@ -9,7 +9,11 @@
 
 /* s->x = the embeddings of the batch's tokens (first stage). */
 shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b);
-/* This rank's layers over s->x, all-reducing over its tensor-parallel group. */
+/*
+ * This rank's layers over s->x, all-reducing over its tensor-parallel group.
+ * The work may still be queued on the backend when it returns: reading s->x
+ * on the host goes through a download, which waits for it.
+ */
 shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b);
 /*
  * Last stage: the logits of rows [out0, out0 + n_out) of an n-token batch,

@@ -781,10 +781,7 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
      * through the host between the ops */
     const int staged = s->dist && shoal_comm_size(s->dist->tp) > 1 && !s->dist->tp_dev &&
                        !shoal_backend_host_memory(be);
-    if (staged) {
-        SHOAL_TRY(layers(s, b));
-        return shoal_backend_synchronize(be);
-    }
+    if (staged) return layers(s, b);
     uint64_t key = 1469598103934665603ull;
     const uint64_t parts[] = { (uint64_t)(uintptr_t)s, (uint64_t)b->n_tokens, (uint64_t)b->n_seq,
                                (uint64_t)b->max_blocks, (uint64_t)b->block_size };
@@ -796,7 +793,7 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
         SHOAL_TRY(rc);
         SHOAL_TRY(end);
     }
-    return shoal_backend_synchronize(be);
+    return SHOAL_OK; /* queued: the head's download, or the hand-off's, waits for it */
 }
 
 /* The k best of n candidates into out, best first (k small: a sorted insert). */
