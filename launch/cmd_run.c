@@ -374,11 +374,15 @@ static shoal_status attach_device_comm(struct run *r) {
             if (all[i].host == all[j].host && all[i].gpu == all[j].gpu) shared = 1;
     free(all);
     SHOAL_TRY(rc);
-    if (shared || !shoal_comm_have_nccl()) {
+    /* NCCL sums f64 and f32 as they are; the smaller wires go through MPI */
+    const int wire_ok = r->o.wire == SHOAL_WIRE_F64 || r->o.wire == SHOAL_WIRE_F32;
+    if (shared || !shoal_comm_have_nccl() || !wire_ok) {
         if (r->o.tp_comm == 2)
             return shoal_errorf(SHOAL_UNSUPPORTED, "--tp-comm nccl: %s (use --tp-comm mpi)",
                                 shared ? "ranks of one tensor-parallel group share a GPU, which "
-                                         "NCCL refuses" : "this build has no NCCL");
+                                         "NCCL refuses"
+                                : !wire_ok ? "NCCL sums as f64 or f32 only (--comm-dtype f64 or f32)"
+                                           : "this build has no NCCL");
         return SHOAL_OK;
     }
     return shoal_comm_nccl_create(r->dist->tp, r->gpu, shoal_cuda_backend_stream(r->be),
