@@ -16,6 +16,8 @@ ninja -C build-asan -j "$jobs"
 
 echo "== all tests (Release build)"
 (cd build && ctest --output-on-failure -j "$jobs")
+# the GPU tests skip where there is no GPU: say why, not only that they did
+(cd build && ctest -L gpu -V 2>&1 | grep -E "^[0-9]+: (skipped|SKIPPED)" | awk -F: "!seen[\$1]++" | sed "s/^/GPU test /") || true
 
 echo "== unit tests and corruption test under ASan + UBSan"
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
