@@ -32,6 +32,7 @@ struct run_opts {
     const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name, *shards, *hosts;
     const char *device_name, *tp_comm_name;
     int device, gpu, tp_comm;
+    int64_t device_mem;
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
     double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
@@ -75,6 +76,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--simd", 0, OPT_STR, &o->simd_name, "LEVEL", "CPU kernels: auto, scalar, avx2, avx512 (default auto)" },
         { "--device", 0, OPT_STR, &o->device_name, "DEV", "compute on: cpu, cuda, or auto = cuda when a GPU is present (default auto)" },
         { "--gpu", 0, OPT_INT, &o->gpu, "N", "with cuda: the GPU to use (default: one per rank of this machine, by local rank)" },
+        { "--device-mem", 0, OPT_SIZE, &o->device_mem, "SIZE", "device memory each rank may use, e.g. 20G (on the CPU: an arena the weights are copied into, for testing offload)" },
         { "--tp-comm", 0, OPT_STR, &o->tp_comm_name, "HOW", "tensor-parallel sums on GPUs: nccl, mpi (host staging) or auto = nccl when each rank has a GPU of its own (default auto)" },
         { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
@@ -140,6 +142,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     if ((o->device = launch_device_from_name(o->device_name)) < 0)
         USAGE("shoal run: --device '%s' is not one of auto, cpu, cuda\n", o->device_name);
     if (o->gpu < -1) USAGE("shoal run: --gpu must be >= 0\n");
+    if (o->device_mem < 0) USAGE("shoal run: --device-mem must be a size, e.g. 20G\n");
     if (strcmp(o->tp_comm_name, "auto") && strcmp(o->tp_comm_name, "nccl") && strcmp(o->tp_comm_name, "mpi"))
         USAGE("shoal run: --tp-comm '%s' is not one of auto, nccl, mpi\n", o->tp_comm_name);
     o->tp_comm = o->tp_comm_name[0] == 'n' ? 2 : o->tp_comm_name[0] == 'm' ? 1 : 0;
@@ -340,9 +343,13 @@ static shoal_status plan(struct run *r) {
 static shoal_status make_backend(struct run *r, int local) {
     r->threads = r->o.threads > 0 ? r->o.threads : shoal_cpu_online_cores() / (local > 0 ? local : 1);
     if (r->threads < 1) r->threads = 1;
-    struct shoal_cpu_params cp = { .n_threads = r->threads, .simd = r->o.simd, .spin = -1 };
-    return launch_backend_create(r->o.device, r->o.gpu, r->rank, &cp, &r->be, &r->gpu, r->dev_desc,
-                                 sizeof r->dev_desc);
+    /* a budget on the CPU makes it an arena the weights are copied into */
+    struct shoal_cpu_params cp = { .n_threads = r->threads, .simd = r->o.simd, .spin = -1,
+                                   .as_device = r->o.device_mem > 0 };
+    SHOAL_TRY(launch_backend_create(r->o.device, r->o.gpu, r->rank, &cp, &r->be, &r->gpu, r->dev_desc,
+                                    sizeof r->dev_desc));
+    if (r->o.device_mem > 0) shoal_backend_set_budget(r->be, (uint64_t)r->o.device_mem);
+    return SHOAL_OK;
 }
 
 /*
@@ -773,16 +780,22 @@ static int lead(struct run *r) {
             fflush(stdout);
         }
         if (!o->quiet) {
-            char rss[32];
+            char rss[32], dev[96] = "", pk[32], lim[32];
+            uint64_t peak = 0;
+            shoal_backend_mem(r->be, NULL, &peak);
+            if (o->device_mem > 0 || !shoal_backend_host_memory(r->be))
+                snprintf(dev, sizeof dev, " | device peak %s%s%s", shoal_fmt_bytes(pk, sizeof pk, (double)peak),
+                         o->device_mem > 0 ? " of " : "",
+                         o->device_mem > 0 ? shoal_fmt_bytes(lim, sizeof lim, (double)o->device_mem) : "");
             double bw = gs.t_decode > 0 ? (double)gs.n_decode * (double)r->m->weight_bytes / gs.t_decode : 0;
             fprintf(stderr,
                     "shoal: prompt %d tokens in %.3f s (%.1f tok/s) | generation %d tokens, %d decode "
-                    "steps in %.3f s (%.2f tok/s, %.1f GB/s of weights%s) | peak RSS %s%s | stop: %s\n",
+                    "steps in %.3f s (%.2f tok/s, %.1f GB/s of weights%s) | peak RSS %s%s%s | stop: %s\n",
                     gs.n_prompt, gs.t_prompt, gs.t_prompt > 0 ? gs.n_prompt / gs.t_prompt : 0, gs.n_gen,
                     gs.n_decode, gs.t_decode, gs.t_decode > 0 ? gs.n_decode / gs.t_decode : 0, bw / 1e9,
                     r->size > 1 ? " on rank 0" : "",
                     shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
-                    r->size > 1 ? " (rank 0)" : "", gs.stop);
+                    r->size > 1 ? " (rank 0)" : "", dev, gs.stop);
         }
         if (strcmp(gs.stop, "context") == 0 && !c.full)
             fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n",

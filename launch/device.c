@@ -57,7 +57,7 @@ shoal_status launch_backend_create(int device, int gpu, int rank, const struct s
      * weights copied and its sums between ranks staged through the host */
     const char *as_dev = getenv("SHOAL_CPU_AS_DEVICE");
     struct shoal_cpu_params p = *cp;
-    p.as_device = as_dev && strcmp(as_dev, "1") == 0;
+    p.as_device = p.as_device || (as_dev && strcmp(as_dev, "1") == 0);
     SHOAL_TRY(shoal_cpu_backend_create(be, &p));
     int simd = cp->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : cp->simd;
     snprintf(desc, len, "cpu %s, %d threads/rank", shoal_cpu_simd_name(simd), cp->n_threads);

@@ -22,6 +22,7 @@ int shoal_backend_host_memory(const struct shoal_backend *b) { return b->iface->
 void shoal_backend_destroy(struct shoal_backend *b) {
     if (!b) return;
     if (b->iface->destroy) b->iface->destroy(b->ctx);
+    free(b->blocks);
     free(b);
 }
 
@@ -56,12 +57,45 @@ void shoal_kv_desc_init(struct shoal_kv_desc *d, int type, int n_kv_heads, int h
 
 /* -------------------------------------------------------------- memory */
 
+void shoal_backend_set_budget(struct shoal_backend *b, uint64_t bytes) { b->budget = bytes; }
+
+void shoal_backend_mem(const struct shoal_backend *b, uint64_t *in_use, uint64_t *peak) {
+    if (in_use) *in_use = b->in_use;
+    if (peak) *peak = b->peak;
+}
+
 shoal_status shoal_backend_alloc(struct shoal_backend *b, size_t bytes, void **out) {
-    return b->iface->alloc(b->ctx, bytes, out);
+    *out = NULL;
+    if (b->budget && b->in_use + bytes > b->budget) {
+        char a[32], u[32], l[32];
+        return shoal_errorf(SHOAL_NOMEM, "%s memory budget of %s exceeded: %s in use, %s more asked",
+                            b->iface->name, shoal_fmt_bytes(l, sizeof l, (double)b->budget),
+                            shoal_fmt_bytes(u, sizeof u, (double)b->in_use),
+                            shoal_fmt_bytes(a, sizeof a, (double)bytes));
+    }
+    if (b->n_blocks == b->cap_blocks) {
+        int cap = b->cap_blocks ? 2 * b->cap_blocks : 32;
+        void *p = realloc(b->blocks, (size_t)cap * sizeof *b->blocks);
+        if (!p) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        b->blocks = p;
+        b->cap_blocks = cap;
+    }
+    SHOAL_TRY(b->iface->alloc(b->ctx, bytes, out));
+    b->blocks[b->n_blocks++] = (struct shoal_backend_block){ *out, bytes };
+    b->in_use += bytes;
+    if (b->in_use > b->peak) b->peak = b->in_use;
+    return SHOAL_OK;
 }
 
 void shoal_backend_free(struct shoal_backend *b, void *p) {
-    if (p) b->iface->free(b->ctx, p);
+    if (!p) return;
+    for (int i = b->n_blocks - 1; i >= 0; i--)
+        if (b->blocks[i].p == p) {
+            b->in_use -= b->blocks[i].bytes;
+            b->blocks[i] = b->blocks[--b->n_blocks];
+            break;
+        }
+    b->iface->free(b->ctx, p);
 }
 
 shoal_status shoal_backend_upload(struct shoal_backend *b, void *dst, const void *src, size_t n) {
@@ -104,7 +138,7 @@ shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *
                             shoal_dtype_name(type), (long long)rows, (long long)cols);
     size_t bytes = shoal_weight_bytes(b, type, rows, cols);
     if (!dst && bytes) {
-        SHOAL_TRY(b->iface->alloc(b->ctx, bytes, &w->owned));
+        SHOAL_TRY(shoal_backend_alloc(b, bytes, &w->owned));
         dst = w->owned;
     }
     shoal_status rc = b->iface->weight_prepare ? b->iface->weight_prepare(b->ctx, w, host, dst)
@@ -115,7 +149,7 @@ shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *
 }
 
 void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w) {
-    if (w->owned) b->iface->free(b->ctx, w->owned);
+    if (w->owned) shoal_backend_free(b, w->owned);
     w->owned = NULL;
     w->data = NULL;
 }

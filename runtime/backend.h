@@ -85,6 +85,17 @@ const char *shoal_backend_name(const struct shoal_backend *b);
 int shoal_backend_host_memory(const struct shoal_backend *b);
 void shoal_backend_destroy(struct shoal_backend *b);
 
+/*
+ * A hard limit on the device memory this process allocates through
+ * shoal_backend_alloc (and weights prepared without a block of the
+ * caller's): past it an allocation is SHOAL_NOMEM saying so. 0: none. The
+ * CPU backend in its device-like mode is the "device arena" that offload is
+ * tested with; on a GPU it is what --device-mem leaves the rank.
+ */
+void shoal_backend_set_budget(struct shoal_backend *b, uint64_t bytes);
+/* Bytes allocated through shoal_backend_alloc now, and the most at once so far. */
+void shoal_backend_mem(const struct shoal_backend *b, uint64_t *in_use, uint64_t *peak);
+
 /* Device memory. alloc'd memory is uninitialised; free accepts NULL. */
 shoal_status shoal_backend_alloc(struct shoal_backend *b, size_t bytes, void **out);
 void shoal_backend_free(struct shoal_backend *b, void *p);

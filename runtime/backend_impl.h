@@ -60,6 +60,10 @@ struct shoal_backend_i {
 struct shoal_backend {
     const struct shoal_backend_i *iface;
     void *ctx;
+    /* device memory allocated through shoal_backend_alloc, against the budget */
+    uint64_t budget, in_use, peak;
+    struct shoal_backend_block { void *p; size_t bytes; } *blocks;
+    int n_blocks, cap_blocks;
 };
 
 /* For backends: wraps a table and a context into a handle (NULL on no memory). */
