@@ -33,6 +33,7 @@ struct run_opts {
     const char *device_name, *tp_comm_name;
     int device, gpu, tp_comm;
     int64_t device_mem;
+    int prefetch;
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
     double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
@@ -50,6 +51,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     o->device_name = "auto";
     o->tp_comm_name = "auto";
     o->gpu = -1;
+    o->prefetch = 1;
     o->n_predict = 256;
     o->n_batch = 512;
     o->seed = -1;
@@ -77,6 +79,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--device", 0, OPT_STR, &o->device_name, "DEV", "compute on: cpu, cuda, or auto = cuda when a GPU is present (default auto)" },
         { "--gpu", 0, OPT_INT, &o->gpu, "N", "with cuda: the GPU to use (default: one per rank of this machine, by local rank)" },
         { "--device-mem", 0, OPT_SIZE, &o->device_mem, "SIZE", "device memory each rank may use, e.g. 20G (on the CPU: an arena the weights are copied into, for testing offload)" },
+        { "--prefetch", 0, OPT_INT, &o->prefetch, "N", "with --device-mem: layers fetched ahead of the one running (default 1)" },
         { "--tp-comm", 0, OPT_STR, &o->tp_comm_name, "HOW", "tensor-parallel sums on GPUs: nccl, mpi (host staging) or auto = nccl when each rank has a GPU of its own (default auto)" },
         { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
@@ -143,6 +146,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         USAGE("shoal run: --device '%s' is not one of auto, cpu, cuda\n", o->device_name);
     if (o->gpu < -1) USAGE("shoal run: --gpu must be >= 0\n");
     if (o->device_mem < 0) USAGE("shoal run: --device-mem must be a size, e.g. 20G\n");
+    if (o->prefetch < 0 || o->prefetch > 64) USAGE("shoal run: --prefetch must be 0..64\n");
     if (strcmp(o->tp_comm_name, "auto") && strcmp(o->tp_comm_name, "nccl") && strcmp(o->tp_comm_name, "mpi"))
         USAGE("shoal run: --tp-comm '%s' is not one of auto, nccl, mpi\n", o->tp_comm_name);
     o->tp_comm = o->tp_comm_name[0] == 'n' ? 2 : o->tp_comm_name[0] == 'm' ? 1 : 0;
@@ -398,20 +402,13 @@ static shoal_status attach_device_comm(struct run *r) {
 
 /* This rank's part: its weights, the tokenizer (rank 0), the state. */
 static shoal_status load(struct run *r) {
-    SHOAL_TRY(shoal_model_load(&r->m, r->g, r->be,
-                               r->size > 1 || r->man ? &r->plan->part[r->rank] : NULL));
-    if (r->rank == 0) {
-        SHOAL_TRY(shoal_tokenizer_create(&r->tok, r->g));
-        if (shoal_tokenizer_n_vocab(r->tok) > r->m->hp.n_vocab)
-            return shoal_errorf(SHOAL_FORMAT,
-                                "%s: the tokenizer has %d tokens but token_embd.weight only %d rows",
-                                r->o.model, shoal_tokenizer_n_vocab(r->tok), r->m->hp.n_vocab);
-    }
-    const struct shoal_hparams *hp = &r->m->hp;
-    if (r->o.n_ctx == 0) r->o.n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
-    if (r->o.n_ctx > hp->n_ctx_train && r->rank == 0)
+    /* the state's shape first: with a device budget, the model leaves it room */
+    struct shoal_hparams hp;
+    SHOAL_TRY(shoal_hparams_read(&hp, r->g));
+    if (r->o.n_ctx == 0) r->o.n_ctx = hp.n_ctx_train < 4096 ? hp.n_ctx_train : 4096;
+    if (r->o.n_ctx > hp.n_ctx_train && r->rank == 0)
         fprintf(stderr, "shoal run: warning: context %d is longer than the %d the model was trained on\n",
-                r->o.n_ctx, hp->n_ctx_train);
+                r->o.n_ctx, hp.n_ctx_train);
     /* only the best logits need travel when the sampler looks at no others: greedy, or
      * top-k without penalties (which would lift other tokens); never for --logits-out */
     const struct shoal_sampler_params *sp = &r->o.sp;
@@ -420,6 +417,17 @@ static shoal_status load(struct run *r) {
     struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
                                       .n_outputs = r->o.logits_path ? r->o.n_batch : 1,
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist };
+    struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
+                                       .state = &stp };
+    SHOAL_TRY(shoal_model_load_offload(&r->m, r->g, r->be,
+                                       r->size > 1 || r->man ? &r->plan->part[r->rank] : NULL, &off));
+    if (r->rank == 0) {
+        SHOAL_TRY(shoal_tokenizer_create(&r->tok, r->g));
+        if (shoal_tokenizer_n_vocab(r->tok) > r->m->hp.n_vocab)
+            return shoal_errorf(SHOAL_FORMAT,
+                                "%s: the tokenizer has %d tokens but token_embd.weight only %d rows",
+                                r->o.model, shoal_tokenizer_n_vocab(r->tok), r->m->hp.n_vocab);
+    }
     return shoal_state_create(&r->st, r->m, &stp);
 }
 
@@ -667,6 +675,17 @@ static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler
             fprintf(stderr, "shoal: model %s | seed %llu%s, prompt %zu tokens\n", o->model,
                     (unsigned long long)sp.seed, o->seed >= 0 ? "" : " (random)", c->n_ids);
             if (r->size > 1) shoal_plan_print(stderr, r->plan);
+            const struct shoal_offload_plan *op = &r->m->off;
+            if (op->n_resident < op->n_layers) {
+                char bb[32], pk[32], cb[32];
+                fprintf(stderr,
+                        "shoal: offload (rank 0): %d of %d layers resident, %d streamed through %d "
+                        "buffer%s of %s (prefetch %d); predicted device peak %s; %s copied per token\n",
+                        op->n_resident, op->n_layers, op->n_layers - op->n_resident, op->n_buffers,
+                        op->n_buffers == 1 ? "" : "s", shoal_fmt_bytes(bb, sizeof bb, (double)op->buffer_bytes),
+                        op->prefetch, shoal_fmt_bytes(pk, sizeof pk, (double)op->peak_bytes),
+                        shoal_fmt_bytes(cb, sizeof cb, (double)op->copy_bytes));
+            }
         }
     }
     return SHOAL_OK;
@@ -796,6 +815,15 @@ static int lead(struct run *r) {
                     r->size > 1 ? " on rank 0" : "",
                     shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
                     r->size > 1 ? " (rank 0)" : "", dev, gs.stop);
+        }
+        const struct shoal_stream_stats *ss = &r->m->sstats;
+        if (o->verbose && ss->fetches && gs.n_decode) {
+            char cb[32];
+            const double steps = (double)(gs.n_decode + (gs.n_prompt > 0));
+            fprintf(stderr, "shoal: offload (rank 0): per step %s copied host to device in %.3f ms "
+                    "(%.2f GB/s), not overlapped with compute yet\n",
+                    shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps), ss->seconds / steps * 1e3,
+                    ss->seconds > 0 ? (double)ss->bytes / ss->seconds / 1e9 : 0);
         }
         if (strcmp(gs.stop, "context") == 0 && !c.full)
             fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n",

@@ -363,7 +363,8 @@ static size_t slice_device_bytes(const struct shoal_model *m, const struct shoal
  * (advanced). A check (no backend) only validates.
  */
 static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s,
-                              struct shoal_weight *w, char **at, char **dev) {
+                              struct shoal_weight *w, char **at, char **dev,
+                              struct shoal_stream_tensor *st, size_t *st_off) {
     const struct shoal_gguf_tensor *t = NULL;
     SHOAL_TRY(find_slice(m, s, &t));
     const char *name = t->name;
@@ -393,6 +394,11 @@ static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s
     m->n_params += (uint64_t)(r1 - r0) * (uint64_t)(c1 - c0);
     if (!m->be) return SHOAL_OK;
     size_t bytes = weight_block_bytes(m, t->type, r1 - r0, c1 - c0);
+    if (st) { /* streamed: prepared into a layer buffer when the layer is about to run */
+        *st = (struct shoal_stream_tensor){ host, t->type, r1 - r0, c1 - c0, *st_off };
+        *st_off += bytes;
+        return SHOAL_OK;
+    }
     shoal_status rc = shoal_weight_prepare(m->be, w, t->type, r1 - r0, c1 - c0, host,
                                            bytes ? *dev : NULL);
     *dev += bytes;
@@ -446,13 +452,42 @@ static shoal_status load_weights(struct shoal_model *m) {
     int64_t n_small = 0;
     uint64_t n_slices = 0, n_dev = 0;
     const int shared_head = pt->first && pt->last && n_sl > 1 && head_is_table(m, &sl[0], &sl[1]);
+    const int nl = pt->layer1 - pt->layer0, n_head = (pt->first ? 1 : 0) + (pt->last ? 2 : 0);
+    const int per_layer = nl ? (n_sl - n_head) / nl : 0;
+    uint64_t *lb = calloc((size_t)nl + 1, sizeof *lb); /* device bytes of each layer's matrices */
+    if (!lb) {
+        free(sl);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
     for (int i = 0; i < n_sl; i++) {
         if (!sl[i].rows) n_small += sl[i].c1 - sl[i].c0;
         n_slices += slice_bytes(m, &sl[i]);
-        if (!(shared_head && i == 1)) n_dev += slice_device_bytes(m, &sl[i]);
+        if (shared_head && i == 1) continue;
+        if (i >= n_head && per_layer) lb[(i - n_head) / per_layer] += slice_device_bytes(m, &sl[i]);
+        else n_dev += slice_device_bytes(m, &sl[i]);
     }
     shoal_status rc = SHOAL_OK;
     float *tmp = NULL;
+    /* which layers stay on the device: all, or as many as the budget allows */
+    m->off = (struct shoal_offload_plan){ .n_layers = nl, .n_resident = nl };
+    if (m->be && m->offload.budget && nl) {
+        const uint64_t small = ((uint64_t)n_small * sizeof(float) + 255) / 256 * 256;
+        const uint64_t state = m->offload.state ? shoal_state_device_bytes(hp, pt, m->offload.state) : 0;
+        struct shoal_offload_params op = { m->offload.budget, n_dev + small + state, nl, lb,
+                                           m->offload.prefetch, 1 };
+        SHOAL_TRY_GOTO(shoal_offload_plan_make(&op, &m->off), rc, done);
+    }
+    for (int l = 0; l < m->off.n_resident; l++) n_dev += lb[l];
+    if (m->be && m->off.n_resident < nl) {
+        if (!(m->stream = calloc((size_t)nl * 7, sizeof *m->stream)) ||
+            !(m->buf_layer = malloc((size_t)m->off.n_buffers * sizeof *m->buf_layer))) {
+            rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+            goto done;
+        }
+        for (int b = 0; b < m->off.n_buffers; b++) m->buf_layer[b] = -1;
+        SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, (size_t)m->off.n_buffers * m->off.buffer_bytes, &m->lbuf),
+                       rc, done);
+    }
     if (m->be) {
         SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small), rc, done);
         if (n_dev) {
@@ -487,7 +522,7 @@ static shoal_status load_weights(struct shoal_model *m) {
         /* a lookup: a token reads one row, not the table; and with a tied head on this
          * rank, the head counts these parameters */
         uint64_t wb = m->weight_bytes, np = m->n_params;
-        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->tok_embd, &at, &dev), rc, done);
+        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->tok_embd, &at, &dev, NULL, NULL), rc, done);
         m->weight_bytes = wb;
         if (hp->tied_output && pt->last) m->n_params = np;
     }
@@ -500,7 +535,7 @@ static shoal_status load_weights(struct shoal_model *m) {
             m->n_params += (uint64_t)m->output.rows * (uint64_t)m->output.cols;
             i++;
         } else {
-            SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->output, &at, &dev), rc, done);
+            SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->output, &at, &dev, NULL, NULL), rc, done);
         }
         m->output_norm = next;
         next += hp->dim;
@@ -508,6 +543,9 @@ static shoal_status load_weights(struct shoal_model *m) {
     }
     for (int l = pt->layer0; l < pt->layer1; l++) {
         char *L = (char *)&m->layers[l - pt->layer0];
+        const int streamed = shoal_offload_streamed(&m->off, l - pt->layer0);
+        struct shoal_stream_tensor *st = m->stream ? m->stream + (size_t)(l - pt->layer0) * 7 : NULL;
+        size_t st_off = 0;
         for (size_t k = 0; k < N_LAYER_TENSORS; k++) {
             const struct layer_tensor *lt = &layer_tensors[k];
             if (lt->bias && !hp->has_qkv_bias) continue;
@@ -516,7 +554,8 @@ static shoal_status load_weights(struct shoal_model *m) {
             if (l == pt->layer0 && lt->cut == COLS_FF && find_slice(m, s, &t) == SHOAL_OK)
                 m->main_type = t->type;
             if (s->rows) {
-                SHOAL_TRY_GOTO(load_part(m, s, (struct shoal_weight *)(L + lt->field), &at, &dev), rc, done);
+                SHOAL_TRY_GOTO(load_part(m, s, (struct shoal_weight *)(L + lt->field), &at, &dev,
+                                         streamed ? st++ : NULL, &st_off), rc, done);
             } else {
                 *(float **)(L + lt->field) = next;
                 next += s->c1 - s->c0;
@@ -541,14 +580,16 @@ static shoal_status load_weights(struct shoal_model *m) {
         SHOAL_TRY_GOTO(shoal_dequantize_row(rf->type, rf->data, m->freq_factors, half), rc, done);
         m->hp.rope.freq_factors = m->freq_factors;
     }
-    /* a backend that copied the weights no longer needs the column slices read for it */
-    if (m->be && !shoal_backend_host_memory(m->be)) {
+    /* a backend that copied the weights no longer needs the column slices read for
+     * it, unless some stream from there */
+    if (m->be && !shoal_backend_host_memory(m->be) && m->off.n_resident == nl) {
         free(m->slices);
         m->slices = NULL;
     }
 done:
     free(tmp);
     free(sl);
+    free(lb);
     return rc;
 }
 
@@ -561,11 +602,18 @@ shoal_status shoal_model_check(const struct shoal_gguf *g) {
 
 shoal_status shoal_model_load(struct shoal_model **out, const struct shoal_gguf *g,
                               struct shoal_backend *be, const struct shoal_rank_part *part) {
+    return shoal_model_load_offload(out, g, be, part, NULL);
+}
+
+shoal_status shoal_model_load_offload(struct shoal_model **out, const struct shoal_gguf *g,
+                                      struct shoal_backend *be, const struct shoal_rank_part *part,
+                                      const struct shoal_model_offload *off) {
     *out = NULL;
     struct shoal_model *m = calloc(1, sizeof *m);
     if (!m) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     m->g = g;
     m->be = be;
+    if (off) m->offload = *off;
     shoal_status rc;
     SHOAL_TRY_GOTO(shoal_hparams_read(&m->hp, g), rc, fail);
     const struct shoal_hparams *hp = &m->hp;
@@ -614,16 +662,44 @@ void shoal_model_destroy(struct shoal_model *m) {
         shoal_weight_release(m->be, &m->output);
         shoal_backend_free(m->be, m->small);
         shoal_backend_free(m->be, m->wblock);
+        shoal_backend_free(m->be, m->lbuf);
     } else {
         free(m->small); /* a check: host scratch */
     }
     free(m->slices);
+    free(m->stream);
+    free(m->buf_layer);
     free(m->freq_factors);
     free(m->layers);
     free(m);
 }
 
 /* ----------------------------------------------------------------- state */
+
+/* The activations' float counts (yd's doubles as two each), in the order of the state's block. */
+enum { N_ACT = 10 };
+static void act_counts(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, int n_batch,
+                       int n_outputs, size_t counts[N_ACT]) {
+    const size_t nb = (size_t)n_batch, hd = (size_t)hp->head_dim, dim = (size_t)hp->dim;
+    const size_t qd = (size_t)(pt->q1 - pt->q0) * hd, kvd = (size_t)(pt->kv1 - pt->kv0) * hd;
+    const size_t ff = (size_t)(pt->ff1 - pt->ff0);
+    const size_t c[N_ACT] = { nb * dim, nb * dim, nb * qd, nb * kvd, nb * kvd, nb * qd, nb * ff, nb * ff,
+                              (size_t)n_outputs * (size_t)(pt->v1 - pt->v0), 2 * nb * dim /* f64 */ };
+    memcpy(counts, c, sizeof c);
+}
+
+uint64_t shoal_state_device_bytes(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
+                                  const struct shoal_state_params *p) {
+    const int n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
+    const int n_out = p->n_outputs < 1 ? 1 : p->n_outputs < n_batch ? p->n_outputs : n_batch;
+    size_t counts[N_ACT];
+    act_counts(hp, pt, n_batch, n_out, counts);
+    uint64_t total = 0;
+    for (size_t i = 0; i < N_ACT; i++) total += (counts[i] * sizeof(float) + 63) / 64 * 64;
+    struct shoal_kv_desc d;
+    shoal_kv_desc_init(&d, p->kv_type, pt->kv1 - pt->kv0, hp->head_dim, p->n_ctx);
+    return total + (uint64_t)(pt->layer1 - pt->layer0) * 2 * (uint64_t)p->n_ctx * d.row_bytes;
+}
 
 shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_model *m,
                                 const struct shoal_state_params *p) {
@@ -646,16 +722,12 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     /* sizes first, then one block each for the KV cache and the activations; the
      * cache is not cleared: attention reads only positions already written, and
      * untouched pages cost no memory */
-    size_t nb = (size_t)s->n_batch, hd = (size_t)hp->head_dim;
-    size_t qd = (size_t)m->n_heads_l * hd, kvd = (size_t)m->n_kv_l * hd;
-    size_t counts[] = { nb * hp->dim, nb * hp->dim, nb * qd, nb * kvd, nb * kvd, nb * qd,
-                        nb * m->ffn_l, nb * m->ffn_l, (size_t)s->n_outputs * m->n_vocab_l,
-                        2 * nb * hp->dim /* f64 */ };
-    float **slots[] = { &s->x, &s->xb, &s->q, &s->k, &s->v, &s->att, &s->hb, &s->hb2, &s->logits,
-                        (float **)&s->yd };
+    size_t counts[N_ACT];
+    act_counts(hp, &m->part, s->n_batch, s->n_outputs, counts);
+    float **slots[N_ACT] = { &s->x, &s->xb, &s->q, &s->k, &s->v, &s->att, &s->hb, &s->hb2, &s->logits,
+                             (float **)&s->yd };
     size_t total = 0;
-    for (size_t i = 0; i < sizeof counts / sizeof *counts; i++)
-        total += (counts[i] * sizeof(float) + 63) / 64 * 64;
+    for (size_t i = 0; i < N_ACT; i++) total += (counts[i] * sizeof(float) + 63) / 64 * 64;
     s->act_bytes = total;
     s->kv_bytes = (uint64_t)(m->part.layer1 - m->part.layer0) * 2 * (uint64_t)p->n_ctx * s->kvd.row_bytes;
     shoal_status rc;
@@ -668,13 +740,13 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     }
     SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, total, &s->act), rc, fail);
     char *at = s->act;
-    for (size_t i = 0; i < sizeof counts / sizeof *counts; i++) {
+    for (size_t i = 0; i < N_ACT; i++) {
         *slots[i] = (float *)at;
         at += (counts[i] * sizeof(float) + 63) / 64 * 64;
     }
     if (s->dist && shoal_comm_size(s->dist->tp) > 1 && !s->dist->tp_dev &&
         !shoal_backend_host_memory(m->be) &&
-        !(s->yd_host = malloc(nb * (size_t)hp->dim * sizeof(double)))) {
+        !(s->yd_host = malloc((size_t)s->n_batch * (size_t)hp->dim * sizeof(double)))) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the all-reduce staging buffer");
         goto fail;
     }
@@ -738,6 +810,39 @@ static shoal_status project_add(struct shoal_state *s, const struct shoal_weight
     return shoal_op_add_f64(be, s->x, s->yd, count);
 }
 
+/*
+ * Layer l (of the rank's) into its buffer, unless it is there: each streamed
+ * matrix prepared from its host bytes at its place in the buffer. The
+ * model's weights of a streamed layer point into the buffer it was last
+ * fetched to; one forward pass at a time per model.
+ */
+static shoal_status fetch_layer(struct shoal_model *m, int l) {
+    const int b = shoal_offload_buffer(&m->off, l);
+    if (b < 0 || m->buf_layer[b] == l) return SHOAL_OK;
+    const double t0 = shoal_now();
+    char *buf = (char *)m->lbuf + (size_t)b * m->off.buffer_bytes;
+    struct shoal_layer *L = &m->layers[l];
+    struct shoal_weight *ws[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down };
+    m->buf_layer[b] = -1;
+    for (int k = 0; k < 7; k++) {
+        const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7 + k];
+        SHOAL_TRY(shoal_weight_prepare(m->be, ws[k], t->type, t->rows, t->cols, t->host, buf + t->off));
+        m->sstats.bytes += (uint64_t)t->rows * ws[k]->row_bytes;
+    }
+    m->buf_layer[b] = l;
+    m->sstats.fetches++;
+    m->sstats.seconds += shoal_now() - t0;
+    return SHOAL_OK;
+}
+
+/* Before layer l runs: it and the next `prefetch` streamed layers in their buffers. */
+static shoal_status fetch_ahead(struct shoal_model *m, int l) {
+    const int nl = m->part.layer1 - m->part.layer0;
+    for (int k = l; k <= l + m->off.prefetch && k < nl; k++)
+        if (shoal_offload_streamed(&m->off, k)) SHOAL_TRY(fetch_layer(m, k));
+    return SHOAL_OK;
+}
+
 static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
     const struct shoal_model *m = s->m;
     const struct shoal_hparams *hp = &m->hp;
@@ -747,6 +852,7 @@ static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
     const float scale = 1.0f / sqrtf((float)hp->head_dim);
     const size_t layer_kv = (size_t)s->n_ctx * s->kvd.row_bytes;
     for (int l = 0; l < m->part.layer1 - m->part.layer0; l++) {
+        if (m->stream) SHOAL_TRY(fetch_ahead((struct shoal_model *)m, l));
         const struct shoal_layer *L = &m->layers[l];
         char *kc = (char *)s->kv + (size_t)l * 2 * layer_kv, *vc = kc + layer_kv;
 
@@ -781,7 +887,7 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
      * through the host between the ops */
     const int staged = s->dist && shoal_comm_size(s->dist->tp) > 1 && !s->dist->tp_dev &&
                        !shoal_backend_host_memory(be);
-    if (staged) return layers(s, b);
+    if (staged || s->m->stream) return layers(s, b); /* (streamed layers copy between the ops) */
     uint64_t key = 1469598103934665603ull;
     const uint64_t parts[] = { (uint64_t)(uintptr_t)s, (uint64_t)b->n_tokens, (uint64_t)b->n_seq,
                                (uint64_t)b->max_blocks, (uint64_t)b->block_size };

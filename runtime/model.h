@@ -14,6 +14,7 @@
 
 #include <stdint.h>
 
+#include "../parallel/offload.h"
 #include "../parallel/plan.h"
 #include "../shard/gguf.h"
 #include "backend.h"
@@ -58,6 +59,32 @@ struct shoal_layer {
     float *bq, *bk, *bv;       /* device biases of the local rows, or NULL */
 };
 
+/*
+ * Offload (ZeRO-3 style, parallel/offload.h): the layers that do not fit a
+ * device budget stay in host memory and are copied into layer buffers before
+ * they run.
+ */
+struct shoal_state_params;
+struct shoal_model_offload {
+    uint64_t budget; /* device bytes for this rank; 0: every layer resident */
+    int prefetch;    /* layers fetched ahead of the one running */
+    const struct shoal_state_params *state; /* the state that will be made: its share of the budget */
+};
+
+/* A streamed layer's matrix: where its bytes are on the host and in the layer's image. */
+struct shoal_stream_tensor {
+    const void *host;
+    int type;
+    int64_t rows, cols;
+    size_t off; /* in the layer buffer */
+};
+
+/* What streaming has cost so far (shoal run -v prints it per token). */
+struct shoal_stream_stats {
+    uint64_t fetches, bytes;
+    double seconds;
+};
+
 struct shoal_model {
     struct shoal_hparams hp;
     struct shoal_rank_part part;  /* what this rank holds; everything on one rank */
@@ -75,6 +102,13 @@ struct shoal_model {
     uint64_t n_params;            /* of this rank's part */
     uint64_t weight_bytes;        /* bytes of this rank's part that the forward pass reads */
     int main_type;                /* the type of the FFN weights */
+    /* offload: which layers stream; their matrices; the buffers they take turns in */
+    struct shoal_offload_plan off; /* off.n_resident == the rank's layers: nothing streams */
+    struct shoal_stream_tensor *stream; /* (layers, 7): the streamed layers' matrices */
+    void *lbuf;                   /* device: off.n_buffers buffers of off.buffer_bytes */
+    int *buf_layer;               /* (off.n_buffers): the layer each buffer holds, or -1 */
+    struct shoal_stream_stats sstats;
+    struct shoal_model_offload offload; /* as asked */
 };
 
 /*
@@ -109,6 +143,17 @@ shoal_status shoal_model_slices(const struct shoal_hparams *hp, const struct sho
  */
 shoal_status shoal_model_load(struct shoal_model **out, const struct shoal_gguf *g,
                               struct shoal_backend *be, const struct shoal_rank_part *part);
+/*
+ * The same with offload: the rank's first layers that fit off->budget (after
+ * the state off->state describes and the rest of the model) are prepared on the device, the
+ * others stream from host memory (the file's map, or the column slices read
+ * from it) into off->prefetch + 1 layer buffers as the forward pass reaches
+ * them. A budget that cannot hold even that is SHOAL_NOMEM saying how much
+ * would. off NULL: as shoal_model_load.
+ */
+shoal_status shoal_model_load_offload(struct shoal_model **out, const struct shoal_gguf *g,
+                                      struct shoal_backend *be, const struct shoal_rank_part *part,
+                                      const struct shoal_model_offload *off);
 /*
  * The checks of shoal_model_load (hyperparameters, every tensor present with
  * its shape and a type shoal computes with) without a backend or any
@@ -188,6 +233,9 @@ struct shoal_state {
 
 shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_model *m,
                                 const struct shoal_state_params *p);
+/* The device bytes shoal_state_create will allocate for a rank with part pt (KV cache and activations). */
+uint64_t shoal_state_device_bytes(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
+                                  const struct shoal_state_params *p);
 void shoal_state_destroy(struct shoal_state *s);
 
 /*

@@ -1,0 +1,102 @@
+"""Offload (ZeRO-3 style) on the CPU's device arena (--device-mem): layers that
+do not fit the budget stream into layer buffers before they run. For budgets
+that keep every layer, about half, one and none resident, with prefetch
+depths 0, 1 and 2, greedy tokens must equal the run without a budget; the
+arena's peak must stay within the budget and within 5% of what the planner
+predicted; a model whose weights exceed the budget several times over must
+still run; and tensor- and pipeline-parallel ranks each offload their own
+part with the same tokens.
+"""
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import shoal_harness as h  # noqa: E402
+
+UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+
+
+def size(text):
+    v, u = text.split()
+    return float(v) * UNITS[u]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("offload") / "m.gguf"
+    h.run(["synth", "-o", path, "--type", "q8_0", "--dim", 256, "--layers", 8, "--heads", 8,
+           "--kv-heads", 4, "--ffn", 768, "--vocab", 700, "--seed", 3])
+    return path
+
+
+ARGS = ["-p", "a b c d e f g h i j", "-n", 24, "--temp", 0, "--ignore-eos", "-c", 256, "-v"]
+
+
+def run(model, tmp_path, extra, np_=1, tag="x", check=True):
+    ids = tmp_path / f"{tag}.ids"
+    args = ["run", "-m", model, "--ids-out", ids] + ARGS + [str(a) for a in extra]
+    p = h.run(args, check=check) if np_ == 1 else h.mpirun(np_, args, check=check)
+    err = p.stderr.decode(errors="replace")
+    out = {"rc": p.returncode, "err": err, "ids": h.read_ids(ids) if p.returncode == 0 else None}
+    m = re.search(r"device peak (\d+\.\d+ \w+) of (\d+\.\d+ \w+)", err)
+    if m:
+        out["peak"], out["budget"] = size(m.group(1)), size(m.group(2))
+    m = re.search(r"offload \(rank 0\): (\d+) of (\d+) layers resident.*predicted device peak (\d+\.\d+ \w+)", err)
+    out["resident"] = int(m.group(1)) if m else None
+    out["predicted"] = size(m.group(3)) if m else None
+    return out
+
+
+def smallest_budget(model, tmp_path, prefetch, extra=()):
+    """The least budget that runs, from the refusal of a far too small one."""
+    r = run(model, tmp_path, ["--device-mem", "64K", "--prefetch", prefetch] + list(extra), tag="small",
+            check=False)
+    assert r["rc"] != 0 and "too small" in r["err"], r["err"][-1500:]
+    return size(re.search(r"this rank needs (\d+\.\d+ \w+)", r["err"]).group(1))
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 2])
+def test_every_budget_gives_the_same_tokens(model, tmp_path, prefetch):
+    want = run(model, tmp_path, [], tag="plain")["ids"]
+    full = run(model, tmp_path, ["--device-mem", "1G"], tag="full")
+    lo, hi = smallest_budget(model, tmp_path, prefetch) * 1.002, full["peak"] * 1.01
+    seen = set()
+    for k in range(14):
+        budget = int(lo + (hi - lo) * k / 13)
+        r = run(model, tmp_path, ["--device-mem", budget, "--prefetch", prefetch], tag=f"b{k}")
+        resident = 8 if r["resident"] is None else r["resident"]
+        seen.add(resident)
+        assert r["ids"] == want, f"budget {budget} ({resident} layers resident, prefetch {prefetch}): tokens differ"
+        assert r["peak"] <= budget, f"budget {budget}: the arena peaked at {r['peak']}"
+        if r["predicted"]:
+            assert abs(r["peak"] / r["predicted"] - 1) <= 0.05, \
+                f"budget {budget}: peak {r['peak']} against the predicted {r['predicted']}"
+    assert {0, 1, 8} <= seen and any(3 <= s <= 5 for s in seen), \
+        f"prefetch {prefetch}: the budgets kept {sorted(seen)} layers resident, not all, half, one and none"
+
+
+def test_weights_several_times_the_budget(tmp_path):
+    path = tmp_path / "big.gguf"
+    h.run(["synth", "-o", path, "--type", "q8_0", "--dim", 512, "--layers", 16, "--heads", 8,
+           "--kv-heads", 4, "--ffn", 1536, "--vocab", 500, "--seed", 4])
+    small_state = ["-b", 16]  # activations for 16 tokens: the layers are what weigh
+    want = run(path, tmp_path, small_state, tag="plain")["ids"]
+    budget = int(smallest_budget(path, tmp_path, 1, small_state) * 1.01)
+    r = run(path, tmp_path, ["--device-mem", budget] + small_state, tag="big")
+    weights = re.search(r"params on rank 0, (\d+\.\d+ \w+)", r["err"]).group(1)
+    assert size(weights) > 4 * budget, f"weights {weights} against a budget of {budget}"
+    assert r["resident"] == 0 and r["ids"] == want and r["peak"] <= budget
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
+def test_parallel_ranks_offload_their_parts(model, tmp_path, tp, pp):
+    want = run(model, tmp_path, [], tag="plain")["ids"]
+    layout = ["--tp", tp, "--pp", pp, "--prefetch", 1]
+    r = run(model, tmp_path, layout + ["--device-mem", "64K"], np_=tp * pp, tag="small", check=False)
+    need = size(re.search(r"this rank needs (\d+\.\d+ \w+)", r["err"]).group(1))
+    r = run(model, tmp_path, layout + ["--device-mem", int(need * 1.1)], np_=tp * pp, tag=f"p{tp}{pp}")
+    assert r["resident"] is not None and r["resident"] < 8 // pp, r["err"][-1500:]
+    assert r["ids"] == want, f"tp {tp} x pp {pp} with offload: tokens differ from one rank's"
