@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "../runtime/backend_impl.h"
+#include "copier.h"
 #include "kernels.h"
 #include "pool.h"
 
@@ -28,6 +29,7 @@ struct cpu_ctx {
     float *att;
     size_t att_cap;
     struct shoal_backend_i dev_iface; /* the table of shoal_cpu_params.as_device */
+    struct shoal_copier *copier;      /* as_device: fetches copied while the pool computes */
 };
 
 /* ------------------------------------------------------------ SIMD levels */
@@ -554,9 +556,28 @@ static shoal_status cpu_add_bias(void *vctx, float *y, const float *bias, int n,
 
 /* ------------------------------------------------------------- lifetime */
 
+/* as_device: fetches on the copy thread */
+static shoal_status dev_fetch(void *vctx, void *dst, const void *src, size_t n, uint64_t *ticket) {
+    return shoal_copier_submit(((struct cpu_ctx *)vctx)->copier, dst, src, n, ticket);
+}
+
+static shoal_status dev_fetch_wait(void *vctx, uint64_t ticket) {
+    shoal_copier_wait(((struct cpu_ctx *)vctx)->copier, ticket);
+    return SHOAL_OK;
+}
+
+/* as_device: nothing queued but the copies */
+static shoal_status dev_synchronize(void *vctx) {
+    shoal_copier_drain(((struct cpu_ctx *)vctx)->copier);
+    return SHOAL_OK;
+}
+
+static double dev_fetch_busy(void *vctx) { return shoal_copier_busy(((struct cpu_ctx *)vctx)->copier); }
+
 static void cpu_destroy(void *vctx) {
     struct cpu_ctx *c = vctx;
     if (!c) return;
+    shoal_copier_destroy(c->copier);
     shoal_pool_destroy(c->pool);
     free(c->xbuf);
     free(c->att);
@@ -618,7 +639,15 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
         c->dev_iface.host_memory = 0;
         c->dev_iface.weight_bytes = dev_weight_bytes;
         c->dev_iface.weight_prepare = dev_weight_prepare;
+        c->dev_iface.fetch = dev_fetch;
+        c->dev_iface.fetch_wait = dev_fetch_wait;
+        c->dev_iface.fetch_busy = dev_fetch_busy;
+        c->dev_iface.synchronize = dev_synchronize;
         iface = &c->dev_iface;
+        if ((rc = shoal_copier_create(&c->copier)) != SHOAL_OK) {
+            cpu_destroy(c);
+            return rc;
+        }
     }
     *out = shoal_backend_new(iface, c);
     if (!*out) {

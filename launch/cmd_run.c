@@ -818,12 +818,16 @@ static int lead(struct run *r) {
         }
         const struct shoal_stream_stats *ss = &r->m->sstats;
         if (o->verbose && ss->fetches && gs.n_decode) {
-            char cb[32];
+            char cb[32], hid[96] = "";
             const double steps = (double)(gs.n_decode + (gs.n_prompt > 0));
-            fprintf(stderr, "shoal: offload (rank 0): per step %s copied host to device in %.3f ms "
-                    "(%.2f GB/s), not overlapped with compute yet\n",
-                    shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps), ss->seconds / steps * 1e3,
-                    ss->seconds > 0 ? (double)ss->bytes / ss->seconds / 1e9 : 0);
+            const double busy = shoal_backend_fetch_busy(r->be);
+            if (busy > 0)
+                snprintf(hid, sizeof hid, ", copying %.3f ms (%.2f GB/s), %.0f%% of it hidden behind compute",
+                         busy / steps * 1e3, (double)ss->bytes / busy / 1e9,
+                         ss->seconds < busy ? 100.0 * (1 - ss->seconds / busy) : 0.0);
+            fprintf(stderr, "shoal: offload (rank 0): per step %s copied host to device, %.3f ms waited "
+                    "for%s\n", shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps),
+                    ss->seconds / steps * 1e3, hid);
         }
         if (strcmp(gs.stop, "context") == 0 && !c.full)
             fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n",

@@ -276,3 +276,56 @@ shoal_status shoal_op_topk(struct shoal_backend *b, const float *x, int rows, in
     free(copy);
     return SHOAL_OK;
 }
+
+/* ------------------------------------------------------------- offload */
+
+shoal_status shoal_backend_host_alloc(struct shoal_backend *b, size_t bytes, void **out) {
+    if (b->iface->host_alloc) return b->iface->host_alloc(b->ctx, bytes, out);
+    if (!(*out = malloc(bytes ? bytes : 1)))
+        return shoal_errorf(SHOAL_NOMEM, "cannot allocate %zu bytes of host memory", bytes);
+    return SHOAL_OK;
+}
+
+void shoal_backend_host_free(struct shoal_backend *b, void *p) {
+    if (!p) return;
+    if (b->iface->host_free) b->iface->host_free(b->ctx, p);
+    else free(p);
+}
+
+shoal_status shoal_backend_fetch(struct shoal_backend *b, void *dst, const void *src, size_t n,
+                                 uint64_t *ticket) {
+    *ticket = 0;
+    if (b->iface->fetch) return b->iface->fetch(b->ctx, dst, src, n, ticket);
+    return b->iface->upload(b->ctx, dst, src, n);
+}
+
+shoal_status shoal_backend_fetch_wait(struct shoal_backend *b, uint64_t ticket) {
+    return b->iface->fetch_wait && ticket ? b->iface->fetch_wait(b->ctx, ticket) : SHOAL_OK;
+}
+
+double shoal_backend_fetch_busy(struct shoal_backend *b) {
+    return b->iface->fetch_busy ? b->iface->fetch_busy(b->ctx) : 0;
+}
+
+int shoal_backend_packs_weights(const struct shoal_backend *b) { return b->iface->weight_pack != NULL; }
+
+shoal_status shoal_weight_pack(struct shoal_backend *b, int type, int64_t rows, int64_t cols,
+                               const void *src, void *dst) {
+    if (b->iface->weight_pack) return b->iface->weight_pack(b->ctx, type, rows, cols, src, dst);
+    memcpy(dst, src, (size_t)rows * shoal_dtype_row_bytes(type, cols));
+    return SHOAL_OK;
+}
+
+shoal_status shoal_weight_bind(struct shoal_backend *b, struct shoal_weight *w, int type,
+                               int64_t rows, int64_t cols, const void *dev) {
+    memset(w, 0, sizeof *w);
+    w->type = type;
+    w->rows = rows;
+    w->cols = cols;
+    w->row_bytes = shoal_dtype_row_bytes(type, cols);
+    if (!w->row_bytes || rows <= 0)
+        return shoal_errorf(SHOAL_INVALID, "a %s weight of %lld x %lld cannot be bound",
+                            shoal_dtype_name(type), (long long)rows, (long long)cols);
+    w->data = dev;
+    return SHOAL_OK;
+}

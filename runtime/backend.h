@@ -96,6 +96,27 @@ void shoal_backend_set_budget(struct shoal_backend *b, uint64_t bytes);
 /* Bytes allocated through shoal_backend_alloc now, and the most at once so far. */
 void shoal_backend_mem(const struct shoal_backend *b, uint64_t *in_use, uint64_t *peak);
 
+/*
+ * Host memory that copies to the device go fastest from (pinned on CUDA;
+ * malloc's elsewhere). free accepts NULL.
+ */
+shoal_status shoal_backend_host_alloc(struct shoal_backend *b, size_t bytes, void **out);
+void shoal_backend_host_free(struct shoal_backend *b, void *p);
+
+/*
+ * Copies for offload. fetch queues dst (device) = src (host, n bytes) behind
+ * the work already queued (so that a buffer still being read is not
+ * overwritten) and returns at once where the backend can copy while it
+ * computes; *ticket names the copy. fetch_wait makes the work queued after it
+ * wait for the copies up to ticket (the CPU: returns when they are done).
+ * Without a copy queue, fetch copies at once and waiting does nothing.
+ * fetch_busy: seconds the backend has spent copying (0 when it cannot say).
+ */
+shoal_status shoal_backend_fetch(struct shoal_backend *b, void *dst, const void *src, size_t n,
+                                 uint64_t *ticket);
+shoal_status shoal_backend_fetch_wait(struct shoal_backend *b, uint64_t ticket);
+double shoal_backend_fetch_busy(struct shoal_backend *b);
+
 /* Device memory. alloc'd memory is uninitialised; free accepts NULL. */
 shoal_status shoal_backend_alloc(struct shoal_backend *b, size_t bytes, void **out);
 void shoal_backend_free(struct shoal_backend *b, void *p);
@@ -122,6 +143,17 @@ size_t shoal_weight_bytes(struct shoal_backend *b, int type, int64_t rows, int64
 shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *w, int type,
                                   int64_t rows, int64_t cols, const void *host, void *dst);
 void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w);
+/*
+ * For weights whose device image is copied in later (offload): whether the
+ * backend's image differs from the file's bytes (CUDA repacks; the CPU does
+ * not), the image made on the host (shoal_weight_bytes of dst), and a weight
+ * bound to an image at dev (device memory) without copying anything.
+ */
+int shoal_backend_packs_weights(const struct shoal_backend *b);
+shoal_status shoal_weight_pack(struct shoal_backend *b, int type, int64_t rows, int64_t cols,
+                               const void *src, void *dst);
+shoal_status shoal_weight_bind(struct shoal_backend *b, struct shoal_weight *w, int type,
+                               int64_t rows, int64_t cols, const void *dev);
 
 /* y (n, table->cols) = rows token[t] of table, as f32. Token ids are checked. */
 shoal_status shoal_op_embed(struct shoal_backend *b, float *y, const struct shoal_weight *table,

@@ -52,6 +52,18 @@ struct shoal_backend_i {
     shoal_status (*topk)(void *ctx, const float *x, int rows, int cols, int k, int32_t id0,
                          struct shoal_cand *out);
     int topk_max;
+    /* optional: host memory copies to the device go fastest from (pinned); default malloc */
+    shoal_status (*host_alloc)(void *ctx, size_t bytes, void **out);
+    void (*host_free)(void *ctx, void *p);
+    /* optional: a weight's device image made on the host (what weight_prepare puts on the
+     * device, weight_bytes of it); default: its bytes as they are */
+    shoal_status (*weight_pack)(void *ctx, int type, int64_t rows, int64_t cols, const void *src,
+                                void *dst);
+    /* optional: host -> device behind the work queued so far, overlapping what follows
+     * (shoal_backend_fetch); default: upload, done at once */
+    shoal_status (*fetch)(void *ctx, void *dst, const void *src, size_t n, uint64_t *ticket);
+    shoal_status (*fetch_wait)(void *ctx, uint64_t ticket);
+    double (*fetch_busy)(void *ctx); /* optional: seconds spent copying */
     /* optional: recording a step's ops once and replaying them (shoal_backend_graph_begin) */
     shoal_status (*graph_begin)(void *ctx, uint64_t key, const struct shoal_batch *b, int *replayed);
     shoal_status (*graph_end)(void *ctx, int ok);

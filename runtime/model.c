@@ -439,6 +439,36 @@ static shoal_status load_vector(struct shoal_model *m, const struct shoal_slice 
                  : SHOAL_OK;
 }
 
+/*
+ * The streamed layers' weights bound to their buffers (where fetches will put
+ * them), and, for a backend whose device image differs from the file's bytes,
+ * each layer's image packed once into host memory it copies from fastest.
+ */
+static shoal_status bind_streamed(struct shoal_model *m) {
+    const int nl = m->part.layer1 - m->part.layer0, packs = shoal_backend_packs_weights(m->be);
+    if (!(m->lbytes = calloc((size_t)nl, sizeof *m->lbytes)) || !(m->ticket = calloc((size_t)nl, sizeof *m->ticket)) ||
+        (packs && !(m->limg = calloc((size_t)nl, sizeof *m->limg))))
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    for (int l = 0; l < nl; l++) {
+        if (!shoal_offload_streamed(&m->off, l)) continue;
+        struct shoal_layer *L = &m->layers[l];
+        struct shoal_weight *ws[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down };
+        const char *buf = (char *)m->lbuf + (size_t)shoal_offload_buffer(&m->off, l) * m->off.buffer_bytes;
+        const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7];
+        for (int k = 0; k < 7; k++) {
+            SHOAL_TRY(shoal_weight_bind(m->be, ws[k], t[k].type, t[k].rows, t[k].cols, buf + t[k].off));
+            size_t end = t[k].off + weight_block_bytes(m, t[k].type, t[k].rows, t[k].cols);
+            if (end > m->lbytes[l]) m->lbytes[l] = end;
+        }
+        if (!packs) continue;
+        SHOAL_TRY(shoal_backend_host_alloc(m->be, m->lbytes[l], &m->limg[l]));
+        for (int k = 0; k < 7; k++)
+            SHOAL_TRY(shoal_weight_pack(m->be, t[k].type, t[k].rows, t[k].cols, t[k].host,
+                                        (char *)m->limg[l] + t[k].off));
+    }
+    return SHOAL_OK;
+}
+
 static shoal_status load_weights(struct shoal_model *m) {
     const struct shoal_hparams *hp = &m->hp;
     const struct shoal_rank_part *pt = &m->part;
@@ -564,6 +594,8 @@ static shoal_status load_weights(struct shoal_model *m) {
         }
     }
 
+    if (m->stream) SHOAL_TRY_GOTO(bind_streamed(m), rc, done);
+
     /* llama3-style rope scaling: one divisor per rotated pair */
     const struct shoal_gguf_tensor *rf = shoal_gguf_find_tensor(g, "rope_freqs.weight");
     if (rf) {
@@ -652,6 +684,7 @@ fail:
 
 void shoal_model_destroy(struct shoal_model *m) {
     if (!m) return;
+    if (m->be && m->lbuf) shoal_backend_synchronize(m->be); /* no copy into lbuf still on its way */
     if (m->be) {
         for (int l = 0; m->layers && l < m->part.layer1 - m->part.layer0; l++) {
             struct shoal_layer *L = &m->layers[l];
@@ -667,6 +700,11 @@ void shoal_model_destroy(struct shoal_model *m) {
         free(m->small); /* a check: host scratch */
     }
     free(m->slices);
+    for (int l = 0; m->limg && l < m->part.layer1 - m->part.layer0; l++)
+        shoal_backend_host_free(m->be, m->limg[l]);
+    free(m->limg);
+    free(m->lbytes);
+    free(m->ticket);
     free(m->stream);
     free(m->buf_layer);
     free(m->freq_factors);
@@ -811,35 +849,51 @@ static shoal_status project_add(struct shoal_state *s, const struct shoal_weight
 }
 
 /*
- * Layer l (of the rank's) into its buffer, unless it is there: each streamed
- * matrix prepared from its host bytes at its place in the buffer. The
- * model's weights of a streamed layer point into the buffer it was last
- * fetched to; one forward pass at a time per model.
+ * Layer l (of the rank's) copied into its buffer, unless it is there or on its
+ * way: queued behind the work so far (the buffer's last layer has run by then)
+ * and overlapping what follows where the backend can. The layer's weights
+ * point into that buffer from loading on; one forward pass at a time per model.
  */
 static shoal_status fetch_layer(struct shoal_model *m, int l) {
     const int b = shoal_offload_buffer(&m->off, l);
     if (b < 0 || m->buf_layer[b] == l) return SHOAL_OK;
-    const double t0 = shoal_now();
     char *buf = (char *)m->lbuf + (size_t)b * m->off.buffer_bytes;
-    struct shoal_layer *L = &m->layers[l];
-    struct shoal_weight *ws[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down };
+    uint64_t ticket = 0;
     m->buf_layer[b] = -1;
-    for (int k = 0; k < 7; k++) {
-        const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7 + k];
-        SHOAL_TRY(shoal_weight_prepare(m->be, ws[k], t->type, t->rows, t->cols, t->host, buf + t->off));
-        m->sstats.bytes += (uint64_t)t->rows * ws[k]->row_bytes;
+    if (m->limg) { /* the layer's device image, packed on the host at load */
+        SHOAL_TRY(shoal_backend_fetch(m->be, buf, m->limg[l], m->lbytes[l], &ticket));
+    } else { /* its matrices as the file has them */
+        for (int k = 0; k < 7; k++) {
+            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7 + k];
+            size_t n = (size_t)t->rows * shoal_dtype_row_bytes(t->type, t->cols);
+            SHOAL_TRY(shoal_backend_fetch(m->be, buf + t->off, t->host, n, &ticket));
+        }
     }
-    m->buf_layer[b] = l;
+    m->sstats.bytes += m->lbytes[l];
     m->sstats.fetches++;
-    m->sstats.seconds += shoal_now() - t0;
+    m->ticket[l] = ticket;
+    m->buf_layer[b] = l;
     return SHOAL_OK;
 }
 
-/* Before layer l runs: it and the next `prefetch` streamed layers in their buffers. */
+/* Before layer l runs: it and the next `prefetch` streamed layers on their way, and l there. */
 static shoal_status fetch_ahead(struct shoal_model *m, int l) {
     const int nl = m->part.layer1 - m->part.layer0;
     for (int k = l; k <= l + m->off.prefetch && k < nl; k++)
         if (shoal_offload_streamed(&m->off, k)) SHOAL_TRY(fetch_layer(m, k));
+    if (!shoal_offload_streamed(&m->off, l)) return SHOAL_OK;
+    const double t0 = shoal_now();
+    SHOAL_TRY(shoal_backend_fetch_wait(m->be, m->ticket[l]));
+    m->sstats.seconds += shoal_now() - t0;
+    return SHOAL_OK;
+}
+
+/* After the last layer: the next step's first streamed layers on their way, while
+ * the head and the resident layers compute. */
+static shoal_status fetch_next_step(struct shoal_model *m) {
+    const int nl = m->part.layer1 - m->part.layer0;
+    for (int k = m->off.n_resident; k < m->off.n_resident + m->off.prefetch && k < nl; k++)
+        SHOAL_TRY(fetch_layer(m, k));
     return SHOAL_OK;
 }
 
@@ -878,6 +932,7 @@ static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
         SHOAL_TRY(shoal_op_silu_mul(be, s->hb, s->hb2, (size_t)n * m->ffn_l));
         SHOAL_TRY(project_add(s, &L->down, s->hb, n));
     }
+    if (m->stream) SHOAL_TRY(fetch_next_step((struct shoal_model *)m));
     return SHOAL_OK;
 }
 

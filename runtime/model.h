@@ -82,7 +82,7 @@ struct shoal_stream_tensor {
 /* What streaming has cost so far (shoal run -v prints it per token). */
 struct shoal_stream_stats {
     uint64_t fetches, bytes;
-    double seconds;
+    double seconds; /* waiting for copies not yet done when their layer was due */
 };
 
 struct shoal_model {
@@ -107,6 +107,9 @@ struct shoal_model {
     struct shoal_stream_tensor *stream; /* (layers, 7): the streamed layers' matrices */
     void *lbuf;                   /* device: off.n_buffers buffers of off.buffer_bytes */
     int *buf_layer;               /* (off.n_buffers): the layer each buffer holds, or -1 */
+    void **limg;                  /* host (layers): a streamed layer's packed device image, or NULL */
+    uint64_t *lbytes;             /* (layers): a streamed layer's bytes in its buffer */
+    uint64_t *ticket;             /* (layers): the fetch a streamed layer waits for */
     struct shoal_stream_stats sstats;
     struct shoal_model_offload offload; /* as asked */
 };
