@@ -130,6 +130,42 @@ static shoal_status cu_memset0(void *ctx, void *dst, size_t n) {
 static shoal_status cu_synchronize(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     CU_TRY(cudaStreamSynchronize(c->stream));
+    CU_TRY(cudaStreamSynchronize(c->copy));
+    return SHOAL_OK;
+}
+
+/* ---------------------------------------------------------------- offload */
+
+static shoal_status cu_host_alloc(void *ctx, size_t bytes, void **out) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    CU_TRY(cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault)); /* pinned: DMA at full speed */
+    return SHOAL_OK;
+}
+
+static void cu_host_free(void *ctx, void *p) { cudaFreeHost(p); }
+
+static shoal_status cu_weight_pack(void *ctx, int type, int64_t rows, int64_t cols, const void *src,
+                                   void *dst) {
+    return cuda_weight_pack_host(type, rows, cols, src, dst);
+}
+
+/* On the copy stream, after the compute stream's work so far (the buffer's last reader). */
+static shoal_status cu_fetch(void *ctx, void *dst, const void *src, size_t n, uint64_t *ticket) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    const size_t ring = sizeof c->fetched / sizeof *c->fetched;
+    CU_TRY(cudaEventRecord(c->compute_mark, c->stream));
+    CU_TRY(cudaStreamWaitEvent(c->copy, c->compute_mark, 0));
+    CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->copy));
+    *ticket = ++c->n_fetches;
+    CU_TRY(cudaEventRecord(c->fetched[*ticket % ring], c->copy));
+    return SHOAL_OK;
+}
+
+/* The compute stream waits for the copy (the host does not). */
+static shoal_status cu_fetch_wait(void *ctx, uint64_t ticket) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    const size_t ring = sizeof c->fetched / sizeof *c->fetched;
+    CU_TRY(cudaStreamWaitEvent(c->stream, c->fetched[ticket % ring], 0));
     return SHOAL_OK;
 }
 
@@ -378,7 +414,12 @@ static void cu_destroy(void *ctx) {
     cudaFreeHost(c->batch_pinned);
     free(c->batch_host);
     cudaFree(c->rope_tab);
+    if (c->copy) cudaStreamSynchronize(c->copy);
     if (c->batch_copied) cudaEventDestroy(c->batch_copied);
+    if (c->compute_mark) cudaEventDestroy(c->compute_mark);
+    for (size_t i = 0; i < sizeof c->fetched / sizeof *c->fetched; i++)
+        if (c->fetched[i]) cudaEventDestroy(c->fetched[i]);
+    if (c->copy) cudaStreamDestroy(c->copy);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
 }
@@ -409,6 +450,11 @@ static struct shoal_backend_i make_iface(void) {
     t.add = cu_add;
     t.add_bias = cu_add_bias;
     t.synchronize = cu_synchronize;
+    t.host_alloc = cu_host_alloc;
+    t.host_free = cu_host_free;
+    t.weight_pack = cu_weight_pack;
+    t.fetch = cu_fetch;
+    t.fetch_wait = cu_fetch_wait;
     t.topk = cu_topk;
     t.topk_max = CUDA_TOPK_MAX; /* more candidates are picked on the host */
     t.graph_begin = cu_graph_begin;
@@ -447,6 +493,10 @@ extern "C" shoal_status shoal_cudamod_backend_create(struct shoal_backend **out,
     STEP(cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, dev));
     STEP(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     STEP(cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming));
+    STEP(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
+    STEP(cudaEventCreateWithFlags(&c->compute_mark, cudaEventDisableTiming));
+    for (size_t i = 0; i < sizeof c->fetched / sizeof *c->fetched; i++)
+        STEP(cudaEventCreateWithFlags(&c->fetched[i], cudaEventDisableTiming));
 #undef STEP
     if ((be = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS ||
         (be = cublasSetStream(c->cublas, c->stream)) != CUBLAS_STATUS_SUCCESS) {

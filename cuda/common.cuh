@@ -85,6 +85,10 @@ struct cuda_ctx {
         uint64_t used;
     } graphs[8];
     uint64_t graph_clock;
+    /* offload's copies: a stream of their own, after a mark of the compute stream */
+    cudaStream_t copy;
+    cudaEvent_t compute_mark, fetched[256];
+    uint64_t n_fetches;
 };
 
 /* Forgets every recording: the buffers they point at are about to change. */
@@ -117,6 +121,7 @@ int cuda_weight_layout(int type, int64_t rows, int64_t cols, struct wlayout *l);
 /* --------------------------------------------------- what each file has */
 
 /* matmul.cu */
+shoal_status cuda_weight_pack_host(int type, int64_t rows, int64_t cols, const void *src, void *dst);
 shoal_status cuda_weight_upload(struct cuda_ctx *c, struct shoal_weight *w, const void *host, void *dst);
 shoal_status cuda_matmul(struct cuda_ctx *c, int k, float *const *y, double *yd,
                          const struct shoal_weight *const *w, const float *x, int n);

@@ -76,6 +76,33 @@ __global__ void k_split_blocks(const uint8_t *__restrict__ src, int64_t n_blocks
     }
 }
 
+/* The device image of a weight (the layout above) made on the host, for offload's copies. */
+shoal_status cuda_weight_pack_host(int type, int64_t rows, int64_t cols, const void *src, void *dst) {
+    struct wlayout l;
+    if (!cuda_weight_layout(type, rows, cols, &l))
+        return shoal_errorf(SHOAL_UNSUPPORTED, "the CUDA backend has no matmul for %s weights",
+                            shoal_dtype_name(type));
+    const size_t rb = shoal_dtype_row_bytes(type, cols);
+    memset(dst, 0, l.bytes);
+    if (type == SHOAL_DTYPE_F32 || type == SHOAL_DTYPE_F16 || type == SHOAL_DTYPE_BF16) {
+        for (int64_t r = 0; r < rows; r++)
+            memcpy((char *)dst + (size_t)r * l.pitch, (const char *)src + (size_t)r * rb, rb);
+        return SHOAL_OK;
+    }
+    const int64_t nb = cols / SHOAL_QK;
+    const int bs = type == SHOAL_DTYPE_Q8_0 ? 34 : type == SHOAL_DTYPE_Q4_0 ? 18 : 20;
+    const int qn = type == SHOAL_DTYPE_Q8_0 ? 32 : 16, hdr = type == SHOAL_DTYPE_Q4_1 ? 4 : 2;
+    uint8_t *q = (uint8_t *)dst, *d = (uint8_t *)dst + l.d_off, *m = (uint8_t *)dst + l.m_off;
+    for (int64_t i = 0; i < rows * nb; i++) { /* as k_split_blocks, on the host */
+        const uint8_t *blk = (const uint8_t *)src + (size_t)i * bs;
+        const int64_t r = i / nb, b = i % nb;
+        memcpy(q + (size_t)r * l.pitch + (size_t)b * qn, blk + hdr, (size_t)qn);
+        memcpy(d + (size_t)i * 2, blk, 2);
+        if (type == SHOAL_DTYPE_Q4_1) memcpy(m + (size_t)i * 2, blk + 2, 2);
+    }
+    return SHOAL_OK;
+}
+
 shoal_status cuda_weight_upload(struct cuda_ctx *c, struct shoal_weight *w, const void *host, void *dst) {
     struct wlayout l;
     if (!cuda_weight_layout(w->type, w->rows, w->cols, &l))

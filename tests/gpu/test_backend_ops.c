@@ -974,6 +974,72 @@ static void sweep_topk(struct ctx *c) {
         if (!c->quick || shapes[i][1] <= 32000) topk_case(c, shapes[i][0], shapes[i][1], shapes[i][2]);
 }
 
+/* --------------------------------------------------------- offload's images */
+
+/*
+ * A weight's device image packed on the host (shoal_weight_pack), copied up
+ * with a fetch and bound (what offload does) must compute exactly what the
+ * weight prepared the usual way computes, on the backend under test.
+ */
+static void pack_case(struct ctx *c, int type, int rows, int cols, int n) {
+    if (!begin(c, "pack", shoal_dtype_name(type), "%dx%d n=%d", rows, cols, n)) return;
+    shoal_status rc = SHOAL_OK;
+    struct shoal_backend *be = c->be[0];
+    const size_t rb = shoal_dtype_row_bytes(type, cols);
+    size_t bytes = shoal_weight_bytes(be, type, rows, cols);
+    if (!bytes) bytes = (size_t)rows * rb; /* used in place: the image is the bytes themselves */
+    float *w = NULL, *x = NULL, *got = NULL, *want = NULL;
+    uint8_t *wq = NULL, *img = NULL;
+    void *dev = NULL, *dx = NULL, *dy = NULL;
+    struct shoal_weight wp = { 0 }, wb = { 0 };
+    struct stats st = { 0 };
+    uint64_t ticket = 0;
+    HALLOC(w, (size_t)rows * cols);
+    HALLOC(x, (size_t)n * cols);
+    HALLOC(got, (size_t)n * rows);
+    HALLOC(want, (size_t)n * rows);
+    HALLOC(wq, (size_t)rows * rb);
+    fill(c, w, (size_t)rows * cols, 1.0f);
+    fill(c, x, (size_t)n * cols, 1.0f);
+    for (int r = 0; r < rows; r++)
+        SHOAL_TRY_GOTO(shoal_quantize_row(type, w + (size_t)r * cols, wq + (size_t)r * rb, cols), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_host_alloc(be, bytes, (void **)&img), rc, done);
+    SHOAL_TRY_GOTO(shoal_weight_pack(be, type, rows, cols, wq, img), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_alloc(be, bytes, &dev), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_fetch(be, dev, img, bytes, &ticket), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_fetch_wait(be, ticket), rc, done);
+    SHOAL_TRY_GOTO(shoal_weight_bind(be, &wb, type, rows, cols, dev), rc, done);
+    SHOAL_TRY_GOTO(shoal_weight_prepare(be, &wp, type, rows, cols, wq, NULL), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_alloc(be, sizeof(float) * (size_t)n * cols, &dx), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_alloc(be, sizeof(float) * (size_t)n * rows, &dy), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_upload(be, dx, x, sizeof(float) * (size_t)n * cols), rc, done);
+    const size_t yb = sizeof(float) * (size_t)n * rows;
+    SHOAL_TRY_GOTO(shoal_op_matmul(be, dy, &wb, dx, n), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_synchronize(be), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_download(be, got, dy, yb), rc, done);
+    SHOAL_TRY_GOTO(shoal_op_matmul(be, dy, &wp, dx, n), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_synchronize(be), rc, done);
+    SHOAL_TRY_GOTO(shoal_backend_download(be, want, dy, yb), rc, done);
+    if (c->perturb) got[0] = nextafterf(got[0], INFINITY);
+    compare(c, &st, got, want, 0, (size_t)n * rows, &(struct tol){ 0 });
+    finish(c, &st);
+done:
+    if (rc != SHOAL_OK) failed_to_run(c, rc);
+    shoal_weight_release(be, &wp);
+    shoal_backend_free(be, dev);
+    shoal_backend_free(be, dx);
+    shoal_backend_free(be, dy);
+    shoal_backend_host_free(be, img);
+    free(w), free(x), free(got), free(want), free(wq);
+}
+
+static void sweep_pack(struct ctx *c) {
+    for (int i = 0; i < COUNT(all_types); i++) {
+        pack_case(c, all_types[i], 37, 96, 1);
+        pack_case(c, all_types[i], 64, 256, 12);
+    }
+}
+
 /* ---------------------------------------------------------------- main */
 
 static int usage(const char *argv0) {
@@ -1057,6 +1123,7 @@ int main(int argc, char **argv) {
     sweep_attention(&c);
     sweep_elementwise(&c);
     sweep_topk(&c);
+    sweep_pack(&c);
     printf("test_backend_ops: %s: %d cases, %d passed, %d failed (%.1f s)\n", name, c.cases,
            c.cases - c.failed, c.failed, shoal_now() - t0);
     for (int i = 0; i < c.failed && i < COUNT(c.fails); i++) printf("  FAILED %s\n", c.fails[i]);
