@@ -269,6 +269,9 @@ int cmd_plan(int argc, char **argv) {
     const char *model = NULL, *hosts_path = NULL, *kv_name = "f16", *comm = "f64", *membw_s = NULL,
                *corebw_s = NULL;
     int ranks = 0, n_ctx = 0, n_batch = 512, cores = 0, tp = 0, pp = 0, json = 0, no_probe = 0;
+    uint64_t device_mem = 0;
+    int prefetch = 1;
+    struct shoal_offload_plan *off = NULL; /* (tp * pp) of the shown layout, with --device-mem */
     uint64_t mem_per_rank = 0;
     const struct opt opts[] = {
         { "--model", 'm', OPT_STR, &model, "FILE", "GGUF model (default: the default model, as shoal run)" },
@@ -285,6 +288,8 @@ int cmd_plan(int argc, char **argv) {
         { "--tp", 0, OPT_INT, &tp, "N", "show this layout's ranks (with --pp) rather than the best one's" },
         { "--pp", 0, OPT_INT, &pp, "N", "pipeline stages of the layout to show" },
         { "--no-probe", 0, OPT_FLAG, &no_probe, NULL, "predict compute from bytes and bandwidth alone, without timing a layer here" },
+        { "--device-mem", 0, OPT_SIZE, &device_mem, "SIZE", "device memory per rank (shoal run --device-mem): which layers stay resident, which stream, the device peak and the bytes copied per token" },
+        { "--prefetch", 0, OPT_INT, &prefetch, "N", "with --device-mem: layers fetched ahead (default 1)" },
         { "--json", 0, OPT_FLAG, &json, NULL, "print JSON (for scripts) instead of tables" },
         OPT_END,
     };
@@ -379,6 +384,26 @@ int cmd_plan(int argc, char **argv) {
     }
     double weights = 0;
     for (int64_t i = 0; i < g->n_tensors; i++) weights += (double)g->tensors[i].nbytes;
+    /* offload of the shown layout's ranks under --device-mem */
+    if (device_mem) {
+        if (prefetch < 0 || prefetch > 64) {
+            rc = shoal_errorf(SHOAL_INVALID, "--prefetch must be 0..64");
+            goto fail;
+        }
+        struct shoal_plan *sp = NULL;
+        struct shoal_plan_params spp = { .tp = show->tp, .pp = show->pp };
+        if (!(off = calloc((size_t)(show->tp * show->pp), sizeof *off))) {
+            rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+            goto fail;
+        }
+        rc = shoal_plan_make(&sp, &shape, &spp);
+        for (int r = 0; rc == SHOAL_OK && r < show->tp * show->pp; r++) {
+            rc = shoal_cost_offload(&shape, &sp->part[r], &cp, device_mem, prefetch, &off[r]);
+            if (rc != SHOAL_OK) shoal_error_prefix("rank %d", r);
+        }
+        shoal_plan_destroy(sp);
+        if (rc != SHOAL_OK) goto fail;
+    }
 
     if (json) {
         cJSON *o = cJSON_CreateObject();
@@ -401,6 +426,20 @@ int cmd_plan(int argc, char **argv) {
         cJSON_AddBoolToObject(o, "fits", all[0].fits);
         cJSON_AddItemToObject(o, "best", json_cost(&all[0]));
         cJSON_AddItemToObject(o, "shown", json_cost(show)); /* --tp/--pp, else the best */
+        if (off) {
+            cJSON *oa = cJSON_AddArrayToObject(o, "offload"); /* the shown layout's ranks */
+            for (int r = 0; r < show->tp * show->pp; r++) {
+                cJSON *e = cJSON_CreateObject();
+                cJSON_AddNumberToObject(e, "rank", r);
+                cJSON_AddNumberToObject(e, "layers", off[r].n_layers);
+                cJSON_AddNumberToObject(e, "resident", off[r].n_resident);
+                cJSON_AddNumberToObject(e, "buffers", off[r].n_buffers);
+                cJSON_AddNumberToObject(e, "buffer_bytes", (double)off[r].buffer_bytes);
+                cJSON_AddNumberToObject(e, "device_peak", (double)off[r].peak_bytes);
+                cJSON_AddNumberToObject(e, "copy_bytes_per_token", (double)off[r].copy_bytes);
+                cJSON_AddItemToArray(oa, e);
+            }
+        }
         cJSON *ls = cJSON_AddArrayToObject(o, "layouts");
         for (int i = 0; i < n_all; i++) cJSON_AddItemToArray(ls, json_cost(&all[i]));
         char *s = cJSON_Print(o);
@@ -432,12 +471,23 @@ int cmd_plan(int argc, char **argv) {
                    c->t_compute * 1e3, c->t_comm * 1e3, mib(b[0], 32, most), at);
         }
         print_ranks(show, &topo);
+        if (off) {
+            printf("\ndevice memory, %s per rank, prefetch %d:\n", mib(b[0], 32, (double)device_mem), prefetch);
+            for (int r = 0; r < show->tp * show->pp; r++)
+                printf("  rank %d: %d of %d layers resident, %d streamed through %d buffer%s of %s; device peak "
+                       "%s; %s copied host to device per token\n", r, off[r].n_resident, off[r].n_layers,
+                       off[r].n_layers - off[r].n_resident, off[r].n_buffers, off[r].n_buffers == 1 ? "" : "s",
+                       mib(b[1], 32, (double)off[r].buffer_bytes), mib(b[2], 32, (double)off[r].peak_bytes),
+                       mib(b[0], 32, (double)off[r].copy_bytes));
+        }
         printf("\n");
         shoal_cost_print_assumptions(stdout, !no_probe);
+        char dm[64] = "";
+        if (device_mem) snprintf(dm, sizeof dm, " --device-mem %.0fK --prefetch %d", (double)device_mem / 1024, prefetch);
         if (all[0].fits)
             printf("\nbest: tp %d x pp %d, predicted %.1f tokens/s decoding\n"
-                   "run:  mpirun -np %d shoal run -m %s --tp %d --pp %d -c %d\n",
-                   all[0].tp, all[0].pp, all[0].tok_s, topo.n_ranks, model, all[0].tp, all[0].pp, n_ctx);
+                   "run:  mpirun -np %d shoal run -m %s --tp %d --pp %d -c %d%s\n",
+                   all[0].tp, all[0].pp, all[0].tok_s, topo.n_ranks, model, all[0].tp, all[0].pp, n_ctx, dm);
     }
     if (!all[0].fits && !json) suggest(&shape, &topo, &cp, &all[0], kv_type);
     status = all[0].fits ? 0 : 1;
@@ -445,6 +495,7 @@ int cmd_plan(int argc, char **argv) {
 fail:
     status = launch_fail("plan", rc);
 done:
+    free(off);
     shoal_layout_costs_free(all, n_all);
     shoal_topology_free(&topo);
     shoal_gguf_close(g);

@@ -290,3 +290,33 @@ void shoal_cost_print_assumptions(FILE *f, int probed) {
                "per process (+%.0f MiB under MPI); the context half full when decoding\n",
             TOKEN_COST * 1e6, MSG_COST * 1e6, WAKE_COST * 1e6, POLL_SHARE * 100, SWITCH_COST * 1e6, BASE_BYTES / 1048576, MPI_BYTES / 1048576);
 }
+
+/* ------------------------------------------------------------- offload */
+
+shoal_status shoal_cost_offload(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
+                                const struct shoal_cost_params *p, uint64_t budget, int prefetch,
+                                struct shoal_offload_plan *out) {
+    /* as a device backend holds them: each matrix in the model's block at a
+     * 256-byte boundary (128 bytes of padding each, on average) */
+    const int nl = pt->layer1 - pt->layer0;
+    const double layer = (pt->q1 - pt->q0) * m->q_head_bytes + (pt->kv1 - pt->kv0) * m->kv_head_bytes +
+                         (pt->ff1 - pt->ff0) * m->ffn_unit_bytes + 7 * 128.0;
+    uint64_t *lb = malloc(sizeof *lb * (size_t)(nl > 0 ? nl : 1));
+    if (!lb) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    for (int l = 0; l < nl; l++) lb[l] = (uint64_t)layer;
+    /* the rest: norms, the embedding table (first stage), the head (last), the KV cache
+     * and the activations (device buffers only, not the host's copies of the logits) */
+    double fixed = m->norm_bytes * nl + (pt->last ? m->dim * 4.0 : 0) + 256;
+    const int shared = pt->first && pt->last && m->tied_head && pt->v0 == 0 && pt->v1 == m->n_vocab;
+    if (pt->first) fixed += m->embd_bytes + 128;
+    if (pt->last && !shared) fixed += m->output_bytes * (pt->v1 - pt->v0) / m->n_vocab + 128;
+    fixed += (double)nl * 2 * p->n_ctx * (pt->kv1 - pt->kv0) * p->kv_head_bytes;
+    const double nb = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
+    const double qd = (double)(pt->q1 - pt->q0) * m->head_dim, kvd = (double)(pt->kv1 - pt->kv0) * m->head_dim;
+    fixed += (nb * (4.0 * m->dim + 2 * qd + 2 * kvd + 2.0 * (pt->ff1 - pt->ff0)) + (pt->last ? pt->v1 - pt->v0 : 0)) * 4 +
+             10 * 64;
+    struct shoal_offload_params op = { budget, (uint64_t)fixed, nl, lb, prefetch, 1 };
+    shoal_status rc = shoal_offload_plan_make(&op, out);
+    free(lb);
+    return rc;
+}

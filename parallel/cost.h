@@ -30,6 +30,7 @@
 
 #include "../base/base.h"
 #include "hosts.h"
+#include "offload.h"
 #include "plan.h"
 
 struct shoal_cost_params {
@@ -97,5 +98,15 @@ void shoal_layout_costs_free(struct shoal_layout_cost *c, int n);
 
 /* The constants of the model, printed so that a user sees what was assumed. */
 void shoal_cost_print_assumptions(FILE *f, int probed);
+
+/*
+ * The offload plan of a rank with part pt under a device budget (see
+ * parallel/offload.h), from the model's shape: its layers' slices as a device
+ * backend holds them, and the rest of what it allocates on the device (norms,
+ * embedding table, head, KV cache, activations).
+ */
+shoal_status shoal_cost_offload(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
+                                const struct shoal_cost_params *p, uint64_t budget, int prefetch,
+                                struct shoal_offload_plan *out);
 
 #endif

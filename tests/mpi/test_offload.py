@@ -100,3 +100,20 @@ def test_parallel_ranks_offload_their_parts(model, tmp_path, tp, pp):
     r = run(model, tmp_path, layout + ["--device-mem", int(need * 1.1)], np_=tp * pp, tag=f"p{tp}{pp}")
     assert r["resident"] is not None and r["resident"] < 8 // pp, r["err"][-1500:]
     assert r["ids"] == want, f"tp {tp} x pp {pp} with offload: tokens differ from one rank's"
+
+
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)])
+def test_plan_predicts_the_offload(model, tmp_path, tp, pp):
+    """shoal plan --device-mem: each rank's resident layers as the run keeps them, and
+    its device peak within 5% of the run's."""
+    import json
+    layout = ["--tp", tp, "--pp", pp]
+    for budget in ("7M", "9M", "11M"):
+        p = h.run(["plan", "-m", model, "--ranks", tp * pp, "--no-probe", "--json", "-c", 256,
+                   "--device-mem", budget] + layout)
+        plan = json.loads(p.stdout)["offload"]
+        r = run(model, tmp_path, layout + ["--device-mem", budget], np_=tp * pp, tag=f"pl{tp}{pp}{budget}")
+        got = 8 // pp if r["resident"] is None else r["resident"]
+        assert plan[0]["resident"] == got, f"{budget}: plan keeps {plan[0]['resident']} resident, the run {got}"
+        assert abs(r["peak"] / plan[0]["device_peak"] - 1) <= 0.05, \
+            f"{budget}: rank 0's device peak {r['peak']}, planned {plan[0]['device_peak']}"
