@@ -56,7 +56,7 @@ def run(shoal: str, model: Path, extra: list, n: int) -> dict:
     err = p.stderr
     m = re.search(r"generation \d+ tokens, (\d+) decode steps in ([\d.]+) s", err)
     out = {"ms_per_token": float(m.group(2)) / int(m.group(1)) * 1e3}
-    m = re.search(r"per step (\d+\.\d+ \w+) copied host to device, ([\d.]+) ms waited for"
+    m = re.search(r"per token (\d+\.\d+ \w+) copied host to device, [\d.]+ ms computing, ([\d.]+) ms waited for copies"
                   r"(?:, copying ([\d.]+) ms \(([\d.]+) GB/s\), (\d+)% of it hidden)?", err)
     if m:
         out.update(copied=size(m.group(1)), waited_ms=float(m.group(2)))

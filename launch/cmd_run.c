@@ -825,8 +825,10 @@ static int lead(struct run *r) {
                 snprintf(hid, sizeof hid, ", copying %.3f ms (%.2f GB/s), %.0f%% of it hidden behind compute",
                          busy / steps * 1e3, (double)ss->bytes / busy / 1e9,
                          ss->seconds < busy ? 100.0 * (1 - ss->seconds / busy) : 0.0);
-            fprintf(stderr, "shoal: offload (rank 0): per step %s copied host to device, %.3f ms waited "
-                    "for%s\n", shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps),
+            const double compute = gs.t_decode / gs.n_decode - ss->seconds / steps;
+            fprintf(stderr, "shoal: offload (rank 0): per token %s copied host to device, %.3f ms "
+                    "computing, %.3f ms waited for copies%s\n",
+                    shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps), compute > 0 ? compute * 1e3 : 0,
                     ss->seconds / steps * 1e3, hid);
         }
         if (strcmp(gs.stop, "context") == 0 && !c.full)
