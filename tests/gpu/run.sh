@@ -12,13 +12,15 @@
 #              its models are written (SHOAL_GPU_MODELS, default
 #              /tmp/shoal-gpu-models) in the background during steps 2-3
 # Each step's output goes to a file under $OUT (default /tmp/shoal-gpu-out):
-# build.log, ops.log, model.log, bench.log, bench.md, bench.json and
-# summary.txt (the device tool returns at most 8 files). A failed step does
+# build.log, ops.log, model.log, bench.log, bench.md, bench.json, offload.md
+# and summary.txt (the device tool returns at most 8 files). A failed step does
 # not stop the others; the exit status is 1 when any failed. The whole run
 # keeps within SHOAL_GPU_DEADLINE seconds (default 570: a device command may
 # run 600): each step's time limit is cut to what is left.
 #
-# usage: bash tests/gpu/run.sh [--quick] [--steps build,ops,model,bench]
+#   5. offload bench/gpu/bench_offload_gpu.py: layers streamed from pinned host
+#              memory against the copy bound (offload.md)
+# usage: bash tests/gpu/run.sh [--quick] [--steps build,ops,model,bench,offload]
 #   --quick          a shorter bench: the 1B shape only (default: 1B and 7B
 #                    in f16, q8_0, q4_0, and 13B in q4_0),
 #                    and the model tests without the ones named "slow"
@@ -32,7 +34,7 @@ set -uo pipefail
 
 # ------------------------------------------------------------------ options
 quick=0
-steps=build,ops,model,bench
+steps=build,ops,model,bench,offload
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -206,6 +208,22 @@ if want bench; then
   b=$(budget 60); [ "$b" -gt 360 ] && b=360
   step "bench: bench/gpu/bench_gpu.py" "$OUT/bench.log" 400 \
     python3 bench/gpu/bench_gpu.py "${bench_args[@]}" --out "$OUT" --tag bench --budget "$b"
+fi
+
+# ---------------------------------------------------------------- 5. offload
+# decode with layers streamed from pinned host memory against the copy bound
+# (bench/gpu/bench_offload_gpu.py), on the largest bench model written
+if want offload; then
+  om=""
+  for f in synth-7b-4096x32-q8_0.gguf synth-1b-2048x22-f16.gguf synth-1b-2048x22-q8_0.gguf; do
+    [ -f "$MODELS/$f" ] && { om=$MODELS/$f; break; }
+  done
+  if [ -n "$om" ]; then
+    step "offload: bench/gpu/bench_offload_gpu.py" "$OUT/bench.log" 240 \
+      python3 bench/gpu/bench_offload_gpu.py --model "$om" --shoal "$SHOAL_BIN" --n 32 --out "$OUT"
+  else
+    note "== offload: not run, no bench model in $MODELS"
+  fi
 fi
 
 if [ -n "$smi_pid" ] && [ -f "$smi_csv" ]; then
