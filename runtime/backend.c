@@ -126,8 +126,8 @@ size_t shoal_weight_bytes(struct shoal_backend *b, int type, int64_t rows, int64
     return (size_t)rows * rb;
 }
 
-shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *w, int type,
-                                  int64_t rows, int64_t cols, const void *host, void *dst) {
+/* w's shape (nothing of its bytes yet); a shape the type cannot hold is an error. */
+static shoal_status weight_shape(struct shoal_weight *w, int type, int64_t rows, int64_t cols) {
     memset(w, 0, sizeof *w);
     w->type = type;
     w->rows = rows;
@@ -136,6 +136,12 @@ shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *
     if (!w->row_bytes || rows <= 0)
         return shoal_errorf(SHOAL_INVALID, "a %s weight of %lld x %lld cannot be prepared",
                             shoal_dtype_name(type), (long long)rows, (long long)cols);
+    return SHOAL_OK;
+}
+
+shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *w, int type,
+                                  int64_t rows, int64_t cols, const void *host, void *dst) {
+    SHOAL_TRY(weight_shape(w, type, rows, cols));
     size_t bytes = shoal_weight_bytes(b, type, rows, cols);
     if (!dst && bytes) {
         SHOAL_TRY(shoal_backend_alloc(b, bytes, &w->owned));
@@ -318,14 +324,7 @@ shoal_status shoal_weight_pack(struct shoal_backend *b, int type, int64_t rows, 
 
 shoal_status shoal_weight_bind(struct shoal_backend *b, struct shoal_weight *w, int type,
                                int64_t rows, int64_t cols, const void *dev) {
-    memset(w, 0, sizeof *w);
-    w->type = type;
-    w->rows = rows;
-    w->cols = cols;
-    w->row_bytes = shoal_dtype_row_bytes(type, cols);
-    if (!w->row_bytes || rows <= 0)
-        return shoal_errorf(SHOAL_INVALID, "a %s weight of %lld x %lld cannot be bound",
-                            shoal_dtype_name(type), (long long)rows, (long long)cols);
+    SHOAL_TRY(weight_shape(w, type, rows, cols));
     w->data = dev;
     return SHOAL_OK;
 }
