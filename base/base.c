@@ -222,6 +222,17 @@ double shoal_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+double shoal_host_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    double kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kib) == 1) break;
+    fclose(f);
+    return kib * 1024;
+}
+
 size_t shoal_peak_rss(void) {
     /* VmHWM, not getrusage's ru_maxrss: the latter survives exec, so a process
      * started from a large parent (a Python test) would report the parent's */

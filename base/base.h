@@ -180,6 +180,8 @@ const char *shoal_fmt_bytes(char *buf, size_t len, double bytes);
 double shoal_now(void);
 /* Peak resident set size of this process, bytes (0 if unknown). */
 size_t shoal_peak_rss(void);
+/* Memory the machine can give without swapping (MemAvailable), bytes (0 if unknown). */
+double shoal_host_available(void);
 /*
  * Checked arithmetic for sizes read from files: returns 1 and sets *out when
  * a*b (a+b) fits in 64 bits, else returns 0 and leaves *out alone.

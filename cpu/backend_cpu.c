@@ -556,6 +556,14 @@ static shoal_status cpu_add_bias(void *vctx, float *y, const float *bias, int n,
 
 /* ------------------------------------------------------------- lifetime */
 
+/* as_device: a weight's "device image" made on the host is its bytes (the same layout),
+ * so that offload's images in RAM and its packing on the way run here as on a GPU */
+static shoal_status dev_weight_pack(void *vctx, int type, int64_t rows, int64_t cols, const void *src,
+                                    void *dst) {
+    memcpy(dst, src, (size_t)rows * shoal_dtype_row_bytes(type, cols));
+    return SHOAL_OK;
+}
+
 /* as_device: fetches on the copy thread */
 static shoal_status dev_fetch(void *vctx, void *dst, const void *src, size_t n, uint64_t *ticket) {
     return shoal_copier_submit(((struct cpu_ctx *)vctx)->copier, dst, src, n, ticket);
@@ -639,6 +647,7 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
         c->dev_iface.host_memory = 0;
         c->dev_iface.weight_bytes = dev_weight_bytes;
         c->dev_iface.weight_prepare = dev_weight_prepare;
+        c->dev_iface.weight_pack = dev_weight_pack;
         c->dev_iface.fetch = dev_fetch;
         c->dev_iface.fetch_wait = dev_fetch_wait;
         c->dev_iface.fetch_busy = dev_fetch_busy;

@@ -161,6 +161,14 @@ static shoal_status cu_fetch(void *ctx, void *dst, const void *src, size_t n, ui
     return SHOAL_OK;
 }
 
+/* The host waits for the copy (its pinned source may then be rewritten). */
+static shoal_status cu_fetch_sync(void *ctx, uint64_t ticket) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    const size_t ring = sizeof c->fetched / sizeof *c->fetched;
+    CU_TRY(cudaEventSynchronize(c->fetched[ticket % ring]));
+    return SHOAL_OK;
+}
+
 /* The compute stream waits for the copy (the host does not). */
 static shoal_status cu_fetch_wait(void *ctx, uint64_t ticket) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
@@ -455,6 +463,7 @@ static struct shoal_backend_i make_iface(void) {
     t.weight_pack = cu_weight_pack;
     t.fetch = cu_fetch;
     t.fetch_wait = cu_fetch_wait;
+    t.fetch_sync = cu_fetch_sync;
     t.topk = cu_topk;
     t.topk_max = CUDA_TOPK_MAX; /* more candidates are picked on the host */
     t.graph_begin = cu_graph_begin;

@@ -23,24 +23,12 @@
 
 /* ------------------------------------------------------------ this machine */
 
-/* MemAvailable of /proc/meminfo in bytes; 0 if unknown. */
-static double mem_available(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (!f) return 0;
-    char line[256];
-    double kib = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kib) == 1) break;
-    fclose(f);
-    return kib * 1024;
-}
-
 shoal_status launch_measure_machine(struct shoal_host *h, size_t bytes) {
     memset(h, 0, sizeof *h);
     snprintf(h->name, sizeof h->name, "this machine");
     h->cores = shoal_cpu_online_cores();
     if (h->cores < 1) h->cores = 1;
-    h->mem = mem_available();
+    h->mem = shoal_host_available();
     SHOAL_TRY(shoal_membw_measure(h->cores, bytes, 3, &h->membw));
     SHOAL_TRY(shoal_membw_measure(1, bytes, 3, &h->corebw));
     if (h->corebw > h->membw) h->membw = h->corebw;
@@ -353,7 +341,7 @@ int cmd_plan(int argc, char **argv) {
     } else {
         memset(&machine, 0, sizeof machine);
         machine.cores = shoal_cpu_online_cores();
-        machine.mem = mem_available();
+        machine.mem = shoal_host_available();
     }
     int measured = !membw;
     if (cores) machine.cores = cores;

@@ -33,7 +33,8 @@ struct run_opts {
     const char *device_name, *tp_comm_name;
     int device, gpu, tp_comm;
     int64_t device_mem;
-    int prefetch;
+    int prefetch, offload_from;
+    const char *offload_from_name;
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
     double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
@@ -52,6 +53,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     o->tp_comm_name = "auto";
     o->gpu = -1;
     o->prefetch = 1;
+    o->offload_from_name = "auto";
     o->n_predict = 256;
     o->n_batch = 512;
     o->seed = -1;
@@ -80,6 +82,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--gpu", 0, OPT_INT, &o->gpu, "N", "with cuda: the GPU to use (default: one per rank of this machine, by local rank)" },
         { "--device-mem", 0, OPT_SIZE, &o->device_mem, "SIZE", "device memory each rank may use, e.g. 20G (on the CPU: an arena the weights are copied into, for testing offload)" },
         { "--prefetch", 0, OPT_INT, &o->prefetch, "N", "with --device-mem: layers fetched ahead of the one running (default 1)" },
+        { "--offload-from", 0, OPT_STR, &o->offload_from_name, "SRC", "with --device-mem: streamed layers from ram (packed at load; pinned on GPUs), map (the file, packed as they go: when RAM is short) or auto (default)" },
         { "--tp-comm", 0, OPT_STR, &o->tp_comm_name, "HOW", "tensor-parallel sums on GPUs: nccl, mpi (host staging) or auto = nccl when each rank has a GPU of its own (default auto)" },
         { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
@@ -147,6 +150,11 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     if (o->gpu < -1) USAGE("shoal run: --gpu must be >= 0\n");
     if (o->device_mem < 0) USAGE("shoal run: --device-mem must be a size, e.g. 20G\n");
     if (o->prefetch < 0 || o->prefetch > 64) USAGE("shoal run: --prefetch must be 0..64\n");
+    o->offload_from = !strcmp(o->offload_from_name, "auto") ? SHOAL_OFFLOAD_FROM_AUTO
+                      : !strcmp(o->offload_from_name, "ram") ? SHOAL_OFFLOAD_FROM_RAM
+                      : !strcmp(o->offload_from_name, "map") ? SHOAL_OFFLOAD_FROM_MAP : -1;
+    if (o->offload_from < 0)
+        USAGE("shoal run: --offload-from '%s' is not one of auto, ram, map\n", o->offload_from_name);
     if (strcmp(o->tp_comm_name, "auto") && strcmp(o->tp_comm_name, "nccl") && strcmp(o->tp_comm_name, "mpi"))
         USAGE("shoal run: --tp-comm '%s' is not one of auto, nccl, mpi\n", o->tp_comm_name);
     o->tp_comm = o->tp_comm_name[0] == 'n' ? 2 : o->tp_comm_name[0] == 'm' ? 1 : 0;
@@ -418,7 +426,7 @@ static shoal_status load(struct run *r) {
                                       .n_outputs = r->o.logits_path ? r->o.n_batch : 1,
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist };
     struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
-                                       .state = &stp };
+                                       .from = r->o.offload_from, .state = &stp };
     SHOAL_TRY(shoal_model_load_offload(&r->m, r->g, r->be,
                                        r->size > 1 || r->man ? &r->plan->part[r->rank] : NULL, &off));
     if (r->rank == 0) {
@@ -680,10 +688,11 @@ static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler
                 char bb[32], pk[32], cb[32];
                 fprintf(stderr,
                         "shoal: offload (rank 0): %d of %d layers resident, %d streamed through %d "
-                        "buffer%s of %s (prefetch %d); predicted device peak %s; %s copied per token\n",
+                        "buffer%s of %s (prefetch %d, from %s); predicted device peak %s; %s copied per token\n",
                         op->n_resident, op->n_layers, op->n_layers - op->n_resident, op->n_buffers,
                         op->n_buffers == 1 ? "" : "s", shoal_fmt_bytes(bb, sizeof bb, (double)op->buffer_bytes),
-                        op->prefetch, shoal_fmt_bytes(pk, sizeof pk, (double)op->peak_bytes),
+                        op->prefetch, r->m->from_ram ? "ram" : "the map",
+                        shoal_fmt_bytes(pk, sizeof pk, (double)op->peak_bytes),
                         shoal_fmt_bytes(cb, sizeof cb, (double)op->copy_bytes));
             }
         }

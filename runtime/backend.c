@@ -309,6 +309,12 @@ shoal_status shoal_backend_fetch_wait(struct shoal_backend *b, uint64_t ticket) 
     return b->iface->fetch_wait && ticket ? b->iface->fetch_wait(b->ctx, ticket) : SHOAL_OK;
 }
 
+shoal_status shoal_backend_fetch_sync(struct shoal_backend *b, uint64_t ticket) {
+    if (!ticket) return SHOAL_OK;
+    if (b->iface->fetch_sync) return b->iface->fetch_sync(b->ctx, ticket);
+    return shoal_backend_fetch_wait(b, ticket);
+}
+
 double shoal_backend_fetch_busy(struct shoal_backend *b) {
     return b->iface->fetch_busy ? b->iface->fetch_busy(b->ctx) : 0;
 }

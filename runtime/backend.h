@@ -115,6 +115,8 @@ void shoal_backend_host_free(struct shoal_backend *b, void *p);
 shoal_status shoal_backend_fetch(struct shoal_backend *b, void *dst, const void *src, size_t n,
                                  uint64_t *ticket);
 shoal_status shoal_backend_fetch_wait(struct shoal_backend *b, uint64_t ticket);
+/* The host waits for the copies up to ticket: their sources may be rewritten. */
+shoal_status shoal_backend_fetch_sync(struct shoal_backend *b, uint64_t ticket);
 double shoal_backend_fetch_busy(struct shoal_backend *b);
 
 /* Device memory. alloc'd memory is uninitialised; free accepts NULL. */

@@ -63,6 +63,7 @@ struct shoal_backend_i {
      * (shoal_backend_fetch); default: upload, done at once */
     shoal_status (*fetch)(void *ctx, void *dst, const void *src, size_t n, uint64_t *ticket);
     shoal_status (*fetch_wait)(void *ctx, uint64_t ticket);
+    shoal_status (*fetch_sync)(void *ctx, uint64_t ticket); /* the host waits (its source reusable) */
     double (*fetch_busy)(void *ctx); /* optional: seconds spent copying */
     /* optional: recording a step's ops once and replaying them (shoal_backend_graph_begin) */
     shoal_status (*graph_begin)(void *ctx, uint64_t key, const struct shoal_batch *b, int *replayed);

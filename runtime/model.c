@@ -446,8 +446,7 @@ static shoal_status load_vector(struct shoal_model *m, const struct shoal_slice 
  */
 static shoal_status bind_streamed(struct shoal_model *m) {
     const int nl = m->part.layer1 - m->part.layer0, packs = shoal_backend_packs_weights(m->be);
-    if (!(m->lbytes = calloc((size_t)nl, sizeof *m->lbytes)) || !(m->ticket = calloc((size_t)nl, sizeof *m->ticket)) ||
-        (packs && !(m->limg = calloc((size_t)nl, sizeof *m->limg))))
+    if (!(m->lbytes = calloc((size_t)nl, sizeof *m->lbytes)) || !(m->ticket = calloc((size_t)nl, sizeof *m->ticket)))
         return shoal_errorf(SHOAL_NOMEM, "out of memory");
     for (int l = 0; l < nl; l++) {
         if (!shoal_offload_streamed(&m->off, l)) continue;
@@ -460,11 +459,38 @@ static shoal_status bind_streamed(struct shoal_model *m) {
             size_t end = t[k].off + weight_block_bytes(m, t[k].type, t[k].rows, t[k].cols);
             if (end > m->lbytes[l]) m->lbytes[l] = end;
         }
-        if (!packs) continue;
-        SHOAL_TRY(shoal_backend_host_alloc(m->be, m->lbytes[l], &m->limg[l]));
-        for (int k = 0; k < 7; k++)
-            SHOAL_TRY(shoal_weight_pack(m->be, t[k].type, t[k].rows, t[k].cols, t[k].host,
-                                        (char *)m->limg[l] + t[k].off));
+    }
+    /* the source: images in RAM (a backend that repacks: when they fit the host's
+     * available memory), else the map, packed on the way where the backend repacks */
+    uint64_t streamed = 0;
+    for (int l = 0; l < nl; l++) streamed += m->lbytes[l];
+    int from = m->offload.from;
+    if (from == SHOAL_OFFLOAD_FROM_AUTO)
+        from = packs && (double)streamed < 0.8 * shoal_host_available() ? SHOAL_OFFLOAD_FROM_RAM
+                                                                          : SHOAL_OFFLOAD_FROM_MAP;
+    m->from_ram = from == SHOAL_OFFLOAD_FROM_RAM;
+    if (m->from_ram) {
+        if (!(m->limg = calloc((size_t)nl, sizeof *m->limg))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        for (int l = 0; l < nl; l++) {
+            if (!shoal_offload_streamed(&m->off, l)) continue;
+            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7];
+            shoal_status rc = shoal_backend_host_alloc(m->be, m->lbytes[l], &m->limg[l]);
+            if (rc != SHOAL_OK) {
+                char b[32];
+                shoal_error_prefix("the streamed layers' images (%s) do not fit host memory "
+                                   "(--offload-from map reads them from the file)",
+                                   shoal_fmt_bytes(b, sizeof b, (double)streamed));
+                return rc;
+            }
+            for (int k = 0; k < 7; k++)
+                SHOAL_TRY(shoal_weight_pack(m->be, t[k].type, t[k].rows, t[k].cols, t[k].host,
+                                            (char *)m->limg[l] + t[k].off));
+        }
+    } else if (packs) {
+        if (!(m->stage = calloc((size_t)m->off.n_buffers, sizeof *m->stage)))
+            return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        for (int b = 0; b < m->off.n_buffers; b++)
+            SHOAL_TRY(shoal_backend_host_alloc(m->be, m->off.buffer_bytes, &m->stage[b]));
     }
     return SHOAL_OK;
 }
@@ -510,7 +536,8 @@ static shoal_status load_weights(struct shoal_model *m) {
     for (int l = 0; l < m->off.n_resident; l++) n_dev += lb[l];
     if (m->be && m->off.n_resident < nl) {
         if (!(m->stream = calloc((size_t)nl * 7, sizeof *m->stream)) ||
-            !(m->buf_layer = malloc((size_t)m->off.n_buffers * sizeof *m->buf_layer))) {
+            !(m->buf_layer = malloc((size_t)m->off.n_buffers * sizeof *m->buf_layer)) ||
+            !(m->stage_ticket = calloc((size_t)m->off.n_buffers, sizeof *m->stage_ticket))) {
             rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
             goto done;
         }
@@ -702,6 +729,9 @@ void shoal_model_destroy(struct shoal_model *m) {
     free(m->slices);
     for (int l = 0; m->limg && l < m->part.layer1 - m->part.layer0; l++)
         shoal_backend_host_free(m->be, m->limg[l]);
+    for (int b = 0; m->stage && b < m->off.n_buffers; b++) shoal_backend_host_free(m->be, m->stage[b]);
+    free(m->stage);
+    free(m->stage_ticket);
     free(m->limg);
     free(m->lbytes);
     free(m->ticket);
@@ -862,6 +892,14 @@ static shoal_status fetch_layer(struct shoal_model *m, int l) {
     m->buf_layer[b] = -1;
     if (m->limg) { /* the layer's device image, packed on the host at load */
         SHOAL_TRY(shoal_backend_fetch(m->be, buf, m->limg[l], m->lbytes[l], &ticket));
+    } else if (m->stage) { /* packed now from the map, once the buffer's last copy has left */
+        SHOAL_TRY(shoal_backend_fetch_sync(m->be, m->stage_ticket[b]));
+        for (int k = 0; k < 7; k++) {
+            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7 + k];
+            SHOAL_TRY(shoal_weight_pack(m->be, t->type, t->rows, t->cols, t->host, (char *)m->stage[b] + t->off));
+        }
+        SHOAL_TRY(shoal_backend_fetch(m->be, buf, m->stage[b], m->lbytes[l], &ticket));
+        m->stage_ticket[b] = ticket;
     } else { /* its matrices as the file has them */
         for (int k = 0; k < 7; k++) {
             const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7 + k];

@@ -65,9 +65,18 @@ struct shoal_layer {
  * they run.
  */
 struct shoal_state_params;
+/* Where streamed layers are copied from. */
+enum shoal_offload_from {
+    SHOAL_OFFLOAD_FROM_AUTO = 0, /* RAM when their images fit the host's available memory, else the map */
+    SHOAL_OFFLOAD_FROM_RAM = 1,  /* each layer's device image in (pinned) host memory, made at load */
+    SHOAL_OFFLOAD_FROM_MAP = 2,  /* the mapped file (the disk when its pages are not cached), packed
+                                  * into a staging buffer per layer buffer as it is fetched */
+};
+
 struct shoal_model_offload {
     uint64_t budget; /* device bytes for this rank; 0: every layer resident */
     int prefetch;    /* layers fetched ahead of the one running */
+    int from;        /* enum shoal_offload_from */
     const struct shoal_state_params *state; /* the state that will be made: its share of the budget */
 };
 
@@ -108,6 +117,9 @@ struct shoal_model {
     void *lbuf;                   /* device: off.n_buffers buffers of off.buffer_bytes */
     int *buf_layer;               /* (off.n_buffers): the layer each buffer holds, or -1 */
     void **limg;                  /* host (layers): a streamed layer's packed device image, or NULL */
+    void **stage;                 /* host (off.n_buffers): from the map, a layer packed on its way, or NULL */
+    uint64_t *stage_ticket;       /* (off.n_buffers): the last copy out of each stage */
+    int from_ram;                 /* streamed layers come from limg, else from the map */
     uint64_t *lbytes;             /* (layers): a streamed layer's bytes in its buffer */
     uint64_t *ticket;             /* (layers): the fetch a streamed layer waits for */
     struct shoal_stream_stats sstats;

@@ -117,3 +117,18 @@ def test_plan_predicts_the_offload(model, tmp_path, tp, pp):
         assert plan[0]["resident"] == got, f"{budget}: plan keeps {plan[0]['resident']} resident, the run {got}"
         assert abs(r["peak"] / plan[0]["device_peak"] - 1) <= 0.05, \
             f"{budget}: rank 0's device peak {r['peak']}, planned {plan[0]['device_peak']}"
+
+
+@pytest.mark.parametrize("source", ["ram", "map"])
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_sources_give_the_same_tokens(model, tmp_path, source, prefetch):
+    """--offload-from ram (each layer's image packed at load) and map (packed from the file
+    into a staging buffer as it goes, once that buffer's last copy has left)."""
+    want = run(model, tmp_path, [], tag="plain")["ids"]
+    low = smallest_budget(model, tmp_path, prefetch)
+    for k, budget in enumerate((int(low * 1.01), int(low * 1.3))):
+        r = run(model, tmp_path, ["--device-mem", budget, "--prefetch", prefetch, "--offload-from", source],
+                tag=f"{source}{k}")
+        assert ("from ram" if source == "ram" else "from the map") in r["err"], r["err"][-800:]
+        assert r["ids"] == want, f"--offload-from {source}, budget {budget}: tokens differ"
+        assert r["peak"] <= budget
