@@ -149,16 +149,41 @@ static shoal_status cu_weight_pack(void *ctx, int type, int64_t rows, int64_t co
     return cuda_weight_pack_host(type, rows, cols, src, dst);
 }
 
+/* Adds up the copies' times, oldest first, up to the ones not done (all of them: wait). */
+static void harvest_copy_times(struct cuda_ctx *c, int wait) {
+    const size_t ring = sizeof c->fetched / sizeof *c->fetched;
+    while (c->n_timed < c->n_fetches) {
+        const size_t i = (c->n_timed + 1) % ring;
+        if (wait) cudaEventSynchronize(c->copy_end[i]);
+        else if (cudaEventQuery(c->copy_end[i]) != cudaSuccess) break;
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, c->copy_start[i], c->copy_end[i]) == cudaSuccess)
+            c->copy_seconds += ms / 1e3;
+        c->n_timed++;
+    }
+    cudaGetLastError(); /* a query's "not ready" is not an error */
+}
+
 /* On the copy stream, after the compute stream's work so far (the buffer's last reader). */
 static shoal_status cu_fetch(void *ctx, void *dst, const void *src, size_t n, uint64_t *ticket) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     const size_t ring = sizeof c->fetched / sizeof *c->fetched;
+    if (c->n_fetches - c->n_timed >= ring - 1) harvest_copy_times(c, 1); /* slots to be reused */
     CU_TRY(cudaEventRecord(c->compute_mark, c->stream));
     CU_TRY(cudaStreamWaitEvent(c->copy, c->compute_mark, 0));
+    const size_t i = (c->n_fetches + 1) % ring;
+    CU_TRY(cudaEventRecord(c->copy_start[i], c->copy));
     CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->copy));
+    CU_TRY(cudaEventRecord(c->copy_end[i], c->copy));
     *ticket = ++c->n_fetches;
-    CU_TRY(cudaEventRecord(c->fetched[*ticket % ring], c->copy));
+    CU_TRY(cudaEventRecord(c->fetched[i], c->copy));
     return SHOAL_OK;
+}
+
+static double cu_fetch_busy(void *ctx) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    harvest_copy_times(c, 0);
+    return c->copy_seconds;
 }
 
 /* The host waits for the copy (its pinned source may then be rewritten). */
@@ -169,12 +194,38 @@ static shoal_status cu_fetch_sync(void *ctx, uint64_t ticket) {
     return SHOAL_OK;
 }
 
-/* The compute stream waits for the copy (the host does not). */
+/* Adds up the compute stream's waits, as harvest_copy_times the copies. */
+static void harvest_stalls(struct cuda_ctx *c, int wait) {
+    const size_t ring = sizeof c->stall_start / sizeof *c->stall_start;
+    while (c->n_waits_timed < c->n_waits) {
+        const size_t i = (c->n_waits_timed + 1) % ring;
+        if (wait) cudaEventSynchronize(c->stall_end[i]);
+        else if (cudaEventQuery(c->stall_end[i]) != cudaSuccess) break;
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, c->stall_start[i], c->stall_end[i]) == cudaSuccess)
+            c->stall_seconds += ms / 1e3;
+        c->n_waits_timed++;
+    }
+    cudaGetLastError();
+}
+
+/* The compute stream waits for the copy (the host does not); events on either side
+ * of the wait time how long the stream stood still. */
 static shoal_status cu_fetch_wait(void *ctx, uint64_t ticket) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     const size_t ring = sizeof c->fetched / sizeof *c->fetched;
+    if (c->n_waits - c->n_waits_timed >= ring - 1) harvest_stalls(c, 1);
+    const size_t i = ++c->n_waits % ring;
+    CU_TRY(cudaEventRecord(c->stall_start[i], c->stream));
     CU_TRY(cudaStreamWaitEvent(c->stream, c->fetched[ticket % ring], 0));
+    CU_TRY(cudaEventRecord(c->stall_end[i], c->stream));
     return SHOAL_OK;
+}
+
+static double cu_fetch_stalled(void *ctx) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    harvest_stalls(c, 0);
+    return c->stall_seconds;
 }
 
 shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out) {
@@ -425,8 +476,13 @@ static void cu_destroy(void *ctx) {
     if (c->copy) cudaStreamSynchronize(c->copy);
     if (c->batch_copied) cudaEventDestroy(c->batch_copied);
     if (c->compute_mark) cudaEventDestroy(c->compute_mark);
-    for (size_t i = 0; i < sizeof c->fetched / sizeof *c->fetched; i++)
+    for (size_t i = 0; i < sizeof c->fetched / sizeof *c->fetched; i++) {
         if (c->fetched[i]) cudaEventDestroy(c->fetched[i]);
+        if (c->copy_start[i]) cudaEventDestroy(c->copy_start[i]);
+        if (c->copy_end[i]) cudaEventDestroy(c->copy_end[i]);
+        if (c->stall_start[i]) cudaEventDestroy(c->stall_start[i]);
+        if (c->stall_end[i]) cudaEventDestroy(c->stall_end[i]);
+    }
     if (c->copy) cudaStreamDestroy(c->copy);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
@@ -464,6 +520,8 @@ static struct shoal_backend_i make_iface(void) {
     t.fetch = cu_fetch;
     t.fetch_wait = cu_fetch_wait;
     t.fetch_sync = cu_fetch_sync;
+    t.fetch_busy = cu_fetch_busy;
+    t.fetch_stalled = cu_fetch_stalled;
     t.topk = cu_topk;
     t.topk_max = CUDA_TOPK_MAX; /* more candidates are picked on the host */
     t.graph_begin = cu_graph_begin;
@@ -504,8 +562,13 @@ extern "C" shoal_status shoal_cudamod_backend_create(struct shoal_backend **out,
     STEP(cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming));
     STEP(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     STEP(cudaEventCreateWithFlags(&c->compute_mark, cudaEventDisableTiming));
-    for (size_t i = 0; i < sizeof c->fetched / sizeof *c->fetched; i++)
+    for (size_t i = 0; i < sizeof c->fetched / sizeof *c->fetched; i++) {
         STEP(cudaEventCreateWithFlags(&c->fetched[i], cudaEventDisableTiming));
+        STEP(cudaEventCreate(&c->copy_start[i]));
+        STEP(cudaEventCreate(&c->copy_end[i]));
+        STEP(cudaEventCreate(&c->stall_start[i]));
+        STEP(cudaEventCreate(&c->stall_end[i]));
+    }
 #undef STEP
     if ((be = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS ||
         (be = cublasSetStream(c->cublas, c->stream)) != CUBLAS_STATUS_SUCCESS) {

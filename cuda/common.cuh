@@ -88,7 +88,12 @@ struct cuda_ctx {
     /* offload's copies: a stream of their own, after a mark of the compute stream */
     cudaStream_t copy;
     cudaEvent_t compute_mark, fetched[256];
-    uint64_t n_fetches;
+    cudaEvent_t copy_start[256], copy_end[256]; /* timing each copy, for fetch_busy */
+    uint64_t n_fetches, n_timed;                /* fetches made; of them, timed and added up */
+    double copy_seconds;
+    cudaEvent_t stall_start[256], stall_end[256]; /* the compute stream around each wait */
+    uint64_t n_waits, n_waits_timed;
+    double stall_seconds;
 };
 
 /* Forgets every recording: the buffers they point at are about to change. */

@@ -829,16 +829,18 @@ static int lead(struct run *r) {
         if (o->verbose && ss->fetches && gs.n_decode) {
             char cb[32], hid[96] = "";
             const double steps = (double)(gs.n_decode + (gs.n_prompt > 0));
-            const double busy = shoal_backend_fetch_busy(r->be);
+            const double busy = shoal_backend_fetch_busy(r->be), stalled = shoal_backend_fetch_stalled(r->be);
+            /* the time compute stood waiting: a GPU stream's stalls, else the host's waits */
+            const double waited = stalled >= 0 ? stalled : ss->seconds;
             if (busy > 0)
                 snprintf(hid, sizeof hid, ", copying %.3f ms (%.2f GB/s), %.0f%% of it hidden behind compute",
                          busy / steps * 1e3, (double)ss->bytes / busy / 1e9,
-                         ss->seconds < busy ? 100.0 * (1 - ss->seconds / busy) : 0.0);
-            const double compute = gs.t_decode / gs.n_decode - ss->seconds / steps;
+                         waited < busy ? 100.0 * (1 - waited / busy) : 0.0);
+            const double compute = gs.t_decode / gs.n_decode - waited / steps;
             fprintf(stderr, "shoal: offload (rank 0): per token %s copied host to device, %.3f ms "
                     "computing, %.3f ms waited for copies%s\n",
                     shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps), compute > 0 ? compute * 1e3 : 0,
-                    ss->seconds / steps * 1e3, hid);
+                    waited / steps * 1e3, hid);
         }
         if (strcmp(gs.stop, "context") == 0 && !c.full)
             fprintf(stderr, "shoal run: stopped early: the context of %d tokens is full (raise -c)\n",

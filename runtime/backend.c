@@ -319,6 +319,10 @@ double shoal_backend_fetch_busy(struct shoal_backend *b) {
     return b->iface->fetch_busy ? b->iface->fetch_busy(b->ctx) : 0;
 }
 
+double shoal_backend_fetch_stalled(struct shoal_backend *b) {
+    return b->iface->fetch_stalled ? b->iface->fetch_stalled(b->ctx) : -1;
+}
+
 int shoal_backend_packs_weights(const struct shoal_backend *b) { return b->iface->weight_pack != NULL; }
 
 shoal_status shoal_weight_pack(struct shoal_backend *b, int type, int64_t rows, int64_t cols,

@@ -118,6 +118,9 @@ shoal_status shoal_backend_fetch_wait(struct shoal_backend *b, uint64_t ticket);
 /* The host waits for the copies up to ticket: their sources may be rewritten. */
 shoal_status shoal_backend_fetch_sync(struct shoal_backend *b, uint64_t ticket);
 double shoal_backend_fetch_busy(struct shoal_backend *b);
+/* Seconds the compute queue stood waiting for copies (a GPU's stream), or -1 when the
+ * backend does not say (the CPU: its waits are the host's, which the caller can time). */
+double shoal_backend_fetch_stalled(struct shoal_backend *b);
 
 /* Device memory. alloc'd memory is uninitialised; free accepts NULL. */
 shoal_status shoal_backend_alloc(struct shoal_backend *b, size_t bytes, void **out);

@@ -65,6 +65,7 @@ struct shoal_backend_i {
     shoal_status (*fetch_wait)(void *ctx, uint64_t ticket);
     shoal_status (*fetch_sync)(void *ctx, uint64_t ticket); /* the host waits (its source reusable) */
     double (*fetch_busy)(void *ctx); /* optional: seconds spent copying */
+    double (*fetch_stalled)(void *ctx); /* optional: seconds the compute queue waited for copies */
     /* optional: recording a step's ops once and replaying them (shoal_backend_graph_begin) */
     shoal_status (*graph_begin)(void *ctx, uint64_t key, const struct shoal_batch *b, int *replayed);
     shoal_status (*graph_end)(void *ctx, int ok);
