@@ -33,7 +33,7 @@ struct run_opts {
     const char *device_name, *tp_comm_name;
     int device, gpu, tp_comm;
     int64_t device_mem;
-    int prefetch, offload_from;
+    int prefetch, offload_from, offload_group;
     const char *offload_from_name;
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
@@ -53,6 +53,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     o->tp_comm_name = "auto";
     o->gpu = -1;
     o->prefetch = 1;
+    o->offload_group = 1;
     o->offload_from_name = "auto";
     o->n_predict = 256;
     o->n_batch = 512;
@@ -82,6 +83,7 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--gpu", 0, OPT_INT, &o->gpu, "N", "with cuda: the GPU to use (default: one per rank of this machine, by local rank)" },
         { "--device-mem", 0, OPT_SIZE, &o->device_mem, "SIZE", "device memory each rank may use, e.g. 20G (on the CPU: an arena the weights are copied into, for testing offload)" },
         { "--prefetch", 0, OPT_INT, &o->prefetch, "N", "with --device-mem: layers fetched ahead of the one running (default 1)" },
+        { "--offload-group", 0, OPT_INT, &o->offload_group, "G", "with --device-mem: G replicas of the tp x pp ranks (G x tp x pp ranks), each rank holding 1/G of every streamed layer, the G copies of a part all-gathering them (default 1)" },
         { "--offload-from", 0, OPT_STR, &o->offload_from_name, "SRC", "with --device-mem: streamed layers from ram (packed at load; pinned on GPUs), map (the file, packed as they go: when RAM is short) or auto (default)" },
         { "--tp-comm", 0, OPT_STR, &o->tp_comm_name, "HOW", "tensor-parallel sums on GPUs: nccl, mpi (host staging) or auto = nccl when each rank has a GPU of its own (default auto)" },
         { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
@@ -150,6 +152,9 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     if (o->gpu < -1) USAGE("shoal run: --gpu must be >= 0\n");
     if (o->device_mem < 0) USAGE("shoal run: --device-mem must be a size, e.g. 20G\n");
     if (o->prefetch < 0 || o->prefetch > 64) USAGE("shoal run: --prefetch must be 0..64\n");
+    if (o->offload_group < 1) USAGE("shoal run: --offload-group must be >= 1\n");
+    if (o->offload_group > 1 && (o->shards || !o->device_mem))
+        USAGE("shoal run: --offload-group goes with --device-mem, and not yet with --shards\n");
     o->offload_from = !strcmp(o->offload_from_name, "auto") ? SHOAL_OFFLOAD_FROM_AUTO
                       : !strcmp(o->offload_from_name, "ram") ? SHOAL_OFFLOAD_FROM_RAM
                       : !strcmp(o->offload_from_name, "map") ? SHOAL_OFFLOAD_FROM_MAP : -1;
@@ -217,6 +222,7 @@ struct run {
     struct shoal_tokenizer *tok;
     struct shoal_state *st;
     int threads;
+    int local, n_part;   /* this rank among its replica's, and their number (size / offload group) */
     int gpu;             /* the CUDA device this rank computes on, or -1 */
     char dev_desc[192];  /* what it computes on, for the load line */
     double t_load;
@@ -225,7 +231,10 @@ struct run {
 /* tp x pp from the flags and the number of ranks. */
 static shoal_status choose_layout(struct run *r) {
     if (r->o.shards) return SHOAL_OK; /* the manifest says, in plan() */
-    int tp = r->o.tp, pp = r->o.pp, n = r->size;
+    int tp = r->o.tp, pp = r->o.pp, n = r->n_part;
+    if (r->size % r->o.offload_group)
+        return shoal_errorf(SHOAL_INVALID, "--offload-group %d does not divide the %d ranks running",
+                            r->o.offload_group, r->size);
     if (!tp && !pp) {
         if (n > 1) return SHOAL_OK; /* the planner's, in auto_layout() */
         tp = pp = 1;
@@ -257,7 +266,7 @@ static shoal_status choose_layout(struct run *r) {
  * the others wait) and tells every rank; a failure there is everyone's.
  */
 static shoal_status auto_layout(struct run *r) {
-    if (r->o.shards || r->o.tp || r->o.pp || r->size == 1) return SHOAL_OK;
+    if (r->o.shards || r->o.tp || r->o.pp || r->n_part == 1) return SHOAL_OK;
     int32_t lay[2] = { 0, 0 };
     struct shoal_layout_cost best = { 0 };
     shoal_status rc = SHOAL_OK;
@@ -268,7 +277,7 @@ static shoal_status auto_layout(struct run *r) {
             r->o.model = r->o.model_buf;
         if (rc == SHOAL_OK) rc = shoal_gguf_open(&g, r->o.model);
         if (rc == SHOAL_OK)
-            rc = launch_choose_layout(g, r->o.hosts, r->size, local, r->o.n_ctx,
+            rc = launch_choose_layout(g, r->o.hosts, r->n_part, local, r->o.n_ctx,
                                       r->o.n_batch, r->o.kv_type, r->o.wire, &best);
         shoal_gguf_close(g);
         if (rc == SHOAL_OK) {
@@ -426,9 +435,10 @@ static shoal_status load(struct run *r) {
                                       .n_outputs = r->o.logits_path ? r->o.n_batch : 1,
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist };
     struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
-                                       .from = r->o.offload_from, .state = &stp };
+                                       .from = r->o.offload_from, .state = &stp,
+                                       .group = r->dist ? r->dist->group : NULL };
     SHOAL_TRY(shoal_model_load_offload(&r->m, r->g, r->be,
-                                       r->size > 1 || r->man ? &r->plan->part[r->rank] : NULL, &off));
+                                       r->n_part > 1 || r->man ? &r->plan->part[r->local] : NULL, &off));
     if (r->rank == 0) {
         SHOAL_TRY(shoal_tokenizer_create(&r->tok, r->g));
         if (shoal_tokenizer_n_vocab(r->tok) > r->m->hp.n_vocab)
@@ -469,7 +479,7 @@ static void report_comm(struct run *r, int print) {
         return;
     }
     for (int k = 0; k < r->size; k++) {
-        const struct shoal_rank_part *pt = &r->plan->part[k];
+        const struct shoal_rank_part *pt = &r->plan->part[k % r->n_part];
         const double *v = all + 5 * k;
         char rss[32];
         fprintf(stderr,
@@ -837,9 +847,13 @@ static int lead(struct run *r) {
                          busy / steps * 1e3, (double)ss->bytes / busy / 1e9,
                          waited < busy ? 100.0 * (1 - waited / busy) : 0.0);
             const double compute = gs.t_decode / gs.n_decode - waited / steps;
-            fprintf(stderr, "shoal: offload (rank 0): per token %s copied host to device, %.3f ms "
+            char gb[64] = "", gg[32];
+            if (ss->gathered)
+                snprintf(gb, sizeof gb, " (%s of it gathered from the offload group)",
+                         shoal_fmt_bytes(gg, sizeof gg, (double)ss->gathered / steps));
+            fprintf(stderr, "shoal: offload (rank 0): per token %s copied host to device%s, %.3f ms "
                     "computing, %.3f ms waited for copies%s\n",
-                    shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps), compute > 0 ? compute * 1e3 : 0,
+                    shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps), gb, compute > 0 ? compute * 1e3 : 0,
                     waited / steps * 1e3, hid);
         }
         if (strcmp(gs.stop, "context") == 0 && !c.full)
@@ -884,6 +898,8 @@ int cmd_run(int argc, char **argv) {
         return status - 1;
     }
     shoal_log_init(r.o.verbose ? SHOAL_LOG_INFO : SHOAL_LOG_WARN, r.rank, getenv("SHOAL_DEBUG"));
+    r.n_part = r.size / r.o.offload_group;
+    r.local = r.n_part > 0 ? r.rank % r.n_part : 0;
     signal(SIGPIPE, SIG_IGN);
     if (r.rank != 0) signal(SIGINT, SIG_IGN); /* rank 0 stops everyone cleanly */
 
@@ -895,7 +911,8 @@ int cmd_run(int argc, char **argv) {
     double t0 = shoal_now();
     int n_failed = 0;
     rc = shoal_comm_agree(r.world, plan(&r), &n_failed);
-    if (rc == SHOAL_OK && r.size > 1) rc = shoal_dist_create(&r.dist, r.world, r.plan, r.o.wire);
+    if (rc == SHOAL_OK && r.size > 1)
+        rc = shoal_dist_create_replicas(&r.dist, r.world, r.plan, r.o.wire, r.o.offload_group);
     if (rc == SHOAL_OK) {
         int local = shoal_comm_local_size(r.world); /* a collective: before anything may fail */
         rc = shoal_comm_agree(r.world, make_backend(&r, local), &n_failed);

@@ -22,10 +22,12 @@ static void plan_with(const struct shoal_offload_params *p, int r, struct shoal_
             o->resident_bytes += b;
             continue;
         }
-        if (b > o->buffer_bytes) o->buffer_bytes = b;
-        /* the group's parts are equal but for the last: the first's stands for them */
+        /* the group's parts are equal but for the last: the first's stands for them; a
+         * buffer holds g of them (the last padded), as the all-gather delivers them */
         uint64_t off, len;
         shoal_offload_part(b, p->group, 0, &off, &len);
+        const uint64_t buf = p->group > 1 ? len * (uint64_t)p->group : b;
+        if (buf > o->buffer_bytes) o->buffer_bytes = buf;
         o->host_bytes += len;
         o->copy_bytes += len;
         o->gather_bytes += b - len;

@@ -31,7 +31,7 @@ struct shoal_offload_plan {
     int n_layers, n_resident;  /* the first n_resident layers stay on the device */
     int n_buffers;             /* buffers the streamed layers take turns in: min(d + 1, streamed) */
     int prefetch, group;
-    uint64_t buffer_bytes;     /* each buffer: the largest streamed layer */
+    uint64_t buffer_bytes;     /* each buffer: the largest streamed layer (with a group: g equal parts of it) */
     uint64_t resident_bytes;   /* the resident layers' matrices */
     uint64_t peak_bytes;       /* fixed + resident + buffers: the device's most */
     uint64_t host_bytes;       /* this rank's host copies: its part of every streamed layer */

@@ -39,13 +39,33 @@ struct step_head {
 
 shoal_status shoal_dist_create(struct shoal_dist **out, struct shoal_comm *world,
                                const struct shoal_plan *plan, int wire) {
+    return shoal_dist_create_replicas(out, world, plan, wire, 1);
+}
+
+shoal_status shoal_dist_create_replicas(struct shoal_dist **out, struct shoal_comm *world,
+                                        const struct shoal_plan *plan, int wire, int replicas) {
     *out = NULL;
-    const int rank = shoal_comm_rank(world);
-    if (shoal_comm_size(world) != plan->n_ranks)
-        return shoal_errorf(SHOAL_INVALID, "the plan is for %d ranks but %d are running",
-                            plan->n_ranks, shoal_comm_size(world));
+    if (replicas < 1 || shoal_comm_size(world) != plan->n_ranks * replicas)
+        return shoal_errorf(SHOAL_INVALID, "the plan is for %d ranks%s but %d are running",
+                            plan->n_ranks * (replicas > 0 ? replicas : 1),
+                            replicas > 1 ? " (its replicas counted)" : "", shoal_comm_size(world));
     struct shoal_dist *d = calloc(1, sizeof *d);
     if (!d) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    d->top = world;
+    d->replicas = replicas;
+    d->replica = shoal_comm_rank(world) / plan->n_ranks;
+    if (replicas > 1) {
+        /* this replica's ranks, then the ranks of the same part across replicas */
+        const int wr = shoal_comm_rank(world);
+        shoal_status rc = shoal_comm_split(world, d->replica, wr, &d->own);
+        if (rc == SHOAL_OK) rc = shoal_comm_split(world, wr % plan->n_ranks, d->replica, &d->group);
+        if (rc != SHOAL_OK) {
+            shoal_dist_destroy(d);
+            return rc;
+        }
+        world = d->own;
+    }
+    const int rank = shoal_comm_rank(world);
     const struct shoal_rank_part *p = &plan->part[rank];
     d->world = world;
     d->plan = plan;
@@ -54,7 +74,7 @@ shoal_status shoal_dist_create(struct shoal_dist **out, struct shoal_comm *world
     d->next = p->last ? -1 : (p->stage + 1) * plan->tp;
     shoal_status rc = shoal_comm_split(world, p->stage, p->tp_rank, &d->tp);
     if (rc != SHOAL_OK) {
-        free(d);
+        shoal_dist_destroy(d);
         return rc;
     }
     *out = d;
@@ -65,6 +85,8 @@ void shoal_dist_destroy(struct shoal_dist *d) {
     if (!d) return;
     shoal_comm_destroy(d->tp_dev);
     shoal_comm_destroy(d->tp);
+    shoal_comm_destroy(d->group);
+    shoal_comm_destroy(d->own);
     free(d);
 }
 
@@ -150,6 +172,24 @@ static shoal_status share(struct shoal_state *s, struct step_head *h) {
     return shoal_comm_bcast(tp, s->msg, h->body_bytes, 0);
 }
 
+/* Whether this rank's part has copies in other replicas (an offload group). */
+static int replicated(const struct shoal_state *s) {
+    return s->dist && s->dist->group && shoal_comm_size(s->dist->group) > 1;
+}
+
+/*
+ * Across replicas: world rank 0 gives each replica's first rank the step
+ * (header, then body), which runs it in its replica as rank 0 does in its own.
+ */
+static shoal_status replicas_share(struct shoal_state *s, struct step_head *h) {
+    struct shoal_comm *g = s->dist->group;
+    SHOAL_TRY(shoal_comm_bcast(g, h, sizeof *h, 0));
+    SHOAL_TRY(check_head(s, h, 0));
+    if (h->kind == STEP_STOP) return SHOAL_OK;
+    SHOAL_TRY(msg_room(s, h->body_bytes));
+    return shoal_comm_bcast(g, s->msg, h->body_bytes, 0);
+}
+
 /* First rank of a stage: the step (and hidden states) to the next stage. */
 static shoal_status pass_on(struct shoal_state *s, const struct step_head *h) {
     SHOAL_TRY(shoal_comm_send(s->dist->world, h, sizeof *h, s->dist->next));
@@ -233,11 +273,12 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
     uint64_t bytes0;
     double seconds0;
     comm_total(s, &bytes0, &seconds0);
-    if (s->dist && shoal_comm_size(s->dist->tp) > 1) {
+    if (s->dist && (shoal_comm_size(s->dist->tp) > 1 || replicated(s))) {
         SHOAL_TRY(pack(s, &h, b, 0));
         h.out0 = out0;
         h.n_out = n_out;
         h.topk = topk;
+        if (replicated(s)) SHOAL_TRY(replicas_share(s, &h));
         SHOAL_TRY(share(s, &h));
     }
     SHOAL_TRY(run_step(s, &h, b, NULL));
@@ -268,6 +309,8 @@ shoal_status shoal_follow(struct shoal_state *s) {
         uint64_t bytes0;
         double seconds0;
         comm_total(s, &bytes0, &seconds0);
+        /* a replica's first rank: the step comes from world rank 0, as rank 0 runs it */
+        const int replica_lead = m->part.first && shoal_comm_rank(tp) == 0 && s->dist->replica > 0;
         if (!m->part.first && shoal_comm_rank(tp) == 0) {
             from = s->dist->prev;
             SHOAL_TRY(shoal_comm_recv(s->dist->world, &h, sizeof h, from));
@@ -276,6 +319,12 @@ shoal_status shoal_follow(struct shoal_state *s) {
                 SHOAL_TRY(msg_room(s, h.body_bytes));
                 SHOAL_TRY(shoal_comm_recv(s->dist->world, s->msg, h.body_bytes, from));
             }
+        } else if (replica_lead) {
+            SHOAL_TRY(replicas_share(s, &h));
+            /* room for the hidden states it adds when passing the step on (the batch's
+             * arrays stay where they were received) */
+            if (h.kind == STEP_RUN)
+                SHOAL_TRY(msg_room(s, h.body_bytes + (size_t)h.n_tokens * m->hp.dim * sizeof(float)));
         }
         SHOAL_TRY(share(s, &h));
         if (h.kind == STEP_STOP) {
@@ -289,13 +338,25 @@ shoal_status shoal_follow(struct shoal_state *s) {
             return shoal_errorf(SHOAL_COMM, "a step reached stage %d without hidden states",
                                 m->part.stage);
         SHOAL_TRY(run_step(s, &h, &b, x));
+        if (replica_lead && h.n_out > 0 && !m->part.last) {
+            /* what its last stage sends back, as to rank 0; not used */
+            const int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
+            const size_t bytes = h.topk ? (size_t)h.n_out * h.topk * sizeof *s->cands
+                                        : (size_t)h.n_out * m->hp.n_vocab * sizeof(float);
+            void *sink = malloc(bytes);
+            if (!sink) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+            shoal_status rc = shoal_comm_recv(s->dist->world, sink, bytes, last_lead);
+            free(sink);
+            SHOAL_TRY(rc);
+        }
         tally(s, h.n_tokens, bytes0, seconds0);
     }
 }
 
 shoal_status shoal_stop(struct shoal_state *s) {
-    if (!s->dist || shoal_comm_size(s->dist->world) == 1) return SHOAL_OK;
+    if (!s->dist || (shoal_comm_size(s->dist->world) == 1 && !replicated(s))) return SHOAL_OK;
     struct step_head h = { STEP_MAGIC, STEP_VERSION, STEP_STOP, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
+    if (replicated(s)) SHOAL_TRY(replicas_share(s, &h));
     SHOAL_TRY(share(s, &h));
     if (!s->m->part.last) SHOAL_TRY(pass_on(s, &h));
     return SHOAL_OK;

@@ -444,6 +444,42 @@ static shoal_status load_vector(struct shoal_model *m, const struct shoal_slice 
  * them), and, for a backend whose device image differs from the file's bytes,
  * each layer's image packed once into host memory it copies from fastest.
  */
+static int group_size(const struct shoal_model *m) {
+    return m->offload.group ? shoal_comm_size(m->offload.group) : 1;
+}
+
+/*
+ * An offload group's share of the streamed layers: each rank packs a layer's
+ * image and keeps its part (shoal_offload_part, padded to the parts' size) in
+ * host memory; a staging buffer per layer buffer receives the group's
+ * all-gather of the parts, the whole image, copied to the device from there.
+ */
+static shoal_status keep_parts(struct shoal_model *m) {
+    const int nl = m->part.layer1 - m->part.layer0, g = group_size(m);
+    const int me = shoal_comm_rank(m->offload.group);
+    void *img = NULL;
+    shoal_status rc = SHOAL_OK;
+    if (!(m->limg = calloc((size_t)nl, sizeof *m->limg)) || !(m->lpart = calloc((size_t)nl, sizeof *m->lpart)) ||
+        !(m->stage = calloc((size_t)m->off.n_buffers, sizeof *m->stage)) || !(img = malloc(m->lstride)))
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+    for (int b = 0; rc == SHOAL_OK && b < m->off.n_buffers; b++)
+        rc = shoal_backend_host_alloc(m->be, m->lstride, &m->stage[b]);
+    for (int l = 0; rc == SHOAL_OK && l < nl; l++) {
+        if (!shoal_offload_streamed(&m->off, l)) continue;
+        const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7];
+        memset(img, 0, m->lstride);
+        for (int k = 0; rc == SHOAL_OK && k < 7; k++)
+            rc = shoal_weight_pack(m->be, t[k].type, t[k].rows, t[k].cols, t[k].host, (char *)img + t[k].off);
+        uint64_t off, len;
+        shoal_offload_part(m->lbytes[l], g, 0, &off, &len);
+        m->lpart[l] = len; /* every part as long as the first: the last one padded */
+        if (rc == SHOAL_OK) rc = shoal_backend_host_alloc(m->be, len, &m->limg[l]);
+        if (rc == SHOAL_OK) memcpy(m->limg[l], (char *)img + (size_t)me * len, len);
+    }
+    free(img);
+    return rc;
+}
+
 static shoal_status bind_streamed(struct shoal_model *m) {
     const int nl = m->part.layer1 - m->part.layer0, packs = shoal_backend_packs_weights(m->be);
     if (!(m->lbytes = calloc((size_t)nl, sizeof *m->lbytes)) || !(m->ticket = calloc((size_t)nl, sizeof *m->ticket)))
@@ -452,7 +488,7 @@ static shoal_status bind_streamed(struct shoal_model *m) {
         if (!shoal_offload_streamed(&m->off, l)) continue;
         struct shoal_layer *L = &m->layers[l];
         struct shoal_weight *ws[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down };
-        const char *buf = (char *)m->lbuf + (size_t)shoal_offload_buffer(&m->off, l) * m->off.buffer_bytes;
+        const char *buf = (char *)m->lbuf + (size_t)shoal_offload_buffer(&m->off, l) * m->lstride;
         const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7];
         for (int k = 0; k < 7; k++) {
             SHOAL_TRY(shoal_weight_bind(m->be, ws[k], t[k].type, t[k].rows, t[k].cols, buf + t[k].off));
@@ -468,7 +504,10 @@ static shoal_status bind_streamed(struct shoal_model *m) {
     if (from == SHOAL_OFFLOAD_FROM_AUTO)
         from = packs && (double)streamed < 0.8 * shoal_host_available() ? SHOAL_OFFLOAD_FROM_RAM
                                                                           : SHOAL_OFFLOAD_FROM_MAP;
+    const int g = group_size(m);
+    if (g > 1) from = SHOAL_OFFLOAD_FROM_RAM; /* the parts are kept in RAM */
     m->from_ram = from == SHOAL_OFFLOAD_FROM_RAM;
+    if (g > 1) return keep_parts(m);
     if (m->from_ram) {
         if (!(m->limg = calloc((size_t)nl, sizeof *m->limg))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
         for (int l = 0; l < nl; l++) {
@@ -490,7 +529,7 @@ static shoal_status bind_streamed(struct shoal_model *m) {
         if (!(m->stage = calloc((size_t)m->off.n_buffers, sizeof *m->stage)))
             return shoal_errorf(SHOAL_NOMEM, "out of memory");
         for (int b = 0; b < m->off.n_buffers; b++)
-            SHOAL_TRY(shoal_backend_host_alloc(m->be, m->off.buffer_bytes, &m->stage[b]));
+            SHOAL_TRY(shoal_backend_host_alloc(m->be, m->lstride, &m->stage[b]));
     }
     return SHOAL_OK;
 }
@@ -530,8 +569,15 @@ static shoal_status load_weights(struct shoal_model *m) {
         const uint64_t small = ((uint64_t)n_small * sizeof(float) + 255) / 256 * 256;
         const uint64_t state = m->offload.state ? shoal_state_device_bytes(hp, pt, m->offload.state) : 0;
         struct shoal_offload_params op = { m->offload.budget, n_dev + small + state, nl, lb,
-                                           m->offload.prefetch, 1 };
+                                           m->offload.prefetch, group_size(m) };
         SHOAL_TRY_GOTO(shoal_offload_plan_make(&op, &m->off), rc, done);
+    }
+    /* a buffer holds a layer; with a group, its g equal parts (the last padded) */
+    m->lstride = m->off.buffer_bytes;
+    for (int l = m->off.n_resident; l < nl && group_size(m) > 1; l++) {
+        uint64_t off, len;
+        shoal_offload_part(lb[l], group_size(m), 0, &off, &len);
+        if (len * (uint64_t)group_size(m) > m->lstride) m->lstride = len * (uint64_t)group_size(m);
     }
     for (int l = 0; l < m->off.n_resident; l++) n_dev += lb[l];
     if (m->be && m->off.n_resident < nl) {
@@ -542,8 +588,7 @@ static shoal_status load_weights(struct shoal_model *m) {
             goto done;
         }
         for (int b = 0; b < m->off.n_buffers; b++) m->buf_layer[b] = -1;
-        SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, (size_t)m->off.n_buffers * m->off.buffer_bytes, &m->lbuf),
-                       rc, done);
+        SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, (size_t)m->off.n_buffers * m->lstride, &m->lbuf), rc, done);
     }
     if (m->be) {
         SHOAL_TRY_GOTO(shoal_backend_alloc(m->be, (size_t)n_small * sizeof(float), &m->small), rc, done);
@@ -732,6 +777,7 @@ void shoal_model_destroy(struct shoal_model *m) {
     for (int b = 0; m->stage && b < m->off.n_buffers; b++) shoal_backend_host_free(m->be, m->stage[b]);
     free(m->stage);
     free(m->stage_ticket);
+    free(m->lpart);
     free(m->limg);
     free(m->lbytes);
     free(m->ticket);
@@ -887,10 +933,16 @@ static shoal_status project_add(struct shoal_state *s, const struct shoal_weight
 static shoal_status fetch_layer(struct shoal_model *m, int l) {
     const int b = shoal_offload_buffer(&m->off, l);
     if (b < 0 || m->buf_layer[b] == l) return SHOAL_OK;
-    char *buf = (char *)m->lbuf + (size_t)b * m->off.buffer_bytes;
+    char *buf = (char *)m->lbuf + (size_t)b * m->lstride;
     uint64_t ticket = 0;
     m->buf_layer[b] = -1;
-    if (m->limg) { /* the layer's device image, packed on the host at load */
+    if (m->lpart) { /* an offload group: the parts gathered from its ranks, then copied up */
+        SHOAL_TRY(shoal_backend_fetch_sync(m->be, m->stage_ticket[b]));
+        SHOAL_TRY(shoal_comm_allgather(m->offload.group, m->limg[l], m->lpart[l], m->stage[b]));
+        SHOAL_TRY(shoal_backend_fetch(m->be, buf, m->stage[b], m->lbytes[l], &ticket));
+        m->stage_ticket[b] = ticket;
+        m->sstats.gathered += m->lpart[l] * (uint64_t)(group_size(m) - 1);
+    } else if (m->limg) { /* the layer's device image, packed on the host at load */
         SHOAL_TRY(shoal_backend_fetch(m->be, buf, m->limg[l], m->lbytes[l], &ticket));
     } else if (m->stage) { /* packed now from the map, once the buffer's last copy has left */
         SHOAL_TRY(shoal_backend_fetch_sync(m->be, m->stage_ticket[b]));

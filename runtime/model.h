@@ -73,8 +73,12 @@ enum shoal_offload_from {
                                   * into a staging buffer per layer buffer as it is fetched */
 };
 
+struct shoal_comm;
 struct shoal_model_offload {
     uint64_t budget; /* device bytes for this rank; 0: every layer resident */
+    /* the ranks holding this rank's part in every replica (NULL: none): each keeps 1/g
+     * of every streamed layer in host memory, and the group all-gathers them */
+    struct shoal_comm *group;
     int prefetch;    /* layers fetched ahead of the one running */
     int from;        /* enum shoal_offload_from */
     const struct shoal_state_params *state; /* the state that will be made: its share of the budget */
@@ -91,6 +95,7 @@ struct shoal_stream_tensor {
 /* What streaming has cost so far (shoal run -v prints it per token). */
 struct shoal_stream_stats {
     uint64_t fetches, bytes;
+    uint64_t gathered; /* bytes received from the rest of the offload group */
     double seconds; /* waiting for copies not yet done when their layer was due */
 };
 
@@ -119,6 +124,8 @@ struct shoal_model {
     void **limg;                  /* host (layers): a streamed layer's packed device image, or NULL */
     void **stage;                 /* host (off.n_buffers): from the map, a layer packed on its way, or NULL */
     uint64_t *stage_ticket;       /* (off.n_buffers): the last copy out of each stage */
+    uint64_t lstride;             /* bytes from one layer buffer to the next (>= off.buffer_bytes) */
+    uint64_t *lpart;              /* (layers) with an offload group: the bytes of each rank's part, or NULL */
     int from_ram;                 /* streamed layers come from limg, else from the map */
     uint64_t *lbytes;             /* (layers): a streamed layer's bytes in its buffer */
     uint64_t *ticket;             /* (layers): the fetch a streamed layer waits for */
@@ -189,6 +196,16 @@ struct shoal_dist {
      * after shoal_dist_create, owned by the dist from then on.
      */
     struct shoal_comm *tp_dev;
+    /*
+     * Replicas (offload groups): the world holds `replicas` copies of the
+     * plan's ranks, each running every step; world then names this replica's
+     * ranks (0 .. plan->n_ranks - 1, owned by the dist when replicas > 1), and
+     * group the ranks that hold the same part in every replica (NULL for one).
+     */
+    int replicas, replica;
+    struct shoal_comm *top;   /* the whole world (not owned) */
+    struct shoal_comm *group; /* owned, or NULL */
+    struct shoal_comm *own;   /* this replica's ranks when replicas > 1 (owned; world points to it) */
     const struct shoal_plan *plan;
     int wire;                   /* enum shoal_wire of the all-reduces */
     int prev, next;             /* world ranks of the previous / next stage's first rank, or -1 */
@@ -200,6 +217,9 @@ struct shoal_dist {
  */
 shoal_status shoal_dist_create(struct shoal_dist **out, struct shoal_comm *world,
                                const struct shoal_plan *plan, int wire);
+/* The same with replicas copies of the plan's ranks (world: replicas x plan->n_ranks). */
+shoal_status shoal_dist_create_replicas(struct shoal_dist **out, struct shoal_comm *world,
+                                        const struct shoal_plan *plan, int wire, int replicas);
 void shoal_dist_destroy(struct shoal_dist *d);
 
 struct shoal_state_params {

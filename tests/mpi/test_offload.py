@@ -132,3 +132,32 @@ def test_sources_give_the_same_tokens(model, tmp_path, source, prefetch):
         assert ("from ram" if source == "ram" else "from the map") in r["err"], r["err"][-800:]
         assert r["ids"] == want, f"--offload-from {source}, budget {budget}: tokens differ"
         assert r["peak"] <= budget
+
+
+def plan_copy_bytes(err):
+    m = re.search(r"predicted device peak [\d.]+ \w+; (\d+\.\d+ \w+) copied per token", err)
+    return size(m.group(1)) if m else None
+
+
+@pytest.mark.parametrize("group,layout", [(2, []), (4, []), (2, ["--tp", 2]), (2, ["--pp", 2])])
+def test_offload_groups(model, tmp_path, group, layout):
+    """--offload-group G: G replicas of the layout, each rank holding 1/G of every streamed
+    layer; the parts all-gathered give the tokens of one rank, and each rank's own copy
+    per token falls G-fold."""
+    want = run(model, tmp_path, [], tag="plain")["ids"]
+    parts = 2 if layout else 1
+    base = layout + ["--prefetch", 1]
+    r = run(model, tmp_path, base + ["--device-mem", "64K", "--offload-group", group], np_=group * parts,
+            tag="small", check=False)
+    need = size(re.search(r"this rank needs (\d+\.\d+ \w+)", r["err"]).group(1))
+    budget = int(need * 1.05)
+    one = run(model, tmp_path, base + ["--device-mem", budget], np_=parts, tag=f"one{group}{parts}")
+    r = run(model, tmp_path, base + ["--device-mem", budget, "--offload-group", group], np_=group * parts,
+            tag=f"g{group}{parts}")
+    assert r["resident"] is not None and r["resident"] < 8 // (2 if "--pp" in layout else 1), r["err"][-1500:]
+    assert r["ids"] == want, f"offload group {group} {layout}: tokens differ from one rank's"
+    assert one["ids"] == want
+    assert "gathered from the offload group" in r["err"], r["err"][-800:]
+    mine, alone = plan_copy_bytes(r["err"]), plan_copy_bytes(one["err"])
+    assert alone and mine and abs(mine * group / alone - 1) < 0.05, \
+        f"group {group}: each rank's part {mine} against {alone} alone"
