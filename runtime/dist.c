@@ -11,7 +11,9 @@
  * it within its group. The last stage's first rank sends the logits asked
  * for back to rank 0. A stop travels the same way. Nothing waits for
  * anything it does not need, so a prompt's micro-batches overlap across
- * stages.
+ * stages. With replicas (offload groups), world rank 0 first gives every
+ * replica's first rank the step, and each replica runs it as above among its
+ * own ranks; their logits stay in the replica.
  */
 #include <stdlib.h>
 #include <string.h>
