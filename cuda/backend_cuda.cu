@@ -149,41 +149,46 @@ static shoal_status cu_weight_pack(void *ctx, int type, int64_t rows, int64_t co
     return cuda_weight_pack_host(type, rows, cols, src, dst);
 }
 
-/* Adds up the copies' times, oldest first, up to the ones not done (all of them: wait). */
-static void harvest_copy_times(struct cuda_ctx *c, int wait) {
-    const size_t ring = sizeof c->fetched / sizeof *c->fetched;
-    while (c->n_timed < c->n_fetches) {
-        const size_t i = (c->n_timed + 1) % ring;
-        if (wait) cudaEventSynchronize(c->copy_end[i]);
-        else if (cudaEventQuery(c->copy_end[i]) != cudaSuccess) break;
+/* Adds up the ring's spans, oldest first, up to the ones not done (all of them: wait). */
+static void harvest(struct timed_ring *t, int wait) {
+    const size_t n = sizeof t->start / sizeof *t->start;
+    while (t->timed < t->made) {
+        const size_t i = (t->timed + 1) % n;
+        if (wait) cudaEventSynchronize(t->end[i]);
+        else if (cudaEventQuery(t->end[i]) != cudaSuccess) break;
         float ms = 0;
-        if (cudaEventElapsedTime(&ms, c->copy_start[i], c->copy_end[i]) == cudaSuccess)
-            c->copy_seconds += ms / 1e3;
-        c->n_timed++;
+        if (cudaEventElapsedTime(&ms, t->start[i], t->end[i]) == cudaSuccess) t->seconds += ms / 1e3;
+        t->timed++;
     }
     cudaGetLastError(); /* a query's "not ready" is not an error */
+}
+
+/* The slot of the ring's next span (the oldest ones added up first if it is full). */
+static size_t next_span(struct timed_ring *t) {
+    const size_t n = sizeof t->start / sizeof *t->start;
+    if (t->made - t->timed >= n - 1) harvest(t, 1);
+    return ++t->made % n;
 }
 
 /* On the copy stream, after the compute stream's work so far (the buffer's last reader). */
 static shoal_status cu_fetch(void *ctx, void *dst, const void *src, size_t n, uint64_t *ticket) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     const size_t ring = sizeof c->fetched / sizeof *c->fetched;
-    if (c->n_fetches - c->n_timed >= ring - 1) harvest_copy_times(c, 1); /* slots to be reused */
     CU_TRY(cudaEventRecord(c->compute_mark, c->stream));
     CU_TRY(cudaStreamWaitEvent(c->copy, c->compute_mark, 0));
-    const size_t i = (c->n_fetches + 1) % ring;
-    CU_TRY(cudaEventRecord(c->copy_start[i], c->copy));
+    const size_t t = next_span(&c->copies);
+    CU_TRY(cudaEventRecord(c->copies.start[t], c->copy));
     CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->copy));
-    CU_TRY(cudaEventRecord(c->copy_end[i], c->copy));
+    CU_TRY(cudaEventRecord(c->copies.end[t], c->copy));
     *ticket = ++c->n_fetches;
-    CU_TRY(cudaEventRecord(c->fetched[i], c->copy));
+    CU_TRY(cudaEventRecord(c->fetched[*ticket % ring], c->copy));
     return SHOAL_OK;
 }
 
 static double cu_fetch_busy(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
-    harvest_copy_times(c, 0);
-    return c->copy_seconds;
+    harvest(&c->copies, 0);
+    return c->copies.seconds;
 }
 
 /* The host waits for the copy (its pinned source may then be rewritten). */
@@ -194,38 +199,22 @@ static shoal_status cu_fetch_sync(void *ctx, uint64_t ticket) {
     return SHOAL_OK;
 }
 
-/* Adds up the compute stream's waits, as harvest_copy_times the copies. */
-static void harvest_stalls(struct cuda_ctx *c, int wait) {
-    const size_t ring = sizeof c->stall_start / sizeof *c->stall_start;
-    while (c->n_waits_timed < c->n_waits) {
-        const size_t i = (c->n_waits_timed + 1) % ring;
-        if (wait) cudaEventSynchronize(c->stall_end[i]);
-        else if (cudaEventQuery(c->stall_end[i]) != cudaSuccess) break;
-        float ms = 0;
-        if (cudaEventElapsedTime(&ms, c->stall_start[i], c->stall_end[i]) == cudaSuccess)
-            c->stall_seconds += ms / 1e3;
-        c->n_waits_timed++;
-    }
-    cudaGetLastError();
-}
-
 /* The compute stream waits for the copy (the host does not); events on either side
  * of the wait time how long the stream stood still. */
 static shoal_status cu_fetch_wait(void *ctx, uint64_t ticket) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     const size_t ring = sizeof c->fetched / sizeof *c->fetched;
-    if (c->n_waits - c->n_waits_timed >= ring - 1) harvest_stalls(c, 1);
-    const size_t i = ++c->n_waits % ring;
-    CU_TRY(cudaEventRecord(c->stall_start[i], c->stream));
+    const size_t t = next_span(&c->stalls);
+    CU_TRY(cudaEventRecord(c->stalls.start[t], c->stream));
     CU_TRY(cudaStreamWaitEvent(c->stream, c->fetched[ticket % ring], 0));
-    CU_TRY(cudaEventRecord(c->stall_end[i], c->stream));
+    CU_TRY(cudaEventRecord(c->stalls.end[t], c->stream));
     return SHOAL_OK;
 }
 
 static double cu_fetch_stalled(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
-    harvest_stalls(c, 0);
-    return c->stall_seconds;
+    harvest(&c->stalls, 0);
+    return c->stalls.seconds;
 }
 
 shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out) {
@@ -478,10 +467,9 @@ static void cu_destroy(void *ctx) {
     if (c->compute_mark) cudaEventDestroy(c->compute_mark);
     for (size_t i = 0; i < sizeof c->fetched / sizeof *c->fetched; i++) {
         if (c->fetched[i]) cudaEventDestroy(c->fetched[i]);
-        if (c->copy_start[i]) cudaEventDestroy(c->copy_start[i]);
-        if (c->copy_end[i]) cudaEventDestroy(c->copy_end[i]);
-        if (c->stall_start[i]) cudaEventDestroy(c->stall_start[i]);
-        if (c->stall_end[i]) cudaEventDestroy(c->stall_end[i]);
+        cudaEvent_t *evs[4] = { c->copies.start, c->copies.end, c->stalls.start, c->stalls.end };
+        for (int k = 0; k < 4; k++)
+            if (evs[k][i]) cudaEventDestroy(evs[k][i]);
     }
     if (c->copy) cudaStreamDestroy(c->copy);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -564,10 +552,10 @@ extern "C" shoal_status shoal_cudamod_backend_create(struct shoal_backend **out,
     STEP(cudaEventCreateWithFlags(&c->compute_mark, cudaEventDisableTiming));
     for (size_t i = 0; i < sizeof c->fetched / sizeof *c->fetched; i++) {
         STEP(cudaEventCreateWithFlags(&c->fetched[i], cudaEventDisableTiming));
-        STEP(cudaEventCreate(&c->copy_start[i]));
-        STEP(cudaEventCreate(&c->copy_end[i]));
-        STEP(cudaEventCreate(&c->stall_start[i]));
-        STEP(cudaEventCreate(&c->stall_end[i]));
+        STEP(cudaEventCreate(&c->copies.start[i]));
+        STEP(cudaEventCreate(&c->copies.end[i]));
+        STEP(cudaEventCreate(&c->stalls.start[i]));
+        STEP(cudaEventCreate(&c->stalls.end[i]));
     }
 #undef STEP
     if ((be = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS ||

@@ -53,6 +53,13 @@ struct dev_batch {
     int n_tokens, n_seq, max_blocks, block_size;
 };
 
+/* Spans of a stream timed by pairs of events, added up once done (for offload's -v). */
+struct timed_ring {
+    cudaEvent_t start[256], end[256];
+    uint64_t made, timed; /* spans recorded; of them, added up */
+    double seconds;
+};
+
 struct cuda_ctx {
     int device;
     int rank;                 /* for messages; -1 when not told */
@@ -88,12 +95,8 @@ struct cuda_ctx {
     /* offload's copies: a stream of their own, after a mark of the compute stream */
     cudaStream_t copy;
     cudaEvent_t compute_mark, fetched[256];
-    cudaEvent_t copy_start[256], copy_end[256]; /* timing each copy, for fetch_busy */
-    uint64_t n_fetches, n_timed;                /* fetches made; of them, timed and added up */
-    double copy_seconds;
-    cudaEvent_t stall_start[256], stall_end[256]; /* the compute stream around each wait */
-    uint64_t n_waits, n_waits_timed;
-    double stall_seconds;
+    uint64_t n_fetches;
+    struct timed_ring copies, stalls; /* each copy; the compute stream around each wait */
 };
 
 /* Forgets every recording: the buffers they point at are about to change. */
