@@ -439,11 +439,7 @@ static shoal_status load_vector(struct shoal_model *m, const struct shoal_slice 
                  : SHOAL_OK;
 }
 
-/*
- * The streamed layers' weights bound to their buffers (where fetches will put
- * them), and, for a backend whose device image differs from the file's bytes,
- * each layer's image packed once into host memory it copies from fastest.
- */
+/* The ranks of the offload group holding this rank's part (1: no group). */
 static int group_size(const struct shoal_model *m) {
     return m->offload.group ? shoal_comm_size(m->offload.group) : 1;
 }
@@ -480,6 +476,13 @@ static shoal_status keep_parts(struct shoal_model *m) {
     return rc;
 }
 
+/*
+ * The streamed layers' weights bound to their buffers (where fetches will put
+ * them), and their source chosen: each layer's image packed once into host
+ * memory the backend copies from fastest (RAM), a staging buffer per layer
+ * buffer to pack into from the map on the way (a backend that repacks), or the
+ * map itself; with an offload group, this rank's parts (keep_parts).
+ */
 static shoal_status bind_streamed(struct shoal_model *m) {
     const int nl = m->part.layer1 - m->part.layer0, packs = shoal_backend_packs_weights(m->be);
     if (!(m->lbytes = calloc((size_t)nl, sizeof *m->lbytes)) || !(m->ticket = calloc((size_t)nl, sizeof *m->ticket)))
