@@ -313,6 +313,7 @@ int cmd_plan(int argc, char **argv) {
     if (membw_s && !(membw > 0)) USAGE("shoal plan: --membw '%s' is not a rate such as 50GB/s\n", membw_s);
     if (corebw_s && !(corebw > 0)) USAGE("shoal plan: --corebw '%s' is not a rate such as 20GB/s\n", corebw_s);
     if (!!tp != !!pp) USAGE("shoal plan: give --tp and --pp together\n");
+    if (prefetch < 0 || prefetch > 64) USAGE("shoal plan: --prefetch must be 0..64\n");
     shoal_log_init(SHOAL_LOG_WARN, 0, getenv("SHOAL_DEBUG"));
 
     char dflt[4096];
@@ -374,10 +375,6 @@ int cmd_plan(int argc, char **argv) {
     for (int64_t i = 0; i < g->n_tensors; i++) weights += (double)g->tensors[i].nbytes;
     /* offload of the shown layout's ranks under --device-mem */
     if (device_mem) {
-        if (prefetch < 0 || prefetch > 64) {
-            rc = shoal_errorf(SHOAL_INVALID, "--prefetch must be 0..64");
-            goto fail;
-        }
         struct shoal_plan *sp = NULL;
         struct shoal_plan_params spp = { .tp = show->tp, .pp = show->pp };
         if (!(off = calloc((size_t)(show->tp * show->pp), sizeof *off))) {
