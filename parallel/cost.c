@@ -23,23 +23,39 @@
 #define PAGE 4096.0          /* a lookup maps the page of the row it reads */
 #define FAULT_AROUND 65536.0 /* a fault in a mapped file maps the cached pages of its 64 KiB window */
 
+/* Bytes of one layer's matrices in a rank's part (without its norms). */
+static double layer_part_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt) {
+    return (pt->q1 - pt->q0) * m->q_head_bytes + (pt->kv1 - pt->kv0) * m->kv_head_bytes +
+           (pt->ff1 - pt->ff0) * m->ffn_unit_bytes;
+}
+
 /* Bytes of one rank's weights: what it holds, and what every token reads. */
 static double rank_weights(const struct shoal_model_shape *m, const struct shoal_rank_part *pt) {
-    double layer = (pt->q1 - pt->q0) * m->q_head_bytes + (pt->kv1 - pt->kv0) * m->kv_head_bytes +
-                   (pt->ff1 - pt->ff0) * m->ffn_unit_bytes + m->norm_bytes;
-    double w = layer * (pt->layer1 - pt->layer0);
+    double w = (layer_part_bytes(m, pt) + m->norm_bytes) * (pt->layer1 - pt->layer0);
     if (pt->last) w += m->output_bytes * (pt->v1 - pt->v0) / m->n_vocab + (double)m->dim * 4;
     return w;
 }
 
-static double act_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
-                        const struct shoal_cost_params *p) {
-    /* as shoal_state_create lays them out, each slot rounded to 64 bytes */
+/* The KV cache of n_ctx positions. */
+static double kv_bytes(const struct shoal_rank_part *pt, const struct shoal_cost_params *p) {
+    return (double)(pt->layer1 - pt->layer0) * 2 * p->n_ctx * (pt->kv1 - pt->kv0) * p->kv_head_bytes;
+}
+
+/* The activations' block (the backend's memory), as shoal_state_create lays it out,
+ * each slot rounded to 64 bytes. */
+static double act_block_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
+                              const struct shoal_cost_params *p) {
     double nb = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
     double qd = (double)(pt->q1 - pt->q0) * m->head_dim, kvd = (double)(pt->kv1 - pt->kv0) * m->head_dim;
     double ff = pt->ff1 - pt->ff0, vocab_l = pt->last ? pt->v1 - pt->v0 : 0;
     double floats = nb * (2.0 * m->dim + 2 * qd + 2 * kvd + 2 * ff + 2.0 * m->dim) + vocab_l;
-    double a = floats * 4 + 10 * 64;
+    return floats * 4 + 10 * 64;
+}
+
+/* The activations and the host's copies of the logits. */
+static double act_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
+                        const struct shoal_cost_params *p) {
+    double a = act_block_bytes(m, pt, p);
     if (pt->last) a += (double)m->n_vocab * 4;            /* the gathered logits */
     if (pt->rank == 0) a += (double)m->n_vocab * 4 * 3;   /* the sampler's and the loop's copies */
     return a;
@@ -59,7 +75,7 @@ static void rank_mem(const struct shoal_model_shape *m, const struct shoal_rank_
         double have = pt->last && m->tied_head ? m->embd_bytes * (pt->v1 - pt->v0) / m->n_vocab : 0;
         r->embd = fmin(m->embd_bytes - have, touched);
     }
-    r->kv = (double)(pt->layer1 - pt->layer0) * 2 * p->n_ctx * (pt->kv1 - pt->kv0) * p->kv_head_bytes;
+    r->kv = kv_bytes(pt, p);
     r->act = act_bytes(m, pt, p);
     r->base = BASE_BYTES + (n_ranks > 1 ? MPI_BYTES : 0) + p->meta_bytes + (pt->rank == 0 ? p->tokenizer_bytes : 0);
     r->total = r->weights + r->embd + r->kv + r->act + r->base;
@@ -299,8 +315,7 @@ shoal_status shoal_cost_offload(const struct shoal_model_shape *m, const struct 
     /* as a device backend holds them: each matrix in the model's block at a
      * 256-byte boundary (128 bytes of padding each, on average) */
     const int nl = pt->layer1 - pt->layer0;
-    const double layer = (pt->q1 - pt->q0) * m->q_head_bytes + (pt->kv1 - pt->kv0) * m->kv_head_bytes +
-                         (pt->ff1 - pt->ff0) * m->ffn_unit_bytes + 7 * 128.0;
+    const double layer = layer_part_bytes(m, pt) + 7 * 128.0;
     uint64_t *lb = malloc(sizeof *lb * (size_t)(nl > 0 ? nl : 1));
     if (!lb) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     for (int l = 0; l < nl; l++) lb[l] = (uint64_t)layer;
@@ -310,11 +325,7 @@ shoal_status shoal_cost_offload(const struct shoal_model_shape *m, const struct 
     const int shared = pt->first && pt->last && m->tied_head && pt->v0 == 0 && pt->v1 == m->n_vocab;
     if (pt->first) fixed += m->embd_bytes + 128;
     if (pt->last && !shared) fixed += m->output_bytes * (pt->v1 - pt->v0) / m->n_vocab + 128;
-    fixed += (double)nl * 2 * p->n_ctx * (pt->kv1 - pt->kv0) * p->kv_head_bytes;
-    const double nb = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
-    const double qd = (double)(pt->q1 - pt->q0) * m->head_dim, kvd = (double)(pt->kv1 - pt->kv0) * m->head_dim;
-    fixed += (nb * (4.0 * m->dim + 2 * qd + 2 * kvd + 2.0 * (pt->ff1 - pt->ff0)) + (pt->last ? pt->v1 - pt->v0 : 0)) * 4 +
-             10 * 64;
+    fixed += kv_bytes(pt, p) + act_block_bytes(m, pt, p);
     struct shoal_offload_params op = { budget, (uint64_t)fixed, nl, lb, prefetch, 1 };
     shoal_status rc = shoal_offload_plan_make(&op, out);
     free(lb);
