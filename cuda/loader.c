@@ -52,11 +52,13 @@ static struct {
     char why[512];
 } mod = { PTHREAD_ONCE_INIT, NULL, "" };
 
+#ifdef SHOAL_HAVE_CUDA
 static void *try_open(const char *path, char *err, size_t len) {
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h && !err[0]) snprintf(err, len, "%s", dlerror());
     return h;
 }
+#endif
 
 static void open_module(void) {
 #ifndef SHOAL_HAVE_CUDA
