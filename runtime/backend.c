@@ -244,19 +244,14 @@ shoal_status shoal_backend_graph_end(struct shoal_backend *b, int ok) {
 }
 
 /* The k best of a row of n logits whose first token is id0, best first (k small: a sorted insert). */
+void shoal_cand_pad(struct shoal_cand *out, int have, int k) {
+    for (; have < k; have++) out[have] = (struct shoal_cand){ -INFINITY, INT32_MAX };
+}
+
 static void row_best(const float *row, int n, int32_t id0, int k, struct shoal_cand *out) {
     int have = 0;
-    for (int i = 0; i < n; i++) {
-        struct shoal_cand c = { row[i], id0 + i };
-        if (have == k && !shoal_cand_better(&c, &out[k - 1])) continue;
-        int at = have < k ? have++ : k - 1;
-        while (at > 0 && shoal_cand_better(&c, &out[at - 1])) {
-            out[at] = out[at - 1];
-            at--;
-        }
-        out[at] = c;
-    }
-    for (; have < k; have++) out[have] = (struct shoal_cand){ -INFINITY, INT32_MAX };
+    for (int i = 0; i < n; i++) shoal_cand_keep(out, k, &have, (struct shoal_cand){ row[i], id0 + i });
+    shoal_cand_pad(out, have, k);
 }
 
 shoal_status shoal_op_topk(struct shoal_backend *b, const float *x, int rows, int cols, int k,

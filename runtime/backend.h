@@ -221,6 +221,18 @@ struct shoal_cand {
 static inline int shoal_cand_better(const struct shoal_cand *a, const struct shoal_cand *b) {
     return a->v > b->v || (a->v == b->v && a->id < b->id);
 }
+/* c into out, the *have best so far of at most k, best first (a sorted insert: k is small). */
+static inline void shoal_cand_keep(struct shoal_cand *out, int k, int *have, struct shoal_cand c) {
+    if (*have == k && !shoal_cand_better(&c, &out[k - 1])) return;
+    int at = *have < k ? (*have)++ : k - 1;
+    while (at > 0 && shoal_cand_better(&c, &out[at - 1])) {
+        out[at] = out[at - 1];
+        at--;
+    }
+    out[at] = c;
+}
+/* Fills out[have .. k) with nothing: (-infinity, INT32_MAX). */
+void shoal_cand_pad(struct shoal_cand *out, int have, int k);
 /*
  * out (host, rows x k) = the k best of each row of x (device, rows x cols),
  * best first by shoal_cand_better, token ids id0 + column; a row of fewer

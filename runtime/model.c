@@ -1053,16 +1053,8 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
 /* The k best of n candidates into out, best first (k small: a sorted insert). */
 static void select_best(const struct shoal_cand *in, int n, int k, struct shoal_cand *out) {
     int have = 0;
-    for (int i = 0; i < n; i++) {
-        if (have == k && !shoal_cand_better(&in[i], &out[k - 1])) continue;
-        int at = have < k ? have++ : k - 1;
-        while (at > 0 && shoal_cand_better(&in[i], &out[at - 1])) {
-            out[at] = out[at - 1];
-            at--;
-        }
-        out[at] = in[i];
-    }
-    for (; have < k; have++) out[have] = (struct shoal_cand){ -INFINITY, INT32_MAX };
+    for (int i = 0; i < n; i++) shoal_cand_keep(out, k, &have, in[i]);
+    shoal_cand_pad(out, have, k);
 }
 
 void shoal_expand_cands(const struct shoal_cand *c, int n_out, int topk, int n_vocab, float *logits) {
