@@ -98,7 +98,8 @@ shoal_status shoal_comm_allreduce_sum(struct shoal_comm *c, float *buf, size_t n
  * are rounded to it, as shoal_comm_allreduce_sum sends f32 values.
  */
 shoal_status shoal_comm_allreduce_sum_f64(struct shoal_comm *c, double *buf, size_t n, int wire);
-/* recv (size * bytes) = every rank's send (bytes), in rank order. */
+/* recv (size * bytes) = every rank's send (bytes), in rank order. In place when
+ * send is this rank's slot of recv (recv + rank * bytes), as NCCL has it. */
 shoal_status shoal_comm_allgather(struct shoal_comm *c, const void *send, size_t bytes, void *recv);
 /* recv at root = rank r's bytes[r] at offset sum(bytes[0..r)); others' recv unused. */
 shoal_status shoal_comm_gatherv(struct shoal_comm *c, const void *send, const size_t *bytes,

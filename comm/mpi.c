@@ -79,6 +79,7 @@ static shoal_status mpi_allgather(void *ctx, const void *send, size_t bytes, voi
     if (bytes > INT_MAX)
         return shoal_errorf(SHOAL_UNSUPPORTED, "all-gather of %zu bytes per rank (limit 2 GiB)", bytes);
     MPI_Request req;
+    if (send == (const char *)recv + (size_t)my_rank(m) * bytes) send = MPI_IN_PLACE; /* MPI's way */
     MPI_TRY(m, MPI_Iallgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->comm, &req));
     return wait(m, &req, NULL, "MPI_Iallgather");
 }

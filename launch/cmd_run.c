@@ -373,48 +373,60 @@ static shoal_status make_backend(struct run *r, int local) {
     return SHOAL_OK;
 }
 
-/*
- * With GPUs and tensor parallelism: the tensor-parallel group over NCCL, when
- * asked or (auto) when the build has NCCL and every rank of the group has a
- * GPU of its own; else the sums go through MPI, staged through the host.
- * Collective over the world (every rank calls it once its backend exists).
- */
-static shoal_status attach_device_comm(struct run *r) {
-    if (!r->dist || shoal_comm_size(r->dist->tp) == 1) return SHOAL_OK;
-    if (r->gpu < 0) {
-        if (r->o.tp_comm == 2)
-            return shoal_errorf(SHOAL_INVALID, "--tp-comm nccl goes with CUDA devices (--device cuda)");
-        return SHOAL_OK;
-    }
-    if (r->o.tp_comm == 1) return SHOAL_OK;
-    /* one GPU per rank of the group: no two ranks on one host with the same device */
+/* Whether every rank of c has a GPU of its own: no two on one host with the same device. */
+static shoal_status own_gpus(const struct run *r, struct shoal_comm *c, int *own) {
     struct { uint64_t host; int32_t gpu, pad; } mine = { 0, r->gpu, 0 }, *all;
     char host[256] = "";
     gethostname(host, sizeof host - 1);
     mine.host = 1469598103934665603ull;
     for (const char *p = host; *p; p++) mine.host = (mine.host ^ (unsigned char)*p) * 1099511628211ull;
-    const int n = shoal_comm_size(r->dist->tp);
+    const int n = shoal_comm_size(c);
     if (!(all = calloc((size_t)n, sizeof *all))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
-    shoal_status rc = shoal_comm_allgather(r->dist->tp, &mine, sizeof mine, all);
-    int shared = 0;
+    shoal_status rc = shoal_comm_allgather(c, &mine, sizeof mine, all);
+    *own = 1;
     for (int i = 0; rc == SHOAL_OK && i < n; i++)
         for (int j = 0; j < i; j++)
-            if (all[i].host == all[j].host && all[i].gpu == all[j].gpu) shared = 1;
+            if (all[i].host == all[j].host && all[i].gpu == all[j].gpu) *own = 0;
     free(all);
-    SHOAL_TRY(rc);
+    return rc;
+}
+
+/*
+ * With GPUs: the tensor-parallel group over NCCL, when asked or (auto) when
+ * the build has NCCL and every rank of the group has a GPU of its own; else
+ * the sums go through MPI, staged through the host. An offload group over
+ * NCCL whenever it can be (each rank then copies only its part of a layer to
+ * its GPU); else its parts are gathered in host memory. Collective over the
+ * world (every rank calls it once its backend exists).
+ */
+static shoal_status attach_device_comm(struct run *r) {
+    if (!r->dist) return SHOAL_OK;
+    const int tp = shoal_comm_size(r->dist->tp) > 1;
+    if (r->gpu < 0) {
+        if (tp && r->o.tp_comm == 2)
+            return shoal_errorf(SHOAL_INVALID, "--tp-comm nccl goes with CUDA devices (--device cuda)");
+        return SHOAL_OK;
+    }
+    int own;
+    struct shoal_comm *g = r->dist->group;
+    if (g && shoal_comm_size(g) > 1 && shoal_comm_have_nccl()) {
+        SHOAL_TRY(own_gpus(r, g, &own));
+        if (own) SHOAL_TRY(shoal_comm_nccl_create(g, r->gpu, shoal_cuda_backend_stream(r->be), &r->dist->group_dev));
+    }
+    if (!tp || r->o.tp_comm == 1) return SHOAL_OK;
+    SHOAL_TRY(own_gpus(r, r->dist->tp, &own));
     /* NCCL sums f64 and f32 as they are; the smaller wires go through MPI */
     const int wire_ok = r->o.wire == SHOAL_WIRE_F64 || r->o.wire == SHOAL_WIRE_F32;
-    if (shared || !shoal_comm_have_nccl() || !wire_ok) {
+    if (!own || !shoal_comm_have_nccl() || !wire_ok) {
         if (r->o.tp_comm == 2)
             return shoal_errorf(SHOAL_UNSUPPORTED, "--tp-comm nccl: %s (use --tp-comm mpi)",
-                                shared ? "ranks of one tensor-parallel group share a GPU, which "
-                                         "NCCL refuses"
+                                !own ? "ranks of one tensor-parallel group share a GPU, which "
+                                       "NCCL refuses"
                                 : !wire_ok ? "NCCL sums as f64 or f32 only (--comm-dtype f64 or f32)"
                                            : "this build has no NCCL");
         return SHOAL_OK;
     }
-    return shoal_comm_nccl_create(r->dist->tp, r->gpu, shoal_cuda_backend_stream(r->be),
-                                  &r->dist->tp_dev);
+    return shoal_comm_nccl_create(r->dist->tp, r->gpu, shoal_cuda_backend_stream(r->be), &r->dist->tp_dev);
 }
 
 /* This rank's part: its weights, the tokenizer (rank 0), the state. */
@@ -436,7 +448,10 @@ static shoal_status load(struct run *r) {
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist };
     struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
                                        .from = r->o.offload_from, .state = &stp,
-                                       .group = r->dist ? r->dist->group : NULL };
+                                       .group = r->dist ? r->dist->group : NULL,
+                                       .group_dev = !r->dist || launch_cpu_as_device() ? NULL
+                                                    : r->gpu < 0 ? r->dist->group /* the CPU's memory */
+                                                                 : r->dist->group_dev };
     SHOAL_TRY(shoal_model_load_offload(&r->m, r->g, r->be,
                                        r->n_part > 1 || r->man ? &r->plan->part[r->local] : NULL, &off));
     if (r->rank == 0) {
@@ -698,12 +713,17 @@ static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler
                 char bb[32], pk[32], cb[32];
                 fprintf(stderr,
                         "shoal: offload (rank 0): %d of %d layers resident, %d streamed through %d "
-                        "buffer%s of %s (prefetch %d, from %s); predicted device peak %s; %s copied per token\n",
+                        "buffer%s of %s (prefetch %d, from %s); predicted device peak %s; %s copied per token%s\n",
                         op->n_resident, op->n_layers, op->n_layers - op->n_resident, op->n_buffers,
                         op->n_buffers == 1 ? "" : "s", shoal_fmt_bytes(bb, sizeof bb, (double)op->buffer_bytes),
                         op->prefetch, r->m->from_ram ? "ram" : "the map",
                         shoal_fmt_bytes(pk, sizeof pk, (double)op->peak_bytes),
-                        shoal_fmt_bytes(cb, sizeof cb, (double)op->copy_bytes));
+                        shoal_fmt_bytes(cb, sizeof cb, (double)op->copy_bytes),
+                        !r->m->lpart       ? ""
+                        : r->m->gather_dev ? " (this rank's part of each layer; the offload group "
+                                             "all-gathers the others on the device)"
+                                           : " (from the offload group's parts, all-gathered in "
+                                             "host memory)");
             }
         }
     }
@@ -849,7 +869,7 @@ static int lead(struct run *r) {
             const double compute = gs.t_decode / gs.n_decode - waited / steps;
             char gb[64] = "", gg[32];
             if (ss->gathered)
-                snprintf(gb, sizeof gb, " (%s of it gathered from the offload group)",
+                snprintf(gb, sizeof gb, ", %s gathered from the offload group",
                          shoal_fmt_bytes(gg, sizeof gg, (double)ss->gathered / steps));
             fprintf(stderr, "shoal: offload (rank 0): per token %s copied host to device%s, %.3f ms "
                     "computing, %.3f ms waited for copies%s\n",

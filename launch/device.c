@@ -15,6 +15,13 @@
 #include "../cuda/cuda.h"
 #include "launch.h"
 
+/* SHOAL_CPU_AS_DEVICE=1 (tests): the CPU backend behaving as a GPU's does without NCCL, its
+ * weights copied, its sums between ranks and an offload group's parts staged through the host */
+int launch_cpu_as_device(void) {
+    const char *v = getenv("SHOAL_CPU_AS_DEVICE");
+    return v && strcmp(v, "1") == 0;
+}
+
 int launch_device_from_name(const char *name) {
     if (strcmp(name, "auto") == 0) return LAUNCH_DEVICE_AUTO;
     if (strcmp(name, "cpu") == 0) return LAUNCH_DEVICE_CPU;
@@ -53,11 +60,8 @@ shoal_status launch_backend_create(int device, int gpu, int rank, const struct s
         gpu = -1;
     }
     if (gpu >= 0) return shoal_errorf(SHOAL_INVALID, "--gpu goes with --device cuda");
-    /* SHOAL_CPU_AS_DEVICE=1 (tests): the CPU backend behaving as a GPU's does, its
-     * weights copied and its sums between ranks staged through the host */
-    const char *as_dev = getenv("SHOAL_CPU_AS_DEVICE");
     struct shoal_cpu_params p = *cp;
-    p.as_device = p.as_device || (as_dev && strcmp(as_dev, "1") == 0);
+    p.as_device = p.as_device || launch_cpu_as_device();
     SHOAL_TRY(shoal_cpu_backend_create(be, &p));
     int simd = cp->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : cp->simd;
     snprintf(desc, len, "cpu %s, %d threads/rank", shoal_cpu_simd_name(simd), cp->n_threads);

@@ -25,6 +25,8 @@ int cmd_plan(int argc, char **argv);
 enum { LAUNCH_DEVICE_AUTO = 0, LAUNCH_DEVICE_CPU = 1, LAUNCH_DEVICE_CUDA = 2 };
 /* "auto", "cpu", "cuda" (or "gpu"); -1 for another name */
 int launch_device_from_name(const char *name);
+/* SHOAL_CPU_AS_DEVICE=1 in the environment: the CPU backend behaves as a GPU's without NCCL (tests). */
+int launch_cpu_as_device(void);
 /* This rank's index among the ranks of its machine (mpirun's, Slurm's), 0 when not told. */
 int launch_local_rank(void);
 /*

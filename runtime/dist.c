@@ -86,6 +86,7 @@ shoal_status shoal_dist_create_replicas(struct shoal_dist **out, struct shoal_co
 void shoal_dist_destroy(struct shoal_dist *d) {
     if (!d) return;
     shoal_comm_destroy(d->tp_dev);
+    shoal_comm_destroy(d->group_dev);
     shoal_comm_destroy(d->tp);
     shoal_comm_destroy(d->group);
     shoal_comm_destroy(d->own);

@@ -447,18 +447,22 @@ static int group_size(const struct shoal_model *m) {
 /*
  * An offload group's share of the streamed layers: each rank packs a layer's
  * image and keeps its part (shoal_offload_part, padded to the parts' size) in
- * host memory; a staging buffer per layer buffer receives the group's
- * all-gather of the parts, the whole image, copied to the device from there.
+ * host memory. Where the group reaches device buffers (group_dev), each rank copies its part into its slot
+ * of the layer buffer and the group all-gathers the rest there; else a staging
+ * buffer per layer buffer receives the all-gather of the parts, the whole
+ * image, copied to the device from there.
  */
 static shoal_status keep_parts(struct shoal_model *m) {
     const int nl = m->part.layer1 - m->part.layer0, g = group_size(m);
     const int me = shoal_comm_rank(m->offload.group);
     void *img = NULL;
     shoal_status rc = SHOAL_OK;
+    m->gather_dev = m->offload.group_dev;
     if (!(m->limg = calloc((size_t)nl, sizeof *m->limg)) || !(m->lpart = calloc((size_t)nl, sizeof *m->lpart)) ||
-        !(m->stage = calloc((size_t)m->off.n_buffers, sizeof *m->stage)) || !(img = malloc(m->lstride)))
+        !(m->gather_due = calloc((size_t)m->off.n_buffers, 1)) || !(img = malloc(m->lstride)) ||
+        (!m->gather_dev && !(m->stage = calloc((size_t)m->off.n_buffers, sizeof *m->stage))))
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
-    for (int b = 0; rc == SHOAL_OK && b < m->off.n_buffers; b++)
+    for (int b = 0; rc == SHOAL_OK && m->stage && b < m->off.n_buffers; b++)
         rc = shoal_backend_host_alloc(m->be, m->lstride, &m->stage[b]);
     for (int l = 0; rc == SHOAL_OK && l < nl; l++) {
         if (!shoal_offload_streamed(&m->off, l)) continue;
@@ -781,6 +785,7 @@ void shoal_model_destroy(struct shoal_model *m) {
     free(m->stage);
     free(m->stage_ticket);
     free(m->lpart);
+    free(m->gather_due);
     free(m->limg);
     free(m->lbytes);
     free(m->ticket);
@@ -939,7 +944,13 @@ static shoal_status fetch_layer(struct shoal_model *m, int l) {
     char *buf = (char *)m->lbuf + (size_t)b * m->lstride;
     uint64_t ticket = 0;
     m->buf_layer[b] = -1;
-    if (m->lpart) { /* an offload group: the parts gathered from its ranks, then copied up */
+    uint64_t copied = m->lbytes[l];
+    if (m->gather_dev) { /* an offload group: this rank's part up, the rest gathered there (gather_layer) */
+        const int me = shoal_comm_rank(m->gather_dev);
+        copied = m->lpart[l];
+        SHOAL_TRY(shoal_backend_fetch(m->be, buf + (size_t)me * copied, m->limg[l], copied, &ticket));
+        m->gather_due[b] = 1;
+    } else if (m->lpart) { /* an offload group: the parts gathered on the host, then copied up */
         SHOAL_TRY(shoal_backend_fetch_sync(m->be, m->stage_ticket[b]));
         SHOAL_TRY(shoal_comm_allgather(m->offload.group, m->limg[l], m->lpart[l], m->stage[b]));
         SHOAL_TRY(shoal_backend_fetch(m->be, buf, m->stage[b], m->lbytes[l], &ticket));
@@ -962,7 +973,7 @@ static shoal_status fetch_layer(struct shoal_model *m, int l) {
             SHOAL_TRY(shoal_backend_fetch(m->be, buf + t->off, t->host, n, &ticket));
         }
     }
-    m->sstats.bytes += m->lbytes[l];
+    m->sstats.bytes += copied;
     m->sstats.fetches++;
     m->ticket[l] = ticket;
     m->buf_layer[b] = l;
@@ -978,6 +989,17 @@ static shoal_status fetch_ahead(struct shoal_model *m, int l) {
     const double t0 = shoal_now();
     SHOAL_TRY(shoal_backend_fetch_wait(m->be, m->ticket[l]));
     m->sstats.seconds += shoal_now() - t0;
+    /* with the group on device buffers: every rank's part there, in place, in the
+     * compute stream's order (after the copy waited for, before the layer) */
+    const int b = shoal_offload_buffer(&m->off, l);
+    if (m->gather_dev && m->gather_due[b]) {
+        char *buf = (char *)m->lbuf + (size_t)b * m->lstride;
+        const size_t part = m->lpart[l];
+        SHOAL_TRY(shoal_comm_allgather(m->gather_dev, buf + (size_t)shoal_comm_rank(m->gather_dev) * part, part,
+                                       buf));
+        m->gather_due[b] = 0;
+        m->sstats.gathered += part * (uint64_t)(group_size(m) - 1);
+    }
     return SHOAL_OK;
 }
 

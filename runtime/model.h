@@ -79,6 +79,11 @@ struct shoal_model_offload {
     /* the ranks holding this rank's part in every replica (NULL: none): each keeps 1/g
      * of every streamed layer in host memory, and the group all-gathers them */
     struct shoal_comm *group;
+    /* the same ranks over the backend's device buffers (NCCL on GPUs; group itself
+     * where device memory is the host's, the CPU's arena), or NULL: with it each rank
+     * copies only its part to the device and the group all-gathers the rest there;
+     * without, the parts are gathered in host memory and the whole layer copied */
+    struct shoal_comm *group_dev;
     int prefetch;    /* layers fetched ahead of the one running */
     int from;        /* enum shoal_offload_from */
     const struct shoal_state_params *state; /* the state that will be made: its share of the budget */
@@ -126,6 +131,8 @@ struct shoal_model {
     uint64_t *stage_ticket;       /* (off.n_buffers): the last copy out of each stage */
     uint64_t lstride;             /* bytes from one layer buffer to the next (>= off.buffer_bytes) */
     uint64_t *lpart;              /* (layers) with an offload group: the bytes of each rank's part, or NULL */
+    struct shoal_comm *gather_dev; /* the group over device buffers, or NULL: parts gathered on the host */
+    char *gather_due;             /* (off.n_buffers): the buffer holds only this rank's part so far */
     int from_ram;                 /* streamed layers come from limg, else from the map */
     uint64_t *lbytes;             /* (layers): a streamed layer's bytes in its buffer */
     uint64_t *ticket;             /* (layers): the fetch a streamed layer waits for */
@@ -205,6 +212,7 @@ struct shoal_dist {
     int replicas, replica;
     struct shoal_comm *top;   /* the whole world (not owned) */
     struct shoal_comm *group; /* owned, or NULL */
+    struct shoal_comm *group_dev; /* group over device buffers (NCCL), set as tp_dev is; owned, or NULL */
     struct shoal_comm *own;   /* this replica's ranks when replicas > 1 (owned; world points to it) */
     const struct shoal_plan *plan;
     int wire;                   /* enum shoal_wire of the all-reduces */

@@ -7,6 +7,7 @@ predicted; a model whose weights exceed the budget several times over must
 still run; and tensor- and pipeline-parallel ranks each offload their own
 part with the same tokens.
 """
+import os
 import re
 import sys
 from pathlib import Path
@@ -35,10 +36,10 @@ def model(tmp_path_factory):
 ARGS = ["-p", "a b c d e f g h i j", "-n", 24, "--temp", 0, "--ignore-eos", "-c", 256, "-v"]
 
 
-def run(model, tmp_path, extra, np_=1, tag="x", check=True):
+def run(model, tmp_path, extra, np_=1, tag="x", check=True, env=None):
     ids = tmp_path / f"{tag}.ids"
     args = ["run", "-m", model, "--ids-out", ids] + ARGS + [str(a) for a in extra]
-    p = h.run(args, check=check) if np_ == 1 else h.mpirun(np_, args, check=check)
+    p = h.run(args, check=check, env=env) if np_ == 1 else h.mpirun(np_, args, check=check, env=env)
     err = p.stderr.decode(errors="replace")
     out = {"rc": p.returncode, "err": err, "ids": h.read_ids(ids) if p.returncode == 0 else None}
     m = re.search(r"device peak (\d+\.\d+ \w+) of (\d+\.\d+ \w+)", err)
@@ -139,11 +140,19 @@ def plan_copy_bytes(err):
     return size(m.group(1)) if m else None
 
 
+def copied_bytes(err):
+    """What -v counted: bytes copied host to device per token (rank 0)."""
+    m = re.search(r"per token (\d+\.\d+ \w+) copied host to device", err)
+    return size(m.group(1)) if m else None
+
+
 @pytest.mark.parametrize("group,layout", [(2, []), (4, []), (2, ["--tp", 2]), (2, ["--pp", 2])])
 def test_offload_groups(model, tmp_path, group, layout):
     """--offload-group G: G replicas of the layout, each rank holding 1/G of every streamed
-    layer; the parts all-gathered give the tokens of one rank, and each rank's own copy
-    per token falls G-fold."""
+    layer, copying that part into its layer buffer and all-gathering the others there (the
+    CPU arena's buffers are host memory: over MPI, as NCCL does on GPUs); the parts
+    gathered give the tokens of one rank, and each rank's copy per token falls G-fold,
+    planned and counted."""
     want = run(model, tmp_path, [], tag="plain")["ids"]
     parts = 2 if layout else 1
     base = layout + ["--prefetch", 1]
@@ -158,6 +167,28 @@ def test_offload_groups(model, tmp_path, group, layout):
     assert r["ids"] == want, f"offload group {group} {layout}: tokens differ from one rank's"
     assert one["ids"] == want
     assert "gathered from the offload group" in r["err"], r["err"][-800:]
+    assert "all-gathers the others on the device" in r["err"], r["err"][-800:]
     mine, alone = plan_copy_bytes(r["err"]), plan_copy_bytes(one["err"])
     assert alone and mine and abs(mine * group / alone - 1) < 0.05, \
         f"group {group}: each rank's part {mine} against {alone} alone"
+    mine, alone = copied_bytes(r["err"]), copied_bytes(one["err"])
+    assert alone and mine and abs(mine * group / alone - 1) < 0.05, \
+        f"group {group}: copied {mine} per token on a rank against {alone} alone"
+
+
+def test_offload_group_gathered_on_host(model, tmp_path):
+    """Where the group cannot reach device buffers (a GPU without NCCL; here the CPU made to
+    behave as one, SHOAL_CPU_AS_DEVICE=1) the parts are all-gathered in host memory and the
+    whole layer copied: the same tokens, and each rank copies a whole layer again."""
+    want = run(model, tmp_path, [], tag="plain")["ids"]
+    base = ["--prefetch", 1]
+    r = run(model, tmp_path, base + ["--device-mem", "64K", "--offload-group", 2], np_=2, tag="small", check=False)
+    budget = int(size(re.search(r"this rank needs (\d+\.\d+ \w+)", r["err"]).group(1)) * 1.05)
+    env = dict(os.environ, SHOAL_CPU_AS_DEVICE="1")
+    one = run(model, tmp_path, base + ["--device-mem", budget], tag="hone")
+    r = run(model, tmp_path, base + ["--device-mem", budget, "--offload-group", 2], np_=2, tag="hg2", env=env)
+    assert r["ids"] == want, "offload group gathered on the host: tokens differ from one rank's"
+    assert "all-gathered in host memory" in r["err"], r["err"][-800:]
+    assert r["peak"] <= budget
+    mine, alone = copied_bytes(r["err"]), copied_bytes(one["err"])
+    assert alone and mine and abs(mine / alone - 1) < 0.05, f"copied {mine} per token against {alone} alone"
