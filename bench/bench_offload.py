@@ -47,8 +47,12 @@ def copy_bandwidth(mib: int = 512, reps: int = 5) -> float:
     return best
 
 
-def run(shoal: str, model: Path, extra: list, n: int) -> dict:
-    cmd = [shoal, "run", "-m", str(model), "-p", "a b c d", "-n", str(n), "--temp", "0",
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--mca", "mpi_yield_when_idle",
+          "1", "--mca", "pml", "ob1", "--mca", "btl", "tcp,vader,self"]
+
+
+def run(shoal: str, model: Path, extra: list, n: int, ranks: int = 1) -> dict:
+    cmd = (MPIRUN + ["-np", str(ranks)] if ranks > 1 else []) + [shoal, "run", "-m", str(model), "-p", "a b c d", "-n", str(n), "--temp", "0",
            "--ignore-eos", "-c", "256", "-b", "16", "-v"] + [str(x) for x in extra]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
@@ -56,7 +60,8 @@ def run(shoal: str, model: Path, extra: list, n: int) -> dict:
     err = p.stderr
     m = re.search(r"generation \d+ tokens, (\d+) decode steps in ([\d.]+) s", err)
     out = {"ms_per_token": float(m.group(2)) / int(m.group(1)) * 1e3}
-    m = re.search(r"per token (\d+\.\d+ \w+) copied host to device, [\d.]+ ms computing, ([\d.]+) ms waited for copies"
+    m = re.search(r"per token (\d+\.\d+ \w+) copied host to device(?:, [\d.]+ \w+ gathered from the offload group)?, "
+                  r"[\d.]+ ms computing, ([\d.]+) ms waited for copies"
                   r"(?:, copying ([\d.]+) ms \(([\d.]+) GB/s\), (\d+)% of it hidden)?", err)
     if m:
         out.update(copied=size(m.group(1)), waited_ms=float(m.group(2)))
@@ -67,9 +72,11 @@ def run(shoal: str, model: Path, extra: list, n: int) -> dict:
     return out
 
 
-def smallest_budget(shoal: str, model: Path, prefetch: int) -> int:
-    p = subprocess.run([shoal, "run", "-m", str(model), "-p", "a", "-n", "1", "-c", "256", "-b", "16",
-                        "--device-mem", "64K", "--prefetch", str(prefetch)], capture_output=True, text=True)
+def smallest_budget(shoal: str, model: Path, prefetch: int, group: int = 1) -> int:
+    p = subprocess.run((MPIRUN + ["-np", str(group)] if group > 1 else []) +
+                       [shoal, "run", "-m", str(model), "-p", "a", "-n", "1", "-c", "256", "-b", "16",
+                        "--device-mem", "64K", "--prefetch", str(prefetch), "--offload-group", str(group)],
+                       capture_output=True, text=True)
     return int(size(re.search(r"this rank needs (\d+\.\d+ \w+)", p.stderr).group(1)) * 1.01)
 
 
@@ -106,6 +113,18 @@ def main() -> int:
                          "prefetch": d, "ms_per_token": med("ms_per_token"), "copied_mib": rs[0]["copied"] / 2**20,
                          "copy_bound_ms": bound, "vs_bound": med("ms_per_token") / bound,
                          "copy_ms": med("copy_ms"), "waited_ms": med("waited_ms"), "hidden_pct": med("hidden")})
+    # an offload group of 2 (two ranks of one thread each): each copies half of every layer and
+    # the two all-gather the rest over MPI in the arena
+    for g in (1, 2):
+        budget = smallest_budget(a.shoal, model, 1, g)
+        rs = [run(a.shoal, model, ["--device-mem", budget, "--prefetch", 1, "-t", 1, "--offload-group", g], a.n, g)
+              for _ in range(a.runs)]
+        med = lambda k: statistics.median(r[k] for r in rs if r.get(k) is not None)  # noqa: E731
+        bound = rs[0]["copied"] / bw * 1e3
+        rows.append({"layout": f"-t 1, offload group {g} ({g} rank{'s' if g > 1 else ''}): per rank",
+                     "prefetch": 1, "ms_per_token": med("ms_per_token"), "copied_mib": rs[0]["copied"] / 2**20,
+                     "copy_bound_ms": bound, "vs_bound": med("ms_per_token") / bound,
+                     "copy_ms": med("copy_ms"), "waited_ms": med("waited_ms"), "hidden_pct": med("hidden")})
     lines = [f"Offload on the CPU arena: {model.name}, {a.n} tokens, medians of {a.runs} runs; "
              f"copy bandwidth (numpy, one thread) {bw / 1e9:.1f} GB/s; {time.strftime('%Y-%m-%d')}", "",
              "| layout | prefetch | ms/token | copied/token (MiB) | copy bound (ms) | time / bound | "
