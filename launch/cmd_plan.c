@@ -258,7 +258,7 @@ int cmd_plan(int argc, char **argv) {
                *corebw_s = NULL;
     int ranks = 0, n_ctx = 0, n_batch = 512, cores = 0, tp = 0, pp = 0, json = 0, no_probe = 0;
     uint64_t device_mem = 0;
-    int prefetch = 1;
+    int prefetch = 1, group = 1;
     struct shoal_offload_plan *off = NULL; /* (tp * pp) of the shown layout, with --device-mem */
     uint64_t mem_per_rank = 0;
     const struct opt opts[] = {
@@ -278,6 +278,7 @@ int cmd_plan(int argc, char **argv) {
         { "--no-probe", 0, OPT_FLAG, &no_probe, NULL, "predict compute from bytes and bandwidth alone, without timing a layer here" },
         { "--device-mem", 0, OPT_SIZE, &device_mem, "SIZE", "device memory per rank (shoal run --device-mem): which layers stay resident, which stream, the device peak and the bytes copied per token" },
         { "--prefetch", 0, OPT_INT, &prefetch, "N", "with --device-mem: layers fetched ahead (default 1)" },
+        { "--offload-group", 0, OPT_INT, &group, "G", "with --device-mem: the shown layout's ranks replicated G times (shoal run --offload-group), each holding 1/G of every streamed layer and copying only that" },
         { "--json", 0, OPT_FLAG, &json, NULL, "print JSON (for scripts) instead of tables" },
         OPT_END,
     };
@@ -314,6 +315,8 @@ int cmd_plan(int argc, char **argv) {
     if (corebw_s && !(corebw > 0)) USAGE("shoal plan: --corebw '%s' is not a rate such as 20GB/s\n", corebw_s);
     if (!!tp != !!pp) USAGE("shoal plan: give --tp and --pp together\n");
     if (prefetch < 0 || prefetch > 64) USAGE("shoal plan: --prefetch must be 0..64\n");
+    if (group < 1 || group > 4096) USAGE("shoal plan: --offload-group must be 1..4096\n");
+    if (group > 1 && !device_mem) USAGE("shoal plan: --offload-group goes with --device-mem\n");
     shoal_log_init(SHOAL_LOG_WARN, 0, getenv("SHOAL_DEBUG"));
 
     char dflt[4096];
@@ -383,7 +386,7 @@ int cmd_plan(int argc, char **argv) {
         }
         rc = shoal_plan_make(&sp, &shape, &spp);
         for (int r = 0; rc == SHOAL_OK && r < show->tp * show->pp; r++) {
-            rc = shoal_cost_offload(&shape, &sp->part[r], &cp, device_mem, prefetch, &off[r]);
+            rc = shoal_cost_offload(&shape, &sp->part[r], &cp, device_mem, prefetch, group, &off[r]);
             if (rc != SHOAL_OK) shoal_error_prefix("rank %d", r);
         }
         shoal_plan_destroy(sp);
@@ -422,6 +425,9 @@ int cmd_plan(int argc, char **argv) {
                 cJSON_AddNumberToObject(e, "buffer_bytes", (double)off[r].buffer_bytes);
                 cJSON_AddNumberToObject(e, "device_peak", (double)off[r].peak_bytes);
                 cJSON_AddNumberToObject(e, "copy_bytes_per_token", (double)off[r].copy_bytes);
+                cJSON_AddNumberToObject(e, "offload_group", off[r].group);
+                cJSON_AddNumberToObject(e, "gather_bytes_per_token", (double)off[r].gather_bytes);
+                cJSON_AddNumberToObject(e, "host_bytes", (double)off[r].host_bytes);
                 cJSON_AddItemToArray(oa, e);
             }
         }
@@ -457,22 +463,33 @@ int cmd_plan(int argc, char **argv) {
         }
         print_ranks(show, &topo);
         if (off) {
-            printf("\ndevice memory, %s per rank, prefetch %d:\n", mib(b[0], 32, (double)device_mem), prefetch);
-            for (int r = 0; r < show->tp * show->pp; r++)
+            printf("\ndevice memory, %s per rank, prefetch %d", mib(b[0], 32, (double)device_mem), prefetch);
+            if (group > 1)
+                printf(", offload groups of %d (each rank below replicated %d times, %d ranks in all)", group, group,
+                       group * show->tp * show->pp);
+            printf(":\n");
+            for (int r = 0; r < show->tp * show->pp; r++) {
                 printf("  rank %d: %d of %d layers resident, %d streamed through %d buffer%s of %s; device peak "
-                       "%s; %s copied host to device per token\n", r, off[r].n_resident, off[r].n_layers,
+                       "%s; %s copied host to device per token", r, off[r].n_resident, off[r].n_layers,
                        off[r].n_layers - off[r].n_resident, off[r].n_buffers, off[r].n_buffers == 1 ? "" : "s",
                        mib(b[1], 32, (double)off[r].buffer_bytes), mib(b[2], 32, (double)off[r].peak_bytes),
                        mib(b[0], 32, (double)off[r].copy_bytes));
+                if (group > 1)
+                    printf(", %s gathered from its group; %s of streamed layers in host memory",
+                           mib(b[1], 32, (double)off[r].gather_bytes), mib(b[2], 32, (double)off[r].host_bytes));
+                printf("\n");
+            }
         }
         printf("\n");
         shoal_cost_print_assumptions(stdout, !no_probe);
-        char dm[64] = "";
-        if (device_mem) snprintf(dm, sizeof dm, " --device-mem %.0fK --prefetch %d", (double)device_mem / 1024, prefetch);
+        char dm[96] = "", gm[32] = "";
+        if (group > 1) snprintf(gm, sizeof gm, " --offload-group %d", group);
+        if (device_mem)
+            snprintf(dm, sizeof dm, " --device-mem %.0fK --prefetch %d%s", (double)device_mem / 1024, prefetch, gm);
         if (all[0].fits)
             printf("\nbest: tp %d x pp %d, predicted %.1f tokens/s decoding\n"
                    "run:  mpirun -np %d shoal run -m %s --tp %d --pp %d -c %d%s\n",
-                   all[0].tp, all[0].pp, all[0].tok_s, topo.n_ranks, model, all[0].tp, all[0].pp, n_ctx, dm);
+                   all[0].tp, all[0].pp, all[0].tok_s, topo.n_ranks * group, model, all[0].tp, all[0].pp, n_ctx, dm);
     }
     if (!all[0].fits && !json) suggest(&shape, &topo, &cp, &all[0], kv_type);
     status = all[0].fits ? 0 : 1;

@@ -310,7 +310,7 @@ void shoal_cost_print_assumptions(FILE *f, int probed) {
 /* ------------------------------------------------------------- offload */
 
 shoal_status shoal_cost_offload(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
-                                const struct shoal_cost_params *p, uint64_t budget, int prefetch,
+                                const struct shoal_cost_params *p, uint64_t budget, int prefetch, int group,
                                 struct shoal_offload_plan *out) {
     /* as a device backend holds them: each matrix in the model's block at a
      * 256-byte boundary (128 bytes of padding each, on average) */
@@ -326,7 +326,7 @@ shoal_status shoal_cost_offload(const struct shoal_model_shape *m, const struct 
     if (pt->first) fixed += m->embd_bytes + 128;
     if (pt->last && !shared) fixed += m->output_bytes * (pt->v1 - pt->v0) / m->n_vocab + 128;
     fixed += kv_bytes(pt, p) + act_block_bytes(m, pt, p);
-    struct shoal_offload_params op = { budget, (uint64_t)fixed, nl, lb, prefetch, 1 };
+    struct shoal_offload_params op = { budget, (uint64_t)fixed, nl, lb, prefetch, group };
     shoal_status rc = shoal_offload_plan_make(&op, out);
     free(lb);
     return rc;

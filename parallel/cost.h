@@ -103,10 +103,11 @@ void shoal_cost_print_assumptions(FILE *f, int probed);
  * The offload plan of a rank with part pt under a device budget (see
  * parallel/offload.h), from the model's shape: its layers' slices as a device
  * backend holds them, and the rest of what it allocates on the device (norms,
- * embedding table, head, KV cache, activations).
+ * embedding table, head, KV cache, activations); group: the ranks of its
+ * offload group (1: none).
  */
 shoal_status shoal_cost_offload(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
-                                const struct shoal_cost_params *p, uint64_t budget, int prefetch,
+                                const struct shoal_cost_params *p, uint64_t budget, int prefetch, int group,
                                 struct shoal_offload_plan *out);
 
 #endif

@@ -41,6 +41,8 @@ def test_help(cmd):
     (["run", "-m", "x.gguf", "--device-mem", "1G", "--offload-from", "tape"], "--offload-from 'tape'"),
     (["run", "-m", "x.gguf", "--offload-group", "2"], "--offload-group goes with --device-mem"),
     (["plan", "--ranks", "1", "--device-mem", "1G", "--prefetch", "99"], "--prefetch must be 0..64"),
+    (["plan", "--ranks", "1", "--device-mem", "1G", "--offload-group", "0"], "--offload-group must be 1..4096"),
+    (["plan", "--ranks", "2", "--offload-group", "2"], "--offload-group goes with --device-mem"),
     (["info", "a.gguf", "b.gguf"], "unexpected argument 'b.gguf'"),
     (["synth", "-o", "/tmp/x.gguf", "--type", "q9_9"], "--type 'q9_9'"),
     (["synth", "-o", "/tmp/x.gguf", "--heads", "3", "--kv-heads", "2"], "impossible shape"),

@@ -174,6 +174,16 @@ def test_offload_groups(model, tmp_path, group, layout):
     mine, alone = copied_bytes(r["err"]), copied_bytes(one["err"])
     assert alone and mine and abs(mine * group / alone - 1) < 0.05, \
         f"group {group}: copied {mine} per token on a rank against {alone} alone"
+    # shoal plan --offload-group predicts the same for rank 0
+    tp, pp = (2, 1) if "--tp" in layout else (1, 2) if "--pp" in layout else (1, 1)
+    import json
+    p = h.run(["plan", "-m", model, "--ranks", parts, "--no-probe", "--json", "-c", 256, "--device-mem", budget,
+               "--prefetch", 1, "--offload-group", group, "--tp", tp, "--pp", pp])
+    plan = json.loads(p.stdout)["offload"][0]
+    assert plan["offload_group"] == group and plan["resident"] == r["resident"], plan
+    assert abs(plan["copy_bytes_per_token"] / mine - 1) < 0.05, f"plan copies {plan}, the run {mine}"
+    assert abs(plan["gather_bytes_per_token"] / (mine * (group - 1)) - 1) < 0.05, plan
+    assert abs(r["peak"] / plan["device_peak"] - 1) <= 0.05, f"device peak {r['peak']}, planned {plan}"
 
 
 def test_offload_group_gathered_on_host(model, tmp_path):
