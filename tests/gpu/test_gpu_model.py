@@ -21,6 +21,11 @@ What is compared, and why that way:
 - NCCL: tp 2 over NCCL needs a GPU per rank; with one GPU the NCCL_HOSTID
   workaround is tried and the refusal ("ranks of one tensor-parallel group
   share a GPU") is an expected failure (xfail), not a failure.
+- offload (--device-mem): budgets keeping 0, 1, 4 and all 8 layers of a
+  synthetic model resident, prefetch 1 and 2, and offload groups of 2 and 4
+  ranks: the same ids as the run without a budget on the device, every one
+  (streaming moves bytes, it changes no arithmetic); the device peak within
+  the budget.
 
 The whole module skips, saying why ("no CUDA device: ..."), when `shoal run
 --device cuda` finds no device here. Test names holding "slow"
@@ -501,3 +506,95 @@ def test_nccl_tp2(models, tmp_path):
         pytest.fail(f"{what}: exited {p.returncode}:\n{err[-4000:]}")
     assert "+ nccl" in err, "the load line does not say NCCL carries the sums:\n" + err
     assert_same(models, tmp_path, name, 2, args, base, got, what, wrapper)
+
+
+# ------------------------------------------------------------- offload (--device-mem)
+
+OFFLOAD = ["--dim", 512, "--layers", 8, "--heads", 8, "--kv-heads", 4, "--ffn", 1408, "--vocab", 4000,
+           "--type", "q8_0"]
+UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+
+
+def _size(text: str) -> float:
+    v, u = text.split()
+    return float(v) * UNITS[u]
+
+
+@pytest.fixture(scope="module")
+def offload_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpu-offload") / "offload-q8_0.gguf"
+    h.run(["synth", "-o", path, "--seed", 5] + OFFLOAD)
+    return path
+
+
+def offload_run(model, args, tmp_path, tag, np_=1):
+    """A run with -v (and a budget in args): (ids or None when it failed, stderr)."""
+    ids = tmp_path / f"{tag}.ids"
+    full = ["run", "-m", model, "-p", PROMPT, "-n", N_GEN, "--temp", 0, "--ignore-eos", "-v",
+            "--ids-out", ids] + [str(a) for a in args]
+    p = h.run(full, check=False, timeout=300) if np_ == 1 else mpirun_shoal(np_, full, tmp_path)
+    if np_ > 1:
+        skip_without_mpi(p)
+    err = p.stderr.decode(errors="replace")
+    return (h.read_ids(ids) if p.returncode == 0 else None), err
+
+
+def resident_of(err: str):
+    """Layers resident on rank 0 (None: no line, every layer resident), from -v."""
+    import re
+    m = re.search(r"offload \(rank 0\): (\d+) of (\d+) layers resident", err)
+    return int(m.group(1)) if m else None
+
+
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_offload_budgets(offload_model, tmp_path, prefetch):
+    """--device-mem on the device: budgets keeping zero, one, half and all 8 layers
+    resident give the ids of the run without a budget; the device's peak stays within
+    the budget. The budgets come from the refusal of a far too small one (the least
+    that runs: every layer streamed) plus whole layers (a buffer's bytes)."""
+    import re
+    base, err = offload_run(offload_model, dev(0), tmp_path, "nobudget")
+    assert base is not None, err[-3000:]
+    _, err = offload_run(offload_model, dev(0) + ["--device-mem", "64K", "--prefetch", prefetch], tmp_path, "small")
+    m = re.search(r"this rank needs (\d+\.\d+ \w+) .* (\d+) layer buffers? of (\d+\.\d+ \w+)", err)
+    assert m, f"no refusal saying what would do:\n{err[-3000:]}"
+    low, layer = _size(m.group(1)), _size(m.group(3))
+    seen = {}
+    for k in (0, 1, 4, 8 - (prefetch + 1)):
+        budget = int(low + k * layer + 0.005 * low)
+        got, err = offload_run(offload_model, dev(0) + ["--device-mem", budget, "--prefetch", prefetch], tmp_path,
+                               f"b{k}")
+        assert got is not None, f"budget {budget}: exited:\n{err[-3000:]}"
+        r = resident_of(err)
+        seen[8 if r is None else r] = budget
+        assert got == base, f"prefetch {prefetch}, budget {budget} ({r} resident): ids differ from no budget"
+        pk = re.search(r"device peak (\d+\.\d+ \w+) of (\d+\.\d+ \w+)", err)
+        assert pk and _size(pk.group(1)) <= _size(pk.group(2)) * 1.0001, f"peak over the budget:\n{err[-1500:]}"
+    print(f"offload prefetch {prefetch}: resident layers seen {sorted(seen)} (budgets {seen})")
+    assert {0, 1, 4, 8} <= set(seen), f"resident layers seen {sorted(seen)}: want 0, 1, 4 and 8"
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_offload_groups(offload_model, tmp_path, group):
+    """--offload-group G on the device, every layer streamed: the ids of one rank
+    without a budget. Ranks sharing one GPU gather the parts in host memory (NCCL
+    refuses a shared GPU); with a GPU per rank the group all-gathers on the devices
+    over NCCL and each rank copies 1/G of every layer."""
+    import re
+    base, err = offload_run(offload_model, dev(0), tmp_path, "nobudget")
+    assert base is not None, err[-3000:]
+    gpus = n_gpus()
+    own = ON_GPU and gpus >= group
+    flags = dev(None if own else 0) + ["--prefetch", 1, "--offload-group", group]
+    _, err = offload_run(offload_model, flags + ["--device-mem", "64K"], tmp_path, "gsmall", group)
+    m = re.search(r"this rank needs (\d+\.\d+ \w+)", err)
+    assert m, err[-3000:]
+    budget = int(_size(m.group(1)) * 1.02)
+    got, err = offload_run(offload_model, flags + ["--device-mem", budget], tmp_path, f"g{group}", group)
+    assert got is not None, f"offload group {group}: exited:\n{err[-3000:]}"
+    assert got == base, f"offload group {group} ({gpus} GPUs): ids differ from one rank's"
+    where = "on the device" if "all-gathers the others on the device" in err else "in host memory"
+    on = f"{gpus} GPU(s)" if ON_GPU else DEVICE
+    print(f"offload group {group} on {on}: parts gathered {where}; ids identical to one rank")
+    if ON_GPU and not own:
+        assert where == "in host memory", err[-1500:]
