@@ -1,0 +1,332 @@
+/*
+ * sched.c — continuous batching over a paged KV cache (sched.h).
+ */
+#include "sched.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct seq {
+    uint64_t id;
+    int32_t *toks;   /* the prompt, then what was generated */
+    int n_toks, cap, n_prompt, n_gen, max_tokens;
+    int n_past;      /* positions of toks in the KV cache */
+    int32_t *blocks; /* the block table: block_size positions each */
+    int n_blocks;
+    int take;        /* this step: tokens fed */
+    int cancelled;
+    struct shoal_sampler *smp;
+    struct shoal_seq_cb cb;
+    struct seq *next; /* the waiting queue */
+};
+
+struct shoal_sched {
+    struct shoal_state *s;
+    struct shoal_sched_params p;
+    int n_vocab, n_blocks, n_free, table_cap;
+    int32_t *free_blocks;
+    struct seq **run; /* (max_seqs) in the order they were admitted */
+    int n_run;
+    struct seq *wait_head, *wait_tail;
+    int n_wait;
+    uint64_t next_id;
+    /* one step's batch: rows that only fill the cache, then those whose logits are wanted */
+    int32_t *tok, *pos, *seqi, *slot, *table;
+    struct seq **out_seq; /* (max_seqs) the sequence of each output row */
+    float *logits;        /* (max_seqs, n_vocab) */
+    struct shoal_sched_stats st;
+};
+
+static int blocks_for(const struct shoal_sched *sc, int positions) {
+    return (positions + sc->p.block_size - 1) / sc->p.block_size;
+}
+
+shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
+                                const struct shoal_sched_params *p) {
+    *out = NULL;
+    struct shoal_sched_params q = *p;
+    if (q.block_size <= 0) q.block_size = 16;
+    if (q.chunk <= 0 || q.chunk > s->n_batch) q.chunk = s->n_batch;
+    if (q.max_pos <= 0 || q.max_pos > s->n_ctx) q.max_pos = s->n_ctx;
+    if (q.max_seqs < 1 || q.max_seqs > s->n_outputs || q.max_seqs > s->n_batch)
+        return shoal_errorf(SHOAL_INVALID, "%d sequences at once: the state has room for 1 to %d", q.max_seqs,
+                            s->n_outputs < s->n_batch ? s->n_outputs : s->n_batch);
+    if (q.block_size > s->n_ctx)
+        return shoal_errorf(SHOAL_INVALID, "KV blocks of %d positions in a cache of %d", q.block_size, s->n_ctx);
+    struct shoal_sched *sc = calloc(1, sizeof *sc);
+    if (!sc) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    sc->s = s;
+    sc->p = q;
+    sc->n_vocab = s->m->hp.n_vocab;
+    sc->n_blocks = s->n_ctx / q.block_size;
+    if (q.max_pos > sc->n_blocks * q.block_size) sc->p.max_pos = sc->n_blocks * q.block_size;
+    sc->table_cap = blocks_for(sc, sc->p.max_pos);
+    const size_t nb = (size_t)s->n_batch;
+    sc->free_blocks = malloc((size_t)sc->n_blocks * sizeof *sc->free_blocks);
+    sc->run = calloc((size_t)q.max_seqs, sizeof *sc->run);
+    sc->out_seq = calloc((size_t)q.max_seqs, sizeof *sc->out_seq);
+    sc->tok = malloc(nb * 4 * sizeof(int32_t));
+    sc->table = malloc((size_t)q.max_seqs * sc->table_cap * sizeof(int32_t));
+    sc->logits = malloc((size_t)q.max_seqs * sc->n_vocab * sizeof(float));
+    if (!sc->free_blocks || !sc->run || !sc->out_seq || !sc->tok || !sc->table || !sc->logits) {
+        shoal_sched_destroy(sc);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory for the scheduler");
+    }
+    sc->pos = sc->tok + nb;
+    sc->seqi = sc->pos + nb;
+    sc->slot = sc->seqi + nb;
+    /* handed out lowest first: a lone sequence's blocks are the cache in order */
+    for (int b = 0; b < sc->n_blocks; b++) sc->free_blocks[b] = sc->n_blocks - 1 - b;
+    sc->n_free = sc->n_blocks;
+    sc->next_id = 1;
+    *out = sc;
+    return SHOAL_OK;
+}
+
+static void seq_free(struct seq *q) {
+    if (!q) return;
+    shoal_sampler_destroy(q->smp);
+    free(q->toks);
+    free(q->blocks);
+    free(q);
+}
+
+static void give_back(struct shoal_sched *sc, struct seq *q) {
+    for (int b = q->n_blocks - 1; b >= 0; b--) sc->free_blocks[sc->n_free++] = q->blocks[b];
+    q->n_blocks = 0;
+    q->n_past = 0;
+}
+
+/* The sequence's end: blocks back, its owner told, gone. */
+static void finish(struct shoal_sched *sc, struct seq *q, int why) {
+    give_back(sc, q);
+    if (q->cb.on_end) q->cb.on_end(q->cb.user, why, q->n_prompt, q->n_gen);
+    seq_free(q);
+}
+
+void shoal_sched_destroy(struct shoal_sched *sc) {
+    if (!sc) return;
+    for (int i = 0; i < sc->n_run; i++) finish(sc, sc->run[i], SHOAL_SEQ_CANCELLED);
+    while (sc->wait_head) {
+        struct seq *q = sc->wait_head;
+        sc->wait_head = q->next;
+        finish(sc, q, SHOAL_SEQ_CANCELLED);
+    }
+    free(sc->free_blocks);
+    free(sc->run);
+    free(sc->out_seq);
+    free(sc->tok);
+    free(sc->table);
+    free(sc->logits);
+    free(sc);
+}
+
+shoal_status shoal_sched_add(struct shoal_sched *sc, const int32_t *prompt, int n_prompt, int max_tokens,
+                             const struct shoal_sampler_params *sp, const struct shoal_seq_cb *cb,
+                             uint64_t *id) {
+    if (n_prompt < 1) return shoal_errorf(SHOAL_INVALID, "the prompt has no tokens");
+    if (n_prompt > sc->p.max_pos)
+        return shoal_errorf(SHOAL_INVALID, "the prompt is %d tokens; a sequence holds at most %d", n_prompt,
+                            sc->p.max_pos);
+    if (max_tokens < 1) return shoal_errorf(SHOAL_INVALID, "max_tokens %d: at least 1", max_tokens);
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= sc->n_vocab)
+            return shoal_errorf(SHOAL_INVALID, "prompt token %d (id %d) is outside the vocabulary of %d", i,
+                                prompt[i], sc->n_vocab);
+    struct seq *q = calloc(1, sizeof *q);
+    if (!q) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    /* room for every token it may hold: the prompt and what it may generate, up to max_pos + 1 */
+    long cap = (long)n_prompt + max_tokens;
+    if (cap > sc->p.max_pos + 1) cap = sc->p.max_pos + 1;
+    q->cap = (int)cap;
+    q->toks = malloc((size_t)q->cap * sizeof *q->toks);
+    q->blocks = malloc((size_t)sc->table_cap * sizeof *q->blocks);
+    shoal_status rc = q->toks && q->blocks ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of memory");
+    if (rc == SHOAL_OK) rc = shoal_sampler_create(&q->smp, sp, sc->n_vocab);
+    if (rc != SHOAL_OK) {
+        seq_free(q);
+        return rc;
+    }
+    memcpy(q->toks, prompt, (size_t)n_prompt * sizeof *prompt);
+    q->n_toks = q->n_prompt = n_prompt;
+    q->max_tokens = max_tokens;
+    q->cb = *cb;
+    q->id = sc->next_id++;
+    if (sc->wait_tail) sc->wait_tail->next = q;
+    else sc->wait_head = q;
+    sc->wait_tail = q;
+    sc->n_wait++;
+    *id = q->id;
+    return SHOAL_OK;
+}
+
+void shoal_sched_cancel(struct shoal_sched *sc, uint64_t id) {
+    for (int i = 0; i < sc->n_run; i++)
+        if (sc->run[i]->id == id) sc->run[i]->cancelled = 1;
+    for (struct seq *q = sc->wait_head; q; q = q->next)
+        if (q->id == id) q->cancelled = 1;
+}
+
+/* Running sequence i out of the running set (the order of the others kept). */
+static void drop_running(struct shoal_sched *sc, int i) {
+    memmove(sc->run + i, sc->run + i + 1, (size_t)(sc->n_run - i - 1) * sizeof *sc->run);
+    sc->n_run--;
+}
+
+/* Cancelled sequences ended, waiting or running. */
+static void reap_cancelled(struct shoal_sched *sc) {
+    for (int i = sc->n_run - 1; i >= 0; i--)
+        if (sc->run[i]->cancelled) {
+            struct seq *q = sc->run[i];
+            drop_running(sc, i);
+            finish(sc, q, SHOAL_SEQ_CANCELLED);
+        }
+    struct seq **link = &sc->wait_head, *last = NULL;
+    while (*link) {
+        struct seq *q = *link;
+        if (q->cancelled) {
+            *link = q->next;
+            sc->n_wait--;
+            finish(sc, q, SHOAL_SEQ_CANCELLED);
+        } else {
+            last = q;
+            link = &q->next;
+        }
+    }
+    sc->wait_tail = last;
+}
+
+/* The youngest running sequence (after index `after`) back to the head of the queue. */
+static int preempt_after(struct shoal_sched *sc, int after) {
+    if (sc->n_run - 1 <= after) return 0;
+    struct seq *q = sc->run[sc->n_run - 1];
+    sc->n_run--;
+    give_back(sc, q);
+    q->next = sc->wait_head;
+    sc->wait_head = q;
+    if (!sc->wait_tail) sc->wait_tail = q;
+    sc->n_wait++;
+    sc->st.preemptions++;
+    return 1;
+}
+
+/* New sequences in, first come first served, while there is room and a block for them. */
+static void admit(struct shoal_sched *sc) {
+    while (sc->wait_head && sc->n_run < sc->p.max_seqs) {
+        struct seq *q = sc->wait_head;
+        int first = q->n_toks < sc->p.chunk ? q->n_toks : sc->p.chunk;
+        if (blocks_for(sc, first) > sc->n_free) break;
+        sc->wait_head = q->next;
+        if (!sc->wait_head) sc->wait_tail = NULL;
+        q->next = NULL;
+        sc->n_wait--;
+        sc->run[sc->n_run++] = q;
+    }
+}
+
+static int32_t slot_of(const struct shoal_sched *sc, const struct seq *q, int pos) {
+    return q->blocks[pos / sc->p.block_size] * sc->p.block_size + pos % sc->p.block_size;
+}
+
+/*
+ * How many of running sequence i's tokens this step feeds (at most budget),
+ * its blocks taken for them, younger sequences preempted if blocks run out.
+ */
+static int plan_feed(struct shoal_sched *sc, int i, int budget) {
+    struct seq *q = sc->run[i];
+    int take = q->n_toks - q->n_past;
+    if (take > sc->p.chunk) take = sc->p.chunk;
+    if (take > budget) take = budget;
+    while (take > 0) {
+        int need = blocks_for(sc, q->n_past + take) - q->n_blocks;
+        if (need <= sc->n_free) break;
+        if (preempt_after(sc, i)) continue;
+        /* the youngest itself: as much as the free blocks hold */
+        take = (q->n_blocks + sc->n_free) * sc->p.block_size - q->n_past;
+        if (take < 0) take = 0;
+    }
+    int need = take > 0 ? blocks_for(sc, q->n_past + take) - q->n_blocks : 0;
+    for (int b = 0; b < need; b++) q->blocks[q->n_blocks++] = sc->free_blocks[--sc->n_free];
+    return take;
+}
+
+shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
+    *worked = 0;
+    reap_cancelled(sc);
+    admit(sc);
+    if (sc->n_run == 0) return SHOAL_OK;
+
+    /* what each sequence feeds: decoding ones their last token, the others a prompt chunk */
+    int budget = sc->s->n_batch, n_tok = 0, n_out = 0, max_blocks = 1;
+    for (int i = 0; i < sc->n_run; i++) {
+        struct seq *q = sc->run[i];
+        q->take = plan_feed(sc, i, budget);
+        budget -= q->take;
+        n_tok += q->take;
+        if (q->take && q->n_past + q->take == q->n_toks) n_out++;
+        if (q->n_blocks > max_blocks) max_blocks = q->n_blocks;
+    }
+    /* a sequence preempted by a younger one's need never happens (younger ones go
+     * first), but one with nothing fed (no budget left) simply waits a step */
+    if (n_tok == 0) return SHOAL_OK;
+
+    /* the rows: cache-only first, then one output row per sequence whose input is all in */
+    int r = 0, o = n_tok - n_out, k = 0;
+    for (int i = 0; i < sc->n_run; i++) {
+        struct seq *q = sc->run[i];
+        if (!q->take) continue;
+        memcpy(sc->table + (size_t)k * max_blocks, q->blocks, (size_t)q->n_blocks * sizeof(int32_t));
+        for (int j = q->n_blocks; j < max_blocks; j++) sc->table[(size_t)k * max_blocks + j] = q->blocks[0];
+        const int outputs = q->n_past + q->take == q->n_toks;
+        for (int t = 0; t < q->take; t++) {
+            const int p = q->n_past + t;
+            const int row = outputs && t == q->take - 1 ? o++ : r++;
+            sc->tok[row] = q->toks[p];
+            sc->pos[row] = p;
+            sc->seqi[row] = k;
+            sc->slot[row] = slot_of(sc, q, p);
+            if (outputs && t == q->take - 1) sc->out_seq[row - (n_tok - n_out)] = q;
+        }
+        k++;
+    }
+    struct shoal_batch b = { .n_tokens = n_tok, .token = sc->tok, .pos = sc->pos, .seq = sc->seqi,
+                             .slot = sc->slot, .block_table = sc->table, .n_seq = k,
+                             .max_blocks = max_blocks, .block_size = sc->p.block_size };
+    SHOAL_TRY(shoal_forward(sc->s, &b, n_tok - n_out, n_out, sc->logits));
+    *worked = 1;
+    sc->st.steps++;
+    sc->st.last_batch = n_tok;
+    sc->st.last_seqs = k;
+    for (int i = 0; i < sc->n_run; i++) {
+        struct seq *q = sc->run[i];
+        if (q->n_gen == 0) sc->st.prompt_tokens += (uint64_t)q->take;
+        q->n_past += q->take;
+    }
+
+    /* a token for each output row; sequences that are done leave */
+    for (int j = 0; j < n_out; j++) {
+        struct seq *q = sc->out_seq[j];
+        int32_t t = shoal_sampler_sample(q->smp, sc->logits + (size_t)j * sc->n_vocab, q->toks, q->n_toks);
+        q->toks[q->n_toks++] = t;
+        q->n_gen++;
+        sc->st.gen_tokens++;
+        int why = q->cb.on_token && q->cb.on_token(q->cb.user, t) ? SHOAL_SEQ_STOPPED
+                  : q->n_gen >= q->max_tokens                    ? SHOAL_SEQ_LENGTH
+                  : q->n_toks - 1 >= sc->p.max_pos               ? SHOAL_SEQ_CONTEXT
+                                                                 : 0;
+        if (why) {
+            for (int i = 0; i < sc->n_run; i++)
+                if (sc->run[i] == q) drop_running(sc, i);
+            finish(sc, q, why);
+        }
+    }
+    return SHOAL_OK;
+}
+
+void shoal_sched_stats(const struct shoal_sched *sc, struct shoal_sched_stats *st) {
+    *st = sc->st;
+    st->running = sc->n_run;
+    st->waiting = sc->n_wait;
+    st->blocks = sc->n_blocks;
+    st->blocks_used = sc->n_blocks - sc->n_free;
+}

@@ -1,0 +1,91 @@
+/*
+ * sched — continuous batching over a paged KV cache, for serving many
+ * sequences at once on rank 0 (the other ranks follow the steps it starts).
+ *
+ * The state's KV cache (n_ctx positions per layer) is cut into blocks of
+ * block_size positions; each sequence has a block table, blocks taken as its
+ * positions grow and all given back when it ends. Every step feeds each
+ * running sequence what it has not fed yet: its last token while decoding,
+ * or the next chunk of its prompt, so a long prompt is spread over steps that
+ * also carry the other sequences' tokens. Sequences join at the next step
+ * (first come, first served, while max_seqs allows) and leave when done.
+ * When a step needs a block and none is free, the sequence admitted last is
+ * preempted: its blocks given back and its tokens so far fed again later
+ * (recomputed) from the head of the queue; it finishes with the same tokens.
+ *
+ * Single-threaded: one thread calls everything (the server's engine loop).
+ * Tokens reach the caller through each sequence's callback, during
+ * shoal_sched_step.
+ */
+#ifndef SHOAL_SCHED_H
+#define SHOAL_SCHED_H
+
+#include <stdint.h>
+
+#include "../base/base.h"
+#include "model.h"
+#include "sampler.h"
+
+struct shoal_sched_params {
+    int block_size; /* positions per KV block (default 16) */
+    int max_seqs;   /* sequences running at once, at most the state's n_outputs */
+    int chunk;      /* most prompt tokens of one sequence per step (default: the state's n_batch) */
+    int max_pos;    /* positions one sequence may reach (the model's context), at most the state's n_ctx */
+};
+
+enum shoal_seq_end {
+    SHOAL_SEQ_STOPPED = 1, /* the callback asked (end of text, a stop string) */
+    SHOAL_SEQ_LENGTH,      /* max_tokens generated */
+    SHOAL_SEQ_CONTEXT,     /* the sequence reached max_pos */
+    SHOAL_SEQ_CANCELLED,   /* shoal_sched_cancel */
+};
+
+/*
+ * A sequence's callbacks, on the thread calling shoal_sched_step. on_token
+ * gets each generated token; nonzero ends the sequence (SHOAL_SEQ_STOPPED).
+ * on_end is called once, last, whatever ended it; user is not used after.
+ */
+struct shoal_seq_cb {
+    int (*on_token)(void *user, int32_t token);
+    void (*on_end)(void *user, int why, int n_prompt, int n_gen);
+    void *user;
+};
+
+struct shoal_sched_stats {
+    int running, waiting;     /* sequences now */
+    int blocks_used, blocks;  /* KV blocks taken, in all */
+    int last_batch;           /* tokens in the last step */
+    int last_seqs;            /* sequences in the last step */
+    uint64_t steps, prompt_tokens, gen_tokens, preemptions;
+};
+
+struct shoal_sched;
+
+/* For state s (rank 0's: its forward drives every rank). *out owned by the caller. */
+shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
+                                const struct shoal_sched_params *p);
+/* Ends every sequence still there (SHOAL_SEQ_CANCELLED) and frees; accepts NULL. */
+void shoal_sched_destroy(struct shoal_sched *sc);
+
+/*
+ * Queues a sequence: prompt (copied; >= 1 token, every id < n_vocab, shorter
+ * than max_pos), at most max_tokens (>= 1) generated with sampler params sp.
+ * *id names it for shoal_sched_cancel. SHOAL_INVALID for a bad prompt (the
+ * callbacks are then never called).
+ */
+shoal_status shoal_sched_add(struct shoal_sched *sc, const int32_t *prompt, int n_prompt, int max_tokens,
+                             const struct shoal_sampler_params *sp, const struct shoal_seq_cb *cb,
+                             uint64_t *id);
+/* Ends sequence id before the next step (its on_end says CANCELLED); unknown ids are ignored. */
+void shoal_sched_cancel(struct shoal_sched *sc, uint64_t id);
+
+/*
+ * One step: every running sequence fed, one forward pass, a token sampled for
+ * each sequence whose input is all in. *worked: 0 when there was nothing to
+ * do. An error from the forward pass is returned (the state is then unusable).
+ */
+shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked);
+
+void shoal_sched_stats(const struct shoal_sched *sc, struct shoal_sched_stats *st);
+
+#endif
