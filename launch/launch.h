@@ -15,6 +15,7 @@
 #include "../shard/gguf.h"
 
 int cmd_run(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_shard(int argc, char **argv);

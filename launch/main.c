@@ -16,6 +16,7 @@ static const struct {
     const char *about;
 } commands[] = {
     { "run", cmd_run, "generate text from a prompt" },
+    { "serve", cmd_serve, "serve the model over HTTP with OpenAI's API (continuous batching)" },
     { "info", cmd_info, "print a GGUF file's metadata and tensor table" },
     { "shard", cmd_shard, "cut a GGUF into one file per rank, with a manifest" },
     { "plan", cmd_plan, "say which layouts fit the hosts and how fast they will decode" },

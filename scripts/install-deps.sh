@@ -24,7 +24,8 @@ command -v protoc-c >/dev/null || need_apt+=(protobuf-c-compiler)
 [ -f /usr/include/protobuf-c/protobuf-c.h ] || need_apt+=(libprotobuf-c-dev)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler) # tests decode manifests with it
 [ -f /usr/include/xxhash.h ] || need_apt+=(libxxhash-dev)
-[ -f /usr/include/cjson/cJSON.h ] || need_apt+=(libcjson-dev) # shoal plan --json
+[ -f /usr/include/cjson/cJSON.h ] || need_apt+=(libcjson-dev) # shoal plan --json, shoal serve
+[ -f /usr/include/microhttpd.h ] || need_apt+=(libmicrohttpd-dev) # shoal serve
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then

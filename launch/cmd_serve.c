@@ -1,0 +1,120 @@
+/*
+ * cmd_serve.c — `shoal serve`: shoal run's setup (cmd_run.c), then on rank 0
+ * the OpenAI-compatible server (runtime/server) over the batching scheduler
+ * (runtime/sched); the other ranks follow rank 0's steps as under shoal run.
+ * SIGTERM or SIGINT drains: no new requests, those in flight finished, then
+ * every rank stops and exits 0.
+ */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/chat.h"
+#include "../runtime/sched.h"
+#include "../runtime/server.h"
+#include "launch.h"
+#include "run.h"
+
+static volatile sig_atomic_t stop_asked;
+
+static void on_stop(int sig) {
+    (void)sig;
+    stop_asked = 1;
+}
+
+/* The chat format: --chat-template, else the model's template; -1 (with a warning) when none applies. */
+static int chat_kind(const struct run *r, char **sys) {
+    const struct run_opts *o = &r->o;
+    const char *t = NULL;
+    size_t t_len = 0;
+    if (shoal_gguf_get_str_opt(r->g, "tokenizer.chat_template", &t, &t_len) != SHOAL_OK) t = NULL;
+    char *tmpl = t ? strndup(t, t_len) : NULL;
+    int kind = -1;
+    if (o->template_name) {
+        kind = shoal_chat_kind_from_name(o->template_name);
+    } else if (!tmpl) {
+        fprintf(stderr, "shoal serve: warning: %s has no chat template: /v1/chat/completions is refused (give "
+                "--chat-template %s)\n", o->model, shoal_chat_kind_names());
+    } else if (shoal_chat_detect(tmpl, o->model, &kind) != SHOAL_OK) {
+        fprintf(stderr, "shoal serve: warning: %s; /v1/chat/completions is refused (give --chat-template)\n",
+                shoal_last_error());
+        kind = -1;
+    }
+    *sys = NULL;
+    if (kind >= 0) {
+        if (o->system) *sys = strdup(o->system);
+        else if (!o->template_name || kind == SHOAL_CHAT_CHATML) *sys = shoal_chat_default_system(tmpl);
+    }
+    free(tmpl);
+    return kind;
+}
+
+/* --model-id, else the file's name without its directory and .gguf (the shards' directory). */
+static void model_id(const struct run *r, char *out, size_t len) {
+    const char *src = r->o.model_id ? r->o.model_id : r->o.shards ? r->o.shards : r->o.model;
+    if (r->o.model_id) {
+        snprintf(out, len, "%s", src);
+        return;
+    }
+    size_t n = strlen(src);
+    while (n > 1 && src[n - 1] == '/') n--;
+    const char *b = src + n;
+    while (b > src && b[-1] != '/') b--;
+    size_t k = (size_t)(src + n - b);
+    if (k > 5 && strncmp(b + k - 5, ".gguf", 5) == 0) k -= 5;
+    snprintf(out, len, "%.*s", (int)k, b);
+}
+
+int serve_lead(struct run *r) {
+    const struct run_opts *o = &r->o;
+    const struct shoal_hparams *hp = &r->m->hp;
+    char *sys = NULL, id[256];
+    const int kind = chat_kind(r, &sys);
+    model_id(r, id, sizeof id);
+    const int max_pos = hp->n_ctx_train < o->n_ctx ? hp->n_ctx_train : o->n_ctx;
+    struct shoal_sched *sc = NULL;
+    struct shoal_server *srv = NULL;
+    struct shoal_sched_params sp = { .block_size = o->block_size, .max_seqs = o->parallel, .max_pos = max_pos };
+    shoal_status rc = shoal_sched_create(&sc, r->st, &sp);
+    struct shoal_server_params p = {
+        .host = o->host ? o->host : "127.0.0.1", .port = o->port, .api_key = o->api_key, .model_id = id,
+        .max_body = (size_t)o->max_body, .max_prompt = o->max_prompt ? o->max_prompt : max_pos - 1,
+        .max_tokens = o->max_tokens, .max_streams = o->parallel, .max_queue = o->max_queue,
+        .max_conns = o->max_conns, .chat_kind = kind, .chat_system = sys,
+        .add_bos = shoal_tokenizer_add_bos(r->tok), .n_ctx = max_pos, .drain_seconds = o->drain_seconds,
+    };
+    if (rc == SHOAL_OK) rc = shoal_server_create(&srv, &p, r->tok, sc);
+    if (rc == SHOAL_OK) {
+        struct sigaction sa = { .sa_handler = on_stop };
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        char wb[32];
+        fprintf(stderr,
+                "shoal: %s (%s, %d layers, %s %s) | %d rank%s: tp %d x pp %d, %s | %s | KV cache %d positions "
+                "in blocks of %d, %d requests at once | loaded in %.2f s\n",
+                hp->name, hp->arch, hp->n_layers, shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
+                shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
+                shoal_comm_backend(r->world), r->dev_desc, o->n_ctx, o->block_size, o->parallel, r->t_load);
+        fprintf(stderr, "shoal serve: listening on http://%s:%d (model \"%s\"%s%s%s)\n", p.host,
+                shoal_server_port(srv), id, kind >= 0 ? ", chat " : ", no chat",
+                kind >= 0 ? shoal_chat_kind_name(kind) : "", o->api_key ? ", API key required" : "");
+        fflush(stderr);
+        rc = shoal_server_run(srv, &stop_asked);
+    }
+    /* the scheduler ends what is left (failing it after an error), then the connections close */
+    shoal_sched_destroy(sc);
+    shoal_server_destroy(srv);
+    free(sys);
+    int status = 0;
+    if (rc != SHOAL_OK) {
+        status = launch_fail("serve", rc);
+        shoal_comm_abort(r->world, 1); /* the others may be anywhere in a step */
+    }
+    shoal_status stop = shoal_stop(r->st);
+    if (stop != SHOAL_OK && status == 0) status = launch_fail("serve", stop);
+    if (status == 0) fprintf(stderr, "shoal serve: stopped\n");
+    return status;
+}

@@ -1,0 +1,66 @@
+/*
+ * run.h — what `shoal run` and `shoal serve` share (cmd_run.c): the options,
+ * and everything a rank holds once its part of the model is loaded. shoal
+ * serve is shoal run's setup (layout, plan, backend, loading, the other
+ * ranks following rank 0's steps) with another loop on rank 0 (cmd_serve.c).
+ */
+#ifndef SHOAL_LAUNCH_RUN_H
+#define SHOAL_LAUNCH_RUN_H
+
+#include "../comm/comm.h"
+#include "../runtime/model.h"
+#include "../runtime/sampler.h"
+#include "../runtime/tokenizer.h"
+#include "../shard/gguf.h"
+#include "../shard/manifest.h"
+#include "args.h"
+
+struct run_opts {
+    const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
+    const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name, *shards, *hosts;
+    const char *device_name, *tp_comm_name;
+    int device, gpu, tp_comm;
+    int64_t device_mem;
+    int prefetch, offload_from, offload_group;
+    const char *offload_from_name;
+    int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
+    int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
+    double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
+    int n_tp_weights, n_pp_weights;
+    struct shoal_sampler_params sp;
+    char model_buf[4096];
+    /* shoal serve */
+    int serve;
+    const char *host, *api_key, *model_id, *system_default;
+    int port, parallel, max_queue, max_prompt, max_tokens, max_conns, block_size;
+    int64_t max_body;
+    float drain_seconds;
+};
+
+/* Everything a rank holds for a run, released by teardown(). */
+struct run {
+    struct run_opts o;
+    Shoal__Manifest *man; /* --shards */
+    struct shoal_comm *world;
+    int rank, size;
+    struct shoal_gguf *g;
+    struct shoal_plan *plan;
+    struct shoal_dist *dist;
+    struct shoal_backend *be;
+    struct shoal_model *m;
+    struct shoal_tokenizer *tok;
+    struct shoal_state *st;
+    int threads;
+    int local, n_part;   /* this rank among its replica's, and their number (size / offload group) */
+    int gpu;             /* the CUDA device this rank computes on, or -1 */
+    char dev_desc[192];  /* what it computes on, for the load line */
+    double t_load;
+};
+
+/*
+ * Rank 0 of shoal serve, once loaded: serves until SIGTERM or SIGINT, then
+ * stops the other ranks (shoal_stop). Returns the exit status.
+ */
+int serve_lead(struct run *r);
+
+#endif
