@@ -133,8 +133,10 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
                                        "events), GET /health and GET /metrics (Prometheus). Requests are batched\n"
                                        "together as they come (continuous batching) over a paged KV cache of -c\n"
                                        "positions in all. Under mpirun, rank 0 serves and every rank computes its\n"
-                                       "part of each step (--tp x --pp, as shoal run). SIGTERM or Ctrl-C: requests\n"
-                                       "in flight are finished, then every rank exits.",
+                                       "part of each step (--tp x --pp, as shoal run). SIGTERM or SIGINT to rank 0\n"
+                                       "(its pid is printed): requests in flight are finished, then every rank\n"
+                                       "exits 0. (Signalled itself, mpirun passes SIGTERM on to rank 0, which\n"
+                                       "drains as well, but then exits 1 whatever the ranks did.)",
                                        opts, argc, argv, pos, 0, &n_pos)
                     : args_parse_quiet(loud, cmd, "[-m MODEL] [-p PROMPT] [options]",
                                "Generates text from a prompt with a GGUF model, streaming it to stdout.\n"
@@ -942,7 +944,10 @@ static int run_main(int argc, char **argv, int serve) {
     r.n_part = r.size / r.o.offload_group;
     r.local = r.n_part > 0 ? r.rank % r.n_part : 0;
     signal(SIGPIPE, SIG_IGN);
-    if (r.rank != 0) signal(SIGINT, SIG_IGN); /* rank 0 stops everyone cleanly */
+    if (r.rank != 0) { /* rank 0 stops everyone cleanly (shoal serve: after draining) */
+        signal(SIGINT, SIG_IGN);
+        if (serve) signal(SIGTERM, SIG_IGN);
+    }
 
     /* the layout and the plan are the same on every rank: a failure is everyone's */
     if ((rc = choose_layout(&r)) != SHOAL_OK || (rc = auto_layout(&r)) != SHOAL_OK) {

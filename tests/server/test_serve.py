@@ -1,0 +1,221 @@
+"""shoal serve through OpenAI's own Python client (the `openai` package) on
+stories260K (../shared/testdata): completions and chat completions,
+streamed and not, must give `shoal run`'s greedy text token for token; so
+must requests running together (continuous batching), and the same server
+under mpirun with tp 2 and with pp 2. Sampling with a seed repeats; stop
+strings, max_tokens and usage counts are as the API says.
+
+Reference texts come from `shoal run`, itself checked against run.c's
+oracle (tests/model/test_oracle.py); this file checks that serving, its
+batching and its paged KV cache change nothing.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import shoal_harness as h  # noqa: E402
+from serve_harness import Server  # noqa: E402
+
+openai = pytest.importorskip("openai", reason="the openai package (pip install openai) drives these tests")
+
+PROMPTS = ["Once upon a time", "Tom and Lily went to the park", "The cat sat",
+           "One day, a little girl named Sue found a shiny red ball", "Ben liked to", "It was a cold night"]
+N = 40
+
+
+@pytest.fixture(scope="module")
+def model():
+    return h.testdata("stories260K.gguf")
+
+
+def run_text(model, prompt, n=N, extra=(), np_=1):
+    """shoal run's greedy continuation of prompt (its echo of the prompt cut off)."""
+    args = ["run", "-m", model, "-p", prompt, "-n", n, "--temp", 0, "-q", "-t", 1] + list(extra)
+    p = h.run(args) if np_ == 1 else h.mpirun(np_, args)
+    out = p.stdout.decode()
+    assert out.endswith("\n")
+    out = out[:-1]
+    if "--chat" in extra:
+        return out
+    assert out.startswith(prompt), out
+    return out[len(prompt):]
+
+
+_ref = {}
+
+
+def ref(model, prompt, n=N):
+    if (prompt, n) not in _ref:
+        _ref[(prompt, n)] = run_text(model, prompt, n)
+    return _ref[(prompt, n)]
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    s = Server(["-m", model, "-t", 1, "--chat-template", "chatml", "--parallel", 8, "-c", 1024])
+    yield s
+    assert s.stop() == 0, s.err[-3000:]
+    assert "shoal serve: stopped" in s.err
+
+
+def client(s, **kw):
+    return openai.OpenAI(base_url=s.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0, timeout=60, **kw)
+
+
+def test_models(server):
+    ids = [m.id for m in client(server).models.list().data]
+    assert ids == ["stories260K"]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:3])
+def test_completion_matches_run(server, model, prompt, tmp_path):
+    r = client(server).completions.create(model="stories260K", prompt=prompt, max_tokens=N, temperature=0)
+    c = r.choices[0]
+    assert c.text == ref(model, prompt), f"{prompt!r}: served {c.text!r}, shoal run {ref(model, prompt)!r}"
+    assert c.finish_reason == "length"
+    assert r.usage.completion_tokens == N and r.usage.total_tokens == r.usage.prompt_tokens + N
+    h.run(["run", "-m", model, "-p", prompt, "-n", 0, "-q", "--ids-out", tmp_path / "ids"])
+    assert r.usage.prompt_tokens == len(h.read_ids(tmp_path / "ids")) + 1  # BOS too
+
+
+def test_completion_stream_matches_run(server, model):
+    prompt = PROMPTS[1]
+    chunks = list(client(server).completions.create(model="stories260K", prompt=prompt, max_tokens=N,
+                                                    temperature=0, stream=True))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == ref(model, prompt)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert chunks[-1].usage and chunks[-1].usage.completion_tokens == N
+
+
+def test_stream_include_usage(server, model):
+    chunks = list(client(server).completions.create(model="stories260K", prompt=PROMPTS[2], max_tokens=8,
+                                                    temperature=0, stream=True,
+                                                    stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+
+
+def chat_ref(model, msg, n=N):
+    return run_text(model, msg, n, ["--chat", "--chat-template", "chatml", "--no-echo"])
+
+
+def test_chat_matches_run(server, model):
+    msg = "Tell me a story about a dog."
+    r = client(server).chat.completions.create(model="stories260K", messages=[{"role": "user", "content": msg}],
+                                               max_tokens=N, temperature=0)
+    want = chat_ref(model, msg)
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == want
+    assert r.object == "chat.completion" and r.usage.completion_tokens == N
+
+
+def test_chat_stream_matches_run(server, model):
+    msg = "Where is the ball?"
+    chunks = list(client(server).chat.completions.create(
+        model="stories260K", messages=[{"role": "user", "content": [{"type": "text", "text": msg}]}],
+        max_tokens=N, temperature=0, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == chat_ref(model, msg)
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_concurrent_requests_each_match_run(server, model):
+    """Six requests at once (prompts of different lengths, some streamed): the batch
+    they share gives each the text it gets alone."""
+    want = {p: ref(model, p) for p in PROMPTS}
+    got, errors = {}, []
+
+    def one(i, p):
+        try:
+            c = client(server)
+            if i % 2:
+                got[p] = "".join(x.choices[0].text for x in c.completions.create(
+                    model="stories260K", prompt=p, max_tokens=N, temperature=0, stream=True) if x.choices)
+            else:
+                got[p] = c.completions.create(model="stories260K", prompt=p, max_tokens=N,
+                                              temperature=0).choices[0].text
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"{p!r}: {e!r}")
+
+    ts = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(PROMPTS)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not errors, errors
+    for p in PROMPTS:
+        assert got.get(p) == want[p], f"{p!r} in a batch: {got.get(p)!r}, alone {want[p]!r}"
+    # they did share steps: some forward step carried more than one sequence
+    import re
+    import urllib.request
+    m = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+    one = int(re.search(r'shoal_step_sequences_bucket\{le="1"\} (\d+)', m).group(1))
+    steps = int(re.search(r"shoal_step_sequences_count (\d+)", m).group(1))
+    assert steps > one, f"every one of {steps} steps carried a single sequence"
+
+
+def test_seed_repeats_and_stop(server):
+    c = client(server)
+    a = c.completions.create(model="stories260K", prompt="Once", max_tokens=30, temperature=0.9, top_p=0.9,
+                             seed=7).choices[0].text
+    b = c.completions.create(model="stories260K", prompt="Once", max_tokens=30, temperature=0.9, top_p=0.9,
+                             seed=7).choices[0].text
+    assert a == b, "the same seed gave different texts"
+    others = {c.completions.create(model="stories260K", prompt="Once", max_tokens=30, temperature=0.9,
+                                   seed=s).choices[0].text for s in range(1, 6)}
+    assert len(others) > 1, "five seeds gave one text: is the seed used?"
+    # stop: cut before the stop string, finish_reason "stop", in both modes
+    full = c.completions.create(model="stories260K", prompt=PROMPTS[0], max_tokens=N, temperature=0).choices[0].text
+    assert "Lily" in full
+    r = c.completions.create(model="stories260K", prompt=PROMPTS[0], max_tokens=N, temperature=0, stop=["Lily"])
+    assert r.choices[0].text == full[:full.index("Lily")] and r.choices[0].finish_reason == "stop"
+    s = "".join(x.choices[0].text for x in c.completions.create(
+        model="stories260K", prompt=PROMPTS[0], max_tokens=N, temperature=0, stop="Lily", stream=True) if x.choices)
+    assert s == full[:full.index("Lily")]
+
+
+def test_penalties_change_the_text(server):
+    c = client(server)
+    plain = c.completions.create(model="stories260K", prompt=PROMPTS[0], max_tokens=N, temperature=0).choices[0].text
+    pen = c.completions.create(model="stories260K", prompt=PROMPTS[0], max_tokens=N, temperature=0,
+                               frequency_penalty=2.0, presence_penalty=2.0).choices[0].text
+    assert pen != plain, "frequency and presence penalties of 2 changed nothing"
+
+
+@pytest.mark.parametrize("layout", [["--tp", 2], ["--pp", 2]])
+def test_two_ranks_match_one(model, layout):
+    """Under mpirun -np 2: the same texts as shoal run on one rank, batched or not."""
+    s = Server(["-m", model, "-t", 1, "--chat-template", "chatml", "--parallel", 4, "-c", 512] + layout, np_=2)
+    try:
+        got, errors = {}, []
+
+        def one(p):
+            try:
+                got[p] = client(s).completions.create(model="stories260K", prompt=p, max_tokens=N,
+                                                      temperature=0).choices[0].text
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+        ts = [threading.Thread(target=one, args=(p,)) for p in PROMPTS[:4]]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        assert not errors, errors
+        for p in PROMPTS[:4]:
+            assert got[p] == ref(model, p), f"{layout} {p!r}: {got[p]!r}, one rank {ref(model, p)!r}"
+        msg = "Tell me a story about a dog."
+        r = client(s).chat.completions.create(model="stories260K", messages=[{"role": "user", "content": msg}],
+                                              max_tokens=N, temperature=0)
+        assert r.choices[0].message.content == chat_ref(model, msg)
+    finally:
+        rc = s.stop()
+    assert rc == 0, s.err[-3000:]
