@@ -68,6 +68,8 @@ struct req {
     struct shoal_detok detok;
     char *text;
     size_t len, cap, safe; /* text[0, safe) cannot be part of a stop string */
+    size_t *ends;          /* where each token's text ends: a streamed event per token */
+    int n_ends, cap_ends, ends_sent;
     int done, failed, cancel, stopped_by_string;
     const char *finish;
     int n_prompt_used, n_gen;
@@ -114,6 +116,7 @@ static void req_unref(struct req *r) {
     free(r->prompt);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->text);
+    free(r->ends);
     free(r->out);
     free(r);
 }
@@ -181,6 +184,15 @@ static int on_token(void *user, int32_t t) {
         char buf[512];
         int n = shoal_detok_push(&r->detok, t, buf, sizeof buf);
         if (n > 0) stop = take_text(r, buf, (size_t)n);
+        if (n > 0 && r->n_ends == r->cap_ends) {
+            int cap = r->cap_ends ? 2 * r->cap_ends : 64;
+            size_t *e = realloc(r->ends, (size_t)cap * sizeof *e);
+            if (e) {
+                r->ends = e;
+                r->cap_ends = cap;
+            }
+        }
+        if (n > 0 && r->n_ends < r->cap_ends) r->ends[r->n_ends++] = r->len;
     }
     if (r->cancel) stop = 1;
     pthread_cond_broadcast(&r->cv);
@@ -393,8 +405,11 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             ok = out_add(r, chunk_json(r, NULL, 0, NULL, 1), NULL);
             r->role_sent = 1;
         } else if (r->sent < r->safe) {
-            ok = out_add(r, chunk_json(r, r->text + r->sent, r->safe - r->sent, NULL, 0), NULL);
-            r->sent = r->safe;
+            /* up to the next token's end (one event per token, as OpenAI's), or what is safe */
+            while (r->ends_sent < r->n_ends && r->ends[r->ends_sent] <= r->sent) r->ends_sent++;
+            size_t to = r->ends_sent < r->n_ends && r->ends[r->ends_sent] < r->safe ? r->ends[r->ends_sent] : r->safe;
+            ok = out_add(r, chunk_json(r, r->text + r->sent, to - r->sent, NULL, 0), NULL);
+            r->sent = to;
         } else if (r->done) {
             if (r->failed) {
                 ok = out_add(r, error_body("server_error", NULL, NULL, "the model failed: see the server's log"), NULL);

@@ -93,6 +93,7 @@ def test_completion_stream_matches_run(server, model):
     assert chunks[-1].choices[0].finish_reason == "length"
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
     assert chunks[-1].usage and chunks[-1].usage.completion_tokens == N
+    assert sum(1 for c in chunks if c.choices and c.choices[0].text) >= N - 2, "not an event per token"
 
 
 def test_stream_include_usage(server, model):
