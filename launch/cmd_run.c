@@ -456,7 +456,7 @@ static shoal_status load(struct run *r) {
     struct shoal_hparams hp;
     SHOAL_TRY(shoal_hparams_read(&hp, r->g));
     if (r->o.n_ctx == 0) r->o.n_ctx = hp.n_ctx_train < 4096 ? hp.n_ctx_train : 4096;
-    if (r->o.n_ctx > hp.n_ctx_train && r->rank == 0)
+    if (r->o.n_ctx > hp.n_ctx_train && r->rank == 0 && !r->o.serve) /* serve: -c is every sequence's */
         fprintf(stderr, "shoal run: warning: context %d is longer than the %d the model was trained on\n",
                 r->o.n_ctx, hp.n_ctx_train);
     /* only the best logits need travel when the sampler looks at no others: greedy, or
