@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "chat.h"
+#include "unicode.h"
 
 #define MAX_STOP 4
 #define N_TTFT 11
@@ -166,6 +167,25 @@ static int take_text(struct req *r, const char *s, size_t n) {
     return 0;
 }
 
+/* JSON is UTF-8: bytes that are not (a model's byte tokens can be anything) become U+FFFD. */
+static size_t utf8_clean(const char *s, size_t n, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        int len = 1;
+        uint32_t cp = shoal_utf8_decode((const unsigned char *)s + i, n - i, &len);
+        if (cp == SHOAL_UC_INVALID || len < 1) {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i += 1;
+        } else {
+            memcpy(out + o, s + i, (size_t)len);
+            o += (size_t)len;
+            i += (size_t)len;
+        }
+    }
+    return o;
+}
+
 static int on_token(void *user, int32_t t) {
     struct req *r = user;
     struct shoal_server *srv = r->srv;
@@ -181,9 +201,10 @@ static int on_token(void *user, int32_t t) {
     if (shoal_tokenizer_is_eog(srv->tok, t)) {
         stop = 1;
     } else {
-        char buf[512];
+        char buf[4096], clean[3 * 4096]; /* a piece longer than 3.8 KiB is lost (none known) */
         int n = shoal_detok_push(&r->detok, t, buf, sizeof buf);
-        if (n > 0) stop = take_text(r, buf, (size_t)n);
+        if (n > 0) n = (int)utf8_clean(buf, (size_t)n, clean);
+        if (n > 0) stop = take_text(r, clean, (size_t)n);
         if (n > 0 && r->n_ends == r->cap_ends) {
             int cap = r->cap_ends ? 2 * r->cap_ends : 64;
             size_t *e = realloc(r->ends, (size_t)cap * sizeof *e);
@@ -205,9 +226,9 @@ static void on_end(void *user, int why, int n_prompt, int n_gen) {
     struct shoal_server *srv = r->srv;
     pthread_mutex_lock(&r->mu);
     if (!r->stopped_by_string) {
-        char tail[64];
+        char tail[64], clean[3 * 64];
         int n = shoal_detok_flush(&r->detok, tail, sizeof tail);
-        if (n > 0) take_text(r, tail, (size_t)n);
+        if (n > 0) take_text(r, clean, utf8_clean(tail, (size_t)n, clean));
         r->safe = r->len;
     }
     r->finish = why == SHOAL_SEQ_STOPPED ? "stop" : "length";

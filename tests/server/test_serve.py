@@ -220,3 +220,36 @@ def test_two_ranks_match_one(model, layout):
     finally:
         rc = s.stop()
     assert rc == 0, s.err[-3000:]
+
+
+def test_text_is_always_utf8(tmp_path):
+    """A model that emits byte tokens freely (random weights, the LLaMA 32k vocabulary
+    with its <0x80>..<0xFF> tokens): every event and answer is valid UTF-8 JSON (bytes
+    that form no character become U+FFFD), streamed or not."""
+    import http.client
+    import json
+    vocab = h.testdata("vocab/ggml-vocab-llama-spm.gguf")
+    m = tmp_path / "bytes.gguf"
+    h.run(["synth", "-o", m, "--dim", 64, "--layers", 2, "--heads", 4, "--kv-heads", 2, "--ffn", 128,
+           "--vocab-from", vocab, "--seed", 2])
+    s = Server(["-m", m, "-t", 1, "--parallel", 4])
+    replaced = 0
+    try:
+        for i in range(12):
+            body = {"model": "bytes", "prompt": f"x{i}", "max_tokens": 48, "temperature": 1.5, "seed": i,
+                    "stream": bool(i % 2)}
+            c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+            c.request("POST", "/v1/completions", body=json.dumps(body))
+            raw = c.getresponse().read()
+            c.close()
+            text = raw.decode("utf-8")  # strict: raises on invalid UTF-8
+            if i % 2:
+                for line in text.splitlines():
+                    if line.startswith("data: {"):
+                        json.loads(line[6:])
+            else:
+                json.loads(text)
+            replaced += text.count("\ufffd")
+    finally:
+        assert s.stop() == 0
+    print(f"U+FFFD in the answers: {replaced}")
