@@ -3,9 +3,10 @@
  * shoal_follow, shoal_stop).
  *
  * World rank 0 (first stage, first tensor-parallel rank) drives. A step is a
- * message: a header (magic, version, kind, sizes) and a body (the batch's
- * token, position, sequence and slot arrays and block table, then, between
- * stages, the hidden states). Rank 0 broadcasts it within the first stage's
+ * frame (magic, version, kind, sizes) and a body: a protobuf Step message
+ * (runtime/step.proto: the batch's tokens, positions, sequences, slots and
+ * block table, the rows of logits wanted, and from shoal serve the
+ * sequences' ids and sampling), then, between stages, the hidden states. Rank 0 broadcasts it within the first stage's
  * tensor-parallel group; each stage's first rank sends it, with the stage's
  * output as hidden states, to the next stage's first rank, which broadcasts
  * it within its group. The last stage's first rank sends the logits asked
@@ -21,20 +22,28 @@
 #include "../comm/comm.h"
 #include "forward.h"
 #include "model.h"
+#include "runtime/step.pb-c.h"
+#include "sampler.h"
 
 #define STEP_MAGIC 0x54534853u /* "SHST" */
-#define STEP_VERSION 1
+#define STEP_VERSION 2
+#define STEP_PB_MAX (64u << 20) /* the largest Step message a rank accepts */
 
 enum { STEP_RUN = 1, STEP_STOP = 2 };
 
+/* The fixed frame before a step: then pb_bytes of Step (step.proto), then x_bytes of hidden states. */
 struct step_head {
     uint32_t magic;
     uint16_t version, kind;
-    uint64_t body_bytes;
-    int32_t n_tokens, n_seq, max_blocks, block_size;
-    int32_t out0, n_out;
-    int32_t has_x; /* the body ends with n_tokens x dim f32 hidden states */
-    int32_t topk;  /* > 0: only each row's topk best logits come back */
+    uint64_t pb_bytes;
+    uint64_t x_bytes;
+};
+
+/* A step as a rank runs it. */
+struct step {
+    struct shoal_batch b;
+    int out0, n_out, topk;
+    const float *x; /* the previous stage's hidden states, or NULL */
 };
 
 /* ------------------------------------------------------------------ dist */
@@ -95,9 +104,11 @@ void shoal_dist_destroy(struct shoal_dist *d) {
 
 /* -------------------------------------------------------------- messages */
 
-static size_t body_bytes(const struct step_head *h, int dim) {
-    size_t ints = 4 * (size_t)h->n_tokens + (size_t)h->n_seq * (size_t)h->max_blocks;
-    return ints * sizeof(int32_t) + (h->has_x ? (size_t)h->n_tokens * dim * sizeof(float) : 0);
+/* Where the hidden states start in a body: after the message, 16-byte aligned. */
+static size_t x_offset(uint64_t pb_bytes) { return (size_t)((pb_bytes + 15) & ~(uint64_t)15); }
+
+static size_t body_bytes(const struct step_head *h) {
+    return h->kind == STEP_RUN ? x_offset(h->pb_bytes) + (size_t)h->x_bytes : 0;
 }
 
 static shoal_status msg_room(struct shoal_state *s, size_t need) {
@@ -109,32 +120,73 @@ static shoal_status msg_room(struct shoal_state *s, size_t need) {
     return SHOAL_OK;
 }
 
-/* Writes the batch into the message body; hidden states, if any, go after it. */
-static shoal_status pack(struct shoal_state *s, struct step_head *h, const struct shoal_batch *b,
-                         int has_x) {
-    const int n = b->n_tokens;
-    *h = (struct step_head){ STEP_MAGIC, STEP_VERSION, STEP_RUN, 0, n, b->n_seq, b->max_blocks,
-                             b->block_size, 0, 0, has_x, 0 };
-    h->body_bytes = body_bytes(h, s->m->hp.dim);
-    if (b->token == s->msg && h->body_bytes > s->msg_cap)
-        return shoal_errorf(SHOAL_INTERNAL, "a received step grew when passed on");
-    SHOAL_TRY(msg_room(s, h->body_bytes));
-    int32_t *p = s->msg;
-    /* a follower passing on the step it received: the arrays are already in place */
-    if (b->token != p) {
-        memcpy(p, b->token, (size_t)n * 4);
-        memcpy(p + n, b->pos, (size_t)n * 4);
-        memcpy(p + 2 * n, b->seq, (size_t)n * 4);
-        memcpy(p + 3 * n, b->slot, (size_t)n * 4);
-        memcpy(p + 4 * n, b->block_table, (size_t)b->n_seq * b->max_blocks * 4);
+/*
+ * Rank 0: the step as a Step message at the start of s->msg (s->msg_pb its
+ * bytes), with the sequences' ids and sampling when the caller set s->meta.
+ */
+static shoal_status encode(struct shoal_state *s, const struct step *st) {
+    const struct shoal_batch *b = &st->b;
+    const size_t n = (size_t)b->n_tokens;
+    Shoal__Step m = SHOAL__STEP__INIT;
+    m.n_token = m.n_pos = m.n_seq_of = m.n_slot = n;
+    m.token = (int32_t *)b->token;
+    m.pos = (int32_t *)b->pos;
+    m.seq_of = (int32_t *)b->seq;
+    m.slot = (int32_t *)b->slot;
+    m.n_block_table = (size_t)b->n_seq * (size_t)b->max_blocks;
+    m.block_table = (int32_t *)b->block_table;
+    m.n_seq = b->n_seq;
+    m.max_blocks = b->max_blocks;
+    m.block_size = b->block_size;
+    m.out0 = st->out0;
+    m.n_out = st->n_out;
+    m.topk = st->topk;
+    Shoal__Sampling *sm = NULL, **smp = NULL;
+    if (s->meta) {
+        sm = calloc((size_t)b->n_seq, sizeof *sm);
+        smp = calloc((size_t)b->n_seq, sizeof *smp);
+        if (!sm || !smp) {
+            free(sm);
+            free(smp);
+            return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        }
+        for (int i = 0; i < b->n_seq; i++) {
+            const struct shoal_sampler_params *p = &s->meta->sampling[i];
+            shoal__sampling__init(&sm[i]);
+            sm[i].temperature = p->temp;
+            sm[i].top_p = p->top_p;
+            sm[i].top_k = p->top_k;
+            sm[i].min_p = p->min_p;
+            sm[i].presence_penalty = p->presence_penalty;
+            sm[i].frequency_penalty = p->freq_penalty;
+            sm[i].repeat_penalty = p->repeat_penalty;
+            sm[i].seed = p->seed;
+            smp[i] = &sm[i];
+        }
+        m.n_seq_id = m.n_sampling = (size_t)b->n_seq;
+        m.seq_id = (uint64_t *)s->meta->seq_id;
+        m.sampling = smp;
     }
-    if (has_x)
-        SHOAL_TRY(shoal_backend_download(s->m->be, p + 4 * n + b->n_seq * b->max_blocks, s->x,
-                                         (size_t)n * s->m->hp.dim * sizeof(float)));
-    return SHOAL_OK;
+    const size_t need = shoal__step__get_packed_size(&m);
+    shoal_status rc = msg_room(s, x_offset(need));
+    if (rc == SHOAL_OK) {
+        shoal__step__pack(&m, s->msg);
+        s->msg_pb = need;
+    }
+    free(sm);
+    free(smp);
+    return rc;
 }
 
-/* Checks a received header before its sizes are used. */
+/* The stage's hidden states after the message in s->msg, for the next stage. */
+static shoal_status put_x(struct shoal_state *s, struct step_head *h, int n_tokens) {
+    const size_t xb = (size_t)n_tokens * s->m->hp.dim * sizeof(float);
+    SHOAL_TRY(msg_room(s, x_offset(s->msg_pb) + xb));
+    *h = (struct step_head){ STEP_MAGIC, STEP_VERSION, STEP_RUN, s->msg_pb, xb };
+    return shoal_backend_download(s->m->be, (char *)s->msg + x_offset(s->msg_pb), s->x, xb);
+}
+
+/* Checks a received frame before its sizes are used. */
 static shoal_status check_head(struct shoal_state *s, const struct step_head *h, int from) {
     if (h->magic != STEP_MAGIC || h->version != STEP_VERSION)
         return shoal_errorf(SHOAL_COMM,
@@ -142,26 +194,43 @@ static shoal_status check_head(struct shoal_state *s, const struct step_head *h,
                             "are all ranks the same shoal?)",
                             from, h->magic, h->version);
     if (h->kind == STEP_STOP) return SHOAL_OK;
-    if (h->kind != STEP_RUN || h->n_tokens < 1 || h->n_tokens > s->n_batch || h->n_seq < 1 ||
-        h->max_blocks < 1 || h->block_size < 1 || h->n_out < 0 || h->out0 < 0 ||
-        h->out0 + h->n_out > h->n_tokens || h->n_out > s->n_outputs || h->topk < 0 ||
-        h->topk > s->topk ||
-        (int64_t)h->n_seq * h->max_blocks > (1 << 24) ||
-        h->body_bytes != body_bytes(h, s->m->hp.dim))
-        return shoal_errorf(SHOAL_COMM, "rank %d sent a malformed step (%d tokens, %llu bytes)",
-                            from, h->n_tokens, (unsigned long long)h->body_bytes);
+    if (h->kind != STEP_RUN || h->pb_bytes == 0 || h->pb_bytes > STEP_PB_MAX ||
+        h->x_bytes > (uint64_t)s->n_batch * s->m->hp.dim * sizeof(float))
+        return shoal_errorf(SHOAL_COMM, "rank %d sent a malformed step (kind %u, %llu + %llu bytes)", from,
+                            h->kind, (unsigned long long)h->pb_bytes, (unsigned long long)h->x_bytes);
     return SHOAL_OK;
 }
 
-/* The batch a received body describes (pointing into it). */
-static void unpack(const struct shoal_state *s, const struct step_head *h, struct shoal_batch *b,
-                   const float **x) {
-    const int32_t *p = s->msg;
-    const int n = h->n_tokens;
-    *b = (struct shoal_batch){ .n_tokens = n, .token = p, .pos = p + n, .seq = p + 2 * n,
-                               .slot = p + 3 * n, .block_table = p + 4 * n, .n_seq = h->n_seq,
-                               .max_blocks = h->max_blocks, .block_size = h->block_size };
-    *x = h->has_x ? (const float *)(p + 4 * n + h->n_seq * h->max_blocks) : NULL;
+void shoal_step_release(struct shoal_state *s) {
+    if (s->step_rx) shoal__step__free_unpacked(s->step_rx, NULL);
+    s->step_rx = NULL;
+}
+
+/* A received body: its Step decoded and checked, the batch pointing into it. */
+static shoal_status decode(struct shoal_state *s, const struct step_head *h, struct step *st, int from) {
+    shoal_step_release(s);
+    Shoal__Step *m = shoal__step__unpack(NULL, (size_t)h->pb_bytes, s->msg);
+    if (!m) return shoal_errorf(SHOAL_COMM, "rank %d sent a step whose message cannot be decoded", from);
+    s->step_rx = m;
+    s->msg_pb = (size_t)h->pb_bytes;
+    const size_t n = m->n_token;
+    if (n < 1 || n > (size_t)s->n_batch || m->n_pos != n || m->n_seq_of != n || m->n_slot != n || m->n_seq < 1 ||
+        m->max_blocks < 1 || m->block_size < 1 || (int64_t)m->n_seq * m->max_blocks > (1 << 24) ||
+        m->n_block_table != (size_t)m->n_seq * (size_t)m->max_blocks || m->n_out < 0 || m->out0 < 0 ||
+        (size_t)m->out0 + (size_t)m->n_out > n || m->n_out > s->n_outputs || m->topk < 0 || m->topk > s->topk ||
+        (h->x_bytes && h->x_bytes != n * s->m->hp.dim * sizeof(float)))
+        return shoal_errorf(SHOAL_COMM, "rank %d sent a malformed step (%zu tokens, %d sequences)", from, n,
+                            m->n_seq);
+    for (size_t t = 0; t < n; t++)
+        if (m->seq_of[t] < 0 || m->seq_of[t] >= m->n_seq)
+            return shoal_errorf(SHOAL_COMM, "rank %d sent a step whose token %zu is of sequence %d of %d", from, t,
+                                m->seq_of[t], m->n_seq);
+    *st = (struct step){ .b = { .n_tokens = (int)n, .token = m->token, .pos = m->pos, .seq = m->seq_of,
+                                .slot = m->slot, .block_table = m->block_table, .n_seq = m->n_seq,
+                                .max_blocks = m->max_blocks, .block_size = m->block_size },
+                         .out0 = m->out0, .n_out = m->n_out, .topk = m->topk,
+                         .x = h->x_bytes ? (const float *)((char *)s->msg + x_offset(h->pb_bytes)) : NULL };
+    return SHOAL_OK;
 }
 
 /* Within a stage: the group's first rank shares the step with the others. */
@@ -171,8 +240,8 @@ static shoal_status share(struct shoal_state *s, struct step_head *h) {
     SHOAL_TRY(shoal_comm_bcast(tp, h, sizeof *h, 0));
     SHOAL_TRY(check_head(s, h, s->dist->plan->part[s->m->part.stage * s->dist->plan->tp].rank));
     if (h->kind == STEP_STOP) return SHOAL_OK;
-    SHOAL_TRY(msg_room(s, h->body_bytes));
-    return shoal_comm_bcast(tp, s->msg, h->body_bytes, 0);
+    SHOAL_TRY(msg_room(s, body_bytes(h)));
+    return shoal_comm_bcast(tp, s->msg, body_bytes(h), 0);
 }
 
 /* Whether this rank's part has copies in other replicas (an offload group). */
@@ -182,22 +251,22 @@ static int replicated(const struct shoal_state *s) {
 
 /*
  * Across replicas: world rank 0 gives each replica's first rank the step
- * (header, then body), which runs it in its replica as rank 0 does in its own.
+ * (frame, then body), which runs it in its replica as rank 0 does in its own.
  */
 static shoal_status replicas_share(struct shoal_state *s, struct step_head *h) {
     struct shoal_comm *g = s->dist->group;
     SHOAL_TRY(shoal_comm_bcast(g, h, sizeof *h, 0));
     SHOAL_TRY(check_head(s, h, 0));
     if (h->kind == STEP_STOP) return SHOAL_OK;
-    SHOAL_TRY(msg_room(s, h->body_bytes));
-    return shoal_comm_bcast(g, s->msg, h->body_bytes, 0);
+    SHOAL_TRY(msg_room(s, body_bytes(h)));
+    return shoal_comm_bcast(g, s->msg, body_bytes(h), 0);
 }
 
 /* First rank of a stage: the step (and hidden states) to the next stage. */
 static shoal_status pass_on(struct shoal_state *s, const struct step_head *h) {
     SHOAL_TRY(shoal_comm_send(s->dist->world, h, sizeof *h, s->dist->next));
     if (h->kind == STEP_STOP) return SHOAL_OK;
-    return shoal_comm_send(s->dist->world, s->msg, h->body_bytes, s->dist->next);
+    return shoal_comm_send(s->dist->world, s->msg, body_bytes(h), s->dist->next);
 }
 
 /* Bytes and seconds of communication this rank has spent, all groups. */
@@ -223,33 +292,31 @@ static void tally(struct shoal_state *s, int n, uint64_t bytes0, double seconds0
 }
 
 /*
- * This rank's share of a step whose batch is b; x holds the hidden states
- * from the previous stage (NULL on the first). Passes the step on, and on
- * the last stage assembles the logits.
+ * This rank's share of step st (st->x: the hidden states from the previous
+ * stage, NULL on the first). Passes the step on, and on the last stage
+ * assembles the logits.
  */
-static shoal_status run_step(struct shoal_state *s, const struct step_head *h,
-                             const struct shoal_batch *b, const float *x) {
+static shoal_status run_step(struct shoal_state *s, const struct step *st) {
     const struct shoal_model *m = s->m;
+    const struct shoal_batch *b = &st->b;
     if (m->part.first) SHOAL_TRY(shoal_run_embed(s, b));
-    else SHOAL_TRY(shoal_backend_upload(m->be, s->x, x, (size_t)b->n_tokens * m->hp.dim * sizeof(float)));
+    else SHOAL_TRY(shoal_backend_upload(m->be, s->x, st->x, (size_t)b->n_tokens * m->hp.dim * sizeof(float)));
     SHOAL_TRY(shoal_run_layers(s, b));
     int lead = !s->dist || shoal_comm_rank(s->dist->tp) == 0;
     if (!m->part.last) {
         if (!lead) return SHOAL_OK;
+        if (!s->msg_pb) SHOAL_TRY(encode(s, st)); /* rank 0 with nobody to share the step with */
         struct step_head out;
-        SHOAL_TRY(pack(s, &out, b, 1));
-        out.out0 = h->out0;
-        out.n_out = h->n_out;
-        out.topk = h->topk;
+        SHOAL_TRY(put_x(s, &out, b->n_tokens));
         return pass_on(s, &out);
     }
-    SHOAL_TRY(shoal_run_head(s, b->n_tokens, h->out0, h->n_out, h->topk));
-    if (lead && s->dist && shoal_comm_rank(s->dist->world) != 0 && h->n_out > 0) {
-        if (h->topk)
+    SHOAL_TRY(shoal_run_head(s, b->n_tokens, st->out0, st->n_out, st->topk));
+    if (lead && s->dist && shoal_comm_rank(s->dist->world) != 0 && st->n_out > 0) {
+        if (st->topk)
             return shoal_comm_send(s->dist->world, s->cands,
-                                   (size_t)h->n_out * h->topk * sizeof *s->cands, 0);
+                                   (size_t)st->n_out * st->topk * sizeof *s->cands, 0);
         return shoal_comm_send(s->dist->world, s->gathered,
-                               (size_t)h->n_out * m->hp.n_vocab * sizeof(float), 0);
+                               (size_t)st->n_out * m->hp.n_vocab * sizeof(float), 0);
     }
     return SHOAL_OK;
 }
@@ -270,29 +337,26 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
         return shoal_errorf(SHOAL_INTERNAL, "output rows %d-%d of a %d-token batch (at most %d)",
                             out0, out0 + n_out - 1, n, s->n_outputs);
     /* top-k candidates travel instead of rows only between ranks */
-    const int topk = s->dist ? s->topk : 0;
-    struct step_head h = { STEP_MAGIC, STEP_VERSION, STEP_RUN, 0, n, b->n_seq, b->max_blocks,
-                           b->block_size, out0, n_out, 0, topk };
+    const struct step st = { .b = *b, .out0 = out0, .n_out = n_out, .topk = s->dist ? s->topk : 0 };
     uint64_t bytes0;
     double seconds0;
     comm_total(s, &bytes0, &seconds0);
+    s->msg_pb = 0;
     if (s->dist && (shoal_comm_size(s->dist->tp) > 1 || replicated(s))) {
-        SHOAL_TRY(pack(s, &h, b, 0));
-        h.out0 = out0;
-        h.n_out = n_out;
-        h.topk = topk;
+        SHOAL_TRY(encode(s, &st));
+        struct step_head h = { STEP_MAGIC, STEP_VERSION, STEP_RUN, s->msg_pb, 0 };
         if (replicated(s)) SHOAL_TRY(replicas_share(s, &h));
         SHOAL_TRY(share(s, &h));
     }
-    SHOAL_TRY(run_step(s, &h, b, NULL));
+    SHOAL_TRY(run_step(s, &st));
     size_t bytes = (size_t)n_out * m->hp.n_vocab * sizeof(float);
-    if (n_out > 0 && topk) {
+    if (n_out > 0 && st.topk) {
         if (!m->part.last) { /* from the last stage */
             int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
             SHOAL_TRY(shoal_comm_recv(s->dist->world, s->cands,
-                                      (size_t)n_out * topk * sizeof *s->cands, last_lead));
+                                      (size_t)n_out * st.topk * sizeof *s->cands, last_lead));
         }
-        shoal_expand_cands(s->cands, n_out, topk, m->hp.n_vocab, logits);
+        shoal_expand_cands(s->cands, n_out, st.topk, m->hp.n_vocab, logits);
     } else if (n_out > 0 && m->part.last) { /* one stage: the logits are here */
         memcpy(logits, s->gathered, bytes);
     } else if (n_out > 0) {
@@ -319,46 +383,41 @@ shoal_status shoal_follow(struct shoal_state *s) {
             SHOAL_TRY(shoal_comm_recv(s->dist->world, &h, sizeof h, from));
             SHOAL_TRY(check_head(s, &h, from));
             if (h.kind == STEP_RUN) {
-                SHOAL_TRY(msg_room(s, h.body_bytes));
-                SHOAL_TRY(shoal_comm_recv(s->dist->world, s->msg, h.body_bytes, from));
+                SHOAL_TRY(msg_room(s, body_bytes(&h)));
+                SHOAL_TRY(shoal_comm_recv(s->dist->world, s->msg, body_bytes(&h), from));
             }
         } else if (replica_lead) {
             SHOAL_TRY(replicas_share(s, &h));
-            /* room for the hidden states it adds when passing the step on (the batch's
-             * arrays stay where they were received) */
-            if (h.kind == STEP_RUN)
-                SHOAL_TRY(msg_room(s, h.body_bytes + (size_t)h.n_tokens * m->hp.dim * sizeof(float)));
         }
         SHOAL_TRY(share(s, &h));
         if (h.kind == STEP_STOP) {
             if (!m->part.last && shoal_comm_rank(tp) == 0) SHOAL_TRY(pass_on(s, &h));
             return SHOAL_OK;
         }
-        struct shoal_batch b;
-        const float *x;
-        unpack(s, &h, &b, &x);
-        if (!m->part.first && !x)
+        struct step st;
+        SHOAL_TRY(decode(s, &h, &st, from));
+        if (!m->part.first && !st.x)
             return shoal_errorf(SHOAL_COMM, "a step reached stage %d without hidden states",
                                 m->part.stage);
-        SHOAL_TRY(run_step(s, &h, &b, x));
-        if (replica_lead && h.n_out > 0 && !m->part.last) {
+        SHOAL_TRY(run_step(s, &st));
+        if (replica_lead && st.n_out > 0 && !m->part.last) {
             /* what its last stage sends back, as to rank 0; not used */
             const int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
-            const size_t bytes = h.topk ? (size_t)h.n_out * h.topk * sizeof *s->cands
-                                        : (size_t)h.n_out * m->hp.n_vocab * sizeof(float);
+            const size_t bytes = st.topk ? (size_t)st.n_out * st.topk * sizeof *s->cands
+                                         : (size_t)st.n_out * m->hp.n_vocab * sizeof(float);
             void *sink = malloc(bytes);
             if (!sink) return shoal_errorf(SHOAL_NOMEM, "out of memory");
             shoal_status rc = shoal_comm_recv(s->dist->world, sink, bytes, last_lead);
             free(sink);
             SHOAL_TRY(rc);
         }
-        tally(s, h.n_tokens, bytes0, seconds0);
+        tally(s, st.b.n_tokens, bytes0, seconds0);
     }
 }
 
 shoal_status shoal_stop(struct shoal_state *s) {
     if (!s->dist || (shoal_comm_size(s->dist->world) == 1 && !replicated(s))) return SHOAL_OK;
-    struct step_head h = { STEP_MAGIC, STEP_VERSION, STEP_STOP, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
+    struct step_head h = { STEP_MAGIC, STEP_VERSION, STEP_STOP, 0, 0 };
     if (replicated(s)) SHOAL_TRY(replicas_share(s, &h));
     SHOAL_TRY(share(s, &h));
     if (!s->m->part.last) SHOAL_TRY(pass_on(s, &h));

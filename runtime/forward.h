@@ -22,6 +22,8 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
  * topk, best first, ties to the lower id).
  */
 shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out, int topk);
+/* Frees the last step a rank received (dist.c); the state's destroy calls it. */
+void shoal_step_release(struct shoal_state *s);
 /* Rows of logits from candidates: -infinity but for the candidates' tokens. */
 void shoal_expand_cands(const struct shoal_cand *c, int n_out, int topk, int n_vocab, float *logits);
 

@@ -895,6 +895,7 @@ void shoal_state_destroy(struct shoal_state *s) {
     free(s->gathered);
     free(s->yd_host);
     free(s->cands);
+    shoal_step_release(s);
     free(s->msg);
     free(s);
 }

@@ -250,6 +250,13 @@ struct shoal_step_comm {
     double seconds;
 };
 
+struct shoal_sampler_params;
+/* Per sequence of a step's batch (n_seq): the caller's id of it and how it samples. */
+struct shoal_step_meta {
+    const uint64_t *seq_id;
+    const struct shoal_sampler_params *sampling;
+};
+
 struct shoal_state {
     const struct shoal_model *m;
     struct shoal_step_comm comm_prompt, comm_decode; /* filled by the step protocol */
@@ -269,8 +276,13 @@ struct shoal_state {
     float *logits;     /* (n_outputs, local vocab) */
     float *gathered;   /* host (n_outputs, n_vocab): the stage's first rank assembles logits */
     struct shoal_cand *cands; /* host (n_outputs, topk): the top-k candidates, when topk */
-    void *msg;         /* host: one step's message (batch arrays and hidden states) */
+    void *msg;         /* host: one step's body (its Step message, then hidden states) */
     size_t msg_cap;
+    size_t msg_pb;     /* bytes of the Step message at the start of msg (0: none yet this step) */
+    void *step_rx;     /* the last step received, decoded (Shoal__Step), or NULL */
+    /* set by the caller before shoal_forward, or NULL: what the step's sequences are,
+     * sent with the step to every rank */
+    const struct shoal_step_meta *meta;
     uint64_t kv_bytes, act_bytes;
 };
 

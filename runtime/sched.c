@@ -16,6 +16,7 @@ struct seq {
     int take;        /* this step: tokens fed */
     int cancelled;
     struct shoal_sampler *smp;
+    struct shoal_sampler_params sp;
     struct shoal_seq_cb cb;
     struct seq *next; /* the waiting queue */
 };
@@ -33,6 +34,9 @@ struct shoal_sched {
     /* one step's batch: rows that only fill the cache, then those whose logits are wanted */
     int32_t *tok, *pos, *seqi, *slot, *table;
     struct seq **out_seq; /* (max_seqs) the sequence of each output row */
+    uint64_t *meta_id;    /* (max_seqs) the step's sequences, for the step's message */
+    struct shoal_sampler_params *meta_sp;
+    struct shoal_step_meta meta;
     float *logits;        /* (max_seqs, n_vocab) */
     struct shoal_sched_stats st;
 };
@@ -68,7 +72,11 @@ shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
     sc->tok = malloc(nb * 4 * sizeof(int32_t));
     sc->table = malloc((size_t)q.max_seqs * sc->table_cap * sizeof(int32_t));
     sc->logits = malloc((size_t)q.max_seqs * sc->n_vocab * sizeof(float));
-    if (!sc->free_blocks || !sc->run || !sc->out_seq || !sc->tok || !sc->table || !sc->logits) {
+    sc->meta_id = malloc((size_t)q.max_seqs * sizeof *sc->meta_id);
+    sc->meta_sp = malloc((size_t)q.max_seqs * sizeof *sc->meta_sp);
+    sc->meta = (struct shoal_step_meta){ sc->meta_id, sc->meta_sp };
+    if (!sc->free_blocks || !sc->run || !sc->out_seq || !sc->tok || !sc->table || !sc->logits || !sc->meta_id ||
+        !sc->meta_sp) {
         shoal_sched_destroy(sc);
         return shoal_errorf(SHOAL_NOMEM, "out of memory for the scheduler");
     }
@@ -118,6 +126,8 @@ void shoal_sched_destroy(struct shoal_sched *sc) {
     free(sc->tok);
     free(sc->table);
     free(sc->logits);
+    free(sc->meta_id);
+    free(sc->meta_sp);
     free(sc);
 }
 
@@ -150,6 +160,7 @@ shoal_status shoal_sched_add(struct shoal_sched *sc, const int32_t *prompt, int 
     memcpy(q->toks, prompt, (size_t)n_prompt * sizeof *prompt);
     q->n_toks = q->n_prompt = n_prompt;
     q->max_tokens = max_tokens;
+    q->sp = *sp;
     q->cb = *cb;
     q->id = sc->next_id++;
     if (sc->wait_tail) sc->wait_tail->next = q;
@@ -277,6 +288,8 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
         if (!q->take) continue;
         memcpy(sc->table + (size_t)k * max_blocks, q->blocks, (size_t)q->n_blocks * sizeof(int32_t));
         for (int j = q->n_blocks; j < max_blocks; j++) sc->table[(size_t)k * max_blocks + j] = q->blocks[0];
+        sc->meta_id[k] = q->id;
+        sc->meta_sp[k] = q->sp;
         const int outputs = q->n_past + q->take == q->n_toks;
         for (int t = 0; t < q->take; t++) {
             const int p = q->n_past + t;
@@ -292,7 +305,10 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
     struct shoal_batch b = { .n_tokens = n_tok, .token = sc->tok, .pos = sc->pos, .seq = sc->seqi,
                              .slot = sc->slot, .block_table = sc->table, .n_seq = k,
                              .max_blocks = max_blocks, .block_size = sc->p.block_size };
-    SHOAL_TRY(shoal_forward(sc->s, &b, n_tok - n_out, n_out, sc->logits));
+    sc->s->meta = &sc->meta; /* the step's message says whose tokens these are */
+    shoal_status rc = shoal_forward(sc->s, &b, n_tok - n_out, n_out, sc->logits);
+    sc->s->meta = NULL;
+    SHOAL_TRY(rc);
     *worked = 1;
     sc->st.steps++;
     sc->st.last_batch = n_tok;

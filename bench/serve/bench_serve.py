@@ -82,7 +82,9 @@ def one_request(port, model, i, max_tokens, res, lock, deadline):
                 if not line:
                     break
                 line = line.decode().strip()
-                if not line.startswith("data: ") or line == "data: [DONE]":
+                if line == "data: [DONE]":
+                    break  # the end, whether or not the server closes the stream
+                if not line.startswith("data: "):
                     continue
                 ev = json.loads(line[6:])
                 if ev.get("usage"):
