@@ -17,8 +17,11 @@ random, so the text means nothing, but every token costs what a real
 model's does. Generation ignores end-of-sequence on neither side; a request
 that stops early counts the tokens it got.
 
-llama-cpp-python runs one request at a time (its server has no batching):
-the comparison is what each does with the same load.
+llama-cpp-python runs one request at a time (its server has no batching),
+and by default a new request interrupts the one running (the interrupted
+client gets a truncated answer); it runs here with --interrupt_requests
+False, so that it queues them and every request gets its tokens: the
+comparison is what each does with the same load.
 
 usage: python3 bench/serve/bench_serve.py [--levels 1,4,16,64] [--threads 2] [--max-tokens 64]
                                           [--out bench/out] [--skip-peer]
@@ -135,8 +138,7 @@ def wait_ready(port, proc, timeout=600):
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}) before answering: "
-                             f"{proc.stderr.read().decode(errors='replace')[-2000:]}")
+            raise SystemExit(f"the server exited ({proc.returncode}) before answering (see its log in --out)")
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             c.request("GET", "/v1/models")
@@ -153,14 +155,16 @@ def start_shoal(a, model, port, max_streams):
     cmd = [a.shoal, "serve", "-m", str(model), "--port", str(port), "-t", str(a.threads), "--parallel",
            str(max_streams), "-b", str(max(512, max_streams)), "-c", str(ctx), "--max-queue", "256",
            "--model-id", "bench"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True), cmd
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(Path(a.out) / "serve-shoal.log", "w"),
+                            start_new_session=True), cmd
 
 
 def start_peer(a, model, port):
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port",
            str(port), "--n_threads", str(a.threads), "--n_threads_batch", str(a.threads), "--n_ctx", "2048",
-           "--model_alias", "bench"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True), cmd
+           "--model_alias", "bench", "--interrupt_requests", "False"]
+    log = open(Path(a.out) / "serve-llamacpp.log", "w")  # it logs much: a pipe nobody reads would block it
+    return subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True), cmd
 
 
 def stop(proc):
