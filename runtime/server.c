@@ -70,7 +70,7 @@ struct req {
     char *text;
     size_t len, cap, safe; /* text[0, safe) cannot be part of a stop string */
     size_t *ends;          /* where each token's text ends: a streamed event per token */
-    int n_ends, cap_ends, ends_sent;
+    size_t n_ends, cap_ends, ends_sent;
     int done, failed, cancel, stopped_by_string;
     const char *finish;
     int n_prompt_used, n_gen;
@@ -122,14 +122,15 @@ static void req_unref(struct req *r) {
     free(r);
 }
 
-static int text_room(struct req *r, size_t more) {
-    if (r->len + more + 1 <= r->cap) return 1;
-    size_t cap = r->cap ? r->cap : 256;
-    while (cap < r->len + more + 1) cap *= 2;
-    char *t = realloc(r->text, cap);
-    if (!t) return 0;
-    r->text = t;
-    r->cap = cap;
+/* Room for need elements of elem bytes in *p (*cap of them now), doubling; 0 when out of memory. */
+static int room(void *p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 1;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(*(void **)p, c * elem);
+    if (!q) return 0;
+    *(void **)p = q;
+    *cap = c;
     return 1;
 }
 
@@ -138,7 +139,7 @@ static int text_room(struct req *r, size_t more) {
  * could still turn out to start a stop string is held back from `safe`.
  */
 static int take_text(struct req *r, const char *s, size_t n) {
-    if (!text_room(r, n)) return 1;
+    if (!room(&r->text, &r->cap, r->len + n + 1, 1)) return 1;
     size_t from = r->len;
     memcpy(r->text + r->len, s, n);
     r->len += n;
@@ -205,15 +206,7 @@ static int on_token(void *user, int32_t t) {
         int n = shoal_detok_push(&r->detok, t, buf, sizeof buf);
         if (n > 0) n = (int)utf8_clean(buf, (size_t)n, clean);
         if (n > 0) stop = take_text(r, clean, (size_t)n);
-        if (n > 0 && r->n_ends == r->cap_ends) {
-            int cap = r->cap_ends ? 2 * r->cap_ends : 64;
-            size_t *e = realloc(r->ends, (size_t)cap * sizeof *e);
-            if (e) {
-                r->ends = e;
-                r->cap_ends = cap;
-            }
-        }
-        if (n > 0 && r->n_ends < r->cap_ends) r->ends[r->n_ends++] = r->len;
+        if (n > 0 && room(&r->ends, &r->cap_ends, r->n_ends + 1, sizeof *r->ends)) r->ends[r->n_ends++] = r->len;
     }
     if (r->cancel) stop = 1;
     pthread_cond_broadcast(&r->cv);
@@ -389,15 +382,9 @@ static int out_add(struct req *r, cJSON *o, const char *raw) {
     const char *body = s ? s : raw;
     size_t n = strlen(body) + (s ? 8 : 0);
     if (r->out_off == r->out_len) r->out_off = r->out_len = 0;
-    if (r->out_len + n + 1 > r->out_cap) {
-        size_t cap = (r->out_len + n + 1) * 2;
-        char *p = realloc(r->out, cap);
-        if (!p) {
-            free(s);
-            return 0;
-        }
-        r->out = p;
-        r->out_cap = cap;
+    if (!room(&r->out, &r->out_cap, r->out_len + n + 1, 1)) {
+        free(s);
+        return 0;
     }
     r->out_len += (size_t)sprintf(r->out + r->out_len, s ? "data: %s\n\n" : "%s", body);
     free(s);
@@ -1017,6 +1004,17 @@ int shoal_server_port(const struct shoal_server *srv) { return srv->port; }
 
 void shoal_server_destroy(struct shoal_server *srv) {
     if (!srv) return;
+    /* nothing new; requests that never reached the engine fail (their connections wait) */
+    pthread_mutex_lock(&srv->mu);
+    srv->draining = 1;
+    struct req *r = srv->inbox;
+    srv->inbox = srv->inbox_tail = NULL;
+    pthread_mutex_unlock(&srv->mu);
+    while (r) {
+        struct req *next = r->next;
+        end_unrun(r, 1);
+        r = next;
+    }
     if (srv->d) {
         /* answers still being written (the end of a stream, a final JSON) go out first:
          * stopping the daemon closes every connection; 10 s at most */
@@ -1030,11 +1028,6 @@ void shoal_server_destroy(struct shoal_server *srv) {
             nanosleep(&ts, NULL);
         }
         MHD_stop_daemon(srv->d);
-    }
-    while (srv->inbox) { /* never reached the engine */
-        struct req *r = srv->inbox;
-        srv->inbox = r->next;
-        end_unrun(r, 1);
     }
     free(srv->live);
     pthread_mutex_destroy(&srv->mu);
