@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["info"], ["synth"]])
+@pytest.mark.parametrize("cmd", [[], ["run"], ["serve"], ["info"], ["synth"]])
 def test_help(cmd):
     p = h.run(cmd + ["--help"])
     out = p.stdout.decode()
@@ -35,6 +35,13 @@ def test_help(cmd):
     (["run", "-m", "x.gguf", "--simd", "neon"], "--simd 'neon'"),
     (["run", "-m", "x.gguf", "-n"], "needs a value"),
     (["run", "-m", "x.gguf", "--device", "tpu"], "--device 'tpu' is not one of"),
+    (["serve", "-m", "x.gguf", "--port", "70000"], "shoal serve: --port must be 0..65535"),
+    (["serve", "-m", "x.gguf", "--parallel", "0"], "--parallel must be 1..1024"),
+    (["serve", "-m", "x.gguf", "--parallel", "64", "-b", "32"], "--parallel 64 is more than -b 32"),
+    (["serve", "-m", "x.gguf", "--max-tokens", "0"], "--max-tokens"),
+    (["serve", "-m", "x.gguf", "--block-size", "0"], "--block-size must be 1..4096"),
+    (["serve", "-m", "x.gguf", "--chat-template", "jinja"], "--chat-template 'jinja' is not one of"),
+    (["serve", "-m", "x.gguf", "-p", "hello"], "unknown option '-p'"),
     (["run", "-m", "x.gguf", "--tp-comm", "gloo"], "--tp-comm 'gloo' is not one of"),
     (["run", "-m", "x.gguf", "--device-mem", "lots"], "'lots' is not a size"),
     (["run", "-m", "x.gguf", "--device-mem", "1G", "--prefetch", "-1"], "--prefetch must be 0..64"),
@@ -161,3 +168,19 @@ def test_chat_without_template():
     p = h.run(["run", "-m", stories, "--chat", "--chat-template", "llama2", "-p", "hi", "-n", 4,
                "--temp", 0, "-v"])
     assert b"chat llama2" in p.stderr
+
+
+def test_serve_port_taken():
+    """A port another program holds: a clear error naming it, exit 1."""
+    import socket
+    model = h.testdata("stories260K.gguf")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    port = s.getsockname()[1]
+    try:
+        p = h.run(["serve", "-m", model, "--port", port], check=False, timeout=60)
+    finally:
+        s.close()
+    err = p.stderr.decode()
+    assert p.returncode == 1 and f"cannot listen on 127.0.0.1 port {port}" in err, err
