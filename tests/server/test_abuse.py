@@ -231,13 +231,24 @@ def test_200_connections_and_hangups(server):
     finally:
         for c in held:
             c.close()
-    assert seen.count(200) >= 20 and seen.count(400) == 20 and seen.count("hangup") >= 10, \
+    assert seen.count(200) >= 20 and seen.count(400) == 20 and seen.count("hangup") >= 1, \
         {k: seen.count(k) for k in set(seen)}
-    hangups = seen.count("hangup")
     assert set(seen) <= {200, 400, 429, "hangup"}
     assert wait_until(lambda: metric(server, "shoal_requests_running") == 0 and
                       metric(server, "shoal_kv_blocks_used") == 0), "sequences or KV blocks left after the clients"
-    assert metric(server, "shoal_requests_cancelled_total") >= hangups - 2, "hung-up streams were not cancelled"
+    # hang-ups on an idle server (none refused): each one's sequence cancelled, its blocks freed
+    before = metric(server, "shoal_requests_cancelled_total")
+    for _ in range(3):
+        ts = [threading.Thread(target=stream_first_chunk_then_hang_up,
+                               args=(server.port, completion(max_tokens=500, stream=True))) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+    assert wait_until(lambda: metric(server, "shoal_requests_running") == 0 and
+                      metric(server, "shoal_kv_blocks_used") == 0), "hung-up streams left sequences or blocks"
+    cancelled = metric(server, "shoal_requests_cancelled_total") - before
+    assert cancelled >= 10, f"of 12 streams whose clients hung up, {cancelled} were cancelled"
     healthy(server)
 
 
