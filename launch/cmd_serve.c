@@ -93,12 +93,13 @@ int serve_lead(struct run *r) {
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
         char wb[32];
-        fprintf(stderr,
-                "shoal: %s (%s, %d layers, %s %s) | %d rank%s: tp %d x pp %d, %s | %s | KV cache %d positions "
-                "in blocks of %d, %d requests at once | loaded in %.2f s\n",
-                hp->name, hp->arch, hp->n_layers, shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
-                shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
-                shoal_comm_backend(r->world), r->dev_desc, o->n_ctx, o->block_size, o->parallel, r->t_load);
+        if (!o->quiet) /* the listening line below always: it says where */
+            fprintf(stderr,
+                    "shoal: %s (%s, %d layers, %s %s) | %d rank%s: tp %d x pp %d, %s | %s | KV cache %d positions "
+                    "in blocks of %d, %d requests at once | loaded in %.2f s\n",
+                    hp->name, hp->arch, hp->n_layers, shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
+                    shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
+                    shoal_comm_backend(r->world), r->dev_desc, o->n_ctx, o->block_size, o->parallel, r->t_load);
         fprintf(stderr, "shoal serve: listening on http://%s:%d (model \"%s\"%s%s%s; pid %d: SIGTERM drains and "
                 "stops)\n", p.host, shoal_server_port(srv), id, kind >= 0 ? ", chat " : ", no chat",
                 kind >= 0 ? shoal_chat_kind_name(kind) : "", o->api_key ? ", API key required" : "", (int)getpid());
