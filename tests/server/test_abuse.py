@@ -276,8 +276,10 @@ def test_queue_full_and_drain(tmp_path):
     s = Server(["-m", h.testdata("stories260K.gguf"), "-t", 1, "--parallel", 1, "--max-queue", 1, "-c", 1024])
     try:
         results = []
+        start = threading.Barrier(4)
 
         def slow():
+            start.wait(30)  # together, so that the queue is full when the last ones come
             results.append(request(s, "POST", "/v1/completions", completion(max_tokens=500), key=None))
 
         ts = [threading.Thread(target=slow) for _ in range(4)]

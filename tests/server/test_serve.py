@@ -131,17 +131,20 @@ def test_chat_stream_matches_run(server, model):
 def test_concurrent_requests_each_match_run(server, model):
     """Six requests at once (prompts of different lengths, some streamed): the batch
     they share gives each the text it gets alone."""
-    want = {p: ref(model, p) for p in PROMPTS}
+    n = 150  # long enough that they overlap on this tiny model, sent together
+    want = {p: ref(model, p, n) for p in PROMPTS}
     got, errors = {}, []
+    start = threading.Barrier(len(PROMPTS))
 
     def one(i, p):
         try:
             c = client(server)
+            start.wait(30)
             if i % 2:
                 got[p] = "".join(x.choices[0].text for x in c.completions.create(
-                    model="stories260K", prompt=p, max_tokens=N, temperature=0, stream=True) if x.choices)
+                    model="stories260K", prompt=p, max_tokens=n, temperature=0, stream=True) if x.choices)
             else:
-                got[p] = c.completions.create(model="stories260K", prompt=p, max_tokens=N,
+                got[p] = c.completions.create(model="stories260K", prompt=p, max_tokens=n,
                                               temperature=0).choices[0].text
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(f"{p!r}: {e!r}")
