@@ -7,7 +7,8 @@
  * room for two at a time (the others queue), with a cache too small for all
  * of them (sequences preempted and recomputed) and with prompt chunks of 3
  * tokens (prompts spread over steps beside the decoding ones). A sequence
- * cancelled mid-way ends as cancelled; every block comes back at the end.
+ * cancelled mid-way ends as cancelled; every block comes back at the end. A
+ * long prompt read in chunks does not hold up a sequence that is decoding.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -156,6 +157,52 @@ static void run_batched(struct fixture *f, const char *what, int n_ctx, int max_
     shoal_state_destroy(s);
 }
 
+/*
+ * A long prompt does not stall a sequence that is decoding: with prompt chunks
+ * of 16, every step that reads part of the long prompt also gives the short
+ * one its next token.
+ */
+static void no_stall(struct fixture *f) {
+    struct shoal_state *s = NULL;
+    struct shoal_state_params sp = { .n_ctx = 1024, .n_batch = 32, .n_outputs = 2, .kv_type = SHOAL_KV_F32 };
+    CHECK_OK(shoal_state_create(&s, f->m, &sp));
+    struct shoal_sched *sc = NULL;
+    struct shoal_sched_params pp = { .block_size = 16, .max_seqs = 2, .chunk = 16 };
+    if (s) CHECK_OK(shoal_sched_create(&sc, s, &pp));
+    if (!sc) {
+        shoal_state_destroy(s);
+        return;
+    }
+    struct shoal_sampler_params p = greedy();
+    struct out a = { 0 }, b = { 0 };
+    struct shoal_seq_cb ca = { on_token, on_end, &a }, cb = { on_token, on_end, &b };
+    int32_t *lng = malloc(300 * sizeof *lng);
+    for (int i = 0; i < 300; i++) lng[i] = f->prompt[3][i % f->n_prompt[3]];
+    uint64_t id;
+    CHECK_OK(shoal_sched_add(sc, f->prompt[0], (int)f->n_prompt[0], N_GEN, &p, &ca, &id));
+    int worked = 1, reading = 0, stalled = 0;
+    CHECK_OK(shoal_sched_step(sc, &worked)); /* the short prompt read: it decodes from now on */
+    CHECK_OK(shoal_sched_add(sc, lng, 300, 4, &p, &cb, &id));
+    while (worked && !a.ended) {
+        int before = a.n;
+        CHECK_OK(shoal_sched_step(sc, &worked));
+        if (b.n == 0) { /* the long prompt still being read this step */
+            reading++;
+            if (a.n != before + 1) stalled++;
+        }
+    }
+    while (worked) CHECK_OK(shoal_sched_step(sc, &worked));
+    CHECK(reading >= 10, "the long prompt was read in %d steps beside the decoding", reading);
+    CHECK(stalled == 0, "the decoding sequence got no token in %d of %d steps reading a long prompt", stalled,
+          reading);
+    for (int t = 0; t < N_GEN; t++)
+        CHECK(a.ids[t] == f->alone[0].ids[t], "beside a long prompt: token %d is %d, alone %d", t, a.ids[t],
+              f->alone[0].ids[t]);
+    free(lng);
+    shoal_sched_destroy(sc);
+    shoal_state_destroy(s);
+}
+
 static void bad_input(struct fixture *f) {
     struct shoal_state *s = NULL;
     struct shoal_state_params sp = { .n_ctx = 64, .n_batch = 16, .n_outputs = 4, .kv_type = SHOAL_KV_F32 };
@@ -231,6 +278,7 @@ int main(void) {
     CHECK(pre > 0, "a small cache: no sequence was preempted");
     printf("a cache of 160 positions for %d sequences: %llu preemptions\n", N_SEQ, (unsigned long long)pre);
     run_batched(&f, "one cancelled", 1024, N_SEQ, 64, 256, 2, &pre);
+    no_stall(&f);
     bad_input(&f);
 
     for (int i = 0; i < N_SEQ; i++) free(f.prompt[i]);
