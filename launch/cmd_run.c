@@ -115,6 +115,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--max-body", 0, OPT_SIZE, &o->max_body, "SIZE", "largest request body (default 1M; more: HTTP 413)" },
         { "--max-conns", 0, OPT_INT, &o->max_conns, "N", "open connections at most (default 512)" },
         { "--block-size", 0, OPT_INT, &o->block_size, "N", "KV cache positions per block (default 16)" },
+        { "--prompt-chunk", 0, OPT_INT, &o->prompt_chunk, "N", "most prompt tokens of one request per step (default: -b); a step of -b tokens at most holds every stream's next token too, so smaller steps keep them coming during long prompts" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "the system message of chat requests that give none (default: the template's own, if any)" },
         { "--drain-timeout", 0, OPT_FLOAT, &o->drain_seconds, "S", "after SIGTERM, seconds in-flight requests may take before they are cut (default 30)" },
         OPT_END,
@@ -182,6 +183,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
     if (serve && (o->max_queue < 0 || o->max_tokens < 1 || o->max_prompt < 0 || o->max_conns < 1 || o->max_body < 1))
         USAGE("--max-queue and --max-prompt must be >= 0; --max-tokens, --max-conns, --max-body >= 1\n");
     if (serve && (o->block_size < 1 || o->block_size > 4096)) USAGE("--block-size must be 1..4096\n");
+    if (serve && o->prompt_chunk < 0) USAGE("--prompt-chunk must be >= 1\n");
     if (serve && !(o->drain_seconds > 0)) USAGE("--drain-timeout must be > 0\n");
     if ((o->kv_type = shoal_kv_type_from_name(o->kv_name)) < 0)
         USAGE("--kv-type '%s' is not one of f32, f16, q8\n", o->kv_name);

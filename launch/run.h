@@ -32,7 +32,7 @@ struct run_opts {
     /* shoal serve */
     int serve;
     const char *host, *api_key, *model_id, *system_default;
-    int port, parallel, max_queue, max_prompt, max_tokens, max_conns, block_size;
+    int port, parallel, max_queue, max_prompt, max_tokens, max_conns, block_size, prompt_chunk;
     int64_t max_body;
     float drain_seconds;
 };

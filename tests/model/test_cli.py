@@ -40,6 +40,7 @@ def test_help(cmd):
     (["serve", "-m", "x.gguf", "--parallel", "64", "-b", "32"], "--parallel 64 is more than -b 32"),
     (["serve", "-m", "x.gguf", "--max-tokens", "0"], "--max-tokens"),
     (["serve", "-m", "x.gguf", "--block-size", "0"], "--block-size must be 1..4096"),
+    (["serve", "-m", "x.gguf", "--prompt-chunk", "-1"], "--prompt-chunk must be >= 1"),
     (["serve", "-m", "x.gguf", "--chat-template", "jinja"], "--chat-template 'jinja' is not one of"),
     (["serve", "-m", "x.gguf", "-p", "hello"], "unknown option '-p'"),
     (["run", "-m", "x.gguf", "--tp-comm", "gloo"], "--tp-comm 'gloo' is not one of"),
