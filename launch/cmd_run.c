@@ -121,6 +121,9 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         OPT_END,
     };
     struct opt opts[96];
+    _Static_assert(sizeof common / sizeof *common + sizeof run_only / sizeof *run_only <= 96 &&
+                       sizeof common / sizeof *common + sizeof serve_only / sizeof *serve_only <= 96,
+                   "opts[] holds the common options and one command's");
     int n_opts = 0;
     for (const struct opt *t = common; t->lng; t++) opts[n_opts++] = *t;
     for (const struct opt *t = o->serve ? serve_only : run_only; t->lng; t++) opts[n_opts++] = *t;
