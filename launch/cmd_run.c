@@ -589,6 +589,25 @@ static shoal_status push_ids(struct convo *c, const int32_t *ids, size_t n) {
     return SHOAL_OK;
 }
 
+shoal_status run_chat_format(const struct run *r, int *kind, char **sys) {
+    const struct run_opts *o = &r->o;
+    const char *t = NULL;
+    size_t t_len = 0;
+    *sys = NULL;
+    if (shoal_gguf_get_str_opt(r->g, "tokenizer.chat_template", &t, &t_len) != SHOAL_OK) t = NULL;
+    char *tmpl = t ? strndup(t, t_len) : NULL; /* not NUL-terminated in the file */
+    if (t && !tmpl) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    shoal_status rc = SHOAL_OK;
+    if (o->template_name) *kind = shoal_chat_kind_from_name(o->template_name);
+    else rc = shoal_chat_detect(tmpl, o->model, kind);
+    if (rc == SHOAL_OK) {
+        if (o->system) *sys = strdup(o->system);
+        else if (!o->template_name || *kind == SHOAL_CHAT_CHATML) *sys = shoal_chat_default_system(tmpl);
+    }
+    free(tmpl);
+    return rc;
+}
+
 /* The chat format: --chat-template, else the model's template. */
 static shoal_status convo_init(struct convo *c, struct run *r) {
     const struct run_opts *o = &r->o;
@@ -599,18 +618,8 @@ static shoal_status convo_init(struct convo *c, struct run *r) {
     if (shoal_gguf_get_str_opt(r->g, "tokenizer.chat_template", &t, &t_len) != SHOAL_OK) t = NULL;
     c->chat = o->chat || (o->interactive && (t || o->template_name));
     if (!c->chat) return SHOAL_OK;
-    char *tmpl = t ? strndup(t, t_len) : NULL; /* not NUL-terminated in the file */
-    if (t && !tmpl) return shoal_errorf(SHOAL_NOMEM, "out of memory");
-    shoal_status rc = SHOAL_OK;
-    if (o->template_name) c->kind = shoal_chat_kind_from_name(o->template_name);
-    else rc = shoal_chat_detect(tmpl, o->model, &c->kind);
-    if (rc == SHOAL_OK) {
-        if (o->system) c->sys = strdup(o->system);
-        else if (!o->template_name || c->kind == SHOAL_CHAT_CHATML) c->sys = shoal_chat_default_system(tmpl);
-        if (c->sys) rc = push_msg(c, "system", c->sys, strlen(c->sys));
-    }
-    free(tmpl);
-    return rc;
+    SHOAL_TRY(run_chat_format(r, &c->kind, &c->sys));
+    return c->sys ? push_msg(c, "system", c->sys, strlen(c->sys)) : SHOAL_OK;
 }
 
 /*
@@ -747,7 +756,7 @@ static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler
                         shoal_fmt_bytes(pk, sizeof pk, (double)op->peak_bytes),
                         shoal_fmt_bytes(cb, sizeof cb, (double)op->copy_bytes),
                         !r->m->lpart       ? ""
-                        : r->m->gather_dev ? " (this rank's part of each layer; the offload group "
+                        : r->m->offload.group_dev ? " (this rank's part of each layer; the offload group "
                                              "all-gathers the others on the device)"
                                            : " (from the offload group's parts, all-gathered in "
                                              "host memory)");

@@ -25,30 +25,14 @@ static void on_stop(int sig) {
     stop_asked = 1;
 }
 
-/* The chat format: --chat-template, else the model's template; -1 (with a warning) when none applies. */
+/* The chat format (run_chat_format); -1, with a warning, when none applies: chat requests are refused. */
 static int chat_kind(const struct run *r, char **sys) {
-    const struct run_opts *o = &r->o;
-    const char *t = NULL;
-    size_t t_len = 0;
-    if (shoal_gguf_get_str_opt(r->g, "tokenizer.chat_template", &t, &t_len) != SHOAL_OK) t = NULL;
-    char *tmpl = t ? strndup(t, t_len) : NULL;
     int kind = -1;
-    if (o->template_name) {
-        kind = shoal_chat_kind_from_name(o->template_name);
-    } else if (!tmpl) {
-        fprintf(stderr, "shoal serve: warning: %s has no chat template: /v1/chat/completions is refused (give "
-                "--chat-template %s)\n", o->model, shoal_chat_kind_names());
-    } else if (shoal_chat_detect(tmpl, o->model, &kind) != SHOAL_OK) {
-        fprintf(stderr, "shoal serve: warning: %s; /v1/chat/completions is refused (give --chat-template)\n",
-                shoal_last_error());
-        kind = -1;
+    if (run_chat_format(r, &kind, sys) != SHOAL_OK) {
+        fprintf(stderr, "shoal serve: warning: %s; /v1/chat/completions is refused\n", shoal_last_error());
+        shoal_error_clear();
+        return -1; /* (*sys is NULL) */
     }
-    *sys = NULL;
-    if (kind >= 0) {
-        if (o->system) *sys = strdup(o->system);
-        else if (!o->template_name || kind == SHOAL_CHAT_CHATML) *sys = shoal_chat_default_system(tmpl);
-    }
-    free(tmpl);
     return kind;
 }
 

@@ -58,6 +58,15 @@ struct run {
 };
 
 /*
+ * The chat format of r's model: --chat-template, else the model's template
+ * (shoal_chat_detect: an error naming the model when it is none shoal
+ * knows, or absent); *sys the system message to begin with (--system, else
+ * the template's own for a model's template or ChatML), or NULL; the
+ * caller frees it.
+ */
+shoal_status run_chat_format(const struct run *r, int *kind, char **sys);
+
+/*
  * Rank 0 of shoal serve, once loaded: serves until SIGTERM or SIGINT, then
  * stops the other ranks (shoal_stop). Returns the exit status.
  */

@@ -439,6 +439,11 @@ static shoal_status load_vector(struct shoal_model *m, const struct shoal_slice 
                  : SHOAL_OK;
 }
 
+/* An offload group reaching device buffers (the parts gathered there), or NULL. */
+static struct shoal_comm *gather_dev(const struct shoal_model *m) {
+    return m->lpart ? m->offload.group_dev : NULL;
+}
+
 /* The ranks of the offload group holding this rank's part (1: no group). */
 static int group_size(const struct shoal_model *m) {
     return m->offload.group ? shoal_comm_size(m->offload.group) : 1;
@@ -457,10 +462,9 @@ static shoal_status keep_parts(struct shoal_model *m) {
     const int me = shoal_comm_rank(m->offload.group);
     void *img = NULL;
     shoal_status rc = SHOAL_OK;
-    m->gather_dev = m->offload.group_dev;
     if (!(m->limg = calloc((size_t)nl, sizeof *m->limg)) || !(m->lpart = calloc((size_t)nl, sizeof *m->lpart)) ||
         !(m->gather_due = calloc((size_t)m->off.n_buffers, 1)) || !(img = malloc(m->lstride)) ||
-        (!m->gather_dev && !(m->stage = calloc((size_t)m->off.n_buffers, sizeof *m->stage))))
+        (!m->offload.group_dev && !(m->stage = calloc((size_t)m->off.n_buffers, sizeof *m->stage))))
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
     for (int b = 0; rc == SHOAL_OK && m->stage && b < m->off.n_buffers; b++)
         rc = shoal_backend_host_alloc(m->be, m->lstride, &m->stage[b]);
@@ -946,8 +950,8 @@ static shoal_status fetch_layer(struct shoal_model *m, int l) {
     uint64_t ticket = 0;
     m->buf_layer[b] = -1;
     uint64_t copied = m->lbytes[l];
-    if (m->gather_dev) { /* an offload group: this rank's part up, the rest gathered there (gather_layer) */
-        const int me = shoal_comm_rank(m->gather_dev);
+    if (gather_dev(m)) { /* an offload group: this rank's part up, the rest gathered there (fetch_ahead) */
+        const int me = shoal_comm_rank(gather_dev(m));
         copied = m->lpart[l];
         SHOAL_TRY(shoal_backend_fetch(m->be, buf + (size_t)me * copied, m->limg[l], copied, &ticket));
         m->gather_due[b] = 1;
@@ -993,11 +997,11 @@ static shoal_status fetch_ahead(struct shoal_model *m, int l) {
     /* with the group on device buffers: every rank's part there, in place, in the
      * compute stream's order (after the copy waited for, before the layer) */
     const int b = shoal_offload_buffer(&m->off, l);
-    if (m->gather_dev && m->gather_due[b]) {
+    struct shoal_comm *g = gather_dev(m);
+    if (g && m->gather_due[b]) {
         char *buf = (char *)m->lbuf + (size_t)b * m->lstride;
         const size_t part = m->lpart[l];
-        SHOAL_TRY(shoal_comm_allgather(m->gather_dev, buf + (size_t)shoal_comm_rank(m->gather_dev) * part, part,
-                                       buf));
+        SHOAL_TRY(shoal_comm_allgather(g, buf + (size_t)shoal_comm_rank(g) * part, part, buf));
         m->gather_due[b] = 0;
         m->sstats.gathered += part * (uint64_t)(group_size(m) - 1);
     }

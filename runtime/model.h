@@ -131,7 +131,6 @@ struct shoal_model {
     uint64_t *stage_ticket;       /* (off.n_buffers): the last copy out of each stage */
     uint64_t lstride;             /* bytes from one layer buffer to the next (>= off.buffer_bytes) */
     uint64_t *lpart;              /* (layers) with an offload group: the bytes of each rank's part, or NULL */
-    struct shoal_comm *gather_dev; /* the group over device buffers, or NULL: parts gathered on the host */
     char *gather_due;             /* (off.n_buffers): the buffer holds only this rank's part so far */
     int from_ram;                 /* streamed layers come from limg, else from the map */
     uint64_t *lbytes;             /* (layers): a streamed layer's bytes in its buffer */
