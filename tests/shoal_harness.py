@@ -67,6 +67,15 @@ def mpirun(np_, args, timeout=120, check=True, **kw) -> subprocess.CompletedProc
     return p
 
 
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+
+
+def parse_size(text: str) -> float:
+    """Bytes of a size as shoal prints them ("1.50 MiB")."""
+    v, u = text.split()
+    return float(v) * _UNITS[u]
+
+
 def read_ids(path) -> list:
     return [int(x) for x in Path(path).read_text().split()]
 

@@ -512,12 +512,7 @@ def test_nccl_tp2(models, tmp_path):
 
 OFFLOAD = ["--dim", 512, "--layers", 8, "--heads", 8, "--kv-heads", 4, "--ffn", 1408, "--vocab", 4000,
            "--type", "q8_0"]
-UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
-
-
-def _size(text: str) -> float:
-    v, u = text.split()
-    return float(v) * UNITS[u]
+_size = h.parse_size
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 
-UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
-
-
-def size(text):
-    v, u = text.split()
-    return float(v) * UNITS[u]
+size = h.parse_size
 
 
 @pytest.fixture(scope="module")
