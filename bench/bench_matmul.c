@@ -4,9 +4,10 @@
  * prints microseconds per call, weight GB/s and token-row products per
  * second. For tuning kernels; not a test.
  *
- * usage: bench_matmul TYPE ROWS COLS N [THREADS] [SIMD]
+ * usage: bench_matmul TYPE ROWS COLS N [THREADS] [SIMD] [f64]
  *   e.g. bench_matmul q4_0 5632 2048 1 2     (decode-shaped)
  *        bench_matmul q4_0 5632 2048 256 2   (prompt-shaped)
+ *        bench_matmul q8_0 1024 2816 16 2 auto f64   (the f64 sums of row-parallel weights)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,13 +17,14 @@
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: bench_matmul TYPE ROWS COLS N [THREADS] [SIMD]\n");
+        fprintf(stderr, "usage: bench_matmul TYPE ROWS COLS N [THREADS] [SIMD] [f64]\n");
         return 2;
     }
     int type = shoal_dtype_from_name(argv[1]);
     long rows = atol(argv[2]), cols = atol(argv[3]), n = atol(argv[4]);
     int threads = argc > 5 ? atoi(argv[5]) : 0;
     int simd = argc > 6 ? shoal_cpu_simd_from_name(argv[6]) : SHOAL_SIMD_AUTO;
+    int f64 = argc > 7 && strcmp(argv[7], "f64") == 0;
     size_t rb = type >= 0 ? shoal_dtype_row_bytes(type, cols) : 0;
     if (!rb || rows < 1 || n < 1 || simd == -2) {
         fprintf(stderr, "bench_matmul: bad type, shape or SIMD level\n");
@@ -40,6 +42,7 @@ int main(int argc, char **argv) {
     uint8_t *w = malloc(wbytes * (size_t)copies);
     float *row = malloc(sizeof(float) * (size_t)cols), *x = malloc(sizeof(float) * (size_t)(n * cols));
     float *y = malloc(sizeof(float) * (size_t)(n * rows));
+    double *yd = malloc(sizeof(double) * (size_t)(n * rows));
     uint64_t s = 88172645463325252ull;
     for (long r = 0; r < rows; r++) {
         for (long c = 0; c < cols; c++) {
@@ -57,14 +60,16 @@ int main(int argc, char **argv) {
     int reps = n == 1 ? 200 : 5;
     for (int rep = 0; rep < reps; rep++) {
         double t0 = shoal_now();
-        shoal_op_matmul(be, y, &ws[rep % copies], x, (int)n);
+        if (f64) shoal_op_matmul_f64(be, yd, &ws[rep % copies], x, (int)n);
+        else shoal_op_matmul(be, y, &ws[rep % copies], x, (int)n);
         double t = shoal_now() - t0;
         if (t < best) best = t;
     }
-    printf("%s %ldx%ld n=%ld: %.1f us, %.1f GB/s of weights, %.2f G row-token dots/s\n", argv[1],
-           rows, cols, n, best * 1e6, (double)wbytes / best / 1e9, (double)rows * n / best / 1e9);
+    printf("%s%s %ldx%ld n=%ld: %.1f us, %.1f GB/s of weights, %.2f G row-token dots/s\n", argv[1],
+           f64 ? " (f64 sums)" : "", rows, cols, n, best * 1e6, (double)wbytes / best / 1e9, (double)rows * n / best / 1e9);
+    for (int k = 0; k < copies; k++) shoal_weight_release(be, &ws[k]);
     free(ws);
-    free(w), free(row), free(x), free(y);
+    free(w), free(row), free(x), free(y), free(yd);
     shoal_backend_destroy(be);
     return 0;
 }

@@ -98,24 +98,44 @@ static shoal_status cpu_memset0(void *ctx, void *dst, size_t n) {
     return SHOAL_OK;
 }
 
-static size_t cpu_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) { return 0; }
+/* Bytes of a weight in the level's own layout (kernels.h), or 0: its GGUF rows as they are. */
+static size_t packed_bytes(const struct cpu_ctx *c, int type, int64_t rows, int64_t cols) {
+    return c->k->packed_bytes ? c->k->packed_bytes(type, rows, cols) : 0;
+}
 
-/* as_device: the bytes copied, as a device backend would */
+/* In place, but for the types the level packs: those in the host memory given. */
+static size_t cpu_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) {
+    return packed_bytes(ctx, type, rows, cols);
+}
+
+/* as_device: the bytes copied (packed where the level packs), as a device backend would */
 static size_t dev_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) {
-    return (size_t)rows * shoal_dtype_row_bytes(type, cols);
+    size_t p = packed_bytes(ctx, type, rows, cols);
+    return p ? p : (size_t)rows * shoal_dtype_row_bytes(type, cols);
+}
+
+/* A weight's image in dst (src may be dst): packed, or its bytes. */
+static shoal_status weight_image(const struct cpu_ctx *c, int type, int64_t rows, int64_t cols,
+                                 const void *src, void *dst) {
+    if (packed_bytes(c, type, rows, cols)) return c->k->pack(type, rows, cols, src, dst);
+    if (src != dst) memcpy(dst, src, (size_t)rows * shoal_dtype_row_bytes(type, cols));
+    return SHOAL_OK;
 }
 
 static shoal_status dev_weight_prepare(void *ctx, struct shoal_weight *w, const void *host,
                                        void *dst) {
-    memcpy(dst, host, (size_t)w->rows * w->row_bytes);
+    SHOAL_TRY(weight_image(ctx, w->type, w->rows, w->cols, host, dst));
     w->data = dst;
     return SHOAL_OK;
 }
 
 static shoal_status cpu_weight_prepare(void *ctx, struct shoal_weight *w, const void *host,
                                        void *dst) {
-    w->data = host; /* used in place: the caller keeps the map alive */
-    return SHOAL_OK;
+    if (!packed_bytes(ctx, w->type, w->rows, w->cols)) {
+        w->data = host; /* used in place: the caller keeps the map alive */
+        return SHOAL_OK;
+    }
+    return dev_weight_prepare(ctx, w, host, dst);
 }
 
 /* Grows a scratch buffer; contents are not kept. */
@@ -178,10 +198,11 @@ static void xq_worker(void *arg, int ith, int nth) {
                              (int32_t *)m->xvc + t * nv, (float *)m->xvd + t * nv);
 }
 
-/* Bytes of quantized x for n tokens of cols values with lanes per block. */
+/* Bytes of quantized x for n tokens of cols values with lanes per block, and room for
+ * the by-block copy of packed weights (mm_task's xqt, xct, xdt). */
 static size_t xq_bytes(int64_t cols, int n, int lanes) {
     int64_t nb = cols / SHOAL_QK, nv = nb / 4 * 4 * lanes;
-    return (size_t)n * ((size_t)cols + 3 * sizeof(float) * (size_t)nb + 2 * sizeof(float) * (size_t)nv);
+    return (size_t)n * (2 * (size_t)cols + 5 * sizeof(float) * (size_t)nb + 2 * sizeof(float) * (size_t)nv);
 }
 
 /* Quantizes x (n, cols) for weights of type, into scratch at base, filling t's x fields. */
@@ -200,6 +221,20 @@ static void quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, i
     struct xq_job q = { c->k, x, cols, nb, n, q4 && c->k->q4_grouped, lanes, q4 ? 8 : 128, t };
     if (n >= 4 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
     else xq_worker(&q, 0, 1);
+    if (!packed_bytes(c, type, 1, cols)) return;
+    /* by block, then token: a tile's tokens side by side */
+    int8_t *qt = (int8_t *)(t->xvd + (size_t)n * (size_t)nv);
+    int32_t *ct = (int32_t *)(qt + (size_t)n * (size_t)cols);
+    float *dt = (float *)(ct + (size_t)n * (size_t)nb);
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t k = 0; k < n; k++) {
+            memcpy(qt + (b * n + k) * SHOAL_QK, t->xq + k * cols + b * SHOAL_QK, SHOAL_QK);
+            ct[b * n + k] = -128 * t->xsum[k * nb + b];
+            dt[b * n + k] = t->xd[k * nb + b];
+        }
+    t->xqt = qt;
+    t->xct = ct;
+    t->xdt = dt;
 }
 
 /* k weights on one input, into f32 y[i] or (when yd) f64 yd[0]. */
@@ -217,6 +252,9 @@ static shoal_status run_matmul(struct cpu_ctx *c, int k, float *const *y, double
                                 "the CPU backend has no matmul for %s weights (it has f32, f16, "
                                 "bf16, q8_0, q4_0 and q4_1)",
                                 shoal_dtype_name(type));
+        if (w[i]->as_rows && packed_bytes(c, type, w[i]->rows, w[i]->cols))
+            return shoal_errorf(SHOAL_INTERNAL, "a %s lookup table used in place reached a matmul "
+                                "(the %s kernels need the weight prepared)", shoal_dtype_name(type), c->k->name);
         job.task[i] = (struct mm_task){ .w = w[i], .n = n, .x = x, .y = y ? y[i] : NULL, .yd = yd };
         if (type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1) {
             int f = type != SHOAL_DTYPE_Q8_0; /* the 4-bit types share a layout */
@@ -231,6 +269,9 @@ static shoal_status run_matmul(struct cpu_ctx *c, int k, float *const *y, double
             job.task[i].xsum = done[f].xsum;
             job.task[i].xvc = done[f].xvc;
             job.task[i].xvd = done[f].xvd;
+            job.task[i].xqt = done[f].xqt;
+            job.task[i].xct = done[f].xct;
+            job.task[i].xdt = done[f].xdt;
         }
         job.first[i + 1] = job.first[i] + w[i]->rows;
     }
@@ -290,9 +331,12 @@ static shoal_status cpu_embed(void *vctx, float *y, const struct shoal_weight *t
         if (id < 0 || id >= table->rows)
             return shoal_errorf(SHOAL_INVALID, "token id %d is outside the vocabulary (0..%lld)",
                                 id, (long long)table->rows - 1);
-        SHOAL_TRY(shoal_dequantize_row(table->type,
-                                       (const char *)table->data + (size_t)id * table->row_bytes,
-                                       y + (int64_t)t * table->cols, table->cols));
+        float *row = y + (int64_t)t * table->cols;
+        if (!table->as_rows && packed_bytes(vctx, table->type, table->rows, table->cols))
+            ((struct cpu_ctx *)vctx)->k->unpack_row(table, id, row);
+        else
+            SHOAL_TRY(shoal_dequantize_row(table->type, (const char *)table->data + (size_t)id * table->row_bytes,
+                                           row, table->cols));
     }
     return SHOAL_OK;
 }
@@ -556,12 +600,11 @@ static shoal_status cpu_add_bias(void *vctx, float *y, const float *bias, int n,
 
 /* ------------------------------------------------------------- lifetime */
 
-/* as_device: a weight's "device image" made on the host is its bytes (the same layout),
- * so that offload's images in RAM and its packing on the way run here as on a GPU */
-static shoal_status dev_weight_pack(void *vctx, int type, int64_t rows, int64_t cols, const void *src,
+/* A weight's image made on the host: packed as prepare packs, or its bytes (so that
+ * offload's images in RAM and its packing on the way run on as_device as on a GPU). */
+static shoal_status weight_pack(void *vctx, int type, int64_t rows, int64_t cols, const void *src,
                                     void *dst) {
-    memcpy(dst, src, (size_t)rows * shoal_dtype_row_bytes(type, cols));
-    return SHOAL_OK;
+    return weight_image(vctx, type, rows, cols, src, dst);
 }
 
 /* as_device: fetches on the copy thread */
@@ -603,6 +646,7 @@ static const struct shoal_backend_i cpu_iface = {
     .memset0 = cpu_memset0,
     .weight_bytes = cpu_weight_bytes,
     .weight_prepare = cpu_weight_prepare,
+    .weight_pack = weight_pack,
     .embed = cpu_embed,
     .matmul = cpu_matmul,
     .matmul_n = cpu_matmul_n,
@@ -647,7 +691,6 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
         c->dev_iface.host_memory = 0;
         c->dev_iface.weight_bytes = dev_weight_bytes;
         c->dev_iface.weight_prepare = dev_weight_prepare;
-        c->dev_iface.weight_pack = dev_weight_pack;
         c->dev_iface.fetch = dev_fetch;
         c->dev_iface.fetch_wait = dev_fetch_wait;
         c->dev_iface.fetch_busy = dev_fetch_busy;

@@ -30,6 +30,14 @@ struct mm_task {
      */
     const int32_t *xvc;
     const float *xvd;
+    /*
+     * For weights a level packs (packed_bytes): x by block, then token. xqt
+     * (nb, n, 32): the block's 32 values; xct (nb, n): -128 x their sum;
+     * xdt (nb, n): their scale.
+     */
+    const int8_t *xqt;
+    const int32_t *xct;
+    const float *xdt;
     float *y;         /* (n, rows) */
     double *yd;       /* (n, rows): the mm_f64 kernels' output */
 };
@@ -47,6 +55,17 @@ struct cpu_kernels {
      * over ranks gives what one rank gives.
      */
     mm_fn mm_f64[SHOAL_DTYPE_MAX];
+    /*
+     * Optional: a layout of the level's own for some weight types, made
+     * when a weight is prepared. packed_bytes says how many bytes a weight
+     * takes in it (0: the type stays in its GGUF rows, used in place; else
+     * at least the rows' bytes); pack writes it, src may be dst (packed in
+     * place); unpack_row gives one row back as floats, as
+     * shoal_dequantize_row would give the row packed (embedding lookups).
+     */
+    size_t (*packed_bytes)(int type, int64_t rows, int64_t cols);
+    shoal_status (*pack)(int type, int64_t rows, int64_t cols, const void *src, void *dst);
+    void (*unpack_row)(const struct shoal_weight *w, int64_t row, float *y);
     /*
      * For Q4_0 and Q4_1 weights, whether xq is grouped: in each full group of four
      * blocks the 64 low-half values (0..15 of blocks 0..3) come first, then

@@ -12,6 +12,7 @@
  * block sums of x.
  */
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -123,58 +124,201 @@ static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
     return row_f64_any(t, r, tok, load16_bf16, one_bf16);
 }
 
+#define INLINE static inline __attribute__((always_inline))
+
 /*
- * Q8_0 and Q4_0 run as tiles of up to QR rows x QT tokens, so that a row's
- * weights are loaded and unpacked once for several tokens, and a token's
+ * Q8_0 is packed at load (pack_q8 below): rows in groups of 16, each block
+ * of the group stored as eight 64-byte vectors, vector k holding bytes
+ * 4k..4k+3 of the block for each of the 16 rows (+128, so unsigned), and
+ * the 16 rows' f16 scales beside. One VNNI vpdpbusd then multiplies four
+ * bytes of a token's activations, broadcast, with four bytes of 16 rows:
+ * eight of them make 16 rows' block dot products, one per int32 lane, with
+ * nothing to spread or sum across lanes. The accumulator starts at -128
+ * times the block's sum of x (the +128 taken back), so each lane is exact;
+ * then, per block, to float and times dw * dx into the row's f32 sum (or
+ * into its f64 sum, exact: mm_f64). Every row's arithmetic is the same
+ * whatever the number of tokens and however rows are split over threads
+ * or ranks, so one token and a batch give the same bits.
+ *
+ * Within a group, blocks go in pairs: the quants of blocks 2p and 2p+1
+ * (512 bytes each), then their scales (32 bytes each): 17 whole cache
+ * lines, so the vectors stay 64-byte aligned and one stream per thread
+ * reads a group. An odd last block has its quants then its scales. The
+ * last group is padded with zero rows (scale 0).
+ */
+#define PG 16 /* rows per group */
+#define PB 544 /* bytes of one block of a group: 16 x (32 quants + 2 scale bytes) */
+#define PT 8  /* most tokens per tile; the f64 sums take twice the registers: PT64 */
+#define PT64 4
+
+static size_t q8_packed_bytes(int64_t rows, int64_t cols) {
+    return (size_t)((rows + PG - 1) / PG) * (size_t)(cols / SHOAL_QK) * PB;
+}
+
+/* Where block b's quants and scales are in a group of nb blocks. */
+INLINE const uint8_t *q8p_quants(const uint8_t *g, int64_t b) { return g + (b >> 1) * 2 * PB + (b & 1) * 512; }
+INLINE int64_t q8p_scale_off(int64_t b, int64_t nb) {
+    return (b >> 1) * 2 * PB + ((b | 1) < nb ? 1024 + (b & 1) * 32 : 512);
+}
+
+/* Group by group; a group's image takes the place of its 16 rows (or more), so
+ * packing in place reads each group's rows aside first. */
+static shoal_status pack_q8(int64_t rows, int64_t cols, const void *src, void *dst) {
+    const int64_t nb = cols / SHOAL_QK, ng = (rows + PG - 1) / PG;
+    const size_t rb = (size_t)nb * sizeof(struct shoal_block_q8_0);
+    struct shoal_block_q8_0 *w = malloc(PG * rb);
+    if (!w) return shoal_errorf(SHOAL_NOMEM, "out of memory packing a q8_0 weight");
+    for (int64_t g = 0; g < ng; g++) {
+        const int64_t n = rows - g * PG < PG ? rows - g * PG : PG;
+        memcpy(w, (const char *)src + (size_t)(g * PG) * rb, (size_t)n * rb);
+        uint8_t *gp = (uint8_t *)dst + (size_t)(g * nb) * PB;
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *q = (uint8_t *)q8p_quants(gp, b);
+            uint16_t d[PG];
+            for (int r = 0; r < PG; r++) {
+                const struct shoal_block_q8_0 *blk = r < n ? &w[r * nb + b] : NULL;
+                d[r] = blk ? blk->d : 0;
+                for (int e = 0; e < SHOAL_QK; e++)
+                    q[(e / 4) * 64 + r * 4 + e % 4] = (uint8_t)((blk ? blk->qs[e] : 0) ^ 0x80);
+            }
+            memcpy(gp + q8p_scale_off(b, nb), d, sizeof d);
+        }
+    }
+    free(w);
+    return SHOAL_OK;
+}
+
+/* Row r of a packed weight as floats: what shoal_dequantize_row gives of the row it came from. */
+static void unpack_q8_row(const struct shoal_weight *w, int64_t r, float *y) {
+    const int64_t nb = w->cols / SHOAL_QK;
+    const uint8_t *gp = (const uint8_t *)w->data + (size_t)(r / PG * nb) * PB;
+    const int lane = (int)(r % PG);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *q = q8p_quants(gp, b);
+        uint16_t h;
+        memcpy(&h, gp + q8p_scale_off(b, nb) + 2 * lane, 2);
+        float d = shoal_f16_to_f32(h);
+        for (int e = 0; e < SHOAL_QK; e++)
+            y[b * SHOAL_QK + e] = d * (float)(int8_t)(q[(e / 4) * 64 + lane * 4 + e % 4] ^ 0x80);
+    }
+}
+
+static size_t packed_bytes_avx512(int type, int64_t rows, int64_t cols) {
+    return type == SHOAL_DTYPE_Q8_0 ? q8_packed_bytes(rows, cols) : 0;
+}
+
+/*
+ * One group of 16 rows x NT tokens from t0: f32 sums into y, or (EXACT) f64
+ * sums into yd, for the rows of the group that mask says.
+ */
+INLINE void q8p_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, __mmask16 mask, int t0,
+                     const int NT, const int EXACT) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
+    __m512 acc[PT];
+    __m512d lo[PT], hi[PT]; /* EXACT */
+    for (int j = 0; j < NT; j++) {
+        if (EXACT) lo[j] = hi[j] = _mm512_setzero_pd();
+        else acc[j] = _mm512_setzero_ps();
+    }
+    const int8_t *xq = t->xqt + (int64_t)t0 * SHOAL_QK; /* block b, token t0 + j: + (b * n + j) * 32 */
+    const int32_t *xc = t->xct + t0;
+    const float *xd = t->xdt + t0;
+    for (int64_t b = 0; b < nb; b++, xq += t->n * SHOAL_QK, xc += t->n, xd += t->n) {
+        const uint8_t *q = q8p_quants(gp, b);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(gp + q8p_scale_off(b, nb))));
+        __m512i p[PT];
+        for (int j = 0; j < NT; j++) p[j] = _mm512_set1_epi32(xc[j]);
+        /* the tokens' sums side by side, so that no product waits on the one before */
+        for (int k = 0; k < 8; k++) {
+            const __m512i wv = _mm512_loadu_si512((const void *)(q + 64 * k)); /* aligned but for odd nb */
+            for (int j = 0; j < NT; j++)
+                p[j] = _mm512_dpbusd_epi32(p[j], wv, _mm512_set1_epi32(*(const int32_t *)(xq + j * SHOAL_QK + 4 * k)));
+        }
+        for (int j = 0; j < NT; j++) {
+            const __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(xd[j]));
+            if (EXACT) {
+                lo[j] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(p[j])),
+                                        _mm512_cvtps_pd(_mm512_castps512_ps256(s)), lo[j]);
+                hi[j] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(p[j], 1)),
+                                        _mm512_cvtps_pd(_mm512_extractf32x8_ps(s, 1)), hi[j]);
+            } else {
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), s, acc[j]);
+            }
+        }
+    }
+    for (int j = 0; j < NT; j++) {
+        const int64_t at = (int64_t)(t0 + j) * rows + row0;
+        if (EXACT) {
+            _mm512_mask_storeu_pd(t->yd + at, (__mmask8)mask, lo[j]);
+            _mm512_mask_storeu_pd(t->yd + at + 8, (__mmask8)(mask >> 8), hi[j]);
+        } else {
+            _mm512_mask_storeu_ps(t->y + at, mask, acc[j]);
+        }
+    }
+}
+
+#define Q8P_FN(nt, ex, tag)                                                                    \
+    static void q8p##tag##_##nt(const struct mm_task *t, const uint8_t *gp, int64_t row0,      \
+                                __mmask16 mask, int t0) {                                      \
+        q8p_tile(t, gp, row0, mask, t0, nt, ex);                                               \
+    }
+Q8P_FN(1, 0, ) Q8P_FN(2, 0, ) Q8P_FN(3, 0, ) Q8P_FN(4, 0, )
+Q8P_FN(5, 0, ) Q8P_FN(6, 0, ) Q8P_FN(7, 0, ) Q8P_FN(8, 0, )
+Q8P_FN(1, 1, _f64) Q8P_FN(2, 1, _f64) Q8P_FN(3, 1, _f64) Q8P_FN(4, 1, _f64)
+_Static_assert(PT == 8 && PT64 == 4, "the tables below list 8 and 4 tile shapes");
+typedef void (*q8p_fn)(const struct mm_task *, const uint8_t *, int64_t, __mmask16, int);
+static const q8p_fn q8p_tiles[PT] = { q8p_1, q8p_2, q8p_3, q8p_4, q8p_5, q8p_6, q8p_7, q8p_8 };
+static const q8p_fn q8p_f64_tiles[PT64] = { q8p_f64_1, q8p_f64_2, q8p_f64_3, q8p_f64_4 };
+
+/*
+ * Rows [r0, r1): the groups holding them, each passing every token in
+ * tiles (its weights stay in cache meanwhile). A group shared with the
+ * next thread's range is computed by both, each keeping its own rows.
+ */
+INLINE void q8p_drive(const struct mm_task *t, int64_t r0, int64_t r1, const q8p_fn *tiles, const int MAXT) {
+    const int64_t nb = t->w->cols / SHOAL_QK;
+    for (int64_t g = r0 / PG; g * PG < r1; g++) {
+        const int64_t lo = g * PG > r0 ? g * PG : r0, hi = g * PG + PG < r1 ? g * PG + PG : r1;
+        const __mmask16 mask = (__mmask16)(((1u << (hi - lo)) - 1) << (lo - g * PG));
+        const uint8_t *gp = (const uint8_t *)t->w->data + (size_t)(g * nb) * PB;
+        for (int tk = 0; tk < t->n; tk += MAXT) {
+            int nt = t->n - tk < MAXT ? t->n - tk : MAXT;
+            tiles[nt - 1](t, gp, g * PG, mask, tk);
+        }
+    }
+}
+
+static void mm_q8p(const struct mm_task *t, int64_t r0, int64_t r1) { q8p_drive(t, r0, r1, q8p_tiles, PT); }
+static void mm_f64_q8p(const struct mm_task *t, int64_t r0, int64_t r1) {
+    q8p_drive(t, r0, r1, q8p_f64_tiles, PT64);
+}
+
+/*
+ * Q4_0 runs as tiles of up to QR rows x QT tokens, so that a row's weights
+ * are loaded and unpacked once for several tokens, and a token's
  * activations once for several rows. Integer products accumulate with VNNI
  * (vpdpbusd: unsigned bytes times signed bytes, four at a time per int32
- * lane), so the weights are made unsigned: Q8_0 by adding 128 (w ^ 0x80),
- * Q4_0 by keeping its nibbles 0..15 without the -8. The accumulator starts
- * at the correction, -128 (or -8) times the block's sum of x, spread over
- * the lanes of that block, so each lane ends exact. Then per block: to
- * float, times dw * dx, into the tile's accumulator.
+ * lane), so the weights are made unsigned by keeping the nibbles 0..15
+ * without the -8. The accumulator starts at the correction, -8 times the
+ * block's sum of x, spread over the lanes of that block, so each lane ends
+ * exact. Then per block: to float, times dw * dx, into the tile's
+ * accumulator.
  *
- * Lanes: Q8_0 puts two blocks in a register (lanes 0-7 and 8-15); Q4_0 puts
- * four (lanes 4k..4k+3 for block k), its nibbles meeting activations
- * grouped to match (kernels.h, q4_grouped). Q4_0 reads each block's
- * correction and dx, spread over its lanes, from the lane vectors prepared
- * once per matmul; Q8_0 spreads them itself per token tile (prepared, they
- * would be twice Q4_0's and crowd the cache: measured slower).
+ * Lanes: four blocks in a register (lanes 4k..4k+3 for block k), the
+ * nibbles meeting activations grouped to match (kernels.h, q4_grouped).
+ * Each block's correction and dx, spread over its lanes, come from the
+ * lane vectors prepared once per matmul.
  *
  * Decoding (one token) runs 1 x 1 tiles: measured here, two rows at once
  * halved the bandwidth reached (two interleaved streams per thread), while
- * one row at a time reaches what membw measures for Q8_0.
+ * one row at a time reaches what membw measures.
  */
 #define QR 2
-#define QT 6 /* most tokens per tile (Q4_0); measured best of 4, 6 and 8 (8 spills) */
-#define QT8 4 /* for Q8_0, whose weights take twice the registers */
-#define INLINE static inline __attribute__((always_inline))
-
-/* The f16 scales of four blocks of stride sizeof(*w), as floats. */
-#define SCALES4(w, b)                                                                          \
-    _mm_cvtph_ps(_mm_setr_epi16((short)(w)[b].d, (short)(w)[(b) + 1].d, (short)(w)[(b) + 2].d,  \
-                                (short)(w)[(b) + 3].d, 0, 0, 0, 0))
+#define QT 6 /* most tokens per tile; measured best of 4, 6 and 8 (8 spills) */
 
 /* Four per-block values spread over the lanes of their blocks. */
 INLINE __m512 spread_ps(__m512i lanes, __m128 v) {
     return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(v));
-}
-
-INLINE __m512i spread_epi32(__m512i lanes, __m128i v) {
-    return _mm512_permutexvar_epi32(lanes, _mm512_castsi128_si512(v));
-}
-
-/* The scalar sum for the blocks past the last full group of four. */
-INLINE double q8_tail(const struct shoal_block_q8_0 *w, const struct mm_task *t, int64_t tok,
-                      int64_t b, int64_t nb) {
-    const int8_t *x = t->xq + tok * t->w->cols;
-    double s = 0;
-    for (; b < nb; b++) {
-        int sum = 0;
-        for (int e = 0; e < SHOAL_QK; e++) sum += w[b].qs[e] * x[b * SHOAL_QK + e];
-        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * sum;
-    }
-    return s;
 }
 
 /* One block's nibbles (less off) dotted with its 32 activations, in natural order. */
@@ -210,23 +354,6 @@ INLINE double q41_tail(const struct shoal_block_q4_1 *w, const struct mm_task *t
  * 2^20) times its f32 scale (24 bits) is exact in f64; four blocks at a
  * time go into one f64 register.
  */
-/*
- * Q8_0's f64 accumulation: the four blocks' int32 sums first (p01 holds
- * blocks 0, 1 in lanes 0-7, 8-15; p23 blocks 2, 3), then one f64 product
- * per block with its f32 scale (s4: blocks 0..3). Cheaper than converting
- * 32 lanes, and as exact.
- */
-INLINE void acc_f64_blocks4(__m256d *acc, __m512i p01, __m512i p23, __m128 s4) {
-    /* per 128-bit chunk k: [p01 pairs summed, p23 pairs summed] */
-    __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(p01, p23), _mm512_unpackhi_epi64(p01, p23));
-    u = _mm512_add_epi32(u, _mm512_shuffle_epi32(u, _MM_PERM_CDAB)); /* lanes [a a b b] per chunk */
-    u = _mm512_add_epi32(u, _mm512_shuffle_i32x4(u, u, _MM_SHUFFLE(2, 3, 0, 1))); /* chunks 0+1, 2+3 */
-    /* chunk 0: [b0 b0 b2 b2], chunk 2: [b1 b1 b3 b3] */
-    const __m512i pick = _mm512_setr_epi32(0, 8, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    __m128i sums = _mm512_castsi512_si128(_mm512_permutexvar_epi32(pick, u));
-    *acc = _mm256_fmadd_pd(_mm256_cvtepi32_pd(sums), _mm256_cvtps_pd(s4), *acc);
-}
-
 /* Q4_0's: four blocks' int32 sums (lanes 4k..4k+3 of p) times their f32 scales s4. */
 INLINE void acc_f64_lanes4(__m256d *acc, __m512i p, __m128 s4) {
     p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, _MM_PERM_CDAB));
@@ -246,68 +373,6 @@ INLINE void tile_out(const struct mm_task *t, int64_t r0, int t0, int i, int j, 
     } else {
         t->y[at] = _mm512_reduce_add_ps(acc) + (float)tail;
     }
-}
-
-INLINE void q8_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
-                    const int EXACT) {
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
-    const __m512i l01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i l23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
-    const struct shoal_block_q8_0 *w[QR];
-    __m512 acc[QR][QT]; /* QT8 of them used: the 5- and 6-token shapes are never called */
-    __m256d acc4[QR][QT]; /* EXACT: f64 sums of four blocks at a time */
-    for (int i = 0; i < NR; i++) {
-        w[i] = row_ptr(t, r0 + i);
-        for (int j = 0; j < NT; j++) {
-            acc[i][j] = _mm512_setzero_ps();
-            acc4[i][j] = _mm256_setzero_pd();
-        }
-    }
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        __m512i w01[QR], w23[QR];
-        __m512 d01[QR], d23[QR];
-        __m128 dw4[QR];
-        for (int i = 0; i < NR; i++) {
-            w01[i] = _mm512_xor_si512(bias, _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[i][b].qs)),
-                _mm256_loadu_si256((const __m256i *)w[i][b + 1].qs), 1));
-            w23[i] = _mm512_xor_si512(bias, _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)w[i][b + 2].qs)),
-                _mm256_loadu_si256((const __m256i *)w[i][b + 3].qs), 1));
-            __m128 dw = SCALES4(w[i], b);
-            dw4[i] = dw;
-            d01[i] = spread_ps(l01, dw);
-            d23[i] = spread_ps(l23, dw);
-        }
-        for (int j = 0; j < NT; j++) {
-            const int64_t tok = t0 + j;
-            const int8_t *x = t->xq + tok * cols + b * SHOAL_QK;
-            __m512i x01 = _mm512_loadu_si512((const void *)x);
-            __m512i x23 = _mm512_loadu_si512((const void *)(x + 64));
-            /* -128 * sum over 8 lanes = -16 per lane */
-            __m128i corr = _mm_sub_epi32(_mm_setzero_si128(),
-                                         _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(t->xsum + tok * nb + b)), 4));
-            __m512i c01 = spread_epi32(l01, corr), c23 = spread_epi32(l23, corr);
-            __m128 xd = _mm_loadu_ps(t->xd + tok * nb + b);
-            __m512 x01d = spread_ps(l01, xd), x23d = spread_ps(l23, xd);
-            for (int i = 0; i < NR; i++) {
-                __m512i p01 = _mm512_dpbusd_epi32(c01, w01[i], x01);
-                __m512i p23 = _mm512_dpbusd_epi32(c23, w23[i], x23);
-                if (EXACT) {
-                    acc_f64_blocks4(&acc4[i][j], p01, p23, _mm_mul_ps(dw4[i], xd));
-                } else {
-                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p01), _mm512_mul_ps(d01[i], x01d), acc[i][j]);
-                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p23), _mm512_mul_ps(d23[i], x23d), acc[i][j]);
-                }
-            }
-        }
-    }
-    for (int i = 0; i < NR; i++)
-        for (int j = 0; j < NT; j++)
-            tile_out(t, r0, t0, i, j, EXACT, acc[i][j], acc4[i][j], q8_tail(w[i], t, t0 + j, b, nb));
-    (void)rows;
 }
 
 /* Four f16 fields at byte offset off of blocks b..b+3 of BS bytes, as floats. */
@@ -400,7 +465,7 @@ INLINE void q41_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, 
 }
 
 /* One function per tile shape, so that each is compiled with its loops unrolled. */
-_Static_assert(QR == 2 && QT == 6 && QT8 <= QT, "the tile table below lists 2 x 6 shapes");
+_Static_assert(QR == 2 && QT == 6, "the tile table below lists 2 x 6 shapes");
 #define TILE_FN(kind, nr, nt, ex, tag)                                                         \
     static void kind##tag##_##nr##_##nt(const struct mm_task *t, int64_t r, int tk) {          \
         kind##_tile(t, r, tk, nr, nt, ex);                                                     \
@@ -443,10 +508,7 @@ _Static_assert(QR == 2 && QT == 6 && QT8 <= QT, "the tile table below lists 2 x 
         { kind##_f64_2_1, kind##_f64_2_2, kind##_f64_2_3, kind##_f64_2_4 },                    \
     };                                                                                         \
     TILE_DRIVER(mm_f64_##kind, kind##_f64_tiles, 4, ROWS_OUTER)
-/* Measured: Q8_0 is faster with a few rows passing all tokens (its rows are
- * twice Q4_0's, so a tile of tokens plus the rows no longer fits in L1); Q4_0
- * with a tile of tokens passing all rows. */
-TILE_FNS(q8, QT8, MM_ROW_TILE)
+/* Measured: Q4_0 is faster with a tile of tokens passing all rows. */
 TILE_FNS(q4, QT, INT64_MAX)
 TILE_FNS(q41, QT, INT64_MAX)
 #undef TILE_FNS
@@ -533,13 +595,21 @@ MM_ROW_DRIVER_F64(f16)
 MM_ROW_DRIVER_F64(bf16)
 #undef DRIVER
 
+static shoal_status pack_avx512(int type, int64_t rows, int64_t cols, const void *src, void *dst) {
+    return type == SHOAL_DTYPE_Q8_0 ? pack_q8(rows, cols, src, dst) : SHOAL_OK;
+}
+
+static void unpack_avx512_row(const struct shoal_weight *w, int64_t r, float *y) {
+    if (w->type == SHOAL_DTYPE_Q8_0) unpack_q8_row(w, r, y);
+}
+
 const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     .name = "avx512",
     .mm = {
         [SHOAL_DTYPE_F32] = mm_f32,
         [SHOAL_DTYPE_F16] = mm_f16,
         [SHOAL_DTYPE_BF16] = mm_bf16,
-        [SHOAL_DTYPE_Q8_0] = mm_q8,
+        [SHOAL_DTYPE_Q8_0] = mm_q8p,
         [SHOAL_DTYPE_Q4_0] = mm_q4,
         [SHOAL_DTYPE_Q4_1] = mm_q41,
     },
@@ -547,10 +617,13 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_F32] = mm_f64_f32,
         [SHOAL_DTYPE_F16] = mm_f64_f16,
         [SHOAL_DTYPE_BF16] = mm_f64_bf16,
-        [SHOAL_DTYPE_Q8_0] = mm_f64_q8,
+        [SHOAL_DTYPE_Q8_0] = mm_f64_q8p,
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4,
         [SHOAL_DTYPE_Q4_1] = mm_f64_q41,
     },
+    .packed_bytes = packed_bytes_avx512,
+    .pack = pack_avx512,
+    .unpack_row = unpack_avx512_row,
     .q4_grouped = 1,
     .q4_lane_vectors = 1,
     .quantize_x = quantize_x,

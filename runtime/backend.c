@@ -154,6 +154,15 @@ shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *
     return rc;
 }
 
+shoal_status shoal_weight_lookup(struct shoal_backend *b, struct shoal_weight *w, int type,
+                                 int64_t rows, int64_t cols, const void *host, void *dst) {
+    if (!b->iface->host_memory) return shoal_weight_prepare(b, w, type, rows, cols, host, dst);
+    SHOAL_TRY(weight_shape(w, type, rows, cols));
+    w->data = host;
+    w->as_rows = 1;
+    return SHOAL_OK;
+}
+
 void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w) {
     if (w->owned) shoal_backend_free(b, w->owned);
     w->owned = NULL;

@@ -23,8 +23,10 @@ struct shoal_weight {
     int type;          /* enum shoal_dtype of the stored rows */
     int64_t rows, cols;
     size_t row_bytes;  /* bytes of one row of cols values */
-    const void *data;  /* device: rows * row_bytes bytes */
+    const void *data;  /* device: the backend's image of the weight (shoal_weight_bytes) */
     void *owned;       /* device memory the backend allocated for it, or NULL */
+    int as_rows;       /* data is the file's rows as they are, in host memory: a lookup
+                        * table used in place (shoal_weight_lookup), not an image */
 };
 
 /* Rotary position embedding. */
@@ -144,17 +146,26 @@ size_t shoal_weight_bytes(struct shoal_backend *b, int type, int64_t rows, int64
  * copied. dst: shoal_weight_bytes of device memory (at a 256-byte boundary)
  * that the caller owns and carves from one block, or NULL for the backend to
  * allocate (w->owned). shoal_weight_release frees what prepare allocated.
+ * On a backend whose memory is the host's, host may be dst itself (the rows
+ * read there, to be packed in place) when dst is at least as long.
  */
 shoal_status shoal_weight_prepare(struct shoal_backend *b, struct shoal_weight *w, int type,
                                   int64_t rows, int64_t cols, const void *host, void *dst);
 void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w);
 /*
  * For weights whose device image is copied in later (offload): whether the
- * backend's image differs from the file's bytes (CUDA repacks; the CPU does
- * not), the image made on the host (shoal_weight_bytes of dst), and a weight
+ * backend's image may differ from the file's bytes (CUDA repacks, and the
+ * CPU its Q8_0 where AVX-512 kernels run), the image made on the host (shoal_weight_bytes of dst), and a weight
  * bound to an image at dev (device memory) without copying anything.
  */
 int shoal_backend_packs_weights(const struct shoal_backend *b);
+/*
+ * A table that only shoal_op_embed reads (no matmul): on a backend whose
+ * memory is the host's, its rows used in place (w->as_rows; nothing copied
+ * or packed, dst unused); elsewhere what shoal_weight_prepare makes.
+ */
+shoal_status shoal_weight_lookup(struct shoal_backend *b, struct shoal_weight *w, int type,
+                                 int64_t rows, int64_t cols, const void *host, void *dst);
 shoal_status shoal_weight_pack(struct shoal_backend *b, int type, int64_t rows, int64_t cols,
                                const void *src, void *dst);
 shoal_status shoal_weight_bind(struct shoal_backend *b, struct shoal_weight *w, int type,

@@ -364,7 +364,7 @@ static size_t slice_device_bytes(const struct shoal_model *m, const struct shoal
  */
 static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s,
                               struct shoal_weight *w, char **at, char **dev,
-                              struct shoal_stream_tensor *st, size_t *st_off) {
+                              struct shoal_stream_tensor *st, size_t *st_off, int lookup) {
     const struct shoal_gguf_tensor *t = NULL;
     SHOAL_TRY(find_slice(m, s, &t));
     const char *name = t->name;
@@ -382,25 +382,35 @@ static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s
     const int64_t r0 = s->r0, r1 = s->r1, c0 = s->c0, c1 = s->c1, cols = m->hp.sharded ? c1 - c0 : s->cols;
     size_t rb = shoal_dtype_row_bytes(t->type, cols), lb = shoal_dtype_row_bytes(t->type, c1 - c0);
     const char *host = (const char *)t->data + (m->hp.sharded ? 0 : (size_t)r0 * rb);
-    if (c1 - c0 != cols) {
-        size_t off = shoal_dtype_row_bytes(t->type, c0);
-        host = *at;
-        for (int64_t r = r0; m->be && r < r1; r++)
+    const int in_place = lookup && m->be && shoal_backend_host_memory(m->be);
+    const size_t bytes = m->be && !in_place ? weight_block_bytes(m, t->type, r1 - r0, c1 - c0) : 0;
+    /*
+     * A backend whose memory is the host's and that still copies the weight (a CPU
+     * level packing it): the rows are read from the file into the weight's place and
+     * packed there, so that neither the map's pages nor a copy stay in memory.
+     */
+    const int into_dev = bytes >= (size_t)(r1 - r0) * lb && !st && shoal_backend_host_memory(m->be);
+    if (c1 - c0 != cols || into_dev) {
+        char *to = into_dev ? *dev : *at;
+        const size_t off = shoal_dtype_row_bytes(t->type, c0);
+        if (c1 - c0 == cols) /* whole rows: one read */
+            SHOAL_TRY(shoal_gguf_read(m->g, host, to, (size_t)(r1 - r0) * lb));
+        for (int64_t r = r0; c1 - c0 != cols && m->be && r < r1; r++)
             SHOAL_TRY(shoal_gguf_read(m->g, (const char *)t->data + (size_t)r * rb + off,
-                                      *at + (size_t)(r - r0) * lb, lb));
-        *at += (size_t)(r1 - r0) * lb;
+                                      to + (size_t)(r - r0) * lb, lb));
+        host = to;
+        if (c1 - c0 != cols) *at += (size_t)(r1 - r0) * lb; /* (unused when read into dev) */
     }
     m->weight_bytes += (uint64_t)(r1 - r0) * lb;
     m->n_params += (uint64_t)(r1 - r0) * (uint64_t)(c1 - c0);
     if (!m->be) return SHOAL_OK;
-    size_t bytes = weight_block_bytes(m, t->type, r1 - r0, c1 - c0);
     if (st) { /* streamed: prepared into a layer buffer when the layer is about to run */
         *st = (struct shoal_stream_tensor){ host, t->type, r1 - r0, c1 - c0, *st_off };
         *st_off += bytes;
         return SHOAL_OK;
     }
-    shoal_status rc = shoal_weight_prepare(m->be, w, t->type, r1 - r0, c1 - c0, host,
-                                           bytes ? *dev : NULL);
+    shoal_status rc = lookup ? shoal_weight_lookup(m->be, w, t->type, r1 - r0, c1 - c0, host, bytes ? *dev : NULL)
+                             : shoal_weight_prepare(m->be, w, t->type, r1 - r0, c1 - c0, host, bytes ? *dev : NULL);
     *dev += bytes;
     if (rc != SHOAL_OK) shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
     return rc;
@@ -570,7 +580,8 @@ static shoal_status load_weights(struct shoal_model *m) {
         n_slices += slice_bytes(m, &sl[i]);
         if (shared_head && i == 1) continue;
         if (i >= n_head && per_layer) lb[(i - n_head) / per_layer] += slice_device_bytes(m, &sl[i]);
-        else n_dev += slice_device_bytes(m, &sl[i]);
+        else if (!(pt->first && i == 0 && !shared_head && m->be && shoal_backend_host_memory(m->be)))
+            n_dev += slice_device_bytes(m, &sl[i]); /* not a lookup table used in place (load_part) */
     }
     shoal_status rc = SHOAL_OK;
     float *tmp = NULL;
@@ -635,7 +646,7 @@ static shoal_status load_weights(struct shoal_model *m) {
         /* a lookup: a token reads one row, not the table; and with a tied head on this
          * rank, the head counts these parameters */
         uint64_t wb = m->weight_bytes, np = m->n_params;
-        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->tok_embd, &at, &dev, NULL, NULL), rc, done);
+        SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->tok_embd, &at, &dev, NULL, NULL, !shared_head), rc, done);
         m->weight_bytes = wb;
         if (hp->tied_output && pt->last) m->n_params = np;
     }
@@ -648,7 +659,7 @@ static shoal_status load_weights(struct shoal_model *m) {
             m->n_params += (uint64_t)m->output.rows * (uint64_t)m->output.cols;
             i++;
         } else {
-            SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->output, &at, &dev, NULL, NULL), rc, done);
+            SHOAL_TRY_GOTO(load_part(m, &sl[i++], &m->output, &at, &dev, NULL, NULL, 0), rc, done);
         }
         m->output_norm = next;
         next += hp->dim;
@@ -668,7 +679,7 @@ static shoal_status load_weights(struct shoal_model *m) {
                 m->main_type = t->type;
             if (s->rows) {
                 SHOAL_TRY_GOTO(load_part(m, s, (struct shoal_weight *)(L + lt->field), &at, &dev,
-                                         streamed ? st++ : NULL, &st_off), rc, done);
+                                         streamed ? st++ : NULL, &st_off, 0), rc, done);
             } else {
                 *(float **)(L + lt->field) = next;
                 next += s->c1 - s->c0;
