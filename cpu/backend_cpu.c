@@ -25,9 +25,10 @@ struct cpu_ctx {
     /* quantized activations for integer matmuls, grown on demand */
     void *xbuf;
     size_t xbuf_cap;
-    /* attention: per-thread scores, (n_threads, att_cap) floats */
+    /* attention: per thread att_cap floats: att_pos scores, att_pos offsets (int64), then a
+     * rounded query */
     float *att;
-    size_t att_cap;
+    size_t att_cap, att_pos;
     struct shoal_backend_i dev_iface; /* the table of shoal_cpu_params.as_device */
     struct shoal_copier *copier;      /* as_device: fetches copied while the pool computes */
 };
@@ -473,51 +474,69 @@ struct att_job {
     float scale;
 };
 
+/*
+ * With an f16 cache, queries and weights are rounded to f16 too, as llama.cpp
+ * does (its K q and V softmax products take f16 operands): the same rounding
+ * keeps greedy tokens on its path for longer.
+ */
+void shoal_cpu_att_head(const struct att_head_args *a, float (*dot)(const float *, const void *, int),
+                        void (*axpy)(float *, float, const void *, int)) {
+    float *qh = a->qh;
+    const int hd = a->head_dim, n = a->n;
+    const float *q = a->q;
+    if (a->round_f16) {
+        for (int i = 0; i < hd; i++) qh[i] = shoal_f16_to_f32(shoal_f32_to_f16(q[i]));
+        q = qh;
+    }
+    float max = -INFINITY, *scores = a->scores;
+    for (int p = 0; p < n; p++) {
+        float s = dot(q, a->kc + a->off[p], hd) * a->scale;
+        scores[p] = s;
+        if (s > max) max = s;
+    }
+    double sum = 0;
+    for (int p = 0; p < n; p++) {
+        scores[p] = expf(scores[p] - max);
+        sum += scores[p];
+    }
+    float inv = (float)(1.0 / sum);
+    memset(a->out, 0, (size_t)hd * sizeof(float));
+    for (int p = 0; p < n; p++) {
+        float w = scores[p] * inv;
+        if (a->round_f16) w = shoal_f16_to_f32(shoal_f32_to_f16(w));
+        axpy(a->out, w, a->vc + a->off[p], hd);
+    }
+}
+
 static void att_worker(void *arg, int ith, int nth) {
     const struct att_job *j = arg;
     const struct shoal_kv_desc *d = j->d;
     const struct shoal_batch *b = j->b;
+    const struct cpu_kernels *k = j->c->k;
     const int hd = d->head_dim, group = j->n_heads / d->n_kv_heads;
-    float (*dot)(const float *, const void *, int) = j->c->k->kv_dot[d->type];
-    void (*axpy)(float *, float, const void *, int) = j->c->k->kv_axpy[d->type];
-    float *scores = j->c->att + (size_t)ith * j->c->att_cap, *qh = scores + j->c->att_cap - hd;
-    /* With an f16 cache, queries and weights are rounded to f16 too, as
-     * llama.cpp does (its K q and V softmax products take f16 operands):
-     * the same rounding keeps greedy tokens on its path for longer. */
-    const int f16 = d->type == SHOAL_KV_F16;
+    /* per thread: scores, the positions' offsets in the cache, a rounded query */
+    float *scores = j->c->att + (size_t)ith * j->c->att_cap;
+    int64_t *off = (int64_t *)(scores + j->c->att_pos);
+    float *qh = scores + 3 * j->c->att_pos;
+    int t_off = -1; /* the token whose positions off holds */
     /* round robin: later tokens attend to more positions, so contiguous shares
      * would leave the last thread with most of a prompt's work */
     for (long long it = ith; it < (long long)b->n_tokens * j->n_heads; it += nth) {
         int t = (int)(it / j->n_heads), h = (int)(it % j->n_heads), kvh = h / group;
-        const float *q = j->q + ((int64_t)t * j->n_heads + h) * hd;
-        if (f16) {
-            for (int i = 0; i < hd; i++) qh[i] = shoal_f16_to_f32(shoal_f32_to_f16(q[i]));
-            q = qh;
+        const int npos = b->pos[t] + 1;
+        if (t != t_off) {
+            const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
+            for (int p = 0; p < npos; p++)
+                off[p] = ((int64_t)table[p / b->block_size] * b->block_size + p % b->block_size) *
+                         (int64_t)d->row_bytes;
+            t_off = t;
         }
-        float *o = j->out + ((int64_t)t * j->n_heads + h) * hd;
-        const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
         const size_t head_off = (size_t)kvh * d->head_bytes;
-        int npos = b->pos[t] + 1;
-        float max = -INFINITY;
-        for (int p = 0; p < npos; p++) {
-            int64_t slot = (int64_t)table[p / b->block_size] * b->block_size + p % b->block_size;
-            float s = dot(q, j->kc + slot * d->row_bytes + head_off, hd) * j->scale;
-            scores[p] = s;
-            if (s > max) max = s;
-        }
-        double sum = 0;
-        for (int p = 0; p < npos; p++) {
-            scores[p] = expf(scores[p] - max);
-            sum += scores[p];
-        }
-        float inv = (float)(1.0 / sum);
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int p = 0; p < npos; p++) {
-            int64_t slot = (int64_t)table[p / b->block_size] * b->block_size + p % b->block_size;
-            float w = scores[p] * inv;
-            if (f16) w = shoal_f16_to_f32(shoal_f32_to_f16(w));
-            axpy(o, w, j->vc + slot * d->row_bytes + head_off, hd);
-        }
+        struct att_head_args a = { j->q + ((int64_t)t * j->n_heads + h) * hd, j->kc + head_off,
+                                   j->vc + head_off, off, npos, hd, d->type == SHOAL_KV_F16, j->scale,
+                                   scores, j->out + ((int64_t)t * j->n_heads + h) * hd, qh };
+        if (k->att_head[d->type] && hd % 16 == 0) k->att_head[d->type](&a);
+        else shoal_cpu_att_head(&a, k->kv_dot[d->type], k->kv_axpy[d->type]);
     }
 }
 
@@ -536,13 +555,19 @@ static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_
                                 "its block table", t, b->pos[t], b->seq[t]);
         if (b->pos[t] > max_pos) max_pos = b->pos[t];
     }
-    size_t cap = (size_t)max_pos + 1 + (size_t)d->head_dim; /* scores, then a rounded query */
-    if (cap > c->att_cap) {
+    /* per thread: scores, the positions' offsets (2 floats each), a rounded query, each
+     * a multiple of 16 floats (64-byte aligned) */
+    size_t pos = ((size_t)max_pos + 16) / 16 * 16, qcap = ((size_t)d->head_dim + 15) / 16 * 16;
+    if (pos > c->att_pos || qcap > c->att_cap - 3 * c->att_pos) {
+        if (pos < c->att_pos) pos = c->att_pos;
+        size_t cap = 3 * pos + qcap;
         void *p = c->att;
         size_t bytes = 0;
-        SHOAL_TRY(grow(&p, &bytes, cap * sizeof(float) * (size_t)c->n_threads));
-        c->att = p;
-        c->att_cap = cap;
+        shoal_status rc = grow(&p, &bytes, cap * sizeof(float) * (size_t)c->n_threads);
+        c->att = p; /* NULL when that failed: the old block is gone either way */
+        c->att_cap = rc == SHOAL_OK ? cap : 0;
+        c->att_pos = rc == SHOAL_OK ? pos : 0;
+        SHOAL_TRY(rc);
     }
     struct att_job j = { c, out, q, n_heads, d, kc, vc, b, scale };
     shoal_pool_run(c->pool, att_worker, &j);

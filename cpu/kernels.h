@@ -44,6 +44,26 @@ struct mm_task {
 
 typedef void (*mm_fn)(const struct mm_task *t, int64_t r0, int64_t r1);
 
+/*
+ * One query head over the n cached positions of its sequence: out =
+ * softmax(scale * q.k) . v, k and v being the head's vectors at kc + off[p]
+ * and vc + off[p]; scores has room for n values. With round_f16 (an f16
+ * cache), q and the softmax weights are rounded to f16 first.
+ */
+struct att_head_args {
+    const float *q;
+    const char *kc, *vc;
+    const int64_t *off;
+    int n, head_dim, round_f16;
+    float scale;
+    float *scores, *out;
+    float *qh; /* head_dim floats of scratch (the rounded query) */
+};
+
+/* att_head with the level's kv_dot and kv_axpy: scores, softmax (sum in f64), weighted sum. */
+void shoal_cpu_att_head(const struct att_head_args *a, float (*dot)(const float *, const void *, int),
+                        void (*axpy)(float *, float, const void *, int));
+
 struct cpu_kernels {
     const char *name;
     mm_fn mm[SHOAL_DTYPE_MAX]; /* every weight type the backend computes with */
@@ -81,6 +101,8 @@ struct cpu_kernels {
      * shoal_kv_type): q . k, and o += w * v */
     float (*kv_dot[3])(const float *q, const void *k, int n);
     void (*kv_axpy[3])(float *o, float w, const void *v, int n);
+    /* optional, by KV type: what shoal_cpu_att_head does, in this level's own loop */
+    void (*att_head[3])(const struct att_head_args *a);
 };
 
 extern const struct cpu_kernels shoal_cpu_kernels_scalar;

@@ -12,6 +12,7 @@
  * block sums of x.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -587,6 +588,68 @@ static void kv_axpy_f16(float *o, float w, const void *v, int n) {
     }
 }
 
+/* 16 values of a cached head vector at i, as f32. */
+INLINE __m512 kv16(const char *p, int i, const int F16) {
+    return F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)))
+               : _mm512_loadu_ps((const float *)p + i);
+}
+
+/*
+ * shoal_cpu_att_head for head_dim % 16 == 0, in one loop: the same products
+ * in the same order as kv_dot_f32 / kv_dot_f16 and kv_axpy (so the same
+ * bits), without a call per position, with the output held in registers
+ * over the positions and the f16 rounding done by the processor.
+ */
+INLINE void att_head_any(const struct att_head_args *a, const int F16) {
+    const int hd = a->head_dim, n = a->n;
+    const float *q = a->q;
+    float *sc = a->scores;
+    if (a->round_f16) {
+        for (int i = 0; i < hd; i += 16)
+            _mm512_storeu_ps(a->qh + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q + i), _MM_FROUND_TO_NEAREST_INT)));
+        q = a->qh;
+    }
+    float max = -INFINITY;
+    for (int p = 0; p < n; p++) {
+        const char *k = a->kc + a->off[p];
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        int i = 0;
+        if (!F16) /* dot_f32's order: pairs of 16 into two sums */
+            for (; i + 32 <= hd; i += 32) {
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), kv16(k, i, 0), acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), kv16(k, i + 16, 0), acc1);
+            }
+        for (; i < hd; i += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), kv16(k, i, F16), acc0);
+        float s = (F16 ? _mm512_reduce_add_ps(acc0) : _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))) * a->scale;
+        sc[p] = s;
+        if (s > max) max = s;
+    }
+    double sum = 0;
+    for (int p = 0; p < n; p++) {
+        sc[p] = expf(sc[p] - max);
+        sum += sc[p];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int p = 0; p < n; p++) {
+        float w = sc[p] * inv;
+        sc[p] = a->round_f16 ? _cvtsh_ss(_cvtss_sh(w, _MM_FROUND_TO_NEAREST_INT)) : w;
+    }
+    for (int c = 0; c < hd; c += 128) { /* up to 8 registers of the output at a time */
+        const int m = hd - c < 128 ? (hd - c) / 16 : 8;
+        __m512 o[8];
+        for (int r = 0; r < m; r++) o[r] = _mm512_setzero_ps();
+        for (int p = 0; p < n; p++) {
+            const char *v = a->vc + a->off[p];
+            const __m512 w = _mm512_set1_ps(sc[p]);
+            for (int r = 0; r < m; r++) o[r] = _mm512_fmadd_ps(w, kv16(v, c + 16 * r, F16), o[r]);
+        }
+        for (int r = 0; r < m; r++) _mm512_storeu_ps(a->out + c + 16 * r, o[r]);
+    }
+}
+
+static void att_head_f32(const struct att_head_args *a) { att_head_any(a, 0); }
+static void att_head_f16(const struct att_head_args *a) { att_head_any(a, 1); }
+
 MM_ROW_DRIVER(f32)
 MM_ROW_DRIVER(f16)
 MM_ROW_DRIVER(bf16)
@@ -629,4 +692,5 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     .quantize_x = quantize_x,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
+    .att_head = { att_head_f32, att_head_f16, NULL },
 };
