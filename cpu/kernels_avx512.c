@@ -150,7 +150,7 @@ static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
 #define PG 16 /* rows per group */
 #define PB 544 /* bytes of one block of a group: 16 x (32 quants + 2 scale bytes) */
 #define PT 8  /* most tokens per tile; the f64 sums take twice the registers: PT64 */
-#define PT64 4
+#define PT64 6
 
 static size_t q8_packed_bytes(int64_t rows, int64_t cols) {
     return (size_t)((rows + PG - 1) / PG) * (size_t)(cols / SHOAL_QK) * PB;
@@ -212,8 +212,8 @@ static size_t packed_bytes_avx512(int type, int64_t rows, int64_t cols) {
  * One group of 16 rows x NT tokens from t0: f32 sums into y, or (EXACT) f64
  * sums into yd, for the rows of the group that mask says.
  */
-INLINE void q8p_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, __mmask16 mask, int t0,
-                     const int NT, const int EXACT) {
+INLINE void q8p_tile(const struct mm_task *t, const uint8_t *gp, const uint8_t *next, int64_t row0,
+                     __mmask16 mask, int t0, const int NT, const int EXACT) {
     const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
     __m512 acc[PT];
     __m512d lo[PT], hi[PT]; /* EXACT */
@@ -227,6 +227,8 @@ INLINE void q8p_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
     for (int64_t b = 0; b < nb; b++, xq += t->n * SHOAL_QK, xc += t->n, xd += t->n) {
         const uint8_t *q = q8p_quants(gp, b);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(gp + q8p_scale_off(b, nb))));
+        if (next) /* the next group's block, read from memory while this tile computes */
+            for (int l = 0; l < PB; l += 64) _mm_prefetch((const char *)next + b * PB + l, _MM_HINT_T0);
         __m512i p[PT];
         for (int j = 0; j < NT; j++) p[j] = _mm512_set1_epi32(xc[j]);
         /* the tokens' sums side by side, so that no product waits on the one before */
@@ -259,17 +261,18 @@ INLINE void q8p_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
 }
 
 #define Q8P_FN(nt, ex, tag)                                                                    \
-    static void q8p##tag##_##nt(const struct mm_task *t, const uint8_t *gp, int64_t row0,      \
-                                __mmask16 mask, int t0) {                                      \
-        q8p_tile(t, gp, row0, mask, t0, nt, ex);                                               \
+    static void q8p##tag##_##nt(const struct mm_task *t, const uint8_t *gp, const uint8_t *next, \
+                                int64_t row0, __mmask16 mask, int t0) {                        \
+        q8p_tile(t, gp, next, row0, mask, t0, nt, ex);                                         \
     }
 Q8P_FN(1, 0, ) Q8P_FN(2, 0, ) Q8P_FN(3, 0, ) Q8P_FN(4, 0, )
 Q8P_FN(5, 0, ) Q8P_FN(6, 0, ) Q8P_FN(7, 0, ) Q8P_FN(8, 0, )
 Q8P_FN(1, 1, _f64) Q8P_FN(2, 1, _f64) Q8P_FN(3, 1, _f64) Q8P_FN(4, 1, _f64)
-_Static_assert(PT == 8 && PT64 == 4, "the tables below list 8 and 4 tile shapes");
-typedef void (*q8p_fn)(const struct mm_task *, const uint8_t *, int64_t, __mmask16, int);
+Q8P_FN(5, 1, _f64) Q8P_FN(6, 1, _f64)
+_Static_assert(PT == 8 && PT64 == 6, "the tables below list 8 and 6 tile shapes");
+typedef void (*q8p_fn)(const struct mm_task *, const uint8_t *, const uint8_t *, int64_t, __mmask16, int);
 static const q8p_fn q8p_tiles[PT] = { q8p_1, q8p_2, q8p_3, q8p_4, q8p_5, q8p_6, q8p_7, q8p_8 };
-static const q8p_fn q8p_f64_tiles[PT64] = { q8p_f64_1, q8p_f64_2, q8p_f64_3, q8p_f64_4 };
+static const q8p_fn q8p_f64_tiles[PT64] = { q8p_f64_1, q8p_f64_2, q8p_f64_3, q8p_f64_4, q8p_f64_5, q8p_f64_6 };
 
 /*
  * Rows [r0, r1): the groups holding them, each passing every token in
@@ -282,9 +285,12 @@ INLINE void q8p_drive(const struct mm_task *t, int64_t r0, int64_t r1, const q8p
         const int64_t lo = g * PG > r0 ? g * PG : r0, hi = g * PG + PG < r1 ? g * PG + PG : r1;
         const __mmask16 mask = (__mmask16)(((1u << (hi - lo)) - 1) << (lo - g * PG));
         const uint8_t *gp = (const uint8_t *)t->w->data + (size_t)(g * nb) * PB;
+        /* with several tiles the group's weights come from memory in the first alone: the
+         * second fetches the next group's meanwhile */
+        const uint8_t *next = t->n > MAXT && (g + 1) * PG < r1 ? gp + (size_t)nb * PB : NULL;
         for (int tk = 0; tk < t->n; tk += MAXT) {
             int nt = t->n - tk < MAXT ? t->n - tk : MAXT;
-            tiles[nt - 1](t, gp, g * PG, mask, tk);
+            tiles[nt - 1](t, gp, tk == MAXT ? next : NULL, g * PG, mask, tk);
         }
     }
 }
