@@ -411,12 +411,13 @@ static shoal_status cpu_rope(void *vctx, float *x, int n_heads, int head_dim,
     return SHOAL_OK;
 }
 
-static void store_head(int type, void *dst, const float *src, int hd) {
+static void store_head(const struct cpu_kernels *k, int type, void *dst, const float *src, int hd) {
     if (type == SHOAL_KV_F32) {
         memcpy(dst, src, (size_t)hd * 4);
     } else if (type == SHOAL_KV_F16) {
         uint16_t *d = dst;
-        for (int i = 0; i < hd; i++) d[i] = shoal_f32_to_f16(src[i]);
+        if (k->to_f16) k->to_f16(src, d, hd);
+        else for (int i = 0; i < hd; i++) d[i] = shoal_f32_to_f16(src[i]);
     } else {
         float amax = 0;
         for (int i = 0; i < hd; i++) amax = fmaxf(amax, fabsf(src[i]));
@@ -428,6 +429,7 @@ static void store_head(int type, void *dst, const float *src, int hd) {
 }
 
 struct store_args {
+    const struct cpu_kernels *kern;
     const struct shoal_kv_desc *d;
     void *kc, *vc;
     const float *k, *v;
@@ -444,8 +446,8 @@ static void kv_store_rows(void *a, long long lo, long long hi) {
         int32_t slot = s->b->slot[t];
         for (int h = 0; h < d->n_kv_heads; h++) {
             size_t off = (size_t)slot * d->row_bytes + (size_t)h * d->head_bytes;
-            store_head(d->type, kc + off, k + (int64_t)t * kvd + h * d->head_dim, d->head_dim);
-            store_head(d->type, vc + off, v + (int64_t)t * kvd + h * d->head_dim, d->head_dim);
+            store_head(s->kern, d->type, kc + off, k + (int64_t)t * kvd + h * d->head_dim, d->head_dim);
+            store_head(s->kern, d->type, vc + off, v + (int64_t)t * kvd + h * d->head_dim, d->head_dim);
         }
     }
 }
@@ -456,7 +458,7 @@ static shoal_status cpu_kv_store(void *vctx, const struct shoal_kv_desc *d, void
         if (b->slot[t] < 0 || b->slot[t] >= d->n_slots)
             return shoal_errorf(SHOAL_INTERNAL, "KV slot %d outside the cache (%lld slots)",
                                 b->slot[t], (long long)d->n_slots);
-    struct store_args a = { d, kc, vc, k, v, b };
+    struct store_args a = { ((struct cpu_ctx *)vctx)->k, d, kc, vc, k, v, b };
     par_for(vctx, b->n_tokens, 4, 1, kv_store_rows, &a);
     return SHOAL_OK;
 }

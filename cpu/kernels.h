@@ -101,6 +101,8 @@ struct cpu_kernels {
      * shoal_kv_type): q . k, and o += w * v */
     float (*kv_dot[3])(const float *q, const void *k, int n);
     void (*kv_axpy[3])(float *o, float w, const void *v, int n);
+    /* optional: n floats to f16, rounded to nearest even (shoal_f32_to_f16's bits) */
+    void (*to_f16)(const float *x, uint16_t *y, int n);
     /* optional, by KV type: what shoal_cpu_att_head does, in this level's own loop */
     void (*att_head[3])(const struct att_head_args *a);
 };

@@ -653,6 +653,16 @@ INLINE void att_head_any(const struct att_head_args *a, const int F16) {
     }
 }
 
+static void to_f16(const float *x, uint16_t *y, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(y + i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(y + i, m, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i), _MM_FROUND_TO_NEAREST_INT));
+    }
+}
+
 static void att_head_f32(const struct att_head_args *a) { att_head_any(a, 0); }
 static void att_head_f16(const struct att_head_args *a) { att_head_any(a, 1); }
 
@@ -698,5 +708,6 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     .quantize_x = quantize_x,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
+    .to_f16 = to_f16,
     .att_head = { att_head_f32, att_head_f16, NULL },
 };
