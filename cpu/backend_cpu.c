@@ -25,10 +25,9 @@ struct cpu_ctx {
     /* quantized activations for integer matmuls, grown on demand */
     void *xbuf;
     size_t xbuf_cap;
-    /* attention: per thread att_cap floats: att_pos scores, att_pos offsets (int64), then a
-     * rounded query */
+    /* attention: per thread att_cap floats (att_scratch) */
     float *att;
-    size_t att_cap, att_pos;
+    size_t att_cap;
     struct shoal_backend_i dev_iface; /* the table of shoal_cpu_params.as_device */
     struct shoal_copier *copier;      /* as_device: fetches copied while the pool computes */
 };
@@ -474,6 +473,7 @@ struct att_job {
     const char *kc, *vc;
     const struct shoal_batch *b;
     float scale;
+    size_t pos; /* positions per row of scores (a multiple of 16) */
 };
 
 /*
@@ -483,31 +483,40 @@ struct att_job {
  */
 void shoal_cpu_att_head(const struct att_head_args *a, float (*dot)(const float *, const void *, int),
                         void (*axpy)(float *, float, const void *, int)) {
-    float *qh = a->qh;
     const int hd = a->head_dim, n = a->n;
-    const float *q = a->q;
-    if (a->round_f16) {
-        for (int i = 0; i < hd; i++) qh[i] = shoal_f16_to_f32(shoal_f32_to_f16(q[i]));
-        q = qh;
+    for (int g = 0; g < a->n_heads; g++) {
+        const float *q = a->q + (size_t)g * hd;
+        float *qh = a->qh + (size_t)g * hd, *scores = a->scores + (size_t)g * a->stride;
+        float *out = a->out + (size_t)g * hd;
+        if (a->round_f16) {
+            for (int i = 0; i < hd; i++) qh[i] = shoal_f16_to_f32(shoal_f32_to_f16(q[i]));
+            q = qh;
+        }
+        float max = -INFINITY;
+        for (int p = 0; p < n; p++) {
+            float s = dot(q, a->kc + a->off[p], hd) * a->scale;
+            scores[p] = s;
+            if (s > max) max = s;
+        }
+        double sum = 0;
+        for (int p = 0; p < n; p++) {
+            scores[p] = expf(scores[p] - max);
+            sum += scores[p];
+        }
+        float inv = (float)(1.0 / sum);
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int p = 0; p < n; p++) {
+            float w = scores[p] * inv;
+            if (a->round_f16) w = shoal_f16_to_f32(shoal_f32_to_f16(w));
+            axpy(out, w, a->vc + a->off[p], hd);
+        }
     }
-    float max = -INFINITY, *scores = a->scores;
-    for (int p = 0; p < n; p++) {
-        float s = dot(q, a->kc + a->off[p], hd) * a->scale;
-        scores[p] = s;
-        if (s > max) max = s;
-    }
-    double sum = 0;
-    for (int p = 0; p < n; p++) {
-        scores[p] = expf(scores[p] - max);
-        sum += scores[p];
-    }
-    float inv = (float)(1.0 / sum);
-    memset(a->out, 0, (size_t)hd * sizeof(float));
-    for (int p = 0; p < n; p++) {
-        float w = scores[p] * inv;
-        if (a->round_f16) w = shoal_f16_to_f32(shoal_f32_to_f16(w));
-        axpy(a->out, w, a->vc + a->off[p], hd);
-    }
+}
+
+/* Per thread scratch of the attention (floats, each part a multiple of 16): ATT_HEADS rows
+ * of pos scores, pos offsets (int64: 2 floats each), ATT_HEADS rounded queries. */
+static size_t att_scratch(size_t pos, int head_dim) {
+    return (size_t)ATT_HEADS * pos + 2 * pos + (size_t)ATT_HEADS * (((size_t)head_dim + 15) / 16 * 16);
 }
 
 static void att_worker(void *arg, int ith, int nth) {
@@ -516,15 +525,18 @@ static void att_worker(void *arg, int ith, int nth) {
     const struct shoal_batch *b = j->b;
     const struct cpu_kernels *k = j->c->k;
     const int hd = d->head_dim, group = j->n_heads / d->n_kv_heads;
-    /* per thread: scores, the positions' offsets in the cache, a rounded query */
+    const int per = group < ATT_HEADS ? group : ATT_HEADS, parts = (group + per - 1) / per;
     float *scores = j->c->att + (size_t)ith * j->c->att_cap;
-    int64_t *off = (int64_t *)(scores + j->c->att_pos);
-    float *qh = scores + 3 * j->c->att_pos;
+    int64_t *off = (int64_t *)(scores + (size_t)ATT_HEADS * j->pos);
+    float *qh = (float *)(off + j->pos);
     int t_off = -1; /* the token whose positions off holds */
-    /* round robin: later tokens attend to more positions, so contiguous shares
-     * would leave the last thread with most of a prompt's work */
-    for (long long it = ith; it < (long long)b->n_tokens * j->n_heads; it += nth) {
-        int t = (int)(it / j->n_heads), h = (int)(it % j->n_heads), kvh = h / group;
+    /* the query heads of a KV head together (they read the same cached vectors), in
+     * round robin: later tokens attend to more positions, so contiguous shares would
+     * leave the last thread with most of a prompt's work */
+    const long long items = (long long)b->n_tokens * d->n_kv_heads * parts;
+    for (long long it = ith; it < items; it += nth) {
+        const int t = (int)(it / (d->n_kv_heads * parts)), kvh = (int)(it / parts % d->n_kv_heads);
+        const int h0 = kvh * group + (int)(it % parts) * per, nh = per < kvh * group + group - h0 ? per : kvh * group + group - h0;
         const int npos = b->pos[t] + 1;
         if (t != t_off) {
             const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
@@ -534,9 +546,10 @@ static void att_worker(void *arg, int ith, int nth) {
             t_off = t;
         }
         const size_t head_off = (size_t)kvh * d->head_bytes;
-        struct att_head_args a = { j->q + ((int64_t)t * j->n_heads + h) * hd, j->kc + head_off,
+        struct att_head_args a = { j->q + ((int64_t)t * j->n_heads + h0) * hd, j->kc + head_off,
                                    j->vc + head_off, off, npos, hd, d->type == SHOAL_KV_F16, j->scale,
-                                   scores, j->out + ((int64_t)t * j->n_heads + h) * hd, qh };
+                                   scores, j->out + ((int64_t)t * j->n_heads + h0) * hd, qh, nh,
+                                   (int)j->pos };
         if (k->att_head[d->type] && hd % 16 == 0) k->att_head[d->type](&a);
         else shoal_cpu_att_head(&a, k->kv_dot[d->type], k->kv_axpy[d->type]);
     }
@@ -557,21 +570,16 @@ static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_
                                 "its block table", t, b->pos[t], b->seq[t]);
         if (b->pos[t] > max_pos) max_pos = b->pos[t];
     }
-    /* per thread: scores, the positions' offsets (2 floats each), a rounded query, each
-     * a multiple of 16 floats (64-byte aligned) */
-    size_t pos = ((size_t)max_pos + 16) / 16 * 16, qcap = ((size_t)d->head_dim + 15) / 16 * 16;
-    if (pos > c->att_pos || qcap > c->att_cap - 3 * c->att_pos) {
-        if (pos < c->att_pos) pos = c->att_pos;
-        size_t cap = 3 * pos + qcap;
+    const size_t pos = ((size_t)max_pos + 16) / 16 * 16, cap = att_scratch(pos, d->head_dim);
+    if (cap > c->att_cap) {
         void *p = c->att;
         size_t bytes = 0;
         shoal_status rc = grow(&p, &bytes, cap * sizeof(float) * (size_t)c->n_threads);
         c->att = p; /* NULL when that failed: the old block is gone either way */
         c->att_cap = rc == SHOAL_OK ? cap : 0;
-        c->att_pos = rc == SHOAL_OK ? pos : 0;
         SHOAL_TRY(rc);
     }
-    struct att_job j = { c, out, q, n_heads, d, kc, vc, b, scale };
+    struct att_job j = { c, out, q, n_heads, d, kc, vc, b, scale, pos };
     shoal_pool_run(c->pool, att_worker, &j);
     return SHOAL_OK;
 }

@@ -45,11 +45,15 @@ struct mm_task {
 typedef void (*mm_fn)(const struct mm_task *t, int64_t r0, int64_t r1);
 
 /*
- * One query head over the n cached positions of its sequence: out =
- * softmax(scale * q.k) . v, k and v being the head's vectors at kc + off[p]
- * and vc + off[p]; scores has room for n values. With round_f16 (an f16
- * cache), q and the softmax weights are rounded to f16 first.
+ * Query heads sharing a KV head (n_heads of them, at most ATT_HEADS) over the
+ * n cached positions of their sequence: out = softmax(scale * q.k) . v for
+ * each, k and v being the KV head's vectors at kc + off[p] and vc + off[p].
+ * Head g's query is at q + g * head_dim, its output at out + g * head_dim,
+ * its scores (room for n) at scores + g * stride; qh: n_heads * head_dim
+ * floats of scratch. With round_f16 (an f16 cache), queries and softmax
+ * weights are rounded to f16 first.
  */
+#define ATT_HEADS 8
 struct att_head_args {
     const float *q;
     const char *kc, *vc;
@@ -57,10 +61,12 @@ struct att_head_args {
     int n, head_dim, round_f16;
     float scale;
     float *scores, *out;
-    float *qh; /* head_dim floats of scratch (the rounded query) */
+    float *qh;
+    int n_heads, stride;
 };
 
-/* att_head with the level's kv_dot and kv_axpy: scores, softmax (sum in f64), weighted sum. */
+/* att_head with the level's kv_dot and kv_axpy, a head at a time: scores, softmax (sum in f64),
+ * weighted sum. */
 void shoal_cpu_att_head(const struct att_head_args *a, float (*dot)(const float *, const void *, int),
                         void (*axpy)(float *, float, const void *, int));
 

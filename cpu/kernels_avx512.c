@@ -601,55 +601,73 @@ INLINE __m512 kv16(const char *p, int i, const int F16) {
 }
 
 /*
- * shoal_cpu_att_head for head_dim % 16 == 0, in one loop: the same products
- * in the same order as kv_dot_f32 / kv_dot_f16 and kv_axpy (so the same
- * bits), without a call per position, with the output held in registers
- * over the positions and the f16 rounding done by the processor.
+ * shoal_cpu_att_head for head_dim % 16 == 0, the heads of the group
+ * together: each cached vector converted and loaded once for all of them,
+ * no call per position, the outputs held in registers over the positions,
+ * the f16 rounding done by the processor. Each head's products and sums go
+ * in the same order as kv_dot_f32 / kv_dot_f16 and kv_axpy, so the same
+ * bits as a head at a time.
  */
 INLINE void att_head_any(const struct att_head_args *a, const int F16) {
-    const int hd = a->head_dim, n = a->n;
+    const int hd = a->head_dim, n = a->n, nh = a->n_heads, nc = hd / 16;
     const float *q = a->q;
-    float *sc = a->scores;
     if (a->round_f16) {
-        for (int i = 0; i < hd; i += 16)
+        for (int i = 0; i < nh * hd; i += 16)
             _mm512_storeu_ps(a->qh + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q + i), _MM_FROUND_TO_NEAREST_INT)));
         q = a->qh;
     }
-    float max = -INFINITY;
+    float max[ATT_HEADS];
+    for (int g = 0; g < nh; g++) max[g] = -INFINITY;
     for (int p = 0; p < n; p++) {
         const char *k = a->kc + a->off[p];
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        int i = 0;
-        if (!F16) /* dot_f32's order: pairs of 16 into two sums */
-            for (; i + 32 <= hd; i += 32) {
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), kv16(k, i, 0), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), kv16(k, i + 16, 0), acc1);
+        __m512 acc0[ATT_HEADS], acc1[ATT_HEADS];
+        for (int g = 0; g < nh; g++) acc0[g] = acc1[g] = _mm512_setzero_ps();
+        for (int c = 0; c < nc; c++) {
+            const __m512 kv = kv16(k, 16 * c, F16);
+            /* dot_f32's order: pairs of 16 into two sums, an odd last 16 into the first */
+            const int second = !F16 && (c & 1);
+            for (int g = 0; g < nh; g++) {
+                const __m512 qv = _mm512_loadu_ps(q + g * hd + 16 * c);
+                if (second) acc1[g] = _mm512_fmadd_ps(qv, kv, acc1[g]);
+                else acc0[g] = _mm512_fmadd_ps(qv, kv, acc0[g]);
             }
-        for (; i < hd; i += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), kv16(k, i, F16), acc0);
-        float s = (F16 ? _mm512_reduce_add_ps(acc0) : _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))) * a->scale;
-        sc[p] = s;
-        if (s > max) max = s;
+        }
+        for (int g = 0; g < nh; g++) {
+            float s = (F16 ? _mm512_reduce_add_ps(acc0[g]) : _mm512_reduce_add_ps(_mm512_add_ps(acc0[g], acc1[g]))) *
+                      a->scale;
+            a->scores[g * a->stride + p] = s;
+            if (s > max[g]) max[g] = s;
+        }
     }
-    double sum = 0;
-    for (int p = 0; p < n; p++) {
-        sc[p] = expf(sc[p] - max);
-        sum += sc[p];
+    for (int g = 0; g < nh; g++) {
+        float *sc = a->scores + g * a->stride;
+        double sum = 0;
+        for (int p = 0; p < n; p++) {
+            sc[p] = expf(sc[p] - max[g]);
+            sum += sc[p];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int p = 0; p < n; p++) {
+            float w = sc[p] * inv;
+            sc[p] = a->round_f16 ? _cvtsh_ss(_cvtss_sh(w, _MM_FROUND_TO_NEAREST_INT)) : w;
+        }
     }
-    const float inv = (float)(1.0 / sum);
-    for (int p = 0; p < n; p++) {
-        float w = sc[p] * inv;
-        sc[p] = a->round_f16 ? _cvtsh_ss(_cvtss_sh(w, _MM_FROUND_TO_NEAREST_INT)) : w;
-    }
-    for (int c = 0; c < hd; c += 128) { /* up to 8 registers of the output at a time */
-        const int m = hd - c < 128 ? (hd - c) / 16 : 8;
-        __m512 o[8];
-        for (int r = 0; r < m; r++) o[r] = _mm512_setzero_ps();
+    /* the outputs in pieces of at most 16 registers: m vectors of each head */
+    const int m0 = 16 / nh > 0 ? 16 / nh : 1;
+    for (int c = 0; c < nc; c += m0) {
+        const int m = nc - c < m0 ? nc - c : m0;
+        __m512 o[16];
+        for (int r = 0; r < m * nh; r++) o[r] = _mm512_setzero_ps();
         for (int p = 0; p < n; p++) {
             const char *v = a->vc + a->off[p];
-            const __m512 w = _mm512_set1_ps(sc[p]);
-            for (int r = 0; r < m; r++) o[r] = _mm512_fmadd_ps(w, kv16(v, c + 16 * r, F16), o[r]);
+            for (int r = 0; r < m; r++) {
+                const __m512 vv = kv16(v, 16 * (c + r), F16);
+                for (int g = 0; g < nh; g++)
+                    o[g * m + r] = _mm512_fmadd_ps(_mm512_set1_ps(a->scores[g * a->stride + p]), vv, o[g * m + r]);
+            }
         }
-        for (int r = 0; r < m; r++) _mm512_storeu_ps(a->out + c + 16 * r, o[r]);
+        for (int g = 0; g < nh; g++)
+            for (int r = 0; r < m; r++) _mm512_storeu_ps(a->out + g * hd + 16 * (c + r), o[g * m + r]);
     }
 }
 

@@ -852,7 +852,8 @@ done:
 
 static void sweep_attention(struct ctx *c) {
     static const int hds[] = { 64, 80, 128, 256 };
-    static const int groups[][2] = { { 3, 3 }, { 8, 2 }, { 7, 1 } }; /* ratios 1, 4, 7 */
+    /* ratios 1, 4, 7 and 12 (the CPU takes at most 8 query heads of a KV head at once) */
+    static const int groups[][2] = { { 3, 3 }, { 8, 2 }, { 7, 1 }, { 24, 2 } };
     static const int ctxs[] = { 1, 17, 300, 2048 };
     /* every KV type x head dim x GQA ratio, the context, chunk and table rotating */
     for (int kv = 0; kv < 3; kv++) {
