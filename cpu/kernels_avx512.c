@@ -608,38 +608,41 @@ INLINE __m512 kv16(const char *p, int i, const int F16) {
  * in the same order as kv_dot_f32 / kv_dot_f16 and kv_axpy, so the same
  * bits as a head at a time.
  */
-INLINE void att_head_any(const struct att_head_args *a, const int F16) {
-    const int hd = a->head_dim, n = a->n, nh = a->n_heads, nc = hd / 16;
+INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16) {
+    const int hd = a->head_dim, n = a->n, nc = hd / 16;
     const float *q = a->q;
     if (a->round_f16) {
-        for (int i = 0; i < nh * hd; i += 16)
+        for (int i = 0; i < NH * hd; i += 16)
             _mm512_storeu_ps(a->qh + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q + i), _MM_FROUND_TO_NEAREST_INT)));
         q = a->qh;
     }
     float max[ATT_HEADS];
-    for (int g = 0; g < nh; g++) max[g] = -INFINITY;
+    for (int g = 0; g < NH; g++) max[g] = -INFINITY;
     for (int p = 0; p < n; p++) {
         const char *k = a->kc + a->off[p];
         __m512 acc0[ATT_HEADS], acc1[ATT_HEADS];
-        for (int g = 0; g < nh; g++) acc0[g] = acc1[g] = _mm512_setzero_ps();
-        for (int c = 0; c < nc; c++) {
-            const __m512 kv = kv16(k, 16 * c, F16);
-            /* dot_f32's order: pairs of 16 into two sums, an odd last 16 into the first */
-            const int second = !F16 && (c & 1);
-            for (int g = 0; g < nh; g++) {
-                const __m512 qv = _mm512_loadu_ps(q + g * hd + 16 * c);
-                if (second) acc1[g] = _mm512_fmadd_ps(qv, kv, acc1[g]);
-                else acc0[g] = _mm512_fmadd_ps(qv, kv, acc0[g]);
+        for (int g = 0; g < NH; g++) acc0[g] = acc1[g] = _mm512_setzero_ps();
+        int c = 0;
+        if (!F16) /* dot_f32's order: pairs of 16 into two sums, an odd last 16 into the first */
+            for (; c + 2 <= nc; c += 2) {
+                const __m512 k0 = kv16(k, 16 * c, 0), k1 = kv16(k, 16 * c + 16, 0);
+                for (int g = 0; g < NH; g++) {
+                    acc0[g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * hd + 16 * c), k0, acc0[g]);
+                    acc1[g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * hd + 16 * c + 16), k1, acc1[g]);
+                }
             }
+        for (; c < nc; c++) {
+            const __m512 kv = kv16(k, 16 * c, F16);
+            for (int g = 0; g < NH; g++) acc0[g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * hd + 16 * c), kv, acc0[g]);
         }
-        for (int g = 0; g < nh; g++) {
+        for (int g = 0; g < NH; g++) {
             float s = (F16 ? _mm512_reduce_add_ps(acc0[g]) : _mm512_reduce_add_ps(_mm512_add_ps(acc0[g], acc1[g]))) *
                       a->scale;
             a->scores[g * a->stride + p] = s;
             if (s > max[g]) max[g] = s;
         }
     }
-    for (int g = 0; g < nh; g++) {
+    for (int g = 0; g < NH; g++) {
         float *sc = a->scores + g * a->stride;
         double sum = 0;
         for (int p = 0; p < n; p++) {
@@ -652,24 +655,44 @@ INLINE void att_head_any(const struct att_head_args *a, const int F16) {
             sc[p] = a->round_f16 ? _cvtsh_ss(_cvtss_sh(w, _MM_FROUND_TO_NEAREST_INT)) : w;
         }
     }
-    /* the outputs in pieces of at most 16 registers: m vectors of each head */
-    const int m0 = 16 / nh > 0 ? 16 / nh : 1;
-    for (int c = 0; c < nc; c += m0) {
-        const int m = nc - c < m0 ? nc - c : m0;
-        __m512 o[16];
-        for (int r = 0; r < m * nh; r++) o[r] = _mm512_setzero_ps();
+    /* the outputs M vectors of each head at a time (at most 16 registers) */
+    const int M = 16 / NH;
+    for (int c = 0; c < nc; c += M) {
+        __m512 o[ATT_HEADS][16]; /* [NH][M] used */
+        for (int g = 0; g < NH; g++)
+            for (int r = 0; r < M; r++) o[g][r] = _mm512_setzero_ps();
         for (int p = 0; p < n; p++) {
             const char *v = a->vc + a->off[p];
-            for (int r = 0; r < m; r++) {
+            __m512 w[ATT_HEADS];
+            for (int g = 0; g < NH; g++) w[g] = _mm512_set1_ps(a->scores[g * a->stride + p]);
+            for (int r = 0; r < M; r++) {
+                if (c + r >= nc) break;
                 const __m512 vv = kv16(v, 16 * (c + r), F16);
-                for (int g = 0; g < nh; g++)
-                    o[g * m + r] = _mm512_fmadd_ps(_mm512_set1_ps(a->scores[g * a->stride + p]), vv, o[g * m + r]);
+                for (int g = 0; g < NH; g++) o[g][r] = _mm512_fmadd_ps(w[g], vv, o[g][r]);
             }
         }
-        for (int g = 0; g < nh; g++)
-            for (int r = 0; r < m; r++) _mm512_storeu_ps(a->out + g * hd + 16 * (c + r), o[g * m + r]);
+        for (int g = 0; g < NH; g++)
+            for (int r = 0; r < M && c + r < nc; r++) _mm512_storeu_ps(a->out + g * hd + 16 * (c + r), o[g][r]);
     }
 }
+
+/* One function per head count, so that each keeps its sums in registers. */
+#define ATT_FNS(kv, F16)                                                                       \
+    static void att_##kv##_1(const struct att_head_args *a) { att_heads(a, 1, F16); }           \
+    static void att_##kv##_2(const struct att_head_args *a) { att_heads(a, 2, F16); }           \
+    static void att_##kv##_3(const struct att_head_args *a) { att_heads(a, 3, F16); }           \
+    static void att_##kv##_4(const struct att_head_args *a) { att_heads(a, 4, F16); }           \
+    static void att_##kv##_5(const struct att_head_args *a) { att_heads(a, 5, F16); }           \
+    static void att_##kv##_6(const struct att_head_args *a) { att_heads(a, 6, F16); }           \
+    static void att_##kv##_7(const struct att_head_args *a) { att_heads(a, 7, F16); }           \
+    static void att_##kv##_8(const struct att_head_args *a) { att_heads(a, 8, F16); }           \
+    static void (*const att_##kv[ATT_HEADS])(const struct att_head_args *) = {                 \
+        att_##kv##_1, att_##kv##_2, att_##kv##_3, att_##kv##_4,                                 \
+        att_##kv##_5, att_##kv##_6, att_##kv##_7, att_##kv##_8,                                 \
+    };
+_Static_assert(ATT_HEADS == 8, "ATT_FNS lists 8 head counts");
+ATT_FNS(f32, 0)
+ATT_FNS(f16, 1)
 
 static void to_f16(const float *x, uint16_t *y, int n) {
     int i = 0;
@@ -681,8 +704,8 @@ static void to_f16(const float *x, uint16_t *y, int n) {
     }
 }
 
-static void att_head_f32(const struct att_head_args *a) { att_head_any(a, 0); }
-static void att_head_f16(const struct att_head_args *a) { att_head_any(a, 1); }
+static void att_head_f32(const struct att_head_args *a) { att_f32[a->n_heads - 1](a); }
+static void att_head_f16(const struct att_head_args *a) { att_f16[a->n_heads - 1](a); }
 
 MM_ROW_DRIVER(f32)
 MM_ROW_DRIVER(f16)
