@@ -151,10 +151,12 @@ def compare(a: dict, b: dict, atol: float, rtol: float, positions: set | None = 
                 ok = False
 
     print(f"compared {len(common)} positions ({_fmt_list(common)}), vocab {a[common[0]][1].size}", file=out)
-    p, i, x, y = max_abs_at
-    print(f"max abs diff {max_abs:.6e} at pos {p} index {i} ({na} {x:e}, {nb} {y:e})", file=out)
-    p, i, x, y = max_rel_at
-    print(f"max rel diff {max_rel:.6e} at pos {p} index {i} ({na} {x:e}, {nb} {y:e})", file=out)
+    if max_abs_at is not None:  # None: every position was refused above (non-finite, sizes)
+        p, i, x, y = max_abs_at
+        print(f"max abs diff {max_abs:.6e} at pos {p} index {i} ({na} {x:e}, {nb} {y:e})", file=out)
+    if max_rel_at is not None:
+        p, i, x, y = max_rel_at
+        print(f"max rel diff {max_rel:.6e} at pos {p} index {i} ({na} {x:e}, {nb} {y:e})", file=out)
     if n_bad:
         p, i, x, y = worst_at
         print(f"FAIL: {n_bad} values beyond atol {atol:g} + rtol {rtol:g}*|{nb}|; worst at pos {p} "
