@@ -600,35 +600,41 @@ INLINE __m512 kv16(const char *p, int i, const int F16) {
                : _mm512_loadu_ps((const float *)p + i);
 }
 
-/* Sixteen horizontal sums at once: lane i of the result is the sum of v[i]'s lanes. */
+/*
+ * Sixteen horizontal sums at once, each added in the order of
+ * _mm512_reduce_add_ps (lane i with i + 8, then + 4, + 2, + 1), so each the
+ * same bits as that would give it alone. Lane 4c + j of the result holds the
+ * sum of v[c + 4j] (HSUM_LANE).
+ */
+#define HSUM_LANE(i) (4 * ((i) % 4) + (i) / 4)
 INLINE __m512 hsum16(const __m512 v[16]) {
-    __m512 u[8], w[4];
-    for (int k = 0; k < 8; k++) /* per 128 bits: a0+a2, b0+b2, a1+a3, b1+b3 */
-        u[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
-    for (int m = 0; m < 4; m++) { /* per 128 bits: the four vectors' partial sums */
-        __m512d x = _mm512_castps_pd(u[2 * m]), y = _mm512_castps_pd(u[2 * m + 1]);
-        w[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    __m512 c[8], e[4], g[2];
+    for (int k = 0; k < 8; k++) /* lanes 0-7: v[2k]'s x[i] + x[i + 8]; lanes 8-15: v[2k + 1]'s */
+        c[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int m = 0; m < 4; m++) /* 128-bit chunk j: v[4m + j]'s four sums of + 4 */
+        e[m] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * m], c[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(c[2 * m], c[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int n = 0; n < 2; n++) { /* chunk j: v[8n + j]'s two sums of + 2, then v[8n + 4 + j]'s */
+        __m512d x = _mm512_castps_pd(e[2 * n]), y = _mm512_castps_pd(e[2 * n + 1]);
+        g[n] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
     }
-    /* then across the four 128-bit lanes */
-    __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                               _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                               _mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_ps(g[0], g[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(g[0], g[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 /*
  * shoal_cpu_att_head for head_dim % 16 == 0, the heads of the group
  * together: each cached vector converted and loaded once for all of them,
- * no call per position, the scores of 16 / NH positions x NH heads summed
+ * no call per position, the scores of several positions x heads summed
  * across their lanes at once (hsum16), the outputs held in registers over
- * the positions, the f16 rounding done by the processor. A score's sum
- * depends only on its head's and position's place in those 16 (the same
- * for every token, batch and layout), not on what else is computed.
+ * the positions, the f16 rounding done by the processor. Each head's
+ * products and sums go in the same order as kv_dot_f32 / kv_dot_f16 and
+ * kv_axpy, so the same bits as a head at a time.
  */
 INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16) {
-    const int hd = a->head_dim, n = a->n, nc = hd / 16, P = 16 / NH;
+    /* positions per round: 16 sums (f32: 8, kept in two halves as dot_f32 does) */
+    const int hd = a->head_dim, n = a->n, nc = hd / 16, P = (F16 ? 16 : 8) / NH;
     const float *q = a->q;
     if (a->round_f16) {
         for (int i = 0; i < NH * hd; i += 16)
@@ -638,21 +644,34 @@ INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16
     float max[ATT_HEADS];
     for (int g = 0; g < NH; g++) max[g] = -INFINITY;
     for (int p0 = 0; p0 < n; p0 += P) {
-        __m512 acc[16]; /* slot pp * NH + g: position p0 + pp, head g */
-        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        __m512 acc0[16], acc1[8]; /* slot pp * NH + g: position p0 + pp, head g */
+        for (int i = 0; i < 16; i++) acc0[i] = _mm512_setzero_ps();
+        for (int i = 0; i < 8; i++) acc1[i] = _mm512_setzero_ps();
         for (int pp = 0; pp < P && p0 + pp < n; pp++) {
             const char *k = a->kc + a->off[p0 + pp];
-            for (int c = 0; c < nc; c++) {
+            int c = 0;
+            if (!F16) /* dot_f32's order: pairs of 16 into two sums, an odd last 16 into the first */
+                for (; c + 2 <= nc; c += 2) {
+                    const __m512 k0 = kv16(k, 16 * c, 0), k1 = kv16(k, 16 * c + 16, 0);
+                    for (int g = 0; g < NH; g++) {
+                        const int i = pp * NH + g;
+                        acc0[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * hd + 16 * c), k0, acc0[i]);
+                        acc1[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * hd + 16 * c + 16), k1, acc1[i]);
+                    }
+                }
+            for (; c < nc; c++) {
                 const __m512 kv = kv16(k, 16 * c, F16);
                 for (int g = 0; g < NH; g++)
-                    acc[pp * NH + g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * hd + 16 * c), kv, acc[pp * NH + g]);
+                    acc0[pp * NH + g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * hd + 16 * c), kv, acc0[pp * NH + g]);
             }
         }
+        if (!F16)
+            for (int i = 0; i < 8; i++) acc0[i] = _mm512_add_ps(acc0[i], acc1[i]);
         float sums[16];
-        _mm512_storeu_ps(sums, _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(a->scale)));
+        _mm512_storeu_ps(sums, hsum16(acc0));
         for (int pp = 0; pp < P && p0 + pp < n; pp++)
             for (int g = 0; g < NH; g++) {
-                const float s = sums[pp * NH + g];
+                const float s = sums[HSUM_LANE(pp * NH + g)] * a->scale;
                 a->scores[g * a->stride + p0 + pp] = s;
                 if (s > max[g]) max[g] = s;
             }

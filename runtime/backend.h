@@ -155,8 +155,9 @@ void shoal_weight_release(struct shoal_backend *b, struct shoal_weight *w);
 /*
  * For weights whose device image is copied in later (offload): whether the
  * backend's image may differ from the file's bytes (CUDA repacks, and the
- * CPU its Q8_0 where AVX-512 kernels run), the image made on the host (shoal_weight_bytes of dst), and a weight
- * bound to an image at dev (device memory) without copying anything.
+ * CPU its Q8_0 where AVX-512 kernels run), the image made on the host
+ * (shoal_weight_bytes of dst), and a weight bound to an image at dev
+ * (device memory) without copying anything.
  */
 int shoal_backend_packs_weights(const struct shoal_backend *b);
 /*

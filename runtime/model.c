@@ -360,7 +360,10 @@ static size_t slice_device_bytes(const struct shoal_model *m, const struct shoal
 /*
  * A matrix slice. Rows of all the columns are used in place; a column slice
  * of a whole GGUF is read from the file into the model's slice block at *at
- * (advanced). A check (no backend) only validates.
+ * (advanced); where the backend's memory is the host's and it copies the
+ * weight anyway (packs it), the rows are read straight into the weight's
+ * place at *dev instead. lookup: a table only embedding reads
+ * (shoal_weight_lookup). A check (no backend) only validates.
  */
 static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s,
                               struct shoal_weight *w, char **at, char **dev,
