@@ -115,12 +115,46 @@ static size_t dev_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) 
     return p ? p : (size_t)rows * shoal_dtype_row_bytes(type, cols);
 }
 
-/* A weight's image in dst (src may be dst): packed, or its bytes. */
+struct pack_job {
+    const struct cpu_ctx *c;
+    int type;
+    int64_t rows, cols;
+    const char *src;
+    char *dst;
+    int failed; /* set (atomically) by a thread whose part failed */
+};
+
+static void pack_worker(void *arg, int ith, int nth) {
+    struct pack_job *j = arg;
+    const int64_t pr = j->c->k->pack_rows;
+    long long lo, hi;
+    shoal_pool_share((j->rows + pr - 1) / pr, ith, nth, 1, &lo, &hi);
+    const int64_t r0 = lo * pr, r1 = hi * pr < j->rows ? hi * pr : j->rows;
+    if (r0 >= r1) return;
+    size_t at = j->c->k->packed_bytes(j->type, r0, j->cols);
+    if (j->c->k->pack(j->type, r1 - r0, j->cols, j->src + (size_t)r0 * shoal_dtype_row_bytes(j->type, j->cols),
+                      j->dst + at) != SHOAL_OK)
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+}
+
+/*
+ * A weight's image in dst (src may be dst): packed, or its bytes. Packing
+ * runs on the pool (the calling thread must be the one that runs the ops:
+ * load time, or between ops).
+ */
 static shoal_status weight_image(const struct cpu_ctx *c, int type, int64_t rows, int64_t cols,
                                  const void *src, void *dst) {
-    if (packed_bytes(c, type, rows, cols)) return c->k->pack(type, rows, cols, src, dst);
-    if (src != dst) memcpy(dst, src, (size_t)rows * shoal_dtype_row_bytes(type, cols));
-    return SHOAL_OK;
+    const size_t pb = packed_bytes(c, type, rows, cols);
+    if (!pb) {
+        if (src != dst) memcpy(dst, src, (size_t)rows * shoal_dtype_row_bytes(type, cols));
+        return SHOAL_OK;
+    }
+    if (pb < (1u << 20) || c->n_threads == 1) return c->k->pack(type, rows, cols, src, dst);
+    struct pack_job j = { c, type, rows, cols, src, dst, 0 };
+    shoal_pool_run(c->pool, pack_worker, &j);
+    return j.failed ? shoal_errorf(SHOAL_NOMEM, "out of memory packing a %s weight of %lld x %lld",
+                                   shoal_dtype_name(type), (long long)rows, (long long)cols)
+                    : SHOAL_OK;
 }
 
 static shoal_status dev_weight_prepare(void *ctx, struct shoal_weight *w, const void *host,

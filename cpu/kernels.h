@@ -91,6 +91,9 @@ struct cpu_kernels {
      */
     size_t (*packed_bytes)(int type, int64_t rows, int64_t cols);
     shoal_status (*pack)(int type, int64_t rows, int64_t cols, const void *src, void *dst);
+    /* rows packed together: rows [r0, r1), r0 a multiple of it, pack on their own to the
+     * image's bytes from packed_bytes(r0 rows) on (so threads may pack parts) */
+    int pack_rows;
     void (*unpack_row)(const struct shoal_weight *w, int64_t row, float *y);
     /*
      * For Q4_0 and Q4_1 weights, whether xq is grouped: in each full group of four

@@ -777,6 +777,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     },
     .packed_bytes = packed_bytes_avx512,
     .pack = pack_avx512,
+    .pack_rows = PG,
     .unpack_row = unpack_avx512_row,
     .q4_grouped = 1,
     .q4_lane_vectors = 1,
