@@ -5,7 +5,7 @@
  * "Device" memory is host memory here, and weights are used in place (the
  * mmapped GGUF), so preparing a weight copies nothing, but for the types the
  * SIMD level packs in a layout of its own (AVX-512: Q8_0). Matmuls split rows
- * over the thread pool; attention splits (token, head) pairs. The kernels of
+ * over the thread pool; attention splits (token, KV head) pairs. The kernels of
  * the chosen SIMD level do the arithmetic (kernels_*.c).
  */
 #define _GNU_SOURCE
