@@ -75,6 +75,23 @@ static int is_quant(int type) {
     return type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
 }
 
+/* A weight of type, rows x cols, its values uniform in [-scale, scale) drawn row by row: *out
+ * (the rows' bytes, one spare; free it), or NULL on failure. */
+static shoal_status random_weight(struct ctx *c, int type, int rows, int cols, float scale, uint8_t **out) {
+    const size_t rb = shoal_dtype_row_bytes(type, cols);
+    float *row = calloc((size_t)cols + 1, sizeof *row);
+    uint8_t *q = calloc((size_t)rows * rb + 1, 1);
+    shoal_status rc = row && q ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of host memory");
+    for (int r = 0; r < rows && rc == SHOAL_OK; r++) {
+        fill(c, row, cols, scale);
+        rc = shoal_quantize_row(type, row, q + (size_t)r * rb, cols);
+    }
+    free(row);
+    if (rc != SHOAL_OK) free(q), q = NULL;
+    *out = q;
+    return rc;
+}
+
 /* Host allocation inside a case: zeroed (one spare element, so never of 0
  * bytes), and a jump to its cleanup when it fails. */
 #define HALLOC(p, count)                                                                       \
@@ -309,7 +326,7 @@ static void mm_case(struct ctx *c, int kind, int k, const int *type, const int *
     if (!begin(c, ops[kind], shoal_dtype_name(type[0]), "%s", shape)) return;
     shoal_status rc = SHOAL_OK;
     const size_t osz = kind == MM_F64 ? sizeof(double) : sizeof(float);
-    float *x = NULL, *row = NULL;
+    float *x = NULL;
     uint8_t *wq[SHOAL_MATMUL_MAX] = { 0 };
     char *got[SHOAL_MATMUL_MAX] = { 0 }, *want[SHOAL_MATMUL_MAX] = { 0 };
     double *el = NULL;
@@ -320,19 +337,13 @@ static void mm_case(struct ctx *c, int kind, int k, const int *type, const int *
     int max_rows = 0;
 
     HALLOC(x, (size_t)n * cols);
-    HALLOC(row, cols);
     fill(c, x, (size_t)n * cols, 1.0f);
     for (int t = 0; t < n; t++)
         for (int o = 0; o < 1 + (cols >= 256); o++)
             x[(size_t)t * cols + below(c, cols)] = uni(c) < 0 ? -50.0f : 50.0f;
     SHOAL_TRY_GOTO(dev2_put(c, &dx, x, sizeof(float) * (size_t)n * cols), rc, done);
     for (int i = 0; i < k; i++) {
-        const size_t rb = shoal_dtype_row_bytes(type[i], cols);
-        HALLOC(wq[i], (size_t)rows[i] * rb);
-        for (int r = 0; r < rows[i]; r++) {
-            fill(c, row, cols, 1.0f);
-            SHOAL_TRY_GOTO(shoal_quantize_row(type[i], row, wq[i] + (size_t)r * rb, cols), rc, done);
-        }
+        SHOAL_TRY_GOTO(random_weight(c, type[i], rows[i], cols, 1.0f, &wq[i]), rc, done);
         for (int b = 0; b < 2; b++)
             SHOAL_TRY_GOTO(shoal_weight_prepare(c->be[b], &w[b][i], type[i], rows[i], cols, wq[i],
                                                 NULL), rc, done);
@@ -378,7 +389,7 @@ done:
         free(wq[i]), free(got[i]), free(want[i]);
     }
     dev2_free(c, &dx);
-    free(x), free(row), free(el);
+    free(x), free(el);
 }
 
 static const int all_types[] = { SHOAL_DTYPE_F32,  SHOAL_DTYPE_F16,  SHOAL_DTYPE_BF16,
@@ -454,8 +465,7 @@ static void embed_case(struct ctx *c, int type, int vocab, int cols, int n, int 
     if (!begin(c, "embed", shoal_dtype_name(type), "%dx%d n=%d%s", vocab, cols, n, lookup ? " lookup" : ""))
         return;
     shoal_status rc = SHOAL_OK;
-    const size_t rb = shoal_dtype_row_bytes(type, cols);
-    float *row = NULL, *got = NULL, *want = NULL;
+    float *got = NULL, *want = NULL;
     uint8_t *tab = NULL;
     int32_t *ids = NULL, *pos = NULL, *zero = NULL;
     struct shoal_weight w[2];
@@ -463,17 +473,12 @@ static void embed_case(struct ctx *c, int type, int vocab, int cols, int n, int 
     struct dev2 dy = { { 0 } };
     struct stats st = { 0 };
 
-    HALLOC(row, cols);
-    HALLOC(tab, (size_t)vocab * rb);
     HALLOC(ids, n);
     HALLOC(pos, n);
     HALLOC(zero, n);
     HALLOC(got, (size_t)n * cols);
     HALLOC(want, (size_t)n * cols);
-    for (int r = 0; r < vocab; r++) {
-        fill(c, row, cols, 2.0f);
-        SHOAL_TRY_GOTO(shoal_quantize_row(type, row, tab + (size_t)r * rb, cols), rc, done);
-    }
+    SHOAL_TRY_GOTO(random_weight(c, type, vocab, cols, 2.0f, &tab), rc, done);
     for (int t = 0; t < n; t++) {
         ids[t] = t == 0 ? 0 : t == 1 ? vocab - 1 : below(c, vocab);
         pos[t] = t;
@@ -513,7 +518,7 @@ done:
     for (int b = 0; b < 2; b++)
         if (w[b].data || w[b].owned) shoal_weight_release(c->be[b], &w[b]);
     dev2_free(c, &dy);
-    free(row), free(tab), free(ids), free(pos), free(zero), free(got), free(want);
+    free(tab), free(ids), free(pos), free(zero), free(got), free(want);
 }
 
 static void sweep_embed(struct ctx *c) {
@@ -995,21 +1000,17 @@ static void pack_case(struct ctx *c, int type, int rows, int cols, int n) {
     const size_t rb = shoal_dtype_row_bytes(type, cols);
     size_t bytes = shoal_weight_bytes(be, type, rows, cols);
     if (!bytes) bytes = (size_t)rows * rb; /* used in place: the image is the bytes themselves */
-    float *w = NULL, *x = NULL, *got = NULL, *want = NULL;
+    float *x = NULL, *got = NULL, *want = NULL;
     uint8_t *wq = NULL, *img = NULL;
     void *dev = NULL, *dx = NULL, *dy = NULL;
     struct shoal_weight wp = { 0 }, wb = { 0 };
     struct stats st = { 0 };
     uint64_t ticket = 0;
-    HALLOC(w, (size_t)rows * cols);
     HALLOC(x, (size_t)n * cols);
     HALLOC(got, (size_t)n * rows);
     HALLOC(want, (size_t)n * rows);
-    HALLOC(wq, (size_t)rows * rb);
-    fill(c, w, (size_t)rows * cols, 1.0f);
+    SHOAL_TRY_GOTO(random_weight(c, type, rows, cols, 1.0f, &wq), rc, done);
     fill(c, x, (size_t)n * cols, 1.0f);
-    for (int r = 0; r < rows; r++)
-        SHOAL_TRY_GOTO(shoal_quantize_row(type, w + (size_t)r * cols, wq + (size_t)r * rb, cols), rc, done);
     SHOAL_TRY_GOTO(shoal_backend_host_alloc(be, bytes, (void **)&img), rc, done);
     SHOAL_TRY_GOTO(shoal_weight_pack(be, type, rows, cols, wq, img), rc, done);
     SHOAL_TRY_GOTO(shoal_backend_alloc(be, bytes, &dev), rc, done);
@@ -1037,7 +1038,7 @@ done:
     shoal_backend_free(be, dx);
     shoal_backend_free(be, dy);
     shoal_backend_host_free(be, img);
-    free(w), free(x), free(got), free(want), free(wq);
+    free(x), free(got), free(want), free(wq);
 }
 
 static void sweep_pack(struct ctx *c) {
@@ -1059,22 +1060,18 @@ static void batch_case(struct ctx *c, int type, int rows, int cols, int n, int f
     if (!begin(c, f64 ? "batch_f64" : "batch", shoal_dtype_name(type), "%dx%d n=%d", rows, cols, n)) return;
     shoal_status rc = SHOAL_OK;
     struct shoal_backend *be = c->be[0];
-    const size_t rb = shoal_dtype_row_bytes(type, cols), es = f64 ? sizeof(double) : sizeof(float);
-    float *w = NULL, *x = NULL;
+    const size_t es = f64 ? sizeof(double) : sizeof(float);
+    float *x = NULL;
     char *got = NULL, *want = NULL;
     uint8_t *wq = NULL;
     void *dx = NULL, *dy = NULL;
     struct shoal_weight wp = { 0 };
     struct stats st = { 0 };
-    HALLOC(w, (size_t)rows * cols);
     HALLOC(x, (size_t)n * cols);
     HALLOC(got, (size_t)n * rows * es);
     HALLOC(want, (size_t)n * rows * es);
-    HALLOC(wq, (size_t)rows * rb);
-    fill(c, w, (size_t)rows * cols, 1.0f);
+    SHOAL_TRY_GOTO(random_weight(c, type, rows, cols, 1.0f, &wq), rc, done);
     fill(c, x, (size_t)n * cols, 1.0f);
-    for (int r = 0; r < rows; r++)
-        SHOAL_TRY_GOTO(shoal_quantize_row(type, w + (size_t)r * cols, wq + (size_t)r * rb, cols), rc, done);
     SHOAL_TRY_GOTO(shoal_weight_prepare(be, &wp, type, rows, cols, wq, NULL), rc, done);
     SHOAL_TRY_GOTO(shoal_backend_alloc(be, sizeof(float) * (size_t)n * cols, &dx), rc, done);
     SHOAL_TRY_GOTO(shoal_backend_alloc(be, es * (size_t)n * rows, &dy), rc, done);
@@ -1095,7 +1092,7 @@ done:
     shoal_weight_release(be, &wp);
     shoal_backend_free(be, dx);
     shoal_backend_free(be, dy);
-    free(w), free(x), free(got), free(want), free(wq);
+    free(x), free(got), free(want), free(wq);
 }
 
 static void sweep_batch(struct ctx *c) {
