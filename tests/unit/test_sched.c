@@ -97,20 +97,27 @@ static void generate_alone(struct fixture *f) {
     }
 }
 
+/* A state (f32 cache) and a scheduler on it, or 0 (the failure reported, nothing left open). */
+static int open_sched(struct fixture *f, int n_ctx, int n_batch, int max_seqs, int chunk,
+                      struct shoal_state **s, struct shoal_sched **sc) {
+    struct shoal_state_params sp = { .n_ctx = n_ctx, .n_batch = n_batch, .n_outputs = max_seqs,
+                                     .kv_type = SHOAL_KV_F32 };
+    struct shoal_sched_params pp = { .block_size = 16, .max_seqs = max_seqs, .chunk = chunk };
+    *s = NULL, *sc = NULL;
+    CHECK_OK(shoal_state_create(s, f->m, &sp));
+    if (*s) CHECK_OK(shoal_sched_create(sc, *s, &pp));
+    if (*sc) return 1;
+    shoal_state_destroy(*s);
+    *s = NULL;
+    return 0;
+}
+
 /* All prompts through the scheduler; each must give its tokens alone. */
 static void run_batched(struct fixture *f, const char *what, int n_ctx, int max_seqs, int chunk, int n_batch,
                         int cancel, uint64_t *preempted) {
-    struct shoal_state *s = NULL;
-    struct shoal_state_params sp = { .n_ctx = n_ctx, .n_batch = n_batch, .n_outputs = max_seqs,
-                                     .kv_type = SHOAL_KV_F32 };
-    CHECK_OK(shoal_state_create(&s, f->m, &sp));
-    struct shoal_sched *sc = NULL;
-    struct shoal_sched_params pp = { .block_size = 16, .max_seqs = max_seqs, .chunk = chunk };
-    if (s) CHECK_OK(shoal_sched_create(&sc, s, &pp));
-    if (!sc) {
-        shoal_state_destroy(s);
-        return;
-    }
+    struct shoal_state *s;
+    struct shoal_sched *sc;
+    if (!open_sched(f, n_ctx, n_batch, max_seqs, chunk, &s, &sc)) return;
     struct out got[N_SEQ];
     memset(got, 0, sizeof got);
     uint64_t ids[N_SEQ] = { 0 };
@@ -163,16 +170,9 @@ static void run_batched(struct fixture *f, const char *what, int n_ctx, int max_
  * one its next token.
  */
 static void no_stall(struct fixture *f) {
-    struct shoal_state *s = NULL;
-    struct shoal_state_params sp = { .n_ctx = 1024, .n_batch = 32, .n_outputs = 2, .kv_type = SHOAL_KV_F32 };
-    CHECK_OK(shoal_state_create(&s, f->m, &sp));
-    struct shoal_sched *sc = NULL;
-    struct shoal_sched_params pp = { .block_size = 16, .max_seqs = 2, .chunk = 16 };
-    if (s) CHECK_OK(shoal_sched_create(&sc, s, &pp));
-    if (!sc) {
-        shoal_state_destroy(s);
-        return;
-    }
+    struct shoal_state *s;
+    struct shoal_sched *sc;
+    if (!open_sched(f, 1024, 32, 2, 16, &s, &sc)) return;
     struct shoal_sampler_params p = greedy();
     struct out a = { 0 }, b = { 0 };
     struct shoal_seq_cb ca = { on_token, on_end, &a }, cb = { on_token, on_end, &b };
