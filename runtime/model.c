@@ -357,6 +357,11 @@ static size_t slice_device_bytes(const struct shoal_model *m, const struct shoal
     return weight_block_bytes(m, t->type, s->r1 - s->r0, s->c1 - s->c0);
 }
 
+/* Whether a lookup table (load_part's lookup) stays in host memory as the file's rows. */
+static int lookup_in_place(const struct shoal_model *m, int lookup) {
+    return lookup && m->be && shoal_backend_host_memory(m->be);
+}
+
 /*
  * A matrix slice. Rows of all the columns are used in place; a column slice
  * of a whole GGUF is read from the file into the model's slice block at *at
@@ -385,8 +390,7 @@ static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s
     const int64_t r0 = s->r0, r1 = s->r1, c0 = s->c0, c1 = s->c1, cols = m->hp.sharded ? c1 - c0 : s->cols;
     size_t rb = shoal_dtype_row_bytes(t->type, cols), lb = shoal_dtype_row_bytes(t->type, c1 - c0);
     const char *host = (const char *)t->data + (m->hp.sharded ? 0 : (size_t)r0 * rb);
-    const int in_place = lookup && m->be && shoal_backend_host_memory(m->be);
-    const size_t bytes = m->be && !in_place ? weight_block_bytes(m, t->type, r1 - r0, c1 - c0) : 0;
+    const size_t bytes = m->be && !lookup_in_place(m, lookup) ? weight_block_bytes(m, t->type, r1 - r0, c1 - c0) : 0;
     /*
      * A backend whose memory is the host's and that still copies the weight (a CPU
      * level packing it): the rows are read from the file into the weight's place and
@@ -583,8 +587,8 @@ static shoal_status load_weights(struct shoal_model *m) {
         n_slices += slice_bytes(m, &sl[i]);
         if (shared_head && i == 1) continue;
         if (i >= n_head && per_layer) lb[(i - n_head) / per_layer] += slice_device_bytes(m, &sl[i]);
-        else if (!(pt->first && i == 0 && !shared_head && m->be && shoal_backend_host_memory(m->be)))
-            n_dev += slice_device_bytes(m, &sl[i]); /* not a lookup table used in place (load_part) */
+        else if (!lookup_in_place(m, pt->first && i == 0 && !shared_head))
+            n_dev += slice_device_bytes(m, &sl[i]); /* the embedding table: as load_part is told below */
     }
     shoal_status rc = SHOAL_OK;
     float *tmp = NULL;
