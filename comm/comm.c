@@ -38,6 +38,9 @@ void shoal_comm_stats_reset(struct shoal_comm *c) { memset(&c->stats, 0, sizeof 
 int shoal_comm_have_mpi(void) { return shoal_comm_mpi_built(); }
 int shoal_comm_have_nccl(void) { return shoal_comm_nccl_built(); }
 int shoal_comm_device_buffers(const struct shoal_comm *c) { return c->iface->device_buffers; }
+uint64_t shoal_comm_device_bytes(const struct shoal_comm *c) {
+    return c && c->iface->device_bytes ? c->iface->device_bytes(c->ctx) : 0;
+}
 
 /* ------------------------------------------------------------------ world */
 

@@ -61,13 +61,20 @@ int shoal_comm_have_nccl(void);
  * c's rank 0 makes the NCCL id and broadcasts it over c. Every rank of c
  * needs a device of its own (NCCL refuses two ranks on one GPU). *out is
  * owned by the caller. SHOAL_UNSUPPORTED in a build without NCCL; SHOAL_COMM
- * naming the rank and the call when NCCL fails. Such a group all-reduces f64
- * and f32 values on their own wire (f64, f32) only.
+ * naming the rank and the call when NCCL fails. Such a group all-reduces f32
+ * values on an f32 wire and f64 values on an f64 or an f32 wire (rounded to f32
+ * on the device, summed there, widened again); the smaller wires are not its.
+ * A rank that fails before NCCL's set-up says so to the others, which then
+ * fail too rather than wait in it.
  */
 shoal_status shoal_comm_nccl_create(struct shoal_comm *c, int device, void *stream,
                                     struct shoal_comm **out);
 /* Whether c's buffers are device memory (NCCL) rather than host memory. */
 int shoal_comm_device_buffers(const struct shoal_comm *c);
+/* Device memory the group's library took on this rank's device when the group was
+ * made (NCCL's buffers and connections, measured by the driver), for the device's
+ * memory count; 0 for a group of host buffers. */
+uint64_t shoal_comm_device_bytes(const struct shoal_comm *c);
 
 /*
  * Splits c into groups of the ranks with the same color, ordered by key

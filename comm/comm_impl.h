@@ -26,6 +26,8 @@ struct shoal_comm_i {
      */
     shoal_status (*allreduce)(void *ctx, void *buf, size_t n, int f64, int wire);
     int device_buffers; /* buffers live in a device's memory, not the host's */
+    /* optional: device bytes the backend's library took for itself (NCCL's buffers) */
+    uint64_t (*device_bytes)(void *ctx);
 };
 
 struct shoal_comm {

@@ -108,6 +108,15 @@ static void cu_free(void *ctx, void *p) {
     if (p) cudaFree(p); /* waits for the device: nothing queued still uses p */
 }
 
+shoal_status dev_alloc(struct cuda_ctx *c, size_t bytes, void **out) {
+    return c->self ? shoal_backend_alloc(c->self, bytes, out) : cu_alloc(c, bytes, out);
+}
+
+void dev_free(struct cuda_ctx *c, void *p) {
+    if (c->self) shoal_backend_free(c->self, p);
+    else cu_free(c, p);
+}
+
 static shoal_status cu_upload(void *ctx, void *dst, const void *src, size_t n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     if (n) CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->stream));
@@ -217,22 +226,28 @@ static double cu_fetch_stalled(void *ctx) {
     return c->stalls.seconds;
 }
 
-shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out) {
-    if (bytes > c->scratch_cap) {
-        if (c->capturing)
-            return shoal_errorf(SHOAL_INTERNAL, "scratch grew while a CUDA graph was recorded");
-        cuda_graphs_reset(c);
-        if (c->scratch) cudaFree(c->scratch); /* waits for the ops that used it */
-        c->scratch = NULL;
-        c->scratch_cap = 0;
-        size_t want = bytes + bytes / 4; /* some room, so that growing is rare */
-        shoal_status rc = cu_alloc(c, want, &c->scratch);
-        if (rc != SHOAL_OK) {
-            shoal_error_prefix("scratch for one op");
-            return rc;
-        }
-        c->scratch_cap = want;
+/* The scratch at least bytes long: exactly that when reserving, else with room to spare. */
+static shoal_status scratch_grow(struct cuda_ctx *c, size_t bytes, int exact) {
+    if (bytes <= c->scratch_cap) return SHOAL_OK;
+    if (c->capturing)
+        return shoal_errorf(SHOAL_INTERNAL, "scratch grew while a CUDA graph was recorded");
+    cuda_graphs_reset(c);
+    dev_free(c, c->scratch); /* cudaFree waits for the ops that used it */
+    c->scratch = NULL;
+    c->scratch_cap = 0;
+    const size_t want = exact ? bytes : bytes + bytes / 4; /* some room, so that growing is rare */
+    shoal_status rc = dev_alloc(c, want, &c->scratch);
+    if (rc != SHOAL_OK) {
+        char b[32];
+        shoal_error_prefix("scratch for one op (%s)", shoal_fmt_bytes(b, sizeof b, (double)want));
+        return rc;
     }
+    c->scratch_cap = want;
+    return SHOAL_OK;
+}
+
+shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out) {
+    SHOAL_TRY(scratch_grow(c, bytes, 0));
     *out = c->scratch;
     return SHOAL_OK;
 }
@@ -273,6 +288,29 @@ static void set_dev_batch(struct cuda_ctx *c, const struct shoal_batch *b) {
     d->block_size = b->block_size;
 }
 
+/* Room for batches of cap values (the three copies). */
+static shoal_status batch_grow(struct cuda_ctx *c, size_t cap) {
+    if (cap <= c->batch_cap) return SHOAL_OK;
+    if (c->capturing)
+        return shoal_errorf(SHOAL_INTERNAL, "a larger batch while a CUDA graph was recorded");
+    cuda_graphs_reset(c);
+    CU_TRY(cudaStreamSynchronize(c->stream)); /* nothing queued still reads the old ones */
+    free(c->batch_host);
+    cudaFreeHost(c->batch_pinned);
+    dev_free(c, c->batch_dev);
+    c->batch_host = NULL;
+    c->batch_pinned = NULL;
+    c->batch_dev = NULL;
+    c->batch_cap = 0;
+    c->batch_len = 0;
+    if (!(c->batch_host = (int32_t *)malloc(cap * sizeof(int32_t))))
+        return shoal_errorf(SHOAL_NOMEM, "out of memory for a batch of %zu values", cap);
+    CU_TRY(cudaHostAlloc((void **)&c->batch_pinned, cap * sizeof(int32_t), cudaHostAllocDefault));
+    SHOAL_TRY(dev_alloc(c, cap * sizeof(int32_t), (void **)&c->batch_dev));
+    c->batch_cap = cap;
+    return SHOAL_OK;
+}
+
 shoal_status cuda_batch(struct cuda_ctx *c, const struct shoal_batch *b, const struct dev_batch **out) {
     const size_t nt = (size_t)b->n_tokens, nbt = (size_t)b->n_seq * (size_t)b->max_blocks;
     const size_t len = 4 * nt + nbt;
@@ -284,24 +322,7 @@ shoal_status cuda_batch(struct cuda_ctx *c, const struct shoal_batch *b, const s
     }
     if (c->capturing)
         return shoal_errorf(SHOAL_INTERNAL, "a new batch while a CUDA graph was recorded");
-    if (len > c->batch_cap) {
-        cuda_graphs_reset(c);
-        CU_TRY(cudaStreamSynchronize(c->stream)); /* nothing queued still reads the old ones */
-        free(c->batch_host);
-        cudaFreeHost(c->batch_pinned);
-        cudaFree(c->batch_dev);
-        c->batch_host = NULL;
-        c->batch_pinned = NULL;
-        c->batch_dev = NULL;
-        c->batch_cap = 0;
-        c->batch_len = 0;
-        size_t cap = len < 4096 ? 4096 : len * 2;
-        if (!(c->batch_host = (int32_t *)malloc(cap * sizeof(int32_t))))
-            return shoal_errorf(SHOAL_NOMEM, "out of memory for a batch of %d tokens", b->n_tokens);
-        CU_TRY(cudaHostAlloc((void **)&c->batch_pinned, cap * sizeof(int32_t), cudaHostAllocDefault));
-        CU_TRY(cudaMalloc((void **)&c->batch_dev, cap * sizeof(int32_t)));
-        c->batch_cap = cap;
-    }
+    if (len > c->batch_cap) SHOAL_TRY(batch_grow(c, len < 4096 ? 4096 : len * 2));
     /* the arrays end to end on the host: token, pos, seq, slot, block table */
     int32_t *h = c->batch_pinned;
     CU_TRY(cudaEventSynchronize(c->batch_copied));
@@ -393,6 +414,32 @@ static shoal_status cu_graph_end(void *ctx, int ok) {
     return SHOAL_OK;
 }
 
+/* ------------------------------------------------------------ memory */
+
+static uint64_t cu_work_bytes(void *ctx, const struct shoal_work_shape *w) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    return work_scratch_bytes(w, c->n_sm) + batch_values(w->n_tokens, w->n_slots) * sizeof(int32_t);
+}
+
+static shoal_status cu_reserve(void *ctx, const struct shoal_work_shape *w) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    SHOAL_TRY(scratch_grow(c, work_scratch_bytes(w, c->n_sm), 1));
+    return batch_grow(c, batch_values(w->n_tokens, w->n_slots));
+}
+
+static int cu_mem_measured(void *ctx, uint64_t *bytes) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    size_t f = 0, t = 0;
+    if (cudaSetDevice(c->device) != cudaSuccess || cudaMemGetInfo(&f, &t) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    *bytes = c->free_at_start > f ? c->free_at_start - f : 0;
+    return 1;
+}
+
+static void cu_graph_forget(void *ctx) { cuda_graphs_reset((struct cuda_ctx *)ctx); }
+
 /* ------------------------------------------------------------ the table */
 
 static size_t cu_weight_bytes(void *ctx, int type, int64_t rows, int64_t cols) {
@@ -457,11 +504,14 @@ static void cu_destroy(void *ctx) {
     if (c->stream) cudaStreamSynchronize(c->stream);
     cuda_graphs_reset(c);
     if (c->cublas) cublasDestroy(c->cublas);
+    /* the handle is going too: its count no longer matters */
+    cudaFree(c->cublas_ws);
     cudaFree(c->scratch);
     cudaFree(c->batch_dev);
     cudaFreeHost(c->batch_pinned);
     free(c->batch_host);
     cudaFree(c->rope_tab);
+    cudaFreeHost(c->rope_host);
     if (c->copy) cudaStreamSynchronize(c->copy);
     if (c->batch_copied) cudaEventDestroy(c->batch_copied);
     if (c->compute_mark) cudaEventDestroy(c->compute_mark);
@@ -514,6 +564,10 @@ static struct shoal_backend_i make_iface(void) {
     t.topk_max = CUDA_TOPK_MAX; /* more candidates are picked on the host */
     t.graph_begin = cu_graph_begin;
     t.graph_end = cu_graph_end;
+    t.graph_forget = cu_graph_forget;
+    t.work_bytes = cu_work_bytes;
+    t.reserve = cu_reserve;
+    t.mem_measured = cu_mem_measured;
     return t;
 }
 /* (C++ has no designated initializers for this table before C++20) */
@@ -557,18 +611,41 @@ extern "C" shoal_status shoal_cudamod_backend_create(struct shoal_backend **out,
         STEP(cudaEventCreate(&c->stalls.start[i]));
         STEP(cudaEventCreate(&c->stalls.end[i]));
     }
+    STEP(cudaHostAlloc((void **)&c->rope_host, sizeof(double) * 2 * ROPE_TAB_MAX, cudaHostAllocDefault));
 #undef STEP
     if ((be = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS ||
         (be = cublasSetStream(c->cublas, c->stream)) != CUBLAS_STATUS_SUCCESS) {
         rc = cublas_fail(be, "cublasCreate", __FILE__, __LINE__, c);
         goto fail;
     }
+    {
+        /* from here on the driver's free memory less this is what the process took */
+        size_t f = 0, t = 0;
+        if ((e = cudaMemGetInfo(&f, &t)) != cudaSuccess) {
+            rc = cuda_fail(e, "cudaMemGetInfo", __FILE__, __LINE__, c);
+            goto fail;
+        }
+        c->free_at_start = f;
+    }
     *out = shoal_backend_new(&cuda_iface, c);
     if (!*out) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
         goto fail;
     }
+    c->self = *out;
+    /* what cuBLAS would allocate for itself it gets from us, counted */
+    if ((rc = dev_alloc(c, CUBLAS_WORKSPACE_BYTES, &c->cublas_ws)) != SHOAL_OK ||
+        (rc = dev_alloc(c, sizeof(double) * 2 * ROPE_TAB_MAX, (void **)&c->rope_tab)) != SHOAL_OK)
+        goto fail_handle;
+    if ((be = cublasSetWorkspace(c->cublas, c->cublas_ws, CUBLAS_WORKSPACE_BYTES)) != CUBLAS_STATUS_SUCCESS) {
+        rc = cublas_fail(be, "cublasSetWorkspace", __FILE__, __LINE__, c);
+        goto fail_handle;
+    }
     return SHOAL_OK;
+fail_handle:
+    shoal_backend_destroy(*out); /* destroys c too */
+    *out = NULL;
+    return rc;
 fail:
     cu_destroy(c);
     return rc;

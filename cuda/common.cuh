@@ -19,6 +19,7 @@
 extern "C" {
 #include "../runtime/backend_impl.h"
 #include "cuda.h"
+#include "scratch.h"
 }
 
 /* ---------------------------------------------------------------- errors */
@@ -66,7 +67,13 @@ struct cuda_ctx {
     int n_sm;                 /* streaming multiprocessors, for sizing grids */
     cudaStream_t stream;
     cublasHandle_t cublas;
-    /* scratch for one op at a time (stream order keeps ops apart), grown on demand */
+    void *cublas_ws;          /* cuBLAS's workspace, ours (counted), CUBLAS_WORKSPACE_BYTES */
+    /* the handle around this context: every device allocation goes through its count
+     * (dev_alloc), so that the budget and the peak see scratch and tables too */
+    struct shoal_backend *self;
+    size_t free_at_start;     /* the device's free memory when the context was made */
+    /* scratch for one op at a time (stream order keeps ops apart): reserved for a
+     * step's shape, else grown on demand; carved by the layouts of scratch.h */
     void *scratch;
     size_t scratch_cap;
     /* the last batch uploaded: host copy (to recognise it), pinned staging, device copy */
@@ -76,12 +83,13 @@ struct cuda_ctx {
     int batch_hdr[4];         /* n_tokens, n_seq, max_blocks, block_size of the last batch */
     cudaEvent_t batch_copied; /* the pinned staging may be rewritten once it has fired */
     struct dev_batch bd;
-    /* rope: per rotated pair base^(-2i/rope_dim) and the divisor (1 without factors) */
-    double *rope_tab;         /* device (2 * rope_cap) */
-    int rope_cap;
+    /* rope: per rotated pair base^(-2i/rope_dim) and the divisor (1 without factors),
+     * made on the host (pinned) and copied on the stream; known by its values */
+    double *rope_tab;         /* device (2 * ROPE_TAB_MAX) */
+    double *rope_host;        /* pinned (2 * ROPE_TAB_MAX) */
     float rope_key_base;
-    int rope_key_dim;
-    const float *rope_key_factors;
+    int rope_key_dim, rope_key_has_factors;
+    float rope_key_factors[ROPE_TAB_MAX];
     /* recorded steps (shoal_backend_graph_begin): a key seen once is recorded the
      * second time and replayed after; a key whose recording failed runs as it comes */
     int graphs_on, capturing, capture_slot;
@@ -105,8 +113,12 @@ void cuda_graphs_reset(struct cuda_ctx *c);
 /* Steps of up to this many tokens are recorded as CUDA graphs (the decode kernels' limit). */
 #define CUDA_GRAPH_MAX_TOKENS 8
 
-/* Scratch of at least bytes (contents not kept); 256-byte aligned. */
+/* Scratch of at least bytes (contents not kept), at a 256-byte boundary: carve it with
+ * the layouts of scratch.h. */
 shoal_status cuda_scratch(struct cuda_ctx *c, size_t bytes, void **out);
+/* Device memory through the handle's count (and budget); dev_free accepts NULL. */
+shoal_status dev_alloc(struct cuda_ctx *c, size_t bytes, void **out);
+void dev_free(struct cuda_ctx *c, void *p);
 /* The batch on the device (uploaded once per distinct batch). */
 shoal_status cuda_batch(struct cuda_ctx *c, const struct shoal_batch *b, const struct dev_batch **out);
 
@@ -133,6 +145,14 @@ shoal_status cuda_weight_pack_host(int type, int64_t rows, int64_t cols, const v
 shoal_status cuda_weight_upload(struct cuda_ctx *c, struct shoal_weight *w, const void *host, void *dst);
 shoal_status cuda_matmul(struct cuda_ctx *c, int k, float *const *y, double *yd,
                          const struct shoal_weight *const *w, const float *x, int n);
+/* gemm.cu: y (n, rows) = x (n, cols) W^T on our own kernels, for prompt batches: every
+ * output summed by one warp, over k ascending, with the same instructions whatever rows
+ * and n are, so a row's (and a token's) result does not depend on the rest of the call.
+ * F16, BF16 and the quantized types on tensor cores (xh: x already rounded to f16, or to
+ * bf16 for BF16 weights, (n, cols) row-major; quantized weights dequantized to f16 as
+ * they are read), F32 in f32 on the SIMT cores (xh unused: it reads x). */
+shoal_status cuda_gemm(struct cuda_ctx *c, float *y, const struct shoal_weight *w,
+                       const float *x, const void *xh, int n);
 /* ops.cu */
 shoal_status cuda_embed(struct cuda_ctx *c, float *y, const struct shoal_weight *t,
                         const struct shoal_batch *b);

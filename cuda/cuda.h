@@ -1,6 +1,7 @@
 /*
  * cuda — the CUDA compute backend: device memory, one stream, kernels for
- * every op of runtime/backend.h, cuBLAS for prompt batches. Weights are
+ * every op of runtime/backend.h, prompt batches on tile kernels of our own (each
+ * output summed in one order whatever the shape; cuBLAS for the f64 sums). Weights are
  * repacked on upload (quantized blocks split into a plane of values and a
  * plane of scales, rows padded to 16 bytes) so that the decode kernels read
  * them with aligned vector loads.

@@ -39,9 +39,13 @@ static const char no_cuda[] = "this build of shoal has no CUDA support (install 
 #include "../comm/comm_impl.h"
 #include "../runtime/backend_impl.h"
 __attribute__((used)) static const void *const module_needs[] = {
-    (const void *)shoal_backend_new, (const void *)shoal_comm_bcast, (const void *)shoal_comm_new,
-    (const void *)shoal_comm_rank,   (const void *)shoal_comm_size,  (const void *)shoal_dtype_name,
-    (const void *)shoal_error_prefix, (const void *)shoal_errorf,    (const void *)shoal_fmt_bytes,
+    (const void *)shoal_backend_new,     (const void *)shoal_backend_alloc,
+    (const void *)shoal_backend_free,    (const void *)shoal_backend_destroy,
+    (const void *)shoal_comm_bcast,      (const void *)shoal_comm_new,
+    (const void *)shoal_comm_rank,       (const void *)shoal_comm_size,
+    (const void *)shoal_comm_agree,      (const void *)shoal_dtype_name,
+    (const void *)shoal_dtype_row_bytes, (const void *)shoal_error_prefix,
+    (const void *)shoal_errorf,          (const void *)shoal_fmt_bytes,
     (const void *)shoal_wire_name,
 };
 

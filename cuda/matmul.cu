@@ -10,9 +10,10 @@
  * sum. A row's sum runs in the same order whatever the number of rows, so a
  * tensor-parallel slice of a weight gives the bits the whole weight gives.
  *
- * Prompt batches: cuBLAS. F16 and BF16 weights are used as they are, with
- * the activations rounded to the weight's type (tensor cores, f32 sums);
- * quantized weights are dequantized to f16 a tile of rows at a time. The f64
+ * Prompt batches: our own kernels (gemm.cu), whose every output is summed
+ * in one order whatever the shape: F16 and BF16 weights are used as they
+ * are, with the activations rounded to the weight's type (tensor cores, f32
+ * sums); quantized weights are dequantized to f16 as they are read. The f64
  * variant dequantizes to f64 (exactly) and calls cublasDgemm, keeping the
  * products exact as above.
  */
@@ -117,7 +118,7 @@ shoal_status cuda_weight_upload(struct cuda_ctx *c, struct shoal_weight *w, cons
     }
     /* quantized: through scratch, some rows at a time, then split into planes */
     const int64_t nb = w->cols / SHOAL_QK;
-    const size_t chunk_rows = (size_t)(64u << 20) / w->row_bytes + 1;
+    const size_t chunk_rows = (size_t)upload_chunk_rows(w->row_bytes, w->rows, c->scratch_cap);
     void *buf;
     SHOAL_TRY(cuda_scratch(c, chunk_rows * w->row_bytes, &buf));
     uint8_t *q = (uint8_t *)dst;
@@ -171,22 +172,19 @@ struct xq8 {
     const int32_t *sum; /* (n, cols / 32) */
 };
 
-static shoal_status quantize_x(struct cuda_ctx *c, const float *x, int64_t cols, int n, char *at,
-                               struct xq8 *out) {
+/* x (n, cols) quantized into the pieces of l, carved from the scratch at base. */
+static shoal_status quantize_x(struct cuda_ctx *c, const float *x, int64_t cols, int n, char *base,
+                               const struct xq8_layout *l, struct xq8 *out) {
     const int64_t nb = cols / SHOAL_QK;
-    out->q = (const int8_t *)at;
-    out->d = (const float *)(at + up256((size_t)n * cols));
-    out->s = out->d + (size_t)n * nb;
-    out->sum = (const int32_t *)(out->s + (size_t)n * nb);
+    out->q = (const int8_t *)(base + l->q);
+    out->d = (const float *)(base + l->d);
+    out->s = (const float *)(base + l->s);
+    out->sum = (const int32_t *)(base + l->sum);
     dim3 grid((unsigned)((nb + 7) / 8), (unsigned)n);
     k_quantize_x<<<grid, 256, 0, c->stream>>>(x, cols, n, (int8_t *)out->q, (float *)out->d,
                                               (float *)out->s, (int32_t *)out->sum);
     CU_LAUNCHED("quantize activations");
     return SHOAL_OK;
-}
-
-static size_t quantize_x_bytes(int64_t cols, int n) {
-    return up256((size_t)n * cols) + 3 * (size_t)n * (size_t)(cols / SHOAL_QK) * 4 + 256;
 }
 
 /* ------------------------------------------------------- decode kernels */
@@ -422,9 +420,7 @@ static void launch_mmv(int type, const struct mmv_args &a, int n, unsigned grid,
 
 __global__ void k_f32_f64(const float *__restrict__ x, size_t count, double *__restrict__ out);
 
-static int quantized(int type) {
-    return type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
-}
+static int quantized(int type) { return quantized_type(type); }
 
 /*
  * The decode path: weights of one type go in one launch; tokens in groups of
@@ -441,12 +437,13 @@ static shoal_status mmv(struct cuda_ctx *c, int k, float *const *y, double *yd,
         need_64 |= yd && !quantized(w[i]->type);
     }
     if (need_q || need_64) {
-        const size_t qb = need_q ? quantize_x_bytes(cols, n) : 0;
+        struct mmv_layout l;
+        mmv_layout(cols, n, need_q, need_64, &l);
         void *buf;
-        SHOAL_TRY(cuda_scratch(c, qb + (size_t)n * cols * sizeof(double), &buf));
-        if (need_q) SHOAL_TRY(quantize_x(c, x, cols, n, (char *)buf, &xq));
+        SHOAL_TRY(cuda_scratch(c, l.bytes, &buf));
+        if (need_q) SHOAL_TRY(quantize_x(c, x, cols, n, (char *)buf, &l.xq, &xq));
         if (need_64) {
-            x64 = (const double *)((char *)buf + qb);
+            x64 = (const double *)((char *)buf + l.x64);
             k_f32_f64<<<grid_1d((size_t)n * cols, 256), 256, 0, c->stream>>>(x, (size_t)n * cols, (double *)x64);
             CU_LAUNCHED("activations to f64");
         }
@@ -536,51 +533,26 @@ __global__ void k_f32_f64(const float *__restrict__ x, size_t count, double *__r
 }
 
 /*
- * y (n, rows) = x W^T with cuBLAS: column-major, C (rows, n) = op(W) (rows,
- * cols) x X (cols, n), W stored (cols, rows) with ldw = its pitch in values.
+ * y (n, rows) = x W^T for prompt batches on our own kernels (gemm.cu): each
+ * output summed in one fixed order whatever the shape, so that a row of a
+ * tensor-parallel slice gets the bits the whole weight gives it. F16 and BF16
+ * weights meet x rounded to their type, quantized ones x in f16 (tensor
+ * cores, f32 sums); f32 weights x as it is.
  */
 static shoal_status gemm_f32(struct cuda_ctx *c, float *y, const struct shoal_weight *w,
                              const float *x, int n) {
-    const int64_t rows = w->rows, cols = w->cols;
-    struct wlayout l;
-    cuda_weight_layout(w->type, rows, cols, &l);
-    const float one = 1.0f, zero = 0.0f;
-    if (w->type == SHOAL_DTYPE_F32) {
-        CUBLAS_TRY(cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n, (int)cols, &one,
-                               (const float *)w->data, (int)(l.pitch / 4), x, (int)cols, &zero, y,
-                               (int)rows));
-        return SHOAL_OK;
-    }
-    const int bf = w->type == SHOAL_DTYPE_BF16;
-    const size_t xcount = (size_t)n * cols;
-    const size_t xbytes = up256(xcount * 2);
-    /* quantized weights: a tile of rows dequantized to f16, up to 64 MiB of them */
-    int64_t tile = quantized(w->type) ? (int64_t)((32u << 20) / (size_t)cols) : rows;
-    if (tile > rows) tile = rows;
-    if (tile < 1) tile = 1;
-    void *buf;
-    SHOAL_TRY(cuda_scratch(c, xbytes + (quantized(w->type) ? (size_t)tile * cols * 2 : 0), &buf));
-    if (bf) k_convert_x<__nv_bfloat16><<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xcount, (__nv_bfloat16 *)buf);
-    else k_convert_x<__half><<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xcount, (__half *)buf);
+    if (w->type == SHOAL_DTYPE_F32) return cuda_gemm(c, y, w, x, NULL, n);
+    const size_t xcount = (size_t)n * (size_t)w->cols;
+    struct gemm_layout gl;
+    gemm_layout(w->type, w->cols, n, &gl);
+    char *base;
+    SHOAL_TRY(cuda_scratch(c, gl.bytes, (void **)&base));
+    void *xh = base + gl.xh;
+    if (w->type == SHOAL_DTYPE_BF16)
+        k_convert_x<__nv_bfloat16><<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xcount, (__nv_bfloat16 *)xh);
+    else k_convert_x<__half><<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xcount, (__half *)xh);
     CU_LAUNCHED("convert activations");
-    const cudaDataType_t t = bf ? CUDA_R_16BF : CUDA_R_16F;
-    if (!quantized(w->type)) {
-        CUBLAS_TRY(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n, (int)cols, &one,
-                                w->data, t, (int)(l.pitch / 2), buf, t, (int)cols, &zero, y,
-                                CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        return SHOAL_OK;
-    }
-    __half *wt = (__half *)((char *)buf + xbytes);
-    for (int64_t r0 = 0; r0 < rows; r0 += tile) {
-        const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
-        k_dequant_rows<__half><<<grid_1d((size_t)(nr * cols), 256), 256, 0, c->stream>>>(
-            (const char *)w->data, w->type, rows, cols, l.pitch, l.d_off, l.m_off, r0, nr, wt);
-        CU_LAUNCHED("dequantize a tile");
-        CUBLAS_TRY(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, n, (int)cols, &one, wt,
-                                CUDA_R_16F, (int)cols, buf, CUDA_R_16F, (int)cols, &zero, y + r0,
-                                CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
-    return SHOAL_OK;
+    return cuda_gemm(c, y, w, x, xh, n);
 }
 
 /* The f64 variant: exact f64 operands, cublasDgemm (FP64 tensor cores on Hopper). */
@@ -589,20 +561,18 @@ static shoal_status gemm_f64(struct cuda_ctx *c, double *y, const struct shoal_w
     const int64_t rows = w->rows, cols = w->cols;
     struct wlayout l;
     cuda_weight_layout(w->type, rows, cols, &l);
-    const size_t xcount = (size_t)n * cols, xbytes = up256(xcount * 8);
-    const size_t qbytes = quantized(w->type) ? quantize_x_bytes(cols, n) : 0;
+    const size_t xcount = (size_t)n * cols;
     const int64_t nb = cols / SHOAL_QK;
     const int q41 = w->type == SHOAL_DTYPE_Q4_1;
-    const size_t sbytes = q41 ? up256((size_t)n * nb * 8) : 0; /* the blocks' sums xs, as f64 */
-    int64_t tile = (int64_t)((64u << 20) / 8 / (size_t)cols);
-    if (tile > rows) tile = rows;
-    if (tile < 1) tile = 1;
-    void *buf;
-    SHOAL_TRY(cuda_scratch(c, xbytes + qbytes + sbytes + (size_t)tile * cols * 8, &buf));
-    double *xd = (double *)buf, *xs = (double *)((char *)buf + xbytes + qbytes);
-    double *wt = (double *)((char *)buf + xbytes + qbytes + sbytes);
+    struct gemm_f64_layout gl;
+    gemm_f64_layout(w->type, rows, cols, n, &gl);
+    const int64_t tile = gl.tile;
+    char *buf;
+    SHOAL_TRY(cuda_scratch(c, gl.bytes, (void **)&buf));
+    double *xd = (double *)(buf + gl.xd), *xs = (double *)(buf + gl.xs); /* xs: the blocks' sums, f64 */
+    double *wt = (double *)(buf + gl.wt);
     struct xq8 xq = { 0 };
-    if (qbytes) SHOAL_TRY(quantize_x(c, x, cols, n, (char *)buf + xbytes, &xq));
+    if (gl.has_q) SHOAL_TRY(quantize_x(c, x, cols, n, buf, &gl.xq, &xq));
     k_x_f64<<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xq.q, xq.d, cols, xcount, xd);
     CU_LAUNCHED("activations to f64");
     if (q41) {

@@ -105,41 +105,35 @@ __global__ void k_rope(float *x, int n_heads, int head_dim, int rope_dim, int ne
     }
 }
 
-/* The powers and divisors of a rope, uploaded when the rope changes. */
+/*
+ * The powers and divisors of a rope, made again when the rope changes: its base, its
+ * dimension or the values of its factors (not their address: another array may come
+ * where a freed one was). Made in pinned memory and copied on the compute stream, so
+ * that the kernels queued before read the old table and those after the new one.
+ */
 static shoal_status rope_table(struct cuda_ctx *c, const struct shoal_rope *r) {
     const int half = r->rope_dim / 2;
-    if (c->rope_tab && c->rope_key_base == r->freq_base && c->rope_key_dim == r->rope_dim &&
-        c->rope_key_factors == r->freq_factors)
+    const float *f = r->freq_factors;
+    if (half > ROPE_TAB_MAX)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "rope dimension %d: the CUDA backend rotates at most %d",
+                            r->rope_dim, 2 * ROPE_TAB_MAX);
+    if (c->rope_key_dim == r->rope_dim && c->rope_key_base == r->freq_base &&
+        c->rope_key_has_factors == (f != NULL) &&
+        (!f || memcmp(c->rope_key_factors, f, sizeof(float) * (size_t)half) == 0))
         return SHOAL_OK;
-    double *h = (double *)malloc(sizeof(double) * 2 * (size_t)half);
-    if (!h) return shoal_errorf(SHOAL_NOMEM, "out of memory");
-    for (int i = 0; i < half; i++) {
-        h[i] = pow((double)r->freq_base, -2.0 * i / r->rope_dim);
-        h[half + i] = r->freq_factors ? (double)r->freq_factors[i] : 1.0;
-    }
-    shoal_status rc = SHOAL_OK;
     if (c->capturing) return shoal_errorf(SHOAL_INTERNAL, "a new rope while a CUDA graph was recorded");
     cuda_graphs_reset(c); /* recordings read the old table */
-    if (half > c->rope_cap) {
-        cudaFree(c->rope_tab);
-        c->rope_tab = NULL;
-        c->rope_cap = 0;
-        cudaError_t e = cudaMalloc((void **)&c->rope_tab, sizeof(double) * 2 * (size_t)half);
-        if (e != cudaSuccess) rc = cuda_fail(e, "cudaMalloc", __FILE__, __LINE__, c);
-        else c->rope_cap = half;
+    CU_TRY(cudaStreamSynchronize(c->stream)); /* the last copy from rope_host has run */
+    for (int i = 0; i < half; i++) {
+        c->rope_host[i] = pow((double)r->freq_base, -2.0 * i / r->rope_dim);
+        c->rope_host[half + i] = f ? (double)f[i] : 1.0;
     }
-    if (rc == SHOAL_OK) {
-        /* synchronous: h goes away below, and kernels queued before read the old table */
-        cudaError_t e = cudaStreamSynchronize(c->stream);
-        if (e == cudaSuccess)
-            e = cudaMemcpy(c->rope_tab, h, sizeof(double) * 2 * (size_t)half, cudaMemcpyHostToDevice);
-        if (e != cudaSuccess) rc = cuda_fail(e, "cudaMemcpy", __FILE__, __LINE__, c);
-    }
-    free(h);
-    if (rc != SHOAL_OK) return rc;
+    CU_TRY(cudaMemcpyAsync(c->rope_tab, c->rope_host, sizeof(double) * 2 * (size_t)half,
+                           cudaMemcpyHostToDevice, c->stream));
     c->rope_key_base = r->freq_base;
     c->rope_key_dim = r->rope_dim;
-    c->rope_key_factors = r->freq_factors;
+    c->rope_key_has_factors = f != NULL;
+    if (f) memcpy(c->rope_key_factors, f, sizeof(float) * (size_t)half);
     return SHOAL_OK;
 }
 
@@ -211,7 +205,7 @@ shoal_status cuda_kv_store(struct cuda_ctx *c, const struct shoal_kv_desc *d, vo
 
 /* ------------------------------------------------------------- attention */
 
-enum { ATT_THREADS = 128, ATT_MAX_HEAD = 256, ATT_CHUNK_MIN = 256, ATT_CHUNK_MAX = 4096 };
+enum { ATT_THREADS = 128, ATT_MAX_HEAD = 256 }; /* chunks: att_layout (scratch.h) */
 
 /* element i of a cached head vector */
 template <int KV> static __device__ __forceinline__ float kv_elem(const char *h, int i) {
@@ -342,20 +336,16 @@ shoal_status cuda_attention(struct cuda_ctx *c, float *out, const float *q, int 
     if (b->n_tokens == 0) return SHOAL_OK;
     const struct dev_batch *db;
     SHOAL_TRY(cuda_batch(c, b, &db));
-    /* chunks: enough blocks to fill the device (a few per SM), no chunk under 256
-     * positions; cut from the cache's length, not the batch's positions, so that a
-     * recorded decode step (the same grid each time) serves every position */
-    const int npos = (int)d->n_slots;
-    const int64_t pairs = (int64_t)b->n_tokens * n_heads;
-    int64_t want = (4 * (int64_t)c->n_sm + pairs - 1) / pairs;
-    int chunk = (int)((npos + want - 1) / want);
-    chunk = (chunk + ATT_CHUNK_MIN - 1) / ATT_CHUNK_MIN * ATT_CHUNK_MIN;
-    if (chunk > ATT_CHUNK_MAX) chunk = ATT_CHUNK_MAX;
-    const int n_chunks = (npos + chunk - 1) / chunk;
-    void *part;
-    SHOAL_TRY(cuda_scratch(c, (size_t)pairs * n_chunks * (d->head_dim + 2) * sizeof(float), &part));
+    /* chunks of positions (scratch.h): cut from the cache's length, not the batch's
+     * positions, so that a recorded decode step (the same grid each time) serves every
+     * position */
+    struct att_layout al;
+    att_layout(b->n_tokens, n_heads, d->head_dim, d->n_slots, c->n_sm, &al);
+    const int chunk = al.chunk, n_chunks = al.n_chunks;
+    char *buf;
+    SHOAL_TRY(cuda_scratch(c, al.bytes, (void **)&buf));
     struct att_args a;
-    a.part = (float *)part;
+    a.part = (float *)(buf + al.part);
     a.q = q;
     a.kc = (const char *)kc;
     a.vc = (const char *)vc;
@@ -406,6 +396,28 @@ __global__ void k_add_f64(float *y, const double *__restrict__ x, size_t n) {
 __global__ void k_add_bias(float *y, const float *__restrict__ bias, size_t n, int dim) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __fadd_rn(y[i], bias[i % (size_t)dim]);
+}
+
+__global__ void k_f64_to_f32(float *__restrict__ y, const double *__restrict__ x, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = (float)x[i];
+}
+
+__global__ void k_f32_to_f64(double *__restrict__ y, const float *__restrict__ x, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = (double)x[i];
+}
+
+/* For comm/nccl.c (f64 sums on an f32 wire): conversions queued on a stream; the
+ * launch's error, as an int (cudaError_t). */
+extern "C" int shoal_cudamod_f64_to_f32(float *dst, const double *src, size_t n, void *stream) {
+    if (n) k_f64_to_f32<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(dst, src, n);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int shoal_cudamod_f32_to_f64(double *dst, const float *src, size_t n, void *stream) {
+    if (n) k_f32_to_f64<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(dst, src, n);
+    return (int)cudaGetLastError();
 }
 
 shoal_status cuda_silu_mul(struct cuda_ctx *c, float *g, const float *u, size_t n) {
@@ -507,7 +519,8 @@ __global__ void k_topk(const float *__restrict__ x, int cols, int k, int32_t id0
 
 shoal_status cuda_topk(struct cuda_ctx *c, const float *x, int rows, int cols, int k, int32_t id0,
                        struct shoal_cand *out) {
-    const size_t bytes = (size_t)rows * (size_t)k * sizeof(struct cand_dev);
+    const size_t bytes = topk_bytes(rows, k);
+    static_assert(sizeof(struct cand_dev) == 8, "topk_bytes counts 8 bytes a candidate");
     void *buf;
     SHOAL_TRY(cuda_scratch(c, bytes, &buf));
     k_topk<<<rows, 256, 0, c->stream>>>(x, cols, k, id0, (struct cand_dev *)buf);

@@ -437,7 +437,10 @@ static shoal_status attach_device_comm(struct run *r) {
     struct shoal_comm *g = r->dist->group;
     if (g && shoal_comm_size(g) > 1 && shoal_comm_have_nccl()) {
         SHOAL_TRY(own_gpus(r, g, &own));
-        if (own) SHOAL_TRY(shoal_comm_nccl_create(g, r->gpu, shoal_cuda_backend_stream(r->be), &r->dist->group_dev));
+        if (own) {
+            SHOAL_TRY(shoal_comm_nccl_create(g, r->gpu, shoal_cuda_backend_stream(r->be), &r->dist->group_dev));
+            shoal_backend_account(r->be, shoal_comm_device_bytes(r->dist->group_dev)); /* NCCL's buffers */
+        }
     }
     if (!tp || r->o.tp_comm == 1) return SHOAL_OK;
     SHOAL_TRY(own_gpus(r, r->dist->tp, &own));
@@ -452,7 +455,9 @@ static shoal_status attach_device_comm(struct run *r) {
                                            : "this build has no NCCL");
         return SHOAL_OK;
     }
-    return shoal_comm_nccl_create(r->dist->tp, r->gpu, shoal_cuda_backend_stream(r->be), &r->dist->tp_dev);
+    SHOAL_TRY(shoal_comm_nccl_create(r->dist->tp, r->gpu, shoal_cuda_backend_stream(r->be), &r->dist->tp_dev));
+    shoal_backend_account(r->be, shoal_comm_device_bytes(r->dist->tp_dev));
+    return SHOAL_OK;
 }
 
 /* This rank's part: its weights, the tokenizer (rank 0), the state. */
@@ -495,8 +500,9 @@ static void teardown(struct run *r) {
     shoal_state_destroy(r->st);
     shoal_tokenizer_destroy(r->tok);
     shoal_model_destroy(r->m);
-    shoal_backend_destroy(r->be);
+    /* the groups before the backend: an NCCL group's last act is to wait for its stream */
     shoal_dist_destroy(r->dist);
+    shoal_backend_destroy(r->be);
     shoal_plan_destroy(r->plan);
     shoal_gguf_close(r->g);
     shoal_manifest_free(r->man);
@@ -874,13 +880,18 @@ static int lead(struct run *r) {
             fflush(stdout);
         }
         if (!o->quiet) {
-            char rss[32], dev[96] = "", pk[32], lim[32];
+            char rss[32], dev[160] = "", pk[32], lim[32], drv[64] = "", dm[32];
             uint64_t peak = 0;
+            int known = 0;
             shoal_backend_mem(r->be, NULL, &peak);
+            const uint64_t measured = shoal_backend_mem_measured(r->be, &known);
+            if (known) /* what the driver saw go, to hold the count against */
+                snprintf(drv, sizeof drv, " (the driver: %s taken since start)",
+                         shoal_fmt_bytes(dm, sizeof dm, (double)measured));
             if (o->device_mem > 0 || !shoal_backend_host_memory(r->be))
-                snprintf(dev, sizeof dev, " | device peak %s%s%s", shoal_fmt_bytes(pk, sizeof pk, (double)peak),
+                snprintf(dev, sizeof dev, " | device peak %s%s%s%s", shoal_fmt_bytes(pk, sizeof pk, (double)peak),
                          o->device_mem > 0 ? " of " : "",
-                         o->device_mem > 0 ? shoal_fmt_bytes(lim, sizeof lim, (double)o->device_mem) : "");
+                         o->device_mem > 0 ? shoal_fmt_bytes(lim, sizeof lim, (double)o->device_mem) : "", drv);
             double bw = gs.t_decode > 0 ? (double)gs.n_decode * (double)r->m->weight_bytes / gs.t_decode : 0;
             fprintf(stderr,
                     "shoal: prompt %d tokens in %.3f s (%.1f tok/s) | generation %d tokens, %d decode "

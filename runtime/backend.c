@@ -64,6 +64,31 @@ void shoal_backend_mem(const struct shoal_backend *b, uint64_t *in_use, uint64_t
     if (peak) *peak = b->peak;
 }
 
+void shoal_backend_account(struct shoal_backend *b, uint64_t bytes) {
+    b->in_use += bytes;
+    if (b->in_use > b->peak) b->peak = b->in_use;
+}
+
+uint64_t shoal_backend_mem_measured(struct shoal_backend *b, int *known) {
+    uint64_t bytes = 0;
+    *known = b->iface->mem_measured ? b->iface->mem_measured(b->ctx, &bytes) : 0;
+    return *known ? bytes : 0;
+}
+
+uint64_t shoal_backend_work_bytes(struct shoal_backend *b, const struct shoal_work_shape *w) {
+    return b->iface->work_bytes ? b->iface->work_bytes(b->ctx, w) : 0;
+}
+
+shoal_status shoal_backend_reserve(struct shoal_backend *b, const struct shoal_work_shape *w) {
+    return b->iface->reserve ? b->iface->reserve(b->ctx, w) : SHOAL_OK;
+}
+
+uint64_t shoal_backend_serial(struct shoal_backend *b) { return ++b->serial; }
+
+void shoal_backend_graph_forget(struct shoal_backend *b) {
+    if (b->iface->graph_forget) b->iface->graph_forget(b->ctx);
+}
+
 shoal_status shoal_backend_alloc(struct shoal_backend *b, size_t bytes, void **out) {
     *out = NULL;
     if (b->budget && b->in_use + bytes > b->budget) {

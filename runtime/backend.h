@@ -95,8 +95,61 @@ void shoal_backend_destroy(struct shoal_backend *b);
  * tested with; on a GPU it is what --device-mem leaves the rank.
  */
 void shoal_backend_set_budget(struct shoal_backend *b, uint64_t bytes);
-/* Bytes allocated through shoal_backend_alloc now, and the most at once so far. */
+/* Bytes allocated through shoal_backend_alloc now, and the most at once so far: every
+ * device allocation the process makes for the backend, its own scratch, tables and
+ * library workspaces included, and what shoal_backend_account adds. */
 void shoal_backend_mem(const struct shoal_backend *b, uint64_t *in_use, uint64_t *peak);
+/*
+ * Device memory that a library allocated for this backend's device behind its back
+ * (NCCL's buffers, measured when its communicator was made): counted in in_use and the
+ * peak from now on, and seen by the budget's next check. bytes may be 0.
+ */
+void shoal_backend_account(struct shoal_backend *b, uint64_t bytes);
+/*
+ * What the device's driver says this process has taken since the backend was made
+ * (free memory then less free memory now: other processes on the same device count
+ * too), to check the count above against; 0 and *known 0 where the backend cannot say.
+ */
+uint64_t shoal_backend_mem_measured(struct shoal_backend *b, int *known);
+
+/*
+ * The shape of a forward step's work, for the working memory a backend needs beside
+ * the buffers its caller allocates: the matmuls (f64: shoal_op_matmul_f64), attention
+ * over the cache, top-k.
+ */
+#define SHOAL_WORK_MM_MAX 16
+struct shoal_work_shape {
+    int n_tokens;              /* most tokens per step */
+    int n_mm;
+    struct shoal_work_mm {
+        int type;
+        int64_t rows, cols;
+        int f64;
+    } mm[SHOAL_WORK_MM_MAX];
+    int n_heads, head_dim;     /* attention: query heads, values per head */
+    int64_t n_slots;           /* KV cache slots */
+    int topk_rows, topk;       /* shoal_op_topk */
+};
+/*
+ * Device bytes the backend's ops on steps of shape w need beside their operands
+ * (scratch, the batch's arrays, tables), which shoal_backend_reserve allocates, at
+ * most; 0 for a backend whose scratch is host memory (the CPU). Plans that budget a
+ * device add it to the weights, the cache and the activations.
+ */
+uint64_t shoal_backend_work_bytes(struct shoal_backend *b, const struct shoal_work_shape *w);
+/*
+ * Allocates that working memory now (counted, and refused past the budget as
+ * shoal_backend_alloc is), so that steps of shape w never allocate during a run.
+ */
+shoal_status shoal_backend_reserve(struct shoal_backend *b, const struct shoal_work_shape *w);
+/*
+ * A number no other call on this backend has returned: what a state's recorded steps
+ * (shoal_backend_graph_begin's key) are named by, since a new state may sit at a freed
+ * one's address. shoal_backend_graph_forget drops every recording (a state is freed:
+ * what they point at goes).
+ */
+uint64_t shoal_backend_serial(struct shoal_backend *b);
+void shoal_backend_graph_forget(struct shoal_backend *b);
 
 /*
  * Host memory that copies to the device go fastest from (pinned on CUDA;

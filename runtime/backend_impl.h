@@ -69,6 +69,13 @@ struct shoal_backend_i {
     /* optional: recording a step's ops once and replaying them (shoal_backend_graph_begin) */
     shoal_status (*graph_begin)(void *ctx, uint64_t key, const struct shoal_batch *b, int *replayed);
     shoal_status (*graph_end)(void *ctx, int ok);
+    void (*graph_forget)(void *ctx); /* optional: drops every recording */
+    /* optional: working memory for steps of a shape (shoal_backend_work_bytes), and
+     * its allocation; default 0 and nothing */
+    uint64_t (*work_bytes)(void *ctx, const struct shoal_work_shape *w);
+    shoal_status (*reserve)(void *ctx, const struct shoal_work_shape *w);
+    /* optional: what the driver says was taken since the backend was made (1), or 0 */
+    int (*mem_measured)(void *ctx, uint64_t *bytes);
 };
 
 struct shoal_backend {
@@ -76,6 +83,7 @@ struct shoal_backend {
     void *ctx;
     /* device memory allocated through shoal_backend_alloc, against the budget */
     uint64_t budget, in_use, peak;
+    uint64_t serial; /* shoal_backend_serial's last */
     struct shoal_backend_block { void *p; size_t bytes; } *blocks;
     int n_blocks, cap_blocks;
 };

@@ -562,6 +562,46 @@ static shoal_status bind_streamed(struct shoal_model *m) {
     return SHOAL_OK;
 }
 
+/* Whether a slice is a row-parallel projection's (summed in f64: shoal_op_matmul_f64). */
+static int summed_f64(const struct shoal_slice *s) {
+    static const char *const ends[] = { "attn_output.weight", "ffn_down.weight" };
+    const size_t n = strlen(s->src);
+    for (size_t i = 0; i < sizeof ends / sizeof *ends; i++) {
+        const size_t k = strlen(ends[i]);
+        if (n >= k && strcmp(s->src + n - k, ends[i]) == 0) return 1;
+    }
+    return 0;
+}
+
+/* The distinct matmuls (type, shape, f64) of a step on the part's slices: every matrix
+ * but the embedding table, which is only looked up. */
+static void work_matmuls(const struct shoal_model *m, const struct shoal_slice *sl, int n_sl,
+                         struct shoal_work_shape *w) {
+    memset(w, 0, sizeof *w);
+    for (int i = m->part.first ? 1 : 0; i < n_sl; i++) {
+        const struct shoal_gguf_tensor *t = NULL;
+        if (!sl[i].rows || find_slice(m, &sl[i], &t) != SHOAL_OK) continue;
+        const struct shoal_work_mm mm = { t->type, sl[i].r1 - sl[i].r0, sl[i].c1 - sl[i].c0, summed_f64(&sl[i]) };
+        int seen = 0;
+        for (int j = 0; j < w->n_mm && !seen; j++)
+            seen = w->mm[j].type == mm.type && w->mm[j].rows == mm.rows && w->mm[j].cols == mm.cols &&
+                   w->mm[j].f64 == mm.f64;
+        if (!seen && w->n_mm < SHOAL_WORK_MM_MAX) w->mm[w->n_mm++] = mm;
+    }
+}
+
+void shoal_model_work_shape(const struct shoal_model *m, const struct shoal_state_params *p,
+                            struct shoal_work_shape *w) {
+    *w = m->work;
+    const int n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
+    w->n_tokens = n_batch;
+    w->n_heads = m->n_heads_l;
+    w->head_dim = m->hp.head_dim;
+    w->n_slots = p->n_ctx;
+    w->topk_rows = p->n_outputs < 1 ? 1 : p->n_outputs < n_batch ? p->n_outputs : n_batch;
+    w->topk = p->topk > 0 ? p->topk : 0;
+}
+
 static shoal_status load_weights(struct shoal_model *m) {
     const struct shoal_hparams *hp = &m->hp;
     const struct shoal_rank_part *pt = &m->part;
@@ -592,15 +632,25 @@ static shoal_status load_weights(struct shoal_model *m) {
     }
     shoal_status rc = SHOAL_OK;
     float *tmp = NULL;
+    work_matmuls(m, sl, n_sl, &m->work);
+    struct shoal_work_shape ws;
+    if (m->offload.state) shoal_model_work_shape(m, m->offload.state, &ws);
     /* which layers stay on the device: all, or as many as the budget allows */
     m->off = (struct shoal_offload_plan){ .n_layers = nl, .n_resident = nl };
     if (m->be && m->offload.budget && nl) {
         const uint64_t small = ((uint64_t)n_small * sizeof(float) + 255) / 256 * 256;
-        const uint64_t state = m->offload.state ? shoal_state_device_bytes(hp, pt, m->offload.state) : 0;
-        struct shoal_offload_params op = { m->offload.budget, n_dev + small + state, nl, lb,
+        /* the state, the backend's working memory for its steps, and what the backend
+         * holds already (its library workspaces, a communicator's buffers) */
+        uint64_t state = 0, in_use = 0;
+        if (m->offload.state)
+            state = shoal_state_device_bytes(hp, pt, m->offload.state) + shoal_backend_work_bytes(m->be, &ws);
+        shoal_backend_mem(m->be, &in_use, NULL);
+        struct shoal_offload_params op = { m->offload.budget, n_dev + small + state + in_use, nl, lb,
                                            m->offload.prefetch, group_size(m) };
         SHOAL_TRY_GOTO(shoal_offload_plan_make(&op, &m->off), rc, done);
     }
+    /* the working memory first: uploads then go through it rather than growing it */
+    if (m->be && m->offload.state) SHOAL_TRY_GOTO(shoal_backend_reserve(m->be, &ws), rc, done);
     /* a buffer holds a layer; with a group, its g equal parts (the last padded) */
     m->lstride = m->off.buffer_bytes;
     for (int l = m->off.n_resident; l < nl && group_size(m) > 1; l++) {
@@ -874,7 +924,11 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     for (size_t i = 0; i < N_ACT; i++) total += (counts[i] * sizeof(float) + 63) / 64 * 64;
     s->act_bytes = total;
     s->kv_bytes = (uint64_t)(m->part.layer1 - m->part.layer0) * 2 * (uint64_t)p->n_ctx * s->kvd.row_bytes;
+    s->serial = shoal_backend_serial(m->be);
     shoal_status rc;
+    struct shoal_work_shape ws;
+    shoal_model_work_shape(m, p, &ws);
+    SHOAL_TRY_GOTO(shoal_backend_reserve(m->be, &ws), rc, fail);
     if ((rc = shoal_backend_alloc(m->be, (size_t)s->kv_bytes, &s->kv)) != SHOAL_OK) {
         char b[32];
         shoal_error_prefix("the KV cache for %d positions (%s) does not fit (lower -c or use "
@@ -912,6 +966,7 @@ fail:
 
 void shoal_state_destroy(struct shoal_state *s) {
     if (!s) return;
+    shoal_backend_graph_forget(s->m->be); /* recordings of its steps point at its buffers */
     shoal_backend_free(s->m->be, s->kv);
     shoal_backend_free(s->m->be, s->act);
     free(s->gathered);
@@ -1081,8 +1136,9 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
     const int staged = s->dist && shoal_comm_size(s->dist->tp) > 1 && !s->dist->tp_dev &&
                        !shoal_backend_host_memory(be);
     if (staged || s->m->stream) return layers(s, b); /* (streamed layers copy between the ops) */
+    /* the state by its serial, not its address: a new state may come where a freed one was */
     uint64_t key = 1469598103934665603ull;
-    const uint64_t parts[] = { (uint64_t)(uintptr_t)s, (uint64_t)b->n_tokens, (uint64_t)b->n_seq,
+    const uint64_t parts[] = { s->serial, (uint64_t)b->n_tokens, (uint64_t)b->n_seq,
                                (uint64_t)b->max_blocks, (uint64_t)b->block_size };
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) key = (key ^ parts[i]) * 1099511628211ull;
     int replayed = 0;

@@ -137,6 +137,7 @@ struct shoal_model {
     uint64_t *ticket;             /* (layers): the fetch a streamed layer waits for */
     struct shoal_stream_stats sstats;
     struct shoal_model_offload offload; /* as asked */
+    struct shoal_work_shape work; /* the distinct matmuls of a step (shoal_model_work_shape) */
 };
 
 /*
@@ -283,6 +284,7 @@ struct shoal_state {
      * sent with the step to every rank */
     const struct shoal_step_meta *meta;
     uint64_t kv_bytes, act_bytes;
+    uint64_t serial; /* the backend's name for this state (shoal_backend_serial): its steps' recordings */
 };
 
 shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_model *m,
@@ -291,6 +293,12 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
 uint64_t shoal_state_device_bytes(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
                                   const struct shoal_state_params *p);
 void shoal_state_destroy(struct shoal_state *s);
+/*
+ * The shape of a step's work on this rank's part for a state of params p, for the
+ * backend's working memory (shoal_backend_work_bytes, shoal_backend_reserve).
+ */
+void shoal_model_work_shape(const struct shoal_model *m, const struct shoal_state_params *p,
+                            struct shoal_work_shape *w);
 
 /*
  * Runs batch b (at most n_batch tokens) through the model, storing its K/V
