@@ -399,11 +399,18 @@ static shoal_status make_backend(struct run *r, int local) {
     return SHOAL_OK;
 }
 
-/* Whether every rank of c has a GPU of its own: no two on one host with the same device. */
+/*
+ * Whether every rank of c has a GPU of its own: no two on one host with the same device.
+ * The host is NCCL's: NCCL_HOSTID where the environment sets it (ranks told they are on
+ * different hosts may share a GPU, NCCL then talking between them as over a network:
+ * how NCCL is tested on a machine with one GPU), else the host's name.
+ */
 static shoal_status own_gpus(const struct run *r, struct shoal_comm *c, int *own) {
     struct { uint64_t host; int32_t gpu, pad; } mine = { 0, r->gpu, 0 }, *all;
     char host[256] = "";
-    gethostname(host, sizeof host - 1);
+    const char *hostid = getenv("NCCL_HOSTID");
+    if (hostid && *hostid) snprintf(host, sizeof host, "%s", hostid);
+    else gethostname(host, sizeof host - 1);
     mine.host = 1469598103934665603ull;
     for (const char *p = host; *p; p++) mine.host = (mine.host ^ (unsigned char)*p) * 1099511628211ull;
     const int n = shoal_comm_size(c);
