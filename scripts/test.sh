@@ -19,6 +19,20 @@ echo "== all tests (Release build)"
 # the GPU tests skip where there is no GPU: say why, not only that they did
 (cd build && ctest -L gpu -V 2>&1 | grep -E "^[0-9]+: (skipped|SKIPPED)" | awk -F: "!seen[\$1]++" | sed "s/^/GPU test /") || true
 
+# the one-call GPU check's script, as far as a machine without a GPU takes it: its
+# steps with the CPU standing in for the GPU (the build step reuses build/)
+echo "== tests/gpu/run.sh --dry-run --quick"
+gpu_out=$(mktemp -d)
+OUT=$gpu_out SHOAL_GPU_BUILD=build SHOAL_GPU_MODELS=$gpu_out/models bash tests/gpu/run.sh --dry-run --quick >"$gpu_out/run.log" 2>&1 \
+  || { tail -n 60 "$gpu_out/run.log"; echo "tests/gpu/run.sh --dry-run failed (its summary: $gpu_out/summary.txt)"; exit 1; }
+for s in "== build: configure: ok" "== build: ninja" "== ops: test_backend_ops cpu --quick: ok" \
+         "== model: test_gpu_model cpu --quick: ok" "== ranks: pytest tests/gpu/test_gpu_model.py: ok" \
+         "== bench: bench/gpu/bench_gpu.py: ok" "== offload: not run" "every step passed"; do
+  grep -qF "$s" "$gpu_out/summary.txt" || { cat "$gpu_out/summary.txt"; echo "run.sh --dry-run: no '$s' in its summary"; exit 1; }
+done
+cat "$gpu_out/summary.txt"
+rm -rf "$gpu_out"
+
 echo "== unit tests and corruption test under ASan + UBSan"
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 (cd build-asan && ctest --output-on-failure -L unit)
