@@ -416,9 +416,12 @@ static shoal_status cu_graph_end(void *ctx, int ok) {
 
 /* ------------------------------------------------------------ memory */
 
+/* Beyond what is held already (a buffer grown is freed before its successor is made). */
 static uint64_t cu_work_bytes(void *ctx, const struct shoal_work_shape *w) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
-    return work_scratch_bytes(w, c->n_sm) + batch_values(w->n_tokens, w->n_slots) * sizeof(int32_t);
+    const size_t s = work_scratch_bytes(w, c->n_sm), b = batch_values(w->n_tokens, w->n_slots);
+    return (s > c->scratch_cap ? s - c->scratch_cap : 0) +
+           (b > c->batch_cap ? (b - c->batch_cap) * sizeof(int32_t) : 0);
 }
 
 static shoal_status cu_reserve(void *ctx, const struct shoal_work_shape *w) {

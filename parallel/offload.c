@@ -50,8 +50,9 @@ shoal_status shoal_offload_plan_make(const struct shoal_offload_params *p,
     char b[32], f[32], n[32], l[32];
     return shoal_errorf(SHOAL_NOMEM,
                         "a device memory budget of %s is too small: with every layer streamed "
-                        "this rank needs %s (%s for the KV cache, activations, norms, embedding "
-                        "and head, and %d layer buffer%s of %s); raise --device-mem, lower "
+                        "this rank needs %s (%s for the KV cache, activations, norms, embedding, "
+                        "head and the backend's working memory, and %d layer buffer%s of %s); "
+                        "raise --device-mem, lower "
                         "--prefetch or -c, or spread the model over more ranks",
                         shoal_fmt_bytes(b, sizeof b, (double)p->budget),
                         shoal_fmt_bytes(n, sizeof n, (double)out->peak_bytes),

@@ -20,7 +20,8 @@
 
 struct shoal_offload_params {
     uint64_t budget;             /* device bytes this rank may use (0: no limit) */
-    uint64_t fixed;              /* bytes whatever the plan: KV cache, activations, norms, embedding and head */
+    uint64_t fixed;              /* bytes whatever the plan: KV cache, activations, norms, embedding, head,
+                                  * and the backend's working memory and what it holds already */
     int n_layers;                /* this rank's layers */
     const uint64_t *layer_bytes; /* (n_layers): device bytes of each layer's matrices */
     int prefetch;                /* d: layers fetched ahead of the one running (>= 0) */

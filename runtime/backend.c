@@ -64,6 +64,8 @@ void shoal_backend_mem(const struct shoal_backend *b, uint64_t *in_use, uint64_t
     if (peak) *peak = b->peak;
 }
 
+void shoal_backend_peak_reset(struct shoal_backend *b) { b->peak = b->in_use; }
+
 void shoal_backend_account(struct shoal_backend *b, uint64_t bytes) {
     b->in_use += bytes;
     if (b->in_use > b->peak) b->peak = b->in_use;

@@ -99,6 +99,8 @@ void shoal_backend_set_budget(struct shoal_backend *b, uint64_t bytes);
  * device allocation the process makes for the backend, its own scratch, tables and
  * library workspaces included, and what shoal_backend_account adds. */
 void shoal_backend_mem(const struct shoal_backend *b, uint64_t *in_use, uint64_t *peak);
+/* The peak starts again from what is in use now (a run's own peak after another's). */
+void shoal_backend_peak_reset(struct shoal_backend *b);
 /*
  * Device memory that a library allocated for this backend's device behind its back
  * (NCCL's buffers, measured when its communicator was made): counted in in_use and the
@@ -132,9 +134,10 @@ struct shoal_work_shape {
 };
 /*
  * Device bytes the backend's ops on steps of shape w need beside their operands
- * (scratch, the batch's arrays, tables), which shoal_backend_reserve allocates, at
- * most; 0 for a backend whose scratch is host memory (the CPU). Plans that budget a
- * device add it to the weights, the cache and the activations.
+ * (scratch, the batch's arrays), which shoal_backend_reserve allocates, beyond what the
+ * backend holds already (shoal_backend_mem's in_use counts that); 0 for a backend whose
+ * scratch is host memory (the CPU). Plans that budget a device add it and in_use to the
+ * weights, the cache and the activations.
  */
 uint64_t shoal_backend_work_bytes(struct shoal_backend *b, const struct shoal_work_shape *w);
 /*
