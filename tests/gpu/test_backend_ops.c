@@ -1094,6 +1094,41 @@ static void sweep_pack(struct ctx *c) {
 }
 
 /*
+ * One matmul's operands on the backend under test, for the invariance cases:
+ * a random weight (*wq its GGUF bytes, wp prepared from them), n tokens of x
+ * (host *x, device *dx) and room for n rows of es-byte outputs (*dy). What it
+ * made before failing the caller frees.
+ */
+struct mm_io {
+    float *x;
+    uint8_t *wq;
+    struct shoal_weight wp;
+    void *dx, *dy;
+};
+
+static shoal_status mm_io_make(struct ctx *c, int type, int rows, int cols, int n, size_t es,
+                               struct mm_io *io) {
+    struct shoal_backend *be = c->be[0];
+    memset(io, 0, sizeof *io);
+    if (!(io->x = calloc((size_t)n * cols + 1, sizeof *io->x)))
+        return shoal_errorf(SHOAL_NOMEM, "out of host memory");
+    SHOAL_TRY(random_weight(c, type, rows, cols, 1.0f, &io->wq));
+    fill(c, io->x, (size_t)n * cols, 1.0f);
+    SHOAL_TRY(shoal_weight_prepare(be, &io->wp, type, rows, cols, io->wq, NULL));
+    SHOAL_TRY(shoal_backend_alloc(be, sizeof(float) * (size_t)n * cols, &io->dx));
+    SHOAL_TRY(shoal_backend_alloc(be, es * (size_t)n * rows, &io->dy));
+    return shoal_backend_upload(be, io->dx, io->x, sizeof(float) * (size_t)n * cols);
+}
+
+static void mm_io_free(struct ctx *c, struct mm_io *io) {
+    struct shoal_backend *be = c->be[0];
+    shoal_weight_release(be, &io->wp);
+    shoal_backend_free(be, io->dx);
+    shoal_backend_free(be, io->dy);
+    free(io->x), free(io->wq);
+}
+
+/*
  * Batch invariance (the CPU backend): a matmul of n tokens at once gives
  * each token, bit for bit, what the same matmul of that token alone gives,
  * f32 and f64 sums alike; a serving batch then yields each sequence's own
@@ -1106,38 +1141,27 @@ static void batch_case(struct ctx *c, int type, int rows, int cols, int n, int f
     shoal_status rc = SHOAL_OK;
     struct shoal_backend *be = c->be[0];
     const size_t es = f64 ? sizeof(double) : sizeof(float);
-    float *x = NULL;
     char *got = NULL, *want = NULL;
-    uint8_t *wq = NULL;
-    void *dx = NULL, *dy = NULL;
-    struct shoal_weight wp = { 0 };
+    struct mm_io io;
     struct stats st = { 0 };
-    HALLOC(x, (size_t)n * cols);
+    SHOAL_TRY_GOTO(mm_io_make(c, type, rows, cols, n, es, &io), rc, done);
     HALLOC(got, (size_t)n * rows * es);
     HALLOC(want, (size_t)n * rows * es);
-    SHOAL_TRY_GOTO(random_weight(c, type, rows, cols, 1.0f, &wq), rc, done);
-    fill(c, x, (size_t)n * cols, 1.0f);
-    SHOAL_TRY_GOTO(shoal_weight_prepare(be, &wp, type, rows, cols, wq, NULL), rc, done);
-    SHOAL_TRY_GOTO(shoal_backend_alloc(be, sizeof(float) * (size_t)n * cols, &dx), rc, done);
-    SHOAL_TRY_GOTO(shoal_backend_alloc(be, es * (size_t)n * rows, &dy), rc, done);
-    SHOAL_TRY_GOTO(shoal_backend_upload(be, dx, x, sizeof(float) * (size_t)n * cols), rc, done);
     for (int t = 0; t <= n; t++) { /* each token alone, then all n at once */
         const int k = t < n ? 1 : n;
-        const float *xt = (const float *)dx + (size_t)(t < n ? t : 0) * cols;
-        char *yt = (char *)dy + (size_t)(t < n ? t : 0) * rows * es;
-        SHOAL_TRY_GOTO(f64 ? shoal_op_matmul_f64(be, (double *)yt, &wp, xt, k)
-                           : shoal_op_matmul(be, (float *)yt, &wp, xt, k), rc, done);
+        const float *xt = (const float *)io.dx + (size_t)(t < n ? t : 0) * cols;
+        char *yt = (char *)io.dy + (size_t)(t < n ? t : 0) * rows * es;
+        SHOAL_TRY_GOTO(f64 ? shoal_op_matmul_f64(be, (double *)yt, &io.wp, xt, k)
+                           : shoal_op_matmul(be, (float *)yt, &io.wp, xt, k), rc, done);
         SHOAL_TRY_GOTO(shoal_backend_synchronize(be), rc, done);
-        SHOAL_TRY_GOTO(shoal_backend_download(be, t < n ? want : got, dy, es * (size_t)n * rows), rc, done);
+        SHOAL_TRY_GOTO(shoal_backend_download(be, t < n ? want : got, io.dy, es * (size_t)n * rows), rc, done);
     }
     compare(c, &st, got, want, f64, (size_t)n * rows, &(struct tol){ 0 });
     finish(c, &st);
 done:
     if (rc != SHOAL_OK) failed_to_run(c, rc);
-    shoal_weight_release(be, &wp);
-    shoal_backend_free(be, dx);
-    shoal_backend_free(be, dy);
-    free(x), free(got), free(want), free(wq);
+    mm_io_free(c, &io);
+    free(got), free(want);
 }
 
 static void sweep_batch(struct ctx *c) {
@@ -1170,30 +1194,22 @@ static void rows_case(struct ctx *c, int type, int rows, int cols, int n, int f6
     const int cut = rows > 672 ? 672 : rows / 2 + 1, odd = rows / 5 | 1;
     const int slices[][2] = { { 0, cut }, { cut, rows }, { rows / 2, rows / 2 + 1 },
                               { rows - 1, rows }, { odd, odd + rows / 3 } }; /* [r0, r1) */
-    float *x = NULL;
     char *whole = NULL, *got = NULL, *want = NULL;
-    uint8_t *wq = NULL;
-    void *dx = NULL, *dy = NULL;
-    struct shoal_weight wp = { 0 }, ws = { 0 };
+    struct mm_io io;
+    struct shoal_weight ws = { 0 };
     struct stats st = { 0 };
-    HALLOC(x, (size_t)n * cols);
+    SHOAL_TRY_GOTO(mm_io_make(c, type, rows, cols, n, es, &io), rc, done);
     HALLOC(whole, (size_t)n * rows * es);
     HALLOC(got, (size_t)n * rows * es);
     HALLOC(want, (size_t)n * rows * es);
-    SHOAL_TRY_GOTO(random_weight(c, type, rows, cols, 1.0f, &wq), rc, done);
-    fill(c, x, (size_t)n * cols, 1.0f);
-    SHOAL_TRY_GOTO(shoal_weight_prepare(be, &wp, type, rows, cols, wq, NULL), rc, done);
-    SHOAL_TRY_GOTO(shoal_backend_alloc(be, sizeof(float) * (size_t)n * cols, &dx), rc, done);
-    SHOAL_TRY_GOTO(shoal_backend_alloc(be, es * (size_t)n * rows, &dy), rc, done);
-    SHOAL_TRY_GOTO(shoal_backend_upload(be, dx, x, sizeof(float) * (size_t)n * cols), rc, done);
     for (int s = -1; s < COUNT(slices); s++) { /* the whole weight, then each slice */
         const int r0 = s < 0 ? 0 : slices[s][0], nr = s < 0 ? rows : slices[s][1] - r0;
-        struct shoal_weight *w = s < 0 ? &wp : &ws;
+        struct shoal_weight *w = s < 0 ? &io.wp : &ws;
         if (s >= 0)
-            SHOAL_TRY_GOTO(shoal_weight_prepare(be, &ws, type, nr, cols, wq + (size_t)r0 * rb, NULL), rc, done);
-        SHOAL_TRY_GOTO(f64 ? shoal_op_matmul_f64(be, dy, w, dx, n) : shoal_op_matmul(be, dy, w, dx, n), rc, done);
+            SHOAL_TRY_GOTO(shoal_weight_prepare(be, &ws, type, nr, cols, io.wq + (size_t)r0 * rb, NULL), rc, done);
+        SHOAL_TRY_GOTO(f64 ? shoal_op_matmul_f64(be, io.dy, w, io.dx, n) : shoal_op_matmul(be, io.dy, w, io.dx, n), rc, done);
         SHOAL_TRY_GOTO(shoal_backend_synchronize(be), rc, done);
-        SHOAL_TRY_GOTO(shoal_backend_download(be, s < 0 ? whole : got, dy, es * (size_t)n * nr), rc, done);
+        SHOAL_TRY_GOTO(shoal_backend_download(be, s < 0 ? whole : got, io.dy, es * (size_t)n * nr), rc, done);
         if (s < 0) continue;
         shoal_weight_release(be, &ws);
         memset(&ws, 0, sizeof ws);
@@ -1211,11 +1227,9 @@ static void rows_case(struct ctx *c, int type, int rows, int cols, int n, int f6
     finish(c, &st);
 done:
     if (rc != SHOAL_OK) failed_to_run(c, rc);
-    shoal_weight_release(be, &wp);
     shoal_weight_release(be, &ws);
-    shoal_backend_free(be, dx);
-    shoal_backend_free(be, dy);
-    free(x), free(whole), free(got), free(want), free(wq);
+    mm_io_free(c, &io);
+    free(whole), free(got), free(want);
 }
 
 static void sweep_rows(struct ctx *c) {
