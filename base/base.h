@@ -98,6 +98,8 @@ enum shoal_dtype {
     SHOAL_DTYPE_Q5_K = 13,
     SHOAL_DTYPE_Q6_K = 14,
     SHOAL_DTYPE_Q8_K = 15,
+    SHOAL_DTYPE_IQ4_NL = 20,
+    SHOAL_DTYPE_IQ4_XS = 23,
     SHOAL_DTYPE_I8 = 24,
     SHOAL_DTYPE_I16 = 25,
     SHOAL_DTYPE_I32 = 26,
@@ -146,15 +148,86 @@ struct shoal_block_q4_1 {
 #else
 #define SHOAL_STATIC_ASSERT _Static_assert
 #endif
+struct shoal_block_q5_0 {
+    uint16_t d;               /* f16 scale */
+    uint8_t qh[4];            /* bit j (of the 32, little-endian) is value j's fifth bit */
+    uint8_t qs[SHOAL_QK / 2]; /* low four bits, ordered as in q4_0 */
+};
+struct shoal_block_q5_1 {
+    uint16_t d, m; /* f16 scale and minimum */
+    uint8_t qh[4];
+    uint8_t qs[SHOAL_QK / 2];
+};
+/* IQ4_NL: q4_0's layout, but each nibble indexes a 16-entry non-linear table. */
+struct shoal_block_iq4_nl {
+    uint16_t d; /* f16 scale */
+    uint8_t qs[SHOAL_QK / 2];
+};
+
+/*
+ * The super-block types (k-quants and IQ4_XS): 256 values per block, cut
+ * into sub-blocks of 16 or 32 that carry their own small scale. Where a
+ * layout spreads a value over several fields, the dequantizer in quant.c
+ * says which bits go where.
+ */
+#define SHOAL_QK_K 256
+struct shoal_block_q2_k {
+    uint8_t scales[SHOAL_QK_K / 16]; /* per 16 values: scale in the low nibble, min in the high */
+    uint8_t qs[SHOAL_QK_K / 4];      /* 2-bit values, four to a byte */
+    uint16_t d, dmin;                /* f16 super-block scales of the scales and of the mins */
+};
+struct shoal_block_q3_k {
+    uint8_t hmask[SHOAL_QK_K / 8]; /* the third bit of each value (set: no -4 offset) */
+    uint8_t qs[SHOAL_QK_K / 4];    /* low two bits, four to a byte */
+    uint8_t scales[12];            /* sixteen 6-bit scales, stored +32 */
+    uint16_t d;                    /* f16 super-block scale */
+};
+struct shoal_block_q4_k {
+    uint16_t d, dmin;             /* f16 super-block scales of the scales and of the mins */
+    uint8_t scales[12];           /* eight 6-bit scales and eight 6-bit mins */
+    uint8_t qs[SHOAL_QK_K / 2];   /* per 64 values: the first 32 in low nibbles, the next 32 high */
+};
+struct shoal_block_q5_k {
+    uint16_t d, dmin;
+    uint8_t scales[12];           /* as in q4_k */
+    uint8_t qh[SHOAL_QK_K / 8];   /* fifth bits: bit g of qh[j] for value 32 g + j */
+    uint8_t qs[SHOAL_QK_K / 2];   /* low four bits, as in q4_k */
+};
+struct shoal_block_q6_k {
+    uint8_t ql[SHOAL_QK_K / 2];   /* low four bits */
+    uint8_t qh[SHOAL_QK_K / 4];   /* high two bits */
+    int8_t scales[SHOAL_QK_K / 16]; /* per 16 values */
+    uint16_t d;                   /* f16 super-block scale */
+};
+struct shoal_block_iq4_xs {
+    uint16_t d;                   /* f16 super-block scale */
+    uint16_t scales_h;            /* high two bits of the eight 6-bit scales (stored +32) */
+    uint8_t scales_l[SHOAL_QK_K / 64]; /* low four bits, two to a byte */
+    uint8_t qs[SHOAL_QK_K / 2];   /* per 32 values: the first 16 in low nibbles, the next 16 high */
+};
+
 SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q8_0) == 34, "q8_0 block is 34 bytes");
 SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q4_0) == 18, "q4_0 block is 18 bytes");
 SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q4_1) == 20, "q4_1 block is 20 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q5_0) == 22, "q5_0 block is 22 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q5_1) == 24, "q5_1 block is 24 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_iq4_nl) == 18, "iq4_nl block is 18 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q2_k) == 84, "q2_k block is 84 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q3_k) == 110, "q3_k block is 110 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q4_k) == 144, "q4_k block is 144 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q5_k) == 176, "q5_k block is 176 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_q6_k) == 210, "q6_k block is 210 bytes");
+SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_iq4_xs) == 136, "iq4_xs block is 136 bytes");
 
 /*
  * Row conversion between f32 and the stored formats (base/quant.c): n values,
  * a multiple of the type's block size. The formats are GGUF's; quantizers
- * round as llama.cpp's reference quantizers do. F32, F16, BF16, Q8_0, Q4_0
- * and Q4_1 are known; others are SHOAL_INVALID.
+ * round as llama.cpp's reference quantizers do. Quantizing knows F32, F16,
+ * BF16, Q8_0, Q4_0 and Q4_1; dequantizing knows those and Q5_0, Q5_1, Q2_K,
+ * Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS, and gives, bit for bit, what the
+ * gguf Python package's numpy dequantizer gives. Other types (and an n that
+ * is not a multiple of the block) are SHOAL_INVALID. The row must hold
+ * shoal_dtype_row_bytes(type, n) bytes, 2-byte aligned for the block types.
  */
 int shoal_can_quantize(int type);
 int shoal_can_dequantize(int type);

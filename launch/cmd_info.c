@@ -1,13 +1,18 @@
 /*
  * cmd_info.c — `shoal info MODEL`: the file's header, its metadata, its
- * tensor table and what shoal makes of it (hyperparameters, bytes per type,
- * whether shoal can run it). A malformed file is an error, not a crash.
+ * tensor table and what shoal makes of it (hyperparameters, bytes and
+ * tensors per type, bits per weight, whether shoal can run it); or, with
+ * --dump NAME, one tensor's values as f32. A malformed file is an error, not
+ * a crash.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../runtime/chat.h"
 #include "../runtime/model.h"
@@ -38,12 +43,136 @@ static void print_chat(const struct shoal_gguf *g) {
     free(tmpl);
 }
 
+/* ----------------------------------------------------------------- --dump */
+
+/* The types shoal_dequantize_row knows, for messages: "f32, f16, ...". */
+static void dequantizable_names(char *buf, size_t len) {
+    buf[0] = 0;
+    for (int t = 0; t < SHOAL_DTYPE_MAX; t++)
+        if (shoal_dtype_info(t) && shoal_can_dequantize(t)) {
+            size_t used = strlen(buf);
+            snprintf(buf + used, len - used, "%s%s", used ? ", " : "", shoal_dtype_name(t));
+        }
+}
+
+/*
+ * Writes tensor `name` of g dequantized to f32, in the file's order (row
+ * after row), to out_path or (NULL) stdout, in the host's byte order, which
+ * is little-endian as GGUF is (shoal maps GGUF files as they are). The
+ * reader has checked the tensor: its row is a multiple of its block and its
+ * nbytes lie inside the file, so the values are nbytes / block_bytes whole
+ * blocks. A partly written out_path is removed.
+ */
+static shoal_status dump_tensor(const struct shoal_gguf *g, const char *name,
+                                const char *out_path) {
+    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
+    if (!t)
+        return shoal_errorf(SHOAL_INVALID,
+                            "%s: no tensor named '%s' (shoal info without --dump lists the "
+                            "file's %" PRId64 " tensors)",
+                            g->path, name, g->n_tensors);
+    if (!shoal_can_dequantize(t->type)) {
+        char names[512];
+        dequantizable_names(names, sizeof names);
+        return shoal_errorf(SHOAL_UNSUPPORTED,
+                            "%s: tensor '%s' is %s, which shoal cannot dequantize (it can: %s)",
+                            g->path, name, shoal_dtype_name(t->type), names);
+    }
+    if (!out_path && isatty(STDOUT_FILENO))
+        return shoal_errorf(SHOAL_INVALID,
+                            "--dump writes binary f32 values: redirect stdout or pass -o FILE");
+    const struct shoal_dtype_info *ti = shoal_dtype_info(t->type);
+    const uint64_t n_blocks = t->nbytes / (uint64_t)ti->block_bytes;
+    const uint64_t chunk = 65536 / (uint64_t)ti->block; /* blocks per write: 256 KiB of f32 */
+    struct stat in_st, out_st;
+    if (out_path && stat(g->path, &in_st) == 0 && stat(out_path, &out_st) == 0 &&
+        in_st.st_dev == out_st.st_dev && in_st.st_ino == out_st.st_ino)
+        return shoal_errorf(SHOAL_INVALID, "--dump would overwrite the file it reads (%s): pick "
+                            "another -o", out_path);
+    /*
+     * Each chunk of blocks is copied to the end of a heap buffer before it is
+     * dequantized: a dequantizer that read past its row would then read past
+     * an allocation, which a sanitizer build reports (past a row inside the
+     * map, nothing would). --dump is not a hot path; the copy is cheap.
+     */
+    const size_t cap = (size_t)chunk * (size_t)ti->block_bytes;
+    float *buf = malloc(65536 * sizeof(float));
+    uint8_t *raw = malloc(cap);
+    FILE *f = NULL;
+    shoal_status rc = SHOAL_OK;
+    if (!buf || !raw) {
+        rc = shoal_errorf(SHOAL_NOMEM, "--dump: no memory for %zu bytes of buffers",
+                          65536 * sizeof(float) + cap);
+        goto done;
+    }
+    f = out_path ? fopen(out_path, "wb") : stdout;
+    if (!f) {
+        rc = shoal_errorf(SHOAL_IO, "cannot create %s: %s", out_path, strerror(errno));
+        goto done;
+    }
+    for (uint64_t b = 0; b < n_blocks; b += chunk) {
+        uint64_t nb = n_blocks - b < chunk ? n_blocks - b : chunk;
+        size_t n = (size_t)(nb * (uint64_t)ti->block), len = (size_t)nb * (size_t)ti->block_bytes;
+        uint8_t *src = raw + (cap - len); /* a whole number of blocks: alignment kept */
+        memcpy(src, (const uint8_t *)t->data + b * (uint64_t)ti->block_bytes, len);
+        rc = shoal_dequantize_row(t->type, src, buf, (int64_t)n);
+        if (rc != SHOAL_OK) {
+            shoal_error_prefix("%s: tensor '%s'", g->path, name);
+            goto done;
+        }
+        if (fwrite(buf, sizeof(float), n, f) != n) {
+            rc = shoal_errorf(SHOAL_IO, "writing tensor '%s' to %s: %s", name,
+                              out_path ? out_path : "stdout", strerror(errno));
+            goto done;
+        }
+    }
+    if (fflush(f) != 0)
+        rc = shoal_errorf(SHOAL_IO, "writing tensor '%s' to %s: %s", name,
+                          out_path ? out_path : "stdout", strerror(errno));
+done:
+    if (f && f != stdout && fclose(f) != 0 && rc == SHOAL_OK)
+        rc = shoal_errorf(SHOAL_IO, "writing %s: %s", out_path, strerror(errno));
+    if (rc != SHOAL_OK && f && out_path) remove(out_path);
+    free(raw);
+    free(buf);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- info */
+
+/* "types: q4_k 108 tensors (4.50 bits per weight), q6_k 19 (6.56), ...; 4.86 bits per weight":
+ * most tensors first. */
+static void print_types(const uint64_t count[SHOAL_DTYPE_MAX], uint64_t params, uint64_t bytes) {
+    int done[SHOAL_DTYPE_MAX] = { 0 }, first = 1;
+    printf("types:      ");
+    for (;;) {
+        int best = -1;
+        for (int t = 0; t < SHOAL_DTYPE_MAX; t++)
+            if (count[t] && !done[t] && (best < 0 || count[t] > count[best])) best = t;
+        if (best < 0) break;
+        done[best] = 1;
+        const struct shoal_dtype_info *ti = shoal_dtype_info(best);
+        double bpw = 8.0 * ti->block_bytes / ti->block;
+        printf("%s %s %" PRIu64 "%s (%.2f%s)", first ? "" : ",", ti->name, count[best],
+               first ? (count[best] == 1 ? " tensor" : " tensors") : "", bpw,
+               first ? " bits per weight" : "");
+        first = 0;
+    }
+    if (first) printf(" none");
+    if (params) printf("; %.2f bits per weight", 8.0 * (double)bytes / (double)params);
+    putchar('\n');
+}
+
 int cmd_info(int argc, char **argv) {
     int no_tensors = 0, no_meta = 0, max_elems = 8;
+    const char *dump = NULL, *out_path = NULL;
     const struct opt opts[] = {
         { "--no-tensors", 0, OPT_FLAG, &no_tensors, NULL, "do not list the tensors" },
         { "--no-metadata", 0, OPT_FLAG, &no_meta, NULL, "do not list the metadata" },
         { "--array-items", 0, OPT_INT, &max_elems, "N", "array elements to show per key (default 8)" },
+        { "--dump", 0, OPT_STR, &dump, "NAME",
+          "write tensor NAME as f32 (little-endian) to stdout, nothing else" },
+        { "--output", 'o', OPT_STR, &out_path, "FILE", "with --dump: write to FILE, not stdout" },
         OPT_END,
     };
     const char *pos[1];
@@ -51,9 +180,17 @@ int cmd_info(int argc, char **argv) {
     int prc = args_parse("shoal info", "[MODEL.gguf] [options]",
                          "Prints a GGUF file's metadata, its tensor table and a summary of what\n"
                          "shoal makes of it. Checks every offset and size on the way.\n"
-                         "Without MODEL: the default model (see shoal run --help).",
+                         "Without MODEL: the default model (see shoal run --help).\n"
+                         "With --dump NAME: that tensor's values dequantized to f32, row after\n"
+                         "row (ne[0] values each), little-endian, and nothing else; for any GGUF\n"
+                         "file shoal parses, model or not. E.g. to compare two files:\n"
+                         "  shoal info a.gguf --dump output.weight -o a.f32",
                          opts, argc, argv, pos, 1, &n_pos);
     if (prc) return prc == 1 ? 0 : 2;
+    if (out_path && !dump) {
+        fprintf(stderr, "shoal info: error: -o/--output goes with --dump NAME\n");
+        return 2;
+    }
     shoal_log_init(SHOAL_LOG_WARN, 0, NULL);
     char dflt[4096];
     if (n_pos == 0) {
@@ -64,6 +201,11 @@ int cmd_info(int argc, char **argv) {
     struct shoal_gguf *g = NULL;
     shoal_status rc = shoal_gguf_open(&g, pos[0]);
     if (rc != SHOAL_OK) return launch_fail("info", rc);
+    if (dump) {
+        rc = dump_tensor(g, dump, out_path);
+        shoal_gguf_close(g);
+        return rc == SHOAL_OK ? 0 : launch_fail("info", rc);
+    }
 
     char b1[32];
     printf("file:        %s\n", g->path);
@@ -86,7 +228,7 @@ int cmd_info(int argc, char **argv) {
         }
     }
 
-    uint64_t by_type[SHOAL_DTYPE_MAX] = { 0 }, params = 0, bytes = 0;
+    uint64_t by_type[SHOAL_DTYPE_MAX] = { 0 }, count[SHOAL_DTYPE_MAX] = { 0 }, params = 0, bytes = 0;
     if (!no_tensors) printf("\n%-5s %-36s %-6s %-24s %12s %14s\n", "#", "tensor", "type", "shape",
                             "bytes", "offset");
     for (int64_t i = 0; i < g->n_tensors; i++) {
@@ -103,6 +245,7 @@ int cmd_info(int argc, char **argv) {
         params += n;
         bytes += t->nbytes;
         by_type[t->type] += t->nbytes;
+        count[t->type]++;
         if (!no_tensors)
             printf("%-5" PRId64 " %-36s %-6s %-24s %12" PRIu64 " %14" PRIu64 "\n", i, t->name,
                    shoal_dtype_name(t->type), shape, t->nbytes, t->offset);
@@ -115,6 +258,7 @@ int cmd_info(int argc, char **argv) {
             printf(" %s %s (%.1f%%)", shoal_dtype_name(t), shoal_fmt_bytes(b1, sizeof b1, (double)by_type[t]),
                    100.0 * (double)by_type[t] / (double)(bytes ? bytes : 1));
     putchar('\n');
+    print_types(count, params, bytes);
 
     /* what shoal makes of it: a model it can run, or why not */
     int status = 0;

@@ -324,7 +324,7 @@ static shoal_status parse(struct shoal_gguf *g) {
         if (!ti)
             return shoal_errorf(SHOAL_FORMAT,
                                 "%s: tensor '%s' has unknown or unsupported type %u (shoal knows "
-                                "f32, f16, bf16, q4_0/1, q5_0/1, q8_0/1, q2_k..q8_k)",
+                                "f32, f16, bf16, q4_0/1, q5_0/1, q8_0/1, q2_k..q8_k, iq4_nl, iq4_xs)",
                                 g->path, t->name, type);
         t->type = (int)type;
         if (t->ne[0] % ti->block)
