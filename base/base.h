@@ -113,7 +113,7 @@ struct shoal_dtype_info {
     const char *name;  /* as llama.cpp prints it: "q4_0", "f16" */
     int block;         /* values per block (1 for plain types) */
     int block_bytes;   /* bytes per block */
-    int computable;    /* the compute backends can use it as a weight */
+    int computable;    /* the CPU backend computes with it as a weight (CUDA: cuda_weight_layout says) */
 };
 
 /* NULL for a value that is not a known type. */

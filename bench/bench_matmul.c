@@ -8,6 +8,7 @@
  *   e.g. bench_matmul q4_0 5632 2048 1 2     (decode-shaped)
  *        bench_matmul q4_0 5632 2048 256 2   (prompt-shaped)
  *        bench_matmul q8_0 1024 2816 16 2 auto f64   (the f64 sums of row-parallel weights)
+ * Types shoal cannot quantize (the k-quants, ...) get random blocks.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,7 +50,14 @@ int main(int argc, char **argv) {
             s ^= s << 13, s ^= s >> 7, s ^= s << 17;
             row[c] = (float)((s >> 40) * (1.0 / 16777216.0)) - 0.5f;
         }
-        shoal_quantize_row(type, row, w + rb * (size_t)r, cols);
+        if (shoal_can_quantize(type)) {
+            shoal_quantize_row(type, row, w + rb * (size_t)r, cols);
+            continue;
+        }
+        for (size_t i = 0; i < rb; i++) { /* k-quants and the like: random bytes (the time is the same) */
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            w[rb * (size_t)r + i] = (uint8_t)(s >> 40);
+        }
     }
     for (int k = 1; k < copies; k++) memcpy(w + wbytes * (size_t)k, w, wbytes);
     for (long i = 0; i < n * cols; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;

@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -212,52 +213,85 @@ static void mm_worker(void *arg, int ith, int nth) {
     }
 }
 
+/*
+ * An activation form in one layout (kernels.h: enum cpu_xform, XL_*), made
+ * once per matmul call for every weight that reads it: its place in the
+ * scratch, and the mm_task fields its weights' tasks take.
+ */
+struct xform {
+    int form, layout;
+    size_t off;
+    struct mm_task t;
+};
+
 struct xq_job {
     const struct cpu_kernels *k;
     const float *x;
-    int64_t cols, nb;
-    int n, grouped, lanes, offset;
-    struct mm_task *t; /* the buffers to fill: xq, xd, xs, xsum, xvc, xvd */
+    int64_t cols;
+    int n;
+    struct xform *f;
 };
 
 static void xq_worker(void *arg, int ith, int nth) {
-    struct xq_job *j = arg;
-    struct mm_task *m = j->t;
-    int64_t nv = j->nb / 4 * 4 * j->lanes;
+    const struct xq_job *j = arg;
+    const struct mm_task *m = &j->f->t;
+    const int64_t cols = j->cols;
     long long lo, hi;
     shoal_pool_share(j->n, ith, nth, 1, &lo, &hi);
-    for (long long t = lo; t < hi; t++)
-        j->k->quantize_x(j->x + t * j->cols, j->cols, (int8_t *)m->xq + t * j->cols,
-                             (float *)m->xd + t * j->nb, (float *)m->xs + t * j->nb,
-                             (int32_t *)m->xsum + t * j->nb, j->grouped, j->lanes, j->offset,
-                             (int32_t *)m->xvc + t * nv, (float *)m->xvd + t * nv);
+    if (j->f->form == XFORM_Q8_K) {
+        const int64_t nb = cols / SHOAL_QK_K;
+        for (long long t = lo; t < hi; t++)
+            shoal_cpu_quantize_q8k(j->x + t * cols, cols, (int8_t *)m->xkq + t * cols,
+                                   (float *)m->xkd + t * nb, (int16_t *)m->xkbs + t * (cols / 16));
+        return;
+    }
+    const int64_t nb = cols / SHOAL_QK;
+    const int lanes = j->f->layout & XL_LANES ? 4 : 0, grouped = !!(j->f->layout & XL_GROUPED);
+    const int64_t nv = nb / 4 * 4 * lanes;
+    for (long long t = lo; t < hi; t++) /* lane vectors: Q4_0's offset of 8 (Q4_1 reads only vd) */
+        j->k->quantize_x(j->x + t * cols, cols, (int8_t *)m->xq + t * cols, (float *)m->xd + t * nb,
+                         (float *)m->xs + t * nb, (int32_t *)m->xsum + t * nb, grouped, lanes, 8,
+                         (int32_t *)m->xvc + t * nv, (float *)m->xvd + t * nv);
 }
 
-/* Bytes of quantized x for n tokens of cols values with lanes per block, and room for
- * the by-block copy of packed weights (mm_task's xqt, xct, xdt). */
-static size_t xq_bytes(int64_t cols, int n, int lanes) {
-    int64_t nb = cols / SHOAL_QK, nv = nb / 4 * 4 * lanes;
-    return (size_t)n * (2 * (size_t)cols + 5 * sizeof(float) * (size_t)nb + 2 * sizeof(float) * (size_t)nv);
+/* Scratch bytes of a form for n tokens of cols values, 64-byte aligned. */
+static size_t xform_bytes(const struct xform *f, int64_t cols, int n) {
+    size_t b = 0;
+    if (f->form == XFORM_Q8_K) {
+        /* xkq, xkd, xkbs */
+        b = (size_t)n * ((size_t)cols + sizeof(float) * (size_t)(cols / SHOAL_QK_K) + 2 * (size_t)(cols / 16));
+    } else if (f->form == XFORM_Q8_32) {
+        const int64_t nb = cols / SHOAL_QK, nv = nb / 4 * 4 * (f->layout & XL_LANES ? 4 : 0);
+        /* xq, xd, xs, xsum, xvc, xvd; with tiles xqt, xct, xdt */
+        b = (size_t)n * ((size_t)cols + 3 * sizeof(float) * (size_t)nb + 2 * sizeof(float) * (size_t)nv);
+        if (f->layout & XL_TILES) b += (size_t)n * ((size_t)cols + 2 * sizeof(float) * (size_t)nb);
+    }
+    return (b + 63) / 64 * 64;
 }
 
-/* Quantizes x (n, cols) for weights of type, into scratch at base, filling t's x fields. */
-static void quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, int type, char *base,
-                       struct mm_task *t) {
-    int64_t nb = cols / SHOAL_QK;
-    int q4 = type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
-    int lanes = q4 && c->k->q4_lane_vectors ? 4 : 0;
-    int64_t nv = nb / 4 * 4 * lanes;
-    t->xq = (int8_t *)base; /* cols % 32 == 0: what follows stays aligned */
-    t->xd = (float *)(base + (size_t)n * (size_t)cols);
-    t->xs = t->xd + (size_t)n * (size_t)nb;
-    t->xsum = (int32_t *)(t->xs + (size_t)n * (size_t)nb);
-    t->xvc = t->xsum + (size_t)n * (size_t)nb;
-    t->xvd = (float *)(t->xvc + (size_t)n * (size_t)nv);
-    struct xq_job q = { c->k, x, cols, nb, n, q4 && c->k->q4_grouped, lanes, q4 ? 8 : 128, t };
+/* Makes form f of x (n, cols) in scratch at base + f->off, filling f->t's x fields. */
+static void quantize_form(struct cpu_ctx *c, const float *x, int64_t cols, int n, struct xform *f) {
+    struct mm_task *t = &f->t;
+    char *base = (char *)c->xbuf + f->off;
+    if (f->form == XFORM_Q8_K) {
+        t->xkq = (int8_t *)base; /* cols % 256 == 0: what follows stays aligned */
+        t->xkd = (float *)(base + (size_t)n * (size_t)cols);
+        t->xkbs = (int16_t *)(t->xkd + (size_t)n * (size_t)(cols / SHOAL_QK_K));
+    } else {
+        const int64_t nb = cols / SHOAL_QK, nv = nb / 4 * 4 * (f->layout & XL_LANES ? 4 : 0);
+        t->xq = (int8_t *)base; /* cols % 32 == 0: what follows stays aligned */
+        t->xd = (float *)(base + (size_t)n * (size_t)cols);
+        t->xs = t->xd + (size_t)n * (size_t)nb;
+        t->xsum = (int32_t *)(t->xs + (size_t)n * (size_t)nb);
+        t->xvc = t->xsum + (size_t)n * (size_t)nb;
+        t->xvd = (float *)(t->xvc + (size_t)n * (size_t)nv);
+    }
+    struct xq_job q = { c->k, x, cols, n, f };
     if (n >= 4 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
     else xq_worker(&q, 0, 1);
-    if (!packed_bytes(c, type, 1, cols)) return;
+    if (f->form != XFORM_Q8_32 || !(f->layout & XL_TILES)) return;
     /* by block, then token: a tile's tokens side by side */
+    const int64_t nb = cols / SHOAL_QK, nv = nb / 4 * 4 * (f->layout & XL_LANES ? 4 : 0);
     int8_t *qt = (int8_t *)(t->xvd + (size_t)n * (size_t)nv);
     int32_t *ct = (int32_t *)(qt + (size_t)n * (size_t)cols);
     float *dt = (float *)(ct + (size_t)n * (size_t)nb);
@@ -272,43 +306,70 @@ static void quantize_x(struct cpu_ctx *c, const float *x, int64_t cols, int n, i
     t->xdt = dt;
 }
 
-/* k weights on one input, into f32 y[i] or (when yd) f64 yd[0]. */
+/* The types the CPU backend computes with, "f32, f16, ... and q6_k", into buf. */
+static const char *cpu_types(char *buf, size_t len) {
+    int n = 0, count = 0;
+    for (int t = 0; t < SHOAL_DTYPE_MAX; t++) count += shoal_cpu_kernels_scalar.mm[t] != NULL;
+    buf[0] = 0;
+    for (int t = 0, i = 0; t < SHOAL_DTYPE_MAX && n >= 0 && (size_t)n < len; t++)
+        if (shoal_cpu_kernels_scalar.mm[t])
+            n += snprintf(buf + n, len - (size_t)n, "%s%s", i++ ? i == count ? " and " : ", " : "",
+                          shoal_dtype_name(t));
+    return buf;
+}
+
+/*
+ * k weights on one input, into f32 y[i] or (when yd) f64 yd[0]. Each weight
+ * type meets the activation form of its row in shoal_cpu_xform, in the layout
+ * its kernel asks for; a level without a kernel for the type lends the
+ * scalar level's (with the plain layout). Each form and layout is made once.
+ */
 static shoal_status run_matmul(struct cpu_ctx *c, int k, float *const *y, double *yd,
                                const struct shoal_weight *const *w, const float *x, int n) {
     struct mm_job job = { .k = k };
-    struct mm_task done[2] = { { 0 } }; /* x quantized for Q8_0 / for Q4_0, once each */
-    int have[2] = { 0, 0 };
-    int64_t cols = w[0]->cols;
-    size_t one = xq_bytes(cols, n, 4);
+    struct xform forms[SHOAL_MATMUL_MAX];
+    int nf = 0, which[SHOAL_MATMUL_MAX];
+    const int64_t cols = w[0]->cols;
     for (int i = 0; i < k; i++) {
-        int type = w[i]->type;
-        if (!(job.fn[i] = yd ? c->k->mm_f64[type] : c->k->mm[type]))
-            return shoal_errorf(SHOAL_UNSUPPORTED,
-                                "the CPU backend has no matmul for %s weights (it has f32, f16, "
-                                "bf16, q8_0, q4_0 and q4_1)",
-                                shoal_dtype_name(type));
+        const int type = w[i]->type;
+        const struct cpu_kernels *kl = c->k;
+        if (!(yd ? kl->mm_f64[type] : kl->mm[type])) kl = &shoal_cpu_kernels_scalar;
+        if (!(job.fn[i] = yd ? kl->mm_f64[type] : kl->mm[type])) {
+            char types[256];
+            return shoal_errorf(SHOAL_UNSUPPORTED, "the CPU backend has no matmul for %s weights (it has %s)",
+                                shoal_dtype_name(type), cpu_types(types, sizeof types));
+        }
         if (w[i]->as_rows && packed_bytes(c, type, w[i]->rows, w[i]->cols))
             return shoal_errorf(SHOAL_INTERNAL, "a %s lookup table used in place reached a matmul "
                                 "(the %s kernels need the weight prepared)", shoal_dtype_name(type), c->k->name);
         job.task[i] = (struct mm_task){ .w = w[i], .n = n, .x = x, .y = y ? y[i] : NULL, .yd = yd };
-        if (type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1) {
-            int f = type != SHOAL_DTYPE_Q8_0; /* the 4-bit types share a layout */
-            if (!have[f]) {
-                SHOAL_TRY(grow(&c->xbuf, &c->xbuf_cap, 2 * one));
-                quantize_x(c, x, cols, n, type, (char *)c->xbuf + (size_t)f * one, &done[f]);
-                have[f] = 1;
-            }
-            job.task[i].xq = done[f].xq;
-            job.task[i].xd = done[f].xd;
-            job.task[i].xs = done[f].xs;
-            job.task[i].xsum = done[f].xsum;
-            job.task[i].xvc = done[f].xvc;
-            job.task[i].xvd = done[f].xvd;
-            job.task[i].xqt = done[f].xqt;
-            job.task[i].xct = done[f].xct;
-            job.task[i].xdt = done[f].xdt;
-        }
         job.first[i + 1] = job.first[i] + w[i]->rows;
+        /* the form and layout this weight reads: shared with an earlier weight's where they
+         * agree but for the tiles, which are an addition to the plain layout */
+        const int form = shoal_cpu_xform[type], layout = form == XFORM_Q8_32 ? kl->xlayout[type] : 0;
+        which[i] = -1;
+        if (form == XFORM_F32) continue;
+        int f = 0;
+        while (f < nf && !(forms[f].form == form && (forms[f].layout & ~XL_TILES) == (layout & ~XL_TILES))) f++;
+        if (f == nf) forms[nf++] = (struct xform){ .form = form, .layout = layout };
+        forms[f].layout |= layout;
+        which[i] = f;
+    }
+    size_t total = 0;
+    for (int f = 0; f < nf; f++) {
+        forms[f].off = total;
+        total += xform_bytes(&forms[f], cols, n);
+    }
+    if (nf) SHOAL_TRY(grow(&c->xbuf, &c->xbuf_cap, total));
+    for (int f = 0; f < nf; f++) quantize_form(c, x, cols, n, &forms[f]);
+    for (int i = 0; i < k; i++) {
+        if (which[i] < 0) continue;
+        const struct mm_task *m = &forms[which[i]].t;
+        struct mm_task *t = &job.task[i];
+        t->xq = m->xq, t->xd = m->xd, t->xs = m->xs, t->xsum = m->xsum;
+        t->xvc = m->xvc, t->xvd = m->xvd;
+        t->xqt = m->xqt, t->xct = m->xct, t->xdt = m->xdt;
+        t->xkq = m->xkq, t->xkd = m->xkd, t->xkbs = m->xkbs;
     }
     shoal_pool_run(c->pool, mm_worker, &job);
     return SHOAL_OK;

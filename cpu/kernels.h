@@ -1,10 +1,12 @@
 /*
  * kernels.h — inside cpu/ only: the table of matmul kernels that each SIMD
- * level provides, the task they work on, and the row/token tiling they share.
+ * level provides, the task they work on, the activation form each weight
+ * type meets, and the row/token tiling they share.
  *
- * Quantized weights (Q8_0, Q4_0) are multiplied with activations quantized
- * to 8 bits per block of 32 (integer dot products, as llama.cpp does); float
- * weights (F32, F16, BF16) with the f32 activations themselves.
+ * Quantized weights are multiplied with activations quantized to 8 bits
+ * (integer dot products, as llama.cpp does): per block of 32 for the types
+ * of 32-value blocks, per super-block of 256 for the k-quants and IQ4_XS;
+ * float weights (F32, F16, BF16) with the f32 activations themselves.
  */
 #ifndef SHOAL_CPU_KERNELS_H
 #define SHOAL_CPU_KERNELS_H
@@ -13,31 +15,67 @@
 
 #include "cpu.h"
 
+/*
+ * Activation forms: what x becomes to meet a weight (ggml's vec_dot_type).
+ * Which form a weight type meets is its row of shoal_cpu_xform; a matmul
+ * call makes each form (in each layout asked for) once, for every weight
+ * that reads the same input.
+ */
+enum cpu_xform {
+    XFORM_F32,   /* x itself: mm_task.x */
+    /* blocks of 32: xq, xd (the scale, rounded to f16), xs (xd * the sum, rounded to
+     * f16) and xsum (the int sum): llama.cpp's block_q8_0 (d) and block_q8_1 (d, s) in one */
+    XFORM_Q8_32,
+    /* blocks of 256: xkq, xkd (an f32 scale) and xkbs (int16 sums of each 16
+     * values): llama.cpp's block_q8_K (shoal_cpu_quantize_q8k) */
+    XFORM_Q8_K,
+    XFORM_COUNT
+};
+
+/* The form each weight type is multiplied with, by enum shoal_dtype (those the CPU computes). */
+extern const uint8_t shoal_cpu_xform[SHOAL_DTYPE_MAX];
+
+/*
+ * Layouts of the Q8_32 form that a level may want for a weight type, besides
+ * the plain one (cpu_kernels.xlayout):
+ * - XL_GROUPED: in each full group of four blocks of xq the 64 low-half
+ *   values (0..15 of blocks 0..3) come first, then the 64 high-half values,
+ *   matching how four blocks' nibbles unpack in one 512-bit register; blocks
+ *   past the last full group stay in order;
+ * - XL_LANES: with the lane vectors xvc, xvd (mm_task);
+ * - XL_TILES: with the by-block copy for packed weights xqt, xct, xdt (mm_task).
+ */
+enum { XL_GROUPED = 1, XL_LANES = 2, XL_TILES = 4 };
+
 /* y (n, rows) = x (n, cols) W^T, for the rows [r0, r1) of W. */
 struct mm_task {
     const struct shoal_weight *w;
     int n;
     const float *x;   /* (n, cols) */
-    const int8_t *xq; /* (n, cols): x quantized per block of 32 (see q4_grouped) */
+    /* XFORM_Q8_32 */
+    const int8_t *xq; /* (n, cols): x quantized per block of 32 (or grouped: XL_GROUPED) */
     const float *xd;  /* (n, cols/32): the scale of each block */
     const float *xs;  /* (n, cols/32): xd * the sum of the block's int8 values */
     const int32_t *xsum; /* (n, cols/32): the sum of the block's int8 values */
     /*
-     * Q4_0 weights on levels with q4_lane_vectors: per token, for each full
-     * group of four blocks, the block's offset correction (-2 * its sum) and
-     * scale repeated over the four lanes its products land in:
-     * (n, groups * 16).
+     * XL_LANES: per token, for each full group of four blocks, the block's
+     * offset correction (-2 * its sum, for Q4_0's -8) and scale repeated over
+     * the four lanes its products land in: (n, groups * 16).
      */
     const int32_t *xvc;
     const float *xvd;
     /*
-     * For weights a level packs (packed_bytes): x by block, then token. xqt
-     * (nb, n, 32): the block's 32 values; xct (nb, n): -128 x their sum;
-     * xdt (nb, n): their scale.
+     * XL_TILES, for weights a level packs (packed_bytes): x by block, then
+     * token. xqt (nb, n, 32): the block's 32 values; xct (nb, n): -128 x
+     * their sum; xdt (nb, n): their scale.
      */
     const int8_t *xqt;
     const int32_t *xct;
     const float *xdt;
+    /* XFORM_Q8_K */
+    const int8_t *xkq;   /* (n, cols): x quantized per block of 256 */
+    const float *xkd;    /* (n, cols/256): the scale of each block */
+    const int16_t *xkbs; /* (n, cols/16): the sum of each 16 int8 values */
     float *y;         /* (n, rows) */
     double *yd;       /* (n, rows): the mm_f64 kernels' output */
 };
@@ -72,15 +110,23 @@ void shoal_cpu_att_head(const struct att_head_args *a, float (*dot)(const float 
 
 struct cpu_kernels {
     const char *name;
-    mm_fn mm[SHOAL_DTYPE_MAX]; /* every weight type the backend computes with */
+    /*
+     * By weight type: the scalar level has every type the backend computes
+     * with; another level's empty slot falls back to the scalar kernel (and
+     * the activations' plain layout), type by type.
+     */
+    mm_fn mm[SHOAL_DTYPE_MAX];
     /*
      * The same into yd, summed in f64 from products exact in f64: a block's
      * integer dot product (or a lane's share of it) times the block's f32
-     * scale dw * dx, or an f32 weight times an f32 activation. The sum then
-     * hardly depends on its order, so a row-parallel split of the columns
-     * over ranks gives what one rank gives.
+     * scale dw * dx, or an f32 weight times an f32 activation (the Q8_K
+     * types: two products per super-block, kernels_scalar.c says why). The
+     * sum then hardly depends on its order, so a row-parallel split of the
+     * columns over ranks gives what one rank gives.
      */
     mm_fn mm_f64[SHOAL_DTYPE_MAX];
+    /* by weight type, the Q8_32 layouts (XL_*) its kernels here read; 0: the plain one */
+    uint8_t xlayout[SHOAL_DTYPE_MAX];
     /*
      * Optional: a layout of the level's own for some weight types, made
      * when a weight is prepared. packed_bytes says how many bytes a weight
@@ -95,15 +141,7 @@ struct cpu_kernels {
      * image's bytes from packed_bytes(r0 rows) on (so threads may pack parts) */
     int pack_rows;
     void (*unpack_row)(const struct shoal_weight *w, int64_t row, float *y);
-    /*
-     * For Q4_0 and Q4_1 weights, whether xq is grouped: in each full group of four
-     * blocks the 64 low-half values (0..15 of blocks 0..3) come first, then
-     * the 64 high-half values, matching how four blocks' nibbles unpack in
-     * one 512-bit register; blocks past the last full group stay in order.
-     */
-    int q4_grouped;
-    int q4_lane_vectors; /* wants xvc/xvd for Q4_0 (see mm_task) */
-    /* quantizes one token's activations: shoal_cpu_quantize_x's contract */
+    /* quantizes one token's activations to the Q8_32 form: shoal_cpu_quantize_x's contract */
     void (*quantize_x)(const float *x, int64_t cols, int8_t *q, float *d, float *s, int32_t *sum,
                        int grouped, int lanes, int offset, int32_t *vc, float *vd);
     /* attention over one cached head vector of n values, by KV type (enum
@@ -121,14 +159,23 @@ extern const struct cpu_kernels shoal_cpu_kernels_avx2;
 extern const struct cpu_kernels shoal_cpu_kernels_avx512;
 
 /*
- * Quantizes one token's activations into the block form of mm_task
- * (scalar; rounding half away from zero, which every level's version must
- * match); grouped as described at q4_grouped when asked; and, when lanes
+ * Quantizes one token's activations to the Q8_32 form of mm_task
+ * (scalar; x * 127 / amax rounded half to even, which every level's version
+ * must match); grouped as described at XL_GROUPED when asked; and, when lanes
  * is 4 or 8, fills vc with -offset/lanes * sum and vd with d, each repeated
  * over its block's lanes, for the full groups of four blocks.
  */
 void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, float *s,
                           int32_t *sum, int grouped, int lanes, int offset, int32_t *vc, float *vd);
+
+/*
+ * Quantizes one token's activations (cols a multiple of 256) to the Q8_K
+ * form, as llama.cpp's quantize_row_q8_K_ref: per block the value of
+ * largest magnitude, max (the first such), gives iscale = -127 / max; q =
+ * iscale * x rounded to nearest even, at most 127; d = 1 / iscale; bsums the
+ * sums of each 16 q. A block of zeros gives d = 0 and zeros.
+ */
+void shoal_cpu_quantize_q8k(const float *x, int64_t cols, int8_t *q, float *d, int16_t *bsums);
 
 /* Fills the lane vectors of quantize_x from the block scales and sums. */
 void shoal_cpu_lane_vectors(const float *d, const int32_t *sum, int64_t nb, int lanes, int offset,

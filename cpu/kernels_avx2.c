@@ -97,7 +97,7 @@ static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
  *
  * Q4_0 passes its nibbles 0..15 (a pair at most 2*15*127; the low and high
  * nibbles' pairs added, 7620), two blocks to a register: the activations are
- * grouped (kernels.h, q4_grouped), so the low nibbles of blocks 0, 1 of a
+ * grouped (kernels.h, XL_GROUPED), so the low nibbles of blocks 0, 1 of a
  * group meet 32 consecutive bytes of x and their high nibbles the 32 bytes
  * 64 further on (blocks 2, 3: 32 bytes later each). Lanes 0-3 hold the first
  * block's sums and 4-7 the second's, as in the lane vectors, which supply
@@ -510,8 +510,10 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
         [SHOAL_DTYPE_Q4_1] = mm_f64_q4_1,
     },
-    .q4_grouped = 1,
-    .q4_lane_vectors = 1,
+    .xlayout = {
+        [SHOAL_DTYPE_Q4_0] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_Q4_1] = XL_GROUPED | XL_LANES,
+    },
     .quantize_x = shoal_cpu_quantize_x,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },

@@ -312,7 +312,7 @@ static void mm_f64_q8p(const struct mm_task *t, int64_t r0, int64_t r1) {
  * accumulator.
  *
  * Lanes: four blocks in a register (lanes 4k..4k+3 for block k), the
- * nibbles meeting activations grouped to match (kernels.h, q4_grouped).
+ * nibbles meeting activations grouped to match (kernels.h, XL_GROUPED).
  * Each block's correction and dx, spread over its lanes, come from the
  * lane vectors prepared once per matmul.
  *
@@ -779,8 +779,11 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     .pack = pack_avx512,
     .pack_rows = PG,
     .unpack_row = unpack_avx512_row,
-    .q4_grouped = 1,
-    .q4_lane_vectors = 1,
+    .xlayout = {
+        [SHOAL_DTYPE_Q8_0] = XL_TILES,
+        [SHOAL_DTYPE_Q4_0] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_Q4_1] = XL_GROUPED | XL_LANES,
+    },
     .quantize_x = quantize_x,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },

@@ -1,7 +1,9 @@
 /*
  * kernels_scalar.c — the portable kernels: plain C that any compiler and
  * processor run. They define what the SIMD kernels must compute and are the
- * fallback for anything those do not cover.
+ * fallback for anything those do not cover, type by type. Also here: the
+ * activation quantizers (Q8_32 and Q8_K forms) and the table of which form
+ * each weight type meets (shoal_cpu_xform).
  */
 #include <math.h>
 
@@ -41,6 +43,36 @@ void shoal_cpu_quantize_x(const float *x, int64_t cols, int8_t *q, float *d, flo
         isum[b] = sum;
     }
     if (lanes) shoal_cpu_lane_vectors(d, isum, nb, lanes, offset, vc, vd);
+}
+
+void shoal_cpu_quantize_q8k(const float *x, int64_t cols, int8_t *q, float *d, int16_t *bsums) {
+    for (int64_t b = 0; b < cols / SHOAL_QK_K; b++, x += SHOAL_QK_K, q += SHOAL_QK_K, bsums += 16) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < SHOAL_QK_K; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        if (amax == 0) {
+            d[b] = 0;
+            memset(q, 0, SHOAL_QK_K);
+            memset(bsums, 0, 16 * sizeof *bsums);
+            continue;
+        }
+        /* llama.cpp's order of operations, for its bits: its nearest_int rounds half
+         * to even, as nearbyintf does in the default mode */
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < SHOAL_QK_K; j++) {
+            int v = (int)nearbyintf(iscale * x[j]);
+            q[j] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int k = 0; k < 16; k++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += q[16 * k + j];
+            bsums[k] = (int16_t)sum;
+        }
+        d[b] = 1 / iscale;
+    }
 }
 
 void shoal_cpu_lane_vectors(const float *d, const int32_t *sum, int64_t nb, int lanes, int offset,
@@ -185,12 +217,272 @@ static double row_f64_q4_1(const struct mm_task *t, int64_t r, int tok) {
     return s;
 }
 
+static inline const void *row_ptr(const struct mm_task *t, int64_t r) {
+    return (const char *)t->w->data + (size_t)r * t->w->row_bytes;
+}
+
+/*
+ * Q5_0, Q5_1 and IQ4_NL meet the Q8_32 form as Q8_0 and Q4_1 do, and their
+ * products are exact in f64 the same way: dw * dx is a product of two f16
+ * values (11 significant bits each), exact in f32; a block's integer sum is
+ * at most 32 * 16 * 127 (q5_0), 32 * 31 * 127 (q5_1), 32 * 127 * 127
+ * (iq4_nl) in magnitude, 19 bits: 41 bits in all. Q5_1's m * xs is again a
+ * product of two f16 values.
+ */
+
+/* Q5_0, Q5_1: value j's fifth bit is bit j of the 32 in qh (little-endian); its
+ * low four bits are ordered as in q4_0. */
+static inline int q5_code(const uint8_t *qs, const uint8_t *qh, int j) {
+    const int nib = j < 16 ? qs[j] & 0x0f : qs[j - 16] >> 4;
+    return nib | ((qh[j >> 3] >> (j & 7)) & 1) << 4;
+}
+
+static double row_f64_q5_0(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK;
+    const struct shoal_block_q5_0 *w = row_ptr(t, r);
+    const int8_t *xq = t->xq + tok * cols;
+    const float *xd = t->xd + tok * nb;
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int sum = 0;
+        for (int j = 0; j < SHOAL_QK; j++) sum += (q5_code(w[b].qs, w[b].qh, j) - 16) * xq[b * SHOAL_QK + j];
+        s += (double)block_scale(w[b].d, xd[b]) * sum;
+    }
+    return s;
+}
+
+/* Q5_1: as Q4_1, d * q + m with q in 0..31. */
+static double row_f64_q5_1(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK;
+    const struct shoal_block_q5_1 *w = row_ptr(t, r);
+    const int8_t *xq = t->xq + tok * cols;
+    const float *xd = t->xd + tok * nb, *xs = t->xs + tok * nb;
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int sum = 0;
+        for (int j = 0; j < SHOAL_QK; j++) sum += q5_code(w[b].qs, w[b].qh, j) * xq[b * SHOAL_QK + j];
+        s += (double)block_scale(w[b].d, xd[b]) * sum + (double)shoal_f16_to_f32(w[b].m) * xs[b];
+    }
+    return s;
+}
+
+/* IQ4_NL's and IQ4_XS's 16 levels (ggml's kvalues_iq4nl; base/quant.c has them too). */
+static const int8_t iq4_levels[16] = { -127, -104, -83, -65, -49, -35, -22, -10,
+                                       1,    13,   25,  38,  53,  69,  89,  113 };
+
+/* IQ4_NL: q4_0's layout, each nibble a level. */
+static double row_f64_iq4_nl(const struct mm_task *t, int64_t r, int tok) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK;
+    const struct shoal_block_iq4_nl *w = row_ptr(t, r);
+    const int8_t *xq = t->xq + tok * cols;
+    const float *xd = t->xd + tok * nb;
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int sum = 0;
+        for (int j = 0; j < SHOAL_QK / 2; j++) {
+            sum += iq4_levels[w[b].qs[j] & 0x0f] * xq[b * SHOAL_QK + j];
+            sum += iq4_levels[w[b].qs[j] >> 4] * xq[b * SHOAL_QK + j + 16];
+        }
+        s += (double)block_scale(w[b].d, xd[b]) * sum;
+    }
+    return s;
+}
+
+/* ------------------------------------------- super-blocks of 256, Q8_K */
+
+/*
+ * A super-block's value is d * dx * sum_k sc_k * dot_k (less dmin * dx *
+ * sum_k m_k * xsum_k for the types with mins): the weight's f16 scale d,
+ * the activation block's f32 scale dx, and an integer sum of the sub-blocks'
+ * integer dot products dot_k (codes times int8 activations) times their
+ * integer scales sc_k, as llama.cpp's vec_dot_q*_K_q8_K sums them. That is
+ * sum_k (d * sc_k) * dx * dot_k exactly, d * sc_k being what the
+ * dequantizer forms in f32 (exact there: base/quant.c's "float order").
+ *
+ * Exact in f64? Not as it stands: dx has 24 significant bits, d 11, and the
+ * integer sums reach 27 bits (largest |sum_k sc_k * dot_k|, from the ranges
+ * of codes, scales and int8 activations: q2_k 1.5e6, q3_k 4.2e6, q4_k
+ * 3.1e7, q5_k 6.4e7, q6_k 1.3e8, iq4_xs 1.3e8 < 2^27; the mins' sums at
+ * most 2.0e6): 62 bits, more than f64's 53. So dx is cut into its high 12
+ * significant bits and the rest (at most 12 bits, exact: hi + lo == dx),
+ * and each part makes one product: at most 11 + 12 + 27 = 50 bits, exact.
+ * (An f32 product dw * dx, as the Q8_32 kernels use, would round here.) The
+ * f64 sum then adds exact products only, as every mm_f64 kernel does.
+ */
+struct dsplit {
+    double hi, lo;
+};
+
+static inline struct dsplit split_dx(float dx) {
+    union { float f; uint32_t u; } v = { .f = dx };
+    v.u &= 0xfffff000u; /* sign, exponent and the top 11 of 23 stored bits */
+    return (struct dsplit){ v.f, (double)dx - v.f };
+}
+
+/* d * dx * isum from exact products: d an f16 scale, isum below 2^27 in magnitude. */
+static inline double kterm(uint16_t d, struct dsplit dx, int32_t isum) {
+    const double dw = shoal_f16_to_f32(d);
+    return dw * dx.hi * isum + dw * dx.lo * isum;
+}
+
+/* Where a super-block row's Q8_K activations for token tok are. */
+#define Q8K_ROW(t, tok)                                                                      \
+    const int64_t cols = (t)->w->cols, nb = cols / SHOAL_QK_K;                                \
+    const int8_t *xq = (t)->xkq + (tok) * cols;                                               \
+    const float *xd = (t)->xkd + (tok) * nb
+
+/* Q2_K: 16 sub-blocks of 16, a 2-bit code q at bit 2 s of qs[32 c + j] for value
+ * 128 c + 32 s + j; w = d * sc * q - dmin * m, sc and m the nibbles of scales[k]. */
+static double row_f64_q2_k(const struct mm_task *t, int64_t r, int tok) {
+    Q8K_ROW(t, tok);
+    const int16_t *bs = t->xkbs + tok * (cols / 16);
+    const struct shoal_block_q2_k *w = row_ptr(t, r);
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++, xq += SHOAL_QK_K, bs += 16) {
+        int32_t isum = 0, msum = 0;
+        for (int k = 0; k < 16; k++) {
+            int dot = 0;
+            for (int v = 16 * k; v < 16 * k + 16; v++)
+                dot += ((w[b].qs[32 * (v / 128) + v % 32] >> (2 * (v % 128 / 32))) & 3) * xq[v];
+            isum += (w[b].scales[k] & 0x0f) * dot;
+            msum += (w[b].scales[k] >> 4) * bs[k];
+        }
+        const struct dsplit dx = split_dx(xd[b]);
+        s += kterm(w[b].d, dx, isum) - kterm(w[b].dmin, dx, msum);
+    }
+    return s;
+}
+
+/* Q3_K: Q2_K's low bits, less 4 where bit v / 32 of hmask[v % 32] is clear; 6-bit
+ * scales stored +32 (their bits as base/quant.c unpacks them). */
+static double row_f64_q3_k(const struct mm_task *t, int64_t r, int tok) {
+    Q8K_ROW(t, tok);
+    const struct shoal_block_q3_k *w = row_ptr(t, r);
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++, xq += SHOAL_QK_K) {
+        const uint8_t *sc = w[b].scales;
+        int32_t isum = 0;
+        for (int k = 0; k < 16; k++) {
+            int dot = 0;
+            for (int v = 16 * k; v < 16 * k + 16; v++) {
+                int q = (w[b].qs[32 * (v / 128) + v % 32] >> (2 * (v % 128 / 32))) & 3;
+                if (!((w[b].hmask[v % 32] >> (v / 32)) & 1)) q -= 4;
+                dot += q * xq[v];
+            }
+            const int lo = (k < 8 ? sc[k] : sc[k - 8] >> 4) & 0x0f, hi = (sc[8 + k % 4] >> (2 * (k / 4))) & 3;
+            isum += ((lo | hi << 4) - 32) * dot;
+        }
+        s += kterm(w[b].d, split_dx(xd[b]), isum);
+    }
+    return s;
+}
+
+/* Q4_K and Q5_K's eight 6-bit scales and mins (base/quant.c's k_scale_min). */
+static inline void k_scale_min(const uint8_t s[12], int g, int *sc, int *m) {
+    if (g < 4) {
+        *sc = s[g] & 63;
+        *m = s[g + 4] & 63;
+    } else {
+        *sc = (s[g + 4] & 0x0f) | ((s[g - 4] >> 6) << 4);
+        *m = (s[g + 4] >> 4) | ((s[g] >> 6) << 4);
+    }
+}
+
+/*
+ * Q4_K and Q5_K (q5: the fifth bit, bit g of qh[j] for value 32 g + j): eight
+ * groups of 32, group g in the low (even g) or high nibbles of qs[32 (g / 2) ..];
+ * w = d * sc * q - dmin * m, the min term from the two bsums of the group.
+ */
+static inline double k45_row(const struct mm_task *t, int64_t r, int tok, const int Q5) {
+    Q8K_ROW(t, tok);
+    const int16_t *bs = t->xkbs + tok * (cols / 16);
+    const size_t bsz = Q5 ? sizeof(struct shoal_block_q5_k) : sizeof(struct shoal_block_q4_k);
+    const uint8_t *w = row_ptr(t, r);
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++, xq += SHOAL_QK_K, bs += 16, w += bsz) {
+        const struct shoal_block_q4_k *b4 = (const void *)w;
+        const struct shoal_block_q5_k *b5 = (const void *)w;
+        const uint8_t *scales = Q5 ? b5->scales : b4->scales, *qs = Q5 ? b5->qs : b4->qs;
+        int32_t isum = 0, msum = 0;
+        for (int g = 0; g < 8; g++) {
+            int sc, m, dot = 0;
+            k_scale_min(scales, g, &sc, &m);
+            for (int j = 0; j < 32; j++) {
+                int q = (qs[32 * (g / 2) + j] >> (4 * (g & 1))) & 0x0f;
+                if (Q5) q |= ((b5->qh[j] >> g) & 1) << 4;
+                dot += q * xq[32 * g + j];
+            }
+            isum += sc * dot;
+            msum += m * (bs[2 * g] + bs[2 * g + 1]);
+        }
+        const struct dsplit dx = split_dx(xd[b]);
+        s += kterm(Q5 ? b5->d : b4->d, dx, isum) - kterm(Q5 ? b5->dmin : b4->dmin, dx, msum);
+    }
+    return s;
+}
+
+static double row_f64_q4_k(const struct mm_task *t, int64_t r, int tok) { return k45_row(t, r, tok, 0); }
+static double row_f64_q5_k(const struct mm_task *t, int64_t r, int tok) { return k45_row(t, r, tok, 1); }
+
+/* Q6_K: value v = 128 h + i has its low four bits in nibble i / 64 of ql[64 h + i % 64],
+ * its high two at bit 2 (i / 32) of qh[32 h + i % 32]; stored +32; int8 scale per 16. */
+static double row_f64_q6_k(const struct mm_task *t, int64_t r, int tok) {
+    Q8K_ROW(t, tok);
+    const struct shoal_block_q6_k *w = row_ptr(t, r);
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++, xq += SHOAL_QK_K) {
+        int32_t isum = 0;
+        for (int k = 0; k < 16; k++) {
+            int dot = 0;
+            for (int v = 16 * k; v < 16 * k + 16; v++) {
+                const int h = v / 128, i = v % 128;
+                const int lo = (w[b].ql[64 * h + i % 64] >> (4 * (i / 64))) & 0x0f;
+                const int hi = (w[b].qh[32 * h + i % 32] >> (2 * (i / 32))) & 3;
+                dot += ((lo | hi << 4) - 32) * xq[v];
+            }
+            isum += w[b].scales[k] * dot;
+        }
+        s += kterm(w[b].d, split_dx(xd[b]), isum);
+    }
+    return s;
+}
+
+/* IQ4_XS: groups of 32, IQ4_NL's levels from qs[16 g ..], a 6-bit scale stored +32
+ * (low four bits: nibble g % 2 of scales_l[g / 2]; high two: bits 2 g of scales_h). */
+static double row_f64_iq4_xs(const struct mm_task *t, int64_t r, int tok) {
+    Q8K_ROW(t, tok);
+    const struct shoal_block_iq4_xs *w = row_ptr(t, r);
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++, xq += SHOAL_QK_K) {
+        int32_t isum = 0;
+        for (int g = 0; g < 8; g++) {
+            const int lo = (w[b].scales_l[g / 2] >> (4 * (g % 2))) & 0x0f, hi = (w[b].scales_h >> (2 * g)) & 3;
+            const uint8_t *qs = w[b].qs + 16 * g;
+            int dot = 0;
+            for (int j = 0; j < 16; j++)
+                dot += iq4_levels[qs[j] & 0x0f] * xq[32 * g + j] + iq4_levels[qs[j] >> 4] * xq[32 * g + j + 16];
+            isum += ((lo | hi << 4) - 32) * dot;
+        }
+        s += kterm(w[b].d, split_dx(xd[b]), isum);
+    }
+    return s;
+}
+
 MM_ROW_DRIVER_F64(f32)
 MM_ROW_DRIVER_F64(f16)
 MM_ROW_DRIVER_F64(bf16)
 MM_ROW_DRIVER_F64(q8_0)
 MM_ROW_DRIVER_F64(q4_0)
 MM_ROW_DRIVER_F64(q4_1)
+MM_ROW_DRIVER_F64(q5_0)
+MM_ROW_DRIVER_F64(q5_1)
+MM_ROW_DRIVER_F64(iq4_nl)
+MM_ROW_DRIVER_F64(q2_k)
+MM_ROW_DRIVER_F64(q3_k)
+MM_ROW_DRIVER_F64(q4_k)
+MM_ROW_DRIVER_F64(q5_k)
+MM_ROW_DRIVER_F64(q6_k)
+MM_ROW_DRIVER_F64(iq4_xs)
 
 /* The f32 kernels of this level are the f64 sums, rounded: slower than
  * summing in f32, and the reference the other levels are held to. */
@@ -205,7 +497,32 @@ ROUNDED(bf16)
 ROUNDED(q8_0)
 ROUNDED(q4_0)
 ROUNDED(q4_1)
+ROUNDED(q5_0)
+ROUNDED(q5_1)
+ROUNDED(iq4_nl)
+ROUNDED(q2_k)
+ROUNDED(q3_k)
+ROUNDED(q4_k)
+ROUNDED(q5_k)
+ROUNDED(q6_k)
+ROUNDED(iq4_xs)
 #undef ROUNDED
+
+/*
+ * The activation form each weight type meets (llama.cpp's vec_dot_type): Q5_0
+ * and IQ4_NL read the Q8_32 blocks' d (block_q8_0), Q4_1 and Q5_1 their d and
+ * s (block_q8_1); the super-block types meet Q8_K. Float types: x itself.
+ */
+const uint8_t shoal_cpu_xform[SHOAL_DTYPE_MAX] = {
+    [SHOAL_DTYPE_F32] = XFORM_F32,      [SHOAL_DTYPE_F16] = XFORM_F32,
+    [SHOAL_DTYPE_BF16] = XFORM_F32,     [SHOAL_DTYPE_Q8_0] = XFORM_Q8_32,
+    [SHOAL_DTYPE_Q4_0] = XFORM_Q8_32,   [SHOAL_DTYPE_Q4_1] = XFORM_Q8_32,
+    [SHOAL_DTYPE_Q5_0] = XFORM_Q8_32,   [SHOAL_DTYPE_Q5_1] = XFORM_Q8_32,
+    [SHOAL_DTYPE_IQ4_NL] = XFORM_Q8_32, [SHOAL_DTYPE_Q2_K] = XFORM_Q8_K,
+    [SHOAL_DTYPE_Q3_K] = XFORM_Q8_K,    [SHOAL_DTYPE_Q4_K] = XFORM_Q8_K,
+    [SHOAL_DTYPE_Q5_K] = XFORM_Q8_K,    [SHOAL_DTYPE_Q6_K] = XFORM_Q8_K,
+    [SHOAL_DTYPE_IQ4_XS] = XFORM_Q8_K,
+};
 
 
 const struct cpu_kernels shoal_cpu_kernels_scalar = {
@@ -217,6 +534,15 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
         [SHOAL_DTYPE_Q8_0] = mm_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_q4_0,
         [SHOAL_DTYPE_Q4_1] = mm_q4_1,
+        [SHOAL_DTYPE_Q5_0] = mm_q5_0,
+        [SHOAL_DTYPE_Q5_1] = mm_q5_1,
+        [SHOAL_DTYPE_IQ4_NL] = mm_iq4_nl,
+        [SHOAL_DTYPE_Q2_K] = mm_q2_k,
+        [SHOAL_DTYPE_Q3_K] = mm_q3_k,
+        [SHOAL_DTYPE_Q4_K] = mm_q4_k,
+        [SHOAL_DTYPE_Q5_K] = mm_q5_k,
+        [SHOAL_DTYPE_Q6_K] = mm_q6_k,
+        [SHOAL_DTYPE_IQ4_XS] = mm_iq4_xs,
     },
     .mm_f64 = {
         [SHOAL_DTYPE_F32] = mm_f64_f32,
@@ -225,9 +551,16 @@ const struct cpu_kernels shoal_cpu_kernels_scalar = {
         [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
         [SHOAL_DTYPE_Q4_1] = mm_f64_q4_1,
+        [SHOAL_DTYPE_Q5_0] = mm_f64_q5_0,
+        [SHOAL_DTYPE_Q5_1] = mm_f64_q5_1,
+        [SHOAL_DTYPE_IQ4_NL] = mm_f64_iq4_nl,
+        [SHOAL_DTYPE_Q2_K] = mm_f64_q2_k,
+        [SHOAL_DTYPE_Q3_K] = mm_f64_q3_k,
+        [SHOAL_DTYPE_Q4_K] = mm_f64_q4_k,
+        [SHOAL_DTYPE_Q5_K] = mm_f64_q5_k,
+        [SHOAL_DTYPE_Q6_K] = mm_f64_q6_k,
+        [SHOAL_DTYPE_IQ4_XS] = mm_f64_iq4_xs,
     },
-    .q4_grouped = 0,
-    .q4_lane_vectors = 0,
     .quantize_x = shoal_cpu_quantize_x,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },

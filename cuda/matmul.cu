@@ -54,6 +54,15 @@ int cuda_weight_layout(int type, int64_t rows, int64_t cols, struct wlayout *l) 
     }
 }
 
+/* A weight type the layout above has no place for: the type, the types it has, and where to
+ * go instead when the CPU computes it. */
+static shoal_status no_layout(int type) {
+    const struct shoal_dtype_info *ti = shoal_dtype_info(type);
+    return shoal_errorf(SHOAL_UNSUPPORTED, "the CUDA backend has no matmul for %s weights (it has f32, "
+                        "f16, bf16, q8_0, q4_0 and q4_1)%s", shoal_dtype_name(type),
+                        ti && ti->computable ? "; the CPU backend computes them: --device cpu" : "");
+}
+
 /* ------------------------------------------------------------- upload */
 
 /* GGUF blocks (rows x nb of them, bs bytes each) split into the planes of the layout. */
@@ -80,9 +89,7 @@ __global__ void k_split_blocks(const uint8_t *__restrict__ src, int64_t n_blocks
 /* The device image of a weight (the layout above) made on the host, for offload's copies. */
 shoal_status cuda_weight_pack_host(int type, int64_t rows, int64_t cols, const void *src, void *dst) {
     struct wlayout l;
-    if (!cuda_weight_layout(type, rows, cols, &l))
-        return shoal_errorf(SHOAL_UNSUPPORTED, "the CUDA backend has no matmul for %s weights",
-                            shoal_dtype_name(type));
+    if (!cuda_weight_layout(type, rows, cols, &l)) return no_layout(type);
     const size_t rb = shoal_dtype_row_bytes(type, cols);
     memset(dst, 0, l.bytes);
     if (type == SHOAL_DTYPE_F32 || type == SHOAL_DTYPE_F16 || type == SHOAL_DTYPE_BF16) {
@@ -106,9 +113,7 @@ shoal_status cuda_weight_pack_host(int type, int64_t rows, int64_t cols, const v
 
 shoal_status cuda_weight_upload(struct cuda_ctx *c, struct shoal_weight *w, const void *host, void *dst) {
     struct wlayout l;
-    if (!cuda_weight_layout(w->type, w->rows, w->cols, &l))
-        return shoal_errorf(SHOAL_UNSUPPORTED, "the CUDA backend has no matmul for %s weights "
-                            "(it has f32, f16, bf16, q8_0, q4_0 and q4_1)", shoal_dtype_name(w->type));
+    if (!cuda_weight_layout(w->type, w->rows, w->cols, &l)) return no_layout(w->type);
     w->data = dst;
     if (w->type == SHOAL_DTYPE_F32 || w->type == SHOAL_DTYPE_F16 || w->type == SHOAL_DTYPE_BF16) {
         CU_TRY(cudaMemcpy2DAsync(dst, l.pitch, host, w->row_bytes, w->row_bytes, (size_t)w->rows,

@@ -317,6 +317,18 @@ static int computable(int type) {
     return ti && ti->computable;
 }
 
+/* The computable types, "f32, f16, ..., iq4_xs", into buf. */
+static const char *computable_list(char *buf, size_t len) {
+    size_t n = 0;
+    buf[0] = 0;
+    for (int t = 0; t < SHOAL_DTYPE_MAX && n < len; t++)
+        if (computable(t)) {
+            int w = snprintf(buf + n, len - n, "%s%s", n ? ", " : "", shoal_dtype_name(t));
+            n += w > 0 ? (size_t)w : 0;
+        }
+    return buf;
+}
+
 shoal_status shoal_model_slices(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
                                 struct shoal_slice **out, int *n_out) {
     int per_layer = 0;
@@ -376,11 +388,13 @@ static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s
     const struct shoal_gguf_tensor *t = NULL;
     SHOAL_TRY(find_slice(m, s, &t));
     const char *name = t->name;
-    if (!computable(t->type))
+    if (!computable(t->type)) {
+        char types[256];
         return shoal_errorf(SHOAL_UNSUPPORTED,
                             "%s: tensor '%s' is %s, which shoal cannot compute with yet "
-                            "(supported: f32, f16, bf16, q8_0, q4_0, q4_1)",
-                            m->g->path, name, shoal_dtype_name(t->type));
+                            "(supported: %s)",
+                            m->g->path, name, shoal_dtype_name(t->type), computable_list(types, sizeof types));
+    }
     const struct shoal_dtype_info *ti = shoal_dtype_info(t->type);
     if (s->c0 % ti->block || (s->c1 - s->c0) % ti->block)
         return shoal_errorf(SHOAL_INVALID,

@@ -43,6 +43,7 @@ struct ctx {
     int tc_batch;    /* [0] computes matmuls of more than 8 tokens in f16/bf16 (tensor cores) */
     int simd;        /* [0]'s SIMD level when it is the CPU backend, else -1 */
     int quick, perturb, verbose;
+    signed char has[SHOAL_DTYPE_MAX]; /* whether [0] takes weights of a type: 0 not asked yet, 1, -1 */
     const char *filter;
     uint64_t rng;    /* splitmix64 state, seeded per case */
     /* the case running now */
@@ -74,18 +75,71 @@ static void fill(struct ctx *c, float *x, size_t n, float scale) {
     for (size_t i = 0; i < n; i++) x[i] = uni(c) * scale;
 }
 
-static int is_quant(int type) {
-    return type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
+static int is_quant(int type) { return shoal_dtype_info(type)->block > 1; }
+
+/* cols, or the next multiple of the type's block: a shape every type can take. */
+static int fit(int type, int cols) {
+    const int b = shoal_dtype_info(type)->block;
+    return (cols + b - 1) / b * b;
 }
 
-/* A weight of type, rows x cols, its values uniform in [-scale, scale) drawn row by row: *out
- * (the rows' bytes, one spare; free it), or NULL on failure. */
+/* An f16 of about mag: a factor 2^-1..2^1 either side, either sign. */
+static uint16_t scale_near(struct ctx *c, double mag) {
+    return shoal_f32_to_f16((float)(mag * exp2(uni(c)) * (uni(c) < 0 ? -1 : 1)));
+}
+
+/*
+ * n blocks of a type shoal cannot quantize (the k-quants, Q5_0, Q5_1, IQ4_NL,
+ * IQ4_XS): random bytes, every bit of the codes and packed scales among them,
+ * then f16 scales drawn so that the weights are about U(-scale, scale) (the
+ * largest code times the largest sub-block scale about scale): finite, never
+ * inf or NaN.
+ */
+static void random_blocks(struct ctx *c, int type, uint8_t *p, int64_t n, double scale) {
+    const int bb = shoal_dtype_info(type)->block_bytes;
+    for (int64_t i = 0; i < n * bb; i++) p[i] = (uint8_t)next_u64(c);
+    for (int64_t i = 0; i < n; i++, p += bb) {
+        uint16_t *d = NULL, *m = NULL; /* where the block's f16 scale (and min scale) are */
+        double dm = 0, mm = 0;
+        switch (type) {
+        case SHOAL_DTYPE_Q5_0: d = &((struct shoal_block_q5_0 *)p)->d, dm = 1.0 / 16; break;
+        case SHOAL_DTYPE_Q5_1:
+            d = &((struct shoal_block_q5_1 *)p)->d, m = &((struct shoal_block_q5_1 *)p)->m;
+            dm = 1.0 / 16, mm = 1;
+            break;
+        case SHOAL_DTYPE_IQ4_NL: d = &((struct shoal_block_iq4_nl *)p)->d, dm = 1.0 / 127; break;
+        case SHOAL_DTYPE_Q2_K:
+            d = &((struct shoal_block_q2_k *)p)->d, m = &((struct shoal_block_q2_k *)p)->dmin;
+            dm = 1.0 / 45, mm = 1.0 / 15;
+            break;
+        case SHOAL_DTYPE_Q3_K: d = &((struct shoal_block_q3_k *)p)->d, dm = 1.0 / 128; break;
+        case SHOAL_DTYPE_Q4_K:
+            d = &((struct shoal_block_q4_k *)p)->d, m = &((struct shoal_block_q4_k *)p)->dmin;
+            dm = 1.0 / 945, mm = 1.0 / 63;
+            break;
+        case SHOAL_DTYPE_Q5_K:
+            d = &((struct shoal_block_q5_k *)p)->d, m = &((struct shoal_block_q5_k *)p)->dmin;
+            dm = 1.0 / 1953, mm = 1.0 / 63;
+            break;
+        case SHOAL_DTYPE_Q6_K: d = &((struct shoal_block_q6_k *)p)->d, dm = 1.0 / 4096; break;
+        case SHOAL_DTYPE_IQ4_XS: d = &((struct shoal_block_iq4_xs *)p)->d, dm = 1.0 / 4064; break;
+        }
+        if (d) *d = scale_near(c, dm * scale);
+        if (m) *m = scale_near(c, mm * scale);
+    }
+}
+
+/* A weight of type, rows x cols, its values uniform in [-scale, scale) drawn row by row
+ * (about that, in random blocks, for the types shoal cannot quantize): *out (the rows'
+ * bytes, one spare; free it), or NULL on failure. */
 static shoal_status random_weight(struct ctx *c, int type, int rows, int cols, float scale, uint8_t **out) {
     const size_t rb = shoal_dtype_row_bytes(type, cols);
     float *row = calloc((size_t)cols + 1, sizeof *row);
     uint8_t *q = calloc((size_t)rows * rb + 1, 1);
     shoal_status rc = row && q ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of host memory");
-    for (int r = 0; r < rows && rc == SHOAL_OK; r++) {
+    if (rc == SHOAL_OK && !shoal_can_quantize(type))
+        random_blocks(c, type, q, (int64_t)rows * (cols / shoal_dtype_info(type)->block), scale);
+    for (int r = 0; r < rows && rc == SHOAL_OK && shoal_can_quantize(type); r++) {
         fill(c, row, cols, scale);
         rc = shoal_quantize_row(type, row, q + (size_t)r * rb, cols);
     }
@@ -93,6 +147,29 @@ static shoal_status random_weight(struct ctx *c, int type, int rows, int cols, f
     if (rc != SHOAL_OK) free(q), q = NULL;
     *out = q;
     return rc;
+}
+
+/*
+ * Whether the backend under test takes weights of type: the CPU backend must
+ * take every type in all_types; another (CUDA) may refuse a type it has no
+ * kernels for yet, which is said once and its cases left out.
+ */
+static int computes(struct ctx *c, int type) {
+    if (c->simd >= 0) return 1;
+    if (!c->has[type]) {
+        const int cols = shoal_dtype_info(type)->block;
+        uint8_t *q = NULL;
+        struct shoal_weight w = { 0 };
+        shoal_status rc = random_weight(c, type, 1, cols, 1.0f, &q);
+        if (rc == SHOAL_OK) rc = shoal_weight_prepare(c->be[0], &w, type, 1, cols, q, NULL);
+        c->has[type] = rc == SHOAL_UNSUPPORTED ? -1 : 1; /* other failures: the cases say */
+        if (rc == SHOAL_OK) shoal_weight_release(c->be[0], &w);
+        if (rc == SHOAL_UNSUPPORTED) printf("%s: not checked: the backend refuses the type: %s\n",
+                                            shoal_dtype_name(type), shoal_last_error());
+        free(q);
+        shoal_error_clear();
+    }
+    return c->has[type] > 0;
 }
 
 /* Host allocation inside a case: zeroed (one spare element, so never of 0
@@ -395,8 +472,10 @@ done:
     free(x), free(el);
 }
 
-static const int all_types[] = { SHOAL_DTYPE_F32,  SHOAL_DTYPE_F16,  SHOAL_DTYPE_BF16,
-                                 SHOAL_DTYPE_Q8_0, SHOAL_DTYPE_Q4_0, SHOAL_DTYPE_Q4_1 };
+static const int all_types[] = { SHOAL_DTYPE_F32,  SHOAL_DTYPE_F16,  SHOAL_DTYPE_BF16,   SHOAL_DTYPE_Q8_0,
+                                 SHOAL_DTYPE_Q4_0, SHOAL_DTYPE_Q4_1, SHOAL_DTYPE_Q5_0,   SHOAL_DTYPE_Q5_1,
+                                 SHOAL_DTYPE_IQ4_NL, SHOAL_DTYPE_Q2_K, SHOAL_DTYPE_Q3_K, SHOAL_DTYPE_Q4_K,
+                                 SHOAL_DTYPE_Q5_K, SHOAL_DTYPE_Q6_K, SHOAL_DTYPE_IQ4_XS };
 #define COUNT(a) (int)(sizeof(a) / sizeof *(a))
 
 /*
@@ -421,6 +500,7 @@ static void sweep_matmul(struct ctx *c) {
                 for (int ni = 0; ni < nn; ni++) {
                     int type = all_types[ti];
                     if (!shoal_dtype_row_bytes(type, cols[ci])) continue; /* 8, 40: float types only */
+                    if (!computes(c, type)) continue;
                     if (ns[ni] > 1 && (long)rows[ri] * cols[ci] * ns[ni] > budget) continue;
                     mm_case(c, MM, 1, &type, &rows[ri], cols[ci], ns[ni]);
                 }
@@ -437,7 +517,7 @@ static void sweep_matmul_more(struct ctx *c) {
         for (int si = 0; si < COUNT(f64_shapes); si++)
             for (int ni = 0; ni < nn; ni++) {
                 int type = all_types[ti], rows = f64_shapes[si][0], cols = f64_shapes[si][1];
-                if (!shoal_dtype_row_bytes(type, cols)) continue;
+                if (!shoal_dtype_row_bytes(type, cols) || !computes(c, type)) continue;
                 if (ns[ni] > 1 && (long)rows * cols * ns[ni] > budget) continue;
                 mm_case(c, MM_F64, 1, &type, &rows, cols, ns[ni]);
             }
@@ -450,6 +530,7 @@ static void sweep_matmul_more(struct ctx *c) {
             for (int k = 2; k <= 3; k++) {
                 int t = all_types[ti], mix = t == SHOAL_DTYPE_Q8_0 ? SHOAL_DTYPE_Q4_0 : SHOAL_DTYPE_Q8_0;
                 int types[3] = { t, k == 3 ? mix : t, t };
+                if (!shoal_dtype_row_bytes(t, n_shapes[si][1]) || !computes(c, t)) continue;
                 int rows[3] = { n_shapes[si][0], n_shapes[si][0] / 2 + 1, 7 };
                 mm_case(c, MM_N, k, types, rows, n_shapes[si][1], n_shapes[si][2]);
             }
@@ -526,7 +607,8 @@ done:
 
 static void sweep_embed(struct ctx *c) {
     for (int ti = 0; ti < COUNT(all_types); ti++) {
-        int type = all_types[ti], narrow = is_quant(type) ? 96 : 40;
+        int type = all_types[ti], narrow = is_quant(type) ? fit(type, 96) : 40;
+        if (!computes(c, type)) continue;
         embed_case(c, type, 1000, 256, 7, 0);
         embed_case(c, type, 1000, 256, 7, 1);
         embed_case(c, type, 257, narrow, 1, 0);
@@ -1054,7 +1136,8 @@ done:
 
 static void sweep_pack(struct ctx *c) {
     for (int i = 0; i < COUNT(all_types); i++) {
-        pack_case(c, all_types[i], 37, 96, 1);
+        if (!computes(c, all_types[i])) continue;
+        pack_case(c, all_types[i], 37, fit(all_types[i], 96), 1);
         pack_case(c, all_types[i], 64, 256, 12);
     }
 }
@@ -1138,8 +1221,9 @@ static void sweep_batch(struct ctx *c) {
         return;
     }
     for (int i = 0; i < COUNT(all_types); i++)
-        for (int f64 = 0; f64 < 2; f64++) {
-            batch_case(c, all_types[i], 37, 96, 19, f64); /* a part group of rows, tiles of every size */
+        for (int f64 = 0; f64 < 2 && computes(c, all_types[i]); f64++) {
+            /* a part group of rows, tiles of every size */
+            batch_case(c, all_types[i], 37, fit(all_types[i], 96), 19, f64);
             batch_case(c, all_types[i], 64, 256, 9, f64);
         }
 }
@@ -1214,7 +1298,8 @@ static void sweep_rows(struct ctx *c) {
                 for (int f64 = 0; f64 < 2; f64++) {
                     const int t = all_types[i];
                     if (avx2 && !f64 && (t == SHOAL_DTYPE_Q8_0 || t == SHOAL_DTYPE_Q4_0)) continue;
-                    rows_case(c, t, shapes[si][0], shapes[si][1], ns[ni], f64);
+                    if (!computes(c, t)) continue;
+                    rows_case(c, t, shapes[si][0], fit(t, shapes[si][1]), ns[ni], f64);
                 }
 }
 
