@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,45 @@
 /* ----------------------------------------------------------------- options */
 
 
+
+/*
+ * --prompt-ids' list: token ids separated by commas ("1,415,29"; blanks around
+ * an id allowed). Returns how many it holds, storing them in ids unless NULL
+ * (room for that many), or -1 with what is wrong, naming the item, in bad.
+ */
+static long parse_id_list(const char *s, int32_t *ids, char *bad, size_t bad_len) {
+    long n = 0;
+    for (const char *p = s;; n++) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len && (*p == ' ' || *p == '\t')) p++, len--;
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
+        if (len == 0) {
+            if (!end && n == 0)
+                snprintf(bad, bad_len, "the list is empty: give token ids separated by commas, e.g. 1,415,29");
+            else
+                snprintf(bad, bad_len, "item %ld is empty: give token ids separated by single commas, "
+                                       "e.g. 1,415,29", n + 1);
+            return -1;
+        }
+        char item[32] = "", *stop = NULL;
+        long v = -1;
+        if (len < sizeof item) {
+            memcpy(item, p, len);
+            errno = 0;
+            v = strtol(item, &stop, 10);
+            if (errno || *stop || item[0] == '-' || item[0] == '+' || v > INT32_MAX) v = -1;
+        }
+        if (v < 0) {
+            snprintf(bad, bad_len, "item %ld ('%.*s') is not a token id (a whole number from 0)", n + 1,
+                     len > 40 ? 40 : (int)len, p);
+            return -1;
+        }
+        if (ids) ids[n] = (int32_t)v;
+        if (!end) return n + 1;
+        p = end + 1;
+    }
+}
 
 /* 0 to go on, else the exit status (help asked: 0, usage error: 2, as 1 + status). */
 static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opts *o) {
@@ -85,6 +125,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
     const struct opt run_only[] = {
         { "--prompt", 'p', OPT_STR, &o->prompt, "TEXT", "prompt text (default: empty, start from BOS); with --chat, the user's message" },
         { "--file", 'f', OPT_STR, &o->prompt_file, "FILE", "read the prompt from a file" },
+        { "--prompt-ids", 0, OPT_STR, &o->prompt_ids, "LIST", "the prompt as token ids separated by commas, e.g. 1,415,29: the whole sequence, as given (no BOS added)" },
         { "--n-predict", 'n', OPT_INT, &o->n_predict, "N", "tokens to generate (default 256; -1: until EOS or full context)" },
         { "--temp", 0, OPT_FLOAT, &o->sp.temp, "T", "temperature; 0 = greedy (default 0.8)" },
         { "--top-k", 0, OPT_INT, &o->sp.top_k, "K", "keep the K most likely tokens; 0 = off (default 40)" },
@@ -159,6 +200,12 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         return 3;                                                                              \
     } while (0)
     if (o->prompt && o->prompt_file) USAGE("give -p or -f, not both\n");
+    if (o->prompt_ids) {
+        char bad[160];
+        if (o->prompt || o->prompt_file) USAGE("give -p, -f or --prompt-ids, not more than one\n");
+        if (o->chat || o->interactive) USAGE("--prompt-ids goes without --chat and -i\n");
+        if (parse_id_list(o->prompt_ids, NULL, bad, sizeof bad) < 0) USAGE("--prompt-ids: %s\n", bad);
+    }
     if (o->shards && o->model) USAGE("give -m or --shards, not both\n");
     if (o->hosts && (o->tp || o->pp || o->shards))
         USAGE("--hosts is for the planner, which runs only without --tp, --pp and --shards\n");
@@ -667,6 +714,33 @@ static shoal_status convo_input(struct convo *c, struct run *r, const char *text
     return SHOAL_OK;
 }
 
+/*
+ * --prompt-ids: the sequence as given (no BOS added), each id checked
+ * against the model's vocabulary. The list's syntax was checked with the flags.
+ */
+static shoal_status convo_ids(struct convo *c, struct run *r) {
+    const char *list = r->o.prompt_ids;
+    char bad[160];
+    long n = parse_id_list(list, NULL, bad, sizeof bad);
+    if (n < 1) return shoal_errorf(SHOAL_INVALID, "--prompt-ids: %s", bad);
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    if (!ids) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    parse_id_list(list, ids, bad, sizeof bad);
+    const int n_vocab = r->m->hp.n_vocab;
+    for (long i = 0; i < n; i++)
+        if (ids[i] >= n_vocab) {
+            shoal_status rc = shoal_errorf(SHOAL_INVALID, "--prompt-ids: item %ld (id %d) is outside the "
+                                           "vocabulary of %s (%d tokens: ids 0..%d)", i + 1, ids[i],
+                                           r->o.model, n_vocab, n_vocab - 1);
+            free(ids);
+            return rc;
+        }
+    c->add_bos = 0;
+    shoal_status rc = push_ids(c, ids, (size_t)n);
+    free(ids);
+    return rc;
+}
+
 /* After a turn: the answer joins the conversation. */
 static shoal_status convo_answered(struct convo *c, const struct shoal_gen_stats *gs) {
     if (c->lost) return shoal_errorf(SHOAL_NOMEM, "out of memory keeping the conversation");
@@ -863,9 +937,14 @@ static int lead(struct run *r) {
     size_t text_len = 0;
 
     shoal_status rc = convo_init(&c, r);
-    if (rc == SHOAL_OK) rc = first_text(o, &text, &text_len);
-    int nothing = rc == SHOAL_OK && !text; /* -i, and stdin ended before a first line */
-    if (rc == SHOAL_OK && !nothing) rc = convo_input(&c, r, text, text_len);
+    int nothing = 0; /* -i, and stdin ended before a first line */
+    if (rc == SHOAL_OK && o->prompt_ids) {
+        rc = convo_ids(&c, r);
+    } else {
+        if (rc == SHOAL_OK) rc = first_text(o, &text, &text_len);
+        nothing = rc == SHOAL_OK && !text;
+        if (rc == SHOAL_OK && !nothing) rc = convo_input(&c, r, text, text_len);
+    }
     if (rc == SHOAL_OK && !nothing) rc = prepare(r, &c, &smp, &lo.out);
     if (rc == SHOAL_OK && !nothing && (rc = converse(r, &c, smp, &lo, &gs)) != SHOAL_OK) {
         /* the other ranks may be anywhere in a step: end the job */

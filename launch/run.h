@@ -17,6 +17,7 @@
 
 struct run_opts {
     const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
+    const char *prompt_ids; /* shoal run --prompt-ids: the prompt as token ids, as typed */
     const char *comm_name, *tp_weights_s, *pp_weights_s, *system, *template_name, *shards, *hosts;
     const char *device_name, *tp_comm_name;
     int device, gpu, tp_comm;
