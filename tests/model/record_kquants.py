@@ -2,24 +2,32 @@
 """Records llama.cpp's files and answers for the weight types of issue 17,
 the independent oracle that tests/model/test_kquants.py holds shoal to.
 shoal's code plays no part in them but for the source weights: `shoal synth`
-writes two small LLaMA-shape models in F16 (seeded random floats, nothing
+writes three small LLaMA-shape models in F16 (seeded random floats, nothing
 quantized); llama.cpp quantizes them and computes every logit.
 
     pip install llama-cpp-python==0.3.36 gguf numpy
     cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && ninja -C build shoal
     SHOAL_BIN=build/shoal python3 tests/model/record_kquants.py
+    SHOAL_BIN=build/shoal python3 tests/model/record_kquants.py --only c   # one shape's files
 
 (run on 2026-12-04 with Python 3.11.7 and llama-cpp-python 0.3.36, built
 from its sdist by pip on an AMD EPYC with AVX-512, in 2 s; the versions and
-settings go into oracle.json too.) Prompts are token ids, given to
-llama.cpp as ids: no tokenizer is involved on either side.
+settings go into oracle.json too; shape "c" was added on the same day by
+--only c, with the same llama-cpp-python build: oracle.json's "meta"
+"added".) Prompts are token ids, given to llama.cpp as ids: no tokenizer is
+involved on either side.
+
+--only SHAPE[,SHAPE] records the files of those shapes alone and merges them
+into the oracle there: every other GGUF stays untouched, and every other
+file's entry and logits are carried over as they are.
 
 It writes tests/model/data/kquants/:
 - one GGUF per entry of FILES, quantized by llama.cpp's llama_model_quantize
   (llama-quantize's library call) from the F16 source of its shape: the
   default mixes of the ftypes people download (which choose a type per
   tensor, and fall back to other types where a row is not a multiple of 256),
-  and two pure files (every matrix one type, as llama-quantize --pure);
+  two pure files (every matrix one type, as llama-quantize --pure) and one
+  mix of llama-quantize's --tensor-type overrides (c-mix: MIX_C);
 - oracle.json: how it was made (versions, settings, the source models'
   shoal synth flags and SHA-256, every file's SHA-256 and size) and per file
   the type of every tensor, llama.cpp's disagreement with itself (the same
@@ -60,12 +68,39 @@ OUT = HERE / "data" / "kquants"
 # Q8_0, ...) as it does on real models (SmolLM2's 576); head size 64.
 # (Not tied: shoal synth's embeddings, used as the head, make logits so
 # peaked that every distribution is one token and the greedy ids one id.)
+# "a" and "b" cannot be split by tensor parallelism: a KV group's query
+# columns (128) are half a super-block of attn_output. "c" can, on 256-value
+# boundaries everywhere (tests/mpi/test_kquant_layouts.py): head size 128,
+# 2 query heads per KV head (a KV group is 256 columns of attn_output), 3 KV
+# groups (tp 2 = 2 + 1 groups, tp 3 = 1 + 1 + 1) and an FFN of 5 x 256
+# (tp 2 = 2 + 3 super-blocks of ffn_down's rows, tp 3 = 2 + 2 + 1).
 SHAPES = {
     "a": dict(dim=256, layers=2, heads=8, kv_heads=2, ffn=512, vocab=1024, seed=1717),
     "b": dict(dim=256, layers=2, heads=4, kv_heads=2, ffn=448, vocab=1024, seed=1718),
+    "c": dict(dim=256, layers=2, heads=6, kv_heads=3, head_dim=128, ffn=1280, vocab=1024, seed=1719),
 }
 
-# name, shape, llama.cpp ftype (LLAMA_FTYPE_MOSTLY_*), pure
+# c-mix: llama-quantize's --tensor-type overrides (PATTERN=TYPE, a regex;
+# the C API's tt_overrides) on the Q4_K_M mix, so that with c-q4_k_m (Q4_K;
+# Q6_K in blk.1's attn_v and ffn_down and in the head) every super-block type
+# is in a row-parallel matrix (attn_output, ffn_down: summed in f64 over a
+# tensor-parallel group) and in a column-parallel one (q, k, v, gate, up)
+# within two files. Default mixes would take five: on two layers none puts
+# Q2_K in a row-parallel matrix but --pure, and Q3_K, Q5_K and IQ4_XS there
+# each take a file of their own (Q2_K's, Q3_K_L's or Q5_K_M's, IQ4_XS's).
+# token_embd (Q4_K) and output (Q6_K) stay as Q4_K_M makes them.
+MIX_C = (
+    (r"blk\.0\.attn_output\.weight", "Q2_K"), (r"blk\.0\.ffn_down\.weight", "Q3_K"),
+    (r"blk\.1\.attn_output\.weight", "Q5_K"), (r"blk\.1\.ffn_down\.weight", "IQ4_XS"),
+    (r"blk\.0\.attn_q\.weight", "Q3_K"), (r"blk\.0\.attn_k\.weight", "IQ4_XS"),
+    (r"blk\.0\.attn_v\.weight", "Q5_K"), (r"blk\.0\.ffn_gate\.weight", "Q2_K"),
+    (r"blk\.0\.ffn_up\.weight", "Q5_K"),
+    (r"blk\.1\.attn_q\.weight", "Q2_K"), (r"blk\.1\.attn_k\.weight", "Q3_K"),
+    (r"blk\.1\.attn_v\.weight", "IQ4_XS"), (r"blk\.1\.ffn_gate\.weight", "IQ4_XS"),
+    (r"blk\.1\.ffn_up\.weight", "Q3_K"),
+)
+
+# name, shape, llama.cpp ftype (LLAMA_FTYPE_MOSTLY_*), pure[, tensor-type overrides]
 FILES = [
     ("a-q4_k_m", "a", "Q4_K_M", False),
     ("a-q5_k_m", "a", "Q5_K_M", False),
@@ -80,6 +115,8 @@ FILES = [
     ("a-q4_0-pure", "a", "Q4_0", True),
     ("b-q4_0", "b", "Q4_0", False),
     ("b-q4_k_m", "b", "Q4_K_M", False),
+    ("c-q4_k_m", "c", "Q4_K_M", False),
+    ("c-mix", "c", "Q4_K_M", False, MIX_C),
 ]
 
 # the types issue 17 adds: the files must hold each somewhere
@@ -109,18 +146,28 @@ def synth_flags(shape):
     flags = ["--arch", "llama", "--dim", s["dim"], "--layers", s["layers"], "--heads", s["heads"],
              "--kv-heads", s["kv_heads"], "--ffn", s["ffn"], "--vocab", s["vocab"], "--type", "f16",
              "--seed", s["seed"]]
+    if s.get("head_dim"):
+        flags += ["--head-dim", s["head_dim"]]
     if s.get("tied"):
         flags.append("--tied")
     return [str(f) for f in flags]
 
 
-def quantize(src, dst, ftype, pure):
+def quantize(src, dst, ftype, pure, overrides=()):
     import llama_cpp
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype)
     p.nthread = 2
     p.pure = pure
     p.allow_requantize = False  # the sources are F16: nothing is requantized
+    if overrides:
+        # llama-quantize --tensor-type PATTERN=TYPE: an array ended by a NULL pattern
+        tt = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (pattern, typ) in enumerate(overrides):
+            tt[i].pattern = pattern.encode()
+            tt[i].type = getattr(llama_cpp, "GGML_TYPE_" + typ)
+        tt[len(overrides)].pattern = None
+        p.tt_overrides = ctypes.cast(tt, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     if rc != 0:
         sys.exit(f"record_kquants.py: llama_model_quantize({src}, {ftype}) returned {rc}")
@@ -203,7 +250,24 @@ def main():
     ap.add_argument("--shoal", default=os.environ.get("SHOAL_BIN") or str(ROOT / "build" / "shoal"),
                     help="the shoal binary whose `synth` writes the F16 sources (default $SHOAL_BIN)")
     ap.add_argument("--keep-sources", type=Path, help="also keep the F16 sources in this folder")
+    ap.add_argument("--only", help="record only the files of these shapes (comma-separated, e.g. c) and "
+                    "merge them into the oracle there, leaving every other file as it is")
     args = ap.parse_args()
+    only = args.only.split(",") if args.only else list(SHAPES)
+    bad = [s for s in only if s not in SHAPES]
+    if bad:
+        sys.exit(f"record_kquants.py: --only {args.only}: no shape {bad[0]} (shapes: {', '.join(SHAPES)})")
+    old = None
+    if args.only:
+        try:
+            old = json.loads((OUT / "oracle.json").read_text())
+            with np.load(OUT / "oracle.npz") as z:
+                old_arrays = {k: z[k] for k in z.files}
+        except OSError as e:
+            sys.exit(f"record_kquants.py: --only merges into the oracle in {OUT}, which cannot be read: {e}")
+        if (old["prompts"], old["n_gen"], old["meta"]["logit_scale"]) != (PROMPTS, N_GEN, SCALE):
+            sys.exit("record_kquants.py: --only: the oracle there was recorded with other prompts, "
+                     "lengths or logit scale than these: record every shape (no --only)")
     import gguf
     import llama_cpp
     from llama_cpp import Llama
@@ -213,7 +277,7 @@ def main():
     src_dir = args.keep_sources or tmp
     src_dir.mkdir(parents=True, exist_ok=True)
     sources = {}
-    for shape in SHAPES:
+    for shape in only:
         path = src_dir / f"{shape}-f16.gguf"
         cmd = [args.shoal, "synth", "-o", str(path)] + synth_flags(shape)
         subprocess.run(cmd, check=True)
@@ -222,9 +286,11 @@ def main():
 
     files, arrays = {}, {}
     seen = Counter()
-    for name, shape, ftype, pure in FILES:
+    todo = [f for f in FILES if f[1] in only]
+    for name, shape, ftype, pure, *rest in todo:
+        overrides = rest[0] if rest else ()
         dst = OUT / f"{name}.gguf"
-        quantize(src_dir / f"{shape}-f16.gguf", dst, ftype, pure)
+        quantize(src_dir / f"{shape}-f16.gguf", dst, ftype, pure, overrides)
         types = tensor_types(dst)
         counts = Counter(types.values())
         seen.update(counts)
@@ -253,19 +319,23 @@ def main():
         self_kl = np.concatenate(self_kl)
         files[name] = {"shape": shape, "ftype": ftype, "pure": pure, "bytes": dst.stat().st_size,
                        "sha256": sha256(dst), "type_counts": dict(sorted(counts.items())),
+                       **({"tensor_type_overrides": [f"{p}={t}" for p, t in overrides]} if overrides else {}),
                        "types": types,
                        "self_kl": {"mean": float(f"{self_kl.mean():.3e}"), "max": float(f"{self_kl.max():.3e}")},
                        "cases": cases}
         print(f"{name}: {dst.stat().st_size} bytes, {dict(sorted(counts.items()))}; llama.cpp's batch "
               f"against one token at a time: KL mean {self_kl.mean():.2e} max {self_kl.max():.2e}",
               file=sys.stderr)
+    if old:
+        for name, f in old["files"].items():
+            if f["shape"] not in only:
+                seen.update(f["type_counts"])
     missing = ISSUE_TYPES - set(seen)
     if missing:
         sys.exit(f"record_kquants.py: no file holds {sorted(missing)}: change the shapes or FILES")
 
     ggml_version, commit = ggml_commit()
-    meta = {
-        "made_by": "tests/model/record_kquants.py",
+    made = {
         "date": datetime.date.today().isoformat(),
         "llama_cpp_python": llama_cpp.__version__,
         "ggml_version": ggml_version,
@@ -275,6 +345,26 @@ def main():
         "python": platform.python_version(),
         "numpy": np.__version__,
         "gguf": getattr(gguf, "__version__", None) or _dist_version("gguf"),
+    }
+    if old:
+        # the other shapes' files, entries and logits as they were; what was made now, and how
+        meta = old["meta"]
+        meta["sources"].update(sources)
+        meta["added"] = [a for a in meta.get("added", []) if not set(a["shapes"]) <= set(only)]
+        meta["added"].append({"shapes": only, "files": [f[0] for f in todo], "how": "--only", **made})
+        kept = {k: v for k, v in old["files"].items() if v["shape"] not in only}
+        files = {n: kept.get(n) or files[n] for n, *_ in FILES if n in kept or n in files}
+        arrays = {**{k: v for k, v in old_arrays.items() if k.split(".p")[0] in kept}, **arrays}
+        with open(OUT / "oracle.json", "w") as f:
+            json.dump({"meta": meta, "prompts": PROMPTS, "n_gen": N_GEN, "files": files}, f, indent=1)
+            f.write("\n")
+        np.savez_compressed(OUT / "oracle.npz", **arrays)
+        shutil.rmtree(tmp)
+        print(f"merged {len(todo)} files of shape {args.only} into {OUT}", file=sys.stderr)
+        return
+    meta = {
+        "made_by": "tests/model/record_kquants.py",
+        **made,
         "quantize": "llama_model_quantize with llama_model_quantize_default_params(), nthread 2, "
                     "the ftype named per file (LLAMA_FTYPE_MOSTLY_*), pure where said; no imatrix",
         "settings": SETTINGS,
