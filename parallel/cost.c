@@ -21,7 +21,11 @@
 #define BASE_BYTES 6e6       /* a process: code, libraries, stacks, small buffers */
 #define MPI_BYTES 8e6        /* what Open MPI adds to each rank (shared-memory segments) */
 #define PAGE 4096.0          /* a lookup maps the page of the row it reads */
-#define FAULT_AROUND 65536.0 /* a fault in a mapped file maps the cached pages of its 64 KiB window */
+/* A fault in a mapped file maps the cached pages of its 64 KiB window. Where the page
+ * cache holds the file in large folios (read() with readahead left them; Linux 6.18
+ * maps a faulting folio whole), a tensor-parallel rank counts more of its neighbours'
+ * rows in its RSS: shared cache, not memory the rank needs, and not counted here. */
+#define FAULT_AROUND 65536.0
 
 /* Bytes of one layer's matrices in a rank's part (without its norms). */
 static double layer_part_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt) {
