@@ -144,6 +144,8 @@ struct cpu_kernels {
     /* quantizes one token's activations to the Q8_32 form: shoal_cpu_quantize_x's contract */
     void (*quantize_x)(const float *x, int64_t cols, int8_t *q, float *d, float *s, int32_t *sum,
                        int grouped, int lanes, int offset, int32_t *vc, float *vd);
+    /* optional: one token's activations to the Q8_K form, shoal_cpu_quantize_q8k's bytes */
+    void (*quantize_q8k)(const float *x, int64_t cols, int8_t *q, float *d, int16_t *bsums);
     /* attention over one cached head vector of n values, by KV type (enum
      * shoal_kv_type): q . k, and o += w * v */
     float (*kv_dot[3])(const float *q, const void *k, int n);
@@ -223,5 +225,29 @@ static inline void mm_drive_f64(const struct mm_task *t, int64_t r0, int64_t r1,
         mm_drive_f64(t, r0, r1, row_f64_##type);                                           \
     }
 
+/*
+ * The super-block types' kernels (Q2_K..Q6_K, IQ4_XS: the Q8_K form) of the
+ * SIMD levels, in files of their own (kernels_avx512_kq.c,
+ * kernels_avx2_kq.c) and listed in their level's table: mm and mm_f64;
+ * and the AVX-512 level's packed layouts of these types (cpu_kernels'
+ * packed_bytes, pack and unpack_row for them; kernels_avx512_kq.c).
+ */
+#define KQ_DECLARE(level, type)                                                            \
+    void shoal_cpu_##level##_mm_##type(const struct mm_task *t, int64_t r0, int64_t r1);   \
+    void shoal_cpu_##level##_mm_f64_##type(const struct mm_task *t, int64_t r0, int64_t r1);
+#define KQ_DECLARE_ALL(level)                                                              \
+    KQ_DECLARE(level, q2_k) KQ_DECLARE(level, q3_k) KQ_DECLARE(level, q4_k)                \
+    KQ_DECLARE(level, q5_k) KQ_DECLARE(level, q6_k) KQ_DECLARE(level, iq4_xs)
+KQ_DECLARE_ALL(avx2)
+KQ_DECLARE(avx512, q2_k) KQ_DECLARE(avx512, q3_k) /* a row at a time; the others packed at load: */
+KQ_DECLARE(avx512, q4_kp) KQ_DECLARE(avx512, q5_kp) KQ_DECLARE(avx512, q6_kp) KQ_DECLARE(avx512, iq4_xsp)
+/* shoal_cpu_quantize_q8k's bytes, in SIMD */
+void shoal_cpu_avx512_quantize_q8k(const float *x, int64_t cols, int8_t *q, float *d, int16_t *bsums);
+void shoal_cpu_avx2_quantize_q8k(const float *x, int64_t cols, int8_t *q, float *d, int16_t *bsums);
+size_t shoal_cpu_avx512_kq_packed_bytes(int type, int64_t rows, int64_t cols);
+shoal_status shoal_cpu_avx512_kq_pack(int type, int64_t rows, int64_t cols, const void *src, void *dst);
+void shoal_cpu_avx512_kq_unpack_row(const struct shoal_weight *w, int64_t row, float *y);
+#undef KQ_DECLARE_ALL
+#undef KQ_DECLARE
 
 #endif

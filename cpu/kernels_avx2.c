@@ -6,7 +6,10 @@
  * Float weights (f32, f16, bf16) are a row at a time. Q8_0 and Q4_0 weights
  * meet activations quantized per block of 32, in integer dot products with
  * maddubs, run as tiles of rows x tokens for prompts (see the banner there).
- * Q4_0 wants its activations grouped and the lane vectors (kernels.h).
+ * Q4_0 wants its activations grouped and the lane vectors (kernels.h), as
+ * do Q5_0, Q5_1 and IQ4_NL, whose tiles (one row, one accumulator per
+ * output) are row- and batch-invariant. The super-block types (K-quants,
+ * IQ4_XS) are in kernels_avx2_kq.c.
  */
 #include <immintrin.h>
 #include <string.h>
@@ -452,6 +455,159 @@ MM_ROW_DRIVER_F64(q4_0)
 MM_ROW_DRIVER_F64(q4_1)
 MM_ROW_DRIVER(q4_1)
 
+/* ------------------------------------------------- Q5_0, Q5_1, IQ4_NL */
+
+/*
+ * The 32-value block types beside Q4_0 and Q4_1 (kernels_scalar.c has their
+ * formats): Q5_0 and Q5_1 add a fifth bit from qh (values 0..31; Q5_0 less
+ * 16, taken off with the block sums of x, Q5_1 plus m x s), IQ4_NL looks its
+ * nibbles up in a table of 16 signed levels (maddubs on |level| and x with
+ * the level's sign). Grouped activations as Q4_0's (two blocks to a
+ * register, the lane vectors for the offset and dx), but tiles of one row x
+ * up to X_T tokens with one accumulator per output: each (row, token) output
+ * goes through the same instructions in the same order whatever the tile,
+ * so these are row- and batch-invariant (Q8_0's and Q4_0's tiles above are
+ * not). f32 sums of the lanes times dw * dx; or (EXACT) the same exact
+ * products summed in f64.
+ */
+enum { X50, X51, XNL };
+#define X_BS(K) ((K) == X51 ? 24 : (K) == X50 ? 22 : 18) /* block bytes */
+#define X_QO(K) ((K) == X51 ? 8 : (K) == X50 ? 6 : 2)    /* where the nibbles start */
+#define X_T 4
+
+/* 0x10 in byte i where bit i of m is set. */
+INLINE __m256i bits_0x10(uint32_t m) {
+    const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)m),
+                                          _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                           2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+INLINE uint32_t qh_of(const uint8_t *blk, const int K) {
+    uint32_t qh;
+    memcpy(&qh, blk + X_QO(K) - 4, 4);
+    return qh;
+}
+
+INLINE __m256i iq4nl_table(void) {
+    return _mm256_broadcastsi128_si256(_mm_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53,
+                                                     69, 89, 113));
+}
+
+/* int8 codes times int8 x, pairs into int32 lanes: maddubs with the sign trick for IQ4_NL's levels. */
+INLINE __m256i codes_dot(__m256i code, __m256i x, const int K) {
+    const __m256i p16 = K == XNL ? _mm256_maddubs_epi16(_mm256_sign_epi8(code, code), _mm256_sign_epi8(x, code))
+                                 : _mm256_maddubs_epi16(code, x);
+    return sum_pairs(p16);
+}
+
+/* A tile's f32 or f64 (EXACT) accumulation of int32 lanes p times their f32 scales. */
+INLINE void x_acc(__m256 *acc, __m256d accd[2], __m256i p, __m256 scale, const int EXACT) {
+    if (EXACT) acc_f64(accd, p, scale);
+    else *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *acc);
+}
+
+INLINE void x32_tile(const struct mm_task *t, int64_t r, int t0, const int NT, const int EXACT, const int K) {
+    const int BS = X_BS(K), QO = X_QO(K);
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, nv = nb / 4 * 16, rows = t->w->rows;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    const uint8_t *w = row_ptr(t, r);
+    __m256 acc[X_T];
+    __m256d accd[X_T][2];
+    double mn[X_T]; /* Q5_1's m x s terms, in order */
+    for (int j = 0; j < NT; j++) {
+        acc[j] = _mm256_setzero_ps();
+        accd[j][0] = accd[j][1] = _mm256_setzero_pd();
+        mn[j] = 0;
+    }
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4)
+        for (int h = 0; h < 2; h++) { /* blocks b+2h, b+2h+1: q4_half's layout */
+            const uint8_t *w0 = w + (b + 2 * h) * BS, *w1 = w0 + BS;
+            const __m256i q = _mm256_loadu2_m128i((const __m128i *)(w1 + QO), (const __m128i *)(w0 + QO));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (K == XNL) {
+                lo = _mm256_shuffle_epi8(iq4nl_table(), lo);
+                hi = _mm256_shuffle_epi8(iq4nl_table(), hi);
+            } else {
+                const uint32_t h0 = qh_of(w0, K), h1 = qh_of(w1, K);
+                lo = _mm256_or_si256(lo, bits_0x10((h0 & 0xffff) | h1 << 16));
+                hi = _mm256_or_si256(hi, bits_0x10(h0 >> 16 | (h1 & 0xffff0000u)));
+            }
+            const __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(d_pair(w0, w1))), lanes);
+            uint16_t m0 = 0, m1 = 0;
+            if (K == X51) memcpy(&m0, w0 + 2, 2), memcpy(&m1, w1 + 2, 2);
+            for (int j = 0; j < NT; j++) {
+                const int64_t tok = t0 + j, v = tok * nv + b * 4 + 8 * h;
+                const int8_t *xp = t->xq + tok * cols + b * SHOAL_QK + 32 * h;
+                __m256i p = _mm256_add_epi32(codes_dot(lo, _mm256_loadu_si256((const __m256i *)xp), K),
+                                             codes_dot(hi, _mm256_loadu_si256((const __m256i *)(xp + 64)), K));
+                if (K == X50) /* -16 x the block's sum: twice the lane vectors' -8 */
+                    p = _mm256_add_epi32(p, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(t->xvc + v)), 1));
+                x_acc(&acc[j], accd[j], p, _mm256_mul_ps(dw, _mm256_loadu_ps(t->xvd + v)), EXACT);
+                if (K == X51)
+                    mn[j] += (double)f16(m0) * t->xs[tok * nb + b + 2 * h] + (double)f16(m1) * t->xs[tok * nb + b + 2 * h + 1];
+            }
+        }
+    for (; b < nb; b++) { /* past the groups, in natural order: one block to a register */
+        const uint8_t *wb = w + b * BS;
+        const __m128i q = _mm_loadu_si128((const __m128i *)(wb + QO));
+        __m256i code = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m4);
+        if (K == XNL) code = _mm256_shuffle_epi8(iq4nl_table(), code);
+        else code = _mm256_or_si256(code, bits_0x10(qh_of(wb, K)));
+        uint16_t d, m = 0;
+        memcpy(&d, wb, 2);
+        if (K == X51) memcpy(&m, wb + 2, 2);
+        for (int j = 0; j < NT; j++) {
+            const int64_t tok = t0 + j;
+            __m256i p = codes_dot(code, _mm256_loadu_si256((const __m256i *)(t->xq + tok * cols + b * SHOAL_QK)), K);
+            if (K == X50) p = _mm256_add_epi32(p, _mm256_set1_epi32(-2 * t->xsum[tok * nb + b])); /* -16 x sum */
+            x_acc(&acc[j], accd[j], p, _mm256_set1_ps(f16(d) * t->xd[tok * nb + b]), EXACT);
+            if (K == X51) mn[j] += (double)f16(m) * t->xs[tok * nb + b];
+        }
+    }
+    for (int j = 0; j < NT; j++) {
+        const int64_t at = (t0 + j) * rows + r;
+        if (EXACT) t->yd[at] = hsum_pd(accd[j]) + mn[j];
+        else t->y[at] = hsum256(acc[j]) + (float)mn[j];
+    }
+}
+
+#define X_FNS(name, K)                                                                         \
+    static void name##_1(const struct mm_task *t, int64_t r, int t0) { x32_tile(t, r, t0, 1, 0, K); } \
+    static void name##_2(const struct mm_task *t, int64_t r, int t0) { x32_tile(t, r, t0, 2, 0, K); } \
+    static void name##_3(const struct mm_task *t, int64_t r, int t0) { x32_tile(t, r, t0, 3, 0, K); } \
+    static void name##_4(const struct mm_task *t, int64_t r, int t0) { x32_tile(t, r, t0, 4, 0, K); } \
+    static void name##_f64_1(const struct mm_task *t, int64_t r, int t0) { x32_tile(t, r, t0, 1, 1, K); } \
+    static void name##_f64_2(const struct mm_task *t, int64_t r, int t0) { x32_tile(t, r, t0, 2, 1, K); } \
+    static void name##_f64_3(const struct mm_task *t, int64_t r, int t0) { x32_tile(t, r, t0, 3, 1, K); } \
+    static void name##_f64_4(const struct mm_task *t, int64_t r, int t0) { x32_tile(t, r, t0, 4, 1, K); } \
+    static void mm_##name(const struct mm_task *t, int64_t r0, int64_t r1) {                   \
+        static void (*const f[X_T])(const struct mm_task *, int64_t, int) = { name##_1, name##_2, name##_3, name##_4 }; \
+        x_drive(t, r0, r1, f);                                                                 \
+    }                                                                                          \
+    static void mm_f64_##name(const struct mm_task *t, int64_t r0, int64_t r1) {               \
+        static void (*const f[X_T])(const struct mm_task *, int64_t, int) = {                   \
+            name##_f64_1, name##_f64_2, name##_f64_3, name##_f64_4 };                          \
+        x_drive(t, r0, r1, f);                                                                 \
+    }
+_Static_assert(X_T == 4, "X_FNS lists 4 tile sizes");
+
+/* Tiles of X_T tokens (their activations stay in L1) passing rows [r0, r1). */
+static void x_drive(const struct mm_task *t, int64_t r0, int64_t r1,
+                    void (*const f[X_T])(const struct mm_task *, int64_t, int)) {
+    for (int tk = 0; tk < t->n; tk += X_T) {
+        const int nt = t->n - tk < X_T ? t->n - tk : X_T;
+        for (int64_t r = r0; r < r1; r++) f[nt - 1](t, r, tk);
+    }
+}
+
+X_FNS(q5_0, X50)
+X_FNS(q5_1, X51)
+X_FNS(iq4_nl, XNL)
+
 /* ------------------------------------------------------------- attention */
 
 static float kv_dot_f32(const float *q, const void *k, int n) { return dot_f32(q, k, n); }
@@ -501,6 +657,15 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_Q8_0] = mm_q8,
         [SHOAL_DTYPE_Q4_0] = mm_q4,
         [SHOAL_DTYPE_Q4_1] = mm_q4_1,
+        [SHOAL_DTYPE_Q5_0] = mm_q5_0,
+        [SHOAL_DTYPE_Q5_1] = mm_q5_1,
+        [SHOAL_DTYPE_IQ4_NL] = mm_iq4_nl,
+        [SHOAL_DTYPE_Q2_K] = shoal_cpu_avx2_mm_q2_k,
+        [SHOAL_DTYPE_Q3_K] = shoal_cpu_avx2_mm_q3_k,
+        [SHOAL_DTYPE_Q4_K] = shoal_cpu_avx2_mm_q4_k,
+        [SHOAL_DTYPE_Q5_K] = shoal_cpu_avx2_mm_q5_k,
+        [SHOAL_DTYPE_Q6_K] = shoal_cpu_avx2_mm_q6_k,
+        [SHOAL_DTYPE_IQ4_XS] = shoal_cpu_avx2_mm_iq4_xs,
     },
     .mm_f64 = {
         [SHOAL_DTYPE_F32] = mm_f64_f32,
@@ -509,12 +674,25 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
         [SHOAL_DTYPE_Q4_1] = mm_f64_q4_1,
+        [SHOAL_DTYPE_Q5_0] = mm_f64_q5_0,
+        [SHOAL_DTYPE_Q5_1] = mm_f64_q5_1,
+        [SHOAL_DTYPE_IQ4_NL] = mm_f64_iq4_nl,
+        [SHOAL_DTYPE_Q2_K] = shoal_cpu_avx2_mm_f64_q2_k,
+        [SHOAL_DTYPE_Q3_K] = shoal_cpu_avx2_mm_f64_q3_k,
+        [SHOAL_DTYPE_Q4_K] = shoal_cpu_avx2_mm_f64_q4_k,
+        [SHOAL_DTYPE_Q5_K] = shoal_cpu_avx2_mm_f64_q5_k,
+        [SHOAL_DTYPE_Q6_K] = shoal_cpu_avx2_mm_f64_q6_k,
+        [SHOAL_DTYPE_IQ4_XS] = shoal_cpu_avx2_mm_f64_iq4_xs,
     },
     .xlayout = {
         [SHOAL_DTYPE_Q4_0] = XL_GROUPED | XL_LANES,
         [SHOAL_DTYPE_Q4_1] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_Q5_0] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_Q5_1] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_IQ4_NL] = XL_GROUPED | XL_LANES,
     },
     .quantize_x = shoal_cpu_quantize_x,
+    .quantize_q8k = shoal_cpu_avx2_quantize_q8k,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
 };

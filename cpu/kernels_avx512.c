@@ -9,7 +9,9 @@
  * so lanes 0-7 belong to the first block and 8-15 to the second; each half
  * is scaled by its block's dw * dx in float. Q8_0 passes |w| and x with w's
  * sign; Q4_0 passes its 0..15 nibbles and takes the -8 offset off with the
- * block sums of x.
+ * block sums of x; Q4_1, Q5_0, Q5_1 and IQ4_NL run on Q4_0's tiles. The
+ * super-block types (K-quants, IQ4_XS) are in kernels_avx512_kq.c, which
+ * packs four of them at load as Q8_0 is packed here.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -205,7 +207,7 @@ static void unpack_q8_row(const struct shoal_weight *w, int64_t r, float *y) {
 }
 
 static size_t packed_bytes_avx512(int type, int64_t rows, int64_t cols) {
-    return type == SHOAL_DTYPE_Q8_0 ? q8_packed_bytes(rows, cols) : 0;
+    return type == SHOAL_DTYPE_Q8_0 ? q8_packed_bytes(rows, cols) : shoal_cpu_avx512_kq_packed_bytes(type, rows, cols);
 }
 
 /*
@@ -328,32 +330,72 @@ INLINE __m512 spread_ps(__m512i lanes, __m128 v) {
     return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(v));
 }
 
-/* One block's nibbles (less off) dotted with its 32 activations, in natural order. */
-INLINE int nibble_dot(const uint8_t *qs, const int8_t *x, int off) {
-    int sum = 0;
-    for (int e = 0; e < SHOAL_QK / 2; e++)
-        sum += ((qs[e] & 0x0f) - off) * x[e] + ((qs[e] >> 4) - off) * x[e + 16];
-    return sum;
+/*
+ * The five kinds of 32-value blocks this tile code runs: Q4_0, Q4_1, and
+ * the ones built like them (kernels_scalar.c has their formats): Q5_0 and
+ * Q5_1 add a fifth bit from qh, IQ4_NL looks its nibbles up in a table of
+ * 16 levels (here +128, unsigned: VNNI's unsigned side).
+ */
+enum { K40, K41, K50, K51, KNL };
+#define KIND_MIN(K) ((K) == K41 || (K) == K51) /* d * q + m: the m part meets xs */
+/* block bytes, and where the nibbles start */
+#define KIND_BS(K) ((K) == K41 ? 20 : (K) == K50 ? 22 : (K) == K51 ? 24 : 18)
+#define KIND_QO(K) ((K) == K41 ? 4 : (K) == K50 ? 6 : (K) == K51 ? 8 : 2)
+/* the offset taken off the codes (taken off with the block sums of x), as a power of two */
+#define KIND_LOG_OFF(K) ((K) == K40 ? 3 : (K) == K50 ? 4 : (K) == KNL ? 7 : -1)
+
+static const int8_t iq4nl_levels[16] = { -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113 };
+
+/*
+ * The 32 codes of a block of kind K as int8, with their offset: the values
+ * that d multiplies. (In intrinsics: GCC 12 vectorizes a plain C loop of
+ * these codes times int8 x into vpdpbusd, unsigned by signed, which is
+ * wrong for the negative codes; seen with -mavx512vnni.)
+ */
+INLINE __m256i block_codes(const uint8_t *blk, const int K) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)(blk + KIND_QO(K)));
+    __m256i c = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1),
+                                 _mm256_set1_epi8(0x0f));
+    if (K == KNL)
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_levels)), c);
+    if (K == K50 || K == K51) {
+        uint32_t qh;
+        memcpy(&qh, blk + KIND_QO(K) - 4, 4);
+        c = _mm256_mask_add_epi8(c, qh, c, _mm256_set1_epi8(0x10));
+    }
+    return K == K40 ? _mm256_sub_epi8(c, _mm256_set1_epi8(8)) : K == K50 ? _mm256_sub_epi8(c, _mm256_set1_epi8(16)) : c;
 }
 
-/* Past the groups, block by block: Q4_0 (-8 offset) and Q4_1 (its minimum). */
-INLINE double q4_tail(const struct shoal_block_q4_0 *w, const struct mm_task *t, int64_t tok,
-                      int64_t b, int64_t nb) {
+/* Past the groups, block by block: sum_b dw dx dot_b (+ m xs for the kinds with a minimum). */
+INLINE double tail_sum(const uint8_t *w, const struct mm_task *t, int64_t tok, int64_t b, int64_t nb, const int K) {
     const int8_t *x = t->xq + tok * t->w->cols;
     double s = 0;
-    for (; b < nb; b++)
-        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * nibble_dot(w[b].qs, x + b * SHOAL_QK, 8);
+    for (; b < nb; b++) {
+        const uint8_t *blk = w + b * KIND_BS(K);
+        const __m512i xv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(x + b * SHOAL_QK)));
+        const int dot = _mm512_reduce_add_epi32(_mm512_madd_epi16(_mm512_cvtepi8_epi16(block_codes(blk, K)), xv));
+        uint16_t d, m;
+        memcpy(&d, blk, 2);
+        s += (double)(f16(d) * t->xd[tok * nb + b]) * dot;
+        if (KIND_MIN(K)) {
+            memcpy(&m, blk + 2, 2);
+            s += (double)f16(m) * t->xs[tok * nb + b];
+        }
+    }
     return s;
 }
 
-INLINE double q41_tail(const struct shoal_block_q4_1 *w, const struct mm_task *t, int64_t tok,
-                       int64_t b, int64_t nb) {
-    const int8_t *x = t->xq + tok * t->w->cols;
-    double s = 0;
-    for (; b < nb; b++)
-        s += (double)(f16(w[b].d) * t->xd[tok * nb + b]) * nibble_dot(w[b].qs, x + b * SHOAL_QK, 0) +
-             (double)f16(w[b].m) * t->xs[tok * nb + b];
-    return s;
+/* The fifth bits of four blocks' values 0..15 (*lo) and 16..31 (*hi), as byte masks of the grouped order. */
+INLINE void fifth_bits(const uint8_t *w, int64_t b, const int K, __mmask64 *lo, __mmask64 *hi) {
+    uint64_t l = 0, h = 0;
+    for (int k = 0; k < 4; k++) {
+        uint32_t qh;
+        memcpy(&qh, w + (b + k) * KIND_BS(K) + KIND_QO(K) - 4, 4);
+        l |= (uint64_t)(qh & 0xffff) << (16 * k);
+        h |= (uint64_t)(qh >> 16) << (16 * k);
+    }
+    *lo = l;
+    *hi = h;
 }
 
 /*
@@ -390,18 +432,23 @@ INLINE __m128 f16x4_at(const uint8_t *w, int64_t b, const int BS, const int off)
 }
 
 /*
- * Q4_0 and Q4_1 (Q41): the same nibbles, the same grouped activations. Q4_0
- * starts each lane at its correction (-8 x sum of x); Q4_1 has no offset but
- * adds m x (dx x sum of x) per block, into one lane of the block (f32) or
- * straight into the f64 sums.
+ * The 32-value kinds on the same nibbles and grouped activations. Q4_0,
+ * Q5_0 and IQ4_NL start each lane at their correction: -8 (-16, -128) x
+ * the block's sum of x, from the lane vectors (made for Q4_0's 8: times 2,
+ * 16 here); Q5_0 and Q5_1 add 16 to the codes whose fifth bit is set (a
+ * masked byte add), IQ4_NL looks its nibbles up in its table +128. Q4_1
+ * and Q5_1 have no offset but add m x (dx x sum of x) per block, into one
+ * lane of the block (f32) or straight into the f64 sums.
  */
 INLINE void q4x_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
-                     const int EXACT, const int Q41) {
-    const int BS = Q41 ? sizeof(struct shoal_block_q4_1) : sizeof(struct shoal_block_q4_0);
-    const int QO = Q41 ? 4 : 2; /* where the nibbles start in a block */
+                     const int EXACT, const int K) {
+    const int BS = KIND_BS(K), QO = KIND_QO(K), MIN = KIND_MIN(K);
     const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, nv = nb / 4 * 16;
     const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), bit5 = _mm512_set1_epi8(0x10);
+    const __m512i levels = _mm512_broadcast_i32x4( /* IQ4_NL's, +128 */
+        _mm_setr_epi8(1, 24, 45, 63, 79, 93, 106, 118, (char)129, (char)141, (char)153, (char)166, (char)181,
+                      (char)197, (char)217, (char)241));
     const uint8_t *w[QR];
     __m512 acc[QR][QT];
     __m256d acc4[QR][QT]; /* EXACT: f64 sums of four blocks at a time */
@@ -425,9 +472,18 @@ INLINE void q4x_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, 
             q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)(q0 + 3 * BS)), 3);
             lo[i] = _mm512_and_si512(q, m4);
             hi[i] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+            if (K == K50 || K == K51) {
+                __mmask64 ml, mh;
+                fifth_bits(w[i], b, K, &ml, &mh);
+                lo[i] = _mm512_mask_add_epi8(lo[i], ml, lo[i], bit5);
+                hi[i] = _mm512_mask_add_epi8(hi[i], mh, hi[i], bit5);
+            } else if (K == KNL) {
+                lo[i] = _mm512_shuffle_epi8(levels, lo[i]);
+                hi[i] = _mm512_shuffle_epi8(levels, hi[i]);
+            }
             dw4[i] = f16x4_at(w[i], b, BS, 0);
             dw[i] = spread_ps(lanes, dw4[i]);
-            if (Q41) mn4[i] = f16x4_at(w[i], b, BS, 2);
+            if (MIN) mn4[i] = f16x4_at(w[i], b, BS, 2);
         }
         for (int j = 0; j < NT; j++) {
             const int64_t tok = t0 + j;
@@ -435,19 +491,20 @@ INLINE void q4x_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, 
             const int32_t *vc = t->xvc + tok * nv + b * 4;
             const float *vd = t->xvd + tok * nv + b * 4;
             const __m128 xd4 = _mm_loadu_ps(t->xd + tok * nb + b);
-            const __m128 xs4 = Q41 ? _mm_loadu_ps(t->xs + tok * nb + b) : _mm_setzero_ps();
+            const __m128 xs4 = MIN ? _mm_loadu_ps(t->xs + tok * nb + b) : _mm_setzero_ps();
             for (int i = 0; i < NR; i++) {
-                __m512i p = Q41 ? _mm512_setzero_si512() : _mm512_loadu_si512(vc);
+                __m512i p = MIN ? _mm512_setzero_si512() : _mm512_loadu_si512(vc); /* -2 sum per lane */
+                if (!MIN && KIND_LOG_OFF(K) > 3) p = _mm512_slli_epi32(p, KIND_LOG_OFF(K) - 3);
                 p = _mm512_dpbusd_epi32(p, lo[i], _mm512_loadu_si512((const void *)x));
                 p = _mm512_dpbusd_epi32(p, hi[i], _mm512_loadu_si512((const void *)(x + 64)));
                 if (EXACT) {
                     acc_f64_lanes4(&acc4[i][j], p, _mm_mul_ps(dw4[i], xd4));
-                    if (Q41)
+                    if (MIN)
                         acc4[i][j] = _mm256_fmadd_pd(_mm256_cvtps_pd(mn4[i]), _mm256_cvtps_pd(xs4), acc4[i][j]);
                 } else {
                     acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], _mm512_loadu_ps(vd)),
                                                 acc[i][j]);
-                    if (Q41) /* m x xs into the first lane of each block */
+                    if (MIN) /* m x xs into the first lane of each block */
                         acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_maskz_permutexvar_ps(
                                                       0x1111, lanes, _mm512_castps128_ps512(_mm_mul_ps(mn4[i], xs4))));
                 }
@@ -456,19 +513,23 @@ INLINE void q4x_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, 
     }
     for (int i = 0; i < NR; i++)
         for (int j = 0; j < NT; j++)
-            tile_out(t, r0, t0, i, j, EXACT, acc[i][j], acc4[i][j],
-                     Q41 ? q41_tail((const struct shoal_block_q4_1 *)w[i], t, t0 + j, b, nb)
-                         : q4_tail((const struct shoal_block_q4_0 *)w[i], t, t0 + j, b, nb));
+            tile_out(t, r0, t0, i, j, EXACT, acc[i][j], acc4[i][j], tail_sum(w[i], t, t0 + j, b, nb, K));
 }
 
-INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
-                    const int EXACT) {
-    q4x_tile(t, r0, t0, NR, NT, EXACT, 0);
+INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
+    q4x_tile(t, r0, t0, NR, NT, EXACT, K40);
 }
-
-INLINE void q41_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
-                     const int EXACT) {
-    q4x_tile(t, r0, t0, NR, NT, EXACT, 1);
+INLINE void q41_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
+    q4x_tile(t, r0, t0, NR, NT, EXACT, K41);
+}
+INLINE void q50_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
+    q4x_tile(t, r0, t0, NR, NT, EXACT, K50);
+}
+INLINE void q51_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
+    q4x_tile(t, r0, t0, NR, NT, EXACT, K51);
+}
+INLINE void iq4nl_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
+    q4x_tile(t, r0, t0, NR, NT, EXACT, KNL);
 }
 
 /* One function per tile shape, so that each is compiled with its loops unrolled. */
@@ -518,6 +579,9 @@ _Static_assert(QR == 2 && QT == 6, "the tile table below lists 2 x 6 shapes");
 /* Measured: Q4_0 is faster with a tile of tokens passing all rows. */
 TILE_FNS(q4, QT, INT64_MAX)
 TILE_FNS(q41, QT, INT64_MAX)
+TILE_FNS(q50, QT, INT64_MAX)
+TILE_FNS(q51, QT, INT64_MAX)
+TILE_FNS(iq4nl, QT, INT64_MAX)
 #undef TILE_FNS
 
 /* ---------------------------------------------------------- activations */
@@ -750,11 +814,12 @@ MM_ROW_DRIVER_F64(bf16)
 #undef DRIVER
 
 static shoal_status pack_avx512(int type, int64_t rows, int64_t cols, const void *src, void *dst) {
-    return type == SHOAL_DTYPE_Q8_0 ? pack_q8(rows, cols, src, dst) : SHOAL_OK;
+    return type == SHOAL_DTYPE_Q8_0 ? pack_q8(rows, cols, src, dst) : shoal_cpu_avx512_kq_pack(type, rows, cols, src, dst);
 }
 
 static void unpack_avx512_row(const struct shoal_weight *w, int64_t r, float *y) {
     if (w->type == SHOAL_DTYPE_Q8_0) unpack_q8_row(w, r, y);
+    else shoal_cpu_avx512_kq_unpack_row(w, r, y);
 }
 
 const struct cpu_kernels shoal_cpu_kernels_avx512 = {
@@ -766,6 +831,15 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_Q8_0] = mm_q8p,
         [SHOAL_DTYPE_Q4_0] = mm_q4,
         [SHOAL_DTYPE_Q4_1] = mm_q41,
+        [SHOAL_DTYPE_Q5_0] = mm_q50,
+        [SHOAL_DTYPE_Q5_1] = mm_q51,
+        [SHOAL_DTYPE_IQ4_NL] = mm_iq4nl,
+        [SHOAL_DTYPE_Q2_K] = shoal_cpu_avx512_mm_q2_k,
+        [SHOAL_DTYPE_Q3_K] = shoal_cpu_avx512_mm_q3_k,
+        [SHOAL_DTYPE_Q4_K] = shoal_cpu_avx512_mm_q4_kp,
+        [SHOAL_DTYPE_Q5_K] = shoal_cpu_avx512_mm_q5_kp,
+        [SHOAL_DTYPE_Q6_K] = shoal_cpu_avx512_mm_q6_kp,
+        [SHOAL_DTYPE_IQ4_XS] = shoal_cpu_avx512_mm_iq4_xsp,
     },
     .mm_f64 = {
         [SHOAL_DTYPE_F32] = mm_f64_f32,
@@ -774,6 +848,15 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_Q8_0] = mm_f64_q8p,
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4,
         [SHOAL_DTYPE_Q4_1] = mm_f64_q41,
+        [SHOAL_DTYPE_Q5_0] = mm_f64_q50,
+        [SHOAL_DTYPE_Q5_1] = mm_f64_q51,
+        [SHOAL_DTYPE_IQ4_NL] = mm_f64_iq4nl,
+        [SHOAL_DTYPE_Q2_K] = shoal_cpu_avx512_mm_f64_q2_k,
+        [SHOAL_DTYPE_Q3_K] = shoal_cpu_avx512_mm_f64_q3_k,
+        [SHOAL_DTYPE_Q4_K] = shoal_cpu_avx512_mm_f64_q4_kp,
+        [SHOAL_DTYPE_Q5_K] = shoal_cpu_avx512_mm_f64_q5_kp,
+        [SHOAL_DTYPE_Q6_K] = shoal_cpu_avx512_mm_f64_q6_kp,
+        [SHOAL_DTYPE_IQ4_XS] = shoal_cpu_avx512_mm_f64_iq4_xsp,
     },
     .packed_bytes = packed_bytes_avx512,
     .pack = pack_avx512,
@@ -783,8 +866,12 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
         [SHOAL_DTYPE_Q8_0] = XL_TILES,
         [SHOAL_DTYPE_Q4_0] = XL_GROUPED | XL_LANES,
         [SHOAL_DTYPE_Q4_1] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_Q5_0] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_Q5_1] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_IQ4_NL] = XL_GROUPED | XL_LANES,
     },
     .quantize_x = quantize_x,
+    .quantize_q8k = shoal_cpu_avx512_quantize_q8k,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
     .to_f16 = to_f16,
