@@ -89,6 +89,18 @@ def dequantize_tensor(t) -> np.ndarray:
     return out
 
 
+# Bytes per block of the types whose blocks are d * q + m (the f16 m at bytes 2..3).
+BLOCK_MIN_BYTES = {"Q4_1": 20, "Q5_1": 24}
+
+
+def block_mins(t, qtype: str) -> np.ndarray:
+    """The f16 minimum m of every 32-value block of a Q4_1/Q5_1 tensor, float64 (rows, cols / 32)."""
+    raw = np.asarray(t.data, dtype=np.uint8).reshape(-1, BLOCK_MIN_BYTES[qtype])
+    m = raw[:, 2:4].copy().view(np.float16).astype(np.float64)
+    rows = int(np.prod([int(x) for x in t.shape[1:]]))
+    return m.reshape(rows, -1)
+
+
 @dataclass
 class Config:
     arch: str
@@ -111,6 +123,7 @@ class Model:
     config: Config
     weights: dict = field(default_factory=dict)   # name -> float64 ndarray
     tensor_types: dict = field(default_factory=dict)  # name -> qtype name
+    block_mins: dict = field(default_factory=dict)    # name -> (rows, cols / 32) minima of Q4_1/Q5_1 blocks
 
 
 def load_model(path: str, allow_unused_tensors: bool = False) -> Model:
@@ -130,9 +143,12 @@ def load_model(path: str, allow_unused_tensors: bool = False) -> Model:
 
     weights = {}
     types = {}
+    mins = {}
     for name, t in tensors.items():
         weights[name] = dequantize_tensor(t)
         types[name] = GGMLQuantizationType(int(t.tensor_type)).name
+        if types[name] in BLOCK_MIN_BYTES:
+            mins[name] = block_mins(t, types[name])
 
     if "token_embd.weight" not in weights:
         raise ValueError(f"{path}: no token_embd.weight tensor")
@@ -169,7 +185,7 @@ def load_model(path: str, allow_unused_tensors: bool = False) -> Model:
     if cfg.rope_dim % 2 != 0 or cfg.rope_dim > cfg.head_dim:
         raise ValueError(f"{path}: bad rope.dimension_count {cfg.rope_dim} (head_dim {cfg.head_dim})")
 
-    model = Model(cfg, weights, types)
+    model = Model(cfg, weights, types, mins)
     _check_shapes(model, path)
 
     used = {"token_embd.weight", "output_norm.weight", "output.weight"}
@@ -261,16 +277,75 @@ def default_rope_mode(arch: str) -> str:
         f"architecture {arch!r}: RoPE mode unknown to this reference; pass --rope-mode norm|neox")
 
 
-class Reference:
-    """Causal LLaMA forward pass over one sequence with a float64 KV cache."""
+# Weight types whose matmuls take their activations rounded to 8 bits, as
+# llama.cpp (and shoal) compute them: per block of 32 (Q8_0's form) or per
+# super-block of 256 (Q8_K's).
+ACT_Q8_32 = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL"}
+ACT_Q8_K = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
 
-    def __init__(self, model: Model, rope_mode: str | None = None):
+
+def quantize_act_q8_32(x: np.ndarray):
+    """x (..., cols) rounded as a Q8_0/Q8_1 activation row and back: per block
+    of 32, codes round(x * 127 / amax) to nearest even (in f32, as llama.cpp),
+    the scale amax / 127 kept as f16. Also the blocks' sums as Q8_1 keeps them
+    for the types with a minimum: f16(amax / 127 * sum of the codes)."""
+    xb = np.asarray(x, dtype=np.float32).reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(xb).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(xb * inv)
+    db = amax / np.float32(127)
+    d = db.astype(np.float16).astype(np.float64)
+    sums = (db[..., 0] * q.sum(axis=-1).astype(np.float32)).astype(np.float16).astype(np.float64)
+    return (q * d).reshape(x.shape), sums
+
+
+def quantize_act_q8_k(x: np.ndarray) -> np.ndarray:
+    """x (..., cols) rounded as a Q8_K activation row and back: per 256 values,
+    the first value of largest magnitude (signed) maps to -127, codes to
+    nearest even (at most 127), the f32 scale 1 / (-127 / max)."""
+    xb = np.asarray(x, dtype=np.float32).reshape(*x.shape[:-1], -1, 256)
+    idx = np.abs(xb).argmax(axis=-1)[..., None]
+    mx = np.take_along_axis(xb, idx, axis=-1)
+    with np.errstate(divide="ignore"):
+        iscale = np.where(mx != 0, np.float32(-127) / mx, np.float32(0)).astype(np.float32)
+    v = xb * iscale
+    q = np.minimum(np.rint(v), 127)
+    with np.errstate(divide="ignore"):
+        d = np.where(iscale != 0, np.float32(1) / iscale, np.float32(0)).astype(np.float64)
+    return (q * d).reshape(x.shape)
+
+
+class Reference:
+    """Causal LLaMA forward pass over one sequence with a float64 KV cache.
+
+    act_quant: the input of each matmul with quantized weights rounded to 8
+    bits first, in the activation form the weight type pairs with (as
+    llama.cpp and shoal do); the products and everything else stay float64.
+    Without it, the activations are exact: the model as its weights define
+    it."""
+
+    def __init__(self, model: Model, rope_mode: str | None = None, act_quant: bool = False):
         self.model = model
         self.c = model.config
         self.rope_mode = rope_mode or default_rope_mode(self.c.arch)
+        self.act_quant = act_quant
         w = model.weights
-        self.out_w = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
+        self.out_name = "output.weight" if "output.weight" in w else "token_embd.weight"
+        self.out_w = w[self.out_name]
         self.reset()
+
+    def mm(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x @ W.T for weight `name`, its activations rounded as its type asks."""
+        t, w = self.model.tensor_types.get(name, "F32"), self.model.weights[name]
+        if self.act_quant and t in ACT_Q8_32:
+            x, sums = quantize_act_q8_32(x)
+            mins = self.model.block_mins.get(name)
+            if mins is not None:  # d q . x as above, m . x as m times the block's kept sum
+                return x @ (w - np.repeat(mins, 32, axis=1)).T + sums @ mins.T
+        elif self.act_quant and t in ACT_Q8_K:
+            x = quantize_act_q8_k(x)
+        return x @ w.T
 
     def reset(self) -> None:
         c = self.c
@@ -298,9 +373,9 @@ class Reference:
         for L in range(c.n_layers):
             p = f"blk.{L}."
             h = rmsnorm(x, w[p + "attn_norm.weight"], c.eps)
-            q = h @ w[p + "attn_q.weight"].T
-            k = h @ w[p + "attn_k.weight"].T
-            v = h @ w[p + "attn_v.weight"].T
+            q = self.mm(h, p + "attn_q.weight")
+            k = self.mm(h, p + "attn_k.weight")
+            v = self.mm(h, p + "attn_v.weight")
             if p + "attn_q.bias" in w:
                 q = q + w[p + "attn_q.bias"]
             if p + "attn_k.bias" in w:
@@ -322,14 +397,14 @@ class Reference:
             e = np.exp(s)
             att = e / e.sum(axis=-1, keepdims=True)
             o = np.einsum("gknm,mgd->ngkd", att, V).reshape(n, c.n_heads * c.head_dim_v)
-            x = x + o @ w[p + "attn_output.weight"].T
+            x = x + self.mm(o, p + "attn_output.weight")
             h = rmsnorm(x, w[p + "ffn_norm.weight"], c.eps)
-            g = h @ w[p + "ffn_gate.weight"].T
-            u = h @ w[p + "ffn_up.weight"].T
-            x = x + (silu(g) * u) @ w[p + "ffn_down.weight"].T
+            g = self.mm(h, p + "ffn_gate.weight")
+            u = self.mm(h, p + "ffn_up.weight")
+            x = x + self.mm(silu(g) * u, p + "ffn_down.weight")
         self.pos = total
         x = rmsnorm(x, w["output_norm.weight"], c.eps)
-        return x @ self.out_w.T
+        return self.mm(x, self.out_name)
 
     def greedy(self, prompt, n_new: int, prompt_logits_out: list | None = None) -> list:
         """Run prompt, then generate n_new tokens greedily (argmax, ties -> lowest id)."""
