@@ -131,6 +131,17 @@ static const struct shoal_dtype_info dtype_table[SHOAL_DTYPE_MAX] = {
     [SHOAL_DTYPE_I64] = { "i64", 1, 8, 0 },
     [SHOAL_DTYPE_F64] = { "f64", 1, 8, 0 },
     [SHOAL_DTYPE_BF16] = { "bf16", 1, 2, 1 },
+    /* GGUF types shoal reads the sizes of, to name them, but does not compute with */
+    [SHOAL_DTYPE_IQ2_XXS] = { "iq2_xxs", 256, 66, 0 },
+    [SHOAL_DTYPE_IQ2_XS] = { "iq2_xs", 256, 74, 0 },
+    [SHOAL_DTYPE_IQ3_XXS] = { "iq3_xxs", 256, 98, 0 },
+    [SHOAL_DTYPE_IQ1_S] = { "iq1_s", 256, 50, 0 },
+    [SHOAL_DTYPE_IQ3_S] = { "iq3_s", 256, 110, 0 },
+    [SHOAL_DTYPE_IQ2_S] = { "iq2_s", 256, 82, 0 },
+    [SHOAL_DTYPE_IQ1_M] = { "iq1_m", 256, 56, 0 },
+    [SHOAL_DTYPE_TQ1_0] = { "tq1_0", 256, 54, 0 },
+    [SHOAL_DTYPE_TQ2_0] = { "tq2_0", 256, 66, 0 },
+    [SHOAL_DTYPE_MXFP4] = { "mxfp4", 32, 17, 0 },
 };
 
 const struct shoal_dtype_info *shoal_dtype_info(int type) {

@@ -98,14 +98,25 @@ enum shoal_dtype {
     SHOAL_DTYPE_Q5_K = 13,
     SHOAL_DTYPE_Q6_K = 14,
     SHOAL_DTYPE_Q8_K = 15,
+    /* known by name and size only (shoal refuses to compute with them, naming them) */
+    SHOAL_DTYPE_IQ2_XXS = 16,
+    SHOAL_DTYPE_IQ2_XS = 17,
+    SHOAL_DTYPE_IQ3_XXS = 18,
+    SHOAL_DTYPE_IQ1_S = 19,
     SHOAL_DTYPE_IQ4_NL = 20,
+    SHOAL_DTYPE_IQ3_S = 21,
+    SHOAL_DTYPE_IQ2_S = 22,
     SHOAL_DTYPE_IQ4_XS = 23,
     SHOAL_DTYPE_I8 = 24,
     SHOAL_DTYPE_I16 = 25,
     SHOAL_DTYPE_I32 = 26,
     SHOAL_DTYPE_I64 = 27,
     SHOAL_DTYPE_F64 = 28,
+    SHOAL_DTYPE_IQ1_M = 29,
     SHOAL_DTYPE_BF16 = 30,
+    SHOAL_DTYPE_TQ1_0 = 34,
+    SHOAL_DTYPE_TQ2_0 = 35,
+    SHOAL_DTYPE_MXFP4 = 39,
     SHOAL_DTYPE_MAX = 40 /* exclusive bound on the values above */
 };
 

@@ -323,8 +323,8 @@ static shoal_status parse(struct shoal_gguf *g) {
         const struct shoal_dtype_info *ti = shoal_dtype_info((int)type);
         if (!ti)
             return shoal_errorf(SHOAL_FORMAT,
-                                "%s: tensor '%s' has unknown or unsupported type %u (shoal knows "
-                                "f32, f16, bf16, q4_0/1, q5_0/1, q8_0/1, q2_k..q8_k, iq4_nl, iq4_xs)",
+                                "%s: tensor '%s' has type %u, which is not a GGUF type shoal knows "
+                                "(a newer format than this shoal, or a damaged file)",
                                 g->path, t->name, type);
         t->type = (int)type;
         if (t->ne[0] % ti->block)

@@ -125,10 +125,12 @@ def test_stops_at_end_of_generation(tmp_path):
     assert "stop: length" in p.stderr.decode()
 
 
-def test_unsupported_weight_type_is_named(tmp_path):
-    """A tensor type shoal reads but cannot compute with (i8) is reported by
-    name, by `shoal run` (exit 1, with the types that work) and by `shoal
-    info` (exit 0, explained)."""
+@pytest.mark.parametrize("qtype", ["I8", "IQ2_XXS", "IQ3_S", "IQ1_M", "TQ1_0", "MXFP4"])
+def test_unsupported_weight_type_is_named(tmp_path, qtype):
+    """A tensor type shoal reads but cannot compute with (i8; GGUF's 1- to
+    3-bit i-quants, ternary and MXFP4 blocks) is reported by name, by `shoal
+    run` (exit 1, with the types that work) and by `shoal info` (exit 0,
+    explained, the type counted)."""
     import gguf
     path = tmp_path / "k.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
@@ -145,7 +147,13 @@ def test_unsupported_weight_type_is_named(tmp_path):
     w.add_tensor("output_norm.weight", f32(256))
     w.add_tensor("blk.0.attn_norm.weight", f32(256))
     w.add_tensor("blk.0.ffn_norm.weight", f32(256))
-    w.add_tensor("blk.0.attn_q.weight", rng.integers(-128, 127, (256, 256), dtype=np.int8))
+    if qtype == "I8":
+        w.add_tensor("blk.0.attn_q.weight", rng.integers(-128, 127, (256, 256), dtype=np.int8))
+    else:
+        qt = gguf.GGMLQuantizationType[qtype]
+        block, size = gguf.GGML_QUANT_SIZES[qt]
+        raw = rng.integers(0, 256, (256, 256 // block * size), dtype=np.uint16).astype(np.uint8)
+        w.add_tensor("blk.0.attn_q.weight", raw, raw_dtype=qt)
     for name in ("attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
         w.add_tensor(f"blk.0.{name}.weight", f32(256, 256))
     w.write_header_to_file()
@@ -155,9 +163,10 @@ def test_unsupported_weight_type_is_named(tmp_path):
     p = h.run(["run", "-m", path, "-p", "x"], check=False)
     assert p.returncode == 1
     err = p.stderr.decode()
-    assert "blk.0.attn_q.weight" in err and "is i8" in err and "q4_k" in err, err  # and what works
+    name = qtype.lower()
+    assert "blk.0.attn_q.weight" in err and f"is {name}," in err and "q4_k" in err, err  # and what works
     out = h.run(["info", path]).stdout.decode()
-    assert "is i8" in out and "cannot run" in out
+    assert f"is {name}," in out and "cannot run" in out and f"{name} 1 (" in out, out
 
 
 def test_chat_without_template():
