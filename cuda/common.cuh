@@ -21,6 +21,7 @@ extern "C" {
 #include "cuda.h"
 #include "scratch.h"
 }
+#include "kquant.h"
 
 /* ---------------------------------------------------------------- errors */
 
@@ -126,10 +127,14 @@ shoal_status cuda_batch(struct cuda_ctx *c, const struct shoal_batch *b, const s
 
 /*
  * A prepared weight on the device. Float types keep their values with rows
- * padded to a 16-byte pitch. Quantized types are split into planes, each at
- * a 256-byte boundary: the values (Q8_0: int8, cols per row; Q4_*: the 16
+ * padded to a 16-byte pitch. Q8_0, Q4_0 and Q4_1 are split into planes, each
+ * at a 256-byte boundary: the values (Q8_0: int8, cols per row; Q4_*: the 16
  * nibble bytes of each block as stored, cols/2 per row), then the f16 scales
- * (rows x blocks), then for Q4_1 the f16 minimums.
+ * (rows x blocks), then for Q4_1 the f16 minimums. The types of kquant.h
+ * (Q5_0, Q5_1, IQ4_NL, the k-quants, IQ4_XS) keep their GGUF blocks as
+ * stored, rows padded to a 16-byte pitch as the float types' are: their
+ * blocks (18 to 210 bytes) do not split into 16-byte pieces, and their
+ * scales are spread over the block, so the kernels read them in place.
  */
 struct wlayout {
     size_t pitch;           /* bytes from one row of values to the next */
@@ -200,7 +205,8 @@ static __device__ __forceinline__ float f16_round(float v) {
 /*
  * Value j of row r of a prepared weight (struct wlayout) as f32, as
  * shoal_dequantize_row makes it (exact: a scale times a small integer). With
- * min 0, a Q4_1 value without its block's minimum (d * q alone).
+ * min 0, a Q4_1 or Q5_1 value without its block's minimum (d * q alone), a
+ * Q2_K, Q4_K or Q5_K one without - dmin * m.
  */
 static __device__ __forceinline__ float dequant_elem(const char *w, int type, int64_t cols,
                                                      size_t pitch, size_t d_off, size_t m_off,
@@ -209,6 +215,11 @@ static __device__ __forceinline__ float dequant_elem(const char *w, int type, in
     if (type == SHOAL_DTYPE_F32) return ((const float *)row)[j];
     if (type == SHOAL_DTYPE_F16) return __half2float(((const __half *)row)[j]);
     if (type == SHOAL_DTYPE_BF16) return __uint_as_float((uint32_t)((const uint16_t *)row)[j] << 16);
+    if (kq_type(type)) {
+        /* GGUF blocks in place; min 0: without the min term (Q5_1's m, the k-quants' dmin * m) */
+        const int bv = kq_values(type);
+        return kq_dequant(type, (const uint8_t *)row + (size_t)(j / bv) * (size_t)kq_bytes(type), (int)(j % bv), min);
+    }
     const int64_t nb = cols / SHOAL_QK, b = j / SHOAL_QK, o = j % SHOAL_QK;
     const float d = __half2float(((const __half *)(w + d_off))[r * nb + b]);
     if (type == SHOAL_DTYPE_Q8_0) return __fmul_rn(d, (float)((const int8_t *)row)[j]);

@@ -2,9 +2,10 @@
  * cuda — the CUDA compute backend: device memory, one stream, kernels for
  * every op of runtime/backend.h, prompt batches on tile kernels of our own (each
  * output summed in one order whatever the shape; cuBLAS for the f64 sums). Weights are
- * repacked on upload (quantized blocks split into a plane of values and a
+ * repacked on upload (Q8_0/Q4_0/Q4_1 blocks split into a plane of values and a
  * plane of scales, rows padded to 16 bytes) so that the decode kernels read
- * them with aligned vector loads.
+ * them with aligned vector loads; Q5_0, Q5_1, IQ4_NL, the k-quants and IQ4_XS
+ * keep their GGUF blocks, rows padded to 16 bytes (cuda/kquant.h decodes them).
  *
  * A build without CUDA (cuda/none.c) has the same functions: the probe
  * reports no device and creating the backend is SHOAL_UNSUPPORTED with a

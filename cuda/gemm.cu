@@ -15,7 +15,8 @@
  *
  * F16, BF16 and the quantized types run on tensor cores (WMMA m16n16k16, f32
  * accumulators): the activations come already rounded to f16 (bf16 for BF16
- * weights), and quantized weights are dequantized to f16 as they are read,
+ * weights), and quantized weights (every quantized type, the GGUF blocks of
+ * kquant.h's read in place) are dequantized to f16 as they are read,
  * to the value matmul.cu's k_dequant_rows<__half> gives (dequant_elem in f32,
  * then rounded to nearest). F32 weights run in f32 on the SIMT cores, one
  * product rounded and then added at a time. What this does not do: match the
@@ -101,7 +102,9 @@ static __device__ __forceinline__ uint16_t half_bits(float v) {
  * yet, so that the loads overlap the MMAs): chunk c is row c / TC_CH, values
  * [8 (c % TC_CH), +8) of the tile. Float types: the 8 values' bits (zeros
  * past cols or rows). Quantized: .x .y the 8 bytes that hold them (int8s, or
- * nibbles), .z the block's scale, .w its minimum (Q4_1), as f16 bits.
+ * nibbles), .z the block's scale, .w its minimum (Q4_1), as f16 bits; the
+ * types of kquant.h: the 8 values already dequantized, as f16 bits (their
+ * scales are spread over the block: decoded where the bytes are read).
  */
 template <int TYPE>
 static __device__ __forceinline__ void load_w(const gemm_args &a, int64_t r0, int64_t k0, int tid,
@@ -123,6 +126,17 @@ static __device__ __forceinline__ void load_w(const gemm_args &a, int64_t r0, in
                 for (int e = 0; e < 8; e++) h[e] = k + e < a.cols ? ((const uint16_t *)row)[k + e] : 0;
                 raw[i] = pack8(h);
             }
+        } else if (kq_type(TYPE)) {
+            /* GGUF blocks in place (kquant.h): the 8 values dequantized here, as
+             * dequant_elem(..., min = 1) then rounded to f16, as k_dequant_rows<__half>;
+             * store_w stores them as they are (cols % 32 == 0: never past the row) */
+            const int bv = kq_values(TYPE);
+            const uint8_t *blk = (const uint8_t *)row + (size_t)(k / bv) * (size_t)kq_bytes(TYPE);
+            const int v0 = (int)(k % bv);
+            uint16_t h[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) h[e] = half_bits(kq_dequant(TYPE, blk, v0 + e, 1));
+            raw[i] = pack8(h);
         } else {
             /* cols % 32 == 0: the tile is block k0 / 32 of the row, whole */
             const int64_t nb = a.cols / SHOAL_QK, b = k0 / SHOAL_QK;
@@ -389,6 +403,15 @@ shoal_status cuda_gemm(struct cuda_ctx *c, float *y, const struct shoal_weight *
     case SHOAL_DTYPE_Q8_0: k_gemm_tc<SHOAL_DTYPE_Q8_0><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
     case SHOAL_DTYPE_Q4_0: k_gemm_tc<SHOAL_DTYPE_Q4_0><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
     case SHOAL_DTYPE_Q4_1: k_gemm_tc<SHOAL_DTYPE_Q4_1><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_Q5_0: k_gemm_tc<SHOAL_DTYPE_Q5_0><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_Q5_1: k_gemm_tc<SHOAL_DTYPE_Q5_1><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_IQ4_NL: k_gemm_tc<SHOAL_DTYPE_IQ4_NL><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_Q2_K: k_gemm_tc<SHOAL_DTYPE_Q2_K><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_Q3_K: k_gemm_tc<SHOAL_DTYPE_Q3_K><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_Q4_K: k_gemm_tc<SHOAL_DTYPE_Q4_K><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_Q5_K: k_gemm_tc<SHOAL_DTYPE_Q5_K><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_Q6_K: k_gemm_tc<SHOAL_DTYPE_Q6_K><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
+    case SHOAL_DTYPE_IQ4_XS: k_gemm_tc<SHOAL_DTYPE_IQ4_XS><<<grid, TC_THREADS, 0, c->stream>>>(a); break;
     default:
         return shoal_errorf(SHOAL_UNSUPPORTED, "cuda_gemm: no kernel for %s weights (%lld x %lld)",
                             shoal_dtype_name(type), (long long)w->rows, (long long)w->cols);

@@ -49,18 +49,36 @@ static inline void xq8_layout(struct carve *cv, int64_t cols, int n, struct xq8_
     l->sum = carve(cv, nb * sizeof(int32_t));
 }
 
-/* The decode matmul (n <= 8 tokens): x quantized for quantized weights, x as f64 for
- * float weights summed in f64. */
+/* Activations (n, cols) quantized to 8 bits per super-block of 256 (the Q8_K form of
+ * cpu/kernels.h): values, f32 scales (n, cols/256), int16 sums of each 16 (n, cols/16). */
+struct xq8k_layout {
+    size_t q, d, bs;
+};
+static inline void xq8k_layout(struct carve *cv, int64_t cols, int n, struct xq8k_layout *l) {
+    l->q = carve(cv, (size_t)n * (size_t)cols);
+    l->d = carve(cv, (size_t)n * (size_t)(cols / 256) * sizeof(float));
+    l->bs = carve(cv, (size_t)n * (size_t)(cols / 16) * sizeof(int16_t));
+}
+
+/* The decode matmul (n <= 8 tokens): x quantized per block of 32 (need_q) and per
+ * super-block of 256 (need_k) for quantized weights, x as f64 for float weights summed
+ * in f64. mmv_layout: without the super-block form. */
 struct mmv_layout {
     struct xq8_layout xq;
+    struct xq8k_layout xk;
     size_t x64;
     size_t bytes;
 };
-static inline void mmv_layout(int64_t cols, int n, int need_q, int need_64, struct mmv_layout *l) {
+static inline void mmv_layout_k(int64_t cols, int n, int need_q, int need_k, int need_64,
+                                struct mmv_layout *l) {
     struct carve cv = { 0 };
     if (need_q) xq8_layout(&cv, cols, n, &l->xq);
+    if (need_k) xq8k_layout(&cv, cols, n, &l->xk);
     if (need_64) l->x64 = carve(&cv, (size_t)n * (size_t)cols * sizeof(double));
     l->bytes = cv.used;
+}
+static inline void mmv_layout(int64_t cols, int n, int need_q, int need_64, struct mmv_layout *l) {
+    mmv_layout_k(cols, n, need_q, 0, need_64, l);
 }
 
 /* Prompt batches into f32 (cuda_gemm): x rounded to the weight's 16-bit type (none for f32). */
@@ -74,8 +92,25 @@ static inline void gemm_layout(int type, int64_t cols, int n, struct gemm_layout
     l->bytes = cv.used;
 }
 
-static inline int quantized_type(int type) {
-    return type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1;
+/* The quantized types that meet activations quantized per block of 32 (q32) or per
+ * super-block of 256 (q8k): cpu/kernels_scalar.c's shoal_cpu_xform. */
+static inline int q32_type(int type) {
+    return type == SHOAL_DTYPE_Q8_0 || type == SHOAL_DTYPE_Q4_0 || type == SHOAL_DTYPE_Q4_1 ||
+           type == SHOAL_DTYPE_Q5_0 || type == SHOAL_DTYPE_Q5_1 || type == SHOAL_DTYPE_IQ4_NL;
+}
+static inline int q8k_type(int type) {
+    return type == SHOAL_DTYPE_Q2_K || type == SHOAL_DTYPE_Q3_K || type == SHOAL_DTYPE_Q4_K ||
+           type == SHOAL_DTYPE_Q5_K || type == SHOAL_DTYPE_Q6_K || type == SHOAL_DTYPE_IQ4_XS;
+}
+static inline int quantized_type(int type) { return q32_type(type) || q8k_type(type); }
+/* Whether the type's values carry a min the f64 prompt path adds in a product of its own
+ * (Q4_1, Q5_1: + m; Q2_K, Q4_K, Q5_K: - dmin * m), and over how many values each. */
+static inline int min_group(int type) {
+    switch (type) {
+    case SHOAL_DTYPE_Q4_1: case SHOAL_DTYPE_Q5_1: case SHOAL_DTYPE_Q4_K: case SHOAL_DTYPE_Q5_K: return 32;
+    case SHOAL_DTYPE_Q2_K: return 16;
+    default: return 0;
+    }
 }
 
 /* Rows of a weight dequantized to f64 at a time in the f64 prompt path: 64 MiB of them. */
@@ -86,13 +121,20 @@ static inline int64_t gemm_f64_tile(int64_t rows, int64_t cols) {
     return tile < 1 ? 1 : tile;
 }
 
-/* Prompt batches into f64 (cublasDgemm on exact operands): x as f64, x quantized (quantized
- * weights), Q4_1's block sums as f64, a tile of dequantized rows. */
+/*
+ * Prompt batches into f64 (cublasDgemm on exact operands): x as f64, x quantized (quantized
+ * weights: has_q per block of 32, has_k per super-block of 256), the blocks' sums of x as
+ * f64 where the weight has mins (xs: (n, cols / min_group)), a tile of dequantized rows.
+ * The super-block types' x (dx * q, dx an f32 of 24 bits) is cut in two, dx's high 12
+ * significant bits and the rest (xd and xd_lo, and xs and xs_lo), so that every product
+ * stays exact in f64 (cpu/kernels_scalar.c's split_dx).
+ */
 struct gemm_f64_layout {
-    size_t xd;
-    int has_q;
+    size_t xd, xd_lo;
+    int has_q, has_k;
     struct xq8_layout xq;
-    size_t xs; /* Q4_1 only */
+    struct xq8k_layout xk;
+    size_t xs, xs_lo; /* types with mins only (xs_lo: the super-block ones) */
     size_t wt;
     int64_t tile;
     size_t bytes;
@@ -100,10 +142,15 @@ struct gemm_f64_layout {
 static inline void gemm_f64_layout(int type, int64_t rows, int64_t cols, int n, struct gemm_f64_layout *l) {
     struct carve cv = { 0 };
     const size_t count = (size_t)n * (size_t)cols;
+    const int mg = min_group(type);
     l->xd = carve(&cv, count * sizeof(double));
-    l->has_q = quantized_type(type);
+    l->has_q = q32_type(type);
+    l->has_k = q8k_type(type);
+    l->xd_lo = l->has_k ? carve(&cv, count * sizeof(double)) : 0;
     if (l->has_q) xq8_layout(&cv, cols, n, &l->xq);
-    l->xs = type == SHOAL_DTYPE_Q4_1 ? carve(&cv, (size_t)n * (size_t)(cols / 32) * sizeof(double)) : 0;
+    if (l->has_k) xq8k_layout(&cv, cols, n, &l->xk);
+    l->xs = mg ? carve(&cv, (size_t)n * (size_t)(cols / mg) * sizeof(double)) : 0;
+    l->xs_lo = mg && l->has_k ? carve(&cv, (size_t)n * (size_t)(cols / mg) * sizeof(double)) : 0;
     l->tile = gemm_f64_tile(rows, cols);
     l->wt = carve(&cv, (size_t)l->tile * (size_t)cols * sizeof(double));
     l->bytes = cv.used;
@@ -168,7 +215,9 @@ static inline size_t work_scratch_bytes(const struct shoal_work_shape *w, int n_
         const int64_t rows = w->mm[i].rows, cols = w->mm[i].cols;
         if (rows < 1 || cols < 1) continue;
         struct mmv_layout mv;
-        mmv_layout(cols, nd, q, w->mm[i].f64 && !q, &mv);
+        /* a decode call may hold weights of both activation forms on one input (matmul_n):
+         * quantized weights reserve both where the columns allow the super-block one */
+        mmv_layout_k(cols, nd, q, q && cols % 256 == 0, w->mm[i].f64 && !q, &mv);
         KEEP(mv.bytes);
         if (nt > 8) {
             if (w->mm[i].f64) {

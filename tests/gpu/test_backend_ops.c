@@ -342,19 +342,21 @@ enum mm_kind { MM, MM_N, MM_F64 };
  * weights and the f32 activations, plus with qx half a step of the
  * reference's 8-bit activations times the block's |w|: sum_b amax_b / 254 *
  * sum_{j in b} |w_rj| (the reference multiplies quantized weights by x
- * rounded per block of 32; a backend that uses x in f16 differs by that).
+ * rounded per block of 32, or per super-block of 256 for the types of
+ * 256-value blocks (the Q8_K form); a backend that uses x in f16 differs by that).
  */
 static shoal_status mm_bound(int type, const uint8_t *wq, int rows, int cols, const float *x,
                              int n, double rel, double abs, int qx, double *el) {
     const size_t rb = shoal_dtype_row_bytes(type, cols);
-    const int nb = cols / SHOAL_QK;
+    const int qb = shoal_dtype_info(type)->block == 256 ? 256 : SHOAL_QK; /* the activations' block */
+    const int nb = cols / qb;
     float *w = malloc(sizeof(float) * (size_t)cols), *xa = malloc(sizeof(float) * (size_t)n * cols);
     float *amax = calloc((size_t)n * (nb ? nb : 1), sizeof(float));
     shoal_status rc = w && xa && amax ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of host memory");
     for (size_t i = 0; rc == SHOAL_OK && i < (size_t)n * cols; i++) xa[i] = fabsf(x[i]);
     for (int t = 0; rc == SHOAL_OK && qx && t < n; t++)
-        for (int j = 0; j < nb * SHOAL_QK; j++)
-            amax[t * nb + j / SHOAL_QK] = fmaxf(amax[t * nb + j / SHOAL_QK], xa[(size_t)t * cols + j]);
+        for (int j = 0; j < nb * qb; j++)
+            amax[t * nb + j / qb] = fmaxf(amax[t * nb + j / qb], xa[(size_t)t * cols + j]);
     for (int r = 0; rc == SHOAL_OK && r < rows; r++) {
         rc = shoal_dequantize_row(type, wq + (size_t)r * rb, w, cols);
         for (int j = 0; j < cols; j++) w[j] = fabsf(w[j]);
@@ -369,7 +371,7 @@ static shoal_status mm_bound(int type, const uint8_t *wq, int rows, int cols, co
             for (int k = 0; k < 8; k++) mag += part[k];
             for (int b = 0; qx && b < nb; b++) {
                 double ws = 0;
-                for (int e = b * SHOAL_QK; e < (b + 1) * SHOAL_QK; e++) ws += w[e];
+                for (int e = b * qb; e < (b + 1) * qb; e++) ws += w[e];
                 q += amax[t * nb + b] / 254.0 * ws;
             }
             el[(size_t)t * rows + r] = rel * mag + abs + q;
