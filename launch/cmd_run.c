@@ -141,6 +141,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--no-bos", 0, OPT_FLAG, &o->no_bos, NULL, "do not start the prompt with BOS" },
         { "--no-echo", 0, OPT_FLAG, &o->no_echo, NULL, "do not print the prompt before the generated text" },
         { "--logits-out", 0, OPT_STR, &o->logits_path, "FILE", "write every position's logits as text (for tests)" },
+        { "--logits-f32", 0, OPT_FLAG, &o->logits_f32, NULL, "with --logits-out: raw little-endian float32 rows, one per position in order, instead of text" },
         { "--ids-out", 0, OPT_STR, &o->ids_path, "FILE", "write the prompt's ids (after BOS) and the generated ids, on one line" },
         OPT_END,
     };
@@ -206,6 +207,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         if (o->chat || o->interactive) USAGE("--prompt-ids goes without --chat and -i\n");
         if (parse_id_list(o->prompt_ids, NULL, bad, sizeof bad) < 0) USAGE("--prompt-ids: %s\n", bad);
     }
+    if (o->logits_f32 && !o->logits_path) USAGE("--logits-f32 goes with --logits-out FILE\n");
     if (o->shards && o->model) USAGE("give -m or --shards, not both\n");
     if (o->hosts && (o->tp || o->pp || o->shards))
         USAGE("--hosts is for the planner, which runs only without --tp, --pp and --shards\n");
@@ -274,6 +276,7 @@ static void on_sigint(int sig) {
 
 struct run_out {
     FILE *logits, *ids;
+    int logits_f32; /* --logits-f32: raw rows instead of text */
     int failed; /* errno of a failed write to stdout, or 0 */
 };
 
@@ -288,6 +291,10 @@ static int on_text(void *user, const char *text, size_t len) {
 
 static void on_logits(void *user, int pos, int32_t token, const float *logits, int n_vocab) {
     struct run_out *o = user;
+    if (o->logits_f32) { /* a row per position, in order: what the text's lines hold, 4 bytes a value */
+        fwrite(logits, sizeof *logits, (size_t)n_vocab, o->logits);
+        return;
+    }
     fprintf(o->logits, "pos %d token %d:", pos, token);
     for (int i = 0; i < n_vocab; i++) fprintf(o->logits, " %e", logits[i]);
     fputc('\n', o->logits);
@@ -803,7 +810,8 @@ static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler
     struct shoal_sampler_params sp = o->sp;
     sp.seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     SHOAL_TRY(shoal_sampler_create(smp, &sp, r->m->hp.n_vocab));
-    if (o->logits_path && !(out->logits = fopen(o->logits_path, "w")))
+    out->logits_f32 = o->logits_f32;
+    if (o->logits_path && !(out->logits = fopen(o->logits_path, o->logits_f32 ? "wb" : "w")))
         return shoal_errorf(SHOAL_IO, "%s: cannot create: %s", o->logits_path, strerror(errno));
     if (o->ids_path) {
         if (!(out->ids = fopen(o->ids_path, "w")))

