@@ -20,9 +20,16 @@ one token at a time gives llama.cpp's disagreement with itself ("self_kl",
 the same bucketed statistic), the scale of what 8-bit arithmetic in another
 order does.
 
-It writes tests/model/data/smollm2_logits.npz ("p<k>.ids", "p<k>.logp",
-"p<k>.seq") and smollm2_logits.json (versions, the model's SHA-256,
-settings, per prompt the self_kl).
+The same for SmolLM2 requantized by llama.cpp (llama_model_quantize, every
+matrix one type as llama-quantize --pure, from the Q4_1 file dequantized to
+F32: what --allow-requantize does) to Q5_0, Q5_1 and Q8_0: the recorded
+"tensor_sha256" of llama.cpp's file is checked here to equal that of the
+file smollm2_variants.py writes with the gguf package alone, which is how
+the test makes the same file without llama.cpp.
+
+It writes tests/model/data/smollm2_logits.npz ("<variant>.p<k>.ids",
+".logp", ".seq") and smollm2_logits.json (versions, the model's SHA-256,
+settings, per variant its tensors' digest and per prompt the self_kl).
 """
 import hashlib
 import json
@@ -35,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 TOP = 256
 PROMPTS = 8  # the first prompts of smollm2_llamacpp.json with 48 recorded ids
+sys.path.insert(0, str(HERE))
 
 
 def log_softmax(x):
@@ -54,18 +62,12 @@ def bucketed_kl(lp_top, idx, lq_full):
     return kl + rp * (np.log(rp) - np.log(rq))
 
 
-def main():
-    import llama_cpp
-    sys.path.insert(0, str(ROOT / "tests"))
-    import shoal_harness as h
-    model = h.smollm2()
-    data = json.loads((HERE / "data" / "smollm2_llamacpp.json").read_text())
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    assert digest == data["meta"]["model_sha256"], "a different SmolLM2 file than record_llamacpp.py's"
-    settings = dict(n_threads=2, n_ctx=2048, n_batch=512, logits_all=True, flash_attn=False)
-    llm = llama_cpp.Llama(model_path=str(model), verbose=False, **settings)
-    cases = [c for c in data["cases"] if len(c["ids"]) == 48][:PROMPTS]
-    arrays, meta_cases = {}, []
+VARIANTS = {"q4_1": None, "q5_0-pure": "Q5_0", "q5_1-pure": "Q5_1", "q8_0-pure": "Q8_0"}
+
+
+def record(llama_cpp, path, cases, settings, arrays, prefix):
+    llm = llama_cpp.Llama(model_path=str(path), verbose=False, **settings)
+    meta_cases = []
     for k, c in enumerate(cases):
         seq = c["prompt_ids"] + c["ids"]
         llm.reset()
@@ -78,22 +80,61 @@ def main():
         idx = np.argsort(-batch, axis=1, kind="stable")[:, :TOP]
         lp = np.take_along_axis(batch, idx, axis=1)
         self_kl = bucketed_kl(lp, idx, single)
-        arrays[f"p{k}.seq"] = np.array(seq, dtype=np.int32)
-        arrays[f"p{k}.ids"] = idx.astype(np.int32)
-        arrays[f"p{k}.logp"] = lp.astype(np.float32)
+        arrays[f"{prefix}.p{k}.seq"] = np.array(seq, dtype=np.int32)
+        arrays[f"{prefix}.p{k}.ids"] = idx.astype(np.int32)
+        arrays[f"{prefix}.p{k}.logp"] = lp.astype(np.float32)
         rest = 1 - np.exp(lp).sum(axis=1)
         meta_cases.append({"prompt": c["prompt"], "positions": len(seq),
                            "self_kl_mean": float(self_kl.mean()), "self_kl_max": float(self_kl.max()),
-                           "rest_max": float(rest.max())})
-        print(f"prompt {k}: {len(seq)} positions, llama.cpp batch vs one at a time: mean KL "
-              f"{self_kl.mean():.2e}, max {self_kl.max():.2e}; mass outside the top {TOP}: at most {rest.max():.1e}")
+                           "rest_median": float(np.median(rest)), "rest_max": float(rest.max())})
+        print(f"{prefix} prompt {k}: {len(seq)} positions, llama.cpp batch vs one at a time: mean KL "
+              f"{self_kl.mean():.2e}, max {self_kl.max():.2e}; mass outside the top {TOP}: median "
+              f"{np.median(rest):.1e}, at most {rest.max():.1e}")
+    return meta_cases
+
+
+def main():
+    import tempfile
+
+    import gguf
+    import llama_cpp
+    sys.path.insert(0, str(ROOT / "tests"))
+    import shoal_harness as h
+    from record_kquants import quantize
+    from smollm2_variants import tensor_digest, write_variant
+    model = h.smollm2()
+    data = json.loads((HERE / "data" / "smollm2_llamacpp.json").read_text())
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert digest == data["meta"]["model_sha256"], "a different SmolLM2 file than record_llamacpp.py's"
+    settings = dict(n_threads=2, n_ctx=2048, n_batch=512, logits_all=True, flash_attn=False)
+    cases = [c for c in data["cases"] if len(c["ids"]) == 48][:PROMPTS]
+    arrays, variants = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = Path(tmp) / "smollm2-f32.gguf"
+        write_variant(model, f32, None)
+        for name, ftype in VARIANTS.items():
+            path = model
+            if ftype:
+                path = Path(tmp) / f"{name}.gguf"
+                quantize(f32, path, ftype, True)
+                mine = Path(tmp) / f"{name}-gguf.gguf"
+                write_variant(model, mine, gguf.GGMLQuantizationType[ftype])
+                assert tensor_digest(mine) == tensor_digest(path), f"{name}: the gguf package's tensors differ"
+            variants[name] = {"llama_ftype": ftype, "tensor_sha256": tensor_digest(path),
+                              "cases": record(llama_cpp, path, cases, settings, arrays, name)}
     np.savez_compressed(HERE / "data" / "smollm2_logits.npz", **arrays)
     meta = {"made_by": "tests/model/record_smollm2_logits.py", "llama_cpp_python": llama_cpp.__version__,
+            "gguf": gguf.__version__ if hasattr(gguf, "__version__") else _dist_version("gguf"),
             "model_file": model.name, "model_sha256": digest, "settings": settings, "top": TOP,
             "kv_cache": "f16 (llama.cpp's default)",
             "sequences": "prompt_ids + ids of data/smollm2_llamacpp.json, evaluated as one batch",
-            "cases": meta_cases}
+            "variants": variants}
     (HERE / "data" / "smollm2_logits.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def _dist_version(name):
+    from importlib.metadata import version
+    return version(name)
 
 
 if __name__ == "__main__":
