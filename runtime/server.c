@@ -139,10 +139,18 @@ static int room(void *p, size_t *cap, size_t need, size_t elem) {
  * could still turn out to start a stop string is held back from `safe`.
  */
 static int take_text(struct req *r, const char *s, size_t n) {
-    if (!room(&r->text, &r->cap, r->len + n + 1, 1)) return 1;
+    if (n > (SIZE_MAX - r->len - 1) / 3 || !room(&r->text, &r->cap, r->len + 3 * n + 1, 1)) return 1;
     size_t from = r->len;
-    memcpy(r->text + r->len, s, n);
-    r->len += n;
+    /* a NUL byte (a model's <0x00> token) as U+FFFD: the JSON strings are C
+     * strings, and everything after a NUL would be lost */
+    for (size_t i = 0; i < n; i++) {
+        if (s[i]) {
+            r->text[r->len++] = s[i];
+        } else {
+            memcpy(r->text + r->len, "\xEF\xBF\xBD", 3);
+            r->len += 3;
+        }
+    }
     r->text[r->len] = 0;
     size_t hold = 0;
     for (int i = 0; i < r->n_stop; i++) {
