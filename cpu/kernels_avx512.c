@@ -4,14 +4,15 @@
  * those instructions enabled and only called after the processor says it
  * has them.
  *
- * Two quantized blocks fill one 512-bit register. VNNI's vpdpbusd multiplies
- * unsigned by signed bytes and sums each group of four into an int32 lane,
- * so lanes 0-7 belong to the first block and 8-15 to the second; each half
- * is scaled by its block's dw * dx in float. Q8_0 passes |w| and x with w's
- * sign; Q4_0 passes its 0..15 nibbles and takes the -8 offset off with the
- * block sums of x; Q4_1, Q5_0, Q5_1 and IQ4_NL run on Q4_0's tiles. The
- * super-block types (K-quants, IQ4_XS) are in kernels_avx512_kq.c, which
- * packs four of them at load as Q8_0 is packed here.
+ * The quantized types of 32-value blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+ * IQ4_NL) are packed at load, 16 rows interleaved, so that VNNI's vpdpbusd
+ * (unsigned by signed bytes, each four summed into an int32 lane) multiplies
+ * four bytes of a token's activations, broadcast, with four bytes of 16
+ * rows: one lane per row, nothing to sum across lanes, and a block of
+ * weights unpacked once for a tile of up to 8 tokens. The codes meet the
+ * unsigned side (Q8_0's +128, Q4_0's 0..15, ...), the offsets taken off
+ * with the block sums of x. The super-block types (K-quants, IQ4_XS) are in
+ * kernels_avx512_kq.c, which packs four of them at load the same way.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -206,9 +207,6 @@ static void unpack_q8_row(const struct shoal_weight *w, int64_t r, float *y) {
     }
 }
 
-static size_t packed_bytes_avx512(int type, int64_t rows, int64_t cols) {
-    return type == SHOAL_DTYPE_Q8_0 ? q8_packed_bytes(rows, cols) : shoal_cpu_avx512_kq_packed_bytes(type, rows, cols);
-}
 
 /*
  * One group of 16 rows x NT tokens from t0: f32 sums into y, or (EXACT) f64
@@ -281,15 +279,16 @@ static const q8p_fn q8p_f64_tiles[PT64] = { q8p_f64_1, q8p_f64_2, q8p_f64_3, q8p
  * tiles (its weights stay in cache meanwhile). A group shared with the
  * next thread's range is computed by both, each keeping its own rows.
  */
-INLINE void q8p_drive(const struct mm_task *t, int64_t r0, int64_t r1, const q8p_fn *tiles, const int MAXT) {
+INLINE void q8p_drive(const struct mm_task *t, int64_t r0, int64_t r1, const q8p_fn *tiles, const int MAXT,
+                       const size_t bb) { /* bb: bytes of a block of a group */
     const int64_t nb = t->w->cols / SHOAL_QK;
     for (int64_t g = r0 / PG; g * PG < r1; g++) {
         const int64_t lo = g * PG > r0 ? g * PG : r0, hi = g * PG + PG < r1 ? g * PG + PG : r1;
         const __mmask16 mask = (__mmask16)(((1u << (hi - lo)) - 1) << (lo - g * PG));
-        const uint8_t *gp = (const uint8_t *)t->w->data + (size_t)(g * nb) * PB;
+        const uint8_t *gp = (const uint8_t *)t->w->data + (size_t)(g * nb) * bb;
         /* with several tiles the group's weights come from memory in the first alone: the
          * second fetches the next group's meanwhile */
-        const uint8_t *next = t->n > MAXT && (g + 1) * PG < r1 ? gp + (size_t)nb * PB : NULL;
+        const uint8_t *next = t->n > MAXT && (g + 1) * PG < r1 ? gp + (size_t)nb * bb : NULL;
         for (int tk = 0; tk < t->n; tk += MAXT) {
             int nt = t->n - tk < MAXT ? t->n - tk : MAXT;
             tiles[nt - 1](t, gp, tk == MAXT ? next : NULL, g * PG, mask, tk);
@@ -297,292 +296,265 @@ INLINE void q8p_drive(const struct mm_task *t, int64_t r0, int64_t r1, const q8p
     }
 }
 
-static void mm_q8p(const struct mm_task *t, int64_t r0, int64_t r1) { q8p_drive(t, r0, r1, q8p_tiles, PT); }
+static void mm_q8p(const struct mm_task *t, int64_t r0, int64_t r1) { q8p_drive(t, r0, r1, q8p_tiles, PT, PB); }
 static void mm_f64_q8p(const struct mm_task *t, int64_t r0, int64_t r1) {
-    q8p_drive(t, r0, r1, q8p_f64_tiles, PT64);
+    q8p_drive(t, r0, r1, q8p_f64_tiles, PT64, PB);
 }
 
 /*
- * Q4_0 runs as tiles of up to QR rows x QT tokens, so that a row's weights
- * are loaded and unpacked once for several tokens, and a token's
- * activations once for several rows. Integer products accumulate with VNNI
- * (vpdpbusd: unsigned bytes times signed bytes, four at a time per int32
- * lane), so the weights are made unsigned by keeping the nibbles 0..15
- * without the -8. The accumulator starts at the correction, -8 times the
- * block's sum of x, spread over the lanes of that block, so each lane ends
- * exact. Then per block: to float, times dw * dx, into the tile's
- * accumulator.
+ * Q4_0, Q4_1, Q5_0, Q5_1 and IQ4_NL are packed at load too, as Q8_0 is,
+ * so that a batch multiplies each block of weights, unpacked once per tile,
+ * with up to PT tokens (the codes of 32-value blocks, read a row at a
+ * time, used to be unpacked for each pair of rows and six tokens, and
+ * their products summed across lanes: a batch of 16 ran 1.8 times as many
+ * tokens per second as one token; Q8_0's packed tiles, 4.2). Rows in
+ * groups of 16; each block of a group is stored as
+ *  - the low four bits of its codes in four 64-byte vectors, vector k's
+ *    bytes 4 r + e (row r) holding those of value 4 k + e in the low nibble
+ *    and of value 16 + 4 k + e in the high one (byte 4 k + e of the row's
+ *    qs: the GGUF order, four bytes at a time);
+ *  - Q5_0, Q5_1: the fifth bits as eight 64-bit byte masks, mask 2 k
+ *    (2 k + 1) bit 4 r + e that of value 4 k + e (16 + 4 k + e) of row r:
+ *    16 added to the codes of vector k where they say;
+ *  - the 16 rows' f16 d, then (Q4_1, Q5_1) their f16 m.
+ * Blocks go in pairs, section by section (the two blocks' codes, their
+ * fifth bits, their d, their m), an odd last block alone: an image of
+ * exactly its rows' bytes (16 x 18, 20, 22 or 24 per block; the last group
+ * padded with zero rows), a pair's image whole cache lines.
  *
- * Lanes: four blocks in a register (lanes 4k..4k+3 for block k), the
- * nibbles meeting activations grouped to match (kernels.h, XL_GROUPED).
- * Each block's correction and dx, spread over its lanes, come from the
- * lane vectors prepared once per matmul.
- *
- * Decoding (one token) runs 1 x 1 tiles: measured here, two rows at once
- * halved the bandwidth reached (two interleaved streams per thread), while
- * one row at a time reaches what membw measures.
- */
-#define QR 2
-#define QT 6 /* most tokens per tile; measured best of 4, 6 and 8 (8 spills) */
-
-/* Four per-block values spread over the lanes of their blocks. */
-INLINE __m512 spread_ps(__m512i lanes, __m128 v) {
-    return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(v));
-}
-
-/*
- * The five kinds of 32-value blocks this tile code runs: Q4_0, Q4_1, and
- * the ones built like them (kernels_scalar.c has their formats): Q5_0 and
- * Q5_1 add a fifth bit from qh, IQ4_NL looks its nibbles up in a table of
- * 16 levels (here +128, unsigned: VNNI's unsigned side).
+ * The codes meet VNNI's unsigned side: Q4_0's nibbles 0..15 (the -8 taken
+ * off with the block sums of x: the accumulator starts at -8 x the sum),
+ * Q5_0's 0..31 (-16), IQ4_NL's levels + 128 (-128), Q4_1's and Q5_1's
+ * codes as they are, their m times xs (dx x the sum of x) added per block.
+ * A lane is one row's block dot product, exact; then, per block, times
+ * dw * dx into the row's f32 sum (or, mm_f64, into its f64 sum in the
+ * scalar level's order, each product exact: its bits). Every (row, token)
+ * goes through the same instructions in the same order whatever the tile,
+ * the number of tokens or the rows of the call.
  */
 enum { K40, K41, K50, K51, KNL };
 #define KIND_MIN(K) ((K) == K41 || (K) == K51) /* d * q + m: the m part meets xs */
-/* block bytes, and where the nibbles start */
+#define KIND_HI(K) ((K) == K50 || (K) == K51)  /* a fifth bit */
+/* block bytes, and where the nibbles start (the fifth bits: 4 bytes before) */
 #define KIND_BS(K) ((K) == K41 ? 20 : (K) == K50 ? 22 : (K) == K51 ? 24 : 18)
 #define KIND_QO(K) ((K) == K41 ? 4 : (K) == K50 ? 6 : (K) == K51 ? 8 : 2)
-/* the offset taken off the codes (taken off with the block sums of x), as a power of two */
-#define KIND_LOG_OFF(K) ((K) == K40 ? 3 : (K) == K50 ? 4 : (K) == KNL ? 7 : -1)
+/* bytes of a block of a group: codes, fifth bits, d, m */
+#define P32_BB(K) (PG * KIND_BS(K))
+/* bytes ahead that decoding fetches the weights from memory: two pages, as kernels_avx512_kq.c does
+ * (measured: Q5_0 and Q5_1 decoded at 44 GB/s without, 67 with; the others 60-64 and 67-69) */
+#define P32_AHEAD 8192
 
-static const int8_t iq4nl_levels[16] = { -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113 };
-
-/*
- * The 32 codes of a block of kind K as int8, with their offset: the values
- * that d multiplies. (In intrinsics: GCC 12 vectorizes a plain C loop of
- * these codes times int8 x into vpdpbusd, unsigned by signed, which is
- * wrong for the negative codes; seen with -mavx512vnni.)
- */
-INLINE __m256i block_codes(const uint8_t *blk, const int K) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)(blk + KIND_QO(K)));
-    __m256i c = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1),
-                                 _mm256_set1_epi8(0x0f));
-    if (K == KNL)
-        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_levels)), c);
-    if (K == K50 || K == K51) {
-        uint32_t qh;
-        memcpy(&qh, blk + KIND_QO(K) - 4, 4);
-        c = _mm256_mask_add_epi8(c, qh, c, _mm256_set1_epi8(0x10));
+static int kind_of(int type) {
+    switch (type) {
+    case SHOAL_DTYPE_Q4_0: return K40;
+    case SHOAL_DTYPE_Q4_1: return K41;
+    case SHOAL_DTYPE_Q5_0: return K50;
+    case SHOAL_DTYPE_Q5_1: return K51;
+    case SHOAL_DTYPE_IQ4_NL: return KNL;
     }
-    return K == K40 ? _mm256_sub_epi8(c, _mm256_set1_epi8(8)) : K == K50 ? _mm256_sub_epi8(c, _mm256_set1_epi8(16)) : c;
+    return -1;
 }
 
-/* Past the groups, block by block: sum_b dw dx dot_b (+ m xs for the kinds with a minimum). */
-INLINE double tail_sum(const uint8_t *w, const struct mm_task *t, int64_t tok, int64_t b, int64_t nb, const int K) {
-    const int8_t *x = t->xq + tok * t->w->cols;
-    double s = 0;
-    for (; b < nb; b++) {
-        const uint8_t *blk = w + b * KIND_BS(K);
-        const __m512i xv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(x + b * SHOAL_QK)));
-        const int dot = _mm512_reduce_add_epi32(_mm512_madd_epi16(_mm512_cvtepi8_epi16(block_codes(blk, K)), xv));
-        uint16_t d, m;
-        memcpy(&d, blk, 2);
-        s += (double)(f16(d) * t->xd[tok * nb + b]) * dot;
-        if (KIND_MIN(K)) {
-            memcpy(&m, blk + 2, 2);
-            s += (double)f16(m) * t->xs[tok * nb + b];
-        }
-    }
-    return s;
+/* Where block b's sections are in a group of nb blocks. */
+struct p32 {
+    size_t q, h, d, m;
+};
+INLINE struct p32 p32_at(int64_t b, int64_t nb, const int K) {
+    const size_t C = 256, H = KIND_HI(K) ? 64 : 0, D = 32, M = KIND_MIN(K) ? 32 : 0;
+    const size_t s = (size_t)(b >> 1) * 2 * (size_t)P32_BB(K), cnt = (b | 1) < nb ? 2 : 1, i = (size_t)(b & 1);
+    return (struct p32){ s + i * C, s + cnt * C + i * H, s + cnt * (C + H) + i * D, s + cnt * (C + H + D) + i * M };
 }
 
-/* The fifth bits of four blocks' values 0..15 (*lo) and 16..31 (*hi), as byte masks of the grouped order. */
-INLINE void fifth_bits(const uint8_t *w, int64_t b, const int K, __mmask64 *lo, __mmask64 *hi) {
-    uint64_t l = 0, h = 0;
-    for (int k = 0; k < 4; k++) {
-        uint32_t qh;
-        memcpy(&qh, w + (b + k) * KIND_BS(K) + KIND_QO(K) - 4, 4);
-        l |= (uint64_t)(qh & 0xffff) << (16 * k);
-        h |= (uint64_t)(qh >> 16) << (16 * k);
-    }
-    *lo = l;
-    *hi = h;
+static size_t p32_packed_bytes(int K, int64_t rows, int64_t cols) {
+    return (size_t)((rows + PG - 1) / PG) * (size_t)(cols / SHOAL_QK) * (size_t)P32_BB(K);
 }
 
-/*
- * The f64 accumulation of the mm_f64 kernels: a block's int32 sum (below
- * 2^20) times its f32 scale (24 bits) is exact in f64; four blocks at a
- * time go into one f64 register.
- */
-/* Q4_0's: four blocks' int32 sums (lanes 4k..4k+3 of p) times their f32 scales s4. */
-INLINE void acc_f64_lanes4(__m256d *acc, __m512i p, __m128 s4) {
-    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, _MM_PERM_CDAB));
-    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, _MM_PERM_BADC)); /* each chunk: its block's sum */
-    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    __m128i sums = _mm512_castsi512_si128(_mm512_permutexvar_epi32(pick, p));
-    *acc = _mm256_fmadd_pd(_mm256_cvtepi32_pd(sums), _mm256_cvtps_pd(s4), *acc);
-}
-
-/* A tile's outputs: f32 sums into y, or (EXACT) f64 sums into yd. */
-INLINE void tile_out(const struct mm_task *t, int64_t r0, int t0, int i, int j, const int EXACT,
-                     __m512 acc, __m256d acc4, double tail) {
-    int64_t at = (t0 + j) * t->w->rows + r0 + i;
-    if (EXACT) {
-        __m128d h = _mm_add_pd(_mm256_castpd256_pd128(acc4), _mm256_extractf128_pd(acc4, 1));
-        t->yd[at] = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h))) + tail;
-    } else {
-        t->y[at] = _mm512_reduce_add_ps(acc) + (float)tail;
-    }
-}
-
-/* Four f16 fields at byte offset off of blocks b..b+3 of BS bytes, as floats. */
-INLINE __m128 f16x4_at(const uint8_t *w, int64_t b, const int BS, const int off) {
-    uint16_t h[4];
-    for (int k = 0; k < 4; k++) memcpy(&h[k], w + (b + k) * BS + off, 2);
-    return _mm_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], 0, 0, 0, 0));
-}
-
-/*
- * The 32-value kinds on the same nibbles and grouped activations. Q4_0,
- * Q5_0 and IQ4_NL start each lane at their correction: -8 (-16, -128) x
- * the block's sum of x, from the lane vectors (made for Q4_0's 8: times 2,
- * 16 here); Q5_0 and Q5_1 add 16 to the codes whose fifth bit is set (a
- * masked byte add), IQ4_NL looks its nibbles up in its table +128. Q4_1
- * and Q5_1 have no offset but add m x (dx x sum of x) per block, into one
- * lane of the block (f32) or straight into the f64 sums.
- */
-INLINE void q4x_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT,
-                     const int EXACT, const int K) {
-    const int BS = KIND_BS(K), QO = KIND_QO(K), MIN = KIND_MIN(K);
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, nv = nb / 4 * 16;
-    const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i m4 = _mm512_set1_epi8(0x0f), bit5 = _mm512_set1_epi8(0x10);
-    const __m512i levels = _mm512_broadcast_i32x4( /* IQ4_NL's, +128 */
-        _mm_setr_epi8(1, 24, 45, 63, 79, 93, 106, 118, (char)129, (char)141, (char)153, (char)166, (char)181,
-                      (char)197, (char)217, (char)241));
-    const uint8_t *w[QR];
-    __m512 acc[QR][QT];
-    __m256d acc4[QR][QT]; /* EXACT: f64 sums of four blocks at a time */
-    for (int i = 0; i < NR; i++) {
-        w[i] = row_ptr(t, r0 + i);
-        for (int j = 0; j < NT; j++) {
-            acc[i][j] = _mm512_setzero_ps();
-            acc4[i][j] = _mm256_setzero_pd();
-        }
-    }
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        __m512i lo[QR], hi[QR];
-        __m512 dw[QR];
-        __m128 dw4[QR], mn4[QR];
-        for (int i = 0; i < NR; i++) {
-            const uint8_t *q0 = w[i] + b * BS + QO;
-            __m512i q = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)q0));
-            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)(q0 + BS)), 1);
-            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)(q0 + 2 * BS)), 2);
-            q = _mm512_inserti32x4(q, _mm_loadu_si128((const __m128i *)(q0 + 3 * BS)), 3);
-            lo[i] = _mm512_and_si512(q, m4);
-            hi[i] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            if (K == K50 || K == K51) {
-                __mmask64 ml, mh;
-                fifth_bits(w[i], b, K, &ml, &mh);
-                lo[i] = _mm512_mask_add_epi8(lo[i], ml, lo[i], bit5);
-                hi[i] = _mm512_mask_add_epi8(hi[i], mh, hi[i], bit5);
-            } else if (K == KNL) {
-                lo[i] = _mm512_shuffle_epi8(levels, lo[i]);
-                hi[i] = _mm512_shuffle_epi8(levels, hi[i]);
-            }
-            dw4[i] = f16x4_at(w[i], b, BS, 0);
-            dw[i] = spread_ps(lanes, dw4[i]);
-            if (MIN) mn4[i] = f16x4_at(w[i], b, BS, 2);
-        }
-        for (int j = 0; j < NT; j++) {
-            const int64_t tok = t0 + j;
-            const int8_t *x = t->xq + tok * cols + b * SHOAL_QK;
-            const int32_t *vc = t->xvc + tok * nv + b * 4;
-            const float *vd = t->xvd + tok * nv + b * 4;
-            const __m128 xd4 = _mm_loadu_ps(t->xd + tok * nb + b);
-            const __m128 xs4 = MIN ? _mm_loadu_ps(t->xs + tok * nb + b) : _mm_setzero_ps();
-            for (int i = 0; i < NR; i++) {
-                __m512i p = MIN ? _mm512_setzero_si512() : _mm512_loadu_si512(vc); /* -2 sum per lane */
-                if (!MIN && KIND_LOG_OFF(K) > 3) p = _mm512_slli_epi32(p, KIND_LOG_OFF(K) - 3);
-                p = _mm512_dpbusd_epi32(p, lo[i], _mm512_loadu_si512((const void *)x));
-                p = _mm512_dpbusd_epi32(p, hi[i], _mm512_loadu_si512((const void *)(x + 64)));
-                if (EXACT) {
-                    acc_f64_lanes4(&acc4[i][j], p, _mm_mul_ps(dw4[i], xd4));
-                    if (MIN)
-                        acc4[i][j] = _mm256_fmadd_pd(_mm256_cvtps_pd(mn4[i]), _mm256_cvtps_pd(xs4), acc4[i][j]);
-                } else {
-                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[i], _mm512_loadu_ps(vd)),
-                                                acc[i][j]);
-                    if (MIN) /* m x xs into the first lane of each block */
-                        acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_maskz_permutexvar_ps(
-                                                      0x1111, lanes, _mm512_castps128_ps512(_mm_mul_ps(mn4[i], xs4))));
+/* Group by group, each group's rows read aside first (src may be dst: in place). */
+static shoal_status pack_p32(int type, int64_t rows, int64_t cols, const void *src, void *dst) {
+    const int K = kind_of(type), BS = KIND_BS(K), QO = KIND_QO(K);
+    const int64_t nb = cols / SHOAL_QK, ng = (rows + PG - 1) / PG;
+    const size_t rb = (size_t)nb * (size_t)BS;
+    uint8_t *w = malloc(PG * rb);
+    if (!w) return shoal_errorf(SHOAL_NOMEM, "out of memory packing a %s weight", shoal_dtype_name(type));
+    for (int64_t g = 0; g < ng; g++) {
+        const int64_t n = rows - g * PG < PG ? rows - g * PG : PG;
+        memcpy(w, (const char *)src + (size_t)(g * PG) * rb, (size_t)n * rb);
+        uint8_t *gp = (uint8_t *)dst + (size_t)(g * nb) * (size_t)P32_BB(K);
+        memset(gp, 0, (size_t)nb * (size_t)P32_BB(K));
+        for (int64_t b = 0; b < nb; b++) {
+            const struct p32 o = p32_at(b, nb, K);
+            for (int r = 0; r < n; r++) {
+                const uint8_t *blk = w + (size_t)r * rb + (size_t)b * (size_t)BS;
+                memcpy(gp + o.d + 2 * r, blk, 2);
+                if (KIND_MIN(K)) memcpy(gp + o.m + 2 * r, blk + 2, 2);
+                for (int k = 0; k < 4; k++) memcpy(gp + o.q + 64 * k + 4 * r, blk + QO + 4 * k, 4);
+                if (KIND_HI(K)) {
+                    uint32_t qh;
+                    memcpy(&qh, blk + QO - 4, 4);
+                    for (int k = 0; k < 4; k++)
+                        for (int e = 0; e < 4; e++) { /* bit 4 r + e of byte masks 2 k and 2 k + 1 */
+                            const int at = 4 * r + e;
+                            gp[o.h + 16 * k + at / 8] |= (uint8_t)(((qh >> (4 * k + e)) & 1) << (at % 8));
+                            gp[o.h + 16 * k + 8 + at / 8] |= (uint8_t)(((qh >> (16 + 4 * k + e)) & 1) << (at % 8));
+                        }
                 }
             }
         }
     }
-    for (int i = 0; i < NR; i++)
-        for (int j = 0; j < NT; j++)
-            tile_out(t, r0, t0, i, j, EXACT, acc[i][j], acc4[i][j], tail_sum(w[i], t, t0 + j, b, nb, K));
+    free(w);
+    return SHOAL_OK;
 }
 
-INLINE void q4_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
-    q4x_tile(t, r0, t0, NR, NT, EXACT, K40);
-}
-INLINE void q41_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
-    q4x_tile(t, r0, t0, NR, NT, EXACT, K41);
-}
-INLINE void q50_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
-    q4x_tile(t, r0, t0, NR, NT, EXACT, K50);
-}
-INLINE void q51_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
-    q4x_tile(t, r0, t0, NR, NT, EXACT, K51);
-}
-INLINE void iq4nl_tile(const struct mm_task *t, int64_t r0, int t0, const int NR, const int NT, const int EXACT) {
-    q4x_tile(t, r0, t0, NR, NT, EXACT, KNL);
+/* Row r of a packed weight as floats: its blocks rebuilt, dequantized as shoal_dequantize_row does. */
+static void unpack_p32_row(const struct shoal_weight *w, int64_t r, float *y) {
+    const int K = kind_of(w->type), QO = KIND_QO(K);
+    const int64_t nb = w->cols / SHOAL_QK;
+    const uint8_t *gp = (const uint8_t *)w->data + (size_t)(r / PG * nb) * (size_t)P32_BB(K);
+    const int lane = (int)(r % PG);
+    for (int64_t b = 0; b < nb; b++) {
+        const struct p32 o = p32_at(b, nb, K);
+        uint8_t blk[32] = { 0 };
+        memcpy(blk, gp + o.d + 2 * lane, 2);
+        if (KIND_MIN(K)) memcpy(blk + 2, gp + o.m + 2 * lane, 2);
+        for (int k = 0; k < 4; k++) memcpy(blk + QO + 4 * k, gp + o.q + 64 * k + 4 * lane, 4);
+        if (KIND_HI(K)) {
+            uint32_t qh = 0;
+            for (int k = 0; k < 4; k++)
+                for (int e = 0; e < 4; e++) {
+                    const int at = 4 * lane + e;
+                    qh |= (uint32_t)((gp[o.h + 16 * k + at / 8] >> (at % 8)) & 1) << (4 * k + e);
+                    qh |= (uint32_t)((gp[o.h + 16 * k + 8 + at / 8] >> (at % 8)) & 1) << (16 + 4 * k + e);
+                }
+            memcpy(blk + QO - 4, &qh, 4);
+        }
+        shoal_dequantize_row(w->type, blk, y + b * SHOAL_QK, SHOAL_QK);
+    }
 }
 
-/* One function per tile shape, so that each is compiled with its loops unrolled. */
-_Static_assert(QR == 2 && QT == 6, "the tile table below lists 2 x 6 shapes");
-#define TILE_FN(kind, nr, nt, ex, tag)                                                         \
-    static void kind##tag##_##nr##_##nt(const struct mm_task *t, int64_t r, int tk) {          \
-        kind##_tile(t, r, tk, nr, nt, ex);                                                     \
+/*
+ * One group of 16 rows x NT tokens from t0, kind K: f32 sums into y, or
+ * (EXACT) f64 sums into yd, for the rows of the group that mask says.
+ * q8p_tile's loop, the codes unpacked a vector at a time for the tile's
+ * tokens.
+ */
+INLINE void p32_tile(const struct mm_task *t, const uint8_t *gp, const uint8_t *next, int64_t row0,
+                     __mmask16 mask, int t0, const int NT, const int EXACT, const int K) {
+    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, rows = t->w->rows;
+    const int MIN = KIND_MIN(K), BB = P32_BB(K);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), b5 = _mm512_set1_epi8(0x10);
+    const __m512i levels = _mm512_broadcast_i32x4( /* IQ4_NL's, +128 */
+        _mm_setr_epi8(1, 24, 45, 63, 79, 93, 106, 118, (char)129, (char)141, (char)153, (char)166, (char)181,
+                      (char)197, (char)217, (char)241));
+    __m512 acc[PT];
+    __m512d lo[PT], hi[PT]; /* EXACT */
+    for (int j = 0; j < NT; j++) {
+        if (EXACT) lo[j] = hi[j] = _mm512_setzero_pd();
+        else acc[j] = _mm512_setzero_ps();
     }
-/* Rows in slices of ROWS_OUTER (all of them: tokens outer), each slice passing every token. */
-#define TILE_DRIVER(name, tiles, MAXT, ROWS_OUTER)                                             \
-    static void name(const struct mm_task *t, int64_t r0, int64_t r1) {                        \
-        if (t->n == 1) { /* decoding: one row at a time streams fastest */                     \
-            for (int64_t i = r0; i < r1; i++) tiles[0][0](t, i, 0);                            \
-            return;                                                                            \
-        }                                                                                      \
-        for (int64_t r = r0, re; r < r1; r = re) {                                             \
-            re = r1 - r > ROWS_OUTER ? r + ROWS_OUTER : r1;                                    \
-            for (int tk = 0; tk < t->n; tk += MAXT) {                                          \
-                int nt = t->n - tk < MAXT ? t->n - tk : MAXT;                                  \
-                for (int64_t i = r; i < re; i += QR) {                                         \
-                    int nr = re - i < QR ? (int)(re - i) : QR;                                 \
-                    tiles[nr - 1][nt - 1](t, i, tk);                                           \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
+    const int8_t *xq = t->xqt + (int64_t)t0 * SHOAL_QK; /* block b, token t0 + j: + (b * n + j) * 32 */
+    const int32_t *xc = t->xct + t0;                    /* -128 x the block's sum of x */
+    const float *xd = t->xdt + t0;
+    const float *xs = t->xs + (int64_t)t0 * nb;         /* token t0 + j, block b: + j * nb + b */
+    for (int64_t b = 0; b < nb; b++, xq += t->n * SHOAL_QK, xc += t->n, xd += t->n) {
+        const struct p32 o = p32_at(b, nb, K);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(gp + o.d)));
+        const __m512 mw = MIN ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(gp + o.m))) : _mm512_setzero_ps();
+        if (next) /* the next group's block, read from memory while this tile computes */
+            for (int l = 0; l < BB; l += 64) _mm_prefetch((const char *)next + b * BB + l, _MM_HINT_T0);
+        else
+            for (int l = 0; l < BB; l += 64) _mm_prefetch((const char *)gp + b * BB + P32_AHEAD + l, _MM_HINT_T0);
+        /*
+         * The products of the low and the high nibbles in two sums (q) for tiles of few tokens,
+         * so that a dot product is two chains of four vpdpbusd (decoding waits on their
+         * latency), else in one; exact integers, so the same sum either way.
+         */
+        const int TWO = NT <= 4;
+        __m512i p[PT], q[PT];
+        for (int j = 0; j < NT; j++) { /* the offset: -8 (Q4_0), -16 (Q5_0), -128 (IQ4_NL) x the sum */
+            p[j] = MIN ? _mm512_setzero_si512()
+                       : _mm512_set1_epi32(K == K40 ? xc[j] >> 4 : K == K50 ? xc[j] >> 3 : xc[j]);
+            q[j] = _mm512_setzero_si512();
+        }
+        for (int k = 0; k < 4; k++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(gp + o.q + 64 * k));
+            __m512i cl = _mm512_and_si512(v, m4), ch = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            if (KIND_HI(K)) { /* the fifth bits: 16 added where the byte masks say */
+                uint64_t ml, mh;
+                memcpy(&ml, gp + o.h + 16 * k, 8);
+                memcpy(&mh, gp + o.h + 16 * k + 8, 8);
+                cl = _mm512_mask_add_epi8(cl, (__mmask64)ml, cl, b5);
+                ch = _mm512_mask_add_epi8(ch, (__mmask64)mh, ch, b5);
+            } else if (K == KNL) {
+                cl = _mm512_shuffle_epi8(levels, cl);
+                ch = _mm512_shuffle_epi8(levels, ch);
+            }
+            for (int j = 0; j < NT; j++) {
+                p[j] = _mm512_dpbusd_epi32(p[j], cl, _mm512_set1_epi32(*(const int32_t *)(xq + j * SHOAL_QK + 4 * k)));
+                const __m512i xh = _mm512_set1_epi32(*(const int32_t *)(xq + j * SHOAL_QK + 16 + 4 * k));
+                if (TWO) q[j] = _mm512_dpbusd_epi32(q[j], ch, xh);
+                else p[j] = _mm512_dpbusd_epi32(p[j], ch, xh);
+            }
+        }
+        if (TWO)
+            for (int j = 0; j < NT; j++) p[j] = _mm512_add_epi32(p[j], q[j]);
+        for (int j = 0; j < NT; j++) {
+            const __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(xd[j]));
+            if (EXACT) { /* the scalar level's s += dw dx dot (+ m xs): exact products, one sum */
+                const __m512d s0 = _mm512_cvtps_pd(_mm512_castps512_ps256(s)), s1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(s, 1));
+                __m512d v0 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(p[j])), s0);
+                __m512d v1 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(p[j], 1)), s1);
+                if (MIN) {
+                    const __m512d x = _mm512_set1_pd((double)xs[j * nb + b]);
+                    v0 = _mm512_add_pd(v0, _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(mw)), x));
+                    v1 = _mm512_add_pd(v1, _mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(mw, 1)), x));
+                }
+                lo[j] = _mm512_add_pd(lo[j], v0);
+                hi[j] = _mm512_add_pd(hi[j], v1);
+            } else {
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), s, acc[j]);
+                if (MIN) acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[j * nb + b]), acc[j]);
+            }
+        }
     }
-#define TILE_FNS(kind, MAXT, ROWS_OUTER)                                                       \
-    TILE_FN(kind, 1, 1, 0, ) TILE_FN(kind, 1, 2, 0, ) TILE_FN(kind, 1, 3, 0, )                 \
-    TILE_FN(kind, 1, 4, 0, ) TILE_FN(kind, 1, 5, 0, ) TILE_FN(kind, 1, 6, 0, )                 \
-    TILE_FN(kind, 2, 1, 0, ) TILE_FN(kind, 2, 2, 0, ) TILE_FN(kind, 2, 3, 0, )                 \
-    TILE_FN(kind, 2, 4, 0, ) TILE_FN(kind, 2, 5, 0, ) TILE_FN(kind, 2, 6, 0, )                 \
-    static void (*const kind##_tiles[QR][QT])(const struct mm_task *, int64_t, int) = {        \
-        { kind##_1_1, kind##_1_2, kind##_1_3, kind##_1_4, kind##_1_5, kind##_1_6 },            \
-        { kind##_2_1, kind##_2_2, kind##_2_3, kind##_2_4, kind##_2_5, kind##_2_6 },            \
-    };                                                                                         \
-    TILE_DRIVER(mm_##kind, kind##_tiles, MAXT, ROWS_OUTER)                                     \
-    /* f64 sums take twice the accumulators: tiles of four tokens at most */                    \
-    TILE_FN(kind, 1, 1, 1, _f64) TILE_FN(kind, 1, 2, 1, _f64)                                  \
-    TILE_FN(kind, 1, 3, 1, _f64) TILE_FN(kind, 1, 4, 1, _f64)                                  \
-    TILE_FN(kind, 2, 1, 1, _f64) TILE_FN(kind, 2, 2, 1, _f64)                                  \
-    TILE_FN(kind, 2, 3, 1, _f64) TILE_FN(kind, 2, 4, 1, _f64)                                  \
-    static void (*const kind##_f64_tiles[QR][4])(const struct mm_task *, int64_t, int) = {     \
-        { kind##_f64_1_1, kind##_f64_1_2, kind##_f64_1_3, kind##_f64_1_4 },                    \
-        { kind##_f64_2_1, kind##_f64_2_2, kind##_f64_2_3, kind##_f64_2_4 },                    \
-    };                                                                                         \
-    TILE_DRIVER(mm_f64_##kind, kind##_f64_tiles, 4, ROWS_OUTER)
-/* Measured: Q4_0 is faster with a tile of tokens passing all rows. */
-TILE_FNS(q4, QT, INT64_MAX)
-TILE_FNS(q41, QT, INT64_MAX)
-TILE_FNS(q50, QT, INT64_MAX)
-TILE_FNS(q51, QT, INT64_MAX)
-TILE_FNS(iq4nl, QT, INT64_MAX)
-#undef TILE_FNS
+    for (int j = 0; j < NT; j++) {
+        const int64_t at = (int64_t)(t0 + j) * rows + row0;
+        if (EXACT) {
+            _mm512_mask_storeu_pd(t->yd + at, (__mmask8)mask, lo[j]);
+            _mm512_mask_storeu_pd(t->yd + at + 8, (__mmask8)(mask >> 8), hi[j]);
+        } else {
+            _mm512_mask_storeu_ps(t->y + at, mask, acc[j]);
+        }
+    }
+}
+
+/* One function per kind, tile size and sum, so that each has its loops unrolled. */
+#define P32_FN(kind, K, nt, ex, tag)                                                           \
+    static void kind##tag##_##nt(const struct mm_task *t, const uint8_t *gp, const uint8_t *next, \
+                                 int64_t row0, __mmask16 mask, int t0) {                       \
+        p32_tile(t, gp, next, row0, mask, t0, nt, ex, K);                                      \
+    }
+#define P32_KIND(kind, K)                                                                      \
+    P32_FN(kind, K, 1, 0, ) P32_FN(kind, K, 2, 0, ) P32_FN(kind, K, 3, 0, ) P32_FN(kind, K, 4, 0, ) \
+    P32_FN(kind, K, 5, 0, ) P32_FN(kind, K, 6, 0, ) P32_FN(kind, K, 7, 0, ) P32_FN(kind, K, 8, 0, ) \
+    P32_FN(kind, K, 1, 1, _f64) P32_FN(kind, K, 2, 1, _f64) P32_FN(kind, K, 3, 1, _f64)          \
+    P32_FN(kind, K, 4, 1, _f64) P32_FN(kind, K, 5, 1, _f64) P32_FN(kind, K, 6, 1, _f64)          \
+    static void mm_##kind(const struct mm_task *t, int64_t r0, int64_t r1) {                   \
+        static const q8p_fn tiles[PT] = { kind##_1, kind##_2, kind##_3, kind##_4,              \
+                                          kind##_5, kind##_6, kind##_7, kind##_8 };            \
+        q8p_drive(t, r0, r1, tiles, PT, P32_BB(K));                                            \
+    }                                                                                          \
+    static void mm_f64_##kind(const struct mm_task *t, int64_t r0, int64_t r1) {               \
+        static const q8p_fn tiles[PT64] = { kind##_f64_1, kind##_f64_2, kind##_f64_3,          \
+                                            kind##_f64_4, kind##_f64_5, kind##_f64_6 };        \
+        q8p_drive(t, r0, r1, tiles, PT64, P32_BB(K));                                          \
+    }
+P32_KIND(q4, K40)
+P32_KIND(q41, K41)
+P32_KIND(q50, K50)
+P32_KIND(q51, K51)
+P32_KIND(iq4nl, KNL)
+#undef P32_KIND
+#undef P32_FN
 
 /* ---------------------------------------------------------- activations */
 
@@ -813,12 +785,22 @@ MM_ROW_DRIVER_F64(f16)
 MM_ROW_DRIVER_F64(bf16)
 #undef DRIVER
 
+/* The packed layouts: Q8_0's and the 32-value kinds' (this file), the super-block types' (kernels_avx512_kq.c). */
+static size_t packed_bytes_avx512(int type, int64_t rows, int64_t cols) {
+    if (type == SHOAL_DTYPE_Q8_0) return q8_packed_bytes(rows, cols);
+    if (kind_of(type) >= 0) return p32_packed_bytes(kind_of(type), rows, cols);
+    return shoal_cpu_avx512_kq_packed_bytes(type, rows, cols);
+}
+
 static shoal_status pack_avx512(int type, int64_t rows, int64_t cols, const void *src, void *dst) {
-    return type == SHOAL_DTYPE_Q8_0 ? pack_q8(rows, cols, src, dst) : shoal_cpu_avx512_kq_pack(type, rows, cols, src, dst);
+    if (type == SHOAL_DTYPE_Q8_0) return pack_q8(rows, cols, src, dst);
+    if (kind_of(type) >= 0) return pack_p32(type, rows, cols, src, dst);
+    return shoal_cpu_avx512_kq_pack(type, rows, cols, src, dst);
 }
 
 static void unpack_avx512_row(const struct shoal_weight *w, int64_t r, float *y) {
     if (w->type == SHOAL_DTYPE_Q8_0) unpack_q8_row(w, r, y);
+    else if (kind_of(w->type) >= 0) unpack_p32_row(w, r, y);
     else shoal_cpu_avx512_kq_unpack_row(w, r, y);
 }
 
@@ -864,11 +846,11 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     .unpack_row = unpack_avx512_row,
     .xlayout = {
         [SHOAL_DTYPE_Q8_0] = XL_TILES,
-        [SHOAL_DTYPE_Q4_0] = XL_GROUPED | XL_LANES,
-        [SHOAL_DTYPE_Q4_1] = XL_GROUPED | XL_LANES,
-        [SHOAL_DTYPE_Q5_0] = XL_GROUPED | XL_LANES,
-        [SHOAL_DTYPE_Q5_1] = XL_GROUPED | XL_LANES,
-        [SHOAL_DTYPE_IQ4_NL] = XL_GROUPED | XL_LANES,
+        [SHOAL_DTYPE_Q4_0] = XL_TILES,
+        [SHOAL_DTYPE_Q4_1] = XL_TILES,
+        [SHOAL_DTYPE_Q5_0] = XL_TILES,
+        [SHOAL_DTYPE_Q5_1] = XL_TILES,
+        [SHOAL_DTYPE_IQ4_NL] = XL_TILES,
     },
     .quantize_x = quantize_x,
     .quantize_q8k = shoal_cpu_avx512_quantize_q8k,
