@@ -15,16 +15,10 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "x86_sum.h"
 
 /* F16C converts a half in one instruction; base's portable version is a call. */
 static inline float f16(uint16_t h) { return _cvtsh_ss(h); }
-
-static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 static float dot_f32(const float *a, const float *b, int n) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "x86_sum.h"
 
 #define INLINE static inline __attribute__((always_inline))
 #define KT 4 /* most tokens per tile: the accumulators and a piece of weights fill the 16 registers */
@@ -307,13 +308,8 @@ INLINE void kq_tile(const struct mm_task *t, int64_t r, int t0, const int NT, co
     }
     for (int j = 0; j < NT; j++) {
         const int64_t at = (int64_t)(t0 + j) * rows + r;
-        if (EXACT) {
-            t->yd[at] = sd[j];
-        } else {
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            t->y[at] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-        }
+        if (EXACT) t->yd[at] = sd[j];
+        else t->y[at] = hsum256(acc[j]);
     }
 }
 

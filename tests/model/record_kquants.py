@@ -45,7 +45,6 @@ again, byte for byte: check the SHA-256).
 import argparse
 import ctypes
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -57,6 +56,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_llamacpp import sha256  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -131,14 +133,6 @@ N_GEN = 32
 
 SETTINGS = dict(n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, n_threads_batch=2,
                 logits_all=True, flash_attn=False, seed=1234)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def synth_flags(shape):

@@ -31,7 +31,6 @@ It writes tests/model/data/smollm2_logits.npz ("<variant>.p<k>.ids",
 ".logp", ".seq") and smollm2_logits.json (versions, the model's SHA-256,
 settings, per variant its tensors' digest and per prompt the self_kl).
 """
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -100,11 +99,12 @@ def main():
     import llama_cpp
     sys.path.insert(0, str(ROOT / "tests"))
     import shoal_harness as h
-    from record_kquants import quantize
+    from record_kquants import _dist_version, quantize
+    from record_llamacpp import sha256
     from smollm2_variants import tensor_digest, write_variant
     model = h.smollm2()
     data = json.loads((HERE / "data" / "smollm2_llamacpp.json").read_text())
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    digest = sha256(model)
     assert digest == data["meta"]["model_sha256"], "a different SmolLM2 file than record_llamacpp.py's"
     settings = dict(n_threads=2, n_ctx=2048, n_batch=512, logits_all=True, flash_attn=False)
     cases = [c for c in data["cases"] if len(c["ids"]) == 48][:PROMPTS]
@@ -124,17 +124,12 @@ def main():
                               "cases": record(llama_cpp, path, cases, settings, arrays, name)}
     np.savez_compressed(HERE / "data" / "smollm2_logits.npz", **arrays)
     meta = {"made_by": "tests/model/record_smollm2_logits.py", "llama_cpp_python": llama_cpp.__version__,
-            "gguf": gguf.__version__ if hasattr(gguf, "__version__") else _dist_version("gguf"),
+            "gguf": _dist_version("gguf"),
             "model_file": model.name, "model_sha256": digest, "settings": settings, "top": TOP,
             "kv_cache": "f16 (llama.cpp's default)",
             "sequences": "prompt_ids + ids of data/smollm2_llamacpp.json, evaluated as one batch",
             "variants": variants}
     (HERE / "data" / "smollm2_logits.json").write_text(json.dumps(meta, indent=1) + "\n")
-
-
-def _dist_version(name):
-    from importlib.metadata import version
-    return version(name)
 
 
 if __name__ == "__main__":
