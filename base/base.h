@@ -232,13 +232,15 @@ SHOAL_STATIC_ASSERT(sizeof(struct shoal_block_iq4_xs) == 136, "iq4_xs block is 1
 
 /*
  * Row conversion between f32 and the stored formats (base/quant.c): n values,
- * a multiple of the type's block size. The formats are GGUF's; quantizers
- * round as llama.cpp's reference quantizers do. Quantizing knows F32, F16,
- * BF16, Q8_0, Q4_0 and Q4_1; dequantizing knows those and Q5_0, Q5_1, Q2_K,
- * Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS, and gives, bit for bit, what the
- * gguf Python package's numpy dequantizer gives. Other types (and an n that
- * is not a multiple of the block) are SHOAL_INVALID. The row must hold
- * shoal_dtype_row_bytes(type, n) bytes, 2-byte aligned for the block types.
+ * a multiple of the type's block size. The formats are GGUF's. Both ways
+ * know F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K,
+ * Q5_K, Q6_K, IQ4_NL and IQ4_XS. Quantizing gives, byte for byte, what
+ * llama.cpp's reference quantizers give without an importance matrix (what
+ * llama-quantize writes without --imatrix); dequantizing gives, bit for
+ * bit, what the gguf Python package's numpy dequantizer gives. Other types
+ * (and an n that is not a multiple of the block) are SHOAL_INVALID. The row
+ * must hold shoal_dtype_row_bytes(type, n) bytes, 2-byte aligned for the
+ * block types.
  */
 int shoal_can_quantize(int type);
 int shoal_can_dequantize(int type);

@@ -31,7 +31,8 @@ static void on_progress(void *user, uint64_t done, uint64_t total) {
 static int parse_type(const char *flag, const char *name, int *out) {
     int t = shoal_dtype_from_name(name);
     if (t < 0 || !shoal_can_quantize(t)) {
-        fprintf(stderr, "shoal synth: %s '%s' is not one of f32, f16, bf16, q8_0, q4_0, q4_1\n",
+        fprintf(stderr, "shoal synth: %s '%s' is not one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
+                "q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs\n",
                 flag, name);
         return 2;
     }

@@ -245,7 +245,8 @@ static shoal_status resolve(const struct shoal_synth_params *p, struct shape *s)
     for (int i = 0; i < 3; i++)
         if (!shoal_can_quantize(types[i]))
             return shoal_errorf(SHOAL_INVALID, "synthetic model: weights cannot be written as %s "
-                                "(f32, f16, bf16, q8_0, q4_0, q4_1 can)", shoal_dtype_name(types[i]));
+                                "(f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k .. q6_k, "
+                                "iq4_nl, iq4_xs can)", shoal_dtype_name(types[i]));
     if (s->head_dim == 0) s->head_dim = s->heads > 0 ? s->dim / s->heads : 0;
     if (s->dim < 1 || s->layers < 1 || s->heads < 1 || s->kv_heads < 1 || s->ffn < 1 || s->ctx < 1 ||
         s->head_dim < 2 || s->head_dim % 2 || s->heads % s->kv_heads || s->dim > (1 << 16) ||
