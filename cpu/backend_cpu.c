@@ -248,10 +248,18 @@ static void xq_worker(void *arg, int ith, int nth) {
     const int64_t nb = cols / SHOAL_QK;
     const int lanes = j->f->layout & XL_LANES ? 4 : 0, grouped = !!(j->f->layout & XL_GROUPED);
     const int64_t nv = nb / 4 * 4 * lanes;
-    for (long long t = lo; t < hi; t++) /* lane vectors: Q4_0's offset of 8 (Q4_1 reads only vd) */
+    for (long long t = lo; t < hi; t++) { /* lane vectors: Q4_0's offset of 8 (Q4_1 reads only vd) */
         j->k->quantize_x(j->x + t * cols, cols, (int8_t *)m->xq + t * cols, (float *)m->xd + t * nb,
                          (float *)m->xs + t * nb, (int32_t *)m->xsum + t * nb, grouped, lanes, 8,
                          (int32_t *)m->xvc + t * nv, (float *)m->xvd + t * nv);
+        if (!m->xqt) continue;
+        /* the tiles' layout, by block, then token: a tile's tokens side by side */
+        for (int64_t b = 0; b < nb; b++) {
+            memcpy((int8_t *)m->xqt + (b * j->n + t) * SHOAL_QK, m->xq + t * cols + b * SHOAL_QK, SHOAL_QK);
+            ((int32_t *)m->xct)[b * j->n + t] = -128 * m->xsum[t * nb + b];
+            ((float *)m->xdt)[b * j->n + t] = m->xd[t * nb + b];
+        }
+    }
 }
 
 /* Scratch bytes of a form for n tokens of cols values, 64-byte aligned. */
@@ -285,25 +293,16 @@ static void quantize_form(struct cpu_ctx *c, const float *x, int64_t cols, int n
         t->xsum = (int32_t *)(t->xs + (size_t)n * (size_t)nb);
         t->xvc = t->xsum + (size_t)n * (size_t)nb;
         t->xvd = (float *)(t->xvc + (size_t)n * (size_t)nv);
+        t->xqt = NULL, t->xct = NULL, t->xdt = NULL;
+        if (f->layout & XL_TILES) { /* filled by xq_worker with the plain layout */
+            t->xqt = (int8_t *)(t->xvd + (size_t)n * (size_t)nv);
+            t->xct = (int32_t *)(t->xqt + (size_t)n * (size_t)cols);
+            t->xdt = (float *)(t->xct + (size_t)n * (size_t)nb);
+        }
     }
     struct xq_job q = { c->k, x, cols, n, f };
-    if (n >= 4 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
+    if (n >= 2 * c->n_threads) shoal_pool_run(c->pool, xq_worker, &q);
     else xq_worker(&q, 0, 1);
-    if (f->form != XFORM_Q8_32 || !(f->layout & XL_TILES)) return;
-    /* by block, then token: a tile's tokens side by side */
-    const int64_t nb = cols / SHOAL_QK, nv = nb / 4 * 4 * (f->layout & XL_LANES ? 4 : 0);
-    int8_t *qt = (int8_t *)(t->xvd + (size_t)n * (size_t)nv);
-    int32_t *ct = (int32_t *)(qt + (size_t)n * (size_t)cols);
-    float *dt = (float *)(ct + (size_t)n * (size_t)nb);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t k = 0; k < n; k++) {
-            memcpy(qt + (b * n + k) * SHOAL_QK, t->xq + k * cols + b * SHOAL_QK, SHOAL_QK);
-            ct[b * n + k] = -128 * t->xsum[k * nb + b];
-            dt[b * n + k] = t->xd[k * nb + b];
-        }
-    t->xqt = qt;
-    t->xct = ct;
-    t->xdt = dt;
 }
 
 /* The types the CPU backend computes with, "f32, f16, ... and q6_k", into buf. */
@@ -683,11 +682,14 @@ static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_
 struct ew_args {
     float *y;
     const float *x;
+    const struct cpu_kernels *k;
 };
 
 static void silu_mul_range(void *a, long long lo, long long hi) {
     const struct ew_args *e = a;
-    for (long long i = lo; i < hi; i++) e->y[i] = e->y[i] / (1.0f + expf(-e->y[i])) * e->x[i];
+    if (e->k->silu_mul) e->k->silu_mul(e->y + lo, e->x + lo, hi - lo);
+    else
+        for (long long i = lo; i < hi; i++) e->y[i] = e->y[i] / (1.0f + expf(-e->y[i])) * e->x[i];
 }
 
 static void add_range(void *a, long long lo, long long hi) {
@@ -696,8 +698,8 @@ static void add_range(void *a, long long lo, long long hi) {
 }
 
 static shoal_status cpu_silu_mul(void *vctx, float *g, const float *u, size_t n) {
-    struct ew_args a = { g, u };
-    par_for(vctx, (long long)n, 1 << 15, 64, silu_mul_range, &a);
+    struct ew_args a = { g, u, ((struct cpu_ctx *)vctx)->k };
+    par_for(vctx, (long long)n, 1 << 12, 64, silu_mul_range, &a);
     return SHOAL_OK;
 }
 
@@ -713,13 +715,13 @@ static void add_f64_range(void *a, long long lo, long long hi) {
 
 static shoal_status cpu_add_f64(void *vctx, float *y, const double *x, size_t n) {
     struct ew64_args a = { y, x };
-    par_for(vctx, (long long)n, 1 << 16, 64, add_f64_range, &a);
+    par_for(vctx, (long long)n, 1 << 13, 64, add_f64_range, &a);
     return SHOAL_OK;
 }
 
 static shoal_status cpu_add(void *vctx, float *y, const float *x, size_t n) {
-    struct ew_args a = { y, x };
-    par_for(vctx, (long long)n, 1 << 16, 64, add_range, &a);
+    struct ew_args a = { y, x, NULL };
+    par_for(vctx, (long long)n, 1 << 13, 64, add_range, &a);
     return SHOAL_OK;
 }
 

@@ -154,6 +154,8 @@ struct cpu_kernels {
     void (*to_f16)(const float *x, uint16_t *y, int n);
     /* optional, by KV type: what shoal_cpu_att_head does, in this level's own loop */
     void (*att_head[3])(const struct att_head_args *a);
+    /* optional: g[i] = g[i] / (1 + e^-g[i]) * u[i] for n values, within 2 ulps of expf's */
+    void (*silu_mul)(float *g, const float *u, long long n);
 };
 
 extern const struct cpu_kernels shoal_cpu_kernels_scalar;

@@ -12,6 +12,7 @@
  * IQ4_XS) are in kernels_avx2_kq.c.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -637,6 +638,38 @@ static void kv_axpy_f16(float *o, float w, const void *v, int n) {
     for (; i < n; i++) o[i] += w * f16(h[i]);
 }
 
+/* --------------------------------------------------------------- silu */
+
+/* e^x for 8 floats: kernels_avx512.c's exp16, in AVX2. */
+INLINE __m256 exp8(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.72283935546875f), lo = _mm256_set1_ps(-87.33654022216797f);
+    const __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ), under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    static const float c[8] = { 1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f };
+    __m256 e = _mm256_set1_ps(c[0]);
+    for (int i = 1; i < 8; i++) e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(c[i]));
+    const __m256i ni = _mm256_cvtps_epi32(n), h = _mm256_srai_epi32(ni, 1), b = _mm256_set1_epi32(127);
+    e = _mm256_mul_ps(e, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, b), 23)));
+    e = _mm256_mul_ps(e, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), b), 23)));
+    e = _mm256_blendv_ps(e, _mm256_set1_ps(INFINITY), over);
+    return _mm256_blendv_ps(e, _mm256_setzero_ps(), under);
+}
+
+/* g = silu(g) * u = g / (1 + e^-g) * u, as the scalar loop writes it. */
+static void silu_mul(float *g, const float *u, long long n) {
+    long long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 y = _mm256_loadu_ps(g + i);
+        const __m256 s = _mm256_div_ps(y, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), y))));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 MM_ROW_DRIVER(f32)
 MM_ROW_DRIVER(f16)
 MM_ROW_DRIVER(bf16)
@@ -689,4 +722,5 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
     .quantize_q8k = shoal_cpu_avx2_quantize_q8k,
     .kv_dot = { kv_dot_f32, kv_dot_f16, shoal_cpu_kv_dot_q8 },
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
+    .silu_mul = silu_mul,
 };

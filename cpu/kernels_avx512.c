@@ -497,20 +497,32 @@ INLINE void p32_tile(const struct mm_task *t, const uint8_t *gp, const uint8_t *
         }
         if (TWO)
             for (int j = 0; j < NT; j++) p[j] = _mm512_add_epi32(p[j], q[j]);
-        for (int j = 0; j < NT; j++) {
-            const __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(xd[j]));
-            if (EXACT) { /* the scalar level's s += dw dx dot (+ m xs): exact products, one sum */
-                const __m512d s0 = _mm512_cvtps_pd(_mm512_castps512_ps256(s)), s1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(s, 1));
-                __m512d v0 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(p[j])), s0);
-                __m512d v1 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(p[j], 1)), s1);
+        if (EXACT) {
+            /*
+             * The scalar level's s += dw dx dot (+ m xs), the same bits with fewer steps: dw
+             * and dx are f16 values, so dw dx is exact in f32 and in f64 alike, dw dx dot
+             * (at most 22 + 21 bits) and m xs (11 + 11) are exact in f64, so a fused
+             * multiply-add rounds once where the scalar level's add of the exact
+             * product rounds once.
+             */
+            const __m512d dw0 = _mm512_cvtps_pd(_mm512_castps512_ps256(dw)), dw1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(dw, 1));
+            const __m512d mw0 = _mm512_cvtps_pd(_mm512_castps512_ps256(mw)), mw1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(mw, 1));
+            for (int j = 0; j < NT; j++) {
+                const __m512d x = _mm512_set1_pd((double)xd[j]);
+                const __m512d p0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(p[j]));
+                const __m512d p1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(p[j], 1));
                 if (MIN) {
-                    const __m512d x = _mm512_set1_pd((double)xs[j * nb + b]);
-                    v0 = _mm512_add_pd(v0, _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(mw)), x));
-                    v1 = _mm512_add_pd(v1, _mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(mw, 1)), x));
+                    const __m512d m = _mm512_set1_pd((double)xs[j * nb + b]);
+                    lo[j] = _mm512_add_pd(lo[j], _mm512_fmadd_pd(mw0, m, _mm512_mul_pd(p0, _mm512_mul_pd(dw0, x))));
+                    hi[j] = _mm512_add_pd(hi[j], _mm512_fmadd_pd(mw1, m, _mm512_mul_pd(p1, _mm512_mul_pd(dw1, x))));
+                } else {
+                    lo[j] = _mm512_fmadd_pd(p0, _mm512_mul_pd(dw0, x), lo[j]);
+                    hi[j] = _mm512_fmadd_pd(p1, _mm512_mul_pd(dw1, x), hi[j]);
                 }
-                lo[j] = _mm512_add_pd(lo[j], v0);
-                hi[j] = _mm512_add_pd(hi[j], v1);
-            } else {
+            }
+        } else {
+            for (int j = 0; j < NT; j++) {
+                const __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(xd[j]));
                 acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[j]), s, acc[j]);
                 if (MIN) acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[j * nb + b]), acc[j]);
             }
@@ -668,6 +680,7 @@ INLINE __m512 hsum16(const __m512 v[16]) {
  * products and sums go in the same order as kv_dot_f32 / kv_dot_f16 and
  * kv_axpy, so the same bits as a head at a time.
  */
+#define ATT_AHEAD 16 /* positions */
 INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16) {
     /* positions per round: 16 sums (f32: 8, kept in two halves as dot_f32 does) */
     const int hd = a->head_dim, n = a->n, nc = hd / 16, P = (F16 ? 16 : 8) / NH;
@@ -685,6 +698,9 @@ INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16
         for (int i = 0; i < 8; i++) acc1[i] = _mm512_setzero_ps();
         for (int pp = 0; pp < P && p0 + pp < n; pp++) {
             const char *k = a->kc + a->off[p0 + pp];
+            if (p0 + pp + ATT_AHEAD < n) /* the cache is scattered over blocks, beyond the prefetcher */
+                for (int l = 0; l < hd * (F16 ? 2 : 4); l += 64)
+                    _mm_prefetch(a->kc + a->off[p0 + pp + ATT_AHEAD] + l, _MM_HINT_T0);
             int c = 0;
             if (!F16) /* dot_f32's order: pairs of 16 into two sums, an odd last 16 into the first */
                 for (; c + 2 <= nc; c += 2) {
@@ -733,6 +749,9 @@ INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16
             for (int r = 0; r < M; r++) o[g][r] = _mm512_setzero_ps();
         for (int p = 0; p < n; p++) {
             const char *v = a->vc + a->off[p];
+            if (c == 0 && p + ATT_AHEAD < n)
+                for (int l = 0; l < hd * (F16 ? 2 : 4); l += 64)
+                    _mm_prefetch(a->vc + a->off[p + ATT_AHEAD] + l, _MM_HINT_T0);
             __m512 w[ATT_HEADS];
             for (int g = 0; g < NH; g++) w[g] = _mm512_set1_ps(a->scores[g * a->stride + p]);
             for (int r = 0; r < M; r++) {
@@ -771,6 +790,50 @@ static void to_f16(const float *x, uint16_t *y, int n) {
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
         _mm256_mask_storeu_epi16(y + i, m, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i), _MM_FROUND_TO_NEAREST_INT));
+    }
+}
+
+/* --------------------------------------------------------------- silu */
+
+/*
+ * e^x for 16 floats, within 2 ulps of expf (tests/unit/test_matmul.c):
+ * x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, n ln2's first part
+ * exact), e^r by its Taylor polynomial to degree 7 (relative error under
+ * 6e-9), times 2^n applied in two halves so that n = 128 and n = -126 stay
+ * in range. Below -87.33 (results under FLT_MIN) it gives 0, above 88.72
+ * infinity; a NaN stays NaN (max and min return their second operand).
+ */
+INLINE __m512 exp16(__m512 x) {
+    const __m512 hi = _mm512_set1_ps(88.72283935546875f), lo = _mm512_set1_ps(-87.33654022216797f);
+    const __mmask16 over = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    static const float c[8] = { 1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f };
+    __m512 e = _mm512_set1_ps(c[0]);
+    for (int i = 1; i < 8; i++) e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c[i]));
+    const __m512i ni = _mm512_cvtps_epi32(n), h = _mm512_srai_epi32(ni, 1), b = _mm512_set1_epi32(127);
+    e = _mm512_mul_ps(e, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(h, b), 23)));
+    e = _mm512_mul_ps(e, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, h), b), 23)));
+    e = _mm512_mask_mov_ps(e, over, _mm512_set1_ps(INFINITY));
+    return _mm512_mask_mov_ps(e, under, _mm512_setzero_ps());
+}
+
+/* g = silu(g) * u = g / (1 + e^-g) * u, as the scalar loop writes it. */
+static void silu_mul(float *g, const float *u, long long n) {
+    long long i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 y = _mm512_loadu_ps(g + i);
+        const __m512 s = _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), y))));
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 y = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 s = _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), y))));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, u + i)));
     }
 }
 
@@ -858,4 +921,5 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     .kv_axpy = { kv_axpy_f32, kv_axpy_f16, shoal_cpu_kv_axpy_q8 },
     .to_f16 = to_f16,
     .att_head = { att_head_f32, att_head_f16, NULL },
+    .silu_mul = silu_mul,
 };

@@ -980,7 +980,9 @@ static void sweep_attention(struct ctx *c) {
 enum ew_op { EW_SILU_MUL, EW_ADD, EW_ADD_F64, EW_ADD_BIAS };
 
 /*
- * silu_mul (within 2 ulps: expf may differ), add, add_f64 and add_bias (the
+ * silu_mul (within 6 ulps: each side has its own e^x and three roundings;
+ * test_matmul holds every CPU level within 4 of exact and measures 2 or 3),
+ * add, add_f64 and add_bias (the
  * one f32 addition per value: exact) over n values (add_bias: rows of dim).
  */
 static void ew_case(struct ctx *c, int op, size_t n, int dim) {
@@ -1014,7 +1016,7 @@ static void ew_case(struct ctx *c, int op, size_t n, int dim) {
         if (rc != SHOAL_OK) goto done;
     }
     SHOAL_TRY_GOTO(dev2_get(c, &dy, got, want, sizeof(float) * n), rc, done);
-    compare(c, &st, got, want, 0, n, &(struct tol){ .ulps = op == EW_SILU_MUL ? 2 : 0 });
+    compare(c, &st, got, want, 0, n, &(struct tol){ .ulps = op == EW_SILU_MUL ? 6 : 0 });
     finish(c, &st);
 done:
     if (rc != SHOAL_OK) failed_to_run(c, rc);

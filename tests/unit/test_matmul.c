@@ -121,6 +121,53 @@ static void run_split_case(struct shoal_backend *be, const char *level, int type
     free(row), free(x), free(x1), free(x2), free(wq), free(w1), free(w2), free(y), free(y1), free(y2);
 }
 
+/*
+ * The AVX-512 level's f64 sums are the scalar level's, bit for bit, for
+ * every block type shoal quantizes (and so can make weights of here),
+ * whatever the tile the tokens fall in: each block's product is exact and
+ * the blocks are added in order, so ranks of one tensor-parallel group on
+ * either level add up to what one rank gives. (AVX2 splits a block's
+ * product over lanes and adds the lanes' shares; the float types' lanes
+ * add their products in another order: within 1e-12 of each other,
+ * run_split_case's bound, not the same bits.)
+ */
+static void test_f64_levels(int best) {
+    enum { ROWS = 37, COLS = 512, N = 19 };
+    float *wf = malloc(sizeof(float) * ROWS * COLS), *x = malloc(sizeof(float) * N * COLS);
+    double *want = malloc(sizeof(double) * N * ROWS), *got = malloc(sizeof(double) * N * ROWS);
+    uint8_t *wq = malloc(shoal_dtype_row_bytes(SHOAL_DTYPE_F32, COLS) * ROWS);
+    /* blocks of magnitudes 2^-12..2^12, so that the f64 sums round (an order of additions
+     * other than the scalar level's shows) */
+    for (int i = 0; i < ROWS * COLS; i++) wf[i] = ldexpf(frand(), (i / 32 * 7) % 25 - 12);
+    for (int i = 0; i < N * COLS; i++) x[i] = ldexpf(frand(), (i / 32 * 5) % 25 - 12);
+    for (int type = 0; type < SHOAL_DTYPE_MAX; type++) {
+        if (!shoal_can_quantize(type) || !shoal_cpu_kernels_scalar.mm_f64[type] || shoal_dtype_info(type)->block == 1)
+            continue;
+        const size_t rb = shoal_dtype_row_bytes(type, COLS);
+        for (int r = 0; r < ROWS; r++) CHECK_OK(shoal_quantize_row(type, wf + r * COLS, wq + r * rb, COLS));
+        for (int simd = SHOAL_SIMD_SCALAR; simd <= best; simd++) {
+            if (simd != SHOAL_SIMD_SCALAR && simd != SHOAL_SIMD_AVX512) continue;
+            struct shoal_backend *be = NULL;
+            struct shoal_cpu_params p = { .n_threads = 2, .simd = simd, .spin = 1000 };
+            CHECK_OK(shoal_cpu_backend_create(&be, &p));
+            struct shoal_weight w;
+            CHECK_OK(shoal_weight_prepare(be, &w, type, ROWS, COLS, wq, NULL));
+            if (simd == SHOAL_SIMD_SCALAR) /* token t's sums do not depend on the batch */
+                CHECK_OK(shoal_op_matmul_f64(be, want, &w, x, N));
+            for (int n = 1; simd != SHOAL_SIMD_SCALAR && n <= N; n += 6) {
+                CHECK_OK(shoal_op_matmul_f64(be, got, &w, x, n));
+                int differ = 0;
+                for (int i = 0; i < n * ROWS; i++) differ += memcmp(&got[i], &want[i], sizeof(double)) != 0;
+                CHECK(differ == 0, "%s %s f64 %dx%d n=%d: %d of %d sums differ from the scalar level's",
+                      shoal_cpu_simd_name(simd), shoal_dtype_name(type), ROWS, COLS, n, differ, n * ROWS);
+            }
+            shoal_weight_release(be, &w);
+            shoal_backend_destroy(be);
+        }
+    }
+    free(wf), free(x), free(want), free(got), free(wq);
+}
+
 /* Each level's activation quantizer writes exactly the scalar one's bytes. */
 static void test_quantize_x(const struct cpu_kernels *k, const char *level) {
     enum { COLS = 32 * 11 };
@@ -148,6 +195,55 @@ static void test_quantize_x(const struct cpu_kernels *k, const char *level) {
         }
 }
 
+/* a's distance from b in units of b's last place (0 when equal, both NaN included) */
+static double ulps(float a, float b) {
+    if (isnan(a) || isnan(b)) return isnan(a) && isnan(b) ? 0 : INFINITY;
+    if (a == b) return 0;
+    if (isinf(b)) return INFINITY;
+    return fabs((double)a - (double)b) / ((double)nextafterf(fabsf(b), INFINITY) - fabs((double)b));
+}
+
+/*
+ * A level's silu_mul within 4 ulps of the exact value (taken in double;
+ * the scalar loop's four roundings, expf's included, reach 3), and the
+ * scalar loop's value at the edges: |g| >= 87, where e^-g leaves the
+ * floats and g / (1 + e^-g) is g or 0, infinities and NaN.
+ */
+static void silu_scalar(float *g, const float *u, long long n) { /* the backend's loop, for scale */
+    for (long long i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void test_silu(void (*silu_mul)(float *, const float *, long long), const char *level) {
+    enum { N = 20011 };
+    static float g[N], u[N], y[N];
+    static const float edge[] = { 0.0f, -0.0f, 1e-30f, -1e-30f, 80.0f, -80.0f, 87.3f, -87.3f, 88.7f,
+                                  -88.7f, 89.0f, -89.0f, 100.0f, -100.0f, 1e30f, -1e30f, INFINITY,
+                                  -INFINITY, NAN };
+    const int ne = (int)(sizeof edge / sizeof edge[0]);
+    for (int i = 0; i < N; i++) {
+        g[i] = i < ne ? edge[i] : i % 3 ? (float)(frand() * 24) : (float)(frand() * 4);
+        u[i] = i < ne ? 1.0f : (float)frand() * 2;
+        y[i] = g[i];
+    }
+    silu_mul(y, u, N - 3); /* the last three stay as they were: no write past n */
+    int bad = 0;
+    double worst = 0;
+    for (int i = 0; i < N; i++) {
+        double want;
+        if (i >= N - 3) want = g[i];
+        else if (!(fabsf(g[i]) < 87)) want = (double)(g[i] / (1.0f + expf(-g[i])) * u[i]);
+        else want = (double)g[i] / (1.0 + exp(-(double)g[i])) * (double)u[i];
+        const float w = (float)want;
+        const double e = fabs(want) >= 1.2e-38 || !isfinite(w) ? ulps(y[i], w)
+                         : fabs(y[i] - want) <= 1.2e-38 ? 0 : INFINITY;
+        if (e > worst) worst = e;
+        if (e > 4 && bad++ < 5)
+            fprintf(stderr, "%s silu_mul(%g) x %g = %g, want %g (%.1f ulps)\n", level, g[i], u[i], y[i], want, e);
+    }
+    CHECK(bad == 0, "%s silu_mul: %d of %d values more than 4 ulps from exact", level, bad, N);
+    printf("%-7s silu_mul: worst %.2f ulps over %d values\n", level, worst, N);
+}
+
 int main(void) {
     static const int types[] = { SHOAL_DTYPE_F32, SHOAL_DTYPE_F16, SHOAL_DTYPE_BF16,
                                  SHOAL_DTYPE_Q8_0, SHOAL_DTYPE_Q4_0, SHOAL_DTYPE_Q4_1 };
@@ -159,9 +255,13 @@ int main(void) {
     int best = shoal_cpu_simd_best();
     printf("best SIMD level here: %s\n", shoal_cpu_simd_name(best));
     test_quantize_x(&shoal_cpu_kernels_scalar, "scalar");
+    test_silu(silu_scalar, "scalar");
+    test_f64_levels(best);
 #if defined(SHOAL_X86)
     if (best >= SHOAL_SIMD_AVX2) test_quantize_x(&shoal_cpu_kernels_avx2, "avx2");
     if (best >= SHOAL_SIMD_AVX512) test_quantize_x(&shoal_cpu_kernels_avx512, "avx512");
+    if (best >= SHOAL_SIMD_AVX2) test_silu(shoal_cpu_kernels_avx2.silu_mul, "avx2");
+    if (best >= SHOAL_SIMD_AVX512) test_silu(shoal_cpu_kernels_avx512.silu_mul, "avx512");
 #endif
     for (int simd = SHOAL_SIMD_SCALAR; simd <= best; simd++) {
         for (int threads = 1; threads <= 3; threads += 2) {
