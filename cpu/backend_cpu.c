@@ -20,6 +20,21 @@
 #include "kernels.h"
 #include "pool.h"
 
+/*
+ * cos and sin of theta_i at positions 0..n_pos-1 for one rope setting, kept
+ * from step to step (each layer's q and k rotate by the same angles; two
+ * tables, as Gemma's layers alternate two bases). Keyed by the setting's
+ * values, the factors' included, never their address.
+ */
+#define ROPE_TABLE_BYTES (16u << 20) /* positions beyond are computed as they come */
+struct rope_table {
+    int rope_dim, has_factors, n_pos;
+    float base, scale, factors[512];
+    unsigned used;
+    float *cs; /* (n_pos, rope_dim / 2, 2) */
+    size_t cap; /* bytes */
+};
+
 struct cpu_ctx {
     struct shoal_pool *pool;
     const struct cpu_kernels *k;
@@ -30,6 +45,9 @@ struct cpu_ctx {
     /* attention: per thread att_cap floats (att_scratch) */
     float *att;
     size_t att_cap;
+    /* rope: cos and sin tables of the last two settings (rope_table) */
+    struct rope_table rope[2];
+    unsigned rope_clock;
     struct shoal_backend_i dev_iface; /* the table of shoal_cpu_params.as_device */
     struct shoal_copier *copier;      /* as_device: fetches copied while the pool computes */
 };
@@ -240,9 +258,11 @@ static void xq_worker(void *arg, int ith, int nth) {
     shoal_pool_share(j->n, ith, nth, 1, &lo, &hi);
     if (j->f->form == XFORM_Q8_K) {
         const int64_t nb = cols / SHOAL_QK_K;
+        void (*q8k)(const float *, int64_t, int8_t *, float *, int16_t *) =
+            j->k->quantize_q8k ? j->k->quantize_q8k : shoal_cpu_quantize_q8k;
         for (long long t = lo; t < hi; t++)
-            shoal_cpu_quantize_q8k(j->x + t * cols, cols, (int8_t *)m->xkq + t * cols,
-                                   (float *)m->xkd + t * nb, (int16_t *)m->xkbs + t * (cols / 16));
+            q8k(j->x + t * cols, cols, (int8_t *)m->xkq + t * cols, (float *)m->xkd + t * nb,
+                (int16_t *)m->xkbs + t * (cols / 16));
         return;
     }
     const int64_t nb = cols / SHOAL_QK;
@@ -467,7 +487,20 @@ struct rope_args {
     int n_heads, head_dim;
     const struct shoal_rope *r;
     const struct shoal_batch *b;
+    const float *table; /* rope_table's cs for positions < n_pos, or NULL */
+    int n_pos;
 };
+
+/* cs[i] = cos, sin of theta_i at position pos */
+static void rope_angles(const struct shoal_rope *r, int pos, float (*cs)[2]) {
+    const double p = (double)pos * r->freq_scale;
+    for (int i = 0; i < r->rope_dim / 2; i++) {
+        double theta = p * pow((double)r->freq_base, -2.0 * i / r->rope_dim);
+        if (r->freq_factors) theta /= r->freq_factors[i];
+        cs[i][0] = (float)cos(theta);
+        cs[i][1] = (float)sin(theta);
+    }
+}
 
 static void rope_rows(void *a, long long lo, long long hi) {
     const struct rope_args *ra = a;
@@ -475,15 +508,13 @@ static void rope_rows(void *a, long long lo, long long hi) {
     const struct shoal_batch *b = ra->b;
     float *x = ra->x;
     const int n_heads = ra->n_heads, head_dim = ra->head_dim, half = r->rope_dim / 2;
-    float cs[512][2]; /* rope_dim <= 1024: checked by cpu_rope */
+    float own[512][2]; /* rope_dim <= 1024: checked by cpu_rope */
     for (long long t = lo; t < hi; t++) {
-        double p = (double)b->pos[t] * r->freq_scale;
-        for (int i = 0; i < half; i++) {
-            double theta = p * pow((double)r->freq_base, -2.0 * i / r->rope_dim);
-            if (r->freq_factors) theta /= r->freq_factors[i];
-            cs[i][0] = (float)cos(theta);
-            cs[i][1] = (float)sin(theta);
-        }
+        const float(*cs)[2] = own;
+        if (ra->table && b->pos[t] >= 0 && b->pos[t] < ra->n_pos)
+            cs = (const float(*)[2])(ra->table + (size_t)b->pos[t] * (size_t)r->rope_dim);
+        else
+            rope_angles(r, b->pos[t], own);
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((int64_t)t * n_heads + h) * head_dim;
             for (int i = 0; i < half; i++) {
@@ -497,10 +528,50 @@ static void rope_rows(void *a, long long lo, long long hi) {
     }
 }
 
+/* The table of r's setting with positions up to max_pos filled, or NULL (beyond the cap,
+ * or out of memory: the angles are then computed per token, as they were). */
+static const struct rope_table *rope_table(struct cpu_ctx *c, const struct shoal_rope *r, int max_pos) {
+    if ((size_t)max_pos >= ROPE_TABLE_BYTES / sizeof(float) / (size_t)r->rope_dim) return NULL;
+    const int half = r->rope_dim / 2;
+    struct rope_table *t = NULL;
+    for (int i = 0; i < 2 && !t; i++) {
+        struct rope_table *e = &c->rope[i];
+        if (e->cs && e->rope_dim == r->rope_dim && e->base == r->freq_base && e->scale == r->freq_scale &&
+            e->has_factors == !!r->freq_factors &&
+            (!r->freq_factors || memcmp(e->factors, r->freq_factors, sizeof(float) * (size_t)half) == 0))
+            t = e;
+    }
+    if (!t) { /* the one used least recently makes way */
+        t = c->rope[0].used <= c->rope[1].used ? &c->rope[0] : &c->rope[1];
+        t->rope_dim = r->rope_dim, t->base = r->freq_base, t->scale = r->freq_scale;
+        t->has_factors = !!r->freq_factors, t->n_pos = 0;
+        if (r->freq_factors) memcpy(t->factors, r->freq_factors, sizeof(float) * (size_t)half);
+    }
+    t->used = ++c->rope_clock;
+    if (max_pos >= t->n_pos) {
+        /* grown to the next power of two of positions, so a growing context costs few copies */
+        size_t want = 64;
+        while (want <= (size_t)max_pos) want *= 2;
+        const size_t bytes = want * (size_t)r->rope_dim * sizeof(float);
+        if (bytes > t->cap) {
+            float *cs = realloc(t->cs, bytes);
+            if (!cs) return NULL;
+            t->cs = cs, t->cap = bytes;
+        }
+        for (int p = t->n_pos; p <= max_pos; p++)
+            rope_angles(r, p, (float(*)[2])(t->cs + (size_t)p * (size_t)r->rope_dim));
+        t->n_pos = max_pos + 1;
+    }
+    return t;
+}
+
 static shoal_status cpu_rope(void *vctx, float *x, int n_heads, int head_dim,
                              const struct shoal_rope *r, const struct shoal_batch *b) {
     if (r->rope_dim > 1024) return shoal_errorf(SHOAL_UNSUPPORTED, "rope dimension %d > 1024", r->rope_dim);
-    struct rope_args a = { x, n_heads, head_dim, r, b };
+    int max_pos = -1;
+    for (int t = 0; t < b->n_tokens; t++) max_pos = b->pos[t] > max_pos ? b->pos[t] : max_pos;
+    const struct rope_table *tab = max_pos >= 0 ? rope_table(vctx, r, max_pos) : NULL;
+    struct rope_args a = { x, n_heads, head_dim, r, b, tab ? tab->cs : NULL, tab ? tab->n_pos : 0 };
     par_for(vctx, b->n_tokens, 4, 1, rope_rows, &a);
     return SHOAL_OK;
 }
@@ -765,6 +836,7 @@ static void cpu_destroy(void *vctx) {
     shoal_pool_destroy(c->pool);
     free(c->xbuf);
     free(c->att);
+    for (int i = 0; i < 2; i++) free(c->rope[i].cs);
     free(c);
 }
 

@@ -642,6 +642,32 @@ static void kv_axpy_f16(float *o, float w, const void *v, int n) {
     }
 }
 
+/*
+ * e^x for 16 floats, within 2 ulps of expf (tests/unit/test_matmul.c):
+ * x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, n ln2's first part
+ * exact), e^r by its Taylor polynomial to degree 7 (relative error under
+ * 6e-9), times 2^n applied in two halves so that n = 128 and n = -126 stay
+ * in range. Below -87.33 (results under FLT_MIN) it gives 0, above 88.72
+ * infinity; a NaN stays NaN (max and min return their second operand).
+ */
+INLINE __m512 exp16(__m512 x) {
+    const __m512 hi = _mm512_set1_ps(88.72283935546875f), lo = _mm512_set1_ps(-87.33654022216797f);
+    const __mmask16 over = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    static const float c[8] = { 1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f };
+    __m512 e = _mm512_set1_ps(c[0]);
+    for (int i = 1; i < 8; i++) e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c[i]));
+    const __m512i ni = _mm512_cvtps_epi32(n), h = _mm512_srai_epi32(ni, 1), b = _mm512_set1_epi32(127);
+    e = _mm512_mul_ps(e, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(h, b), 23)));
+    e = _mm512_mul_ps(e, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, h), b), 23)));
+    e = _mm512_mask_mov_ps(e, over, _mm512_set1_ps(INFINITY));
+    return _mm512_mask_mov_ps(e, under, _mm512_setzero_ps());
+}
+
 /* 16 values of a cached head vector at i, as f32. */
 INLINE __m512 kv16(const char *p, int i, const int F16) {
     return F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)))
@@ -729,12 +755,19 @@ INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16
             }
     }
     for (int g = 0; g < NH; g++) {
+        /* e^(s - max) 16 at a time (exp16; the scalar path's expf a call each took a tenth of a
+         * decode step's attention), summed in f64 */
         float *sc = a->scores + g * a->stride;
-        double sum = 0;
-        for (int p = 0; p < n; p++) {
-            sc[p] = expf(sc[p] - max[g]);
-            sum += sc[p];
+        const __m512 mx = _mm512_set1_ps(max[g]);
+        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+        for (int p = 0; p < n; p += 16) {
+            const __mmask16 m = n - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - p)) - 1);
+            const __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + p), mx)));
+            _mm512_mask_storeu_ps(sc + p, m, e);
+            s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
         }
+        const double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
         const float inv = (float)(1.0 / sum);
         for (int p = 0; p < n; p++) {
             float w = sc[p] * inv;
@@ -794,32 +827,6 @@ static void to_f16(const float *x, uint16_t *y, int n) {
 }
 
 /* --------------------------------------------------------------- silu */
-
-/*
- * e^x for 16 floats, within 2 ulps of expf (tests/unit/test_matmul.c):
- * x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, n ln2's first part
- * exact), e^r by its Taylor polynomial to degree 7 (relative error under
- * 6e-9), times 2^n applied in two halves so that n = 128 and n = -126 stay
- * in range. Below -87.33 (results under FLT_MIN) it gives 0, above 88.72
- * infinity; a NaN stays NaN (max and min return their second operand).
- */
-INLINE __m512 exp16(__m512 x) {
-    const __m512 hi = _mm512_set1_ps(88.72283935546875f), lo = _mm512_set1_ps(-87.33654022216797f);
-    const __mmask16 over = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    static const float c[8] = { 1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f };
-    __m512 e = _mm512_set1_ps(c[0]);
-    for (int i = 1; i < 8; i++) e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c[i]));
-    const __m512i ni = _mm512_cvtps_epi32(n), h = _mm512_srai_epi32(ni, 1), b = _mm512_set1_epi32(127);
-    e = _mm512_mul_ps(e, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(h, b), 23)));
-    e = _mm512_mul_ps(e, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, h), b), 23)));
-    e = _mm512_mask_mov_ps(e, over, _mm512_set1_ps(INFINITY));
-    return _mm512_mask_mov_ps(e, under, _mm512_setzero_ps());
-}
 
 /* g = silu(g) * u = g / (1 + e^-g) * u, as the scalar loop writes it. */
 static void silu_mul(float *g, const float *u, long long n) {

@@ -736,6 +736,7 @@ static shoal_status load_weights(struct shoal_model *m) {
         next += hp->dim;
         SHOAL_TRY_GOTO(load_vector(m, &sl[i++], m->output_norm, tmp), rc, done);
     }
+    uint64_t type_params[SHOAL_DTYPE_MAX] = { 0 }; /* the layers' matrices by type: main_type */
     for (int l = pt->layer0; l < pt->layer1; l++) {
         char *L = (char *)&m->layers[l - pt->layer0];
         const int streamed = shoal_offload_streamed(&m->off, l - pt->layer0);
@@ -746,8 +747,10 @@ static shoal_status load_weights(struct shoal_model *m) {
             if (lt->bias && !hp->has_qkv_bias) continue;
             const struct shoal_slice *s = &sl[i++];
             const struct shoal_gguf_tensor *t;
-            if (l == pt->layer0 && lt->cut == COLS_FF && find_slice(m, s, &t) == SHOAL_OK)
-                m->main_type = t->type;
+            if (s->rows && find_slice(m, s, &t) == SHOAL_OK && t->type >= 0 && t->type < SHOAL_DTYPE_MAX) {
+                type_params[t->type] += (uint64_t)(s->r1 - s->r0) * (uint64_t)(s->c1 - s->c0);
+                if (type_params[t->type] > type_params[m->main_type]) m->main_type = t->type;
+            }
             if (s->rows) {
                 SHOAL_TRY_GOTO(load_part(m, s, (struct shoal_weight *)(L + lt->field), &at, &dev,
                                          streamed ? st++ : NULL, &st_off, 0), rc, done);

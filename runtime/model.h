@@ -120,7 +120,7 @@ struct shoal_model {
     float *freq_factors;          /* host (rope_dim / 2) or NULL: llama3 rope scaling */
     uint64_t n_params;            /* of this rank's part */
     uint64_t weight_bytes;        /* bytes of this rank's part that the forward pass reads */
-    int main_type;                /* the type of the FFN weights */
+    int main_type;                /* the type holding most of the part's layer weights (a mix's main type) */
     /* offload: which layers stream; their matrices; the buffers they take turns in */
     struct shoal_offload_plan off; /* off.n_resident == the rank's layers: nothing streams */
     struct shoal_stream_tensor *stream; /* (layers, 7): the streamed layers' matrices */

@@ -345,7 +345,8 @@ shoal_status shoal_shard_write(const struct shoal_gguf *g, const struct shoal_pl
         return shoal_errorf(SHOAL_IO, "%s: cannot remove the old manifest: %s", mpath, strerror(errno));
 
     struct job j = { .g = g, .p = p, .total = g->size };
-    int main_type = 0;
+    int main_type = 0; /* the type holding most of the layers' weights */
+    uint64_t type_params[SHOAL_DTYPE_MAX] = { 0 };
     for (int r = 0; r < plan->n_ranks; r++) {
         struct shoal_slice *sl = NULL;
         int n = 0;
@@ -355,7 +356,10 @@ shoal_status shoal_shard_write(const struct shoal_gguf *g, const struct shoal_pl
             if (!t) continue; /* reported when the rank is written */
             int64_t rows = sl[i].rows ? sl[i].r1 - sl[i].r0 : 1;
             j.total += (uint64_t)rows * shoal_dtype_row_bytes(t->type, sl[i].c1 - sl[i].c0);
-            if (strstr(sl[i].name, "ffn_down")) main_type = t->type;
+            if (sl[i].rows && strncmp(sl[i].name, "blk.", 4) == 0 && t->type >= 0 && t->type < SHOAL_DTYPE_MAX) {
+                type_params[t->type] += (uint64_t)rows * (uint64_t)(sl[i].c1 - sl[i].c0);
+                if (type_params[t->type] > type_params[main_type]) main_type = t->type;
+            }
         }
         free(sl);
     }

@@ -661,11 +661,31 @@ static void sweep_rmsnorm(struct ctx *c) {
 
 /* ---------------------------------------------------------------- rope */
 
+/* x rotated as rope r does at positions pos, in double: the test's own, since both
+ * backends under comparison may share the CPU's angle tables */
+static void rope_ref(const float *x, float *y, int n, const int32_t *pos, int n_heads, int head_dim,
+                     const struct shoal_rope *r) {
+    const int half = r->rope_dim / 2;
+    memcpy(y, x, sizeof(float) * (size_t)n * n_heads * head_dim);
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < n_heads; h++) {
+            const float *v = x + ((size_t)t * n_heads + h) * head_dim;
+            float *o = y + ((size_t)t * n_heads + h) * head_dim;
+            for (int i = 0; i < half; i++) {
+                double th = (double)pos[t] * r->freq_scale * pow((double)r->freq_base, -2.0 * i / r->rope_dim);
+                if (r->freq_factors) th /= r->freq_factors[i];
+                const int a = r->mode == SHOAL_ROPE_NEOX ? i : 2 * i, b = r->mode == SHOAL_ROPE_NEOX ? i + half : 2 * i + 1;
+                o[a] = (float)(v[a] * cos(th) - v[b] * sin(th));
+                o[b] = (float)(v[a] * sin(th) + v[b] * cos(th));
+            }
+        }
+}
+
 /*
- * rope on n_heads heads of head_dim at positions from 0 to 99999. 1e-5
- * absolute on values ~1, 1e-4 past position 10000: at such positions the
- * angle itself must be formed in double (the reference does), since one
- * f32 rounding of 1e5 rad is already 4e-3.
+ * rope on n_heads heads of head_dim at positions from 0 to 99999, against
+ * rope_ref. 1e-5 absolute on values ~1, 1e-4 past position 10000: at such
+ * positions the angle itself must be formed in double (the reference
+ * does), since one f32 rounding of 1e5 rad is already 4e-3.
  */
 static void rope_case(struct ctx *c, int mode, int head_dim, int rope_dim, int ff, float scale, int refill) {
     static const int32_t positions[] = { 0, 1, 17, 511, 4096, 9999, 10001, 65537, 99999 };
@@ -700,9 +720,19 @@ static void rope_case(struct ctx *c, int mode, int head_dim, int rope_dim, int f
          * the array's address rotates by the old values and fails the second round */
         if (round) for (int i = 0; i < rope_dim / 2; i++) factors[i] = 1.0f + 0.25f * (float)i;
         SHOAL_TRY_GOTO(dev2_put(c, &dx, x, sizeof(float) * count), rc, done);
-        for (int b = 0; b < 2; b++)
+        /* in two calls: the near positions (which a backend may keep tables for) and the far */
+        const int near = 7;
+        struct shoal_batch far = batch;
+        batch.n_tokens = near, far.n_tokens = n - near, far.pos = positions + near;
+        for (int b = 0; b < 2; b++) {
             SHOAL_TRY_GOTO(shoal_op_rope(c->be[b], dx.p[b], n_heads, head_dim, &rope, &batch), rc, done);
+            SHOAL_TRY_GOTO(shoal_op_rope(c->be[b], (float *)dx.p[b] + (size_t)near * n_heads * head_dim, n_heads,
+                                         head_dim, &rope, &far), rc, done);
+        }
+        batch.n_tokens = n;
         SHOAL_TRY_GOTO(dev2_get(c, &dx, got, want, sizeof(float) * count), rc, done);
+        compare(c, &st, got, want, 0, count, &(struct tol){ .el = el });
+        rope_ref(x, want, n, positions, n_heads, head_dim, &rope);
         compare(c, &st, got, want, 0, count, &(struct tol){ .el = el });
         dev2_free(c, &dx);
     }

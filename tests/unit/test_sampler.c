@@ -85,6 +85,28 @@ int main(void) {
     p.top_k = 5, p.top_p = 0.95f, p.min_p = 0.05f, p.temp = 0.8f;
     check_distribution("defaults", p);
 
+    /* greedy over a vocabulary of 16 lanes and a tail: the first maximum wherever it is
+     * (in the lanes, in the tail, repeated across both), never a NaN */
+    {
+        enum { V = 16 * 5 + 7 };
+        struct shoal_sampler *g = NULL;
+        struct shoal_sampler_params gp = p;
+        gp.temp = 0, gp.repeat_penalty = 1.0f, gp.freq_penalty = 0, gp.presence_penalty = 0;
+        CHECK_OK(shoal_sampler_create(&g, &gp, V));
+        float l[V];
+        for (int at = 0; g && at < V; at++) {
+            for (int i = 0; i < V; i++) l[i] = (float)((i * 37) % 11) - 20.0f;
+            l[at] = 5.0f;
+            if (at + 16 < V) l[at + 16] = 5.0f; /* the same value later, in another lane */
+            l[(at + 3) % V] = NAN;
+            if ((at + 3) % V == at) continue;
+            CHECK(shoal_sampler_sample(g, l, NULL, 0) == at, "greedy: maximum at %d not found", at);
+        }
+        for (int i = 0; g && i < V; i++) l[i] = -INFINITY;
+        if (g) CHECK(shoal_sampler_sample(g, l, NULL, 0) == 0, "greedy: all -inf should give 0");
+        shoal_sampler_destroy(g);
+    }
+
     /* greedy: first maximum; penalties as defined */
     struct shoal_sampler *s = NULL;
     p.temp = 0;
