@@ -698,10 +698,15 @@ static void att_worker(void *arg, int ith, int nth) {
     int t_off = -1; /* the token whose positions off holds */
     /* the query heads of a KV head together (they read the same cached vectors), in
      * round robin: later tokens attend to more positions, so contiguous shares would
-     * leave the last thread with most of a prompt's work */
-    const long long items = (long long)b->n_tokens * d->n_kv_heads * parts;
-    for (long long it = ith; it < items; it += nth) {
-        const int t = (int)(it / (d->n_kv_heads * parts)), kvh = (int)(it / parts % d->n_kv_heads);
+     * leave the last thread with most of a prompt's work. With tokens enough for every
+     * thread, by token: a token's KV heads one after another on one thread (a cached row
+     * holds them all; it then comes from memory once, not once per thread) */
+    const long long per_tok = (long long)d->n_kv_heads * parts, items = (long long)b->n_tokens * per_tok;
+    const int by_token = b->n_tokens >= 2 * nth;
+    for (long long i = 0;; i++) {
+        const long long it = by_token ? (ith + i / per_tok * nth) * per_tok + i % per_tok : ith + i * nth;
+        if (it >= items) break;
+        const int t = (int)(it / per_tok), kvh = (int)(it / parts % d->n_kv_heads);
         const int h0 = kvh * group + (int)(it % parts) * per, nh = per < kvh * group + group - h0 ? per : kvh * group + group - h0;
         const int npos = b->pos[t] + 1;
         if (t != t_off) {

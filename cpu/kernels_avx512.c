@@ -706,7 +706,7 @@ INLINE __m512 hsum16(const __m512 v[16]) {
  * products and sums go in the same order as kv_dot_f32 / kv_dot_f16 and
  * kv_axpy, so the same bits as a head at a time.
  */
-#define ATT_AHEAD 16 /* positions */
+#define ATT_AHEAD 32 /* positions */
 INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16) {
     /* positions per round: 16 sums (f32: 8, kept in two halves as dot_f32 does) */
     const int hd = a->head_dim, n = a->n, nc = hd / 16, P = (F16 ? 16 : 8) / NH;
@@ -724,9 +724,13 @@ INLINE void att_heads(const struct att_head_args *a, const int NH, const int F16
         for (int i = 0; i < 8; i++) acc1[i] = _mm512_setzero_ps();
         for (int pp = 0; pp < P && p0 + pp < n; pp++) {
             const char *k = a->kc + a->off[p0 + pp];
-            if (p0 + pp + ATT_AHEAD < n) /* the cache is scattered over blocks, beyond the prefetcher */
+            /* the cache is scattered over blocks, beyond the prefetcher: the keys ATT_AHEAD
+             * positions on, and the values of this position for the second pass */
+            if (p0 + pp + ATT_AHEAD < n)
                 for (int l = 0; l < hd * (F16 ? 2 : 4); l += 64)
                     _mm_prefetch(a->kc + a->off[p0 + pp + ATT_AHEAD] + l, _MM_HINT_T0);
+            for (int l = 0; l < hd * (F16 ? 2 : 4); l += 64)
+                _mm_prefetch(a->vc + a->off[p0 + pp] + l, _MM_HINT_T1);
             int c = 0;
             if (!F16) /* dot_f32's order: pairs of 16 into two sums, an odd last 16 into the first */
                 for (; c + 2 <= nc; c += 2) {

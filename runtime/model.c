@@ -1229,12 +1229,12 @@ shoal_status shoal_run_head(struct shoal_state *s, int n, int out0, int n_out, i
         free(bytes);
         return rc;
     }
+    if (size == 1) /* the rows whole here: straight into place */
+        return shoal_backend_download(m->be, s->gathered, s->logits, local * sizeof(float));
     if (!(mine = malloc(local * sizeof(float))))
         return shoal_errorf(SHOAL_NOMEM, "out of memory gathering logits");
     rc = shoal_backend_download(m->be, mine, s->logits, local * sizeof(float));
-    if (rc == SHOAL_OK && size == 1) {
-        memcpy(s->gathered, mine, local * sizeof(float));
-    } else if (rc == SHOAL_OK) {
+    if (rc == SHOAL_OK) {
         /* the group's vocabulary slices to its first rank, then row by row into place */
         struct shoal_comm *tp = s->dist->tp;
         const struct shoal_rank_part *parts = &s->dist->plan->part[m->part.stage * size];
