@@ -685,6 +685,28 @@ static size_t att_scratch(size_t pos, int head_dim) {
     return (size_t)ATT_HEADS * pos + 2 * pos + (size_t)ATT_HEADS * (((size_t)head_dim + 15) / 16 * 16);
 }
 
+/*
+ * Token t's cached rows (every KV head, keys and values) asked of memory into
+ * L2, the blocks of its sequence a run of rows at a time: one token ahead of
+ * the one a thread works on, the cache (scattered in blocks over a large
+ * pool, larger than L3 with the weights passing through) arrives while it
+ * computes (16 streams on SmolLM2: the keys' loads waited half the attention).
+ */
+static void att_prefetch(const struct att_job *j, int t) {
+    const struct shoal_batch *b = j->b;
+    const struct shoal_kv_desc *d = j->d;
+    const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
+    const int npos = b->pos[t] + 1;
+    for (int p0 = 0; p0 < npos; p0 += b->block_size) {
+        const int rows = npos - p0 < b->block_size ? npos - p0 : b->block_size;
+        const size_t at = (size_t)table[p0 / b->block_size] * (size_t)b->block_size * d->row_bytes;
+        for (size_t l = 0; l < (size_t)rows * d->row_bytes; l += 64) {
+            __builtin_prefetch(j->kc + at + l, 0, 2);
+            __builtin_prefetch(j->vc + at + l, 0, 2);
+        }
+    }
+}
+
 static void att_worker(void *arg, int ith, int nth) {
     const struct att_job *j = arg;
     const struct shoal_kv_desc *d = j->d;
@@ -710,6 +732,8 @@ static void att_worker(void *arg, int ith, int nth) {
         const int h0 = kvh * group + (int)(it % parts) * per, nh = per < kvh * group + group - h0 ? per : kvh * group + group - h0;
         const int npos = b->pos[t] + 1;
         if (t != t_off) {
+            if (by_token && t_off < 0) att_prefetch(j, t);
+            if (by_token && t + nth < b->n_tokens) att_prefetch(j, t + nth);
             const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
             for (int p = 0; p < npos; p++)
                 off[p] = ((int64_t)table[p / b->block_size] * b->block_size + p % b->block_size) *
