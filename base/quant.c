@@ -410,14 +410,9 @@ static float fit_q3(const float *x, uint8_t L[16]) {
 static void quantize_q3_k(const float *x, struct shoal_block_q3_k *y, int64_t nb) {
     for (int64_t b = 0; b < nb; b++, x += SHOAL_QK_K) {
         uint8_t L[SHOAL_QK_K];
-        float scale[16], amax = 0, max_scale = 0;
-        for (int k = 0; k < 16; k++) {
-            scale[k] = fit_q3(x + 16 * k, L + 16 * k);
-            if (fabsf(scale[k]) > amax) {
-                amax = fabsf(scale[k]);
-                max_scale = scale[k];
-            }
-        }
+        float scale[16], amax;
+        for (int k = 0; k < 16; k++) scale[k] = fit_q3(x + 16 * k, L + 16 * k);
+        const float max_scale = signed_max(scale, 16, &amax);
         memset(y[b].scales, 0, sizeof y[b].scales);
         y[b].d = shoal_f32_to_f16(0.0f);
         if (max_scale != 0) {
@@ -566,14 +561,9 @@ static float fit_q6(const float *x, uint8_t L[16]) {
 static void quantize_q6_k(const float *x, struct shoal_block_q6_k *y, int64_t nb) {
     for (int64_t b = 0; b < nb; b++, x += SHOAL_QK_K) {
         uint8_t L[SHOAL_QK_K];
-        float scale[16], amax = 0, max_scale = 0;
-        for (int k = 0; k < 16; k++) {
-            scale[k] = fit_q6(x + 16 * k, L + 16 * k);
-            if (fabsf(scale[k]) > amax) {
-                amax = fabsf(scale[k]);
-                max_scale = scale[k];
-            }
-        }
+        float scale[16], amax;
+        for (int k = 0; k < 16; k++) scale[k] = fit_q6(x + 16 * k, L + 16 * k);
+        const float max_scale = signed_max(scale, 16, &amax);
         memset(&y[b], 0, sizeof y[b]);
         if (amax < GROUP_EPS) continue; /* all zero, d = +0 */
         float iscale = -128.0f / max_scale;
