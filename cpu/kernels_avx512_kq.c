@@ -16,7 +16,9 @@
  *  - mm_f64: kernels_scalar.c's kterm terms, d * dx_hi * isum + d * dx_lo *
  *    isum (dx cut in two 12-bit halves as its split_dx does), each product
  *    exact, added into the row's f64 sum in its order: the scalar level's
- *    bits, so that any tensor-parallel column split sums as one rank does.
+ *    bits, so that any tensor-parallel column split sums as one rank does
+ *    (the packed types take the same value as (isum * d) * dx: kterm is d
+ *    dx isum rounded once, and isum * d is exact).
  * Each (row, token) output goes through the same instructions in the same
  * order whatever the tile, the rows the call holds or the number of tokens:
  * one token alone, or a row of a slice, gives the bits it gives in any
@@ -315,14 +317,6 @@ INLINE void kq_tile(const struct mm_task *t, int64_t r, int t0, const int NT, co
  * Each (row, token) output goes through the same instructions in the same
  * order whatever the tile or the rows of the call.
  */
-
-/* dx's high 12 significant bits and the rest: kernels_scalar.c's split_dx. */
-INLINE void split(float dx, double *hi, double *lo) {
-    union { float f; uint32_t u; } v = { .f = dx };
-    v.u &= 0xfffff000u;
-    *hi = v.f;
-    *lo = (double)dx - v.f;
-}
 
 #define PG 16 /* rows per group */
 #define PT4 8 /* most tokens per tile (4 before: 2-13% slower at 16 tokens) */
@@ -668,18 +662,21 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
         const __m512 dm = MINS ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + DO + 32))) : _mm512_setzero_ps();
         for (int j = 0; j < NT; j++) {
             const float dx = t->xkd[(int64_t)(t0 + j) * nb + b];
-            if (EXACT) { /* per row: kterm(d, isum) (- kterm(dmin, msum)), kernels_scalar.c's order */
-                double hi, lo;
-                split(dx, &hi, &lo);
-                const __m512d h = _mm512_set1_pd(hi), l = _mm512_set1_pd(lo);
+            if (EXACT) {
+                /*
+                 * per row: kterm(d, isum) (- kterm(dmin, msum)), kernels_scalar.c's bits: kterm
+                 * is d dx isum rounded once (its two parts exact), and so is (isum d) dx here,
+                 * isum d being exact (at most 27 + 11 bits)
+                 */
+                const __m512d x = _mm512_set1_pd((double)dx);
                 for (int q = 0; q < 2; q++) {
                     const __m512d dwd = _mm512_cvtps_pd(q ? _mm512_extractf32x8_ps(dw, 1) : _mm512_castps512_ps256(dw));
                     const __m512d iv = _mm512_cvtepi32_pd(q ? _mm512_extracti64x4_epi64(isum[j], 1) : _mm512_castsi512_si256(isum[j]));
-                    __m512d v = _mm512_fmadd_pd(_mm512_mul_pd(dwd, l), iv, _mm512_mul_pd(_mm512_mul_pd(dwd, h), iv));
+                    __m512d v = _mm512_mul_pd(_mm512_mul_pd(iv, dwd), x);
                     if (MINS) {
                         const __m512d dmd = _mm512_cvtps_pd(q ? _mm512_extractf32x8_ps(dm, 1) : _mm512_castps512_ps256(dm));
                         const __m512d mv = _mm512_cvtepi32_pd(q ? _mm512_extracti64x4_epi64(msum[j], 1) : _mm512_castsi512_si256(msum[j]));
-                        v = _mm512_sub_pd(v, _mm512_fmadd_pd(_mm512_mul_pd(dmd, l), mv, _mm512_mul_pd(_mm512_mul_pd(dmd, h), mv)));
+                        v = _mm512_sub_pd(v, _mm512_mul_pd(_mm512_mul_pd(mv, dmd), x));
                     }
                     _mm512_store_pd(sd[j] + 8 * q, _mm512_add_pd(_mm512_load_pd(sd[j] + 8 * q), v));
                 }
