@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "../runtime/backend_impl.h"
@@ -98,10 +99,26 @@ int shoal_cpu_online_cores(void) {
 
 /* ---------------------------------------------------------------- memory */
 
+/*
+ * Blocks of 64 MiB and more (a serving KV cache, a large model's packed
+ * weights) on 2 MiB boundaries, offered to the kernel's huge pages (where
+ * transparent huge pages are "madvise"): attention reads the cache of many
+ * sequences in scattered blocks, a TLB miss per 4 KiB page (16 streams on
+ * SmolLM2: 3-4% faster in alternating runs). Smaller blocks stay on 4 KiB
+ * pages, where a touched huge page would weigh in RSS against the plan's
+ * memory prediction (test_plan holds it to 10%); here at most 2 MiB of 64.
+ */
+#define HUGE_PAGE ((size_t)2 << 20)
+#define HUGE_FROM ((size_t)64 << 20)
 static shoal_status cpu_alloc(void *ctx, size_t bytes, void **out) {
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+    const int huge = bytes >= HUGE_FROM;
+    const size_t size = huge ? (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE : bytes ? bytes : 64;
+    if (size < bytes || posix_memalign(&p, huge ? HUGE_PAGE : 64, size) != 0)
         return shoal_errorf(SHOAL_NOMEM, "cannot allocate %zu bytes of host memory", bytes);
+#if defined(MADV_HUGEPAGE)
+    if (huge) (void)madvise(p, size, MADV_HUGEPAGE); /* advice only: without it, 4 KiB pages */
+#endif
     *out = p;
     return SHOAL_OK;
 }
