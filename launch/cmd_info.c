@@ -163,6 +163,23 @@ static void print_types(const uint64_t count[SHOAL_DTYPE_MAX], uint64_t params, 
     putchar('\n');
 }
 
+/*
+ * general.file_type as llama.cpp names it (its enum llama_ftype: the mix
+ * llama-quantize was asked for, "Q4_K_M"), or NULL for a value it does not
+ * name. The mix is what the file says it is; the tensors say what it holds.
+ */
+static const char *ftype_name(uint32_t v) {
+    static const char *const names[] = {
+        [0] = "F32", [1] = "F16", [2] = "Q4_0", [3] = "Q4_1", [7] = "Q8_0", [8] = "Q5_0", [9] = "Q5_1",
+        [10] = "Q2_K", [11] = "Q3_K_S", [12] = "Q3_K_M", [13] = "Q3_K_L", [14] = "Q4_K_S", [15] = "Q4_K_M",
+        [16] = "Q5_K_S", [17] = "Q5_K_M", [18] = "Q6_K", [19] = "IQ2_XXS", [20] = "IQ2_XS", [21] = "Q2_K_S",
+        [22] = "IQ3_XS", [23] = "IQ3_XXS", [24] = "IQ1_S", [25] = "IQ4_NL", [26] = "IQ3_S", [27] = "IQ3_M",
+        [28] = "IQ2_S", [29] = "IQ2_M", [30] = "IQ4_XS", [31] = "IQ1_M", [32] = "BF16", [36] = "TQ1_0",
+        [37] = "TQ2_0", [38] = "MXFP4_MOE",
+    };
+    return v < sizeof names / sizeof names[0] ? names[v] : NULL;
+}
+
 int cmd_info(int argc, char **argv) {
     int no_tensors = 0, no_meta = 0, max_elems = 8;
     const char *dump = NULL, *out_path = NULL;
@@ -259,6 +276,12 @@ int cmd_info(int argc, char **argv) {
                    100.0 * (double)by_type[t] / (double)(bytes ? bytes : 1));
     putchar('\n');
     print_types(count, params, bytes);
+    uint32_t ftype;
+    if (shoal_gguf_get(g, "general.file_type") && shoal_gguf_get_u32(g, "general.file_type", &ftype) == SHOAL_OK)
+        printf("file type:   %s (general.file_type %u, as llama.cpp names it)\n",
+               ftype_name(ftype) ? ftype_name(ftype) : "unknown", ftype);
+    else
+        shoal_error_clear(); /* absent, or not an integer: said by the metadata table */
 
     /* what shoal makes of it: a model it can run, or why not */
     int status = 0;

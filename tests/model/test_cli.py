@@ -76,6 +76,17 @@ def test_info_stories():
         assert want in out, f"{want!r} missing from shoal info"
 
 
+@pytest.mark.parametrize("name,ftype", [("a-q4_k_m", "Q4_K_M"), ("a-q5_k_m", "Q5_K_M"), ("a-q3_k_m", "Q3_K_M"),
+                                        ("a-q2_k", "Q2_K"), ("a-q6_k", "Q6_K"), ("a-iq4_xs", "IQ4_XS"),
+                                        ("a-iq4_nl", "IQ4_NL"), ("b-q4_0", "Q4_0"), ("a-q8_0-pure", "Q8_0")])
+def test_info_file_type(name, ftype):
+    """The mix llama.cpp's quantize was asked for (data/kquants/: each file named by
+    the ftype record_kquants.py gave it), named as llama.cpp names it."""
+    path = Path(__file__).resolve().parent / "data" / "kquants" / f"{name}.gguf"
+    out = h.run(["info", "--no-tensors", "--no-metadata", path]).stdout.decode()
+    assert f"file type:   {ftype} (general.file_type " in out, out
+
+
 def test_info_vocab_only_file():
     out = h.run(["info", h.testdata("vocab/ggml-vocab-llama-spm.gguf")]).stdout.decode()
     assert "32000 tokens" in out
