@@ -15,8 +15,8 @@
  * lanes. Offsets (Q3_K's -4, Q6_K's -32) and mins come from the
  * activations' sums of 16. The lanes of CH super-blocks are added across
  * together, then scaled: f32 sums in another order than the scalar level's
- * (held to its tolerance); f64 sums of kernels_scalar.c's exact kterm
- * products in its order, so the scalar level's bits.
+ * (held to its tolerance); f64 sums of kernels_scalar.c's kterm terms in
+ * its order, so the scalar level's bits.
  *
  * Tiles are one row x up to KT tokens, a piece of weights unpacked once for
  * the tile's tokens; every (row, token) output goes through the same
@@ -216,10 +216,8 @@ INLINE __m256i hsum8x8(const __m256i v[8]) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-/* round(dw * hi * iv + dw * lo * iv) for four lanes, both products exact: kernels_scalar.c's kterm. */
-INLINE __m256d kterm4(__m256d dw, __m256d hi, __m256d lo, __m256d iv) {
-    return _mm256_fmadd_pd(_mm256_mul_pd(dw, lo), iv, _mm256_mul_pd(_mm256_mul_pd(dw, hi), iv));
-}
+/* (iv * dw) * dx for four lanes, iv * dw exact: kernels_scalar.c's kterm. */
+INLINE __m256d kterm4(__m256d dw, __m256d dx, __m256d iv) { return _mm256_mul_pd(_mm256_mul_pd(iv, dw), dx); }
 
 /*
  * Row r times NT tokens from t0, type T: f32 sums into y, or (EXACT) f64
@@ -282,20 +280,17 @@ INLINE void kq_tile(const struct mm_task *t, int64_t r, int t0, const int NT, co
             const __m256i is = hsum8x8(isum[j]), ms = MINS ? hsum8x8(msum[j]) : _mm256_setzero_si256();
             const __m256 dx = _mm256_maskload_ps(xd0 + j * nb + b0, live);
             if (EXACT) {
-                const __m256 hi = _mm256_and_ps(dx, _mm256_castsi256_ps(_mm256_set1_epi32((int)0xfffff000u)));
-                const __m256 lo = _mm256_sub_ps(dx, hi); /* exact */
                 double terms[CH];
                 for (int k = 0; k < 2; k++) {
-                    const __m128 h4 = k ? _mm256_extractf128_ps(hi, 1) : _mm256_castps256_ps128(hi);
-                    const __m128 l4 = k ? _mm256_extractf128_ps(lo, 1) : _mm256_castps256_ps128(lo);
+                    const __m128 x4 = k ? _mm256_extractf128_ps(dx, 1) : _mm256_castps256_ps128(dx);
                     const __m128 d4 = k ? _mm256_extractf128_ps(dw, 1) : _mm256_castps256_ps128(dw);
                     const __m128i i4 = k ? _mm256_extracti128_si256(is, 1) : _mm256_castsi256_si128(is);
-                    const __m256d h = _mm256_cvtps_pd(h4), l = _mm256_cvtps_pd(l4);
-                    __m256d v = kterm4(_mm256_cvtps_pd(d4), h, l, _mm256_cvtepi32_pd(i4));
+                    const __m256d x = _mm256_cvtps_pd(x4);
+                    __m256d v = kterm4(_mm256_cvtps_pd(d4), x, _mm256_cvtepi32_pd(i4));
                     if (MINS) {
                         const __m128 m4 = k ? _mm256_extractf128_ps(dm, 1) : _mm256_castps256_ps128(dm);
                         const __m128i s4 = k ? _mm256_extracti128_si256(ms, 1) : _mm256_castsi256_si128(ms);
-                        v = _mm256_sub_pd(v, kterm4(_mm256_cvtps_pd(m4), h, l, _mm256_cvtepi32_pd(s4)));
+                        v = _mm256_sub_pd(v, kterm4(_mm256_cvtps_pd(m4), x, _mm256_cvtepi32_pd(s4)));
                     }
                     _mm256_storeu_pd(terms + 4 * k, v);
                 }

@@ -13,12 +13,10 @@
  * mins' sum_k m_k * bsum_k), then scale it:
  *  - mm: isum * (d * dx) - msum * (dmin * dx) in f32: another order than
  *    the scalar level's f64 sum, held to its tolerance;
- *  - mm_f64: kernels_scalar.c's kterm terms, d * dx_hi * isum + d * dx_lo *
- *    isum (dx cut in two 12-bit halves as its split_dx does), each product
- *    exact, added into the row's f64 sum in its order: the scalar level's
- *    bits, so that any tensor-parallel column split sums as one rank does
- *    (the packed types take the same value as (isum * d) * dx: kterm is d
- *    dx isum rounded once, and isum * d is exact).
+ *  - mm_f64: kernels_scalar.c's kterm terms, (isum * d) * dx (isum * d
+ *    exact, so the product rounded once), added into the row's f64 sum in
+ *    its order: the scalar level's bits, so that any tensor-parallel column
+ *    split sums as one rank does.
  * Each (row, token) output goes through the same instructions in the same
  * order whatever the tile, the rows the call holds or the number of tokens:
  * one token alone, or a row of a slice, gives the bits it gives in any
@@ -201,10 +199,9 @@ INLINE __m256i hsum8x8(const __m256i c[8]) {
  * applied to the eight sums side by side:
  *  - f32: isum * (d * dx) - msum * (dmin * dx) into eight f32 lanes (one per
  *    super-block of a chunk), added across at the end;
- *  - f64: kernels_scalar.c's kterm terms, d * dx_hi * isum + d * dx_lo *
- *    isum (less the same of dmin and msum), each product exact, computed
- *    side by side and added into the row's f64 sum in its order: the scalar
- *    level's bits.
+ *  - f64: kernels_scalar.c's kterm terms, (isum * d) * dx (less the same
+ *    of msum and dmin), each rounded once, computed side by side and added
+ *    into the row's f64 sum in its order: the scalar level's bits.
  */
 INLINE void kq_tile(const struct mm_task *t, int64_t r, int t0, const int NT, const int EXACT, const int T) {
     const int64_t cols = t->w->cols, nb = cols / SHOAL_QK_K, rows = t->w->rows;
@@ -259,17 +256,11 @@ INLINE void kq_tile(const struct mm_task *t, int64_t r, int t0, const int NT, co
         for (int j = 0; j < NT; j++) {
             const __m256i is = hsum8x16(isum[j]), ms = MINS ? hsum8x8(msum[j]) : _mm256_setzero_si256();
             const __m256 dx = _mm256_maskz_loadu_ps(live, xd0 + j * nb + b0);
-            if (EXACT) {
-                const __m256 hi = _mm256_and_ps(dx, _mm256_castsi256_ps(_mm256_set1_epi32((int)0xfffff000u)));
-                const __m512d h = _mm512_cvtps_pd(hi), l = _mm512_cvtps_pd(_mm256_sub_ps(dx, hi)); /* exact */
-                const __m512d dwd = _mm512_cvtps_pd(dw), iv = _mm512_cvtepi32_pd(is);
-                /* round(dw hi isum + dw lo isum), both products exact: one rounding, as the scalar sum */
-                __m512d v = _mm512_fmadd_pd(_mm512_mul_pd(dwd, l), iv, _mm512_mul_pd(_mm512_mul_pd(dwd, h), iv));
-                if (MINS) {
-                    const __m512d dmd = _mm512_cvtps_pd(dm), mv = _mm512_cvtepi32_pd(ms);
-                    v = _mm512_sub_pd(v, _mm512_fmadd_pd(_mm512_mul_pd(dmd, l), mv,
-                                                         _mm512_mul_pd(_mm512_mul_pd(dmd, h), mv)));
-                }
+            if (EXACT) { /* kterm: (isum d) dx, then the mins' */
+                const __m512d x = _mm512_cvtps_pd(dx);
+                __m512d v = _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(is), _mm512_cvtps_pd(dw)), x);
+                if (MINS)
+                    v = _mm512_sub_pd(v, _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(ms), _mm512_cvtps_pd(dm)), x));
                 double terms[CH];
                 _mm512_storeu_pd(terms, v);
                 for (int c = 0; c < nc; c++) sd[j] += terms[c];
@@ -663,11 +654,7 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
         for (int j = 0; j < NT; j++) {
             const float dx = t->xkd[(int64_t)(t0 + j) * nb + b];
             if (EXACT) {
-                /*
-                 * per row: kterm(d, isum) (- kterm(dmin, msum)), kernels_scalar.c's bits: kterm
-                 * is d dx isum rounded once (its two parts exact), and so is (isum d) dx here,
-                 * isum d being exact (at most 27 + 11 bits)
-                 */
+                /* per row: kterm(d, isum) (- kterm(dmin, msum)), kernels_scalar.c's (isum d) dx */
                 const __m512d x = _mm512_set1_pd((double)dx);
                 for (int q = 0; q < 2; q++) {
                     const __m512d dwd = _mm512_cvtps_pd(q ? _mm512_extractf32x8_ps(dw, 1) : _mm512_castps512_ps256(dw));

@@ -303,26 +303,16 @@ static double row_f64_iq4_nl(const struct mm_task *t, int64_t r, int tok) {
  * integer sums reach 27 bits (largest |sum_k sc_k * dot_k|, from the ranges
  * of codes, scales and int8 activations: q2_k 1.5e6, q3_k 4.2e6, q4_k
  * 3.1e7, q5_k 6.4e7, q6_k 1.3e8, iq4_xs 1.3e8 < 2^27; the mins' sums at
- * most 2.0e6): 62 bits, more than f64's 53. So dx is cut into its high 12
- * significant bits and the rest (at most 12 bits, exact: hi + lo == dx),
- * and each part makes one product: at most 11 + 12 + 27 = 50 bits, exact.
- * (An f32 product dw * dx, as the Q8_32 kernels use, would round here.) The
- * f64 sum then adds exact products only, as every mm_f64 kernel does.
+ * most 2.0e6): 62 bits, more than f64's 53. But isum * d alone is exact
+ * (at most 27 + 11 bits), so (isum * d) * dx is the whole product rounded
+ * once, a term every level forms alike. (An f32 product dw * dx, as the
+ * Q8_32 kernels use, would round before that.) The f64 sum then adds the
+ * terms in order.
  */
-struct dsplit {
-    double hi, lo;
-};
 
-static inline struct dsplit split_dx(float dx) {
-    union { float f; uint32_t u; } v = { .f = dx };
-    v.u &= 0xfffff000u; /* sign, exponent and the top 11 of 23 stored bits */
-    return (struct dsplit){ v.f, (double)dx - v.f };
-}
-
-/* d * dx * isum from exact products: d an f16 scale, isum below 2^27 in magnitude. */
-static inline double kterm(uint16_t d, struct dsplit dx, int32_t isum) {
-    const double dw = shoal_f16_to_f32(d);
-    return dw * dx.hi * isum + dw * dx.lo * isum;
+/* d * dx * isum rounded once: d an f16 scale, isum below 2^27 in magnitude. */
+static inline double kterm(uint16_t d, float dx, int32_t isum) {
+    return (double)isum * shoal_f16_to_f32(d) * dx;
 }
 
 /* Where a super-block row's Q8_K activations for token tok are. */
@@ -347,8 +337,7 @@ static double row_f64_q2_k(const struct mm_task *t, int64_t r, int tok) {
             isum += (w[b].scales[k] & 0x0f) * dot;
             msum += (w[b].scales[k] >> 4) * bs[k];
         }
-        const struct dsplit dx = split_dx(xd[b]);
-        s += kterm(w[b].d, dx, isum) - kterm(w[b].dmin, dx, msum);
+        s += kterm(w[b].d, xd[b], isum) - kterm(w[b].dmin, xd[b], msum);
     }
     return s;
 }
@@ -372,7 +361,7 @@ static double row_f64_q3_k(const struct mm_task *t, int64_t r, int tok) {
             const int lo = (k < 8 ? sc[k] : sc[k - 8] >> 4) & 0x0f, hi = (sc[8 + k % 4] >> (2 * (k / 4))) & 3;
             isum += ((lo | hi << 4) - 32) * dot;
         }
-        s += kterm(w[b].d, split_dx(xd[b]), isum);
+        s += kterm(w[b].d, xd[b], isum);
     }
     return s;
 }
@@ -415,8 +404,7 @@ static inline double k45_row(const struct mm_task *t, int64_t r, int tok, const 
             isum += sc * dot;
             msum += m * (bs[2 * g] + bs[2 * g + 1]);
         }
-        const struct dsplit dx = split_dx(xd[b]);
-        s += kterm(Q5 ? b5->d : b4->d, dx, isum) - kterm(Q5 ? b5->dmin : b4->dmin, dx, msum);
+        s += kterm(Q5 ? b5->d : b4->d, xd[b], isum) - kterm(Q5 ? b5->dmin : b4->dmin, xd[b], msum);
     }
     return s;
 }
@@ -442,7 +430,7 @@ static double row_f64_q6_k(const struct mm_task *t, int64_t r, int tok) {
             }
             isum += w[b].scales[k] * dot;
         }
-        s += kterm(w[b].d, split_dx(xd[b]), isum);
+        s += kterm(w[b].d, xd[b], isum);
     }
     return s;
 }
@@ -463,7 +451,7 @@ static double row_f64_iq4_xs(const struct mm_task *t, int64_t r, int tok) {
                 dot += iq4_levels[qs[j] & 0x0f] * xq[32 * g + j] + iq4_levels[qs[j] >> 4] * xq[32 * g + j + 16];
             isum += ((lo | hi << 4) - 32) * dot;
         }
-        s += kterm(w[b].d, split_dx(xd[b]), isum);
+        s += kterm(w[b].d, xd[b], isum);
     }
     return s;
 }

@@ -11,7 +11,8 @@
  * 32 for the 32-value types, per super-block of 256 with int16 sums of each
  * 16 (the Q8_K form, shoal_cpu_quantize_q8k's bits) for the k-quants and
  * IQ4_XS. The f64 variant sums products that are exact in f64 (the Q8_K
- * types' scale cut in two, as cpu/kernels_scalar.c's split_dx), so its
+ * types' scale cut in two, each part's product exact and the two added with one rounding: the
+ * value of cpu/kernels_scalar.c's kterm), so its
  * result hardly depends on the order of the sum. A row's sum runs in the same order whatever the number of rows, so a
  * tensor-parallel slice of a weight gives the bits the whole weight gives.
  *
@@ -488,8 +489,8 @@ __global__ void __launch_bounds__(MMV_WARPS * 32) k_mmv(const struct mmv_args a)
                 }
                 const float dx = a.xk.d[(int64_t)t * nblk + b];
                 if (sizeof(A) == 8) {
-                    /* d * dx * isum from exact products: dx cut into its high 12 significant
-                     * bits and the rest (kernels_scalar.c's split_dx and kterm) */
+                    /* d * dx * isum from exact products added with one rounding (dx cut into its
+                     * high 12 significant bits and the rest): kernels_scalar.c's kterm's value */
                     const float hi = __uint_as_float(__float_as_uint(dx) & 0xfffff000u);
                     const double lo = __dsub_rn((double)dx, (double)hi);
                     const double dd = (double)dw, dm = (double)mw;
@@ -714,7 +715,7 @@ __global__ void k_half_f64(const __half *__restrict__ h, size_t count, double *_
 }
 
 /* The Q8_K form's x (count = n * cols) as f64, in two parts: dx's high 12 significant
- * bits times q, and the rest of dx times q (cpu/kernels_scalar.c's split_dx): exact. */
+ * bits times q, and the rest of dx times q: both exact. */
 __global__ void k_xk_f64(const int8_t *__restrict__ q, const float *__restrict__ d, size_t count,
                          double *__restrict__ hi, double *__restrict__ lo) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -127,7 +127,8 @@ static inline int64_t gemm_f64_tile(int64_t rows, int64_t cols) {
  * f64 where the weight has mins (xs: (n, cols / min_group)), a tile of dequantized rows.
  * The super-block types' x (dx * q, dx an f32 of 24 bits) is cut in two, dx's high 12
  * significant bits and the rest (xd and xd_lo, and xs and xs_lo), so that every product
- * stays exact in f64 (cpu/kernels_scalar.c's split_dx).
+ * stays exact in f64 (a GEMM's operand cannot hold dx * q exactly; cpu/kernels_scalar.c's kterm
+ * rounds only the whole product, which this split reproduces).
  */
 struct gemm_f64_layout {
     size_t xd, xd_lo;
