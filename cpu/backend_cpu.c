@@ -40,6 +40,7 @@ struct cpu_ctx {
     struct shoal_pool *pool;
     const struct cpu_kernels *k;
     int n_threads;
+    int no_lanes;
     /* quantized activations for integer matmuls, grown on demand */
     void *xbuf;
     size_t xbuf_cap;
@@ -51,6 +52,10 @@ struct cpu_ctx {
     unsigned rope_clock;
     struct shoal_backend_i dev_iface; /* the table of shoal_cpu_params.as_device */
     struct shoal_copier *copier;      /* as_device: fetches copied while the pool computes */
+    /* lanes (shoal_backend_run_lanes): a backend of one thread per pool thread, made at
+     * the first use, and what each lane's last part returned */
+    struct shoal_backend **lane;
+    struct lane_out { shoal_status rc; char err[256]; } *lane_out;
 };
 
 /* ------------------------------------------------------------ SIMD levels */
@@ -875,9 +880,92 @@ static shoal_status dev_synchronize(void *vctx) {
 
 static double dev_fetch_busy(void *vctx) { return shoal_copier_busy(((struct cpu_ctx *)vctx)->copier); }
 
+/* ---------------------------------------------------------------- lanes */
+
+static const struct shoal_backend_i cpu_iface;
+
+/* Lanes where the pool has threads to run them; a lane is one thread with scratch of its own. */
+static int cpu_lanes(void *vctx) {
+    const struct cpu_ctx *c = vctx;
+    return c->n_threads >= 2 && !c->no_lanes ? c->n_threads : 0;
+}
+
+static shoal_status lanes_make(struct cpu_ctx *c) {
+    if (c->lane) return SHOAL_OK;
+    struct shoal_backend **lane = calloc((size_t)c->n_threads, sizeof *lane);
+    c->lane_out = calloc((size_t)c->n_threads, sizeof *c->lane_out);
+    if (!lane || !c->lane_out) {
+        free(lane);
+        free(c->lane_out);
+        c->lane_out = NULL;
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
+    shoal_status rc = SHOAL_OK;
+    for (int i = 0; i < c->n_threads && rc == SHOAL_OK; i++) {
+        struct cpu_ctx *l = calloc(1, sizeof *l);
+        if (!l) {
+            rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+            break;
+        }
+        l->k = c->k;
+        l->n_threads = 1;
+        if ((rc = shoal_pool_create(&l->pool, 1, 0)) != SHOAL_OK) {
+            free(l);
+            break;
+        }
+        /* the host table: a lane computes and never copies, whatever its parent's memory */
+        if (!(lane[i] = shoal_backend_new(&cpu_iface, l))) {
+            shoal_pool_destroy(l->pool);
+            free(l);
+            rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+        }
+    }
+    if (rc != SHOAL_OK) {
+        for (int i = 0; i < c->n_threads; i++)
+            if (lane[i]) shoal_backend_destroy(lane[i]);
+        free(lane);
+        free(c->lane_out);
+        c->lane_out = NULL;
+        return rc;
+    }
+    c->lane = lane;
+    return SHOAL_OK;
+}
+
+struct lane_job {
+    struct cpu_ctx *c;
+    int n;
+    shoal_lane_fn fn;
+    void *arg;
+};
+
+static void lane_worker(void *arg, int ith, int nth) {
+    const struct lane_job *j = arg;
+    for (int i = ith; i < j->n; i += nth) {
+        struct lane_out *o = &j->c->lane_out[i];
+        shoal_error_clear();
+        o->rc = j->fn(j->arg, j->c->lane[i], i, j->n);
+        if (o->rc != SHOAL_OK) snprintf(o->err, sizeof o->err, "%s", shoal_last_error());
+    }
+}
+
+static shoal_status cpu_run_lanes(void *vctx, int n, shoal_lane_fn fn, void *arg) {
+    struct cpu_ctx *c = vctx;
+    SHOAL_TRY(lanes_make(c));
+    struct lane_job j = { c, n, fn, arg };
+    shoal_pool_run(c->pool, lane_worker, &j);
+    for (int i = 0; i < n; i++) /* the error on this thread, where the caller looks for it */
+        if (c->lane_out[i].rc != SHOAL_OK) return shoal_errorf(c->lane_out[i].rc, "%s", c->lane_out[i].err);
+    return SHOAL_OK;
+}
+
 static void cpu_destroy(void *vctx) {
     struct cpu_ctx *c = vctx;
     if (!c) return;
+    if (c->lane)
+        for (int i = 0; i < c->n_threads; i++) shoal_backend_destroy(c->lane[i]);
+    free(c->lane);
+    free(c->lane_out);
     shoal_copier_destroy(c->copier);
     shoal_pool_destroy(c->pool);
     free(c->xbuf);
@@ -910,6 +998,8 @@ static const struct shoal_backend_i cpu_iface = {
     .silu_mul = cpu_silu_mul,
     .add = cpu_add,
     .add_bias = cpu_add_bias,
+    .lanes = cpu_lanes,
+    .run_lanes = cpu_run_lanes,
 };
 
 shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
@@ -929,6 +1019,7 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
     if (!c) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     c->n_threads = params && params->n_threads > 0 ? params->n_threads : shoal_cpu_online_cores();
     c->k = kernels_for(simd);
+    c->no_lanes = params && params->no_lanes;
     int spin = params && params->spin >= 0 ? params->spin : 200000;
     shoal_status rc = shoal_pool_create(&c->pool, c->n_threads, spin);
     if (rc != SHOAL_OK) {

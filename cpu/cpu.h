@@ -32,6 +32,10 @@ struct shoal_cpu_params {
      * between ranks are staged through the host as they are for a GPU.
      */
     int as_device;
+    /* Steps of many sequences are not cut into lanes (shoal_backend_run_lanes): every op
+     * on every thread, as with few (to measure what lanes give, and to test that a step
+     * cut so computes what it does whole) */
+    int no_lanes;
 };
 
 /* The best SIMD level this processor (and this build) supports. */

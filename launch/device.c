@@ -4,7 +4,9 @@
  * rank of this machine (its local rank from mpirun or Slurm, modulo the
  * GPUs), and the backend made from that choice with a line saying what it is.
  * SHOAL_CUDA_GRAPHS=0 in the environment turns CUDA graphs off;
- * SHOAL_CPU_AS_DEVICE=1 makes the CPU backend behave as a device's (tests).
+ * SHOAL_CPU_AS_DEVICE=1 makes the CPU backend behave as a device's (tests);
+ * SHOAL_CPU_LANES=0 keeps it from cutting steps of many sequences into lanes
+ * (to measure what they give).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -62,6 +64,8 @@ shoal_status launch_backend_create(int device, int gpu, int rank, const struct s
     if (gpu >= 0) return shoal_errorf(SHOAL_INVALID, "--gpu goes with --device cuda");
     struct shoal_cpu_params p = *cp;
     p.as_device = p.as_device || launch_cpu_as_device();
+    const char *lanes = getenv("SHOAL_CPU_LANES");
+    p.no_lanes = p.no_lanes || (lanes && strcmp(lanes, "0") == 0);
     SHOAL_TRY(shoal_cpu_backend_create(be, &p));
     int simd = cp->simd == SHOAL_SIMD_AUTO ? shoal_cpu_simd_best() : cp->simd;
     snprintf(desc, len, "cpu %s, %d threads/rank", shoal_cpu_simd_name(simd), cp->n_threads);

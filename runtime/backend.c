@@ -87,6 +87,16 @@ shoal_status shoal_backend_reserve(struct shoal_backend *b, const struct shoal_w
 
 uint64_t shoal_backend_serial(struct shoal_backend *b) { return ++b->serial; }
 
+int shoal_backend_lanes(const struct shoal_backend *b) {
+    return b->iface->lanes ? b->iface->lanes(b->ctx) : 0;
+}
+
+shoal_status shoal_backend_run_lanes(struct shoal_backend *b, int n, shoal_lane_fn fn, void *arg) {
+    if (n < 1 || n > shoal_backend_lanes(b))
+        return shoal_errorf(SHOAL_INTERNAL, "%d lanes asked of a backend with %d", n, shoal_backend_lanes(b));
+    return b->iface->run_lanes(b->ctx, n, fn, arg);
+}
+
 void shoal_backend_graph_forget(struct shoal_backend *b) {
     if (b->iface->graph_forget) b->iface->graph_forget(b->ctx);
 }

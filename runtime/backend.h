@@ -155,6 +155,21 @@ uint64_t shoal_backend_serial(struct shoal_backend *b);
 void shoal_backend_graph_forget(struct shoal_backend *b);
 
 /*
+ * Lanes: a step's tokens cut into parts that run at once, each on one of the
+ * backend's threads alone, with a backend of its own (its scratch, no pool:
+ * one thread's ops) over the same memory and weights. A part then needs no
+ * hand-over between threads inside it, op after op; the kernels give a
+ * token the same bits whatever else its part holds (batch invariance), so a
+ * step cut so computes what it does whole. shoal_backend_lanes says how
+ * many parts can run at once (0 or 1: none); shoal_backend_run_lanes calls
+ * fn(arg, lane, i, n) for i in 0..n-1 at once (n at most that many) and
+ * returns the first failure. The lanes must not write what another reads.
+ */
+typedef shoal_status (*shoal_lane_fn)(void *arg, struct shoal_backend *lane, int i, int n);
+int shoal_backend_lanes(const struct shoal_backend *b);
+shoal_status shoal_backend_run_lanes(struct shoal_backend *b, int n, shoal_lane_fn fn, void *arg);
+
+/*
  * Host memory that copies to the device go fastest from (pinned on CUDA;
  * malloc's elsewhere). free accepts NULL.
  */

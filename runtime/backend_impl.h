@@ -76,6 +76,9 @@ struct shoal_backend_i {
     shoal_status (*reserve)(void *ctx, const struct shoal_work_shape *w);
     /* optional: what the driver says was taken since the backend was made (1), or 0 */
     int (*mem_measured)(void *ctx, uint64_t *bytes);
+    /* optional: lanes (shoal_backend_lanes, shoal_backend_run_lanes); default none */
+    int (*lanes)(void *ctx);
+    shoal_status (*run_lanes)(void *ctx, int n, shoal_lane_fn fn, void *arg);
 };
 
 struct shoal_backend {

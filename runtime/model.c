@@ -1001,30 +1001,52 @@ shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b)
 }
 
 /*
+ * A run of a step's tokens and where its activations are: the state's rows
+ * from token t0 on, computed on be (the model's backend, or one of its
+ * lanes). The whole step is the run from token 0 on the model's backend.
+ */
+struct span {
+    struct shoal_backend *be;
+    const struct shoal_batch *b; /* the run's tokens */
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
+    double *yd;
+};
+
+static struct span span_of(struct shoal_state *s, struct shoal_backend *be, const struct shoal_batch *b,
+                           int t0) {
+    const struct shoal_model *m = s->m;
+    const size_t t = (size_t)t0, dim = (size_t)m->hp.dim, ff = (size_t)m->ffn_l;
+    const size_t qd = (size_t)m->n_heads_l * (size_t)m->hp.head_dim, kvd = (size_t)m->n_kv_l * (size_t)m->hp.head_dim;
+    return (struct span){ be, b, s->x + t * dim, s->xb + t * dim, s->q + t * qd, s->k + t * kvd,
+                          s->v + t * kvd, s->att + t * qd, s->hb + t * ff, s->hb2 + t * ff, s->yd + t * dim };
+}
+
+/*
  * x += the row-parallel projection of in by w: this rank's columns summed
  * in f64, the tensor-parallel group's parts added, rounded once to f32.
  */
-static shoal_status project_add(struct shoal_state *s, const struct shoal_weight *w,
-                                const float *in, int n) {
-    struct shoal_backend *be = s->m->be;
+static shoal_status project_add(struct shoal_state *s, const struct span *sp, const struct shoal_weight *w,
+                                const float *in) {
+    struct shoal_backend *be = sp->be;
+    const int n = sp->b->n_tokens;
     const size_t count = (size_t)n * s->m->hp.dim;
-    SHOAL_TRY(shoal_op_matmul_f64(be, s->yd, w, in, n));
-    if (s->dist && shoal_comm_size(s->dist->tp) > 1) {
+    SHOAL_TRY(shoal_op_matmul_f64(be, sp->yd, w, in, n));
+    if (s->dist && shoal_comm_size(s->dist->tp) > 1) { /* (never in a lane: a whole step) */
         if (s->dist->tp_dev) {
             /* a communicator of device buffers, queued behind the backend's work */
-            SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp_dev, s->yd, count, s->dist->wire));
+            SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp_dev, sp->yd, count, s->dist->wire));
         } else if (shoal_backend_host_memory(be)) {
             SHOAL_TRY(shoal_backend_synchronize(be));
-            SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp, s->yd, count, s->dist->wire));
+            SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp, sp->yd, count, s->dist->wire));
         } else {
             /* device buffers over a communicator of host buffers: staged through the host */
             const size_t bytes = count * sizeof(double);
-            SHOAL_TRY(shoal_backend_download(be, s->yd_host, s->yd, bytes));
+            SHOAL_TRY(shoal_backend_download(be, s->yd_host, sp->yd, bytes));
             SHOAL_TRY(shoal_comm_allreduce_sum_f64(s->dist->tp, s->yd_host, count, s->dist->wire));
-            SHOAL_TRY(shoal_backend_upload(be, s->yd, s->yd_host, bytes));
+            SHOAL_TRY(shoal_backend_upload(be, sp->yd, s->yd_host, bytes));
         }
     }
-    return shoal_op_add_f64(be, s->x, s->yd, count);
+    return shoal_op_add_f64(be, sp->x, sp->yd, count);
 }
 
 /*
@@ -1107,10 +1129,12 @@ static shoal_status fetch_next_step(struct shoal_model *m) {
     return SHOAL_OK;
 }
 
-static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
+/* The rank's layers over a run of the step's tokens. */
+static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
     const struct shoal_model *m = s->m;
     const struct shoal_hparams *hp = &m->hp;
-    struct shoal_backend *be = m->be;
+    struct shoal_backend *be = sp->be;
+    const struct shoal_batch *b = sp->b;
     const int n = b->n_tokens, dim = hp->dim;
     const int qd = m->n_heads_l * hp->head_dim, kvd = m->n_kv_l * hp->head_dim;
     const float scale = 1.0f / sqrtf((float)hp->head_dim);
@@ -1120,27 +1144,116 @@ static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
         const struct shoal_layer *L = &m->layers[l];
         char *kc = (char *)s->kv + (size_t)l * 2 * layer_kv, *vc = kc + layer_kv;
 
-        SHOAL_TRY(shoal_op_rmsnorm(be, s->xb, s->x, L->attn_norm, n, dim, hp->rms_eps));
-        float *qkv_out[3] = { s->q, s->k, s->v };
+        SHOAL_TRY(shoal_op_rmsnorm(be, sp->xb, sp->x, L->attn_norm, n, dim, hp->rms_eps));
+        float *qkv_out[3] = { sp->q, sp->k, sp->v };
         const struct shoal_weight *qkv[3] = { &L->wq, &L->wk, &L->wv };
-        SHOAL_TRY(shoal_op_matmul_n(be, 3, qkv_out, qkv, s->xb, n));
+        SHOAL_TRY(shoal_op_matmul_n(be, 3, qkv_out, qkv, sp->xb, n));
         if (L->bq) {
-            SHOAL_TRY(shoal_op_add_bias(be, s->q, L->bq, n, qd));
-            SHOAL_TRY(shoal_op_add_bias(be, s->k, L->bk, n, kvd));
-            SHOAL_TRY(shoal_op_add_bias(be, s->v, L->bv, n, kvd));
+            SHOAL_TRY(shoal_op_add_bias(be, sp->q, L->bq, n, qd));
+            SHOAL_TRY(shoal_op_add_bias(be, sp->k, L->bk, n, kvd));
+            SHOAL_TRY(shoal_op_add_bias(be, sp->v, L->bv, n, kvd));
         }
-        SHOAL_TRY(shoal_op_rope(be, s->q, m->n_heads_l, hp->head_dim, &hp->rope, b));
-        SHOAL_TRY(shoal_op_rope(be, s->k, m->n_kv_l, hp->head_dim, &hp->rope, b));
-        SHOAL_TRY(shoal_op_kv_store(be, &s->kvd, kc, vc, s->k, s->v, b));
-        SHOAL_TRY(shoal_op_attention(be, s->att, s->q, m->n_heads_l, &s->kvd, kc, vc, b, scale));
-        SHOAL_TRY(project_add(s, &L->wo, s->att, n));
+        SHOAL_TRY(shoal_op_rope(be, sp->q, m->n_heads_l, hp->head_dim, &hp->rope, b));
+        SHOAL_TRY(shoal_op_rope(be, sp->k, m->n_kv_l, hp->head_dim, &hp->rope, b));
+        SHOAL_TRY(shoal_op_kv_store(be, &s->kvd, kc, vc, sp->k, sp->v, b));
+        SHOAL_TRY(shoal_op_attention(be, sp->att, sp->q, m->n_heads_l, &s->kvd, kc, vc, b, scale));
+        SHOAL_TRY(project_add(s, sp, &L->wo, sp->att));
 
-        SHOAL_TRY(shoal_op_rmsnorm(be, s->xb, s->x, L->ffn_norm, n, dim, hp->rms_eps));
-        float *ffn_out[2] = { s->hb, s->hb2 };
+        SHOAL_TRY(shoal_op_rmsnorm(be, sp->xb, sp->x, L->ffn_norm, n, dim, hp->rms_eps));
+        float *ffn_out[2] = { sp->hb, sp->hb2 };
         const struct shoal_weight *ffn_in[2] = { &L->gate, &L->up };
-        SHOAL_TRY(shoal_op_matmul_n(be, 2, ffn_out, ffn_in, s->xb, n));
-        SHOAL_TRY(shoal_op_silu_mul(be, s->hb, s->hb2, (size_t)n * m->ffn_l));
-        SHOAL_TRY(project_add(s, &L->down, s->hb, n));
+        SHOAL_TRY(shoal_op_matmul_n(be, 2, ffn_out, ffn_in, sp->xb, n));
+        SHOAL_TRY(shoal_op_silu_mul(be, sp->hb, sp->hb2, (size_t)n * m->ffn_l));
+        SHOAL_TRY(project_add(s, sp, &L->down, sp->hb));
+    }
+    return SHOAL_OK;
+}
+
+/*
+ * Lanes (shoal_backend_run_lanes): a step of many sequences cut into runs
+ * of whole sequences (a token attends to what its sequence's earlier tokens
+ * of the step store), one per thread of the backend, each through every
+ * layer alone: no hand-over between threads at each op (16 streams on
+ * SmolLM2, 2 threads: the pool's waits were a sixth of the step). Each
+ * thread then reads every weight, so a lane gets LANE_TOKENS tokens at
+ * least; a step that cannot be cut within a quarter of equal shares, one
+ * with a tensor-parallel group (its sums are the step's) or streamed
+ * layers runs whole.
+ */
+#define LANES_MAX 64
+#define LANE_TOKENS 4
+#define LANE_SEQ_MAX 4096
+struct lane_arg {
+    struct shoal_state *s;
+    const struct shoal_batch *b;
+    int cut[LANES_MAX + 1];
+};
+
+static int lane_cuts(const struct shoal_batch *b, int n, int *cut) {
+    const int nt = b->n_tokens;
+    if (b->n_seq < 2 || b->n_seq > LANE_SEQ_MAX) return 0;
+    cut[0] = 0;
+    cut[n] = nt;
+    for (int i = 1; i < n; i++) {
+        const int want = (int)((long long)nt * i / n);
+        int best = -1;
+        for (int t = cut[i - 1] + 1; t < nt; t++) { /* the change of sequence nearest to want */
+            if (b->seq[t] == b->seq[t - 1]) continue;
+            if (best < 0 || abs(t - want) < abs(best - want)) best = t;
+            if (t > want) break;
+        }
+        if (best < 0) return 0;
+        cut[i] = best;
+    }
+    const int fair = nt / n;
+    for (int i = 0; i < n; i++)
+        if (cut[i + 1] - cut[i] > fair + fair / 4 || cut[i + 1] - cut[i] < fair - fair / 4) return 0;
+    /* every sequence's tokens in one lane */
+    signed char lane_of[LANE_SEQ_MAX];
+    memset(lane_of, -1, (size_t)b->n_seq);
+    for (int i = 0; i < n; i++)
+        for (int t = cut[i]; t < cut[i + 1]; t++) {
+            const int q = b->seq[t];
+            if (q < 0 || q >= b->n_seq) return 0; /* (the attention op says what is wrong) */
+            if (lane_of[q] >= 0 && lane_of[q] != i) return 0;
+            lane_of[q] = (signed char)i;
+        }
+    return n;
+}
+
+static int lanes_for(const struct shoal_state *s, const struct shoal_batch *b, int *cut) {
+    const struct shoal_model *m = s->m;
+    int n = shoal_backend_lanes(m->be);
+    if (n > LANES_MAX) n = LANES_MAX;
+    if (n > b->n_tokens / LANE_TOKENS) n = b->n_tokens / LANE_TOKENS;
+    if (n < 2 || m->stream || (s->dist && shoal_comm_size(s->dist->tp) > 1)) return 0;
+    return lane_cuts(b, n, cut);
+}
+
+static shoal_status lane_run(void *arg, struct shoal_backend *lane, int i, int n) {
+    (void)n;
+    const struct lane_arg *a = arg;
+    const int t0 = a->cut[i];
+    struct shoal_batch sub = *a->b;
+    sub.n_tokens = a->cut[i + 1] - t0;
+    if (sub.token) sub.token += t0;
+    sub.pos += t0;
+    sub.seq += t0;
+    if (sub.slot) sub.slot += t0;
+    const struct span sp = span_of(a->s, lane, &sub, t0);
+    return span_layers(a->s, &sp);
+}
+
+static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
+    const struct shoal_model *m = s->m;
+    struct lane_arg a = { s, b, { 0 } };
+    const int n = lanes_for(s, b, a.cut);
+    if (n) {
+        SHOAL_TRY(shoal_backend_run_lanes(m->be, n, lane_run, &a));
+        s->lane_steps++;
+    } else {
+        const struct span sp = span_of(s, m->be, b, 0);
+        SHOAL_TRY(span_layers(s, &sp));
     }
     if (m->stream) SHOAL_TRY(fetch_next_step((struct shoal_model *)m));
     return SHOAL_OK;

@@ -284,6 +284,7 @@ struct shoal_state {
      * sent with the step to every rank */
     const struct shoal_step_meta *meta;
     uint64_t kv_bytes, act_bytes;
+    uint64_t lane_steps; /* this rank's steps whose layers ran cut into the backend's lanes */
     uint64_t serial; /* the backend's name for this state (shoal_backend_serial): its steps' recordings */
 };
 

@@ -311,6 +311,7 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
     SHOAL_TRY(rc);
     *worked = 1;
     sc->st.steps++;
+    sc->st.lane_steps = sc->s->lane_steps;
     sc->st.last_batch = n_tok;
     sc->st.last_seqs = k;
     for (int i = 0; i < sc->n_run; i++) {

@@ -57,6 +57,7 @@ struct shoal_sched_stats {
     int last_batch;           /* tokens in the last step */
     int last_seqs;            /* sequences in the last step */
     uint64_t steps, prompt_tokens, gen_tokens, preemptions;
+    uint64_t lane_steps;      /* steps rank 0 ran cut into lanes (shoal_backend_run_lanes) */
 };
 
 struct shoal_sched;

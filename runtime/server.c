@@ -832,6 +832,9 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
                    "# HELP shoal_steps_total Forward steps\n# TYPE shoal_steps_total counter\nshoal_steps_total %llu\n"
                    "# HELP shoal_batch_tokens_total Tokens over all forward steps\n"
                    "# TYPE shoal_batch_tokens_total counter\nshoal_batch_tokens_total %llu\n"
+                   "# HELP shoal_lane_steps_total Forward steps whose layers rank 0 ran cut into lanes, a "
+                   "thread's share of the sequences each\n"
+                   "# TYPE shoal_lane_steps_total counter\nshoal_lane_steps_total %llu\n"
                    "# HELP shoal_preemptions_total Sequences preempted for KV blocks (recomputed later)\n"
                    "# TYPE shoal_preemptions_total counter\nshoal_preemptions_total %llu\n"
                    "# HELP shoal_kv_blocks_used KV cache blocks taken\n"
@@ -843,6 +846,7 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
                    (unsigned long long)srv->cancelled, st->running,
                    srv->n_inflight - st->running > 0 ? srv->n_inflight - st->running : 0, st->last_batch,
                    st->last_seqs, (unsigned long long)st->steps, (unsigned long long)srv->batch_tokens_sum,
+                   (unsigned long long)st->lane_steps,
                    (unsigned long long)st->preemptions, st->blocks_used, st->blocks,
                    st->blocks ? (double)st->blocks_used / st->blocks : 0.0);
     hist_text(&at, end, "shoal_time_to_first_token_seconds", "From a request's arrival to its first token",

@@ -166,6 +166,55 @@ def test_concurrent_requests_each_match_run(server, model):
     assert steps > one, f"every one of {steps} steps carried a single sequence"
 
 
+def metric(s, name):
+    import re
+    import urllib.request
+    m = urllib.request.urlopen(s.url + "/metrics", timeout=10).read().decode()
+    return int(re.search(rf"^{name} (\d+)$", m, re.M).group(1))
+
+
+@pytest.mark.parametrize("lanes", ["1", "0"])
+def test_lanes_match_run(model, lanes):
+    """Two threads and eight requests at once: a step of the eight sequences runs
+    cut into two lanes, four sequences each through every layer on one thread
+    (shoal_backend_run_lanes), and each request still gets the text it gets alone.
+    The server counts such steps; SHOAL_CPU_LANES=0 runs every step whole, and
+    gives the same texts."""
+    import os
+    prompts = PROMPTS + ["The sun was", "A big dog"]
+    n = 60
+    want = {p: ref(model, p, n) for p in prompts}
+    s = Server(["-m", model, "-t", 2, "--parallel", 8, "-c", 2048], env={**os.environ, "SHOAL_CPU_LANES": lanes})
+    try:
+        got, errors = {}, []
+        start = threading.Barrier(len(prompts))
+
+        def one(p):
+            try:
+                c = client(s)
+                start.wait(30)
+                got[p] = c.completions.create(model="stories260K", prompt=p, max_tokens=n,
+                                              temperature=0).choices[0].text
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"{p!r}: {e!r}")
+
+        ts = [threading.Thread(target=one, args=(p,)) for p in prompts]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        assert not errors, errors
+        for p in prompts:
+            assert got.get(p) == want[p], f"{p!r} with lanes={lanes}: {got.get(p)!r}, alone {want[p]!r}"
+        cut = metric(s, "shoal_lane_steps_total")
+        if lanes == "1":
+            assert cut > 0, "no step of eight sequences ran in lanes"
+        else:
+            assert cut == 0, f"SHOAL_CPU_LANES=0, yet {cut} steps ran in lanes"
+    finally:
+        assert s.stop() == 0, s.err[-3000:]
+
+
 def test_seed_repeats_and_stop(server):
     c = client(server)
     a = c.completions.create(model="stories260K", prompt="Once", max_tokens=30, temperature=0.9, top_p=0.9,
