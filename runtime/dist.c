@@ -348,7 +348,11 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
         if (replicated(s)) SHOAL_TRY(replicas_share(s, &h));
         SHOAL_TRY(share(s, &h));
     }
-    SHOAL_TRY(run_step(s, &st));
+    /* one stage: the head's rows straight into the caller's */
+    s->head_out = n_out > 0 && m->part.last && !st.topk ? logits : NULL;
+    shoal_status rc = run_step(s, &st);
+    s->head_out = NULL;
+    SHOAL_TRY(rc);
     size_t bytes = (size_t)n_out * m->hp.n_vocab * sizeof(float);
     if (n_out > 0 && st.topk) {
         if (!m->part.last) { /* from the last stage */
@@ -357,9 +361,7 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
                                       (size_t)n_out * st.topk * sizeof *s->cands, last_lead));
         }
         shoal_expand_cands(s->cands, n_out, st.topk, m->hp.n_vocab, logits);
-    } else if (n_out > 0 && m->part.last) { /* one stage: the logits are here */
-        memcpy(logits, s->gathered, bytes);
-    } else if (n_out > 0) {
+    } else if (n_out > 0 && !m->part.last) {
         int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
         SHOAL_TRY(shoal_comm_recv(s->dist->world, logits, bytes, last_lead));
     }

@@ -275,6 +275,10 @@ struct shoal_state {
     double *yd_host;   /* host (n_batch, dim): yd staged for a host communicator, or NULL */
     float *logits;     /* (n_outputs, local vocab) */
     float *gathered;   /* host (n_outputs, n_vocab): the stage's first rank assembles logits */
+    /* set by shoal_forward for one step on rank 0 of a one-stage layout: the caller's
+     * host rows (n_out, n_vocab), which the head writes in place of gathered (and
+     * computes straight into where the backend's memory is the host's); else NULL */
+    float *head_out;
     struct shoal_cand *cands; /* host (n_outputs, topk): the top-k candidates, when topk */
     void *msg;         /* host: one step's body (its Step message, then hidden states) */
     size_t msg_cap;
