@@ -24,7 +24,7 @@ False, so that it queues them and every request gets its tokens: the
 comparison is what each does with the same load.
 
 usage: python3 bench/serve/bench_serve.py [--levels 1,4,16,64] [--threads 2] [--max-tokens 64]
-                                          [--out bench/out] [--skip-peer]
+                                          [--out bench/out] [--skip-peer] [--repeat N]
 """
 from __future__ import annotations
 
@@ -178,23 +178,37 @@ def stop(proc):
 
 
 def run_server(name, start, levels, a):
+    """Every level, a.repeat rounds of them one after another (1, 16, 1, 16, ...: a machine
+    whose speed drifts from minute to minute then weighs on each level alike); a level's
+    tokens/s is the median of its rounds, its latencies those of all its requests."""
     port = free_port()
     proc, cmd = start(port)
-    out = {}
+    out = {n: {"ttft": [], "itl": [], "tokens": 0, "requests": 0, "failed": 0, "wall": 0.0, "rounds": []}
+           for n in levels}
     try:
         wait_ready(port, proc)
         level(port, "bench", 1, 1, 8, 120)  # warm-up
-        for n in levels:
-            per_client = max(1, a.requests // n)
-            r = level(port, "bench", n, per_client, a.max_tokens, a.level_timeout)
-            r["tok_s"] = r["tokens"] / r["wall"] if r["wall"] > 0 else 0
-            out[n] = r
-            if r.get("errors"):
-                print(f"{name:>8} {n:3d} streams: errors: {r['errors'][:3]}", flush=True)
-            print(f"{name:>8} {n:3d} streams: {r['requests']} requests ({r['failed']} failed"
-                  f"{', timed out' if r.get('timed_out') else ''}), {r['tokens']} tokens in {r['wall']:.1f} s = "
-                  f"{r['tok_s']:.1f} tok/s; TTFT p50 {pct(r['ttft'], 50) * 1e3:.0f} ms; "
-                  f"ITL p50 {pct(r['itl'], 50) * 1e3:.1f} ms", flush=True)
+        for k in range(a.repeat):
+            for n in levels:
+                per_client = max(1, a.requests // n)
+                r = level(port, "bench", n, per_client, a.max_tokens, a.level_timeout)
+                r["tok_s"] = r["tokens"] / r["wall"] if r["wall"] > 0 else 0
+                o = out[n]
+                for key in ("ttft", "itl"):
+                    o[key] += r[key]
+                for key in ("tokens", "requests", "failed", "wall"):
+                    o[key] += r[key]
+                o["rounds"].append(r["tok_s"])
+                o["timed_out"] = o.get("timed_out") or r.get("timed_out")
+                if r.get("errors"):
+                    o.setdefault("errors", []).extend(r["errors"])
+                    print(f"{name:>8} {n:3d} streams: errors: {r['errors'][:3]}", flush=True)
+                print(f"{name:>8} {n:3d} streams{f' (round {k + 1})' if a.repeat > 1 else ''}: {r['requests']} "
+                      f"requests ({r['failed']} failed{', timed out' if r.get('timed_out') else ''}), {r['tokens']} "
+                      f"tokens in {r['wall']:.1f} s = {r['tok_s']:.1f} tok/s; TTFT p50 {pct(r['ttft'], 50) * 1e3:.0f} "
+                      f"ms; ITL p50 {pct(r['itl'], 50) * 1e3:.1f} ms", flush=True)
+        for o in out.values():
+            o["tok_s"] = statistics.median(o["rounds"])
     finally:
         stop(proc)
     return out, cmd
@@ -211,8 +225,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--shoal", default=str(ROOT / "build" / "shoal"))
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of all the levels, one after another; tok/s is each level's median")
     a = ap.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
+    if a.repeat < 1:
+        ap.error("--repeat must be at least 1")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     model = Path(a.model) if a.model else out / "synth-1024x16-q8_0.gguf"
@@ -227,7 +245,8 @@ def main() -> int:
         except ImportError as e:
             print(f"llama-cpp-python's server is not installed ({e}): pip install 'llama-cpp-python[server]'")
     lines = [f"Serving {model.name} ({model.stat().st_size / 2**20:.0f} MiB), {a.threads} threads, streamed "
-             f"completions of {a.max_tokens} tokens, ~30-token prompts, {a.requests} requests per level; "
+             f"completions of {a.max_tokens} tokens, ~30-token prompts, {a.requests} requests per level"
+             f"{f' in each of {a.repeat} rounds (tok/s: the median round, min-max after it)' if a.repeat > 1 else ''}; "
              f"{time.strftime('%Y-%m-%d')}", "",
              "| server | streams | requests (failed) | aggregate tok/s | vs 1 stream | TTFT p50 / p90 / p99 (ms) | "
              "ITL p50 / p90 / p99 (ms) |", "|---|---|---|---|---|---|---|"]
@@ -235,7 +254,8 @@ def main() -> int:
         base = res.get(levels[0], {}).get("tok_s") or float("nan")
         for n in levels:
             r = res[n]
-            lines.append(f"| {name} | {n} | {r['requests']} ({r['failed']}) | {r['tok_s']:.1f} | "
+            spread = f" ({min(r['rounds']):.0f}-{max(r['rounds']):.0f})" if len(r["rounds"]) > 1 else ""
+            lines.append(f"| {name} | {n} | {r['requests']} ({r['failed']}) | {r['tok_s']:.1f}{spread} | "
                          f"{r['tok_s'] / base:.2f}x | {pct(r['ttft'], 50) * 1e3:.0f} / {pct(r['ttft'], 90) * 1e3:.0f} / "
                          f"{pct(r['ttft'], 99) * 1e3:.0f} | {pct(r['itl'], 50) * 1e3:.1f} / "
                          f"{pct(r['itl'], 90) * 1e3:.1f} / {pct(r['itl'], 99) * 1e3:.1f} |")
