@@ -55,7 +55,10 @@ struct cpu_ctx {
     /* lanes (shoal_backend_run_lanes): a backend of one thread per pool thread, made at
      * the first use, and what each lane's last part returned */
     struct shoal_backend **lane;
-    struct lane_out { shoal_status rc; char err[256]; } *lane_out;
+    struct lane_out { shoal_status rc; int waited; char err[256]; } *lane_out;
+    struct shoal_bar bar;  /* the lanes' barrier, for the run going on */
+    struct shoal_bar *in;  /* a lane: its run's barrier (shoal_backend_lane_barrier) */
+    int spin;
 };
 
 /* ------------------------------------------------------------ SIMD levels */
@@ -884,10 +887,14 @@ static double dev_fetch_busy(void *vctx) { return shoal_copier_busy(((struct cpu
 
 static const struct shoal_backend_i cpu_iface;
 
-/* Lanes where the pool has threads to run them; a lane is one thread with scratch of its own. */
+/*
+ * Lanes where the pool has threads to run them and the kernels give a token
+ * the same bits in any batch (a step cut so then computes what it does
+ * whole); a lane is one thread with scratch of its own.
+ */
 static int cpu_lanes(void *vctx) {
     const struct cpu_ctx *c = vctx;
-    return c->n_threads >= 2 && !c->no_lanes ? c->n_threads : 0;
+    return c->n_threads >= 2 && !c->no_lanes && c->k->batch_invariant ? c->n_threads : 0;
 }
 
 static shoal_status lanes_make(struct cpu_ctx *c) {
@@ -943,19 +950,40 @@ static void lane_worker(void *arg, int ith, int nth) {
     const struct lane_job *j = arg;
     for (int i = ith; i < j->n; i += nth) {
         struct lane_out *o = &j->c->lane_out[i];
+        struct cpu_ctx *l = j->c->lane[i]->ctx;
         shoal_error_clear();
+        o->waited = 0;
+        l->in = &j->c->bar;
         o->rc = j->fn(j->arg, j->c->lane[i], i, j->n);
-        if (o->rc != SHOAL_OK) snprintf(o->err, sizeof o->err, "%s", shoal_last_error());
+        l->in = NULL;
+        if (o->rc != SHOAL_OK) {
+            o->waited = atomic_load(&j->c->bar.failed); /* stopped by another's failure */
+            shoal_bar_fail(&j->c->bar); /* nobody waits for this lane any more */
+            snprintf(o->err, sizeof o->err, "%s", shoal_last_error());
+        }
     }
 }
 
 static shoal_status cpu_run_lanes(void *vctx, int n, shoal_lane_fn fn, void *arg) {
     struct cpu_ctx *c = vctx;
     SHOAL_TRY(lanes_make(c));
+    shoal_bar_init(&c->bar, n, c->spin);
     struct lane_job j = { c, n, fn, arg };
     shoal_pool_run(c->pool, lane_worker, &j);
-    for (int i = 0; i < n; i++) /* the error on this thread, where the caller looks for it */
-        if (c->lane_out[i].rc != SHOAL_OK) return shoal_errorf(c->lane_out[i].rc, "%s", c->lane_out[i].err);
+    /* the error on this thread, where the caller looks for it: a lane's own before one
+     * that only stopped waiting for it */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++)
+            if (c->lane_out[i].rc != SHOAL_OK && c->lane_out[i].waited == pass)
+                return shoal_errorf(c->lane_out[i].rc, "%s", c->lane_out[i].err);
+    return SHOAL_OK;
+}
+
+/* Inside a lane: until every lane of the run has come; elsewhere nothing. */
+static shoal_status cpu_lane_barrier(void *vctx) {
+    struct cpu_ctx *c = vctx;
+    if (c->in && shoal_bar_wait(c->in) != 0)
+        return shoal_errorf(SHOAL_INTERNAL, "another lane of the step failed");
     return SHOAL_OK;
 }
 
@@ -1000,6 +1028,7 @@ static const struct shoal_backend_i cpu_iface = {
     .add_bias = cpu_add_bias,
     .lanes = cpu_lanes,
     .run_lanes = cpu_run_lanes,
+    .lane_barrier = cpu_lane_barrier,
 };
 
 shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
@@ -1021,6 +1050,7 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
     c->k = kernels_for(simd);
     c->no_lanes = params && params->no_lanes;
     int spin = params && params->spin >= 0 ? params->spin : 200000;
+    c->spin = spin;
     shoal_status rc = shoal_pool_create(&c->pool, c->n_threads, spin);
     if (rc != SHOAL_OK) {
         cpu_destroy(c);

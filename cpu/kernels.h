@@ -110,6 +110,10 @@ void shoal_cpu_att_head(const struct att_head_args *a, float (*dot)(const float 
 
 struct cpu_kernels {
     const char *name;
+    /* a token's results are the same bits whatever else its batch holds (scalar,
+     * AVX-512; not AVX2, whose tiles sum in an order that depends on the batch): the
+     * backend then cuts steps into lanes (shoal_backend_run_lanes) */
+    int batch_invariant;
     /*
      * By weight type: the scalar level has every type the backend computes
      * with; another level's empty slot falls back to the scalar kernel (and

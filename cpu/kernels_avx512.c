@@ -883,6 +883,7 @@ static void unpack_avx512_row(const struct shoal_weight *w, int64_t r, float *y)
 
 const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     .name = "avx512",
+    .batch_invariant = 1,
     .mm = {
         [SHOAL_DTYPE_F32] = mm_f32,
         [SHOAL_DTYPE_F16] = mm_f16,

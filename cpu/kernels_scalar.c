@@ -515,6 +515,7 @@ const uint8_t shoal_cpu_xform[SHOAL_DTYPE_MAX] = {
 
 const struct cpu_kernels shoal_cpu_kernels_scalar = {
     .name = "scalar",
+    .batch_invariant = 1,
     .mm = {
         [SHOAL_DTYPE_F32] = mm_f32,
         [SHOAL_DTYPE_F16] = mm_f16,

@@ -136,3 +136,30 @@ void shoal_pool_run(struct shoal_pool *p, void (*fn)(void *arg, int ith, int nth
         else sched_yield();
     }
 }
+
+/* ------------------------------------------------------------- barrier */
+
+void shoal_bar_init(struct shoal_bar *b, int n, long spin) {
+    atomic_store(&b->arrived, 0);
+    atomic_store(&b->failed, 0);
+    atomic_store(&b->gen, 0);
+    b->n = n;
+    b->spin = spin;
+}
+
+int shoal_bar_wait(struct shoal_bar *b) {
+    const unsigned gen = atomic_load_explicit(&b->gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->gen, 1, memory_order_release); /* the last one lets all go */
+        return atomic_load(&b->failed) ? -1 : 0;
+    }
+    for (long i = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == gen; i++) {
+        if (atomic_load_explicit(&b->failed, memory_order_relaxed)) return -1;
+        if (i < b->spin) cpu_relax();
+        else sched_yield();
+    }
+    return 0;
+}
+
+void shoal_bar_fail(struct shoal_bar *b) { atomic_store(&b->failed, 1); }

@@ -8,6 +8,8 @@
 #ifndef SHOAL_CPU_POOL_H
 #define SHOAL_CPU_POOL_H
 
+#include <stdatomic.h>
+
 #include "../base/base.h"
 
 struct shoal_pool;
@@ -19,6 +21,22 @@ shoal_status shoal_pool_create(struct shoal_pool **out, int n_threads, int spin)
 void shoal_pool_destroy(struct shoal_pool *p); /* accepts NULL; joins the workers */
 int shoal_pool_size(const struct shoal_pool *p);
 void shoal_pool_run(struct shoal_pool *p, void (*fn)(void *arg, int ith, int nth), void *arg);
+
+/*
+ * A barrier for n threads of one run (spinning, then yielding): each waits
+ * until all n have come. A thread that will not come (its part failed)
+ * says so with shoal_bar_fail, and the others stop waiting: wait returns
+ * -1 then, else 0.
+ */
+struct shoal_bar {
+    _Atomic int arrived, failed;
+    _Atomic unsigned gen;
+    int n;
+    long spin;
+};
+void shoal_bar_init(struct shoal_bar *b, int n, long spin);
+int shoal_bar_wait(struct shoal_bar *b);
+void shoal_bar_fail(struct shoal_bar *b);
 
 /* The half-open share [*lo, *hi) of n items for thread ith of nth, in multiples of align. */
 static inline void shoal_pool_share(long long n, int ith, int nth, long long align, long long *lo,

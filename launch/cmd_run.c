@@ -996,6 +996,9 @@ static int lead(struct run *r) {
                     shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
                     r->size > 1 ? " (rank 0)" : "", dev, gs.stop);
         }
+        if (o->verbose && r->st->lane_steps)
+            fprintf(stderr, "shoal: %llu step(s) ran cut into lanes (a thread's share of the tokens each, "
+                    "through every layer)\n", (unsigned long long)r->st->lane_steps);
         const struct shoal_stream_stats *ss = &r->m->sstats;
         if (o->verbose && ss->fetches && gs.n_decode) {
             char cb[32], hid[96] = "";

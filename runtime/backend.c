@@ -91,6 +91,10 @@ int shoal_backend_lanes(const struct shoal_backend *b) {
     return b->iface->lanes ? b->iface->lanes(b->ctx) : 0;
 }
 
+shoal_status shoal_backend_lane_barrier(struct shoal_backend *lane) {
+    return lane->iface->lane_barrier ? lane->iface->lane_barrier(lane->ctx) : SHOAL_OK;
+}
+
 shoal_status shoal_backend_run_lanes(struct shoal_backend *b, int n, shoal_lane_fn fn, void *arg) {
     if (n < 1 || n > shoal_backend_lanes(b))
         return shoal_errorf(SHOAL_INTERNAL, "%d lanes asked of a backend with %d", n, shoal_backend_lanes(b));

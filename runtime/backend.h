@@ -163,11 +163,19 @@ void shoal_backend_graph_forget(struct shoal_backend *b);
  * step cut so computes what it does whole. shoal_backend_lanes says how
  * many parts can run at once (0 or 1: none); shoal_backend_run_lanes calls
  * fn(arg, lane, i, n) for i in 0..n-1 at once (n at most that many) and
- * returns the first failure. The lanes must not write what another reads.
+ * returns the first failure. Between two calls of shoal_backend_lane_barrier
+ * (on its lane) every lane of the run has come to the first, none gone past
+ * the second: what a lane wrote before the first, the others may read after
+ * it (a sequence whose tokens the cut spreads over lanes: each stores its
+ * tokens' keys and values, then all attend); otherwise the lanes must not
+ * write what another reads. Every lane calls it as many times; a lane that
+ * fails releases the others, whose waits then fail too. On a backend that
+ * is not a lane it does nothing.
  */
 typedef shoal_status (*shoal_lane_fn)(void *arg, struct shoal_backend *lane, int i, int n);
 int shoal_backend_lanes(const struct shoal_backend *b);
 shoal_status shoal_backend_run_lanes(struct shoal_backend *b, int n, shoal_lane_fn fn, void *arg);
+shoal_status shoal_backend_lane_barrier(struct shoal_backend *lane);
 
 /*
  * Host memory that copies to the device go fastest from (pinned on CUDA;

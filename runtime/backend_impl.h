@@ -79,6 +79,7 @@ struct shoal_backend_i {
     /* optional: lanes (shoal_backend_lanes, shoal_backend_run_lanes); default none */
     int (*lanes)(void *ctx);
     shoal_status (*run_lanes)(void *ctx, int n, shoal_lane_fn fn, void *arg);
+    shoal_status (*lane_barrier)(void *ctx); /* on a lane's backend */
 };
 
 struct shoal_backend {

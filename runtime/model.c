@@ -1008,6 +1008,7 @@ shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b)
 struct span {
     struct shoal_backend *be;
     const struct shoal_batch *b; /* the run's tokens */
+    int sync;                    /* a lane whose sequences other lanes hold tokens of too */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
     double *yd;
 };
@@ -1017,7 +1018,7 @@ static struct span span_of(struct shoal_state *s, struct shoal_backend *be, cons
     const struct shoal_model *m = s->m;
     const size_t t = (size_t)t0, dim = (size_t)m->hp.dim, ff = (size_t)m->ffn_l;
     const size_t qd = (size_t)m->n_heads_l * (size_t)m->hp.head_dim, kvd = (size_t)m->n_kv_l * (size_t)m->hp.head_dim;
-    return (struct span){ be, b, s->x + t * dim, s->xb + t * dim, s->q + t * qd, s->k + t * kvd,
+    return (struct span){ be, b, 0, s->x + t * dim, s->xb + t * dim, s->q + t * qd, s->k + t * kvd,
                           s->v + t * kvd, s->att + t * qd, s->hb + t * ff, s->hb2 + t * ff, s->yd + t * dim };
 }
 
@@ -1156,6 +1157,7 @@ static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
         SHOAL_TRY(shoal_op_rope(be, sp->q, m->n_heads_l, hp->head_dim, &hp->rope, b));
         SHOAL_TRY(shoal_op_rope(be, sp->k, m->n_kv_l, hp->head_dim, &hp->rope, b));
         SHOAL_TRY(shoal_op_kv_store(be, &s->kvd, kc, vc, sp->k, sp->v, b));
+        if (sp->sync) SHOAL_TRY(shoal_backend_lane_barrier(be)); /* every lane's keys stored */
         SHOAL_TRY(shoal_op_attention(be, sp->att, sp->q, m->n_heads_l, &s->kvd, kc, vc, b, scale));
         SHOAL_TRY(project_add(s, sp, &L->wo, sp->att));
 
@@ -1170,64 +1172,73 @@ static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
 }
 
 /*
- * Lanes (shoal_backend_run_lanes): a step of many sequences cut into runs
- * of whole sequences (a token attends to what its sequence's earlier tokens
- * of the step store), one per thread of the backend, each through every
- * layer alone: no hand-over between threads at each op (16 streams on
- * SmolLM2, 2 threads: the pool's waits were a sixth of the step). Each
- * thread then reads every weight, so a lane gets LANE_TOKENS tokens at
- * least; a step that cannot be cut within a quarter of equal shares, one
- * with a tensor-parallel group (its sums are the step's) or streamed
- * layers runs whole.
+ * Lanes (shoal_backend_run_lanes): a step of several tokens cut into equal
+ * runs, one per thread of the backend, each through every layer alone: no
+ * hand-over between threads at each op (16 streams on SmolLM2, 2 threads:
+ * the pool's waits were a sixth of the step). A cut moves to a change of
+ * sequence within an eighth of a lane's share; where a sequence still has
+ * tokens in two lanes (a prompt in the step), every layer waits after the
+ * cache is stored for all lanes to have stored theirs, since a token
+ * attends to what its sequence's earlier tokens of the step store; only
+ * steps of LANE_SYNC_TOKENS a lane at most are cut so (one long prompt runs
+ * faster whole: 7-10% at 491 tokens on SmolLM2, its later tokens attending
+ * to more of the cache). Each thread reads every weight, so a lane gets
+ * LANE_TOKENS tokens at least. A step with a tensor-parallel group (its
+ * sums are the step's) or streamed layers runs whole.
  */
 #define LANES_MAX 64
 #define LANE_TOKENS 4
+#define LANE_SYNC_TOKENS 32
 #define LANE_SEQ_MAX 4096
 struct lane_arg {
     struct shoal_state *s;
     const struct shoal_batch *b;
+    int sync;
     int cut[LANES_MAX + 1];
 };
 
-static int lane_cuts(const struct shoal_batch *b, int n, int *cut) {
-    const int nt = b->n_tokens;
-    if (b->n_seq < 2 || b->n_seq > LANE_SEQ_MAX) return 0;
+/* The cuts of b's tokens into n lanes; whether a sequence spans two (*sync). */
+static void lane_cuts(const struct shoal_batch *b, int n, int *cut, int *sync) {
+    const int nt = b->n_tokens, snap = nt / n / 8;
     cut[0] = 0;
     cut[n] = nt;
     for (int i = 1; i < n; i++) {
         const int want = (int)((long long)nt * i / n);
-        int best = -1;
-        for (int t = cut[i - 1] + 1; t < nt; t++) { /* the change of sequence nearest to want */
-            if (b->seq[t] == b->seq[t - 1]) continue;
-            if (best < 0 || abs(t - want) < abs(best - want)) best = t;
-            if (t > want) break;
+        cut[i] = want;
+        for (int d = 0; d <= snap; d++) { /* the change of sequence nearest to want */
+            if (want - d > cut[i - 1] && b->seq[want - d] != b->seq[want - d - 1]) {
+                cut[i] = want - d;
+                break;
+            }
+            if (want + d < nt && want + d > 0 && b->seq[want + d] != b->seq[want + d - 1]) {
+                cut[i] = want + d;
+                break;
+            }
         }
-        if (best < 0) return 0;
-        cut[i] = best;
     }
-    const int fair = nt / n;
-    for (int i = 0; i < n; i++)
-        if (cut[i + 1] - cut[i] > fair + fair / 4 || cut[i + 1] - cut[i] < fair - fair / 4) return 0;
-    /* every sequence's tokens in one lane */
+    *sync = b->n_seq > LANE_SEQ_MAX;
+    if (*sync) return;
     signed char lane_of[LANE_SEQ_MAX];
     memset(lane_of, -1, (size_t)b->n_seq);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n && !*sync; i++)
         for (int t = cut[i]; t < cut[i + 1]; t++) {
             const int q = b->seq[t];
-            if (q < 0 || q >= b->n_seq) return 0; /* (the attention op says what is wrong) */
-            if (lane_of[q] >= 0 && lane_of[q] != i) return 0;
+            if (q < 0 || q >= b->n_seq || (lane_of[q] >= 0 && lane_of[q] != i)) { /* (attention says what is wrong) */
+                *sync = 1;
+                break;
+            }
             lane_of[q] = (signed char)i;
         }
-    return n;
 }
 
-static int lanes_for(const struct shoal_state *s, const struct shoal_batch *b, int *cut) {
+static int lanes_for(const struct shoal_state *s, const struct shoal_batch *b, int *cut, int *sync) {
     const struct shoal_model *m = s->m;
     int n = shoal_backend_lanes(m->be);
     if (n > LANES_MAX) n = LANES_MAX;
     if (n > b->n_tokens / LANE_TOKENS) n = b->n_tokens / LANE_TOKENS;
     if (n < 2 || m->stream || (s->dist && shoal_comm_size(s->dist->tp) > 1)) return 0;
-    return lane_cuts(b, n, cut);
+    lane_cuts(b, n, cut, sync);
+    return *sync && b->n_tokens > LANE_SYNC_TOKENS * n ? 0 : n;
 }
 
 static shoal_status lane_run(void *arg, struct shoal_backend *lane, int i, int n) {
@@ -1240,14 +1251,15 @@ static shoal_status lane_run(void *arg, struct shoal_backend *lane, int i, int n
     sub.pos += t0;
     sub.seq += t0;
     if (sub.slot) sub.slot += t0;
-    const struct span sp = span_of(a->s, lane, &sub, t0);
+    struct span sp = span_of(a->s, lane, &sub, t0);
+    sp.sync = a->sync;
     return span_layers(a->s, &sp);
 }
 
 static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
     const struct shoal_model *m = s->m;
-    struct lane_arg a = { s, b, { 0 } };
-    const int n = lanes_for(s, b, a.cut);
+    struct lane_arg a = { s, b, 0, { 0 } };
+    const int n = lanes_for(s, b, a.cut, &a.sync);
     if (n) {
         SHOAL_TRY(shoal_backend_run_lanes(m->be, n, lane_run, &a));
         s->lane_steps++;
