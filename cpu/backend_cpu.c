@@ -665,7 +665,14 @@ struct att_job {
     const struct shoal_batch *b;
     float scale;
     size_t pos; /* positions per row of scores (a multiple of 16) */
+    int window; /* > 0: a token attends to its last window positions */
 };
+
+/* The first position token t attends to. */
+static int att_from(const struct att_job *j, int t) {
+    const int npos = j->b->pos[t] + 1;
+    return j->window > 0 && npos > j->window ? npos - j->window : 0;
+}
 
 /*
  * With an f16 cache, queries and weights are rounded to f16 too, as llama.cpp
@@ -722,9 +729,11 @@ static void att_prefetch(const struct att_job *j, int t) {
     const struct shoal_kv_desc *d = j->d;
     const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
     const int npos = b->pos[t] + 1;
-    for (int p0 = 0; p0 < npos; p0 += b->block_size) {
-        const int rows = npos - p0 < b->block_size ? npos - p0 : b->block_size;
-        const size_t at = (size_t)table[p0 / b->block_size] * (size_t)b->block_size * d->row_bytes;
+    for (int p0 = att_from(j, t); p0 < npos; p0 += b->block_size - p0 % b->block_size) {
+        const int in_block = b->block_size - p0 % b->block_size;
+        const int rows = npos - p0 < in_block ? npos - p0 : in_block;
+        const size_t at = ((size_t)table[p0 / b->block_size] * (size_t)b->block_size +
+                           (size_t)(p0 % b->block_size)) * d->row_bytes;
         for (size_t l = 0; l < (size_t)rows * d->row_bytes; l += 64) {
             __builtin_prefetch(j->kc + at + l, 0, 2);
             __builtin_prefetch(j->vc + at + l, 0, 2);
@@ -755,14 +764,16 @@ static void att_worker(void *arg, int ith, int nth) {
         if (it >= items) break;
         const int t = (int)(it / per_tok), kvh = (int)(it / parts % d->n_kv_heads);
         const int h0 = kvh * group + (int)(it % parts) * per, nh = per < kvh * group + group - h0 ? per : kvh * group + group - h0;
-        const int npos = b->pos[t] + 1;
+        const int from = att_from(j, t), npos = b->pos[t] + 1 - from; /* the positions it attends to */
         if (t != t_off) {
             if (by_token && t_off < 0) att_prefetch(j, t);
             if (by_token && t + nth < b->n_tokens) att_prefetch(j, t + nth);
             const int32_t *table = b->block_table + (int64_t)b->seq[t] * b->max_blocks;
-            for (int p = 0; p < npos; p++)
-                off[p] = ((int64_t)table[p / b->block_size] * b->block_size + p % b->block_size) *
+            for (int i = 0; i < npos; i++) {
+                const int p = from + i;
+                off[i] = ((int64_t)table[p / b->block_size] * b->block_size + p % b->block_size) *
                          (int64_t)d->row_bytes;
+            }
             t_off = t;
         }
         const size_t head_off = (size_t)kvh * d->head_bytes;
@@ -777,7 +788,7 @@ static void att_worker(void *arg, int ith, int nth) {
 
 static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_heads,
                                   const struct shoal_kv_desc *d, const void *kc, const void *vc,
-                                  const struct shoal_batch *b, float scale) {
+                                  const struct shoal_batch *b, float scale, int window) {
     struct cpu_ctx *c = vctx;
     if (n_heads % d->n_kv_heads)
         return shoal_errorf(SHOAL_INVALID, "%d query heads do not group over %d KV heads", n_heads,
@@ -799,7 +810,7 @@ static shoal_status cpu_attention(void *vctx, float *out, const float *q, int n_
         c->att_cap = rc == SHOAL_OK ? cap : 0;
         SHOAL_TRY(rc);
     }
-    struct att_job j = { c, out, q, n_heads, d, kc, vc, b, scale, pos };
+    struct att_job j = { c, out, q, n_heads, d, kc, vc, b, scale, pos, window };
     shoal_pool_run(c->pool, att_worker, &j);
     return SHOAL_OK;
 }
@@ -822,6 +833,37 @@ static void add_range(void *a, long long lo, long long hi) {
     for (long long i = lo; i < hi; i++) e->y[i] += e->x[i];
 }
 
+/* GELU's tanh form as ggml writes it, one expression at every level */
+static void gelu_mul_range(void *a, long long lo, long long hi) {
+    const struct ew_args *e = a;
+    for (long long i = lo; i < hi; i++) {
+        const float g = e->y[i];
+        e->y[i] = 0.5f * g * (1.0f + tanhf(0.79788456080286535588f * g * (1.0f + 0.044715f * g * g))) * e->x[i];
+    }
+}
+
+static shoal_status cpu_gelu_mul(void *vctx, float *g, const float *u, size_t n) {
+    struct ew_args a = { g, u, NULL };
+    par_for(vctx, (long long)n, 1 << 11, 64, gelu_mul_range, &a);
+    return SHOAL_OK;
+}
+
+struct scale_args {
+    float *y;
+    float s;
+};
+
+static void scale_range(void *a, long long lo, long long hi) {
+    const struct scale_args *e = a;
+    for (long long i = lo; i < hi; i++) e->y[i] *= e->s;
+}
+
+static shoal_status cpu_scale(void *vctx, float *y, size_t n, float s) {
+    struct scale_args a = { y, s };
+    par_for(vctx, (long long)n, 1 << 13, 64, scale_range, &a);
+    return SHOAL_OK;
+}
+
 static shoal_status cpu_silu_mul(void *vctx, float *g, const float *u, size_t n) {
     struct ew_args a = { g, u, ((struct cpu_ctx *)vctx)->k };
     par_for(vctx, (long long)n, 1 << 12, 64, silu_mul_range, &a);
@@ -841,6 +883,17 @@ static void add_f64_range(void *a, long long lo, long long hi) {
 static shoal_status cpu_add_f64(void *vctx, float *y, const double *x, size_t n) {
     struct ew64_args a = { y, x };
     par_for(vctx, (long long)n, 1 << 13, 64, add_f64_range, &a);
+    return SHOAL_OK;
+}
+
+static void round_f64_range(void *a, long long lo, long long hi) {
+    const struct ew64_args *e = a;
+    for (long long i = lo; i < hi; i++) e->y[i] = (float)e->x[i];
+}
+
+static shoal_status cpu_round_f64(void *vctx, float *y, const double *x, size_t n) {
+    struct ew64_args a = { y, x };
+    par_for(vctx, (long long)n, 1 << 13, 64, round_f64_range, &a);
     return SHOAL_OK;
 }
 
@@ -1024,6 +1077,9 @@ static const struct shoal_backend_i cpu_iface = {
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .silu_mul = cpu_silu_mul,
+    .gelu_mul = cpu_gelu_mul,
+    .scale = cpu_scale,
+    .round_f64 = cpu_round_f64,
     .add = cpu_add,
     .add_bias = cpu_add_bias,
     .lanes = cpu_lanes,

@@ -481,9 +481,12 @@ CTX(cu_kv_store, (void *ctx, const struct shoal_kv_desc *d, void *kc, void *vc, 
                   const float *v, const struct shoal_batch *b),
     cuda_kv_store((struct cuda_ctx *)ctx, d, kc, vc, k, v, b))
 CTX(cu_attention, (void *ctx, float *out, const float *q, int nh, const struct shoal_kv_desc *d,
-                   const void *kc, const void *vc, const struct shoal_batch *b, float scale),
-    cuda_attention((struct cuda_ctx *)ctx, out, q, nh, d, kc, vc, b, scale))
+                   const void *kc, const void *vc, const struct shoal_batch *b, float scale, int window),
+    cuda_attention((struct cuda_ctx *)ctx, out, q, nh, d, kc, vc, b, scale, window))
 CTX(cu_silu_mul, (void *ctx, float *g, const float *u, size_t n), cuda_silu_mul((struct cuda_ctx *)ctx, g, u, n))
+CTX(cu_gelu_mul, (void *ctx, float *g, const float *u, size_t n), cuda_gelu_mul((struct cuda_ctx *)ctx, g, u, n))
+CTX(cu_scale, (void *ctx, float *y, size_t n, float s), cuda_scale((struct cuda_ctx *)ctx, y, n, s))
+CTX(cu_round_f64, (void *ctx, float *y, const double *x, size_t n), cuda_round_f64((struct cuda_ctx *)ctx, y, x, n))
 CTX(cu_add, (void *ctx, float *y, const float *x, size_t n), cuda_add((struct cuda_ctx *)ctx, y, x, n))
 CTX(cu_add_f64, (void *ctx, float *y, const double *x, size_t n), cuda_add_f64((struct cuda_ctx *)ctx, y, x, n))
 CTX(cu_add_bias, (void *ctx, float *y, const float *bias, int n, int dim),
@@ -552,6 +555,9 @@ static struct shoal_backend_i make_iface(void) {
     t.kv_store = cu_kv_store;
     t.attention = cu_attention;
     t.silu_mul = cu_silu_mul;
+    t.gelu_mul = cu_gelu_mul;
+    t.scale = cu_scale;
+    t.round_f64 = cu_round_f64;
     t.add = cu_add;
     t.add_bias = cu_add_bias;
     t.synchronize = cu_synchronize;

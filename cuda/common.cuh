@@ -169,8 +169,11 @@ shoal_status cuda_kv_store(struct cuda_ctx *c, const struct shoal_kv_desc *d, vo
                            const float *k, const float *v, const struct shoal_batch *b);
 shoal_status cuda_attention(struct cuda_ctx *c, float *out, const float *q, int n_heads,
                             const struct shoal_kv_desc *d, const void *kc, const void *vc,
-                            const struct shoal_batch *b, float scale);
+                            const struct shoal_batch *b, float scale, int window);
 shoal_status cuda_silu_mul(struct cuda_ctx *c, float *g, const float *u, size_t n);
+shoal_status cuda_gelu_mul(struct cuda_ctx *c, float *g, const float *u, size_t n);
+shoal_status cuda_scale(struct cuda_ctx *c, float *y, size_t n, float s);
+shoal_status cuda_round_f64(struct cuda_ctx *c, float *y, const double *x, size_t n);
 shoal_status cuda_add(struct cuda_ctx *c, float *y, const float *x, size_t n);
 shoal_status cuda_add_f64(struct cuda_ctx *c, float *y, const double *x, size_t n);
 shoal_status cuda_add_bias(struct cuda_ctx *c, float *y, const float *bias, int n, int dim);

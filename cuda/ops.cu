@@ -223,6 +223,7 @@ struct att_args {
     size_t row_bytes, head_bytes;
     int n_heads, group, head_dim, chunk, n_chunks;
     float scale;
+    int window; /* > 0: a token attends to its last window positions */
     struct dev_batch b;
 };
 
@@ -238,7 +239,8 @@ __global__ void __launch_bounds__(ATT_THREADS) k_att_part(const struct att_args 
     const int ch = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, nw = ATT_THREADS / 32;
     const int hd = a.head_dim, npos = a.b.pos[t] + 1;
-    const int p0 = ch * a.chunk, p1 = min(npos, p0 + a.chunk);
+    const int from = a.window > 0 && npos > a.window ? npos - a.window : 0; /* the window's first */
+    const int p0 = max(from, ch * a.chunk), p1 = min(npos, ch * a.chunk + a.chunk);
     float *out = a.part + (((int64_t)t * a.n_heads + h) * a.n_chunks + ch) * (hd + 2);
     if (p0 >= p1) {
         if (threadIdx.x == 0) {
@@ -320,7 +322,7 @@ __global__ void k_att_merge(float *out, const float *__restrict__ part, int n_he
 
 shoal_status cuda_attention(struct cuda_ctx *c, float *out, const float *q, int n_heads,
                             const struct shoal_kv_desc *d, const void *kc, const void *vc,
-                            const struct shoal_batch *b, float scale) {
+                            const struct shoal_batch *b, float scale, int window) {
     if (n_heads % d->n_kv_heads)
         return shoal_errorf(SHOAL_INVALID, "%d query heads do not group over %d KV heads", n_heads,
                             d->n_kv_heads);
@@ -357,6 +359,7 @@ shoal_status cuda_attention(struct cuda_ctx *c, float *out, const float *q, int 
     a.chunk = chunk;
     a.n_chunks = n_chunks;
     a.scale = scale;
+    a.window = window;
     a.b = *db;
     dim3 grid((unsigned)n_chunks, (unsigned)n_heads, (unsigned)b->n_tokens);
     const size_t shm = sizeof(float) * ((size_t)d->head_dim + (size_t)chunk);
@@ -381,6 +384,19 @@ __global__ void k_silu_mul(float *g, const float *__restrict__ u, size_t n) {
     if (i >= n) return;
     const float x = g[i], e = (float)exp(-(double)x);
     g[i] = __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, e)), u[i]);
+}
+
+/* gate = gelu(gate) * up, GELU's tanh form as the CPU writes it (tanhf: within an ulp or two of the CPU's) */
+__global__ void k_gelu_mul(float *g, const float *__restrict__ u, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float x = g[i];
+    g[i] = 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * x * (1.0f + 0.044715f * x * x))) * u[i];
+}
+
+__global__ void k_scale(float *y, size_t n, float s) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __fmul_rn(y[i], s);
 }
 
 __global__ void k_add(float *y, const float *__restrict__ x, size_t n) {
@@ -424,6 +440,27 @@ shoal_status cuda_silu_mul(struct cuda_ctx *c, float *g, const float *u, size_t 
     if (!n) return SHOAL_OK;
     k_silu_mul<<<grid_1d(n, 256), 256, 0, c->stream>>>(g, u, n);
     CU_LAUNCHED("silu_mul");
+    return SHOAL_OK;
+}
+
+shoal_status cuda_gelu_mul(struct cuda_ctx *c, float *g, const float *u, size_t n) {
+    if (!n) return SHOAL_OK;
+    k_gelu_mul<<<grid_1d(n, 256), 256, 0, c->stream>>>(g, u, n);
+    CU_LAUNCHED("gelu_mul");
+    return SHOAL_OK;
+}
+
+shoal_status cuda_scale(struct cuda_ctx *c, float *y, size_t n, float s) {
+    if (!n) return SHOAL_OK;
+    k_scale<<<grid_1d(n, 256), 256, 0, c->stream>>>(y, n, s);
+    CU_LAUNCHED("scale");
+    return SHOAL_OK;
+}
+
+shoal_status cuda_round_f64(struct cuda_ctx *c, float *y, const double *x, size_t n) {
+    if (!n) return SHOAL_OK;
+    k_f64_to_f32<<<grid_1d(n, 256), 256, 0, c->stream>>>(y, x, n);
+    CU_LAUNCHED("round_f64");
     return SHOAL_OK;
 }
 

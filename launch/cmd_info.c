@@ -297,6 +297,20 @@ int cmd_info(int argc, char **argv) {
             printf("             rope %s over %d dims, base %g; rms eps %g; output head %s\n",
                    hp.rope.mode == SHOAL_ROPE_NEOX ? "neox" : "norm", hp.rope.rope_dim,
                    hp.rope.freq_base, hp.rms_eps, hp.tied_output ? "tied to the embeddings" : "separate");
+            const struct shoal_arch *f = hp.fam;
+            if (f && (f->qkv_bias || f->qk_norm || f->post_norms || f->act != SHOAL_ACT_SILU || f->embd_scale))
+                printf("             block: %s%s%s%s FFN%s\n", f->qkv_bias ? "Q/K/V biases; " : "",
+                       f->qk_norm ? "per-head Q/K norms; " : "",
+                       f->post_norms ? "norms after attention and FFN; " : "",
+                       f->act == SHOAL_ACT_GELU_TANH ? "GELU (tanh)" : "SiLU",
+                       f->embd_scale ? "; embeddings times sqrt(dim)" : "");
+            if (hp.swa_window > 0) {
+                int windowed = 0;
+                for (int l = 0; l < hp.n_layers; l++) windowed += shoal_layer_windowed(&hp, l);
+                printf("             sliding window %d positions on %d of %d layers (rope base %g); the "
+                       "others attend to the whole context\n",
+                       hp.swa_window, windowed, hp.n_layers, hp.rope_swa.freq_base);
+            }
             if (hp.sharded) {
                 uint32_t rank = 0, n = 0, tp = 0, pp = 0;
                 shoal_gguf_get_u32_opt(g, SHOAL_SHARD_KEY_RANK, &rank);

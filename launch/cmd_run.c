@@ -111,7 +111,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--offload-group", 0, OPT_INT, &o->offload_group, "G", "with --device-mem: G replicas of the tp x pp ranks (G x tp x pp ranks), each rank holding 1/G of every streamed layer, the G copies of a part all-gathering them (default 1)" },
         { "--offload-from", 0, OPT_STR, &o->offload_from_name, "SRC", "with --device-mem: streamed layers from ram (packed at load; pinned on GPUs), map (the file, packed as they go: when RAM is short) or auto (default)" },
         { "--tp-comm", 0, OPT_STR, &o->tp_comm_name, "HOW", "tensor-parallel sums on GPUs: nccl, mpi (host staging) or auto = nccl when each rank has a GPU of its own (default auto)" },
-        { "--chat-template", 0, OPT_STR, &o->template_name, "NAME", "chat format instead of the model's: chatml, llama3, llama2, mistral, zephyr" },
+        { "--chat-template", 0, OPT_STR, &o->template_name, "NAME", "chat format instead of the model's: chatml, llama3, llama2, mistral, zephyr, gemma" },
         { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: ranks / --pp; with neither, the planner's choice)" },
         { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default: ranks / --tp; with neither, the planner's choice, as shoal plan)" },
         { "--hosts", 0, OPT_STR, &o->hosts, "FILE", "the hosts the ranks run on, for the planner (shoal plan --help); default: hosts like this one" },

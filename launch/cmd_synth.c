@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/arch.h"
 #include "../shard/synth.h"
 #include "args.h"
 #include "launch.h"
@@ -46,7 +47,9 @@ int cmd_synth(int argc, char **argv) {
     const char *out = NULL, *type = "f32", *embd_type = NULL, *out_type = NULL;
     const struct opt opts[] = {
         { "--output", 'o', OPT_STR, &out, "FILE", "where to write the model (required)" },
-        { "--arch", 0, OPT_STR, &s.arch, "NAME", "llama, mistral or qwen2 (default llama)" },
+        { "--arch", 0, OPT_STR, &s.arch, "NAME", "llama, mistral, qwen2, qwen3 or gemma3 (default llama)" },
+        { "--window", 0, OPT_INT, &s.swa_window, "N",
+          "gemma3: attention.sliding_window, the windowed layers' positions (default 32)" },
         { "--dim", 0, OPT_INT, &s.dim, "N", "embedding width (default 256)" },
         { "--layers", 0, OPT_INT, &s.layers, "N", "transformer blocks (default 4)" },
         { "--heads", 0, OPT_INT, &s.heads, "N", "query heads (default 8)" },
@@ -81,8 +84,13 @@ int cmd_synth(int argc, char **argv) {
     if (embd_type && parse_type("--embd-type", embd_type, &s.embd_type)) return 2;
     if (out_type && parse_type("--output-type", out_type, &s.out_type)) return 2;
     /* the library checks these too; here they are usage errors, in the flags' words */
-    if (strcmp(s.arch, "llama") && strcmp(s.arch, "mistral") && strcmp(s.arch, "qwen2")) {
-        fprintf(stderr, "shoal synth: --arch '%s' is not one of llama, mistral, qwen2\n", s.arch);
+    if (!shoal_arch_find(s.arch)) {
+        char names[256];
+        fprintf(stderr, "shoal synth: --arch '%s' is not one of %s\n", s.arch, shoal_arch_names(names, sizeof names));
+        return 2;
+    }
+    if (s.swa_window < 0) {
+        fprintf(stderr, "shoal synth: --window must be at least 1\n");
         return 2;
     }
     if (s.head_dim == 0) s.head_dim = s.heads > 0 ? s.dim / s.heads : 0;

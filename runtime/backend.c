@@ -262,8 +262,27 @@ shoal_status shoal_op_kv_store(struct shoal_backend *b, const struct shoal_kv_de
 
 shoal_status shoal_op_attention(struct shoal_backend *b, float *out, const float *q, int n_heads,
                                 const struct shoal_kv_desc *d, const void *kcache,
-                                const void *vcache, const struct shoal_batch *batch, float scale) {
-    return b->iface->attention(b->ctx, out, q, n_heads, d, kcache, vcache, batch, scale);
+                                const void *vcache, const struct shoal_batch *batch, float scale,
+                                int window) {
+    if (window < 0) return shoal_errorf(SHOAL_INTERNAL, "an attention window of %d positions", window);
+    return b->iface->attention(b->ctx, out, q, n_heads, d, kcache, vcache, batch, scale, window);
+}
+
+shoal_status shoal_op_gelu_mul(struct shoal_backend *b, float *gate, const float *up, size_t n) {
+    if (!b->iface->gelu_mul)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "the %s backend has no GELU", b->iface->name);
+    return b->iface->gelu_mul(b->ctx, gate, up, n);
+}
+
+shoal_status shoal_op_scale(struct shoal_backend *b, float *y, size_t n, float s) {
+    if (!b->iface->scale) return shoal_errorf(SHOAL_UNSUPPORTED, "the %s backend cannot scale", b->iface->name);
+    return b->iface->scale(b->ctx, y, n, s);
+}
+
+shoal_status shoal_op_round_f64(struct shoal_backend *b, float *y, const double *x, size_t n) {
+    if (!b->iface->round_f64)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "the %s backend cannot round f64 sums", b->iface->name);
+    return b->iface->round_f64(b->ctx, y, x, n);
 }
 
 shoal_status shoal_op_silu_mul(struct shoal_backend *b, float *gate, const float *up, size_t n) {

@@ -291,13 +291,22 @@ shoal_status shoal_op_kv_store(struct shoal_backend *b, const struct shoal_kv_de
 /*
  * out (n, n_heads * head_dim) = causal softmax(q k^T * scale) v over the
  * cache, for grouped-query attention: query head h reads KV head
- * h / (n_heads / n_kv_heads).
+ * h / (n_heads / n_kv_heads). window > 0: a token at position p attends
+ * to positions p - window + 1 .. p only (sliding-window attention, as
+ * llama.cpp masks it); 0: to 0 .. p.
  */
 shoal_status shoal_op_attention(struct shoal_backend *b, float *out, const float *q, int n_heads,
                                 const struct shoal_kv_desc *d, const void *kcache,
-                                const void *vcache, const struct shoal_batch *batch, float scale);
+                                const void *vcache, const struct shoal_batch *batch, float scale,
+                                int window);
 /* gate = silu(gate) * up, elementwise over n values. */
 shoal_status shoal_op_silu_mul(struct shoal_backend *b, float *gate, const float *up, size_t n);
+/* gate = gelu(gate) * up, GELU's tanh form: g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))). */
+shoal_status shoal_op_gelu_mul(struct shoal_backend *b, float *gate, const float *up, size_t n);
+/* y *= s over n values. */
+shoal_status shoal_op_scale(struct shoal_backend *b, float *y, size_t n, float s);
+/* y = x rounded to f32, over n values. */
+shoal_status shoal_op_round_f64(struct shoal_backend *b, float *y, const double *x, size_t n);
 /* y += x over n values. */
 shoal_status shoal_op_add(struct shoal_backend *b, float *y, const float *x, size_t n);
 /* y (n, dim) += bias (dim) for every token. */

@@ -43,8 +43,12 @@ struct shoal_backend_i {
                              const struct shoal_batch *batch);
     shoal_status (*attention)(void *ctx, float *out, const float *q, int n_heads,
                               const struct shoal_kv_desc *d, const void *kcache,
-                              const void *vcache, const struct shoal_batch *batch, float scale);
+                              const void *vcache, const struct shoal_batch *batch, float scale,
+                              int window);
     shoal_status (*silu_mul)(void *ctx, float *gate, const float *up, size_t n);
+    shoal_status (*gelu_mul)(void *ctx, float *gate, const float *up, size_t n);
+    shoal_status (*scale)(void *ctx, float *y, size_t n, float s);
+    shoal_status (*round_f64)(void *ctx, float *y, const double *x, size_t n);
     shoal_status (*add)(void *ctx, float *y, const float *x, size_t n);
     shoal_status (*add_bias)(void *ctx, float *y, const float *bias, int n, int dim);
     shoal_status (*synchronize)(void *ctx); /* optional: no queue */

@@ -10,7 +10,7 @@
 #include <string.h>
 
 static const char *const kind_names[SHOAL_CHAT_N_KINDS] = { "chatml", "llama3", "llama2",
-                                                            "mistral", "zephyr" };
+                                                            "mistral", "zephyr", "gemma" };
 
 const char *shoal_chat_kind_name(int kind) {
     return kind >= 0 && kind < SHOAL_CHAT_N_KINDS ? kind_names[kind] : "?";
@@ -22,7 +22,7 @@ int shoal_chat_kind_from_name(const char *name) {
     return -1;
 }
 
-const char *shoal_chat_kind_names(void) { return "chatml, llama3, llama2, mistral, zephyr"; }
+const char *shoal_chat_kind_names(void) { return "chatml, llama3, llama2, mistral, zephyr, gemma"; }
 
 shoal_status shoal_chat_detect(const char *tmpl, const char *source, int *kind) {
     /* the most specific markers first: LLaMA-2's template also has [INST] */
@@ -32,7 +32,7 @@ shoal_status shoal_chat_detect(const char *tmpl, const char *source, int *kind) 
     } rules[] = {
         { "<|im_start|>", SHOAL_CHAT_CHATML }, { "<|start_header_id|>", SHOAL_CHAT_LLAMA3 },
         { "<|user|>", SHOAL_CHAT_ZEPHYR },     { "<<SYS>>", SHOAL_CHAT_LLAMA2 },
-        { "[INST]", SHOAL_CHAT_MISTRAL },
+        { "[INST]", SHOAL_CHAT_MISTRAL },      { "<start_of_turn>", SHOAL_CHAT_GEMMA },
     };
     for (size_t i = 0; tmpl && i < sizeof rules / sizeof rules[0]; i++)
         if (strstr(tmpl, rules[i].marker)) {
@@ -92,6 +92,44 @@ static void add(struct text *t, const char *fmt, ...) {
 
 static int is(const struct shoal_chat_msg *m, const char *role) { return strcmp(m->role, role) == 0; }
 
+/* The length of s without its leading and trailing white space; *s moves past the leading. */
+static int trimmed(const char **s) {
+    const char *a = *s, *b = a + strlen(a);
+    while (a < b && (*a == ' ' || *a == '\t' || *a == '\n' || *a == '\r')) a++;
+    while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\n' || b[-1] == '\r')) b--;
+    *s = a;
+    return (int)(b - a);
+}
+
+/*
+ * Gemma: turns of <start_of_turn>user or model; Gemma has no system turn,
+ * so system messages (trimmed, joined) open the next user turn, followed by
+ * a blank line; every message trimmed (llama.cpp's rendering of its
+ * "gemma" template).
+ */
+static void format_gemma(struct text *t, const struct shoal_chat_msg *msgs, int n) {
+    struct text sys = { 0 };
+    add(&sys, "%s", "");
+    for (int i = 0; i < n; i++) {
+        const char *c = msgs[i].content;
+        const int len = trimmed(&c);
+        if (is(&msgs[i], "system")) {
+            add(&sys, "%.*s", len, c);
+            continue;
+        }
+        const int model = is(&msgs[i], "assistant");
+        add(t, "<start_of_turn>%s\n", model ? "model" : "user");
+        if (!model && sys.len) {
+            add(t, "%s\n\n", sys.s);
+            sys.len = 0;
+            sys.s[0] = 0;
+        }
+        add(t, "%.*s<end_of_turn>\n", len, c);
+    }
+    t->failed |= sys.failed;
+    free(sys.s);
+}
+
 /* [INST] formats: the system message goes into the first user turn. */
 static void format_inst(struct text *t, int llama2, const struct shoal_chat_msg *msgs, int n) {
     const char *sys = NULL;
@@ -139,6 +177,10 @@ shoal_status shoal_chat_format(int kind, const struct shoal_chat_msg *msgs, int 
     case SHOAL_CHAT_LLAMA2:
     case SHOAL_CHAT_MISTRAL:
         format_inst(&t, kind == SHOAL_CHAT_LLAMA2, msgs, n);
+        break;
+    case SHOAL_CHAT_GEMMA:
+        format_gemma(&t, msgs, n);
+        if (add_assistant) add(&t, "<start_of_turn>model\n");
         break;
     default:
         free(t.s);

@@ -3,8 +3,8 @@
  * trained on. GGUF files carry a Jinja template (tokenizer.chat_template);
  * shoal does not run Jinja but recognises the common families by their
  * markers and writes their format itself: ChatML (SmolLM2, Qwen), LLaMA-3,
- * LLaMA-2, Mistral and Zephyr. The text has no BOS: the tokenizer adds it
- * where the model wants one.
+ * LLaMA-2, Mistral, Zephyr and Gemma. The text has no BOS: the tokenizer
+ * adds it where the model wants one.
  */
 #ifndef SHOAL_CHAT_H
 #define SHOAL_CHAT_H
@@ -19,6 +19,7 @@ enum shoal_chat_kind {
     SHOAL_CHAT_LLAMA2,
     SHOAL_CHAT_MISTRAL,
     SHOAL_CHAT_ZEPHYR,
+    SHOAL_CHAT_GEMMA,
     SHOAL_CHAT_N_KINDS
 };
 
@@ -30,7 +31,7 @@ struct shoal_chat_msg {
 const char *shoal_chat_kind_name(int kind);
 /* -1 if unknown. */
 int shoal_chat_kind_from_name(const char *name);
-/* "chatml, llama3, llama2, mistral, zephyr": for messages. */
+/* "chatml, llama3, llama2, mistral, zephyr, gemma": for messages. */
 const char *shoal_chat_kind_names(void);
 
 /*

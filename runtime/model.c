@@ -22,26 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* --------------------------------------------------------- architectures */
-
-struct arch_info {
-    const char *name;
-    int rope_mode;
-    int qkv_bias;
-};
-
-static const struct arch_info archs[] = {
-    { "llama", SHOAL_ROPE_NORM, 0 },
-    { "mistral", SHOAL_ROPE_NORM, 0 },
-    { "qwen2", SHOAL_ROPE_NEOX, 1 },
-};
-
-static const struct arch_info *find_arch(const char *name) {
-    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++)
-        if (strcmp(archs[i].name, name) == 0) return &archs[i];
-    return NULL;
-}
-
 /* ------------------------------------------------------- hyperparameters */
 
 static shoal_status get_dim(const struct shoal_gguf *g, const char *arch, const char *key,
@@ -65,12 +45,13 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
     SHOAL_TRY(shoal_gguf_get_str(g, "general.architecture", &s, &len));
     if (len >= sizeof hp->arch) len = sizeof hp->arch - 1;
     memcpy(hp->arch, s, len);
-    const struct arch_info *ai = find_arch(hp->arch);
-    if (!ai)
-        return shoal_errorf(SHOAL_UNSUPPORTED,
-                            "%s: architecture '%s' is not supported (shoal runs llama, mistral "
-                            "and qwen2)",
-                            g->path, hp->arch);
+    const struct shoal_arch *ai = shoal_arch_find(hp->arch);
+    if (!ai) {
+        char names[256];
+        return shoal_errorf(SHOAL_UNSUPPORTED, "%s: architecture '%s' is not supported (shoal runs %s)",
+                            g->path, hp->arch, shoal_arch_names(names, sizeof names));
+    }
+    hp->fam = ai;
     const char *base = strrchr(g->path, '/');
     snprintf(hp->name, sizeof hp->name, "%s", base ? base + 1 : g->path);
     if (shoal_gguf_get_str_opt(g, "general.name", &s, &len) == SHOAL_OK && s && len)
@@ -135,6 +116,12 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
         return shoal_errorf(SHOAL_FORMAT, "%s: %s = %g is not a sensible epsilon", g->path, key,
                             hp->rms_eps);
     hp->has_qkv_bias = ai->qkv_bias;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    hp->embd_scale = ai->embd_scale ? sqrtf((float)hp->dim) : 1.0f;
+    hp->rope_swa = (struct shoal_rope){ hp->rope.mode, hp->rope.rope_dim, ai->swa_rope_base, 1.0f, NULL };
+    if (ai->swa_period)
+        SHOAL_TRY(get_dim(g, a, "attention.sliding_window", 0, 0, 1 << 24, &hp->swa_window));
+    if (ai->read) SHOAL_TRY(ai->read(hp, g));
 
     /* a rank's shard (shoal shard) holds a slice of the vocabulary, or none of it */
     uint32_t shard_vocab = 0;
@@ -164,31 +151,52 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
     return SHOAL_OK;
 }
 
+int shoal_layer_windowed(const struct shoal_hparams *hp, int l) {
+    const int period = hp->fam ? hp->fam->swa_period : 0;
+    return hp->swa_window > 0 && (period == 0 || (l + 1) % period != 0);
+}
+
 /* ---------------------------------------------------------------- slices */
 
 /* How a layer tensor is cut: which of its dimensions follows the plan. */
-enum cut { ROWS_Q, ROWS_KV, COLS_Q, ROWS_FF, COLS_FF, WHOLE_DIM, VEC_Q, VEC_KV };
+enum cut { ROWS_Q, ROWS_KV, COLS_Q, ROWS_FF, COLS_FF, WHOLE_DIM, VEC_Q, VEC_KV, WHOLE_HEAD };
+/* Which families have a tensor (arch.h): all, or those with the switch. */
+enum need { ALL, QKV_BIAS, QK_NORM, POST_NORMS };
 
 static const struct layer_tensor {
     const char *suffix;
     enum cut cut;
     size_t field; /* offsetof(struct shoal_layer, ...): a struct shoal_weight, or a float * for vectors */
-    int bias;     /* only for architectures with Q/K/V biases */
+    enum need need;
 } layer_tensors[] = {
-    { "attn_q.weight", ROWS_Q, offsetof(struct shoal_layer, wq), 0 },
-    { "attn_k.weight", ROWS_KV, offsetof(struct shoal_layer, wk), 0 },
-    { "attn_v.weight", ROWS_KV, offsetof(struct shoal_layer, wv), 0 },
-    { "attn_output.weight", COLS_Q, offsetof(struct shoal_layer, wo), 0 },
-    { "ffn_gate.weight", ROWS_FF, offsetof(struct shoal_layer, gate), 0 },
-    { "ffn_up.weight", ROWS_FF, offsetof(struct shoal_layer, up), 0 },
-    { "ffn_down.weight", COLS_FF, offsetof(struct shoal_layer, down), 0 },
-    { "attn_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, attn_norm), 0 },
-    { "ffn_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, ffn_norm), 0 },
-    { "attn_q.bias", VEC_Q, offsetof(struct shoal_layer, bq), 1 },
-    { "attn_k.bias", VEC_KV, offsetof(struct shoal_layer, bk), 1 },
-    { "attn_v.bias", VEC_KV, offsetof(struct shoal_layer, bv), 1 },
+    { "attn_q.weight", ROWS_Q, offsetof(struct shoal_layer, wq), ALL },
+    { "attn_k.weight", ROWS_KV, offsetof(struct shoal_layer, wk), ALL },
+    { "attn_v.weight", ROWS_KV, offsetof(struct shoal_layer, wv), ALL },
+    { "attn_output.weight", COLS_Q, offsetof(struct shoal_layer, wo), ALL },
+    { "ffn_gate.weight", ROWS_FF, offsetof(struct shoal_layer, gate), ALL },
+    { "ffn_up.weight", ROWS_FF, offsetof(struct shoal_layer, up), ALL },
+    { "ffn_down.weight", COLS_FF, offsetof(struct shoal_layer, down), ALL },
+    { "attn_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, attn_norm), ALL },
+    { "ffn_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, ffn_norm), ALL },
+    { "attn_q.bias", VEC_Q, offsetof(struct shoal_layer, bq), QKV_BIAS },
+    { "attn_k.bias", VEC_KV, offsetof(struct shoal_layer, bk), QKV_BIAS },
+    { "attn_v.bias", VEC_KV, offsetof(struct shoal_layer, bv), QKV_BIAS },
+    { "attn_q_norm.weight", WHOLE_HEAD, offsetof(struct shoal_layer, q_norm), QK_NORM },
+    { "attn_k_norm.weight", WHOLE_HEAD, offsetof(struct shoal_layer, k_norm), QK_NORM },
+    { "post_attention_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, post_attn_norm), POST_NORMS },
+    { "post_ffw_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, post_ffn_norm), POST_NORMS },
 };
 #define N_LAYER_TENSORS (sizeof layer_tensors / sizeof layer_tensors[0])
+
+/* Whether the model's family has a layer tensor. */
+static int has_tensor(const struct shoal_hparams *hp, const struct layer_tensor *lt) {
+    switch (lt->need) {
+    case QKV_BIAS: return hp->has_qkv_bias;
+    case QK_NORM: return hp->fam && hp->fam->qk_norm;
+    case POST_NORMS: return hp->fam && hp->fam->post_norms;
+    default: return 1;
+    }
+}
 
 static void layer_slice(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, int l,
                         const struct layer_tensor *lt, struct shoal_slice *s) {
@@ -204,6 +212,7 @@ static void layer_slice(const struct shoal_hparams *hp, const struct shoal_rank_
     case WHOLE_DIM: *s = (struct shoal_slice){ .cols = dim, .c1 = dim }; break;
     case VEC_Q: *s = (struct shoal_slice){ .cols = qd, .c0 = q0, .c1 = q1 }; break;
     case VEC_KV: *s = (struct shoal_slice){ .cols = kvd, .c0 = k0, .c1 = k1 }; break;
+    case WHOLE_HEAD: *s = (struct shoal_slice){ .cols = hd, .c1 = hd }; break;
     }
     snprintf(s->name, sizeof s->name, "blk.%d.%s", l, lt->suffix);
     memcpy(s->src, s->name, sizeof s->name);
@@ -284,7 +293,7 @@ shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct sho
             case ROWS_Q: case COLS_Q: case VEC_Q: shape->q_head_bytes += b / hp.n_heads; break;
             case ROWS_KV: case VEC_KV: shape->kv_head_bytes += b / hp.n_kv_heads; break;
             case ROWS_FF: case COLS_FF: shape->ffn_unit_bytes += b / hp.ffn_dim; break;
-            case WHOLE_DIM: shape->norm_bytes += b; break;
+            case WHOLE_DIM: case WHOLE_HEAD: shape->norm_bytes += b; break;
             }
         }
     return SHOAL_OK;
@@ -332,14 +341,14 @@ static const char *computable_list(char *buf, size_t len) {
 shoal_status shoal_model_slices(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
                                 struct shoal_slice **out, int *n_out) {
     int per_layer = 0;
-    for (size_t i = 0; i < N_LAYER_TENSORS; i++) per_layer += !layer_tensors[i].bias || hp->has_qkv_bias;
+    for (size_t i = 0; i < N_LAYER_TENSORS; i++) per_layer += has_tensor(hp, &layer_tensors[i]);
     int cap = 3 + per_layer * (pt->layer1 - pt->layer0);
     struct shoal_slice *s = calloc((size_t)cap, sizeof *s);
     if (!s) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     int n = global_slices(hp, pt, s);
     for (int l = pt->layer0; l < pt->layer1; l++)
         for (size_t i = 0; i < N_LAYER_TENSORS; i++)
-            if (!layer_tensors[i].bias || hp->has_qkv_bias) layer_slice(hp, pt, l, &layer_tensors[i], &s[n++]);
+            if (has_tensor(hp, &layer_tensors[i])) layer_slice(hp, pt, l, &layer_tensors[i], &s[n++]);
     *out = s;
     *n_out = n;
     return SHOAL_OK;
@@ -744,7 +753,7 @@ static shoal_status load_weights(struct shoal_model *m) {
         size_t st_off = 0;
         for (size_t k = 0; k < N_LAYER_TENSORS; k++) {
             const struct layer_tensor *lt = &layer_tensors[k];
-            if (lt->bias && !hp->has_qkv_bias) continue;
+            if (!has_tensor(hp, lt)) continue;
             const struct shoal_slice *s = &sl[i++];
             const struct shoal_gguf_tensor *t;
             if (s->rows && find_slice(m, s, &t) == SHOAL_OK && t->type >= 0 && t->type < SHOAL_DTYPE_MAX) {
@@ -997,7 +1006,11 @@ void shoal_state_destroy(struct shoal_state *s) {
 /* ----------------------------------------------------- this rank's share */
 
 shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b) {
-    return shoal_op_embed(s->m->be, s->x, &s->m->tok_embd, b);
+    const struct shoal_model *m = s->m;
+    SHOAL_TRY(shoal_op_embed(m->be, s->x, &m->tok_embd, b));
+    if (m->hp.embd_scale != 1.0f)
+        SHOAL_TRY(shoal_op_scale(m->be, s->x, (size_t)b->n_tokens * m->hp.dim, m->hp.embd_scale));
+    return SHOAL_OK;
 }
 
 /*
@@ -1024,10 +1037,11 @@ static struct span span_of(struct shoal_state *s, struct shoal_backend *be, cons
 
 /*
  * x += the row-parallel projection of in by w: this rank's columns summed
- * in f64, the tensor-parallel group's parts added, rounded once to f32.
+ * in f64, the tensor-parallel group's parts added, rounded once to f32;
+ * with post_norm, RMS-normed by it before it is added (xb holds it then).
  */
 static shoal_status project_add(struct shoal_state *s, const struct span *sp, const struct shoal_weight *w,
-                                const float *in) {
+                                const float *in, const float *post_norm) {
     struct shoal_backend *be = sp->be;
     const int n = sp->b->n_tokens;
     const size_t count = (size_t)n * s->m->hp.dim;
@@ -1047,7 +1061,10 @@ static shoal_status project_add(struct shoal_state *s, const struct span *sp, co
             SHOAL_TRY(shoal_backend_upload(be, sp->yd, s->yd_host, bytes));
         }
     }
-    return shoal_op_add_f64(be, sp->x, sp->yd, count);
+    if (!post_norm) return shoal_op_add_f64(be, sp->x, sp->yd, count);
+    SHOAL_TRY(shoal_op_round_f64(be, sp->xb, sp->yd, count));
+    SHOAL_TRY(shoal_op_rmsnorm(be, sp->xb, sp->xb, post_norm, n, s->m->hp.dim, s->m->hp.rms_eps));
+    return shoal_op_add(be, sp->x, sp->xb, count);
 }
 
 /*
@@ -1138,12 +1155,13 @@ static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
     const struct shoal_batch *b = sp->b;
     const int n = b->n_tokens, dim = hp->dim;
     const int qd = m->n_heads_l * hp->head_dim, kvd = m->n_kv_l * hp->head_dim;
-    const float scale = 1.0f / sqrtf((float)hp->head_dim);
     const size_t layer_kv = (size_t)s->n_ctx * s->kvd.row_bytes;
     for (int l = 0; l < m->part.layer1 - m->part.layer0; l++) {
         if (m->stream) SHOAL_TRY(fetch_ahead((struct shoal_model *)m, l));
         const struct shoal_layer *L = &m->layers[l];
         char *kc = (char *)s->kv + (size_t)l * 2 * layer_kv, *vc = kc + layer_kv;
+        const int windowed = shoal_layer_windowed(hp, m->part.layer0 + l);
+        const struct shoal_rope *rope = windowed ? &hp->rope_swa : &hp->rope;
 
         SHOAL_TRY(shoal_op_rmsnorm(be, sp->xb, sp->x, L->attn_norm, n, dim, hp->rms_eps));
         float *qkv_out[3] = { sp->q, sp->k, sp->v };
@@ -1154,19 +1172,25 @@ static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
             SHOAL_TRY(shoal_op_add_bias(be, sp->k, L->bk, n, kvd));
             SHOAL_TRY(shoal_op_add_bias(be, sp->v, L->bv, n, kvd));
         }
-        SHOAL_TRY(shoal_op_rope(be, sp->q, m->n_heads_l, hp->head_dim, &hp->rope, b));
-        SHOAL_TRY(shoal_op_rope(be, sp->k, m->n_kv_l, hp->head_dim, &hp->rope, b));
+        if (L->q_norm) { /* each head alone */
+            SHOAL_TRY(shoal_op_rmsnorm(be, sp->q, sp->q, L->q_norm, n * m->n_heads_l, hp->head_dim, hp->rms_eps));
+            SHOAL_TRY(shoal_op_rmsnorm(be, sp->k, sp->k, L->k_norm, n * m->n_kv_l, hp->head_dim, hp->rms_eps));
+        }
+        SHOAL_TRY(shoal_op_rope(be, sp->q, m->n_heads_l, hp->head_dim, rope, b));
+        SHOAL_TRY(shoal_op_rope(be, sp->k, m->n_kv_l, hp->head_dim, rope, b));
         SHOAL_TRY(shoal_op_kv_store(be, &s->kvd, kc, vc, sp->k, sp->v, b));
         if (sp->sync) SHOAL_TRY(shoal_backend_lane_barrier(be)); /* every lane's keys stored */
-        SHOAL_TRY(shoal_op_attention(be, sp->att, sp->q, m->n_heads_l, &s->kvd, kc, vc, b, scale));
-        SHOAL_TRY(project_add(s, sp, &L->wo, sp->att));
+        SHOAL_TRY(shoal_op_attention(be, sp->att, sp->q, m->n_heads_l, &s->kvd, kc, vc, b, hp->attn_scale,
+                                     windowed ? hp->swa_window : 0));
+        SHOAL_TRY(project_add(s, sp, &L->wo, sp->att, L->post_attn_norm));
 
         SHOAL_TRY(shoal_op_rmsnorm(be, sp->xb, sp->x, L->ffn_norm, n, dim, hp->rms_eps));
         float *ffn_out[2] = { sp->hb, sp->hb2 };
         const struct shoal_weight *ffn_in[2] = { &L->gate, &L->up };
         SHOAL_TRY(shoal_op_matmul_n(be, 2, ffn_out, ffn_in, sp->xb, n));
-        SHOAL_TRY(shoal_op_silu_mul(be, sp->hb, sp->hb2, (size_t)n * m->ffn_l));
-        SHOAL_TRY(project_add(s, sp, &L->down, sp->hb));
+        if (hp->fam->act == SHOAL_ACT_GELU_TANH) SHOAL_TRY(shoal_op_gelu_mul(be, sp->hb, sp->hb2, (size_t)n * m->ffn_l));
+        else SHOAL_TRY(shoal_op_silu_mul(be, sp->hb, sp->hb2, (size_t)n * m->ffn_l));
+        SHOAL_TRY(project_add(s, sp, &L->down, sp->hb, L->post_ffn_norm));
     }
     return SHOAL_OK;
 }

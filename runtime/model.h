@@ -17,12 +17,14 @@
 #include "../parallel/offload.h"
 #include "../parallel/plan.h"
 #include "../shard/gguf.h"
+#include "arch.h"
 #include "backend.h"
 
 struct shoal_comm;
 
 struct shoal_hparams {
     char arch[32];           /* general.architecture */
+    const struct shoal_arch *fam; /* its family's recipe (arch.h) */
     char name[96];           /* general.name, or the file name */
     int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim;
     int n_ctx_train;
@@ -30,6 +32,10 @@ struct shoal_hparams {
     struct shoal_rope rope;
     int tied_output;         /* no output.weight: the embedding table is the head */
     int has_qkv_bias;        /* qwen2 */
+    float attn_scale;        /* scores times this: 1 / sqrt(head_dim) unless the family says otherwise */
+    float embd_scale;        /* the embeddings times this (1; gemma3: sqrt(dim)) */
+    int swa_window;          /* > 0: windowed layers (shoal_layer_windowed) attend to their last swa_window positions */
+    struct shoal_rope rope_swa; /* the windowed layers' rope */
     int sharded;             /* the file is one rank's shard: its tensors are that rank's slices */
 };
 
@@ -57,6 +63,8 @@ struct shoal_layer {
     float *attn_norm;          /* device (dim) */
     float *ffn_norm;           /* device (dim) */
     float *bq, *bk, *bv;       /* device biases of the local rows, or NULL */
+    float *q_norm, *k_norm;    /* device (head_dim): per-head RMS norms of Q and K, or NULL */
+    float *post_attn_norm, *post_ffn_norm; /* device (dim): norms of the attention's and FFN's outputs, or NULL */
 };
 
 /*
@@ -139,6 +147,9 @@ struct shoal_model {
     struct shoal_model_offload offload; /* as asked */
     struct shoal_work_shape work; /* the distinct matmuls of a step (shoal_model_work_shape) */
 };
+
+/* Whether layer l (of the whole model) attends to a window (hp->swa_window) rather than the whole context. */
+int shoal_layer_windowed(const struct shoal_hparams *hp, int l);
 
 /*
  * Reads and checks the hyperparameters of a GGUF: a missing key, an

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "gguf.h"
+#include "../runtime/arch.h"
 
 void shoal_synth_defaults(struct shoal_synth_params *p) {
     *p = (struct shoal_synth_params){ .arch = "llama", .dim = 256, .layers = 4, .heads = 8,
@@ -142,8 +143,10 @@ static shoal_status copy_vocab(struct shoal_gguf_writer *w, const struct shoal_g
 /* A shape with every default resolved (head_dim, the embedding and head types, the vocabulary). */
 struct shape {
     const char *arch;
+    const struct shoal_arch *fam;
     int dim, layers, heads, kv_heads, head_dim, ffn, vocab, ctx, tied;
     int type, embd_type, out_type;
+    int window;
 };
 
 struct tensor_plan {
@@ -163,19 +166,24 @@ static shoal_status check_cols(const struct tensor_plan *t) {
     return SHOAL_OK;
 }
 
-/* The tensors in file order; tp has room for 3 + 12 per layer. */
+/* The tensors in file order; tp has room for 3 + TENSORS_PER_LAYER per layer. */
+#define TENSORS_PER_LAYER 16
 static int plan_tensors(const struct shape *s, struct tensor_plan *tp) {
     int n = 0;
     int qd = s->heads * s->head_dim, kvd = s->kv_heads * s->head_dim;
-    int bias = strcmp(s->arch, "qwen2") == 0;
+    int bias = s->fam->qkv_bias;
 #define T2(nm, ty, cols, rows, sc)                                                             \
-    tp[n] = (struct tensor_plan){ "", ty, 2, { cols, rows }, sc, 0 };                          \
-    snprintf(tp[n].name, sizeof tp[n].name, "%s", nm);                                         \
-    n++
+    do {                                                                                       \
+        tp[n] = (struct tensor_plan){ "", ty, 2, { cols, rows }, sc, 0 };                      \
+        snprintf(tp[n].name, sizeof tp[n].name, "%s", nm);                                     \
+        n++;                                                                                   \
+    } while (0)
 #define T1(nm, len, sc, off)                                                                   \
-    tp[n] = (struct tensor_plan){ "", SHOAL_DTYPE_F32, 1, { len, 1 }, sc, off };               \
-    snprintf(tp[n].name, sizeof tp[n].name, "%s", nm);                                         \
-    n++
+    do {                                                                                       \
+        tp[n] = (struct tensor_plan){ "", SHOAL_DTYPE_F32, 1, { len, 1 }, sc, off };           \
+        snprintf(tp[n].name, sizeof tp[n].name, "%s", nm);                                     \
+        n++;                                                                                   \
+    } while (0)
     T2("token_embd.weight", s->embd_type, s->dim, s->vocab, 1.0f);
     T1("output_norm.weight", s->dim, 0.1f, 1.0f);
     if (!s->tied) {
@@ -194,11 +202,17 @@ static int plan_tensors(const struct shape *s, struct tensor_plan *tp) {
             T1(NAME("attn_k.bias"), kvd, 0.1f, 0);
             T1(NAME("attn_v.bias"), kvd, 0.1f, 0);
         }
+        if (s->fam->qk_norm) {
+            T1(NAME("attn_q_norm.weight"), s->head_dim, 0.1f, 1.0f);
+            T1(NAME("attn_k_norm.weight"), s->head_dim, 0.1f, 1.0f);
+        }
         T2(NAME("attn_output.weight"), s->type, qd, s->dim, o);
+        if (s->fam->post_norms) T1(NAME("post_attention_norm.weight"), s->dim, 0.1f, 1.0f);
         T1(NAME("ffn_norm.weight"), s->dim, 0.1f, 1.0f);
         T2(NAME("ffn_gate.weight"), s->type, s->dim, s->ffn, a);
         T2(NAME("ffn_up.weight"), s->type, s->dim, s->ffn, a);
         T2(NAME("ffn_down.weight"), s->type, s->ffn, s->dim, f);
+        if (s->fam->post_norms) T1(NAME("post_ffw_norm.weight"), s->dim, 0.1f, 1.0f);
 #undef NAME
     }
 #undef T1
@@ -227,6 +241,7 @@ static shoal_status write_hparams(struct shoal_gguf_writer *w, const struct shap
     SHOAL_TRY(shoal_gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)s->head_dim));
     SHOAL_TRY(shoal_gguf_set_f32(w, KEY("rope.freq_base"), rope_base));
     SHOAL_TRY(shoal_gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f));
+    if (s->fam->swa_period) SHOAL_TRY(shoal_gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)s->window));
     SHOAL_TRY(shoal_gguf_set_u32(w, KEY("vocab_size"), (uint32_t)s->vocab));
 #undef KEY
     return SHOAL_OK;
@@ -234,13 +249,17 @@ static shoal_status write_hparams(struct shoal_gguf_writer *w, const struct shap
 
 /* p's shape with its defaults resolved, or SHOAL_INVALID naming what cannot be. */
 static shoal_status resolve(const struct shoal_synth_params *p, struct shape *s) {
-    *s = (struct shape){ p->arch, p->dim, p->layers, p->heads, p->kv_heads, p->head_dim, p->ffn,
+    *s = (struct shape){ p->arch, NULL, p->dim, p->layers, p->heads, p->kv_heads, p->head_dim, p->ffn,
                          p->vocab, p->ctx, p->tied, p->type,
                          p->embd_type < 0 ? p->type : p->embd_type,
-                         p->out_type < 0 ? p->type : p->out_type };
-    if (!s->arch || (strcmp(s->arch, "llama") && strcmp(s->arch, "mistral") && strcmp(s->arch, "qwen2")))
-        return shoal_errorf(SHOAL_INVALID, "synthetic model: architecture '%s' is not one of llama, "
-                            "mistral, qwen2", s->arch ? s->arch : "(none)");
+                         p->out_type < 0 ? p->type : p->out_type, p->swa_window ? p->swa_window : 32 };
+    if (!s->arch || !(s->fam = shoal_arch_find(s->arch))) {
+        char names[256];
+        return shoal_errorf(SHOAL_INVALID, "synthetic model: architecture '%s' is not one of %s",
+                            s->arch ? s->arch : "(none)", shoal_arch_names(names, sizeof names));
+    }
+    if (s->window < 1 || s->window > (1 << 24))
+        return shoal_errorf(SHOAL_INVALID, "synthetic model: a window of %d positions", s->window);
     const int types[3] = { s->type, s->embd_type, s->out_type };
     for (int i = 0; i < 3; i++)
         if (!shoal_can_quantize(types[i]))
@@ -284,7 +303,7 @@ shoal_status shoal_synth_write(const struct shoal_synth_params *p, const char *p
         }
         s.vocab = (int)toks->n;
     }
-    if (!(tp = calloc((size_t)(3 + 12 * s.layers), sizeof *tp))) {
+    if (!(tp = calloc((size_t)(3 + TENSORS_PER_LAYER * s.layers), sizeof *tp))) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
         goto done;
     }

@@ -19,7 +19,7 @@
 #include "../base/base.h"
 
 struct shoal_synth_params {
-    const char *arch;       /* "llama", "mistral" or "qwen2" (Q/K/V biases, rope on halves) */
+    const char *arch;       /* a family of runtime/arch.h: "llama", "mistral", "qwen2", "qwen3", "gemma3" */
     int dim, layers, heads, kv_heads;
     int head_dim;           /* 0: dim / heads */
     int ffn, vocab;         /* vocab: at least 300 (the specials, 256 bytes, pieces) */
@@ -28,6 +28,7 @@ struct shoal_synth_params {
     int type;               /* enum shoal_dtype of the layers' matrices */
     int embd_type, out_type;/* of token_embd and output.weight (< 0: type) */
     float rope_base;
+    int swa_window;         /* families with windowed layers: attention.sliding_window (0: 32) */
     uint64_t seed;
     const char *vocab_from; /* NULL, or a GGUF whose tokenizer.* keys are copied (vocab is then its size) */
     /* optional: called with done = 0 when the tensors' bytes begin, after each row

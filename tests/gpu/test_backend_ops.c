@@ -889,14 +889,18 @@ static void sweep_kv_store(struct ctx *c) {
  * sequence attend, causally, as a prompt chunk would. paged: blocks of 16
  * slots in shuffled order; else one contiguous block (block_size = n_slots).
  * K ~U(-1, 1), V ~U(-1, 1) plus an offset per dimension (outputs ~1, and a
- * softmax that does not sum to 1 shows), queries ~U(-2, 2).
+ * softmax that does not sum to 1 shows), queries ~U(-2, 2). window > 0:
+ * each token attends to its last window positions only (sliding-window
+ * attention).
  * Tolerance: 1e-4 absolute; 2e-3 for an f16 cache, where the reference
  * rounds queries and softmax weights to f16 too.
  */
 static void attention_case(struct ctx *c, int kv, int head_dim, int n_heads, int n_kv, int len,
-                           int chunk, int n_seq, int paged) {
-    if (!begin(c, "attention", kv_names[kv], "hd %d %d/%d ctx %d chunk %d%s", head_dim, n_heads,
-               n_kv, len, chunk, paged ? " paged x2" : ""))
+                           int chunk, int n_seq, int paged, int window) {
+    char win[32] = "";
+    if (window) snprintf(win, sizeof win, " window %d", window);
+    if (!begin(c, "attention", kv_names[kv], "hd %d %d/%d ctx %d chunk %d%s%s", head_dim, n_heads,
+               n_kv, len, chunk, paged ? " paged x2" : "", win))
         return;
     shoal_status rc = SHOAL_OK;
     int lens[2] = { len, len / 2 + 1 }, chunks[2], total = 0, n_tok = 0;
@@ -967,7 +971,7 @@ static void attention_case(struct ctx *c, int kv, int head_dim, int n_heads, int
     const float scale = 1.0f / sqrtf((float)head_dim);
     for (int b = 0; b < 2; b++)
         SHOAL_TRY_GOTO(shoal_op_attention(c->be[b], dout.p[b], dq.p[b], n_heads, &d, kc.p[b],
-                                          vc.p[b], &att, scale), rc, done);
+                                          vc.p[b], &att, scale, window), rc, done);
     SHOAL_TRY_GOTO(dev2_get(c, &dout, got, want, sizeof(float) * n_tok * qd), rc, done);
     compare(c, &st, got, want, 0, n_tok * qd,
             &(struct tol){ .abs = kv == SHOAL_KV_F16 ? 2e-3 : 1e-4 });
@@ -993,36 +997,47 @@ static void sweep_attention(struct ctx *c) {
                 if (c->quick && (hds[h] == 80 || hds[h] == 256) && (i % 2)) continue;
                 int len = ctxs[i % COUNT(ctxs)], chunk = i % 3 == 1 ? 5 : 1, paged = i % 3 == 2;
                 attention_case(c, kv, hds[h], groups[g][0], groups[g][1], len, chunk,
-                               paged ? 2 : 1, paged);
+                               paged ? 2 : 1, paged, 0);
             }
         /* a whole first prompt chunk (positions from 0), alone and paged beside another */
-        attention_case(c, kv, 128, 8, 2, 16, 16, 1, 0);
-        attention_case(c, kv, 64, 7, 1, 40, 24, 2, 1);
+        attention_case(c, kv, 128, 8, 2, 16, 16, 1, 0, 0);
+        attention_case(c, kv, 64, 7, 1, 40, 24, 2, 1, 0);
+        /* windows (Gemma 3's 256-value heads, one KV head): shorter than the context, across
+         * a block boundary, as long as it, and of one position */
+        attention_case(c, kv, 256, 4, 1, 300, 5, 2, 1, 37);
+        attention_case(c, kv, 64, 8, 2, 40, 24, 1, 0, 40);
+        attention_case(c, kv, 64, 8, 2, 40, 3, 2, 1, 1);
         if (c->quick) continue;
         /* long: a GPU splits these over the positions (flash decoding) */
-        attention_case(c, kv, 128, 8, 2, 9000, 1, 1, 0);
-        attention_case(c, kv, 64, 7, 1, 9000, 3, 2, 1);
+        attention_case(c, kv, 128, 8, 2, 9000, 1, 1, 0, 0);
+        attention_case(c, kv, 64, 7, 1, 9000, 3, 2, 1, 0);
+        attention_case(c, kv, 256, 4, 1, 9000, 3, 2, 1, 512);
     }
 }
 
 /* ---------------------------------------------------------- elementwise */
 
-enum ew_op { EW_SILU_MUL, EW_ADD, EW_ADD_F64, EW_ADD_BIAS };
+enum ew_op { EW_SILU_MUL, EW_ADD, EW_ADD_F64, EW_GELU_MUL, EW_SCALE, EW_ROUND_F64, EW_ADD_BIAS };
 
 /*
  * silu_mul (within 6 ulps: each side has its own e^x and three roundings;
  * test_matmul holds every CPU level within 4 of exact and measures 2 or 3),
  * add, add_f64 and add_bias (the
- * one f32 addition per value: exact) over n values (add_bias: rows of dim).
+ * one f32 addition per value: exact) over n values (add_bias: rows of dim);
+ * gelu_mul (within 16 ulps: tanhf on each side, and a compiler that may
+ * fuse a multiply and an add), scale by 25.3 and round_f64 (one rounding:
+ * exact).
  */
 static void ew_case(struct ctx *c, int op, size_t n, int dim) {
-    static const char *const names[] = { "silu_mul", "add", "add_f64", "add_bias" };
+    static const char *const names[] = { "silu_mul", "add", "add_f64", "gelu_mul", "scale", "round_f64",
+                                         "add_bias" };
+    const int f64 = op == EW_ADD_F64 || op == EW_ROUND_F64;
     if (op == EW_ADD_BIAS ? !begin(c, names[op], "f32", "%zux%d", n / dim, dim)
-                          : !begin(c, names[op], op == EW_ADD_F64 ? "f64" : "f32", "%zu", n))
+                          : !begin(c, names[op], f64 ? "f64" : "f32", "%zu", n))
         return;
     shoal_status rc = SHOAL_OK;
     const size_t xn = op == EW_ADD_BIAS ? (size_t)dim : n;
-    const size_t xsz = op == EW_ADD_F64 ? sizeof(double) : sizeof(float);
+    const size_t xsz = f64 ? sizeof(double) : sizeof(float);
     float *y = NULL, *xf = NULL, *got = NULL, *want = NULL;
     double *xd = NULL;
     struct dev2 dy = { { 0 } }, dx = { { 0 } };
@@ -1032,21 +1047,25 @@ static void ew_case(struct ctx *c, int op, size_t n, int dim) {
     HALLOC(want, n);
     HALLOC(xf, xn);
     HALLOC(xd, xn);
-    fill(c, y, n, op == EW_SILU_MUL ? 8.0f : 1.0f);
+    fill(c, y, n, op == EW_SILU_MUL || op == EW_GELU_MUL ? 8.0f : 1.0f);
     fill(c, xf, xn, 2.0f);
     for (size_t i = 0; i < xn; i++) xd[i] = (double)xf[i] + uni(c) * 1e-8; /* not an f32 */
     SHOAL_TRY_GOTO(dev2_put(c, &dy, y, sizeof(float) * n), rc, done);
-    SHOAL_TRY_GOTO(dev2_put(c, &dx, op == EW_ADD_F64 ? (void *)xd : (void *)xf, xsz * xn), rc, done);
+    SHOAL_TRY_GOTO(dev2_put(c, &dx, f64 ? (void *)xd : (void *)xf, xsz * xn), rc, done);
     for (int b = 0; b < 2; b++) {
         struct shoal_backend *be = c->be[b];
         if (op == EW_SILU_MUL) rc = shoal_op_silu_mul(be, dy.p[b], dx.p[b], n);
         else if (op == EW_ADD) rc = shoal_op_add(be, dy.p[b], dx.p[b], n);
         else if (op == EW_ADD_F64) rc = shoal_op_add_f64(be, dy.p[b], dx.p[b], n);
+        else if (op == EW_GELU_MUL) rc = shoal_op_gelu_mul(be, dy.p[b], dx.p[b], n);
+        else if (op == EW_SCALE) rc = shoal_op_scale(be, dy.p[b], n, 25.298221f);
+        else if (op == EW_ROUND_F64) rc = shoal_op_round_f64(be, dy.p[b], dx.p[b], n);
         else rc = shoal_op_add_bias(be, dy.p[b], dx.p[b], (int)(n / dim), dim);
         if (rc != SHOAL_OK) goto done;
     }
     SHOAL_TRY_GOTO(dev2_get(c, &dy, got, want, sizeof(float) * n), rc, done);
-    compare(c, &st, got, want, 0, n, &(struct tol){ .ulps = op == EW_SILU_MUL ? 6 : 0 });
+    compare(c, &st, got, want, 0, n,
+            &(struct tol){ .ulps = op == EW_SILU_MUL ? 6 : op == EW_GELU_MUL ? 16 : 0 });
     finish(c, &st);
 done:
     if (rc != SHOAL_OK) failed_to_run(c, rc);
@@ -1056,7 +1075,7 @@ done:
 
 static void sweep_elementwise(struct ctx *c) {
     static const size_t sizes[] = { 1, 1000, (1u << 20) + 3 };
-    for (int op = EW_SILU_MUL; op <= EW_ADD_F64; op++)
+    for (int op = EW_SILU_MUL; op <= EW_ROUND_F64; op++)
         for (int i = 0; i < COUNT(sizes); i++) ew_case(c, op, sizes[i], 0);
     static const int bias[][2] = { { 1, 1 }, { 5, 1000 }, { 2, (1 << 20) + 3 } }; /* rows, dim */
     for (int i = 0; i < COUNT(bias); i++)

@@ -99,14 +99,15 @@ def sha256(path):
     return h.hexdigest()
 
 
-def greedy(llm, prompt, n):
-    """llama-cli's greedy loop: the prompt in one batch, then one token per step."""
+def greedy(llm, prompt, n, add_bos=False):
+    """llama-cli's greedy loop: the prompt (after BOS, with add_bos) in one batch, then one
+    token per step."""
     import llama_cpp
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
 
     def is_eog(tok):
         return llama_cpp.llama_vocab_is_eog(vocab, tok)
-    toks = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    toks = llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
     llm.reset()
     llm.eval(toks)
     out, gaps = [], []

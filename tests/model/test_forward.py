@@ -2,7 +2,11 @@
 (tests/ref/reference.py, numpy, reading the GGUF with the `gguf` package):
 synthetic models written by `shoal synth` in every weight type, with
 grouped-query attention, both RoPE modes (llama: adjacent pairs; qwen2:
-halves, with Q/K/V biases), tied and separate output heads.
+halves, with Q/K/V biases), tied and separate output heads, and the
+families that change the block: qwen3 (per-head Q/K norms) and gemma3
+(those, norms after the attention and the FFN, a GELU gate, embeddings
+times sqrt(dim), and a window of 8 positions on all layers but the sixth,
+with their own rope base; the prompt and its continuation are longer).
 
 shoal's logits for every position of a prompt plus a greedy continuation
 are compared with the reference's for the same tokens.
@@ -44,6 +48,13 @@ SHAPES = {
               "--vocab", 350],
     "headdim": ["--dim", 64, "--layers", 2, "--heads", 4, "--kv-heads", 2, "--head-dim", 32, "--ffn", 128,
                 "--vocab", 300],
+    # per-head Q/K norms, heads wider than dim / heads
+    "qwen3": ["--arch", "qwen3", "--dim", 128, "--layers", 2, "--heads", 4, "--kv-heads", 2, "--head-dim", 48,
+              "--ffn", 256, "--vocab", 350],
+    # and norms after attention and FFN, GELU, scaled embeddings, one KV head, a window of 8
+    # positions on layers 0-4 and 6 (rope base 10000), layer 5 global: the prompt is longer
+    "gemma3": ["--arch", "gemma3", "--dim", 128, "--layers", 7, "--heads", 4, "--kv-heads", 1, "--head-dim", 64,
+               "--ffn", 256, "--vocab", 350, "--window", 8, "--tied", "--rope-base", 1000000],
 }
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]
 QUANTIZED = ("q8_0", "q4_0", "q4_1")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Independent float64 reference implementation of the LLaMA forward pass.
+"""Independent float64 reference implementation of the LLaMA forward pass,
+and of the families that change its block (qwen2, qwen3, gemma3: FAMILIES).
 
 This is the test oracle for shoal's C forward pass.  It deliberately shares no
 code with shoal: GGUF files are read, and tensors dequantized, with the `gguf`
@@ -50,6 +51,24 @@ ROPE_NEOX_ARCHS = {
     "qwen", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "phi2", "phi3",
     "gemma", "gemma2", "gemma3", "stablelm", "gptneox", "falcon",
     "starcoder2", "olmo2", "internlm2", "exaone", "minicpm3",
+}
+
+
+# What each family changes in the LLaMA block, written from llama.cpp's
+# published behaviour and the models' papers, not from shoal:
+#   qk_norm     each head of Q and K RMS-normed (attn_q_norm / attn_k_norm) before rope
+#   post_norms  the attention's and the FFN's outputs RMS-normed (post_attention_norm,
+#               post_ffw_norm) before the residual
+#   act         the FFN gate's activation: silu, or gelu_tanh
+#   embd_scale  the embeddings times sqrt(dim)
+#   swa_period  with attention.sliding_window W: layers L with (L + 1) % period != 0
+#               attend to their last W positions, with rope base swa_rope_base
+#   attn_scale  scores times 1/sqrt(head_dim), or (gemma3 27B, 62 layers) 1/sqrt(dim/heads)
+FAMILIES = {
+    "llama": {}, "mistral": {}, "qwen2": {},
+    "qwen3": {"qk_norm": True},
+    "gemma3": {"qk_norm": True, "post_norms": True, "act": "gelu_tanh", "embd_scale": True,
+               "swa_period": 6, "swa_rope_base": 10000.0},
 }
 
 
@@ -116,6 +135,14 @@ class Config:
     eps: float
     context_length: int
     vocab: int
+    qk_norm: bool = False
+    post_norms: bool = False
+    act: str = "silu"
+    embd_scale: float = 1.0
+    swa_window: int = 0
+    swa_period: int = 0
+    swa_rope_base: float = 10000.0
+    attn_scale: float = 0.0
 
 
 @dataclass
@@ -185,6 +212,19 @@ def load_model(path: str, allow_unused_tensors: bool = False) -> Model:
     if cfg.rope_dim % 2 != 0 or cfg.rope_dim > cfg.head_dim:
         raise ValueError(f"{path}: bad rope.dimension_count {cfg.rope_dim} (head_dim {cfg.head_dim})")
 
+    fam = FAMILIES.get(arch)
+    if fam is None:
+        raise NotImplementedError(f"{path}: architecture {arch!r} is not one this reference implements")
+    cfg.qk_norm = fam.get("qk_norm", False)
+    cfg.post_norms = fam.get("post_norms", False)
+    cfg.act = fam.get("act", "silu")
+    cfg.embd_scale = math.sqrt(dim) if fam.get("embd_scale") else 1.0
+    cfg.swa_period = fam.get("swa_period", 0)
+    cfg.swa_rope_base = fam.get("swa_rope_base", 10000.0)
+    if cfg.swa_period:
+        cfg.swa_window = int(get(a + "attention.sliding_window", required=True))
+    cfg.attn_scale = 1.0 / math.sqrt(dim / n_heads if arch == "gemma3" and cfg.n_layers == 62 else head_dim)
+
     model = Model(cfg, weights, types, mins)
     _check_shapes(model, path)
 
@@ -193,7 +233,8 @@ def load_model(path: str, allow_unused_tensors: bool = False) -> Model:
         for n in ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
                   "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight",
                   "ffn_up.weight", "ffn_down.weight", "attn_q.bias", "attn_k.bias",
-                  "attn_v.bias"):
+                  "attn_v.bias") + (("attn_q_norm.weight", "attn_k_norm.weight") if cfg.qk_norm else ()) + \
+                (("post_attention_norm.weight", "post_ffw_norm.weight") if cfg.post_norms else ()):
             used.add(f"blk.{L}.{n}")
     unused = sorted(set(weights) - used)
     if unused and not allow_unused_tensors:
@@ -225,6 +266,12 @@ def _check_shapes(model: Model, path: str) -> None:
         for n, d in (("attn_q.bias", qd), ("attn_k.bias", kvd), ("attn_v.bias", vd)):
             if p + n in w:
                 expect[p + n] = (d,)
+        if c.qk_norm:
+            expect[p + "attn_q_norm.weight"] = (c.head_dim,)
+            expect[p + "attn_k_norm.weight"] = (c.head_dim,)
+        if c.post_norms:
+            expect[p + "post_attention_norm.weight"] = (c.dim,)
+            expect[p + "post_ffw_norm.weight"] = (c.dim,)
     for name, shape in expect.items():
         if name not in w:
             raise ValueError(f"{path}: missing tensor {name}")
@@ -243,6 +290,10 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 def silu(x: np.ndarray) -> np.ndarray:
     # sigmoid(x) = (1 + tanh(x/2)) / 2 never overflows
     return x * (0.5 * (1.0 + np.tanh(0.5 * x)))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
 def apply_rope(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float,
@@ -365,13 +416,18 @@ class Reference:
         positions = np.arange(self.pos, self.pos + n)
         total = self.pos + n
         group = c.n_heads // c.n_kv_heads
-        scale = 1.0 / math.sqrt(c.head_dim)
+        scale = c.attn_scale or 1.0 / math.sqrt(c.head_dim)
         # causal mask: query at positions[i] sees keys 0..positions[i]
         mask = np.arange(total)[None, :] <= positions[:, None]          # (n, total)
+        # a windowed layer's: and only the last swa_window of them
+        wmask = mask & (np.arange(total)[None, :] > positions[:, None] - c.swa_window)
+        act = gelu_tanh if c.act == "gelu_tanh" else silu
 
-        x = w["token_embd.weight"][tokens].copy()                         # (n, dim)
+        x = w["token_embd.weight"][tokens] * c.embd_scale                 # (n, dim)
         for L in range(c.n_layers):
             p = f"blk.{L}."
+            windowed = c.swa_window > 0 and (c.swa_period == 0 or (L + 1) % c.swa_period != 0)
+            base = c.swa_rope_base if windowed else c.rope_base
             h = rmsnorm(x, w[p + "attn_norm.weight"], c.eps)
             q = self.mm(h, p + "attn_q.weight")
             k = self.mm(h, p + "attn_k.weight")
@@ -385,23 +441,28 @@ class Reference:
             q = q.reshape(n, c.n_heads, c.head_dim)
             k = k.reshape(n, c.n_kv_heads, c.head_dim)
             v = v.reshape(n, c.n_kv_heads, c.head_dim_v)
-            q = apply_rope(q, positions, c.rope_dim, c.rope_base, self.rope_mode)
-            k = apply_rope(k, positions, c.rope_dim, c.rope_base, self.rope_mode)
+            if c.qk_norm:
+                q = rmsnorm(q, w[p + "attn_q_norm.weight"], c.eps)
+                k = rmsnorm(k, w[p + "attn_k_norm.weight"], c.eps)
+            q = apply_rope(q, positions, c.rope_dim, base, self.rope_mode)
+            k = apply_rope(k, positions, c.rope_dim, base, self.rope_mode)
             K = self.k_cache[L] = np.concatenate([self.k_cache[L], k], axis=0)  # (total, kvh, hd)
             V = self.v_cache[L] = np.concatenate([self.v_cache[L], v], axis=0)
             # query head hq uses KV head hq // group
             qg = q.reshape(n, c.n_kv_heads, group, c.head_dim)
             s = np.einsum("ngkd,mgd->gknm", qg, K) * scale                     # (kvh, group, n, total)
-            s = np.where(mask, s, -np.inf)
+            s = np.where(wmask if windowed else mask, s, -np.inf)
             s = s - s.max(axis=-1, keepdims=True)
             e = np.exp(s)
             att = e / e.sum(axis=-1, keepdims=True)
             o = np.einsum("gknm,mgd->ngkd", att, V).reshape(n, c.n_heads * c.head_dim_v)
-            x = x + self.mm(o, p + "attn_output.weight")
+            o = self.mm(o, p + "attn_output.weight")
+            x = x + (rmsnorm(o, w[p + "post_attention_norm.weight"], c.eps) if c.post_norms else o)
             h = rmsnorm(x, w[p + "ffn_norm.weight"], c.eps)
             g = self.mm(h, p + "ffn_gate.weight")
             u = self.mm(h, p + "ffn_up.weight")
-            x = x + self.mm(silu(g) * u, p + "ffn_down.weight")
+            f = self.mm(act(g) * u, p + "ffn_down.weight")
+            x = x + (rmsnorm(f, w[p + "post_ffw_norm.weight"], c.eps) if c.post_norms else f)
         self.pos = total
         x = rmsnorm(x, w["output_norm.weight"], c.eps)
         return self.mm(x, self.out_name)

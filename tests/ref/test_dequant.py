@@ -261,20 +261,8 @@ def test_smollm2_every_tensor(tmp_path):
     assert sum(seen.values()) == 272
 
 
-GEMMA_NAME = "gemma-3-270m-q4_k_m.gguf"
-
-
 def gemma3_path() -> Path:
-    """The assembled Gemma 3 270M Q4_K_M file: $SHOAL_GEMMA3, else where
-    scripts/install-deps.sh puts it; skips, saying how to get it."""
-    env = os.environ.get("SHOAL_GEMMA3")
-    cache = Path(os.environ.get("SHOAL_CACHE") or
-                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal")
-    p = Path(env) if env else cache / GEMMA_NAME
-    if not p.exists():
-        pytest.skip(f"Gemma 3 270M Q4_K_M not found at {p}: scripts/install-deps.sh assembles it "
-                    "(or set SHOAL_GEMMA3)")
-    return p
+    return h.gemma3()
 
 
 def test_gemma3_every_tensor(tmp_path):

@@ -38,6 +38,8 @@ int main(void) {
         { "{{ '<|user|>\n' + message['content'] + eos_token }}", SHOAL_CHAT_ZEPHYR },
         { "{{ bos_token + '[INST] ' + '<<SYS>>\\n' + content }}", SHOAL_CHAT_LLAMA2 },
         { "{{ '[INST] ' + message['content'] + ' [/INST]' }}", SHOAL_CHAT_MISTRAL },
+        { "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}",
+          SHOAL_CHAT_GEMMA },
     };
     for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) {
         int kind = -1;
@@ -70,6 +72,19 @@ int main(void) {
            "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] Bye [/INST]");
     expect(SHOAL_CHAT_MISTRAL, convo + 1, 3, 1, "[INST] Hi [/INST]Hello!</s>[INST] Bye [/INST]");
     expect(SHOAL_CHAT_CHATML, convo + 1, 1, 0, "<|im_start|>user\nHi<|im_end|>\n");
+    /* Gemma: llama.cpp's rendering of its "gemma" template (llama_chat_apply_template, as
+     * tests/model/data/gemma3_llamacpp.json records it): no system turn, the system message
+     * opens the next user turn; contents trimmed; the assistant is "model" */
+    static const struct shoal_chat_msg g_sys[] = { { "system", "You answer in one short sentence." },
+                                                   { "user", "  Why is the sky blue? " } };
+    expect(SHOAL_CHAT_GEMMA, g_sys, 2, 1,
+           "<start_of_turn>user\nYou answer in one short sentence.\n\nWhy is the sky blue?<end_of_turn>\n"
+           "<start_of_turn>model\n");
+    static const struct shoal_chat_msg g_turns[] = { { "user", "Hi!" }, { "assistant", "Hello. How can I help?" },
+                                                     { "user", "Name three planets." } };
+    expect(SHOAL_CHAT_GEMMA, g_turns, 3, 1,
+           "<start_of_turn>user\nHi!<end_of_turn>\n<start_of_turn>model\nHello. How can I help?<end_of_turn>\n"
+           "<start_of_turn>user\nName three planets.<end_of_turn>\n<start_of_turn>model\n");
 
     char *out = NULL;
     struct shoal_chat_msg bad = { "tool", "x" };

@@ -573,6 +573,43 @@ static void test_smollm2(void) {
     n_ran++;
 }
 
+/*
+ * Gemma 3's SentencePiece vocabulary (262,144 tokens, BOS added, no space
+ * prefix) against llama.cpp's ids for the same corpus plus Gemma's markers,
+ * recorded by tests/model/record_gemma3.py (tests/tokenizer/gemma3-llamacpp.*).
+ * The file: $SHOAL_GEMMA3, else where scripts/install-deps.sh assembles it.
+ */
+static void test_gemma3(void) {
+    char model[4096], data[1024];
+    const char *env = getenv("SHOAL_GEMMA3"), *cache = getenv("SHOAL_CACHE"), *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    if (env && *env) snprintf(model, sizeof model, "%s", env);
+    else if (cache && *cache) snprintf(model, sizeof model, "%s/gemma-3-270m-q4_k_m.gguf", cache);
+    else if (xdg && *xdg) snprintf(model, sizeof model, "%s/shoal/gemma-3-270m-q4_k_m.gguf", xdg);
+    else snprintf(model, sizeof model, "%s/.cache/shoal/gemma-3-270m-q4_k_m.gguf", home ? home : "");
+    FILE *f = fopen(model, "rb");
+    if (!f) {
+        printf("SKIP: Gemma 3 270M not found at %s (scripts/install-deps.sh assembles it)\n", model);
+        n_skipped++;
+        return;
+    }
+    fclose(f);
+    const char *base = repo_data("gemma3-llamacpp.inp", data, sizeof data);
+    if (!base) {
+        n_skipped++;
+        return;
+    }
+    data[strlen(data) - 4] = 0; /* the ".inp" */
+    check_vocab_data(model, data, ".out", 1, 0, 0);
+    check_vocab_data(model, data, ".out-nospecial", 0, 0, 1);
+    struct shoal_tokenizer *t = open_tok(model);
+    if (!t) return;
+    CHECK(shoal_tokenizer_n_vocab(t) == 262144, "n_vocab %d", shoal_tokenizer_n_vocab(t));
+    CHECK(shoal_tokenizer_add_bos(t) == 1, "Gemma adds BOS");
+    shoal_tokenizer_destroy(t);
+    n_ran++;
+}
+
 /* -------------------------------------------------------- long inputs */
 
 static double now(void) {
@@ -726,6 +763,7 @@ int main(void) {
     test_bpe_vocab("qwen2.gguf");
     test_bpe_vocab("smollm.gguf");
     test_smollm2();
+    test_gemma3();
     test_long();
     if (n_skipped) printf("%d part(s) skipped for missing data\n", n_skipped);
     return check_done("test_tokenizer");
