@@ -65,20 +65,37 @@ static int split_heads(const struct shoal_model_shape *m, int tp, const double *
         }
         free(b);
     } else {
-        int r = tp / m->n_kv_heads;
-        if (tp % m->n_kv_heads || g % r) {
-            snprintf(why, why_len,
-                     "%d ranks cannot share %d KV heads (%d query heads each) evenly", tp,
-                     m->n_kv_heads, g);
+        /* more ranks than KV heads: the ranks shared out over the groups as evenly as they
+         * go, each rank a copy of its group's KV head and a share of its query heads (by
+         * weight; Gemma 3 270M's 4 over 3 ranks: 2, 1, 1) */
+        if (tp > m->n_heads) {
+            snprintf(why, why_len, "%d ranks cannot share %d query heads (one each at least)", tp, m->n_heads);
             return 1;
         }
-        for (int t = 0; t < tp; t++) {
-            int h = t / r;
-            kv[2 * t] = h;
-            kv[2 * t + 1] = h + 1;
-            q[2 * t] = h * g + (t % r) * (g / r);
-            q[2 * t + 1] = q[2 * t] + g / r;
+        int *r = malloc(sizeof(int) * (size_t)(m->n_kv_heads + 1)), *b = malloc(sizeof(int) * (size_t)(tp + 1));
+        if (!r || !b) {
+            free(r), free(b);
+            snprintf(why, why_len, "out of memory");
+            return 1;
         }
+        shoal_split_units(tp, m->n_kv_heads, NULL, r); /* group h: ranks r[h] .. r[h + 1] - 1 */
+        for (int h = 0; h < m->n_kv_heads; h++) {
+            const int n = r[h + 1] - r[h];
+            if (n > g) { /* (shoal_split_units keeps the groups' ranks within one of each other) */
+                snprintf(why, why_len, "%d ranks cannot share a KV group of %d query heads", n, g);
+                free(r), free(b);
+                return 1;
+            }
+            shoal_split_units(g, n, w ? w + r[h] : NULL, b);
+            for (int i = 0; i < n; i++) {
+                const int t = r[h] + i;
+                kv[2 * t] = h;
+                kv[2 * t + 1] = h + 1;
+                q[2 * t] = h * g + b[i];
+                q[2 * t + 1] = h * g + b[i + 1];
+            }
+        }
+        free(r), free(b);
     }
     for (int t = 0; t < tp; t++)
         if ((int64_t)q[2 * t] * m->head_dim % m->wo_block) {

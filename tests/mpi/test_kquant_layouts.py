@@ -165,7 +165,10 @@ def test_blocks_of_32(name, case, np_, flags, tmp):
 
 @pytest.mark.parametrize("name,np_,msg", [
     ("a-q4_k_m", 2, "off the 256-value quantization blocks of attn_output. Tensor-parallel sizes that work: 1\n"),
-    ("c-mix", 4, "cannot share 3 KV heads (2 query heads each) evenly. Tensor-parallel sizes that work: 1, 2, 3\n"),
+    # 4 ranks would share the first KV group, one query head each: rank 1's output columns would start
+    # inside a super-block
+    ("c-mix", 4, "rank 1's attention output columns would start at 128, off the 256-value quantization "
+                 "blocks of attn_output. Tensor-parallel sizes that work: 1, 2, 3\n"),
 ])
 def test_splits_that_cannot_be(name, np_, msg, tmp_path):
     _, _, err = run(["-m", DIR / f"{name}.gguf"], tmp_path, "refused", np_, ["--tp", np_], check=False)

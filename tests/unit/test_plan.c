@@ -159,10 +159,26 @@ static void specific(void) {
         shoal_plan_destroy(p);
     }
     pr.tp_weights = NULL;
-    /* more ranks than KV heads that cannot share them: refused, alternatives listed */
+    /* more ranks than KV heads: they share the groups, unevenly where they must (4 ranks over
+     * 3 groups of 3 query heads: two on the first, with 2 and 1 of its heads and each a copy
+     * of its KV head; one on each of the others) */
     pr.tp = 4;
-    CHECK(shoal_plan_make(&p, &m, &pr) == SHOAL_INVALID, "tp 4 over 3 KV heads accepted");
-    CHECK(strstr(shoal_last_error(), "sizes that work: 1, 2, 3, 9"), "message: %s", shoal_last_error());
+    CHECK_OK(shoal_plan_make(&p, &m, &pr));
+    if (p) {
+        check_plan(&m, p, NULL, "smollm tp4");
+        const struct shoal_rank_part *r = p->part;
+        CHECK(r[0].kv0 == 0 && r[0].kv1 == 1 && r[1].kv0 == 0 && r[1].kv1 == 1 && r[0].q0 == 0 && r[0].q1 == 2 &&
+                  r[1].q0 == 2 && r[1].q1 == 3 && r[2].q0 == 3 && r[2].q1 == 6 && r[3].q0 == 6 && r[3].q1 == 9,
+              "smollm tp4: q %d-%d %d-%d %d-%d %d-%d", r[0].q0, r[0].q1, r[1].q0, r[1].q1, r[2].q0, r[2].q1,
+              r[3].q0, r[3].q1);
+        shoal_plan_destroy(p);
+    }
+    /* more ranks than query heads: refused, alternatives listed */
+    pr.tp = 10;
+    CHECK(shoal_plan_make(&p, &m, &pr) == SHOAL_INVALID, "tp 10 over 9 query heads accepted");
+    CHECK(strstr(shoal_last_error(), "10 ranks cannot share 9 query heads") &&
+              strstr(shoal_last_error(), "sizes that work: 1, 2, 3, 4, 5, 6, 7, 8, 9"),
+          "message: %s", shoal_last_error());
     /* a split off the quantization blocks: head size 8 and q4_0 attn_output */
     m = (struct shoal_model_shape){ .n_layers = 2, .dim = 64, .n_heads = 8, .n_kv_heads = 8,
                                     .head_dim = 8, .ffn_dim = 256, .n_vocab = 300,
