@@ -1,9 +1,11 @@
 """`shoal serve` on a file of the K-quant types (issue 17): c-mix.gguf of
 tests/model/data/kquants (llama.cpp's quantize: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-and IQ4_XS in row- and column-parallel matrices), requests served together
-in shared batches, on one rank and under tp 2: each text equal to `shoal
-run`'s alone on one rank (the batch- and row-invariant kernels of these
-types make it so)."""
+and IQ4_XS in row- and column-parallel matrices), and on Gemma 3 270M (issue
+18: windowed layers, one KV head shared by the ranks of tp 2 and 3),
+requests served together in shared batches, on one rank (one thread, and
+two: steps cut into lanes) and under tp 2 (and 3): each text equal to
+`shoal run`'s alone on one rank (the batch- and row-invariant kernels of
+these types make it so)."""
 import sys
 import threading
 from pathlib import Path
@@ -18,24 +20,37 @@ import shoal_harness as h  # noqa: E402
 
 openai = pytest.importorskip("openai", reason="the openai package (pip install openai) drives these tests")
 
-MODEL = Path(__file__).resolve().parent.parent / "model" / "data" / "kquants" / "c-mix.gguf"
+CMIX = Path(__file__).resolve().parent.parent / "model" / "data" / "kquants" / "c-mix.gguf"
 PROMPTS = ["Once upon a time", "The cat sat on the mat and", "abc", "In the beginning there was"]
 N = 48
+_alone = {}
 
 
-def alone(prompt):
+def model_path(name):
+    return CMIX if name == "c-mix" else h.gemma3()
+
+
+def alone(name, prompt):
     """shoal run's continuation as the server sends text: valid UTF-8, a byte
     that is not as U+FFFD (random weights make bytes of any value), NUL too."""
-    out = h.run(["run", "-m", MODEL, "-p", prompt, "-n", N, "--temp", 0, "-q", "-t", 1]).stdout
+    if (name, prompt) in _alone:
+        return _alone[(name, prompt)]
+    out = h.run(["run", "-m", model_path(name), "-p", prompt, "-n", N, "--temp", 0, "-q", "-t", 1]).stdout
     text = out.replace(b"\0", "\ufffd".encode()).decode(errors="replace")
     assert text.endswith("\n") and text.startswith(prompt), text
-    return text[len(prompt):-1]
+    _alone[(name, prompt)] = text[len(prompt):-1]
+    return _alone[(name, prompt)]
 
 
-@pytest.mark.parametrize("np_,layout", [(1, []), (2, ["--tp", 2])])
-def test_batched_requests_equal_one_rank_alone(np_, layout):
-    want = {p: alone(p) for p in PROMPTS}
-    s = Server(["-m", MODEL, "-t", 1, "--parallel", 4, "-c", 256] + layout, np_=np_)
+CASES = [("c-mix", 1, []), ("c-mix", 2, ["--tp", 2]), ("gemma3", 1, []), ("gemma3", 1, ["-t", 2]),
+         ("gemma3", 2, ["--tp", 2]), ("gemma3", 3, ["--tp", 3])]
+
+
+@pytest.mark.parametrize("name,np_,layout", CASES, ids=[f"{n}-{np_}-{'_'.join(map(str, l))}" for n, np_, l in CASES])
+def test_batched_requests_equal_one_rank_alone(name, np_, layout):
+    want = {p: alone(name, p) for p in PROMPTS}
+    threads = [] if "-t" in layout else ["-t", 1]
+    s = Server(["-m", model_path(name), "--model-id", name, "--parallel", 4, "-c", 256] + threads + layout, np_=np_)
     try:
         got, errors = {}, []
         start = threading.Barrier(len(PROMPTS))
@@ -44,7 +59,7 @@ def test_batched_requests_equal_one_rank_alone(np_, layout):
             try:
                 c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
                 start.wait(30)
-                got[p] = c.completions.create(model="c-mix", prompt=p, max_tokens=N, temperature=0).choices[0].text
+                got[p] = c.completions.create(model=name, prompt=p, max_tokens=N, temperature=0).choices[0].text
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(f"{p!r}: {e!r}")
 
