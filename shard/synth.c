@@ -184,7 +184,9 @@ static int plan_tensors(const struct shape *s, struct tensor_plan *tp) {
         snprintf(tp[n].name, sizeof tp[n].name, "%s", nm);                                     \
         n++;                                                                                   \
     } while (0)
-    T2("token_embd.weight", s->embd_type, s->dim, s->vocab, 1.0f);
+    /* a family that scales its embeddings by sqrt(dim) stores them that much smaller (as
+     * Gemma's are), so that they do not drown what the layers add */
+    T2("token_embd.weight", s->embd_type, s->dim, s->vocab, s->fam->embd_scale ? 1.0f / sqrtf((float)s->dim) : 1.0f);
     T1("output_norm.weight", s->dim, 0.1f, 1.0f);
     if (!s->tied) {
         T2("output.weight", s->out_type, s->dim, s->vocab, 4.0f * sqrtf(3.0f / s->dim));
