@@ -538,7 +538,8 @@ static shoal_status load(struct run *r) {
     if (r->o.serve) topk = 0; /* requests sample as they like: whole rows of logits */
     struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
                                       .n_outputs = r->o.serve ? r->o.parallel : r->o.logits_path ? r->o.n_batch : 1,
-                                      .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist };
+                                      .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist,
+                                      .one_seq = !r->o.serve /* windowed layers keep rings */ };
     struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
                                        .from = r->o.offload_from, .state = &stp,
                                        .group = r->dist ? r->dist->group : NULL,

@@ -908,6 +908,19 @@ static void act_counts(const struct shoal_hparams *hp, const struct shoal_rank_p
     memcpy(counts, c, sizeof c);
 }
 
+int shoal_state_ring_slots(const struct shoal_hparams *hp, const struct shoal_state_params *p) {
+    if (!p->one_seq || hp->swa_window <= 0 || p->n_ctx < 1 || p->n_batch < 1) return 0;
+    const int64_t n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
+    const int64_t ring = (int64_t)hp->swa_window + n_batch - 1;
+    return ring < p->n_ctx ? (int)ring : 0;
+}
+
+/* The slots of local layer l's cache: the context, or its ring. */
+static int64_t layer_slots(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, int ring, int n_ctx,
+                           int l) {
+    return ring && shoal_layer_windowed(hp, pt->layer0 + l) ? ring : n_ctx;
+}
+
 uint64_t shoal_state_device_bytes(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
                                   const struct shoal_state_params *p) {
     const int n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
@@ -918,7 +931,10 @@ uint64_t shoal_state_device_bytes(const struct shoal_hparams *hp, const struct s
     for (size_t i = 0; i < N_ACT; i++) total += (counts[i] * sizeof(float) + 63) / 64 * 64;
     struct shoal_kv_desc d;
     shoal_kv_desc_init(&d, p->kv_type, pt->kv1 - pt->kv0, hp->head_dim, p->n_ctx);
-    return total + (uint64_t)(pt->layer1 - pt->layer0) * 2 * (uint64_t)p->n_ctx * d.row_bytes;
+    const int ring = shoal_state_ring_slots(hp, p);
+    for (int l = 0; l < pt->layer1 - pt->layer0; l++)
+        total += 2 * (uint64_t)layer_slots(hp, pt, ring, p->n_ctx, l) * d.row_bytes;
+    return total;
 }
 
 shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_model *m,
@@ -949,7 +965,28 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     size_t total = 0;
     for (size_t i = 0; i < N_ACT; i++) total += (counts[i] * sizeof(float) + 63) / 64 * 64;
     s->act_bytes = total;
-    s->kv_bytes = (uint64_t)(m->part.layer1 - m->part.layer0) * 2 * (uint64_t)p->n_ctx * s->kvd.row_bytes;
+    /* the cache: each layer's K then V, a windowed layer's as long as its ring */
+    const int nl = m->part.layer1 - m->part.layer0;
+    s->ring = shoal_state_ring_slots(hp, p);
+    shoal_kv_desc_init(&s->kvd_ring, p->kv_type, m->n_kv_l, hp->head_dim, s->ring ? s->ring : 1);
+    if (!(s->kv_at = malloc(sizeof(size_t) * (size_t)(nl + 1)))) {
+        free(s);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
+    s->kv_bytes = 0;
+    for (int l = 0; l < nl; l++) {
+        s->kv_at[l] = (size_t)s->kv_bytes;
+        s->kv_bytes += 2 * (uint64_t)layer_slots(hp, &m->part, s->ring, p->n_ctx, l) * s->kvd.row_bytes;
+    }
+    if (s->ring) { /* the step's batch as the rings see it */
+        s->ring_table_cap = p->n_ctx / s->ring + 1;
+        s->ring_slot = malloc(sizeof(int32_t) * (size_t)s->n_batch);
+        s->ring_table = calloc((size_t)s->ring_table_cap, sizeof(int32_t)); /* every block: the ring's one */
+        if (!s->ring_slot || !s->ring_table) {
+            shoal_state_destroy(s);
+            return shoal_errorf(SHOAL_NOMEM, "out of memory");
+        }
+    }
     s->serial = shoal_backend_serial(m->be);
     shoal_status rc;
     struct shoal_work_shape ws;
@@ -995,6 +1032,9 @@ void shoal_state_destroy(struct shoal_state *s) {
     shoal_backend_graph_forget(s->m->be); /* recordings of its steps point at its buffers */
     shoal_backend_free(s->m->be, s->kv);
     shoal_backend_free(s->m->be, s->act);
+    free(s->kv_at);
+    free(s->ring_slot);
+    free(s->ring_table);
     free(s->gathered);
     free(s->yd_host);
     free(s->cands);
@@ -1021,6 +1061,7 @@ shoal_status shoal_run_embed(struct shoal_state *s, const struct shoal_batch *b)
 struct span {
     struct shoal_backend *be;
     const struct shoal_batch *b; /* the run's tokens */
+    const struct shoal_batch *rb; /* the same as the windowed layers' rings see them, or NULL */
     int sync;                    /* a lane whose sequences other lanes hold tokens of too */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
     double *yd;
@@ -1031,7 +1072,7 @@ static struct span span_of(struct shoal_state *s, struct shoal_backend *be, cons
     const struct shoal_model *m = s->m;
     const size_t t = (size_t)t0, dim = (size_t)m->hp.dim, ff = (size_t)m->ffn_l;
     const size_t qd = (size_t)m->n_heads_l * (size_t)m->hp.head_dim, kvd = (size_t)m->n_kv_l * (size_t)m->hp.head_dim;
-    return (struct span){ be, b, 0, s->x + t * dim, s->xb + t * dim, s->q + t * qd, s->k + t * kvd,
+    return (struct span){ be, b, NULL, 0, s->x + t * dim, s->xb + t * dim, s->q + t * qd, s->k + t * kvd,
                           s->v + t * kvd, s->att + t * qd, s->hb + t * ff, s->hb2 + t * ff, s->yd + t * dim };
 }
 
@@ -1155,12 +1196,13 @@ static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
     const struct shoal_batch *b = sp->b;
     const int n = b->n_tokens, dim = hp->dim;
     const int qd = m->n_heads_l * hp->head_dim, kvd = m->n_kv_l * hp->head_dim;
-    const size_t layer_kv = (size_t)s->n_ctx * s->kvd.row_bytes;
     for (int l = 0; l < m->part.layer1 - m->part.layer0; l++) {
         if (m->stream) SHOAL_TRY(fetch_ahead((struct shoal_model *)m, l));
         const struct shoal_layer *L = &m->layers[l];
-        char *kc = (char *)s->kv + (size_t)l * 2 * layer_kv, *vc = kc + layer_kv;
-        const int windowed = shoal_layer_windowed(hp, m->part.layer0 + l);
+        const int windowed = shoal_layer_windowed(hp, m->part.layer0 + l), ringed = windowed && s->ring;
+        const struct shoal_kv_desc *cache = ringed ? &s->kvd_ring : &s->kvd;
+        const struct shoal_batch *kb = ringed ? sp->rb : b; /* where the cache keeps the tokens */
+        char *kc = (char *)s->kv + s->kv_at[l], *vc = kc + (size_t)cache->n_slots * cache->row_bytes;
         const struct shoal_rope *rope = windowed ? &hp->rope_swa : &hp->rope;
 
         SHOAL_TRY(shoal_op_rmsnorm(be, sp->xb, sp->x, L->attn_norm, n, dim, hp->rms_eps));
@@ -1178,9 +1220,9 @@ static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
         }
         SHOAL_TRY(shoal_op_rope(be, sp->q, m->n_heads_l, hp->head_dim, rope, b));
         SHOAL_TRY(shoal_op_rope(be, sp->k, m->n_kv_l, hp->head_dim, rope, b));
-        SHOAL_TRY(shoal_op_kv_store(be, &s->kvd, kc, vc, sp->k, sp->v, b));
+        SHOAL_TRY(shoal_op_kv_store(be, cache, kc, vc, sp->k, sp->v, kb));
         if (sp->sync) SHOAL_TRY(shoal_backend_lane_barrier(be)); /* every lane's keys stored */
-        SHOAL_TRY(shoal_op_attention(be, sp->att, sp->q, m->n_heads_l, &s->kvd, kc, vc, b, hp->attn_scale,
+        SHOAL_TRY(shoal_op_attention(be, sp->att, sp->q, m->n_heads_l, cache, kc, vc, kb, hp->attn_scale,
                                      windowed ? hp->swa_window : 0));
         SHOAL_TRY(project_add(s, sp, &L->wo, sp->att, L->post_attn_norm));
 
@@ -1277,18 +1319,57 @@ static shoal_status lane_run(void *arg, struct shoal_backend *lane, int i, int n
     if (sub.slot) sub.slot += t0;
     struct span sp = span_of(a->s, lane, &sub, t0);
     sp.sync = a->sync;
+    struct shoal_batch rsub;
+    if (a->s->ring) { /* the rings' view of the same tokens */
+        rsub = a->s->ring_b;
+        rsub.n_tokens = sub.n_tokens;
+        if (rsub.token) rsub.token += t0;
+        rsub.pos += t0;
+        rsub.seq += t0;
+        rsub.slot += t0;
+        sp.rb = &rsub;
+    }
     return span_layers(a->s, &sp);
+}
+
+/*
+ * The batch as the windowed layers' rings see it (shoal_state_ring_slots):
+ * position p in slot p % ring, and every block of the table the ring's one
+ * block of ring slots. Only one sequence in one contiguous block has rings.
+ */
+static shoal_status ring_batch(struct shoal_state *s, const struct shoal_batch *b) {
+    if (b->n_seq != 1 || b->max_blocks != 1 || b->block_table[0] != 0 || b->block_size != s->n_ctx)
+        return shoal_errorf(SHOAL_INTERNAL, "a state with windowed layers' rings runs one sequence in one "
+                            "block (this batch: %d sequences, %d blocks of %d)", b->n_seq, b->max_blocks,
+                            b->block_size);
+    if (b->n_tokens > s->n_batch)
+        return shoal_errorf(SHOAL_INTERNAL, "%d tokens in a step of at most %d", b->n_tokens, s->n_batch);
+    int max_pos = 0;
+    for (int t = 0; t < b->n_tokens; t++) {
+        if (b->pos[t] < 0 || b->pos[t] >= s->n_ctx)
+            return shoal_errorf(SHOAL_INTERNAL, "token %d at position %d of a context of %d", t, b->pos[t], s->n_ctx);
+        s->ring_slot[t] = b->pos[t] % s->ring;
+        if (b->pos[t] > max_pos) max_pos = b->pos[t];
+    }
+    s->ring_b = *b;
+    s->ring_b.slot = s->ring_slot;
+    s->ring_b.block_table = s->ring_table;
+    s->ring_b.block_size = s->ring;
+    s->ring_b.max_blocks = max_pos / s->ring + 1; /* <= ring_table_cap: positions are below n_ctx */
+    return SHOAL_OK;
 }
 
 static shoal_status layers(struct shoal_state *s, const struct shoal_batch *b) {
     const struct shoal_model *m = s->m;
+    if (s->ring) SHOAL_TRY(ring_batch(s, b));
     struct lane_arg a = { s, b, 0, { 0 } };
     const int n = lanes_for(s, b, a.cut, &a.sync);
     if (n) {
         SHOAL_TRY(shoal_backend_run_lanes(m->be, n, lane_run, &a));
         s->lane_steps++;
     } else {
-        const struct span sp = span_of(s, m->be, b, 0);
+        struct span sp = span_of(s, m->be, b, 0);
+        if (s->ring) sp.rb = &s->ring_b;
         SHOAL_TRY(span_layers(s, &sp));
     }
     if (m->stream) SHOAL_TRY(fetch_next_step((struct shoal_model *)m));
@@ -1301,7 +1382,8 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
      * through the host between the ops */
     const int staged = s->dist && shoal_comm_size(s->dist->tp) > 1 && !s->dist->tp_dev &&
                        !shoal_backend_host_memory(be);
-    if (staged || s->m->stream) return layers(s, b); /* (streamed layers copy between the ops) */
+    /* (streamed layers copy between the ops; a CUDA graph records one batch, and rings are a second) */
+    if (staged || s->m->stream || s->ring) return layers(s, b);
     /* the state by its serial, not its address: a new state may come where a freed one was */
     uint64_t key = 1469598103934665603ull;
     const uint64_t parts[] = { s->serial, (uint64_t)b->n_tokens, (uint64_t)b->n_seq,

@@ -253,6 +253,13 @@ struct shoal_state_params {
      */
     int topk;
     const struct shoal_dist *dist; /* NULL: one rank */
+    /*
+     * The state runs one sequence in one contiguous block (shoal run): then
+     * a windowed layer (shoal_layer_windowed) keeps a ring of its window and a
+     * batch's tokens, not the context (shoal_state_ring_slots). Else (the
+     * paged cache of shoal serve) every layer keeps the whole context.
+     */
+    int one_seq;
 };
 
 /* Communication of one kind of step on this rank (prompt or single-token). */
@@ -274,7 +281,16 @@ struct shoal_state {
     const struct shoal_dist *dist;
     struct shoal_kv_desc kvd;  /* local KV heads */
     int n_ctx, n_batch, n_outputs, topk;
-    void *kv;          /* device: per local layer, K then V, n_ctx slots each */
+    void *kv;          /* device: per local layer, K then V, n_ctx slots each (ring slots for a windowed one) */
+    size_t *kv_at;     /* host (local layers): where a layer's K begins in kv (its V follows) */
+    /* rings: the slots of a windowed layer's cache (0: none, every layer the whole context),
+     * its descriptor, and the step's batch as the rings see it (slot pos % ring, one block of
+     * ring slots that every block of the table names) */
+    int ring;
+    struct shoal_kv_desc kvd_ring;
+    struct shoal_batch ring_b;
+    int32_t *ring_slot, *ring_table;
+    int ring_table_cap;
     void *act;         /* device: the activations below, one block */
     float *x;          /* (n_batch, dim) residual stream */
     float *xb;         /* (n_batch, dim) normed input / projection output */
@@ -305,6 +321,13 @@ struct shoal_state {
 
 shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_model *m,
                                 const struct shoal_state_params *p);
+/*
+ * The slots of a windowed layer's ring for state params p (0: no rings): the
+ * window and a batch's tokens, less one (a token attends to the window's
+ * positions after the whole batch is stored), when that is less than the
+ * context.
+ */
+int shoal_state_ring_slots(const struct shoal_hparams *hp, const struct shoal_state_params *p);
 /* The device bytes shoal_state_create will allocate for a rank with part pt (KV cache and activations). */
 uint64_t shoal_state_device_bytes(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
                                   const struct shoal_state_params *p);

@@ -13,12 +13,15 @@ tests/model/record_gemma3.py with llama-cpp-python 0.3.36 (its "meta").
 - along the long prompt and llama.cpp's continuation, past the window,
   shoal's next-token distributions within KL_BOUND of llama.cpp's (teacher
   forcing: data/gemma3_logits.npz), and far from them with the window
-  widened (the check sees the window).
+  widened (the check sees the window);
+- the windowed layers' rings: the cache's size, and the same logits as a
+  whole cache.
 The varied corpus of tests/tokenizer/gemma3-llamacpp.* is the tokenizer unit
 test's (test_tokenizer.c).
 """
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -146,3 +149,25 @@ def test_window_is_what_llamacpp_does(model, tmp_path):
     print({k: float(v.mean()) for k, v in kl_of.items()})
     assert kl_of["gemma3"].mean() < KL_BOUND, f"mean KL {kl_of['gemma3'].mean():.2e}"
     assert kl_of["wide"].mean() > 10 * KL_BOUND, f"without the window: mean KL {kl_of['wide'].mean():.2e}"
+
+
+def test_windowed_layers_keep_rings(model, tmp_path):
+    """shoal run's windowed layers keep a ring of the window and a batch's tokens (512 + 512 - 1
+    slots), the three global layers the whole context: at -c 32768 the cache is 111 MiB where
+    every layer whole would take 576 MiB (f16, one KV head of 256 values: 512 bytes a slot). The
+    rings give the very logits a whole cache gives: the 687 positions above, with batches of 16
+    and of 512 (rings of 527 and 1023 slots, wrapped many times and once) against a context too
+    short for rings (-c 1023: every layer whole)."""
+    p = h.run(["run", "-m", model, "-p", "Hello", "-n", 1, "-c", 32768, "-v"], timeout=300)
+    m = re.search(r"ctx 32768, kv f16 ([0-9.]+) MiB", p.stderr.decode())
+    want = (3 * 2 * 32768 + 15 * 2 * 1023) * 512 / 2**20
+    assert m and abs(float(m.group(1)) - want) < 0.01, (p.stderr.decode()[-2000:], want)
+    seq = ",".join(str(int(t)) for t in LOGITS["seq"][:1000])
+    got = {}
+    for name, args in (("whole", ["-c", 1023, "-b", 512]), ("ring527", ["-c", 1024, "-b", 16]),
+                       ("ring1023", ["-c", 1024, "-b", 512])):
+        out = tmp_path / f"{name}.f32"
+        h.run(["run", "-m", model, "--prompt-ids", seq, "-n", 0, "--logits-out", out, "--logits-f32", "-q",
+                     "--no-echo"] + args, timeout=600)
+        got[name] = out.read_bytes()
+    assert got["ring527"] == got["whole"] and got["ring1023"] == got["whole"]
