@@ -175,16 +175,17 @@ def metric(s, name):
 
 @pytest.mark.parametrize("lanes", ["1", "0"])
 def test_lanes_match_run(model, lanes):
-    """Two threads and eight requests at once: a step of the eight sequences runs
-    cut into two lanes, four sequences each through every layer on one thread
+    """Two threads and twelve requests at once: a step of eight sequences or more runs
+    cut into two lanes, a share of the sequences each through every layer on one thread
     (shoal_backend_run_lanes), and each request still gets the text it gets alone.
     The server counts such steps; SHOAL_CPU_LANES=0 runs every step whole, and
     gives the same texts."""
     import os
-    prompts = PROMPTS + ["The sun was", "A big dog"]
-    n = 60
+    # twelve, long enough that eight or more are in the batch at once on this tiny model
+    prompts = PROMPTS + ["The sun was", "A big dog", "Lily and Tom", "The bird sang", "One morning", "Sam ran"]
+    n = 150
     want = {p: ref(model, p, n) for p in prompts}
-    s = Server(["-m", model, "-t", 2, "--parallel", 8, "-c", 2048], env={**os.environ, "SHOAL_CPU_LANES": lanes})
+    s = Server(["-m", model, "-t", 2, "--parallel", 12, "-c", 4096], env={**os.environ, "SHOAL_CPU_LANES": lanes})
     try:
         got, errors = {}, []
         start = threading.Barrier(len(prompts))
