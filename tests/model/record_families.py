@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from record_llamacpp import greedy  # noqa: E402
 PROMPT = "the quick brown fox jumps over the lazy dog"
 N_GEN = 16
 # name: shoal synth arguments (gemma3: a window of 8 positions on 5 layers of 6, one KV head)
@@ -60,16 +62,7 @@ def main():
             subprocess.run([shoal, "synth", "-o", str(path)] + args, check=True)
             llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, logits_all=True,
                         type_k=0, type_v=0, flash_attn=False)
-            toks = llm.tokenize(PROMPT.encode(), add_bos=True)
-            llm.reset()
-            llm.eval(toks)
-            gen, gaps = [], []
-            for _ in range(N_GEN):
-                row = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
-                top = np.argsort(-row, kind="stable")[:2]
-                gen.append(int(top[0]))
-                gaps.append(round(float(row[top[0]] - row[top[1]]), 5))
-                llm.eval([gen[-1]])
+            toks, gen, gaps = greedy(llm, PROMPT, N_GEN, add_bos=True)
             seq = toks + gen
             llm.reset()
             llm.eval(seq)

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests" / "tokenizer"))
-from record_llamacpp import MORE_TEXTS, greedy, sha256  # noqa: E402
+from record_llamacpp import MORE_TEXTS, greedy, sha256, write_vocab_tests  # noqa: E402
 from record_smollm2_logits import record  # noqa: E402
 
 LONG_FROM = 560  # the logits kept: positions past the window
@@ -145,14 +145,7 @@ def main():
 
     texts = list(TESTS) + MORE_TEXTS + GEMMA_TEXTS
     base = ROOT / "tests" / "tokenizer" / "gemma3-llamacpp"
-    with open(str(base) + ".inp", "w", encoding="utf-8", newline="") as f:
-        for s in texts:
-            f.write(s + "\n__ggml_vocab_test__\n")
-    for suffix, special in ((".out", True), (".out-nospecial", False)):
-        with open(str(base) + suffix, "w") as f:
-            for s in texts:
-                ids = llm.tokenize(s.encode(), add_bos=False, special=special)
-                f.write(" ".join(str(i) for i in ids) + "\n")
+    write_vocab_tests(llm, texts, base)
     print(f"wrote {out_dir / 'gemma3_llamacpp.json'} and {base}.inp/.out/.out-nospecial "
           f"({len(texts)} strings); llama-cpp-python {llama_cpp.__version__}", file=sys.stderr)
 

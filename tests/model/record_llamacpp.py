@@ -99,6 +99,19 @@ def sha256(path):
     return h.hexdigest()
 
 
+def write_vocab_tests(llm, texts, base):
+    """base.inp (the strings) and base.out / .out-nospecial (llama.cpp's ids for each, no BOS,
+    special tokens parsed or not): llama.cpp's test-tokenizer-0 format."""
+    with open(str(base) + ".inp", "w", encoding="utf-8", newline="") as f:
+        for s in texts:
+            f.write(s + "\n__ggml_vocab_test__\n")
+    for suffix, special in ((".out", True), (".out-nospecial", False)):
+        with open(str(base) + suffix, "w") as f:
+            for s in texts:
+                ids = llm.tokenize(s.encode(), add_bos=False, special=special)
+                f.write(" ".join(str(i) for i in ids) + "\n")
+
+
 def greedy(llm, prompt, n, add_bos=False):
     """llama-cli's greedy loop: the prompt (after BOS, with add_bos) in one batch, then one
     token per step."""
@@ -158,14 +171,7 @@ def main():
 
     texts = list(TESTS) + MORE_TEXTS
     base = ROOT / "tests" / "tokenizer" / "smollm2-llamacpp"
-    with open(str(base) + ".inp", "w", encoding="utf-8", newline="") as f:
-        for s in texts:
-            f.write(s + "\n__ggml_vocab_test__\n")
-    for suffix, special in ((".out", True), (".out-nospecial", False)):
-        with open(str(base) + suffix, "w") as f:
-            for s in texts:
-                ids = llm.tokenize(s.encode(), add_bos=False, special=special)
-                f.write(" ".join(str(i) for i in ids) + "\n")
+    write_vocab_tests(llm, texts, base)
     print(f"wrote {out_dir / 'smollm2_llamacpp.json'} and {base}.inp/.out/.out-nospecial "
           f"({len(texts)} strings); llama-cpp-python {llama_cpp.__version__}", file=sys.stderr)
 

@@ -89,3 +89,26 @@ def wait_until(cond, timeout=20.0, step=0.05) -> bool:
             return True
         time.sleep(step)
     return False
+
+
+def at_once(items, one, timeout=180.0):
+    """one(index, item) for every item, each on a thread of its own, all started
+    together (a barrier): the requests of a test arrive at the same time. The
+    failures, as "item: exception", [] when none."""
+    import threading
+    errors = []
+    start = threading.Barrier(len(items))
+
+    def run(i, item):
+        try:
+            start.wait(30)
+            one(i, item)
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            errors.append(f"{item!r}: {e!r}")
+
+    ts = [threading.Thread(target=run, args=(i, it)) for i, it in enumerate(items)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout)
+    return errors

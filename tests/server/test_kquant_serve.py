@@ -7,13 +7,12 @@ two: steps cut into lanes) and under tp 2 (and 3): each text equal to
 `shoal run`'s alone on one rank (the batch- and row-invariant kernels of
 these types make it so)."""
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_harness import Server  # noqa: E402
+from serve_harness import Server, at_once  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
@@ -52,22 +51,13 @@ def test_batched_requests_equal_one_rank_alone(name, np_, layout):
     threads = [] if "-t" in layout else ["-t", 1]
     s = Server(["-m", model_path(name), "--model-id", name, "--parallel", 4, "-c", 256] + threads + layout, np_=np_)
     try:
-        got, errors = {}, []
-        start = threading.Barrier(len(PROMPTS))
+        got = {}
 
-        def one(p):
-            try:
-                c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
-                start.wait(30)
-                got[p] = c.completions.create(model=name, prompt=p, max_tokens=N, temperature=0).choices[0].text
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(f"{p!r}: {e!r}")
+        def one(i, p):
+            c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
+            got[p] = c.completions.create(model=name, prompt=p, max_tokens=N, temperature=0).choices[0].text
 
-        ts = [threading.Thread(target=one, args=(p,)) for p in PROMPTS]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(180)
+        errors = at_once(PROMPTS, one)
         assert not errors, errors
         for p in PROMPTS:
             assert got.get(p) == want[p], f"{layout} {p!r}: served {got.get(p)!r}, alone {want[p]!r}"

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
-from serve_harness import Server  # noqa: E402
+from serve_harness import Server, at_once  # noqa: E402
 
 openai = pytest.importorskip("openai", reason="the openai package (pip install openai) drives these tests")
 
@@ -133,27 +133,18 @@ def test_concurrent_requests_each_match_run(server, model):
     they share gives each the text it gets alone."""
     n = 150  # long enough that they overlap on this tiny model, sent together
     want = {p: ref(model, p, n) for p in PROMPTS}
-    got, errors = {}, []
-    start = threading.Barrier(len(PROMPTS))
+    got = {}
 
     def one(i, p):
-        try:
-            c = client(server)
-            start.wait(30)
-            if i % 2:
-                got[p] = "".join(x.choices[0].text for x in c.completions.create(
-                    model="stories260K", prompt=p, max_tokens=n, temperature=0, stream=True) if x.choices)
-            else:
-                got[p] = c.completions.create(model="stories260K", prompt=p, max_tokens=n,
-                                              temperature=0).choices[0].text
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(f"{p!r}: {e!r}")
+        c = client(server)
+        if i % 2:
+            got[p] = "".join(x.choices[0].text for x in c.completions.create(
+                model="stories260K", prompt=p, max_tokens=n, temperature=0, stream=True) if x.choices)
+        else:
+            got[p] = c.completions.create(model="stories260K", prompt=p, max_tokens=n,
+                                          temperature=0).choices[0].text
 
-    ts = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(PROMPTS)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(120)
+    errors = at_once(PROMPTS, one, 120)
     assert not errors, errors
     for p in PROMPTS:
         assert got.get(p) == want[p], f"{p!r} in a batch: {got.get(p)!r}, alone {want[p]!r}"
@@ -187,23 +178,13 @@ def test_lanes_match_run(model, lanes):
     want = {p: ref(model, p, n) for p in prompts}
     s = Server(["-m", model, "-t", 2, "--parallel", 12, "-c", 4096], env={**os.environ, "SHOAL_CPU_LANES": lanes})
     try:
-        got, errors = {}, []
-        start = threading.Barrier(len(prompts))
+        got = {}
 
-        def one(p):
-            try:
-                c = client(s)
-                start.wait(30)
-                got[p] = c.completions.create(model="stories260K", prompt=p, max_tokens=n,
-                                              temperature=0).choices[0].text
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(f"{p!r}: {e!r}")
+        def one(i, p):
+            got[p] = client(s).completions.create(model="stories260K", prompt=p, max_tokens=n,
+                                                  temperature=0).choices[0].text
 
-        ts = [threading.Thread(target=one, args=(p,)) for p in prompts]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(120)
+        errors = at_once(prompts, one, 120)
         assert not errors, errors
         for p in prompts:
             assert got.get(p) == want[p], f"{p!r} with lanes={lanes}: {got.get(p)!r}, alone {want[p]!r}"

@@ -541,12 +541,35 @@ static void test_bpe_vocab(const char *name) {
 }
 
 /*
+ * A corpus recorded from llama.cpp (tests/tokenizer/NAME.inp, .out,
+ * .out-nospecial) against model's vocabulary, special tokens parsed and
+ * not; then the vocabulary's size and whether it adds BOS. The tokenizer,
+ * for more checks (the caller destroys it), or NULL (skipped or failed).
+ */
+static struct shoal_tokenizer *check_recorded(const char *model, const char *inp, int n_vocab, int add_bos) {
+    char data[1024];
+    if (!repo_data(inp, data, sizeof data)) {
+        n_skipped++;
+        return NULL;
+    }
+    data[strlen(data) - 4] = 0; /* the ".inp" */
+    check_vocab_data(model, data, ".out", 1, 0, 0);
+    check_vocab_data(model, data, ".out-nospecial", 0, 0, 1);
+    struct shoal_tokenizer *t = open_tok(model);
+    if (!t) return NULL;
+    CHECK(shoal_tokenizer_n_vocab(t) == n_vocab, "%s: n_vocab %d", model, shoal_tokenizer_n_vocab(t));
+    CHECK(shoal_tokenizer_add_bos(t) == add_bos, "%s: %s BOS", model, add_bos ? "adds no" : "adds a");
+    n_ran++;
+    return t;
+}
+
+/*
  * SmolLM2-135M-Instruct's own vocabulary (49,152 tokens, pre-tokenizer
  * "smollm") against llama.cpp's ids for a varied corpus, recorded by
  * tests/model/record_llamacpp.py (tests/tokenizer/smollm2-llamacpp.*).
  */
 static void test_smollm2(void) {
-    char model[4096], data[1024];
+    char model[4096];
     const char *env = getenv("SHOAL_SMOLLM2");
     if (env && *env) {
         snprintf(model, sizeof model, "%s", env);
@@ -556,21 +579,10 @@ static void test_smollm2(void) {
         n_skipped++;
         return;
     }
-    const char *base = repo_data("smollm2-llamacpp.inp", data, sizeof data);
-    if (!base) {
-        n_skipped++;
-        return;
-    }
-    data[strlen(data) - 4] = 0; /* the ".inp" */
-    check_vocab_data(model, data, ".out", 1, 0, 0);
-    check_vocab_data(model, data, ".out-nospecial", 0, 0, 1);
-    struct shoal_tokenizer *t = open_tok(model);
+    struct shoal_tokenizer *t = check_recorded(model, "smollm2-llamacpp.inp", 49152, 0);
     if (!t) return;
-    CHECK(shoal_tokenizer_n_vocab(t) == 49152, "n_vocab %d", shoal_tokenizer_n_vocab(t));
-    CHECK(shoal_tokenizer_add_bos(t) == 0, "SmolLM2 adds no BOS");
     CHECK(shoal_tokenizer_is_eog(t, 2) && shoal_tokenizer_is_eog(t, 0), "<|im_end|>, <|endoftext|> end");
     shoal_tokenizer_destroy(t);
-    n_ran++;
 }
 
 /*
@@ -580,7 +592,7 @@ static void test_smollm2(void) {
  * The file: $SHOAL_GEMMA3, else where scripts/install-deps.sh assembles it.
  */
 static void test_gemma3(void) {
-    char model[4096], data[1024];
+    char model[4096];
     const char *env = getenv("SHOAL_GEMMA3"), *cache = getenv("SHOAL_CACHE"), *xdg = getenv("XDG_CACHE_HOME");
     const char *home = getenv("HOME");
     if (env && *env) snprintf(model, sizeof model, "%s", env);
@@ -594,20 +606,7 @@ static void test_gemma3(void) {
         return;
     }
     fclose(f);
-    const char *base = repo_data("gemma3-llamacpp.inp", data, sizeof data);
-    if (!base) {
-        n_skipped++;
-        return;
-    }
-    data[strlen(data) - 4] = 0; /* the ".inp" */
-    check_vocab_data(model, data, ".out", 1, 0, 0);
-    check_vocab_data(model, data, ".out-nospecial", 0, 0, 1);
-    struct shoal_tokenizer *t = open_tok(model);
-    if (!t) return;
-    CHECK(shoal_tokenizer_n_vocab(t) == 262144, "n_vocab %d", shoal_tokenizer_n_vocab(t));
-    CHECK(shoal_tokenizer_add_bos(t) == 1, "Gemma adds BOS");
-    shoal_tokenizer_destroy(t);
-    n_ran++;
+    shoal_tokenizer_destroy(check_recorded(model, "gemma3-llamacpp.inp", 262144, 1));
 }
 
 /* -------------------------------------------------------- long inputs */
