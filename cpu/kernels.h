@@ -160,6 +160,9 @@ struct cpu_kernels {
     void (*att_head[3])(const struct att_head_args *a);
     /* optional: g[i] = g[i] / (1 + e^-g[i]) * u[i] for n values, within 2 ulps of expf's */
     void (*silu_mul)(float *g, const float *u, long long n);
+    /* optional: g = gelu(g) * u, GELU's tanh form as g / (1 + e^(-2 c g (1 + a g^2))) (the
+     * scalar form: gelu_mul_range in backend_cpu.c) */
+    void (*gelu_mul)(float *g, const float *u, long long n);
 };
 
 extern const struct cpu_kernels shoal_cpu_kernels_scalar;

@@ -851,6 +851,19 @@ static void silu_mul(float *g, const float *u, long long n) {
     }
 }
 
+/* g = gelu(g) * u: g / (1 + e^(-2 c g (1 + a g^2))), which is g (1 + tanh(c g (1 + a g^2))) / 2 */
+static void gelu_mul(float *g, const float *u, long long n) {
+    const __m512 c2 = _mm512_set1_ps(-2.0f * 0.79788456080286535588f), a = _mm512_set1_ps(0.044715f);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (long long i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 y = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 t = _mm512_mul_ps(_mm512_mul_ps(c2, y), _mm512_add_ps(one, _mm512_mul_ps(a, _mm512_mul_ps(y, y))));
+        const __m512 s = _mm512_div_ps(y, _mm512_add_ps(one, exp16(t)));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
 static void att_head_f32(const struct att_head_args *a) { att_f32[a->n_heads - 1](a); }
 static void att_head_f16(const struct att_head_args *a) { att_f16[a->n_heads - 1](a); }
 
@@ -937,4 +950,5 @@ const struct cpu_kernels shoal_cpu_kernels_avx512 = {
     .to_f16 = to_f16,
     .att_head = { att_head_f32, att_head_f16, NULL },
     .silu_mul = silu_mul,
+    .gelu_mul = gelu_mul,
 };

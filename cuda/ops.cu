@@ -386,12 +386,12 @@ __global__ void k_silu_mul(float *g, const float *__restrict__ u, size_t n) {
     g[i] = __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, e)), u[i]);
 }
 
-/* gate = gelu(gate) * up, GELU's tanh form as the CPU writes it (tanhf: within an ulp or two of the CPU's) */
+/* gate = gelu(gate) * up, GELU's tanh form as the CPU writes it: g / (1 + e^(-2 c g (1 + a g^2))) */
 __global__ void k_gelu_mul(float *g, const float *__restrict__ u, size_t n) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float x = g[i];
-    g[i] = 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * x * (1.0f + 0.044715f * x * x))) * u[i];
+    g[i] = __fmul_rn(__fdiv_rn(x, 1.0f + expf(-2.0f * 0.79788456080286535588f * x * (1.0f + 0.044715f * x * x))), u[i]);
 }
 
 __global__ void k_scale(float *y, size_t n, float s) {
