@@ -19,6 +19,8 @@ the json: the test writes the file again and checks it is the same bytes).
   block of 32, and a value at a rounding boundary goes either way; the
   median position 1e-7 and 1e-2). The float64 reference (test_forward.py)
   checks the same families on its own, to f32 rounding.
+- a file of any other architecture is refused, naming it and the families
+  that run.
 """
 import hashlib
 import json
@@ -60,3 +62,22 @@ def test_logits_match_llamacpp(name, tmp_path):
     print(f"{name}: {len(seq)} positions, max |shoal - llama.cpp| / max |logit| = {err.max():.2e} "
           f"(at position {int(err.argmax())}), median {np.median(err):.2e}")
     assert err.max() <= tol, f"{name}: position {int(err.argmax())} differs by {err.max():.2e} of the largest logit"
+
+
+def test_other_architectures_are_refused(tmp_path):
+    """A file of an architecture shoal does not run (a synthetic llama relabelled "mamba"):
+    refused before anything loads, naming it and the families that run."""
+    import struct
+    model = tmp_path / "m.gguf"
+    h.run(["synth", "-o", model, "--dim", 64, "--layers", 1, "--heads", 4, "--kv-heads", 2, "--ffn", 128])
+    data = bytearray(model.read_bytes())
+    key = b"general.architecture"
+    enc = struct.pack("<Q", len(key)) + key + struct.pack("<I", 8) + struct.pack("<Q", 5) + b"llama"
+    at = data.find(enc)
+    assert at >= 0
+    data[at + len(enc) - 5:at + len(enc)] = b"mamba"
+    model.write_bytes(bytes(data))
+    p = h.run(["run", "-m", model, "-p", "hi", "-n", 1], check=False)
+    err = p.stderr.decode()
+    assert p.returncode != 0 and "architecture 'mamba' is not supported" in err, err
+    assert "shoal runs llama, mistral, qwen2, qwen3, gemma3" in err, err
