@@ -358,7 +358,7 @@ static shoal_status auto_layout(struct run *r) {
         if (rc == SHOAL_OK) rc = shoal_gguf_open(&g, r->o.model);
         if (rc == SHOAL_OK)
             rc = launch_choose_layout(g, r->o.hosts, r->n_part, local, r->o.n_ctx,
-                                      r->o.n_batch, r->o.kv_type, r->o.wire, &best);
+                                      r->o.n_batch, !r->o.serve, r->o.kv_type, r->o.wire, &best);
         shoal_gguf_close(g);
         if (rc == SHOAL_OK) {
             lay[0] = best.tp;

@@ -40,9 +40,14 @@ static double rank_weights(const struct shoal_model_shape *m, const struct shoal
     return w;
 }
 
-/* The KV cache of n_ctx positions. */
-static double kv_bytes(const struct shoal_rank_part *pt, const struct shoal_cost_params *p) {
-    return (double)(pt->layer1 - pt->layer0) * 2 * p->n_ctx * (pt->kv1 - pt->kv0) * p->kv_head_bytes;
+/* The KV cache of n_ctx positions; a windowed layer's, its ring where the runs have one. */
+static double kv_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
+                       const struct shoal_cost_params *p) {
+    const int ring = shoal_ring_slots(m->swa_window, p->n_ctx, p->n_batch, p->one_seq);
+    double slots = 0;
+    for (int l = pt->layer0; l < pt->layer1; l++)
+        slots += ring && shoal_windowed_layer(m->swa_window, m->swa_period, l) ? ring : p->n_ctx;
+    return slots * 2 * (pt->kv1 - pt->kv0) * p->kv_head_bytes;
 }
 
 /* The activations' block (the backend's memory), as shoal_state_create lays it out,
@@ -79,7 +84,7 @@ static void rank_mem(const struct shoal_model_shape *m, const struct shoal_rank_
         double have = pt->last && m->tied_head ? m->embd_bytes * (pt->v1 - pt->v0) / m->n_vocab : 0;
         r->embd = fmin(m->embd_bytes - have, touched);
     }
-    r->kv = kv_bytes(pt, p);
+    r->kv = kv_bytes(m, pt, p);
     r->act = act_bytes(m, pt, p);
     r->base = BASE_BYTES + (n_ranks > 1 ? MPI_BYTES : 0) + p->meta_bytes + (pt->rank == 0 ? p->tokenizer_bytes : 0);
     r->total = r->weights + r->embd + r->kv + r->act + r->base;
@@ -329,7 +334,7 @@ shoal_status shoal_cost_offload(const struct shoal_model_shape *m, const struct 
     const int shared = pt->first && pt->last && m->tied_head && pt->v0 == 0 && pt->v1 == m->n_vocab;
     if (pt->first) fixed += m->embd_bytes + 128;
     if (pt->last && !shared) fixed += m->output_bytes * (pt->v1 - pt->v0) / m->n_vocab + 128;
-    fixed += kv_bytes(pt, p) + act_block_bytes(m, pt, p);
+    fixed += kv_bytes(m, pt, p) + act_block_bytes(m, pt, p);
     struct shoal_offload_params op = { budget, (uint64_t)fixed, nl, lb, prefetch, group };
     shoal_status rc = shoal_offload_plan_make(&op, out);
     free(lb);

@@ -42,7 +42,24 @@ struct shoal_model_shape {
     double norm_bytes;     /* a layer's norm weights (every rank holds them) */
     double embd_bytes;     /* the embedding table (a lookup: mapped, mostly not read) */
     int tied_head;         /* the output head is the embedding table */
+    int swa_window, swa_period; /* windowed layers (shoal_windowed_layer), or 0 */
 };
+
+/* Whether layer l attends to a window: with a period, all but each period-th layer; 0: all. */
+static inline int shoal_windowed_layer(int window, int period, int l) {
+    return window > 0 && (period == 0 || (l + 1) % period != 0);
+}
+
+/*
+ * A windowed layer's cache when the runs hold one sequence (one_seq: shoal
+ * run): a ring of the window and a batch's tokens, less one; 0 (the whole
+ * context) when that is not less than the context, or the runs are paged.
+ */
+static inline int shoal_ring_slots(int window, int n_ctx, int n_batch, int one_seq) {
+    if (!one_seq || window <= 0 || n_ctx < 1 || n_batch < 1) return 0;
+    const long long ring = (long long)window + (n_batch < n_ctx ? n_batch : n_ctx) - 1;
+    return ring < n_ctx ? (int)ring : 0;
+}
 
 /* What one rank holds. Ranges are half-open. */
 struct shoal_rank_part {

@@ -152,8 +152,7 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
 }
 
 int shoal_layer_windowed(const struct shoal_hparams *hp, int l) {
-    const int period = hp->fam ? hp->fam->swa_period : 0;
-    return hp->swa_window > 0 && (period == 0 || (l + 1) % period != 0);
+    return shoal_windowed_layer(hp->swa_window, hp->fam ? hp->fam->swa_period : 0, l);
 }
 
 /* ---------------------------------------------------------------- slices */
@@ -281,6 +280,8 @@ shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct sho
     shape->layer_bytes = layers / hp.n_layers;
     shape->output_bytes = head;
     shape->tied_head = hp.tied_output;
+    shape->swa_window = hp.swa_window;
+    shape->swa_period = hp.fam ? hp.fam->swa_period : 0;
     /* by unit of the split: each layer tensor's bytes over the heads or units it is cut by */
     for (int l = 0; l < hp.n_layers; l++)
         for (size_t k = 0; k < N_LAYER_TENSORS; k++) {
@@ -909,10 +910,7 @@ static void act_counts(const struct shoal_hparams *hp, const struct shoal_rank_p
 }
 
 int shoal_state_ring_slots(const struct shoal_hparams *hp, const struct shoal_state_params *p) {
-    if (!p->one_seq || hp->swa_window <= 0 || p->n_ctx < 1 || p->n_batch < 1) return 0;
-    const int64_t n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
-    const int64_t ring = (int64_t)hp->swa_window + n_batch - 1;
-    return ring < p->n_ctx ? (int)ring : 0;
+    return shoal_ring_slots(hp->swa_window, p->n_ctx, p->n_batch, p->one_seq);
 }
 
 /* The slots of local layer l's cache: the context, or its ring. */

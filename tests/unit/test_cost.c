@@ -240,10 +240,48 @@ static void test_speed(void) {
     shoal_topology_free(&t);
 }
 
+/*
+ * Windowed layers (Gemma 3's 5 in 6, window 512): in runs of one sequence
+ * each keeps a ring of window + batch - 1 slots, the others the context; in
+ * paged runs (serve) every layer the context. Per stage of pp 2, its own
+ * layers counted by the rule.
+ */
+static void test_windowed_kv(void) {
+    struct shoal_model_shape m = shape7b();
+    m.n_layers = 18;
+    m.swa_window = 512;
+    m.swa_period = 6;
+    struct shoal_cost_params p = params();
+    p.n_ctx = 32768;
+    struct shoal_topology t;
+    CHECK_OK(shoal_hosts_single(2, 1e12, &machine, &t));
+    struct shoal_plan *plan = make(&m, 1, 2);
+    struct shoal_layout_cost paged, rings;
+    CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &paged));
+    p.one_seq = 1;
+    CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &rings));
+    const double slot = 2.0 * 8 * p.kv_head_bytes; /* K and V of 8 KV heads */
+    for (int r = 0; r < 2; r++) {
+        const struct shoal_rank_part *pt = &plan->part[r];
+        int windowed = 0;
+        for (int l = pt->layer0; l < pt->layer1; l++) windowed += (l + 1) % 6 != 0;
+        const double whole = (pt->layer1 - pt->layer0) * 32768.0 * slot;
+        CHECK(near(paged.mem[r].kv, whole, 1e-12), "rank %d paged: %g of %g", r, paged.mem[r].kv, whole);
+        const double ring = whole - windowed * (32768.0 - (512 + 512 - 1)) * slot;
+        CHECK(windowed > 0 && near(rings.mem[r].kv, ring, 1e-12), "rank %d rings: %g of %g", r, rings.mem[r].kv,
+              ring);
+    }
+    shoal_layout_cost_free(&paged);
+    shoal_layout_cost_free(&rings);
+    shoal_plan_destroy(plan);
+    shoal_topology_free(&t);
+}
+
 int main(void) {
     test_units();
     test_hosts();
     test_memory();
+    test_windowed_kv();
     test_speed();
     return check_done("test_cost");
 }
