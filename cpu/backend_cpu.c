@@ -840,7 +840,7 @@ static void add_range(void *a, long long lo, long long hi) {
  */
 static void gelu_mul_range(void *a, long long lo, long long hi) {
     const struct ew_args *e = a;
-    if (e->k && e->k->gelu_mul) {
+    if (e->k->gelu_mul) {
         e->k->gelu_mul(e->y + lo, e->x + lo, hi - lo);
         return;
     }

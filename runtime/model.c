@@ -1305,26 +1305,27 @@ static int lanes_for(const struct shoal_state *s, const struct shoal_batch *b, i
     return *sync && b->n_tokens > LANE_SYNC_TOKENS * n ? 0 : n;
 }
 
+/* Tokens [t0, t1) of b, with b's sequences and block table. */
+static struct shoal_batch batch_part(const struct shoal_batch *b, int t0, int t1) {
+    struct shoal_batch p = *b;
+    p.n_tokens = t1 - t0;
+    if (p.token) p.token += t0;
+    p.pos += t0;
+    p.seq += t0;
+    if (p.slot) p.slot += t0;
+    return p;
+}
+
 static shoal_status lane_run(void *arg, struct shoal_backend *lane, int i, int n) {
     (void)n;
     const struct lane_arg *a = arg;
-    const int t0 = a->cut[i];
-    struct shoal_batch sub = *a->b;
-    sub.n_tokens = a->cut[i + 1] - t0;
-    if (sub.token) sub.token += t0;
-    sub.pos += t0;
-    sub.seq += t0;
-    if (sub.slot) sub.slot += t0;
+    const int t0 = a->cut[i], t1 = a->cut[i + 1];
+    const struct shoal_batch sub = batch_part(a->b, t0, t1);
+    struct shoal_batch rsub; /* the rings' view of the same tokens */
     struct span sp = span_of(a->s, lane, &sub, t0);
     sp.sync = a->sync;
-    struct shoal_batch rsub;
-    if (a->s->ring) { /* the rings' view of the same tokens */
-        rsub = a->s->ring_b;
-        rsub.n_tokens = sub.n_tokens;
-        if (rsub.token) rsub.token += t0;
-        rsub.pos += t0;
-        rsub.seq += t0;
-        rsub.slot += t0;
+    if (a->s->ring) {
+        rsub = batch_part(&a->s->ring_b, t0, t1);
         sp.rb = &rsub;
     }
     return span_layers(a->s, &sp);
