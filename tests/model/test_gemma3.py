@@ -114,12 +114,7 @@ def test_chat_format_is_llamacpps(model, tmp_path, i):
 
 
 def shoal_logp(model, seq, tmp_path):
-    out = tmp_path / "logits.f32"
-    h.run(["run", "-m", model, "--prompt-ids", ",".join(map(str, seq)), "-n", 0, "--logits-out", out,
-           "--logits-f32", "-q", "--no-echo"], timeout=600)
-    raw = np.fromfile(out, dtype="<f4")
-    assert raw.size == len(seq) * VOCAB, f"shoal wrote {raw.size} values for {len(seq)} positions"
-    return log_softmax(raw.reshape(len(seq), VOCAB))
+    return log_softmax(h.prompt_logits(model, seq, tmp_path / "logits.f32", VOCAB, timeout=600))
 
 
 def test_window_is_what_llamacpp_does(model, tmp_path):
@@ -162,12 +157,9 @@ def test_windowed_layers_keep_rings(model, tmp_path):
     m = re.search(r"ctx 32768, kv f16 ([0-9.]+) MiB", p.stderr.decode())
     want = (3 * 2 * 32768 + 15 * 2 * 1023) * 512 / 2**20
     assert m and abs(float(m.group(1)) - want) < 0.01, (p.stderr.decode()[-2000:], want)
-    seq = ",".join(str(int(t)) for t in LOGITS["seq"][:1000])
+    seq = [int(t) for t in LOGITS["seq"]]
     got = {}
     for name, args in (("whole", ["-c", 1023, "-b", 512]), ("ring527", ["-c", 1024, "-b", 16]),
                        ("ring1023", ["-c", 1024, "-b", 512])):
-        out = tmp_path / f"{name}.f32"
-        h.run(["run", "-m", model, "--prompt-ids", seq, "-n", 0, "--logits-out", out, "--logits-f32", "-q",
-                     "--no-echo"] + args, timeout=600)
-        got[name] = out.read_bytes()
+        got[name] = h.prompt_logits(model, seq, tmp_path / f"{name}.f32", VOCAB, args, timeout=600).tobytes()
     assert got["ring527"] == got["whole"] and got["ring1023"] == got["whole"]

@@ -128,12 +128,7 @@ def variant_file(model, tmp_path_factory):
 
 
 def shoal_logp(model, seq, tmp_path, extra=()):
-    out = tmp_path / "logits.f32"
-    h.run(["run", "-m", model, "--device", "cpu", "--prompt-ids", ",".join(map(str, seq)), "-n", 0,
-           "--logits-out", out, "--logits-f32", "-q", "--no-echo"] + list(extra), timeout=300)
-    raw = np.fromfile(out, dtype="<f4")
-    assert raw.size == len(seq) * VOCAB, f"shoal wrote {raw.size} values for {len(seq)} positions"
-    return log_softmax(raw.reshape(len(seq), VOCAB))
+    return log_softmax(h.prompt_logits(model, seq, tmp_path / "logits.f32", VOCAB, ["--device", "cpu"] + list(extra)))
 
 
 def score(name, k, lq):
