@@ -488,13 +488,23 @@ struct norm_args {
     float eps;
 };
 
+/* The sum of squares in f64, in 8 partial sums that the compiler vectorizes (one chain of
+ * dependent adds, 4 cycles a value, took 3% of a 16-stream step on SmolLM2). */
+static double sum_squares(const float *x, int n) {
+    double s[8] = { 0 };
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += (double)x[i + k] * x[i + k];
+    for (; i < n; i++) s[i % 8] += (double)x[i] * x[i];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
 static void rmsnorm_rows(void *a, long long lo, long long hi) {
     const struct norm_args *r = a;
     for (long long t = lo; t < hi; t++) {
         const float *xt = r->x + t * r->dim;
         float *yt = r->y + t * r->dim;
-        double ss = 0;
-        for (int i = 0; i < r->dim; i++) ss += (double)xt[i] * xt[i];
+        const double ss = sum_squares(xt, r->dim);
         float scale = (float)(1.0 / sqrt(ss / r->dim + r->eps));
         for (int i = 0; i < r->dim; i++) yt[i] = xt[i] * scale * r->w[i];
     }

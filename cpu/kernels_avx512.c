@@ -500,10 +500,10 @@ INLINE void p32_tile(const struct mm_task *t, const uint8_t *gp, const uint8_t *
             for (int j = 0; j < NT; j++) p[j] = _mm512_add_epi32(p[j], q[j]);
         if (EXACT) {
             /*
-             * The scalar level's s += dw dx dot (+ m xs), the same bits with fewer steps: dw
-             * and dx are f16 values, so dw dx is exact in f32 and in f64 alike, dw dx dot
-             * (at most 22 + 21 bits) and m xs (11 + 11) are exact in f64, so a fused
-             * multiply-add rounds once where the scalar level's add of the exact
+             * The scalar level's s += dw dx dot (then s += m xs), the same bits with fewer
+             * steps: dw and dx are f16 values, so dw dx is exact in f32 and in f64 alike,
+             * dw dx dot (at most 22 + 21 bits) and m xs (11 + 11) are exact in f64, so a
+             * fused multiply-add rounds once where the scalar level's add of the exact
              * product rounds once.
              */
             const __m512d dw0 = _mm512_cvtps_pd(_mm512_castps512_ps256(dw)), dw1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(dw, 1));
@@ -514,8 +514,8 @@ INLINE void p32_tile(const struct mm_task *t, const uint8_t *gp, const uint8_t *
                 const __m512d p1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(p[j], 1));
                 if (MIN) {
                     const __m512d m = _mm512_set1_pd((double)xs[j * nb + b]);
-                    lo[j] = _mm512_add_pd(lo[j], _mm512_fmadd_pd(mw0, m, _mm512_mul_pd(p0, _mm512_mul_pd(dw0, x))));
-                    hi[j] = _mm512_add_pd(hi[j], _mm512_fmadd_pd(mw1, m, _mm512_mul_pd(p1, _mm512_mul_pd(dw1, x))));
+                    lo[j] = _mm512_fmadd_pd(mw0, m, _mm512_fmadd_pd(p0, _mm512_mul_pd(dw0, x), lo[j]));
+                    hi[j] = _mm512_fmadd_pd(mw1, m, _mm512_fmadd_pd(p1, _mm512_mul_pd(dw1, x), hi[j]));
                 } else {
                     lo[j] = _mm512_fmadd_pd(p0, _mm512_mul_pd(dw0, x), lo[j]);
                     hi[j] = _mm512_fmadd_pd(p1, _mm512_mul_pd(dw1, x), hi[j]);

@@ -212,7 +212,8 @@ static double row_f64_q4_1(const struct mm_task *t, int64_t r, int tok) {
             sum += (w[b].qs[j] & 0x0f) * xq[b * SHOAL_QK + j];
             sum += (w[b].qs[j] >> 4) * xq[b * SHOAL_QK + j + 16];
         }
-        s += (double)block_scale(w[b].d, xd[b]) * sum + (double)shoal_f16_to_f32(w[b].m) * xs[b];
+        s += (double)block_scale(w[b].d, xd[b]) * sum; /* exact products: two adds, each rounded */
+        s += (double)shoal_f16_to_f32(w[b].m) * xs[b];
     }
     return s;
 }
@@ -261,7 +262,8 @@ static double row_f64_q5_1(const struct mm_task *t, int64_t r, int tok) {
     for (int64_t b = 0; b < nb; b++) {
         int sum = 0;
         for (int j = 0; j < SHOAL_QK; j++) sum += q5_code(w[b].qs, w[b].qh, j) * xq[b * SHOAL_QK + j];
-        s += (double)block_scale(w[b].d, xd[b]) * sum + (double)shoal_f16_to_f32(w[b].m) * xs[b];
+        s += (double)block_scale(w[b].d, xd[b]) * sum; /* exact products: two adds, each rounded */
+        s += (double)shoal_f16_to_f32(w[b].m) * xs[b];
     }
     return s;
 }
