@@ -927,6 +927,32 @@ static shoal_status cpu_add_bias(void *vctx, float *y, const float *bias, int n,
     return SHOAL_OK;
 }
 
+/* ------------------------------------------------------------- experts */
+
+static shoal_status cpu_gather_rows(void *vctx, float *y, const float *x, const int32_t *idx, int n, int dim) {
+    (void)vctx;
+    for (int i = 0; i < n; i++)
+        memcpy(y + (size_t)i * (size_t)dim, x + (size_t)idx[i] * (size_t)dim, (size_t)dim * sizeof(float));
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_add_rows_f64(void *vctx, double *y, const double *x, const int32_t *idx,
+                                     const double *w, int n, int dim) {
+    (void)vctx;
+    for (int i = 0; i < n; i++) {
+        double *yr = y + (size_t)idx[i] * (size_t)dim;
+        const double *xr = x + (size_t)i * (size_t)dim;
+        for (int j = 0; j < dim; j++) yr[j] += w[i] * xr[j];
+    }
+    return SHOAL_OK;
+}
+
+static shoal_status cpu_zero_f64(void *vctx, double *y, size_t n) {
+    (void)vctx;
+    memset(y, 0, n * sizeof *y);
+    return SHOAL_OK;
+}
+
 /* ------------------------------------------------------------- lifetime */
 
 /* A weight's image made on the host: packed as prepare packs, or its bytes (so that
@@ -1100,6 +1126,9 @@ static const struct shoal_backend_i cpu_iface = {
     .round_f64 = cpu_round_f64,
     .add = cpu_add,
     .add_bias = cpu_add_bias,
+    .gather_rows = cpu_gather_rows,
+    .add_rows_f64 = cpu_add_rows_f64,
+    .zero_f64 = cpu_zero_f64,
     .lanes = cpu_lanes,
     .run_lanes = cpu_run_lanes,
     .lane_barrier = cpu_lane_barrier,

@@ -489,6 +489,11 @@ CTX(cu_scale, (void *ctx, float *y, size_t n, float s), cuda_scale((struct cuda_
 CTX(cu_round_f64, (void *ctx, float *y, const double *x, size_t n), cuda_round_f64((struct cuda_ctx *)ctx, y, x, n))
 CTX(cu_add, (void *ctx, float *y, const float *x, size_t n), cuda_add((struct cuda_ctx *)ctx, y, x, n))
 CTX(cu_add_f64, (void *ctx, float *y, const double *x, size_t n), cuda_add_f64((struct cuda_ctx *)ctx, y, x, n))
+CTX(cu_gather_rows, (void *ctx, float *y, const float *x, const int32_t *idx, int n, int dim),
+    cuda_gather_rows((struct cuda_ctx *)ctx, y, x, idx, n, dim))
+CTX(cu_add_rows_f64, (void *ctx, double *y, const double *x, const int32_t *idx, const double *w, int n, int dim),
+    cuda_add_rows_f64((struct cuda_ctx *)ctx, y, x, idx, w, n, dim))
+CTX(cu_zero_f64, (void *ctx, double *y, size_t n), cuda_zero_f64((struct cuda_ctx *)ctx, y, n))
 CTX(cu_add_bias, (void *ctx, float *y, const float *bias, int n, int dim),
     cuda_add_bias((struct cuda_ctx *)ctx, y, bias, n, dim))
 #undef CTX
@@ -560,6 +565,9 @@ static struct shoal_backend_i make_iface(void) {
     t.round_f64 = cu_round_f64;
     t.add = cu_add;
     t.add_bias = cu_add_bias;
+    t.gather_rows = cu_gather_rows;
+    t.add_rows_f64 = cu_add_rows_f64;
+    t.zero_f64 = cu_zero_f64;
     t.synchronize = cu_synchronize;
     t.host_alloc = cu_host_alloc;
     t.host_free = cu_host_free;

@@ -177,6 +177,10 @@ shoal_status cuda_round_f64(struct cuda_ctx *c, float *y, const double *x, size_
 shoal_status cuda_add(struct cuda_ctx *c, float *y, const float *x, size_t n);
 shoal_status cuda_add_f64(struct cuda_ctx *c, float *y, const double *x, size_t n);
 shoal_status cuda_add_bias(struct cuda_ctx *c, float *y, const float *bias, int n, int dim);
+shoal_status cuda_gather_rows(struct cuda_ctx *c, float *y, const float *x, const int32_t *idx, int n, int dim);
+shoal_status cuda_add_rows_f64(struct cuda_ctx *c, double *y, const double *x, const int32_t *idx,
+                               const double *w, int n, int dim);
+shoal_status cuda_zero_f64(struct cuda_ctx *c, double *y, size_t n);
 /* the k best of each row, k rounds of a block-wide search (for small k) */
 shoal_status cuda_topk(struct cuda_ctx *c, const float *x, int rows, int cols, int k, int32_t id0,
                        struct shoal_cand *out);

@@ -486,6 +486,64 @@ shoal_status cuda_add_bias(struct cuda_ctx *c, float *y, const float *bias, int 
     return SHOAL_OK;
 }
 
+/* ---------------------------------------------------------------- experts */
+
+__global__ void k_gather_rows(float *__restrict__ y, const float *__restrict__ x, const int32_t *__restrict__ idx,
+                              size_t count, int dim) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) y[i] = x[(size_t)idx[i / (size_t)dim] * (size_t)dim + i % (size_t)dim];
+}
+
+/* one thread per column, the rows in order (a row index may repeat) */
+__global__ void k_add_rows_f64(double *y, const double *__restrict__ x, const int32_t *__restrict__ idx,
+                               const double *__restrict__ w, int n, int dim) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= dim) return;
+    for (int i = 0; i < n; i++) {
+        double *yr = y + (size_t)idx[i] * (size_t)dim + j;
+        *yr = __dadd_rn(*yr, __dmul_rn(w[i], x[(size_t)i * (size_t)dim + j]));
+    }
+}
+
+/* The host's idx (and w) in scratch, behind the work queued (stream order keeps ops apart). */
+static shoal_status rows_up(struct cuda_ctx *c, const int32_t *idx, const double *w, int n, int32_t **di,
+                            double **dw) {
+    const size_t ib = ((size_t)n * sizeof(int32_t) + 255) / 256 * 256;
+    void *s = NULL;
+    SHOAL_TRY(cuda_scratch(c, ib + (w ? (size_t)n * sizeof(double) : 0), &s));
+    *di = (int32_t *)s;
+    CU_TRY(cudaMemcpyAsync(*di, idx, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream));
+    if (w) {
+        *dw = (double *)((char *)s + ib);
+        CU_TRY(cudaMemcpyAsync(*dw, w, (size_t)n * sizeof(double), cudaMemcpyHostToDevice, c->stream));
+    }
+    return SHOAL_OK;
+}
+
+shoal_status cuda_gather_rows(struct cuda_ctx *c, float *y, const float *x, const int32_t *idx, int n, int dim) {
+    int32_t *di = NULL;
+    SHOAL_TRY(rows_up(c, idx, NULL, n, &di, NULL));
+    const size_t count = (size_t)n * (size_t)dim;
+    k_gather_rows<<<grid_1d(count, 256), 256, 0, c->stream>>>(y, x, di, count, dim);
+    CU_LAUNCHED("gather_rows");
+    return SHOAL_OK;
+}
+
+shoal_status cuda_add_rows_f64(struct cuda_ctx *c, double *y, const double *x, const int32_t *idx,
+                               const double *w, int n, int dim) {
+    int32_t *di = NULL;
+    double *dw = NULL;
+    SHOAL_TRY(rows_up(c, idx, w, n, &di, &dw));
+    k_add_rows_f64<<<grid_1d((size_t)dim, 128), 128, 0, c->stream>>>(y, x, di, dw, n, dim);
+    CU_LAUNCHED("add_rows_f64");
+    return SHOAL_OK;
+}
+
+shoal_status cuda_zero_f64(struct cuda_ctx *c, double *y, size_t n) {
+    CU_TRY(cudaMemsetAsync(y, 0, n * sizeof(double), c->stream));
+    return SHOAL_OK;
+}
+
 /* ------------------------------------------------------------------ top-k */
 
 struct cand_dev {

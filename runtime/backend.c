@@ -298,6 +298,37 @@ shoal_status shoal_op_add_bias(struct shoal_backend *b, float *y, const float *b
     return b->iface->add_bias(b->ctx, y, bias, n, dim);
 }
 
+/* Every index of a gather or an add below rows. */
+static shoal_status check_rows(const char *op, int rows, const int32_t *idx, int n, int dim) {
+    if (n < 0 || dim < 0) return shoal_errorf(SHOAL_INTERNAL, "%s of %d rows of %d values", op, n, dim);
+    for (int i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= rows)
+            return shoal_errorf(SHOAL_INTERNAL, "%s: row %d outside the %d rows", op, idx[i], rows);
+    return SHOAL_OK;
+}
+
+shoal_status shoal_op_gather_rows(struct shoal_backend *b, float *y, const float *x, int rows,
+                                  const int32_t *idx, int n, int dim) {
+    if (!b->iface->gather_rows)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "the %s backend cannot gather rows (experts)", b->iface->name);
+    SHOAL_TRY(check_rows("gather_rows", rows, idx, n, dim));
+    return n && dim ? b->iface->gather_rows(b->ctx, y, x, idx, n, dim) : SHOAL_OK;
+}
+
+shoal_status shoal_op_add_rows_f64(struct shoal_backend *b, double *y, int rows, const double *x,
+                                   const int32_t *idx, const double *w, int n, int dim) {
+    if (!b->iface->add_rows_f64)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "the %s backend cannot add rows (experts)", b->iface->name);
+    SHOAL_TRY(check_rows("add_rows_f64", rows, idx, n, dim));
+    return n && dim ? b->iface->add_rows_f64(b->ctx, y, x, idx, w, n, dim) : SHOAL_OK;
+}
+
+shoal_status shoal_op_zero_f64(struct shoal_backend *b, double *y, size_t n) {
+    if (!b->iface->zero_f64)
+        return shoal_errorf(SHOAL_UNSUPPORTED, "the %s backend cannot clear f64 sums", b->iface->name);
+    return n ? b->iface->zero_f64(b->ctx, y, n) : SHOAL_OK;
+}
+
 shoal_status shoal_backend_synchronize(struct shoal_backend *b) {
     return b->iface->synchronize ? b->iface->synchronize(b->ctx) : SHOAL_OK;
 }

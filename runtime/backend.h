@@ -312,6 +312,20 @@ shoal_status shoal_op_add(struct shoal_backend *b, float *y, const float *x, siz
 /* y (n, dim) += bias (dim) for every token. */
 shoal_status shoal_op_add_bias(struct shoal_backend *b, float *y, const float *bias, int n,
                                int dim);
+/*
+ * Mixtures of experts: a step's tokens routed to an expert gathered into
+ * rows of their own, and the expert's outputs added back into their tokens'
+ * rows, weighted. idx and w are host arrays of n values; the backend
+ * copies what it needs before it returns (the caller may reuse them).
+ */
+/* y (n, dim) = rows idx[i] (< rows) of x (rows, dim); an index outside is SHOAL_INTERNAL. */
+shoal_status shoal_op_gather_rows(struct shoal_backend *b, float *y, const float *x, int rows,
+                                  const int32_t *idx, int n, int dim);
+/* row idx[i] (< rows) of y (rows, dim) += w[i] * row i of x (n, dim), in f64, i in order. */
+shoal_status shoal_op_add_rows_f64(struct shoal_backend *b, double *y, int rows, const double *x,
+                                   const int32_t *idx, const double *w, int n, int dim);
+/* y = 0 over n values. */
+shoal_status shoal_op_zero_f64(struct shoal_backend *b, double *y, size_t n);
 /* A logit and its token: the top-k candidates that travel instead of a row. */
 struct shoal_cand {
     float v;

@@ -51,6 +51,11 @@ struct shoal_backend_i {
     shoal_status (*round_f64)(void *ctx, float *y, const double *x, size_t n);
     shoal_status (*add)(void *ctx, float *y, const float *x, size_t n);
     shoal_status (*add_bias)(void *ctx, float *y, const float *bias, int n, int dim);
+    /* optional (a model with experts needs them): shoal_op_gather_rows, _add_rows_f64, _zero_f64 */
+    shoal_status (*gather_rows)(void *ctx, float *y, const float *x, const int32_t *idx, int n, int dim);
+    shoal_status (*add_rows_f64)(void *ctx, double *y, const double *x, const int32_t *idx, const double *w,
+                                 int n, int dim);
+    shoal_status (*zero_f64)(void *ctx, double *y, size_t n);
     shoal_status (*synchronize)(void *ctx); /* optional: no queue */
     /* optional, for k up to topk_max: default downloads the rows and selects on the host */
     shoal_status (*topk)(void *ctx, const float *x, int rows, int cols, int k, int32_t id0,

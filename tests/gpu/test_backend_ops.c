@@ -1084,6 +1084,87 @@ static void sweep_elementwise(struct ctx *c) {
         ew_case(c, EW_ADD_BIAS, (size_t)bias[i][0] * bias[i][1], bias[i][1]);
 }
 
+/* ---------------------------------------------------------------- experts */
+
+/*
+ * A mixture of experts' gather of its tokens' rows and weighted add of the
+ * expert's outputs back (repeated rows too, added in order), and the f64
+ * clear: each backend against the host's own loops, exactly (one f64
+ * product and one sum per value, each rounded once).
+ */
+static void rows_ops_case(struct ctx *c, int rows, int n, int dim) {
+    if (!begin(c, "experts", "f64", "%d of %dx%d", n, rows, dim)) return;
+    shoal_status rc = SHOAL_OK;
+    const size_t nx = (size_t)rows * dim, ng = (size_t)n * dim;
+    float *x = NULL, *g[2] = { NULL, NULL }, *gref = NULL;
+    double *y = NULL, *src = NULL, *w = NULL, *yref = NULL, *yg[2] = { NULL, NULL };
+    int32_t *idx = NULL;
+    struct dev2 dx = { { 0 } }, dg = { { 0 } }, dy = { { 0 } }, ds = { { 0 } };
+    struct stats st = { 0 };
+    HALLOC(x, nx);
+    HALLOC(g[0], ng);
+    HALLOC(g[1], ng);
+    HALLOC(gref, ng);
+    HALLOC(y, nx);
+    HALLOC(yref, nx);
+    HALLOC(yg[0], nx);
+    HALLOC(yg[1], nx);
+    HALLOC(src, ng);
+    HALLOC(w, n);
+    HALLOC(idx, n);
+    fill(c, x, nx, 3.0f);
+    for (size_t i = 0; i < nx; i++) y[i] = yref[i] = (double)uni(c) + uni(c) * 1e-9;
+    for (size_t i = 0; i < ng; i++) src[i] = (double)uni(c) * 7.0 + uni(c) * 1e-9;
+    for (int i = 0; i < n; i++) {
+        idx[i] = i && below(c, 4) == 0 ? idx[i - 1] : below(c, rows); /* repeats */
+        w[i] = (double)uni(c) + 1e-10 * uni(c);
+        memcpy(gref + (size_t)i * dim, x + (size_t)idx[i] * dim, (size_t)dim * sizeof(float));
+        for (int j = 0; j < dim; j++) {
+            double *r = yref + (size_t)idx[i] * dim + j;
+            const double p = w[i] * src[(size_t)i * dim + j];
+            *r = *r + p;
+        }
+    }
+    SHOAL_TRY_GOTO(dev2_put(c, &dx, x, nx * sizeof(float)), rc, done);
+    SHOAL_TRY_GOTO(dev2_put(c, &dg, NULL, ng * sizeof(float)), rc, done);
+    SHOAL_TRY_GOTO(dev2_put(c, &dy, y, nx * sizeof(double)), rc, done);
+    SHOAL_TRY_GOTO(dev2_put(c, &ds, src, ng * sizeof(double)), rc, done);
+    for (int b = 0; b < 2; b++) {
+        SHOAL_TRY_GOTO(shoal_op_gather_rows(c->be[b], dg.p[b], dx.p[b], rows, idx, n, dim), rc, done);
+        SHOAL_TRY_GOTO(shoal_op_add_rows_f64(c->be[b], dy.p[b], rows, ds.p[b], idx, w, n, dim), rc, done);
+    }
+    memset(idx, 0xff, (size_t)n * sizeof *idx); /* the ops copied what they needed */
+    SHOAL_TRY_GOTO(dev2_get(c, &dg, g[0], g[1], ng * sizeof(float)), rc, done);
+    SHOAL_TRY_GOTO(dev2_get(c, &dy, yg[0], yg[1], nx * sizeof(double)), rc, done);
+    for (int b = 0; b < 2; b++) {
+        compare(c, &st, g[b], gref, 0, ng, &(struct tol){ 0 });
+        compare(c, &st, yg[b], yref, 1, nx, &(struct tol){ 0 });
+    }
+    /* an index outside is refused, and the clear */
+    const int32_t bad = rows;
+    if (shoal_op_gather_rows(c->be[0], dg.p[0], dx.p[0], rows, &bad, 1, dim) == SHOAL_OK) {
+        note(&st, "row %d of %d gathered without an error", bad, rows);
+        st.bad++;
+    }
+    shoal_error_clear();
+    for (int b = 0; b < 2; b++) SHOAL_TRY_GOTO(shoal_op_zero_f64(c->be[b], dy.p[b], nx), rc, done);
+    SHOAL_TRY_GOTO(dev2_get(c, &dy, yg[0], yg[1], nx * sizeof(double)), rc, done);
+    memset(yref, 0, nx * sizeof(double));
+    for (int b = 0; b < 2; b++) compare(c, &st, yg[b], yref, 1, nx, &(struct tol){ 0 });
+    finish(c, &st);
+done:
+    if (rc != SHOAL_OK) failed_to_run(c, rc);
+    dev2_free(c, &dx), dev2_free(c, &dg), dev2_free(c, &dy), dev2_free(c, &ds);
+    free(x), free(g[0]), free(g[1]), free(gref), free(y), free(yref), free(yg[0]), free(yg[1]);
+    free(src), free(w), free(idx);
+}
+
+static void sweep_experts(struct ctx *c) {
+    static const int shapes[][3] = { { 1, 1, 1 }, { 8, 5, 64 }, { 16, 40, 1000 }, { 300, 600, 2048 } };
+    for (int i = 0; i < COUNT(shapes); i++)
+        if (!c->quick || shapes[i][2] <= 1000) rows_ops_case(c, shapes[i][0], shapes[i][1], shapes[i][2]);
+}
+
 /* ------------------------------------------------------------------ top-k */
 
 /*
@@ -1440,6 +1521,7 @@ int main(int argc, char **argv) {
     sweep_attention(&c);
     sweep_elementwise(&c);
     sweep_topk(&c);
+    sweep_experts(&c);
     sweep_pack(&c);
     sweep_batch(&c);
     sweep_rows(&c);
