@@ -304,6 +304,21 @@ int cmd_info(int argc, char **argv) {
                        f->post_norms ? "norms after attention and FFN; " : "",
                        f->act == SHOAL_ACT_GELU_TANH ? "GELU (tanh)" : "SiLU",
                        f->embd_scale ? "; embeddings times sqrt(dim)" : "");
+            if (hp.n_expert) {
+                /* what a token reads of the layers: the experts' share of their bytes */
+                double layers = 0, experts = 0;
+                for (int64_t i = 0; i < g->n_tensors; i++) {
+                    const struct shoal_gguf_tensor *t = &g->tensors[i];
+                    if (strncmp(t->name, "blk.", 4)) continue;
+                    layers += (double)t->nbytes;
+                    if (strstr(t->name, "_exps.")) experts += (double)t->nbytes;
+                }
+                char all[32], read[32];
+                printf("             mixture of experts: %d experts of %d units a layer, %d a token (each token "
+                       "reads %s of the layers' %s)\n", hp.n_expert, hp.ffn_dim, hp.n_expert_used,
+                       shoal_fmt_bytes(read, sizeof read, layers - experts * (1.0 - (double)hp.n_expert_used / hp.n_expert)),
+                       shoal_fmt_bytes(all, sizeof all, layers));
+            }
             if (hp.swa_window > 0) {
                 int windowed = 0;
                 for (int l = 0; l < hp.n_layers; l++) windowed += shoal_layer_windowed(&hp, l);

@@ -91,7 +91,7 @@ static const char *mib(char *b, size_t n, double bytes) { return shoal_fmt_bytes
 
 static void print_ranks(const struct shoal_layout_cost *c, const struct shoal_topology *t) {
     char b[6][32];
-    printf("\nper rank, tp %d x pp %d:\n", c->tp, c->pp);
+    printf("\nper rank, tp %d x pp %d%s:\n", c->tp, c->pp, c->ep ? ", experts whole (--ep)" : "");
     printf("  %-4s  %-16s %5s %3s  %11s %11s %11s %11s %11s  %11s\n", "rank", "host", "stage", "tp",
            "weights", "embedding", "KV cache", "activations", "process", "total");
     for (int r = 0; r < c->tp * c->pp; r++) {
@@ -114,6 +114,7 @@ static cJSON *json_cost(const struct shoal_layout_cost *c) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "tp", c->tp);
     cJSON_AddNumberToObject(o, "pp", c->pp);
+    cJSON_AddBoolToObject(o, "ep", c->ep);
     cJSON_AddBoolToObject(o, "fits", c->fits);
     cJSON_AddNumberToObject(o, "decode_tok_s", c->tok_s);
     cJSON_AddNumberToObject(o, "compute_ms", c->t_compute * 1e3);
@@ -257,7 +258,7 @@ shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_
 int cmd_plan(int argc, char **argv) {
     const char *model = NULL, *hosts_path = NULL, *kv_name = "f16", *comm = "f64", *membw_s = NULL,
                *corebw_s = NULL;
-    int ranks = 0, n_ctx = 0, n_batch = 512, cores = 0, tp = 0, pp = 0, json = 0, no_probe = 0;
+    int ranks = 0, n_ctx = 0, n_batch = 512, cores = 0, tp = 0, pp = 0, json = 0, no_probe = 0, ep = 0;
     uint64_t device_mem = 0;
     int prefetch = 1, group = 1;
     struct shoal_offload_plan *off = NULL; /* (tp * pp) of the shown layout, with --device-mem */
@@ -275,6 +276,7 @@ int cmd_plan(int argc, char **argv) {
         { "--corebw", 0, OPT_STR, &corebw_s, "RATE", "read bandwidth of one core (default: measured here)" },
         { "--cores", 0, OPT_INT, &cores, "N", "cores of a host (default: this machine's)" },
         { "--tp", 0, OPT_INT, &tp, "N", "show this layout's ranks (with --pp) rather than the best one's" },
+        { "--ep", 0, OPT_FLAG, &ep, NULL, "with --tp: the layout with a mixture of experts' experts whole over the tp ranks" },
         { "--pp", 0, OPT_INT, &pp, "N", "pipeline stages of the layout to show" },
         { "--no-probe", 0, OPT_FLAG, &no_probe, NULL, "predict compute from bytes and bandwidth alone, without timing a layer here" },
         { "--device-mem", 0, OPT_SIZE, &device_mem, "SIZE", "device memory per rank (shoal run --device-mem): which layers stay resident, which stream, the device peak and the bytes copied per token" },
@@ -315,6 +317,7 @@ int cmd_plan(int argc, char **argv) {
     if (membw_s && !(membw > 0)) USAGE("shoal plan: --membw '%s' is not a rate such as 50GB/s\n", membw_s);
     if (corebw_s && !(corebw > 0)) USAGE("shoal plan: --corebw '%s' is not a rate such as 20GB/s\n", corebw_s);
     if (!!tp != !!pp) USAGE("shoal plan: give --tp and --pp together\n");
+    if (ep && !tp) USAGE("shoal plan: --ep goes with --tp and --pp (the layout to show)\n");
     if (prefetch < 0 || prefetch > 64) USAGE("shoal plan: --prefetch must be 0..64\n");
     if (group < 1 || group > 4096) USAGE("shoal plan: --offload-group must be 1..4096\n");
     if (group > 1 && !device_mem) USAGE("shoal plan: --offload-group goes with --device-mem\n");
@@ -369,10 +372,11 @@ int cmd_plan(int argc, char **argv) {
     if (tp) {
         show = NULL;
         for (int i = 0; i < n_all; i++)
-            if (all[i].tp == tp && all[i].pp == pp) show = &all[i];
+            if (all[i].tp == tp && all[i].pp == pp && all[i].ep == ep) show = &all[i];
         if (!show) {
-            rc = shoal_errorf(SHOAL_INVALID, "tp %d x pp %d is not a layout of these %d ranks that splits "
-                              "this model (see the table without --tp/--pp)", tp, pp, topo.n_ranks);
+            rc = shoal_errorf(SHOAL_INVALID, "tp %d x pp %d%s is not a layout of these %d ranks that splits "
+                              "this model (see the table without --tp/--pp)", tp, pp, ep ? " with --ep" : "",
+                              topo.n_ranks);
             goto fail;
         }
     }
@@ -381,7 +385,7 @@ int cmd_plan(int argc, char **argv) {
     /* offload of the shown layout's ranks under --device-mem */
     if (device_mem) {
         struct shoal_plan *sp = NULL;
-        struct shoal_plan_params spp = { .tp = show->tp, .pp = show->pp };
+        struct shoal_plan_params spp = { .tp = show->tp, .pp = show->pp, .ep = show->ep };
         if (!(off = calloc((size_t)(show->tp * show->pp), sizeof *off))) {
             rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
             goto fail;
@@ -459,7 +463,7 @@ int cmd_plan(int argc, char **argv) {
             for (int r = 0; r < c->tp * c->pp; r++)
                 if (c->mem[r].total > most) most = c->mem[r].total, at = r;
             char lay[24];
-            snprintf(lay, sizeof lay, "%d x %d", c->tp, c->pp);
+            snprintf(lay, sizeof lay, "%d x %d%s", c->tp, c->pp, c->ep ? " ep" : "");
             printf("  %-9s %-5s %12.1f %11.2f %9.2f  %s (rank %d)\n", lay, c->fits ? "yes" : "no", c->tok_s,
                    c->t_compute * 1e3, c->t_comm * 1e3, mib(b[0], 32, most), at);
         }
@@ -489,9 +493,10 @@ int cmd_plan(int argc, char **argv) {
         if (device_mem)
             snprintf(dm, sizeof dm, " --device-mem %.0fK --prefetch %d%s", (double)device_mem / 1024, prefetch, gm);
         if (all[0].fits)
-            printf("\nbest: tp %d x pp %d, predicted %.1f tokens/s decoding\n"
-                   "run:  mpirun -np %d shoal run -m %s --tp %d --pp %d -c %d%s\n",
-                   all[0].tp, all[0].pp, all[0].tok_s, topo.n_ranks * group, model, all[0].tp, all[0].pp, n_ctx, dm);
+            printf("\nbest: tp %d x pp %d%s, predicted %.1f tokens/s decoding\n"
+                   "run:  mpirun -np %d shoal run -m %s --%s %d --pp %d -c %d%s\n",
+                   all[0].tp, all[0].pp, all[0].ep ? " with experts whole (--ep)" : "", all[0].tok_s,
+                   topo.n_ranks * group, model, all[0].ep ? "ep" : "tp", all[0].tp, all[0].pp, n_ctx, dm);
     }
     if (!all[0].fits && !json) suggest(&shape, &topo, &cp, &all[0], kv_type);
     status = all[0].fits ? 0 : 1;

@@ -114,6 +114,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--chat-template", 0, OPT_STR, &o->template_name, "NAME", "chat format instead of the model's: chatml, llama3, llama2, mistral, zephyr, gemma" },
         { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: ranks / --pp; with neither, the planner's choice)" },
         { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default: ranks / --tp; with neither, the planner's choice, as shoal plan)" },
+        { "--ep", 0, OPT_INT, &o->ep, "N", "a mixture of experts: N ranks per stage, each holding whole experts (expert parallel) and its tensor-parallel share of the attention, rather than every rank a share of every expert (sets --tp N)" },
         { "--hosts", 0, OPT_STR, &o->hosts, "FILE", "the hosts the ranks run on, for the planner (shoal plan --help); default: hosts like this one" },
         { "--tp-weights", 0, OPT_STR, &o->tp_weights_s, "W,W..", "relative speeds of a stage's ranks, e.g. 2,1: a faster host takes a larger share of every layer" },
         { "--pp-weights", 0, OPT_STR, &o->pp_weights_s, "W,W..", "relative speeds of the pipeline stages: a faster stage takes more layers" },
@@ -312,6 +313,10 @@ static void on_token(void *user, int32_t id) {
 static shoal_status choose_layout(struct run *r) {
     if (r->o.shards) return SHOAL_OK; /* the manifest says, in plan() */
     int tp = r->o.tp, pp = r->o.pp, n = r->n_part;
+    if (r->o.ep < 0 || (r->o.ep > 1 && tp && tp != r->o.ep))
+        return shoal_errorf(SHOAL_INVALID, "--ep %d spreads the experts over a stage's tensor-parallel ranks: "
+                            "give --tp %d with it, or leave --tp out", r->o.ep, r->o.ep > 0 ? r->o.ep : 1);
+    if (r->o.ep > 1) tp = r->o.ep;
     if (r->size % r->o.offload_group)
         return shoal_errorf(SHOAL_INVALID, "--offload-group %d does not divide the %d ranks running",
                             r->o.offload_group, r->size);
@@ -346,8 +351,8 @@ static shoal_status choose_layout(struct run *r) {
  * the others wait) and tells every rank; a failure there is everyone's.
  */
 static shoal_status auto_layout(struct run *r) {
-    if (r->o.shards || r->o.tp || r->o.pp || r->n_part == 1) return SHOAL_OK;
-    int32_t lay[2] = { 0, 0 };
+    if (r->o.shards || r->o.tp || r->o.pp || r->o.ep > 1 || r->n_part == 1) return SHOAL_OK;
+    int32_t lay[3] = { 0, 0, 0 };
     struct shoal_layout_cost best = { 0 };
     shoal_status rc = SHOAL_OK;
     int local = shoal_comm_local_size(r->world); /* a collective: every rank */
@@ -363,6 +368,7 @@ static shoal_status auto_layout(struct run *r) {
         if (rc == SHOAL_OK) {
             lay[0] = best.tp;
             lay[1] = best.pp;
+            lay[2] = best.ep;
         }
     }
     shoal_status brc = shoal_comm_bcast(r->world, lay, sizeof lay, 0);
@@ -373,12 +379,14 @@ static shoal_status auto_layout(struct run *r) {
     if (brc != SHOAL_OK) return brc;
     if (lay[0] < 1 || lay[1] < 1) return shoal_errorf(SHOAL_REMOTE, "rank 0 could not choose a layout");
     if (r->rank == 0 && !r->o.quiet)
-        fprintf(stderr, "shoal run: tp %d x pp %d, the planner's choice for %d ranks (predicted %.1f tokens/s "
-                "decoding with the context half full%s; --tp/--pp to choose, shoal plan to compare)\n", best.tp, best.pp, r->size,
+        fprintf(stderr, "shoal run: tp %d x pp %d%s, the planner's choice for %d ranks (predicted %.1f tokens/s "
+                "decoding with the context half full%s; --tp/--pp to choose, shoal plan to compare)\n", best.tp, best.pp,
+                best.ep ? " with experts whole (--ep)" : "", r->size,
                 best.tok_s, best.fits ? "" : "; it may not fit in memory");
     shoal_layout_cost_free(&best);
     r->o.tp = lay[0];
     r->o.pp = lay[1];
+    r->o.ep = lay[2] ? lay[0] : 0;
     return choose_layout(r);
 }
 
@@ -434,7 +442,7 @@ static shoal_status plan(struct run *r) {
         return shoal_errorf(SHOAL_INVALID, "%s is one rank's shard: run the set with --shards and "
                             "its directory", r->o.model);
     SHOAL_TRY(shoal_model_shape(&shape, r->g));
-    struct shoal_plan_params pp = { .tp = r->o.tp, .pp = r->o.pp,
+    struct shoal_plan_params pp = { .tp = r->o.tp, .pp = r->o.pp, .ep = r->o.ep > 1,
                                     .tp_weights = r->o.n_tp_weights ? r->o.tp_weights : NULL,
                                     .pp_weights = r->o.n_pp_weights ? r->o.pp_weights : NULL };
     return shoal_plan_make(&r->plan, &shape, &pp);
@@ -886,6 +894,7 @@ static void add_stats(struct shoal_gen_stats *sum, const struct shoal_gen_stats 
     sum->n_decode += gs->n_decode;
     sum->t_prompt += gs->t_prompt;
     sum->t_decode += gs->t_decode;
+    sum->decode_expert_bytes += gs->decode_expert_bytes;
     sum->stop = gs->stop;
 }
 
@@ -987,7 +996,10 @@ static int lead(struct run *r) {
                 snprintf(dev, sizeof dev, " | device peak %s%s%s%s", shoal_fmt_bytes(pk, sizeof pk, (double)peak),
                          o->device_mem > 0 ? " of " : "",
                          o->device_mem > 0 ? shoal_fmt_bytes(lim, sizeof lim, (double)o->device_mem) : "", drv);
-            double bw = gs.t_decode > 0 ? (double)gs.n_decode * (double)r->m->weight_bytes / gs.t_decode : 0;
+            /* a token reads every weight, but of a mixture of experts only the experts it ran */
+            const double read = (double)gs.n_decode * (double)(r->m->weight_bytes - r->m->expert_bytes) +
+                                (double)gs.decode_expert_bytes;
+            double bw = gs.t_decode > 0 ? read / gs.t_decode : 0;
             fprintf(stderr,
                     "shoal: prompt %d tokens in %.3f s (%.1f tok/s) | generation %d tokens, %d decode "
                     "steps in %.3f s (%.2f tok/s, %.1f GB/s of weights%s) | peak RSS %s%s%s | stop: %s\n",
@@ -996,6 +1008,14 @@ static int lead(struct run *r) {
                     r->size > 1 ? " on rank 0" : "",
                     shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
                     r->size > 1 ? " (rank 0)" : "", dev, gs.stop);
+        }
+        if (o->verbose && r->m->expert_bytes && gs.n_decode) {
+            char a[32], b[32];
+            fprintf(stderr, "shoal: experts: a decode step read %s of rank 0's %s of experts (%.1f%%), %.2f "
+                    "experts a layer\n", shoal_fmt_bytes(a, sizeof a, (double)gs.decode_expert_bytes / gs.n_decode),
+                    shoal_fmt_bytes(b, sizeof b, (double)r->m->expert_bytes),
+                    100.0 * (double)gs.decode_expert_bytes / gs.n_decode / (double)r->m->expert_bytes,
+                    (double)gs.decode_expert_bytes / gs.n_decode / (double)r->m->expert_bytes * (r->m->part.x1 - r->m->part.x0));
         }
         if (o->verbose && r->st->lane_steps)
             fprintf(stderr, "shoal: %llu step(s) ran cut into lanes (a thread's share of the tokens each, "

@@ -21,12 +21,13 @@ static void on_progress(void *user, uint64_t done, uint64_t total) {
 
 int cmd_shard(int argc, char **argv) {
     const char *model = NULL, *dir = NULL, *tpw_s = NULL, *ppw_s = NULL, *comm = "f64";
-    int tp = 1, pp = 1, quiet = 0;
+    int tp = 1, pp = 1, quiet = 0, ep = 0;
     const struct opt opts[] = {
         { "--model", 'm', OPT_STR, &model, "FILE", "GGUF model to cut (default: the default model, as shoal run)" },
         { "--output", 'o', OPT_STR, &dir, "DIR", "directory for manifest.pb and rank-K.gguf (created if missing)" },
         { "--tp", 0, OPT_INT, &tp, "N", "tensor-parallel ranks per stage (default 1)" },
         { "--pp", 0, OPT_INT, &pp, "N", "pipeline stages (default 1)" },
+        { "--ep", 0, OPT_INT, &ep, "N", "a mixture of experts: whole experts over N tensor-parallel ranks (as shoal run; sets --tp N)" },
         { "--tp-weights", 0, OPT_STR, &tpw_s, "W,W..", "relative speeds of a stage's ranks (as shoal run)" },
         { "--pp-weights", 0, OPT_STR, &ppw_s, "W,W..", "relative speeds of the stages (as shoal run)" },
         { "--comm-dtype", 0, OPT_STR, &comm, "TYPE", "the all-reduce payload runs will use, recorded in the manifest (default f64)" },
@@ -48,6 +49,12 @@ int cmd_shard(int argc, char **argv) {
         fprintf(stderr, "shoal shard: say where with -o DIR (see shoal shard --help)\n");
         return 2;
     }
+    if (ep > 1 && tp > 1 && tp != ep) {
+        fprintf(stderr, "shoal shard: --ep %d spreads the experts over a stage's tensor-parallel ranks: give --tp %d "
+                "with it, or leave --tp out\n", ep, ep);
+        return 2;
+    }
+    if (ep > 1) tp = ep;
     if (tp < 1 || pp < 1) {
         fprintf(stderr, "shoal shard: --tp and --pp must be at least 1\n");
         return 2;
@@ -77,7 +84,7 @@ int cmd_shard(int argc, char **argv) {
     rc = shoal_gguf_open(&g, model);
     if (rc == SHOAL_OK) rc = shoal_model_shape(&shape, g);
     if (rc == SHOAL_OK) {
-        struct shoal_plan_params pp_ = { .tp = tp, .pp = pp, .tp_weights = ntpw ? tpw : NULL,
+        struct shoal_plan_params pp_ = { .tp = tp, .pp = pp, .ep = ep > 1, .tp_weights = ntpw ? tpw : NULL,
                                          .pp_weights = nppw ? ppw : NULL };
         rc = shoal_plan_make(&plan, &shape, &pp_);
     }

@@ -47,7 +47,10 @@ int cmd_synth(int argc, char **argv) {
     const char *out = NULL, *type = "f32", *embd_type = NULL, *out_type = NULL;
     const struct opt opts[] = {
         { "--output", 'o', OPT_STR, &out, "FILE", "where to write the model (required)" },
-        { "--arch", 0, OPT_STR, &s.arch, "NAME", "llama, mistral, qwen2, qwen3 or gemma3 (default llama)" },
+        { "--arch", 0, OPT_STR, &s.arch, "NAME", "llama, mistral, qwen2, qwen3, qwen3moe or gemma3 (default llama)" },
+        { "--experts", 0, OPT_INT, &s.experts, "N",
+          "a mixture of N experts of --ffn units in every layer (qwen3moe: default 8; llama: Mixtral's layout)" },
+        { "--experts-used", 0, OPT_INT, &s.experts_used, "K", "experts each token runs (default 2)" },
         { "--window", 0, OPT_INT, &s.swa_window, "N",
           "gemma3: attention.sliding_window, the windowed layers' positions (default 32)" },
         { "--dim", 0, OPT_INT, &s.dim, "N", "embedding width (default 256)" },
@@ -87,6 +90,12 @@ int cmd_synth(int argc, char **argv) {
     if (!shoal_arch_find(s.arch)) {
         char names[256];
         fprintf(stderr, "shoal synth: --arch '%s' is not one of %s\n", s.arch, shoal_arch_names(names, sizeof names));
+        return 2;
+    }
+    if (!strcmp(s.arch, "qwen3moe") && !s.experts) s.experts = 8;
+    if (s.experts < 0 || s.experts > 256 || s.experts_used < 0 || s.experts_used > s.experts ||
+        (s.experts_used && !s.experts)) {
+        fprintf(stderr, "shoal synth: --experts must be 0..256 and --experts-used 1..experts\n");
         return 2;
     }
     if (s.swa_window < 0) {

@@ -27,6 +27,7 @@ struct run_opts {
     int n_predict, threads, n_ctx, n_batch, ignore_eos, no_bos, no_echo, verbose, quiet, seed;
     int logits_f32; /* --logits-f32 */
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
+    int ep; /* --ep: a mixture of experts' experts whole over the tp ranks */
     double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
     int n_tp_weights, n_pp_weights;
     struct shoal_sampler_params sp;

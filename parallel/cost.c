@@ -27,17 +27,63 @@
  * rows in its RSS: shared cache, not memory the rank needs, and not counted here. */
 #define FAULT_AROUND 65536.0
 
-/* Bytes of one layer's matrices in a rank's part (without its norms). */
-static double layer_part_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt) {
-    return (pt->q1 - pt->q0) * m->q_head_bytes + (pt->kv1 - pt->kv0) * m->kv_head_bytes +
-           (pt->ff1 - pt->ff0) * m->ffn_unit_bytes;
+/* Bytes of one layer's FFN in a rank's part: its units of each expert it holds (of every unit's
+ * bytes, ffn_unit_bytes, summed over the experts), or of the dense FFN. */
+static double ffn_part_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt) {
+    const double held = (pt->ff1 - pt->ff0) * m->ffn_unit_bytes;
+    return m->n_expert ? held * (pt->x1 - pt->x0) / m->n_expert : held;
 }
 
-/* Bytes of one rank's weights: what it holds, and what every token reads. */
+/* Bytes of one layer's matrices in a rank's part (without its norms). */
+static double layer_part_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt) {
+    return (pt->q1 - pt->q0) * m->q_head_bytes + (pt->kv1 - pt->kv0) * m->kv_head_bytes + ffn_part_bytes(m, pt);
+}
+
+/* Bytes of one rank's weights: what it holds. */
 static double rank_weights(const struct shoal_model_shape *m, const struct shoal_rank_part *pt) {
     double w = (layer_part_bytes(m, pt) + m->norm_bytes) * (pt->layer1 - pt->layer0);
     if (pt->last) w += m->output_bytes * (pt->v1 - pt->v0) / m->n_vocab + (double)m->dim * 4;
     return w;
+}
+
+double shoal_cost_max_experts(int n_expert, int used, int groups) {
+    if (n_expert < 1 || used < 1 || groups < 2) return used;
+    if (used > 64) return (double)used / groups; /* many a token: near even */
+    if (used > n_expert) used = n_expert;
+    if (groups > 64) groups = 64;
+    /* a fixed sequence of draws, so that the figure is the same every time */
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    const int draws = 4096;
+    double sum = 0;
+    for (int d = 0; d < draws; d++) {
+        int chosen[64], count[64] = { 0 }, n = 0, most = 0;
+        while (n < used) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            const int e = (int)((s >> 33) % (uint64_t)n_expert);
+            int seen = 0;
+            for (int j = 0; j < n; j++) seen |= chosen[j] == e;
+            if (seen) continue;
+            chosen[n++] = e;
+            const int r = (int)((int64_t)e * groups / n_expert); /* runs of consecutive experts */
+            if (++count[r] > most) most = count[r];
+        }
+        sum += most;
+    }
+    return sum / draws;
+}
+
+/* Bytes of one rank's weights a decode step reads: what it holds, but of a mixture of
+ * experts only a token's: its share of each of the used experts (every rank alike), or
+ * with whole experts (ep) the most of them that one rank of the stage holds, on average. */
+static double rank_read(const struct shoal_model_shape *m, const struct shoal_plan *plan,
+                        const struct shoal_rank_part *pt) {
+    double w = rank_weights(m, pt);
+    if (!m->n_expert) return w;
+    const double layers = pt->layer1 - pt->layer0, ffn = ffn_part_bytes(m, pt) * layers;
+    const double expert = m->ffn_dim * m->ffn_unit_bytes / m->n_expert * layers; /* one whole expert's */
+    const double used = plan->ep ? shoal_cost_max_experts(m->n_expert, m->n_expert_used, plan->tp) * expert
+                                 : ffn * m->n_expert_used / m->n_expert;
+    return w - ffn + used;
 }
 
 /* The KV cache of n_ctx positions; a windowed layer's, its ring where the runs have one. */
@@ -156,7 +202,7 @@ static shoal_status rank_time(const struct shoal_model_shape *m, const struct sh
     const struct shoal_host *host = &topo->hosts[shoal_topology_host_of(topo, r)];
     int layers = q->layer1 - q->layer0, th;
     double crowd;
-    double read = rank_weights(m, q) + mem->kv * p->decode_fill; /* and the cache filled so far */
+    double read = rank_read(m, plan, q) + mem->kv * p->decode_fill; /* and the cache filled so far */
     double bw = rank_bw(topo, plan, r, &th, &crowd);
     if (!p->probe) {
         *out = read / (BW_FRACTION * bw) + layers * (th > 1 ? LAYER_COST_MT : LAYER_COST) * crowd;
@@ -182,6 +228,7 @@ shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct s
         return shoal_errorf(SHOAL_INVALID, "the plan has %d ranks, the hosts %d", plan->n_ranks, topo->n_ranks);
     c->tp = plan->tp;
     c->pp = plan->pp;
+    c->ep = plan->ep;
     if (!(c->mem = calloc((size_t)plan->n_ranks, sizeof *c->mem)))
         return shoal_errorf(SHOAL_NOMEM, "out of memory");
     for (int r = 0; r < plan->n_ranks; r++) rank_mem(m, &plan->part[r], p, plan->tp, plan->n_ranks, &c->mem[r]);
@@ -259,7 +306,8 @@ static int better(const void *a, const void *b) {
     const struct shoal_layout_cost *x = a, *y = b;
     if (x->fits != y->fits) return y->fits - x->fits;
     if (x->tok_s != y->tok_s) return x->tok_s > y->tok_s ? -1 : 1;
-    return x->pp - y->pp; /* equal speed: fewer stages */
+    if (x->pp != y->pp) return x->pp - y->pp; /* equal speed: fewer stages */
+    return x->ep - y->ep;
 }
 
 shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoal_topology *topo,
@@ -271,10 +319,17 @@ shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoa
     if (!all) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     int k = 0;
     char why[512] = "";
-    for (int tp = 1; tp <= N; tp++) {
-        if (N % tp) continue;
+    struct shoal_layout_cost *more = realloc(all, sizeof *all * 2 * (size_t)N); /* with ep too */
+    if (!more) {
+        free(all);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
+    all = more;
+    for (int i = 0; i < 2 * N; i++) {
+        const int tp = i / 2 + 1, ep = i % 2;
+        if (tp > N || N % tp || (ep && (tp < 2 || m->n_expert < tp))) continue;
         struct shoal_plan *plan = NULL;
-        struct shoal_plan_params pp = { .tp = tp, .pp = N / tp };
+        struct shoal_plan_params pp = { .tp = tp, .pp = N / tp, .ep = ep };
         if (shoal_plan_make(&plan, m, &pp) != SHOAL_OK) {
             snprintf(why, sizeof why, "%s", shoal_last_error());
             continue;

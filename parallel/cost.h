@@ -69,6 +69,7 @@ struct shoal_rank_mem {
 
 struct shoal_layout_cost {
     int tp, pp, fits;
+    int ep;                   /* a mixture of experts' experts whole over the tp ranks */
     double tok_s;             /* predicted decode tokens/s */
     double t_compute, t_comm; /* seconds per token on the critical path */
     struct shoal_rank_mem *mem; /* (tp * pp) */
@@ -96,6 +97,14 @@ shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoa
                             const struct shoal_cost_params *p, struct shoal_layout_cost **out,
                             int *n);
 void shoal_layout_costs_free(struct shoal_layout_cost *c, int n);
+
+/*
+ * A mixture of experts under ep: of a token's `used` experts (of n_expert, drawn
+ * at random), the most that one of `groups` ranks holding equal runs of them
+ * runs, on average: the whole experts the slowest rank reads (2 of 8 over 2
+ * ranks: 1.43).
+ */
+double shoal_cost_max_experts(int n_expert, int used, int groups);
 
 /* The constants of the model, printed so that a user sees what was assumed. */
 void shoal_cost_print_assumptions(FILE *f, int probed);

@@ -137,13 +137,17 @@ static void split_ffn(const struct shoal_model_shape *m, int tp, const double *w
     free(att);
 }
 
-/* Whether tp ranks (equal weights) can split this model; the reason if not. */
-static int tp_works(const struct shoal_model_shape *m, int tp, char *why, size_t why_len) {
+/* Whether tp ranks (equal weights) can split this model (ep: its experts whole); the reason if not. */
+static int tp_works(const struct shoal_model_shape *m, int tp, int ep, char *why, size_t why_len) {
     int *q = malloc(sizeof(int) * 4 * (size_t)tp), *kv = q + 2 * tp;
     int bad = split_heads(m, tp, NULL, q, kv, why, why_len);
     free(q);
     if (bad) return 0;
-    if (m->ffn_dim / m->down_block < tp) {
+    if (ep && m->n_expert < tp) {
+        snprintf(why, why_len, "%d experts cannot go whole to %d ranks", m->n_expert, tp);
+        return 0;
+    }
+    if (!ep && m->ffn_dim / m->down_block < tp) {
         snprintf(why, why_len, "the FFN's %d hidden units in blocks of %d cannot go to %d ranks",
                  m->ffn_dim, m->down_block, tp);
         return 0;
@@ -155,13 +159,13 @@ static int tp_works(const struct shoal_model_shape *m, int tp, char *why, size_t
     return 1;
 }
 
-/* "1, 2, 4, 8": the tensor-parallel sizes up to 64 that work. */
-static void list_working_tp(const struct shoal_model_shape *m, char *out, size_t len) {
+/* "1, 2, 4, 8": the tensor-parallel sizes up to 64 that work (ep: with the experts whole). */
+static void list_working_tp(const struct shoal_model_shape *m, int ep, char *out, size_t len) {
     char why[256];
     size_t at = 0;
     out[0] = 0;
     for (int tp = 1; tp <= 64 && at + 8 < len; tp++)
-        if (tp_works(m, tp, why, sizeof why))
+        if (tp_works(m, tp, ep, why, sizeof why))
             at += (size_t)snprintf(out + at, len - at, "%s%d", at ? ", " : "", tp);
 }
 
@@ -228,9 +232,14 @@ shoal_status shoal_plan_make(struct shoal_plan **out, const struct shoal_model_s
                             "%d pipeline stages for %d layers: each stage needs a layer (use "
                             "--pp %d or fewer)",
                             pp, m->n_layers, m->n_layers);
+    if (p->ep && !m->n_expert)
+        return shoal_errorf(SHOAL_INVALID, "expert parallelism (--ep) needs a model with experts; this one has none");
+    if (p->ep && m->n_expert < tp)
+        return shoal_errorf(SHOAL_INVALID, "--ep over %d ranks: the model's %d experts cannot give each a whole "
+                            "expert (use %d ranks or fewer, or share them without --ep)", tp, m->n_expert, m->n_expert);
     char why[256], works[256];
-    if (!tp_works(m, tp, why, sizeof why)) {
-        list_working_tp(m, works, sizeof works);
+    if (!tp_works(m, tp, p->ep, why, sizeof why)) {
+        list_working_tp(m, p->ep, works, sizeof works);
         return shoal_errorf(SHOAL_INVALID,
                             "--tp %d cannot split this model (%d query heads in %d KV groups, "
                             "head size %d, FFN %d): %s. Tensor-parallel sizes that work: %s",
@@ -239,18 +248,20 @@ shoal_status shoal_plan_make(struct shoal_plan **out, const struct shoal_model_s
     struct shoal_plan *plan = calloc(1, sizeof *plan);
     int *q = malloc(sizeof(int) * 2 * (size_t)tp), *kv = malloc(sizeof(int) * 2 * (size_t)tp);
     int *ff = malloc(sizeof(int) * (size_t)(tp + 1)), *voc = malloc(sizeof(int) * (size_t)(tp + 1));
-    int *st = malloc(sizeof(int) * (size_t)(pp + 1));
-    if (!plan || !q || !kv || !ff || !voc || !st ||
+    int *st = malloc(sizeof(int) * (size_t)(pp + 1)), *xs = malloc(sizeof(int) * (size_t)(tp + 1));
+    if (!plan || !q || !kv || !ff || !voc || !st || !xs ||
         !(plan->part = calloc((size_t)tp * (size_t)pp, sizeof *plan->part))) {
-        free(q), free(kv), free(ff), free(voc), free(st);
+        free(q), free(kv), free(ff), free(voc), free(st), free(xs);
         shoal_plan_destroy(plan);
         return shoal_errorf(SHOAL_NOMEM, "out of memory for the plan");
     }
     plan->tp = tp;
     plan->pp = pp;
     plan->n_ranks = tp * pp;
+    plan->ep = p->ep && tp > 1;
     split_heads(m, tp, p->tp_weights, q, kv, why, sizeof why);
-    split_ffn(m, tp, p->tp_weights, q, kv, ff);
+    if (plan->ep) shoal_split_units(m->n_expert, tp, p->tp_weights, xs); /* the FFN units stay whole */
+    else split_ffn(m, tp, p->tp_weights, q, kv, ff);
     shoal_split_units(m->n_vocab, tp, p->tp_weights, voc);
     split_stages(m, pp, p->pp_weights, st);
     for (int s = 0; s < pp; s++)
@@ -265,14 +276,16 @@ shoal_status shoal_plan_make(struct shoal_plan **out, const struct shoal_model_s
             r->q1 = q[2 * t + 1];
             r->kv0 = kv[2 * t];
             r->kv1 = kv[2 * t + 1];
-            r->ff0 = ff[t] * m->down_block;
-            r->ff1 = ff[t + 1] * m->down_block;
+            r->ff0 = plan->ep ? 0 : ff[t] * m->down_block;
+            r->ff1 = plan->ep ? m->ffn_dim : ff[t + 1] * m->down_block;
+            r->x0 = plan->ep ? xs[t] : 0;
+            r->x1 = plan->ep ? xs[t + 1] : m->n_expert;
             r->first = s == 0;
             r->last = s == pp - 1;
             r->v0 = r->last ? voc[t] : 0;
             r->v1 = r->last ? voc[t + 1] : 0;
         }
-    free(q), free(kv), free(ff), free(voc), free(st);
+    free(q), free(kv), free(ff), free(voc), free(st), free(xs);
     *out = plan;
     return SHOAL_OK;
 }
@@ -289,6 +302,7 @@ void shoal_plan_print(FILE *f, const struct shoal_plan *p) {
         fprintf(f, "rank %d: stage %d layers %d-%d, tp %d: query heads %d-%d, KV heads %d-%d, "
                    "FFN %d-%d", r->rank, r->stage, r->layer0, r->layer1 - 1, r->tp_rank, r->q0,
                 r->q1 - 1, r->kv0, r->kv1 - 1, r->ff0, r->ff1 - 1);
+        if (r->x1 > r->x0) fprintf(f, ", experts %d-%d", r->x0, r->x1 - 1);
         if (r->last) fprintf(f, ", vocabulary %d-%d", r->v0, r->v1 - 1);
         fputc('\n', f);
     }

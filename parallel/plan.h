@@ -12,7 +12,10 @@
  *     down's quantization block, in shares that even out each rank's total
  *     (attention, which comes in whole KV groups, plus FFN) in proportion
  *     to its weight;
- *   - the output head by vocabulary rows; norms are replicated.
+ *   - the output head by vocabulary rows; norms are replicated;
+ *   - a mixture of experts' FFN: by default each expert as the FFN above
+ *     (every rank its share of every expert's units), or with ep whole
+ *     experts spread over the group's ranks; the router is replicated.
  * Shares may be uneven and may be weighted. Layers are cut into pp
  * contiguous stages balanced by bytes (the last stage also carries the
  * output head), weighted for unequal hosts.
@@ -43,6 +46,9 @@ struct shoal_model_shape {
     double embd_bytes;     /* the embedding table (a lookup: mapped, mostly not read) */
     int tied_head;         /* the output head is the embedding table */
     int swa_window, swa_period; /* windowed layers (shoal_windowed_layer), or 0 */
+    /* a mixture of experts (0: a dense FFN): ffn_dim and ffn_unit_bytes are an expert's, ffn_unit_bytes
+     * summed over the experts (what a rank holds), of which a token reads n_expert_used / n_expert */
+    int n_expert, n_expert_used;
 };
 
 /* Whether layer l attends to a window: with a period, all but each period-th layer; 0: all. */
@@ -67,13 +73,15 @@ struct shoal_rank_part {
     int layer0, layer1; /* the stage's layers */
     int q0, q1;         /* query heads */
     int kv0, kv1;       /* KV heads (shared with other ranks when tp > n_kv_heads) */
-    int ff0, ff1;       /* FFN hidden units */
+    int ff0, ff1;       /* FFN hidden units (of each expert it holds) */
+    int x0, x1;         /* experts (0, 0 without) */
     int v0, v1;         /* output-head rows (vocabulary); empty before the last stage */
     int first, last;    /* first / last pipeline stage */
 };
 
 struct shoal_plan {
     int tp, pp, n_ranks;
+    int ep; /* experts whole over each stage's tp ranks (expert parallel), not shared */
     struct shoal_rank_part *part; /* (n_ranks) */
 };
 
@@ -81,6 +89,7 @@ struct shoal_plan_params {
     int tp, pp;
     const double *tp_weights; /* (tp) relative speeds of a stage's ranks, or NULL: equal */
     const double *pp_weights; /* (pp) relative speeds of the stages, or NULL: equal */
+    int ep; /* a mixture of experts' experts whole over each stage's tp ranks (expert parallel) */
 };
 
 /*

@@ -7,7 +7,8 @@
 #include <string.h>
 
 static const struct shoal_arch *const families[] = {
-    &shoal_arch_llama, &shoal_arch_mistral, &shoal_arch_qwen2, &shoal_arch_qwen3, &shoal_arch_gemma3,
+    &shoal_arch_llama, &shoal_arch_mistral, &shoal_arch_qwen2, &shoal_arch_qwen3, &shoal_arch_qwen3moe,
+    &shoal_arch_gemma3,
 };
 #define N_FAMILIES (sizeof families / sizeof *families)
 

@@ -9,7 +9,9 @@
  * The common block every family starts from: RMS norm, Q/K/V projections,
  * rope, grouped-query attention over the KV cache, the output projection
  * and the residual; RMS norm, a gated FFN (gate, up, down) and the
- * residual; the final norm and the head.
+ * residual; the final norm and the head. Any family's file may give
+ * {arch}.expert_count: its FFNs are then mixtures of that many experts
+ * (model.c: moe_ffn), as Mixtral's `llama` files and `qwen3moe` are.
  */
 #ifndef SHOAL_ARCH_H
 #define SHOAL_ARCH_H
@@ -54,6 +56,6 @@ const struct shoal_arch *shoal_arch_find(const char *name);
 const char *shoal_arch_names(char *buf, size_t len);
 
 extern const struct shoal_arch shoal_arch_llama, shoal_arch_mistral, shoal_arch_qwen2, shoal_arch_qwen3,
-    shoal_arch_gemma3;
+    shoal_arch_qwen3moe, shoal_arch_gemma3;
 
 #endif

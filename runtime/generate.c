@@ -117,6 +117,7 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     st->n_prompt = n_prompt - n_cached;
     int pos = n_prompt;
     double t1 = shoal_now();
+    const uint64_t experts0 = s->expert_bytes;
     while (!stopped) {
         if (st->n_gen >= limit) break;
         int32_t next = shoal_sampler_sample(smp, last, hist, n_hist);
@@ -146,6 +147,7 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
         pos++;
     }
     double t2 = shoal_now();
+    st->decode_expert_bytes = s->expert_bytes - experts0;
     st->t_prompt = t1 - t0;
     st->t_decode = t2 - t1;
     char tail[64];

@@ -37,6 +37,7 @@ struct shoal_gen_stats {
     int n_decode;         /* single-token forward passes */
     double t_prompt;      /* seconds for the prompt (forward passes and first sample) */
     double t_decode;      /* seconds for the single-token forward passes and sampling */
+    uint64_t decode_expert_bytes; /* a mixture of experts: bytes of the experts the decode steps ran */
     const char *stop;     /* "length", "eos", "context", "stopped" */
 };
 

@@ -121,6 +121,8 @@ shoal_status shoal_hparams_read(struct shoal_hparams *hp, const struct shoal_ggu
     hp->rope_swa = (struct shoal_rope){ hp->rope.mode, hp->rope.rope_dim, ai->swa_rope_base, 1.0f, NULL };
     if (ai->swa_period)
         SHOAL_TRY(get_dim(g, a, "attention.sliding_window", 0, 0, 1 << 24, &hp->swa_window));
+    SHOAL_TRY(get_dim(g, a, "expert_count", 0, 0, SHOAL_EXPERTS_MAX, &hp->n_expert));
+    if (hp->n_expert) SHOAL_TRY(get_dim(g, a, "expert_used_count", 1, 1, hp->n_expert, &hp->n_expert_used));
     if (ai->read) SHOAL_TRY(ai->read(hp, g));
 
     /* a rank's shard (shoal shard) holds a slice of the vocabulary, or none of it */
@@ -158,9 +160,13 @@ int shoal_layer_windowed(const struct shoal_hparams *hp, int l) {
 /* ---------------------------------------------------------------- slices */
 
 /* How a layer tensor is cut: which of its dimensions follows the plan. */
-enum cut { ROWS_Q, ROWS_KV, COLS_Q, ROWS_FF, COLS_FF, WHOLE_DIM, VEC_Q, VEC_KV, WHOLE_HEAD };
-/* Which families have a tensor (arch.h): all, or those with the switch. */
-enum need { ALL, QKV_BIAS, QK_NORM, POST_NORMS };
+enum cut {
+    ROWS_Q, ROWS_KV, COLS_Q, ROWS_FF, COLS_FF, WHOLE_DIM, VEC_Q, VEC_KV, WHOLE_HEAD,
+    ROUTER,                 /* (n_expert, dim), whole */
+    X_ROWS_FF, X_COLS_FF,   /* 3-D: one slice per expert the rank holds, cut as ROWS_FF, COLS_FF */
+};
+/* Which families have a tensor (arch.h): all, those with the switch, or by their FFN. */
+enum need { ALL, QKV_BIAS, QK_NORM, POST_NORMS, DENSE, EXPERTS };
 
 static const struct layer_tensor {
     const char *suffix;
@@ -172,9 +178,14 @@ static const struct layer_tensor {
     { "attn_k.weight", ROWS_KV, offsetof(struct shoal_layer, wk), ALL },
     { "attn_v.weight", ROWS_KV, offsetof(struct shoal_layer, wv), ALL },
     { "attn_output.weight", COLS_Q, offsetof(struct shoal_layer, wo), ALL },
-    { "ffn_gate.weight", ROWS_FF, offsetof(struct shoal_layer, gate), ALL },
-    { "ffn_up.weight", ROWS_FF, offsetof(struct shoal_layer, up), ALL },
-    { "ffn_down.weight", COLS_FF, offsetof(struct shoal_layer, down), ALL },
+    { "ffn_gate.weight", ROWS_FF, offsetof(struct shoal_layer, gate), DENSE },
+    { "ffn_up.weight", ROWS_FF, offsetof(struct shoal_layer, up), DENSE },
+    { "ffn_down.weight", COLS_FF, offsetof(struct shoal_layer, down), DENSE },
+    { "ffn_gate_inp.weight", ROUTER, offsetof(struct shoal_layer, router), EXPERTS },
+    /* an expert's weight: field is a struct shoal_weight * of the rank's experts */
+    { "ffn_gate_exps.weight", X_ROWS_FF, offsetof(struct shoal_layer, xgate), EXPERTS },
+    { "ffn_up_exps.weight", X_ROWS_FF, offsetof(struct shoal_layer, xup), EXPERTS },
+    { "ffn_down_exps.weight", X_COLS_FF, offsetof(struct shoal_layer, xdown), EXPERTS },
     { "attn_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, attn_norm), ALL },
     { "ffn_norm.weight", WHOLE_DIM, offsetof(struct shoal_layer, ffn_norm), ALL },
     { "attn_q.bias", VEC_Q, offsetof(struct shoal_layer, bq), QKV_BIAS },
@@ -193,12 +204,40 @@ static int has_tensor(const struct shoal_hparams *hp, const struct layer_tensor 
     case QKV_BIAS: return hp->has_qkv_bias;
     case QK_NORM: return hp->fam && hp->fam->qk_norm;
     case POST_NORMS: return hp->fam && hp->fam->post_norms;
+    case DENSE: return !hp->n_expert;
+    case EXPERTS: return hp->n_expert > 0;
     default: return 1;
     }
 }
 
+/* Slices of a layer tensor on a rank: one per expert it holds for an expert's weight. */
+static int tensor_slices(const struct layer_tensor *lt, const struct shoal_rank_part *pt) {
+    return lt->cut == X_ROWS_FF || lt->cut == X_COLS_FF ? pt->x1 - pt->x0 : 1;
+}
+
+static int is_matrix(enum cut c) {
+    return c == ROWS_Q || c == ROWS_KV || c == COLS_Q || c == ROWS_FF || c == COLS_FF || c == ROUTER ||
+           c == X_ROWS_FF || c == X_COLS_FF;
+}
+
+/* Layer L's matrices into ws (NULL: only counted), in the order of its slices; their count. */
+static int layer_weights(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, struct shoal_layer *L,
+                         struct shoal_weight **ws) {
+    int n = 0;
+    for (size_t k = 0; k < N_LAYER_TENSORS; k++) {
+        const struct layer_tensor *lt = &layer_tensors[k];
+        if (!has_tensor(hp, lt) || !is_matrix(lt->cut)) continue;
+        for (int e = 0; e < tensor_slices(lt, pt); e++, n++)
+            if (ws) ws[n] = lt->cut == X_ROWS_FF || lt->cut == X_COLS_FF
+                                ? *(struct shoal_weight **)((char *)L + lt->field) + e
+                                : (struct shoal_weight *)((char *)L + lt->field);
+    }
+    return n;
+}
+
+/* Slice e of layer l's tensor lt (e: the expert, for an expert's weight). */
 static void layer_slice(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, int l,
-                        const struct layer_tensor *lt, struct shoal_slice *s) {
+                        const struct layer_tensor *lt, int e, struct shoal_slice *s) {
     const int64_t hd = hp->head_dim, dim = hp->dim, ff = hp->ffn_dim;
     const int64_t qd = (int64_t)hp->n_heads * hd, kvd = (int64_t)hp->n_kv_heads * hd;
     const int64_t q0 = pt->q0 * hd, q1 = pt->q1 * hd, k0 = pt->kv0 * hd, k1 = pt->kv1 * hd;
@@ -212,9 +251,21 @@ static void layer_slice(const struct shoal_hparams *hp, const struct shoal_rank_
     case VEC_Q: *s = (struct shoal_slice){ .cols = qd, .c0 = q0, .c1 = q1 }; break;
     case VEC_KV: *s = (struct shoal_slice){ .cols = kvd, .c0 = k0, .c1 = k1 }; break;
     case WHOLE_HEAD: *s = (struct shoal_slice){ .cols = hd, .c1 = hd }; break;
+    case ROUTER: *s = (struct shoal_slice){ .rows = hp->n_expert, .cols = dim, .r1 = hp->n_expert, .c1 = dim }; break;
+    case X_ROWS_FF:
+        *s = (struct shoal_slice){ .rows = (int64_t)hp->n_expert * ff, .cols = dim, .r0 = e * ff + pt->ff0,
+                                   .r1 = e * ff + pt->ff1, .c1 = dim, .n_exp = hp->n_expert };
+        break;
+    case X_COLS_FF:
+        *s = (struct shoal_slice){ .rows = (int64_t)hp->n_expert * dim, .cols = ff, .r0 = e * dim,
+                                   .r1 = (e + 1) * dim, .c0 = pt->ff0, .c1 = pt->ff1, .n_exp = hp->n_expert };
+        break;
     }
-    snprintf(s->name, sizeof s->name, "blk.%d.%s", l, lt->suffix);
-    memcpy(s->src, s->name, sizeof s->name);
+    snprintf(s->src, sizeof s->src, "blk.%d.%s", l, lt->suffix);
+    if (s->n_exp) /* a shard holds each expert's slice alone: blk.L.ffn_up_exps.E.weight */
+        snprintf(s->name, sizeof s->name, "blk.%d.%.*s.%d.weight", l, (int)(strlen(lt->suffix) - 7), lt->suffix, e);
+    else
+        memcpy(s->name, s->src, sizeof s->name);
 }
 
 /* The embedding table (first stage) and the output head with its norm (last stage). */
@@ -265,7 +316,7 @@ shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct sho
         snprintf(name, sizeof name, "blk.%d.attn_output.weight", l);
         int b = block_of(g, name);
         if (b > shape->wo_block) shape->wo_block = b;
-        snprintf(name, sizeof name, "blk.%d.ffn_down.weight", l);
+        snprintf(name, sizeof name, hp.n_expert ? "blk.%d.ffn_down_exps.weight" : "blk.%d.ffn_down.weight", l);
         b = block_of(g, name);
         if (b > shape->down_block) shape->down_block = b;
     }
@@ -282,6 +333,8 @@ shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct sho
     shape->tied_head = hp.tied_output;
     shape->swa_window = hp.swa_window;
     shape->swa_period = hp.fam ? hp.fam->swa_period : 0;
+    shape->n_expert = hp.n_expert;
+    shape->n_expert_used = hp.n_expert_used;
     /* by unit of the split: each layer tensor's bytes over the heads or units it is cut by */
     for (int l = 0; l < hp.n_layers; l++)
         for (size_t k = 0; k < N_LAYER_TENSORS; k++) {
@@ -293,14 +346,29 @@ shoal_status shoal_model_shape(struct shoal_model_shape *shape, const struct sho
             switch (lt->cut) {
             case ROWS_Q: case COLS_Q: case VEC_Q: shape->q_head_bytes += b / hp.n_heads; break;
             case ROWS_KV: case VEC_KV: shape->kv_head_bytes += b / hp.n_kv_heads; break;
-            case ROWS_FF: case COLS_FF: shape->ffn_unit_bytes += b / hp.ffn_dim; break;
-            case WHOLE_DIM: case WHOLE_HEAD: shape->norm_bytes += b; break;
+            case ROWS_FF: case COLS_FF: case X_ROWS_FF: case X_COLS_FF: shape->ffn_unit_bytes += b / hp.ffn_dim; break;
+            case WHOLE_DIM: case WHOLE_HEAD: case ROUTER: shape->norm_bytes += b; break;
             }
         }
     return SHOAL_OK;
 }
 
 /* --------------------------------------------------------------- loading */
+
+/* Finds a 3-D tensor of n_exp experts' (ne1 / n_exp, ne0) matrices and checks its shape. */
+static shoal_status want_experts(const struct shoal_gguf *g, const char *name, int64_t ne0, int64_t ne1,
+                                 int n_exp, const struct shoal_gguf_tensor **out) {
+    const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
+    if (!t) return shoal_errorf(SHOAL_FORMAT, "%s: required tensor '%s' is missing", g->path, name);
+    if (t->n_dims != 3 || t->ne[0] != ne0 || t->ne[1] != ne1 / n_exp || t->ne[2] != n_exp)
+        return shoal_errorf(SHOAL_FORMAT,
+                            "%s: tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64
+                            "] (%d dims), expected [%" PRId64 ", %" PRId64 ", %d] (the experts)",
+                            g->path, name, t->ne[0], t->ne[1], t->n_dims > 2 ? t->ne[2] : 1, t->n_dims, ne0,
+                            ne1 / n_exp, n_exp);
+    *out = t;
+    return SHOAL_OK;
+}
 
 /* Finds a tensor and checks its shape: ne0 values per row, ne1 rows (0: 1-D). */
 static shoal_status want(const struct shoal_gguf *g, const char *name, int64_t ne0, int64_t ne1,
@@ -342,14 +410,16 @@ static const char *computable_list(char *buf, size_t len) {
 shoal_status shoal_model_slices(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
                                 struct shoal_slice **out, int *n_out) {
     int per_layer = 0;
-    for (size_t i = 0; i < N_LAYER_TENSORS; i++) per_layer += has_tensor(hp, &layer_tensors[i]);
+    for (size_t i = 0; i < N_LAYER_TENSORS; i++)
+        if (has_tensor(hp, &layer_tensors[i])) per_layer += tensor_slices(&layer_tensors[i], pt);
     int cap = 3 + per_layer * (pt->layer1 - pt->layer0);
     struct shoal_slice *s = calloc((size_t)cap, sizeof *s);
     if (!s) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     int n = global_slices(hp, pt, s);
     for (int l = pt->layer0; l < pt->layer1; l++)
         for (size_t i = 0; i < N_LAYER_TENSORS; i++)
-            if (has_tensor(hp, &layer_tensors[i])) layer_slice(hp, pt, l, &layer_tensors[i], &s[n++]);
+            for (int k = 0; has_tensor(hp, &layer_tensors[i]) && k < tensor_slices(&layer_tensors[i], pt); k++)
+                layer_slice(hp, pt, l, &layer_tensors[i], pt->x0 + k, &s[n++]);
     *out = s;
     *n_out = n;
     return SHOAL_OK;
@@ -364,6 +434,7 @@ shoal_status shoal_model_slices(const struct shoal_hparams *hp, const struct sho
 static shoal_status find_slice(const struct shoal_model *m, const struct shoal_slice *s,
                                const struct shoal_gguf_tensor **t) {
     if (m->hp.sharded) return want(m->g, s->name, s->c1 - s->c0, s->rows ? s->r1 - s->r0 : 0, t);
+    if (s->n_exp) return want_experts(m->g, s->src, s->cols, s->rows, s->n_exp, t);
     return want(m->g, s->src, s->cols, s->rows, t);
 }
 
@@ -511,9 +582,9 @@ static shoal_status keep_parts(struct shoal_model *m) {
         rc = shoal_backend_host_alloc(m->be, m->lstride, &m->stage[b]);
     for (int l = 0; rc == SHOAL_OK && l < nl; l++) {
         if (!shoal_offload_streamed(&m->off, l)) continue;
-        const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7];
+        const struct shoal_stream_tensor *t = &m->stream[(size_t)l * (size_t)m->n_lmats];
         memset(img, 0, m->lstride);
-        for (int k = 0; rc == SHOAL_OK && k < 7; k++)
+        for (int k = 0; rc == SHOAL_OK && k < m->n_lmats; k++)
             rc = shoal_weight_pack(m->be, t[k].type, t[k].rows, t[k].cols, t[k].host, (char *)img + t[k].off);
         uint64_t off, len;
         shoal_offload_part(m->lbytes[l], g, 0, &off, &len);
@@ -534,20 +605,27 @@ static shoal_status keep_parts(struct shoal_model *m) {
  */
 static shoal_status bind_streamed(struct shoal_model *m) {
     const int nl = m->part.layer1 - m->part.layer0, packs = shoal_backend_packs_weights(m->be);
-    if (!(m->lbytes = calloc((size_t)nl, sizeof *m->lbytes)) || !(m->ticket = calloc((size_t)nl, sizeof *m->ticket)))
+    struct shoal_weight **ws = malloc((size_t)m->n_lmats * sizeof *ws);
+    if (!ws || !(m->lbytes = calloc((size_t)nl, sizeof *m->lbytes)) || !(m->ticket = calloc((size_t)nl, sizeof *m->ticket))) {
+        free(ws);
         return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
     for (int l = 0; l < nl; l++) {
         if (!shoal_offload_streamed(&m->off, l)) continue;
-        struct shoal_layer *L = &m->layers[l];
-        struct shoal_weight *ws[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down };
+        layer_weights(&m->hp, &m->part, &m->layers[l], ws);
         const char *buf = (char *)m->lbuf + (size_t)shoal_offload_buffer(&m->off, l) * m->lstride;
-        const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7];
-        for (int k = 0; k < 7; k++) {
-            SHOAL_TRY(shoal_weight_bind(m->be, ws[k], t[k].type, t[k].rows, t[k].cols, buf + t[k].off));
+        const struct shoal_stream_tensor *t = &m->stream[(size_t)l * (size_t)m->n_lmats];
+        for (int k = 0; k < m->n_lmats; k++) {
+            shoal_status rc = shoal_weight_bind(m->be, ws[k], t[k].type, t[k].rows, t[k].cols, buf + t[k].off);
+            if (rc != SHOAL_OK) {
+                free(ws);
+                return rc;
+            }
             size_t end = t[k].off + weight_block_bytes(m, t[k].type, t[k].rows, t[k].cols);
             if (end > m->lbytes[l]) m->lbytes[l] = end;
         }
     }
+    free(ws);
     /* the source: images in RAM (a backend that repacks: when they fit the host's
      * available memory), else the map, packed on the way where the backend repacks */
     uint64_t streamed = 0;
@@ -564,7 +642,7 @@ static shoal_status bind_streamed(struct shoal_model *m) {
         if (!(m->limg = calloc((size_t)nl, sizeof *m->limg))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
         for (int l = 0; l < nl; l++) {
             if (!shoal_offload_streamed(&m->off, l)) continue;
-            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7];
+            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * (size_t)m->n_lmats];
             shoal_status rc = shoal_backend_host_alloc(m->be, m->lbytes[l], &m->limg[l]);
             if (rc != SHOAL_OK) {
                 char b[32];
@@ -573,7 +651,7 @@ static shoal_status bind_streamed(struct shoal_model *m) {
                                    shoal_fmt_bytes(b, sizeof b, (double)streamed));
                 return rc;
             }
-            for (int k = 0; k < 7; k++)
+            for (int k = 0; k < m->n_lmats; k++)
                 SHOAL_TRY(shoal_weight_pack(m->be, t[k].type, t[k].rows, t[k].cols, t[k].host,
                                             (char *)m->limg[l] + t[k].off));
         }
@@ -588,7 +666,7 @@ static shoal_status bind_streamed(struct shoal_model *m) {
 
 /* Whether a slice is a row-parallel projection's (summed in f64: shoal_op_matmul_f64). */
 static int summed_f64(const struct shoal_slice *s) {
-    static const char *const ends[] = { "attn_output.weight", "ffn_down.weight" };
+    static const char *const ends[] = { "attn_output.weight", "ffn_down.weight", "ffn_down_exps.weight" };
     const size_t n = strlen(s->src);
     for (size_t i = 0; i < sizeof ends / sizeof *ends; i++) {
         const size_t k = strlen(ends[i]);
@@ -684,7 +762,7 @@ static shoal_status load_weights(struct shoal_model *m) {
     }
     for (int l = 0; l < m->off.n_resident; l++) n_dev += lb[l];
     if (m->be && m->off.n_resident < nl) {
-        if (!(m->stream = calloc((size_t)nl * 7, sizeof *m->stream)) ||
+        if (!(m->stream = calloc((size_t)nl * (size_t)m->n_lmats, sizeof *m->stream)) ||
             !(m->buf_layer = malloc((size_t)m->off.n_buffers * sizeof *m->buf_layer)) ||
             !(m->stage_ticket = calloc((size_t)m->off.n_buffers, sizeof *m->stage_ticket))) {
             rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
@@ -750,24 +828,30 @@ static shoal_status load_weights(struct shoal_model *m) {
     for (int l = pt->layer0; l < pt->layer1; l++) {
         char *L = (char *)&m->layers[l - pt->layer0];
         const int streamed = shoal_offload_streamed(&m->off, l - pt->layer0);
-        struct shoal_stream_tensor *st = m->stream ? m->stream + (size_t)(l - pt->layer0) * 7 : NULL;
+        struct shoal_stream_tensor *st = m->stream ? m->stream + (size_t)(l - pt->layer0) * (size_t)m->n_lmats : NULL;
         size_t st_off = 0;
         for (size_t k = 0; k < N_LAYER_TENSORS; k++) {
             const struct layer_tensor *lt = &layer_tensors[k];
-            if (!has_tensor(hp, lt)) continue;
-            const struct shoal_slice *s = &sl[i++];
-            const struct shoal_gguf_tensor *t;
-            if (s->rows && find_slice(m, s, &t) == SHOAL_OK && t->type >= 0 && t->type < SHOAL_DTYPE_MAX) {
-                type_params[t->type] += (uint64_t)(s->r1 - s->r0) * (uint64_t)(s->c1 - s->c0);
-                if (type_params[t->type] > type_params[m->main_type]) m->main_type = t->type;
-            }
-            if (s->rows) {
-                SHOAL_TRY_GOTO(load_part(m, s, (struct shoal_weight *)(L + lt->field), &at, &dev,
-                                         streamed ? st++ : NULL, &st_off, 0), rc, done);
-            } else {
-                *(float **)(L + lt->field) = next;
-                next += s->c1 - s->c0;
-                SHOAL_TRY_GOTO(load_vector(m, s, *(float **)(L + lt->field), tmp), rc, done);
+            const int n_e = has_tensor(hp, lt) ? tensor_slices(lt, pt) : 0;
+            for (int e = 0; e < n_e; e++) {
+                const struct shoal_slice *s = &sl[i++];
+                const struct shoal_gguf_tensor *t;
+                if (s->rows && find_slice(m, s, &t) == SHOAL_OK && t->type >= 0 && t->type < SHOAL_DTYPE_MAX) {
+                    type_params[t->type] += (uint64_t)(s->r1 - s->r0) * (uint64_t)(s->c1 - s->c0);
+                    if (type_params[t->type] > type_params[m->main_type]) m->main_type = t->type;
+                }
+                if (s->rows) {
+                    /* an expert's weight: its place among the rank's experts */
+                    struct shoal_weight *w = s->n_exp ? *(struct shoal_weight **)(L + lt->field) + e
+                                                      : (struct shoal_weight *)(L + lt->field);
+                    const uint64_t before = m->weight_bytes;
+                    SHOAL_TRY_GOTO(load_part(m, s, w, &at, &dev, streamed ? st++ : NULL, &st_off, 0), rc, done);
+                    if (s->n_exp) m->expert_bytes += m->weight_bytes - before;
+                } else {
+                    *(float **)(L + lt->field) = next;
+                    next += s->c1 - s->c0;
+                    SHOAL_TRY_GOTO(load_vector(m, s, *(float **)(L + lt->field), tmp), rc, done);
+                }
             }
         }
     }
@@ -831,14 +915,15 @@ shoal_status shoal_model_load_offload(struct shoal_model **out, const struct sho
         m->part = *part;
     } else {
         m->part = (struct shoal_rank_part){ .layer1 = hp->n_layers, .q1 = hp->n_heads,
-                                            .kv1 = hp->n_kv_heads, .ff1 = hp->ffn_dim,
+                                            .kv1 = hp->n_kv_heads, .ff1 = hp->ffn_dim, .x1 = hp->n_expert,
                                             .v1 = hp->n_vocab, .first = 1, .last = 1 };
     }
     const struct shoal_rank_part *pt = &m->part;
     if (pt->layer0 < 0 || pt->layer1 > hp->n_layers || pt->layer0 >= pt->layer1 || pt->q0 < 0 ||
         pt->q1 > hp->n_heads || pt->q0 >= pt->q1 || pt->kv0 < 0 || pt->kv1 > hp->n_kv_heads ||
         pt->ff0 < 0 || pt->ff1 > hp->ffn_dim || pt->ff0 >= pt->ff1 || pt->v0 < 0 ||
-        pt->v1 > hp->n_vocab || (pt->last && pt->v0 >= pt->v1)) {
+        pt->v1 > hp->n_vocab || (pt->last && pt->v0 >= pt->v1) || pt->x0 < 0 || pt->x1 > hp->n_expert ||
+        (hp->n_expert > 0) != (pt->x0 < pt->x1)) {
         rc = shoal_errorf(SHOAL_INVALID, "%s: the plan's part for rank %d does not fit this model",
                           g->path, pt->rank);
         goto fail;
@@ -852,6 +937,17 @@ shoal_status shoal_model_load_offload(struct shoal_model **out, const struct sho
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
         goto fail;
     }
+    for (int l = 0; pt->x1 > pt->x0 && l < pt->layer1 - pt->layer0; l++) { /* the rank's experts' weights */
+        struct shoal_layer *L = &m->layers[l];
+        const size_t nx = (size_t)(pt->x1 - pt->x0);
+        if (!(L->xgate = calloc(3 * nx, sizeof *L->xgate))) {
+            rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+            goto fail;
+        }
+        L->xup = L->xgate + nx;
+        L->xdown = L->xup + nx;
+    }
+    m->n_lmats = layer_weights(hp, pt, &m->layers[0], NULL);
     SHOAL_TRY_GOTO(load_weights(m), rc, fail);
     *out = m;
     return SHOAL_OK;
@@ -864,11 +960,12 @@ void shoal_model_destroy(struct shoal_model *m) {
     if (!m) return;
     if (m->be && m->lbuf) shoal_backend_synchronize(m->be); /* no copy into lbuf still on its way */
     if (m->be) {
-        for (int l = 0; m->layers && l < m->part.layer1 - m->part.layer0; l++) {
-            struct shoal_layer *L = &m->layers[l];
-            struct shoal_weight *ws[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down };
-            for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) shoal_weight_release(m->be, ws[i]);
+        struct shoal_weight **ws = m->n_lmats ? malloc((size_t)m->n_lmats * sizeof *ws) : NULL;
+        for (int l = 0; ws && m->layers && l < m->part.layer1 - m->part.layer0; l++) {
+            layer_weights(&m->hp, &m->part, &m->layers[l], ws);
+            for (int i = 0; i < m->n_lmats; i++) shoal_weight_release(m->be, ws[i]);
         }
+        free(ws);
         shoal_weight_release(m->be, &m->tok_embd);
         shoal_weight_release(m->be, &m->output);
         shoal_backend_free(m->be, m->small);
@@ -891,6 +988,7 @@ void shoal_model_destroy(struct shoal_model *m) {
     free(m->stream);
     free(m->buf_layer);
     free(m->freq_factors);
+    for (int l = 0; m->layers && l < m->part.layer1 - m->part.layer0; l++) free(m->layers[l].xgate);
     free(m->layers);
     free(m);
 }
@@ -898,14 +996,16 @@ void shoal_model_destroy(struct shoal_model *m) {
 /* ----------------------------------------------------------------- state */
 
 /* The activations' float counts (yd's doubles as two each), in the order of the state's block. */
-enum { N_ACT = 10 };
+enum { N_ACT = 13 };
 static void act_counts(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, int n_batch,
                        int n_outputs, size_t counts[N_ACT]) {
     const size_t nb = (size_t)n_batch, hd = (size_t)hp->head_dim, dim = (size_t)hp->dim;
     const size_t qd = (size_t)(pt->q1 - pt->q0) * hd, kvd = (size_t)(pt->kv1 - pt->kv0) * hd;
     const size_t ff = (size_t)(pt->ff1 - pt->ff0);
+    const size_t ne = (size_t)hp->n_expert, x = ne ? 1 : 0; /* experts: rl, xg, yx */
     const size_t c[N_ACT] = { nb * dim, nb * dim, nb * qd, nb * kvd, nb * kvd, nb * qd, nb * ff, nb * ff,
-                              (size_t)n_outputs * (size_t)(pt->v1 - pt->v0), 2 * nb * dim /* f64 */ };
+                              (size_t)n_outputs * (size_t)(pt->v1 - pt->v0), 2 * nb * dim /* f64 */,
+                              nb * ne, x * nb * dim, x * 2 * nb * dim /* f64 */ };
     memcpy(counts, c, sizeof c);
 }
 
@@ -959,7 +1059,7 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     size_t counts[N_ACT];
     act_counts(hp, &m->part, s->n_batch, s->n_outputs, counts);
     float **slots[N_ACT] = { &s->x, &s->xb, &s->q, &s->k, &s->v, &s->att, &s->hb, &s->hb2, &s->logits,
-                             (float **)&s->yd };
+                             (float **)&s->yd, &s->rl, &s->xg, (float **)&s->yx };
     size_t total = 0;
     for (size_t i = 0; i < N_ACT; i++) total += (counts[i] * sizeof(float) + 63) / 64 * 64;
     s->act_bytes = total;
@@ -1009,6 +1109,13 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the all-reduce staging buffer");
         goto fail;
     }
+    const size_t routes = (size_t)s->n_batch * (size_t)hp->n_expert_used;
+    if (hp->n_expert && (!(s->route = malloc(routes * sizeof *s->route)) ||
+                         !(s->route_tok = malloc(routes * sizeof *s->route_tok)) ||
+                         !(s->route_w = malloc(routes * sizeof *s->route_w)))) {
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the experts' routes");
+        goto fail;
+    }
     s->topk = p->topk > 0 ? (p->topk < hp->n_vocab ? p->topk : hp->n_vocab) : 0;
     if (m->part.last && !(s->gathered = malloc((size_t)s->n_outputs * hp->n_vocab * sizeof(float)))) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory for the logits");
@@ -1036,6 +1143,9 @@ void shoal_state_destroy(struct shoal_state *s) {
     free(s->gathered);
     free(s->yd_host);
     free(s->cands);
+    free(s->route);
+    free(s->route_tok);
+    free(s->route_w);
     shoal_step_release(s);
     free(s->msg);
     free(s);
@@ -1063,6 +1173,12 @@ struct span {
     int sync;                    /* a lane whose sequences other lanes hold tokens of too */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
     double *yd;
+    /* experts: the state's rows from t0 on, and its host routes from t0 * n_expert_used on */
+    float *rl, *xg;
+    double *yx;
+    struct shoal_cand *route;
+    int32_t *route_tok;
+    double *route_w;
 };
 
 static struct span span_of(struct shoal_state *s, struct shoal_backend *be, const struct shoal_batch *b,
@@ -1070,8 +1186,12 @@ static struct span span_of(struct shoal_state *s, struct shoal_backend *be, cons
     const struct shoal_model *m = s->m;
     const size_t t = (size_t)t0, dim = (size_t)m->hp.dim, ff = (size_t)m->ffn_l;
     const size_t qd = (size_t)m->n_heads_l * (size_t)m->hp.head_dim, kvd = (size_t)m->n_kv_l * (size_t)m->hp.head_dim;
+    const size_t ne = (size_t)m->hp.n_expert, nu = (size_t)m->hp.n_expert_used;
     return (struct span){ be, b, NULL, 0, s->x + t * dim, s->xb + t * dim, s->q + t * qd, s->k + t * kvd,
-                          s->v + t * kvd, s->att + t * qd, s->hb + t * ff, s->hb2 + t * ff, s->yd + t * dim };
+                          s->v + t * kvd, s->att + t * qd, s->hb + t * ff, s->hb2 + t * ff, s->yd + t * dim,
+                          ne ? s->rl + t * ne : NULL, ne ? s->xg + t * dim : NULL, ne ? s->yx + t * dim : NULL,
+                          ne ? s->route + t * nu : NULL, ne ? s->route_tok + t * nu : NULL,
+                          ne ? s->route_w + t * nu : NULL };
 }
 
 /*
@@ -1079,12 +1199,18 @@ static struct span span_of(struct shoal_state *s, struct shoal_backend *be, cons
  * in f64, the tensor-parallel group's parts added, rounded once to f32;
  * with post_norm, RMS-normed by it before it is added (xb holds it then).
  */
+static shoal_status sum_add(struct shoal_state *s, const struct span *sp, const float *post_norm);
 static shoal_status project_add(struct shoal_state *s, const struct span *sp, const struct shoal_weight *w,
                                 const float *in, const float *post_norm) {
+    SHOAL_TRY(shoal_op_matmul_f64(sp->be, sp->yd, w, in, sp->b->n_tokens));
+    return sum_add(s, sp, post_norm);
+}
+
+/* x += yd, this rank's f64 sums, the tensor-parallel group's parts added, rounded once (project_add). */
+static shoal_status sum_add(struct shoal_state *s, const struct span *sp, const float *post_norm) {
     struct shoal_backend *be = sp->be;
     const int n = sp->b->n_tokens;
     const size_t count = (size_t)n * s->m->hp.dim;
-    SHOAL_TRY(shoal_op_matmul_f64(be, sp->yd, w, in, n));
     if (s->dist && shoal_comm_size(s->dist->tp) > 1) { /* (never in a lane: a whole step) */
         if (s->dist->tp_dev) {
             /* a communicator of device buffers, queued behind the backend's work */
@@ -1134,15 +1260,15 @@ static shoal_status fetch_layer(struct shoal_model *m, int l) {
         SHOAL_TRY(shoal_backend_fetch(m->be, buf, m->limg[l], m->lbytes[l], &ticket));
     } else if (m->stage) { /* packed now from the map, once the buffer's last copy has left */
         SHOAL_TRY(shoal_backend_fetch_sync(m->be, m->stage_ticket[b]));
-        for (int k = 0; k < 7; k++) {
-            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7 + k];
+        for (int k = 0; k < m->n_lmats; k++) {
+            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * (size_t)m->n_lmats + k];
             SHOAL_TRY(shoal_weight_pack(m->be, t->type, t->rows, t->cols, t->host, (char *)m->stage[b] + t->off));
         }
         SHOAL_TRY(shoal_backend_fetch(m->be, buf, m->stage[b], m->lbytes[l], &ticket));
         m->stage_ticket[b] = ticket;
     } else { /* its matrices as the file has them */
-        for (int k = 0; k < 7; k++) {
-            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * 7 + k];
+        for (int k = 0; k < m->n_lmats; k++) {
+            const struct shoal_stream_tensor *t = &m->stream[(size_t)l * (size_t)m->n_lmats + k];
             size_t n = (size_t)t->rows * shoal_dtype_row_bytes(t->type, t->cols);
             SHOAL_TRY(shoal_backend_fetch(m->be, buf + t->off, t->host, n, &ticket));
         }
@@ -1186,6 +1312,77 @@ static shoal_status fetch_next_step(struct shoal_model *m) {
     return SHOAL_OK;
 }
 
+/* g = act(g) * u over n values: the family's gate. */
+static shoal_status ffn_act(struct shoal_backend *be, const struct shoal_hparams *hp, float *g, const float *u,
+                            size_t n) {
+    if (hp->fam->act == SHOAL_ACT_GELU_TANH) return shoal_op_gelu_mul(be, g, u, n);
+    return shoal_op_silu_mul(be, g, u, n);
+}
+
+/*
+ * A mixture of experts' FFN over the run's tokens (xb, normed) into yd: the
+ * router scores every expert, each token takes the n_expert_used best (ties
+ * to the lower expert), weighted by a softmax over them (llama.cpp's
+ * softmax over all, the chosen renormalised: the same weights), and each
+ * expert this rank holds runs on its tokens gathered into rows of their
+ * own, its outputs added into their tokens' f64 sums, weighted, expert by
+ * expert. The router is whole on every rank, its scores the same bits on
+ * each, so every rank routes alike without a word; the sums then join as
+ * the dense FFN's do (sum_add).
+ */
+static shoal_status moe_ffn(struct shoal_state *s, const struct span *sp, const struct shoal_layer *L) {
+    const struct shoal_model *m = s->m;
+    const struct shoal_hparams *hp = &m->hp;
+    struct shoal_backend *be = sp->be;
+    const int n = sp->b->n_tokens, k = hp->n_expert_used, dim = hp->dim;
+    const int x0 = m->part.x0, nx = m->part.x1 - m->part.x0;
+    SHOAL_TRY(shoal_op_matmul(be, sp->rl, &L->router, sp->xb, n));
+    SHOAL_TRY(shoal_op_topk(be, sp->rl, n, hp->n_expert, k, 0, sp->route));
+    int off[SHOAL_EXPERTS_MAX + 1] = { 0 }, fill[SHOAL_EXPERTS_MAX];
+    for (int i = 0; i < n * k; i++) {
+        const int e = sp->route[i].id;
+        if (e < 0 || e >= hp->n_expert || !(sp->route[i].v == sp->route[i].v))
+            return shoal_errorf(SHOAL_INVALID, "the router of a layer scored token %d's experts as no number "
+                                "(the file's weights?)", i / k);
+        if (e >= x0 && e < x0 + nx) off[e - x0 + 1]++;
+    }
+    for (int e = 0; e < nx; e++) off[e + 1] += off[e];
+    memcpy(fill, off, (size_t)nx * sizeof *fill);
+    for (int t = 0; t < n; t++) {
+        const struct shoal_cand *c = sp->route + (size_t)t * k;
+        double sum = 0;
+        for (int j = 0; j < k; j++) sum += exp((double)c[j].v - (double)c[0].v);
+        for (int j = 0; j < k; j++) {
+            const int e = c[j].id - x0;
+            if (e < 0 || e >= nx) continue;
+            sp->route_tok[fill[e]] = t;
+            sp->route_w[fill[e]++] = exp((double)c[j].v - (double)c[0].v) / sum;
+        }
+    }
+    SHOAL_TRY(shoal_op_zero_f64(be, sp->yd, (size_t)n * (size_t)dim));
+    uint64_t runs = 0, bytes = 0;
+    for (int e = 0; e < nx; e++) {
+        const int c = off[e + 1] - off[e];
+        if (!c) continue;
+        const int32_t *tok = sp->route_tok + off[e];
+        SHOAL_TRY(shoal_op_gather_rows(be, sp->xg, sp->xb, n, tok, c, dim));
+        float *out[2] = { sp->hb, sp->hb2 };
+        const struct shoal_weight *in[2] = { &L->xgate[e], &L->xup[e] };
+        SHOAL_TRY(shoal_op_matmul_n(be, 2, out, in, sp->xg, c));
+        SHOAL_TRY(ffn_act(be, hp, sp->hb, sp->hb2, (size_t)c * (size_t)m->ffn_l));
+        SHOAL_TRY(shoal_op_matmul_f64(be, sp->yx, &L->xdown[e], sp->hb, c));
+        SHOAL_TRY(shoal_op_add_rows_f64(be, sp->yd, n, sp->yx, tok, sp->route_w + off[e], c, dim));
+        runs++;
+        for (int w = 0; w < 3; w++) {
+            const struct shoal_weight *x = w == 0 ? &L->xgate[e] : w == 1 ? &L->xup[e] : &L->xdown[e];
+            bytes += (uint64_t)x->rows * x->row_bytes;
+        }
+    }
+    __atomic_fetch_add(&s->expert_runs, runs, __ATOMIC_RELAXED); /* lanes run at once */
+    __atomic_fetch_add(&s->expert_bytes, bytes, __ATOMIC_RELAXED);
+    return SHOAL_OK;
+}
+
 /* The rank's layers over a run of the step's tokens. */
 static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
     const struct shoal_model *m = s->m;
@@ -1225,11 +1422,15 @@ static shoal_status span_layers(struct shoal_state *s, const struct span *sp) {
         SHOAL_TRY(project_add(s, sp, &L->wo, sp->att, L->post_attn_norm));
 
         SHOAL_TRY(shoal_op_rmsnorm(be, sp->xb, sp->x, L->ffn_norm, n, dim, hp->rms_eps));
+        if (hp->n_expert) {
+            SHOAL_TRY(moe_ffn(s, sp, L));
+            SHOAL_TRY(sum_add(s, sp, L->post_ffn_norm));
+            continue;
+        }
         float *ffn_out[2] = { sp->hb, sp->hb2 };
         const struct shoal_weight *ffn_in[2] = { &L->gate, &L->up };
         SHOAL_TRY(shoal_op_matmul_n(be, 2, ffn_out, ffn_in, sp->xb, n));
-        if (hp->fam->act == SHOAL_ACT_GELU_TANH) SHOAL_TRY(shoal_op_gelu_mul(be, sp->hb, sp->hb2, (size_t)n * m->ffn_l));
-        else SHOAL_TRY(shoal_op_silu_mul(be, sp->hb, sp->hb2, (size_t)n * m->ffn_l));
+        SHOAL_TRY(ffn_act(be, hp, sp->hb, sp->hb2, (size_t)n * m->ffn_l));
         SHOAL_TRY(project_add(s, sp, &L->down, sp->hb, L->post_ffn_norm));
     }
     return SHOAL_OK;
@@ -1381,8 +1582,9 @@ shoal_status shoal_run_layers(struct shoal_state *s, const struct shoal_batch *b
      * through the host between the ops */
     const int staged = s->dist && shoal_comm_size(s->dist->tp) > 1 && !s->dist->tp_dev &&
                        !shoal_backend_host_memory(be);
-    /* (streamed layers copy between the ops; a CUDA graph records one batch, and rings are a second) */
-    if (staged || s->m->stream || s->ring) return layers(s, b);
+    /* (streamed layers copy between the ops; a CUDA graph records one batch, and rings are a second;
+     * experts run as the step's routes say, which the host reads between the ops) */
+    if (staged || s->m->stream || s->ring || s->m->hp.n_expert) return layers(s, b);
     /* the state by its serial, not its address: a new state may come where a freed one was */
     uint64_t key = 1469598103934665603ull;
     const uint64_t parts[] = { s->serial, (uint64_t)b->n_tokens, (uint64_t)b->n_seq,

@@ -22,11 +22,15 @@
 
 struct shoal_comm;
 
+#define SHOAL_EXPERTS_MAX 1024 /* experts per layer */
+
 struct shoal_hparams {
     char arch[32];           /* general.architecture */
     const struct shoal_arch *fam; /* its family's recipe (arch.h) */
     char name[96];           /* general.name, or the file name */
-    int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim;
+    int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim; /* ffn_dim: an expert's, with experts */
+    int n_expert, n_expert_used; /* a mixture of experts: each layer's FFN is n_expert experts, each token
+                                  * runs the n_expert_used its router scores best; 0: one dense FFN */
     int n_ctx_train;
     float rms_eps;
     struct shoal_rope rope;
@@ -49,6 +53,7 @@ struct shoal_hparams {
 struct shoal_slice {
     char name[96], src[96];
     int64_t rows, cols, r0, r1, c0, c1;
+    int n_exp; /* > 0: src is 3-D, n_exp experts' (rows / n_exp, cols) matrices stacked; rows counts them all */
 };
 
 /* One layer's weights as this rank holds them ("local": its share of heads, FFN units). */
@@ -65,6 +70,10 @@ struct shoal_layer {
     float *bq, *bk, *bv;       /* device biases of the local rows, or NULL */
     float *q_norm, *k_norm;    /* device (head_dim): per-head RMS norms of Q and K, or NULL */
     float *post_attn_norm, *post_ffn_norm; /* device (dim): norms of the attention's and FFN's outputs, or NULL */
+    /* with experts (gate, up and down unused): the router, whole on every rank, and the
+     * rank's experts [part.x0, part.x1), each its share of units as gate, up, down are cut */
+    struct shoal_weight router; /* (n_expert, dim) */
+    struct shoal_weight *xgate, *xup, *xdown; /* (part.x1 - part.x0) each */
 };
 
 /*
@@ -127,11 +136,13 @@ struct shoal_model {
     void *slices;                 /* host block of column slices read from the file */
     float *freq_factors;          /* host (rope_dim / 2) or NULL: llama3 rope scaling */
     uint64_t n_params;            /* of this rank's part */
-    uint64_t weight_bytes;        /* bytes of this rank's part that the forward pass reads */
+    uint64_t weight_bytes;        /* bytes of this rank's part that the forward pass reads (every expert) */
+    uint64_t expert_bytes;        /* of them, the experts' (a token reads only those it is routed to) */
+    int n_lmats;                  /* matrices per layer (the streamed layers' table: stream) */
     int main_type;                /* the type holding most of the part's layer weights (a mix's main type) */
     /* offload: which layers stream; their matrices; the buffers they take turns in */
     struct shoal_offload_plan off; /* off.n_resident == the rank's layers: nothing streams */
-    struct shoal_stream_tensor *stream; /* (layers, 7): the streamed layers' matrices */
+    struct shoal_stream_tensor *stream; /* (layers, n_lmats): the streamed layers' matrices */
     void *lbuf;                   /* device: off.n_buffers buffers of off.buffer_bytes */
     int *buf_layer;               /* (off.n_buffers): the layer each buffer holds, or -1 */
     void **limg;                  /* host (layers): a streamed layer's packed device image, or NULL */
@@ -299,6 +310,15 @@ struct shoal_state {
     float *att;        /* (n_batch, local q heads * head_dim) */
     float *hb, *hb2;   /* (n_batch, local ffn) */
     double *yd;        /* (n_batch, dim): row-parallel projections, summed in f64 */
+    /* experts: the router's scores (n_batch, n_expert), an expert's tokens' rows (n_batch, dim)
+     * and its outputs (n_batch, dim, f64); on the host, each token's choice (n_batch, used) and
+     * the step's tokens grouped by expert with their weights (n_batch * used) */
+    float *rl, *xg;
+    double *yx;
+    struct shoal_cand *route;
+    int32_t *route_tok;
+    double *route_w;
+    uint64_t expert_runs, expert_bytes; /* experts run (one per expert per lane step), their bytes */
     double *yd_host;   /* host (n_batch, dim): yd staged for a host communicator, or NULL */
     float *logits;     /* (n_outputs, local vocab) */
     float *gathered;   /* host (n_outputs, n_vocab): the stage's first rank assembles logits */

@@ -71,7 +71,8 @@ static shoal_status check_plan(const Shoal__Manifest *m, const char *path) {
         if (!q || !f || q->rank != r || f->rank != r || q->stage != r / p->tp || q->tp_rank != r % p->tp ||
             q->layer0 >= q->layer1 || q->layer1 > hp->n_layers || q->q0 >= q->q1 ||
             q->q1 > hp->n_heads || q->kv0 >= q->kv1 || q->kv1 > hp->n_kv_heads ||
-            q->ff0 >= q->ff1 || q->ff1 > hp->ffn_dim || q->v1 > hp->n_vocab || q->v0 > q->v1)
+            q->ff0 >= q->ff1 || q->ff1 > hp->ffn_dim || q->v1 > hp->n_vocab || q->v0 > q->v1 ||
+            q->x1 > hp->n_expert || (hp->n_expert > 0) != (q->x0 < q->x1))
             return shoal_errorf(SHOAL_FORMAT, "%s: rank %zu's part of the plan is not a part of "
                                 "this model", path, r);
         if (!f->file || !f->file[0] || strchr(f->file, '/') || strcmp(f->file, "..") == 0)
@@ -132,6 +133,7 @@ shoal_status shoal_manifest_plan(const Shoal__Manifest *m, struct shoal_plan **o
     }
     plan->tp = (int)p->tp;
     plan->pp = (int)p->pp;
+    plan->ep = p->ep;
     plan->n_ranks = (int)p->n_parts;
     for (size_t r = 0; r < p->n_parts; r++) {
         const Shoal__RankPart *q = p->parts[r];
@@ -140,6 +142,7 @@ shoal_status shoal_manifest_plan(const Shoal__Manifest *m, struct shoal_plan **o
             .layer0 = (int)q->layer0, .layer1 = (int)q->layer1, .q0 = (int)q->q0, .q1 = (int)q->q1,
             .kv0 = (int)q->kv0, .kv1 = (int)q->kv1, .ff0 = (int)q->ff0, .ff1 = (int)q->ff1,
             .v0 = (int)q->v0, .v1 = (int)q->v1, .first = q->stage == 0, .last = q->stage == p->pp - 1,
+            .x0 = (int)q->x0, .x1 = (int)q->x1,
         };
     }
     *out = plan;

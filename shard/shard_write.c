@@ -45,8 +45,9 @@ static shoal_status source_tensor(const struct shoal_gguf *g, const struct shoal
                                   const struct shoal_gguf_tensor **out) {
     const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, s->src);
     if (!t) return shoal_errorf(SHOAL_FORMAT, "%s: required tensor '%s' is missing", g->path, s->src);
-    int nd = s->rows ? 2 : 1;
-    if (t->n_dims != nd || t->ne[0] != s->cols || (s->rows && t->ne[1] != s->rows))
+    int nd = s->n_exp ? 3 : s->rows ? 2 : 1; /* experts: rows counts the n_exp matrices' */
+    if (t->n_dims != nd || t->ne[0] != s->cols ||
+        (s->rows && t->ne[1] * (s->n_exp ? t->ne[2] : 1) != s->rows) || (s->n_exp && t->ne[2] != s->n_exp))
         return shoal_errorf(SHOAL_FORMAT, "%s: tensor '%s' has shape [%" PRId64 ", %" PRId64
                             "], expected [%" PRId64 ", %" PRId64 "]",
                             g->path, s->src, t->ne[0], t->ne[1], s->cols, s->rows);
@@ -232,6 +233,7 @@ static shoal_status fill_manifest(Shoal__Manifest *m, const struct shoal_gguf *g
     h->n_kv_heads = (uint32_t)hp->n_kv_heads;
     h->head_dim = (uint32_t)hp->head_dim;
     h->ffn_dim = (uint32_t)hp->ffn_dim;
+    h->n_expert = (uint32_t)hp->n_expert;
     h->n_vocab = (uint32_t)hp->n_vocab;
     h->n_ctx_train = (uint32_t)hp->n_ctx_train;
     h->rope_base = hp->rope.freq_base;
@@ -254,6 +256,7 @@ static shoal_status fill_manifest(Shoal__Manifest *m, const struct shoal_gguf *g
     Shoal__Plan *pl = m->plan;
     pl->tp = (uint32_t)plan->tp;
     pl->pp = (uint32_t)plan->pp;
+    pl->ep = plan->ep;
     pl->comm_dtype = dup_or_empty(p->comm_dtype);
     if ((pl->offload = malloc(sizeof *pl->offload))) *pl->offload = off_init;
     if (p->tp_weights && (pl->tp_weights = malloc(sizeof(double) * (size_t)plan->tp))) {
@@ -287,6 +290,8 @@ static shoal_status fill_manifest(Shoal__Manifest *m, const struct shoal_gguf *g
         rp->ff1 = (uint32_t)q->ff1;
         rp->v0 = (uint32_t)q->v0;
         rp->v1 = (uint32_t)q->v1;
+        rp->x0 = (uint32_t)q->x0;
+        rp->x1 = (uint32_t)q->x1;
         pl->parts[r] = rp;
     }
     return SHOAL_OK;

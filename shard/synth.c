@@ -147,12 +147,13 @@ struct shape {
     int dim, layers, heads, kv_heads, head_dim, ffn, vocab, ctx, tied;
     int type, embd_type, out_type;
     int window;
+    int experts, used;
 };
 
 struct tensor_plan {
     char name[64];
     int type, n_dims;
-    int64_t ne[2];
+    int64_t ne[3];
     float scale, offset; /* values: offset + scale * U(-1, 1) */
 };
 
@@ -174,13 +175,19 @@ static int plan_tensors(const struct shape *s, struct tensor_plan *tp) {
     int bias = s->fam->qkv_bias;
 #define T2(nm, ty, cols, rows, sc)                                                             \
     do {                                                                                       \
-        tp[n] = (struct tensor_plan){ "", ty, 2, { cols, rows }, sc, 0 };                      \
+        tp[n] = (struct tensor_plan){ "", ty, 2, { cols, rows, 1 }, sc, 0 };                   \
         snprintf(tp[n].name, sizeof tp[n].name, "%s", nm);                                     \
         n++;                                                                                   \
     } while (0)
 #define T1(nm, len, sc, off)                                                                   \
     do {                                                                                       \
-        tp[n] = (struct tensor_plan){ "", SHOAL_DTYPE_F32, 1, { len, 1 }, sc, off };           \
+        tp[n] = (struct tensor_plan){ "", SHOAL_DTYPE_F32, 1, { len, 1, 1 }, sc, off };        \
+        snprintf(tp[n].name, sizeof tp[n].name, "%s", nm);                                     \
+        n++;                                                                                   \
+    } while (0)
+#define T3(nm, ty, cols, rows, sc)                                                             \
+    do {                                                                                       \
+        tp[n] = (struct tensor_plan){ "", ty, 3, { cols, rows, s->experts }, sc, 0 };          \
         snprintf(tp[n].name, sizeof tp[n].name, "%s", nm);                                     \
         n++;                                                                                   \
     } while (0)
@@ -211,14 +218,22 @@ static int plan_tensors(const struct shape *s, struct tensor_plan *tp) {
         T2(NAME("attn_output.weight"), s->type, qd, s->dim, o);
         if (s->fam->post_norms) T1(NAME("post_attention_norm.weight"), s->dim, 0.1f, 1.0f);
         T1(NAME("ffn_norm.weight"), s->dim, 0.1f, 1.0f);
-        T2(NAME("ffn_gate.weight"), s->type, s->dim, s->ffn, a);
-        T2(NAME("ffn_up.weight"), s->type, s->dim, s->ffn, a);
-        T2(NAME("ffn_down.weight"), s->type, s->ffn, s->dim, f);
+        if (s->experts) { /* the router in f32 (llama.cpp's quantize leaves it so), scores well apart */
+            T2(NAME("ffn_gate_inp.weight"), SHOAL_DTYPE_F32, s->dim, s->experts, 4.0f * a);
+            T3(NAME("ffn_gate_exps.weight"), s->type, s->dim, s->ffn, a);
+            T3(NAME("ffn_up_exps.weight"), s->type, s->dim, s->ffn, a);
+            T3(NAME("ffn_down_exps.weight"), s->type, s->ffn, s->dim, f);
+        } else {
+            T2(NAME("ffn_gate.weight"), s->type, s->dim, s->ffn, a);
+            T2(NAME("ffn_up.weight"), s->type, s->dim, s->ffn, a);
+            T2(NAME("ffn_down.weight"), s->type, s->ffn, s->dim, f);
+        }
         if (s->fam->post_norms) T1(NAME("post_ffw_norm.weight"), s->dim, 0.1f, 1.0f);
 #undef NAME
     }
 #undef T1
 #undef T2
+#undef T3
     return n;
 }
 
@@ -244,6 +259,12 @@ static shoal_status write_hparams(struct shoal_gguf_writer *w, const struct shap
     SHOAL_TRY(shoal_gguf_set_f32(w, KEY("rope.freq_base"), rope_base));
     SHOAL_TRY(shoal_gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f));
     if (s->fam->swa_period) SHOAL_TRY(shoal_gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)s->window));
+    if (s->experts) {
+        SHOAL_TRY(shoal_gguf_set_u32(w, KEY("expert_count"), (uint32_t)s->experts));
+        SHOAL_TRY(shoal_gguf_set_u32(w, KEY("expert_used_count"), (uint32_t)s->used));
+        if (s->fam == &shoal_arch_qwen3moe)
+            SHOAL_TRY(shoal_gguf_set_u32(w, KEY("expert_feed_forward_length"), (uint32_t)s->ffn));
+    }
     SHOAL_TRY(shoal_gguf_set_u32(w, KEY("vocab_size"), (uint32_t)s->vocab));
 #undef KEY
     return SHOAL_OK;
@@ -254,12 +275,17 @@ static shoal_status resolve(const struct shoal_synth_params *p, struct shape *s)
     *s = (struct shape){ p->arch, NULL, p->dim, p->layers, p->heads, p->kv_heads, p->head_dim, p->ffn,
                          p->vocab, p->ctx, p->tied, p->type,
                          p->embd_type < 0 ? p->type : p->embd_type,
-                         p->out_type < 0 ? p->type : p->out_type, p->swa_window ? p->swa_window : 32 };
+                         p->out_type < 0 ? p->type : p->out_type, p->swa_window ? p->swa_window : 32,
+                         p->experts, p->experts_used ? p->experts_used : (p->experts < 2 ? p->experts : 2) };
     if (!s->arch || !(s->fam = shoal_arch_find(s->arch))) {
         char names[256];
         return shoal_errorf(SHOAL_INVALID, "synthetic model: architecture '%s' is not one of %s",
                             s->arch ? s->arch : "(none)", shoal_arch_names(names, sizeof names));
     }
+    if (s->experts < 0 || s->experts > 256 || s->used < 0 || s->used > s->experts ||
+        (s->fam == &shoal_arch_qwen3moe && !s->experts))
+        return shoal_errorf(SHOAL_INVALID, "synthetic model: %d experts, %d of them used per token: need "
+                            "0..256 experts (qwen3moe: at least 1) and 1..experts used", s->experts, s->used);
     if (s->window < 1 || s->window > (1 << 24))
         return shoal_errorf(SHOAL_INVALID, "synthetic model: a window of %d positions", s->window);
     const int types[3] = { s->type, s->embd_type, s->out_type };
@@ -329,7 +355,7 @@ shoal_status shoal_synth_write(const struct shoal_synth_params *p, const char *p
     uint64_t total = 0, done_bytes = 0;
     for (int i = 0; i < nt; i++) {
         SHOAL_TRY_GOTO(shoal_gguf_add_tensor(w, tp[i].name, tp[i].type, tp[i].n_dims, tp[i].ne), rc, done);
-        total += shoal_dtype_row_bytes(tp[i].type, tp[i].ne[0]) * (uint64_t)tp[i].ne[1];
+        total += shoal_dtype_row_bytes(tp[i].type, tp[i].ne[0]) * (uint64_t)(tp[i].ne[1] * tp[i].ne[2]);
     }
     SHOAL_TRY_GOTO(shoal_gguf_writer_begin_data(w), rc, done);
     if (p->progress) p->progress(p->user, 0, total);
@@ -337,7 +363,7 @@ shoal_status shoal_synth_write(const struct shoal_synth_params *p, const char *p
         const struct tensor_plan *t = &tp[i];
         uint64_t st = name_seed(p->seed, t->name);
         size_t rb = shoal_dtype_row_bytes(t->type, t->ne[0]);
-        for (int64_t r = 0; r < t->ne[1]; r++) {
+        for (int64_t r = 0; r < t->ne[1] * t->ne[2]; r++) {
             for (int64_t c = 0; c < t->ne[0]; c++) row[c] = t->offset + t->scale * urand(&st);
             SHOAL_TRY_GOTO(shoal_quantize_row(t->type, row, q, t->ne[0]), rc, done);
             SHOAL_TRY_GOTO(shoal_gguf_write_data(w, q, rb), rc, done);

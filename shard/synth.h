@@ -19,7 +19,7 @@
 #include "../base/base.h"
 
 struct shoal_synth_params {
-    const char *arch;       /* a family of runtime/arch.h: "llama", "mistral", "qwen2", "qwen3", "gemma3" */
+    const char *arch;       /* a family of runtime/arch.h: "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma3" */
     int dim, layers, heads, kv_heads;
     int head_dim;           /* 0: dim / heads */
     int ffn, vocab;         /* vocab: at least 300 (the specials, 256 bytes, pieces) */
@@ -29,6 +29,7 @@ struct shoal_synth_params {
     int embd_type, out_type;/* of token_embd and output.weight (< 0: type) */
     float rope_base;
     int swa_window;         /* families with windowed layers: attention.sliding_window (0: 32) */
+    int experts, experts_used; /* > 0: every FFN a mixture of experts of ffn units each (qwen3moe: needed) */
     uint64_t seed;
     const char *vocab_from; /* NULL, or a GGUF whose tokenizer.* keys are copied (vocab is then its size) */
     /* optional: called with done = 0 when the tensors' bytes begin, after each row

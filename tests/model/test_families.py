@@ -76,4 +76,4 @@ def test_other_architectures_are_refused(tmp_path):
     p = h.run(["run", "-m", model, "-p", "hi", "-n", 1], check=False)
     err = p.stderr.decode()
     assert p.returncode != 0 and "architecture 'mamba' is not supported" in err, err
-    assert "shoal runs llama, mistral, qwen2, qwen3, gemma3" in err, err
+    assert "shoal runs llama, mistral, qwen2, qwen3, qwen3moe, gemma3" in err, err

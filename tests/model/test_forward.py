@@ -3,10 +3,12 @@
 synthetic models written by `shoal synth` in every weight type, with
 grouped-query attention, both RoPE modes (llama: adjacent pairs; qwen2:
 halves, with Q/K/V biases), tied and separate output heads, and the
-families that change the block: qwen3 (per-head Q/K norms) and gemma3
+families that change the block: qwen3 (per-head Q/K norms), gemma3
 (those, norms after the attention and the FFN, a GELU gate, embeddings
 times sqrt(dim), and a window of 8 positions on all layers but the sixth,
-with their own rope base; the prompt and its continuation are longer).
+with their own rope base; the prompt and its continuation are longer), and
+mixtures of experts (qwen3moe with 8 experts, 2 a token; Mixtral's layout
+of llama with 4, 2 a token).
 
 shoal's logits for every position of a prompt plus a greedy continuation
 are compared with the reference's for the same tokens.
@@ -55,6 +57,11 @@ SHAPES = {
     # positions on layers 0-4 and 6 (rope base 10000), layer 5 global: the prompt is longer
     "gemma3": ["--arch", "gemma3", "--dim", 128, "--layers", 7, "--heads", 4, "--kv-heads", 1, "--head-dim", 64,
                "--ffn", 256, "--vocab", 350, "--window", 8, "--tied", "--rope-base", 1000000],
+    # mixtures of experts: Qwen3-MoE's (8 experts, 2 a token) and Mixtral's llama (4, 2)
+    "qwen3moe": ["--arch", "qwen3moe", "--dim", 128, "--layers", 2, "--heads", 4, "--kv-heads", 2,
+                 "--head-dim", 32, "--ffn", 64, "--experts", 8, "--experts-used", 2, "--vocab", 350],
+    "mixtral": ["--dim", 128, "--layers", 2, "--heads", 4, "--kv-heads", 1, "--ffn", 96, "--experts", 4,
+                "--experts-used", 2, "--vocab", 320],
 }
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]
 QUANTIZED = ("q8_0", "q4_0", "q4_1")
@@ -78,7 +85,7 @@ def reference_logits(model, tokens, scale_weights=1.0):
     m = reference.load_model(str(model))
     if scale_weights != 1.0:
         for name, w in m.weights.items():
-            if w.ndim == 2:
+            if w.ndim >= 2:
                 m.weights[name] = w * scale_weights
         for name in m.block_mins:
             m.block_mins[name] = m.block_mins[name] * scale_weights

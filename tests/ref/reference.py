@@ -64,9 +64,15 @@ ROPE_NEOX_ARCHS = {
 #   swa_period  with attention.sliding_window W: layers L with (L + 1) % period != 0
 #               attend to their last W positions, with rope base swa_rope_base
 #   attn_scale  scores times 1/sqrt(head_dim), or (gemma3 27B, 62 layers) 1/sqrt(dim/heads)
+# Any family with {arch}.expert_count E: each layer's FFN is E experts (ffn_gate_exps,
+# ffn_up_exps, ffn_down_exps, 3-D) and a router (ffn_gate_inp); a token takes the
+# expert_used_count experts of highest softmax(router scores), weighted by those
+# probabilities renormalised to sum to 1 (llama.cpp's Mixtral and Qwen3-MoE graphs).
+# qwen3moe: an expert's width is expert_feed_forward_length.
 FAMILIES = {
     "llama": {}, "mistral": {}, "qwen2": {},
     "qwen3": {"qk_norm": True},
+    "qwen3moe": {"qk_norm": True, "expert_ffn_key": True},
     "gemma3": {"qk_norm": True, "post_norms": True, "act": "gelu_tanh", "embd_scale": True,
                "swa_period": 6, "swa_rope_base": 10000.0},
 }
@@ -143,6 +149,8 @@ class Config:
     swa_period: int = 0
     swa_rope_base: float = 10000.0
     attn_scale: float = 0.0
+    n_expert: int = 0      # experts per layer (0: a dense FFN)
+    n_expert_used: int = 0
 
 
 @dataclass
@@ -224,16 +232,24 @@ def load_model(path: str, allow_unused_tensors: bool = False) -> Model:
     if cfg.swa_period:
         cfg.swa_window = int(get(a + "attention.sliding_window", required=True))
     cfg.attn_scale = 1.0 / math.sqrt(dim / n_heads if arch == "gemma3" and cfg.n_layers == 62 else head_dim)
+    cfg.n_expert = int(get(a + "expert_count", 0))
+    if cfg.n_expert:
+        cfg.n_expert_used = int(get(a + "expert_used_count", required=True))
+        if fam.get("expert_ffn_key"):
+            cfg.ffn_dim = int(get(a + "expert_feed_forward_length", required=True))
+    elif fam.get("expert_ffn_key"):
+        raise ValueError(f"{path}: {a}expert_count is missing")
 
     model = Model(cfg, weights, types, mins)
     _check_shapes(model, path)
 
     used = {"token_embd.weight", "output_norm.weight", "output.weight"}
     for L in range(cfg.n_layers):
+        ffn = ("ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight") \
+            if cfg.n_expert else ("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
         for n in ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
-                  "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight",
-                  "ffn_up.weight", "ffn_down.weight", "attn_q.bias", "attn_k.bias",
-                  "attn_v.bias") + (("attn_q_norm.weight", "attn_k_norm.weight") if cfg.qk_norm else ()) + \
+                  "attn_output.weight", "ffn_norm.weight", "attn_q.bias", "attn_k.bias",
+                  "attn_v.bias") + ffn + (("attn_q_norm.weight", "attn_k_norm.weight") if cfg.qk_norm else ()) + \
                 (("post_attention_norm.weight", "post_ffw_norm.weight") if cfg.post_norms else ()):
             used.add(f"blk.{L}.{n}")
     unused = sorted(set(weights) - used)
@@ -259,10 +275,21 @@ def _check_shapes(model: Model, path: str) -> None:
             p + "attn_v.weight": (vd, c.dim),
             p + "attn_output.weight": (c.dim, c.n_heads * c.head_dim_v),
             p + "ffn_norm.weight": (c.dim,),
-            p + "ffn_gate.weight": (c.ffn_dim, c.dim),
-            p + "ffn_up.weight": (c.ffn_dim, c.dim),
-            p + "ffn_down.weight": (c.dim, c.ffn_dim),
         })
+        if c.n_expert:
+            E = c.n_expert
+            expect.update({
+                p + "ffn_gate_inp.weight": (E, c.dim),
+                p + "ffn_gate_exps.weight": (E, c.ffn_dim, c.dim),
+                p + "ffn_up_exps.weight": (E, c.ffn_dim, c.dim),
+                p + "ffn_down_exps.weight": (E, c.dim, c.ffn_dim),
+            })
+        else:
+            expect.update({
+                p + "ffn_gate.weight": (c.ffn_dim, c.dim),
+                p + "ffn_up.weight": (c.ffn_dim, c.dim),
+                p + "ffn_down.weight": (c.dim, c.ffn_dim),
+            })
         for n, d in (("attn_q.bias", qd), ("attn_k.bias", kvd), ("attn_v.bias", vd)):
             if p + n in w:
                 expect[p + n] = (d,)
@@ -386,12 +413,17 @@ class Reference:
         self.out_w = w[self.out_name]
         self.reset()
 
-    def mm(self, x: np.ndarray, name: str) -> np.ndarray:
-        """x @ W.T for weight `name`, its activations rounded as its type asks."""
+    def mm(self, x: np.ndarray, name: str, expert: int | None = None) -> np.ndarray:
+        """x @ W.T for weight `name` (of a 3-D tensor, expert `expert`'s), its activations
+        rounded as its type asks."""
         t, w = self.model.tensor_types.get(name, "F32"), self.model.weights[name]
+        mins = self.model.block_mins.get(name)
+        if expert is not None:
+            w = w[expert]
+            if mins is not None:
+                mins = mins.reshape(self.model.weights[name].shape[0], w.shape[0], -1)[expert]
         if self.act_quant and t in ACT_Q8_32:
             x, sums = quantize_act_q8_32(x)
-            mins = self.model.block_mins.get(name)
             if mins is not None:  # d q . x as above, m . x as m times the block's kept sum
                 return x @ (w - np.repeat(mins, 32, axis=1)).T + sums @ mins.T
         elif self.act_quant and t in ACT_Q8_K:
@@ -459,13 +491,33 @@ class Reference:
             o = self.mm(o, p + "attn_output.weight")
             x = x + (rmsnorm(o, w[p + "post_attention_norm.weight"], c.eps) if c.post_norms else o)
             h = rmsnorm(x, w[p + "ffn_norm.weight"], c.eps)
-            g = self.mm(h, p + "ffn_gate.weight")
-            u = self.mm(h, p + "ffn_up.weight")
-            f = self.mm(act(g) * u, p + "ffn_down.weight")
+            if c.n_expert:
+                f = self.experts(h, p, act)
+            else:
+                g = self.mm(h, p + "ffn_gate.weight")
+                u = self.mm(h, p + "ffn_up.weight")
+                f = self.mm(act(g) * u, p + "ffn_down.weight")
             x = x + (rmsnorm(f, w[p + "post_ffw_norm.weight"], c.eps) if c.post_norms else f)
         self.pos = total
         x = rmsnorm(x, w["output_norm.weight"], c.eps)
         return self.mm(x, self.out_name)
+
+    def experts(self, h: np.ndarray, p: str, act) -> np.ndarray:
+        """A mixture of experts' FFN of h (n, dim): each row through its chosen experts."""
+        c = self.c
+        scores = self.mm(h, p + "ffn_gate_inp.weight")                       # (n, E)
+        f = np.zeros_like(h)
+        for i in range(h.shape[0]):
+            pr = np.exp(scores[i] - scores[i].max())
+            pr = pr / pr.sum()
+            top = np.argsort(-pr, kind="stable")[:c.n_expert_used]           # ties: the lower expert
+            wt = pr[top] / pr[top].sum()
+            for e, we in zip(top, wt):
+                hi = h[i:i + 1]
+                g = self.mm(hi, p + "ffn_gate_exps.weight", int(e))
+                u = self.mm(hi, p + "ffn_up_exps.weight", int(e))
+                f[i] += we * self.mm(act(g) * u, p + "ffn_down_exps.weight", int(e))[0]
+        return f
 
     def greedy(self, prompt, n_new: int, prompt_logits_out: list | None = None) -> list:
         """Run prompt, then generate n_new tokens greedily (argmax, ties -> lowest id)."""

@@ -1,11 +1,14 @@
 """`shoal serve` on a file of the K-quant types (issue 17): c-mix.gguf of
 tests/model/data/kquants (llama.cpp's quantize: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 and IQ4_XS in row- and column-parallel matrices), and on Gemma 3 270M (issue
-18: windowed layers, one KV head shared by the ranks of tp 2 and 3),
-requests served together in shared batches, on one rank (one thread, and
-two: steps cut into lanes) and under tp 2 (and 3): each text equal to
-`shoal run`'s alone on one rank (the batch- and row-invariant kernels of
-these types make it so)."""
+18: windowed layers, one KV head shared by the ranks of tp 2 and 3), and a
+synthetic mixture of experts (issue 18: Qwen3-MoE's, 8 experts, 2 a token,
+Q8_0; each token of a shared batch routed on its own), requests served
+together in shared batches, on one rank (one thread, and two: steps cut
+into lanes) and under tp 2 (and 3; the experts shared, or whole with
+--ep 2): each text equal to `shoal run`'s alone on one rank (the batch- and
+row-invariant kernels of these types make it so)."""
+import tempfile
 import sys
 from pathlib import Path
 
@@ -25,7 +28,18 @@ N = 48
 _alone = {}
 
 
+MOE = ["--arch", "qwen3moe", "--dim", 128, "--layers", 3, "--heads", 4, "--kv-heads", 2, "--head-dim", 32,
+       "--ffn", 96, "--experts", 8, "--experts-used", 2, "--vocab", 400, "--type", "q8_0", "--seed", 31]
+_moe = []
+
+
 def model_path(name):
+    if name == "moe":
+        if not _moe:
+            d = tempfile.mkdtemp(prefix="shoal-moe-serve-")
+            h.run(["synth", "-o", Path(d) / "moe.gguf"] + MOE)
+            _moe.append(Path(d) / "moe.gguf")
+        return _moe[0]
     return CMIX if name == "c-mix" else h.gemma3()
 
 
@@ -42,7 +56,8 @@ def alone(name, prompt):
 
 
 CASES = [("c-mix", 1, []), ("c-mix", 2, ["--tp", 2]), ("gemma3", 1, []), ("gemma3", 1, ["-t", 2]),
-         ("gemma3", 2, ["--tp", 2]), ("gemma3", 3, ["--tp", 3])]
+         ("gemma3", 2, ["--tp", 2]), ("gemma3", 3, ["--tp", 3]), ("moe", 1, []), ("moe", 1, ["-t", 2]),
+         ("moe", 2, ["--tp", 2]), ("moe", 2, ["--ep", 2])]
 
 
 @pytest.mark.parametrize("name,np_,layout", CASES, ids=[f"{n}-{np_}-{'_'.join(map(str, l))}" for n, np_, l in CASES])

@@ -277,11 +277,73 @@ static void test_windowed_kv(void) {
     shoal_topology_free(&t);
 }
 
+/*
+ * A mixture of experts (Qwen3-30B-A3B's shape: 128 experts of 768 units, 8 a
+ * token): what a rank holds counts every expert it has, what a decode step
+ * reads only a token's experts; whole experts over the ranks (ep) read the
+ * most that one rank holds, more than an even share.
+ */
+static void test_experts(void) {
+    /* 2 of 8 over 2 ranks of 4: both on one rank in 3 draws of 7 */
+    const double two = shoal_cost_max_experts(8, 2, 2);
+    CHECK(fabs(two - (1 + 3.0 / 7)) < 0.03, "2 of 8 experts over 2 ranks: the busiest runs %.3f, not 1.43", two);
+    CHECK(shoal_cost_max_experts(8, 2, 1) == 2 && shoal_cost_max_experts(128, 8, 128) >= 1, "one group, or all");
+    const double eight = shoal_cost_max_experts(128, 8, 4);
+    CHECK(eight > 2 && eight < 5, "8 of 128 over 4 ranks: the busiest runs %.2f", eight);
+    CHECK(shoal_cost_max_experts(128, 8, 4) == eight, "the same figure each time");
+
+    struct shoal_model_shape m = { .n_layers = 48, .dim = 2048, .n_heads = 32, .n_kv_heads = 4, .head_dim = 128,
+                                   .ffn_dim = 768, .n_vocab = 151936, .wo_block = 1, .down_block = 1,
+                                   .n_expert = 128, .n_expert_used = 8 };
+    m.q_head_bytes = 2.0 * 2 * 128 * 2048;
+    m.kv_head_bytes = 2.0 * 2 * 128 * 2048;
+    m.ffn_unit_bytes = 3.0 * 2 * 2048 * 128; /* every expert's unit */
+    m.norm_bytes = 2.0 * 4 * 2048;
+    m.layer_bytes = 32 * m.q_head_bytes + 4 * m.kv_head_bytes + 768 * m.ffn_unit_bytes + m.norm_bytes;
+    m.output_bytes = 2.0 * 151936 * 2048;
+    m.embd_bytes = m.output_bytes;
+    struct shoal_cost_params p = params();
+    const char *hosts = "host a ranks=1 mem=64G membw=100GB/s cores=8\nhost b ranks=1 mem=64G membw=100GB/s cores=8\n"
+                        "link * * bw=100Gbit/s lat=5us\n";
+    struct shoal_topology t;
+    CHECK_OK(shoal_hosts_parse(hosts, "h.txt", &machine, &t));
+    struct shoal_layout_cost share, whole;
+    struct shoal_plan *a = NULL, *b = NULL;
+    CHECK_OK(shoal_plan_make(&a, &m, &(struct shoal_plan_params){ .tp = 2, .pp = 1 }));
+    CHECK_OK(shoal_plan_make(&b, &m, &(struct shoal_plan_params){ .tp = 2, .pp = 1, .ep = 1 }));
+    if (a && b) {
+        CHECK_OK(shoal_cost_layout(&m, a, &t, &p, &share));
+        CHECK_OK(shoal_cost_layout(&m, b, &t, &p, &whole));
+        CHECK(share.ep == 0 && whole.ep == 1, "the layouts say which they are");
+        /* both hold half of the experts' bytes */
+        CHECK(near(share.mem[0].weights, whole.mem[0].weights, 0.02), "held: %.3g and %.3g", share.mem[0].weights,
+              whole.mem[0].weights);
+        /* a token reads 8 of 128 experts: far less than they hold, so far faster than a dense read */
+        const double dense = 2 * share.mem[0].weights / (0.78 * 100e9);
+        CHECK(share.t_compute < dense / 4, "the experts a token reads: %.3g s, a dense read %.3g s", share.t_compute, dense);
+        CHECK(whole.t_compute > share.t_compute, "decoding, whole experts wait for the busiest rank: %.3g vs %.3g s",
+              whole.t_compute, share.t_compute);
+        shoal_layout_cost_free(&share);
+        shoal_layout_cost_free(&whole);
+    }
+    shoal_plan_destroy(a);
+    shoal_plan_destroy(b);
+    /* shoal_cost_all costs both on 2 ranks */
+    struct shoal_layout_cost *all = NULL;
+    int n = 0, eps = 0;
+    CHECK_OK(shoal_cost_all(&m, &t, &p, &all, &n));
+    for (int i = 0; i < n; i++) eps += all[i].ep;
+    CHECK(n == 3 && eps == 1, "2 x 1, 2 x 1 with --ep, 1 x 2: %d layouts, %d with --ep", n, eps);
+    shoal_layout_costs_free(all, n);
+    shoal_topology_free(&t);
+}
+
 int main(void) {
     test_units();
     test_hosts();
     test_memory();
     test_windowed_kv();
+    test_experts();
     test_speed();
     return check_done("test_cost");
 }

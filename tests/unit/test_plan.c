@@ -212,9 +212,50 @@ static void specific(void) {
     for (int i = 0; i < 8; i++) CHECK(b[i + 1] > b[i], "part %d empty", i);
 }
 
+/* Experts: shared by default (every rank all of them, its units of each); whole with ep,
+ * in runs proportional to the weights, every unit of each; refused where they cannot be. */
+static void experts(void) {
+    struct shoal_model_shape m = { .n_layers = 48, .dim = 2048, .n_heads = 32, .n_kv_heads = 4, .head_dim = 128,
+                                   .ffn_dim = 768, .n_vocab = 151936, .wo_block = 32, .down_block = 256,
+                                   .layer_bytes = 1, .n_expert = 128, .n_expert_used = 8 };
+    struct shoal_plan *p = NULL;
+    CHECK_OK(shoal_plan_make(&p, &m, &(struct shoal_plan_params){ .tp = 3, .pp = 2 }));
+    for (int r = 0; p && r < p->n_ranks; r++)
+        CHECK(p->part[r].x0 == 0 && p->part[r].x1 == 128 && p->part[r].ff1 - p->part[r].ff0 == 256,
+              "shared: rank %d experts %d-%d, units %d-%d", r, p->part[r].x0, p->part[r].x1, p->part[r].ff0,
+              p->part[r].ff1);
+    if (p) check_plan(&m, p, NULL, "moe tp 3 x pp 2");
+    shoal_plan_destroy(p);
+    p = NULL;
+    const double w[3] = { 2, 1, 1 };
+    CHECK_OK(shoal_plan_make(&p, &m, &(struct shoal_plan_params){ .tp = 3, .pp = 2, .ep = 1, .tp_weights = w }));
+    for (int s = 0; p && s < 2; s++) {
+        int at = 0;
+        for (int t = 0; t < 3; t++) {
+            const struct shoal_rank_part *r = &p->part[s * 3 + t];
+            CHECK(r->x0 == at && r->x1 > r->x0 && r->ff0 == 0 && r->ff1 == 768, "ep: rank %d experts %d-%d, units %d-%d",
+                  r->rank, r->x0, r->x1, r->ff0, r->ff1);
+            at = r->x1;
+        }
+        CHECK(at == 128 && p->part[s * 3].x1 == 64, "ep: every expert once, the first rank twice the others' (%d)",
+              p->part[s * 3].x1);
+    }
+    CHECK(p && p->ep, "the plan says ep");
+    shoal_plan_destroy(p);
+    p = NULL;
+    m.n_expert = 2;
+    CHECK(shoal_plan_make(&p, &m, &(struct shoal_plan_params){ .tp = 4, .pp = 1, .ep = 1 }) == SHOAL_INVALID &&
+              strstr(shoal_last_error(), "2 experts"), "4 ranks, 2 experts whole: %s", shoal_last_error());
+    m.n_expert = 0;
+    CHECK(shoal_plan_make(&p, &m, &(struct shoal_plan_params){ .tp = 2, .pp = 1, .ep = 1 }) == SHOAL_INVALID &&
+              strstr(shoal_last_error(), "no"), "ep without experts: %s", shoal_last_error());
+    shoal_error_clear();
+}
+
 int main(void) {
     sweep();
     specific();
+    experts();
     printf("%d plans checked, %d refused with alternatives\n", n_plans, n_refused);
     CHECK(n_plans > 1000 && n_refused > 100, "the sweep should both make and refuse plans");
     return check_done("test_plan");
