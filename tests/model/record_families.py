@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Records llama.cpp's logits on synthetic models of the families that
-change the LLaMA block (qwen3, gemma3), the oracle test_families.py holds
+change the LLaMA block (qwen3, gemma3) and of mixtures of experts
+(qwen3moe, Mixtral's llama), the oracle test_families.py holds
 shoal to on the same files. The files are written by `shoal synth` (the
 arguments and each file's SHA-256 go into the json, so the test rewrites
 and checks the very bytes); the logits are llama.cpp's alone.
@@ -41,6 +42,15 @@ FILES = {
     "gemma3-q8_0": ["--arch", "gemma3", "--dim", "256", "--layers", "6", "--heads", "4", "--kv-heads", "2",
                     "--head-dim", "64", "--ffn", "512", "--vocab", "400", "--window", "12", "--tied",
                     "--type", "q8_0", "--seed", "6"],
+    # mixtures of experts: 8 experts 2 a token, 16 experts 4 a token, Mixtral's llama with 4 and 2
+    "qwen3moe-f32": ["--arch", "qwen3moe", "--dim", "128", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+                     "--head-dim", "32", "--ffn", "64", "--experts", "8", "--experts-used", "2", "--vocab", "350",
+                     "--type", "f32", "--seed", "7"],
+    "qwen3moe-q8_0": ["--arch", "qwen3moe", "--dim", "256", "--layers", "3", "--heads", "8", "--kv-heads", "4",
+                      "--head-dim", "32", "--ffn", "128", "--experts", "16", "--experts-used", "4", "--vocab", "400",
+                      "--type", "q8_0", "--seed", "8"],
+    "mixtral-f32": ["--dim", "128", "--layers", "3", "--heads", "4", "--kv-heads", "1", "--ffn", "96",
+                    "--experts", "4", "--experts-used", "2", "--vocab", "350", "--type", "f32", "--seed", "9"],
 }
 
 

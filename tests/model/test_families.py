@@ -1,7 +1,9 @@
 """Synthetic models of the families that change the LLaMA block (qwen3:
 per-head Q/K norms; gemma3: those, norms after attention and FFN, a GELU
 gate, embeddings times sqrt(dim), a window of 8 or 12 positions on five
-layers of six with their own rope base) against llama.cpp on the same files:
+layers of six with their own rope base) and of mixtures of experts
+(qwen3moe: 8 experts 2 a token, 16 experts 4 a token; Mixtral's llama: 4
+experts 2 a token) against llama.cpp on the same files:
 data/families_llamacpp.*, recorded by tests/model/record_families.py with
 llama-cpp-python 0.3.36 (the synth arguments and each file's SHA-256 are in
 the json: the test writes the file again and checks it is the same bytes).
@@ -17,8 +19,12 @@ the json: the test writes the file again and checks it is the same bytes).
   the float64 reference brings the difference to 2.2e-4); Q8_0 1.1e-2 and
   1.5e-2 at their worst positions (both round activations to 8 bits per
   block of 32, and a value at a rounding boundary goes either way; the
-  median position 1e-7 and 1e-2). The float64 reference (test_forward.py)
-  checks the same families on its own, to f32 rounding.
+  median position 1e-7 and 1e-2); the mixtures of experts in f32 8.3e-7
+  (qwen3moe) and 6.5e-7 (mixtral), Q8_0 1.8e-2 (median 8.8e-3): every
+  token routed to llama.cpp's experts, or a whole expert's output would
+  differ. Within the bound, the greedy token is llama.cpp's wherever its
+  top two are further apart than twice the bound. The float64 reference
+  (test_forward.py) checks the same families on its own, to f32 rounding.
 - a file of any other architecture is refused, naming it and the families
   that run.
 """
@@ -36,7 +42,8 @@ import shoal_harness as h  # noqa: E402
 DATA = Path(__file__).resolve().parent / "data"
 META = json.loads((DATA / "families_llamacpp.json").read_text())
 LOGITS = np.load(DATA / "families_llamacpp.npz")
-TOL = {"qwen3-f32": 1e-5, "gemma3-f32": 2e-3, "qwen3-q8_0": 3e-2, "gemma3-q8_0": 3e-2}
+TOL = {"qwen3-f32": 1e-5, "gemma3-f32": 2e-3, "qwen3-q8_0": 3e-2, "gemma3-q8_0": 3e-2,
+       "qwen3moe-f32": 1e-5, "qwen3moe-q8_0": 3e-2, "mixtral-f32": 1e-5}
 
 
 @pytest.mark.parametrize("name", list(META["files"]))
