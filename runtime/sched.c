@@ -312,6 +312,8 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
     *worked = 1;
     sc->st.steps++;
     sc->st.lane_steps = sc->s->lane_steps;
+    sc->st.expert_runs = sc->s->expert_runs;
+    sc->st.expert_bytes = sc->s->expert_bytes;
     sc->st.last_batch = n_tok;
     sc->st.last_seqs = k;
     for (int i = 0; i < sc->n_run; i++) {

@@ -58,6 +58,8 @@ struct shoal_sched_stats {
     int last_seqs;            /* sequences in the last step */
     uint64_t steps, prompt_tokens, gen_tokens, preemptions;
     uint64_t lane_steps;      /* steps rank 0 ran cut into lanes (shoal_backend_run_lanes) */
+    uint64_t expert_runs, expert_bytes; /* a mixture of experts: rank 0's experts run (an expert in a lane's
+                                         * step, once a layer) and their weights' bytes */
 };
 
 struct shoal_sched;

@@ -835,6 +835,10 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
                    "# HELP shoal_lane_steps_total Forward steps whose layers rank 0 ran cut into lanes, a "
                    "thread's share of the sequences each\n"
                    "# TYPE shoal_lane_steps_total counter\nshoal_lane_steps_total %llu\n"
+                   "# HELP shoal_expert_runs_total A mixture of experts: experts rank 0 ran (each once a layer in "
+                   "a step, or a lane's)\n# TYPE shoal_expert_runs_total counter\nshoal_expert_runs_total %llu\n"
+                   "# HELP shoal_expert_bytes_total The bytes of those experts' weights (what their reads cost)\n"
+                   "# TYPE shoal_expert_bytes_total counter\nshoal_expert_bytes_total %llu\n"
                    "# HELP shoal_preemptions_total Sequences preempted for KV blocks (recomputed later)\n"
                    "# TYPE shoal_preemptions_total counter\nshoal_preemptions_total %llu\n"
                    "# HELP shoal_kv_blocks_used KV cache blocks taken\n"
@@ -846,8 +850,8 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
                    (unsigned long long)srv->cancelled, st->running,
                    srv->n_inflight - st->running > 0 ? srv->n_inflight - st->running : 0, st->last_batch,
                    st->last_seqs, (unsigned long long)st->steps, (unsigned long long)srv->batch_tokens_sum,
-                   (unsigned long long)st->lane_steps,
-                   (unsigned long long)st->preemptions, st->blocks_used, st->blocks,
+                   (unsigned long long)st->lane_steps, (unsigned long long)st->expert_runs,
+                   (unsigned long long)st->expert_bytes, (unsigned long long)st->preemptions, st->blocks_used, st->blocks,
                    st->blocks ? (double)st->blocks_used / st->blocks : 0.0);
     hist_text(&at, end, "shoal_time_to_first_token_seconds", "From a request's arrival to its first token",
               &srv->ttft, TTFT_BUCKETS, N_TTFT);

@@ -76,6 +76,13 @@ def test_batched_requests_equal_one_rank_alone(name, np_, layout):
         assert not errors, errors
         for p in PROMPTS:
             assert got.get(p) == want[p], f"{layout} {p!r}: served {got.get(p)!r}, alone {want[p]!r}"
+        if name == "moe":  # the experts counted: at most 2 of 8 a token in each of 3 layers, all of rank 0's at most
+            import re
+            import urllib.request
+            text = urllib.request.urlopen(s.url + "/metrics", timeout=30).read().decode()
+            runs = int(re.search(r"^shoal_expert_runs_total (\d+)$", text, re.M).group(1))
+            steps = int(re.search(r"^shoal_steps_total (\d+)$", text, re.M).group(1))
+            assert 0 < runs <= steps * 3 * 8 * 2, text
     finally:
         rc = s.stop()
     assert rc == 0, s.err[-3000:]
