@@ -52,14 +52,14 @@ static void header_bytes(const struct shoal_gguf *g, double *meta, double *tok) 
  * parts on machine unless that is NULL (probe is filled in for it).
  */
 static void cost_params(const struct shoal_gguf *g, const struct shoal_model_shape *m, int n_ctx_train,
-                        int n_ctx, int n_batch, int one_seq, int kv_type, int wire, const struct shoal_host *machine,
+                        int n_ctx, int n_batch, int rings, int kv_type, int wire, const struct shoal_host *machine,
                         struct launch_probe *probe, struct shoal_cost_params *p) {
     if (!n_ctx) n_ctx = n_ctx_train < 4096 ? n_ctx_train : 4096;
     struct shoal_kv_desc kd;
     shoal_kv_desc_init(&kd, kv_type, 1, m->head_dim, 1);
     double meta, tok;
     header_bytes(g, &meta, &tok);
-    *p = (struct shoal_cost_params){ .n_ctx = n_ctx, .n_batch = n_batch, .one_seq = one_seq,
+    *p = (struct shoal_cost_params){ .n_ctx = n_ctx, .n_batch = n_batch, .rings = rings,
                                      .kv_head_bytes = (double)kd.head_bytes,
                                      .wire_elem = (double)shoal_wire_bytes(wire, 1024) / 1024,
                                      .meta_bytes = meta, .tokenizer_bytes = tok, .decode_fill = 0.5 };
@@ -217,7 +217,7 @@ shoal_status launch_read_hosts(const char *path, const struct shoal_host *machin
 }
 
 shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_path, int n_ranks,
-                                  int local_ranks, int n_ctx, int n_batch, int one_seq, int kv_type, int wire,
+                                  int local_ranks, int n_ctx, int n_batch, int rings, int kv_type, int wire,
                                   struct shoal_layout_cost *best) {
     memset(best, 0, sizeof *best);
     struct shoal_model_shape shape;
@@ -249,7 +249,7 @@ shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_
     }
     struct shoal_cost_params cp;
     struct launch_probe probe;
-    cost_params(g, &shape, hp.n_ctx_train, n_ctx, n_batch, one_seq, kv_type, wire, &machine, &probe, &cp);
+    cost_params(g, &shape, hp.n_ctx_train, n_ctx, n_batch, rings, kv_type, wire, &machine, &probe, &cp);
     shoal_status rc = launch_auto_layout(&shape, &t, &cp, best);
     shoal_topology_free(&t);
     return rc;

@@ -363,7 +363,7 @@ static shoal_status auto_layout(struct run *r) {
         if (rc == SHOAL_OK) rc = shoal_gguf_open(&g, r->o.model);
         if (rc == SHOAL_OK)
             rc = launch_choose_layout(g, r->o.hosts, r->n_part, local, r->o.n_ctx,
-                                      r->o.n_batch, !r->o.serve, r->o.kv_type, r->o.wire, &best);
+                                      r->o.n_batch, r->o.serve ? r->o.parallel : 1, r->o.kv_type, r->o.wire, &best);
         shoal_gguf_close(g);
         if (rc == SHOAL_OK) {
             lay[0] = best.tp;
@@ -547,7 +547,7 @@ static shoal_status load(struct run *r) {
     struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
                                       .n_outputs = r->o.serve ? r->o.parallel : r->o.logits_path ? r->o.n_batch : 1,
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist,
-                                      .one_seq = !r->o.serve /* windowed layers keep rings */ };
+                                      .rings = r->o.serve ? r->o.parallel : 1 /* windowed layers' rings */ };
     struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
                                        .from = r->o.offload_from, .state = &stp,
                                        .group = r->dist ? r->dist->group : NULL,

@@ -77,14 +77,17 @@ int serve_lead(struct run *r) {
         sigemptyset(&sa.sa_mask);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
-        char wb[32];
+        char wb[32], kb[32], rings[96] = "";
+        if (r->st->ring) /* windowed layers: a ring of their window per request */
+            snprintf(rings, sizeof rings, " (windowed layers: a ring of %d per request)", r->st->ring);
         if (!o->quiet) /* the listening line below always: it says where */
             fprintf(stderr,
                     "shoal: %s (%s, %d layers, %s %s) | %d rank%s: tp %d x pp %d, %s | %s | KV cache %d positions "
-                    "in blocks of %d, %d requests at once | loaded in %.2f s\n",
+                    "in blocks of %d%s, %s on rank 0, %d requests at once | loaded in %.2f s\n",
                     hp->name, hp->arch, hp->n_layers, shoal_fmt_bytes(wb, sizeof wb, (double)r->m->weight_bytes),
                     shoal_dtype_name(r->m->main_type), r->size, r->size == 1 ? "" : "s", o->tp, o->pp,
-                    shoal_comm_backend(r->world), r->dev_desc, o->n_ctx, o->block_size, o->parallel, r->t_load);
+                    shoal_comm_backend(r->world), r->dev_desc, o->n_ctx, o->block_size, rings,
+                    shoal_fmt_bytes(kb, sizeof kb, (double)r->st->kv_bytes), o->parallel, r->t_load);
         fprintf(stderr, "shoal serve: listening on http://%s:%d (model \"%s\"%s%s%s; pid %d: SIGTERM drains and "
                 "stops)\n", p.host, shoal_server_port(srv), id, kind >= 0 ? ", chat " : ", no chat",
                 kind >= 0 ? shoal_chat_kind_name(kind) : "", o->api_key ? ", API key required" : "", (int)getpid());

@@ -66,13 +66,13 @@ shoal_status launch_read_hosts(const char *path, const struct shoal_host *machin
  * the ranks running, described by hosts_path, or else as hosts like this one
  * (measured) with local_ranks ranks each, joined by links of
  * LAUNCH_LINK_BW / LAUNCH_LINK_LAT (a home LAN; a host file says better).
- * one_seq: the runs hold one sequence (shoal run, not serve): windowed
- * layers keep rings (shoal_ring_slots).
+ * rings: the windowed layers' rings (shoal_ring_slots): 1 for shoal run,
+ * the sequences a step holds for shoal serve.
  */
 #define LAUNCH_LINK_BW "1Gbit/s"
 #define LAUNCH_LINK_LAT "0.25ms"
 shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_path, int n_ranks,
-                                  int local_ranks, int n_ctx, int n_batch, int one_seq, int kv_type, int wire,
+                                  int local_ranks, int n_ctx, int n_batch, int rings, int kv_type, int wire,
                                   struct shoal_layout_cost *best);
 
 /*

@@ -89,10 +89,10 @@ static double rank_read(const struct shoal_model_shape *m, const struct shoal_pl
 /* The KV cache of n_ctx positions; a windowed layer's, its ring where the runs have one. */
 static double kv_bytes(const struct shoal_model_shape *m, const struct shoal_rank_part *pt,
                        const struct shoal_cost_params *p) {
-    const int ring = shoal_ring_slots(m->swa_window, p->n_ctx, p->n_batch, p->one_seq);
+    const int ring = shoal_ring_slots(m->swa_window, p->n_ctx, p->n_batch, p->rings);
     double slots = 0;
     for (int l = pt->layer0; l < pt->layer1; l++)
-        slots += ring && shoal_windowed_layer(m->swa_window, m->swa_period, l) ? ring : p->n_ctx;
+        slots += ring && shoal_windowed_layer(m->swa_window, m->swa_period, l) ? (double)ring * p->rings : p->n_ctx;
     return slots * 2 * (pt->kv1 - pt->kv0) * p->kv_head_bytes;
 }
 

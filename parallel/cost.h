@@ -36,7 +36,8 @@
 struct shoal_cost_params {
     int n_ctx;          /* KV cache positions */
     int n_batch;        /* prompt tokens per forward pass (activations) */
-    int one_seq;        /* runs of one sequence (shoal run): windowed layers keep rings (shoal_ring_slots) */
+    int rings;          /* windowed layers' rings (shoal_ring_slots): 1 for shoal run, a step's most sequences
+                         * for shoal serve */
     double kv_head_bytes;   /* bytes of one head's K (or V) at one position (the KV type's) */
     double wire_elem;       /* bytes per all-reduced value: 8 (f64) ... 34/32 (q8) */
     double meta_bytes;      /* the model file's header every rank parses (and its index) */

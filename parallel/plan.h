@@ -57,14 +57,15 @@ static inline int shoal_windowed_layer(int window, int period, int l) {
 }
 
 /*
- * A windowed layer's cache when the runs hold one sequence (one_seq: shoal
- * run): a ring of the window and a batch's tokens, less one; 0 (the whole
- * context) when that is not less than the context, or the runs are paged.
+ * A windowed layer's cache: a ring per sequence (rings of them: 1 where the
+ * runs hold one sequence, shoal run; the most sequences a step holds in a
+ * paged cache, shoal serve), each of the window and a batch's tokens, less
+ * one; 0 (the whole context) when the rings would not take less, or rings 0.
  */
-static inline int shoal_ring_slots(int window, int n_ctx, int n_batch, int one_seq) {
-    if (!one_seq || window <= 0 || n_ctx < 1 || n_batch < 1) return 0;
+static inline int shoal_ring_slots(int window, int n_ctx, int n_batch, int rings) {
+    if (rings < 1 || window <= 0 || n_ctx < 1 || n_batch < 1) return 0;
     const long long ring = (long long)window + (n_batch < n_ctx ? n_batch : n_ctx) - 1;
-    return ring < n_ctx ? (int)ring : 0;
+    return ring * rings < n_ctx ? (int)ring : 0;
 }
 
 /* What one rank holds. Ranges are half-open. */

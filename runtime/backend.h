@@ -79,6 +79,9 @@ struct shoal_batch {
     const int32_t *slot;        /* (n_tokens) */
     const int32_t *block_table; /* (n_seq, max_blocks) */
     int n_seq, max_blocks, block_size;
+    /* (n_seq) each sequence's ring of the windowed layers' caches, for a paged state with
+     * rings (shoal_state_params.rings > 1); else NULL */
+    const int32_t *ring;
 };
 
 const char *shoal_backend_name(const struct shoal_backend *b);

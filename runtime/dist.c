@@ -138,6 +138,8 @@ static shoal_status encode(struct shoal_state *s, const struct step *st) {
     m.n_seq = b->n_seq;
     m.max_blocks = b->max_blocks;
     m.block_size = b->block_size;
+    m.n_ring = b->ring ? (size_t)b->n_seq : 0;
+    m.ring = (int32_t *)b->ring;
     m.out0 = st->out0;
     m.n_out = st->n_out;
     m.topk = st->topk;
@@ -217,6 +219,7 @@ static shoal_status decode(struct shoal_state *s, const struct step_head *h, str
     if (n < 1 || n > (size_t)s->n_batch || m->n_pos != n || m->n_seq_of != n || m->n_slot != n || m->n_seq < 1 ||
         m->max_blocks < 1 || m->block_size < 1 || (int64_t)m->n_seq * m->max_blocks > (1 << 24) ||
         m->n_block_table != (size_t)m->n_seq * (size_t)m->max_blocks || m->n_out < 0 || m->out0 < 0 ||
+        (m->n_ring && m->n_ring != (size_t)m->n_seq) ||
         (size_t)m->out0 + (size_t)m->n_out > n || m->n_out > s->n_outputs || m->topk < 0 || m->topk > s->topk ||
         (h->x_bytes && h->x_bytes != n * s->m->hp.dim * sizeof(float)))
         return shoal_errorf(SHOAL_COMM, "rank %d sent a malformed step (%zu tokens, %d sequences)", from, n,
@@ -227,7 +230,8 @@ static shoal_status decode(struct shoal_state *s, const struct step_head *h, str
                                 m->seq_of[t], m->n_seq);
     *st = (struct step){ .b = { .n_tokens = (int)n, .token = m->token, .pos = m->pos, .seq = m->seq_of,
                                 .slot = m->slot, .block_table = m->block_table, .n_seq = m->n_seq,
-                                .max_blocks = m->max_blocks, .block_size = m->block_size },
+                                .max_blocks = m->max_blocks, .block_size = m->block_size,
+                                .ring = m->n_ring ? m->ring : NULL },
                          .out0 = m->out0, .n_out = m->n_out, .topk = m->topk,
                          .x = h->x_bytes ? (const float *)((char *)s->msg + x_offset(h->pb_bytes)) : NULL };
     return SHOAL_OK;

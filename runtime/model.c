@@ -1010,13 +1010,13 @@ static void act_counts(const struct shoal_hparams *hp, const struct shoal_rank_p
 }
 
 int shoal_state_ring_slots(const struct shoal_hparams *hp, const struct shoal_state_params *p) {
-    return shoal_ring_slots(hp->swa_window, p->n_ctx, p->n_batch, p->one_seq);
+    return shoal_ring_slots(hp->swa_window, p->n_ctx, p->n_batch, p->rings);
 }
 
-/* The slots of local layer l's cache: the context, or its ring. */
-static int64_t layer_slots(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, int ring, int n_ctx,
-                           int l) {
-    return ring && shoal_layer_windowed(hp, pt->layer0 + l) ? ring : n_ctx;
+/* The slots of local layer l's cache: the context, or its rings. */
+static int64_t layer_slots(const struct shoal_hparams *hp, const struct shoal_rank_part *pt, int ring, int rings,
+                           int n_ctx, int l) {
+    return ring && shoal_layer_windowed(hp, pt->layer0 + l) ? (int64_t)ring * rings : n_ctx;
 }
 
 uint64_t shoal_state_device_bytes(const struct shoal_hparams *hp, const struct shoal_rank_part *pt,
@@ -1031,7 +1031,7 @@ uint64_t shoal_state_device_bytes(const struct shoal_hparams *hp, const struct s
     shoal_kv_desc_init(&d, p->kv_type, pt->kv1 - pt->kv0, hp->head_dim, p->n_ctx);
     const int ring = shoal_state_ring_slots(hp, p);
     for (int l = 0; l < pt->layer1 - pt->layer0; l++)
-        total += 2 * (uint64_t)layer_slots(hp, pt, ring, p->n_ctx, l) * d.row_bytes;
+        total += 2 * (uint64_t)layer_slots(hp, pt, ring, p->rings, p->n_ctx, l) * d.row_bytes;
     return total;
 }
 
@@ -1066,7 +1066,8 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     /* the cache: each layer's K then V, a windowed layer's as long as its ring */
     const int nl = m->part.layer1 - m->part.layer0;
     s->ring = shoal_state_ring_slots(hp, p);
-    shoal_kv_desc_init(&s->kvd_ring, p->kv_type, m->n_kv_l, hp->head_dim, s->ring ? s->ring : 1);
+    s->n_rings = s->ring ? p->rings : 0;
+    shoal_kv_desc_init(&s->kvd_ring, p->kv_type, m->n_kv_l, hp->head_dim, s->ring ? s->ring * s->n_rings : 1);
     if (!(s->kv_at = malloc(sizeof(size_t) * (size_t)(nl + 1)))) {
         free(s);
         return shoal_errorf(SHOAL_NOMEM, "out of memory");
@@ -1074,12 +1075,12 @@ shoal_status shoal_state_create(struct shoal_state **out, const struct shoal_mod
     s->kv_bytes = 0;
     for (int l = 0; l < nl; l++) {
         s->kv_at[l] = (size_t)s->kv_bytes;
-        s->kv_bytes += 2 * (uint64_t)layer_slots(hp, &m->part, s->ring, p->n_ctx, l) * s->kvd.row_bytes;
+        s->kv_bytes += 2 * (uint64_t)layer_slots(hp, &m->part, s->ring, s->n_rings, p->n_ctx, l) * s->kvd.row_bytes;
     }
-    if (s->ring) { /* the step's batch as the rings see it */
-        s->ring_table_cap = p->n_ctx / s->ring + 1;
+    if (s->ring) { /* the step's batch as the rings see it: a table row per sequence */
+        s->ring_table_cap = (p->n_ctx / s->ring + 1) * s->n_rings;
         s->ring_slot = malloc(sizeof(int32_t) * (size_t)s->n_batch);
-        s->ring_table = calloc((size_t)s->ring_table_cap, sizeof(int32_t)); /* every block: the ring's one */
+        s->ring_table = calloc((size_t)s->ring_table_cap, sizeof(int32_t)); /* one sequence: every block ring 0 */
         if (!s->ring_slot || !s->ring_table) {
             shoal_state_destroy(s);
             return shoal_errorf(SHOAL_NOMEM, "out of memory");
@@ -1534,28 +1535,43 @@ static shoal_status lane_run(void *arg, struct shoal_backend *lane, int i, int n
 
 /*
  * The batch as the windowed layers' rings see it (shoal_state_ring_slots):
- * position p in slot p % ring, and every block of the table the ring's one
- * block of ring slots. Only one sequence in one contiguous block has rings.
+ * position p of a sequence with ring r in slot r * ring + p % ring, and
+ * every block of its table row that block of ring slots. One sequence in
+ * one contiguous block has ring 0 (shoal run); a paged batch names each
+ * sequence's ring (shoal_batch.ring, the scheduler's: other ranks get it in
+ * the step, and check it as everything else in a step).
  */
 static shoal_status ring_batch(struct shoal_state *s, const struct shoal_batch *b) {
-    if (b->n_seq != 1 || b->max_blocks != 1 || b->block_table[0] != 0 || b->block_size != s->n_ctx)
-        return shoal_errorf(SHOAL_INTERNAL, "a state with windowed layers' rings runs one sequence in one "
+    const int paged = b->ring != NULL;
+    if (!paged && (b->n_seq != 1 || b->max_blocks != 1 || b->block_table[0] != 0 || b->block_size != s->n_ctx))
+        return shoal_errorf(SHOAL_INTERNAL, "a state with one sequence's rings runs one sequence in one "
                             "block (this batch: %d sequences, %d blocks of %d)", b->n_seq, b->max_blocks,
                             b->block_size);
+    if (paged && (!b->ring || b->n_seq < 1 || b->n_seq > s->n_rings))
+        return shoal_errorf(SHOAL_INTERNAL, "a paged batch of %d sequences %s for the state's %d rings", b->n_seq,
+                            b->ring ? "too many" : "without their rings", s->n_rings);
     if (b->n_tokens > s->n_batch)
         return shoal_errorf(SHOAL_INTERNAL, "%d tokens in a step of at most %d", b->n_tokens, s->n_batch);
+    for (int q = 0; paged && q < b->n_seq; q++)
+        if (b->ring[q] < 0 || b->ring[q] >= s->n_rings)
+            return shoal_errorf(SHOAL_INTERNAL, "sequence %d's ring %d of %d", q, b->ring[q], s->n_rings);
     int max_pos = 0;
     for (int t = 0; t < b->n_tokens; t++) {
-        if (b->pos[t] < 0 || b->pos[t] >= s->n_ctx)
-            return shoal_errorf(SHOAL_INTERNAL, "token %d at position %d of a context of %d", t, b->pos[t], s->n_ctx);
-        s->ring_slot[t] = b->pos[t] % s->ring;
+        if (b->pos[t] < 0 || b->pos[t] >= s->n_ctx || b->seq[t] < 0 || b->seq[t] >= b->n_seq)
+            return shoal_errorf(SHOAL_INTERNAL, "token %d at position %d of sequence %d: outside a context of %d "
+                                "and %d sequences", t, b->pos[t], b->seq[t], s->n_ctx, b->n_seq);
+        const int r = paged ? b->ring[b->seq[t]] : 0;
+        s->ring_slot[t] = r * s->ring + b->pos[t] % s->ring;
         if (b->pos[t] > max_pos) max_pos = b->pos[t];
     }
+    const int blocks = max_pos / s->ring + 1; /* n_seq rows of them <= ring_table_cap */
+    for (int q = 0; paged && q < b->n_seq; q++)
+        for (int k = 0; k < blocks; k++) s->ring_table[(size_t)q * blocks + k] = b->ring[q];
     s->ring_b = *b;
     s->ring_b.slot = s->ring_slot;
     s->ring_b.block_table = s->ring_table;
     s->ring_b.block_size = s->ring;
-    s->ring_b.max_blocks = max_pos / s->ring + 1; /* <= ring_table_cap: positions are below n_ctx */
+    s->ring_b.max_blocks = blocks;
     return SHOAL_OK;
 }
 

@@ -265,12 +265,14 @@ struct shoal_state_params {
     int topk;
     const struct shoal_dist *dist; /* NULL: one rank */
     /*
-     * The state runs one sequence in one contiguous block (shoal run): then
-     * a windowed layer (shoal_layer_windowed) keeps a ring of its window and a
-     * batch's tokens, not the context (shoal_state_ring_slots). Else (the
-     * paged cache of shoal serve) every layer keeps the whole context.
+     * Windowed layers (shoal_layer_windowed) keep a ring of their window and a
+     * batch's tokens per sequence, not the context (shoal_state_ring_slots):
+     * 1 where the state runs one sequence in one contiguous block (shoal
+     * run), the most sequences a step holds for a paged cache (shoal serve:
+     * each batch says its sequences' rings, shoal_batch.ring); 0: every layer
+     * keeps the whole context.
      */
-    int one_seq;
+    int rings;
 };
 
 /* Communication of one kind of step on this rank (prompt or single-token). */
@@ -294,10 +296,11 @@ struct shoal_state {
     int n_ctx, n_batch, n_outputs, topk;
     void *kv;          /* device: per local layer, K then V, n_ctx slots each (ring slots for a windowed one) */
     size_t *kv_at;     /* host (local layers): where a layer's K begins in kv (its V follows) */
-    /* rings: the slots of a windowed layer's cache (0: none, every layer the whole context),
-     * its descriptor, and the step's batch as the rings see it (slot pos % ring, one block of
-     * ring slots that every block of the table names) */
-    int ring;
+    /* rings: the slots of a sequence's ring of a windowed layer's cache (0: none, every layer
+     * the whole context), how many rings, their descriptor, and the step's batch as the rings
+     * see it (slot ring * r + pos % ring for ring r, one block of ring slots that every
+     * block of a sequence's table names) */
+    int ring, n_rings;
     struct shoal_kv_desc kvd_ring;
     struct shoal_batch ring_b;
     int32_t *ring_slot, *ring_table;

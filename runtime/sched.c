@@ -13,6 +13,7 @@ struct seq {
     int n_past;      /* positions of toks in the KV cache */
     int32_t *blocks; /* the block table: block_size positions each */
     int n_blocks;
+    int ring;        /* while running: its ring of the windowed layers' caches (a state with rings) */
     int take;        /* this step: tokens fed */
     int cancelled;
     struct shoal_sampler *smp;
@@ -26,6 +27,8 @@ struct shoal_sched {
     struct shoal_sched_params p;
     int n_vocab, n_blocks, n_free, table_cap;
     int32_t *free_blocks;
+    int32_t *free_rings; /* (max_seqs) the rings no running sequence has */
+    int n_free_rings;
     struct seq **run; /* (max_seqs) in the order they were admitted */
     int n_run;
     struct seq *wait_head, *wait_tail;
@@ -33,6 +36,7 @@ struct shoal_sched {
     uint64_t next_id;
     /* one step's batch: rows that only fill the cache, then those whose logits are wanted */
     int32_t *tok, *pos, *seqi, *slot, *table;
+    int32_t *ringi;       /* (max_seqs) the step's sequences' rings */
     struct seq **out_seq; /* (max_seqs) the sequence of each output row */
     uint64_t *meta_id;    /* (max_seqs) the step's sequences, for the step's message */
     struct shoal_sampler_params *meta_sp;
@@ -57,6 +61,9 @@ shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
                             s->n_outputs < s->n_batch ? s->n_outputs : s->n_batch);
     if (q.block_size > s->n_ctx)
         return shoal_errorf(SHOAL_INVALID, "KV blocks of %d positions in a cache of %d", q.block_size, s->n_ctx);
+    if (s->ring && q.max_seqs > s->n_rings)
+        return shoal_errorf(SHOAL_INVALID, "%d sequences at once: the state's windowed layers have rings for %d",
+                            q.max_seqs, s->n_rings);
     struct shoal_sched *sc = calloc(1, sizeof *sc);
     if (!sc) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     sc->s = s;
@@ -75,8 +82,10 @@ shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
     sc->meta_id = malloc((size_t)q.max_seqs * sizeof *sc->meta_id);
     sc->meta_sp = malloc((size_t)q.max_seqs * sizeof *sc->meta_sp);
     sc->meta = (struct shoal_step_meta){ sc->meta_id, sc->meta_sp };
+    sc->free_rings = malloc((size_t)q.max_seqs * sizeof *sc->free_rings);
+    sc->ringi = malloc((size_t)q.max_seqs * sizeof *sc->ringi);
     if (!sc->free_blocks || !sc->run || !sc->out_seq || !sc->tok || !sc->table || !sc->logits || !sc->meta_id ||
-        !sc->meta_sp) {
+        !sc->meta_sp || !sc->free_rings || !sc->ringi) {
         shoal_sched_destroy(sc);
         return shoal_errorf(SHOAL_NOMEM, "out of memory for the scheduler");
     }
@@ -86,6 +95,8 @@ shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
     /* handed out lowest first: a lone sequence's blocks are the cache in order */
     for (int b = 0; b < sc->n_blocks; b++) sc->free_blocks[b] = sc->n_blocks - 1 - b;
     sc->n_free = sc->n_blocks;
+    for (int r = 0; r < q.max_seqs; r++) sc->free_rings[r] = q.max_seqs - 1 - r;
+    sc->n_free_rings = q.max_seqs;
     sc->next_id = 1;
     *out = sc;
     return SHOAL_OK;
@@ -103,6 +114,8 @@ static void give_back(struct shoal_sched *sc, struct seq *q) {
     for (int b = q->n_blocks - 1; b >= 0; b--) sc->free_blocks[sc->n_free++] = q->blocks[b];
     q->n_blocks = 0;
     q->n_past = 0;
+    if (q->ring >= 0) sc->free_rings[sc->n_free_rings++] = q->ring;
+    q->ring = -1;
 }
 
 /* The sequence's end: blocks back, its owner told, gone. */
@@ -128,6 +141,8 @@ void shoal_sched_destroy(struct shoal_sched *sc) {
     free(sc->logits);
     free(sc->meta_id);
     free(sc->meta_sp);
+    free(sc->free_rings);
+    free(sc->ringi);
     free(sc);
 }
 
@@ -145,6 +160,7 @@ shoal_status shoal_sched_add(struct shoal_sched *sc, const int32_t *prompt, int 
                                 prompt[i], sc->n_vocab);
     struct seq *q = calloc(1, sizeof *q);
     if (!q) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    q->ring = -1;
     /* room for every token it may hold: the prompt and what it may generate, up to max_pos + 1 */
     long cap = (long)n_prompt + max_tokens;
     if (cap > sc->p.max_pos + 1) cap = sc->p.max_pos + 1;
@@ -231,6 +247,7 @@ static void admit(struct shoal_sched *sc) {
         if (!sc->wait_head) sc->wait_tail = NULL;
         q->next = NULL;
         sc->n_wait--;
+        q->ring = sc->free_rings[--sc->n_free_rings]; /* one per running sequence: never short */
         sc->run[sc->n_run++] = q;
     }
 }
@@ -290,6 +307,7 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
         for (int j = q->n_blocks; j < max_blocks; j++) sc->table[(size_t)k * max_blocks + j] = q->blocks[0];
         sc->meta_id[k] = q->id;
         sc->meta_sp[k] = q->sp;
+        sc->ringi[k] = q->ring;
         const int outputs = q->n_past + q->take == q->n_toks;
         for (int t = 0; t < q->take; t++) {
             const int p = q->n_past + t;
@@ -304,7 +322,8 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
     }
     struct shoal_batch b = { .n_tokens = n_tok, .token = sc->tok, .pos = sc->pos, .seq = sc->seqi,
                              .slot = sc->slot, .block_table = sc->table, .n_seq = k,
-                             .max_blocks = max_blocks, .block_size = sc->p.block_size };
+                             .max_blocks = max_blocks, .block_size = sc->p.block_size,
+                             .ring = sc->s->ring ? sc->ringi : NULL };
     sc->s->meta = &sc->meta; /* the step's message says whose tokens these are */
     shoal_status rc = shoal_forward(sc->s, &b, n_tok - n_out, n_out, sc->logits);
     sc->s->meta = NULL;

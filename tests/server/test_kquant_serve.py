@@ -86,3 +86,51 @@ def test_batched_requests_equal_one_rank_alone(name, np_, layout):
     finally:
         rc = s.stop()
     assert rc == 0, s.err[-3000:]
+
+
+@pytest.mark.parametrize("np_,layout", [(1, []), (2, ["--tp", 2])], ids=["one rank", "tp 2"])
+def test_windowed_rings_in_the_paged_cache(np_, layout):
+    """Gemma 3 270M in shoal serve, prompts past its 512-position window: the
+    windowed layers keep a ring of the window and a step's tokens per request
+    (3 requests at once: 3 rings of 639 slots each where the context would be
+    4096), the global layers the paged context; each text as shoal run's
+    alone with every layer's whole cache (-c and -b 1024: no rings). Under
+    tp 2 the other rank learns each sequence's ring from the step."""
+    import random
+    import re
+    model = h.gemma3()
+    words = ("river forest village morning water grandmother songs mother taught little girl lived near the "
+             "every walked fetch sang way road stone bridge light evening bread market window garden").split()
+    # 760 words, a token each: the decoded positions wrap around the rings, where the other
+    # requests' prompts write at the same time (a shared ring would mix them)
+    prompts = [" ".join(random.Random(s).choice(words) for _ in range(760)) for s in range(3)]
+    want = {}
+    for p in prompts:
+        out = h.run(["run", "-m", model, "-p", p, "-n", 24, "--temp", 0, "-q", "-t", 1, "-c", 1024, "-b", 1024],
+                    timeout=300).stdout
+        text = out.replace(b"\0", "\ufffd".encode()).decode(errors="replace")
+        assert text.startswith(p) and text.endswith("\n"), text[-200:]
+        want[p] = text[len(p):-1]
+    s = Server(["-m", model, "--model-id", "g", "--parallel", 3, "-c", 4096, "-b", 128, "-t", 1] + layout, np_=np_,
+               timeout=120)
+    try:
+        m = re.search(r"KV cache 4096 positions in blocks of \d+ \(windowed layers: a ring of (\d+) per request\), "
+                      r"([0-9.]+ \w+) on rank 0", s.err)
+        assert m, s.err[-2000:]
+        ring, kv = int(m.group(1)), h.parse_size(m.group(2))
+        row = 2 * 1 * 256 * 2  # K and V of one KV head of 256, f16
+        assert ring == 512 + 128 - 1
+        assert abs(kv - (3 * 4096 + 15 * 3 * ring) * row) < 0.01 * kv, (kv, ring)  # 3 global layers, 15 windowed
+        got = {}
+
+        def one(i, p):
+            c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=300)
+            got[p] = c.completions.create(model="g", prompt=p, max_tokens=24, temperature=0).choices[0].text
+
+        errors = at_once(prompts, one)
+        assert not errors, errors
+        for p in prompts:
+            assert got.get(p) == want[p], f"served {got.get(p)!r}, alone {want[p]!r}"
+    finally:
+        rc = s.stop()
+    assert rc == 0, s.err[-3000:]

@@ -243,8 +243,9 @@ static void test_speed(void) {
 /*
  * Windowed layers (Gemma 3's 5 in 6, window 512): in runs of one sequence
  * each keeps a ring of window + batch - 1 slots, the others the context; in
- * paged runs (serve) every layer the context. Per stage of pp 2, its own
- * layers counted by the rule.
+ * paged runs (serve) a ring per request, where that takes less than the
+ * context, else every layer the context. Per stage of pp 2, its own layers
+ * counted by the rule.
  */
 static void test_windowed_kv(void) {
     struct shoal_model_shape m = shape7b();
@@ -256,10 +257,14 @@ static void test_windowed_kv(void) {
     struct shoal_topology t;
     CHECK_OK(shoal_hosts_single(2, 1e12, &machine, &t));
     struct shoal_plan *plan = make(&m, 1, 2);
-    struct shoal_layout_cost paged, rings;
+    struct shoal_layout_cost paged, rings, served, many;
     CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &paged));
-    p.one_seq = 1;
+    p.rings = 1;
     CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &rings));
+    p.rings = 16; /* shoal serve --parallel 16: a ring per request */
+    CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &served));
+    p.rings = 33; /* 33 rings of 1023 would take more than the context: none */
+    CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &many));
     const double slot = 2.0 * 8 * p.kv_head_bytes; /* K and V of 8 KV heads */
     for (int r = 0; r < 2; r++) {
         const struct shoal_rank_part *pt = &plan->part[r];
@@ -270,9 +275,14 @@ static void test_windowed_kv(void) {
         const double ring = whole - windowed * (32768.0 - (512 + 512 - 1)) * slot;
         CHECK(windowed > 0 && near(rings.mem[r].kv, ring, 1e-12), "rank %d rings: %g of %g", r, rings.mem[r].kv,
               ring);
+        const double sixteen = whole - windowed * (32768.0 - 16 * (512 + 512 - 1)) * slot;
+        CHECK(near(served.mem[r].kv, sixteen, 1e-12), "rank %d, 16 rings: %g of %g", r, served.mem[r].kv, sixteen);
+        CHECK(near(many.mem[r].kv, whole, 1e-12), "rank %d, 33 rings: %g of %g", r, many.mem[r].kv, whole);
     }
     shoal_layout_cost_free(&paged);
     shoal_layout_cost_free(&rings);
+    shoal_layout_cost_free(&served);
+    shoal_layout_cost_free(&many);
     shoal_plan_destroy(plan);
     shoal_topology_free(&t);
 }
