@@ -80,6 +80,20 @@ def read_ids(path) -> list:
     return [int(x) for x in Path(path).read_text().split()]
 
 
+def layout_run(model_args, run_args, tmp, label, np_=1, extra=(), check=True, f32=True, timeout=300):
+    """One `shoal run` (under mpirun for np_ > 1) of model_args + run_args, -v: its generated
+    ids, its logits of every position (raw f32 bytes, or the text format) and its stderr;
+    (None, None, stderr) when it failed and check is off."""
+    ids, logits = tmp / f"{label}.ids", tmp / f"{label}.{'f32' if f32 else 'logits'}"
+    args = ["run"] + list(model_args) + list(run_args) + ["--ids-out", ids, "--logits-out", logits, "-v"] + \
+        (["--logits-f32"] if f32 else []) + list(extra)
+    p = run(args, check=check, timeout=timeout) if np_ == 1 else mpirun(np_, args, check=check, timeout=timeout)
+    err = p.stderr.decode(errors="replace")
+    if p.returncode:
+        return None, None, err
+    return read_ids(ids), logits.read_bytes() if f32 else logits.read_text(), err
+
+
 def simd_levels() -> list:
     """The SIMD levels this machine can run, scalar first (from shoal itself)."""
     levels = ["scalar"]

@@ -48,13 +48,7 @@ ARGS = ["--prompt-ids", PROMPT, "-n", N_GEN, "--temp", 0, "--ignore-eos", "--no-
 
 def run(model_args, tmp_path, label, np_=1, extra=(), check=True):
     """ids, logits text and stderr of one run (-v: the plan and the offload on stderr)."""
-    ids, logits = tmp_path / f"{label}.ids", tmp_path / f"{label}.logits"
-    args = ["run"] + list(model_args) + ARGS + ["--ids-out", ids, "--logits-out", logits, "-v"] + list(extra)
-    p = h.run(args, check=check) if np_ == 1 else h.mpirun(np_, args, check=check)
-    err = p.stderr.decode(errors="replace")
-    if p.returncode:
-        return None, None, err
-    return h.read_ids(ids), logits.read_text(), err
+    return h.layout_run(model_args, ARGS, tmp_path, label, np_, extra, check, f32=False, timeout=120)
 
 
 _base = {}

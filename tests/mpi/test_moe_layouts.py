@@ -52,14 +52,7 @@ def model(request, tmp):
 
 
 def run(model_args, tmp, label, np_=1, extra=(), check=True):
-    ids, logits = tmp / f"{label}.ids", tmp / f"{label}.f32"
-    args = ["run"] + list(model_args) + ARGS + ["--ids-out", ids, "--logits-out", logits, "--logits-f32", "-v"] + \
-        list(extra)
-    p = h.run(args, check=check, timeout=300) if np_ == 1 else h.mpirun(np_, args, check=check, timeout=300)
-    err = p.stderr.decode(errors="replace")
-    if p.returncode:
-        return None, None, err
-    return h.read_ids(ids), logits.read_bytes(), err
+    return h.layout_run(model_args, ARGS, tmp, label, np_, extra, check)
 
 
 def one_rank(model, tmp):

@@ -8,7 +8,6 @@ manifest.
 """
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
