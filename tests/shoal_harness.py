@@ -94,6 +94,14 @@ def layout_run(model_args, run_args, tmp, label, np_=1, extra=(), check=True, f3
     return read_ids(ids), logits.read_bytes() if f32 else logits.read_text(), err
 
 
+def assert_same_run(case, got, base):
+    """A layout_run's (ids, logits, stderr) against one rank's (ids, logits): equal, byte for byte."""
+    ids, logits, err = got
+    assert ids is not None, f"{case}: the run failed:\n{err[-3000:]}"
+    assert ids == base[0], f"{case}: ids {ids} against one rank's {base[0]}"
+    assert logits == base[1], f"{case}: the same ids, but the logits differ from one rank's"
+
+
 def simd_levels() -> list:
     """The SIMD levels this machine can run, scalar first (from shoal itself)."""
     levels = ["scalar"]

@@ -47,11 +47,7 @@ def same_as_one_rank(model, tmp, case, got):
         ids, logits, err = run(["-m", model], tmp, "one")
         assert ids and len(logits) > 0, err[-2000:]
         _base["one"] = (ids, logits)
-    base_ids, base_logits = _base["one"]
-    ids, logits, err = got
-    assert ids is not None, f"{case}: the run failed:\n{err[-3000:]}"
-    assert ids == base_ids, f"{case}: ids {ids} against one rank's {base_ids}"
-    assert logits == base_logits, f"{case}: the same ids, but the logits differ from one rank's"
+    h.assert_same_run(case, got, _base["one"])
 
 
 @pytest.mark.parametrize("case,np_,flags", LAYOUTS, ids=[c for c, _, _ in LAYOUTS])

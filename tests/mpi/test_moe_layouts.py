@@ -64,11 +64,7 @@ def one_rank(model, tmp):
 
 
 def same_as_one_rank(model, tmp, case, got):
-    base_ids, base_logits = one_rank(model, tmp)
-    ids, logits, err = got
-    assert ids is not None, f"{case}: the run failed:\n{err[-3000:]}"
-    assert ids == base_ids, f"{case}: ids {ids} against one rank's {base_ids}"
-    assert logits == base_logits, f"{case}: the same ids, but the logits differ from one rank's"
+    h.assert_same_run(case, got, one_rank(model, tmp))
 
 
 @pytest.mark.parametrize("case,np_,flags", LAYOUTS, ids=[c for c, _, _ in LAYOUTS])
