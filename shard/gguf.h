@@ -75,6 +75,8 @@ struct shoal_gguf {
     int64_t n_tensors;
     struct shoal_gguf_tensor *tensors; /* (n_tensors) */
     void *arena;               /* names and string offsets */
+    int64_t *kv_index, *tensor_index; /* hashed name indexes (gguf.c) of kv_cap, tensor_cap slots */
+    uint64_t kv_cap, tensor_cap;
     int fd;                    /* kept open for shoal_gguf_read */
 };
 

@@ -213,6 +213,79 @@ static void test_messages(void) {
     unlink(p);
 }
 
+/* A GGUF header of n keys and n tensors (F32 [8], one block of data each) written by hand;
+ * dup_key / dup_tensor: the last one named as the first. */
+static void write_many(const char *path, uint64_t n, int dup_key, int dup_tensor) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return;
+    const uint32_t version = 3, u32 = 4, f32 = 0;
+    fwrite("GGUF", 1, 4, f);
+    fwrite(&version, 4, 1, f);
+    fwrite(&n, 8, 1, f); /* tensors */
+    fwrite(&n, 8, 1, f); /* keys */
+    char name[32];
+    uint64_t at = 16 + 8;
+    for (uint64_t i = 0; i < n; i++) {
+        const uint64_t len = (uint64_t)snprintf(name, sizeof name, "key.%07llu", (unsigned long long)(dup_key && i == n - 1 ? 0 : i));
+        const uint32_t v = (uint32_t)i;
+        fwrite(&len, 8, 1, f), fwrite(name, 1, len, f), fwrite(&u32, 4, 1, f), fwrite(&v, 4, 1, f);
+        at += 8 + len + 8;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        const uint64_t len = (uint64_t)snprintf(name, sizeof name, "t.%07llu", (unsigned long long)(dup_tensor && i == n - 1 ? 0 : i));
+        const uint32_t nd = 1;
+        const uint64_t ne = 8, off = i * 32;
+        fwrite(&len, 8, 1, f), fwrite(name, 1, len, f), fwrite(&nd, 4, 1, f), fwrite(&ne, 8, 1, f);
+        fwrite(&f32, 4, 1, f), fwrite(&off, 8, 1, f);
+        at += 8 + len + 4 + 8 + 4 + 8;
+    }
+    static const uint8_t zero[4096];
+    for (uint64_t pad = (32 - at % 32) % 32 + n * 32; pad > 0;) { /* to the alignment, then the data */
+        const size_t k = pad < sizeof zero ? (size_t)pad : sizeof zero;
+        fwrite(zero, 1, k, f);
+        pad -= k;
+    }
+    fclose(f);
+}
+
+/*
+ * Many keys and tensors: their duplicate checks and lookups cost a name each
+ * (pairwise, 40,000 keys took 12 s; 200,000 would take minutes), and a
+ * repeated key or tensor name is still refused.
+ */
+static void test_many_names(void) {
+    const char *p = tmp_path("many.gguf");
+    const uint64_t n = 200000;
+    write_many(p, n, 0, 0);
+    struct shoal_gguf *g = NULL;
+    const double t0 = shoal_now();
+    CHECK_OK(shoal_gguf_open(&g, p));
+    int found = 0;
+    char name[32];
+    for (uint64_t i = 0; g && i < n; i += 7) {
+        snprintf(name, sizeof name, "t.%07llu", (unsigned long long)i);
+        const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
+        snprintf(name, sizeof name, "key.%07llu", (unsigned long long)i);
+        uint32_t v = 0;
+        found += t && t->offset == i * 32 && shoal_gguf_get_u32(g, name, &v) == SHOAL_OK && v == i;
+    }
+    const double took = shoal_now() - t0;
+    CHECK(found == (int)((n + 6) / 7), "found %d of %d", found, (int)((n + 6) / 7));
+    CHECK(g && !shoal_gguf_find_tensor(g, "t.missing") && shoal_gguf_find_key(g, "key") < 0, "absent names");
+    /* linear: well under a second here (measured 0.1 s); pairwise: minutes */
+    CHECK(took < 10, "%llu keys and tensors opened and looked up in %.1f s", (unsigned long long)n, took);
+    shoal_gguf_close(g);
+    g = NULL;
+    write_many(p, 1000, 1, 0);
+    CHECK(shoal_gguf_open(&g, p) == SHOAL_FORMAT && strstr(shoal_last_error(), "key.0000000' appears twice"),
+          "a repeated key: %s", shoal_last_error());
+    write_many(p, 1000, 0, 1);
+    CHECK(shoal_gguf_open(&g, p) == SHOAL_FORMAT && strstr(shoal_last_error(), "t.0000000' appears twice"),
+          "a repeated tensor: %s", shoal_last_error());
+    shoal_error_clear();
+    unlink(p);
+}
+
 static void test_stories(void) {
     char buf[512];
     const char *path = testdata_path("stories260K.gguf", buf, sizeof buf);
@@ -238,6 +311,7 @@ int main(void) {
     test_roundtrip();
     test_truncations();
     test_messages();
+    test_many_names();
     test_stories();
     return check_done("test_gguf");
 }
