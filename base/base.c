@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -261,6 +262,37 @@ size_t shoal_peak_rss(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
     return (size_t)ru.ru_maxrss * 1024; /* Linux reports KiB */
+}
+
+static uint64_t hash_seed(void) {
+    static _Atomic uint64_t seed;
+    uint64_t s = seed;
+    if (!s) {
+        if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)(uintptr_t)&s ^ (uint64_t)time(NULL);
+        s |= 1;
+        seed = s; /* racing threads may store different seeds: each stores before it hashes, and */
+        s = seed; /* every index is built and read by one process, so use the one stored */
+    }
+    return s;
+}
+
+uint64_t shoal_hash_u64(uint64_t v) { /* splitmix64's finaliser over the seeded value */
+    v ^= hash_seed();
+    v = (v ^ (v >> 30)) * 0xbf58476d1ce4e5b9ull;
+    v = (v ^ (v >> 27)) * 0x94d049bb133111ebull;
+    return v ^ (v >> 31);
+}
+
+uint64_t shoal_hash_str(const char *s) { /* FNV-1a from a seeded start: its collisions depend on the seed */
+    uint64_t h = 0xcbf29ce484222325ull ^ hash_seed();
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    return shoal_hash_u64(h);
+}
+
+uint64_t shoal_hash_cap(uint64_t n) {
+    uint64_t cap = 16;
+    while (cap < 2 * n && cap < (1ull << 62)) cap <<= 1;
+    return cap;
 }
 
 int shoal_mul_ok(uint64_t a, uint64_t b, uint64_t *out) {

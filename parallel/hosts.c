@@ -27,6 +27,13 @@ static double number(const char *s, const char **unit) {
     return v;
 }
 
+/* v times its unit's factor, unless that is past any machine's (an exbibyte, an exabyte a
+ * second, a day; 1e300T was infinity): -1. */
+static double scaled(double v, double mul, double most) {
+    const double x = v * mul;
+    return isfinite(x) && x <= most ? x : -1;
+}
+
 static int unit_is(const char *u, const char *const *names) {
     for (; *names; names++)
         if (strcasecmp(u, *names) == 0) return 1;
@@ -40,11 +47,12 @@ double shoal_parse_size(const char *s) {
     static const char *const b[] = { "", "b", NULL }, *const k[] = { "k", "kb", "kib", NULL },
                              *const m[] = { "m", "mb", "mib", NULL }, *const g[] = { "g", "gb", "gib", NULL },
                              *const t[] = { "t", "tb", "tib", NULL };
-    if (unit_is(u, b)) return v;
-    if (unit_is(u, k)) return v * 1024.0;
-    if (unit_is(u, m)) return v * 1024.0 * 1024;
-    if (unit_is(u, g)) return v * 1024.0 * 1024 * 1024;
-    if (unit_is(u, t)) return v * 1024.0 * 1024 * 1024 * 1024;
+    const double most = 0x1p60; /* an exbibyte */
+    if (unit_is(u, b)) return scaled(v, 1, most);
+    if (unit_is(u, k)) return scaled(v, 1024.0, most);
+    if (unit_is(u, m)) return scaled(v, 1024.0 * 1024, most);
+    if (unit_is(u, g)) return scaled(v, 1024.0 * 1024 * 1024, most);
+    if (unit_is(u, t)) return scaled(v, 1024.0 * 1024 * 1024 * 1024, most);
     return -1;
 }
 
@@ -61,7 +69,7 @@ double shoal_parse_rate(const char *s) {
         { "Tbit/s", 1e12 / 8 },
     };
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcmp(u, units[i].name) == 0) return v * units[i].mul;
+        if (strcmp(u, units[i].name) == 0) return scaled(v, units[i].mul, 1e18);
     return -1;
 }
 
@@ -69,19 +77,49 @@ double shoal_parse_time(const char *s) {
     const char *u;
     double v = number(s, &u);
     if (isnan(v)) return -1;
-    if (strcmp(u, "s") == 0) return v;
-    if (strcmp(u, "ms") == 0) return v * 1e-3;
-    if (strcmp(u, "us") == 0) return v * 1e-6;
-    if (strcmp(u, "ns") == 0) return v * 1e-9;
+    if (strcmp(u, "s") == 0) return scaled(v, 1, 86400);
+    if (strcmp(u, "ms") == 0) return scaled(v, 1e-3, 86400);
+    if (strcmp(u, "us") == 0) return scaled(v, 1e-6, 86400);
+    if (strcmp(u, "ns") == 0) return scaled(v, 1e-9, 86400);
     return -1;
 }
 
 /* ------------------------------------------------------------------ parse */
 
+/* The host named name, or -1: its slot in the index (a free one when it is not there). */
+static uint64_t host_slot(const struct shoal_topology *t, const char *name) {
+    uint64_t h = shoal_hash_str(name) & (t->host_cap - 1);
+    while (t->host_slots[h] && strcmp(t->hosts[t->host_slots[h] - 1].name, name) != 0) h = (h + 1) & (t->host_cap - 1);
+    return h;
+}
+
 static int find_host(const struct shoal_topology *t, const char *name) {
-    for (int i = 0; i < t->n_hosts; i++)
-        if (strcmp(t->hosts[i].name, name) == 0) return i;
-    return -1;
+    return t->host_slots ? t->host_slots[host_slot(t, name)] - 1 : -1;
+}
+
+/* Room in the host index for one more (grown, and every host placed again, when half full). */
+static shoal_status host_index_room(struct shoal_topology *t) {
+    if (t->host_slots && 2 * (uint64_t)(t->n_hosts + 1) <= t->host_cap) return SHOAL_OK;
+    const uint64_t cap = shoal_hash_cap((uint64_t)t->n_hosts + 1);
+    int *slots = calloc(cap, sizeof *slots);
+    if (!slots) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    free(t->host_slots);
+    t->host_slots = slots;
+    t->host_cap = cap;
+    for (int i = 0; i < t->n_hosts; i++) t->host_slots[host_slot(t, t->hosts[i].name)] = i + 1;
+    return SHOAL_OK;
+}
+
+/* The slot of the link between hosts a < b in the index (a free one when there is none). */
+static uint64_t link_slot(const struct shoal_topology *t, int a, int b) {
+    const uint64_t key = (uint64_t)a << 32 | (uint32_t)b;
+    uint64_t h = shoal_hash_u64(key) & (t->link_cap - 1);
+    while (t->link_slots[h]) {
+        const struct shoal_link *l = &t->links[t->link_slots[h] - 1];
+        if ((l->a < l->b ? l->a : l->b) == a && (l->a < l->b ? l->b : l->a) == b) break;
+        h = (h + 1) & (t->link_cap - 1);
+    }
+    return h;
 }
 
 /* key=value words after the first ones: fills the fields named in keys. */
@@ -104,7 +142,7 @@ static shoal_status fields(char **words, int n, struct field *f, int nf, const c
         double v = -1;
         char *end = NULL;
         switch (f[k].kind) {
-        case 'i': v = (double)strtol(val, &end, 10); if (!*val || *end || v < 1 || v > 65536) v = -1; break;
+        case 'i': v = (double)strtol(val, &end, 10); if (!*val || *end || v < 1 || v > SHOAL_HOSTS_MAX_RANKS) v = -1; break;
         case 's': v = shoal_parse_size(val); break;
         case 'r': v = shoal_parse_rate(val); break;
         case 't': v = shoal_parse_time(val); break;
@@ -133,6 +171,7 @@ static shoal_status parse_line(struct shoal_topology *t, char **w, int n, const 
         if (find_host(t, w[1]) >= 0) return shoal_errorf(SHOAL_INVALID, "%s: host %s again", where, w[1]);
         if (strlen(w[1]) >= sizeof t->hosts[0].name || strcmp(w[1], "*") == 0)
             return shoal_errorf(SHOAL_INVALID, "%s: '%s' cannot name a host", where, w[1]);
+        SHOAL_TRY(host_index_room(t));
         void *h = realloc(t->hosts, sizeof *t->hosts * (size_t)(t->n_hosts + 1));
         if (!h) return shoal_errorf(SHOAL_NOMEM, "out of memory");
         t->hosts = h;
@@ -148,6 +187,11 @@ static shoal_status parse_line(struct shoal_topology *t, char **w, int n, const 
         if (!f[3].seen) x->membw = dflt ? dflt->membw : 0;
         if (!f[4].seen) x->corebw = f[3].seen || !dflt ? x->membw / (x->cores > 0 ? x->cores : 1) : dflt->corebw;
         if (x->corebw > x->membw) x->corebw = x->membw;
+        /* each host at most 65536 ranks: checked before the sum can pass an int */
+        if (x->ranks > SHOAL_HOSTS_MAX_RANKS - t->n_ranks)
+            return shoal_errorf(SHOAL_INVALID, "%s: more than %d ranks in all; shoal plans for at most %d", where,
+                                SHOAL_HOSTS_MAX_RANKS, SHOAL_HOSTS_MAX_RANKS);
+        t->host_slots[host_slot(t, x->name)] = t->n_hosts + 1;
         t->n_hosts++;
         t->n_ranks += x->ranks;
         return SHOAL_OK;
@@ -186,6 +230,23 @@ static shoal_status parse_line(struct shoal_topology *t, char **w, int n, const 
     return shoal_errorf(SHOAL_INVALID, "%s: '%s' is not host, link or local", where, w[0]);
 }
 
+/* The links' index by their pair of hosts (the first line of a pair counts) and each host's
+ * first rank. */
+static shoal_status index_topology(struct shoal_topology *t) {
+    t->link_cap = shoal_hash_cap((uint64_t)t->n_links);
+    if (!(t->link_slots = calloc(t->link_cap, sizeof *t->link_slots)) ||
+        !(t->rank0 = malloc(sizeof *t->rank0 * (size_t)(t->n_hosts + 1))))
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    for (int i = 0; i < t->n_links; i++) {
+        const struct shoal_link *l = &t->links[i];
+        const uint64_t s = link_slot(t, l->a < l->b ? l->a : l->b, l->a < l->b ? l->b : l->a);
+        if (!t->link_slots[s]) t->link_slots[s] = i + 1;
+    }
+    t->rank0[0] = 0;
+    for (int h = 0; h < t->n_hosts; h++) t->rank0[h + 1] = t->rank0[h] + t->hosts[h].ranks;
+    return SHOAL_OK;
+}
+
 shoal_status shoal_hosts_parse(const char *text, const char *name, const struct shoal_host *dflt,
                                struct shoal_topology *out) {
     memset(out, 0, sizeof *out);
@@ -217,18 +278,24 @@ shoal_status shoal_hosts_parse(const char *text, const char *name, const struct 
     free(copy);
     if (rc == SHOAL_OK && out->n_hosts == 0)
         rc = shoal_errorf(SHOAL_INVALID, "%s: no host lines (host NAME ranks=N mem=SIZE ...)", name);
-    if (rc == SHOAL_OK && out->n_ranks > 65536)
-        rc = shoal_errorf(SHOAL_INVALID, "%s: %d ranks in all; shoal plans for at most 65536", name, out->n_ranks);
     for (int i = 0; rc == SHOAL_OK && i < out->n_hosts; i++)
         if (!(out->hosts[i].membw > 0) || !(out->hosts[i].corebw > 0) || out->hosts[i].cores < 1)
             rc = shoal_errorf(SHOAL_INVALID, "%s: host %s: give membw= and cores=", name, out->hosts[i].name);
-    /* every pair of hosts needs a link: named, or the default */
-    for (int a = 0; rc == SHOAL_OK && a < out->n_hosts; a++)
-        for (int b = a + 1; rc == SHOAL_OK && b < out->n_hosts; b++)
-            if (shoal_topology_link(out, a, b)->bw <= 0)
-                rc = shoal_errorf(SHOAL_INVALID, "%s: no link between %s and %s (add link %s %s "
-                                  "bw=.. lat=.., or link * * bw=.. lat=..)", name, out->hosts[a].name,
-                                  out->hosts[b].name, out->hosts[a].name, out->hosts[b].name);
+    if (rc == SHOAL_OK) rc = index_topology(out);
+    /* every pair of hosts needs a link: named, or the default. Without the default, the
+     * distinct pairs the links name must be all of them; then the pairs up to the first
+     * missing one are each a link, so finding it costs no more than the links */
+    if (rc == SHOAL_OK && !(out->dflt.bw > 0)) {
+        uint64_t named = 0;
+        for (uint64_t s = 0; s < out->link_cap; s++) named += out->link_slots[s] != 0;
+        const uint64_t pairs = (uint64_t)out->n_hosts * (uint64_t)(out->n_hosts - 1) / 2;
+        for (int a = 0; named < pairs && rc == SHOAL_OK && a < out->n_hosts; a++)
+            for (int b = a + 1; rc == SHOAL_OK && b < out->n_hosts; b++)
+                if (shoal_topology_link(out, a, b)->bw <= 0)
+                    rc = shoal_errorf(SHOAL_INVALID, "%s: no link between %s and %s (add link %s %s "
+                                      "bw=.. lat=.., or link * * bw=.. lat=..)", name, out->hosts[a].name,
+                                      out->hosts[b].name, out->hosts[a].name, out->hosts[b].name);
+    }
     if (rc != SHOAL_OK) shoal_topology_free(out);
     return rc;
 }
@@ -246,28 +313,33 @@ shoal_status shoal_hosts_single(int n, double mem_per_rank, const struct shoal_h
     snprintf(out->hosts[0].name, sizeof out->hosts[0].name, "this machine");
     out->local = (struct shoal_link){ -1, -1, LOCAL_BW, LOCAL_LAT };
     out->n_ranks = n;
-    return SHOAL_OK;
+    shoal_status rc = index_topology(out);
+    if (rc != SHOAL_OK) shoal_topology_free(out);
+    return rc;
 }
 
 void shoal_topology_free(struct shoal_topology *t) {
     free(t->hosts);
     free(t->links);
+    free(t->host_slots);
+    free(t->link_slots);
+    free(t->rank0);
     memset(t, 0, sizeof *t);
 }
 
 int shoal_topology_host_of(const struct shoal_topology *t, int rank) {
-    for (int h = 0; h < t->n_hosts; h++) {
-        if (rank < t->hosts[h].ranks) return h;
-        rank -= t->hosts[h].ranks;
+    int lo = 0, hi = t->n_hosts - 1; /* the last host whose first rank is at most rank */
+    while (lo < hi) {
+        const int mid = lo + (hi - lo + 1) / 2;
+        if (t->rank0[mid] <= rank) lo = mid;
+        else hi = mid - 1;
     }
-    return t->n_hosts - 1;
+    return lo;
 }
 
 const struct shoal_link *shoal_topology_link(const struct shoal_topology *t, int a, int b) {
     if (a == b) return &t->local;
-    for (int i = 0; i < t->n_links; i++) {
-        const struct shoal_link *l = &t->links[i];
-        if ((l->a == a && l->b == b) || (l->a == b && l->b == a)) return l;
-    }
-    return &t->dflt;
+    if (!t->link_slots) return &t->dflt;
+    const int s = t->link_slots[link_slot(t, a < b ? a : b, a < b ? b : a)];
+    return s ? &t->links[s - 1] : &t->dflt;
 }

@@ -40,6 +40,8 @@ struct shoal_link {
     double lat;    /* seconds one way */
 };
 
+#define SHOAL_HOSTS_MAX_RANKS 65536 /* ranks the planner plans for, and a host's cores */
+
 struct shoal_topology {
     struct shoal_host *hosts;
     int n_hosts;
@@ -48,6 +50,10 @@ struct shoal_topology {
     struct shoal_link local;   /* between ranks of one host */
     struct shoal_link dflt;    /* between hosts no link line names */
     int n_ranks;
+    /* indexes (hosts.c), so that a file of many hosts and links costs a line each: hosts by
+     * name, links by their pair of hosts (slots of 1 + an index; 0 empty), each host's first rank */
+    int *host_slots, *link_slots, *rank0;
+    uint64_t host_cap, link_cap;
 };
 
 /*

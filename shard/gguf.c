@@ -15,9 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_ARRAY_DEPTH 4
@@ -174,36 +172,15 @@ static char *arena_str(char **arena, uint64_t *left, const char *s, uint64_t len
 
 /*
  * Name indexes: open addressing over a power-of-two table of 1 + the index
- * of a name (0: empty), hashed with a seed of this process's (a file cannot
- * choose its names to collide), so that duplicate checks and lookups cost
- * a name each, not the number of names (40,000 keys took 12 s pairwise).
+ * of a name (0: empty), hashed with a seed of this process's (shoal_hash_str:
+ * a file cannot choose its names to collide), so that duplicate checks and
+ * lookups cost a name each, not the number of names (40,000 keys took 12 s
+ * pairwise).
  */
-static uint64_t name_hash(const char *s, uint64_t seed) {
-    uint64_t h = 0xcbf29ce484222325ull ^ seed;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
-    return h ^ (h >> 31);
-}
-
-static uint64_t index_seed(void) {
-    static uint64_t seed;
-    if (!seed) {
-        uint64_t s = 0;
-        if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)(uintptr_t)&s ^ (uint64_t)time(NULL);
-        seed = s | 1;
-    }
-    return seed;
-}
-
-static uint64_t index_cap(uint64_t n) {
-    uint64_t cap = 16;
-    while (cap < 2 * n) cap <<= 1;
-    return cap;
-}
-
 /* Adds name (number i) to the index; the number of an equal name already there, or -1. */
 static int64_t index_add(int64_t *slots, uint64_t cap, const char *name, int64_t i, const char *(*name_of)(const void *, int64_t),
                          const void *tab) {
-    for (uint64_t h = name_hash(name, index_seed()) & (cap - 1);; h = (h + 1) & (cap - 1)) {
+    for (uint64_t h = shoal_hash_str(name) & (cap - 1);; h = (h + 1) & (cap - 1)) {
         if (!slots[h]) {
             slots[h] = i + 1;
             return -1;
@@ -215,7 +192,7 @@ static int64_t index_add(int64_t *slots, uint64_t cap, const char *name, int64_t
 static int64_t index_find(const int64_t *slots, uint64_t cap, const char *name,
                           const char *(*name_of)(const void *, int64_t), const void *tab) {
     if (!slots) return -1;
-    for (uint64_t h = name_hash(name, index_seed()) & (cap - 1);; h = (h + 1) & (cap - 1)) {
+    for (uint64_t h = shoal_hash_str(name) & (cap - 1);; h = (h + 1) & (cap - 1)) {
         if (!slots[h]) return -1;
         if (strcmp(name_of(tab, slots[h] - 1), name) == 0) return slots[h] - 1;
     }
@@ -290,8 +267,8 @@ static shoal_status parse(struct shoal_gguf *g) {
     g->arena = calloc(1, names_bytes + n_strings * sizeof(uint64_t) + 16);
     g->kv = calloc(n_kv ? n_kv : 1, sizeof *g->kv);
     g->tensors = calloc(n_tensors ? n_tensors : 1, sizeof *g->tensors);
-    g->kv_cap = index_cap(n_kv);
-    g->tensor_cap = index_cap(n_tensors);
+    g->kv_cap = shoal_hash_cap(n_kv);
+    g->tensor_cap = shoal_hash_cap(n_tensors);
     g->kv_index = calloc(g->kv_cap, sizeof *g->kv_index);
     g->tensor_index = calloc(g->tensor_cap, sizeof *g->tensor_index);
     if (!g->arena || !g->kv || !g->tensors || !g->kv_index || !g->tensor_index)

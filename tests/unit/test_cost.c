@@ -81,6 +81,53 @@ static void test_hosts(void) {
     struct shoal_topology u;
     CHECK(shoal_hosts_parse("host a ranks=1 mem=1G\n", "h.txt", NULL, &u) == SHOAL_INVALID &&
           strstr(shoal_last_error(), "membw"), "no bandwidth anywhere: %s", shoal_last_error());
+    /* numbers past any machine: not infinity; ranks past the cap: refused before the sum overflows */
+    expect_error("host a ranks=1 mem=1e300T\n", "mem=1e300T");
+    expect_error("host a ranks=1 mem=1G\nlink * * bw=1e300Gbit/s lat=1ms\n", "bw=1e300Gbit/s");
+    expect_error("host a ranks=1 mem=1G\nlink * * bw=1Gbit/s lat=1e300s\n", "lat=1e300s");
+    expect_error("host a ranks=65536 mem=1G\nhost b ranks=65536 mem=1G\nhost c ranks=65536 mem=1G\n",
+                 "line 2: more than 65536 ranks");
+}
+
+/* A host file of n hosts (a rank each), with a default link or, pairs, a link line for every pair. */
+static char *many_hosts(int n, int pairs) {
+    const size_t cap = (size_t)n * 64 + (pairs ? (size_t)n * (size_t)n * 24 : 64);
+    char *s = malloc(cap), *at = s;
+    for (int i = 0; s && i < n; i++) at += sprintf(at, "host h%d ranks=1 mem=1G membw=10GB/s cores=1\n", i);
+    for (int a = 0; s && pairs && a < n; a++)
+        for (int b = a + 1; b < n; b++) at += sprintf(at, "link h%d h%d bw=1Gbit/s lat=1ms\n", a, b);
+    if (s && !pairs) sprintf(at, "link * * bw=1Gbit/s lat=1ms\n");
+    return s;
+}
+
+/*
+ * Many hosts and links cost a line each: 65536 hosts (each host looked up
+ * against every other, and every pair's link searched: 4 s), and 800 hosts
+ * with a link line for each of their 319,600 pairs (every pair's link
+ * searched among all: 5e10 steps, a minute). A missing pair is still found.
+ */
+static void test_many_hosts(void) {
+    struct shoal_topology t;
+    char *text = many_hosts(65536, 0);
+    double t0 = shoal_now();
+    CHECK_OK(shoal_hosts_parse(text, "h.txt", &machine, &t));
+    CHECK(t.n_hosts == 65536 && shoal_topology_host_of(&t, 65535) == 65535 && shoal_topology_host_of(&t, 7) == 7,
+          "65536 hosts, a rank each");
+    shoal_topology_free(&t);
+    free(text);
+    text = many_hosts(800, 1);
+    CHECK_OK(shoal_hosts_parse(text, "h.txt", &machine, &t));
+    CHECK(t.n_links == 319600 && shoal_topology_link(&t, 799, 17)->bw == 125e6, "every pair's link");
+    shoal_topology_free(&t);
+    const double took = shoal_now() - t0;
+    CHECK(took < 10, "the host files parsed in %.1f s (linear: well under a second)", took);
+    char *last = strstr(text, "link h798 h799");
+    if (last) *last = 0; /* the last pair's line gone */
+    CHECK(shoal_hosts_parse(text, "h.txt", &machine, &t) == SHOAL_INVALID &&
+              strstr(shoal_last_error(), "no link between h798 and h799"),
+          "a missing pair: %s", shoal_last_error());
+    free(text);
+    shoal_error_clear();
 }
 
 /* A LLaMA-like shape: 32 heads (8 KV), dim 4096, 32 layers, F16-sized bytes. */
@@ -353,6 +400,7 @@ int main(void) {
     test_hosts();
     test_memory();
     test_windowed_kv();
+    test_many_hosts();
     test_experts();
     test_speed();
     return check_done("test_cost");
