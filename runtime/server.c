@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -35,6 +36,17 @@ static const double TTFT_BUCKETS[N_TTFT] = { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 static const double ITL_BUCKETS[N_ITL] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5 };
 #define N_SEQS 10
 static const double SEQS_BUCKETS[N_SEQS] = { 1, 2, 4, 8, 16, 32, 64, 128, 256, 512 };
+
+/* 64 bits from the kernel's randomness (a response's id, a request's seed when it gives none);
+ * should that fail, the clock and a counter, never an address. */
+static uint64_t random_u64(void) {
+    uint64_t v;
+    if (getrandom(&v, sizeof v, 0) == (ssize_t)sizeof v) return v;
+    static _Atomic uint64_t n;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return shoal_hash_u64((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + ++n);
+}
 
 struct hist {
     uint64_t n[16], count;
@@ -611,7 +623,7 @@ static struct req *parse_request(struct shoal_server *srv, int chat, const char 
     r->sp.presence_penalty = (float)pres;
     r->sp.freq_penalty = (float)freq;
     r->sp.repeat_last_n = -1;
-    r->sp.seed = seed >= 0 ? (uint64_t)seed : ((uint64_t)time(NULL) << 20) ^ (uint64_t)(uintptr_t)r;
+    r->sp.seed = seed >= 0 ? (uint64_t)seed : random_u64();
     x = cJSON_GetObjectItemCaseSensitive(j, "stream");
     if (x && !cJSON_IsBool(x) && !cJSON_IsNull(x)) BAD(400, "stream", NULL, "'stream' must be true or false");
     r->stream = cJSON_IsTrue(x);
@@ -704,8 +716,8 @@ static struct req *parse_request(struct shoal_server *srv, int chat, const char 
         BAD(400, chat ? "messages" : "prompt", "context_length_exceeded",
             "the prompt is %zu tokens; this server takes at most %d (a sequence holds %d positions)", r->n_prompt,
             p->max_prompt < p->n_ctx - 1 ? p->max_prompt : p->n_ctx - 1, p->n_ctx);
-    snprintf(r->id, sizeof r->id, "%s-%016llx", chat ? "chatcmpl" : "cmpl",
-             (unsigned long long)(r->sp.seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)r));
+    /* random: neither the request's memory (an id was once seed x K ^ its address) nor its seed */
+    snprintf(r->id, sizeof r->id, "%s-%016llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)random_u64());
     r->created = (long)time(NULL);
     r->t_start = shoal_now();
     shoal_detok_init(&r->detok, srv->tok);

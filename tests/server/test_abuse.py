@@ -315,3 +315,25 @@ def test_queue_full_and_drain(tmp_path):
     finally:
         rc = s.stop()
     assert rc == 0 and "shoal serve: stopped" in s.err, s.err[-2000:]
+
+
+def test_ids_do_not_leak_memory(server):
+    """A response's id says nothing of the server's memory (it was seed x K ^ the request's
+    heap address: with seed 0, the address itself): with seed 0 and 1, no id lies in or near a
+    mapping of the server's address space, and ids do not repeat."""
+    maps = []
+    for line in Path(f"/proc/{server.pid}/maps").read_text().splitlines():
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        maps.append((lo - (1 << 32), hi + (1 << 32)))  # and 4 GiB around each
+    ids = set()
+    for seed in (0, 1, 0, 1):
+        for path, body in (("/v1/completions", completion(seed=seed)),
+                           ("/v1/chat/completions", {"model": MODEL, "max_tokens": 2, "seed": seed,
+                                                     "messages": [{"role": "user", "content": "hi"}]})):
+            st, r = request(server, "POST", path, body)
+            assert st == 200, r
+            v = int(r["id"].split("-")[-1], 16)
+            for k in (v, v ^ 0x9E3779B97F4A7C15):
+                assert not any(lo <= k < hi for lo, hi in maps), f"{r['id']}: within the server's mappings"
+            ids.add(r["id"])
+    assert len(ids) == 8, ids
