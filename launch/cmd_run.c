@@ -424,7 +424,22 @@ static shoal_status plan_from_shards(struct run *r) {
     shoal_status rc = shoal_manifest_check_rank(r->man, r->rank, r->g, !r->o.no_verify,
                                                 r->o.quiet ? NULL : on_verify, &pr);
     progress_end(&pr);
-    return rc;
+    SHOAL_TRY(rc);
+    /* the file's own hyperparameters are the manifest's (the ranks' buffers are sized by them) */
+    struct shoal_hparams hp;
+    SHOAL_TRY(shoal_hparams_read(&hp, r->g));
+    const Shoal__Hparams *mh = r->man->hparams;
+    if ((uint32_t)hp.dim != mh->dim || (uint32_t)hp.n_layers != mh->n_layers || (uint32_t)hp.n_heads != mh->n_heads ||
+        (uint32_t)hp.n_kv_heads != mh->n_kv_heads || (uint32_t)hp.head_dim != mh->head_dim ||
+        (uint32_t)hp.ffn_dim != mh->ffn_dim || (uint32_t)hp.n_vocab != mh->n_vocab ||
+        (uint32_t)hp.n_expert != mh->n_expert || !hp.sharded)
+        return shoal_errorf(SHOAL_FORMAT, "%s: its shape (dim %d, %d layers, %d/%d heads of %d, FFN %d, vocabulary "
+                            "%d, %d experts) is not the manifest's (dim %u, %u layers, %u/%u heads of %u, FFN %u, "
+                            "vocabulary %u, %u experts): the shards are damaged or mixed up; run shoal shard again",
+                            r->o.model, hp.dim, hp.n_layers, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn_dim,
+                            hp.n_vocab, hp.n_expert, mh->dim, mh->n_layers, mh->n_heads, mh->n_kv_heads, mh->head_dim,
+                            mh->ffn_dim, mh->n_vocab, mh->n_expert);
+    return SHOAL_OK;
 }
 
 /* The file, its shape and the plan: the same on every rank, bar a bad file on one. */

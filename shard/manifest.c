@@ -53,7 +53,55 @@ static shoal_status read_all(const char *path, uint8_t **buf, size_t *len) {
     return SHOAL_OK;
 }
 
-/* Every part in rank order, within the model; a file per rank. */
+/*
+ * The parts tile the model exactly: the stages' layers follow one another
+ * from 0 to the last; within a stage every rank has the stage's layers, the
+ * query heads follow one another to the last (KV heads as they go with
+ * them), the FFN units too (each rank all of them under ep) and the experts
+ * under ep (else each rank all of them), and on the last stage the
+ * vocabulary rows. Parts checked one by one could overlap: two that both
+ * claimed rows 0..300 made the logits' gather write past its buffer.
+ */
+static shoal_status check_tiling(const Shoal__Plan *p, const Shoal__Hparams *hp, const char *path) {
+    if (hp->n_kv_heads < 1 || hp->n_heads % hp->n_kv_heads)
+        return shoal_errorf(SHOAL_FORMAT, "%s: %u query heads do not group over %u KV heads", path, hp->n_heads,
+                            hp->n_kv_heads);
+    const uint32_t g = hp->n_heads / hp->n_kv_heads;
+    uint32_t layer = 0;
+    for (uint32_t s = 0; s < p->pp; s++) {
+        const Shoal__RankPart *a = p->parts[(size_t)s * p->tp];
+        const int last = s == p->pp - 1;
+        uint32_t q = 0, ff = 0, x = 0, v = 0;
+        const char *bad = NULL;
+        if (a->layer0 != layer) bad = "layers";
+        for (uint32_t t = 0; !bad && t < p->tp; t++) {
+            const Shoal__RankPart *r = p->parts[(size_t)s * p->tp + t];
+            if (r->layer0 != a->layer0 || r->layer1 != a->layer1) bad = "layers";
+            else if (r->q0 != q || r->kv0 != r->q0 / g || r->kv1 != (r->q1 + g - 1) / g) bad = "heads";
+            else if (p->ep ? r->ff0 != 0 || r->ff1 != hp->ffn_dim || r->x0 != x
+                           : r->ff0 != ff || r->x0 != 0 || r->x1 != hp->n_expert) bad = "FFN units or experts";
+            else if (last ? r->v0 != v : r->v0 || r->v1) bad = "vocabulary rows";
+            q = r->q1;
+            ff = r->ff1;
+            x = r->x1;
+            v = r->v1;
+        }
+        if (!bad && (q != hp->n_heads || (!p->ep && ff != hp->ffn_dim) || (p->ep && x != hp->n_expert) ||
+                     (last && v != hp->n_vocab)))
+            bad = q != hp->n_heads ? "heads" : last && v != hp->n_vocab ? "vocabulary rows" : "FFN units or experts";
+        if (bad)
+            return shoal_errorf(SHOAL_FORMAT, "%s: stage %u's parts do not cover the model's %s exactly once "
+                                "(overlapping, or with a gap): the shards are damaged or mixed up; run shoal "
+                                "shard again", path, s, bad);
+        layer = a->layer1;
+    }
+    if (layer != hp->n_layers)
+        return shoal_errorf(SHOAL_FORMAT, "%s: the stages cover layers 0-%u of %u: the shards are damaged or "
+                            "mixed up; run shoal shard again", path, layer ? layer - 1 : 0, hp->n_layers);
+    return SHOAL_OK;
+}
+
+/* Every part in rank order, within the model and tiling it; a file per rank. */
 static shoal_status check_plan(const Shoal__Manifest *m, const char *path) {
     const Shoal__Plan *p = m->plan;
     const Shoal__Hparams *hp = m->hparams;
@@ -79,7 +127,7 @@ static shoal_status check_plan(const Shoal__Manifest *m, const char *path) {
             return shoal_errorf(SHOAL_FORMAT, "%s: rank %zu's file name is missing or not a plain "
                                 "name", path, r);
     }
-    return SHOAL_OK;
+    return check_tiling(p, hp, path);
 }
 
 shoal_status shoal_manifest_read(Shoal__Manifest **out, const char *dir) {

@@ -237,3 +237,43 @@ def test_interrupted_shard_leaves_no_manifest(big_model, tmp_path):
     assert not (d / "manifest.pb").exists(), "an interrupted shard left a manifest"
     err = refused(d)
     assert "manifest.pb: cannot open" in err, err
+
+
+def encode(text: str) -> bytes:
+    p = subprocess.run([shutil.which("protoc"), f"--proto_path={PROTO.parent}", "--encode=shoal.Manifest",
+                        PROTO.name], input=text.encode(), capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+@pytest.mark.parametrize("field,value", [("v0", 0), ("v0", 1), ("q0", 0), ("ff0", 0)],
+                         ids=["vocab overlaps", "vocab gap", "heads overlap", "ffn overlaps"])
+def test_parts_that_do_not_tile_are_refused(smol_shards, tmp_path, field, value):
+    """Parts each within the model but overlapping rank 0's (rank 1 claiming vocabulary rows 0 and
+    up, as many as its file holds; or its heads or FFN units from 0), or leaving a gap (rank 1's
+    rows one further on): refused before anything loads (overlapping vocabulary rows made the
+    logits' gather write past its buffer)."""
+    d = copy(smol_shards, tmp_path, f"tile_{field}")
+    text = decode(d / "manifest.pb")
+    parts = text.split("parts {")
+    assert len(parts) == 3, text[:2000]
+    m = re.search(rf"\b{field}: (\d+)", parts[2])
+    assert m, parts[2]
+    old = int(m.group(1))
+    if field == "v0" and value == 0:  # as many rows as rank 1's file holds, from 0: rank 0's
+        parts[2] = re.sub(r"\bv1: (\d+)", lambda x: f"v1: {int(x.group(1)) - old}", parts[2])
+    elif field == "v0":  # from one past its start: a row no rank has
+        value = old + 1
+    parts[2] = re.sub(rf"\b{field}: \d+", f"{field}: {value}", parts[2], count=1)
+    (d / "manifest.pb").write_bytes(encode("parts {".join(parts)))
+    err = refused(d)
+    assert "parts do not cover the model's" in err and "exactly once" in err, err
+
+
+def test_rank_file_shape_not_the_manifests(smol_shards, tmp_path):
+    """A rank's file whose own vocabulary size disagrees with the manifest's: refused (the ranks'
+    logits buffers are sized by their files)."""
+    d = copy(smol_shards, tmp_path, "shape")
+    h.rewrite_gguf_key(smol_shards / "rank-1.gguf", d / "rank-1.gguf", "shoal.shard.n_vocab", 49153)
+    err = refused(d)
+    assert "rank-1.gguf: its shape" in err and "is not the manifest's" in err, err
