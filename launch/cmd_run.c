@@ -161,6 +161,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--prompt-chunk", 0, OPT_INT, &o->prompt_chunk, "N", "most prompt tokens of one request per step (default: -b); a step of -b tokens at most holds every stream's next token too, so smaller steps keep them coming during long prompts" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "the system message of chat requests that give none (default: the template's own, if any)" },
         { "--drain-timeout", 0, OPT_FLOAT, &o->drain_seconds, "S", "after SIGTERM, seconds in-flight requests may take before they are cut (default 30)" },
+        { "--parse-special", 0, OPT_FLAG, &o->parse_special, NULL, "special tokens written in a request's text (a prompt, a message) are control tokens, as llama.cpp's server has them; default: a request's text is text, and only the chat template's own markers are special" },
         OPT_END,
     };
     struct opt opts[96];

@@ -70,6 +70,7 @@ int serve_lead(struct run *r) {
         .max_tokens = o->max_tokens, .max_streams = o->parallel, .max_queue = o->max_queue,
         .max_conns = o->max_conns, .chat_kind = kind, .chat_system = sys,
         .add_bos = shoal_tokenizer_add_bos(r->tok), .n_ctx = max_pos, .drain_seconds = o->drain_seconds,
+        .parse_special = o->parse_special,
     };
     if (rc == SHOAL_OK) rc = shoal_server_create(&srv, &p, r->tok, sc);
     if (rc == SHOAL_OK) {

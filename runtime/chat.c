@@ -65,6 +65,8 @@ struct text {
     char *s;
     size_t len, cap;
     int failed;
+    size_t (*spans)[2]; /* where the messages' own text went: { offset, length } */
+    int n_spans, cap_spans;
 };
 
 static void add(struct text *t, const char *fmt, ...) {
@@ -89,6 +91,30 @@ static void add(struct text *t, const char *fmt, ...) {
     va_end(ap);
     t->len += (size_t)n;
 }
+
+/* A message's own text (len bytes of s), its place noted: the tokenizer parses no control token in it. */
+static void add_content(struct text *t, const char *s, int len) {
+    if (t->failed || len <= 0) return;
+    if (t->n_spans == t->cap_spans) {
+        const int cap = t->cap_spans ? 2 * t->cap_spans : 16;
+        size_t(*v)[2] = realloc(t->spans, (size_t)cap * sizeof *v);
+        if (!v) {
+            t->failed = 1;
+            return;
+        }
+        t->spans = v;
+        t->cap_spans = cap;
+    }
+    const size_t at = t->len;
+    add(t, "%.*s", len, s);
+    if (t->failed) return;
+    if (t->n_spans && t->spans[t->n_spans - 1][0] + t->spans[t->n_spans - 1][1] == at)
+        t->spans[t->n_spans - 1][1] += t->len - at; /* right after the last: one span */
+    else
+        t->spans[t->n_spans][0] = at, t->spans[t->n_spans][1] = t->len - at, t->n_spans++;
+}
+
+static void content(struct text *t, const char *s) { add_content(t, s, (int)strnlen(s, 1 << 30)); }
 
 static int is(const struct shoal_chat_msg *m, const char *role) { return strcmp(m->role, role) == 0; }
 
@@ -120,11 +146,13 @@ static void format_gemma(struct text *t, const struct shoal_chat_msg *msgs, int 
         const int model = is(&msgs[i], "assistant");
         add(t, "<start_of_turn>%s\n", model ? "model" : "user");
         if (!model && sys.len) {
-            add(t, "%s\n\n", sys.s);
+            add_content(t, sys.s, (int)sys.len);
+            add(t, "\n\n");
             sys.len = 0;
             sys.s[0] = 0;
         }
-        add(t, "%.*s<end_of_turn>\n", len, c);
+        add_content(t, c, len);
+        add(t, "<end_of_turn>\n");
     }
     t->failed |= sys.failed;
     free(sys.s);
@@ -140,20 +168,33 @@ static void format_inst(struct text *t, int llama2, const struct shoal_chat_msg 
             sys = m->content;
         } else if (is(m, "user")) {
             if (!first_user) add(t, llama2 ? "<s>" : "");
-            if (sys && llama2) add(t, "[INST] <<SYS>>\n%s\n<</SYS>>\n\n%s [/INST]", sys, m->content);
-            else if (sys) add(t, "[INST] %s\n\n%s [/INST]", sys, m->content);
-            else add(t, "[INST] %s [/INST]", m->content);
+            add(t, sys && llama2 ? "[INST] <<SYS>>\n" : "[INST] ");
+            if (sys) {
+                content(t, sys);
+                add(t, llama2 ? "\n<</SYS>>\n\n" : "\n\n");
+            }
+            content(t, m->content);
+            add(t, " [/INST]");
             sys = NULL;
             first_user = 0;
         } else {
-            add(t, llama2 ? " %s </s>" : "%s</s>", m->content);
+            add(t, llama2 ? " " : "");
+            content(t, m->content);
+            add(t, llama2 ? " </s>" : "</s>");
         }
     }
 }
 
 shoal_status shoal_chat_format(int kind, const struct shoal_chat_msg *msgs, int n,
                                int add_assistant, char **out) {
+    return shoal_chat_format_spans(kind, msgs, n, add_assistant, out, NULL, NULL);
+}
+
+shoal_status shoal_chat_format_spans(int kind, const struct shoal_chat_msg *msgs, int n, int add_assistant,
+                                     char **out, size_t (**spans)[2], int *n_spans) {
     *out = NULL;
+    if (spans) *spans = NULL;
+    if (n_spans) *n_spans = 0;
     for (int i = 0; i < n; i++)
         if (!is(&msgs[i], "system") && !is(&msgs[i], "user") && !is(&msgs[i], "assistant"))
             return shoal_errorf(SHOAL_INVALID, "chat message %d: role '%s' is not system, user or "
@@ -162,16 +203,27 @@ shoal_status shoal_chat_format(int kind, const struct shoal_chat_msg *msgs, int 
     add(&t, "%s", "");
     switch (kind) {
     case SHOAL_CHAT_CHATML:
-        for (int i = 0; i < n; i++) add(&t, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role, msgs[i].content);
+        for (int i = 0; i < n; i++) {
+            add(&t, "<|im_start|>%s\n", msgs[i].role);
+            content(&t, msgs[i].content);
+            add(&t, "<|im_end|>\n");
+        }
         if (add_assistant) add(&t, "<|im_start|>assistant\n");
         break;
     case SHOAL_CHAT_LLAMA3:
-        for (int i = 0; i < n; i++)
-            add(&t, "<|start_header_id|>%s<|end_header_id|>\n\n%s<|eot_id|>", msgs[i].role, msgs[i].content);
+        for (int i = 0; i < n; i++) {
+            add(&t, "<|start_header_id|>%s<|end_header_id|>\n\n", msgs[i].role);
+            content(&t, msgs[i].content);
+            add(&t, "<|eot_id|>");
+        }
         if (add_assistant) add(&t, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     case SHOAL_CHAT_ZEPHYR:
-        for (int i = 0; i < n; i++) add(&t, "<|%s|>\n%s</s>\n", msgs[i].role, msgs[i].content);
+        for (int i = 0; i < n; i++) {
+            add(&t, "<|%s|>\n", msgs[i].role);
+            content(&t, msgs[i].content);
+            add(&t, "</s>\n");
+        }
         if (add_assistant) add(&t, "<|assistant|>\n");
         break;
     case SHOAL_CHAT_LLAMA2:
@@ -184,12 +236,16 @@ shoal_status shoal_chat_format(int kind, const struct shoal_chat_msg *msgs, int 
         break;
     default:
         free(t.s);
+        free(t.spans);
         return shoal_errorf(SHOAL_INVALID, "unknown chat format %d", kind);
     }
     if (t.failed) {
         free(t.s);
+        free(t.spans);
         return shoal_errorf(SHOAL_NOMEM, "out of memory formatting a chat prompt");
     }
     *out = t.s;
+    if (spans) *spans = t.spans, *n_spans = t.n_spans;
+    else free(t.spans);
     return SHOAL_OK;
 }

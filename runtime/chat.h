@@ -52,5 +52,13 @@ char *shoal_chat_default_system(const char *tmpl);
  */
 shoal_status shoal_chat_format(int kind, const struct shoal_chat_msg *msgs, int n,
                                int add_assistant, char **out);
+/*
+ * The same, and where the messages' own text lies in *out: *n_spans spans
+ * { offset, length }, in order (*spans a new array, NULL for none), so that
+ * the tokenizer parses the template's markers as special tokens but not
+ * what a message says (shoal_tokenize_plain).
+ */
+shoal_status shoal_chat_format_spans(int kind, const struct shoal_chat_msg *msgs, int n, int add_assistant,
+                                     char **out, size_t (**spans)[2], int *n_spans);
 
 #endif

@@ -680,20 +680,26 @@ static struct req *parse_request(struct shoal_server *srv, int chat, const char 
             mm->m[0] = (struct shoal_chat_msg){ "system", p->chat_system };
             mm->n++;
         }
-        shoal_status rc = bad ? SHOAL_OK : shoal_chat_format(p->chat_kind, mm->m, mm->n, 1, &prompt_text);
+        size_t(*spans)[2] = NULL; /* where the messages' text is: no control token parsed there */
+        int n_spans = 0;
+        shoal_status rc = bad ? SHOAL_OK
+                              : shoal_chat_format_spans(p->chat_kind, mm->m, mm->n, 1, &prompt_text, &spans, &n_spans);
         free(mm);
         if (bad == 1) BAD(400, "messages", NULL, "a message's 'content' must be a string or an array of text parts");
         if (bad == 2) BAD(400, "messages", NULL, "a message's 'role' must be system, developer, user or assistant");
         if (bad == 3) BAD(400, "messages", NULL, "at most 255 messages");
         if (rc != SHOAL_OK) BAD(400, "messages", NULL, "%s", shoal_last_error());
-        if (shoal_tokenize(srv->tok, prompt_text, strlen(prompt_text), p->add_bos, 1, &r->prompt, &r->n_prompt) != SHOAL_OK)
-            BAD(500, NULL, NULL, "out of memory");
+        rc = shoal_tokenize_plain(srv->tok, prompt_text, strlen(prompt_text), p->add_bos, 1,
+                                  p->parse_special ? NULL : spans, p->parse_special ? 0 : n_spans, &r->prompt,
+                                  &r->n_prompt);
+        free(spans);
+        if (rc != SHOAL_OK) BAD(500, NULL, NULL, "out of memory");
     } else {
         const cJSON *pr = cJSON_GetObjectItemCaseSensitive(j, "prompt");
         if (cJSON_IsArray(pr) && cJSON_GetArraySize(pr) == 1 && cJSON_IsString(pr->child)) pr = pr->child;
         if (cJSON_IsString(pr)) {
-            if (shoal_tokenize(srv->tok, pr->valuestring, strlen(pr->valuestring), p->add_bos, 1, &r->prompt,
-                               &r->n_prompt) != SHOAL_OK)
+            if (shoal_tokenize(srv->tok, pr->valuestring, strlen(pr->valuestring), p->add_bos, p->parse_special,
+                               &r->prompt, &r->n_prompt) != SHOAL_OK)
                 BAD(500, NULL, NULL, "out of memory");
         } else if (cJSON_IsArray(pr) && cJSON_GetArraySize(pr) > 0 && cJSON_IsNumber(pr->child)) {
             int n = cJSON_GetArraySize(pr), i = 0;

@@ -41,6 +41,7 @@ struct shoal_server_params {
     int add_bos;          /* the tokenizer adds BOS to prompts */
     int n_ctx;            /* positions a sequence may reach */
     double drain_seconds; /* after SIGTERM: how long in-flight requests may take (default 30) */
+    int parse_special;    /* special tokens written in a request's text are control tokens; 0: text is text */
 };
 
 struct shoal_server;

@@ -550,10 +550,11 @@ int32_t shoal_tokenizer_find(const struct shoal_tokenizer *t, const char *s, siz
 
 /* --------------------------------------------------------------- encoding */
 
-/* A run of the input: raw text (id -1) or one special token. */
+/* A run of the input: raw text (id -1) or one special token; plain: text a control token is not parsed in. */
 struct frag {
     size_t off, len;
     int32_t id;
+    int plain;
 };
 
 struct frags {
@@ -561,7 +562,7 @@ struct frags {
     size_t n, cap;
 };
 
-static shoal_status frag_push(struct frags *f, size_t off, size_t len, int32_t id) {
+static shoal_status frag_push(struct frags *f, size_t off, size_t len, int32_t id, int plain) {
     if (f->n == f->cap) {
         size_t cap = f->cap ? f->cap * 2 : 16;
         struct frag *v = realloc(f->v, cap * sizeof *v);
@@ -569,7 +570,7 @@ static shoal_status frag_push(struct frags *f, size_t off, size_t len, int32_t i
         f->v = v;
         f->cap = cap;
     }
-    f->v[f->n++] = (struct frag){ off, len, id };
+    f->v[f->n++] = (struct frag){ off, len, id, plain };
     return SHOAL_OK;
 }
 
@@ -577,39 +578,51 @@ static shoal_status frag_push(struct frags *f, size_t off, size_t len, int32_t i
  * Splits the special tokens out of text, as llama.cpp's tokenizer_st_partition:
  * longest token first, each one's every occurrence (leftmost, not
  * overlapping) in what is still raw text. Control and unknown tokens only
- * with parse_special; user-defined ones always.
+ * with parse_special, and never within the plain spans (n_plain of them,
+ * { offset, length }, in order: what a request's messages say); user-defined
+ * ones always.
  */
-static shoal_status partition(const struct shoal_tokenizer *t, const char *text, size_t len,
-                              int parse_special, struct frags *cur) {
+static shoal_status partition(const struct shoal_tokenizer *t, const char *text, size_t len, int parse_special,
+                              const size_t (*plain)[2], int n_plain, struct frags *cur) {
     shoal_status rc = SHOAL_OK;
     struct frags next = { 0 };
-    SHOAL_TRY(frag_push(cur, 0, len, -1));
+    size_t at0 = 0;
+    for (int i = 0; i < n_plain; i++) { /* the text cut at the spans, each span's runs plain */
+        const size_t a = plain[i][0] < len ? plain[i][0] : len, b = plain[i][1] < len - a ? a + plain[i][1] : len;
+        if (a < at0) return shoal_errorf(SHOAL_INTERNAL, "tokenizer: plain spans out of order");
+        if (a > at0) SHOAL_TRY(frag_push(cur, at0, a - at0, -1, 0));
+        if (b > a) SHOAL_TRY(frag_push(cur, a, b - a, -1, 1));
+        at0 = b;
+    }
+    if (at0 < len || cur->n == 0) SHOAL_TRY(frag_push(cur, at0, len - at0, -1, 0));
     for (int s = 0; s < t->n_special; s++) {
         int32_t id = t->special[s];
         const struct tok_entry *e = &t->tok[id];
-        if (!parse_special && e->type != TOK_TYPE_USER_DEFINED) continue;
+        const int control = e->type != TOK_TYPE_USER_DEFINED;
+        if (!parse_special && control) continue;
         const char *st = t->text + e->text_off;
         size_t sl = e->text_len;
         int found = 0;
         for (size_t i = 0; i < cur->n && !found; i++)
-            found = cur->v[i].id < 0 && memmem(text + cur->v[i].off, cur->v[i].len, st, sl) != NULL;
+            found = cur->v[i].id < 0 && !(control && cur->v[i].plain) &&
+                    memmem(text + cur->v[i].off, cur->v[i].len, st, sl) != NULL;
         if (!found) continue;
         next.n = 0;
         for (size_t i = 0; i < cur->n; i++) {
             struct frag f = cur->v[i];
-            if (f.id >= 0) {
-                SHOAL_TRY_GOTO(frag_push(&next, f.off, f.len, f.id), rc, done);
+            if (f.id >= 0 || (control && f.plain)) {
+                SHOAL_TRY_GOTO(frag_push(&next, f.off, f.len, f.id, f.plain), rc, done);
                 continue;
             }
             size_t pos = f.off, end = f.off + f.len;
             const char *m;
             while (pos < end && (m = memmem(text + pos, end - pos, st, sl)) != NULL) {
                 size_t at = (size_t)(m - text);
-                if (at > pos) SHOAL_TRY_GOTO(frag_push(&next, pos, at - pos, -1), rc, done);
-                SHOAL_TRY_GOTO(frag_push(&next, at, sl, id), rc, done);
+                if (at > pos) SHOAL_TRY_GOTO(frag_push(&next, pos, at - pos, -1, f.plain), rc, done);
+                SHOAL_TRY_GOTO(frag_push(&next, at, sl, id, f.plain), rc, done);
                 pos = at + sl;
             }
-            if (pos < end) SHOAL_TRY_GOTO(frag_push(&next, pos, end - pos, -1), rc, done);
+            if (pos < end) SHOAL_TRY_GOTO(frag_push(&next, pos, end - pos, -1, f.plain), rc, done);
         }
         struct frags tmp = *cur;
         *cur = next;
@@ -650,6 +663,12 @@ static shoal_status spm_escape(const char *s, size_t len, int prefix, char **buf
 
 shoal_status shoal_tokenize(const struct shoal_tokenizer *t, const char *text, size_t len,
                             int add_bos, int parse_special, int32_t **ids, size_t *n) {
+    return shoal_tokenize_plain(t, text, len, add_bos, parse_special, NULL, 0, ids, n);
+}
+
+shoal_status shoal_tokenize_plain(const struct shoal_tokenizer *t, const char *text, size_t len, int add_bos,
+                                  int parse_special, const size_t (*plain)[2], int n_plain, int32_t **ids,
+                                  size_t *n) {
     if (ids) *ids = NULL;
     if (n) *n = 0;
     if (!t || !ids || !n || (!text && len))
@@ -662,7 +681,17 @@ shoal_status shoal_tokenize(const struct shoal_tokenizer *t, const char *text, s
 
     if (add_bos && t->bos >= 0) SHOAL_TRY_GOTO(shoal_tok_ids_push(&out, t->bos), rc, fail);
     /* empty text has no fragments: no prefix space, no tokens */
-    if (len > 0) SHOAL_TRY_GOTO(partition(t, text, len, parse_special, &frags), rc, fail);
+    if (len > 0) SHOAL_TRY_GOTO(partition(t, text, len, parse_special, plain, n_plain, &frags), rc, fail);
+    /* raw runs side by side are one text again (the spans cut only where control tokens may be) */
+    size_t kept = 0;
+    for (size_t i = 0; i < frags.n; i++) {
+        if (kept && frags.v[i].id < 0 && frags.v[kept - 1].id < 0 &&
+            frags.v[kept - 1].off + frags.v[kept - 1].len == frags.v[i].off)
+            frags.v[kept - 1].len += frags.v[i].len;
+        else
+            frags.v[kept++] = frags.v[i];
+    }
+    frags.n = kept;
     int prev_special = 1; /* SPM: text that starts the input or follows a special token gets ' ' */
     for (size_t i = 0; i < frags.n; i++) {
         const struct frag *f = &frags.v[i];

@@ -81,6 +81,14 @@ int32_t shoal_tokenizer_find(const struct shoal_tokenizer *t, const char *s, siz
  */
 shoal_status shoal_tokenize(const struct shoal_tokenizer *t, const char *text, size_t len,
                             int add_bos, int parse_special, int32_t **ids, size_t *n);
+/*
+ * shoal_tokenize, but no control token parsed within the plain spans
+ * (n_plain of them, { offset, length }, in order: the text a request's
+ * messages hold, shoal_chat_format_spans): text from a request is text.
+ */
+shoal_status shoal_tokenize_plain(const struct shoal_tokenizer *t, const char *text, size_t len, int add_bos,
+                                  int parse_special, const size_t (*plain)[2], int n_plain, int32_t **ids,
+                                  size_t *n);
 
 /*
  * The bytes token id stands for, as llama.cpp's token_to_piece: SPM turns
