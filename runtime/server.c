@@ -889,6 +889,7 @@ struct conn {
     char *body;
     size_t len, cap;
     int too_big;
+    size_t seen; /* bytes of the body received, kept or not */
 };
 
 static int authorized(const struct shoal_server *srv, struct MHD_Connection *c) {
@@ -911,21 +912,34 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     const int post = strcmp(method, "POST") == 0, get = strcmp(method, "GET") == 0;
     const int chat = strcmp(url, "/v1/chat/completions") == 0, gen = chat || strcmp(url, "/v1/completions") == 0;
     if (!cn) {
-        /* the headers: a body announced far too large is refused before it is read (a
-         * client still sending sees the connection close); one somewhat too large is
-         * read and dropped, so that every client gets to read the 413 */
+        /* the headers: a request without the key is refused before its body is read (it
+         * would hold --max-body of memory per connection), and so is a body announced far
+         * too large (a client still sending sees the connection close), on any method; one
+         * somewhat too large is read and dropped, so that every client gets to read the 413 */
         if (!(cn = calloc(1, sizeof *cn))) return MHD_NO;
         *con_cls = cn;
         pthread_mutex_lock(&srv->mu);
         srv->n_http++;
         pthread_mutex_unlock(&srv->mu);
+        if (strcmp(url, "/health") != 0 && !authorized(srv, c))
+            FAIL(401, "invalid_request_error", NULL, "invalid_api_key",
+                 "a valid API key is needed: send the header 'Authorization: Bearer KEY'");
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (post && cl && strtoull(cl, NULL, 10) > 16 * (unsigned long long)srv->p.max_body)
+        if (cl && strtoull(cl, NULL, 10) > 16 * (unsigned long long)srv->p.max_body)
             FAIL(413, "invalid_request_error", NULL, "request_too_large",
                  "the body is %s bytes; this server takes at most %zu (shoal serve --max-body)", cl, srv->p.max_body);
         return MHD_YES;
     }
     if (*upload_size) { /* the body, kept up to the limit */
+        /* a body with no length (chunked) that goes on past what an announced one may: refused
+         * as it comes, the connection closed, rather than read and dropped without end */
+        cn->seen += *upload_size;
+        if (cn->seen > 16 * srv->p.max_body) {
+            *upload_size = 0;
+            FAIL(413, "invalid_request_error", NULL, "request_too_large",
+                 "the body is over %zu bytes; this server takes at most %zu (shoal serve --max-body)",
+                 16 * srv->p.max_body, srv->p.max_body);
+        }
         if (cn->len + *upload_size > srv->p.max_body) {
             cn->too_big = 1;
         } else {

@@ -337,3 +337,66 @@ def test_ids_do_not_leak_memory(server):
                 assert not any(lo <= k < hi for lo, hi in maps), f"{r['id']}: within the server's mappings"
             ids.add(r["id"])
     assert len(ids) == 8, ids
+
+
+def raw_request(s, head: bytes, timeout=5.0):
+    """Sends the request head (headers only, no body) and returns what the server answers
+    within timeout: b"" when it waits for the body instead."""
+    sk = socket.create_connection(("127.0.0.1", s.port), timeout=timeout)
+    try:
+        sk.sendall(head)
+        got = b""
+        try:
+            while b"\r\n\r\n" not in got:
+                part = sk.recv(4096)
+                if not part:
+                    break
+                got += part
+        except socket.timeout:
+            pass
+        return got
+    finally:
+        sk.close()
+
+
+def test_refused_before_the_body(server):
+    """The key is checked, and a body announced far too large refused, from the headers alone, on
+    every method: the server answers without waiting for (or holding) the body."""
+    no_key = raw_request(server, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 60000\r\n\r\n")
+    assert no_key.startswith(b"HTTP/1.1 401"), no_key[:200]
+    wrong = raw_request(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+                                b"Content-Length: 60000\r\n\r\n")
+    assert wrong.startswith(b"HTTP/1.1 401"), wrong[:200]
+    huge_get = raw_request(server, f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                                   f"Content-Length: 1000000000000\r\n\r\n".encode())
+    assert huge_get.startswith(b"HTTP/1.1 413"), huge_get[:200]
+    healthy(server)
+
+
+def test_endless_chunked_body_is_cut(server):
+    """A chunked body that never ends is refused once it passes 16 x --max-body (1 MiB here):
+    the client sees the answer, or the connection close, long before it has sent 8 MiB."""
+    sk = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sk.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+               f"Transfer-Encoding: chunked\r\n\r\n".encode())
+    chunk = b"10000\r\n" + b"a" * 65536 + b"\r\n"
+    sent, answer = 0, b""
+    try:
+        sk.setblocking(False)
+        import select
+        while sent < 8 << 20:
+            r, w, _ = select.select([sk], [sk], [], 5)
+            if r:
+                answer = sk.recv(4096)
+                break
+            if not w:
+                break
+            sent += sk.send(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        sk.close()
+    assert sent < 4 << 20, f"the server read {sent} bytes of an endless body"
+    assert not answer or answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    healthy(server)
