@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -743,6 +744,16 @@ refuse:
 #undef BAD
 }
 
+/* Whether the peer of a connection waiting for its answer has closed it (or reset it): its
+ * socket reads as ended, or hangs up. Anything it sent beyond its request stays unread. */
+static int client_gone(int fd) {
+    struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+    if (poll(&p, 1, 0) <= 0) return 0;
+    if (p.revents & (POLLHUP | POLLERR | POLLRDHUP)) return 1;
+    char b;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 static enum MHD_Result generate(struct shoal_server *srv, struct MHD_Connection *c, int chat, const char *body,
                                 size_t len) {
     struct refusal f = { 0 };
@@ -782,8 +793,30 @@ static enum MHD_Result generate(struct shoal_server *srv, struct MHD_Connection 
         count(srv, chat, 200);
         return ok;
     }
+    /* the answer whole when it is done; meanwhile, every fifth of a second, whether the client
+     * is still there: one that went away has its request cancelled (as a stream's is), not
+     * run to its end for nobody */
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const int fd = ci ? ci->connect_fd : -1;
     pthread_mutex_lock(&r->mu);
-    while (!r->done) pthread_cond_wait(&r->cv, &r->mu);
+    double checked = shoal_now();
+    while (!r->done) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 200 * 1000 * 1000;
+        if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&r->cv, &r->mu, &until); /* woken by each token too */
+        if (r->done || r->cancel || fd < 0 || shoal_now() - checked < 0.2) continue;
+        checked = shoal_now();
+        if (client_gone(fd)) {
+            r->cancel = 1;
+            pthread_mutex_unlock(&r->mu);
+            pthread_mutex_lock(&srv->mu);
+            pthread_cond_signal(&srv->cv); /* the engine cancels its sequence */
+            pthread_mutex_unlock(&srv->mu);
+            pthread_mutex_lock(&r->mu);
+        }
+    }
     const int failed = r->failed;
     cJSON *o = failed ? NULL : answer_json(r);
     pthread_mutex_unlock(&r->mu);
