@@ -172,9 +172,11 @@ static shoal_status parse_line(struct shoal_topology *t, char **w, int n, const 
         if (strlen(w[1]) >= sizeof t->hosts[0].name || strcmp(w[1], "*") == 0)
             return shoal_errorf(SHOAL_INVALID, "%s: '%s' cannot name a host", where, w[1]);
         SHOAL_TRY(host_index_room(t));
-        void *h = realloc(t->hosts, sizeof *t->hosts * (size_t)(t->n_hosts + 1));
-        if (!h) return shoal_errorf(SHOAL_NOMEM, "out of memory");
-        t->hosts = h;
+        if ((t->n_hosts & (t->n_hosts - 1)) == 0) { /* room doubled at each power of two: a host each, not the list */
+            void *h = realloc(t->hosts, sizeof *t->hosts * (size_t)(t->n_hosts ? 2 * t->n_hosts : 1));
+            if (!h) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+            t->hosts = h;
+        }
         struct shoal_host *x = &t->hosts[t->n_hosts];
         memset(x, 0, sizeof *x);
         snprintf(x->name, sizeof x->name, "%s", w[1]);
@@ -220,9 +222,11 @@ static shoal_status parse_line(struct shoal_topology *t, char **w, int n, const 
         } else if (l.a < 0) {
             t->dflt = l;
         } else {
-            void *p = realloc(t->links, sizeof *t->links * (size_t)(t->n_links + 1));
-            if (!p) return shoal_errorf(SHOAL_NOMEM, "out of memory");
-            t->links = p;
+            if ((t->n_links & (t->n_links - 1)) == 0) { /* doubled, as the hosts */
+                void *p = realloc(t->links, sizeof *t->links * (size_t)(t->n_links ? 2 * t->n_links : 1));
+                if (!p) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+                t->links = p;
+            }
             t->links[t->n_links++] = l;
         }
         return SHOAL_OK;
