@@ -267,7 +267,7 @@ def test_killed_session_cleans_up(usable, sig):
         wait_until(lambda: not namespaces(lan_id) and not os.path.exists(state), 15,
                    f"cleanup after {sig.name}")
         assert_gone(lan_id, state)
-        wait_until(lambda: not processes_mentioning("sleep " + marker), 5, "the session's command to end")
+        wait_until(lambda: not processes_mentioning("sleep " + marker), 15, "the session's command to end")
     finally:
         for pid, _ in processes_mentioning("sleep " + marker):
             os.kill(pid, signal.SIGKILL)
