@@ -31,6 +31,7 @@
 #include "unicode.h"
 
 #define MAX_STOP 4
+#define MAX_STOP_BYTES 512 /* a stop string's: each token looks for every tail of each that the text ends with */
 #define N_TTFT 11
 #define N_ITL 11
 static const double TTFT_BUCKETS[N_TTFT] = { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
@@ -636,6 +637,12 @@ static struct req *parse_request(struct shoal_server *srv, int chat, const char 
         r->include_usage = cJSON_IsTrue(u);
     }
     x = cJSON_GetObjectItemCaseSensitive(j, "stop");
+    const cJSON *each;
+    if (cJSON_IsString(x) && strlen(x->valuestring) > MAX_STOP_BYTES)
+        BAD(400, "stop", NULL, "a stop string is at most %d bytes", MAX_STOP_BYTES);
+    if (cJSON_IsArray(x))
+        cJSON_ArrayForEach(each, x) if (cJSON_IsString(each) && strlen(each->valuestring) > MAX_STOP_BYTES)
+            BAD(400, "stop", NULL, "a stop string is at most %d bytes", MAX_STOP_BYTES);
     if (cJSON_IsString(x)) {
         if (*x->valuestring && !(r->stop[r->n_stop++] = strdup(x->valuestring))) BAD(500, NULL, NULL, "out of memory");
     } else if (cJSON_IsArray(x)) {

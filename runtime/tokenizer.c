@@ -22,7 +22,10 @@
 
 /* ----------------------------------------------------------------- tables */
 
+/* The power of two at least n (and 16); 0 when that is past 2^31 (the doubling would
+ * wrap to 0 and loop for ever): the caller refuses the vocabulary. */
 static uint32_t pow2_at_least(uint64_t n) {
+    if (n > (1u << 31)) return 0;
     uint32_t p = 16;
     while (p < n) p <<= 1;
     return p;
@@ -290,6 +293,9 @@ static shoal_status load_vocab(struct shoal_tokenizer *t, const struct shoal_ggu
                             g->path, (unsigned long long)text_bytes);
     uint32_t index_size = pow2_at_least(n * 2);
     uint32_t merge_size = merges ? pow2_at_least(merges->n * 2 + 1) : 0;
+    if (!index_size || (merges && !merge_size))
+        return shoal_errorf(SHOAL_FORMAT, "%s: %llu tokens and %llu merges: more than a tokenizer takes (at most 2^30 "
+                            "of each)", g->path, (unsigned long long)n, (unsigned long long)(merges ? merges->n : 0));
     size_t bytes = n * sizeof(struct tok_entry) + (size_t)merge_size * sizeof(struct tok_merge) +
                    (size_t)index_size * sizeof(int32_t) + n * sizeof(int32_t) + 2 * text_bytes + 2;
     char *block = malloc(bytes);

@@ -169,6 +169,12 @@ def test_limits(server):
     # a prompt of token ids that fills the context but one: a token, then the context is full
     st, body = request(server, "POST", "/v1/completions", completion(prompt=[1] * 1023, max_tokens=10))
     assert st == 200 and body["choices"][0]["finish_reason"] == "length", body
+    # stop strings: each token looks for every tail of each, so their length is bounded (512 bytes)
+    for stop in ("x" * 600, ["ok", "y" * 513]):
+        e = assert_error(*request(server, "POST", "/v1/completions", completion(stop=stop)), 400, "a long stop string")
+        assert e["param"] == "stop" and "512 bytes" in e["message"], e
+    st, body = request(server, "POST", "/v1/completions", completion(stop=["z" * 512]))
+    assert st == 200, body
 
 
 def stream_first_chunk_then_hang_up(port, body):
