@@ -157,6 +157,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--max-prompt", 0, OPT_INT, &o->max_prompt, "N", "most prompt tokens of a request (default: the context)" },
         { "--max-body", 0, OPT_SIZE, &o->max_body, "SIZE", "largest request body (default 1M; more: HTTP 413)" },
         { "--max-conns", 0, OPT_INT, &o->max_conns, "N", "open connections at most (default 512)" },
+        { "--max-conns-per-client", 0, OPT_INT, &o->max_conns_per_client, "N", "of them from one address at most (default: half of --max-conns), so that one client's idle connections cannot shut out the others" },
         { "--block-size", 0, OPT_INT, &o->block_size, "N", "KV cache positions per block (default 16)" },
         { "--prompt-chunk", 0, OPT_INT, &o->prompt_chunk, "N", "most prompt tokens of one request per step (default: -b); a step of -b tokens at most holds every stream's next token too, so smaller steps keep them coming during long prompts" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "the system message of chat requests that give none (default: the template's own, if any)" },
@@ -234,8 +235,9 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
     if (serve && (o->port < 0 || o->port > 65535)) USAGE("--port must be 0..65535\n");
     if (serve && (o->parallel < 1 || o->parallel > 1024)) USAGE("--parallel must be 1..1024\n");
     if (serve && o->parallel > o->n_batch) USAGE("--parallel %d is more than -b %d\n", o->parallel, o->n_batch);
-    if (serve && (o->max_queue < 0 || o->max_tokens < 1 || o->max_prompt < 0 || o->max_conns < 1 || o->max_body < 1))
-        USAGE("--max-queue and --max-prompt must be >= 0; --max-tokens, --max-conns, --max-body >= 1\n");
+    if (serve && (o->max_queue < 0 || o->max_tokens < 1 || o->max_prompt < 0 || o->max_conns < 1 || o->max_body < 1 ||
+                  o->max_conns_per_client < 0))
+        USAGE("--max-queue, --max-prompt and --max-conns-per-client must be >= 0; --max-tokens, --max-conns, --max-body >= 1\n");
     if (serve && (o->block_size < 1 || o->block_size > 4096)) USAGE("--block-size must be 1..4096\n");
     if (serve && o->prompt_chunk < 0) USAGE("--prompt-chunk must be >= 1\n");
     if (serve && !(o->drain_seconds > 0)) USAGE("--drain-timeout must be > 0\n");

@@ -68,7 +68,8 @@ int serve_lead(struct run *r) {
         .host = o->host ? o->host : "127.0.0.1", .port = o->port, .api_key = o->api_key, .model_id = id,
         .max_body = (size_t)o->max_body, .max_prompt = o->max_prompt ? o->max_prompt : max_pos - 1,
         .max_tokens = o->max_tokens, .max_streams = o->parallel, .max_queue = o->max_queue,
-        .max_conns = o->max_conns, .chat_kind = kind, .chat_system = sys,
+        .max_conns = o->max_conns, .max_conns_per_client = o->max_conns_per_client, .chat_kind = kind,
+        .chat_system = sys,
         .add_bos = shoal_tokenizer_add_bos(r->tok), .n_ctx = max_pos, .drain_seconds = o->drain_seconds,
         .parse_special = o->parse_special,
     };

@@ -37,6 +37,7 @@ struct run_opts {
     const char *host, *api_key, *model_id, *system_default;
     int port, parallel, max_queue, max_prompt, max_tokens, max_conns, block_size, prompt_chunk;
     int parse_special; /* serve --parse-special */
+    int max_conns_per_client; /* serve --max-conns-per-client (0: half of --max-conns) */
     int64_t max_body;
     float drain_seconds;
 };

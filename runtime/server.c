@@ -1053,6 +1053,8 @@ shoal_status shoal_server_create(struct shoal_server **out, const struct shoal_s
     if (!srv->p.max_body) srv->p.max_body = 1 << 20;
     if (srv->p.max_streams < 1) srv->p.max_streams = 1;
     if (srv->p.max_conns < 1) srv->p.max_conns = 512;
+    if (srv->p.max_conns_per_client < 1 || srv->p.max_conns_per_client > srv->p.max_conns)
+        srv->p.max_conns_per_client = srv->p.max_conns / 2 > 0 ? srv->p.max_conns / 2 : 1;
     if (srv->p.drain_seconds <= 0) srv->p.drain_seconds = 30;
     if (srv->p.max_prompt <= 0) srv->p.max_prompt = p->n_ctx;
     srv->tok = tok;
@@ -1074,7 +1076,8 @@ shoal_status shoal_server_create(struct shoal_server **out, const struct shoal_s
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     srv->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, handle, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                               MHD_OPTION_NOTIFY_COMPLETED, completed, srv, MHD_OPTION_CONNECTION_LIMIT,
-                              (unsigned)srv->p.max_conns, MHD_OPTION_CONNECTION_TIMEOUT, 120u,
+                              (unsigned)srv->p.max_conns, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                              (unsigned)srv->p.max_conns_per_client, MHD_OPTION_CONNECTION_TIMEOUT, 120u,
                               MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024), MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->d) {

@@ -36,6 +36,7 @@ struct shoal_server_params {
     int max_streams;      /* requests generating at once (the scheduler's max_seqs) */
     int max_queue;        /* requests waiting for a place in the batch (beyond: 429) */
     int max_conns;        /* open connections (beyond: refused) */
+    int max_conns_per_client; /* of them from one address (default half): one client cannot take them all */
     int chat_kind;        /* enum shoal_chat_kind of the model, or -1: no chat */
     const char *chat_system; /* the template's default system message, or NULL */
     int add_bos;          /* the tokenizer adds BOS to prompts */

@@ -407,3 +407,34 @@ def test_endless_chunked_body_is_cut(server):
     assert sent < 32 << 20, f"the server read {sent} bytes of an endless body"
     assert not answer or answer.startswith(b"HTTP/1.1 413"), answer[:200]
     healthy(server)
+
+
+def test_one_client_cannot_take_every_connection(server):
+    """520 idle connections from one address (127.0.0.2, no bytes sent) take at most half of the
+    512 connections; another client (127.0.0.1) still gets its answer from /health (with every
+    connection to one client, it was refused)."""
+    held = []
+    try:
+        for _ in range(520):
+            sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sk.bind(("127.0.0.2", 0))
+            sk.settimeout(5)
+            try:
+                sk.connect(("127.0.0.1", server.port))
+            except OSError:
+                sk.close()
+                continue
+            held.append(sk)
+        time.sleep(0.5)
+        t0 = time.time()
+        st, _ = request(server, "GET", "/health", key=None, timeout=10)
+        assert st == 200 and time.time() - t0 < 5, f"/health: {st}"
+        # the server keeps at most 256 of them (the rest it closed): those still open
+        import select
+        readable, _, _ = select.select(held, [], [], 1)
+        closed = sum(1 for sk in readable if not sk.recv(1, socket.MSG_PEEK))
+        assert len(held) - closed <= 256 + 8, f"{len(held) - closed} of one client's connections kept"
+    finally:
+        for sk in held:
+            sk.close()
+    healthy(server)
