@@ -315,16 +315,10 @@ shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoa
     *out = NULL;
     *n = 0;
     int N = topo->n_ranks;
-    struct shoal_layout_cost *all = calloc((size_t)N, sizeof *all);
+    struct shoal_layout_cost *all = calloc(2 * (size_t)N, sizeof *all); /* each tp, and with ep */
     if (!all) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     int k = 0;
     char why[512] = "";
-    struct shoal_layout_cost *more = realloc(all, sizeof *all * 2 * (size_t)N); /* with ep too */
-    if (!more) {
-        free(all);
-        return shoal_errorf(SHOAL_NOMEM, "out of memory");
-    }
-    all = more;
     for (int i = 0; i < 2 * N; i++) {
         const int tp = i / 2 + 1, ep = i % 2;
         if (tp > N || N % tp || (ep && (tp < 2 || m->n_expert < tp))) continue;

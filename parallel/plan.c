@@ -234,9 +234,6 @@ shoal_status shoal_plan_make(struct shoal_plan **out, const struct shoal_model_s
                             pp, m->n_layers, m->n_layers);
     if (p->ep && !m->n_expert)
         return shoal_errorf(SHOAL_INVALID, "expert parallelism (--ep) needs a model with experts; this one has none");
-    if (p->ep && m->n_expert < tp)
-        return shoal_errorf(SHOAL_INVALID, "--ep over %d ranks: the model's %d experts cannot give each a whole "
-                            "expert (use %d ranks or fewer, or share them without --ep)", tp, m->n_expert, m->n_expert);
     char why[256], works[256];
     if (!tp_works(m, tp, p->ep, why, sizeof why)) {
         list_working_tp(m, p->ep, works, sizeof works);

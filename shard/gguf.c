@@ -177,25 +177,26 @@ static char *arena_str(char **arena, uint64_t *left, const char *s, uint64_t len
  * lookups cost a name each, not the number of names (40,000 keys took 12 s
  * pairwise).
  */
+/* The slot of name in the index: its entry's, or the free one where it would go. */
+static uint64_t index_slot(const int64_t *slots, uint64_t cap, const char *name,
+                           const char *(*name_of)(const void *, int64_t), const void *tab) {
+    uint64_t h = shoal_hash_str(name) & (cap - 1);
+    while (slots[h] && strcmp(name_of(tab, slots[h] - 1), name) != 0) h = (h + 1) & (cap - 1);
+    return h;
+}
+
 /* Adds name (number i) to the index; the number of an equal name already there, or -1. */
-static int64_t index_add(int64_t *slots, uint64_t cap, const char *name, int64_t i, const char *(*name_of)(const void *, int64_t),
-                         const void *tab) {
-    for (uint64_t h = shoal_hash_str(name) & (cap - 1);; h = (h + 1) & (cap - 1)) {
-        if (!slots[h]) {
-            slots[h] = i + 1;
-            return -1;
-        }
-        if (strcmp(name_of(tab, slots[h] - 1), name) == 0) return slots[h] - 1;
-    }
+static int64_t index_add(int64_t *slots, uint64_t cap, const char *name, int64_t i,
+                         const char *(*name_of)(const void *, int64_t), const void *tab) {
+    const uint64_t h = index_slot(slots, cap, name, name_of, tab);
+    if (slots[h]) return slots[h] - 1;
+    slots[h] = i + 1;
+    return -1;
 }
 
 static int64_t index_find(const int64_t *slots, uint64_t cap, const char *name,
                           const char *(*name_of)(const void *, int64_t), const void *tab) {
-    if (!slots) return -1;
-    for (uint64_t h = shoal_hash_str(name) & (cap - 1);; h = (h + 1) & (cap - 1)) {
-        if (!slots[h]) return -1;
-        if (strcmp(name_of(tab, slots[h] - 1), name) == 0) return slots[h] - 1;
-    }
+    return slots ? slots[index_slot(slots, cap, name, name_of, tab)] - 1 : -1;
 }
 
 static const char *key_of(const void *tab, int64_t i) { return ((const struct shoal_gguf_kv *)tab)[i].key; }
