@@ -580,6 +580,102 @@ static shoal_status frag_push(struct frags *f, size_t off, size_t len, int32_t i
     return SHOAL_OK;
 }
 
+/* A special token's occurrence: where, and its place in t->special (the order tokens are taken in). */
+struct hit {
+    size_t pos;
+    int32_t rank;
+};
+
+static int cmp_hit_rank(const void *a, const void *b) {
+    const struct hit *x = a, *y = b;
+    if (x->rank != y->rank) return x->rank < y->rank ? -1 : 1;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static int cmp_hit_pos(const void *a, const void *b) {
+    const struct hit *x = a, *y = b;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static shoal_status hit_push(struct hit **v, size_t *n, size_t *cap, size_t pos, int32_t rank) {
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 64;
+        struct hit *p = realloc(*v, c * sizeof *p);
+        if (!p) return shoal_errorf(SHOAL_NOMEM, "tokenizer: out of memory splitting special tokens");
+        *v = p;
+        *cap = c;
+    }
+    (*v)[(*n)++] = (struct hit){ pos, rank };
+    return SHOAL_OK;
+}
+
+/* The segment (of seg, n of them, in order, covering the text) that byte p is in. */
+static const struct frag *segment_of(const struct frags *seg, size_t p) {
+    size_t lo = 0, hi = seg->n;
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (seg->v[mid].off <= p) lo = mid;
+        else hi = mid;
+    }
+    return &seg->v[lo];
+}
+
+/*
+ * The special tokens of one text length (ranks r0..r1 of t->special) that
+ * may be taken where they occur, appended to *hits as (position, rank): one
+ * pass over the text with a rolling hash, each window looked up among the
+ * tokens' texts (a hash table of them; equal hashes compared byte for byte).
+ * Tokens whose text an earlier (lower) rank has too are never taken, as in
+ * the order below.
+ */
+static shoal_status find_length(const struct shoal_tokenizer *t, const char *text, size_t len, int parse_special,
+                                const struct frags *seg, const uint8_t *covered, int r0, int r1, struct hit **hits,
+                                size_t *n_hits, size_t *cap_hits) {
+    const size_t sl = t->tok[t->special[r0]].text_len;
+    if (sl > len) return SHOAL_OK;
+    const uint64_t base = shoal_hash_u64(0x5eed) | 1, cap = shoal_hash_cap((uint64_t)(r1 - r0));
+    struct slot {
+        uint64_t h;
+        int32_t rank; /* -1: empty */
+    } *tab = malloc(cap * sizeof *tab);
+    if (!tab) return shoal_errorf(SHOAL_NOMEM, "tokenizer: out of memory splitting special tokens");
+    for (uint64_t i = 0; i < cap; i++) tab[i].rank = -1;
+    uint64_t pow = 1; /* base^(sl-1): what the byte leaving the window weighs */
+    for (size_t j = 1; j < sl; j++) pow *= base;
+    for (int r = r0; r < r1; r++) {
+        const struct tok_entry *e = &t->tok[t->special[r]];
+        if (!parse_special && e->type != TOK_TYPE_USER_DEFINED) continue;
+        const char *st = t->text + e->text_off;
+        uint64_t h = 0;
+        for (size_t j = 0; j < sl; j++) h = h * base + (uint8_t)st[j];
+        uint64_t i = shoal_hash_u64(h) & (cap - 1);
+        int dup = 0;
+        for (; tab[i].rank >= 0 && !dup; i = (i + 1) & (cap - 1))
+            dup = tab[i].h == h && memcmp(t->text + t->tok[t->special[tab[i].rank]].text_off, st, sl) == 0;
+        if (!dup) tab[i] = (struct slot){ h, r };
+    }
+    shoal_status rc = SHOAL_OK;
+    uint64_t h = 0;
+    for (size_t j = 0; j < sl - 1; j++) h = h * base + (uint8_t)text[j];
+    for (size_t p = 0; p + sl <= len; p++) {
+        h = h * base + (uint8_t)text[p + sl - 1];
+        if (p > 0) h -= pow * base * (uint8_t)text[p - 1];
+        for (uint64_t i = shoal_hash_u64(h) & (cap - 1); tab[i].rank >= 0; i = (i + 1) & (cap - 1)) {
+            const struct tok_entry *e = &t->tok[t->special[tab[i].rank]];
+            if (tab[i].h != h || memcmp(t->text + e->text_off, text + p, sl) != 0) continue;
+            const struct frag *g = segment_of(seg, p);
+            /* within one segment, not in a plain one if it is a control token, not under a longer token */
+            if (p + sl <= g->off + g->len && !(g->plain && e->type != TOK_TYPE_USER_DEFINED) && !covered[p] &&
+                !covered[p + sl - 1])
+                rc = hit_push(hits, n_hits, cap_hits, p, tab[i].rank);
+            break;
+        }
+        if (rc != SHOAL_OK) break;
+    }
+    free(tab);
+    return rc;
+}
+
 /*
  * Splits the special tokens out of text, as llama.cpp's tokenizer_st_partition:
  * longest token first, each one's every occurrence (leftmost, not
@@ -587,55 +683,66 @@ static shoal_status frag_push(struct frags *f, size_t off, size_t len, int32_t i
  * with parse_special, and never within the plain spans (n_plain of them,
  * { offset, length }, in order: what a request's messages say); user-defined
  * ones always.
+ *
+ * That order, without a pass over the text per token (a vocabulary has
+ * thousands: hostile text made that seconds a request): one pass per length
+ * of token text finds every occurrence of that length's tokens
+ * (find_length), which are then taken in the order above. Whether an
+ * occurrence is still raw text takes two bytes of a map of taken bytes: every
+ * token taken before it is at least as long, so one that overlaps it covers
+ * its first or its last byte.
  */
 static shoal_status partition(const struct shoal_tokenizer *t, const char *text, size_t len, int parse_special,
                               const size_t (*plain)[2], int n_plain, struct frags *cur) {
-    shoal_status rc = SHOAL_OK;
-    struct frags next = { 0 };
+    struct frags seg = { 0 };
     size_t at0 = 0;
+    shoal_status rc = SHOAL_OK;
     for (int i = 0; i < n_plain; i++) { /* the text cut at the spans, each span's runs plain */
         const size_t a = plain[i][0] < len ? plain[i][0] : len, b = plain[i][1] < len - a ? a + plain[i][1] : len;
-        if (a < at0) return shoal_errorf(SHOAL_INTERNAL, "tokenizer: plain spans out of order");
-        if (a > at0) SHOAL_TRY(frag_push(cur, at0, a - at0, -1, 0));
-        if (b > a) SHOAL_TRY(frag_push(cur, a, b - a, -1, 1));
+        if (a < at0) SHOAL_TRY_GOTO(shoal_errorf(SHOAL_INTERNAL, "tokenizer: plain spans out of order"), rc, done);
+        if (a > at0) SHOAL_TRY_GOTO(frag_push(&seg, at0, a - at0, -1, 0), rc, done);
+        if (b > a) SHOAL_TRY_GOTO(frag_push(&seg, a, b - a, -1, 1), rc, done);
         at0 = b;
     }
-    if (at0 < len || cur->n == 0) SHOAL_TRY(frag_push(cur, at0, len - at0, -1, 0));
-    for (int s = 0; s < t->n_special; s++) {
-        int32_t id = t->special[s];
-        const struct tok_entry *e = &t->tok[id];
-        const int control = e->type != TOK_TYPE_USER_DEFINED;
-        if (!parse_special && control) continue;
-        const char *st = t->text + e->text_off;
-        size_t sl = e->text_len;
-        int found = 0;
-        for (size_t i = 0; i < cur->n && !found; i++)
-            found = cur->v[i].id < 0 && !(control && cur->v[i].plain) &&
-                    memmem(text + cur->v[i].off, cur->v[i].len, st, sl) != NULL;
-        if (!found) continue;
-        next.n = 0;
-        for (size_t i = 0; i < cur->n; i++) {
-            struct frag f = cur->v[i];
-            if (f.id >= 0 || (control && f.plain)) {
-                SHOAL_TRY_GOTO(frag_push(&next, f.off, f.len, f.id, f.plain), rc, done);
-                continue;
-            }
-            size_t pos = f.off, end = f.off + f.len;
-            const char *m;
-            while (pos < end && (m = memmem(text + pos, end - pos, st, sl)) != NULL) {
-                size_t at = (size_t)(m - text);
-                if (at > pos) SHOAL_TRY_GOTO(frag_push(&next, pos, at - pos, -1, f.plain), rc, done);
-                SHOAL_TRY_GOTO(frag_push(&next, at, sl, id, f.plain), rc, done);
-                pos = at + sl;
-            }
-            if (pos < end) SHOAL_TRY_GOTO(frag_push(&next, pos, end - pos, -1, f.plain), rc, done);
+    if (at0 < len || seg.n == 0) SHOAL_TRY_GOTO(frag_push(&seg, at0, len - at0, -1, 0), rc, done);
+
+    uint8_t *covered = calloc(len, 1);
+    struct hit *hits = NULL, *taken = NULL;
+    size_t n_hits = 0, cap_hits = 0, n_taken = 0, cap_taken = 0;
+    if (!covered) SHOAL_TRY_GOTO(shoal_errorf(SHOAL_NOMEM, "tokenizer: out of memory for %zu bytes", len), rc, out);
+    for (int r0 = 0, r1; r0 < t->n_special; r0 = r1) { /* a length at a time, longest first */
+        const uint32_t sl = t->tok[t->special[r0]].text_len;
+        for (r1 = r0 + 1; r1 < t->n_special && t->tok[t->special[r1]].text_len == sl; r1++) {}
+        n_hits = 0;
+        SHOAL_TRY_GOTO(find_length(t, text, len, parse_special, &seg, covered, r0, r1, &hits, &n_hits, &cap_hits),
+                       rc, out);
+        if (n_hits) qsort(hits, n_hits, sizeof *hits, cmp_hit_rank); /* each token's occurrences, left to right */
+        for (size_t i = 0; i < n_hits; i++) {
+            const size_t p = hits[i].pos;
+            if (covered[p] || covered[p + sl - 1]) continue; /* overlaps one taken before */
+            memset(covered + p, 1, sl);
+            SHOAL_TRY_GOTO(hit_push(&taken, &n_taken, &cap_taken, p, hits[i].rank), rc, out);
         }
-        struct frags tmp = *cur;
-        *cur = next;
-        next = tmp;
     }
+    if (n_taken) qsort(taken, n_taken, sizeof *taken, cmp_hit_pos);
+    size_t k = 0;
+    for (size_t i = 0; i < seg.n; i++) { /* each segment: its raw runs and the tokens between them */
+        const struct frag g = seg.v[i];
+        size_t pos = g.off;
+        for (; k < n_taken && taken[k].pos < g.off + g.len; k++) {
+            const int32_t id = t->special[taken[k].rank];
+            if (taken[k].pos > pos) SHOAL_TRY_GOTO(frag_push(cur, pos, taken[k].pos - pos, -1, g.plain), rc, out);
+            SHOAL_TRY_GOTO(frag_push(cur, taken[k].pos, t->tok[id].text_len, id, g.plain), rc, out);
+            pos = taken[k].pos + t->tok[id].text_len;
+        }
+        if (pos < g.off + g.len) SHOAL_TRY_GOTO(frag_push(cur, pos, g.off + g.len - pos, -1, g.plain), rc, out);
+    }
+out:
+    free(covered);
+    free(hits);
+    free(taken);
 done:
-    free(next.v);
+    free(seg.v);
     return rc;
 }
 
