@@ -208,6 +208,39 @@ void shoal_step_release(struct shoal_state *s) {
     s->step_rx = NULL;
 }
 
+/*
+ * Whether this rank can run batch b without reading or writing outside its
+ * buffers: tokens in the vocabulary; positions, KV slots and every block the
+ * table names inside the cache (whole blocks of block_size slots); each
+ * token's position inside its sequence's row of the table. from: the rank
+ * that sent the step (SHOAL_COMM, naming it), or -1 for this rank's caller.
+ */
+static shoal_status check_batch(const struct shoal_state *s, const struct shoal_batch *b, int from) {
+    char who[48] = "this rank's caller gave a step";
+    if (from >= 0) snprintf(who, sizeof who, "rank %d sent a step", from);
+    const shoal_status bad = from >= 0 ? SHOAL_COMM : SHOAL_INVALID;
+    if (b->n_tokens < 1 || b->n_tokens > s->n_batch || b->n_seq < 1 || b->max_blocks < 1 || b->block_size < 1 ||
+        b->block_size > s->n_ctx || (int64_t)b->n_seq * b->max_blocks > (1 << 24))
+        return shoal_errorf(bad, "%s of %d tokens (at most %d) in %d sequences of %d blocks of %d positions", who,
+                            b->n_tokens, s->n_batch, b->n_seq, b->max_blocks, b->block_size);
+    const int n_blocks = s->n_ctx / b->block_size; /* whole blocks in the cache */
+    for (int64_t i = 0; i < (int64_t)b->n_seq * b->max_blocks; i++)
+        if (b->block_table[i] < 0 || b->block_table[i] >= n_blocks)
+            return shoal_errorf(bad, "%s whose block table names block %d of a cache of %d", who,
+                                b->block_table[i], n_blocks);
+    for (int t = 0; t < b->n_tokens; t++) {
+        if (b->token[t] < 0 || b->token[t] >= s->m->hp.n_vocab)
+            return shoal_errorf(bad, "%s whose token %d is id %d, outside the vocabulary of %d", who, t,
+                                b->token[t], s->m->hp.n_vocab);
+        if (b->seq[t] < 0 || b->seq[t] >= b->n_seq || b->pos[t] < 0 || b->pos[t] >= s->n_ctx ||
+            b->pos[t] / b->block_size >= b->max_blocks || b->slot[t] < 0 || b->slot[t] >= s->n_ctx)
+            return shoal_errorf(bad, "%s whose token %d is of sequence %d of %d at position %d, KV slot %d "
+                                "(a context of %d, rows of %d blocks of %d)", who, t, b->seq[t], b->n_seq,
+                                b->pos[t], b->slot[t], s->n_ctx, b->max_blocks, b->block_size);
+    }
+    return SHOAL_OK;
+}
+
 /* A received body: its Step decoded and checked, the batch pointing into it. */
 static shoal_status decode(struct shoal_state *s, const struct step_head *h, struct step *st, int from) {
     shoal_step_release(s);
@@ -217,24 +250,20 @@ static shoal_status decode(struct shoal_state *s, const struct step_head *h, str
     s->msg_pb = (size_t)h->pb_bytes;
     const size_t n = m->n_token;
     if (n < 1 || n > (size_t)s->n_batch || m->n_pos != n || m->n_seq_of != n || m->n_slot != n || m->n_seq < 1 ||
-        m->max_blocks < 1 || m->block_size < 1 || (int64_t)m->n_seq * m->max_blocks > (1 << 24) ||
+        m->max_blocks < 1 || (int64_t)m->n_seq * m->max_blocks > (1 << 24) ||
         m->n_block_table != (size_t)m->n_seq * (size_t)m->max_blocks || m->n_out < 0 || m->out0 < 0 ||
         (m->n_ring && m->n_ring != (size_t)m->n_seq) ||
         (size_t)m->out0 + (size_t)m->n_out > n || m->n_out > s->n_outputs || m->topk < 0 || m->topk > s->topk ||
         (h->x_bytes && h->x_bytes != n * s->m->hp.dim * sizeof(float)))
         return shoal_errorf(SHOAL_COMM, "rank %d sent a malformed step (%zu tokens, %d sequences)", from, n,
                             m->n_seq);
-    for (size_t t = 0; t < n; t++)
-        if (m->seq_of[t] < 0 || m->seq_of[t] >= m->n_seq)
-            return shoal_errorf(SHOAL_COMM, "rank %d sent a step whose token %zu is of sequence %d of %d", from, t,
-                                m->seq_of[t], m->n_seq);
     *st = (struct step){ .b = { .n_tokens = (int)n, .token = m->token, .pos = m->pos, .seq = m->seq_of,
                                 .slot = m->slot, .block_table = m->block_table, .n_seq = m->n_seq,
                                 .max_blocks = m->max_blocks, .block_size = m->block_size,
                                 .ring = m->n_ring ? m->ring : NULL },
                          .out0 = m->out0, .n_out = m->n_out, .topk = m->topk,
                          .x = h->x_bytes ? (const float *)((char *)s->msg + x_offset(h->pb_bytes)) : NULL };
-    return SHOAL_OK;
+    return check_batch(s, &st->b, from);
 }
 
 /* Within a stage: the group's first rank shares the step with the others. */
@@ -331,12 +360,7 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
                            int n_out, float *logits) {
     const struct shoal_model *m = s->m;
     const int n = b->n_tokens;
-    if (n < 1 || n > s->n_batch)
-        return shoal_errorf(SHOAL_INTERNAL, "batch of %d tokens (limit %d)", n, s->n_batch);
-    for (int t = 0; t < n; t++)
-        if (b->slot[t] < 0 || b->slot[t] >= s->n_ctx)
-            return shoal_errorf(SHOAL_INVALID, "KV slot %d is outside the context of %d",
-                                b->slot[t], s->n_ctx);
+    SHOAL_TRY(check_batch(s, b, -1));
     if (n_out < 0 || out0 < 0 || out0 + n_out > n || n_out > s->n_outputs)
         return shoal_errorf(SHOAL_INTERNAL, "output rows %d-%d of a %d-token batch (at most %d)",
                             out0, out0 + n_out - 1, n, s->n_outputs);
