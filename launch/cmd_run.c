@@ -81,6 +81,8 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
     o->max_body = 1 << 20;
     o->block_size = 16;
     o->drain_seconds = 30;
+    o->header_seconds = 30;
+    o->body_seconds = 60;
     o->kv_name = "f16";
     o->simd_name = "auto";
     o->comm_name = "f64";
@@ -162,6 +164,8 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--prompt-chunk", 0, OPT_INT, &o->prompt_chunk, "N", "most prompt tokens of one request per step (default: -b); a step of -b tokens at most holds every stream's next token too, so smaller steps keep them coming during long prompts" },
         { "--system", 0, OPT_STR, &o->system, "TEXT", "the system message of chat requests that give none (default: the template's own, if any)" },
         { "--drain-timeout", 0, OPT_FLOAT, &o->drain_seconds, "S", "after SIGTERM, seconds in-flight requests may take before they are cut (default 30)" },
+        { "--header-timeout", 0, OPT_FLOAT, &o->header_seconds, "S", "seconds a connection has to send a request's headers, from its opening or its last answer; a slower one is closed, however slowly bytes still come (default 30)" },
+        { "--body-timeout", 0, OPT_FLOAT, &o->body_seconds, "S", "seconds a request has to send its body once its headers are in (default 60)" },
         { "--parse-special", 0, OPT_FLAG, &o->parse_special, NULL, "special tokens written in a request's text (a prompt, a message) are control tokens, as llama.cpp's server has them; default: a request's text is text, and only the chat template's own markers are special" },
         OPT_END,
     };
@@ -241,6 +245,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
     if (serve && (o->block_size < 1 || o->block_size > 4096)) USAGE("--block-size must be 1..4096\n");
     if (serve && o->prompt_chunk < 0) USAGE("--prompt-chunk must be >= 1\n");
     if (serve && !(o->drain_seconds > 0)) USAGE("--drain-timeout must be > 0\n");
+    if (serve && !(o->header_seconds > 0 && o->body_seconds > 0)) USAGE("--header-timeout and --body-timeout must be > 0\n");
     if ((o->kv_type = shoal_kv_type_from_name(o->kv_name)) < 0)
         USAGE("--kv-type '%s' is not one of f32, f16, q8\n", o->kv_name);
     if ((o->simd = shoal_cpu_simd_from_name(o->simd_name)) == -2)

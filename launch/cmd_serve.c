@@ -71,6 +71,7 @@ int serve_lead(struct run *r) {
         .max_conns = o->max_conns, .max_conns_per_client = o->max_conns_per_client, .chat_kind = kind,
         .chat_system = sys,
         .add_bos = shoal_tokenizer_add_bos(r->tok), .n_ctx = max_pos, .drain_seconds = o->drain_seconds,
+        .header_seconds = o->header_seconds, .body_seconds = o->body_seconds,
         .parse_special = o->parse_special,
     };
     if (rc == SHOAL_OK) rc = shoal_server_create(&srv, &p, r->tok, sc);

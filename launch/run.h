@@ -40,6 +40,7 @@ struct run_opts {
     int max_conns_per_client; /* serve --max-conns-per-client (0: half of --max-conns) */
     int64_t max_body;
     float drain_seconds;
+    float header_seconds, body_seconds; /* serve --header-timeout, --body-timeout */
 };
 
 /* Everything a rank holds for a run, released by teardown(). */

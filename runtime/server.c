@@ -117,6 +117,13 @@ struct shoal_server {
     struct hist ttft, itl, step_seqs;
     struct shoal_sched_stats st;
     uint64_t batch_tokens_sum, batch_steps;
+    /* the connections' deadlines (watch_mu: the list and each one's stage) */
+    pthread_mutex_t watch_mu;
+    pthread_cond_t watch_cv;
+    struct watch *watched;
+    pthread_t watchdog;
+    int watchdog_on, watch_stop;
+    uint64_t cut_header, cut_body; /* connections closed at a deadline */
 };
 
 /* ------------------------------------------------------------ requests */
@@ -916,12 +923,111 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
     hist_text(&at, end, "shoal_step_sequences", "Sequences in each forward step (the batch)", &srv->step_seqs,
               SEQS_BUCKETS, N_SEQS);
     pthread_mutex_unlock(&srv->mu);
+    pthread_mutex_lock(&srv->watch_mu);
+    at += snprintf(at, (size_t)(end - at),
+                   "# HELP shoal_http_connections_cut_total Connections closed at a deadline: a request's headers "
+                   "not in within --header-timeout, or its body within --body-timeout\n"
+                   "# TYPE shoal_http_connections_cut_total counter\n"
+                   "shoal_http_connections_cut_total{stage=\"headers\"} %llu\n"
+                   "shoal_http_connections_cut_total{stage=\"body\"} %llu\n",
+                   (unsigned long long)srv->cut_header, (unsigned long long)srv->cut_body);
+    pthread_mutex_unlock(&srv->watch_mu);
     enum MHD_Result ok = send_text(c, 200, "text/plain; version=0.0.4", buf);
     free(buf);
     return ok;
 }
 
 /* ------------------------------------------------------------ the connection handler */
+
+/*
+ * Deadlines (issue 19): libmicrohttpd closes a connection only when it has
+ * been idle for its timeout, so a client that sends a header byte every
+ * minute holds a connection for ever. Each connection is watched from its
+ * opening: its request's headers must be in within header_seconds (of the
+ * opening, or of the previous answer's end on a kept-alive connection), then
+ * its body within body_seconds; answering has no deadline. A thread looks
+ * every quarter second and shuts a late connection's socket down, which ends
+ * it in libmicrohttpd's own thread. The socket is shut down only while its
+ * connection is in the list, and libmicrohttpd takes it out (the CLOSED
+ * notice) before it closes the socket, so a number reused by a later
+ * connection is never touched.
+ */
+enum { WAIT_HEADERS, IN_BODY, ANSWERING };
+
+struct watch {
+    struct watch *prev, *next;
+    int fd, stage, cut;
+    double since; /* when the stage began */
+};
+
+static struct watch *watch_of(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void watch_stage(struct shoal_server *srv, struct MHD_Connection *c, int stage) {
+    struct watch *w = watch_of(c);
+    if (!w) return;
+    pthread_mutex_lock(&srv->watch_mu);
+    w->stage = stage;
+    w->since = shoal_now();
+    pthread_mutex_unlock(&srv->watch_mu);
+}
+
+static void watch_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                             enum MHD_ConnectionNotificationCode code) {
+    struct shoal_server *srv = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        struct watch *w = ci ? calloc(1, sizeof *w) : NULL;
+        if (!w) return; /* unwatched: the idle timeout still ends it */
+        w->fd = ci->connect_fd;
+        w->stage = WAIT_HEADERS;
+        w->since = shoal_now();
+        pthread_mutex_lock(&srv->watch_mu);
+        w->next = srv->watched;
+        if (w->next) w->next->prev = w;
+        srv->watched = w;
+        pthread_mutex_unlock(&srv->watch_mu);
+        *socket_context = w;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        struct watch *w = *socket_context;
+        pthread_mutex_lock(&srv->watch_mu);
+        if (w->prev) w->prev->next = w->next;
+        else srv->watched = w->next;
+        if (w->next) w->next->prev = w->prev;
+        pthread_mutex_unlock(&srv->watch_mu);
+        free(w);
+        *socket_context = NULL;
+    }
+}
+
+static void *watchdog_main(void *arg) {
+    struct shoal_server *srv = arg;
+    pthread_mutex_lock(&srv->watch_mu);
+    while (!srv->watch_stop) {
+        const double now = shoal_now();
+        for (struct watch *w = srv->watched; w; w = w->next) {
+            const int late_headers = w->stage == WAIT_HEADERS && now - w->since > srv->p.header_seconds,
+                      late_body = w->stage == IN_BODY && now - w->since > srv->p.body_seconds;
+            if (w->cut || !(late_headers || late_body)) continue;
+            shutdown(w->fd, SHUT_RDWR);
+            w->cut = 1;
+            if (late_headers) srv->cut_header++;
+            else srv->cut_body++;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&srv->watch_cv, &srv->watch_mu, &ts);
+    }
+    pthread_mutex_unlock(&srv->watch_mu);
+    return NULL;
+}
 
 struct conn {
     char *body;
@@ -956,6 +1062,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
          * somewhat too large is read and dropped, so that every client gets to read the 413 */
         if (!(cn = calloc(1, sizeof *cn))) return MHD_NO;
         *con_cls = cn;
+        watch_stage(srv, c, IN_BODY);
         pthread_mutex_lock(&srv->mu);
         srv->n_http++;
         pthread_mutex_unlock(&srv->mu);
@@ -995,6 +1102,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         *upload_size = 0;
         return MHD_YES;
     }
+    watch_stage(srv, c, ANSWERING); /* the body is in */
     if (strcmp(url, "/health") == 0) {
         if (!get) FAIL(405, "invalid_request_error", NULL, NULL, "use GET /health");
         pthread_mutex_lock(&srv->mu);
@@ -1023,10 +1131,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 
 /* A request answered to its last byte, or its connection gone. */
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)c;
     (void)toe;
     struct shoal_server *srv = cls;
     struct conn *cn = *con_cls;
+    watch_stage(srv, c, WAIT_HEADERS); /* a kept-alive connection's next request */
     if (!cn) return;
     free(cn->body);
     free(cn);
@@ -1051,12 +1159,21 @@ shoal_status shoal_server_create(struct shoal_server **out, const struct shoal_s
     if (srv->p.max_conns_per_client < 1 || srv->p.max_conns_per_client > srv->p.max_conns)
         srv->p.max_conns_per_client = srv->p.max_conns / 2 > 0 ? srv->p.max_conns / 2 : 1;
     if (srv->p.drain_seconds <= 0) srv->p.drain_seconds = 30;
+    if (!(srv->p.header_seconds > 0)) srv->p.header_seconds = 30;
+    if (!(srv->p.body_seconds > 0)) srv->p.body_seconds = 60;
     if (srv->p.max_prompt <= 0) srv->p.max_prompt = p->n_ctx;
     srv->tok = tok;
     srv->sc = sc;
     pthread_mutex_init(&srv->mu, NULL);
     pthread_cond_init(&srv->cv, NULL);
+    pthread_mutex_init(&srv->watch_mu, NULL);
+    pthread_cond_init(&srv->watch_cv, NULL);
     shoal_sched_stats(sc, &srv->st);
+    if (pthread_create(&srv->watchdog, NULL, watchdog_main, srv) != 0) {
+        shoal_server_destroy(srv);
+        return shoal_errorf(SHOAL_NOMEM, "cannot start the server's connection watchdog thread");
+    }
+    srv->watchdog_on = 1;
 
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV },
                     *ai = NULL;
@@ -1070,7 +1187,8 @@ shoal_status shoal_server_create(struct shoal_server **out, const struct shoal_s
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     srv->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, handle, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                              MHD_OPTION_NOTIFY_COMPLETED, completed, srv, MHD_OPTION_CONNECTION_LIMIT,
+                              MHD_OPTION_NOTIFY_COMPLETED, completed, srv, MHD_OPTION_NOTIFY_CONNECTION,
+                              watch_connection, srv, MHD_OPTION_CONNECTION_LIMIT,
                               (unsigned)srv->p.max_conns, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                               (unsigned)srv->p.max_conns_per_client, MHD_OPTION_CONNECTION_TIMEOUT, 120u,
                               MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024), MHD_OPTION_END);
@@ -1115,9 +1233,18 @@ void shoal_server_destroy(struct shoal_server *srv) {
         }
         MHD_stop_daemon(srv->d);
     }
+    if (srv->watchdog_on) {
+        pthread_mutex_lock(&srv->watch_mu);
+        srv->watch_stop = 1;
+        pthread_cond_signal(&srv->watch_cv);
+        pthread_mutex_unlock(&srv->watch_mu);
+        pthread_join(srv->watchdog, NULL);
+    }
     free(srv->live);
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cv);
+    pthread_mutex_destroy(&srv->watch_mu);
+    pthread_cond_destroy(&srv->watch_cv);
     free(srv);
 }
 

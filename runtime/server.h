@@ -42,6 +42,10 @@ struct shoal_server_params {
     int add_bos;          /* the tokenizer adds BOS to prompts */
     int n_ctx;            /* positions a sequence may reach */
     double drain_seconds; /* after SIGTERM: how long in-flight requests may take (default 30) */
+    /* a connection's request headers must be in within header_seconds of its opening or of its
+     * last answer (default 30), and a request's body within body_seconds of its headers (default
+     * 60); past them the connection is closed, however slowly bytes still come */
+    double header_seconds, body_seconds;
     int parse_special;    /* special tokens written in a request's text are control tokens; 0: text is text */
 };
 

@@ -438,3 +438,83 @@ def test_one_client_cannot_take_every_connection(server):
         for sk in held:
             sk.close()
     healthy(server)
+
+
+def drip(port, head: bytes, every: float, limit: float):
+    """Sends head one byte every `every` seconds (then keeps sending spaces the same way) until
+    the server closes the connection or `limit` seconds pass: the seconds it stayed open, or
+    None if it never closed."""
+    sk = socket.create_connection(("127.0.0.1", port), timeout=every)
+    t0 = time.time()
+    try:
+        i = 0
+        while time.time() - t0 < limit:
+            try:
+                sk.send(head[i:i + 1] if i < len(head) else b" ")
+                i += 1
+                if sk.recv(4096) == b"":
+                    return time.time() - t0
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                return time.time() - t0
+        return None
+    finally:
+        sk.close()
+
+
+def test_slow_clients_are_cut_at_deadlines():
+    """A client that sends its headers a byte at a time, or its body a byte at a time, keeps an
+    idle timeout from ever firing; the server closes it at --header-timeout / --body-timeout
+    (2 and 3 s here) all the same. A client well inside the deadlines, with a pause in its body,
+    gets its answer; /metrics counts the connections cut."""
+    s = Server(["-m", h.testdata("stories260K.gguf"), "-t", 1, "--api-key", KEY, "--header-timeout", 2,
+                "--body-timeout", 3, "--chat-template", "chatml"])
+    try:
+        head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: 400\r\n\r\n").encode()
+        took = drip(s.port, head + b'{"model"', 0.25, 12)
+        assert took is not None and 1.5 < took < 4.5, f"a header drip was open {took} s (--header-timeout 2)"
+        t_body = []
+
+        def body_drip():
+            sk = socket.create_connection(("127.0.0.1", s.port), timeout=0.25)
+            sk.sendall(head)  # the headers at once, then the body a byte every 0.25 s
+            t0 = time.time()
+            try:
+                while time.time() - t0 < 12:
+                    try:
+                        sk.send(b" ")
+                        if sk.recv(4096) == b"":
+                            t_body.append(time.time() - t0)
+                            return
+                    except socket.timeout:
+                        continue
+                    except (BrokenPipeError, ConnectionResetError):
+                        t_body.append(time.time() - t0)
+                        return
+            finally:
+                sk.close()
+        body_drip()
+        assert t_body and 2.5 < t_body[0] < 5.5, f"a body drip was open {t_body} s (--body-timeout 3)"
+        # inside the deadlines: headers at once, the body in two parts a second apart
+        body = json.dumps(completion()).encode()
+        sk = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        sk.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        time.sleep(1)
+        sk.sendall(body[10:])
+        got = b""
+        while b"\r\n\r\n" not in got:
+            part = sk.recv(4096)
+            if not part:
+                break
+            got += part
+        sk.close()
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        _, text = request(s, "GET", "/metrics")
+        cut = dict(re.findall(r'^shoal_http_connections_cut_total\{stage="(\w+)"\} (\d+)$', text, re.M))
+        assert cut == {"headers": "1", "body": "1"}, cut
+        healthy(s)
+    finally:
+        assert s.stop() == 0, s.err[-3000:]
