@@ -144,6 +144,32 @@ void shoal_comm_abort(struct shoal_comm *c, int code) {
     c->iface->abort(c->ctx, code);
 }
 
+/* ----------------------------------------------------------------- limits */
+
+static double wait_seconds;                   /* 0: for ever */
+static volatile sig_atomic_t *abandon_flag; /* set: the job is being stopped */
+
+void shoal_comm_set_timeout(double seconds) { wait_seconds = seconds > 0 ? seconds : 0; }
+double shoal_comm_timeout(void) { return wait_seconds; }
+void shoal_comm_set_abandon(volatile sig_atomic_t *flag) { abandon_flag = flag; }
+
+shoal_status shoal_comm_wait_limit(double t0, double *abandoned_at, int world_rank, const char *who,
+                                   const char *call) {
+    const double now = shoal_now();
+    if (wait_seconds > 0 && now - t0 > wait_seconds)
+        return shoal_errorf(SHOAL_COMM,
+                            "rank %d waited %.0f s for %s (%s), which stopped answering: a rank that hangs or "
+                            "died, or a link gone silent (--comm-timeout %g s)",
+                            world_rank, now - t0, who, call, wait_seconds);
+    if (abandon_flag && *abandon_flag) {
+        if (!*abandoned_at) *abandoned_at = now;
+        else if (now - *abandoned_at > 0.3)
+            return shoal_errorf(SHOAL_COMM, "rank %d gave up waiting for %s (%s): the job is being stopped "
+                                "(mpirun's SIGTERM: a rank died, or mpirun was asked to stop)", world_rank, who, call);
+    }
+    return SHOAL_OK;
+}
+
 /* ------------------------------------------------------------------- wire */
 
 static const char *const wire_names[SHOAL_WIRE_COUNT] = { "f32", "f16", "bf16", "q8", "f64" };

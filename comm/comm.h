@@ -12,6 +12,7 @@
 #ifndef SHOAL_COMM_H
 #define SHOAL_COMM_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -127,5 +128,22 @@ shoal_status shoal_comm_agree(struct shoal_comm *c, shoal_status mine, int *n_fa
 
 /* Ends every rank of the job now (after a failure that leaves them out of step). */
 void shoal_comm_abort(struct shoal_comm *c, int code);
+
+/*
+ * How long this process's calls wait for other ranks (every communicator,
+ * from now on): a call still waiting after seconds (0: for ever, the
+ * default) ends with SHOAL_COMM naming the world ranks it was waiting for,
+ * which have stopped answering or whose link has gone silent. The MPI
+ * backend's waits; NCCL's run on the device and are not bounded here.
+ */
+void shoal_comm_set_timeout(double seconds);
+double shoal_comm_timeout(void);
+/*
+ * A flag (a signal handler's) that, once set, ends any call that is still
+ * waiting 0.3 s later with SHOAL_COMM: the job is being stopped
+ * (mpirun's SIGTERM, which its SIGKILL follows a second later), and a rank
+ * that waits on a dead one must give up in time to say so. NULL: none.
+ */
+void shoal_comm_set_abandon(volatile sig_atomic_t *flag);
 
 #endif

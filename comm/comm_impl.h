@@ -42,6 +42,16 @@ struct shoal_comm {
 /* For backends: a handle around a table and a context (NULL on no memory). */
 struct shoal_comm *shoal_comm_new(const struct shoal_comm_i *iface, void *ctx, int rank, int size);
 
+/*
+ * For a backend's waits: SHOAL_OK, or SHOAL_COMM when a wait begun at t0 has
+ * lasted past the timeout (shoal_comm_set_timeout) or the abandon flag has
+ * been set for 0.3 s (*abandoned_at: 0 before, then when it was
+ * first seen). For the message: this rank's world rank, who it waits for
+ * ("rank 3", "ranks 1, 2"), and the call.
+ */
+shoal_status shoal_comm_wait_limit(double t0, double *abandoned_at, int world_rank, const char *who,
+                                   const char *call);
+
 /* The self backend's world and the MPI backend's (mpi.c, or its stand-in). */
 shoal_status shoal_comm_self_create(struct shoal_comm **out);
 shoal_status shoal_comm_mpi_init(struct shoal_comm **out, int *argc, char ***argv);

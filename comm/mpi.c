@@ -23,7 +23,10 @@
 
 struct mpi_ctx {
     MPI_Comm comm;
-    int owned; /* MPI_Comm_free on destroy */
+    int owned;     /* MPI_Comm_free on destroy */
+    int size;
+    int *world_of; /* (size) each rank's rank in MPI_COMM_WORLD, for messages */
+    int world_rank;
 };
 
 static shoal_status check(int err, const char *call, int rank) {
@@ -42,16 +45,41 @@ static int my_rank(const struct mpi_ctx *m) {
 
 #define MPI_TRY(m, call) SHOAL_TRY(check((call), #call, my_rank(m)))
 
-/* Completes a request: polls for 50 us, then sleeps between polls (see the top). */
-static shoal_status wait(struct mpi_ctx *m, MPI_Request *req, MPI_Status *st, const char *call) {
-    double t0 = shoal_now();
+/* Who a wait is for, in world ranks: the peer, or (peer < 0) the group's others (the first 8). */
+static void waited_for(const struct mpi_ctx *m, int peer, char *who, size_t len) {
+    if (peer >= 0) {
+        snprintf(who, len, "rank %d", m->world_of[peer]);
+        return;
+    }
+    int n = 0, at = snprintf(who, len, "rank%s", m->size > 2 ? "s" : "");
+    for (int r = 0; r < m->size && (size_t)at < len; r++) {
+        if (m->world_of[r] == m->world_rank) continue;
+        at += snprintf(who + at, len - (size_t)at, n == 0 ? " %d" : n < 8 ? ", %d" : ", ...", m->world_of[r]);
+        if (++n > 8) break;
+    }
+}
+
+/*
+ * Completes a request: polls for 50 us, then sleeps between polls (see the
+ * top). Bounded by shoal_comm_set_timeout and the abandon flag: peer is the
+ * rank waited for, or -1 for the group's others (a collective).
+ */
+static shoal_status wait(struct mpi_ctx *m, MPI_Request *req, MPI_Status *st, const char *call, int peer) {
+    double t0 = shoal_now(), abandoned_at = 0, checked = t0;
     long pause_ns = 2000;
     for (;;) {
         int done = 0;
         int err = MPI_Test(req, &done, st ? st : MPI_STATUS_IGNORE);
         if (err != MPI_SUCCESS) return check(err, call, my_rank(m));
         if (done) return SHOAL_OK;
-        if (shoal_now() - t0 < 50e-6) continue;
+        const double now = shoal_now();
+        if (now - t0 < 50e-6) continue;
+        if (now - checked > 0.05) { /* the limits, every 50 ms */
+            checked = now;
+            char who[128];
+            waited_for(m, peer, who, sizeof who);
+            SHOAL_TRY(shoal_comm_wait_limit(t0, &abandoned_at, m->world_rank, who, call));
+        }
         struct timespec ts = { 0, pause_ns };
         nanosleep(&ts, NULL);
         if (pause_ns < 100000) pause_ns *= 2;
@@ -61,6 +89,7 @@ static shoal_status wait(struct mpi_ctx *m, MPI_Request *req, MPI_Status *st, co
 static void mpi_destroy(void *ctx) {
     struct mpi_ctx *m = ctx;
     if (m && m->owned) MPI_Comm_free(&m->comm);
+    if (m) free(m->world_of);
     free(m);
 }
 
@@ -81,7 +110,7 @@ static shoal_status mpi_allgather(void *ctx, const void *send, size_t bytes, voi
     MPI_Request req;
     if (send == (const char *)recv + (size_t)my_rank(m) * bytes) send = MPI_IN_PLACE; /* MPI's way */
     MPI_TRY(m, MPI_Iallgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->comm, &req));
-    return wait(m, &req, NULL, "MPI_Iallgather");
+    return wait(m, &req, NULL, "MPI_Iallgather", -1);
 }
 
 static shoal_status mpi_gatherv(void *ctx, const void *send, const size_t *bytes, void *recv,
@@ -105,7 +134,7 @@ static shoal_status mpi_gatherv(void *ctx, const void *send, const size_t *bytes
     shoal_status rc = check(MPI_Igatherv(send, counts[rank], MPI_BYTE, recv, counts, displs,
                                          MPI_BYTE, root, m->comm, &req),
                             "MPI_Igatherv", rank);
-    if (rc == SHOAL_OK) rc = wait(m, &req, NULL, "MPI_Igatherv");
+    if (rc == SHOAL_OK) rc = wait(m, &req, NULL, "MPI_Igatherv", rank == root ? -1 : root);
     free(counts);
     return rc;
 }
@@ -116,7 +145,7 @@ static shoal_status mpi_bcast(void *ctx, void *buf, size_t bytes, int root) {
         size_t k = bytes - off < INT_MAX ? bytes - off : INT_MAX;
         MPI_Request req;
         MPI_TRY(m, MPI_Ibcast((char *)buf + off, (int)k, MPI_BYTE, root, m->comm, &req));
-        SHOAL_TRY(wait(m, &req, NULL, "MPI_Ibcast"));
+        SHOAL_TRY(wait(m, &req, NULL, "MPI_Ibcast", my_rank(m) == root ? -1 : root));
     }
     return SHOAL_OK;
 }
@@ -128,7 +157,7 @@ static shoal_status mpi_send(void *ctx, const void *buf, size_t bytes, int peer)
         size_t k = bytes - off < INT_MAX ? bytes - off : INT_MAX;
         MPI_Request req;
         MPI_TRY(m, MPI_Isend((const char *)buf + off, (int)k, MPI_BYTE, peer, 0, m->comm, &req));
-        SHOAL_TRY(wait(m, &req, NULL, "MPI_Isend"));
+        SHOAL_TRY(wait(m, &req, NULL, "MPI_Isend", peer));
         off += k;
     } while (off < bytes);
     return SHOAL_OK;
@@ -142,7 +171,7 @@ static shoal_status mpi_recv(void *ctx, void *buf, size_t bytes, int peer) {
         MPI_Status st;
         MPI_Request req;
         MPI_TRY(m, MPI_Irecv((char *)buf + off, (int)k, MPI_BYTE, peer, 0, m->comm, &req));
-        SHOAL_TRY(wait(m, &req, &st, "MPI_Irecv"));
+        SHOAL_TRY(wait(m, &req, &st, "MPI_Irecv", peer));
         int got = 0;
         MPI_Get_count(&st, MPI_BYTE, &got);
         if ((size_t)got != k)
@@ -157,7 +186,7 @@ static shoal_status mpi_barrier(void *ctx) {
     struct mpi_ctx *m = ctx;
     MPI_Request req;
     MPI_TRY(m, MPI_Ibarrier(m->comm, &req));
-    return wait(m, &req, NULL, "MPI_Ibarrier");
+    return wait(m, &req, NULL, "MPI_Ibarrier", -1);
 }
 
 static int mpi_local_size(void *ctx) {
@@ -200,6 +229,22 @@ static shoal_status wrap(MPI_Comm comm, int owned, struct shoal_comm **out) {
     int rank, size;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
+    MPI_Comm_rank(MPI_COMM_WORLD, &m->world_rank);
+    m->size = size;
+    int *ranks = malloc(sizeof(int) * (size_t)size);
+    m->world_of = malloc(sizeof(int) * (size_t)size);
+    MPI_Group g, wg;
+    if (!ranks || !m->world_of || MPI_Comm_group(comm, &g) != MPI_SUCCESS) {
+        free(ranks);
+        mpi_destroy(m);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
+    MPI_Comm_group(MPI_COMM_WORLD, &wg);
+    for (int r = 0; r < size; r++) ranks[r] = r;
+    MPI_Group_translate_ranks(g, size, ranks, wg, m->world_of);
+    MPI_Group_free(&g);
+    MPI_Group_free(&wg);
+    free(ranks);
     *out = shoal_comm_new(&mpi_iface, m, rank, size);
     if (!*out) {
         mpi_destroy(m);

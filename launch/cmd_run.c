@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +92,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
     o->gpu = -1;
     o->prefetch = 1;
     o->offload_group = 1;
+    o->comm_seconds = 60;
     o->offload_from_name = "auto";
     o->n_predict = 256;
     o->n_batch = 512;
@@ -121,6 +123,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--tp-weights", 0, OPT_STR, &o->tp_weights_s, "W,W..", "relative speeds of a stage's ranks, e.g. 2,1: a faster host takes a larger share of every layer" },
         { "--pp-weights", 0, OPT_STR, &o->pp_weights_s, "W,W..", "relative speeds of the pipeline stages: a faster stage takes more layers" },
         { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f64 (exact: as one rank), f32, f16, bf16 or q8 (default f64)" },
+        { "--comm-timeout", 0, OPT_FLOAT, &o->comm_seconds, "S", "under mpirun, after loading: a rank that waits this long for another ends the job, naming the ranks that stopped answering (a rank that hangs, or a link gone silent); an idle rank 0 tells the others it is alive four times as often (default 60; 0: wait for ever)" },
         { "--verbose", 'v', OPT_FLAG, &o->verbose, NULL, "more detail on stderr: the plan, per-rank communication" },
         { "--quiet", 'q', OPT_FLAG, &o->quiet, NULL, "no load line or statistics on stderr" },
         OPT_END,
@@ -256,6 +259,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
     if (o->device_mem < 0) USAGE("--device-mem must be a size, e.g. 20G\n");
     if (o->prefetch < 0 || o->prefetch > 64) USAGE("--prefetch must be 0..64\n");
     if (o->offload_group < 1) USAGE("--offload-group must be >= 1\n");
+    if (!(o->comm_seconds >= 0)) USAGE("--comm-timeout must be >= 0\n");
     if (o->offload_group > 1 && (o->shards || !o->device_mem))
         USAGE("--offload-group goes with --device-mem, and not yet with --shards\n");
     o->offload_from = !strcmp(o->offload_from_name, "auto") ? SHOAL_OFFLOAD_FROM_AUTO
@@ -821,14 +825,16 @@ static void on_logits_convo(void *user, int pos, int32_t token, const float *log
     on_logits(&lo->out, pos, token, logits, n_vocab);
 }
 
-static char *read_line(size_t *len);
+static char *read_line(struct run *r, size_t *len);
 
 /* The first prompt: -p or -f, else with -i the first line of stdin (NULL at its end). */
-static shoal_status first_text(const struct run_opts *o, char **text, size_t *len) {
+static shoal_status first_text(struct run *r, char **text, size_t *len) {
+    const struct run_opts *o = &r->o;
     if (o->prompt_file) return launch_read_file(o->prompt_file, text, len);
     if (!o->prompt && o->interactive) {
-        *text = read_line(len);
-        return SHOAL_OK;
+        shoal_error_clear();
+        *text = read_line(r, len);
+        return *text || shoal_last_error()[0] == 0 ? SHOAL_OK : SHOAL_COMM;
     }
     if (!(*text = strdup(o->prompt ? o->prompt : ""))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     *len = strlen(*text);
@@ -893,11 +899,22 @@ static shoal_status prepare(struct run *r, struct convo *c, struct shoal_sampler
     return SHOAL_OK;
 }
 
-/* The next line of stdin, without its newline; NULL at the end. */
-static char *read_line(size_t *len) {
+/*
+ * The next line of stdin, without its newline; NULL at the end (or when the
+ * other ranks could not be told that rank 0 is alive, the error set). While
+ * it waits, the other ranks hear from rank 0 (shoal_ping) often enough that
+ * their bounded waits (--comm-timeout) go on.
+ */
+static char *read_line(struct run *r, size_t *len) {
     if (isatty(STDIN_FILENO)) {
         fputs("\n> ", stdout);
         fflush(stdout);
+    }
+    const double every = shoal_comm_timeout() / 4;
+    for (struct pollfd p = { .fd = STDIN_FILENO, .events = POLLIN }; every > 0 && r->size > 1;) {
+        int n = poll(&p, 1, (int)(every * 1000));
+        if (n > 0 || (n < 0 && errno != EINTR)) break;
+        if (n == 0 && shoal_ping(r->st) != SHOAL_OK) return NULL;
     }
     char *line = NULL;
     size_t cap = 0;
@@ -950,8 +967,9 @@ static shoal_status converse(struct run *r, struct convo *c, struct shoal_sample
             return SHOAL_OK;
         }
         size_t len = 0;
-        char *line = read_line(&len);
-        if (!line) return SHOAL_OK;
+        shoal_error_clear();
+        char *line = read_line(r, &len);
+        if (!line) return shoal_last_error()[0] ? SHOAL_COMM : SHOAL_OK; /* a ping failed, or stdin ended */
         shoal_status rc = SHOAL_OK;
         if (c->chat) {
             rc = convo_input(c, r, line, len);
@@ -982,7 +1000,11 @@ static int lead(struct run *r) {
     if (rc == SHOAL_OK && o->prompt_ids) {
         rc = convo_ids(&c, r);
     } else {
-        if (rc == SHOAL_OK) rc = first_text(o, &text, &text_len);
+        if (rc == SHOAL_OK) rc = first_text(r, &text, &text_len);
+        if (rc == SHOAL_COMM) { /* a rank stopped answering while rank 0 waited for stdin */
+            launch_fail("run", rc);
+            shoal_comm_abort(r->world, 1);
+        }
         nothing = rc == SHOAL_OK && !text;
         if (rc == SHOAL_OK && !nothing) rc = convo_input(&c, r, text, text_len);
     }
@@ -1145,6 +1167,7 @@ static int run_main(int argc, char **argv, int serve) {
         goto out;
     }
     r.t_load = shoal_now() - t0;
+    shoal_comm_set_timeout(r.o.comm_seconds); /* loading may take long; steps not */
     if (r.rank == 0) {
         status = serve ? serve_lead(&r) : lead(&r);
         if (serve) report_comm(&r, r.o.verbose && status == 0); /* lead() has; the others wait for it */

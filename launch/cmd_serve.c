@@ -3,13 +3,16 @@
  * the OpenAI-compatible server (runtime/server) over the batching scheduler
  * (runtime/sched); the other ranks follow rank 0's steps as under shoal run.
  * SIGTERM or SIGINT drains: no new requests, those in flight finished, then
- * every rank stops and exits 0.
+ * every rank stops and exits 0. When mpirun ends the job (a rank died), rank
+ * 0 has a second before its SIGKILL: requests in flight are answered with the
+ * error at once, and waits on the dead rank given up (shoal_comm_set_abandon).
  */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../runtime/chat.h"
@@ -18,11 +21,27 @@
 #include "launch.h"
 #include "run.h"
 
-static volatile sig_atomic_t stop_asked;
+static volatile sig_atomic_t stop_asked, job_ending, cont_at;
 
-static void on_stop(int sig) {
+/* When mpirun ends a job (a rank died, or mpirun itself got SIGTERM) it sends each rank SIGCONT,
+ * SIGTERM a second later, and SIGKILL a second after that. */
+static int now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* async-signal-safe */
+    return (int)(ts.tv_sec & 0x3fffffff);
+}
+
+static void on_cont(int sig) {
     (void)sig;
-    stop_asked = 1;
+    cont_at = now_s();
+}
+
+/* SIGTERM or SIGINT: drain; right after SIGCONT, mpirun is ending the job: answer what is in flight
+ * at once, and give up waiting for ranks that may be dead (shoal_comm_set_abandon) */
+static void on_stop(int sig) {
+    const int ending = sig == SIGTERM && cont_at && now_s() - cont_at <= 2;
+    if (ending) job_ending = 1;
+    stop_asked = ending ? 2 : 1;
 }
 
 /* The chat format (run_chat_format); -1, with a warning, when none applies: chat requests are refused. */
@@ -80,6 +99,12 @@ int serve_lead(struct run *r) {
         sigemptyset(&sa.sa_mask);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
+        if (r->size > 1) {
+            struct sigaction sc = { .sa_handler = on_cont };
+            sigemptyset(&sc.sa_mask);
+            sigaction(SIGCONT, &sc, NULL);
+            shoal_comm_set_abandon(&job_ending);
+        }
         char wb[32], kb[32], rings[96] = "";
         if (r->st->ring) /* windowed layers: a ring of their window per request */
             snprintf(rings, sizeof rings, " (windowed layers: a ring of %d per request)", r->st->ring);

@@ -41,6 +41,7 @@ struct run_opts {
     int64_t max_body;
     float drain_seconds;
     float header_seconds, body_seconds; /* serve --header-timeout, --body-timeout */
+    float comm_seconds; /* --comm-timeout (0: none) */
 };
 
 /* Everything a rank holds for a run, released by teardown(). */

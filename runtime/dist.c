@@ -26,10 +26,10 @@
 #include "sampler.h"
 
 #define STEP_MAGIC 0x54534853u /* "SHST" */
-#define STEP_VERSION 2
+#define STEP_VERSION 3
 #define STEP_PB_MAX (64u << 20) /* the largest Step message a rank accepts */
 
-enum { STEP_RUN = 1, STEP_STOP = 2 };
+enum { STEP_RUN = 1, STEP_STOP = 2, STEP_PING = 3 }; /* PING: rank 0 is idle and alive */
 
 /* The fixed frame before a step: then pb_bytes of Step (step.proto), then x_bytes of hidden states. */
 struct step_head {
@@ -195,7 +195,7 @@ static shoal_status check_head(struct shoal_state *s, const struct step_head *h,
                             "rank %d sent a step this rank cannot read (magic %08x version %u; "
                             "are all ranks the same shoal?)",
                             from, h->magic, h->version);
-    if (h->kind == STEP_STOP) return SHOAL_OK;
+    if (h->kind == STEP_STOP || h->kind == STEP_PING) return SHOAL_OK;
     if (h->kind != STEP_RUN || h->pb_bytes == 0 || h->pb_bytes > STEP_PB_MAX ||
         h->x_bytes > (uint64_t)s->n_batch * s->m->hp.dim * sizeof(float))
         return shoal_errorf(SHOAL_COMM, "rank %d sent a malformed step (kind %u, %llu + %llu bytes)", from,
@@ -272,7 +272,7 @@ static shoal_status share(struct shoal_state *s, struct step_head *h) {
     if (shoal_comm_size(tp) == 1) return SHOAL_OK;
     SHOAL_TRY(shoal_comm_bcast(tp, h, sizeof *h, 0));
     SHOAL_TRY(check_head(s, h, s->dist->plan->part[s->m->part.stage * s->dist->plan->tp].rank));
-    if (h->kind == STEP_STOP) return SHOAL_OK;
+    if (h->kind != STEP_RUN) return SHOAL_OK;
     SHOAL_TRY(msg_room(s, body_bytes(h)));
     return shoal_comm_bcast(tp, s->msg, body_bytes(h), 0);
 }
@@ -290,7 +290,7 @@ static shoal_status replicas_share(struct shoal_state *s, struct step_head *h) {
     struct shoal_comm *g = s->dist->group;
     SHOAL_TRY(shoal_comm_bcast(g, h, sizeof *h, 0));
     SHOAL_TRY(check_head(s, h, 0));
-    if (h->kind == STEP_STOP) return SHOAL_OK;
+    if (h->kind != STEP_RUN) return SHOAL_OK;
     SHOAL_TRY(msg_room(s, body_bytes(h)));
     return shoal_comm_bcast(g, s->msg, body_bytes(h), 0);
 }
@@ -298,7 +298,7 @@ static shoal_status replicas_share(struct shoal_state *s, struct step_head *h) {
 /* First rank of a stage: the step (and hidden states) to the next stage. */
 static shoal_status pass_on(struct shoal_state *s, const struct step_head *h) {
     SHOAL_TRY(shoal_comm_send(s->dist->world, h, sizeof *h, s->dist->next));
-    if (h->kind == STEP_STOP) return SHOAL_OK;
+    if (h->kind != STEP_RUN) return SHOAL_OK;
     return shoal_comm_send(s->dist->world, s->msg, body_bytes(h), s->dist->next);
 }
 
@@ -420,9 +420,11 @@ shoal_status shoal_follow(struct shoal_state *s) {
             SHOAL_TRY(replicas_share(s, &h));
         }
         SHOAL_TRY(share(s, &h));
-        if (h.kind == STEP_STOP) {
+        if (h.kind == STEP_STOP || h.kind == STEP_PING) {
             if (!m->part.last && shoal_comm_rank(tp) == 0) SHOAL_TRY(pass_on(s, &h));
-            return SHOAL_OK;
+            if (h.kind == STEP_STOP) return SHOAL_OK;
+            SHOAL_TRY(shoal_comm_barrier(s->dist->world)); /* rank 0 hears from every rank */
+            continue;
         }
         struct step st;
         SHOAL_TRY(decode(s, &h, &st, from));
@@ -445,11 +447,22 @@ shoal_status shoal_follow(struct shoal_state *s) {
     }
 }
 
-shoal_status shoal_stop(struct shoal_state *s) {
-    if (!s->dist || (shoal_comm_size(s->dist->world) == 1 && !replicated(s))) return SHOAL_OK;
-    struct step_head h = { STEP_MAGIC, STEP_VERSION, STEP_STOP, 0, 0 };
+/* A step that runs nothing, then a barrier of every rank: see model.h. */
+static shoal_status no_op_step(struct shoal_state *s, int kind) {
+    struct step_head h = { STEP_MAGIC, STEP_VERSION, (uint16_t)kind, 0, 0 };
     if (replicated(s)) SHOAL_TRY(replicas_share(s, &h));
     SHOAL_TRY(share(s, &h));
     if (!s->m->part.last) SHOAL_TRY(pass_on(s, &h));
     return SHOAL_OK;
+}
+
+shoal_status shoal_ping(struct shoal_state *s) {
+    if (!s->dist || (shoal_comm_size(s->dist->world) == 1 && !replicated(s))) return SHOAL_OK;
+    SHOAL_TRY(no_op_step(s, STEP_PING));
+    return shoal_comm_barrier(s->dist->world);
+}
+
+shoal_status shoal_stop(struct shoal_state *s) {
+    if (!s->dist || (shoal_comm_size(s->dist->world) == 1 && !replicated(s))) return SHOAL_OK;
+    return no_op_step(s, STEP_STOP);
 }

@@ -378,6 +378,16 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
  */
 shoal_status shoal_follow(struct shoal_state *s);
 
+/*
+ * Rank 0, idle: tells every rank it is alive (a step that runs nothing, on
+ * the path steps take), then waits at a barrier of every rank, so that it
+ * hears from each of them. With shoal_comm_set_timeout, every wait is
+ * bounded, the followers' wait for the next step too: an idle rank 0 pings
+ * well within the timeout (shoal serve, shoal run -i), and a rank or link
+ * that stopped answering is found by every rank within the timeout.
+ */
+shoal_status shoal_ping(struct shoal_state *s);
+
 /* Rank 0: ends shoal_follow on every other rank (no-op on one rank). */
 shoal_status shoal_stop(struct shoal_state *s);
 

@@ -3,6 +3,8 @@
  */
 #include "sched.h"
 
+#include "../comm/comm.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +45,7 @@ struct shoal_sched {
     struct shoal_step_meta meta;
     float *logits;        /* (max_seqs, n_vocab) */
     struct shoal_sched_stats st;
+    double last_contact;  /* when the other ranks last heard from this one (a step or a ping) */
 };
 
 static int blocks_for(const struct shoal_sched *sc, int positions) {
@@ -326,6 +329,7 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
                              .ring = sc->s->ring ? sc->ringi : NULL };
     sc->s->meta = &sc->meta; /* the step's message says whose tokens these are */
     shoal_status rc = shoal_forward(sc->s, &b, n_tok - n_out, n_out, sc->logits);
+    sc->last_contact = shoal_now();
     sc->s->meta = NULL;
     SHOAL_TRY(rc);
     *worked = 1;
@@ -367,4 +371,11 @@ void shoal_sched_stats(const struct shoal_sched *sc, struct shoal_sched_stats *s
     st->waiting = sc->n_wait;
     st->blocks = sc->n_blocks;
     st->blocks_used = sc->n_blocks - sc->n_free;
+}
+
+shoal_status shoal_sched_keepalive(struct shoal_sched *sc) {
+    const double every = shoal_comm_timeout() / 4, now = shoal_now();
+    if (!(every > 0) || now - sc->last_contact < every) return SHOAL_OK;
+    sc->last_contact = now;
+    return shoal_ping(sc->s);
 }

@@ -88,6 +88,13 @@ void shoal_sched_cancel(struct shoal_sched *sc, uint64_t id);
  * do. An error from the forward pass is returned (the state is then unusable).
  */
 shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked);
+/*
+ * Between steps, when there is nothing to run: tells the other ranks that
+ * rank 0 is alive (shoal_ping) when they have not heard from it for a
+ * quarter of the communication timeout, so that their bounded wait for the
+ * next step does not end an idle server (nothing without a timeout).
+ */
+shoal_status shoal_sched_keepalive(struct shoal_sched *sc);
 
 void shoal_sched_stats(const struct shoal_sched *sc, struct shoal_sched_stats *st);
 

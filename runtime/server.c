@@ -86,6 +86,7 @@ struct req {
     size_t *ends;          /* where each token's text ends: a streamed event per token */
     size_t n_ends, cap_ends, ends_sent;
     int done, failed, cancel, stopped_by_string;
+    char why[320]; /* failed: what the engine said, or "" */
     const char *finish;
     int n_prompt_used, n_gen;
     double t_start, t_last;
@@ -449,7 +450,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             r->sent = to;
         } else if (r->done) {
             if (r->failed) {
-                ok = out_add(r, error_body("server_error", NULL, NULL, "the model failed: see the server's log"), NULL);
+                ok = out_add(r, error_body("server_error", NULL, NULL, "the model failed: %s",
+                                           r->why[0] ? r->why : "see the server's log"), NULL);
             } else {
                 cJSON *last = chunk_json(r, NULL, 0, r->finish, 0);
                 if (!r->include_usage) usage_json(last, r);
@@ -830,10 +832,12 @@ static enum MHD_Result generate(struct shoal_server *srv, struct MHD_Connection 
         }
     }
     const int failed = r->failed;
+    char why[sizeof r->why];
+    memcpy(why, r->why, sizeof why);
     cJSON *o = failed ? NULL : answer_json(r);
     pthread_mutex_unlock(&r->mu);
     req_unref(r);
-    if (failed) FAIL(500, "server_error", NULL, NULL, "the model failed: see the server's log");
+    if (failed) FAIL(500, "server_error", NULL, NULL, "the model failed: %s", why[0] ? why : "see the server's log");
     count(srv, chat, 200);
     return send_json(c, 200, o);
 }
@@ -1288,9 +1292,11 @@ shoal_status shoal_server_run(struct shoal_server *srv, volatile sig_atomic_t *s
             pthread_mutex_lock(&srv->mu);
             srv->draining = 1;
             pthread_mutex_unlock(&srv->mu);
-            deadline = shoal_now() + srv->p.drain_seconds;
-            SHOAL_LOGW("serve", "draining: %d request(s) in flight, at most %.0f s", srv->n_live,
-                       srv->p.drain_seconds);
+            /* 2: mpirun is ending the job (its SIGKILL is a second away): what finishes at once */
+            const double drain = *stop > 1 ? 0.3 : srv->p.drain_seconds;
+            deadline = shoal_now() + drain;
+            SHOAL_LOGW("serve", "draining: %d request(s) in flight, at most %.1f s%s", srv->n_live, drain,
+                       *stop > 1 ? " (mpirun is ending the job)" : "");
         }
         take_inbox(srv);
         /* clients gone (or the drain's time up): their sequences cancelled */
@@ -1305,6 +1311,7 @@ shoal_status shoal_server_run(struct shoal_server *srv, volatile sig_atomic_t *s
         }
         int worked = 0;
         rc = shoal_sched_step(srv->sc, &worked);
+        if (rc == SHOAL_OK && !worked) rc = shoal_sched_keepalive(srv->sc);
         struct shoal_sched_stats st;
         shoal_sched_stats(srv->sc, &st);
         pthread_mutex_lock(&srv->mu);
@@ -1338,6 +1345,7 @@ shoal_status shoal_server_run(struct shoal_server *srv, volatile sig_atomic_t *s
             struct req *r = srv->live[i];
             pthread_mutex_lock(&r->mu);
             r->failed = 1;
+            snprintf(r->why, sizeof r->why, "%.300s", why);
             pthread_mutex_unlock(&r->mu);
             shoal_sched_cancel(srv->sc, r->seq);
         }

@@ -65,8 +65,10 @@ int shoal_server_port(const struct shoal_server *srv);
 /*
  * The engine loop on this thread: until *stop is set (a signal handler),
  * then draining: new requests refused with 503, in-flight ones finished
- * (cancelled after drain_seconds). Returns an error of the forward pass,
- * after failing every request with 500.
+ * (cancelled after drain_seconds; 0.3 s when *stop is 2: mpirun is ending
+ * the job). Returns an error of the forward pass, after failing every
+ * request with 500 saying what failed. While idle, keeps the other ranks'
+ * bounded waits alive (shoal_sched_keepalive).
  */
 shoal_status shoal_server_run(struct shoal_server *srv, volatile sig_atomic_t *stop);
 
