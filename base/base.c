@@ -6,12 +6,16 @@
 #include "base.h"
 
 #include <ctype.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- status */
 
@@ -307,4 +311,78 @@ int shoal_add_ok(uint64_t a, uint64_t b, uint64_t *out) {
     if (__builtin_add_overflow(a, b, &r)) return 0;
     *out = r;
     return 1;
+}
+
+/* ------------------------------------------------------------ mapped files */
+
+enum { N_MAPS = 64 };
+static struct {
+    _Atomic(const void *) base; /* set last, cleared first: the handler reads len and path only after it */
+    size_t len;
+    const char *path;
+} maps[N_MAPS];
+static pthread_mutex_t maps_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void shoal_map_note(const void *base, size_t len, const char *path) {
+    pthread_mutex_lock(&maps_mu);
+    for (int i = 0; i < N_MAPS; i++)
+        if (!maps[i].base) {
+            maps[i].len = len;
+            maps[i].path = path;
+            maps[i].base = base;
+            break;
+        }
+    pthread_mutex_unlock(&maps_mu);
+}
+
+void shoal_map_forget(const void *base) {
+    pthread_mutex_lock(&maps_mu);
+    for (int i = 0; i < N_MAPS; i++)
+        if (maps[i].base == base) maps[i].base = NULL;
+    pthread_mutex_unlock(&maps_mu);
+}
+
+/* write(2) of a string and of a number: what a signal handler may call */
+static void say(const char *s) {
+    size_t n = strlen(s);
+    while (n > 0) {
+        ssize_t k = write(STDERR_FILENO, s, n);
+        if (k <= 0) return;
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+static void say_u64(uint64_t v) {
+    char buf[24], *p = buf + sizeof buf - 1;
+    *p = 0;
+    do *--p = (char)('0' + v % 10);
+    while ((v /= 10) && p > buf);
+    say(p);
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc) {
+    (void)sig;
+    (void)uc;
+    const char *addr = si->si_addr;
+    for (int i = 0; i < N_MAPS; i++) {
+        const char *b = maps[i].base;
+        if (b && addr >= b && addr < b + maps[i].len) {
+            say("shoal: error: ");
+            say(maps[i].path);
+            say(": reading byte ");
+            say_u64((uint64_t)(addr - b));
+            say(" of it failed (SIGBUS): the file shrank or was replaced while shoal was using it, or its "
+                "disk failed; do not change a model file while it runs\n");
+            _exit(1);
+        }
+    }
+    say("shoal: error: a memory access failed (SIGBUS) outside the files shoal maps\n");
+    _exit(1);
+}
+
+void shoal_catch_sigbus(void) {
+    struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
 }

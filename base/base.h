@@ -285,4 +285,15 @@ uint64_t shoal_hash_u64(uint64_t v);
 /* The slots of an open-addressing table for n entries: a power of two, at least 2n and 16. */
 uint64_t shoal_hash_cap(uint64_t n);
 
+/*
+ * Files mapped into memory (GGUF files and shards): reading a page of one
+ * that shrank, or was replaced in place, after it was mapped raises SIGBUS.
+ * With shoal_catch_sigbus, the process then ends with exit status 1 and a
+ * message naming the file, not a crash. path must stay valid while noted;
+ * at most 64 maps at once are named (others get a message without a name).
+ */
+void shoal_map_note(const void *base, size_t len, const char *path);
+void shoal_map_forget(const void *base);
+void shoal_catch_sigbus(void);
+
 #endif

@@ -41,6 +41,7 @@ int launch_fail(const char *cmd, shoal_status rc) {
 }
 
 int main(int argc, char **argv) {
+    shoal_catch_sigbus(); /* a model file that shrinks while mapped: an error naming it, not a crash */
     if (argc < 2) {
         usage(stderr);
         return 2;

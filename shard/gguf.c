@@ -432,6 +432,7 @@ shoal_status shoal_gguf_open(struct shoal_gguf **out, const char *path) {
         goto fail;
     }
     g->map = m;
+    shoal_map_note(m, g->size, g->path);
     SHOAL_TRY_GOTO(parse(g), rc, fail);
     *out = g;
     return SHOAL_OK;
@@ -442,7 +443,10 @@ fail:
 
 void shoal_gguf_close(struct shoal_gguf *g) {
     if (!g) return;
-    if (g->map) munmap((void *)g->map, g->size);
+    if (g->map) {
+        shoal_map_forget(g->map);
+        munmap((void *)g->map, g->size);
+    }
     if (g->fd >= 0) close(g->fd);
     free(g->kv);
     free(g->tensors);

@@ -155,3 +155,26 @@ def test_stories_truncated(tmp_path):
             rc, err = shoal(cmd)
             check_clean(rc, err, f"stories cut at {frac}")
             assert rc == 1 and "truncated" in err, err
+
+
+def test_file_truncated_while_running(tmp_path):
+    """A model file cut short while `shoal run` uses it (its weights are read from the map): the
+    next read of a page past the new end raised SIGBUS and the process died of it (status 135); now
+    it ends with status 1 and a message naming the file."""
+    import time
+    path = tmp_path / "running.gguf"
+    h.run(["synth", "-o", path, "--dim", 512, "--layers", 8, "--heads", 8, "--kv-heads", 4,
+           "--ffn", 1536, "--type", "f32"])
+    p = subprocess.Popen([h.shoal_bin(), "run", "-m", str(path), "-n", "100000", "--ignore-eos", "-t", "1", "-q"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    try:
+        time.sleep(1.5)
+        assert p.poll() is None, "the run ended before the cut"
+        os.truncate(path, path.stat().st_size // 4)
+        err = p.communicate(timeout=30)[1].decode(errors="replace")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 1, f"exit status {p.returncode}:\n{err[-2000:]}"
+    assert str(path) in err and "shrank" in err, err[-2000:]
