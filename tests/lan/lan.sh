@@ -39,7 +39,8 @@ lan.sh - N fake hosts on a shaped LAN (network namespaces + bridge + tbf + delay
 
   lan.sh check
       Can this machine do it (root, ip netns, veth, tbf, NFQUEUE, a C compiler
-      with libnetfilter_queue)? Exit 0, or 77 with the reason.
+      with libnetfilter_queue)? Exit 0, or 77 with the reason; 1 when they
+      are all there but delayq.c does not compile (a bug, not a skip).
   lan.sh up N [--rate 1gbit] [--delay-ms 1] [--slots 1] [--id ID] [--owner PID]
               [--shape both|egress|none] [--no-rt]
       Create hosts 0..N-1 (10.77.0.1 ..) and print SHOAL_LAN_ID=.. and
@@ -145,7 +146,8 @@ build_delayq() { # $1: output path
 # ------------------------------------------------------------------------
 # check
 
-# Prints nothing and returns 0 when the machine can do it; otherwise exits 77.
+# Prints nothing and returns 0 when the machine can do it; otherwise exits 77
+# (or 1, an error, when delayq.c does not compile where it should).
 check_env() {
   [[ $(id -u) == 0 ]] || skip "needs root (CAP_NET_ADMIN for ip netns, tc, iptables); running as uid $(id -u)"
   local t
@@ -164,7 +166,7 @@ check_env() {
     rm -rf "$tmp"; trap - EXIT
     skip "'ip netns add' failed: $err"
   fi
-  local why=
+  local why= broken=
   if ! err=$(ip -n "$ns" link add "$IFACE" type veth peer name peer0 2>&1); then
     why="cannot create a veth pair inside a namespace: $err"
   elif ! err=$(ip -n "$ns" link set lo up 2>&1 && ip -n "$ns" link set "$IFACE" up 2>&1); then
@@ -176,13 +178,16 @@ check_env() {
   elif ! err=$(ip netns exec "$ns" iptables -w -A OUTPUT -o "$IFACE" -j NFQUEUE --queue-num 0 2>&1); then
     why="iptables NFQUEUE target not available: $err"
   elif ! err=$(build_delayq "$tmp/delayq" 2>&1); then
-    why="cannot build delayq: $err"
+    # the compiler and the headers are there (checked above): our own helper not
+    # building is a failure to report, never a reason to skip
+    broken="tests/lan/delayq.c does not build: $err"
   elif ! err=$(ip netns exec "$ns" "$tmp/delayq" --queue 0 --probe 2>&1); then
     why="cannot bind an NFQUEUE queue: $err"
   fi
   ip netns del "$ns" 2>/dev/null || true
   rm -rf "$tmp"
   trap - EXIT
+  [[ -z $broken ]] || die "$broken"
   [[ -z $why ]] || skip "$why"
 }
 

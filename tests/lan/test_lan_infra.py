@@ -9,7 +9,10 @@ behind: after `down`, after a failed or interrupted `up`, and after a session
 killed with SIGTERM or SIGKILL.
 
 Skips (with the reason lan.sh gives) where namespaces, tbf or NFQUEUE cannot
-be used, e.g. not root; the MPI test skips without mpicc/mpirun.
+be used, e.g. not root; the MPI test skips without mpicc/mpirun. In CI mode
+(SHOAL_CI_STRICT=1, set by scripts/test.sh) each of those is a failure that
+says why. A helper here (delayq.c, mpi_probe.c) that does not compile is a
+failure, never a skip.
 Run: python3 -m pytest -q -rs tests/lan
 """
 
@@ -18,12 +21,16 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import shoal_harness  # noqa: E402  (strict(), require(): CI mode)
+
 LAN = str(HERE / "lan.sh")
 SKIP = 77
 MiB = 1 << 20
@@ -113,6 +120,9 @@ def usable():
     if r.returncode == SKIP:
         reason = r.stderr.strip() or "lan.sh check: cannot emulate a LAN here"
         print(reason)
+        # CI mode: the LAN is required, its absence a failure that says why.
+        if shoal_harness.strict():
+            shoal_harness.require(reason)
         # Under CTest (SHOAL_LAN_SKIP_CODE=77 with SKIP_RETURN_CODE 77) the
         # whole run ends as "skipped" instead of passing with nothing tested.
         code = os.environ.get("SHOAL_LAN_SKIP_CODE")
@@ -134,10 +144,14 @@ def lan3(usable):
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
     if not shutil.which("mpicc") or not shutil.which("mpirun"):
-        pytest.skip("mpicc/mpirun not found (apt-get install libopenmpi-dev openmpi-bin)")
+        shoal_harness.require("mpicc/mpirun not found (apt-get install libopenmpi-dev openmpi-bin)")
     exe = tmp_path_factory.mktemp("lan") / "mpi_probe"
-    subprocess.run(["mpicc", "-O2", "-o", str(exe), str(HERE / "mpi_probe.c")],
-                   check=True, timeout=60)
+    # with mpicc there, mpi_probe.c not compiling is this test's failure, never a skip
+    r = subprocess.run(["mpicc", "-O2", "-o", str(exe), str(HERE / "mpi_probe.c")],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        pytest.fail(f"mpicc could not compile {HERE / 'mpi_probe.c'} (exit {r.returncode}):\n"
+                    f"{r.stderr[-3000:]}", pytrace=False)
     return str(exe)
 
 

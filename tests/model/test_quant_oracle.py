@@ -123,7 +123,7 @@ def test_dequantized_within_error(oracle, type_name):
     ERROR on the well-scaled rows, never larger than the input where the
     scales are 0 (zero, tiny and subnormal rows). (Huge rows overflow f16
     scales: not checked.)"""
-    gguf = pytest.importorskip("gguf")
+    gguf = h.import_required("gguf", "the gguf package (pip install gguf) dequantizes the blocks")
     qtype = gguf.GGMLQuantizationType[type_name.upper()]
     block = TYPES[type_name]["block"]
     failures = []

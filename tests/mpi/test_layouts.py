@@ -1,11 +1,15 @@
 """Many ranks under a real mpirun (oversubscribed on this 2-core machine):
 every tp x pp layout must produce, token for token, what one rank produces,
 on stories260K (and so the run.c oracles) and on synthetic models with
-Q8_0, Q4_0 and F16 weights, grouped-query attention and uneven head splits.
+Q8_0, Q4_0 and F16 weights, grouped-query attention and uneven head splits;
+the all-reduce payload types (--comm-dtype) against one rank. Lengths count
+the generated ids: --ids-out writes the prompt's first.
 """
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -62,7 +66,8 @@ def test_synthetic_layouts_match_one_rank(name, synth_models, tmp_path):
     args = ["-m", synth_models[name], "-p", "the quick brown fox", "-n", 48, "--temp", 0,
             "--ignore-eos", "-q"]
     _, base = run_layout(1, 1, args, tmp_path, name)
-    assert len(base) >= 48
+    n_p = len(h.prompt_ids(args, tmp_path, name))  # --ids-out writes the prompt's ids first
+    assert len(base) == n_p + 48, f"{name}: one rank generated {len(base) - n_p} tokens, not 48"
     layouts = LAYOUTS[1:] if name != "uneven" else [(2, 1), (2, 2), (3, 1)]
     for tp, pp in layouts:
         _, ids = run_layout(tp, pp, args, tmp_path, name)
@@ -70,15 +75,96 @@ def test_synthetic_layouts_match_one_rank(name, synth_models, tmp_path):
         assert ids == base, f"{name}: tp {tp} x pp {pp} differs from one rank at token {same}"
 
 
-@pytest.mark.parametrize("wire", ["f32", "f16", "bf16", "q8"])
-def test_compressed_all_reduce_runs(wire, synth_models, tmp_path):
-    """Lossy payloads may change late tokens but must run and stay close."""
-    args = ["-m", synth_models["q8_0"], "-p", "the quick brown fox", "-n", 32, "--temp", 0,
-            "--ignore-eos", "-q"]
-    _, base = run_layout(1, 1, args, tmp_path, "wire")
-    _, ids = run_layout(2, 1, args + ["--comm-dtype", wire], tmp_path, "wire" + wire)
-    assert len(ids) == len(base)
-    assert ids[:6] == base[:6], f"--comm-dtype {wire}: even the first tokens differ"
+# --comm-dtype over tp 2, on the f16 model: its activations stay f32, so how far the logits
+# move follows the wire's rounding (on the q8_0 model any change re-rounds the 8-bit
+# activations, and every lossy wire moves them about as far).
+WIRE_ARGS = ["-p", "the quick brown fox", "-n", 32, "--temp", 0, "--ignore-eos"]
+WIRE_GEN = 32
+WIRE_BOS = 1              # shoal synth's tokenizer.ggml.bos_token_id
+WIRE_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "q8": 34 / 32}  # a value, on the wire
+# the largest |logit difference| from one rank's, over the largest |logit|: about 4 times
+# what each wire gave here (f32 6e-5, f16 5e-4, bf16 3e-3, q8 1.2e-2: for f16 and bf16 their
+# unit roundoff, 2^-11 and 2^-8)
+WIRE_TOL = {"f64": 0.0, "f32": 3e-4, "f16": 2e-3, "bf16": 1.2e-2, "q8": 4e-2}
+WIRE_FIRST = 8            # generated tokens a lossy wire must leave as one rank's
+WIRE_AGREE = 28           # of the 32 generated positions fed one rank's ids: the same argmax
+
+
+def prompt_sent_per_token(err: str) -> float:
+    """Rank 0's bytes sent per token of the prompt (`shoal run -v`)."""
+    m = re.search(r"rank 0 \(stage 0, tp 0\): .*\| prompt ([0-9.]+ \w+)/token", err)
+    assert m, f"no prompt bytes per token from rank 0 in:\n{err[-2000:]}"
+    return h.parse_size(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def wire_base(synth_models, tmp_path_factory):
+    """One rank's run of WIRE_ARGS (ids, logits of every position), how many of its ids are the
+    prompt's, and the same ids fed back as a prompt (--prompt-ids, BOS first, generating
+    nothing): one rank's logits of every position and rank 0's bytes a token over tp 2 on f64."""
+    tmp = tmp_path_factory.mktemp("wire")
+    model = ["-m", synth_models["f16"]]
+    n_p = len(h.prompt_ids(model + WIRE_ARGS, tmp))
+    ids, logits, err = h.layout_run(model, WIRE_ARGS, tmp, "one")
+    assert len(ids) == n_p + WIRE_GEN, f"one rank generated {len(ids) - n_p} tokens, not {WIRE_GEN}"
+    fed = ["--prompt-ids", ",".join(map(str, [WIRE_BOS] + ids)), "-n", 0, "--no-echo"]
+    _, fed_logits, _ = h.layout_run(model, fed, tmp, "one-fed")
+    _, _, err64 = h.layout_run(model, fed, tmp, "f64-fed", np_=2, extra=["--tp", 2, "--comm-dtype", "f64"])
+    return dict(model=model, n_p=n_p, ids=ids, logits=logits, fed=fed, fed_logits=fed_logits,
+                bytes_f64=prompt_sent_per_token(err64))
+
+
+def as_rows(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f4").reshape(-1, 512)  # the synthetic models' vocab
+
+
+@pytest.mark.parametrize("wire", ["f64", "f32", "f16", "bf16", "q8"])
+def test_compressed_all_reduce_runs(wire, wire_base, tmp_path):
+    """tp 2 with the all-reduce payloads as f64, f32, f16, bf16 or q8, against one rank, on
+    the generated tokens (--ids-out writes the prompt's first: those say nothing). f64 is
+    one rank's run, ids and logits, byte for byte (the design: f64 sums are what one rank
+    computes); f32 gives one rank's tokens (its WIRE_TOL is under half the smallest top-2
+    margin of one rank's logits here); the lossy wires its first WIRE_FIRST. And every
+    wire really is on the wire: rank 0 sends its bytes per value (against f64's 8), the
+    logits move (every wire but f64), but by at most WIRE_TOL of the largest, at every
+    position, and fed one rank's ids the argmax is one rank's at WIRE_AGREE of 32 positions
+    at least."""
+    b = wire_base
+    n_p, base = b["n_p"], b["ids"]
+    extra = ["--tp", 2, "--comm-dtype", wire]
+    ids, logits, err = h.layout_run(b["model"], WIRE_ARGS, tmp_path, wire, np_=2, extra=extra)
+    assert ids[:n_p] == base[:n_p], f"--comm-dtype {wire}: the prompt's ids differ"
+    gen, want = ids[n_p:], base[n_p:]
+    assert len(gen) == WIRE_GEN, f"--comm-dtype {wire}: {len(gen)} tokens generated, not {WIRE_GEN}"
+    same = next((i for i, (x, y) in enumerate(zip(gen, want)) if x != y), WIRE_GEN)
+    print(f"--comm-dtype {wire}: {same} of {WIRE_GEN} generated tokens as one rank's")
+    if wire == "f64":
+        assert ids == base, f"--comm-dtype f64: generated token {same} differs from one rank's"
+        assert logits == b["logits"], "--comm-dtype f64: the same ids, but the logits differ from one rank's"
+    elif wire == "f32":
+        assert gen == want, f"--comm-dtype f32: generated token {same} differs from one rank's"
+    else:
+        assert same >= WIRE_FIRST, \
+            f"--comm-dtype {wire}: generated token {same} differs from one rank's: {gen[:WIRE_FIRST]} " \
+            f"against {want[:WIRE_FIRST]}"
+
+    # one rank's ids fed to both: every position's logits, from the same inputs
+    _, fed, err = h.layout_run(b["model"], b["fed"], tmp_path, wire + "-fed", np_=2, extra=extra)
+    one, got = as_rows(b["fed_logits"]), as_rows(fed)
+    assert got.shape == one.shape, f"--comm-dtype {wire}: {got.shape[0]} positions' logits, not {one.shape[0]}"
+    rel = float(np.max(np.abs(got - one))) / float(np.max(np.abs(one)))
+    rows = slice(n_p, n_p + WIRE_GEN)  # (BOS first: position n_p predicts the first generated token)
+    agree = int(np.sum(got[rows].argmax(axis=1) == one[rows].argmax(axis=1)))
+    ratio = prompt_sent_per_token(err) / b["bytes_f64"]
+    print(f"--comm-dtype {wire}: logits within {rel:.2e} of the largest (at most {WIRE_TOL[wire]:.2g}), "
+          f"argmax as one rank's at {agree} of {WIRE_GEN}, {ratio:.3f} of f64's bytes")
+    assert abs(ratio / (WIRE_BYTES[wire] / 8) - 1) < 0.05, \
+        f"--comm-dtype {wire}: rank 0 sent {ratio:.3f} of f64's bytes a token, not {WIRE_BYTES[wire] / 8:.3f}"
+    assert rel <= WIRE_TOL[wire], \
+        f"--comm-dtype {wire}: logits {rel:.2e} of the largest away from one rank's (at most {WIRE_TOL[wire]:.2g})"
+    if wire != "f64":
+        assert rel > 0, f"--comm-dtype {wire}: logits exactly one rank's: was the payload rounded to {wire}?"
+    assert agree >= WIRE_AGREE, f"--comm-dtype {wire}: argmax as one rank's at only {agree} of {WIRE_GEN}"
 
 
 def test_verbose_reports_every_rank():
@@ -141,7 +227,8 @@ def test_smollm2_layouts_match_one_rank(tmp_path):
     args = ["-m", model, "--chat", "-p", "Give me three tips for staying healthy.", "-n", 40,
             "--temp", 0, "-q"]
     _, base = run_layout(1, 1, args, tmp_path, "smol")
-    assert len(base) >= 40
+    n_p = len(h.prompt_ids(args, tmp_path, "smol"))  # the chat template's ids come first
+    assert len(base) == n_p + 40, f"one rank generated {len(base) - n_p} tokens, not 40"
     bad = []
     for tp, pp, extra in SMOLLM2_LAYOUTS:
         _, ids = run_layout(tp, pp, args + extra, tmp_path, "smol")

@@ -42,7 +42,7 @@ def shard(model, d, *flags):
 def decode(manifest: Path) -> str:
     protoc = shutil.which("protoc")
     if not protoc:
-        pytest.skip("protoc not found (apt-get install protobuf-compiler): cannot decode the manifest")
+        h.require("protoc not found (apt-get install protobuf-compiler): cannot decode the manifest")
     p = subprocess.run([protoc, f"--proto_path={PROTO.parent}", "--decode=shoal.Manifest", PROTO.name],
                        stdin=open(manifest, "rb"), capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr.decode()
@@ -56,6 +56,8 @@ LAYOUTS = [(1, 1, []), (2, 1, []), (3, 1, []), (1, 2, []), (2, 2, []), (1, 3, []
 def test_smollm2_shards_match_the_gguf(tmp_path):
     model = h.smollm2()
     base = ids_of(tmp_path, "gguf", 1, ["-m", model] + CHAT)
+    n_p = len(h.prompt_ids(["-m", model] + CHAT, tmp_path))  # the chat template's ids come first
+    assert len(base) == n_p + 32, f"the GGUF run generated {len(base) - n_p} tokens, not 32"
     bad = []
     for tp, pp, extra in LAYOUTS:
         d = tmp_path / f"s{tp}x{pp}{'w' if extra else ''}"

@@ -25,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 
-gguf = pytest.importorskip("gguf")
+gguf = h.import_required("gguf", "the gguf package (pip install gguf) is the reference dequantizer")
 Q = gguf.GGMLQuantizationType
 
 # type -> byte offsets, inside one block, of its f16 scale fields (the layouts

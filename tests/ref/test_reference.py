@@ -3,7 +3,8 @@ compare_logits.py.  Run:  python3 -m pytest -s tests/ref
 
 The stories260K checks need the shared test data (found through the
 SHOAL_TESTDATA environment variable, else ../shared/testdata from the project
-root); they skip, naming the missing file, when it is absent.  The synthetic
+root); they skip, naming the missing file, when it is absent (in CI mode,
+SHOAL_CI_STRICT=1, they fail saying so).  The synthetic
 checks write tiny GGUF files with gguf.GGUFWriter and need nothing else.
 """
 
@@ -20,12 +21,14 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
 import gguf  # noqa: E402
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 import compare_logits  # noqa: E402
 import reference  # noqa: E402
+import shoal_harness  # noqa: E402  (require: a skip, or in CI mode a failure)
 
 REFERENCE_PY = HERE / "reference.py"
 COMPARE_PY = HERE / "compare_logits.py"
@@ -53,7 +56,7 @@ def find_testdata(rel: str) -> Path:
         if p.is_file():
             return p
         tried.append(str(p))
-    pytest.skip(f"test data file {rel} not found (tried: {', '.join(tried)}; set SHOAL_TESTDATA)")
+    shoal_harness.require(f"test data file {rel} not found (tried: {', '.join(tried)}; set SHOAL_TESTDATA)")
 
 
 def read_ids(path: Path) -> list:

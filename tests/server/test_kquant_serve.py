@@ -20,7 +20,7 @@ from serve_harness import Server, at_once  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 
-openai = pytest.importorskip("openai", reason="the openai package (pip install openai) drives these tests")
+openai = h.import_required("openai", "the openai package (pip install openai) drives these tests")
 
 CMIX = Path(__file__).resolve().parent.parent / "model" / "data" / "kquants" / "c-mix.gguf"
 PROMPTS = ["Once upon a time", "The cat sat on the mat and", "abc", "In the beginning there was"]

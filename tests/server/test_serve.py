@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 from serve_harness import Server, at_once  # noqa: E402
 
-openai = pytest.importorskip("openai", reason="the openai package (pip install openai) drives these tests")
+openai = h.import_required("openai", "the openai package (pip install openai) drives these tests")
 
 PROMPTS = ["Once upon a time", "Tom and Lily went to the park", "The cat sat",
            "One day, a little girl named Sue found a shiny red ball", "Ben liked to", "It was a cold night"]

@@ -9,7 +9,9 @@
  *     its encodings (tests/tokenizer/, made by gen_bpe.py there);
  * plus round trips, edge cases (empty, invalid UTF-8, NUL bytes, 1 MB of
  * text in bounded time), the streaming detokenizer and malformed vocabularies.
- * Missing shared data skips those parts (exit 77 when nothing could run).
+ * Missing data (shared test data, SmolLM2, the Gemma file) skips those parts,
+ * each saying which file; in CI mode (SHOAL_CI_STRICT set, not 0, as
+ * scripts/test.sh sets it) a skipped part is a failure: the exit status is 1.
  */
 #define _GNU_SOURCE /* memmem */
 #include <stdint.h>
@@ -765,5 +767,12 @@ int main(void) {
     test_gemma3();
     test_long();
     if (n_skipped) printf("%d part(s) skipped for missing data\n", n_skipped);
+    const char *strict = getenv("SHOAL_CI_STRICT");
+    if (n_skipped && strict && *strict && strcmp(strict, "0") != 0) {
+        if (check_failures) fprintf(stderr, "test_tokenizer: %d check(s) failed\n", check_failures);
+        fprintf(stderr, "test_tokenizer: %d part(s) skipped for missing data (the SKIP lines above say "
+                        "which): a failure in CI mode (SHOAL_CI_STRICT=%s)\n", n_skipped, strict);
+        return 1;
+    }
     return check_done("test_tokenizer");
 }
