@@ -50,6 +50,16 @@ static uint64_t random_u64(void) {
     return shoal_hash_u64((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + ++n);
 }
 
+/* The CLOCK_REALTIME time ms milliseconds from now, as pthread_cond_timedwait takes it. */
+static struct timespec in_ms(long ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += ms * 1000 * 1000;
+    ts.tv_sec += ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    return ts;
+}
+
 struct hist {
     uint64_t n[16], count;
     double sum;
@@ -467,9 +477,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             r->end_sent = 1;
         } else {
             /* nothing yet: wait, and now and then a comment line, which finds a client gone */
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 2;
+            const struct timespec ts = in_ms(2000);
             if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT && !r->done && r->sent == r->safe)
                 ok = out_add(r, NULL, ": keep-alive\n\n");
         }
@@ -815,10 +823,7 @@ static enum MHD_Result generate(struct shoal_server *srv, struct MHD_Connection 
     pthread_mutex_lock(&r->mu);
     double checked = shoal_now();
     while (!r->done) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 200 * 1000 * 1000;
-        if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+        const struct timespec until = in_ms(200);
         pthread_cond_timedwait(&r->cv, &r->mu, &until); /* woken by each token too */
         if (r->done || r->cancel || fd < 0 || shoal_now() - checked < 0.2) continue;
         checked = shoal_now();
@@ -1020,13 +1025,7 @@ static void *watchdog_main(void *arg) {
             if (late_headers) srv->cut_header++;
             else srv->cut_body++;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 250 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        const struct timespec ts = in_ms(250);
         pthread_cond_timedwait(&srv->watch_cv, &srv->watch_mu, &ts);
     }
     pthread_mutex_unlock(&srv->watch_mu);
@@ -1327,13 +1326,7 @@ shoal_status shoal_server_run(struct shoal_server *srv, volatile sig_atomic_t *s
             break;
         }
         if (!worked && !*stop) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 50 * 1000 * 1000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            const struct timespec ts = in_ms(50);
             if (!srv->inbox) pthread_cond_timedwait(&srv->cv, &srv->mu, &ts);
         }
         pthread_mutex_unlock(&srv->mu);

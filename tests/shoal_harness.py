@@ -77,6 +77,15 @@ def run(args, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
     return p
 
 
+def synth_slow(path):
+    """Writes a model slow enough to be caught in the middle of a step (dim 512, 8 layers, f32: 48 MiB;
+    tens of milliseconds a token on a thread, seconds for a prompt of thousands), for the tests that
+    kill, stop or cut things mid-run. Returns path."""
+    run(["synth", "-o", path, "--dim", 512, "--layers", 8, "--heads", 8, "--kv-heads", 4, "--ffn", 1536,
+         "--type", "f32", "--ctx", 8192])
+    return path
+
+
 MPIRUN_FLAGS = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                 "--mca", "mpi_yield_when_idle", "1", "--mca", "pml", "ob1",
                 "--mca", "btl", "tcp,vader,self"]

@@ -162,9 +162,7 @@ def test_file_truncated_while_running(tmp_path):
     next read of a page past the new end raised SIGBUS and the process died of it (status 135); now
     it ends with status 1 and a message naming the file."""
     import time
-    path = tmp_path / "running.gguf"
-    h.run(["synth", "-o", path, "--dim", 512, "--layers", 8, "--heads", 8, "--kv-heads", 4,
-           "--ffn", 1536, "--type", "f32"])
+    path = h.synth_slow(tmp_path / "running.gguf")
     p = subprocess.Popen([h.shoal_bin(), "run", "-m", str(path), "-n", "100000", "--ignore-eos", "-t", "1", "-q"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     try:

@@ -107,10 +107,7 @@ def run_until_silence(lan_id, cmd_args, before_drop):
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory):
-    model = tmp_path_factory.mktemp("lanfault") / "slow.gguf"
-    h.run(["synth", "-o", model, "--dim", 512, "--layers", 8, "--heads", 8, "--kv-heads", 4,
-           "--ffn", 1536, "--type", "f32", "--ctx", 8192])
-    return model
+    return h.synth_slow(tmp_path_factory.mktemp("lanfault") / "slow.gguf")
 
 
 def check_ended(lived, err):

@@ -71,9 +71,7 @@ def test_killed_rank_ends_the_job(victim, tmp_path):
     """A rank killed mid-generation: every rank is gone within seconds, and
     the output names the dead rank. 1: tensor-parallel partner of rank 0;
     2: a later pipeline stage."""
-    model = tmp_path / "slow.gguf"
-    h.run(["synth", "-o", model, "--dim", 512, "--layers", 8, "--heads", 8, "--kv-heads", 4,
-           "--ffn", 1536, "--type", "f32", "--ctx", 8192])
+    model = h.synth_slow(tmp_path / "slow.gguf")
     cmd = [h.mpirun_bin()] + h.MPIRUN_FLAGS + [
         "-np", "4", h.shoal_bin(), "run", "-m", str(model), "-n", "100000", "-c", "8192",
         "--ignore-eos", "--tp", "2", "--pp", "2", "-q"]
@@ -149,10 +147,7 @@ def _assert_errors(out, t_fault, why, limit):
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory):
-    model = tmp_path_factory.mktemp("slow") / "slow.gguf"
-    h.run(["synth", "-o", model, "--dim", 512, "--layers", 8, "--heads", 8, "--kv-heads", 4,
-           "--ffn", 1536, "--type", "f32", "--ctx", 8192])
-    return model
+    return h.synth_slow(tmp_path_factory.mktemp("slow") / "slow.gguf")
 
 
 @pytest.mark.parametrize("fault", ["killed", "stopped"])
