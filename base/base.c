@@ -287,9 +287,12 @@ uint64_t shoal_hash_u64(uint64_t v) { /* splitmix64's finaliser over the seeded 
     return v ^ (v >> 31);
 }
 
-uint64_t shoal_hash_str(const char *s) { /* FNV-1a from a seeded start: its collisions depend on the seed */
+uint64_t shoal_hash_str(const char *s) { return shoal_hash_bytes(s, strlen(s)); }
+
+uint64_t shoal_hash_bytes(const void *p, size_t n) { /* FNV-1a from a seeded start: collisions depend on the seed */
+    const uint8_t *b = p;
     uint64_t h = 0xcbf29ce484222325ull ^ hash_seed();
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
     return shoal_hash_u64(h);
 }
 

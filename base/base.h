@@ -277,10 +277,11 @@ int shoal_add_ok(uint64_t a, uint64_t b, uint64_t *out);
 
 /*
  * Hashes for the indexes of names read from files (GGUF keys and tensors,
- * host files): seeded once per process from the kernel's randomness, so
+ * host files, a vocabulary's texts and merges): seeded once per process from the kernel's randomness, so
  * that a file cannot choose names that collide and make its lookups slow.
  */
 uint64_t shoal_hash_str(const char *s);
+uint64_t shoal_hash_bytes(const void *p, size_t n);
 uint64_t shoal_hash_u64(uint64_t v);
 /* The slots of an open-addressing table for n entries: a power of two, at least 2n and 16. */
 uint64_t shoal_hash_cap(uint64_t n);

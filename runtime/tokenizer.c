@@ -43,10 +43,8 @@ int32_t shoal_tok_find(const struct shoal_tokenizer *t, const char *s, size_t le
     }
 }
 
-static uint32_t pair_hash(int32_t a, int32_t b) {
-    uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-    k *= 0x9E3779B97F4A7C15ull;
-    return (uint32_t)(k >> 32);
+static uint32_t pair_hash(int32_t a, int32_t b) { /* seeded: see shoal_tok_hash */
+    return (uint32_t)shoal_hash_u64((uint64_t)(uint32_t)a << 32 | (uint32_t)b);
 }
 
 const struct tok_merge *shoal_tok_merge_find(const struct shoal_tokenizer *t, int32_t left,

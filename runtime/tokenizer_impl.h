@@ -97,12 +97,9 @@ int32_t shoal_tok_find(const struct shoal_tokenizer *t, const char *s, size_t le
 const struct tok_merge *shoal_tok_merge_find(const struct shoal_tokenizer *t, int32_t left,
                                              int32_t right);
 
-/* Hash of bytes (FNV-1a, 32 bits) used by both tables. */
-static inline uint32_t shoal_tok_hash(const char *s, size_t len) {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
-}
+/* Hash of a token's text for the index: seeded per process (shoal_hash_bytes), so that a
+ * vocabulary cannot be made of texts that all collide and load in quadratic time. */
+static inline uint32_t shoal_tok_hash(const char *s, size_t len) { return (uint32_t)shoal_hash_bytes(s, len); }
 
 /*
  * Encode one run of raw text (no special tokens in it) and append the ids.
