@@ -518,7 +518,7 @@ static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s
     }
     shoal_status rc = lookup ? shoal_weight_lookup(m->be, w, t->type, r1 - r0, c1 - c0, host, bytes ? *dev : NULL)
                              : shoal_weight_prepare(m->be, w, t->type, r1 - r0, c1 - c0, host, bytes ? *dev : NULL);
-    *dev += bytes;
+    if (bytes) *dev += bytes; /* (*dev is NULL when nothing is placed: no offset from it) */
     if (rc != SHOAL_OK) shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
     return rc;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing shoal needs on Debian/Ubuntu: a C
-# compiler, CMake, Ninja, Open MPI, protobuf-c and xxHash (shard manifests
+# compiler (and clang, for the fuzz harnesses), CMake, Ninja, Open MPI, protobuf-c and xxHash (shard manifests
 # and checksums; protoc for the tests), cJSON (shoal plan --json), the tools the emulated-LAN test uses
 # (iproute2, iptables, libnetfilter-queue), the Python packages the tests
 # use (numpy, gguf, pytest), and the default model: SmolLM2-135M-Instruct,
@@ -27,6 +27,7 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler) # tests decode man
 [ -f /usr/include/xxhash.h ] || need_apt+=(libxxhash-dev)
 [ -f /usr/include/cjson/cJSON.h ] || need_apt+=(libcjson-dev) # shoal plan --json, shoal serve
 [ -f /usr/include/microhttpd.h ] || need_apt+=(libmicrohttpd-dev) # shoal serve
+command -v clang >/dev/null || need_apt+=(clang) # the libFuzzer harnesses (scripts/fuzz.sh)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then

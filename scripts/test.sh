@@ -2,8 +2,9 @@
 # Installs what is missing, builds shoal three times (Release; Debug with
 # AddressSanitizer + UndefinedBehaviorSanitizer; ThreadSanitizer), and runs
 # every test: all suites on the Release build; the C unit tests and the
-# corruption test on the ASan build; the threads' shared steps (lanes) on
-# the TSan build. Exits non-zero if anything fails.
+# corruption test on the ASan build; the fuzz harnesses for a bounded time;
+# the threads' shared steps (lanes) on the TSan build. Exits non-zero if
+# anything fails.
 #
 # CI mode (SHOAL_CI_STRICT=1, below): what a suite needs -- MPI, the test data,
 # the default model, the Gemma file, openai, gguf, protoc, the emulated LAN --
@@ -48,6 +49,12 @@ echo "== unit tests and corruption test under ASan + UBSan"
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 (cd build-asan && ctest --output-on-failure -L unit)
 SHOAL_BIN="$PWD/build-asan/shoal" python3 -m pytest -q -rs tests/fuzz
+
+# libFuzzer harnesses (tests/fuzz/harness: GGUF, tokenizers, chat templates, shard manifests, host
+# files, step messages, request bodies), each for a bounded time; any crash, sanitizer report,
+# leak or input slower than 5 s fails (scripts/fuzz.sh --hours 1 is the long run)
+echo "== fuzzing (scripts/fuzz.sh --ci)"
+bash scripts/fuzz.sh --ci
 
 # lanes: two threads each running a share of a step's tokens through every layer, meeting at
 # a barrier per layer when a sequence spans both (a race there is a wrong answer now and then:
