@@ -12,6 +12,11 @@
 
 #include "comm_impl.h"
 
+/* the waiting limits (shoal_comm_set_timeout, shoal_comm_set_abandon), for the whole process */
+static double wait_seconds;                   /* 0: for ever */
+static volatile sig_atomic_t *abandon_flag; /* set: the job is being stopped */
+static int process_rank;                    /* this process's world rank, for waits that do not know it */
+
 struct shoal_comm *shoal_comm_new(const struct shoal_comm_i *iface, void *ctx, int rank, int size) {
     struct shoal_comm *c = calloc(1, sizeof *c);
     if (!c) return NULL;
@@ -76,7 +81,9 @@ shoal_status shoal_comm_init_world(struct shoal_comm **world, int *argc, char **
                             "(install libopenmpi-dev and rebuild)",
                             size);
     }
-    return shoal_comm_mpi_init(world, argc, argv);
+    shoal_status rc = shoal_comm_mpi_init(world, argc, argv);
+    if (rc == SHOAL_OK) process_rank = (*world)->rank;
+    return rc;
 }
 
 void shoal_comm_finalize(struct shoal_comm *world) {
@@ -146,8 +153,6 @@ void shoal_comm_abort(struct shoal_comm *c, int code) {
 
 /* ----------------------------------------------------------------- limits */
 
-static double wait_seconds;                   /* 0: for ever */
-static volatile sig_atomic_t *abandon_flag; /* set: the job is being stopped */
 
 void shoal_comm_set_timeout(double seconds) { wait_seconds = seconds > 0 ? seconds : 0; }
 double shoal_comm_timeout(void) { return wait_seconds; }
@@ -156,6 +161,7 @@ void shoal_comm_set_abandon(volatile sig_atomic_t *flag) { abandon_flag = flag; 
 shoal_status shoal_comm_wait_limit(double t0, double *abandoned_at, int world_rank, const char *who,
                                    const char *call) {
     const double now = shoal_now();
+    if (world_rank < 0) world_rank = process_rank;
     if (wait_seconds > 0 && now - t0 > wait_seconds)
         return shoal_errorf(SHOAL_COMM,
                             "rank %d waited %.0f s for %s (%s), which stopped answering: a rank that hangs or "

@@ -46,8 +46,9 @@ struct shoal_comm *shoal_comm_new(const struct shoal_comm_i *iface, void *ctx, i
  * For a backend's waits: SHOAL_OK, or SHOAL_COMM when a wait begun at t0 has
  * lasted past the timeout (shoal_comm_set_timeout) or the abandon flag has
  * been set for 0.3 s (*abandoned_at: 0 before, then when it was
- * first seen). For the message: this rank's world rank, who it waits for
- * ("rank 3", "ranks 1, 2"), and the call.
+ * first seen). For the message: this rank's world rank (-1: the one the
+ * world was made with), who it waits for ("rank 3", "ranks 1, 2"), and the
+ * call.
  */
 shoal_status shoal_comm_wait_limit(double t0, double *abandoned_at, int world_rank, const char *who,
                                    const char *call);

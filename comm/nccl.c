@@ -32,6 +32,8 @@ enum { WIRE_CHUNK = 1 << 20 };
 /* ops.cu: conversions on a stream (cudaError_t as int) */
 int shoal_cudamod_f64_to_f32(float *dst, const double *src, size_t n, void *stream);
 int shoal_cudamod_f32_to_f64(double *dst, const float *src, size_t n, void *stream);
+/* backend_cuda.cu: a stream's work waited for, bounded as the communicators' waits are */
+shoal_status shoal_cudamod_stream_wait(void *stream, const char *what);
 
 struct nccl_ctx {
     ncclComm_t comm;
@@ -149,8 +151,7 @@ static shoal_status nc_recv(void *ctx, void *buf, size_t bytes, int peer) {
 static shoal_status nc_barrier(void *ctx) {
     struct nccl_ctx *n = ctx;
     NCCL_TRY(n, ncclAllReduce(n->one, n->one, 1, ncclFloat64, ncclSum, n->comm, n->stream));
-    CUDA_TRY(n, cudaStreamSynchronize(n->stream));
-    return SHOAL_OK;
+    return shoal_cudamod_stream_wait(n->stream, "ncclAllReduce (a barrier)");
 }
 
 static int nc_local_size(void *ctx) { return 1; }

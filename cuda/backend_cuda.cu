@@ -16,8 +16,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.cuh"
+
+extern "C" {
+#include "../comm/comm_impl.h"
+}
 
 /* ---------------------------------------------------------------- errors */
 
@@ -123,11 +128,36 @@ static shoal_status cu_upload(void *ctx, void *dst, const void *src, size_t n) {
     return SHOAL_OK;
 }
 
+/*
+ * cudaStreamSynchronize, bounded as a communicator's waits are
+ * (shoal_comm_set_timeout, the abandon flag): NCCL's collectives run on the
+ * stream, and one that waits for a rank that stopped answering, or across a
+ * link gone silent, never ends. Spins the first millisecond, as a
+ * synchronize does, then polls every 20 us.
+ */
+extern "C" shoal_status shoal_cudamod_stream_wait(void *stream, const char *what) {
+    const double t0 = shoal_now();
+    double abandoned_at = 0, checked = t0;
+    for (;;) {
+        const cudaError_t e = cudaStreamQuery((cudaStream_t)stream);
+        if (e == cudaSuccess) return SHOAL_OK;
+        if (e != cudaErrorNotReady)
+            return shoal_errorf(SHOAL_CUDA, "%s: the stream failed: %s", what, cudaGetErrorString(e));
+        const double now = shoal_now();
+        if (now - t0 < 1e-3) continue;
+        if (now - checked > 0.05) {
+            checked = now;
+            SHOAL_TRY(shoal_comm_wait_limit(t0, &abandoned_at, -1, "the device's queued work (NCCL's peers)", what));
+        }
+        struct timespec ts = { 0, 20 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
 static shoal_status cu_download(void *ctx, void *dst, const void *src, size_t n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     if (n) CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, c->stream));
-    CU_TRY(cudaStreamSynchronize(c->stream));
-    return SHOAL_OK;
+    return shoal_cudamod_stream_wait(c->stream, "a copy to the host");
 }
 
 static shoal_status cu_memset0(void *ctx, void *dst, size_t n) {
@@ -138,7 +168,7 @@ static shoal_status cu_memset0(void *ctx, void *dst, size_t n) {
 
 static shoal_status cu_synchronize(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
-    CU_TRY(cudaStreamSynchronize(c->stream));
+    SHOAL_TRY(shoal_cudamod_stream_wait(c->stream, "the device's work"));
     CU_TRY(cudaStreamSynchronize(c->copy));
     return SHOAL_OK;
 }
