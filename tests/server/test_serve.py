@@ -134,9 +134,12 @@ def test_concurrent_requests_each_match_run(server, model):
     n = 150  # long enough that they overlap on this tiny model, sent together
     want = {p: ref(model, p, n) for p in PROMPTS}
     got = {}
+    # made before the requests start together: making one takes longer than a request under load, and
+    # clients made on the threads then asked one after another (every step a single sequence, once in CI)
+    clients = [client(server) for _ in PROMPTS]
 
     def one(i, p):
-        c = client(server)
+        c = clients[i]
         if i % 2:
             got[p] = "".join(x.choices[0].text for x in c.completions.create(
                 model="stories260K", prompt=p, max_tokens=n, temperature=0, stream=True) if x.choices)
