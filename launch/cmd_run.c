@@ -123,7 +123,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--tp-weights", 0, OPT_STR, &o->tp_weights_s, "W,W..", "relative speeds of a stage's ranks, e.g. 2,1: a faster host takes a larger share of every layer" },
         { "--pp-weights", 0, OPT_STR, &o->pp_weights_s, "W,W..", "relative speeds of the pipeline stages: a faster stage takes more layers" },
         { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f64 (exact: as one rank), f32, f16, bf16 or q8 (default f64)" },
-        { "--comm-timeout", 0, OPT_FLOAT, &o->comm_seconds, "S", "under mpirun, after loading: a rank that waits this long for another ends the job, naming the ranks that stopped answering (a rank that hangs, or a link gone silent); an idle rank 0 tells the others it is alive four times as often (default 60; 0: wait for ever)" },
+        { "--comm-timeout", 0, OPT_FLOAT, &o->comm_seconds, "S", "under mpirun, after loading: a rank that waits this long for another ends the job, naming the ranks that stopped answering (a rank that hangs, or a link gone silent); an idle rank 0 tells the others it is alive every quarter of it (default 60; 0: wait for ever)" },
         { "--verbose", 'v', OPT_FLAG, &o->verbose, NULL, "more detail on stderr: the plan, per-rank communication" },
         { "--quiet", 'q', OPT_FLAG, &o->quiet, NULL, "no load line or statistics on stderr" },
         OPT_END,
