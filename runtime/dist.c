@@ -249,8 +249,8 @@ static shoal_status decode(struct shoal_state *s, const struct step_head *h, str
     s->step_rx = m;
     s->msg_pb = (size_t)h->pb_bytes;
     const size_t n = m->n_token;
-    if (n < 1 || n > (size_t)s->n_batch || m->n_pos != n || m->n_seq_of != n || m->n_slot != n || m->n_seq < 1 ||
-        m->max_blocks < 1 || (int64_t)m->n_seq * m->max_blocks > (1 << 24) ||
+    /* the arrays' lengths and the outputs; what the batch names, check_batch below */
+    if (n < 1 || n > (size_t)s->n_batch || m->n_pos != n || m->n_seq_of != n || m->n_slot != n ||
         m->n_block_table != (size_t)m->n_seq * (size_t)m->max_blocks || m->n_out < 0 || m->out0 < 0 ||
         (m->n_ring && m->n_ring != (size_t)m->n_seq) ||
         (size_t)m->out0 + (size_t)m->n_out > n || m->n_out > s->n_outputs || m->topk < 0 || m->topk > s->topk ||
