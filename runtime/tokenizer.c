@@ -640,6 +640,7 @@ static shoal_status find_length(const struct shoal_tokenizer *t, const char *tex
     for (uint64_t i = 0; i < cap; i++) tab[i].rank = -1;
     uint64_t pow = 1; /* base^(sl-1): what the byte leaving the window weighs */
     for (size_t j = 1; j < sl; j++) pow *= base;
+    int n_in = 0;
     for (int r = r0; r < r1; r++) {
         const struct tok_entry *e = &t->tok[t->special[r]];
         if (!parse_special && e->type != TOK_TYPE_USER_DEFINED) continue;
@@ -650,7 +651,11 @@ static shoal_status find_length(const struct shoal_tokenizer *t, const char *tex
         int dup = 0;
         for (; tab[i].rank >= 0 && !dup; i = (i + 1) & (cap - 1))
             dup = tab[i].h == h && memcmp(t->text + t->tok[t->special[tab[i].rank]].text_off, st, sl) == 0;
-        if (!dup) tab[i] = (struct slot){ h, r };
+        if (!dup) tab[i] = (struct slot){ h, r }, n_in++;
+    }
+    if (!n_in) { /* none of this length may be taken (control tokens, unparsed): no pass over the text */
+        free(tab);
+        return SHOAL_OK;
     }
     shoal_status rc = SHOAL_OK;
     uint64_t h = 0;
