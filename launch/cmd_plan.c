@@ -81,6 +81,7 @@ shoal_status launch_auto_layout(const struct shoal_model_shape *m, const struct 
     SHOAL_TRY(shoal_cost_all(m, topo, p, &all, &n));
     *best = all[0];
     all[0].mem = NULL; /* now best's */
+    all[0].tp_weights = all[0].pp_weights = NULL;
     shoal_layout_costs_free(all, n);
     return SHOAL_OK;
 }
@@ -216,8 +217,7 @@ shoal_status launch_read_hosts(const char *path, const struct shoal_host *machin
     return rc;
 }
 
-shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_path, int n_ranks,
-                                  int local_ranks, int n_ctx, int n_batch, int rings, int kv_type, int wire,
+shoal_status launch_choose_layout(const struct shoal_gguf *g, const struct launch_layout_params *lp,
                                   struct shoal_layout_cost *best) {
     memset(best, 0, sizeof *best);
     struct shoal_model_shape shape;
@@ -227,13 +227,16 @@ shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_
     struct shoal_host machine;
     SHOAL_TRY(launch_measure_machine(&machine, (size_t)128 << 20));
     struct shoal_topology t;
-    if (hosts_path) {
-        SHOAL_TRY(launch_read_hosts(hosts_path, &machine, &t));
+    const int n_ranks = lp->n_ranks;
+    int local_ranks = lp->local_ranks;
+    if (lp->hosts_path || lp->hosts_text) {
+        const char *name = lp->hosts_path ? lp->hosts_path : "(the cluster as measured)";
+        if (lp->hosts_path) SHOAL_TRY(launch_read_hosts(lp->hosts_path, &machine, &t));
+        else SHOAL_TRY(shoal_hosts_parse(lp->hosts_text, name, &machine, &t));
         if (t.n_ranks != n_ranks) {
             int n = t.n_ranks;
             shoal_topology_free(&t);
-            return shoal_errorf(SHOAL_INVALID, "%s describes %d ranks but %d are running", hosts_path, n,
-                                n_ranks);
+            return shoal_errorf(SHOAL_INVALID, "%s describes %d ranks but %d are running", name, n, n_ranks);
         }
     } else {
         /* hosts like this one, local_ranks each, joined by what a home LAN has */
@@ -249,7 +252,9 @@ shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_
     }
     struct shoal_cost_params cp;
     struct launch_probe probe;
-    cost_params(g, &shape, hp.n_ctx_train, n_ctx, n_batch, rings, kv_type, wire, &machine, &probe, &cp);
+    cost_params(g, &shape, hp.n_ctx_train, lp->n_ctx, lp->n_batch, lp->rings, lp->kv_type, lp->wire, &machine,
+                &probe, &cp);
+    cp.threads = lp->threads;
     shoal_status rc = launch_auto_layout(&shape, &t, &cp, best);
     shoal_topology_free(&t);
     return rc;

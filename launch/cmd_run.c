@@ -358,43 +358,101 @@ static shoal_status choose_layout(struct run *r) {
     return SHOAL_OK;
 }
 
+/* "w,w,..." of n weights, as --tp-weights takes them (the largest 1), into b. */
+static const char *weights_text(char *b, size_t len, const double *w, int n) {
+    double most = 0;
+    for (int i = 0; i < n; i++) most = w[i] > most ? w[i] : most;
+    size_t at = 0;
+    b[0] = 0;
+    for (int i = 0; i < n && at < len; i++)
+        at += (size_t)snprintf(b + at, len - at, "%s%.3g", i ? "," : "", most > 0 ? w[i] / most : 1);
+    return b;
+}
+
 /*
- * No --tp/--pp: rank 0 asks the planner (timing the model's layers here while
- * the others wait) and tells every rank; a failure there is everyone's.
+ * No --tp/--pp: the cluster measured (every rank: its host's speed and its
+ * links, unless --hosts describes them), then rank 0 asks the planner
+ * (timing the model's layers here while the others wait) and tells every
+ * rank the layout and the shares of unequal hosts; a failure there is
+ * everyone's.
  */
 static shoal_status auto_layout(struct run *r) {
     if (r->o.shards || r->o.tp || r->o.pp || r->o.ep > 1 || r->n_part == 1) return SHOAL_OK;
-    int32_t lay[3] = { 0, 0, 0 };
     struct shoal_layout_cost best = { 0 };
+    struct launch_cluster cl = { 0 };
     shoal_status rc = SHOAL_OK;
     int local = shoal_comm_local_size(r->world); /* a collective: every rank */
+    if (!r->o.model && (rc = shoal_default_model(r->o.model_buf, sizeof r->o.model_buf)) == SHOAL_OK)
+        r->o.model = r->o.model_buf;
+    SHOAL_TRY(shoal_comm_agree(r->world, rc, NULL));
+    const int measure = !r->o.hosts && r->n_part == r->size;
+    if (measure) {
+        const struct launch_cluster_params cp = { .model = r->o.model, .threads = r->o.threads,
+                                                  .kv_type = r->o.kv_type, .n_ctx = r->o.n_ctx };
+        SHOAL_TRY(launch_probe_cluster(r->world, &cp, &cl));
+        if (r->rank == 0 && r->o.verbose) launch_cluster_print(stderr, &cl);
+    }
+    /* the layout (tp, pp, ep, whether each dimension is weighted), then the weights */
+    const int n = r->n_part;
+    int32_t lay[5] = { 0, 0, 0, 0, 0 };
+    double *w = calloc(2 * (size_t)n, sizeof *w);
     if (r->rank == 0) {
         struct shoal_gguf *g = NULL;
-        if (!r->o.model && (rc = shoal_default_model(r->o.model_buf, sizeof r->o.model_buf)) == SHOAL_OK)
-            r->o.model = r->o.model_buf;
+        if (!w) rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
         if (rc == SHOAL_OK) rc = shoal_gguf_open(&g, r->o.model);
-        if (rc == SHOAL_OK)
-            rc = launch_choose_layout(g, r->o.hosts, r->n_part, local, r->o.n_ctx,
-                                      r->o.n_batch, r->o.serve ? r->o.parallel : 1, r->o.kv_type, r->o.wire, &best);
+        const struct launch_layout_params lp = {
+            .hosts_path = r->o.hosts, .hosts_text = cl.text, .n_ranks = n, .local_ranks = local,
+            .threads = r->o.threads, .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
+            .rings = r->o.serve ? r->o.parallel : 1, .kv_type = r->o.kv_type, .wire = r->o.wire };
+        if (rc == SHOAL_OK) rc = launch_choose_layout(g, &lp, &best);
         shoal_gguf_close(g);
         if (rc == SHOAL_OK) {
             lay[0] = best.tp;
             lay[1] = best.pp;
             lay[2] = best.ep;
+            /* weights travel as the run's flags take them: at most ARGS_MAX_WEIGHTS */
+            lay[3] = best.tp_weights && best.tp <= ARGS_MAX_WEIGHTS;
+            lay[4] = best.pp_weights && best.pp <= ARGS_MAX_WEIGHTS;
+            if (lay[3]) memcpy(w, best.tp_weights, sizeof *w * (size_t)best.tp);
+            if (lay[4]) memcpy(w + n, best.pp_weights, sizeof *w * (size_t)best.pp);
         }
     }
+    launch_cluster_free(&cl);
     shoal_status brc = shoal_comm_bcast(r->world, lay, sizeof lay, 0);
-    if (rc != SHOAL_OK) {
-        shoal_layout_cost_free(&best);
-        return rc;
+    if (brc == SHOAL_OK && (lay[3] || lay[4])) {
+        /* every rank has its buffer, or says so rather than take the weights */
+        brc = shoal_comm_agree(r->world, w ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of memory"), NULL);
+        if (brc == SHOAL_OK) brc = shoal_comm_bcast(r->world, w, sizeof *w * 2 * (size_t)n, 0);
     }
-    if (brc != SHOAL_OK) return brc;
-    if (lay[0] < 1 || lay[1] < 1) return shoal_errorf(SHOAL_REMOTE, "rank 0 could not choose a layout");
+    if (rc != SHOAL_OK || brc != SHOAL_OK) {
+        shoal_layout_cost_free(&best);
+        free(w);
+        return rc != SHOAL_OK ? rc : brc;
+    }
+    if (lay[0] < 1 || lay[1] < 1 || (int64_t)lay[0] * lay[1] != n) {
+        shoal_layout_cost_free(&best);
+        free(w);
+        return shoal_errorf(SHOAL_REMOTE, "rank 0 could not choose a layout");
+    }
+    char tw[160] = "", pw[160] = "", b[128];
+    if (lay[3]) {
+        memcpy(r->o.tp_weights, w, sizeof *w * (size_t)lay[0]);
+        r->o.n_tp_weights = lay[0];
+        snprintf(tw, sizeof tw, " --tp-weights %s", weights_text(b, sizeof b, w, lay[0]));
+    }
+    if (lay[4]) {
+        memcpy(r->o.pp_weights, w + n, sizeof *w * (size_t)lay[1]);
+        r->o.n_pp_weights = lay[1];
+        snprintf(pw, sizeof pw, " --pp-weights %s", weights_text(b, sizeof b, w + n, lay[1]));
+    }
+    free(w);
     if (r->rank == 0 && !r->o.quiet)
-        fprintf(stderr, "shoal run: tp %d x pp %d%s, the planner's choice for %d ranks (predicted %.1f tokens/s "
+        fprintf(stderr, "shoal run: tp %d x pp %d%s%s%s, the planner's choice for %d ranks %s(predicted %.1f tokens/s "
                 "decoding with the context half full%s; --tp/--pp to choose, shoal plan to compare)\n", best.tp, best.pp,
-                best.ep ? " with experts whole (--ep)" : "", r->size,
+                best.ep ? " with experts whole (--ep)" : "", tw, pw, r->size,
+                measure ? "on the cluster as measured " : r->o.hosts ? "on the hosts of --hosts " : "",
                 best.tok_s, best.fits ? "" : "; it may not fit in memory");
+    r->predicted_tok_s = best.tok_s;
     shoal_layout_cost_free(&best);
     r->o.tp = lay[0];
     r->o.pp = lay[1];

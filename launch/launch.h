@@ -9,8 +9,10 @@
 #define SHOAL_LAUNCH_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "../base/base.h"
+#include "../comm/comm.h"
 #include "../parallel/cost.h"
 #include "../shard/gguf.h"
 
@@ -63,16 +65,24 @@ shoal_status launch_read_hosts(const char *path, const struct shoal_host *machin
 
 /*
  * The layout shoal run takes when given no --tp/--pp: the planner's best for
- * the ranks running, described by hosts_path, or else as hosts like this one
- * (measured) with local_ranks ranks each, joined by links of
- * LAUNCH_LINK_BW / LAUNCH_LINK_LAT (a home LAN; a host file says better).
+ * the ranks running, described by a host file (or its text: the cluster as
+ * measured), or else as hosts like this one (measured) with local_ranks
+ * ranks each, joined by links of LAUNCH_LINK_BW / LAUNCH_LINK_LAT (a home
+ * LAN; a host file says better); best->tp_weights, pp_weights: the shares
+ * for unequal hosts, or NULL.
  * rings: the windowed layers' rings (shoal_ring_slots): 1 for shoal run,
  * the sequences a step holds for shoal serve.
  */
 #define LAUNCH_LINK_BW "1Gbit/s"
 #define LAUNCH_LINK_LAT "0.25ms"
-shoal_status launch_choose_layout(const struct shoal_gguf *g, const char *hosts_path, int n_ranks,
-                                  int local_ranks, int n_ctx, int n_batch, int rings, int kv_type, int wire,
+struct launch_layout_params {
+    const char *hosts_path; /* a host file, or NULL */
+    const char *hosts_text; /* else a host file's text (the cluster measured), or NULL */
+    int n_ranks, local_ranks;
+    int threads;            /* per rank (-t), or 0: a host's cores / its ranks */
+    int n_ctx, n_batch, rings, kv_type, wire;
+};
+shoal_status launch_choose_layout(const struct shoal_gguf *g, const struct launch_layout_params *p,
                                   struct shoal_layout_cost *best);
 
 /*
@@ -92,6 +102,54 @@ struct launch_probe {
 };
 shoal_status launch_probe(void *user, const struct shoal_rank_part *pt, int threads, double *layer_s,
                           double *head_s);
+/*
+ * This machine's time for a decode step of one of the model's layers, whole
+ * (the part launch_probe times for the model's layers on one rank, not
+ * cached), with threads, as the mean over steps that fill window seconds:
+ * sustained, so that a CPU quota or other work shows, where launch_probe's
+ * median of short bursts would not see them.
+ */
+shoal_status launch_probe_sustained(struct launch_probe *pr, int threads, double window, double *layer_s);
+
+/*
+ * The cluster the ranks run on, measured (cluster.c): collective over world.
+ * Each host (a run of consecutive ranks with one host name) in turn: its
+ * free memory, bandwidth, cores, and its rank's time for a decode step of one
+ * of the model's layers with its threads (threads, or its cores / its
+ * ranks), sustained over a window; then each link between hosts (all pairs
+ * up to 8 hosts, else host 0's) and between the ranks of a host: latency and
+ * bandwidth. On rank 0, out holds the hosts, the links and a host file's
+ * text of them (shoal_hosts_parse reads it); elsewhere only the links'
+ * count. A rank that fails tells the others, which fail too.
+ */
+struct launch_cluster_params {
+    const char *model; /* the GGUF every rank can open */
+    int threads;       /* per rank; 0: a host's cores / its ranks */
+    int kv_type, n_ctx; /* the KV cache and its positions (0: as shoal run, the model's up to 4096) */
+    double window;     /* (set inside: seconds of timed steps per host) */
+};
+struct launch_cluster_host {
+    char name[64];
+    int ranks, cores, threads;
+    double mem, membw, corebw, layer_s;
+};
+struct launch_cluster_link {
+    int a, b;       /* hosts; a == b: the ranks of host a */
+    double lat, bw; /* seconds one way, bytes/s */
+};
+struct launch_cluster {
+    struct launch_cluster_host *hosts;
+    int n_hosts;
+    struct launch_cluster_link *links;
+    int n_links;
+    double seconds; /* what measuring took */
+    char *text;     /* the host file */
+};
+shoal_status launch_probe_cluster(struct shoal_comm *world, const struct launch_cluster_params *p,
+                                  struct launch_cluster *out);
+void launch_cluster_free(struct launch_cluster *c);
+/* What was measured, a line a host and a link (rank 0). */
+void launch_cluster_print(FILE *f, const struct launch_cluster *c);
 
 /* Progress over a known number of bytes, on stderr: a bar on a terminal,
  * plain lines every few seconds otherwise; silent for small totals. */

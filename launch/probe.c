@@ -30,14 +30,21 @@ static int same(const struct probe_entry *e, const struct shoal_rank_part *pt, i
 enum { LAYERS = 1, HEAD = 2 };
 
 /* Seconds per step of the layers, the head or both (the median of the timed
- * steps), x reset before each. */
+ * steps), x reset before each; with a window, the mean over steps that fill
+ * it (the steps' own time and any the machine took from them between: a
+ * CPU quota, other work). */
 static shoal_status time_calls(struct shoal_state *s, const struct shoal_seq_batch *sb, const float *x0,
-                               int what, double *out) {
+                               int what, double window, double *out) {
     const struct shoal_model *m = s->m;
     double t[64];
     int n = 0;
-    double spent = 0;
-    for (int i = 0; i < 64 + 3 && (i < 8 || spent < PROBE_SECONDS); i++) {
+    double spent = 0, start = 0;
+    for (int i = 0; window > 0 || (i < 64 + 3 && (i < 8 || spent < PROBE_SECONDS)); i++) {
+        if (window > 0 && i == 3) start = shoal_now();
+        if (window > 0 && i > 3 && (shoal_now() - start >= window || i >= 100000)) {
+            *out = (shoal_now() - start) / (i - 3);
+            return SHOAL_OK;
+        }
         SHOAL_TRY(shoal_backend_upload(m->be, s->x, x0, (size_t)m->hp.dim * sizeof(float)));
         SHOAL_TRY(shoal_backend_synchronize(m->be));
         double t0 = shoal_now();
@@ -45,7 +52,7 @@ static shoal_status time_calls(struct shoal_state *s, const struct shoal_seq_bat
         if (what & HEAD) SHOAL_TRY(shoal_run_head(s, 1, 0, 1, 0));
         SHOAL_TRY(shoal_backend_synchronize(m->be));
         double dt = shoal_now() - t0;
-        if (i >= 3) { /* warm-up first */
+        if (i >= 3 && n < 64) { /* warm-up first */
             t[n++] = dt;
             spent += dt;
         }
@@ -62,7 +69,7 @@ static shoal_status time_calls(struct shoal_state *s, const struct shoal_seq_bat
 }
 
 static shoal_status measure(struct launch_probe *pr, const struct shoal_rank_part *pt, int threads,
-                            double *layer_s, double *head_s) {
+                            double window, double *layer_s, double *head_s) {
     struct shoal_rank_part one = *pt;
     const struct shoal_model_shape *sh = pr->shape;
     double layer_bytes = (pt->q1 - pt->q0) * sh->q_head_bytes + (pt->kv1 - pt->kv0) * sh->kv_head_bytes +
@@ -96,9 +103,9 @@ static shoal_status measure(struct launch_probe *pr, const struct shoal_rank_par
     /* the layers and the head together, as a step reads them (the caches hold what
      * they hold then); the head alone says how to share the time out */
     double all;
-    SHOAL_TRY_GOTO(time_calls(s, &sb, x0, LAYERS | (pt->last ? HEAD : 0), &all), rc, done);
+    SHOAL_TRY_GOTO(time_calls(s, &sb, x0, LAYERS | (pt->last ? HEAD : 0), window, &all), rc, done);
     *head_s = 0;
-    if (pt->last) SHOAL_TRY_GOTO(time_calls(s, &sb, x0, HEAD, head_s), rc, done);
+    if (pt->last) SHOAL_TRY_GOTO(time_calls(s, &sb, x0, HEAD, window, head_s), rc, done);
     if (*head_s > all) *head_s = all;
     *layer_s = (all - *head_s) / n;
 done:
@@ -119,9 +126,17 @@ shoal_status launch_probe(void *user, const struct shoal_rank_part *pt, int thre
             *head_s = pr->e[i].head_s;
             return SHOAL_OK;
         }
-    SHOAL_TRY(measure(pr, pt, threads, layer_s, head_s));
+    SHOAL_TRY(measure(pr, pt, threads, 0, layer_s, head_s));
     if (pr->n < (int)(sizeof pr->e / sizeof pr->e[0]))
         pr->e[pr->n++] = (struct probe_entry){ pt->q1 - pt->q0, pt->kv1 - pt->kv0, pt->ff1 - pt->ff0,
                                                pt->last ? pt->v1 - pt->v0 : -1, threads, *layer_s, *head_s };
     return SHOAL_OK;
+}
+
+shoal_status launch_probe_sustained(struct launch_probe *pr, int threads, double window, double *layer_s) {
+    const struct shoal_model_shape *m = pr->shape;
+    const struct shoal_rank_part whole = { .layer1 = m->n_layers, .q1 = m->n_heads, .kv1 = m->n_kv_heads,
+                                           .ff1 = m->ffn_dim, .x1 = m->n_expert };
+    double head_s;
+    return measure(pr, &whole, threads, window, layer_s, &head_s);
 }

@@ -62,6 +62,7 @@ struct run {
     int gpu;             /* the CUDA device this rank computes on, or -1 */
     char dev_desc[192];  /* what it computes on, for the load line */
     double t_load;
+    double predicted_tok_s; /* the planner's decode figure for its layout (rank 0; 0: none) */
 };
 
 /*

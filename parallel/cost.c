@@ -156,27 +156,28 @@ static const struct shoal_link *stage_link(const struct shoal_topology *t, const
     return worst;
 }
 
-/* Threads of each rank on host (as shoal run starts them: cores / ranks there). */
-static int rank_threads(const struct shoal_host *host) {
-    int th = host->cores / host->ranks;
+/* Threads of each rank on host (as shoal run starts them: -t, else cores / ranks there). */
+static int rank_threads(const struct shoal_cost_params *p, const struct shoal_host *host) {
+    int th = p->threads > 0 ? p->threads : host->cores / host->ranks;
     return th < 1 ? 1 : th;
 }
 
 /* Threads the stage's ranks run on host h. */
-static int stage_threads(const struct shoal_topology *t, const struct shoal_plan *plan, int stage, int h) {
+static int stage_threads(const struct shoal_topology *t, const struct shoal_cost_params *p,
+                         const struct shoal_plan *plan, int stage, int h) {
     int n = 0;
     for (int i = 0; i < plan->tp; i++)
         if (shoal_topology_host_of(t, stage * plan->tp + i) == h) n++;
-    return n * rank_threads(&t->hosts[h]);
+    return n * rank_threads(p, &t->hosts[h]);
 }
 
 /* The bandwidth one rank reads with while its stage runs: its host's, shared by
  * the stage's threads there (one rank runs cores / ranks-on-host threads). */
-static double rank_bw(const struct shoal_topology *t, const struct shoal_plan *plan, int rank,
-                      int *threads, double *crowd) {
+static double rank_bw(const struct shoal_topology *t, const struct shoal_cost_params *p,
+                      const struct shoal_plan *plan, int rank, int *threads, double *crowd) {
     int h = shoal_topology_host_of(t, rank);
     const struct shoal_host *host = &t->hosts[h];
-    int th = rank_threads(host), active = stage_threads(t, plan, rank / plan->tp, h);
+    int th = rank_threads(p, host), active = stage_threads(t, p, plan, rank / plan->tp, h);
     double busy = active < host->cores ? active : host->cores;
     double bw = fmin(host->membw, busy * host->corebw);
     *threads = th;
@@ -187,11 +188,37 @@ static double rank_bw(const struct shoal_topology *t, const struct shoal_plan *p
 }
 
 /* The most threads per core the stage's ranks put on one of their hosts (at least 1). */
-static double stage_oversubscription(const struct shoal_topology *t, const struct shoal_plan *plan, int stage) {
+static double stage_oversubscription(const struct shoal_topology *t, const struct shoal_cost_params *p,
+                                     const struct shoal_plan *plan, int stage) {
     double worst = 1;
     for (int h = 0; h < t->n_hosts; h++)
-        worst = fmax(worst, (double)stage_threads(t, plan, stage, h) / t->hosts[h].cores);
+        worst = fmax(worst, (double)stage_threads(t, p, plan, stage, h) / t->hosts[h].cores);
     return worst;
+}
+
+/* Whether every host was measured (shoal_host.layer_s): then their layer times say how
+ * fast each is, rather than their bandwidth. */
+static int all_measured(const struct shoal_topology *t) {
+    for (int h = 0; h < t->n_hosts; h++)
+        if (!(t->hosts[h].layer_s > 0)) return 0;
+    return 1;
+}
+
+/*
+ * A measured host's time over the probe's, for the same work: its layer time
+ * (taken alone, sustained) over what the probe gives for the model's whole
+ * layers with as many threads. 0 when there is nothing to compare.
+ */
+static shoal_status host_factor(const struct shoal_model_shape *m, const struct shoal_cost_params *p,
+                                const struct shoal_host *host, int threads, double *out) {
+    *out = 0;
+    if (!(host->layer_s > 0) || !p->probe) return SHOAL_OK;
+    struct shoal_rank_part whole = { .layer1 = m->n_layers, .q1 = m->n_heads, .kv1 = m->n_kv_heads,
+                                     .ff1 = m->ffn_dim, .x1 = m->n_expert };
+    double layer_s, head_s;
+    SHOAL_TRY(p->probe(p->probe_user, &whole, threads, &layer_s, &head_s));
+    if (layer_s > 0) *out = host->layer_s / layer_s;
+    return SHOAL_OK;
 }
 
 /* Seconds of compute one rank spends on a decode step. */
@@ -203,7 +230,7 @@ static shoal_status rank_time(const struct shoal_model_shape *m, const struct sh
     int layers = q->layer1 - q->layer0, th;
     double crowd;
     double read = rank_read(m, plan, q) + mem->kv * p->decode_fill; /* and the cache filled so far */
-    double bw = rank_bw(topo, plan, r, &th, &crowd);
+    double bw = rank_bw(topo, p, plan, r, &th, &crowd);
     if (!p->probe) {
         *out = read / (BW_FRACTION * bw) + layers * (th > 1 ? LAYER_COST_MT : LAYER_COST) * crowd;
         return SHOAL_OK;
@@ -211,9 +238,15 @@ static shoal_status rank_time(const struct shoal_model_shape *m, const struct sh
     double layer_s, head_s;
     int pth = th < p->probe_cores ? th : p->probe_cores;
     SHOAL_TRY(p->probe(p->probe_user, q, pth, &layer_s, &head_s));
-    /* another machine, or more threads than the probe had: as their bandwidths */
-    double probe_bw = fmin(p->probe_membw, pth * p->probe_corebw), host_bw = fmin(host->membw, th * host->corebw);
-    double t = (layers * layer_s + head_s) * (probe_bw > 0 ? probe_bw / host_bw : 1) * crowd;
+    /* a measured host: as its own time for the same layers; another machine, or more
+     * threads than the probe had: as their bandwidths */
+    double factor;
+    SHOAL_TRY(host_factor(m, p, host, pth, &factor));
+    if (!(factor > 0)) {
+        double probe_bw = fmin(p->probe_membw, pth * p->probe_corebw), host_bw = fmin(host->membw, th * host->corebw);
+        factor = probe_bw > 0 ? probe_bw / host_bw : 1;
+    }
+    double t = (layers * layer_s + head_s) * factor * crowd;
     /* alone on the machine the probe reads with all of it; here the stage's ranks share it */
     double bound = read / (BOUND_FRACTION * bw);
     *out = t > bound ? t : bound;
@@ -275,7 +308,7 @@ shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct s
             comm += 2 * allgather_s(plan->tp, 256, l);
         /* more of the stage's threads than a host has cores: a rank an all-gather waits
          * for is often not running, and waits its turn for a core */
-        double over = stage_oversubscription(topo, plan, s);
+        double over = stage_oversubscription(topo, p, plan, s);
         if (plan->tp > 1 && over > 1)
             comm += (2.0 * layers + 2) * ceil(log2((double)plan->tp)) * SWITCH_COST * (over - 1);
         c->t_compute += slowest;
@@ -299,7 +332,75 @@ shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct s
 
 void shoal_layout_cost_free(struct shoal_layout_cost *c) {
     free(c->mem);
+    free(c->tp_weights);
+    free(c->pp_weights);
     c->mem = NULL;
+    c->tp_weights = c->pp_weights = NULL;
+}
+
+/* How fast rank r is, relatively: 1 / its host's layer time where every host was
+ * measured, else the bandwidth its threads read with. */
+static double rank_speed(const struct shoal_topology *t, const struct shoal_cost_params *p, int r) {
+    const struct shoal_host *h = &t->hosts[shoal_topology_host_of(t, r)];
+    if (all_measured(t)) return 1 / h->layer_s;
+    return fmin(h->membw / h->ranks, rank_threads(p, h) * h->corebw);
+}
+
+/*
+ * The shares of a tp x pp layout in proportion to its ranks' speeds: a
+ * stage's tensor-parallel ranks by their speed (each position's, averaged
+ * over the stages), the stages by the sum of theirs. 0 when the ranks are
+ * within 10% of each other (even shares then), else 1 with tpw (tp) and ppw
+ * (pp) filled, NULL for an even dimension.
+ */
+static int speed_weights(const struct shoal_topology *t, const struct shoal_cost_params *p, int tp, int pp,
+                         double *tpw, double *ppw) {
+    const int n = tp * pp;
+    double lo = INFINITY, hi = 0;
+    for (int r = 0; r < n; r++) {
+        const double v = rank_speed(t, p, r);
+        lo = fmin(lo, v);
+        hi = fmax(hi, v);
+    }
+    if (!(lo > 0) || hi <= 1.1 * lo) return 0;
+    for (int i = 0; i < tp; i++) tpw[i] = 0;
+    for (int s = 0; s < pp; s++) {
+        ppw[s] = 0;
+        for (int i = 0; i < tp; i++) {
+            const double v = rank_speed(t, p, s * tp + i);
+            tpw[i] += v / pp;
+            ppw[s] += v;
+        }
+    }
+    return 1;
+}
+
+/* The cost of tp x pp (ep) with weights (NULL: even), into c (its weights copied in). 1 when the
+ * model can be split so; 0 with why filled when not. */
+static shoal_status cost_one(const struct shoal_model_shape *m, const struct shoal_topology *topo,
+                             const struct shoal_cost_params *p, int tp, int pp, int ep, const double *tpw,
+                             const double *ppw, struct shoal_layout_cost *c, int *made, char *why, size_t len) {
+    struct shoal_plan *plan = NULL;
+    struct shoal_plan_params pa = { .tp = tp, .pp = pp, .ep = ep, .tp_weights = tp > 1 ? tpw : NULL,
+                                    .pp_weights = pp > 1 ? ppw : NULL };
+    *made = 0;
+    if (shoal_plan_make(&plan, m, &pa) != SHOAL_OK) {
+        snprintf(why, len, "%s", shoal_last_error());
+        return SHOAL_OK;
+    }
+    shoal_status rc = shoal_cost_layout(m, plan, topo, p, c);
+    shoal_plan_destroy(plan);
+    SHOAL_TRY(rc);
+    if (pa.tp_weights && !(c->tp_weights = malloc(sizeof *c->tp_weights * (size_t)tp))) rc = SHOAL_NOMEM;
+    if (pa.pp_weights && !(c->pp_weights = malloc(sizeof *c->pp_weights * (size_t)pp))) rc = SHOAL_NOMEM;
+    if (rc != SHOAL_OK) {
+        shoal_layout_cost_free(c);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
+    if (c->tp_weights) memcpy(c->tp_weights, tpw, sizeof *tpw * (size_t)tp);
+    if (c->pp_weights) memcpy(c->pp_weights, ppw, sizeof *ppw * (size_t)pp);
+    *made = 1;
+    return SHOAL_OK;
 }
 
 static int better(const void *a, const void *b) {
@@ -317,24 +418,41 @@ shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoa
     int N = topo->n_ranks;
     struct shoal_layout_cost *all = calloc(2 * (size_t)N, sizeof *all); /* each tp, and with ep */
     if (!all) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    double *w = malloc(sizeof *w * 2 * (size_t)N);
+    if (!w) {
+        free(all);
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    }
     int k = 0;
     char why[512] = "";
-    for (int i = 0; i < 2 * N; i++) {
+    shoal_status rc = SHOAL_OK;
+    for (int i = 0; i < 2 * N && rc == SHOAL_OK; i++) {
         const int tp = i / 2 + 1, ep = i % 2;
         if (tp > N || N % tp || (ep && (tp < 2 || m->n_expert < tp))) continue;
-        struct shoal_plan *plan = NULL;
-        struct shoal_plan_params pp = { .tp = tp, .pp = N / tp, .ep = ep };
-        if (shoal_plan_make(&plan, m, &pp) != SHOAL_OK) {
-            snprintf(why, sizeof why, "%s", shoal_last_error());
-            continue;
+        int made = 0;
+        rc = cost_one(m, topo, p, tp, N / tp, ep, NULL, NULL, &all[k], &made, why, sizeof why);
+        /* unequal hosts: shares in proportion to their speeds, where that is faster */
+        if (rc == SHOAL_OK && made && !ep && speed_weights(topo, p, tp, N / tp, w, w + N)) {
+            struct shoal_layout_cost c;
+            int ok = 0;
+            char why2[512];
+            rc = cost_one(m, topo, p, tp, N / tp, 0, w, w + N, &c, &ok, why2, sizeof why2);
+            if (rc == SHOAL_OK && ok) {
+                const int better_fit = c.fits > all[k].fits, worse_fit = c.fits < all[k].fits;
+                if (better_fit || (!worse_fit && c.tok_s > all[k].tok_s)) {
+                    shoal_layout_cost_free(&all[k]);
+                    all[k] = c;
+                } else {
+                    shoal_layout_cost_free(&c);
+                }
+            }
         }
-        shoal_status rc = shoal_cost_layout(m, plan, topo, p, &all[k]);
-        shoal_plan_destroy(plan);
-        if (rc != SHOAL_OK) {
-            shoal_layout_costs_free(all, k);
-            return rc;
-        }
-        k++;
+        k += made;
+    }
+    free(w);
+    if (rc != SHOAL_OK) {
+        shoal_layout_costs_free(all, k);
+        return rc;
     }
     if (k == 0) {
         free(all);

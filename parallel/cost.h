@@ -43,13 +43,16 @@ struct shoal_cost_params {
     double meta_bytes;      /* the model file's header every rank parses (and its index) */
     double tokenizer_bytes; /* rank 0's tokenizer (vocabulary and merges in tables) */
     double decode_fill;     /* the part of the cache a decoded token reads, on average (0..1) */
+    int threads;            /* threads each rank runs (shoal run -t), or 0: a host's cores / its ranks */
     /*
      * Measured compute, or NULL for bytes over bandwidth alone: the seconds
      * one decode step of one of part's layers (and its output head, for a
      * last stage) takes with `threads` threads on the machine that probes,
      * which reads probe_membw with all its cores and probe_corebw with one.
      * A host scales the times by the bandwidth the probe's threads had over
-     * the bandwidth its rank's threads have.
+     * the bandwidth its rank's threads have; a host that was measured
+     * (shoal_host.layer_s) by its own time for a whole layer over the
+     * probe's for the same layers.
      */
     shoal_status (*probe)(void *user, const struct shoal_rank_part *part, int threads, double *layer_s,
                           double *head_s);
@@ -72,6 +75,9 @@ struct shoal_layout_cost {
     int tp, pp, fits;
     int ep;                   /* a mixture of experts' experts whole over the tp ranks */
     double tok_s;             /* predicted decode tokens/s */
+    /* the shares of unequal hosts (shoal_plan_params' weights): (tp) and (pp), or NULL for
+     * even ones; the cost's own (shoal_layout_cost_free) */
+    double *tp_weights, *pp_weights;
     double t_compute, t_comm; /* seconds per token on the critical path */
     struct shoal_rank_mem *mem; /* (tp * pp) */
     int worst_host;           /* the host with the least memory to spare */
@@ -92,7 +98,11 @@ void shoal_layout_cost_free(struct shoal_layout_cost *c);
  * Every layout of topo's ranks that the model can be split into, costed;
  * *out (n entries, best first: fitting, then fastest) is owned by the
  * caller (shoal_layout_costs_free). SHOAL_INVALID when no layout splits the
- * model at all.
+ * model at all. Where the hosts differ in speed (their measured layer
+ * times, else their bandwidth per rank), each layout is costed with even
+ * shares and with shares in proportion to its ranks' speeds (tensor-
+ * parallel shares by position in the stage, stages by the sum of their
+ * ranks'), and the faster of the two is kept.
  */
 shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoal_topology *topo,
                             const struct shoal_cost_params *p, struct shoal_layout_cost **out,

@@ -182,8 +182,12 @@ static shoal_status parse_line(struct shoal_topology *t, char **w, int n, const 
         snprintf(x->name, sizeof x->name, "%s", w[1]);
         struct field f[] = { { "ranks", 'i', &x->ranks, 1, 0 },  { "mem", 's', &x->mem, 1, 0 },
                              { "ram", 's', &x->ram, 0, 0 },      { "membw", 'r', &x->membw, 0, 0 },
-                             { "corebw", 'r', &x->corebw, 0, 0 }, { "cores", 'i', &x->cores, 0, 0 } };
-        SHOAL_TRY(fields(w + 2, n - 2, f, 6, where));
+                             { "corebw", 'r', &x->corebw, 0, 0 }, { "cores", 'i', &x->cores, 0, 0 },
+                             { "layer", 't', &x->layer_s, 0, 0 } };
+        SHOAL_TRY(fields(w + 2, n - 2, f, 7, where));
+        if (f[6].seen && !(x->layer_s > 0 && x->layer_s < 3600))
+            return shoal_errorf(SHOAL_INVALID, "%s: layer= is the time of one layer's decode step, more than 0 and "
+                                "under an hour", where);
         /* what the file leaves out: this machine's (a given membw with linear scaling) */
         if (!f[5].seen) x->cores = dflt ? dflt->cores : 0;
         if (!f[3].seen) x->membw = dflt ? dflt->membw : 0;

@@ -6,7 +6,7 @@
  *
  * The file, one statement per line, '#' to the end of a line a comment:
  *
- *   host  NAME  ranks=N  mem=SIZE  [ram=SIZE]  [membw=RATE]  [corebw=RATE]  [cores=N]
+ *   host  NAME  ranks=N  mem=SIZE  [ram=SIZE]  [membw=RATE]  [corebw=RATE]  [cores=N]  [layer=TIME]
  *   link  NAME  NAME  bw=RATE  lat=TIME      (both ways)
  *   link  *     *     bw=RATE  lat=TIME      (any pair not named)
  *   local bw=RATE lat=TIME                   (ranks of one host, shared memory)
@@ -16,7 +16,9 @@
  * host gives its ranks (RAM on CPU hosts, device memory on GPU hosts),
  * shared by its ranks; ram is the host's RAM where mem is device memory.
  * membw is what all its cores read together, corebw what one core reads
- * (default: membw / cores). Ranks are numbered host by host, in file order, as
+ * (default: membw / cores). layer is the time a rank there takes for a decode
+ * step of one of the model's layers (a measurement for one model and one
+ * thread count: shoal plan --probe-cluster writes it). Ranks are numbered host by host, in file order, as
  * mpirun --hostfile places them by slot.
  */
 #ifndef SHOAL_HOSTS_H
@@ -32,6 +34,10 @@ struct shoal_host {
     double corebw; /* bytes/s one core reads */
     double ram;    /* host RAM (for offload; 0: not given) */
     int cores;
+    /* seconds one decode step of one of the model's layers, whole, takes a rank of this
+     * host with its threads, sustained (shoal plan --probe-cluster measures it); 0: not
+     * known, the host's speed scaled from its bandwidth */
+    double layer_s;
 };
 
 struct shoal_link {
