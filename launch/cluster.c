@@ -5,10 +5,11 @@
  *
  * A host is a run of consecutive ranks with one host name (mpirun places
  * them so); its first rank, the leader, measures it while the others wait:
- * its free memory, its read bandwidth with all cores and with one, and the
- * time its rank takes for a decode step of one of the model's layers, as the
- * mean over steps that fill a window (so that a CPU quota or other work on
- * it shows). Hosts take turns, so that hosts sharing one machine (containers,
+ * its free memory, its read bandwidth with all cores and with one, the
+ * time its rank takes for a decode step of one of the model's layers (the
+ * median step), and the share of the time the rank keeps when it runs flat
+ * out: the median over the mean of steps that fill a window, where a CPU
+ * quota or other work on the host shows. Hosts take turns, so that hosts sharing one machine (containers,
  * namespaces, VMs) do not skew each other. Then each pair of hosts (every
  * pair up to PAIRS_ALL hosts, else host 0 with each, the rest taking the
  * slowest of those) and the ranks of one host, where a host has several:
@@ -37,11 +38,12 @@
 #define WINDOW_ALL 1.0       /* s of layer timing shared by the hosts, each at most WINDOW_MAX */
 #define WINDOW_MAX 0.3
 #define WINDOW_MIN 0.05
+#define PROBE_HOST_BYTES (128.0 * 1024 * 1024) /* of layers a host times at most (what it maps costs) */
 #define MSG_SOFTWARE 20e-6   /* s of a message that is software, not the link (cost.c's MSG_COST) */
 
 /* What a host's leader measured, as it travels. */
 struct host_wire {
-    double mem, membw, corebw, layer_s;
+    double mem, membw, corebw, layer_s, cpu;
     int32_t cores, threads;
 };
 
@@ -147,10 +149,11 @@ static shoal_status write_text(struct launch_cluster *c, const char *model, cons
                            c->seconds, when, model);
     for (int h = 0; h < c->n_hosts; h++) {
         const struct launch_cluster_host *x = &c->hosts[h];
-        at += (size_t)snprintf(t + at, cap - at, "host %s ranks=%d mem=%.0fM membw=%s corebw=%s cores=%d layer=%s  # %d thread%s a rank\n",
+        at += (size_t)snprintf(t + at, cap - at,
+                               "host %s ranks=%d mem=%.0fM membw=%s corebw=%s cores=%d layer=%s cpu=%.3g  # %d thread%s a rank\n",
                                x->name, x->ranks, floor(x->mem / 1048576), rate_text(b[0], 48, x->membw),
-                               rate_text(b[1], 48, x->corebw), x->cores, time_text(b[2], 48, x->layer_s), x->threads,
-                               x->threads == 1 ? "" : "s");
+                               rate_text(b[1], 48, x->corebw), x->cores, time_text(b[2], 48, x->layer_s), x->cpu,
+                               x->threads, x->threads == 1 ? "" : "s");
     }
     for (int i = 0; i < c->n_links; i++) {
         const struct launch_cluster_link *l = &c->links[i];
@@ -197,7 +200,11 @@ static shoal_status measure_host(const struct launch_cluster_params *p, int rank
         else {
             *pr = (struct launch_probe){ .g = g, .shape = &shape, .kv_type = p->kv_type, .simd = SHOAL_SIMD_AUTO,
                                          .pos = n_ctx / 2 };
-            rc = launch_probe_sustained(pr, out->threads, p->window, &out->layer_s);
+            double sustained = 0;
+            rc = launch_probe_sustained(pr, out->threads, p->window, PROBE_HOST_BYTES, &out->layer_s, &sustained);
+            /* the share of the time the rank had, flat out: 1 within the timing's noise */
+            out->cpu = sustained > 0 ? out->layer_s / sustained : 1;
+            out->cpu = out->cpu > 0.9 ? 1 : out->cpu;
             free(pr);
         }
     }
@@ -298,7 +305,9 @@ shoal_status launch_probe_cluster(struct shoal_comm *w, const struct launch_clus
         x->membw = v->membw;
         x->corebw = v->corebw;
         x->layer_s = v->layer_s;
-        if (!(x->mem > 0 && x->membw > 0 && x->corebw > 0 && x->layer_s > 0 && x->cores > 0 && x->threads > 0)) {
+        x->cpu = v->cpu;
+        if (!(x->mem > 0 && x->membw > 0 && x->corebw > 0 && x->layer_s > 0 && x->cpu > 0 && x->cpu <= 1 &&
+              x->cores > 0 && x->threads > 0)) {
             rc = shoal_errorf(SHOAL_COMM, "rank %d measured its host as nothing (bandwidth %g, a layer %g s)",
                               leader[h], x->membw, x->layer_s);
             goto done;
@@ -331,9 +340,9 @@ void launch_cluster_print(FILE *f, const struct launch_cluster *c) {
     for (int h = 0; h < c->n_hosts; h++) {
         const struct launch_cluster_host *x = &c->hosts[h];
         fprintf(f, "  host %s: %d rank%s, %d cores, %s free, reads %.1f GB/s (one core %.1f GB/s), a layer "
-                   "%.3f ms with %d thread%s\n", x->name, x->ranks, x->ranks == 1 ? "" : "s", x->cores,
-                shoal_fmt_bytes(b[0], sizeof b[0], x->mem), x->membw / 1e9, x->corebw / 1e9, x->layer_s * 1e3,
-                x->threads, x->threads == 1 ? "" : "s");
+                   "%.3f ms with %d thread%s, %.0f%% of the time when busy\n", x->name, x->ranks, x->ranks == 1 ? "" : "s",
+                x->cores, shoal_fmt_bytes(b[0], sizeof b[0], x->mem), x->membw / 1e9, x->corebw / 1e9,
+                x->layer_s * 1e3, x->threads, x->threads == 1 ? "" : "s", x->cpu * 100);
     }
     for (int i = 0; i < c->n_links; i++) {
         const struct launch_cluster_link *l = &c->links[i];

@@ -26,6 +26,7 @@
 shoal_status launch_measure_machine(struct shoal_host *h, size_t bytes) {
     memset(h, 0, sizeof *h);
     snprintf(h->name, sizeof h->name, "this machine");
+    h->cpu = 1;
     h->cores = shoal_cpu_online_cores();
     if (h->cores < 1) h->cores = 1;
     h->mem = shoal_host_available();
@@ -218,7 +219,7 @@ shoal_status launch_read_hosts(const char *path, const struct shoal_host *machin
 }
 
 shoal_status launch_choose_layout(const struct shoal_gguf *g, const struct launch_layout_params *lp,
-                                  struct shoal_layout_cost *best) {
+                                  struct shoal_layout_cost *best, struct launch_start *start) {
     memset(best, 0, sizeof *best);
     struct shoal_model_shape shape;
     struct shoal_hparams hp;
@@ -256,6 +257,32 @@ shoal_status launch_choose_layout(const struct shoal_gguf *g, const struct launc
                 &probe, &cp);
     cp.threads = lp->threads;
     shoal_status rc = launch_auto_layout(&shape, &t, &cp, best);
+    if (rc == SHOAL_OK && start) {
+        /* the same layout with the context empty: decode slows as the cache fills, and a run
+         * compares its pace with the prediction at its own positions */
+        struct launch_probe *p0 = malloc(sizeof *p0);
+        struct shoal_plan *plan = NULL;
+        const struct shoal_plan_params pa = { .tp = best->tp, .pp = best->pp, .ep = best->ep,
+                                              .tp_weights = best->tp_weights, .pp_weights = best->pp_weights };
+        if (!p0) rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+        if (rc == SHOAL_OK) rc = shoal_plan_make(&plan, &shape, &pa);
+        if (rc == SHOAL_OK) {
+            *p0 = probe;
+            p0->n = 0;
+            p0->pos = 0;
+            struct shoal_cost_params c0 = cp;
+            c0.decode_fill = 0;
+            c0.probe_user = p0;
+            struct shoal_layout_cost c;
+            rc = shoal_cost_layout(&shape, plan, &t, &c0, &c);
+            if (rc == SHOAL_OK) start->tok_s = c.tok_s;
+            shoal_layout_cost_free(&c);
+        }
+        start->n_ctx = cp.n_ctx;
+        shoal_plan_destroy(plan);
+        free(p0);
+        if (rc != SHOAL_OK) shoal_layout_cost_free(best);
+    }
     shoal_topology_free(&t);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <poll.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,7 +405,7 @@ static shoal_status auto_layout(struct run *r) {
             .hosts_path = r->o.hosts, .hosts_text = cl.text, .n_ranks = n, .local_ranks = local,
             .threads = r->o.threads, .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
             .rings = r->o.serve ? r->o.parallel : 1, .kv_type = r->o.kv_type, .wire = r->o.wire };
-        if (rc == SHOAL_OK) rc = launch_choose_layout(g, &lp, &best);
+        if (rc == SHOAL_OK) rc = launch_choose_layout(g, &lp, &best, &r->start);
         shoal_gguf_close(g);
         if (rc == SHOAL_OK) {
             lay[0] = best.tp;
@@ -670,28 +671,83 @@ static void teardown(struct run *r) {
  * rank 0 and printed there in rank order when print. Collective: every rank
  * calls it once, after the run.
  */
-static void report_comm(struct run *r, int print) {
+enum { REP_PROMPT_BYTES, REP_DECODE_BYTES, REP_DECODE_WAIT, REP_PROMPT_WAIT, REP_RSS, REP_DECODE_COMPUTE, REP_N };
+
+/*
+ * Every rank's figures for the run, gathered (a collective); with print, rank 0
+ * prints a line a rank: per decode token its time computing and waiting (for the
+ * others, the links, and rank 0 between steps), the bytes it sent, its peak RSS;
+ * then which rank held the others back. On rank 0, *all (REP_N a rank) is the
+ * caller's where asked.
+ */
+static void report_comm(struct run *r, int print, double **all_out) {
     const struct shoal_step_comm *p = &r->st->comm_prompt, *d = &r->st->comm_decode;
-    double mine[5] = { p->tokens ? (double)p->bytes / (double)p->tokens : 0,
-                       d->steps ? (double)d->bytes / (double)d->steps : 0,
-                       d->steps ? d->seconds / (double)d->steps : 0,
-                       p->tokens ? p->seconds / (double)p->tokens : 0, (double)shoal_peak_rss() };
-    double *all = calloc((size_t)r->size * 5, sizeof *all);
-    if (!all || shoal_comm_allgather(r->world, mine, sizeof mine, all) != SHOAL_OK || r->rank || !print) {
+    double mine[REP_N] = { 0 };
+    mine[REP_PROMPT_BYTES] = p->tokens ? (double)p->bytes / (double)p->tokens : 0;
+    mine[REP_DECODE_BYTES] = d->steps ? (double)d->bytes / (double)d->steps : 0;
+    mine[REP_DECODE_WAIT] = d->steps ? d->seconds / (double)d->steps : 0;
+    mine[REP_PROMPT_WAIT] = p->tokens ? p->seconds / (double)p->tokens : 0;
+    mine[REP_RSS] = (double)shoal_peak_rss();
+    mine[REP_DECODE_COMPUTE] = d->steps ? fmax(d->wall - d->seconds, 0) / (double)d->steps : 0;
+    if (all_out) *all_out = NULL;
+    double *all = calloc((size_t)r->size * REP_N, sizeof *all);
+    if (!all || shoal_comm_allgather(r->world, mine, sizeof mine, all) != SHOAL_OK || r->rank) {
         free(all);
         return;
     }
+    int slow = 0;
+    double next = 0;
     for (int k = 0; k < r->size; k++) {
         const struct shoal_rank_part *pt = &r->plan->part[k % r->n_part];
-        const double *v = all + 5 * k;
+        const double *v = all + REP_N * k;
         char rss[32];
-        fprintf(stderr,
-                "shoal: rank %d (stage %d, tp %d): generation %.1f KiB/token sent, %.2f ms/token in "
-                "communication | prompt %.1f KiB/token, %.3f ms/token | peak RSS %s\n",
-                k, pt->stage, pt->tp_rank, v[1] / 1024.0, v[2] * 1e3, v[0] / 1024.0, v[3] * 1e3,
-                shoal_fmt_bytes(rss, sizeof rss, v[4]));
+        if (v[REP_DECODE_COMPUTE] > all[REP_N * slow + REP_DECODE_COMPUTE]) slow = k;
+        if (print)
+            fprintf(stderr,
+                    "shoal: rank %d (stage %d, tp %d): a decode token %.2f ms computing, %.2f ms waiting, %.1f KiB "
+                    "sent | prompt %.1f KiB/token, %.3f ms/token waiting | peak RSS %s\n",
+                    k, pt->stage, pt->tp_rank, v[REP_DECODE_COMPUTE] * 1e3, v[REP_DECODE_WAIT] * 1e3,
+                    v[REP_DECODE_BYTES] / 1024.0, v[REP_PROMPT_BYTES] / 1024.0, v[REP_PROMPT_WAIT] * 1e3,
+                    shoal_fmt_bytes(rss, sizeof rss, v[REP_RSS]));
     }
-    free(all);
+    for (int k = 0; k < r->size; k++)
+        if (k != slow) next = fmax(next, all[REP_N * k + REP_DECODE_COMPUTE]);
+    /* a tensor-parallel rank's work is done alongside the others'; stages follow each other */
+    if (print && r->size > 1 && all[REP_N * slow + REP_DECODE_COMPUTE] > 1.2 * next)
+        fprintf(stderr, "shoal: rank %d computes longest: %.2f ms a decode token, the others at most %.2f ms\n",
+                slow, all[REP_N * slow + REP_DECODE_COMPUTE] * 1e3, next * 1e3);
+    if (all_out) *all_out = all;
+    else free(all);
+}
+
+/*
+ * Rank 0, where the planner chose the layout: the decode pace against its
+ * prediction at the run's own positions (between its figures for an empty
+ * context and a half-full one, as attention grows with the cache); more than
+ * a third apart, says so, and which rank computed longest.
+ */
+static void report_pace(const struct run *r, const struct shoal_gen_stats *gs, const double *all) {
+    if (!(r->predicted_tok_s > 0) || !(r->start.tok_s > 0) || r->start.n_ctx < 2 || gs->n_decode < 16 ||
+        !(gs->t_decode > 0))
+        return;
+    const double half = r->start.n_ctx / 2.0, at = gs->n_prompt + gs->n_decode / 2.0;
+    const double t0 = 1 / r->start.tok_s, th = 1 / r->predicted_tok_s, t = t0 + (th - t0) * fmin(at / half, 2);
+    const double predicted = 1 / t, measured = gs->n_decode / gs->t_decode;
+    if (r->o.verbose)
+        fprintf(stderr, "shoal: decoding ran at %.1f tokens/s; the planner predicted %.1f at these positions "
+                "(%.1f empty, %.1f half full)\n", measured, predicted, r->start.tok_s, r->predicted_tok_s);
+    if (fabs(measured - predicted) <= predicted / 3) return;
+    char who[160] = "";
+    if (all && r->size > 1) {
+        int slow = 0;
+        for (int k = 1; k < r->size; k++)
+            if (all[REP_N * k + REP_DECODE_COMPUTE] > all[REP_N * slow + REP_DECODE_COMPUTE]) slow = k;
+        snprintf(who, sizeof who, "; rank %d computed longest, %.2f ms a token", slow,
+                 all[REP_N * slow + REP_DECODE_COMPUTE] * 1e3);
+    }
+    fprintf(stderr, "shoal: warning: decoding ran at %.1f tokens/s, %s than the %.1f the planner predicted for "
+            "this layout%s (-v for each rank's time; shoal plan --probe-cluster measures the cluster again, "
+            "--tp/--pp choose the layout)\n", measured, measured > predicted ? "faster" : "slower", predicted, who);
 }
 
 /* ---------------------------------------------------------------- rank 0 */
@@ -1075,7 +1131,8 @@ static int lead(struct run *r) {
     /* once on every path: the others leave shoal_follow and report with us */
     shoal_status stop = shoal_stop(r->st);
     if (rc == SHOAL_OK) rc = stop;
-    report_comm(r, o->verbose && rc == SHOAL_OK);
+    double *ranks = NULL;
+    report_comm(r, o->verbose && rc == SHOAL_OK, &ranks);
 
     struct run_out *out = &lo.out;
     int status = 0;
@@ -1111,6 +1168,7 @@ static int lead(struct run *r) {
                     r->size > 1 ? " on rank 0" : "",
                     shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
                     r->size > 1 ? " (rank 0)" : "", dev, gs.stop);
+            report_pace(r, &gs, ranks);
         }
         if (o->verbose && r->m->expert_bytes && gs.n_decode) {
             char a[32], b[32];
@@ -1167,6 +1225,7 @@ static int lead(struct run *r) {
     if (out->ids && fclose(out->ids) != 0 && status == 0)
         status = launch_fail("run", shoal_errorf(SHOAL_IO, "%s: write failed", o->ids_path));
     free(text);
+    free(ranks);
     convo_free(&c);
     shoal_sampler_destroy(smp);
     return status;
@@ -1228,14 +1287,14 @@ static int run_main(int argc, char **argv, int serve) {
     shoal_comm_set_timeout(r.o.comm_seconds); /* loading may take long; steps not */
     if (r.rank == 0) {
         status = serve ? serve_lead(&r) : lead(&r);
-        if (serve) report_comm(&r, r.o.verbose && status == 0); /* lead() has; the others wait for it */
+        if (serve) report_comm(&r, r.o.verbose && status == 0, NULL); /* lead() has; the others wait for it */
     } else {
         rc = shoal_follow(r.st);
         if (rc != SHOAL_OK) {
             launch_fail(name, rc);
             shoal_comm_abort(r.world, 1);
         }
-        report_comm(&r, 0);
+        report_comm(&r, 0, NULL);
         status = 0;
     }
 out:

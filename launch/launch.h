@@ -82,8 +82,14 @@ struct launch_layout_params {
     int threads;            /* per rank (-t), or 0: a host's cores / its ranks */
     int n_ctx, n_batch, rings, kv_type, wire;
 };
+/* Where asked (start not NULL): the chosen layout's decode with the context empty, and the
+ * context planned for (it predicts best->tok_s at half of it). */
+struct launch_start {
+    double tok_s;
+    int n_ctx;
+};
 shoal_status launch_choose_layout(const struct shoal_gguf *g, const struct launch_layout_params *p,
-                                  struct shoal_layout_cost *best);
+                                  struct shoal_layout_cost *best, struct launch_start *start);
 
 /*
  * The planner's measurements of this machine (probe.c): one layer of a
@@ -105,11 +111,13 @@ shoal_status launch_probe(void *user, const struct shoal_rank_part *pt, int thre
 /*
  * This machine's time for a decode step of one of the model's layers, whole
  * (the part launch_probe times for the model's layers on one rank, not
- * cached), with threads, as the mean over steps that fill window seconds:
- * sustained, so that a CPU quota or other work shows, where launch_probe's
- * median of short bursts would not see them.
+ * cached; at most max_bytes of them), with threads, over steps that fill
+ * window seconds: *layer_s from their median (as launch_probe times),
+ * *sustained_s from their mean over the window, which a CPU quota or other
+ * work on the machine lengthens where short bursts do not see it.
  */
-shoal_status launch_probe_sustained(struct launch_probe *pr, int threads, double window, double *layer_s);
+shoal_status launch_probe_sustained(struct launch_probe *pr, int threads, double window, double max_bytes,
+                                    double *layer_s, double *sustained_s);
 
 /*
  * The cluster the ranks run on, measured (cluster.c): collective over world.
@@ -132,6 +140,7 @@ struct launch_cluster_host {
     char name[64];
     int ranks, cores, threads;
     double mem, membw, corebw, layer_s;
+    double cpu; /* the share of the time its rank had to itself, running flat out (a quota, other work) */
 };
 struct launch_cluster_link {
     int a, b;       /* hosts; a == b: the ranks of host a */

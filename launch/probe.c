@@ -30,11 +30,11 @@ static int same(const struct probe_entry *e, const struct shoal_rank_part *pt, i
 enum { LAYERS = 1, HEAD = 2 };
 
 /* Seconds per step of the layers, the head or both (the median of the timed
- * steps), x reset before each; with a window, the mean over steps that fill
- * it (the steps' own time and any the machine took from them between: a
- * CPU quota, other work). */
+ * steps), x reset before each; with a window, the steps fill it, and *mean is
+ * their mean over it (the steps' own time and any the machine took from them
+ * between: a CPU quota, other work). */
 static shoal_status time_calls(struct shoal_state *s, const struct shoal_seq_batch *sb, const float *x0,
-                               int what, double window, double *out) {
+                               int what, double window, double *out, double *mean) {
     const struct shoal_model *m = s->m;
     double t[64];
     int n = 0;
@@ -42,8 +42,8 @@ static shoal_status time_calls(struct shoal_state *s, const struct shoal_seq_bat
     for (int i = 0; window > 0 || (i < 64 + 3 && (i < 8 || spent < PROBE_SECONDS)); i++) {
         if (window > 0 && i == 3) start = shoal_now();
         if (window > 0 && i > 3 && (shoal_now() - start >= window || i >= 100000)) {
-            *out = (shoal_now() - start) / (i - 3);
-            return SHOAL_OK;
+            *mean = (shoal_now() - start) / (i - 3);
+            break;
         }
         SHOAL_TRY(shoal_backend_upload(m->be, s->x, x0, (size_t)m->hp.dim * sizeof(float)));
         SHOAL_TRY(shoal_backend_synchronize(m->be));
@@ -69,13 +69,13 @@ static shoal_status time_calls(struct shoal_state *s, const struct shoal_seq_bat
 }
 
 static shoal_status measure(struct launch_probe *pr, const struct shoal_rank_part *pt, int threads,
-                            double window, double *layer_s, double *head_s) {
+                            double window, double max_bytes, double *layer_s, double *head_s, double *sustained_s) {
     struct shoal_rank_part one = *pt;
     const struct shoal_model_shape *sh = pr->shape;
     double layer_bytes = (pt->q1 - pt->q0) * sh->q_head_bytes + (pt->kv1 - pt->kv0) * sh->kv_head_bytes +
                          (pt->ff1 - pt->ff0) * sh->ffn_unit_bytes;
     int n = pt->layer1 - pt->layer0;
-    if (layer_bytes * n > PROBE_BYTES) n = (int)(PROBE_BYTES / layer_bytes);
+    if (layer_bytes * n > max_bytes) n = (int)(max_bytes / layer_bytes);
     if (n < 1) n = 1;
     one.layer1 = one.layer0 + n;
     one.first = 0;
@@ -102,12 +102,13 @@ static shoal_status measure(struct launch_probe *pr, const struct shoal_rank_par
     for (int i = 0; i < m->hp.dim; i++) x0[i] = (float)((i * 37) % 17 - 8) * 0.01f;
     /* the layers and the head together, as a step reads them (the caches hold what
      * they hold then); the head alone says how to share the time out */
-    double all;
-    SHOAL_TRY_GOTO(time_calls(s, &sb, x0, LAYERS | (pt->last ? HEAD : 0), window, &all), rc, done);
+    double all, mean = 0, head_mean;
+    SHOAL_TRY_GOTO(time_calls(s, &sb, x0, LAYERS | (pt->last ? HEAD : 0), window, &all, &mean), rc, done);
     *head_s = 0;
-    if (pt->last) SHOAL_TRY_GOTO(time_calls(s, &sb, x0, HEAD, window, head_s), rc, done);
+    if (pt->last) SHOAL_TRY_GOTO(time_calls(s, &sb, x0, HEAD, window, head_s, &head_mean), rc, done);
     if (*head_s > all) *head_s = all;
     *layer_s = (all - *head_s) / n;
+    if (sustained_s) *sustained_s = (mean - *head_s) / n;
 done:
     free(x0);
     shoal_seq_batch_free(&sb);
@@ -126,17 +127,18 @@ shoal_status launch_probe(void *user, const struct shoal_rank_part *pt, int thre
             *head_s = pr->e[i].head_s;
             return SHOAL_OK;
         }
-    SHOAL_TRY(measure(pr, pt, threads, 0, layer_s, head_s));
+    SHOAL_TRY(measure(pr, pt, threads, 0, PROBE_BYTES, layer_s, head_s, NULL));
     if (pr->n < (int)(sizeof pr->e / sizeof pr->e[0]))
         pr->e[pr->n++] = (struct probe_entry){ pt->q1 - pt->q0, pt->kv1 - pt->kv0, pt->ff1 - pt->ff0,
                                                pt->last ? pt->v1 - pt->v0 : -1, threads, *layer_s, *head_s };
     return SHOAL_OK;
 }
 
-shoal_status launch_probe_sustained(struct launch_probe *pr, int threads, double window, double *layer_s) {
+shoal_status launch_probe_sustained(struct launch_probe *pr, int threads, double window, double max_bytes,
+                                    double *layer_s, double *sustained_s) {
     const struct shoal_model_shape *m = pr->shape;
     const struct shoal_rank_part whole = { .layer1 = m->n_layers, .q1 = m->n_heads, .kv1 = m->n_kv_heads,
                                            .ff1 = m->ffn_dim, .x1 = m->n_expert };
     double head_s;
-    return measure(pr, &whole, threads, window, layer_s, &head_s);
+    return measure(pr, &whole, threads, window, max_bytes, layer_s, &head_s, sustained_s);
 }

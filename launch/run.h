@@ -14,6 +14,7 @@
 #include "../shard/gguf.h"
 #include "../shard/manifest.h"
 #include "args.h"
+#include "launch.h"
 
 struct run_opts {
     const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
@@ -62,7 +63,10 @@ struct run {
     int gpu;             /* the CUDA device this rank computes on, or -1 */
     char dev_desc[192];  /* what it computes on, for the load line */
     double t_load;
-    double predicted_tok_s; /* the planner's decode figure for its layout (rank 0; 0: none) */
+    /* rank 0, where the planner chose the layout: its decode figures for it with the context
+     * half full and empty (0: none) */
+    double predicted_tok_s;
+    struct launch_start start;
 };
 
 /*

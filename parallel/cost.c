@@ -287,8 +287,9 @@ shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct s
         if (spare < 0) c->fits = 0;
     }
 
-    /* speed: the stages in turn, each as slow as its slowest rank plus its all-reduces */
-    double wire = p->wire_elem;
+    /* speed: the stages in turn, each as slow as its slowest rank plus its all-reduces; and
+     * no faster than a rank with a share of its host's time (cpu) computes its part in it */
+    double wire = p->wire_elem, busiest = 0;
     for (int s = 0; s < plan->pp; s++) {
         double slowest = 0;
         const struct shoal_rank_part *pt = &plan->part[s * plan->tp];
@@ -301,6 +302,8 @@ shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct s
                 return rc;
             }
             if (t > slowest) slowest = t;
+            const double cpu = topo->hosts[shoal_topology_host_of(topo, s * plan->tp + i)].cpu;
+            busiest = fmax(busiest, cpu > 0 && cpu < 1 ? t / cpu : t);
         }
         const struct shoal_link *l = stage_link(topo, plan, s);
         double comm = 2.0 * layers * allgather_s(plan->tp, m->dim * wire, l);
@@ -326,7 +329,7 @@ shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct s
         c->t_comm += l->lat + MSG_COST + WAKE_COST + 512 / l->bw;
     }
     c->t_compute += TOKEN_COST;
-    c->tok_s = 1.0 / (c->t_compute + c->t_comm);
+    c->tok_s = 1.0 / fmax(c->t_compute + c->t_comm, busiest);
     return SHOAL_OK;
 }
 
@@ -338,11 +341,12 @@ void shoal_layout_cost_free(struct shoal_layout_cost *c) {
     c->tp_weights = c->pp_weights = NULL;
 }
 
-/* How fast rank r is, relatively: 1 / its host's layer time where every host was
- * measured, else the bandwidth its threads read with. */
-static double rank_speed(const struct shoal_topology *t, const struct shoal_cost_params *p, int r) {
+/* How fast rank r is, relatively: where every host was measured, 1 / its host's layer time
+ * times its share of the time (cpu) to the power e (0: flat out, 1: over a run that keeps it
+ * busy, 0.5 between), else the bandwidth its threads read with. */
+static double rank_speed(const struct shoal_topology *t, const struct shoal_cost_params *p, int r, double e) {
     const struct shoal_host *h = &t->hosts[shoal_topology_host_of(t, r)];
-    if (all_measured(t)) return 1 / h->layer_s;
+    if (all_measured(t)) return (h->cpu > 0 && h->cpu < 1 ? pow(h->cpu, e) : 1) / h->layer_s;
     return fmin(h->membw / h->ranks, rank_threads(p, h) * h->corebw);
 }
 
@@ -354,11 +358,11 @@ static double rank_speed(const struct shoal_topology *t, const struct shoal_cost
  * (pp) filled, NULL for an even dimension.
  */
 static int speed_weights(const struct shoal_topology *t, const struct shoal_cost_params *p, int tp, int pp,
-                         double *tpw, double *ppw) {
+                         double e, double *tpw, double *ppw) {
     const int n = tp * pp;
     double lo = INFINITY, hi = 0;
     for (int r = 0; r < n; r++) {
-        const double v = rank_speed(t, p, r);
+        const double v = rank_speed(t, p, r, e);
         lo = fmin(lo, v);
         hi = fmax(hi, v);
     }
@@ -367,7 +371,7 @@ static int speed_weights(const struct shoal_topology *t, const struct shoal_cost
     for (int s = 0; s < pp; s++) {
         ppw[s] = 0;
         for (int i = 0; i < tp; i++) {
-            const double v = rank_speed(t, p, s * tp + i);
+            const double v = rank_speed(t, p, s * tp + i, e);
             tpw[i] += v / pp;
             ppw[s] += v;
         }
@@ -431,8 +435,11 @@ shoal_status shoal_cost_all(const struct shoal_model_shape *m, const struct shoa
         if (tp > N || N % tp || (ep && (tp < 2 || m->n_expert < tp))) continue;
         int made = 0;
         rc = cost_one(m, topo, p, tp, N / tp, ep, NULL, NULL, &all[k], &made, why, sizeof why);
-        /* unequal hosts: shares in proportion to their speeds, where that is faster */
-        if (rc == SHOAL_OK && made && !ep && speed_weights(topo, p, tp, N / tp, w, w + N)) {
+        /* unequal hosts: shares in proportion to their speeds (flat out, over their share of
+         * the time, and between), where that is faster */
+        for (int e = 0; e < 3 && rc == SHOAL_OK && made && !ep; e++) {
+            if (e > 0 && !all_measured(topo)) break; /* bandwidth alone: one set of shares */
+            if (!speed_weights(topo, p, tp, N / tp, e * 0.5, w, w + N)) continue;
             struct shoal_layout_cost c;
             int ok = 0;
             char why2[512];

@@ -125,7 +125,7 @@ static uint64_t link_slot(const struct shoal_topology *t, int a, int b) {
 /* key=value words after the first ones: fills the fields named in keys. */
 struct field {
     const char *key;
-    char kind; /* 'i' int, 's' size, 'r' rate, 't' time */
+    char kind; /* 'i' int, 's' size, 'r' rate, 't' time, 'f' a fraction (0, 1] */
     void *dst;
     int required, seen;
 };
@@ -146,11 +146,13 @@ static shoal_status fields(char **words, int n, struct field *f, int nf, const c
         case 's': v = shoal_parse_size(val); break;
         case 'r': v = shoal_parse_rate(val); break;
         case 't': v = shoal_parse_time(val); break;
+        case 'f': v = strtod(val, &end); if (!*val || *end || !(v > 0 && v <= 1)) v = -1; break;
         }
         static const char *const what[] = { ['i'] = "a whole number from 1 to 65536",
                                             ['s'] = "a size such as 16G or 512M",
                                             ['r'] = "a rate such as 40GB/s or 1Gbit/s",
-                                            ['t'] = "a time such as 1ms or 200us" };
+                                            ['t'] = "a time such as 1ms or 200us",
+                                            ['f'] = "a share of the time, more than 0 and at most 1" };
         if (v < 0 || (f[k].kind != 't' && v == 0))
             return shoal_errorf(SHOAL_INVALID, "%s: %s=%s is not %s", where, f[k].key, val,
                                 what[(int)f[k].kind]);
@@ -183,8 +185,9 @@ static shoal_status parse_line(struct shoal_topology *t, char **w, int n, const 
         struct field f[] = { { "ranks", 'i', &x->ranks, 1, 0 },  { "mem", 's', &x->mem, 1, 0 },
                              { "ram", 's', &x->ram, 0, 0 },      { "membw", 'r', &x->membw, 0, 0 },
                              { "corebw", 'r', &x->corebw, 0, 0 }, { "cores", 'i', &x->cores, 0, 0 },
-                             { "layer", 't', &x->layer_s, 0, 0 } };
-        SHOAL_TRY(fields(w + 2, n - 2, f, 7, where));
+                             { "layer", 't', &x->layer_s, 0, 0 },  { "cpu", 'f', &x->cpu, 0, 0 } };
+        SHOAL_TRY(fields(w + 2, n - 2, f, 8, where));
+        if (!f[7].seen) x->cpu = 1;
         if (f[6].seen && !(x->layer_s > 0 && x->layer_s < 3600))
             return shoal_errorf(SHOAL_INVALID, "%s: layer= is the time of one layer's decode step, more than 0 and "
                                 "under an hour", where);

@@ -6,7 +6,7 @@
  *
  * The file, one statement per line, '#' to the end of a line a comment:
  *
- *   host  NAME  ranks=N  mem=SIZE  [ram=SIZE]  [membw=RATE]  [corebw=RATE]  [cores=N]  [layer=TIME]
+ *   host  NAME  ranks=N  mem=SIZE  [ram=SIZE]  [membw=RATE]  [corebw=RATE]  [cores=N]  [layer=TIME]  [cpu=F]
  *   link  NAME  NAME  bw=RATE  lat=TIME      (both ways)
  *   link  *     *     bw=RATE  lat=TIME      (any pair not named)
  *   local bw=RATE lat=TIME                   (ranks of one host, shared memory)
@@ -18,7 +18,9 @@
  * membw is what all its cores read together, corebw what one core reads
  * (default: membw / cores). layer is the time a rank there takes for a decode
  * step of one of the model's layers (a measurement for one model and one
- * thread count: shoal plan --probe-cluster writes it). Ranks are numbered host by host, in file order, as
+ * thread count: shoal plan --probe-cluster writes it); cpu the share of the
+ * time a rank there keeps when it computes without pause (a CPU quota, a
+ * busy machine: 0.3), 1 by default. Ranks are numbered host by host, in file order, as
  * mpirun --hostfile places them by slot.
  */
 #ifndef SHOAL_HOSTS_H
@@ -38,6 +40,9 @@ struct shoal_host {
      * host with its threads, sustained (shoal plan --probe-cluster measures it); 0: not
      * known, the host's speed scaled from its bandwidth */
     double layer_s;
+    /* the share of the time a rank of it keeps running flat out (a CPU quota, other work): it
+     * computes at layer_s, but over a run at most this share of the time; 1 when not given */
+    double cpu;
 };
 
 struct shoal_link {

@@ -312,8 +312,9 @@ static void comm_total(const struct shoal_state *s, uint64_t *bytes, double *sec
     *seconds = a->seconds + b->seconds;
 }
 
-/* Adds what a step of n tokens cost since (bytes0, seconds0) to its kind's tally. */
-static void tally(struct shoal_state *s, int n, uint64_t bytes0, double seconds0) {
+/* Adds what a step of n tokens cost since (bytes0, seconds0), begun (or waited for) at wall0,
+ * to its kind's tally. */
+static void tally(struct shoal_state *s, int n, uint64_t bytes0, double seconds0, double wall0) {
     uint64_t bytes;
     double seconds;
     comm_total(s, &bytes, &seconds);
@@ -322,6 +323,7 @@ static void tally(struct shoal_state *s, int n, uint64_t bytes0, double seconds0
     c->tokens += (uint64_t)n;
     c->bytes += bytes - bytes0;
     c->seconds += seconds - seconds0;
+    c->wall += shoal_now() - wall0;
 }
 
 /*
@@ -367,7 +369,7 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
     /* top-k candidates travel instead of rows only between ranks */
     const struct step st = { .b = *b, .out0 = out0, .n_out = n_out, .topk = s->dist ? s->topk : 0 };
     uint64_t bytes0;
-    double seconds0;
+    double seconds0, wall0 = shoal_now();
     comm_total(s, &bytes0, &seconds0);
     s->msg_pb = 0;
     if (s->dist && (shoal_comm_size(s->dist->tp) > 1 || replicated(s))) {
@@ -393,7 +395,7 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
         int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
         SHOAL_TRY(shoal_comm_recv(s->dist->world, logits, bytes, last_lead));
     }
-    tally(s, n, bytes0, seconds0);
+    tally(s, n, bytes0, seconds0, wall0);
     return SHOAL_OK;
 }
 
@@ -404,7 +406,7 @@ shoal_status shoal_follow(struct shoal_state *s) {
         struct step_head h;
         int from = 0;
         uint64_t bytes0;
-        double seconds0;
+        double seconds0, wall0 = shoal_now(); /* from the wait for the step on */
         comm_total(s, &bytes0, &seconds0);
         /* a replica's first rank: the step comes from world rank 0, as rank 0 runs it */
         const int replica_lead = m->part.first && shoal_comm_rank(tp) == 0 && s->dist->replica > 0;
@@ -443,7 +445,7 @@ shoal_status shoal_follow(struct shoal_state *s) {
             free(sink);
             SHOAL_TRY(rc);
         }
-        tally(s, st.b.n_tokens, bytes0, seconds0);
+        tally(s, st.b.n_tokens, bytes0, seconds0, wall0);
     }
 }
 

@@ -278,7 +278,9 @@ struct shoal_state_params {
 /* Communication of one kind of step on this rank (prompt or single-token). */
 struct shoal_step_comm {
     uint64_t steps, tokens, bytes;
-    double seconds;
+    double seconds; /* waiting: in communication calls (a follower's wait for the step too) */
+    double wall;    /* the steps' time on this rank, a follower's wait for each included: the rest of it
+                     * (wall - seconds) is computing */
 };
 
 struct shoal_sampler_params;
