@@ -124,7 +124,8 @@ static shoal_status measure_link(struct shoal_comm *w, int a, int b, void *buf, 
 
 /* Rates and times as a host file writes them, precise enough to give the same plan back. */
 static const char *rate_text(char *b, size_t n, double v) {
-    snprintf(b, n, "%.4gMB/s", v / 1e6);
+    if (v >= 1e9) snprintf(b, n, "%.4gGB/s", v / 1e9);
+    else snprintf(b, n, "%.4gMB/s", v / 1e6);
     return b;
 }
 static const char *time_text(char *b, size_t n, double v) {

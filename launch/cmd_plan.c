@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../comm/comm.h"
 #include "../cpu/cpu.h"
@@ -121,6 +122,8 @@ static cJSON *json_cost(const struct shoal_layout_cost *c) {
     cJSON_AddNumberToObject(o, "decode_tok_s", c->tok_s);
     cJSON_AddNumberToObject(o, "compute_ms", c->t_compute * 1e3);
     cJSON_AddNumberToObject(o, "comm_ms", c->t_comm * 1e3);
+    if (c->tp_weights) cJSON_AddItemToObject(o, "tp_weights", cJSON_CreateDoubleArray(c->tp_weights, c->tp));
+    if (c->pp_weights) cJSON_AddItemToObject(o, "pp_weights", cJSON_CreateDoubleArray(c->pp_weights, c->pp));
     cJSON *ranks = cJSON_AddArrayToObject(o, "ranks");
     for (int r = 0; r < c->tp * c->pp; r++) {
         const struct shoal_rank_mem *x = &c->mem[r];
@@ -135,6 +138,24 @@ static cJSON *json_cost(const struct shoal_layout_cost *c) {
         cJSON_AddItemToArray(ranks, e);
     }
     return o;
+}
+
+/* " --tp-weights a,b --pp-weights c,d" of a layout that shares unevenly (the largest 1), or "". */
+static const char *shares_text(char *b, size_t len, const struct shoal_layout_cost *c) {
+    size_t at = 0;
+    b[0] = 0;
+    for (int d = 0; d < 2; d++) {
+        const double *w = d ? c->pp_weights : c->tp_weights;
+        const int n = d ? c->pp : c->tp;
+        if (!w) continue;
+        double most = 0;
+        for (int i = 0; i < n; i++) most = fmax(most, w[i]);
+        at += (size_t)snprintf(b + at, at < len ? len - at : 0, " --%s-weights ", d ? "pp" : "tp");
+        for (int i = 0; i < n && at < len; i++)
+            at += (size_t)snprintf(b + at, len - at, "%s%.3g", i ? "," : "", most > 0 ? w[i] / most : 1);
+    }
+    if (at >= len && len > 4) memcpy(b + len - 4, "...", 4); /* cut, and says so */
+    return b;
 }
 
 /* ------------------------------------------------------------ what would fit */
@@ -287,10 +308,43 @@ shoal_status launch_choose_layout(const struct shoal_gguf *g, const struct launc
     return rc;
 }
 
+/*
+ * --probe-cluster: the world's ranks measure their hosts and links
+ * (launch_probe_cluster); rank 0 writes the host file to path, under a
+ * temporary name renamed when whole. *rank: this rank's.
+ */
+static shoal_status probe_cluster(int *argc, char ***argv, const char *model, int threads, int kv_type, int n_ctx,
+                                  const char *path, int *rank) {
+    struct shoal_comm *world = NULL;
+    SHOAL_TRY(shoal_comm_init_world(&world, argc, argv));
+    *rank = shoal_comm_rank(world);
+    struct launch_cluster cl = { 0 };
+    const struct launch_cluster_params cp = { .model = model, .threads = threads, .kv_type = kv_type, .n_ctx = n_ctx };
+    shoal_status rc = launch_probe_cluster(world, &cp, &cl);
+    if (rc == SHOAL_OK && *rank == 0) {
+        launch_cluster_print(stderr, &cl);
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+        FILE *f = fopen(tmp, "w");
+        if (!f) rc = shoal_errorf(SHOAL_IO, "%s: cannot write: %s", tmp, strerror(errno));
+        else {
+            const int bad = fputs(cl.text, f) < 0;
+            if ((fclose(f) != 0 || bad) && rc == SHOAL_OK) rc = shoal_errorf(SHOAL_IO, "%s: write failed", tmp);
+            if (rc == SHOAL_OK && rename(tmp, path) != 0)
+                rc = shoal_errorf(SHOAL_IO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+            if (rc != SHOAL_OK) unlink(tmp);
+        }
+        if (rc == SHOAL_OK) fprintf(stderr, "shoal plan: wrote the host file %s (give it back with --hosts)\n", path);
+    }
+    launch_cluster_free(&cl);
+    shoal_comm_finalize(world);
+    return rc;
+}
+
 int cmd_plan(int argc, char **argv) {
     const char *model = NULL, *hosts_path = NULL, *kv_name = "f16", *comm = "f64", *membw_s = NULL,
-               *corebw_s = NULL;
-    int ranks = 0, n_ctx = 0, n_batch = 512, cores = 0, tp = 0, pp = 0, json = 0, no_probe = 0, ep = 0;
+               *corebw_s = NULL, *probe_out = NULL;
+    int ranks = 0, n_ctx = 0, n_batch = 512, cores = 0, tp = 0, pp = 0, json = 0, no_probe = 0, ep = 0, threads = 0;
     uint64_t device_mem = 0;
     int prefetch = 1, group = 1;
     struct shoal_offload_plan *off = NULL; /* (tp * pp) of the shown layout, with --device-mem */
@@ -314,21 +368,28 @@ int cmd_plan(int argc, char **argv) {
         { "--device-mem", 0, OPT_SIZE, &device_mem, "SIZE", "device memory per rank (shoal run --device-mem): which layers stay resident, which stream, the device peak and the bytes copied per token" },
         { "--prefetch", 0, OPT_INT, &prefetch, "N", "with --device-mem: layers fetched ahead (default 1)" },
         { "--offload-group", 0, OPT_INT, &group, "G", "with --device-mem: the shown layout's ranks replicated G times (shoal run --offload-group), each holding 1/G of every streamed layer and copying only that" },
+        { "--probe-cluster", 0, OPT_STR, &probe_out, "FILE", "under mpirun, with the ranks of the run: measure the hosts they run on and the links between them (what shoal run does when given no --tp/--pp), write that host file to FILE to keep and edit, and plan on it" },
+        { "--threads", 't', OPT_INT, &threads, "N", "threads each rank runs (shoal run -t; default: a host's cores / its ranks)" },
         { "--json", 0, OPT_FLAG, &json, NULL, "print JSON (for scripts) instead of tables" },
         OPT_END,
     };
     const char *pos[1];
     int n_pos;
     int prc = args_parse(
-        "shoal plan", "[-m MODEL.gguf] (--hosts FILE | --ranks N [--mem-per-rank SIZE])",
+        "shoal plan", "[-m MODEL.gguf] (--hosts FILE | --ranks N [--mem-per-rank SIZE] | --probe-cluster FILE)",
         "Says, before a run, which tp x pp layouts fit the hosts' memory and how fast\n"
         "each will decode: per rank the memory it needs (weights, KV cache for the\n"
         "context, activations, the process) and the predicted tokens/s, from the\n"
         "bytes each rank reads per token, each host's memory bandwidth, and the\n"
         "messages over each link. Exits 1 when nothing fits, saying what would.\n"
-        "shoal run chooses its layout the same way when given no --tp/--pp.\n\n"
+        "shoal run chooses its layout the same way when given no --tp/--pp, on\n"
+        "the cluster as it measures it at start-up (unless --hosts describes it).\n"
+        "Under mpirun, --probe-cluster FILE takes those measurements for you\n"
+        "(mpirun -np 4 --hostfile H shoal plan -m M -t 1 --probe-cluster hosts.txt).\n\n"
         "A host file, one statement per line (# starts a comment):\n"
         "  host NAME ranks=N mem=SIZE [ram=SIZE] [membw=RATE] [corebw=RATE] [cores=N]\n"
+        "       [layer=TIME] [cpu=F]   (a rank's time for one layer of the model's decode\n"
+        "       step, and its share of the time when busy: --probe-cluster measures them)\n"
         "  link NAME NAME bw=RATE lat=TIME     (between two hosts)\n"
         "  link * * bw=RATE lat=TIME           (any pair not named)\n"
         "  local bw=RATE lat=TIME              (ranks of one host)\n"
@@ -338,7 +399,11 @@ int cmd_plan(int argc, char **argv) {
         opts, argc, argv, pos, 0, &n_pos);
     if (prc) return prc == 1 ? 0 : 2;
 #define USAGE(...) do { fprintf(stderr, __VA_ARGS__); return 2; } while (0)
-    if (!!hosts_path == !!ranks) USAGE("shoal plan: give --hosts FILE or --ranks N (see shoal plan --help)\n");
+    if (!!hosts_path + !!ranks + !!probe_out != 1)
+        USAGE("shoal plan: give one of --hosts FILE, --ranks N or --probe-cluster FILE (see shoal plan --help)\n");
+    if (threads < 0 || threads > SHOAL_HOSTS_MAX_RANKS) USAGE("shoal plan: --threads must be 1..%d\n", SHOAL_HOSTS_MAX_RANKS);
+    if (probe_out && (membw_s || corebw_s || cores))
+        USAGE("shoal plan: --probe-cluster measures bandwidth and cores; leave out --membw, --corebw and --cores\n");
     if (ranks < 0 || n_ctx < 0 || n_batch < 1 || cores < 0 || tp < 0 || pp < 0)
         USAGE("shoal plan: --ranks, -c, -b, --cores, --tp and --pp must be positive\n");
     if (mem_per_rank && hosts_path) USAGE("shoal plan: --mem-per-rank goes with --ranks; a host file says mem=\n");
@@ -360,6 +425,15 @@ int cmd_plan(int argc, char **argv) {
     if (!model) {
         if ((rc = shoal_default_model(dflt, sizeof dflt)) != SHOAL_OK) return launch_fail("plan", rc);
         model = dflt;
+    }
+    if (probe_out) {
+        /* every rank measures; rank 0 writes the host file and plans on it, the others are done */
+        int rank = 0;
+        if ((rc = probe_cluster(&argc, &argv, model, threads, shoal_kv_type_from_name(kv_name), n_ctx, probe_out,
+                                &rank)) != SHOAL_OK)
+            return launch_fail("plan", rc);
+        if (rank != 0) return 0;
+        hosts_path = probe_out;
     }
     struct shoal_gguf *g = NULL;
     struct shoal_model_shape shape;
@@ -398,6 +472,7 @@ int cmd_plan(int argc, char **argv) {
     struct launch_probe probe;
     /* what shoal run would use: one sequence, so windowed layers keep rings */
     cost_params(g, &shape, hp.n_ctx_train, n_ctx, n_batch, 1, kv_type, wire, no_probe ? NULL : &machine, &probe, &cp);
+    cp.threads = threads;
     n_ctx = cp.n_ctx;
     SHOAL_TRY_GOTO(shoal_cost_all(&shape, &topo, &cp, &all, &n_all), rc, fail);
     const struct shoal_layout_cost *show = &all[0];
@@ -482,9 +557,13 @@ int cmd_plan(int argc, char **argv) {
         printf("context %d (%s KV cache), batch %d, all-reduce %s\n", n_ctx, kv_name, n_batch, comm);
         for (int h = 0; h < topo.n_hosts; h++) {
             const struct shoal_host *x = &topo.hosts[h];
-            printf("host %s: %d rank%s, %d cores, %s, reads %.1f GB/s (one core %.1f GB/s)%s\n", x->name,
+            char lt[96] = "";
+            if (x->layer_s > 0)
+                snprintf(lt, sizeof lt, ", a layer %.3f ms, %.0f%% of the time when busy", x->layer_s * 1e3,
+                         (x->cpu > 0 ? x->cpu : 1) * 100);
+            printf("host %s: %d rank%s, %d cores, %s, reads %.1f GB/s (one core %.1f GB/s)%s%s\n", x->name,
                    x->ranks, x->ranks == 1 ? "" : "s", x->cores, mib(b[0], 32, x->mem), x->membw / 1e9,
-                   x->corebw / 1e9, measured && x->membw == machine.membw ? ", measured here" : "");
+                   x->corebw / 1e9, lt, measured && x->membw == machine.membw ? ", measured here" : "");
         }
         printf("\n  %-9s %-5s %12s %11s %9s  %s\n", "tp x pp", "fits", "decode tok/s", "compute ms", "comm ms",
                "most memory on a rank");
@@ -494,10 +573,10 @@ int cmd_plan(int argc, char **argv) {
             int at = 0;
             for (int r = 0; r < c->tp * c->pp; r++)
                 if (c->mem[r].total > most) most = c->mem[r].total, at = r;
-            char lay[24];
+            char lay[24], sh[160];
             snprintf(lay, sizeof lay, "%d x %d%s", c->tp, c->pp, c->ep ? " ep" : "");
-            printf("  %-9s %-5s %12.1f %11.2f %9.2f  %s (rank %d)\n", lay, c->fits ? "yes" : "no", c->tok_s,
-                   c->t_compute * 1e3, c->t_comm * 1e3, mib(b[0], 32, most), at);
+            printf("  %-9s %-5s %12.1f %11.2f %9.2f  %s (rank %d)%s\n", lay, c->fits ? "yes" : "no", c->tok_s,
+                   c->t_compute * 1e3, c->t_comm * 1e3, mib(b[0], 32, most), at, shares_text(sh, sizeof sh, c));
         }
         print_ranks(show, &topo);
         if (off) {
@@ -524,11 +603,14 @@ int cmd_plan(int argc, char **argv) {
         if (group > 1) snprintf(gm, sizeof gm, " --offload-group %d", group);
         if (device_mem)
             snprintf(dm, sizeof dm, " --device-mem %.0fK --prefetch %d%s", (double)device_mem / 1024, prefetch, gm);
+        char sh[160], tb[24] = "";
+        if (threads) snprintf(tb, sizeof tb, " -t %d", threads);
         if (all[0].fits)
             printf("\nbest: tp %d x pp %d%s, predicted %.1f tokens/s decoding\n"
-                   "run:  mpirun -np %d shoal run -m %s --%s %d --pp %d -c %d%s\n",
+                   "run:  mpirun -np %d shoal run -m %s --%s %d --pp %d%s -c %d%s%s\n",
                    all[0].tp, all[0].pp, all[0].ep ? " with experts whole (--ep)" : "", all[0].tok_s,
-                   topo.n_ranks * group, model, all[0].ep ? "ep" : "tp", all[0].tp, all[0].pp, n_ctx, dm);
+                   topo.n_ranks * group, model, all[0].ep ? "ep" : "tp", all[0].tp, all[0].pp,
+                   shares_text(sh, sizeof sh, &all[0]), n_ctx, dm, tb);
     }
     if (!all[0].fits && !json) suggest(&shape, &topo, &cp, &all[0], kv_type);
     status = all[0].fits ? 0 : 1;
