@@ -448,8 +448,9 @@ static shoal_status auto_layout(struct run *r) {
     }
     free(w);
     if (r->rank == 0 && !r->o.quiet)
-        fprintf(stderr, "shoal run: tp %d x pp %d%s%s%s, the planner's choice for %d ranks %s(predicted %.1f tokens/s "
-                "decoding with the context half full%s; --tp/--pp to choose, shoal plan to compare)\n", best.tp, best.pp,
+        fprintf(stderr, "shoal %s: tp %d x pp %d%s%s%s, the planner's choice for %d ranks %s(predicted %.1f tokens/s "
+                "decoding with the context half full%s; --tp/--pp to choose, shoal plan to compare)\n",
+                r->o.serve ? "serve" : "run", best.tp, best.pp,
                 best.ep ? " with experts whole (--ep)" : "", tw, pw, r->size,
                 measure ? "on the cluster as measured " : r->o.hosts ? "on the hosts of --hosts " : "",
                 best.tok_s, best.fits ? "" : "; it may not fit in memory");

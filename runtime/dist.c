@@ -29,7 +29,10 @@
 #define STEP_VERSION 3
 #define STEP_PB_MAX (64u << 20) /* the largest Step message a rank accepts */
 
-enum { STEP_RUN = 1, STEP_STOP = 2, STEP_PING = 3 }; /* PING: rank 0 is idle and alive */
+/* PING: rank 0 is idle and alive; PACE: and gathers every rank's pace (shoal_gather_pace) */
+enum { STEP_RUN = 1, STEP_STOP = 2, STEP_PING = 3, STEP_PACE = 4 };
+
+static shoal_status all_pace(struct shoal_state *s, struct shoal_rank_pace *all);
 
 /* The fixed frame before a step: then pb_bytes of Step (step.proto), then x_bytes of hidden states. */
 struct step_head {
@@ -195,7 +198,7 @@ static shoal_status check_head(struct shoal_state *s, const struct step_head *h,
                             "rank %d sent a step this rank cannot read (magic %08x version %u; "
                             "are all ranks the same shoal?)",
                             from, h->magic, h->version);
-    if (h->kind == STEP_STOP || h->kind == STEP_PING) return SHOAL_OK;
+    if (h->kind == STEP_STOP || h->kind == STEP_PING || h->kind == STEP_PACE) return SHOAL_OK;
     if (h->kind != STEP_RUN || h->pb_bytes == 0 || h->pb_bytes > STEP_PB_MAX ||
         h->x_bytes > (uint64_t)s->n_batch * s->m->hp.dim * sizeof(float))
         return shoal_errorf(SHOAL_COMM, "rank %d sent a malformed step (kind %u, %llu + %llu bytes)", from,
@@ -422,10 +425,11 @@ shoal_status shoal_follow(struct shoal_state *s) {
             SHOAL_TRY(replicas_share(s, &h));
         }
         SHOAL_TRY(share(s, &h));
-        if (h.kind == STEP_STOP || h.kind == STEP_PING) {
+        if (h.kind == STEP_STOP || h.kind == STEP_PING || h.kind == STEP_PACE) {
             if (!m->part.last && shoal_comm_rank(tp) == 0) SHOAL_TRY(pass_on(s, &h));
             if (h.kind == STEP_STOP) return SHOAL_OK;
-            SHOAL_TRY(shoal_comm_barrier(s->dist->world)); /* rank 0 hears from every rank */
+            if (h.kind == STEP_PACE) SHOAL_TRY(all_pace(s, NULL));
+            else SHOAL_TRY(shoal_comm_barrier(s->dist->world)); /* rank 0 hears from every rank */
             continue;
         }
         struct step st;
@@ -449,6 +453,24 @@ shoal_status shoal_follow(struct shoal_state *s) {
     }
 }
 
+/* This rank's pace. */
+static struct shoal_rank_pace my_pace(const struct shoal_state *s) {
+    const struct shoal_step_comm *a = &s->comm_prompt, *b = &s->comm_decode;
+    const double wall = a->wall + b->wall, wait = a->seconds + b->seconds;
+    return (struct shoal_rank_pace){ (double)(a->steps + b->steps), (double)(a->tokens + b->tokens),
+                                     wall > wait ? wall - wait : 0, wait };
+}
+
+/* Every rank's pace into all (world size entries; NULL: not kept), from an all-gather of the world. */
+static shoal_status all_pace(struct shoal_state *s, struct shoal_rank_pace *all) {
+    const int n = shoal_comm_size(s->dist->world);
+    struct shoal_rank_pace mine = my_pace(s), *buf = all ? all : malloc(sizeof *buf * (size_t)n);
+    if (!buf) return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    shoal_status rc = shoal_comm_allgather(s->dist->world, &mine, sizeof mine, buf);
+    if (!all) free(buf);
+    return rc;
+}
+
 /* A step that runs nothing, then a barrier of every rank: see model.h. */
 static shoal_status no_op_step(struct shoal_state *s, int kind) {
     struct step_head h = { STEP_MAGIC, STEP_VERSION, (uint16_t)kind, 0, 0 };
@@ -462,6 +484,26 @@ shoal_status shoal_ping(struct shoal_state *s) {
     if (!s->dist || (shoal_comm_size(s->dist->world) == 1 && !replicated(s))) return SHOAL_OK;
     SHOAL_TRY(no_op_step(s, STEP_PING));
     return shoal_comm_barrier(s->dist->world);
+}
+
+int shoal_pace_ranks(const struct shoal_state *s) {
+    return s->dist ? shoal_comm_size(s->dist->world) : 1;
+}
+
+shoal_status shoal_gather_pace(struct shoal_state *s, struct shoal_rank_pace *pace, int cap, int *n) {
+    *n = 0;
+    if (!s->dist || (shoal_comm_size(s->dist->world) == 1 && !replicated(s))) {
+        if (cap < 1) return shoal_errorf(SHOAL_INTERNAL, "no room for a rank's pace");
+        pace[0] = my_pace(s);
+        *n = 1;
+        return SHOAL_OK;
+    }
+    const int size = shoal_comm_size(s->dist->world);
+    if (cap < size) return shoal_errorf(SHOAL_INTERNAL, "room for %d ranks' pace, %d running", cap, size);
+    SHOAL_TRY(no_op_step(s, STEP_PACE));
+    SHOAL_TRY(all_pace(s, pace));
+    *n = size;
+    return SHOAL_OK;
 }
 
 shoal_status shoal_stop(struct shoal_state *s) {

@@ -393,4 +393,21 @@ shoal_status shoal_ping(struct shoal_state *s);
 /* Rank 0: ends shoal_follow on every other rank (no-op on one rank). */
 shoal_status shoal_stop(struct shoal_state *s);
 
+/* One rank's steps so far (prompt and single-token together), as shoal_gather_pace collects them. */
+struct shoal_rank_pace {
+    double steps, tokens;
+    double compute_s; /* the steps' time on the rank less its waiting */
+    double wait_s;    /* in communication: for the others, the links, and between steps for rank 0 */
+};
+
+/*
+ * Rank 0: every rank's pace (a step that runs nothing, on the path steps
+ * take, then an all-gather of every rank's figures, which also tells rank 0
+ * each rank is alive, as shoal_ping does), into pace (room for
+ * shoal_pace_ranks), *n their number. One rank: its own.
+ */
+shoal_status shoal_gather_pace(struct shoal_state *s, struct shoal_rank_pace *pace, int cap, int *n);
+/* The ranks shoal_gather_pace reports on (1 without others). */
+int shoal_pace_ranks(const struct shoal_state *s);
+
 #endif

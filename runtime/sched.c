@@ -46,6 +46,9 @@ struct shoal_sched {
     float *logits;        /* (max_seqs, n_vocab) */
     struct shoal_sched_stats st;
     double last_contact;  /* when the other ranks last heard from this one (a step or a ping) */
+    struct shoal_rank_pace *pace; /* shoal_sched_pace's: every rank's, as last gathered */
+    double pace_at;
+    uint64_t pace_steps;  /* st.steps then */
 };
 
 static int blocks_for(const struct shoal_sched *sc, int positions) {
@@ -136,6 +139,7 @@ void shoal_sched_destroy(struct shoal_sched *sc) {
         sc->wait_head = q->next;
         finish(sc, q, SHOAL_SEQ_CANCELLED);
     }
+    free(sc->pace);
     free(sc->free_blocks);
     free(sc->run);
     free(sc->out_seq);
@@ -362,6 +366,22 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
             finish(sc, q, why);
         }
     }
+    return SHOAL_OK;
+}
+
+shoal_status shoal_sched_pace(struct shoal_sched *sc, double every, int idle, const struct shoal_rank_pace **pace,
+                              int *n) {
+    *n = 0;
+    *pace = NULL;
+    const double now = shoal_now();
+    if ((sc->pace && !idle && now - sc->pace_at < every) || sc->st.steps == sc->pace_steps) return SHOAL_OK;
+    const int ranks = shoal_pace_ranks(sc->s);
+    if (!sc->pace && !(sc->pace = calloc((size_t)ranks, sizeof *sc->pace)))
+        return shoal_errorf(SHOAL_NOMEM, "out of memory");
+    SHOAL_TRY(shoal_gather_pace(sc->s, sc->pace, ranks, n));
+    sc->pace_at = sc->last_contact = now;
+    sc->pace_steps = sc->st.steps;
+    *pace = sc->pace;
     return SHOAL_OK;
 }
 

@@ -96,6 +96,15 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked);
  */
 shoal_status shoal_sched_keepalive(struct shoal_sched *sc);
 
+/*
+ * Every rank's pace so far (model.h: shoal_gather_pace), when steps ran since
+ * the last time: at once when idle, else at most every `every` seconds;
+ * *pace (the scheduler's, valid until the next call) and *n, or *n = 0 when
+ * it is not time. The other ranks hear from rank 0 too, as from a keep-alive.
+ */
+shoal_status shoal_sched_pace(struct shoal_sched *sc, double every, int idle, const struct shoal_rank_pace **pace,
+                              int *n);
+
 void shoal_sched_stats(const struct shoal_sched *sc, struct shoal_sched_stats *st);
 
 #endif

@@ -37,6 +37,7 @@
 static const double TTFT_BUCKETS[N_TTFT] = { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
 static const double ITL_BUCKETS[N_ITL] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5 };
 #define N_SEQS 10
+#define PACE_EVERY 5.0 /* s between gatherings of every rank's pace, while steps run */
 static const double SEQS_BUCKETS[N_SEQS] = { 1, 2, 4, 8, 16, 32, 64, 128, 256, 512 };
 
 /* 64 bits from the kernel's randomness (a response's id, a request's seed when it gives none);
@@ -128,6 +129,8 @@ struct shoal_server {
     struct hist ttft, itl, step_seqs;
     struct shoal_sched_stats st;
     uint64_t batch_tokens_sum, batch_steps;
+    struct shoal_rank_pace *pace; /* every rank's, as last gathered (PACE_EVERY) */
+    int n_pace;
     /* the connections' deadlines (watch_mu: the list and each one's stage) */
     pthread_mutex_t watch_mu;
     pthread_cond_t watch_cv;
@@ -876,9 +879,13 @@ static void hist_text(char **at, char *end, const char *name, const char *help, 
 
 static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *c) {
     static const char *const CLASS[6] = { "200", "400", "4xx", "413", "429", "5xx" };
-    char *buf = malloc(16384), *at = buf, *end = buf + 16384;
-    if (!buf) return MHD_NO;
     pthread_mutex_lock(&srv->mu);
+    const size_t cap = 16384 + (size_t)srv->n_pace * 256; /* three lines a rank */
+    char *buf = malloc(cap), *at = buf, *end = buf + cap;
+    if (!buf) {
+        pthread_mutex_unlock(&srv->mu);
+        return MHD_NO;
+    }
     at += snprintf(at, (size_t)(end - at), "# HELP shoal_requests_total HTTP requests to the generation endpoints, "
                    "by endpoint and status\n# TYPE shoal_requests_total counter\n");
     for (int k = 0; k < 2; k++)
@@ -925,6 +932,27 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
                    (unsigned long long)st->lane_steps, (unsigned long long)st->expert_runs,
                    (unsigned long long)st->expert_bytes, (unsigned long long)st->preemptions, st->blocks_used, st->blocks,
                    st->blocks ? (double)st->blocks_used / st->blocks : 0.0);
+    if (srv->n_pace) {
+        at += snprintf(at, (size_t)(end - at),
+                       "# HELP shoal_rank_compute_seconds_total Each rank's time computing its part of the steps (gathered "
+                       "when idle, or every %.0f s while steps run)\n# TYPE shoal_rank_compute_seconds_total counter\n", PACE_EVERY);
+        for (int k = 0; k < srv->n_pace && at < end; k++)
+            at += snprintf(at, (size_t)(end - at), "shoal_rank_compute_seconds_total{rank=\"%d\"} %.6f\n", k,
+                           srv->pace[k].compute_s);
+        if (at < end)
+            at += snprintf(at, (size_t)(end - at),
+                           "# HELP shoal_rank_wait_seconds_total Each rank's time waiting: for the others, the links, "
+                           "and for the next step\n# TYPE shoal_rank_wait_seconds_total counter\n");
+        for (int k = 0; k < srv->n_pace && at < end; k++)
+            at += snprintf(at, (size_t)(end - at), "shoal_rank_wait_seconds_total{rank=\"%d\"} %.6f\n", k,
+                           srv->pace[k].wait_s);
+        if (at < end)
+            at += snprintf(at, (size_t)(end - at), "# HELP shoal_rank_steps_total Steps each rank ran\n"
+                           "# TYPE shoal_rank_steps_total counter\n");
+        for (int k = 0; k < srv->n_pace && at < end; k++)
+            at += snprintf(at, (size_t)(end - at), "shoal_rank_steps_total{rank=\"%d\"} %.0f\n", k,
+                           srv->pace[k].steps);
+    }
     hist_text(&at, end, "shoal_time_to_first_token_seconds", "From a request's arrival to its first token",
               &srv->ttft, TTFT_BUCKETS, N_TTFT);
     hist_text(&at, end, "shoal_inter_token_latency_seconds", "Between a request's consecutive tokens", &srv->itl,
@@ -1244,6 +1272,7 @@ void shoal_server_destroy(struct shoal_server *srv) {
         pthread_join(srv->watchdog, NULL);
     }
     free(srv->live);
+    free(srv->pace);
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cv);
     pthread_mutex_destroy(&srv->watch_mu);
@@ -1311,6 +1340,19 @@ shoal_status shoal_server_run(struct shoal_server *srv, volatile sig_atomic_t *s
         int worked = 0;
         rc = shoal_sched_step(srv->sc, &worked);
         if (rc == SHOAL_OK && !worked) rc = shoal_sched_keepalive(srv->sc);
+        /* every rank's pace for /metrics, now and then */
+        const struct shoal_rank_pace *pace = NULL;
+        int n_pace = 0;
+        if (rc == SHOAL_OK) rc = shoal_sched_pace(srv->sc, PACE_EVERY, !worked, &pace, &n_pace);
+        if (n_pace) {
+            pthread_mutex_lock(&srv->mu);
+            if (!srv->pace) srv->pace = calloc((size_t)n_pace, sizeof *srv->pace);
+            if (srv->pace) {
+                memcpy(srv->pace, pace, sizeof *pace * (size_t)n_pace);
+                srv->n_pace = n_pace;
+            }
+            pthread_mutex_unlock(&srv->mu);
+        }
         struct shoal_sched_stats st;
         shoal_sched_stats(srv->sc, &st);
         pthread_mutex_lock(&srv->mu);

@@ -168,7 +168,8 @@ def test_nothing_fits_says_what_would():
 
 def test_usage_errors():
     model = h.smollm2()
-    for args, msg in [([], "--hosts FILE or --ranks N"), (["--ranks", 2, "--hosts", "x"], "--hosts FILE or --ranks N"),
+    for args, msg in [([], "one of --hosts FILE, --ranks N or --probe-cluster FILE"),
+                      (["--ranks", 2, "--hosts", "x"], "one of --hosts FILE, --ranks N or --probe-cluster FILE"),
                       (["--ranks", 2, "--membw", "fast"], "not a rate"),
                       (["--ranks", 2, "--kv-type", "q4"], "--kv-type"), (["--ranks", 2, "--tp", 2], "together"),
                       (["--ranks", 2, "--frobnicate"], "frobnicate")]:

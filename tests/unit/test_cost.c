@@ -395,7 +395,84 @@ static void test_experts(void) {
     shoal_topology_free(&t);
 }
 
+/*
+ * Hosts measured (layer=, cpu=: shoal plan --probe-cluster's): a host's
+ * time is the probe's scaled by its layer time over the probe's for the
+ * same whole layers; a share of the time (a CPU quota) bounds the pace by
+ * its rank's compute over that share; unequal hosts get shares in
+ * proportion to their speed where that is faster, which the plan then
+ * splits so.
+ */
+static void test_measured_hosts(void) {
+    struct shoal_topology t;
+    CHECK_OK(shoal_hosts_parse("host a ranks=1 mem=64G layer=1.5ms cpu=0.25\nhost b ranks=1 mem=64G\nlink * * bw=1Gbit/s lat=1ms\n",
+                               "h.txt", &machine, &t));
+    CHECK(near(t.hosts[0].layer_s, 1.5e-3, 1e-12) && near(t.hosts[0].cpu, 0.25, 1e-12), "layer %g cpu %g",
+          t.hosts[0].layer_s, t.hosts[0].cpu);
+    CHECK(t.hosts[1].layer_s == 0 && t.hosts[1].cpu == 1, "not given: layer %g cpu %g", t.hosts[1].layer_s, t.hosts[1].cpu);
+    shoal_topology_free(&t);
+    static const char *const bad[] = { "layer=0", "layer=1h", "cpu=0", "cpu=1.5", "cpu=half", "cpu=" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "host a ranks=1 mem=1G %s\n", bad[i]);
+        CHECK(shoal_hosts_parse(text, "h.txt", &machine, &t) == SHOAL_INVALID &&
+                  strstr(shoal_last_error(), "h.txt: line 1") &&
+                  strstr(shoal_last_error(), strncmp(bad[i], "cpu", 3) ? "layer=" : "cpu="),
+              "%s: %s", bad[i], shoal_last_error());
+    }
+
+    struct shoal_cost_params q = params();
+    q.probe = fake_probe; /* 10 ms a whole layer */
+    q.probe_membw = 100e9;
+    q.probe_corebw = 100e9 / 8;
+    q.probe_cores = 8;
+    const char *even = "host a ranks=1 mem=64G membw=100GB/s cores=8 layer=10ms\n"
+                       "host b ranks=1 mem=64G membw=100GB/s cores=8 layer=10ms\nlink * * bw=1Gbit/s lat=2ms\n";
+    const char *slow = "host a ranks=1 mem=64G membw=100GB/s cores=8 layer=10ms\n"
+                       "host b ranks=1 mem=64G membw=100GB/s cores=8 layer=20ms\nlink * * bw=1Gbit/s lat=10ms\n";
+    const char *quota = "host a ranks=1 mem=64G membw=100GB/s cores=8 layer=10ms\n"
+                        "host b ranks=1 mem=64G membw=100GB/s cores=8 layer=10ms cpu=0.25\nlink * * bw=1Gbit/s lat=10ms\n";
+    /* even pp 2: 16 layers of 10 ms a stage (and the head), the same on both hosts */
+    const double e = tok_s(even, 1, 2, &q), s = tok_s(slow, 1, 2, &q);
+    CHECK(e > 2.9 && e < 3.1, "two measured hosts like the probe's: %.3f tok/s", e);
+    /* b at 20 ms a layer: its 16 layers take 320 ms, a's 160, with the head and two hand-offs of 10 ms */
+    CHECK(s > 1 / 0.515 && s < 1 / 0.5, "a slower host measured: %.3f tok/s", s);
+    /* a quarter of the time: b computes 165 ms a token, so a token takes at least 660 ms */
+    struct shoal_model_shape m = shape7b();
+    struct shoal_plan *plan = NULL;
+    CHECK_OK(shoal_plan_make(&plan, &m, &(struct shoal_plan_params){ .tp = 1, .pp = 2 }));
+    CHECK_OK(shoal_hosts_parse(quota, "h.txt", &machine, &t));
+    struct shoal_layout_cost c;
+    CHECK_OK(shoal_cost_layout(&m, plan, &t, &q, &c));
+    CHECK(near(1 / c.tok_s, (16 * 10e-3 + 5e-3) / 0.25, 1e-6), "the quota bounds the pace: %.4f s a token", 1 / c.tok_s);
+    shoal_layout_cost_free(&c);
+    shoal_plan_destroy(plan);
+    /* the best layouts share by speed: b takes fewer layers, and the token comes sooner */
+    static const char *const hosts[] = { "slow", "quota" };
+    for (int k = 0; k < 2; k++) {
+        CHECK_OK(shoal_hosts_parse(k ? quota : slow, "h.txt", &machine, &t));
+        struct shoal_layout_cost *all = NULL;
+        int n = 0;
+        CHECK_OK(shoal_cost_all(&m, &t, &q, &all, &n));
+        CHECK(all[0].tp == 1 && all[0].pp == 2 && all[0].pp_weights && !all[0].tp_weights &&
+                  all[0].pp_weights[1] < 0.8 * all[0].pp_weights[0],
+              "%s: best %dx%d, weights %g, %g", hosts[k], all[0].tp, all[0].pp,
+              all[0].pp_weights ? all[0].pp_weights[0] : 0, all[0].pp_weights ? all[0].pp_weights[1] : 0);
+        /* slow: at best 2:1, a's 21 layers and b's 11 side by side, 12% sooner; quota: b's stage no longer
+         * bounds the pace four times over */
+        CHECK(all[0].tok_s > (k ? 1.8 / 0.66 : 1.08 * s), "%s: shared by speed, %.3f tok/s", hosts[k], all[0].tok_s);
+        CHECK_OK(shoal_plan_make(&plan, &m, &(struct shoal_plan_params){ .tp = 1, .pp = 2,
+                                                                          .pp_weights = all[0].pp_weights }));
+        CHECK(plan->part[1].layer1 - plan->part[1].layer0 < 14, "%s: b's stage has %d layers", hosts[k],
+              plan->part[1].layer1 - plan->part[1].layer0);
+        shoal_plan_destroy(plan);
+        shoal_layout_costs_free(all, n);
+        shoal_topology_free(&t);
+    }
+}
+
 int main(void) {
+    test_measured_hosts();
     test_units();
     test_hosts();
     test_memory();
