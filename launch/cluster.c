@@ -19,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,10 +56,8 @@ void launch_cluster_free(struct launch_cluster *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* This machine's name, as a host file may spell it: [A-Za-z0-9._-], at most 40 bytes. */
-static void host_name(char *out, size_t len) {
-    char raw[256] = "";
-    if (gethostname(raw, sizeof raw - 1) != 0 || !raw[0]) snprintf(raw, sizeof raw, "host");
+/* A name as a host file may spell it: [A-Za-z0-9._-], at most 40 bytes ("host" for none). */
+static void clean_name(const char *raw, char *out, size_t len) {
     size_t n = 0;
     for (const char *p = raw; *p && n + 1 < len && n < 40; p++) {
         const char c = *p;
@@ -67,6 +66,14 @@ static void host_name(char *out, size_t len) {
         out[n++] = ok ? c : '_';
     }
     out[n] = 0;
+    if (!n) snprintf(out, len, "host");
+}
+
+/* This machine's name, cleaned. */
+static void host_name(char *out, size_t len) {
+    char raw[256] = "";
+    if (gethostname(raw, sizeof raw - 1) != 0) raw[0] = 0;
+    clean_name(raw, out, len);
 }
 
 /* The median of n values (sorted in place). */
@@ -133,9 +140,20 @@ static const char *time_text(char *b, size_t n, double v) {
     return b;
 }
 
+/* Appends to t (cap bytes) at *at; past the end, only counts (the caller checks *at < cap). */
+static void put(char *t, size_t cap, size_t *at, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void put(char *t, size_t cap, size_t *at, const char *fmt, ...) {
+    if (*at >= cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    const int k = vsnprintf(t + *at, cap - *at, fmt, ap);
+    va_end(ap);
+    *at += k > 0 ? (size_t)k : 0;
+}
+
 /* The host file of what was measured (rank 0). */
 static shoal_status write_text(struct launch_cluster *c, const char *model, const struct shoal_link *dflt) {
-    size_t cap = 1024 + (size_t)c->n_hosts * 256 + (size_t)c->n_links * 160;
+    const size_t cap = 1024 + strlen(model) + (size_t)c->n_hosts * 320 + (size_t)c->n_links * 200;
     char *t = malloc(cap), b[4][48];
     if (!t) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     size_t at = 0;
@@ -143,14 +161,14 @@ static shoal_status write_text(struct launch_cluster *c, const char *model, cons
     struct tm tm;
     char when[32] = "";
     if (gmtime_r(&now, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", &tm);
-    at += (size_t)snprintf(t + at, cap - at,
+    put(t, cap, &at,
                            "# the hosts of this job, measured by shoal in %.2f s on %s (shoal plan --help: the format).\n"
                            "# layer= is a rank's time for a decode step of one layer of %s with the threads shown;\n"
                            "# the rest is the machines' and links'. Edit as needed; give back with --hosts.\n",
                            c->seconds, when, model);
     for (int h = 0; h < c->n_hosts; h++) {
         const struct launch_cluster_host *x = &c->hosts[h];
-        at += (size_t)snprintf(t + at, cap - at,
+        put(t, cap, &at,
                                "host %s ranks=%d mem=%.0fM membw=%s corebw=%s cores=%d layer=%s cpu=%.3g  # %d thread%s a rank\n",
                                x->name, x->ranks, floor(x->mem / 1048576), rate_text(b[0], 48, x->membw),
                                rate_text(b[1], 48, x->corebw), x->cores, time_text(b[2], 48, x->layer_s), x->cpu,
@@ -159,14 +177,14 @@ static shoal_status write_text(struct launch_cluster *c, const char *model, cons
     for (int i = 0; i < c->n_links; i++) {
         const struct launch_cluster_link *l = &c->links[i];
         if (l->a == l->b)
-            at += (size_t)snprintf(t + at, cap - at, "local bw=%s lat=%s\n", rate_text(b[0], 48, l->bw),
+            put(t, cap, &at, "local bw=%s lat=%s\n", rate_text(b[0], 48, l->bw),
                                    time_text(b[1], 48, l->lat));
         else
-            at += (size_t)snprintf(t + at, cap - at, "link %s %s bw=%s lat=%s\n", c->hosts[l->a].name,
+            put(t, cap, &at, "link %s %s bw=%s lat=%s\n", c->hosts[l->a].name,
                                    c->hosts[l->b].name, rate_text(b[0], 48, l->bw), time_text(b[1], 48, l->lat));
     }
     if (dflt)
-        at += (size_t)snprintf(t + at, cap - at, "link * * bw=%s lat=%s  # pairs not measured: the slowest measured\n",
+        put(t, cap, &at, "link * * bw=%s lat=%s  # pairs not measured: the slowest measured\n",
                                rate_text(b[0], 48, dflt->bw), time_text(b[1], 48, dflt->lat));
     if (at >= cap) {
         free(t);
@@ -213,6 +231,21 @@ static shoal_status measure_host(const struct launch_cluster_params *p, int rank
     return rc;
 }
 
+static shoal_status host_file(struct launch_cluster *out, const char *model, int nh, const char *names,
+                              const int *leader, int *host_of, const struct host_wire *hw, int all_pairs);
+
+/* qsort_r's order of runs of ranks: by host name, then by place. */
+struct runs {
+    const char *names; /* 64 bytes a rank */
+    const int *leader; /* each run's first rank */
+};
+static int by_name(const void *a, const void *b, void *arg) {
+    const struct runs *r = arg;
+    const int x = *(const int *)a, y = *(const int *)b;
+    const int c = strcmp(r->names + r->leader[x] * 64, r->names + r->leader[y] * 64);
+    return c ? c : (x > y) - (x < y);
+}
+
 shoal_status launch_probe_cluster(struct shoal_comm *w, const struct launch_cluster_params *p,
                                   struct launch_cluster *out) {
     memset(out, 0, sizeof *out);
@@ -230,7 +263,10 @@ shoal_status launch_probe_cluster(struct shoal_comm *w, const struct launch_clus
     /* hosts: runs of consecutive ranks of one name; a name met again is another host */
     int nh = 0;
     for (int r = 0; r < n; r++) {
-        names[r * 64 + 63] = 0;
+        char raw[64];
+        memcpy(raw, names + r * 64, 63);
+        raw[63] = 0;
+        clean_name(raw, names + r * 64, 64); /* as another rank sent it: a host file's word again */
         if (r == 0 || strcmp(names + r * 64, names + (r - 1) * 64) != 0) leader[nh++] = r;
         host_of[r] = nh - 1;
     }
@@ -269,6 +305,7 @@ shoal_status launch_probe_cluster(struct shoal_comm *w, const struct launch_clus
             k++;
         }
     /* rank 0 learns what the other leaders measured: each link's first rank sends it */
+    shoal_status vrc = SHOAL_OK; /* rank 0's checks of it all, agreed on at the end */
     for (int i = 0; i < n_links; i++) {
         const int from = leader[links[i].a];
         if (from == 0) continue;
@@ -276,29 +313,46 @@ shoal_status launch_probe_cluster(struct shoal_comm *w, const struct launch_clus
         if (me == from) SHOAL_TRY_GOTO(shoal_comm_send(w, v, sizeof v, 0), rc, done);
         if (me == 0) {
             SHOAL_TRY_GOTO(shoal_comm_recv(w, v, sizeof v, from), rc, done);
-            if (!(v[0] > 0 && v[0] < 3600 && v[1] > 0 && v[1] < 1e15)) {
-                rc = shoal_errorf(SHOAL_COMM, "rank %d measured its link as %g s and %g bytes/s", from, v[0], v[1]);
-                goto done;
-            }
+            if (!(v[0] > 0 && v[0] < 3600 && v[1] > 0 && v[1] < 1e15) && vrc == SHOAL_OK)
+                vrc = shoal_errorf(SHOAL_COMM, "rank %d measured its link as %g s and %g bytes/s", from, v[0], v[1]);
             links[i].lat = v[0];
             links[i].bw = v[1];
         }
     }
     out->seconds = shoal_now() - t0;
-    if (me != 0) goto done;
-    if (!(out->hosts = calloc((size_t)nh, sizeof *out->hosts))) {
-        rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
-        goto done;
-    }
+    if (me == 0 && vrc == SHOAL_OK) vrc = host_file(out, p->model, nh, names, leader, host_of, hw, all_pairs);
+    rc = shoal_comm_agree(w, vrc, NULL);
+done:
+    free(names);
+    free(host_of);
+    free(leader);
+    free(hw);
+    free(bulk);
+    if (rc != SHOAL_OK) launch_cluster_free(out);
+    return rc;
+}
+
+/* Rank 0: the hosts from their leaders' figures, checked, and the host file of them all. */
+static shoal_status host_file(struct launch_cluster *out, const char *model, int nh, const char *names,
+                              const int *leader, int *host_of, const struct host_wire *hw, int all_pairs) {
+    const struct launch_cluster_link *links = out->links;
+    const int n_links = out->n_links;
+    if (!(out->hosts = calloc((size_t)nh, sizeof *out->hosts))) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     out->n_hosts = nh;
+    /* a name met again (ranks placed round the hosts): each later run of its ranks named apart, name~2 ..;
+     * the runs sorted by name, then by place, say which is which */
+    struct runs runs = { names, leader };
+    for (int h = 0; h < nh; h++) host_of[h] = h; /* (host_of is free now: the runs' order) */
+    qsort_r(host_of, (size_t)nh, sizeof *host_of, by_name, &runs);
+    for (int i = 0, seen = 0; i < nh; i++) {
+        const int h = host_of[i];
+        seen = i > 0 && strcmp(names + leader[h] * 64, names + leader[host_of[i - 1]] * 64) == 0 ? seen + 1 : 0;
+        if (seen) snprintf(out->hosts[h].name, sizeof out->hosts[h].name, "%s~%d", names + leader[h] * 64, seen + 1);
+        else snprintf(out->hosts[h].name, sizeof out->hosts[h].name, "%s", names + leader[h] * 64);
+    }
     for (int h = 0; h < nh; h++) {
         struct launch_cluster_host *x = &out->hosts[h];
         const struct host_wire *v = &hw[leader[h]];
-        /* a name met again: the host's second run of ranks, named apart */
-        int seen = 0;
-        for (int e = 0; e < h; e++) seen += strcmp(names + leader[e] * 64, names + leader[h] * 64) == 0;
-        if (seen) snprintf(x->name, sizeof x->name, "%s~%d", names + leader[h] * 64, seen + 1);
-        else snprintf(x->name, sizeof x->name, "%s", names + leader[h] * 64);
         x->ranks = leader[h + 1] - leader[h];
         x->cores = v->cores;
         x->threads = v->threads;
@@ -308,11 +362,9 @@ shoal_status launch_probe_cluster(struct shoal_comm *w, const struct launch_clus
         x->layer_s = v->layer_s;
         x->cpu = v->cpu;
         if (!(x->mem > 0 && x->membw > 0 && x->corebw > 0 && x->layer_s > 0 && x->cpu > 0 && x->cpu <= 1 &&
-              x->cores > 0 && x->threads > 0)) {
-            rc = shoal_errorf(SHOAL_COMM, "rank %d measured its host as nothing (bandwidth %g, a layer %g s)",
-                              leader[h], x->membw, x->layer_s);
-            goto done;
-        }
+              x->cores > 0 && x->threads > 0))
+            return shoal_errorf(SHOAL_COMM, "rank %d measured its host as nothing (bandwidth %g, a layer %g s, "
+                                "%d cores)", leader[h], x->membw, x->layer_s, x->cores);
     }
     /* pairs not measured: the slowest measured link */
     struct shoal_link slow = { -1, -1, INFINITY, 0 }, *dflt = NULL;
@@ -324,15 +376,7 @@ shoal_status launch_probe_cluster(struct shoal_comm *w, const struct launch_clus
             }
         dflt = &slow;
     }
-    rc = write_text(out, p->model, dflt);
-done:
-    free(names);
-    free(host_of);
-    free(leader);
-    free(hw);
-    free(bulk);
-    if (rc != SHOAL_OK) launch_cluster_free(out);
-    return rc;
+    return write_text(out, model, dflt);
 }
 
 void launch_cluster_print(FILE *f, const struct launch_cluster *c) {

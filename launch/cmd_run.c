@@ -120,7 +120,7 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--tp", 0, OPT_INT, &o->tp, "N", "tensor-parallel ranks per stage (default: ranks / --pp; with neither, the planner's choice)" },
         { "--pp", 0, OPT_INT, &o->pp, "N", "pipeline stages (default: ranks / --tp; with neither, the planner's choice, as shoal plan)" },
         { "--ep", 0, OPT_INT, &o->ep, "N", "a mixture of experts: N ranks per stage, each holding whole experts (expert parallel) and its tensor-parallel share of the attention, rather than every rank a share of every expert (sets --tp N)" },
-        { "--hosts", 0, OPT_STR, &o->hosts, "FILE", "the hosts the ranks run on, for the planner (shoal plan --help); default: hosts like this one" },
+        { "--hosts", 0, OPT_STR, &o->hosts, "FILE", "the hosts the ranks run on, for the planner (shoal plan --help); default: measured at start-up" },
         { "--tp-weights", 0, OPT_STR, &o->tp_weights_s, "W,W..", "relative speeds of a stage's ranks, e.g. 2,1: a faster host takes a larger share of every layer" },
         { "--pp-weights", 0, OPT_STR, &o->pp_weights_s, "W,W..", "relative speeds of the pipeline stages: a faster stage takes more layers" },
         { "--comm-dtype", 0, OPT_STR, &o->comm_name, "TYPE", "all-reduce payload: f64 (exact: as one rank), f32, f16, bf16 or q8 (default f64)" },

@@ -18,7 +18,10 @@
  *                     the links among its ranks (latency x rounds + bytes /
  *                     bandwidth);
  *   a token takes     every stage in turn, the hand-offs between stages and
- *                     the sampled candidates back to rank 0.
+ *                     the sampled candidates back to rank 0; and at least
+ *                     each rank's compute over its host's share of the time
+ *                     (shoal_host.cpu: a CPU quota, a busy machine), which a
+ *                     rank that computes less than that share never feels.
  * The constants (the fraction of bandwidth, the fixed costs, shared-memory
  * latency) were measured on the development machines; `shoal plan` prints
  * what it assumed, and bench/bench_plan.py sets predictions against runs.

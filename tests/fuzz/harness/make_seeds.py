@@ -220,6 +220,9 @@ def seeds_hosts():
         "host x ranks=1 mem=512M membw=1.5e10B/s cores=2 # one\nlink x x bw=1MB/s lat=1s\n",
         "host a ranks=1 mem=1T membw=1KB/s cores=1\nhost b ranks=65535 mem=1k membw=1Tbit/s cores=65536\n"
         "link b a bw=125MB/s lat=200ns\n",
+        "# measured (shoal plan --probe-cluster)\nhost h0 ranks=1 mem=23000M membw=52.7GB/s corebw=39.7GB/s "
+        "cores=2 layer=692.4us cpu=1\nhost h1 ranks=1 mem=22900M membw=56GB/s corebw=44.7GB/s cores=2 "
+        "layer=751.2us cpu=0.3\nlink h0 h1 bw=109.6MB/s lat=1083us\nlocal bw=20GB/s lat=1us\n",
     ]
     for i, f in enumerate(files):
         put("hosts", i, f.encode())
