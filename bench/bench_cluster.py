@@ -84,8 +84,10 @@ def run(lan_id, shoal, model, n_gen, extra, wrap):
 
 
 def plan_pred(shoal, model, hosts, tp, pp, n_ctx):
-    p = sh([shoal, "plan", "-m", model, "-t", 1, "--hosts", hosts, "--tp", tp, "--pp", pp, "-c", n_ctx, "--json"],
-           check=False)
+    """The planner's figure for tp x pp with even shares, as the hand-chosen runs have them."""
+    even = ["--tp-weights", ",".join(["1"] * tp)] if tp > 1 else ["--pp-weights", ",".join(["1"] * pp)]
+    p = sh([shoal, "plan", "-m", model, "-t", 1, "--hosts", hosts, "--tp", tp, "--pp", pp, *even, "-c", n_ctx,
+            "--json"], check=False)
     return json.loads(p.stdout)["shown"]["decode_tok_s"] if p.stdout.strip() else None
 
 

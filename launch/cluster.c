@@ -11,10 +11,10 @@
  * out: the median over the mean of steps that fill a window, where a CPU
  * quota or other work on the host shows. Hosts take turns, so that hosts sharing one machine (containers,
  * namespaces, VMs) do not skew each other. Then each pair of hosts (every
- * pair up to PAIRS_ALL hosts, else host 0 with each, the rest taking the
- * slowest of those) and the ranks of one host, where a host has several:
- * a few ping-pongs for the latency and a bulk transfer for the bandwidth,
- * pair after pair. The result is a host file's text, which the planner reads
+ * pair up to PAIRS_ALL hosts, in rounds of pairs apart, each round's at
+ * once; else host 0 with each in turn, the rest taking the slowest of those)
+ * and the ranks of one host, where a host has several: a few ping-pongs for
+ * the latency and bulk transfers for the bandwidth. The result is a host file's text, which the planner reads
  * as it reads a user's (shoal plan --probe-cluster writes it to keep).
  */
 #define _GNU_SOURCE
@@ -292,18 +292,25 @@ shoal_status launch_probe_cluster(struct shoal_comm *w, const struct launch_clus
     SHOAL_TRY_GOTO(shoal_comm_agree(w, mrc, NULL), rc, done);
     struct host_wire one = hw[me];
     SHOAL_TRY_GOTO(shoal_comm_allgather(w, &one, sizeof one, hw), rc, done);
+    /* the pairs in rounds where no host is in two (the circle method: one host stays, the others turn;
+     * an odd count has a host out each round), so that pairs of a round are measured at once, over links
+     * of their own in a switched LAN: a rank takes its pairs in this order, and waits only for its partner */
     int k = 0;
-    if (loc >= 0) {
-        links[k] = (struct launch_cluster_link){ loc, loc, 0, 0 };
-        SHOAL_TRY_GOTO(measure_link(w, leader[loc], leader[loc] + 1, bulk, &links[k].lat, &links[k].bw), rc, done);
-        k++;
+    if (loc >= 0) links[k++] = (struct launch_cluster_link){ loc, loc, 0, 0 };
+    if (all_pairs) {
+        const int m = nh + (nh & 1);
+        for (int r = 0; r < m - 1; r++)
+            for (int i = 0; i < m / 2; i++) {
+                const int a = i == 0 ? m - 1 : (r + i) % (m - 1), b = i == 0 ? r : (r - i + m - 1) % (m - 1);
+                if (a < nh && b < nh) links[k++] = (struct launch_cluster_link){ a < b ? a : b, a < b ? b : a, 0, 0 };
+            }
+    } else {
+        for (int b = 1; b < nh; b++) links[k++] = (struct launch_cluster_link){ 0, b, 0, 0 };
     }
-    for (int a = 0; a < nh; a++)
-        for (int b = a + 1; b < nh && (all_pairs || a == 0); b++) {
-            links[k] = (struct launch_cluster_link){ a, b, 0, 0 };
-            SHOAL_TRY_GOTO(measure_link(w, leader[a], leader[b], bulk, &links[k].lat, &links[k].bw), rc, done);
-            k++;
-        }
+    for (int i = 0; i < k; i++) {
+        const int a = leader[links[i].a], b = links[i].a == links[i].b ? a + 1 : leader[links[i].b];
+        SHOAL_TRY_GOTO(measure_link(w, a, b, bulk, &links[i].lat, &links[i].bw), rc, done);
+    }
     /* rank 0 learns what the other leaders measured: each link's first rank sends it */
     shoal_status vrc = SHOAL_OK; /* rank 0's checks of it all, agreed on at the end */
     for (int i = 0; i < n_links; i++) {

@@ -343,11 +343,12 @@ static shoal_status probe_cluster(int *argc, char ***argv, const char *model, in
 
 int cmd_plan(int argc, char **argv) {
     const char *model = NULL, *hosts_path = NULL, *kv_name = "f16", *comm = "f64", *membw_s = NULL,
-               *corebw_s = NULL, *probe_out = NULL;
+               *corebw_s = NULL, *probe_out = NULL, *tpw_s = NULL, *ppw_s = NULL;
     int ranks = 0, n_ctx = 0, n_batch = 512, cores = 0, tp = 0, pp = 0, json = 0, no_probe = 0, ep = 0, threads = 0;
     uint64_t device_mem = 0;
     int prefetch = 1, group = 1;
     struct shoal_offload_plan *off = NULL; /* (tp * pp) of the shown layout, with --device-mem */
+    struct shoal_layout_cost given = { 0 }; /* --tp-weights/--pp-weights: the layout shown */
     uint64_t mem_per_rank = 0;
     const struct opt opts[] = {
         { "--model", 'm', OPT_STR, &model, "FILE", "GGUF model (default: the default model, as shoal run)" },
@@ -364,6 +365,8 @@ int cmd_plan(int argc, char **argv) {
         { "--tp", 0, OPT_INT, &tp, "N", "show this layout's ranks (with --pp) rather than the best one's" },
         { "--ep", 0, OPT_FLAG, &ep, NULL, "with --tp: the layout with a mixture of experts' experts whole over the tp ranks" },
         { "--pp", 0, OPT_INT, &pp, "N", "pipeline stages of the layout to show" },
+        { "--tp-weights", 0, OPT_STR, &tpw_s, "W,W..", "with --tp/--pp: show the layout with these shares of a stage's ranks (shoal run's; 1,1: even) rather than the planner's" },
+        { "--pp-weights", 0, OPT_STR, &ppw_s, "W,W..", "with --tp/--pp: show the layout with these shares of the stages (1,1: even)" },
         { "--no-probe", 0, OPT_FLAG, &no_probe, NULL, "predict compute from bytes and bandwidth alone, without timing a layer here" },
         { "--device-mem", 0, OPT_SIZE, &device_mem, "SIZE", "device memory per rank (shoal run --device-mem): which layers stay resident, which stream, the device peak and the bytes copied per token" },
         { "--prefetch", 0, OPT_INT, &prefetch, "N", "with --device-mem: layers fetched ahead (default 1)" },
@@ -414,6 +417,13 @@ int cmd_plan(int argc, char **argv) {
     if (membw_s && !(membw > 0)) USAGE("shoal plan: --membw '%s' is not a rate such as 50GB/s\n", membw_s);
     if (corebw_s && !(corebw > 0)) USAGE("shoal plan: --corebw '%s' is not a rate such as 20GB/s\n", corebw_s);
     if (!!tp != !!pp) USAGE("shoal plan: give --tp and --pp together\n");
+    double tpw[ARGS_MAX_WEIGHTS], ppw[ARGS_MAX_WEIGHTS];
+    int n_tpw = 0, n_ppw = 0;
+    if ((tpw_s || ppw_s) && !tp) USAGE("shoal plan: --tp-weights and --pp-weights go with --tp and --pp\n");
+    if (tpw_s && (n_tpw = args_parse_weights(tpw_s, tpw, ARGS_MAX_WEIGHTS)) != tp)
+        USAGE("shoal plan: --tp-weights '%s' is not %d positive numbers, one a tensor-parallel rank\n", tpw_s, tp);
+    if (ppw_s && (n_ppw = args_parse_weights(ppw_s, ppw, ARGS_MAX_WEIGHTS)) != pp)
+        USAGE("shoal plan: --pp-weights '%s' is not %d positive numbers, one a stage\n", ppw_s, pp);
     if (ep && !tp) USAGE("shoal plan: --ep goes with --tp and --pp (the layout to show)\n");
     if (prefetch < 0 || prefetch > 64) USAGE("shoal plan: --prefetch must be 0..64\n");
     if (group < 1 || group > 4096) USAGE("shoal plan: --offload-group must be 1..4096\n");
@@ -486,6 +496,22 @@ int cmd_plan(int argc, char **argv) {
                               topo.n_ranks);
             goto fail;
         }
+    }
+    if (n_tpw || n_ppw) { /* the layout with the shares given */
+        struct shoal_plan *sp = NULL;
+        const struct shoal_plan_params spp = { .tp = tp, .pp = pp, .ep = ep, .tp_weights = n_tpw ? tpw : NULL,
+                                               .pp_weights = n_ppw ? ppw : NULL };
+        SHOAL_TRY_GOTO(shoal_plan_make(&sp, &shape, &spp), rc, fail);
+        rc = shoal_cost_layout(&shape, sp, &topo, &cp, &given);
+        shoal_plan_destroy(sp);
+        if (rc != SHOAL_OK) goto fail;
+        if ((n_tpw && !(given.tp_weights = malloc(sizeof tpw))) || (n_ppw && !(given.pp_weights = malloc(sizeof ppw)))) {
+            rc = shoal_errorf(SHOAL_NOMEM, "out of memory");
+            goto fail;
+        }
+        if (n_tpw) memcpy(given.tp_weights, tpw, sizeof *tpw * (size_t)tp);
+        if (n_ppw) memcpy(given.pp_weights, ppw, sizeof *ppw * (size_t)pp);
+        show = &given;
     }
     double weights = 0;
     for (int64_t i = 0; i < g->n_tensors; i++) weights += (double)g->tensors[i].nbytes;
@@ -619,6 +645,7 @@ fail:
     status = launch_fail("plan", rc);
 done:
     free(off);
+    shoal_layout_cost_free(&given);
     shoal_layout_costs_free(all, n_all);
     shoal_topology_free(&topo);
     shoal_gguf_close(g);

@@ -206,8 +206,9 @@ static int all_measured(const struct shoal_topology *t) {
 
 /*
  * A measured host's time over the probe's, for the same work: its layer time
- * (taken alone, sustained) over what the probe gives for the model's whole
- * layers with as many threads. 0 when there is nothing to compare.
+ * (its rank alone, the median step: what it takes when it runs) over what the
+ * probe gives for the model's whole layers with as many threads. 0 when there
+ * is nothing to compare.
  */
 static shoal_status host_factor(const struct shoal_model_shape *m, const struct shoal_cost_params *p,
                                 const struct shoal_host *host, int threads, double *out) {

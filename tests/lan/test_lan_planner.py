@@ -10,11 +10,14 @@ two fake hosts (tests/lan/lan.sh), one rank of one thread on each, SmolLM2:
   same layout when given back with --hosts.
 - Unshaped links: measured under 0.5 ms, and the choice gives one rank's
   tokens.
-- One host under a CPU quota of 0.3 of a core (the cgroup v1 cpu
+- One host under a CPU quota of 0.1 of a core (the cgroup v1 cpu
   controller; tests/lan/quota_rank.sh moves that host's rank into it): it is
-  measured as keeping under 0.6 of the time (the other over 0.8), the
+  measured as over 3 times slower over a run (its median step's time over
+  the share of the time it keeps; the other host keeping over 0.8), the
   planner gives it the smaller share of the pipeline (--pp-weights), and the
-  run gives one rank's tokens.
+  run gives one rank's tokens. (At 0.3 of a core a stage of SmolLM2 still
+  fits in its share of a token's time on these links, and even shares can
+  be as fast: bench/bench_cluster.py shows the 0.3 case on a larger model.)
 
 Speeds are not asserted (bench/bench_cluster.py measures them); what is
 asserted are the measurements' orders of magnitude and the decisions they
@@ -125,7 +128,7 @@ def quota_group():
     d = CGROUP_CPU / name
     d.mkdir(exist_ok=True)
     (d / "cpu.cfs_period_us").write_text("100000")
-    (d / "cpu.cfs_quota_us").write_text("30000")  # 0.3 of a core
+    (d / "cpu.cfs_quota_us").write_text("10000")  # 0.1 of a core
     yield name
     for _ in range(100):  # the ranks have ended; the group goes once the kernel lets them go
         try:
@@ -140,9 +143,12 @@ def test_slowed_host(usable, model, one_rank, quota_group, tmp_path):  # noqa: F
     try:
         got = planned_run(lan_id, model, tmp_path, wrap=(str(HERE / "quota_rank.sh"), quota_group, "1", "--"))
         print(f"slowed: hosts {got['hosts']}; chose tp {got['tp']} x pp {got['pp']} {got['weights']}")
-        (n0, (_, cpu0)), (n1, (_, cpu1)) = sorted(got["hosts"].items())
+        (n0, (ms0, cpu0)), (n1, (ms1, cpu1)) = sorted(got["hosts"].items())
         assert n0.endswith("-h0") and n1.endswith("-h1"), got["hosts"]
-        assert cpu1 < 60 and cpu0 > 80, f"a quota of 30% measured as {cpu1}% (the other host {cpu0}%)"
+        # the time a layer takes over a run, flat out: the median step's over the share of the time kept
+        # (with steps as long as the quota's slices, the pauses fall within steps, and the median has them)
+        slow = (ms1 / (cpu1 / 100)) / (ms0 / (cpu0 / 100))
+        assert slow > 3 and cpu0 > 80, f"a quota of 10% measured as {slow:.1f} times slower ({got['hosts']})"
         assert (got["tp"], got["pp"]) == (1, 2), f"chose tp {got['tp']} x pp {got['pp']}"
         m = re.fullmatch(r"--pp-weights ([\d.e+-]+),([\d.e+-]+)", got["weights"])
         assert m and float(m.group(2)) < 0.7 * float(m.group(1)), f"the slowed host's share: {got['weights']}"
@@ -150,5 +156,26 @@ def test_slowed_host(usable, model, one_rank, quota_group, tmp_path):  # noqa: F
         layers = {int(r): int(b) - int(a) + 1 for r, _, a, b in stages}
         assert layers.get(1, 99) < layers.get(0, 0), f"layers by rank: {layers}"
         assert got["ids"] == one_rank, "the weighted layout differs from one rank"
+    finally:
+        lan("down", lan_id, check=False)
+
+
+def test_three_hosts_every_link(usable, model, tmp_path):  # noqa: F811
+    """Three hosts (an odd count: a host sits out each round of pairs): every pair's link is
+    measured, each at 1 ms or more one way, and the host file has the three hosts."""
+    lan_id = up(3, "--rate", "1gbit", "--delay-ms", 1, "--id", f"pl3{os.getpid()}", "--owner", os.getpid())[0]
+    try:
+        hosts = tmp_path / "hosts.txt"
+        r = lan("run", lan_id, "-np", 3, h.shoal_bin(), "plan", "-m", model, "-t", 1, "--probe-cluster", hosts,
+                timeout=180, check=False)
+        assert r.returncode == 0, f"plan --probe-cluster failed ({r.returncode}):\n{r.stderr[-3000:]}"
+        text = hosts.read_text()
+        names = re.findall(r"^host (\S+) ranks=1 ", text, re.M)
+        pairs = {tuple(sorted((a, b))): float(lat) for a, b, lat in
+                 re.findall(r"^link (\S+) (\S+) bw=\S+ lat=([\d.]+)us", text, re.M)}
+        assert len(names) == 3 and len(pairs) == 3, text
+        assert all(0.9e3 <= v < 5e3 for v in pairs.values()), pairs
+        took = float(re.search(r"measured in ([\d.]+) s", r.stderr).group(1))
+        print(f"three hosts measured in {took} s: {pairs}")
     finally:
         lan("down", lan_id, check=False)

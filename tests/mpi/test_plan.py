@@ -203,3 +203,29 @@ def test_run_takes_the_planners_layout(tmp_path):
     assert p.returncode != 0 and "describes 3 ranks but 2 are running" in p.stderr.decode()
     p = h.mpirun(2, args + ["--hosts", slow, "--tp", 2], check=False)
     assert p.returncode != 0 and "--hosts is for the planner" in p.stderr.decode()
+
+
+def test_probe_cluster_on_one_machine(tmp_path):
+    """Two ranks on this machine: --probe-cluster measures one host of two ranks and the
+    link between them (a `local` line), writes a host file that parses, plans on it, and
+    refuses what it cannot do with a usage error; shoal run -v prints the measurement."""
+    model = h.smollm2()
+    hosts = tmp_path / "hosts.txt"
+    p = h.mpirun(2, ["plan", "-m", model, "-t", 1, "--probe-cluster", hosts])
+    text = hosts.read_text()
+    lines = [ln.split("#")[0].split() for ln in text.splitlines() if ln.split("#")[0].strip()]
+    assert [ln[0] for ln in lines] == ["host", "local"], text
+    kv = dict(w.split("=", 1) for w in lines[0][2:])
+    assert kv["ranks"] == "2" and kv["cpu"] and float(kv["layer"].rstrip("us")) > 0, text
+    assert "wrote the host file" in p.stderr.decode() and "best: tp" in p.stdout.decode(), p.stderr.decode()
+    again = h.run(["plan", "-m", model, "-t", 1, "--hosts", hosts, "--json"])
+    assert json.loads(again.stdout)["best"]["tp"] * json.loads(again.stdout)["best"]["pp"] == 2
+    for args, msg in [(["--hosts", hosts], "one of --hosts FILE"), (["--membw", "9GB/s"], "leave out --membw"),
+                      (["--threads", -1], "--threads")]:
+        q = h.run(["plan", "-m", model, "--probe-cluster", tmp_path / "x.txt"] + args, check=False)
+        assert q.returncode == 2 and msg in q.stderr.decode(), (args, q.stderr.decode())
+    assert not (tmp_path / "x.txt").exists()
+    r = h.mpirun(2, ["run", "-m", model, "-p", "Hi", "-n", 4, "--temp", 0, "-t", 1, "-v"])
+    err = r.stderr.decode()
+    assert "the cluster, measured in" in err and "ranks of one host" in err, err
+    assert re.search(r"rank 1 \(stage \d, tp \d\): a decode token [\d.]+ ms computing, [\d.]+ ms waiting", err), err
