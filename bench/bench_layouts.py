@@ -48,8 +48,8 @@ RTT_MS, GBIT = 2.0, 1.0  # the emulated link: 1 ms each way, 1 Gbit/s
 BURST = 128 * 1024      # tbf's bucket (lan.sh): a message this small passes at once
 
 STATS = re.compile(r"prompt (\d+) tokens in ([0-9.]+) s .*? (\d+) decode steps in ([0-9.]+) s")
-RANK = re.compile(r"rank (\d+) \(stage (\d+), tp (\d+)\): generation ([0-9.]+) KiB/token sent, "
-                  r"([0-9.]+) ms/token in communication \| prompt ([0-9.]+) KiB/token")
+RANK = re.compile(r"rank (\d+) \(stage (\d+), tp (\d+)\): a decode token [0-9.]+ ms computing, ([0-9.]+) ms "
+                  r"waiting, ([0-9.]+) KiB sent \| prompt ([0-9.]+) KiB/token")
 
 
 def make_model(shoal, out):
@@ -67,7 +67,7 @@ def parse(stderr: str) -> dict:
     m = STATS.search(stderr)
     if not m:
         raise RuntimeError("no statistics in:\n" + stderr[-2000:])
-    ranks = [dict(rank=int(r[0]), stage=int(r[1]), tp=int(r[2]), kib=float(r[3]), ms=float(r[4]),
+    ranks = [dict(rank=int(r[0]), stage=int(r[1]), tp=int(r[2]), ms=float(r[3]), kib=float(r[4]),
                   prompt_kib=float(r[5])) for r in RANK.findall(stderr)]
     return {"prompt_tps": int(m.group(1)) / float(m.group(2)),
             "gen_tps": int(m.group(3)) / float(m.group(4)) if float(m.group(4)) > 0 else 0,
