@@ -447,6 +447,7 @@ static void test_measured_hosts(void) {
     CHECK(near(1 / c.tok_s, (16 * 10e-3 + 5e-3) / 0.25, 1e-6), "the quota bounds the pace: %.4f s a token", 1 / c.tok_s);
     shoal_layout_cost_free(&c);
     shoal_plan_destroy(plan);
+    shoal_topology_free(&t);
     /* the best layouts share by speed: b takes fewer layers, and the token comes sooner */
     static const char *const hosts[] = { "slow", "quota" };
     for (int k = 0; k < 2; k++) {
