@@ -336,9 +336,18 @@ static shoal_status choose_layout(struct run *r) {
     if (!tp && !pp) {
         if (n > 1) return SHOAL_OK; /* the planner's, in auto_layout() */
         tp = pp = 1;
-    } else if (!tp) tp = pp && n % pp == 0 ? n / pp : 0;
-    else if (!pp) pp = n % tp == 0 ? n / tp : 0;
-    if (!tp || !pp || tp * pp != n)
+    } else if (!tp || !pp) {
+        /* one given: the other is what the ranks leave, when it divides them */
+        const int given = tp ? tp : pp;
+        if (n % given)
+            return shoal_errorf(SHOAL_INVALID,
+                                "--%s %d does not divide the %d rank%s running (start a multiple of %d ranks "
+                                "with mpirun -np, or give --tp and --pp with tp x pp = %d)",
+                                tp ? "tp" : "pp", given, n, n == 1 ? "" : "s", given, n);
+        if (tp) pp = n / tp;
+        else tp = n / pp;
+    }
+    if (tp * pp != n)
         return shoal_errorf(SHOAL_INVALID,
                             "--tp %d x --pp %d does not match the %d rank%s running (start %d "
                             "ranks with mpirun -np, or choose tp x pp = %d)",

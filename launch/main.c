@@ -26,8 +26,13 @@ static const struct {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: shoal COMMAND [options]\n\n"
-            "shoal runs LLaMA-family GGUF models on the CPU today, and across ranks,\n"
-            "GPUs and machines as those parts land.\n\ncommands:\n");
+            "shoal runs GGUF language models (LLaMA, Mistral, Qwen2/3, Gemma 3, mixtures of\n"
+            "experts) on CPUs and NVIDIA GPUs, on one machine or across several: started\n"
+            "under mpirun, each rank holds its share of the model (tensor and pipeline\n"
+            "parallel), and layers that do not fit a device stream from host memory.\n\n"
+            "  shoal run -m model.gguf -p \"Hello\"                 one machine\n"
+            "  mpirun -np 2 shoal run -m model.gguf -p \"Hello\"    two ranks: the planner lays them out\n"
+            "\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].about);
     fprintf(f, "\n'shoal COMMAND --help' describes a command's options.\n"

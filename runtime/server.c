@@ -31,6 +31,7 @@
 #include "unicode.h"
 
 #define MAX_STOP 4
+#define MAX_STOP_IDS 64 /* stop_token_ids */
 #define MAX_STOP_BYTES 512 /* a stop string's: each token looks for every tail of each that the text ends with */
 #define N_TTFT 11
 #define N_ITL 11
@@ -88,6 +89,9 @@ struct req {
     struct shoal_sampler_params sp;
     char *stop[MAX_STOP];
     int n_stop;
+    int ignore_eos;                  /* end-of-generation tokens do not end it */
+    int32_t stop_ids[MAX_STOP_IDS];  /* tokens that end it (stop_token_ids) */
+    int n_stop_ids;
     /* engine side: the sequence, its text */
     uint64_t seq;
     int queued, cancel_sent;
@@ -242,8 +246,10 @@ static int on_token(void *user, int32_t t) {
     pthread_mutex_lock(&r->mu);
     r->t_last = now;
     r->n_gen++;
-    if (shoal_tokenizer_is_eog(srv->tok, t)) {
-        stop = 1;
+    int stop_id = 0;
+    for (int i = 0; i < r->n_stop_ids; i++) stop_id |= r->stop_ids[i] == t;
+    if (stop_id || (!r->ignore_eos && shoal_tokenizer_is_eog(srv->tok, t))) {
+        stop = 1; /* the token's text is not the answer's */
     } else {
         char buf[4096], clean[3 * 4096]; /* a piece longer than 3.8 KiB is lost (none known) */
         int n = shoal_detok_push(&r->detok, t, buf, sizeof buf);
@@ -518,7 +524,10 @@ static const char *KNOWN[] = { "model", "prompt", "messages", "max_tokens", "max
                                "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "n", "stream",
                                "stream_options", "user", "logprobs", "echo", "best_of", "logit_bias", "suffix",
                                "top_logprobs", "response_format", "tools", "tool_choice", "functions",
-                               "function_call", "parallel_tool_calls", NULL };
+                               "function_call", "parallel_tool_calls",
+                               /* vLLM's and llama.cpp's servers' extensions */
+                               "top_k", "min_p", "repetition_penalty", "repeat_penalty", "repeat_last_n",
+                               "ignore_eos", "stop_token_ids", NULL };
 
 /* The value of a "number" field within [lo, hi], or an error message. */
 static const char *get_number(const cJSON *o, const char *key, double lo, double hi, double *v) {
@@ -646,6 +655,39 @@ static struct req *parse_request(struct shoal_server *srv, int chat, const char 
     r->sp.freq_penalty = (float)freq;
     r->sp.repeat_last_n = -1;
     r->sp.seed = seed >= 0 ? (uint64_t)seed : random_u64();
+    /* the extensions vLLM's and llama.cpp's servers take (shoal run's --top-k, --min-p, ...) */
+    double top_k = 0, min_p = 0, rep = 1, last_n = -1;
+    if ((why = get_number(j, "top_k", -1, 1e9, &top_k)) || top_k != floor(top_k))
+        BAD(400, "top_k", NULL, "'top_k' %s (a whole number: -1 or 0 for none)", why ? why : "is not whole");
+    if ((why = get_number(j, "min_p", 0, 1, &min_p))) BAD(400, "min_p", NULL, "'min_p' %s (0 to 1)", why);
+    const char *rk = cJSON_GetObjectItemCaseSensitive(j, "repeat_penalty") ? "repeat_penalty" : "repetition_penalty";
+    if (cJSON_GetObjectItemCaseSensitive(j, "repeat_penalty") && cJSON_GetObjectItemCaseSensitive(j, "repetition_penalty"))
+        BAD(400, "repetition_penalty", NULL, "give 'repetition_penalty' or 'repeat_penalty' (the same thing), not both");
+    if ((why = get_number(j, rk, 1e-6, 10, &rep))) BAD(400, rk, NULL, "'%s' %s (more than 0, at most 10; 1: none)", rk, why);
+    if ((why = get_number(j, "repeat_last_n", -1, 1e9, &last_n)) || last_n != floor(last_n))
+        BAD(400, "repeat_last_n", NULL, "'repeat_last_n' %s (a whole number: -1 for every token)",
+            why ? why : "is not whole");
+    r->sp.top_k = top_k > 0 ? (int)fmin(top_k, 1e9) : 0;
+    r->sp.min_p = (float)min_p;
+    r->sp.repeat_penalty = (float)rep;
+    r->sp.repeat_last_n = (int)last_n;
+    x = cJSON_GetObjectItemCaseSensitive(j, "ignore_eos");
+    if (x && !cJSON_IsBool(x) && !cJSON_IsNull(x)) BAD(400, "ignore_eos", NULL, "'ignore_eos' must be true or false");
+    r->ignore_eos = cJSON_IsTrue(x);
+    x = cJSON_GetObjectItemCaseSensitive(j, "stop_token_ids");
+    if (x && !cJSON_IsNull(x)) {
+        if (!cJSON_IsArray(x) || cJSON_GetArraySize(x) > MAX_STOP_IDS)
+            BAD(400, "stop_token_ids", NULL, "'stop_token_ids' must be an array of at most %d token ids", MAX_STOP_IDS);
+        const int n_vocab = shoal_tokenizer_n_vocab(srv->tok);
+        const cJSON *s;
+        cJSON_ArrayForEach(s, x) {
+            if (!cJSON_IsNumber(s) || s->valuedouble != floor(s->valuedouble) || s->valuedouble < 0 ||
+                s->valuedouble >= n_vocab)
+                BAD(400, "stop_token_ids", NULL, "'stop_token_ids' holds token ids, whole numbers from 0 to %d",
+                    n_vocab - 1);
+            r->stop_ids[r->n_stop_ids++] = (int32_t)s->valuedouble;
+        }
+    }
     x = cJSON_GetObjectItemCaseSensitive(j, "stream");
     if (x && !cJSON_IsBool(x) && !cJSON_IsNull(x)) BAD(400, "stream", NULL, "'stream' must be true or false");
     r->stream = cJSON_IsTrue(x);

@@ -178,13 +178,14 @@ def test_verbose_reports_every_rank():
     assert p.stdout.count(b"Once upon a time") == 1, "only rank 0 prints"
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--tp", 3], "does not match the 2 ranks"),
-    (["--tp", 2, "--pp", 2], "does not match the 2 ranks"),
-    (["--pp", 9], "does not match the 2 ranks"),
+@pytest.mark.parametrize("np_,args,msg", [
+    (2, ["--tp", 3], "--tp 3 does not divide the 2 ranks running (start a multiple of 3 ranks"),
+    (2, ["--tp", 2, "--pp", 2], "--tp 2 x --pp 2 does not match the 2 ranks"),
+    (2, ["--pp", 9], "--pp 9 does not divide the 2 ranks running"),
+    (3, ["--tp", 2], "--tp 2 does not divide the 3 ranks running (start a multiple of 2 ranks"),
 ])
-def test_layout_errors(args, msg):
-    p = h.mpirun(2, ["run", "-m", h.testdata("stories260K.gguf"), "-n", 4] + args, check=False)
+def test_layout_errors(np_, args, msg):
+    p = h.mpirun(np_, ["run", "-m", h.testdata("stories260K.gguf"), "-n", 4] + args, check=False)
     assert p.returncode != 0
     assert p.stderr.decode().count(msg) == 1, "rank 0 alone explains: " + p.stderr.decode()
 

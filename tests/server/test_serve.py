@@ -357,3 +357,61 @@ def test_unstreamed_request_cancelled_when_its_client_goes(tmp_path):
         assert done < 2000, f"{done} tokens generated for a client that had gone"
     finally:
         assert s.stop() == 0, s.err[-3000:]
+
+
+def test_sampling_extensions(server, model, tmp_path):
+    """vLLM's and llama.cpp's extensions (what an OpenAI client sends in extra_body), as shoal run
+    honours them: top_k 1 or min_p 1 leave only the likeliest token, so even at temperature 2 the text
+    is the greedy one; a repetition penalty changes the greedy text; stop_token_ids ends at the first
+    of them (not in the text, finish_reason "stop"); bad values are refused naming the field."""
+    c = client(server)
+    prompt, greedy = PROMPTS[0], ref(model, PROMPTS[0])
+
+    def text(**extra):
+        return c.completions.create(model="stories260K", prompt=prompt, max_tokens=N, temperature=2.0, seed=3,
+                                    extra_body=extra).choices[0].text
+    assert text(top_k=1) == greedy
+    assert text(min_p=1.0) == greedy
+    assert text() != greedy, "temperature 2 gave the greedy text: the checks above would prove nothing"
+    pen = c.completions.create(model="stories260K", prompt=prompt, max_tokens=N, temperature=0,
+                               extra_body={"repetition_penalty": 1.5}).choices[0].text
+    assert pen != greedy, "a repetition penalty of 1.5 changed nothing"
+    same = c.completions.create(model="stories260K", prompt=prompt, max_tokens=N, temperature=0,
+                                extra_body={"repeat_penalty": 1.5}).choices[0].text
+    assert same == pen, "repeat_penalty (llama.cpp's name) is not repetition_penalty"
+    # stop_token_ids: the first generated id not seen before it, from shoal run's greedy ids
+    h.run(["run", "-m", model, "-p", prompt, "-n", 0, "-q", "--ids-out", tmp_path / "p"])
+    h.run(["run", "-m", model, "-p", prompt, "-n", N, "--temp", 0, "-q", "--ids-out", tmp_path / "g"])
+    gen = h.read_ids(tmp_path / "g")[len(h.read_ids(tmp_path / "p")):]
+    i = next(k for k in range(3, len(gen)) if gen[k] not in gen[:k])
+    r = c.completions.create(model="stories260K", prompt=prompt, max_tokens=N, temperature=0,
+                             extra_body={"stop_token_ids": [gen[i]]})
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == i + 1, (r, i)
+    assert greedy.startswith(r.choices[0].text) and len(r.choices[0].text) < len(greedy)
+    for bad, field in [({"top_k": 1.5}, "top_k"), ({"min_p": 2}, "min_p"), ({"stop_token_ids": [-1]}, "stop_token_ids"),
+                       ({"stop_token_ids": "7"}, "stop_token_ids"), ({"ignore_eos": "yes"}, "ignore_eos"),
+                       ({"repetition_penalty": 0}, "repetition_penalty"),
+                       ({"repetition_penalty": 1.1, "repeat_penalty": 1.1}, "repetition_penalty")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model="stories260K", prompt=prompt, max_tokens=4, extra_body=bad)
+        assert field in str(e.value), (bad, e.value)
+
+
+def test_ignore_eos():
+    """ignore_eos runs past the end-of-generation token to max_tokens (stories260K never ends a story
+    with one: SmolLM2's chat answers end with <|im_end|>)."""
+    model = h.smollm2()
+    s = Server(["-m", model, "-t", 1, "--parallel", 2, "-c", 512])
+    try:
+        c = client(s)
+        name = c.models.list().data[0].id
+        msgs = [{"role": "user", "content": "Say hello."}]
+        short = c.chat.completions.create(model=name, messages=msgs, max_tokens=200, temperature=0)
+        assert short.choices[0].finish_reason == "stop", short
+        n_end = short.usage.completion_tokens
+        more = c.chat.completions.create(model=name, messages=msgs, max_tokens=n_end + 16, temperature=0,
+                                         extra_body={"ignore_eos": True})
+        assert more.choices[0].finish_reason == "length" and more.usage.completion_tokens == n_end + 16, more
+        assert more.choices[0].message.content.startswith(short.choices[0].message.content)
+    finally:
+        assert s.stop() == 0, s.err[-3000:]
