@@ -72,9 +72,11 @@ static long parse_id_list(const char *s, int32_t *ids, char *bad, size_t bad_len
 }
 
 /* 0 to go on, else the exit status (help asked: 0, usage error: 2, as 1 + status). */
-static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opts *o) {
+static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts *o) {
     memset(o, 0, sizeof *o);
+    const int serve = mode == RUN_SERVE, ppl = mode == RUN_PERPLEXITY;
     o->serve = serve;
+    o->perplexity = ppl;
     o->port = 8080;
     o->parallel = 16;
     o->max_queue = 64;
@@ -173,18 +175,31 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         { "--parse-special", 0, OPT_FLAG, &o->parse_special, NULL, "special tokens written in a request's text (a prompt, a message) are control tokens, as llama.cpp's server has them; default: a request's text is text, and only the chat template's own markers are special" },
         OPT_END,
     };
+    const struct opt ppl_only[] = {
+        { "--file", 'f', OPT_STR, &o->prompt_file, "FILE", "the text to score (required): plain text, as llama.cpp's perplexity reads it" },
+        { "--chunks", 0, OPT_INT, &o->chunks, "N", "score at most N windows of -c tokens (default: all the text holds)" },
+        OPT_END,
+    };
     struct opt opts[96];
     _Static_assert(sizeof common / sizeof *common + sizeof run_only / sizeof *run_only <= 96 &&
                        sizeof common / sizeof *common + sizeof serve_only / sizeof *serve_only <= 96,
                    "opts[] holds the common options and one command's");
     int n_opts = 0;
     for (const struct opt *t = common; t->lng; t++) opts[n_opts++] = *t;
-    for (const struct opt *t = o->serve ? serve_only : run_only; t->lng; t++) opts[n_opts++] = *t;
+    for (const struct opt *t = serve ? serve_only : ppl ? ppl_only : run_only; t->lng; t++) opts[n_opts++] = *t;
     opts[n_opts] = (struct opt)OPT_END;
     const char *pos[1];
     int n_pos;
-    const char *cmd = serve ? "shoal serve" : "shoal run";
-    int prc = serve ? args_parse_quiet(loud, cmd, "[-m MODEL] [--port N] [options]",
+    const char *cmd = serve ? "shoal serve" : ppl ? "shoal perplexity" : "shoal run";
+    int prc = ppl ? args_parse_quiet(loud, cmd, "-m MODEL -f TEXT [-c 512] [--chunks N] [options]",
+                                     "A model's perplexity on a text, as llama.cpp's perplexity computes it: the\n"
+                                     "text's tokens cut into windows of -c (default 512), each run from its start\n"
+                                     "(its first token BOS where the model adds one), the second half of each\n"
+                                     "scored; prints each window's running figure, then the estimate with its\n"
+                                     "standard error. Under mpirun, in any layout (every layout gives one rank's\n"
+                                     "figure).",
+                                     opts, argc, argv, pos, 0, &n_pos)
+            : serve ? args_parse_quiet(loud, cmd, "[-m MODEL] [--port N] [options]",
                                        "Serves a GGUF model over HTTP with OpenAI's API: GET /v1/models, POST\n"
                                        "/v1/completions and /v1/chat/completions (\"stream\": true for server-sent\n"
                                        "events), GET /health and GET /metrics (Prometheus). Requests are batched\n"
@@ -211,6 +226,13 @@ static int parse_opts(int argc, char **argv, int loud, int serve, struct run_opt
         if (err) fprintf(err, "%s: ", cmd), fprintf(err, __VA_ARGS__);                         \
         return 3;                                                                              \
     } while (0)
+    if (ppl) {
+        if (!o->prompt_file) USAGE("give the text to score with -f FILE\n");
+        if (o->chunks < 0) USAGE("--chunks must be >= 1\n");
+        if (!o->n_ctx) o->n_ctx = 512; /* llama.cpp's perplexity's windows */
+        if (o->n_ctx < 8) USAGE("-c %d: windows of at least 8 tokens\n", o->n_ctx);
+        if (o->n_batch > o->n_ctx) o->n_batch = o->n_ctx;
+    }
     if (o->prompt && o->prompt_file) USAGE("give -p or -f, not both\n");
     if (o->prompt_ids) {
         char bad[160];
@@ -638,10 +660,11 @@ static shoal_status load(struct run *r) {
      * top-k without penalties (which would lift other tokens); never for --logits-out */
     const struct shoal_sampler_params *sp = &r->o.sp;
     int plain = sp->repeat_penalty == 1.0f && sp->freq_penalty == 0 && sp->presence_penalty == 0;
-    int topk = r->o.logits_path || !plain ? 0 : sp->temp <= 0 ? 1 : sp->top_k > 0 && sp->top_k <= 1024 ? sp->top_k : 0;
+    int topk = r->o.logits_path || r->o.perplexity || !plain ? 0 : sp->temp <= 0 ? 1 : sp->top_k > 0 && sp->top_k <= 1024 ? sp->top_k : 0;
     if (r->o.serve) topk = 0; /* requests sample as they like: whole rows of logits */
     struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
-                                      .n_outputs = r->o.serve ? r->o.parallel : r->o.logits_path ? r->o.n_batch : 1,
+                                      .n_outputs = r->o.serve ? r->o.parallel
+                                                   : r->o.logits_path || r->o.perplexity ? r->o.n_batch : 1,
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist,
                                       .rings = r->o.serve ? r->o.parallel : 1 /* windowed layers' rings */ };
     struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
@@ -1243,14 +1266,15 @@ static int lead(struct run *r) {
 
 /* ------------------------------------------------------------------ entry */
 
-static int run_main(int argc, char **argv, int serve) {
-    const char *name = serve ? "serve" : "run";
+int run_main(int argc, char **argv, int mode) {
+    const int serve = mode == RUN_SERVE;
+    const char *name = serve ? "serve" : mode == RUN_PERPLEXITY ? "perplexity" : "run";
     struct run r = { 0 };
     shoal_status rc = shoal_comm_init_world(&r.world, &argc, &argv);
     if (rc != SHOAL_OK) return launch_fail(name, rc);
     r.rank = shoal_comm_rank(r.world);
     r.size = shoal_comm_size(r.world);
-    int status = parse_opts(argc, argv, r.rank == 0, serve, &r.o);
+    int status = parse_opts(argc, argv, r.rank == 0, mode, &r.o);
     if (status) {
         shoal_comm_finalize(r.world);
         return status - 1;
@@ -1296,8 +1320,8 @@ static int run_main(int argc, char **argv, int serve) {
     r.t_load = shoal_now() - t0;
     shoal_comm_set_timeout(r.o.comm_seconds); /* loading may take long; steps not */
     if (r.rank == 0) {
-        status = serve ? serve_lead(&r) : lead(&r);
-        if (serve) report_comm(&r, r.o.verbose && status == 0, NULL); /* lead() has; the others wait for it */
+        status = serve ? serve_lead(&r) : mode == RUN_PERPLEXITY ? perplexity_lead(&r) : lead(&r);
+        if (mode != RUN_RUN) report_comm(&r, r.o.verbose && status == 0, NULL); /* lead() has; the others wait for it */
     } else {
         rc = shoal_follow(r.st);
         if (rc != SHOAL_OK) {
@@ -1313,6 +1337,6 @@ out:
     return status;
 }
 
-int cmd_run(int argc, char **argv) { return run_main(argc, argv, 0); }
+int cmd_run(int argc, char **argv) { return run_main(argc, argv, RUN_RUN); }
 
-int cmd_serve(int argc, char **argv) { return run_main(argc, argv, 1); }
+int cmd_serve(int argc, char **argv) { return run_main(argc, argv, RUN_SERVE); }

@@ -20,6 +20,7 @@ static const struct {
     { "info", cmd_info, "print a GGUF file's metadata and tensor table" },
     { "shard", cmd_shard, "cut a GGUF into one file per rank, with a manifest" },
     { "plan", cmd_plan, "say which layouts fit the hosts and how fast they will decode" },
+    { "perplexity", cmd_perplexity, "a model's perplexity on a text, as llama.cpp computes it" },
     { "synth", cmd_synth, "write a synthetic model with random weights (tests, benchmarks)" },
 };
 

@@ -33,6 +33,8 @@ struct run_opts {
     int n_tp_weights, n_pp_weights;
     struct shoal_sampler_params sp;
     char model_buf[4096];
+    /* shoal perplexity */
+    int perplexity, chunks;
     /* shoal serve */
     int serve;
     const char *host, *api_key, *model_id, *system_default;
@@ -83,5 +85,12 @@ shoal_status run_chat_format(const struct run *r, int *kind, char **sys);
  * stops the other ranks (shoal_stop). Returns the exit status.
  */
 int serve_lead(struct run *r);
+
+/* Rank 0 of shoal perplexity, once loaded (cmd_perplexity.c): scores the text, stops the others. */
+int perplexity_lead(struct run *r);
+
+/* shoal run, serve and perplexity: every rank's setup, then rank 0 leads and the others follow. */
+enum { RUN_RUN, RUN_SERVE, RUN_PERPLEXITY };
+int run_main(int argc, char **argv, int mode);
 
 #endif
