@@ -150,23 +150,29 @@ static int quantizable(const struct shoal_gguf_tensor *t) {
     return t->n_dims >= 2 && ends_with(t->name, "weight") && !strstr(t->name, "ffn_gate_inp");
 }
 
-static void on_rows(struct progress *p, uint64_t bytes) { progress_add(p, bytes); }
-
-/* The rows of t into type, a row at a time, written to w. */
+/* The rows of t into type, a row at a time, written to w; a tensor kept as it is, its bytes as they are. */
 static shoal_status convert(struct shoal_gguf_writer *w, const struct shoal_gguf_tensor *t, int type, float *row,
                             void *out, struct progress *pr) {
+    const uint8_t *src = t->data;
+    if (type == t->type) {
+        for (uint64_t at = 0; at < t->nbytes;) {
+            const uint64_t n = t->nbytes - at < (1u << 20) ? t->nbytes - at : (1u << 20);
+            SHOAL_TRY(shoal_gguf_write_data(w, src + at, (size_t)n));
+            progress_add(pr, n);
+            at += n;
+        }
+        return SHOAL_OK;
+    }
     const int64_t ne0 = t->ne[0], rows = t->ne[1] * t->ne[2] * t->ne[3];
     const size_t in_rb = shoal_dtype_row_bytes(t->type, ne0), out_rb = shoal_dtype_row_bytes(type, ne0);
-    const uint8_t *src = t->data;
+    if (!in_rb || !out_rb || (uint64_t)in_rb * (uint64_t)rows != t->nbytes)
+        return shoal_errorf(SHOAL_FORMAT, "rows of %lld %s values do not make its %llu bytes", (long long)ne0,
+                            shoal_dtype_name(t->type), (unsigned long long)t->nbytes);
     for (int64_t r = 0; r < rows; r++, src += in_rb) {
-        if (type == t->type) { /* the same type: its bytes */
-            SHOAL_TRY(shoal_gguf_write_data(w, src, in_rb));
-        } else {
-            SHOAL_TRY(shoal_dequantize_row(t->type, src, row, ne0));
-            SHOAL_TRY(shoal_quantize_row(type, row, out, ne0));
-            SHOAL_TRY(shoal_gguf_write_data(w, out, out_rb));
-        }
-        on_rows(pr, in_rb);
+        SHOAL_TRY(shoal_dequantize_row(t->type, src, row, ne0));
+        SHOAL_TRY(shoal_quantize_row(type, row, out, ne0));
+        SHOAL_TRY(shoal_gguf_write_data(w, out, out_rb));
+        progress_add(pr, in_rb);
     }
     return SHOAL_OK;
 }
@@ -282,7 +288,8 @@ int cmd_quantize(int argc, char **argv) {
         const struct shoal_gguf_tensor *t = &g->tensors[i];
         rc = convert(w, t, types[i], row, out, &pr);
         if (rc != SHOAL_OK) shoal_error_prefix("tensor '%s'", t->name);
-        const uint64_t rows = (uint64_t)(t->ne[1] * t->ne[2] * t->ne[3]), bytes = shoal_dtype_row_bytes(types[i], t->ne[0]) * rows;
+        const uint64_t rows = (uint64_t)(t->ne[1] * t->ne[2] * t->ne[3]);
+        const uint64_t bytes = types[i] == t->type ? t->nbytes : shoal_dtype_row_bytes(types[i], t->ne[0]) * rows;
         written += bytes;
         if (quantizable(t)) {
             mat_bytes += bytes;
