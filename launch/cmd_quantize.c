@@ -191,7 +191,7 @@ int cmd_quantize(int argc, char **argv) {
                       "importance matrix: the same bytes for every tensor. TYPE is one type for\n"
                       "every matrix or one of llama.cpp's mixes, which choose a type per tensor:\n ");
     for (int i = 0; i < N_FTYPES && at > 0 && (size_t)at < sizeof help; i++)
-        at += snprintf(help + at, sizeof help - (size_t)at, " %s", FTYPES[i].name);
+        at += snprintf(help + at, sizeof help - (size_t)at, "%s %s", i && i % 10 == 0 ? "\n " : "", FTYPES[i].name);
     if (at > 0 && (size_t)at < sizeof help)
         snprintf(help + at, sizeof help - (size_t)at,
                  "\nFrom F32, F16, BF16 or Q8_0; other types with --allow-requantize. Norms and\n"
