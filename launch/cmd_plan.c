@@ -140,19 +140,29 @@ static cJSON *json_cost(const struct shoal_layout_cost *c) {
     return o;
 }
 
+size_t launch_weights_text(char *b, size_t len, const double *w, int n) {
+    double most = 0;
+    for (int i = 0; i < n; i++) most = fmax(most, w[i]);
+    size_t at = 0;
+    if (len) b[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const int k = snprintf(at < len ? b + at : NULL, at < len ? len - at : 0, "%s%.3g", i ? "," : "",
+                               most > 0 ? w[i] / most : 1);
+        at += k > 0 ? (size_t)k : 0;
+    }
+    return at;
+}
+
 /* " --tp-weights a,b --pp-weights c,d" of a layout that shares unevenly (the largest 1), or "". */
 static const char *shares_text(char *b, size_t len, const struct shoal_layout_cost *c) {
     size_t at = 0;
     b[0] = 0;
-    for (int d = 0; d < 2; d++) {
+    for (int d = 0; d < 2 && at < len; d++) {
         const double *w = d ? c->pp_weights : c->tp_weights;
-        const int n = d ? c->pp : c->tp;
         if (!w) continue;
-        double most = 0;
-        for (int i = 0; i < n; i++) most = fmax(most, w[i]);
-        at += (size_t)snprintf(b + at, at < len ? len - at : 0, " --%s-weights ", d ? "pp" : "tp");
-        for (int i = 0; i < n && at < len; i++)
-            at += (size_t)snprintf(b + at, len - at, "%s%.3g", i ? "," : "", most > 0 ? w[i] / most : 1);
+        const int k = snprintf(b + at, len - at, " --%s-weights ", d ? "pp" : "tp");
+        at += k > 0 ? (size_t)k : 0;
+        if (at < len) at += launch_weights_text(b + at, len - at, w, d ? c->pp : c->tp);
     }
     if (at >= len && len > 4) memcpy(b + len - 4, "...", 4); /* cut, and says so */
     return b;

@@ -390,17 +390,6 @@ static shoal_status choose_layout(struct run *r) {
     return SHOAL_OK;
 }
 
-/* "w,w,..." of n weights, as --tp-weights takes them (the largest 1), into b. */
-static const char *weights_text(char *b, size_t len, const double *w, int n) {
-    double most = 0;
-    for (int i = 0; i < n; i++) most = w[i] > most ? w[i] : most;
-    size_t at = 0;
-    b[0] = 0;
-    for (int i = 0; i < n && at < len; i++)
-        at += (size_t)snprintf(b + at, len - at, "%s%.3g", i ? "," : "", most > 0 ? w[i] / most : 1);
-    return b;
-}
-
 /*
  * No --tp/--pp: the cluster measured (every rank: its host's speed and its
  * links, unless --hosts describes them), then rank 0 asks the planner
@@ -470,12 +459,14 @@ static shoal_status auto_layout(struct run *r) {
     if (lay[3]) {
         memcpy(r->o.tp_weights, w, sizeof *w * (size_t)lay[0]);
         r->o.n_tp_weights = lay[0];
-        snprintf(tw, sizeof tw, " --tp-weights %s", weights_text(b, sizeof b, w, lay[0]));
+        launch_weights_text(b, sizeof b, w, lay[0]);
+        snprintf(tw, sizeof tw, " --tp-weights %s", b);
     }
     if (lay[4]) {
         memcpy(r->o.pp_weights, w + n, sizeof *w * (size_t)lay[1]);
         r->o.n_pp_weights = lay[1];
-        snprintf(pw, sizeof pw, " --pp-weights %s", weights_text(b, sizeof b, w + n, lay[1]));
+        launch_weights_text(b, sizeof b, w + n, lay[1]);
+        snprintf(pw, sizeof pw, " --pp-weights %s", b);
     }
     free(w);
     if (r->rank == 0 && !r->o.quiet)
@@ -706,6 +697,14 @@ static void teardown(struct run *r) {
  */
 enum { REP_PROMPT_BYTES, REP_DECODE_BYTES, REP_DECODE_WAIT, REP_PROMPT_WAIT, REP_RSS, REP_DECODE_COMPUTE, REP_N };
 
+/* The rank that computed longest a decode token, of n ranks' figures (REP_N each). */
+static int slowest_rank(const double *all, int n) {
+    int slow = 0;
+    for (int k = 1; k < n; k++)
+        if (all[REP_N * k + REP_DECODE_COMPUTE] > all[REP_N * slow + REP_DECODE_COMPUTE]) slow = k;
+    return slow;
+}
+
 /*
  * Every rank's figures for the run, gathered (a collective); with print, rank 0
  * prints a line a rank: per decode token its time computing and waiting (for the
@@ -728,13 +727,12 @@ static void report_comm(struct run *r, int print, double **all_out) {
         free(all);
         return;
     }
-    int slow = 0;
+    const int slow = slowest_rank(all, r->size);
     double next = 0;
     for (int k = 0; k < r->size; k++) {
         const struct shoal_rank_part *pt = &r->plan->part[k % r->n_part];
         const double *v = all + REP_N * k;
         char rss[32];
-        if (v[REP_DECODE_COMPUTE] > all[REP_N * slow + REP_DECODE_COMPUTE]) slow = k;
         if (print)
             fprintf(stderr,
                     "shoal: rank %d (stage %d, tp %d): a decode token %.2f ms computing, %.2f ms waiting, %.1f KiB "
@@ -772,9 +770,7 @@ static void report_pace(const struct run *r, const struct shoal_gen_stats *gs, c
     if (fabs(measured - predicted) <= predicted / 3) return;
     char who[160] = "";
     if (all && r->size > 1) {
-        int slow = 0;
-        for (int k = 1; k < r->size; k++)
-            if (all[REP_N * k + REP_DECODE_COMPUTE] > all[REP_N * slow + REP_DECODE_COMPUTE]) slow = k;
+        const int slow = slowest_rank(all, r->size);
         snprintf(who, sizeof who, "; rank %d computed longest, %.2f ms a token", slow,
                  all[REP_N * slow + REP_DECODE_COMPUTE] * 1e3);
     }

@@ -62,6 +62,10 @@ shoal_status launch_measure_machine(struct shoal_host *h, size_t bytes);
 shoal_status launch_auto_layout(const struct shoal_model_shape *m, const struct shoal_topology *topo,
                                 const struct shoal_cost_params *p, struct shoal_layout_cost *best);
 
+/* "w,w,..." of n weights as --tp-weights takes them (the largest 1) into b (len bytes, cut to fit);
+ * returns the length of the whole text (len or more: cut). */
+size_t launch_weights_text(char *b, size_t len, const double *w, int n);
+
 /* A host file (shoal plan --help), hosts that leave things out taking machine's. */
 shoal_status launch_read_hosts(const char *path, const struct shoal_host *machine, struct shoal_topology *t);
 
