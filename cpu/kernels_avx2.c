@@ -52,29 +52,167 @@ static inline __m256 bf16x8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-/* A row of 16-bit floats (f16 or bf16: load8 widens 8 of them, cvt one) times f32 x. */
-static inline float row_half(const struct mm_task *t, int64_t r, int tok,
-                             __m256 (*load8)(const uint16_t *), float (*cvt)(uint16_t)) {
-    const int64_t n = t->w->cols;
-    const uint16_t *w = row_ptr(t, r);
-    const float *x = t->x + tok * n;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(load8(w + i), _mm256_loadu_ps(x + i), acc0);
-        acc1 = _mm256_fmadd_ps(load8(w + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+/*
+ * 16-bit float weights (F16, BF16: bf set) times f32 x, in tiles of up to
+ * H2_ROWS rows x H2_TOKS tokens (kernels_avx512.c's scheme, narrower): a
+ * 16-value piece of each of the tile's rows is widened once, in two halves,
+ * and met by every token of the tile. Every output has two accumulators,
+ * one a half (two FMA chains, so that a row read alone while decoding is
+ * not held to one chain's latency), over its row's pieces in order (the
+ * last one padded with zeros), added and summed across the vector at the
+ * end: the same bits whatever tile the output falls in. Rows go in chunks
+ * of H2_CHUNK, which stay in L2 while every token passes over them.
+ */
+#define H2_ROWS 2
+#define H2_TOKS 2
+#define H2_CHUNK 32
+
+static inline __attribute__((always_inline)) __m256 half8(const uint16_t *p, int bf) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (bf) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+/* Named accumulators, lMJ and hMJ (row M, token J; the piece's low and high half), as in
+ * kernels_avx512.c: an array of them was kept in memory too. */
+#define H2_EACH(X) X(0, 0) X(0, 1) X(1, 0) X(1, 1)
+#define H2_DECL(m, j) __m256 l##m##j = _mm256_setzero_ps(), h##m##j = _mm256_setzero_ps();
+#define H2_OUT(m, j) \
+    if (m < nr && j < nt) t->y[(int64_t)(tok + j) * rows + r + m] = hsum256(_mm256_add_ps(l##m##j, h##m##j));
+#define H2_FMA(m, j)                                                                             \
+    if (m < nr) {                                                                                \
+        l##m##j = _mm256_fmadd_ps(wl##m, xl, l##m##j);                                          \
+        h##m##j = _mm256_fmadd_ps(wh##m, xh, h##m##j);                                          \
     }
-    float s = hsum256(_mm256_add_ps(acc0, acc1));
-    for (; i < n; i++) s += cvt(w[i]) * x[i];
-    return s;
+#define H2_TOKEN(j)                                                                              \
+    if (j < nt) {                                                                                \
+        const __m256 xl = _mm256_loadu_ps(xp[j] + o), xh = _mm256_loadu_ps(xp[j] + o + 8);      \
+        H2_FMA(0, j) H2_FMA(1, j)                                                                \
+    }
+#define H2_W(m)                                                                                  \
+    const __m256 wl##m = m < nr ? half8(wp[m] + o, bf) : _mm256_setzero_ps();                   \
+    const __m256 wh##m = m < nr ? half8(wp[m] + o + 8, bf) : _mm256_setzero_ps();
+#define H2_PIECE H2_W(0) H2_W(1) H2_TOKEN(0) H2_TOKEN(1)
+
+static inline __attribute__((always_inline)) void half_tile(const struct mm_task *t, int64_t r, int tok,
+                                                            const int nr, const int nt, const int bf) {
+    const int64_t n = t->w->cols, rows = t->w->rows;
+    const uint16_t *wp[H2_ROWS] = { 0 };
+    const float *xp[H2_TOKS] = { 0 };
+    for (int m = 0; m < nr; m++) wp[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) xp[j] = t->x + (int64_t)(tok + j) * n;
+    H2_EACH(H2_DECL)
+    int64_t o = 0;
+    for (; o + 16 <= n; o += 16) { H2_PIECE }
+    if (o < n) { /* the last piece, copied beside zeros */
+        uint16_t wt[H2_ROWS][16] = { { 0 } };
+        float xt[H2_TOKS][16] = { { 0 } };
+        for (int m = 0; m < nr; m++) memcpy(wt[m], wp[m] + o, sizeof(uint16_t) * (size_t)(n - o)), wp[m] = wt[m];
+        for (int j = 0; j < nt; j++) memcpy(xt[j], xp[j] + o, sizeof(float) * (size_t)(n - o)), xp[j] = xt[j];
+        o = 0;
+        H2_PIECE
+    }
+    H2_EACH(H2_OUT)
 }
 
-static float row_f16(const struct mm_task *t, int64_t r, int tok) {
-    return row_half(t, r, tok, f16x8, f16);
+#define H2_TILE(nr, nt, bf)                                                                      \
+    static void half_tile_##nr##nt##_##bf(const struct mm_task *t, int64_t r, int tok) {         \
+        half_tile(t, r, tok, nr, nt, bf);                                                        \
+    }
+H2_TILE(1, 1, 0) H2_TILE(1, 2, 0) H2_TILE(2, 1, 0) H2_TILE(2, 2, 0)
+H2_TILE(1, 1, 1) H2_TILE(1, 2, 1) H2_TILE(2, 1, 1) H2_TILE(2, 2, 1)
+
+typedef void (*h2_tile_fn)(const struct mm_task *, int64_t, int);
+
+/* The tiles' loop; a token or two (decoding) go a row at a time, one row's stream at a time. */
+static void mm_half(const struct mm_task *t, int64_t r0, int64_t r1, const h2_tile_fn tile[2][2]) {
+    for (int64_t r = r0; r < r1; r += H2_CHUNK) {
+        const int64_t re = r + H2_CHUNK < r1 ? r + H2_CHUNK : r1;
+        for (int tok = 0; tok < t->n; tok += H2_TOKS) {
+            const int nt = t->n - tok < H2_TOKS ? t->n - tok : H2_TOKS;
+            int64_t i = r;
+            if (t->n > 2)
+                for (; i + H2_ROWS <= re; i += H2_ROWS) tile[1][nt - 1](t, i, tok);
+            for (; i < re; i++) tile[0][nt - 1](t, i, tok);
+        }
+    }
 }
 
-static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
-    return row_half(t, r, tok, bf16x8, shoal_bf16_to_f32);
+/*
+ * The same into yd, in f64 (mm_f64's contract): 8-value pieces widened to
+ * f32, then to two f64 halves whose products are exact, each half its own
+ * accumulator (lMJ, hMJ) over the row's pieces in order; tiles of the same
+ * size, the same loop.
+ */
+#define D2_DECL(m, j) __m256d l##m##j = _mm256_setzero_pd(), h##m##j = _mm256_setzero_pd();
+#define D2_OUT(m, j)                                                                             \
+    if (m < nr && j < nt) {                                                                      \
+        const __m256d s = _mm256_add_pd(l##m##j, h##m##j);                                      \
+        const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));   \
+        t->yd[(int64_t)(tok + j) * rows + r + m] = _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q))); \
+    }
+#define D2_TOKEN(j)                                                                              \
+    if (j < nt) {                                                                                \
+        const __m256 xv = _mm256_loadu_ps(xp[j] + o);                                           \
+        const __m256d xl = _mm256_cvtps_pd(_mm256_castps256_ps128(xv));                          \
+        const __m256d xh = _mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1));                        \
+        if (0 < nr) l0##j = _mm256_fmadd_pd(wl0, xl, l0##j), h0##j = _mm256_fmadd_pd(wh0, xh, h0##j); \
+        if (1 < nr) l1##j = _mm256_fmadd_pd(wl1, xl, l1##j), h1##j = _mm256_fmadd_pd(wh1, xh, h1##j); \
+    }
+#define D2_W(m)                                                                                  \
+    const __m256 w##m = m < nr ? half8(wp[m] + o, bf) : _mm256_setzero_ps();                    \
+    const __m256d wl##m = _mm256_cvtps_pd(_mm256_castps256_ps128(w##m));                         \
+    const __m256d wh##m = _mm256_cvtps_pd(_mm256_extractf128_ps(w##m, 1));
+#define D2_PIECE D2_W(0) D2_W(1) D2_TOKEN(0) D2_TOKEN(1)
+
+static inline __attribute__((always_inline)) void half_tile_f64(const struct mm_task *t, int64_t r, int tok,
+                                                                const int nr, const int nt, const int bf) {
+    const int64_t n = t->w->cols, rows = t->w->rows;
+    const uint16_t *wp[H2_ROWS] = { 0 };
+    const float *xp[H2_TOKS] = { 0 };
+    for (int m = 0; m < nr; m++) wp[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) xp[j] = t->x + (int64_t)(tok + j) * n;
+    H2_EACH(D2_DECL)
+    int64_t o = 0;
+    for (; o + 8 <= n; o += 8) { D2_PIECE }
+    if (o < n) {
+        uint16_t wt[H2_ROWS][8] = { { 0 } };
+        float xt[H2_TOKS][8] = { { 0 } };
+        for (int m = 0; m < nr; m++) memcpy(wt[m], wp[m] + o, sizeof(uint16_t) * (size_t)(n - o)), wp[m] = wt[m];
+        for (int j = 0; j < nt; j++) memcpy(xt[j], xp[j] + o, sizeof(float) * (size_t)(n - o)), xp[j] = xt[j];
+        o = 0;
+        D2_PIECE
+    }
+    H2_EACH(D2_OUT)
+}
+
+#define D2_TILE(nr, nt, bf)                                                                      \
+    static void half_tile_f64_##nr##nt##_##bf(const struct mm_task *t, int64_t r, int tok) {     \
+        half_tile_f64(t, r, tok, nr, nt, bf);                                                    \
+    }
+D2_TILE(1, 1, 0) D2_TILE(1, 2, 0) D2_TILE(2, 1, 0) D2_TILE(2, 2, 0)
+D2_TILE(1, 1, 1) D2_TILE(1, 2, 1) D2_TILE(2, 1, 1) D2_TILE(2, 2, 1)
+
+static void mm_f64_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    static const h2_tile_fn tiles[2][2] = { { half_tile_f64_11_0, half_tile_f64_12_0 },
+                                            { half_tile_f64_21_0, half_tile_f64_22_0 } };
+    mm_half(t, r0, r1, tiles);
+}
+
+static void mm_f64_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    static const h2_tile_fn tiles[2][2] = { { half_tile_f64_11_1, half_tile_f64_12_1 },
+                                            { half_tile_f64_21_1, half_tile_f64_22_1 } };
+    mm_half(t, r0, r1, tiles);
+}
+
+static void mm_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    static const h2_tile_fn tiles[2][2] = { { half_tile_11_0, half_tile_12_0 }, { half_tile_21_0, half_tile_22_0 } };
+    mm_half(t, r0, r1, tiles);
+}
+
+static void mm_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    static const h2_tile_fn tiles[2][2] = { { half_tile_11_1, half_tile_12_1 }, { half_tile_21_1, half_tile_22_1 } };
+    mm_half(t, r0, r1, tiles);
 }
 
 /*
@@ -426,25 +564,13 @@ INLINE double row_f64_wide(const struct mm_task *t, int64_t r, int tok, __m256 (
 }
 
 static __m256 load8_f32(const void *w, int64_t i) { return _mm256_loadu_ps((const float *)w + i); }
-static __m256 load8_f16(const void *w, int64_t i) { return f16x8((const uint16_t *)w + i); }
-static __m256 load8_bf16(const void *w, int64_t i) { return bf16x8((const uint16_t *)w + i); }
 static float one_f32(const void *w, int64_t i) { return ((const float *)w)[i]; }
-static float one_f16(const void *w, int64_t i) { return f16(((const uint16_t *)w)[i]); }
-static float one_bf16(const void *w, int64_t i) { return shoal_bf16_to_f32(((const uint16_t *)w)[i]); }
 
 static double row_f64_f32(const struct mm_task *t, int64_t r, int tok) {
     return row_f64_wide(t, r, tok, load8_f32, one_f32);
 }
-static double row_f64_f16(const struct mm_task *t, int64_t r, int tok) {
-    return row_f64_wide(t, r, tok, load8_f16, one_f16);
-}
-static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
-    return row_f64_wide(t, r, tok, load8_bf16, one_bf16);
-}
 
 MM_ROW_DRIVER_F64(f32)
-MM_ROW_DRIVER_F64(f16)
-MM_ROW_DRIVER_F64(bf16)
 MM_ROW_DRIVER_F64(q8_0)
 MM_ROW_DRIVER_F64(q4_0)
 MM_ROW_DRIVER_F64(q4_1)
@@ -671,8 +797,6 @@ static void silu_mul(float *g, const float *u, long long n) {
 }
 
 MM_ROW_DRIVER(f32)
-MM_ROW_DRIVER(f16)
-MM_ROW_DRIVER(bf16)
 #undef DRIVER
 
 const struct cpu_kernels shoal_cpu_kernels_avx2 = {

@@ -58,30 +58,172 @@ static inline __m512 bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
 
-/* A row of 16-bit floats (f16 or bf16: load16 widens 16 of them, cvt one) times f32 x. */
-static inline float row_half(const struct mm_task *t, int64_t r, int tok,
-                             __m512 (*load16)(const uint16_t *), float (*cvt)(uint16_t)) {
-    const int64_t n = t->w->cols;
-    const uint16_t *w = row_ptr(t, r);
-    const float *x = t->x + tok * n;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        acc0 = _mm512_fmadd_ps(load16(w + i), _mm512_loadu_ps(x + i), acc0);
-        acc1 = _mm512_fmadd_ps(load16(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
+/*
+ * 16-bit float weights (F16, BF16: bf set) times f32 x, in tiles of up to
+ * HT_ROWS rows x HT_TOKS tokens: each 16-value piece of the tile's rows is
+ * widened once and met by every token of the tile (a prompt's tokens then
+ * cost FMAs, not conversions and loads). Every output is one f32
+ * accumulator over its row's pieces in order (the last piece masked, zeros
+ * past the row's end), summed across the vector at the end: the same bits
+ * whatever tile, batch or thread the output falls in, so the level stays
+ * batch-invariant. Rows go in chunks of HT_CHUNK, which stay in L2 while
+ * every token passes over them.
+ */
+#define HT_ROWS 4
+#define HT_TOKS 6
+#define HT_CHUNK 32
+
+static inline __attribute__((always_inline)) __m512 half16(const uint16_t *p, __mmask16 k, int bf) {
+    const __m256i h = _mm256_maskz_loadu_epi16(k, p);
+    if (bf) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/*
+ * The tile's accumulators are named variables (aMJ: row M, token J), not an
+ * array: GCC kept an array of them in memory as well, storing every one on
+ * every piece. Those past nr and nt are never used and vanish.
+ */
+#define HT_EACH_TOKEN(X, m) X(m, 0) X(m, 1) X(m, 2) X(m, 3) X(m, 4) X(m, 5)
+#define HT_EACH(X) HT_EACH_TOKEN(X, 0) HT_EACH_TOKEN(X, 1) HT_EACH_TOKEN(X, 2) HT_EACH_TOKEN(X, 3)
+#define HT_DECL(m, j) __m512 a##m##j = _mm512_setzero_ps();
+#define HT_OUT(m, j) \
+    if (m < nr && j < nt) t->y[(int64_t)(tok + j) * rows + r + m] = _mm512_reduce_add_ps(a##m##j);
+#define HT_FMA(m, j) if (m < nr) a##m##j = _mm512_fmadd_ps(w##m, xv, a##m##j);
+#define HT_TOKEN(j)                                                                              \
+    if (j < nt) {                                                                                \
+        const __m512 xv = _mm512_maskz_loadu_ps(k, x[j] + i);                                   \
+        HT_FMA(0, j) HT_FMA(1, j) HT_FMA(2, j) HT_FMA(3, j)                                      \
     }
-    for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(load16(w + i), _mm512_loadu_ps(x + i), acc0);
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    for (; i < n; i++) s += cvt(w[i]) * x[i];
-    return s;
+#define HT_W(m) const __m512 w##m = m < nr ? half16(wr[m] + i, k, bf) : _mm512_setzero_ps();
+
+static inline __attribute__((always_inline)) void half_tile(const struct mm_task *t, int64_t r, int tok,
+                                                            const int nr, const int nt, const int bf) {
+    const int64_t n = t->w->cols, rows = t->w->rows;
+    const uint16_t *wr[HT_ROWS] = { 0 };
+    const float *x[HT_TOKS] = { 0 };
+    for (int m = 0; m < nr; m++) wr[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * n;
+    HT_EACH(HT_DECL)
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __mmask16 k = 0xffff;
+        HT_W(0) HT_W(1) HT_W(2) HT_W(3)
+        HT_TOKEN(0) HT_TOKEN(1) HT_TOKEN(2) HT_TOKEN(3) HT_TOKEN(4) HT_TOKEN(5)
+    }
+    if (i < n) { /* the last piece: zeros past the row's end */
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        HT_W(0) HT_W(1) HT_W(2) HT_W(3)
+        HT_TOKEN(0) HT_TOKEN(1) HT_TOKEN(2) HT_TOKEN(3) HT_TOKEN(4) HT_TOKEN(5)
+    }
+    HT_EACH(HT_OUT)
 }
 
-static float row_f16(const struct mm_task *t, int64_t r, int tok) {
-    return row_half(t, r, tok, f16x16, f16);
+/* half_tile with nr and nt constants (the compiler keeps the tile in registers). */
+#define HT_CASE(nr, j, bf) case j: half_tile(t, r, tok, nr, j, bf); break;
+#define HT_ROWS_OF(nr, bf)                                                                      \
+    static void half_tile_##nr##_##bf(const struct mm_task *t, int64_t r, int tok, int nt) {    \
+        switch (nt) { HT_CASE(nr, 1, bf) HT_CASE(nr, 2, bf) HT_CASE(nr, 3, bf)                  \
+                      HT_CASE(nr, 4, bf) HT_CASE(nr, 5, bf) default: half_tile(t, r, tok, nr, HT_TOKS, bf); } \
+    }
+HT_ROWS_OF(1, 0) HT_ROWS_OF(4, 0) HT_ROWS_OF(1, 1) HT_ROWS_OF(4, 1)
+
+/*
+ * The tiles' loop: rows in chunks of HT_CHUNK, tokens in tiles of toks, the
+ * chunk's rows in tiles of rows (tile_n: an n-row tile; tile1: one row). A
+ * token or two (decoding) go a row at a time: one row's stream read at a
+ * time reads faster here than several interleaved.
+ */
+static inline void mm_half(const struct mm_task *t, int64_t r0, int64_t r1, int rows, int toks,
+                           void (*tile_n)(const struct mm_task *, int64_t, int, int),
+                           void (*tile1)(const struct mm_task *, int64_t, int, int)) {
+    for (int64_t r = r0; r < r1; r += HT_CHUNK) {
+        const int64_t re = r + HT_CHUNK < r1 ? r + HT_CHUNK : r1;
+        for (int tok = 0; tok < t->n; tok += toks) {
+            const int nt = t->n - tok < toks ? t->n - tok : toks;
+            int64_t i = r;
+            if (t->n > 2)
+                for (; i + rows <= re; i += rows) tile_n(t, i, tok, nt);
+            for (; i < re; i++) tile1(t, i, tok, nt);
+        }
+    }
 }
 
-static float row_bf16(const struct mm_task *t, int64_t r, int tok) {
-    return row_half(t, r, tok, bf16x16, shoal_bf16_to_f32);
+static void mm_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_tile_4_0, half_tile_1_0);
+}
+static void mm_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_tile_4_1, half_tile_1_1);
+}
+
+/*
+ * The same into yd, in f64 (mm_f64's contract): each 16-value piece widened
+ * to f32 and then to two f64 halves, whose products are exact; every output
+ * two f64 accumulators (the pieces' low and high halves) over its row's
+ * pieces in order, added and summed across the vector at the end. Tiles of
+ * H64_ROWS x H64_TOKS (two accumulators an output).
+ */
+#define H64_ROWS 3
+#define H64_TOKS 3
+
+/* Named accumulators again (as HT_*): lMJ and hMJ, the low and high halves' of row M, token J. */
+#define H64_EACH_TOKEN(X, m) X(m, 0) X(m, 1) X(m, 2)
+#define H64_EACH(X) H64_EACH_TOKEN(X, 0) H64_EACH_TOKEN(X, 1) H64_EACH_TOKEN(X, 2)
+#define H64_DECL(m, j) __m512d l##m##j = _mm512_setzero_pd(), h##m##j = _mm512_setzero_pd();
+#define H64_OUT(m, j)                                                                            \
+    if (m < nr && j < nt)                                                                        \
+        t->yd[(int64_t)(tok + j) * rows + r + m] = _mm512_reduce_add_pd(_mm512_add_pd(l##m##j, h##m##j));
+#define H64_FMA(m, j)                                                                            \
+    if (m < nr) {                                                                                \
+        l##m##j = _mm512_fmadd_pd(wl##m, xl, l##m##j);                                          \
+        h##m##j = _mm512_fmadd_pd(wh##m, xh, h##m##j);                                          \
+    }
+#define H64_TOKEN(j)                                                                             \
+    if (j < nt) {                                                                                \
+        const __m512 xv = _mm512_maskz_loadu_ps(k, x[j] + i);                                   \
+        const __m512d xl = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));                          \
+        const __m512d xh = _mm512_cvtps_pd(_mm512_extractf32x8_ps(xv, 1));                       \
+        H64_FMA(0, j) H64_FMA(1, j) H64_FMA(2, j)                                                \
+    }
+#define H64_W(m)                                                                                 \
+    const __m512 w##m = m < nr ? half16(wr[m] + i, k, bf) : _mm512_setzero_ps();                \
+    const __m512d wl##m = _mm512_cvtps_pd(_mm512_castps512_ps256(w##m));                         \
+    const __m512d wh##m = _mm512_cvtps_pd(_mm512_extractf32x8_ps(w##m, 1));
+
+static inline __attribute__((always_inline)) void half_tile_f64(const struct mm_task *t, int64_t r, int tok,
+                                                                const int nr, const int nt, const int bf) {
+    const int64_t n = t->w->cols, rows = t->w->rows;
+    const uint16_t *wr[H64_ROWS] = { 0 };
+    const float *x[H64_TOKS] = { 0 };
+    for (int m = 0; m < nr; m++) wr[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * n;
+    H64_EACH(H64_DECL)
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __mmask16 k = 0xffff;
+        H64_W(0) H64_W(1) H64_W(2)
+        H64_TOKEN(0) H64_TOKEN(1) H64_TOKEN(2)
+    }
+    if (i < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        H64_W(0) H64_W(1) H64_W(2)
+        H64_TOKEN(0) H64_TOKEN(1) H64_TOKEN(2)
+    }
+    H64_EACH(H64_OUT)
+}
+
+#define H64_CASE(nr, j, bf) case j: half_tile_f64(t, r, tok, nr, j, bf); break;
+#define H64_ROWS_OF(nr, bf)                                                                     \
+    static void half_tile_f64_##nr##_##bf(const struct mm_task *t, int64_t r, int tok, int nt) { \
+        switch (nt) { H64_CASE(nr, 1, bf) H64_CASE(nr, 2, bf) default: half_tile_f64(t, r, tok, nr, H64_TOKS, bf); } \
+    }
+H64_ROWS_OF(1, 0) H64_ROWS_OF(3, 0) H64_ROWS_OF(1, 1) H64_ROWS_OF(3, 1)
+
+static void mm_f64_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    mm_half(t, r0, r1, H64_ROWS, H64_TOKS, half_tile_f64_3_0, half_tile_f64_1_0);
+}
+static void mm_f64_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    mm_half(t, r0, r1, H64_ROWS, H64_TOKS, half_tile_f64_3_1, half_tile_f64_1_1);
 }
 
 /* The f64 sums of f32 products (exact in f64) of 16-value pieces of a row. */
@@ -108,24 +250,10 @@ static inline double row_f64_any(const struct mm_task *t, int64_t r, int tok,
 static __m512 load16_f32(const float *unused, const void *w, int64_t i) {
     return _mm512_loadu_ps((const float *)w + i);
 }
-static __m512 load16_f16(const float *unused, const void *w, int64_t i) {
-    return f16x16((const uint16_t *)w + i);
-}
-static __m512 load16_bf16(const float *unused, const void *w, int64_t i) {
-    return bf16x16((const uint16_t *)w + i);
-}
 static float one_f32(const void *w, int64_t i) { return ((const float *)w)[i]; }
-static float one_f16(const void *w, int64_t i) { return f16(((const uint16_t *)w)[i]); }
-static float one_bf16(const void *w, int64_t i) { return shoal_bf16_to_f32(((const uint16_t *)w)[i]); }
 
 static double row_f64_f32(const struct mm_task *t, int64_t r, int tok) {
     return row_f64_any(t, r, tok, load16_f32, one_f32);
-}
-static double row_f64_f16(const struct mm_task *t, int64_t r, int tok) {
-    return row_f64_any(t, r, tok, load16_f16, one_f16);
-}
-static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
-    return row_f64_any(t, r, tok, load16_bf16, one_bf16);
 }
 
 #define INLINE static inline __attribute__((always_inline))
@@ -868,11 +996,7 @@ static void att_head_f32(const struct att_head_args *a) { att_f32[a->n_heads - 1
 static void att_head_f16(const struct att_head_args *a) { att_f16[a->n_heads - 1](a); }
 
 MM_ROW_DRIVER(f32)
-MM_ROW_DRIVER(f16)
-MM_ROW_DRIVER(bf16)
 MM_ROW_DRIVER_F64(f32)
-MM_ROW_DRIVER_F64(f16)
-MM_ROW_DRIVER_F64(bf16)
 #undef DRIVER
 
 /* The packed layouts: Q8_0's and the 32-value kinds' (this file), the super-block types' (kernels_avx512_kq.c). */

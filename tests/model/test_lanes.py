@@ -44,7 +44,7 @@ def check_same(model, tmp_path, simd="auto"):
     assert text1 == text0
 
 
-@pytest.mark.parametrize("wtype", ["f32", "f16", "q8_0", "q4_1", "q5_0", "q4_k", "q6_k", "iq4_xs"])
+@pytest.mark.parametrize("wtype", ["f32", "f16", "bf16", "q8_0", "q4_1", "q5_0", "q4_k", "q6_k", "iq4_xs"])
 def test_lanes_change_nothing(tmp_path, wtype):
     model = tmp_path / f"m-{wtype}.gguf"
     h.run(["synth", "-o", model, "--type", wtype, "--seed", 5] + [str(a) for a in SHAPE] +

@@ -122,6 +122,42 @@ static void run_split_case(struct shoal_backend *be, const char *level, int type
 }
 
 /*
+ * A level that says it is batch-invariant (cpu_kernels.batch_invariant, the
+ * promise that lets the backend cut steps into lanes) gives each token of a
+ * batch the same bits, f32 and f64, as the same token alone: shapes whose
+ * tokens and rows fall in full and partial tiles, and rows that end inside
+ * a SIMD vector.
+ */
+static void run_invariance_case(struct shoal_backend *be, const char *level, int type, int rows,
+                                int cols, int n) {
+    size_t rb = shoal_dtype_row_bytes(type, cols);
+    float *row = malloc(sizeof(float) * cols), *x = malloc(sizeof(float) * n * cols);
+    float *y = malloc(sizeof(float) * n * rows), *y1 = malloc(sizeof(float) * rows);
+    double *yd = malloc(sizeof(double) * n * rows), *yd1 = malloc(sizeof(double) * rows);
+    uint8_t *wq = malloc(rb * rows);
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) row[c] = frand();
+        CHECK_OK(shoal_quantize_row(type, row, wq + r * rb, cols));
+    }
+    for (int i = 0; i < n * cols; i++) x[i] = frand() * 2;
+    struct shoal_weight w;
+    CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq, NULL));
+    CHECK_OK(shoal_op_matmul(be, y, &w, x, n));
+    CHECK_OK(shoal_op_matmul_f64(be, yd, &w, x, n));
+    int differ = 0;
+    for (int t = 0; t < n; t++) {
+        CHECK_OK(shoal_op_matmul(be, y1, &w, x + (size_t)t * cols, 1));
+        CHECK_OK(shoal_op_matmul_f64(be, yd1, &w, x + (size_t)t * cols, 1));
+        differ += memcmp(y1, y + (size_t)t * rows, sizeof(float) * rows) != 0;
+        differ += memcmp(yd1, yd + (size_t)t * rows, sizeof(double) * rows) != 0;
+    }
+    CHECK(differ == 0, "%s %s %dx%d n=%d: %d tokens' results depend on their batch", level,
+          shoal_dtype_name(type), rows, cols, n, differ);
+    shoal_weight_release(be, &w);
+    free(row), free(x), free(y), free(y1), free(yd), free(yd1), free(wq);
+}
+
+/*
  * The AVX-512 level's f64 sums are the scalar level's, bit for bit, for
  * every block type shoal quantizes (and so can make weights of here),
  * whatever the tile the tokens fall in: each block's product is exact and
@@ -250,7 +286,7 @@ int main(void) {
     static const int shapes[][3] = {
         /* rows, cols, tokens */
         { 1, 32, 1 }, { 7, 64, 1 }, { 13, 96, 3 }, { 64, 172, 1 }, { 33, 224, 2 },
-        { 100, 256, 5 }, { 17, 4096, 1 }, { 5, 32 * 37, 9 }, { 129, 160, 17 },
+        { 100, 256, 5 }, { 17, 4096, 1 }, { 5, 32 * 37, 9 }, { 129, 160, 17 }, { 11, 172, 13 },
     };
     int best = shoal_cpu_simd_best();
     printf("best SIMD level here: %s\n", shoal_cpu_simd_name(best));
@@ -280,6 +316,19 @@ int main(void) {
                 { 9, 256, 1, 128 }, { 9, 256, 3, 96 }, { 5, 1184, 2, 32 }, { 17, 352, 1, 160 },
                 { 7, 4096, 1, 2080 }, { 33, 224, 7, 192 }, { 4, 64, 5, 32 },
             };
+            static const int tiles[][3] = { { 37, 172, 13 }, { 9, 1184, 8 }, { 70, 96, 3 } };
+            const struct cpu_kernels *k = simd == SHOAL_SIMD_SCALAR ? &shoal_cpu_kernels_scalar
+#if defined(SHOAL_X86)
+                                          : simd == SHOAL_SIMD_AVX2 ? &shoal_cpu_kernels_avx2
+                                                                    : &shoal_cpu_kernels_avx512;
+#else
+                                                                    : NULL;
+#endif
+            for (size_t ti = 0; k && k->batch_invariant && ti < sizeof types / sizeof *types; ti++)
+                for (size_t si = 0; si < sizeof tiles / sizeof *tiles; si++)
+                    if (shoal_dtype_row_bytes(types[ti], tiles[si][1]))
+                        run_invariance_case(be, shoal_cpu_simd_name(simd), types[ti], tiles[si][0],
+                                            tiles[si][1], tiles[si][2]);
             for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++)
                 for (size_t si = 0; si < sizeof splits / sizeof *splits; si++)
                     run_split_case(be, shoal_cpu_simd_name(simd), types[ti], splits[si][0],
