@@ -18,6 +18,7 @@ embedding table aside). Timing as bench_llamacpp.py (whose helpers this
 uses): shoal's statistics line; llama.cpp's eval calls by the wall clock.
 
 usage: python3 bench/bench_kquants.py [--threads 1,2] [--runs 3] [--types q4_k_m,q5_k_m,q6_k,iq4_xs]
+                                      [--report kquants]  (F16/BF16: --types f16,bf16 --report f16)
                                       [--n-gen 128] [--n-prompt 512] [--dir /tmp/shoal-kq]
                                       [--no-prompt]
 """
@@ -66,8 +67,10 @@ def make_f16(shoal: str, d: Path) -> Path:
 
 
 def make_quant(src: Path, d: Path, mix: str) -> Path:
-    """llama.cpp's quantization of src by its mix name (LLAMA_FTYPE_MOSTLY_<MIX>)."""
+    """llama.cpp's quantization of src by its mix name (LLAMA_FTYPE_MOSTLY_<MIX>); f16: src."""
     import llama_cpp
+    if mix == "f16":
+        return src
     path = d / f"synth-2048x22-{mix}.gguf"
     if path.exists():
         return path
@@ -121,6 +124,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--shoal", default=os.environ.get("SHOAL_BIN", str(ROOT / "build" / "shoal")))
     ap.add_argument("--make-only", action="store_true", help="write the models and stop")
+    ap.add_argument("--report", default="kquants", help="bench/out/REPORT.json and .md (f16: --types f16,bf16)")
     a = ap.parse_args()
     d, out = Path(a.dir), Path(a.out)
     d.mkdir(parents=True, exist_ok=True)
@@ -160,7 +164,7 @@ def main() -> int:
             rows.append(row)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": bl.cpu_name(), "runs": a.runs, "n_gen": a.n_gen,
               "llama_cpp_python": version, "llama_cpp_system_info": sysinfo, "rows": rows}
-    (out / "kquants.json").write_text(json.dumps(report, indent=2))
+    (out / f"{a.report}.json").write_text(json.dumps(report, indent=2))
     lines = [f"shoal vs llama.cpp (llama-cpp-python {version}), {report['cpu']}, synthetic 2048 x 22 "
              f"layers quantized by llama.cpp, median of {a.runs} alternating runs, "
              f"{rows[0]['shoal']['n_prompt']}-token prompt, {a.n_gen} generated tokens",
@@ -176,7 +180,7 @@ def main() -> int:
                      f"{l['gen_tps']:.2f} | {s['gen_tps'] / l['gen_tps']:.2f} | {gs:.1f} ({gs / bw:.0%}) / "
                      f"{gl:.1f} ({gl / bw:.0%}) of {bw:.1f} |")
     table = "\n".join(lines)
-    (out / "kquants.md").write_text(table + "\n")
+    (out / f"{a.report}.md").write_text(table + "\n")
     print(table)
     return 0
 

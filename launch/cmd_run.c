@@ -74,9 +74,10 @@ static long parse_id_list(const char *s, int32_t *ids, char *bad, size_t bad_len
 /* 0 to go on, else the exit status (help asked: 0, usage error: 2, as 1 + status). */
 static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts *o) {
     memset(o, 0, sizeof *o);
-    const int serve = mode == RUN_SERVE, ppl = mode == RUN_PERPLEXITY;
+    const int serve = mode == RUN_SERVE, ppl = mode == RUN_PERPLEXITY, bench = mode == RUN_BENCH;
     o->serve = serve;
     o->perplexity = ppl;
+    o->bench = bench;
     o->port = 8080;
     o->parallel = 16;
     o->max_queue = 64;
@@ -99,6 +100,7 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
     o->offload_from_name = "auto";
     o->n_predict = 256;
     o->n_batch = 512;
+    o->bo.reps = 5;
     o->seed = -1;
     shoal_sampler_defaults(&o->sp);
     const struct opt common[] = {
@@ -180,18 +182,47 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         { "--chunks", 0, OPT_INT, &o->chunks, "N", "score at most N windows of -c tokens (default: all the text holds)" },
         OPT_END,
     };
+    struct bench_opts *bo = &o->bo;
+    const struct opt bench_only[] = {
+        { "--n-prompt", 'p', OPT_STR, &bo->p_s, "LIST", "prompt tests: tokens processed in batches of -b from an empty context, e.g. 64,512 (default 512; 0: none)" },
+        { "--n-gen", 'n', OPT_STR, &bo->n_s, "LIST", "generation tests: tokens decoded one at a time (default 128; 0: none)" },
+        { "--depth", 'd', OPT_STR, &bo->d_s, "LIST", "run each test after this many tokens already in the context, e.g. 0,1024 (default 0)" },
+        { "--threads", 't', OPT_STR, &bo->t_s, "LIST", "CPU threads per rank, e.g. 1,2 (default: the cores / ranks on this machine)" },
+        { "--batch-size", 'b', OPT_STR, &bo->b_s, "LIST", "prompt tokens per forward pass (default 512)" },
+        { "--kv-type", 0, OPT_STR, &bo->kv_s, "LIST", "KV cache types: f32, f16, q8 (default f16)" },
+        { "--repetitions", 'r', OPT_INT, &bo->reps, "N", "times each test runs, after one warm-up run (default 5)" },
+        { "--output", 'o', OPT_STR, &bo->fmt, "FMT", "md (a markdown table, the default), csv or json, to stdout" },
+        OPT_END,
+    };
     struct opt opts[96];
     _Static_assert(sizeof common / sizeof *common + sizeof run_only / sizeof *run_only <= 96 &&
                        sizeof common / sizeof *common + sizeof serve_only / sizeof *serve_only <= 96,
                    "opts[] holds the common options and one command's");
     int n_opts = 0;
-    for (const struct opt *t = common; t->lng; t++) opts[n_opts++] = *t;
-    for (const struct opt *t = serve ? serve_only : ppl ? ppl_only : run_only; t->lng; t++) opts[n_opts++] = *t;
+    for (const struct opt *t = common; t->lng; t++)
+        if (!bench || (strcmp(t->lng, "--threads") && strcmp(t->lng, "--batch-size") && strcmp(t->lng, "--kv-type") &&
+                       strcmp(t->lng, "--ctx-size") && strcmp(t->lng, "--chat-template")))
+            opts[n_opts++] = *t; /* shoal bench: lists of those, and the context its tests need */
+    for (const struct opt *t = serve ? serve_only : ppl ? ppl_only : bench ? bench_only : run_only; t->lng; t++)
+        opts[n_opts++] = *t;
     opts[n_opts] = (struct opt)OPT_END;
     const char *pos[1];
     int n_pos;
-    const char *cmd = serve ? "shoal serve" : ppl ? "shoal perplexity" : "shoal run";
-    int prc = ppl ? args_parse_quiet(loud, cmd, "-m MODEL -f TEXT [-c 512] [--chunks N] [options]",
+    const char *cmd = serve ? "shoal serve" : ppl ? "shoal perplexity" : bench ? "shoal bench" : "shoal run";
+    int prc = bench ? args_parse_quiet(loud, cmd, "[-m MODEL] [-p 512] [-n 128] [-t 1,2] [-o md|csv|json] [options]",
+                                       "Measures prompt processing and generation speed, as llama-bench does:\n"
+                                       "each test (-p: a prompt of N tokens; -n: N tokens generated one at a\n"
+                                       "time) runs -r times after a warm-up, from an empty context (or after -d\n"
+                                       "tokens), on pseudo-random tokens; every combination of the lists -t, -b\n"
+                                       "and --kv-type is a pass that loads the model again (from the page cache).\n"
+                                       "A row gives tokens/s (mean +/- standard deviation) and, measured in the\n"
+                                       "same run: generation as a share of this machine's memory bandwidth (the\n"
+                                       "ranks' weights read once a token), the peak RSS and device memory of\n"
+                                       "any rank, and the bytes a rank sends per token. Under mpirun the layout\n"
+                                       "(--tp, --pp, --device-mem) is part of the row. Progress goes to stderr,\n"
+                                       "the table to stdout.",
+                                       opts, argc, argv, pos, 0, &n_pos)
+            : ppl ? args_parse_quiet(loud, cmd, "-m MODEL -f TEXT [-c 512] [--chunks N] [options]",
                                      "A model's perplexity on a text, as llama.cpp's perplexity computes it: the\n"
                                      "text's tokens cut into windows of -c (default 512), each run from its start\n"
                                      "(its first token BOS where the model adds one), the second half of each\n"
@@ -233,6 +264,7 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         if (o->n_ctx < 8) USAGE("-c %d: windows of at least 8 tokens\n", o->n_ctx);
         if (o->n_batch > o->n_ctx) o->n_batch = o->n_ctx;
     }
+    if (bench && bench_parse(o, err)) return 3;
     if (o->prompt && o->prompt_file) USAGE("give -p or -f, not both\n");
     if (o->prompt_ids) {
         char bad[160];
@@ -1262,9 +1294,12 @@ static int lead(struct run *r) {
 
 /* ------------------------------------------------------------------ entry */
 
+static const char *mode_name(int mode) {
+    return mode == RUN_SERVE ? "serve" : mode == RUN_PERPLEXITY ? "perplexity" : mode == RUN_BENCH ? "bench" : "run";
+}
+
 int run_main(int argc, char **argv, int mode) {
-    const int serve = mode == RUN_SERVE;
-    const char *name = serve ? "serve" : mode == RUN_PERPLEXITY ? "perplexity" : "run";
+    const char *name = mode_name(mode);
     struct run r = { 0 };
     shoal_status rc = shoal_comm_init_world(&r.world, &argc, &argv);
     if (rc != SHOAL_OK) return launch_fail(name, rc);
@@ -1276,13 +1311,25 @@ int run_main(int argc, char **argv, int mode) {
         return status - 1;
     }
     shoal_log_init(r.o.verbose ? SHOAL_LOG_INFO : SHOAL_LOG_WARN, r.rank, getenv("SHOAL_DEBUG"));
-    r.n_part = r.size / r.o.offload_group;
-    r.local = r.n_part > 0 ? r.rank % r.n_part : 0;
     signal(SIGPIPE, SIG_IGN);
     if (r.rank != 0) { /* rank 0 stops everyone cleanly (shoal serve: after draining) */
         signal(SIGINT, SIG_IGN);
-        if (serve) signal(SIGTERM, SIG_IGN);
+        if (mode == RUN_SERVE) signal(SIGTERM, SIG_IGN);
     }
+    status = mode == RUN_BENCH ? bench_main(&r) : run_pass(&r, mode);
+    shoal_comm_finalize(r.world);
+    return status;
+}
+
+int run_pass(struct run *rp, int mode) {
+    struct run r = { .world = rp->world, .rank = rp->rank, .size = rp->size, .o = rp->o, .bench = rp->bench };
+    if (rp->o.model == rp->o.model_buf) r.o.model = r.o.model_buf; /* the default model's path, found before */
+    const int serve = mode == RUN_SERVE;
+    const char *name = mode_name(mode);
+    shoal_status rc;
+    int status = 0;
+    r.n_part = r.size / r.o.offload_group;
+    r.local = r.n_part > 0 ? r.rank % r.n_part : 0;
 
     /* the layout and the plan are the same on every rank: a failure is everyone's */
     if ((rc = choose_layout(&r)) != SHOAL_OK || (rc = auto_layout(&r)) != SHOAL_OK) {
@@ -1316,20 +1363,25 @@ int run_main(int argc, char **argv, int mode) {
     r.t_load = shoal_now() - t0;
     shoal_comm_set_timeout(r.o.comm_seconds); /* loading may take long; steps not */
     if (r.rank == 0) {
-        status = serve ? serve_lead(&r) : mode == RUN_PERPLEXITY ? perplexity_lead(&r) : lead(&r);
-        if (mode != RUN_RUN) report_comm(&r, r.o.verbose && status == 0, NULL); /* lead() has; the others wait for it */
+        status = serve ? serve_lead(&r) : mode == RUN_PERPLEXITY ? perplexity_lead(&r) : mode == RUN_BENCH ? bench_lead(&r)
+                                                                                            : lead(&r);
+        if (mode == RUN_BENCH) bench_gather(&r);
+        else if (mode != RUN_RUN) report_comm(&r, r.o.verbose && status == 0, NULL); /* lead() has; the others wait for it */
     } else {
         rc = shoal_follow(r.st);
         if (rc != SHOAL_OK) {
             launch_fail(name, rc);
             shoal_comm_abort(r.world, 1);
         }
-        report_comm(&r, 0, NULL);
+        if (mode == RUN_BENCH) bench_gather(&r);
+        else report_comm(&r, 0, NULL);
         status = 0;
     }
 out:
     teardown(&r);
-    shoal_comm_finalize(r.world);
+    rp->o = r.o; /* what the pass settled (the planner's layout) holds for the next */
+    if (r.o.model == r.o.model_buf) rp->o.model = rp->o.model_buf;
+    rp->bench = r.bench;
     return status;
 }
 

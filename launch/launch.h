@@ -23,6 +23,7 @@ int cmd_synth(int argc, char **argv);
 int cmd_shard(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 
 /* ------------------------------------------------------- devices (device.c) */

@@ -21,6 +21,7 @@ static const struct {
     { "shard", cmd_shard, "cut a GGUF into one file per rank, with a manifest" },
     { "plan", cmd_plan, "say which layouts fit the hosts and how fast they will decode" },
     { "perplexity", cmd_perplexity, "a model's perplexity on a text, as llama.cpp computes it" },
+    { "bench", cmd_bench, "measure prompt and generation speed, as llama-bench does, in any layout" },
     { "quantize", cmd_quantize, "write a model in another weight type or one of llama.cpp's mixes (Q4_K_M, ...)" },
     { "synth", cmd_synth, "write a synthetic model with random weights (tests, benchmarks)" },
 };

@@ -16,6 +16,15 @@
 #include "args.h"
 #include "launch.h"
 
+/* shoal bench's lists (-p 64,512 -t 1,2 ...), as given and parsed (cmd_bench.c) */
+#define BENCH_MAX 16
+struct bench_opts {
+    const char *p_s, *n_s, *t_s, *b_s, *kv_s, *d_s, *fmt;
+    int p[BENCH_MAX], n[BENCH_MAX], t[BENCH_MAX], b[BENCH_MAX], kv[BENCH_MAX], d[BENCH_MAX];
+    int np, nn, nt, nb, nkv, nd;
+    int reps;
+};
+
 struct run_opts {
     const char *model, *prompt, *prompt_file, *kv_name, *simd_name, *logits_path, *ids_path;
     const char *prompt_ids; /* shoal run --prompt-ids: the prompt as token ids, as typed */
@@ -35,6 +44,9 @@ struct run_opts {
     char model_buf[4096];
     /* shoal perplexity */
     int perplexity, chunks;
+    /* shoal bench */
+    int bench;
+    struct bench_opts bo;
     /* shoal serve */
     int serve;
     const char *host, *api_key, *model_id, *system_default;
@@ -69,6 +81,7 @@ struct run {
      * half full and empty (0: none) */
     double predicted_tok_s;
     struct launch_start start;
+    struct bench_state *bench; /* shoal bench: the rows so far (rank 0) */
 };
 
 /*
@@ -89,8 +102,28 @@ int serve_lead(struct run *r);
 /* Rank 0 of shoal perplexity, once loaded (cmd_perplexity.c): scores the text, stops the others. */
 int perplexity_lead(struct run *r);
 
-/* shoal run, serve and perplexity: every rank's setup, then rank 0 leads and the others follow. */
-enum { RUN_RUN, RUN_SERVE, RUN_PERPLEXITY };
+/* shoal run, serve, perplexity and bench: every rank's setup, then rank 0 leads and the others follow. */
+enum { RUN_RUN, RUN_SERVE, RUN_PERPLEXITY, RUN_BENCH };
 int run_main(int argc, char **argv, int mode);
+
+/*
+ * One pass of a command on every rank, after the options: the layout, the
+ * plan, the backend, loading, then rank 0 leads (mode's lead) while the
+ * others follow, and everything released again (r keeps its world, rank,
+ * size and options). Returns the exit status.
+ */
+int run_pass(struct run *r, int mode);
+
+/*
+ * shoal bench (cmd_bench.c). bench_parse: its lists, checked (0, else 3: a
+ * usage error, said on err when not NULL); bench_main: every pass (a pass a
+ * combination of -t, -b and --kv-type), then the table on rank 0;
+ * bench_lead: rank 0's tests in one pass; bench_gather: after them, every
+ * rank's figures for the pass to rank 0 (a collective).
+ */
+int bench_parse(struct run_opts *o, FILE *err);
+int bench_main(struct run *r);
+int bench_lead(struct run *r);
+void bench_gather(struct run *r);
 
 #endif
