@@ -199,10 +199,16 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
                        sizeof common / sizeof *common + sizeof serve_only / sizeof *serve_only <= 96,
                    "opts[] holds the common options and one command's");
     int n_opts = 0;
-    for (const struct opt *t = common; t->lng; t++)
-        if (!bench || (strcmp(t->lng, "--threads") && strcmp(t->lng, "--batch-size") && strcmp(t->lng, "--kv-type") &&
-                       strcmp(t->lng, "--ctx-size") && strcmp(t->lng, "--chat-template")))
-            opts[n_opts++] = *t; /* shoal bench: lists of those, and the context its tests need */
+    for (const struct opt *t = common; t->lng; t++) {
+        if (bench && (!strcmp(t->lng, "--threads") || !strcmp(t->lng, "--batch-size") || !strcmp(t->lng, "--kv-type") ||
+                      !strcmp(t->lng, "--ctx-size") || !strcmp(t->lng, "--chat-template")))
+            continue; /* shoal bench: lists of those, and the context its tests need */
+        if (ppl && !strcmp(t->lng, "--chat-template")) continue;
+        opts[n_opts] = *t;
+        if (ppl && !strcmp(t->lng, "--ctx-size"))
+            opts[n_opts].help = "the windows' length in tokens: each is run from an empty context (default 512, llama.cpp's)";
+        n_opts++;
+    }
     for (const struct opt *t = serve ? serve_only : ppl ? ppl_only : bench ? bench_only : run_only; t->lng; t++)
         opts[n_opts++] = *t;
     opts[n_opts] = (struct opt)OPT_END;

@@ -37,7 +37,7 @@ static void usage(FILE *f) {
             "  mpirun -np 2 shoal run -m model.gguf -p \"Hello\"    two ranks: the planner lays them out\n"
             "\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].about);
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].about);
     fprintf(f, "\n'shoal COMMAND --help' describes a command's options.\n"
                "Environment: SHOAL_DEBUG=all (or a list of subsystems) turns on debug logging.\n");
 }
