@@ -219,11 +219,73 @@ static inline __attribute__((always_inline)) void half_tile_f64(const struct mm_
     }
 H64_ROWS_OF(1, 0) H64_ROWS_OF(3, 0) H64_ROWS_OF(1, 1) H64_ROWS_OF(3, 1)
 
+/*
+ * The same where the weight has f64 runs (shoal_weight.f64_block): the f32
+ * tile of mm_f16 over each run of columns, its lanes then widened and added
+ * to the output's f64 lane sums (in memory: touched once a run), which are
+ * summed across at the end. A run's f32 lanes depend on its values alone, so
+ * ranks that cut the columns on runs add what one rank adds; the products
+ * cost what mm_f16's do, not the f64 tile's twice as many FMAs and widening
+ * of every value.
+ */
+#define HT_FLUSH(m, j)                                                                           \
+    if (m < nr && j < nt) {                                                                      \
+        double *s_ = sums + (m * HT_TOKS + j) * 16;                                             \
+        _mm512_storeu_pd(s_, _mm512_add_pd(_mm512_loadu_pd(s_), _mm512_cvtps_pd(_mm512_castps512_ps256(a##m##j)))); \
+        _mm512_storeu_pd(s_ + 8, _mm512_add_pd(_mm512_loadu_pd(s_ + 8),                        \
+                                               _mm512_cvtps_pd(_mm512_extractf32x8_ps(a##m##j, 1)))); \
+        a##m##j = _mm512_setzero_ps();                                                           \
+    }
+#define HT_OUT64(m, j)                                                                           \
+    if (m < nr && j < nt) {                                                                      \
+        const double *s_ = sums + (m * HT_TOKS + j) * 16;                                       \
+        t->yd[(int64_t)(tok + j) * rows + r + m] =                                               \
+            _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(s_), _mm512_loadu_pd(s_ + 8))); \
+    }
+
+static inline __attribute__((always_inline)) void half_tile_runs(const struct mm_task *t, int64_t r, int tok,
+                                                                 const int nr, const int nt, const int bf) {
+    const int64_t n = t->w->cols, rows = t->w->rows, run = t->w->f64_block;
+    const uint16_t *wr[HT_ROWS] = { 0 };
+    const float *x[HT_TOKS] = { 0 };
+    double sums[HT_ROWS * HT_TOKS * 16];
+    for (int m = 0; m < nr; m++) wr[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * n;
+    for (int k = 0; k < nr * HT_TOKS * 16; k++) sums[k] = 0;
+    HT_EACH(HT_DECL)
+    for (int64_t i0 = 0; i0 < n; i0 += run) {
+        const int64_t i1 = i0 + run < n ? i0 + run : n;
+        int64_t i = i0;
+        for (; i + 16 <= i1; i += 16) {
+            const __mmask16 k = 0xffff;
+            HT_W(0) HT_W(1) HT_W(2) HT_W(3)
+            HT_TOKEN(0) HT_TOKEN(1) HT_TOKEN(2) HT_TOKEN(3) HT_TOKEN(4) HT_TOKEN(5)
+        }
+        if (i < i1) {
+            const __mmask16 k = (__mmask16)((1u << (i1 - i)) - 1);
+            HT_W(0) HT_W(1) HT_W(2) HT_W(3)
+            HT_TOKEN(0) HT_TOKEN(1) HT_TOKEN(2) HT_TOKEN(3) HT_TOKEN(4) HT_TOKEN(5)
+        }
+        HT_EACH(HT_FLUSH)
+    }
+    HT_EACH(HT_OUT64)
+}
+
+#define HR_CASE(nr, j, bf) case j: half_tile_runs(t, r, tok, nr, j, bf); break;
+#define HR_ROWS_OF(nr, bf)                                                                      \
+    static void half_runs_##nr##_##bf(const struct mm_task *t, int64_t r, int tok, int nt) {    \
+        switch (nt) { HR_CASE(nr, 1, bf) HR_CASE(nr, 2, bf) HR_CASE(nr, 3, bf)                  \
+                      HR_CASE(nr, 4, bf) HR_CASE(nr, 5, bf) default: half_tile_runs(t, r, tok, nr, HT_TOKS, bf); } \
+    }
+HR_ROWS_OF(1, 0) HR_ROWS_OF(4, 0) HR_ROWS_OF(1, 1) HR_ROWS_OF(4, 1)
+
 static void mm_f64_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
-    mm_half(t, r0, r1, H64_ROWS, H64_TOKS, half_tile_f64_3_0, half_tile_f64_1_0);
+    if (t->w->f64_block) mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_runs_4_0, half_runs_1_0);
+    else mm_half(t, r0, r1, H64_ROWS, H64_TOKS, half_tile_f64_3_0, half_tile_f64_1_0);
 }
 static void mm_f64_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
-    mm_half(t, r0, r1, H64_ROWS, H64_TOKS, half_tile_f64_3_1, half_tile_f64_1_1);
+    if (t->w->f64_block) mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_runs_4_1, half_runs_1_1);
+    else mm_half(t, r0, r1, H64_ROWS, H64_TOKS, half_tile_f64_3_1, half_tile_f64_1_1);
 }
 
 /* The f64 sums of f32 products (exact in f64) of 16-value pieces of a row. */

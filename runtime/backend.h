@@ -27,6 +27,16 @@ struct shoal_weight {
     void *owned;       /* device memory the backend allocated for it, or NULL */
     int as_rows;       /* data is the file's rows as they are, in host memory: a lookup
                         * table used in place (shoal_weight_lookup), not an image */
+    /*
+     * Float weights (F32, F16, BF16) only, 0 unless the caller sets it after
+     * preparing: shoal_op_matmul_f64 may sum the products of each run of this
+     * many columns (from column 0) in f32, in an order of its own, and add the
+     * runs in f64, rather than add every exact product in f64. The caller sets
+     * it only where every layout cuts the weight's columns on such runs
+     * (shoal_float_f64_block), so that the runs, and their sums, are the same
+     * on one rank and on the ranks that share the weight.
+     */
+    int f64_block;
 };
 
 /* Rotary position embedding. */

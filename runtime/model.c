@@ -298,9 +298,32 @@ static int global_slices(const struct shoal_hparams *hp, const struct shoal_rank
 /* ----------------------------------------------------------------- shape */
 
 /* Values per quantization block of a tensor (1 for plain types; 0 if absent). */
+static int summed_f64(const struct shoal_slice *s);
+
+/*
+ * A float weight's f64 runs (struct shoal_weight's f64_block) when every
+ * layout cuts its columns at multiples of unit: the longest of 256, 128 and
+ * 64 columns that divides unit, else 0 (every product added in f64); for a
+ * unit that is a whole FFN, the longest that still cuts it in 8 or more, so
+ * that as many ranks can share it (longer runs are faster: fewer widenings).
+ */
+static int float_run(int type, int64_t unit, int whole) {
+    if (type != SHOAL_DTYPE_F32 && type != SHOAL_DTYPE_F16 && type != SHOAL_DTYPE_BF16) return 0;
+    for (int run = 256; run >= 64; run /= 2)
+        if (unit > 0 && unit % run == 0 && (!whole || unit / run >= 8 || run == 64)) return run;
+    return 0;
+}
+
+/*
+ * The columns a row-parallel weight's splits fall on: its type's block; for
+ * a float ffn_down, its f64 runs (float_run of the FFN width), so that the
+ * runs of one rank are those of every layout.
+ */
 static int block_of(const struct shoal_gguf *g, const char *name) {
     const struct shoal_gguf_tensor *t = shoal_gguf_find_tensor(g, name);
     const struct shoal_dtype_info *ti = t ? shoal_dtype_info(t->type) : NULL;
+    if (ti && strstr(name, "ffn_down.weight") && t->n_dims >= 2 && float_run(t->type, (int64_t)t->ne[0], 1))
+        return float_run(t->type, (int64_t)t->ne[0], 1);
     return ti ? ti->block : 0;
 }
 
@@ -511,8 +534,15 @@ static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s
     m->weight_bytes += (uint64_t)(r1 - r0) * lb;
     m->n_params += (uint64_t)(r1 - r0) * (uint64_t)(c1 - c0);
     if (!m->be) return SHOAL_OK;
+    /* a float row-parallel projection's f64 runs: the same on every layout (block_of), unless
+     * its columns here are cut off them (shards cut by an older plan: every product in f64) */
+    int run = 0;
+    if (summed_f64(s) && !strstr(name, "_exps"))
+        run = strstr(name, "attn_output") ? float_run(t->type, m->hp.head_dim, 0)
+                                          : float_run(t->type, m->hp.ffn_dim, 1);
+    if (run && (c0 % run || (c1 - c0) % run)) run = 0;
     if (st) { /* streamed: prepared into a layer buffer when the layer is about to run */
-        *st = (struct shoal_stream_tensor){ host, t->type, r1 - r0, c1 - c0, *st_off };
+        *st = (struct shoal_stream_tensor){ host, t->type, r1 - r0, c1 - c0, *st_off, run };
         *st_off += bytes;
         return SHOAL_OK;
     }
@@ -520,6 +550,7 @@ static shoal_status load_part(struct shoal_model *m, const struct shoal_slice *s
                              : shoal_weight_prepare(m->be, w, t->type, r1 - r0, c1 - c0, host, bytes ? *dev : NULL);
     if (bytes) *dev += bytes; /* (*dev is NULL when nothing is placed: no offset from it) */
     if (rc != SHOAL_OK) shoal_error_prefix("%s: tensor '%s'", m->g->path, name);
+    else w->f64_block = run;
     return rc;
 }
 
@@ -626,6 +657,7 @@ static shoal_status bind_streamed(struct shoal_model *m) {
                 free(ws);
                 return rc;
             }
+            ws[k]->f64_block = t[k].f64_block;
             size_t end = t[k].off + weight_block_bytes(m, t[k].type, t[k].rows, t[k].cols);
             if (end > m->lbytes[l]) m->lbytes[l] = end;
         }

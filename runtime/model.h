@@ -112,6 +112,7 @@ struct shoal_stream_tensor {
     int type;
     int64_t rows, cols;
     size_t off; /* in the layer buffer */
+    int f64_block; /* the weight's (struct shoal_weight) */
 };
 
 /* What streaming has cost so far (shoal run -v prints it per token). */

@@ -45,6 +45,9 @@ SYNTH = {
     "q8_0": ["--type", "q8_0", "--dim", 256, "--layers", 4, "--heads", 8, "--kv-heads", 4, "--ffn", 512],
     "q4_0": ["--type", "q4_0", "--dim", 256, "--layers", 4, "--heads", 8, "--kv-heads", 4, "--ffn", 512],
     "f16": ["--type", "f16", "--dim", 256, "--layers", 4, "--heads", 8, "--kv-heads", 2, "--ffn", 384],
+    # float weights summed in f64 runs (shoal_weight.f64_block): attn_output's of 64 (its heads'
+    # width), ffn_down's of 256 (8 of them: the planner cuts there)
+    "bf16": ["--type", "bf16", "--dim", 256, "--layers", 4, "--heads", 4, "--kv-heads", 2, "--ffn", 2048],
     # 12 query heads in 3 KV groups: tp 2 takes 2 groups + 1
     "uneven": ["--type", "q8_0", "--dim", 384, "--layers", 4, "--heads", 12, "--kv-heads", 3,
                "--ffn", 640],
@@ -59,6 +62,19 @@ def synth_models(tmp_path_factory):
         out[name] = d / f"{name}.gguf"
         h.run(["synth", "-o", out[name], "--vocab", 512, "--seed", 5] + flags)
     return out
+
+
+@pytest.mark.parametrize("name", ["f16", "bf16"])
+def test_float_layouts_give_one_ranks_logits(name, synth_models, tmp_path):
+    """The float models' logits, every position, byte for byte as one rank's: ids alone would
+    not see a row-parallel sum that parts from one rank's in its last bits (f64 runs cut
+    elsewhere than one rank cuts them, say)."""
+    model = ["-m", synth_models[name]]
+    run = ["-p", "the quick brown fox", "-n", 8, "--temp", 0, "--ignore-eos", "-t", 1]
+    base = h.layout_run(model, run, tmp_path, f"{name}-1")
+    for tp, pp in [(2, 1), (4, 1), (2, 2)]:
+        got = h.layout_run(model, run, tmp_path, f"{name}-{tp}x{pp}", np_=tp * pp, extra=["--tp", tp, "--pp", pp])
+        h.assert_same_run(f"{name} tp {tp} x pp {pp}", got, base[:2])
 
 
 @pytest.mark.parametrize("name", list(SYNTH))

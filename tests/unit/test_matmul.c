@@ -82,7 +82,7 @@ static void run_case(struct shoal_backend *be, const char *level, int type, int 
  * reference as the f32 matmul.
  */
 static void run_split_case(struct shoal_backend *be, const char *level, int type, int rows,
-                           int cols, int n, int split) {
+                           int cols, int n, int split, int run) {
     size_t rb = shoal_dtype_row_bytes(type, cols), rb1 = shoal_dtype_row_bytes(type, split);
     size_t rb2 = shoal_dtype_row_bytes(type, cols - split);
     float *row = malloc(sizeof(float) * cols), *x = malloc(sizeof(float) * n * cols);
@@ -107,16 +107,33 @@ static void run_split_case(struct shoal_backend *be, const char *level, int type
     CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq, NULL));
     CHECK_OK(shoal_weight_prepare(be, &wa, type, rows, split, w1, NULL));
     CHECK_OK(shoal_weight_prepare(be, &wb, type, rows, cols - split, w2, NULL));
+    w.f64_block = wa.f64_block = wb.f64_block = run;
     CHECK_OK(shoal_op_matmul_f64(be, y, &w, x, n));
     CHECK_OK(shoal_op_matmul_f64(be, y1, &wa, x1, n));
     CHECK_OK(shoal_op_matmul_f64(be, y2, &wb, x2, n));
-    int differ = 0;
+    int differ = 0, far = 0;
     for (int i = 0; i < n * rows; i++) {
         double sum = y1[i] + y2[i];
         if ((float)sum != (float)y[i] || fabs(sum - y[i]) > 1e-12 * (fabs(y[i]) + 1e-30)) differ++;
     }
-    CHECK(differ == 0, "%s %s f64 %dx%d n=%d split at %d: %d values differ from the whole", level,
-          shoal_dtype_name(type), rows, cols, n, split, differ);
+    CHECK(differ == 0, "%s %s f64 %dx%d n=%d split at %d (runs of %d): %d values differ from the whole", level,
+          shoal_dtype_name(type), rows, cols, n, split, run, differ);
+    /* a float weight's whole within run_case's float bound of the f64 reference (runs sum in
+     * f32; quantized types' activations are 8-bit, run_case's bound) */
+    const int is_float = type == SHOAL_DTYPE_F32 || type == SHOAL_DTYPE_F16 || type == SHOAL_DTYPE_BF16;
+    for (int r = 0; is_float && r < rows; r++) {
+        shoal_dequantize_row(type, wq + r * rb, row, cols);
+        for (int t = 0; t < n; t++) {
+            double ref = 0, mag = 0;
+            for (int c = 0; c < cols; c++) {
+                ref += (double)row[c] * x[t * cols + c];
+                mag += fabs((double)row[c] * x[t * cols + c]);
+            }
+            far += fabs(y[t * rows + r] - ref) > 2e-5 * mag + 1e-6;
+        }
+    }
+    CHECK(far == 0, "%s %s f64 %dx%d n=%d (runs of %d): %d values off the reference", level, shoal_dtype_name(type),
+          rows, cols, n, run, far);
     shoal_weight_release(be, &w), shoal_weight_release(be, &wa), shoal_weight_release(be, &wb);
     free(row), free(x), free(x1), free(x2), free(wq), free(w1), free(w2), free(y), free(y1), free(y2);
 }
@@ -129,7 +146,7 @@ static void run_split_case(struct shoal_backend *be, const char *level, int type
  * a SIMD vector.
  */
 static void run_invariance_case(struct shoal_backend *be, const char *level, int type, int rows,
-                                int cols, int n) {
+                                int cols, int n, int run) {
     size_t rb = shoal_dtype_row_bytes(type, cols);
     float *row = malloc(sizeof(float) * cols), *x = malloc(sizeof(float) * n * cols);
     float *y = malloc(sizeof(float) * n * rows), *y1 = malloc(sizeof(float) * rows);
@@ -142,6 +159,7 @@ static void run_invariance_case(struct shoal_backend *be, const char *level, int
     for (int i = 0; i < n * cols; i++) x[i] = frand() * 2;
     struct shoal_weight w;
     CHECK_OK(shoal_weight_prepare(be, &w, type, rows, cols, wq, NULL));
+    w.f64_block = run;
     CHECK_OK(shoal_op_matmul(be, y, &w, x, n));
     CHECK_OK(shoal_op_matmul_f64(be, yd, &w, x, n));
     int differ = 0;
@@ -151,8 +169,8 @@ static void run_invariance_case(struct shoal_backend *be, const char *level, int
         differ += memcmp(y1, y + (size_t)t * rows, sizeof(float) * rows) != 0;
         differ += memcmp(yd1, yd + (size_t)t * rows, sizeof(double) * rows) != 0;
     }
-    CHECK(differ == 0, "%s %s %dx%d n=%d: %d tokens' results depend on their batch", level,
-          shoal_dtype_name(type), rows, cols, n, differ);
+    CHECK(differ == 0, "%s %s %dx%d n=%d (f64 runs %d): %d tokens' results depend on their batch", level,
+          shoal_dtype_name(type), rows, cols, n, run, differ);
     shoal_weight_release(be, &w);
     free(row), free(x), free(y), free(y1), free(yd), free(yd1), free(wq);
 }
@@ -327,12 +345,22 @@ int main(void) {
             for (size_t ti = 0; k && k->batch_invariant && ti < sizeof types / sizeof *types; ti++)
                 for (size_t si = 0; si < sizeof tiles / sizeof *tiles; si++)
                     if (shoal_dtype_row_bytes(types[ti], tiles[si][1]))
-                        run_invariance_case(be, shoal_cpu_simd_name(simd), types[ti], tiles[si][0],
-                                            tiles[si][1], tiles[si][2]);
+                        for (int run = 0; run <= 64; run += 64)
+                            run_invariance_case(be, shoal_cpu_simd_name(simd), types[ti], tiles[si][0],
+                                                tiles[si][1], tiles[si][2], run);
             for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++)
-                for (size_t si = 0; si < sizeof splits / sizeof *splits; si++)
+                for (size_t si = 0; si < sizeof splits / sizeof *splits; si++) {
                     run_split_case(be, shoal_cpu_simd_name(simd), types[ti], splits[si][0],
-                                   splits[si][1], splits[si][2], splits[si][3]);
+                                   splits[si][1], splits[si][2], splits[si][3], 0);
+                    /* float weights with f64 runs, cut on a run (shoal_weight.f64_block) */
+                    const int is_float = types[ti] == SHOAL_DTYPE_F32 || types[ti] == SHOAL_DTYPE_F16 ||
+                                         types[ti] == SHOAL_DTYPE_BF16;
+                    for (int run = 64; is_float && run <= 256; run *= 4) {
+                        if (splits[si][3] % run == 0)
+                            run_split_case(be, shoal_cpu_simd_name(simd), types[ti], splits[si][0],
+                                           splits[si][1], splits[si][2], splits[si][3], run);
+                    }
+                }
             shoal_backend_destroy(be);
         }
     }
