@@ -11,8 +11,28 @@ general.quantization_version (2). A float source (a synthetic F32 model)
 goes to F16, BF16 and Q8_0 with the gguf package's bytes. Refusals: a
 quantized source without --allow-requantize, an unknown type, IN as OUT, a
 directory that is not there (and no file left behind).
+
+And what those files compute: shoal run on each, greedy (--temp 0
+--ignore-eos, 2 threads), from the prompt ids llama.cpp tokenized, against
+llama.cpp's greedy ids on its own file's tensors, recorded by
+tests/model/record_quantize_greedy.py in data/quantize_greedy_llamacpp.json
+(llama-cpp-python, version there; 32 ids for each of four prompts, with
+llama.cpp's top-2 logit gap at every step). The rule, for every variant and
+prompt: the first AGREE (16) generated ids equal llama.cpp's; or, where the
+two part before AGREE, they part at a step where llama.cpp's recorded gap is
+below GAP (0.6), a near-tie, and every id before that step is equal. Both
+decode the same ids up to where they part, so a part where llama.cpp's best
+token leads by GAP or more is a real disagreement. (On SmolLM2 near-ties are
+common, and llama.cpp is not steadier than GAP itself: on these files, the
+same ids evaluated one token at a time instead of in one batch move its top-2
+gap by up to 1.3, and with flash attention on, its own greedy ids part from
+the recorded ones at a gap of 0.54: q4_k_m, the chat prompt, step 5, where
+shoal parts too; hence 0.6, not 0.5. The 15 other parts before step 16 that
+these files show are at gaps of 0.28 or less; ids shifted by one part at
+gaps of 0.7 to 5.) The files are made once for the module's tests.
 """
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,8 +47,11 @@ import shoal_harness as h  # noqa: E402
 gguf = h.import_required("gguf", "the gguf package (pip install gguf) reads the files written")
 import smollm2_variants as sv  # noqa: E402
 
-VARIANTS = {k: v for k, v in json.loads((HERE / "data" / "smollm2_logits.json").read_text())["variants"].items()
-            if v.get("llama_ftype")}
+LOGITS = json.loads((HERE / "data" / "smollm2_logits.json").read_text())
+VARIANTS = {k: v for k, v in LOGITS["variants"].items() if v.get("llama_ftype")}
+GREEDY = json.loads((HERE / "data" / "quantize_greedy_llamacpp.json").read_text())
+AGREE = 16
+GAP = 0.6
 
 
 def fields(r):
@@ -45,20 +68,37 @@ def source_fields():
     return dict(_source["f"])
 
 
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """make(name): (the file `shoal quantize` makes of SmolLM2 for that variant, its stderr, its
+    tensors' digest), made once for all the module's tests (the ten take ~45 s, IQ4_XS and IQ4_NL
+    14 s each); the files (~1 GB) are removed when the module is done."""
+    d = tmp_path_factory.mktemp("quantized")
+    made = {}
+
+    def make(name):
+        if name not in made:
+            v = VARIANTS[name]
+            out = d / f"{name}.gguf"
+            p = h.run(["quantize", "--allow-requantize"] + (["--pure"] if v["pure"] else []) +
+                      [h.smollm2(), out, v["llama_ftype"]])
+            made[name] = (out, p.stderr.decode(), sv.tensor_digest(out))
+        return made[name]
+    yield make
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_as_llamacpp_writes_it(name, tmp_path):
+def test_as_llamacpp_writes_it(name, quantized):
     v = VARIANTS[name]
-    src = h.smollm2()
-    out = tmp_path / f"{name}.gguf"
-    args = ["quantize", "--allow-requantize"] + (["--pure"] if v["pure"] else []) + [src, out, v["llama_ftype"]]
-    p = h.run(args)
-    assert f"-> {out}: {v['llama_ftype']}" in p.stderr.decode()
+    out, err, digest = quantized(name)
+    assert f"-> {out}: {v['llama_ftype']}" in err
     r = gguf.GGUFReader(str(out))
     types = {t.name: t.tensor_type.name for t in r.tensors}
     if v.get("tensor_types"):
         wrong = {k: (types.get(k), t) for k, t in v["tensor_types"].items() if types.get(k) != t}
         assert not wrong, f"{name}: tensors whose type is not llama.cpp's (shoal's, llama.cpp's): {wrong}"
-    assert sv.tensor_digest(out) == v["tensor_sha256"], f"{name}: the tensors' bytes are not llama.cpp's file's"
+    assert digest == v["tensor_sha256"], f"{name}: the tensors' bytes are not llama.cpp's file's"
     a, b = source_fields(), fields(r)
     ftypes = {"Q5_0": 8, "Q5_1": 9, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q3_K_M": 12, "Q2_K": 10,
               "IQ4_XS": 30, "IQ4_NL": 25}
@@ -66,6 +106,37 @@ def test_as_llamacpp_writes_it(name, tmp_path):
     a.pop("general.file_type", None)
     a.pop("general.quantization_version", None)
     assert a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a), name
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_greedy_as_llamacpp(name, quantized, tmp_path):
+    """shoal's greedy ids on the file it made against llama.cpp's on its own file: the rule of the
+    module's docstring (the first AGREE equal, or a part before that at a near-tie only)."""
+    v, rec = VARIANTS[name], GREEDY["variants"].get(name)
+    assert rec, f"{name}: not in quantize_greedy_llamacpp.json: run record_quantize_greedy.py"
+    assert GREEDY["model_sha256"] == LOGITS["model_sha256"] and \
+        (rec["llama_ftype"], rec["pure"], rec["tensor_sha256"]) == (v["llama_ftype"], v["pure"], v["tensor_sha256"]), \
+        f"{name}: recorded for another file than smollm2_logits.json's: run record_quantize_greedy.py again"
+    out, _, digest = quantized(name)
+    assert digest == rec["tensor_sha256"], f"{name}: shoal quantize's tensors are not llama.cpp's file's"
+    report, failures = [], []
+    for k, c in enumerate(rec["cases"]):
+        ids = tmp_path / f"p{k}.ids"
+        h.run(["run", "-m", out, "--prompt-ids", ",".join(map(str, c["prompt_ids"])), "-n", len(c["ids"]),
+               "--temp", 0, "--ignore-eos", "-t", 2, "-q", "--no-echo", "--ids-out", ids])
+        got, n_p = h.read_ids(ids), len(c["prompt_ids"])
+        assert got[:n_p] == c["prompt_ids"], f"{name} {c['prompt']!r}: --ids-out's prompt is not the ids given"
+        gen, want = got[n_p:], c["ids"]
+        same = next((i for i, (a, b) in enumerate(zip(gen, want)) if a != b), min(len(gen), len(want)))
+        where = f"part at {same}, llama.cpp's gap there {c['gap'][same]:.3f}" if same < len(want) else "all equal"
+        report.append(f"{name} {same:2d}/{len(want)} {c['prompt'][-32:]!r}: {where}")
+        if len(gen) != len(want) and same == min(len(gen), len(want)):
+            failures.append(f"{c['prompt']!r}: {len(gen)} generated ids, llama.cpp {len(want)}")
+        elif same < AGREE and c["gap"][same] >= GAP:
+            failures.append(f"{c['prompt']!r}: generated id {same} is {gen[same]}, llama.cpp's {want[same]}, "
+                            f"which leads its second there by {c['gap'][same]:.3f}: not a near-tie (under {GAP})")
+    print("\n".join(report))
+    assert not failures, f"{name}: shoal's greedy ids against llama.cpp's:\n" + "\n".join(failures)
 
 
 def test_from_floats(tmp_path):
