@@ -70,7 +70,7 @@ static inline __m512 bf16x16(const uint16_t *p) {
  * every token passes over them.
  */
 #define HT_ROWS 4
-#define HT_TOKS 6
+#define HT_TOKS 3
 #define HT_CHUNK 32
 
 static inline __attribute__((always_inline)) __m512 half16(const uint16_t *p, __mmask16 k, int bf) {
@@ -80,22 +80,54 @@ static inline __attribute__((always_inline)) __m512 half16(const uint16_t *p, __
 }
 
 /*
- * The tile's accumulators are named variables (aMJ: row M, token J), not an
- * array: GCC kept an array of them in memory as well, storing every one on
- * every piece. Those past nr and nt are never used and vanish.
+ * The tile's accumulators are named variables (aMJ, bMJ: row M, token J), not
+ * an array: GCC kept an array of them in memory as well, storing every one on
+ * every piece. Those past nr and nt are never used and vanish. Each output
+ * has two, a for the even pieces and b for the odd ones, so that a row read
+ * alone (decoding) runs two FMA chains, not one: one chain's latency held a
+ * thread to 28 GB/s.
  */
-#define HT_EACH_TOKEN(X, m) X(m, 0) X(m, 1) X(m, 2) X(m, 3) X(m, 4) X(m, 5)
+#define HT_EACH_TOKEN(X, m) X(m, 0) X(m, 1) X(m, 2)
 #define HT_EACH(X) HT_EACH_TOKEN(X, 0) HT_EACH_TOKEN(X, 1) HT_EACH_TOKEN(X, 2) HT_EACH_TOKEN(X, 3)
-#define HT_DECL(m, j) __m512 a##m##j = _mm512_setzero_ps();
-#define HT_OUT(m, j) \
-    if (m < nr && j < nt) t->y[(int64_t)(tok + j) * rows + r + m] = _mm512_reduce_add_ps(a##m##j);
-#define HT_FMA(m, j) if (m < nr) a##m##j = _mm512_fmadd_ps(w##m, xv, a##m##j);
-#define HT_TOKEN(j)                                                                              \
+#define HT_DECL(m, j) __m512 a##m##j = _mm512_setzero_ps(), b##m##j = _mm512_setzero_ps();
+#define HT_OUT(m, j)                                                                             \
+    if (m < nr && j < nt)                                                                        \
+        t->y[(int64_t)(tok + j) * rows + r + m] = _mm512_reduce_add_ps(_mm512_add_ps(a##m##j, b##m##j));
+#define HT_FMA(m, j, A) if (m < nr) A##m##j = _mm512_fmadd_ps(w##m, xv, A##m##j);
+#define HT_TOKEN(j, A, o)                                                                        \
     if (j < nt) {                                                                                \
-        const __m512 xv = _mm512_maskz_loadu_ps(k, x[j] + i);                                   \
-        HT_FMA(0, j) HT_FMA(1, j) HT_FMA(2, j) HT_FMA(3, j)                                      \
+        const __m512 xv = _mm512_maskz_loadu_ps(k, x[j] + (o));                                 \
+        HT_FMA(0, j, A) HT_FMA(1, j, A) HT_FMA(2, j, A) HT_FMA(3, j, A)                          \
     }
-#define HT_W(m) const __m512 w##m = m < nr ? half16(wr[m] + i, k, bf) : _mm512_setzero_ps();
+#define HT_W(m, o) const __m512 w##m = m < nr ? half16(wr[m] + (o), k, bf) : _mm512_setzero_ps();
+/* the 16-value piece at column o (k: the values present) into the accumulators A */
+#define HT_PIECE(o, A)                                                                           \
+    do {                                                                                         \
+        HT_W(0, o) HT_W(1, o) HT_W(2, o) HT_W(3, o)                                              \
+        HT_TOKEN(0, A, o) HT_TOKEN(1, A, o) HT_TOKEN(2, A, o)                                    \
+    } while (0)
+/* columns [i, end) (a whole number of pieces but the last), even pieces into a, odd into b */
+#define HT_SPAN(end)                                                                             \
+    do {                                                                                         \
+        const int64_t e_ = (end);                                                                \
+        for (; i + 32 <= e_; i += 32) {                                                          \
+            const __mmask16 k = 0xffff;                                                          \
+            HT_PIECE(i, a);                                                                      \
+            HT_PIECE(i + 16, b);                                                                 \
+        }                                                                                        \
+        int odd_ = 0;                                                                            \
+        if (i + 16 <= e_) {                                                                      \
+            const __mmask16 k = 0xffff;                                                          \
+            HT_PIECE(i, a);                                                                      \
+            i += 16, odd_ = 1;                                                                   \
+        }                                                                                        \
+        if (i < e_) { /* the last piece: zeros past the end */                                   \
+            const __mmask16 k = (__mmask16)((1u << (e_ - i)) - 1);                              \
+            if (odd_) HT_PIECE(i, b);                                                            \
+            else HT_PIECE(i, a);                                                                 \
+            i = e_;                                                                              \
+        }                                                                                        \
+    } while (0)
 
 static inline __attribute__((always_inline)) void half_tile(const struct mm_task *t, int64_t r, int tok,
                                                             const int nr, const int nt, const int bf) {
@@ -106,16 +138,7 @@ static inline __attribute__((always_inline)) void half_tile(const struct mm_task
     for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * n;
     HT_EACH(HT_DECL)
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __mmask16 k = 0xffff;
-        HT_W(0) HT_W(1) HT_W(2) HT_W(3)
-        HT_TOKEN(0) HT_TOKEN(1) HT_TOKEN(2) HT_TOKEN(3) HT_TOKEN(4) HT_TOKEN(5)
-    }
-    if (i < n) { /* the last piece: zeros past the row's end */
-        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-        HT_W(0) HT_W(1) HT_W(2) HT_W(3)
-        HT_TOKEN(0) HT_TOKEN(1) HT_TOKEN(2) HT_TOKEN(3) HT_TOKEN(4) HT_TOKEN(5)
-    }
+    HT_SPAN(n);
     HT_EACH(HT_OUT)
 }
 
@@ -123,8 +146,7 @@ static inline __attribute__((always_inline)) void half_tile(const struct mm_task
 #define HT_CASE(nr, j, bf) case j: half_tile(t, r, tok, nr, j, bf); break;
 #define HT_ROWS_OF(nr, bf)                                                                      \
     static void half_tile_##nr##_##bf(const struct mm_task *t, int64_t r, int tok, int nt) {    \
-        switch (nt) { HT_CASE(nr, 1, bf) HT_CASE(nr, 2, bf) HT_CASE(nr, 3, bf)                  \
-                      HT_CASE(nr, 4, bf) HT_CASE(nr, 5, bf) default: half_tile(t, r, tok, nr, HT_TOKS, bf); } \
+        switch (nt) { HT_CASE(nr, 1, bf) HT_CASE(nr, 2, bf) default: half_tile(t, r, tok, nr, HT_TOKS, bf); } \
     }
 HT_ROWS_OF(1, 0) HT_ROWS_OF(4, 0) HT_ROWS_OF(1, 1) HT_ROWS_OF(4, 1)
 
@@ -231,10 +253,10 @@ H64_ROWS_OF(1, 0) H64_ROWS_OF(3, 0) H64_ROWS_OF(1, 1) H64_ROWS_OF(3, 1)
 #define HT_FLUSH(m, j)                                                                           \
     if (m < nr && j < nt) {                                                                      \
         double *s_ = sums + (m * HT_TOKS + j) * 16;                                             \
-        _mm512_storeu_pd(s_, _mm512_add_pd(_mm512_loadu_pd(s_), _mm512_cvtps_pd(_mm512_castps512_ps256(a##m##j)))); \
-        _mm512_storeu_pd(s_ + 8, _mm512_add_pd(_mm512_loadu_pd(s_ + 8),                        \
-                                               _mm512_cvtps_pd(_mm512_extractf32x8_ps(a##m##j, 1)))); \
-        a##m##j = _mm512_setzero_ps();                                                           \
+        const __m512 v_ = _mm512_add_ps(a##m##j, b##m##j);                                      \
+        _mm512_storeu_pd(s_, _mm512_add_pd(_mm512_loadu_pd(s_), _mm512_cvtps_pd(_mm512_castps512_ps256(v_)))); \
+        _mm512_storeu_pd(s_ + 8, _mm512_add_pd(_mm512_loadu_pd(s_ + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v_, 1)))); \
+        a##m##j = b##m##j = _mm512_setzero_ps();                                                 \
     }
 #define HT_OUT64(m, j)                                                                           \
     if (m < nr && j < nt) {                                                                      \
@@ -253,19 +275,8 @@ static inline __attribute__((always_inline)) void half_tile_runs(const struct mm
     for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * n;
     for (int k = 0; k < nr * HT_TOKS * 16; k++) sums[k] = 0;
     HT_EACH(HT_DECL)
-    for (int64_t i0 = 0; i0 < n; i0 += run) {
-        const int64_t i1 = i0 + run < n ? i0 + run : n;
-        int64_t i = i0;
-        for (; i + 16 <= i1; i += 16) {
-            const __mmask16 k = 0xffff;
-            HT_W(0) HT_W(1) HT_W(2) HT_W(3)
-            HT_TOKEN(0) HT_TOKEN(1) HT_TOKEN(2) HT_TOKEN(3) HT_TOKEN(4) HT_TOKEN(5)
-        }
-        if (i < i1) {
-            const __mmask16 k = (__mmask16)((1u << (i1 - i)) - 1);
-            HT_W(0) HT_W(1) HT_W(2) HT_W(3)
-            HT_TOKEN(0) HT_TOKEN(1) HT_TOKEN(2) HT_TOKEN(3) HT_TOKEN(4) HT_TOKEN(5)
-        }
+    for (int64_t i = 0; i < n;) {
+        HT_SPAN(i + run < n ? i + run : n);
         HT_EACH(HT_FLUSH)
     }
     HT_EACH(HT_OUT64)
@@ -274,8 +285,7 @@ static inline __attribute__((always_inline)) void half_tile_runs(const struct mm
 #define HR_CASE(nr, j, bf) case j: half_tile_runs(t, r, tok, nr, j, bf); break;
 #define HR_ROWS_OF(nr, bf)                                                                      \
     static void half_runs_##nr##_##bf(const struct mm_task *t, int64_t r, int tok, int nt) {    \
-        switch (nt) { HR_CASE(nr, 1, bf) HR_CASE(nr, 2, bf) HR_CASE(nr, 3, bf)                  \
-                      HR_CASE(nr, 4, bf) HR_CASE(nr, 5, bf) default: half_tile_runs(t, r, tok, nr, HT_TOKS, bf); } \
+        switch (nt) { HR_CASE(nr, 1, bf) HR_CASE(nr, 2, bf) default: half_tile_runs(t, r, tok, nr, HT_TOKS, bf); } \
     }
 HR_ROWS_OF(1, 0) HR_ROWS_OF(4, 0) HR_ROWS_OF(1, 1) HR_ROWS_OF(4, 1)
 
