@@ -62,12 +62,12 @@ static inline __m512 bf16x16(const uint16_t *p) {
  * 16-bit float weights (F16, BF16: bf set) times f32 x, in tiles of up to
  * HT_ROWS rows x HT_TOKS tokens: each 16-value piece of the tile's rows is
  * widened once and met by every token of the tile (a prompt's tokens then
- * cost FMAs, not conversions and loads). Every output is one f32
- * accumulator over its row's pieces in order (the last piece masked, zeros
- * past the row's end), summed across the vector at the end: the same bits
- * whatever tile, batch or thread the output falls in, so the level stays
- * batch-invariant. Rows go in chunks of HT_CHUNK, which stay in L2 while
- * every token passes over them.
+ * cost FMAs, not conversions and loads). Every output is two f32
+ * accumulators over its row's pieces in order, even and odd (the last piece
+ * masked, zeros past the row's end), added and summed across the vector at
+ * the end: the same bits whatever tile, batch or thread the output falls in,
+ * so the level stays batch-invariant. Rows go in chunks of HT_CHUNK, which
+ * stay in L2 while every token passes over them.
  */
 #define HT_ROWS 4
 #define HT_TOKS 3
