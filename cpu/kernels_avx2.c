@@ -193,16 +193,73 @@ static inline __attribute__((always_inline)) void half_tile_f64(const struct mm_
 D2_TILE(1, 1, 0) D2_TILE(1, 2, 0) D2_TILE(2, 1, 0) D2_TILE(2, 2, 0)
 D2_TILE(1, 1, 1) D2_TILE(1, 2, 1) D2_TILE(2, 1, 1) D2_TILE(2, 2, 1)
 
+/*
+ * The same where the weight has f64 runs (shoal_weight.f64_block, as in
+ * kernels_avx512.c): half_tile's accumulators over each run of columns, then
+ * their sum widened and added to the output's f64 lane sums (in memory), which
+ * are summed across at the end.
+ */
+#define R2_FLUSH(m, j)                                                                           \
+    if (m < nr && j < nt) {                                                                      \
+        double *s_ = sums + (m * H2_TOKS + j) * 8;                                              \
+        const __m256 v_ = _mm256_add_ps(l##m##j, h##m##j);                                      \
+        _mm256_storeu_pd(s_, _mm256_add_pd(_mm256_loadu_pd(s_), _mm256_cvtps_pd(_mm256_castps256_ps128(v_)))); \
+        _mm256_storeu_pd(s_ + 4, _mm256_add_pd(_mm256_loadu_pd(s_ + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v_, 1)))); \
+        l##m##j = h##m##j = _mm256_setzero_ps();                                                 \
+    }
+#define R2_OUT(m, j)                                                                             \
+    if (m < nr && j < nt) {                                                                      \
+        const double *s_ = sums + (m * H2_TOKS + j) * 8;                                        \
+        const __m256d v_ = _mm256_add_pd(_mm256_loadu_pd(s_), _mm256_loadu_pd(s_ + 4));         \
+        const __m128d q_ = _mm_add_pd(_mm256_castpd256_pd128(v_), _mm256_extractf128_pd(v_, 1)); \
+        t->yd[(int64_t)(tok + j) * rows + r + m] = _mm_cvtsd_f64(_mm_add_sd(q_, _mm_unpackhi_pd(q_, q_))); \
+    }
+
+static inline __attribute__((always_inline)) void half_tile_runs(const struct mm_task *t, int64_t r, int tok,
+                                                                 const int nr, const int nt, const int bf) {
+    const int64_t n = t->w->cols, rows = t->w->rows, run = t->w->f64_block;
+    const uint16_t *wp[H2_ROWS] = { 0 };
+    const float *xp[H2_TOKS] = { 0 };
+    double sums[H2_ROWS * H2_TOKS * 8] = { 0 };
+    for (int m = 0; m < nr; m++) wp[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) xp[j] = t->x + (int64_t)(tok + j) * n;
+    H2_EACH(H2_DECL)
+    for (int64_t o = 0; o < n;) {
+        const int64_t e = o + run < n ? o + run : n;
+        for (; o + 16 <= e; o += 16) { H2_PIECE }
+        if (o < e) { /* the row's last piece (runs are whole pieces), copied beside zeros */
+            uint16_t wt[H2_ROWS][16] = { { 0 } };
+            float xt[H2_TOKS][16] = { { 0 } };
+            for (int m = 0; m < nr; m++) memcpy(wt[m], wp[m] + o, sizeof(uint16_t) * (size_t)(e - o)), wp[m] = wt[m];
+            for (int j = 0; j < nt; j++) memcpy(xt[j], xp[j] + o, sizeof(float) * (size_t)(e - o)), xp[j] = xt[j];
+            o = 0;
+            H2_PIECE
+            o = n;
+        }
+        H2_EACH(R2_FLUSH)
+    }
+    H2_EACH(R2_OUT)
+}
+
+#define R2_TILE(nr, nt, bf)                                                                      \
+    static void half_runs_##nr##nt##_##bf(const struct mm_task *t, int64_t r, int tok) {         \
+        half_tile_runs(t, r, tok, nr, nt, bf);                                                   \
+    }
+R2_TILE(1, 1, 0) R2_TILE(1, 2, 0) R2_TILE(2, 1, 0) R2_TILE(2, 2, 0)
+R2_TILE(1, 1, 1) R2_TILE(1, 2, 1) R2_TILE(2, 1, 1) R2_TILE(2, 2, 1)
+
 static void mm_f64_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
     static const h2_tile_fn tiles[2][2] = { { half_tile_f64_11_0, half_tile_f64_12_0 },
                                             { half_tile_f64_21_0, half_tile_f64_22_0 } };
-    mm_half(t, r0, r1, tiles);
+    static const h2_tile_fn runs[2][2] = { { half_runs_11_0, half_runs_12_0 }, { half_runs_21_0, half_runs_22_0 } };
+    mm_half(t, r0, r1, t->w->f64_block ? runs : tiles);
 }
 
 static void mm_f64_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
     static const h2_tile_fn tiles[2][2] = { { half_tile_f64_11_1, half_tile_f64_12_1 },
                                             { half_tile_f64_21_1, half_tile_f64_22_1 } };
-    mm_half(t, r0, r1, tiles);
+    static const h2_tile_fn runs[2][2] = { { half_runs_11_1, half_runs_12_1 }, { half_runs_21_1, half_runs_22_1 } };
+    mm_half(t, r0, r1, t->w->f64_block ? runs : tiles);
 }
 
 static void mm_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
