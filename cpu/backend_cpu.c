@@ -281,6 +281,12 @@ static void xq_worker(void *arg, int ith, int nth) {
     const int64_t cols = j->cols;
     long long lo, hi;
     shoal_pool_share(j->n, ith, nth, 1, &lo, &hi);
+    if (j->f->form == XFORM_BF16) {
+        for (long long t = lo; t < hi; t++)
+            for (int64_t i = 0; i < cols; i++)
+                ((uint16_t *)m->xb)[t * cols + i] = shoal_f32_to_bf16(j->x[t * cols + i]);
+        return;
+    }
     if (j->f->form == XFORM_Q8_K) {
         const int64_t nb = cols / SHOAL_QK_K;
         void (*q8k)(const float *, int64_t, int8_t *, float *, int16_t *) =
@@ -310,7 +316,9 @@ static void xq_worker(void *arg, int ith, int nth) {
 /* Scratch bytes of a form for n tokens of cols values, 64-byte aligned. */
 static size_t xform_bytes(const struct xform *f, int64_t cols, int n) {
     size_t b = 0;
-    if (f->form == XFORM_Q8_K) {
+    if (f->form == XFORM_BF16) {
+        b = (size_t)n * (size_t)cols * sizeof(uint16_t);
+    } else if (f->form == XFORM_Q8_K) {
         /* xkq, xkd, xkbs */
         b = (size_t)n * ((size_t)cols + sizeof(float) * (size_t)(cols / SHOAL_QK_K) + 2 * (size_t)(cols / 16));
     } else if (f->form == XFORM_Q8_32) {
@@ -326,7 +334,9 @@ static size_t xform_bytes(const struct xform *f, int64_t cols, int n) {
 static void quantize_form(struct cpu_ctx *c, const float *x, int64_t cols, int n, struct xform *f) {
     struct mm_task *t = &f->t;
     char *base = (char *)c->xbuf + f->off;
-    if (f->form == XFORM_Q8_K) {
+    if (f->form == XFORM_BF16) {
+        t->xb = (uint16_t *)base;
+    } else if (f->form == XFORM_Q8_K) {
         t->xkq = (int8_t *)base; /* cols % 256 == 0: what follows stays aligned */
         t->xkd = (float *)(base + (size_t)n * (size_t)cols);
         t->xkbs = (int16_t *)(t->xkd + (size_t)n * (size_t)(cols / SHOAL_QK_K));
@@ -414,6 +424,7 @@ static shoal_status run_matmul(struct cpu_ctx *c, int k, float *const *y, double
         t->xvc = m->xvc, t->xvd = m->xvd;
         t->xqt = m->xqt, t->xct = m->xct, t->xdt = m->xdt;
         t->xkq = m->xkq, t->xkd = m->xkd, t->xkbs = m->xkbs;
+        t->xb = m->xb;
     }
     shoal_pool_run(c->pool, mm_worker, &job);
     return SHOAL_OK;

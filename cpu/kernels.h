@@ -6,7 +6,9 @@
  * Quantized weights are multiplied with activations quantized to 8 bits
  * (integer dot products, as llama.cpp does): per block of 32 for the types
  * of 32-value blocks, per super-block of 256 for the k-quants and IQ4_XS;
- * float weights (F32, F16, BF16) with the f32 activations themselves.
+ * F32 and F16 weights with the f32 activations themselves, BF16 weights with
+ * them rounded to bf16 (to nearest even, on every level, as llama.cpp does:
+ * AVX512_BF16's dot product then takes both as they are).
  */
 #ifndef SHOAL_CPU_KERNELS_H
 #define SHOAL_CPU_KERNELS_H
@@ -29,6 +31,8 @@ enum cpu_xform {
     /* blocks of 256: xkq, xkd (an f32 scale) and xkbs (int16 sums of each 16
      * values): llama.cpp's block_q8_K (shoal_cpu_quantize_q8k) */
     XFORM_Q8_K,
+    /* x rounded to bf16 (shoal_f32_to_bf16: to nearest even), xb: what BF16 weights meet */
+    XFORM_BF16,
     XFORM_COUNT
 };
 
@@ -76,6 +80,8 @@ struct mm_task {
     const int8_t *xkq;   /* (n, cols): x quantized per block of 256 */
     const float *xkd;    /* (n, cols/256): the scale of each block */
     const int16_t *xkbs; /* (n, cols/16): the sum of each 16 int8 values */
+    /* XFORM_BF16 */
+    const uint16_t *xb;  /* (n, cols): x rounded to bf16 */
     float *y;         /* (n, rows) */
     double *yd;       /* (n, rows): the mm_f64 kernels' output */
 };
@@ -168,6 +174,10 @@ struct cpu_kernels {
 extern const struct cpu_kernels shoal_cpu_kernels_scalar;
 extern const struct cpu_kernels shoal_cpu_kernels_avx2;
 extern const struct cpu_kernels shoal_cpu_kernels_avx512;
+
+/* Whether the AVX-512 level's BF16 kernels use AVX512_BF16 where the processor has it (the
+ * default); 0: the widening kernels, as on processors without it (for tests). */
+void shoal_cpu_avx512_set_bf16(int on);
 
 /*
  * Quantizes one token's activations to the Q8_32 form of mm_task

@@ -67,6 +67,22 @@ static inline __m256 bf16x8(const uint16_t *p) {
 #define H2_TOKS 2
 #define H2_CHUNK 32
 
+/*
+ * 8 values of x as they meet the weight: for BF16 weights rounded to bf16
+ * (to nearest even; a NaN stays a NaN), as every level and llama.cpp do.
+ */
+static inline __attribute__((always_inline)) __m256 x8(const float *p, int bf) {
+    const __m256 v = _mm256_loadu_ps(p);
+    if (!bf) return v;
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    r = _mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u));
+    const __m256i nan = _mm256_and_si256(_mm256_or_si256(u, _mm256_set1_epi32(0x400000)),
+                                         _mm256_set1_epi32((int)0xffff0000u));
+    return _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(nan), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
+
 static inline __attribute__((always_inline)) __m256 half8(const uint16_t *p, int bf) {
     const __m128i h = _mm_loadu_si128((const __m128i *)p);
     if (bf) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -86,7 +102,7 @@ static inline __attribute__((always_inline)) __m256 half8(const uint16_t *p, int
     }
 #define H2_TOKEN(j)                                                                              \
     if (j < nt) {                                                                                \
-        const __m256 xl = _mm256_loadu_ps(xp[j] + o), xh = _mm256_loadu_ps(xp[j] + o + 8);      \
+        const __m256 xl = x8(xp[j] + o, bf), xh = x8(xp[j] + o + 8, bf);                        \
         H2_FMA(0, j) H2_FMA(1, j)                                                                \
     }
 #define H2_W(m)                                                                                  \
@@ -153,7 +169,7 @@ static void mm_half(const struct mm_task *t, int64_t r0, int64_t r1, const h2_ti
     }
 #define D2_TOKEN(j)                                                                              \
     if (j < nt) {                                                                                \
-        const __m256 xv = _mm256_loadu_ps(xp[j] + o);                                           \
+        const __m256 xv = x8(xp[j] + o, bf);                                                     \
         const __m256d xl = _mm256_cvtps_pd(_mm256_castps256_ps128(xv));                          \
         const __m256d xh = _mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1));                        \
         if (0 < nr) l0##j = _mm256_fmadd_pd(wl0, xl, l0##j), h0##j = _mm256_fmadd_pd(wh0, xh, h0##j); \

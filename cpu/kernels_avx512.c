@@ -73,6 +73,21 @@ static inline __m512 bf16x16(const uint16_t *p) {
 #define HT_TOKS 3
 #define HT_CHUNK 32
 
+/*
+ * 16 values of x (k: those present, zeros past them) as they meet the
+ * weight: for BF16 weights rounded to bf16 (to nearest even; a NaN stays a
+ * NaN), as every level and llama.cpp do.
+ */
+static inline __attribute__((always_inline)) __m512 x16(const float *p, __mmask16 k, int bf) {
+    const __m512 v = _mm512_maskz_loadu_ps(k, p);
+    if (!bf) return v;
+    const __m512i u = _mm512_castps_si512(v), hi = _mm512_set1_epi32((int)0xffff0000u);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), hi);
+    const __m512i nan = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x400000)), hi);
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, nan));
+}
+
 static inline __attribute__((always_inline)) __m512 half16(const uint16_t *p, __mmask16 k, int bf) {
     const __m256i h = _mm256_maskz_loadu_epi16(k, p);
     if (bf) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -96,7 +111,7 @@ static inline __attribute__((always_inline)) __m512 half16(const uint16_t *p, __
 #define HT_FMA(m, j, A) if (m < nr) A##m##j = _mm512_fmadd_ps(w##m, xv, A##m##j);
 #define HT_TOKEN(j, A, o)                                                                        \
     if (j < nt) {                                                                                \
-        const __m512 xv = _mm512_maskz_loadu_ps(k, x[j] + (o));                                 \
+        const __m512 xv = x16(x[j] + (o), k, bf);                                                \
         HT_FMA(0, j, A) HT_FMA(1, j, A) HT_FMA(2, j, A) HT_FMA(3, j, A)                          \
     }
 #define HT_W(m, o) const __m512 w##m = m < nr ? half16(wr[m] + (o), k, bf) : _mm512_setzero_ps();
@@ -174,9 +189,6 @@ static inline void mm_half(const struct mm_task *t, int64_t r0, int64_t r1, int 
 static void mm_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
     mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_tile_4_0, half_tile_1_0);
 }
-static void mm_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
-    mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_tile_4_1, half_tile_1_1);
-}
 
 /*
  * The same into yd, in f64 (mm_f64's contract): each 16-value piece widened
@@ -202,7 +214,7 @@ static void mm_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
     }
 #define H64_TOKEN(j)                                                                             \
     if (j < nt) {                                                                                \
-        const __m512 xv = _mm512_maskz_loadu_ps(k, x[j] + i);                                   \
+        const __m512 xv = x16(x[j] + i, k, bf);                                                  \
         const __m512d xl = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));                          \
         const __m512d xh = _mm512_cvtps_pd(_mm512_extractf32x8_ps(xv, 1));                       \
         H64_FMA(0, j) H64_FMA(1, j) H64_FMA(2, j)                                                \
@@ -289,12 +301,122 @@ static inline __attribute__((always_inline)) void half_tile_runs(const struct mm
     }
 HR_ROWS_OF(1, 0) HR_ROWS_OF(4, 0) HR_ROWS_OF(1, 1) HR_ROWS_OF(4, 1)
 
+/*
+ * BF16 weights on processors with AVX512_BF16 (Zen 4 and later, Cooper Lake,
+ * Sapphire Rapids): vdpbf16ps multiplies 32 bf16 weights by 32 bf16 values
+ * of x (XFORM_BF16: rounded to nearest even once for every matmul that reads
+ * it) and adds each lane's two products, exact in f32, to one of 16
+ * f32 lanes: half the instructions of the widening path, and no widening of
+ * the weights. Tiles of 4 rows x BT_TOKS tokens, one accumulator an output
+ * over its row's 32-value pieces in order, the last one masked (a row alone,
+ * decoding, then reads 64 bytes a dot product's latency: enough). (The
+ * instruction treats denormal inputs as zeros: within a processor every
+ * token's outputs go the same way.)
+ */
+static int use_bf16 = -1; /* -1: not yet asked */
+
+void shoal_cpu_avx512_set_bf16(int on) {
+    __builtin_cpu_init();
+    use_bf16 = on && __builtin_cpu_supports("avx512bf16");
+}
+
+static inline int has_bf16(void) {
+    if (use_bf16 < 0) shoal_cpu_avx512_set_bf16(1); /* the same answer whichever thread asks first */
+    return use_bf16;
+}
+
+#define BT_TOKS 6
+#define BT_EACH_TOKEN(X, m) X(m, 0) X(m, 1) X(m, 2) X(m, 3) X(m, 4) X(m, 5)
+#define BT_EACH(X) BT_EACH_TOKEN(X, 0) BT_EACH_TOKEN(X, 1) BT_EACH_TOKEN(X, 2) BT_EACH_TOKEN(X, 3)
+#define BT_DECL(m, j) __m512 a##m##j = _mm512_setzero_ps();
+#define BT_OUT(m, j) \
+    if (m < nr && j < nt) t->y[(int64_t)(tok + j) * rows + r + m] = _mm512_reduce_add_ps(a##m##j);
+#define BT_FLUSH(m, j)                                                                           \
+    if (m < nr && j < nt) {                                                                      \
+        double *s_ = sums + (m * BT_TOKS + j) * 16;                                             \
+        _mm512_storeu_pd(s_, _mm512_add_pd(_mm512_loadu_pd(s_), _mm512_cvtps_pd(_mm512_castps512_ps256(a##m##j)))); \
+        _mm512_storeu_pd(s_ + 8, _mm512_add_pd(_mm512_loadu_pd(s_ + 8),                        \
+                                               _mm512_cvtps_pd(_mm512_extractf32x8_ps(a##m##j, 1)))); \
+        a##m##j = _mm512_setzero_ps();                                                           \
+    }
+#define BT_OUT64(m, j)                                                                           \
+    if (m < nr && j < nt) {                                                                      \
+        const double *s_ = sums + (m * BT_TOKS + j) * 16;                                       \
+        t->yd[(int64_t)(tok + j) * rows + r + m] =                                               \
+            _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(s_), _mm512_loadu_pd(s_ + 8))); \
+    }
+#define BT_DOT(m, j) if (m < nr) a##m##j = _mm512_dpbf16_ps(a##m##j, w##m, xv);
+#define BT_TOKEN(j, o)                                                                           \
+    if (j < nt) {                                                                                \
+        const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(k, x[j] + (o));                   \
+        BT_DOT(0, j) BT_DOT(1, j) BT_DOT(2, j) BT_DOT(3, j)                                      \
+    }
+#define BT_W(m, o)                                                                               \
+    const __m512bh w##m = (__m512bh)(m < nr ? _mm512_maskz_loadu_epi16(k, wr[m] + (o)) : _mm512_setzero_si512());
+#define BT_PIECE(o)                                                                              \
+    do {                                                                                         \
+        BT_W(0, o) BT_W(1, o) BT_W(2, o) BT_W(3, o)                                              \
+        BT_TOKEN(0, o) BT_TOKEN(1, o) BT_TOKEN(2, o) BT_TOKEN(3, o) BT_TOKEN(4, o) BT_TOKEN(5, o) \
+    } while (0)
+/* columns [i, end) in 32-value pieces, the last one masked */
+#define BT_SPAN(end)                                                                             \
+    do {                                                                                         \
+        const int64_t e_ = (end);                                                                \
+        for (; i + 32 <= e_; i += 32) {                                                          \
+            const __mmask32 k = 0xffffffffu;                                                     \
+            BT_PIECE(i);                                                                         \
+        }                                                                                        \
+        if (i < e_) {                                                                            \
+            const __mmask32 k = (__mmask32)((1ull << (e_ - i)) - 1);                             \
+            BT_PIECE(i);                                                                         \
+            i = e_;                                                                              \
+        }                                                                                        \
+    } while (0)
+
+static inline __attribute__((always_inline)) void bf16_tile(const struct mm_task *t, int64_t r, int tok,
+                                                            const int nr, const int nt, const int runs) {
+    const int64_t n = t->w->cols, rows = t->w->rows, run = runs ? t->w->f64_block : n;
+    const uint16_t *wr[HT_ROWS] = { 0 }, *x[BT_TOKS] = { 0 };
+    double sums[HT_ROWS * BT_TOKS * 16];
+    for (int m = 0; m < nr; m++) wr[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) x[j] = t->xb + (int64_t)(tok + j) * n; /* XFORM_BF16 */
+    BT_EACH(BT_DECL)
+    if (!runs) {
+        int64_t i = 0;
+        BT_SPAN(n);
+        BT_EACH(BT_OUT)
+        return;
+    }
+    for (int k = 0; k < nr * BT_TOKS * 16; k++) sums[k] = 0;
+    for (int64_t i = 0; i < n;) {
+        BT_SPAN(i + run < n ? i + run : n);
+        BT_EACH(BT_FLUSH)
+    }
+    BT_EACH(BT_OUT64)
+}
+
+#define BT_CASE(nr, j, runs) case j: bf16_tile(t, r, tok, nr, j, runs); break;
+#define BT_ROWS_OF(nr, runs)                                                                    \
+    static void bf16_tile_##nr##_##runs(const struct mm_task *t, int64_t r, int tok, int nt) {  \
+        switch (nt) { BT_CASE(nr, 1, runs) BT_CASE(nr, 2, runs) BT_CASE(nr, 3, runs)            \
+                      BT_CASE(nr, 4, runs) BT_CASE(nr, 5, runs)                                  \
+                      default: bf16_tile(t, r, tok, nr, BT_TOKS, runs); }                        \
+    }
+
+BT_ROWS_OF(1, 0) BT_ROWS_OF(4, 0) BT_ROWS_OF(1, 1) BT_ROWS_OF(4, 1)
+
+static void mm_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
+    if (has_bf16()) mm_half(t, r0, r1, HT_ROWS, BT_TOKS, bf16_tile_4_0, bf16_tile_1_0);
+    else mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_tile_4_1, half_tile_1_1);
+}
+
 static void mm_f64_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
     if (t->w->f64_block) mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_runs_4_0, half_runs_1_0);
     else mm_half(t, r0, r1, H64_ROWS, H64_TOKS, half_tile_f64_3_0, half_tile_f64_1_0);
 }
 static void mm_f64_bf16(const struct mm_task *t, int64_t r0, int64_t r1) {
-    if (t->w->f64_block) mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_runs_4_1, half_runs_1_1);
+    if (t->w->f64_block && has_bf16()) mm_half(t, r0, r1, HT_ROWS, BT_TOKS, bf16_tile_4_1, bf16_tile_1_1);
+    else if (t->w->f64_block) mm_half(t, r0, r1, HT_ROWS, HT_TOKS, half_runs_4_1, half_runs_1_1);
     else mm_half(t, r0, r1, H64_ROWS, H64_TOKS, half_tile_f64_3_1, half_tile_f64_1_1);
 }
 

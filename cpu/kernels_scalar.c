@@ -143,22 +143,25 @@ static double row_f64_f32(const struct mm_task *t, int64_t r, int tok) {
     return s;
 }
 
+/* x as it meets a weight: BF16 weights meet x rounded to bf16 (every level; llama.cpp's too). */
+static inline float x_as(float x, int bf) { return bf ? shoal_bf16_to_f32(shoal_f32_to_bf16(x)) : x; }
+
 static inline double row_f64_half(const struct mm_task *t, int64_t r, int tok,
-                                  float (*cvt)(uint16_t)) {
+                                  float (*cvt)(uint16_t), int bf) {
     const int64_t cols = t->w->cols;
     const uint16_t *w = (const uint16_t *)((const char *)t->w->data + (size_t)r * t->w->row_bytes);
     const float *x = t->x + tok * cols;
     double s = 0;
-    for (int64_t i = 0; i < cols; i++) s += (double)cvt(w[i]) * x[i];
+    for (int64_t i = 0; i < cols; i++) s += (double)cvt(w[i]) * x_as(x[i], bf);
     return s;
 }
 
 static double row_f64_f16(const struct mm_task *t, int64_t r, int tok) {
-    return row_f64_half(t, r, tok, shoal_f16_to_f32);
+    return row_f64_half(t, r, tok, shoal_f16_to_f32, 0);
 }
 
 static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
-    return row_f64_half(t, r, tok, shoal_bf16_to_f32);
+    return row_f64_half(t, r, tok, shoal_bf16_to_f32, 1);
 }
 
 /* A block's scale dw * dx as every level forms it: an f32 product. */
@@ -501,11 +504,13 @@ ROUNDED(iq4_xs)
 /*
  * The activation form each weight type meets (llama.cpp's vec_dot_type): Q5_0
  * and IQ4_NL read the Q8_32 blocks' d (block_q8_0), Q4_1 and Q5_1 their d and
- * s (block_q8_1); the super-block types meet Q8_K. Float types: x itself.
+ * s (block_q8_1); the super-block types meet Q8_K. F32 and F16: x itself;
+ * BF16: x rounded to bf16 (the kernels that widen the weights round x as
+ * they load it, to the same values; AVX512_BF16's dot product reads xb).
  */
 const uint8_t shoal_cpu_xform[SHOAL_DTYPE_MAX] = {
     [SHOAL_DTYPE_F32] = XFORM_F32,      [SHOAL_DTYPE_F16] = XFORM_F32,
-    [SHOAL_DTYPE_BF16] = XFORM_F32,     [SHOAL_DTYPE_Q8_0] = XFORM_Q8_32,
+    [SHOAL_DTYPE_BF16] = XFORM_BF16,    [SHOAL_DTYPE_Q8_0] = XFORM_Q8_32,
     [SHOAL_DTYPE_Q4_0] = XFORM_Q8_32,   [SHOAL_DTYPE_Q4_1] = XFORM_Q8_32,
     [SHOAL_DTYPE_Q5_0] = XFORM_Q8_32,   [SHOAL_DTYPE_Q5_1] = XFORM_Q8_32,
     [SHOAL_DTYPE_IQ4_NL] = XFORM_Q8_32, [SHOAL_DTYPE_Q2_K] = XFORM_Q8_K,

@@ -321,6 +321,11 @@ template <> struct acc_ops<double> {
 
 static __device__ __forceinline__ int dp4a(int a, int b, int c) { return __dp4a(a, b, c); }
 
+/* x as a weight of TYPE meets it: BF16 weights meet x rounded to bf16, to nearest even (as on the CPU) */
+template <int TYPE> __device__ __forceinline__ float x_as(float v) {
+    return TYPE == SHOAL_DTYPE_BF16 ? __bfloat162float(__float2bfloat16_rn(v)) : v;
+}
+
 /* 8 halves / bf16s of a 16-byte load as floats */
 template <int TYPE> static __device__ __forceinline__ void half8(const uint4 v, float *f) {
     const uint32_t u[4] = { v.x, v.y, v.z, v.w };
@@ -533,7 +538,7 @@ __global__ void __launch_bounds__(MMV_WARPS * 32) k_mmv(const struct mmv_args a)
                     }
 #pragma unroll
                     for (int t = 0; t < NT; t++) {
-                        if (sizeof(A) == 8) {
+                        if (sizeof(A) == 8 && TYPE != SHOAL_DTYPE_BF16) {
                             const double *xp = a.x64 + (int64_t)t * cols + i;
 #pragma unroll
                             for (int j = 0; j < V; j++)
@@ -542,7 +547,7 @@ __global__ void __launch_bounds__(MMV_WARPS * 32) k_mmv(const struct mmv_args a)
                             const float *xp = a.x + (int64_t)t * cols + i;
 #pragma unroll
                             for (int j = 0; j < V; j++)
-                                acc[t] = op::add(acc[t], op::mul(op::from(wf[j]), op::from(xp[j])));
+                                acc[t] = op::add(acc[t], op::mul(op::from(wf[j]), op::from(x_as<TYPE>(xp[j]))));
                         }
                     }
                 }
@@ -552,7 +557,7 @@ __global__ void __launch_bounds__(MMV_WARPS * 32) k_mmv(const struct mmv_args a)
                 const float wf = elem<TYPE>(row, i);
 #pragma unroll
                 for (int t = 0; t < NT; t++)
-                    acc[t] = op::add(acc[t], op::mul(op::from(wf), op::from(a.x[(int64_t)t * cols + i])));
+                    acc[t] = op::add(acc[t], op::mul(op::from(wf), op::from(x_as<TYPE>(a.x[(int64_t)t * cols + i]))));
             }
         }
     }
@@ -701,11 +706,12 @@ __global__ void k_convert_x(const float *__restrict__ x, size_t count, T *__rest
 
 /* x (n, cols) as f64: the 8-bit values times their scale (exact) for quantized weights */
 __global__ void k_x_f64(const float *__restrict__ x, const int8_t *__restrict__ q,
-                        const float *__restrict__ d, int64_t cols, size_t count, double *__restrict__ out) {
+                        const float *__restrict__ d, int64_t cols, size_t count, double *__restrict__ out,
+                        int bf16) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
     if (q) out[i] = (double)d[i / SHOAL_QK] * (double)q[i]; /* cols % 32 == 0: blocks run on */
-    else out[i] = (double)x[i];
+    else out[i] = (double)(bf16 ? __bfloat162float(__float2bfloat16_rn(x[i])) : x[i]); /* x_as */
 }
 
 /* f16 values (count) as f64 */
@@ -828,7 +834,8 @@ static shoal_status gemm_f64(struct cuda_ctx *c, double *y, const struct shoal_w
     } else {
         struct xq8 xq = { 0 };
         if (gl.has_q) SHOAL_TRY(quantize_x(c, x, cols, n, buf, &gl.xq, &xq));
-        k_x_f64<<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xq.q, xq.d, cols, xcount, xd);
+        k_x_f64<<<grid_1d(xcount, 256), 256, 0, c->stream>>>(x, xq.q, xq.d, cols, xcount, xd,
+                                                              type == SHOAL_DTYPE_BF16);
         CU_LAUNCHED("activations to f64");
         if (mg) {
             k_f32_f64<<<grid_1d((size_t)n * nb, 256), 256, 0, c->stream>>>(xq.s, (size_t)n * nb, xs);

@@ -378,6 +378,14 @@ def quantize_act_q8_32(x: np.ndarray):
     return (q * d).reshape(x.shape), sums
 
 
+def round_act_bf16(x: np.ndarray) -> np.ndarray:
+    """x (f32) rounded to bf16, to nearest even, and back: what BF16 weights
+    meet (llama.cpp's vec_dot_type for them is BF16; shoal's too)."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return r.view(np.float32).astype(np.float64)
+
+
 def quantize_act_q8_k(x: np.ndarray) -> np.ndarray:
     """x (..., cols) rounded as a Q8_K activation row and back: per 256 values,
     the first value of largest magnitude (signed) maps to -127, codes to
@@ -399,7 +407,8 @@ class Reference:
 
     act_quant: the input of each matmul with quantized weights rounded to 8
     bits first, in the activation form the weight type pairs with (as
-    llama.cpp and shoal do); the products and everything else stay float64.
+    llama.cpp and shoal do), and with BF16 weights to bf16; the products and
+    everything else stay float64.
     Without it, the activations are exact: the model as its weights define
     it."""
 
@@ -428,6 +437,8 @@ class Reference:
                 return x @ (w - np.repeat(mins, 32, axis=1)).T + sums @ mins.T
         elif self.act_quant and t in ACT_Q8_K:
             x = quantize_act_q8_k(x)
+        elif self.act_quant and t == "BF16":
+            x = round_act_bf16(x)
         return x @ w.T
 
     def reset(self) -> None:

@@ -110,10 +110,11 @@ static void ref_q8_32(const float *x, int8_t *qs, float *d, float *s, int *isum)
 }
 
 static void test_forms(void) {
-    /* the pairings: llama.cpp's vec_dot_type (ggml-cpu.c's type_traits_cpu) */
+    /* the pairings: llama.cpp's vec_dot_type (ggml-cpu.c's type_traits_cpu), but F16, which meets x in f32 here
+     * (llama.cpp rounds it to f16) */
     static const struct { int type, form; } pairs[] = {
         { SHOAL_DTYPE_F32, XFORM_F32 },       { SHOAL_DTYPE_F16, XFORM_F32 },
-        { SHOAL_DTYPE_BF16, XFORM_F32 },      { SHOAL_DTYPE_Q8_0, XFORM_Q8_32 },
+        { SHOAL_DTYPE_BF16, XFORM_BF16 },     { SHOAL_DTYPE_Q8_0, XFORM_Q8_32 },
         { SHOAL_DTYPE_Q4_0, XFORM_Q8_32 },    { SHOAL_DTYPE_Q4_1, XFORM_Q8_32 },
         { SHOAL_DTYPE_Q5_0, XFORM_Q8_32 },    { SHOAL_DTYPE_Q5_1, XFORM_Q8_32 },
         { SHOAL_DTYPE_IQ4_NL, XFORM_Q8_32 },  { SHOAL_DTYPE_Q2_K, XFORM_Q8_K },

@@ -25,6 +25,11 @@ static float frand(void) { /* uniform in [-1, 1) */
     return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
 }
 
+/* x as a weight of type meets it: BF16 weights meet x rounded to bf16 (kernels.h). */
+static double x_as(int type, float x) {
+    return type == SHOAL_DTYPE_BF16 ? shoal_bf16_to_f32(shoal_f32_to_bf16(x)) : x;
+}
+
 static void run_case(struct shoal_backend *be, const char *level, int type, int rows, int cols,
                      int n) {
     size_t rb = shoal_dtype_row_bytes(type, cols);
@@ -46,7 +51,7 @@ static void run_case(struct shoal_backend *be, const char *level, int type, int 
             const float *xt = x + t * cols;
             double ref = 0, mag = 0, bound = 0;
             for (int i = 0; i < cols; i++) {
-                ref += (double)wd[i] * xt[i];
+                ref += (double)wd[i] * x_as(type, xt[i]);
                 mag += fabs((double)wd[i] * xt[i]);
             }
             if (quant)
@@ -126,7 +131,7 @@ static void run_split_case(struct shoal_backend *be, const char *level, int type
         for (int t = 0; t < n; t++) {
             double ref = 0, mag = 0;
             for (int c = 0; c < cols; c++) {
-                ref += (double)row[c] * x[t * cols + c];
+                ref += (double)row[c] * x_as(type, x[t * cols + c]);
                 mag += fabs((double)row[c] * x[t * cols + c]);
             }
             far += fabs(y[t * rows + r] - ref) > 2e-5 * mag + 1e-6;
@@ -364,6 +369,25 @@ int main(void) {
             shoal_backend_destroy(be);
         }
     }
+#if defined(SHOAL_X86)
+    /* AVX-512's BF16 kernels as on a processor without AVX512_BF16 (the widening ones; this
+     * one may have it): against the reference, cut on a run, and batch-invariant */
+    if (best >= SHOAL_SIMD_AVX512) {
+        struct shoal_backend *be = NULL;
+        struct shoal_cpu_params p = { .n_threads = 3, .simd = SHOAL_SIMD_AVX512, .spin = 1000 };
+        CHECK_OK(shoal_cpu_backend_create(&be, &p));
+        shoal_cpu_avx512_set_bf16(0);
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+            if (shoal_dtype_row_bytes(SHOAL_DTYPE_BF16, shapes[si][1]))
+                run_case(be, "avx512 (no avx512_bf16)", SHOAL_DTYPE_BF16, shapes[si][0], shapes[si][1], shapes[si][2]);
+        run_split_case(be, "avx512 (no avx512_bf16)", SHOAL_DTYPE_BF16, 9, 256, 3, 128, 64);
+        run_split_case(be, "avx512 (no avx512_bf16)", SHOAL_DTYPE_BF16, 7, 4096, 1, 2080, 0);
+        for (int run = 0; run <= 64; run += 64)
+            run_invariance_case(be, "avx512 (no avx512_bf16)", SHOAL_DTYPE_BF16, 37, 172, 13, run);
+        shoal_cpu_avx512_set_bf16(1);
+        shoal_backend_destroy(be);
+    }
+#endif
     /* asking for a level the processor lacks is refused, not a crash */
     if (best < SHOAL_SIMD_AVX512) {
         struct shoal_backend *be = NULL;
