@@ -110,33 +110,51 @@ static inline __attribute__((always_inline)) __m256 half8(const uint16_t *p, int
     const __m256 wh##m = m < nr ? half8(wp[m] + o + 8, bf) : _mm256_setzero_ps();
 #define H2_PIECE H2_W(0) H2_W(1) H2_TOKEN(0) H2_TOKEN(1)
 
+/* A tile's row pointers (nr rows from r) and token pointers into x (nt tokens from tok). */
+static inline __attribute__((always_inline)) void tile_ptrs(const struct mm_task *t, int64_t r, int tok, int nr,
+                                                            int nt, const uint16_t **w, const float **x) {
+    for (int m = 0; m < nr; m++) w[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * t->w->cols;
+}
+
+/*
+ * A tile's last, partial piece (len values from column o): its rows' and
+ * tokens' values copied beside zeros into wt and xt, where wp and xp then
+ * point (the piece at column 0 of them).
+ */
+static inline __attribute__((always_inline)) void tail_piece(const uint16_t **wp, const float **xp, int nr, int nt,
+                                                             int64_t o, int64_t len, uint16_t wt[][16],
+                                                             float xt[][16]) {
+    for (int m = 0; m < nr; m++) memcpy(wt[m], wp[m] + o, sizeof(uint16_t) * (size_t)len), wp[m] = wt[m];
+    for (int j = 0; j < nt; j++) memcpy(xt[j], xp[j] + o, sizeof(float) * (size_t)len), xp[j] = xt[j];
+}
+
 static inline __attribute__((always_inline)) void half_tile(const struct mm_task *t, int64_t r, int tok,
                                                             const int nr, const int nt, const int bf) {
     const int64_t n = t->w->cols, rows = t->w->rows;
     const uint16_t *wp[H2_ROWS] = { 0 };
     const float *xp[H2_TOKS] = { 0 };
-    for (int m = 0; m < nr; m++) wp[m] = row_ptr(t, r + m);
-    for (int j = 0; j < nt; j++) xp[j] = t->x + (int64_t)(tok + j) * n;
+    tile_ptrs(t, r, tok, nr, nt, wp, xp);
     H2_EACH(H2_DECL)
     int64_t o = 0;
     for (; o + 16 <= n; o += 16) { H2_PIECE }
     if (o < n) { /* the last piece, copied beside zeros */
         uint16_t wt[H2_ROWS][16] = { { 0 } };
         float xt[H2_TOKS][16] = { { 0 } };
-        for (int m = 0; m < nr; m++) memcpy(wt[m], wp[m] + o, sizeof(uint16_t) * (size_t)(n - o)), wp[m] = wt[m];
-        for (int j = 0; j < nt; j++) memcpy(xt[j], xp[j] + o, sizeof(float) * (size_t)(n - o)), xp[j] = xt[j];
+        tail_piece(wp, xp, nr, nt, o, n - o, wt, xt);
         o = 0;
         H2_PIECE
     }
     H2_EACH(H2_OUT)
 }
 
-#define H2_TILE(nr, nt, bf)                                                                      \
-    static void half_tile_##nr##nt##_##bf(const struct mm_task *t, int64_t r, int tok) {         \
-        half_tile(t, r, tok, nr, nt, bf);                                                        \
-    }
-H2_TILE(1, 1, 0) H2_TILE(1, 2, 0) H2_TILE(2, 1, 0) H2_TILE(2, 2, 0)
-H2_TILE(1, 1, 1) H2_TILE(1, 2, 1) H2_TILE(2, 1, 1) H2_TILE(2, 2, 1)
+/* fn (a tile of nr rows x nt tokens, bf) with the three as constants: name_NRNT_BF, every shape */
+#define H2_ONE(name, fn, nr, nt, bf)                                                             \
+    static void name##_##nr##nt##_##bf(const struct mm_task *t, int64_t r, int tok) { fn(t, r, tok, nr, nt, bf); }
+#define H2_ALL(name, fn)                                                                         \
+    H2_ONE(name, fn, 1, 1, 0) H2_ONE(name, fn, 1, 2, 0) H2_ONE(name, fn, 2, 1, 0) H2_ONE(name, fn, 2, 2, 0) \
+    H2_ONE(name, fn, 1, 1, 1) H2_ONE(name, fn, 1, 2, 1) H2_ONE(name, fn, 2, 1, 1) H2_ONE(name, fn, 2, 2, 1)
+H2_ALL(half_tile, half_tile)
 
 typedef void (*h2_tile_fn)(const struct mm_task *, int64_t, int);
 
@@ -186,28 +204,21 @@ static inline __attribute__((always_inline)) void half_tile_f64(const struct mm_
     const int64_t n = t->w->cols, rows = t->w->rows;
     const uint16_t *wp[H2_ROWS] = { 0 };
     const float *xp[H2_TOKS] = { 0 };
-    for (int m = 0; m < nr; m++) wp[m] = row_ptr(t, r + m);
-    for (int j = 0; j < nt; j++) xp[j] = t->x + (int64_t)(tok + j) * n;
+    tile_ptrs(t, r, tok, nr, nt, wp, xp);
     H2_EACH(D2_DECL)
     int64_t o = 0;
     for (; o + 8 <= n; o += 8) { D2_PIECE }
     if (o < n) {
-        uint16_t wt[H2_ROWS][8] = { { 0 } };
-        float xt[H2_TOKS][8] = { { 0 } };
-        for (int m = 0; m < nr; m++) memcpy(wt[m], wp[m] + o, sizeof(uint16_t) * (size_t)(n - o)), wp[m] = wt[m];
-        for (int j = 0; j < nt; j++) memcpy(xt[j], xp[j] + o, sizeof(float) * (size_t)(n - o)), xp[j] = xt[j];
+        uint16_t wt[H2_ROWS][16] = { { 0 } };
+        float xt[H2_TOKS][16] = { { 0 } };
+        tail_piece(wp, xp, nr, nt, o, n - o, wt, xt);
         o = 0;
         D2_PIECE
     }
     H2_EACH(D2_OUT)
 }
 
-#define D2_TILE(nr, nt, bf)                                                                      \
-    static void half_tile_f64_##nr##nt##_##bf(const struct mm_task *t, int64_t r, int tok) {     \
-        half_tile_f64(t, r, tok, nr, nt, bf);                                                    \
-    }
-D2_TILE(1, 1, 0) D2_TILE(1, 2, 0) D2_TILE(2, 1, 0) D2_TILE(2, 2, 0)
-D2_TILE(1, 1, 1) D2_TILE(1, 2, 1) D2_TILE(2, 1, 1) D2_TILE(2, 2, 1)
+H2_ALL(half_tile_f64, half_tile_f64)
 
 /*
  * The same where the weight has f64 runs (shoal_weight.f64_block, as in
@@ -237,8 +248,7 @@ static inline __attribute__((always_inline)) void half_tile_runs(const struct mm
     const uint16_t *wp[H2_ROWS] = { 0 };
     const float *xp[H2_TOKS] = { 0 };
     double sums[H2_ROWS * H2_TOKS * 8] = { 0 };
-    for (int m = 0; m < nr; m++) wp[m] = row_ptr(t, r + m);
-    for (int j = 0; j < nt; j++) xp[j] = t->x + (int64_t)(tok + j) * n;
+    tile_ptrs(t, r, tok, nr, nt, wp, xp);
     H2_EACH(H2_DECL)
     for (int64_t o = 0; o < n;) {
         const int64_t e = o + run < n ? o + run : n;
@@ -246,8 +256,7 @@ static inline __attribute__((always_inline)) void half_tile_runs(const struct mm
         if (o < e) { /* the row's last piece (runs are whole pieces), copied beside zeros */
             uint16_t wt[H2_ROWS][16] = { { 0 } };
             float xt[H2_TOKS][16] = { { 0 } };
-            for (int m = 0; m < nr; m++) memcpy(wt[m], wp[m] + o, sizeof(uint16_t) * (size_t)(e - o)), wp[m] = wt[m];
-            for (int j = 0; j < nt; j++) memcpy(xt[j], xp[j] + o, sizeof(float) * (size_t)(e - o)), xp[j] = xt[j];
+            tail_piece(wp, xp, nr, nt, o, e - o, wt, xt);
             o = 0;
             H2_PIECE
             o = n;
@@ -257,12 +266,7 @@ static inline __attribute__((always_inline)) void half_tile_runs(const struct mm
     H2_EACH(R2_OUT)
 }
 
-#define R2_TILE(nr, nt, bf)                                                                      \
-    static void half_runs_##nr##nt##_##bf(const struct mm_task *t, int64_t r, int tok) {         \
-        half_tile_runs(t, r, tok, nr, nt, bf);                                                   \
-    }
-R2_TILE(1, 1, 0) R2_TILE(1, 2, 0) R2_TILE(2, 1, 0) R2_TILE(2, 2, 0)
-R2_TILE(1, 1, 1) R2_TILE(1, 2, 1) R2_TILE(2, 1, 1) R2_TILE(2, 2, 1)
+H2_ALL(half_runs, half_tile_runs)
 
 static void mm_f64_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
     static const h2_tile_fn tiles[2][2] = { { half_tile_f64_11_0, half_tile_f64_12_0 },

