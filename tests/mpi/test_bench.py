@@ -78,7 +78,8 @@ def test_rows_are_the_lists_product(model):
         assert r["ranks"] == 1 and r["tp"] == 1 and r["pp"] == 1 and r["sent_per_token"] == 0
         assert abs(r["weight_bytes"] - size) <= 0.01 * size, (r["weight_bytes"], size)
         assert abs(r["params"] - params) <= 0.01 * params, (r["params"], params)
-        assert r["peak_rss"] > 0
+        # the process's own: not the buffer (512 MiB) that measured the bandwidth
+        assert 0 < r["peak_rss"] < 256 << 20, r["peak_rss"]
         assert (r["gen_gbs"] > 0) == (r["n_gen"] > 0)
     assert "pass 4 of 4" in err
 
