@@ -214,13 +214,6 @@ uint16_t shoal_f32_to_f16(float f) {
     return (uint16_t)(sign | h);
 }
 
-uint16_t shoal_f32_to_bf16(float f) {
-    union { float f; uint32_t u; } v = { .f = f };
-    if ((v.u & 0x7fffffff) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* quiet NaN */
-    uint32_t rounding = 0x7fff + ((v.u >> 16) & 1);
-    return (uint16_t)((v.u + rounding) >> 16);
-}
-
 /* ------------------------------------------------------------- small utils */
 
 const char *shoal_fmt_bytes(char *buf, size_t len, double bytes) {

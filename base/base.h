@@ -256,7 +256,12 @@ static inline float shoal_bf16_to_f32(uint16_t h) {
     v.u = (uint32_t)h << 16;
     return v.f;
 }
-uint16_t shoal_f32_to_bf16(float f); /* round to nearest even, NaN kept */
+/* round to nearest even, NaN kept (quiet); inline: activations go through it by the million */
+static inline uint16_t shoal_f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = { .f = f };
+    if ((v.u & 0x7fffffff) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* quiet NaN */
+    return (uint16_t)((v.u + 0x7fff + ((v.u >> 16) & 1)) >> 16);
+}
 
 /* ------------------------------------------------------------- small utils */
 

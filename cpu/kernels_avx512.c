@@ -16,6 +16,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -327,16 +328,20 @@ TILE3_ROWS_OF(half_runs, half_tile_runs, 1, 1) TILE3_ROWS_OF(half_runs, half_til
  * instruction treats denormal inputs as zeros: within a processor every
  * token's outputs go the same way.)
  */
-static int use_bf16 = -1; /* -1: not yet asked */
+static _Atomic int use_bf16 = -1; /* -1: not yet asked (the pool's threads may ask at once) */
 
 void shoal_cpu_avx512_set_bf16(int on) {
     __builtin_cpu_init();
-    use_bf16 = on && __builtin_cpu_supports("avx512bf16");
+    atomic_store_explicit(&use_bf16, on && __builtin_cpu_supports("avx512bf16"), memory_order_relaxed);
 }
 
 static inline int has_bf16(void) {
-    if (use_bf16 < 0) shoal_cpu_avx512_set_bf16(1); /* the same answer whichever thread asks first */
-    return use_bf16;
+    int on = atomic_load_explicit(&use_bf16, memory_order_relaxed);
+    if (on < 0) { /* the same answer whichever thread asks first */
+        shoal_cpu_avx512_set_bf16(1);
+        on = atomic_load_explicit(&use_bf16, memory_order_relaxed);
+    }
+    return on;
 }
 
 #define BT_TOKS 6
