@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -145,12 +144,6 @@ int bench_parse(struct run_opts *o, FILE *err) {
 
 /* --------------------------------------------------------------- the tests */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* n tokens of toks from position pos0, in batches of n_batch (one a step when one): the last
  * token's logits computed, as a prompt's are. */
 static shoal_status run_tokens(struct run *r, struct shoal_seq_batch *sb, const int32_t *toks, int n, int pos0,
@@ -199,9 +192,9 @@ static shoal_status one_test(struct run *r, struct shoal_seq_batch *sb, const in
     for (int k = -1; k < reps; k++) {
         if (d) SHOAL_TRY(run_tokens(r, sb, toks, d, 0, r->o.n_batch, logits));
         const int m = k < 0 && row->gen && n > 16 ? 16 : n; /* a generation's warm-up: 16 steps */
-        const double t0 = now_s();
+        const double t0 = shoal_now();
         SHOAL_TRY(run_tokens(r, sb, toks + d, m, d, step, logits));
-        const double dt = now_s() - t0;
+        const double dt = shoal_now() - t0;
         if (k >= 0) row->runs[row->n_runs++] = dt > 0 ? n / dt : 0;
     }
     double sum = 0, sq = 0;
@@ -279,40 +272,18 @@ int bench_lead(struct run *r) {
 
 /* ------------------------------------------------------ every rank's figures */
 
-enum { G_WEIGHTS, G_PARAMS, G_RSS, G_DEV, G_PROMPT_SENT, G_DECODE_SENT, G_N };
-
 void bench_gather(struct run *r) {
-    double mine[G_N] = { 0 };
-    if (r->m) {
-        mine[G_WEIGHTS] = (double)r->m->weight_bytes;
-        mine[G_PARAMS] = (double)r->m->n_params;
-    }
-    mine[G_RSS] = (double)shoal_peak_rss();
-    if (r->be && (r->gpu >= 0 || r->o.device_mem > 0)) {
-        uint64_t in_use = 0, peak = 0;
-        shoal_backend_mem(r->be, &in_use, &peak);
-        mine[G_DEV] = (double)peak;
-    }
-    if (r->st) {
-        const struct shoal_step_comm *p = &r->st->comm_prompt, *d = &r->st->comm_decode;
-        mine[G_PROMPT_SENT] = p->tokens ? (double)p->bytes / (double)p->tokens : 0;
-        mine[G_DECODE_SENT] = d->steps ? (double)d->bytes / (double)d->steps : 0;
-    }
-    double *all = calloc((size_t)r->size * G_N, sizeof *all);
-    /* every rank takes part, or none reads what it gathered */
-    shoal_status rc = shoal_comm_agree(r->world, all ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of memory"), NULL);
-    if (rc == SHOAL_OK) rc = shoal_comm_allgather(r->world, mine, sizeof mine, all);
-    if (rc == SHOAL_OK && r->rank == 0 && r->bench) {
-        struct bench_state *bs = r->bench;
-        for (int i = bs->first; i < bs->n; i++) {
-            struct bench_row *row = &bs->rows[i];
-            for (int k = 0; k < r->size; k++) {
-                const double *v = all + (size_t)k * G_N;
-                if (k < r->n_part) row->weight_bytes += v[G_WEIGHTS], row->params += v[G_PARAMS];
-                row->peak_rss = fmax(row->peak_rss, v[G_RSS]);
-                row->dev_peak = fmax(row->dev_peak, v[G_DEV]);
-                row->sent = fmax(row->sent, v[row->gen ? G_DECODE_SENT : G_PROMPT_SENT]);
-            }
+    double *all = NULL;
+    run_report(r, 0, &all);
+    struct bench_state *bs = r->bench;
+    for (int i = bs && all ? bs->first : 0; bs && all && i < bs->n; i++) {
+        struct bench_row *row = &bs->rows[i];
+        for (int k = 0; k < r->size; k++) {
+            const double *v = all + (size_t)k * REP_N;
+            if (k < r->n_part) row->weight_bytes += v[REP_WEIGHTS], row->params += v[REP_PARAMS];
+            row->peak_rss = fmax(row->peak_rss, v[REP_RSS]);
+            row->dev_peak = fmax(row->dev_peak, v[REP_DEVICE_PEAK]);
+            row->sent = fmax(row->sent, v[row->gen ? REP_DECODE_BYTES : REP_PROMPT_BYTES]);
         }
     }
     free(all);

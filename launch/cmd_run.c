@@ -731,13 +731,6 @@ static void teardown(struct run *r) {
 
 /* ------------------------------------------------------------- statistics */
 
-/*
- * Per-rank communication per token, prompt and generation apart, gathered to
- * rank 0 and printed there in rank order when print. Collective: every rank
- * calls it once, after the run.
- */
-enum { REP_PROMPT_BYTES, REP_DECODE_BYTES, REP_DECODE_WAIT, REP_PROMPT_WAIT, REP_RSS, REP_DECODE_COMPUTE, REP_N };
-
 /* The rank that computed longest a decode token, of n ranks' figures (REP_N each). */
 static int slowest_rank(const double *all, int n) {
     int slow = 0;
@@ -746,14 +739,7 @@ static int slowest_rank(const double *all, int n) {
     return slow;
 }
 
-/*
- * Every rank's figures for the run, gathered (a collective); with print, rank 0
- * prints a line a rank: per decode token its time computing and waiting (for the
- * others, the links, and rank 0 between steps), the bytes it sent, its peak RSS;
- * then which rank held the others back. On rank 0, *all (REP_N a rank) is the
- * caller's where asked.
- */
-static void report_comm(struct run *r, int print, double **all_out) {
+void run_report(struct run *r, int print, double **all_out) {
     const struct shoal_step_comm *p = &r->st->comm_prompt, *d = &r->st->comm_decode;
     double mine[REP_N] = { 0 };
     mine[REP_PROMPT_BYTES] = p->tokens ? (double)p->bytes / (double)p->tokens : 0;
@@ -762,9 +748,19 @@ static void report_comm(struct run *r, int print, double **all_out) {
     mine[REP_PROMPT_WAIT] = p->tokens ? p->seconds / (double)p->tokens : 0;
     mine[REP_RSS] = (double)shoal_peak_rss();
     mine[REP_DECODE_COMPUTE] = d->steps ? fmax(d->wall - d->seconds, 0) / (double)d->steps : 0;
+    mine[REP_WEIGHTS] = (double)r->m->weight_bytes;
+    mine[REP_PARAMS] = (double)r->m->n_params;
+    if (r->gpu >= 0 || r->o.device_mem > 0) {
+        uint64_t in_use = 0, peak = 0;
+        shoal_backend_mem(r->be, &in_use, &peak);
+        mine[REP_DEVICE_PEAK] = (double)peak;
+    }
     if (all_out) *all_out = NULL;
     double *all = calloc((size_t)r->size * REP_N, sizeof *all);
-    if (!all || shoal_comm_allgather(r->world, mine, sizeof mine, all) != SHOAL_OK || r->rank) {
+    /* every rank takes part, or none: a rank that could not make room does not leave the others
+     * waiting in the gather */
+    shoal_status rc = shoal_comm_agree(r->world, all ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of memory"), NULL);
+    if (rc != SHOAL_OK || shoal_comm_allgather(r->world, mine, sizeof mine, all) != SHOAL_OK || r->rank) {
         free(all);
         return;
     }
@@ -1202,7 +1198,7 @@ static int lead(struct run *r) {
     shoal_status stop = shoal_stop(r->st);
     if (rc == SHOAL_OK) rc = stop;
     double *ranks = NULL;
-    report_comm(r, o->verbose && rc == SHOAL_OK, &ranks);
+    run_report(r, o->verbose && rc == SHOAL_OK, &ranks);
 
     struct run_out *out = &lo.out;
     int status = 0;
@@ -1375,7 +1371,7 @@ int run_pass(struct run *rp, int mode) {
         status = serve ? serve_lead(&r) : mode == RUN_PERPLEXITY ? perplexity_lead(&r) : mode == RUN_BENCH ? bench_lead(&r)
                                                                                             : lead(&r);
         if (mode == RUN_BENCH) bench_gather(&r);
-        else if (mode != RUN_RUN) report_comm(&r, r.o.verbose && status == 0, NULL); /* lead() has; the others wait for it */
+        else if (mode != RUN_RUN) run_report(&r, r.o.verbose && status == 0, NULL); /* lead() has; the others wait for it */
     } else {
         rc = shoal_follow(r.st);
         if (rc != SHOAL_OK) {
@@ -1383,7 +1379,7 @@ int run_pass(struct run *rp, int mode) {
             shoal_comm_abort(r.world, 1);
         }
         if (mode == RUN_BENCH) bench_gather(&r);
-        else report_comm(&r, 0, NULL);
+        else run_report(&r, 0, NULL);
         status = 0;
     }
 out:

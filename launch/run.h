@@ -115,11 +115,28 @@ int run_main(int argc, char **argv, int mode);
 int run_pass(struct run *r, int mode);
 
 /*
+ * Every rank's figures for a run (per prompt token or decode step), gathered to
+ * rank 0 (a collective: every rank calls it once, after the run): REP_N values a
+ * rank, in rank order. With print, rank 0 prints a line a rank (a decode token's
+ * time computing and waiting, for the others, the links and rank 0 between
+ * steps; the bytes it sent; its peak RSS), then which rank held the others back.
+ * On rank 0, *all_out is the figures, the caller's to free, where asked (NULL
+ * after a failure).
+ */
+enum {
+    REP_PROMPT_BYTES, REP_DECODE_BYTES, REP_DECODE_WAIT, REP_PROMPT_WAIT, REP_RSS, REP_DECODE_COMPUTE,
+    REP_WEIGHTS, REP_PARAMS, /* the rank's part: bytes a token reads, parameters */
+    REP_DEVICE_PEAK,         /* its device memory's peak (a GPU, or --device-mem), else 0 */
+    REP_N
+};
+void run_report(struct run *r, int print, double **all_out);
+
+/*
  * shoal bench (cmd_bench.c). bench_parse: its lists, checked (0, else 3: a
  * usage error, said on err when not NULL); bench_main: every pass (a pass a
  * combination of -t, -b and --kv-type), then the table on rank 0;
  * bench_lead: rank 0's tests in one pass; bench_gather: after them, every
- * rank's figures for the pass to rank 0 (a collective).
+ * rank's figures for the pass (run_report's) into the pass's rows (a collective).
  */
 int bench_parse(struct run_opts *o, FILE *err);
 int bench_main(struct run *r);
