@@ -4,10 +4,11 @@
  * prints microseconds per call, weight GB/s and token-row products per
  * second. For tuning kernels; not a test.
  *
- * usage: bench_matmul TYPE ROWS COLS N [THREADS] [SIMD] [f64]
+ * usage: bench_matmul TYPE ROWS COLS N [THREADS] [SIMD] [f64[:RUN]]
  *   e.g. bench_matmul q4_0 5632 2048 1 2     (decode-shaped)
  *        bench_matmul q4_0 5632 2048 256 2   (prompt-shaped)
  *        bench_matmul q8_0 1024 2816 16 2 auto f64   (the f64 sums of row-parallel weights)
+ *        bench_matmul q4_1 576 1536 16 2 auto f64:128  (the same with f64 runs of 128 columns)
  * Types shoal cannot quantize (the k-quants, ...) get random blocks.
  */
 #include <stdio.h>
@@ -18,16 +19,17 @@
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: bench_matmul TYPE ROWS COLS N [THREADS] [SIMD] [f64]\n");
+        fprintf(stderr, "usage: bench_matmul TYPE ROWS COLS N [THREADS] [SIMD] [f64[:RUN]]\n");
         return 2;
     }
     int type = shoal_dtype_from_name(argv[1]);
     long rows = atol(argv[2]), cols = atol(argv[3]), n = atol(argv[4]);
     int threads = argc > 5 ? atoi(argv[5]) : 0;
     int simd = argc > 6 ? shoal_cpu_simd_from_name(argv[6]) : SHOAL_SIMD_AUTO;
-    int f64 = argc > 7 && strcmp(argv[7], "f64") == 0;
+    int f64 = argc > 7 && strncmp(argv[7], "f64", 3) == 0;
+    int run = f64 && argv[7][3] == ':' ? atoi(argv[7] + 4) : 0; /* shoal_weight.f64_block */
     size_t rb = type >= 0 ? shoal_dtype_row_bytes(type, cols) : 0;
-    if (!rb || rows < 1 || n < 1 || simd == -2) {
+    if (!rb || rows < 1 || n < 1 || simd == -2 || run < 0 || (run && cols % run)) {
         fprintf(stderr, "bench_matmul: bad type, shape or SIMD level\n");
         return 2;
     }
@@ -62,8 +64,10 @@ int main(int argc, char **argv) {
     for (int k = 1; k < copies; k++) memcpy(w + wbytes * (size_t)k, w, wbytes);
     for (long i = 0; i < n * cols; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
     struct shoal_weight *ws = calloc((size_t)copies, sizeof *ws);
-    for (int k = 0; k < copies; k++)
+    for (int k = 0; k < copies; k++) {
         shoal_weight_prepare(be, &ws[k], type, rows, cols, w + wbytes * (size_t)k, NULL);
+        ws[k].f64_block = run;
+    }
     double best = 1e30;
     int reps = n == 1 ? 200 : 5;
     for (int rep = 0; rep < reps; rep++) {
@@ -73,8 +77,8 @@ int main(int argc, char **argv) {
         double t = shoal_now() - t0;
         if (t < best) best = t;
     }
-    printf("%s%s %ldx%ld n=%ld: %.1f us, %.1f GB/s of weights, %.2f G row-token dots/s\n", argv[1],
-           f64 ? " (f64 sums)" : "", rows, cols, n, best * 1e6, (double)wbytes / best / 1e9, (double)rows * n / best / 1e9);
+    printf("%s%s%s %ldx%ld n=%ld: %.1f us, %.1f GB/s of weights, %.2f G row-token dots/s\n", argv[1],
+           f64 ? " (f64 sums)" : "", run ? " (runs)" : "", rows, cols, n, best * 1e6, (double)wbytes / best / 1e9, (double)rows * n / best / 1e9);
     for (int k = 0; k < copies; k++) shoal_weight_release(be, &ws[k]);
     free(ws);
     free(w), free(row), free(x), free(y), free(yd);
