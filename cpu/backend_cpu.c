@@ -1005,6 +1005,8 @@ static int cpu_lanes(void *vctx) {
     return c->n_threads >= 2 && !c->no_lanes && c->k->batch_invariant ? c->n_threads : 0;
 }
 
+static int cpu_batch_invariant(void *vctx) { return ((const struct cpu_ctx *)vctx)->k->batch_invariant; }
+
 static shoal_status lanes_make(struct cpu_ctx *c) {
     if (c->lane) return SHOAL_OK;
     struct shoal_backend **lane = calloc((size_t)c->n_threads, sizeof *lane);
@@ -1141,6 +1143,7 @@ static const struct shoal_backend_i cpu_iface = {
     .add_rows_f64 = cpu_add_rows_f64,
     .zero_f64 = cpu_zero_f64,
     .lanes = cpu_lanes,
+    .batch_invariant = cpu_batch_invariant,
     .run_lanes = cpu_run_lanes,
     .lane_barrier = cpu_lane_barrier,
 };

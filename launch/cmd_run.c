@@ -154,6 +154,7 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         { "--logits-out", 0, OPT_STR, &o->logits_path, "FILE", "write every position's logits as text (for tests)" },
         { "--logits-f32", 0, OPT_FLAG, &o->logits_f32, NULL, "with --logits-out: raw little-endian float32 rows, one per position in order, instead of text" },
         { "--ids-out", 0, OPT_STR, &o->ids_path, "FILE", "write the prompt's ids (after BOS) and the generated ids, on one line" },
+        { "--lookup", 0, OPT_INT, &o->lookup, "N", "speculative decoding by prompt lookup: each step drafts up to N tokens from the text so far (where its last 1-3 tokens occurred before, what followed them) and verifies them in one forward pass; the same text as without, more tokens a step where text repeats (code edits, quotes, summaries); needs batch-invariant kernels (the CPU's scalar and avx512) (default 0: off)" },
         OPT_END,
     };
     const struct opt serve_only[] = {
@@ -282,6 +283,8 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         if (parse_id_list(o->prompt_ids, NULL, bad, sizeof bad) < 0) USAGE("--prompt-ids: %s\n", bad);
     }
     if (o->logits_f32 && !o->logits_path) USAGE("--logits-f32 goes with --logits-out FILE\n");
+    if (o->lookup < 0 || o->lookup > 64) USAGE("--lookup must be 0..64 (tokens drafted a step)\n");
+    if (o->lookup && o->lookup >= o->n_batch) USAGE("--lookup %d: a step of it and the token before needs -b %d or more\n", o->lookup, o->lookup + 1);
     if (o->shards && o->model) USAGE("give -m or --shards, not both\n");
     if (o->hosts && (o->tp || o->pp || o->shards))
         USAGE("--hosts is for the planner, which runs only without --tp, --pp and --shards\n");
@@ -696,7 +699,8 @@ static shoal_status load(struct run *r) {
     if (r->o.serve) topk = 0; /* requests sample as they like: whole rows of logits */
     struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
                                       .n_outputs = r->o.serve ? r->o.parallel
-                                                   : r->o.logits_path || r->o.perplexity ? r->o.n_batch : 1,
+                                                   : r->o.logits_path || r->o.perplexity ? r->o.n_batch
+                                                                                          : 1 + r->o.lookup,
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist,
                                       .rings = r->o.serve ? r->o.parallel : 1 /* windowed layers' rings */ };
     struct shoal_model_offload off = { .budget = (uint64_t)r->o.device_mem, .prefetch = r->o.prefetch,
@@ -714,6 +718,12 @@ static shoal_status load(struct run *r) {
                                 "%s: the tokenizer has %d tokens but token_embd.weight only %d rows",
                                 r->o.model, shoal_tokenizer_n_vocab(r->tok), r->m->hp.n_vocab);
     }
+    /* a speculative step computes a token as a step of its own would, or its text is not decoding's */
+    if (r->o.lookup && !shoal_backend_batch_invariant(r->be))
+        return shoal_errorf(SHOAL_INVALID, "--lookup: rank %d computes on %s, whose kernels give a token other "
+                            "bits in a batch than alone, so speculative steps would not give the text that "
+                            "decoding gives (CPU ranks: --simd avx512 or scalar; GPU ranks: not yet)",
+                            r->rank, r->dev_desc[0] ? r->dev_desc : "this backend");
     return shoal_state_create(&r->st, r->m, &stp);
 }
 
@@ -1115,6 +1125,9 @@ static void add_stats(struct shoal_gen_stats *sum, const struct shoal_gen_stats 
     sum->t_prompt += gs->t_prompt;
     sum->t_decode += gs->t_decode;
     sum->decode_expert_bytes += gs->decode_expert_bytes;
+    sum->n_drafted += gs->n_drafted;
+    sum->n_accepted += gs->n_accepted;
+    sum->n_spec_steps += gs->n_spec_steps;
     sum->stop = gs->stop;
 }
 
@@ -1135,6 +1148,7 @@ static shoal_status converse(struct run *r, struct convo *c, struct shoal_sample
             .on_logits = lo->out.logits ? on_logits_convo : NULL,
             .on_token = on_token_convo,
             .user = lo,
+            .lookup = o->lookup,
         };
         struct shoal_gen_stats gs = { .stop = "none" };
         SHOAL_TRY(shoal_generate(r->st, r->tok, smp, c->ids, (int)c->n_ids, &gp, &gs));
@@ -1222,7 +1236,8 @@ static int lead(struct run *r) {
                 snprintf(dev, sizeof dev, " | device peak %s%s%s%s", shoal_fmt_bytes(pk, sizeof pk, (double)peak),
                          o->device_mem > 0 ? " of " : "",
                          o->device_mem > 0 ? shoal_fmt_bytes(lim, sizeof lim, (double)o->device_mem) : "", drv);
-            /* a token reads every weight, but of a mixture of experts only the experts it ran */
+            /* a step reads every weight, but of a mixture of experts only the experts it ran; the
+             * tokens after the first come from the decode steps (more than one a step with --lookup) */
             const double read = (double)gs.n_decode * (double)(r->m->weight_bytes - r->m->expert_bytes) +
                                 (double)gs.decode_expert_bytes;
             double bw = gs.t_decode > 0 ? read / gs.t_decode : 0;
@@ -1230,10 +1245,15 @@ static int lead(struct run *r) {
                     "shoal: prompt %d tokens in %.3f s (%.1f tok/s) | generation %d tokens, %d decode "
                     "steps in %.3f s (%.2f tok/s, %.1f GB/s of weights%s) | peak RSS %s%s%s | stop: %s\n",
                     gs.n_prompt, gs.t_prompt, gs.t_prompt > 0 ? gs.n_prompt / gs.t_prompt : 0, gs.n_gen,
-                    gs.n_decode, gs.t_decode, gs.t_decode > 0 ? gs.n_decode / gs.t_decode : 0, bw / 1e9,
+                    gs.n_decode, gs.t_decode, gs.t_decode > 0 && gs.n_gen > 1 ? (gs.n_gen - 1) / gs.t_decode : 0, bw / 1e9,
                     r->size > 1 ? " on rank 0" : "",
                     shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
                     r->size > 1 ? " (rank 0)" : "", dev, gs.stop);
+            if (o->lookup)
+                fprintf(stderr, "shoal: lookup: %d of %d decode steps drafted, %d tokens drafted, %d accepted "
+                        "(%.0f%%), %.2f tokens a decode step\n", gs.n_spec_steps, gs.n_decode, gs.n_drafted,
+                        gs.n_accepted, gs.n_drafted ? 100.0 * gs.n_accepted / gs.n_drafted : 0.0,
+                        gs.n_decode ? (double)(gs.n_decode + gs.n_accepted) / gs.n_decode : 0.0);
             report_pace(r, &gs, ranks);
         }
         if (o->verbose && r->m->expert_bytes && gs.n_decode) {

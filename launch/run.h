@@ -38,6 +38,7 @@ struct run_opts {
     int logits_f32; /* --logits-f32 */
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
     int ep; /* --ep: a mixture of experts' experts whole over the tp ranks */
+    int lookup; /* shoal run --lookup: most tokens drafted a step by prompt lookup (0: off) */
     double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
     int n_tp_weights, n_pp_weights;
     struct shoal_sampler_params sp;

@@ -91,6 +91,10 @@ int shoal_backend_lanes(const struct shoal_backend *b) {
     return b->iface->lanes ? b->iface->lanes(b->ctx) : 0;
 }
 
+int shoal_backend_batch_invariant(const struct shoal_backend *b) {
+    return b->iface->batch_invariant ? b->iface->batch_invariant(b->ctx) : 0;
+}
+
 shoal_status shoal_backend_lane_barrier(struct shoal_backend *lane) {
     return lane->iface->lane_barrier ? lane->iface->lane_barrier(lane->ctx) : SHOAL_OK;
 }

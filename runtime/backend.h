@@ -186,6 +186,14 @@ void shoal_backend_graph_forget(struct shoal_backend *b);
  * is not a lane it does nothing.
  */
 typedef shoal_status (*shoal_lane_fn)(void *arg, struct shoal_backend *lane, int i, int n);
+/*
+ * Whether a token's results are the same bits whatever else its step holds
+ * (its batch's size, the other tokens, the tiles they fall in): what lanes
+ * need, and what makes speculative decoding's output that of decoding a
+ * token at a time. 0 where the kernels change with the batch (cuBLAS for
+ * prompts, AVX2's Q8_0 and Q4_0 tiles).
+ */
+int shoal_backend_batch_invariant(const struct shoal_backend *b);
 int shoal_backend_lanes(const struct shoal_backend *b);
 shoal_status shoal_backend_run_lanes(struct shoal_backend *b, int n, shoal_lane_fn fn, void *arg);
 shoal_status shoal_backend_lane_barrier(struct shoal_backend *lane);

@@ -89,6 +89,8 @@ struct shoal_backend_i {
     int (*lanes)(void *ctx);
     shoal_status (*run_lanes)(void *ctx, int n, shoal_lane_fn fn, void *arg);
     shoal_status (*lane_barrier)(void *ctx); /* on a lane's backend */
+    /* optional: whether the kernels are batch-invariant (shoal_backend_batch_invariant); default 0 */
+    int (*batch_invariant)(void *ctx);
 };
 
 struct shoal_backend {

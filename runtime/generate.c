@@ -3,6 +3,8 @@
  */
 #include "generate.h"
 
+#include "lookup.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,6 +55,38 @@ static int emit(struct shoal_detok *d, const struct shoal_gen_params *p, int32_t
     return stop;
 }
 
+/* The loop's state: the sequence so far, where the next fed token goes, the text's decoder. */
+struct gen {
+    struct shoal_state *s;
+    const struct shoal_tokenizer *tok;
+    const struct shoal_gen_params *p;
+    struct shoal_gen_stats *st;
+    struct shoal_detok d;
+    int32_t *hist;
+    int n_hist, limit, stopped;
+};
+
+/*
+ * A token generated: into the history, the callbacks and the text. Nonzero
+ * when generation ends with it (end of generation, the callback's stop, the
+ * length limit).
+ */
+static int take(struct gen *g, int32_t id) {
+    const struct shoal_gen_params *p = g->p;
+    g->hist[g->n_hist++] = id;
+    g->st->n_gen++;
+    if (p->on_token) p->on_token(p->user, id);
+    if (!p->ignore_eos && shoal_tokenizer_is_eog(g->tok, id)) {
+        g->st->stop = "eos";
+        return 1;
+    }
+    if ((g->stopped = emit(&g->d, p, id)) != 0) {
+        g->st->stop = "stopped";
+        return 1;
+    }
+    return g->st->n_gen >= g->limit;
+}
+
 shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer *tok,
                             struct shoal_sampler *smp, const int32_t *prompt, int n_prompt,
                             const struct shoal_gen_params *p, struct shoal_gen_stats *st) {
@@ -73,8 +107,14 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     int n_cached = p->n_cached < 0 ? 0 : p->n_cached;
     if (n_cached >= n_prompt) n_cached = n_prompt - 1; /* the last token again, for its logits */
     int limit = p->n_predict < 0 ? s->n_ctx : p->n_predict;
+    /* speculation: at most kmax drafts a step, k of them this step */
+    const int kmax = p->lookup < 1 ? 0 : p->lookup < s->n_outputs - 1 ? p->lookup : s->n_outputs - 1;
+    const int ng_min = p->lookup_ngram_min > 0 ? p->lookup_ngram_min : 1;
+    const int ng_max = p->lookup_ngram_max >= ng_min ? p->lookup_ngram_max : ng_min > 3 ? ng_min : 3;
+    int k = kmax;
     /* the whole sequence, for the penalties and the ids callback */
     int32_t *hist = malloc(((size_t)n_prompt + (size_t)limit + 1) * sizeof(int32_t));
+    int32_t *vtok = kmax ? malloc(((size_t)kmax + 1) * sizeof(int32_t)) : NULL; /* a step's token and drafts */
     /* with every position's logits wanted, a prompt batch is at most n_outputs tokens;
      * over pipeline stages, micro-batches small enough that every stage has work */
     int chunk = p->all_logits ? s->n_outputs : s->n_batch;
@@ -85,20 +125,19 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
         if (micro < chunk) chunk = micro;
     }
     int rows_cap = p->all_logits ? chunk : 1;
+    if (rows_cap < kmax + 1) rows_cap = kmax + 1;
     float *logits = malloc((size_t)rows_cap * n_vocab * sizeof(float));
     struct shoal_seq_batch sb;
-    shoal_status rc = shoal_seq_batch_init(&sb, chunk, s->n_ctx);
-    if (!hist || !logits || rc != SHOAL_OK) {
+    shoal_status rc = shoal_seq_batch_init(&sb, chunk > kmax + 1 ? chunk : kmax + 1, s->n_ctx);
+    if (!hist || !logits || (kmax && !vtok) || rc != SHOAL_OK) {
         rc = shoal_errorf(SHOAL_NOMEM, "out of memory for generation buffers");
         goto done;
     }
     memcpy(hist, prompt, (size_t)n_prompt * sizeof(int32_t));
-    int n_hist = n_prompt;
-    struct shoal_detok d;
-    shoal_detok_init(&d, tok);
-    int stopped = 0;
+    struct gen g = { .s = s, .tok = tok, .p = p, .st = st, .hist = hist, .n_hist = n_prompt, .limit = limit };
+    shoal_detok_init(&g.d, tok);
     if (p->echo_prompt)
-        for (int i = n_cached; i < n_prompt && !stopped; i++) stopped = emit(&d, p, prompt[i]);
+        for (int i = n_cached; i < n_prompt && !g.stopped; i++) g.stopped = emit(&g.d, p, prompt[i]);
 
     /* prompt, in batches; the last row's logits give the first token */
     double t0 = shoal_now();
@@ -115,47 +154,70 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
         if (final) last = logits + (size_t)(n_out - 1) * n_vocab;
     }
     st->n_prompt = n_prompt - n_cached;
-    int pos = n_prompt;
+    int pos = n_prompt; /* where the next token goes in the cache */
     double t1 = shoal_now();
     const uint64_t experts0 = s->expert_bytes;
-    while (!stopped) {
-        if (st->n_gen >= limit) break;
-        int32_t next = shoal_sampler_sample(smp, last, hist, n_hist);
+    int32_t pending = -1; /* a token a verification chose (a draft's correction): the next one */
+    while (!g.stopped && st->n_gen < limit) {
+        int32_t next = pending >= 0 ? pending : shoal_sampler_sample(smp, last, hist, g.n_hist);
+        pending = -1;
         if (st->n_gen == 0) t1 = shoal_now();
-        hist[n_hist++] = next;
-        st->n_gen++;
-        if (p->on_token) p->on_token(p->user, next);
-        if (!p->ignore_eos && shoal_tokenizer_is_eog(tok, next)) {
-            st->stop = "eos";
-            break;
-        }
-        stopped = emit(&d, p, next);
-        if (stopped) {
-            st->stop = "stopped";
-            break;
-        }
-        if (st->n_gen >= limit) break;
+        if (take(&g, next)) break;
         if (pos >= s->n_ctx) {
             st->stop = "context";
             break;
         }
-        shoal_seq_batch_set(&sb, &hist[n_hist - 1], 1, pos);
-        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, 0, 1, logits), rc, done);
+        /* drafts to follow it, as many as the context and the length limit leave room for */
+        int m = 0;
+        if (kmax) {
+            int room = s->n_ctx - 1 - pos < limit - st->n_gen ? s->n_ctx - 1 - pos : limit - st->n_gen;
+            m = shoal_lookup_propose(hist, (size_t)g.n_hist, ng_min, ng_max, k < room ? k : room, vtok + 1);
+            vtok[0] = next;
+        }
+        shoal_seq_batch_set(&sb, m ? vtok : &hist[g.n_hist - 1], 1 + m, pos);
+        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, 0, 1 + m, logits), rc, done);
         st->n_decode++;
         if (p->all_logits && p->on_logits) p->on_logits(p->user, pos, next, logits, n_vocab);
         last = logits;
         pos++;
+        /* the drafts in order, each against the row before it: accepted ones are generated
+         * tokens already in the cache; the first rejected gives its correction instead (the
+         * cache rows from it on are written over by the steps after) */
+        int a = 0, end = 0;
+        while (a < m && !end) {
+            int ok = 0;
+            const int32_t t = shoal_sampler_verify(smp, last, hist, g.n_hist, vtok[1 + a], &ok);
+            if (!ok) {
+                pending = t;
+                break;
+            }
+            a++;
+            if ((end = take(&g, t)) != 0) break; /* as without drafts: a last token's row is not wanted */
+            if (p->all_logits && p->on_logits) p->on_logits(p->user, pos, t, logits + (size_t)a * n_vocab, n_vocab);
+            last = logits + (size_t)a * n_vocab;
+            pos++;
+        }
+        if (m) {
+            st->n_spec_steps++;
+            st->n_drafted += m;
+            st->n_accepted += a;
+            /* more drafts while all of them pass, fewer when they do not */
+            if (a == m && m == k) k = k + 2 < kmax ? k + 2 : kmax;
+            else if (a < m && k > 1) k--;
+        }
+        if (end) break;
     }
     double t2 = shoal_now();
     st->decode_expert_bytes = s->expert_bytes - experts0;
     st->t_prompt = t1 - t0;
     st->t_decode = t2 - t1;
     char tail[64];
-    int n = shoal_detok_flush(&d, tail, sizeof tail);
-    if (n > 0 && p->on_text && !stopped) p->on_text(p->user, tail, (size_t)n);
+    int n = shoal_detok_flush(&g.d, tail, sizeof tail);
+    if (n > 0 && p->on_text && !g.stopped) p->on_text(p->user, tail, (size_t)n);
 done:
     shoal_seq_batch_free(&sb);
     free(hist);
+    free(vtok);
     free(logits);
     return rc;
 }

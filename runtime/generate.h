@@ -29,6 +29,16 @@ struct shoal_gen_params {
     /* Each generated token id. */
     void (*on_token)(void *user, int32_t id);
     void *user;
+    /*
+     * Speculative decoding with prompt lookup (shoal_lookup_propose): each
+     * decode step carries up to lookup tokens drafted from the sequence so
+     * far (n-grams of lookup_ngram_min..lookup_ngram_max tokens; 0, 0: 1 and
+     * 3), verified in that one forward step (shoal_sampler_verify); the
+     * number drafted adapts to how many were accepted. 0: off. At most the
+     * state's n_outputs - 1. Greedy output is the same as without, on
+     * batch-invariant kernels (shoal_backend_batch_invariant).
+     */
+    int lookup, lookup_ngram_min, lookup_ngram_max;
 };
 
 struct shoal_gen_stats {
@@ -38,6 +48,9 @@ struct shoal_gen_stats {
     double t_prompt;      /* seconds for the prompt (forward passes and first sample) */
     double t_decode;      /* seconds for the single-token forward passes and sampling */
     uint64_t decode_expert_bytes; /* a mixture of experts: bytes of the experts the decode steps ran */
+    int n_drafted;        /* speculative decoding: tokens drafted, of which n_accepted were accepted, */
+    int n_accepted;       /* in n_spec_steps decode steps (the others had no draft) */
+    int n_spec_steps;
     const char *stop;     /* "length", "eos", "context", "stopped" */
 };
 

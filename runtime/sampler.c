@@ -171,11 +171,14 @@ static int32_t argmax(const float *x, int n) {
     return 0;
 }
 
-int32_t shoal_sampler_sample(struct shoal_sampler *s, float *logits, const int32_t *history,
-                             int n_history) {
+/*
+ * The distribution a sampling (not greedy) draw takes its token from: the
+ * penalised logits' candidates after top-k, top-p and min-p, their
+ * probabilities at the temperature, in s->c[0..n), most likely first.
+ */
+static int distribution(struct shoal_sampler *s, float *logits, const int32_t *history, int n_history) {
     const struct shoal_sampler_params *p = &s->p;
     apply_penalties(s, logits, history, n_history);
-    if (p->temp <= 0) return argmax(logits, s->n_vocab);
     struct cand *c = s->c;
     int n = s->n_vocab;
     for (int i = 0; i < n; i++) c[i] = (struct cand){ i, logits[i], 0 };
@@ -204,10 +207,56 @@ int32_t shoal_sampler_sample(struct shoal_sampler *s, float *logits, const int32
         n = keep;
     }
     softmax(c, n, 1.0f / p->temp);
-    double r = uniform(s->rng), cum = 0;
+    return n;
+}
+
+/* A draw from c[0..n) by weight w(i) (p, or what is left of it), whose total is total. */
+static int32_t draw(struct shoal_sampler *s, int n, double total, double (*w)(const struct cand *, int32_t),
+                    int32_t skip) {
+    const struct cand *c = s->c;
+    double r = uniform(s->rng) * total, cum = 0;
+    int last = -1;
     for (int i = 0; i < n; i++) {
-        cum += c[i].p;
+        const double wi = w(&c[i], skip);
+        if (!(wi > 0)) continue;
+        cum += wi;
+        last = i;
         if (r < cum) return c[i].id;
     }
-    return c[n - 1].id;
+    return last >= 0 ? c[last].id : c[0].id; /* rounding at the end of the sum */
+}
+
+static double weight_p(const struct cand *c, int32_t skip) { return c->id == skip ? 0 : c->p; }
+
+int32_t shoal_sampler_sample(struct shoal_sampler *s, float *logits, const int32_t *history,
+                             int n_history) {
+    if (s->p.temp <= 0) {
+        apply_penalties(s, logits, history, n_history);
+        return argmax(logits, s->n_vocab);
+    }
+    const int n = distribution(s, logits, history, n_history);
+    return draw(s, n, 1.0, weight_p, -1);
+}
+
+int32_t shoal_sampler_verify(struct shoal_sampler *s, float *logits, const int32_t *history, int n_history,
+                             int32_t draft, int *accepted) {
+    *accepted = 0;
+    if (s->p.temp <= 0) {
+        apply_penalties(s, logits, history, n_history);
+        const int32_t t = argmax(logits, s->n_vocab);
+        *accepted = t == draft;
+        return t;
+    }
+    const int n = distribution(s, logits, history, n_history);
+    double pd = 0; /* the target's probability of the draft */
+    for (int i = 0; i < n; i++)
+        if (s->c[i].id == draft) pd = s->c[i].p;
+    /* accepted with probability min(1, p(d) / q(d)), q(d) = 1 */
+    if (pd > 0 && uniform(s->rng) < pd) {
+        *accepted = 1;
+        return draft;
+    }
+    /* else a draw from max(0, p - q), normalised: p without the draft */
+    if (pd >= 1) return draft; /* (nothing else has weight: only rounding got here) */
+    return draw(s, n, 1.0 - pd, weight_p, draft);
 }

@@ -41,4 +41,17 @@ void shoal_sampler_destroy(struct shoal_sampler *s);
 int32_t shoal_sampler_sample(struct shoal_sampler *s, float *logits, const int32_t *history,
                              int n_history);
 
+/*
+ * Speculative decoding's verification of a drafted token that a draft with
+ * no distribution of its own proposed (prompt lookup: the draft's q is all on
+ * draft). logits, history as for shoal_sampler_sample: the target's row at
+ * the draft's position. Greedy: the best token, *accepted when it is the
+ * draft. Sampling: the draft, accepted with the target's probability of it
+ * (min(1, p / q)); else a draw from the target's distribution without it
+ * (max(0, p - q), normalised), so that what comes out is distributed as
+ * shoal_sampler_sample's draws are (speculative sampling's rule).
+ */
+int32_t shoal_sampler_verify(struct shoal_sampler *s, float *logits, const int32_t *history, int n_history,
+                             int32_t draft, int *accepted);
+
 #endif

@@ -3,6 +3,11 @@
  * frequencies match softmax(logits / T) restricted and renormalised as top-k,
  * top-p and min-p define, within a 5-sigma binomial bound; greedy takes the
  * first maximum; penalties move the logits as defined; a seed reproduces.
+ * Speculative verification of a drafted token (shoal_sampler_verify): what
+ * comes out is distributed as those draws are, whichever token was drafted
+ * (one the target favours, one it keeps little of, one it leaves out), the
+ * draft accepted as often as the target's probability of it; greedy accepts
+ * exactly the best token.
  */
 #include <math.h>
 
@@ -64,6 +69,42 @@ static void check_distribution(const char *what, struct shoal_sampler_params p) 
     shoal_sampler_destroy(s);
 }
 
+/* verify(draft) many times: the tokens out as the target's distribution, the draft accepted with its probability */
+static void check_verify(const char *what, struct shoal_sampler_params p, int32_t draft) {
+    const int draws = 100000;
+    struct shoal_sampler *s = NULL;
+    CHECK_OK(shoal_sampler_create(&s, &p, N));
+    if (!s) return;
+    int count[N] = { 0 }, acc = 0;
+    float logits[N];
+    for (int d = 0; d < draws; d++) {
+        memcpy(logits, base, sizeof logits);
+        int ok = -1;
+        int32_t id = shoal_sampler_verify(s, logits, NULL, 0, draft, &ok);
+        CHECK(id >= 0 && id < N && (ok == 0 || ok == 1) && (!ok || id == draft), "%s, draft %d: id %d, accepted %d",
+              what, draft, id, ok);
+        if (id >= 0 && id < N) count[id]++;
+        acc += ok == 1;
+    }
+    double want[N];
+    expect(&p, want);
+    for (int i = 0; i < N; i++) {
+        double f = (double)count[i] / draws, sd = sqrt(want[i] * (1 - want[i]) / draws);
+        CHECK(fabs(f - want[i]) <= 5 * sd + 1e-9, "%s, draft %d: token %d came out %.4f, expected %.4f", what,
+              draft, i, f, want[i]);
+    }
+    double fa = (double)acc / draws, sa = sqrt(want[draft] * (1 - want[draft]) / draws);
+    CHECK(fabs(fa - want[draft]) <= 5 * sa + 1e-9, "%s, draft %d: accepted %.4f of the time, expected %.4f", what,
+          draft, fa, want[draft]);
+    shoal_sampler_destroy(s);
+}
+
+static void check_both(const char *what, struct shoal_sampler_params p) {
+    check_distribution(what, p);
+    for (int32_t d = 0; d < N; d += 2) check_verify(what, p, d);
+    check_verify(what, p, N - 1); /* the least likely: outside every restricted set */
+}
+
 int main(void) {
     struct shoal_sampler_params p;
     shoal_sampler_defaults(&p);
@@ -71,19 +112,19 @@ int main(void) {
 
     /* distributions */
     p.temp = 1.0f, p.top_k = 0, p.top_p = 1.0f, p.min_p = 0;
-    check_distribution("plain T=1", p);
+    check_both("plain T=1", p);
     p.temp = 0.5f;
-    check_distribution("T=0.5", p);
+    check_both("T=0.5", p);
     p.temp = 2.0f;
-    check_distribution("T=2", p);
+    check_both("T=2", p);
     p.temp = 1.0f, p.top_k = 3;
-    check_distribution("top-k 3", p);
+    check_both("top-k 3", p);
     p.top_k = 0, p.top_p = 0.8f;
-    check_distribution("top-p 0.8", p);
+    check_both("top-p 0.8", p);
     p.top_p = 1.0f, p.min_p = 0.2f;
-    check_distribution("min-p 0.2", p);
+    check_both("min-p 0.2", p);
     p.top_k = 5, p.top_p = 0.95f, p.min_p = 0.05f, p.temp = 0.8f;
-    check_distribution("defaults", p);
+    check_both("defaults", p);
 
     /* greedy over a vocabulary of 16 lanes and a tail: the first maximum wherever it is
      * (in the lanes, in the tail, repeated across both), never a NaN */
@@ -137,6 +178,23 @@ int main(void) {
                   l[1] == 1.0f,
               "frequency/presence penalties: %g %g %g", l[0], l[1], l[2]);
         shoal_sampler_destroy(s);
+    }
+
+    /* greedy verification: the best token, accepted exactly when it is the draft */
+    {
+        struct shoal_sampler *g = NULL;
+        struct shoal_sampler_params gp;
+        shoal_sampler_defaults(&gp);
+        gp.temp = 0;
+        CHECK_OK(shoal_sampler_create(&g, &gp, N));
+        for (int32_t d = 0; g && d < N; d++) {
+            float l[N];
+            memcpy(l, base, sizeof l);
+            int ok = -1;
+            int32_t id = shoal_sampler_verify(g, l, NULL, 0, d, &ok);
+            CHECK(id == 0 && ok == (d == 0), "greedy verify of draft %d: id %d, accepted %d", d, id, ok);
+        }
+        shoal_sampler_destroy(g);
     }
 
     /* a seed reproduces; another seed differs */
