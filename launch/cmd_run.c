@@ -782,9 +782,9 @@ void run_report(struct run *r, int print, double **all_out) {
         char rss[32];
         if (print)
             fprintf(stderr,
-                    "shoal: rank %d (stage %d, tp %d): a decode token %.2f ms computing, %.2f ms waiting, %.1f KiB "
+                    "shoal: rank %d (stage %d, tp %d): a decode %s %.2f ms computing, %.2f ms waiting, %.1f KiB "
                     "sent | prompt %.1f KiB/token, %.3f ms/token waiting | peak RSS %s\n",
-                    k, pt->stage, pt->tp_rank, v[REP_DECODE_COMPUTE] * 1e3, v[REP_DECODE_WAIT] * 1e3,
+                    k, pt->stage, pt->tp_rank, r->o.lookup ? "step" : "token", v[REP_DECODE_COMPUTE] * 1e3, v[REP_DECODE_WAIT] * 1e3,
                     v[REP_DECODE_BYTES] / 1024.0, v[REP_PROMPT_BYTES] / 1024.0, v[REP_PROMPT_WAIT] * 1e3,
                     shoal_fmt_bytes(rss, sizeof rss, v[REP_RSS]));
     }
@@ -792,8 +792,8 @@ void run_report(struct run *r, int print, double **all_out) {
         if (k != slow) next = fmax(next, all[REP_N * k + REP_DECODE_COMPUTE]);
     /* a tensor-parallel rank's work is done alongside the others'; stages follow each other */
     if (print && r->size > 1 && all[REP_N * slow + REP_DECODE_COMPUTE] > 1.2 * next)
-        fprintf(stderr, "shoal: rank %d computes longest: %.2f ms a decode token, the others at most %.2f ms\n",
-                slow, all[REP_N * slow + REP_DECODE_COMPUTE] * 1e3, next * 1e3);
+        fprintf(stderr, "shoal: rank %d computes longest: %.2f ms a decode %s, the others at most %.2f ms\n",
+                slow, all[REP_N * slow + REP_DECODE_COMPUTE] * 1e3, r->o.lookup ? "step" : "token", next * 1e3);
     if (all_out) *all_out = all;
     else free(all);
 }

@@ -46,6 +46,7 @@ struct step_head {
 struct step {
     struct shoal_batch b;
     int out0, n_out, topk;
+    int decode; /* a decode step (shoal_state.decoding) */
     const float *x; /* the previous stage's hidden states, or NULL */
 };
 
@@ -146,6 +147,7 @@ static shoal_status encode(struct shoal_state *s, const struct step *st) {
     m.out0 = st->out0;
     m.n_out = st->n_out;
     m.topk = st->topk;
+    m.decode = st->decode;
     Shoal__Sampling *sm = NULL, **smp = NULL;
     if (s->meta) {
         sm = calloc((size_t)b->n_seq, sizeof *sm);
@@ -264,7 +266,7 @@ static shoal_status decode(struct shoal_state *s, const struct step_head *h, str
                                 .slot = m->slot, .block_table = m->block_table, .n_seq = m->n_seq,
                                 .max_blocks = m->max_blocks, .block_size = m->block_size,
                                 .ring = m->n_ring ? m->ring : NULL },
-                         .out0 = m->out0, .n_out = m->n_out, .topk = m->topk,
+                         .out0 = m->out0, .n_out = m->n_out, .topk = m->topk, .decode = m->decode,
                          .x = h->x_bytes ? (const float *)((char *)s->msg + x_offset(h->pb_bytes)) : NULL };
     return check_batch(s, &st->b, from);
 }
@@ -316,12 +318,12 @@ static void comm_total(const struct shoal_state *s, uint64_t *bytes, double *sec
 }
 
 /* Adds what a step of n tokens cost since (bytes0, seconds0), begun (or waited for) at wall0,
- * to its kind's tally. */
-static void tally(struct shoal_state *s, int n, uint64_t bytes0, double seconds0, double wall0) {
+ * to its kind's tally: a decode step's (one token, or a step that says it decodes), else the prompt's. */
+static void tally(struct shoal_state *s, int n, int decode, uint64_t bytes0, double seconds0, double wall0) {
     uint64_t bytes;
     double seconds;
     comm_total(s, &bytes, &seconds);
-    struct shoal_step_comm *c = n == 1 ? &s->comm_decode : &s->comm_prompt;
+    struct shoal_step_comm *c = n == 1 || decode ? &s->comm_decode : &s->comm_prompt;
     c->steps++;
     c->tokens += (uint64_t)n;
     c->bytes += bytes - bytes0;
@@ -370,7 +372,8 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
         return shoal_errorf(SHOAL_INTERNAL, "output rows %d-%d of a %d-token batch (at most %d)",
                             out0, out0 + n_out - 1, n, s->n_outputs);
     /* top-k candidates travel instead of rows only between ranks */
-    const struct step st = { .b = *b, .out0 = out0, .n_out = n_out, .topk = s->dist ? s->topk : 0 };
+    const struct step st = { .b = *b, .out0 = out0, .n_out = n_out, .topk = s->dist ? s->topk : 0,
+                             .decode = s->decoding };
     uint64_t bytes0;
     double seconds0, wall0 = shoal_now();
     comm_total(s, &bytes0, &seconds0);
@@ -398,7 +401,7 @@ shoal_status shoal_forward(struct shoal_state *s, const struct shoal_batch *b, i
         int last_lead = (s->dist->plan->pp - 1) * s->dist->plan->tp;
         SHOAL_TRY(shoal_comm_recv(s->dist->world, logits, bytes, last_lead));
     }
-    tally(s, n, bytes0, seconds0, wall0);
+    tally(s, n, st.decode, bytes0, seconds0, wall0);
     return SHOAL_OK;
 }
 
@@ -449,7 +452,7 @@ shoal_status shoal_follow(struct shoal_state *s) {
             free(sink);
             SHOAL_TRY(rc);
         }
-        tally(s, st.b.n_tokens, bytes0, seconds0, wall0);
+        tally(s, st.b.n_tokens, st.decode, bytes0, seconds0, wall0);
     }
 }
 

@@ -175,7 +175,10 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
             vtok[0] = next;
         }
         shoal_seq_batch_set(&sb, m ? vtok : &hist[g.n_hist - 1], 1 + m, pos);
-        SHOAL_TRY_GOTO(shoal_forward(s, &sb.b, 0, 1 + m, logits), rc, done);
+        s->decoding = 1;
+        rc = shoal_forward(s, &sb.b, 0, 1 + m, logits);
+        s->decoding = 0;
+        if (rc != SHOAL_OK) goto done;
         st->n_decode++;
         if (p->all_logits && p->on_logits) p->on_logits(p->user, pos, next, logits, n_vocab);
         last = logits;

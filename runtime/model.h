@@ -294,6 +294,7 @@ struct shoal_step_meta {
 struct shoal_state {
     const struct shoal_model *m;
     struct shoal_step_comm comm_prompt, comm_decode; /* filled by the step protocol */
+    int decoding; /* rank 0: the steps now are decode steps (comm_decode's, on every rank, whatever their size) */
     const struct shoal_dist *dist;
     struct shoal_kv_desc kvd;  /* local KV heads */
     int n_ctx, n_batch, n_outputs, topk;

@@ -3,10 +3,14 @@ greedy decoding with drafts verified several to a step gives one rank's plain
 decoding, id for id and every position's logits byte for byte, in the
 layouts 1x1, tp 2, pp 2 and 2 x 2, on SmolLM2 with a prompt it copies from
 (most drafts accepted) and one it edits (drafts rejected too, so that the
-cache rows of rejected tokens are written over); the runs must really have
-speculated (drafts accepted, fewer steps than tokens). Kernels that are not
-batch-invariant are refused with the reason, as are bad values.
+cache rows of rejected tokens are written over); with offload (streamed
+layers); and Gemma 3, whose windowed layers keep rings of the window and a
+batch (-b 16 here) that a long list wraps while drafts are rejected. The runs
+must really have speculated (drafts accepted, fewer steps than tokens).
+Kernels that are not batch-invariant are refused with the reason, as are bad
+values.
 """
+import random
 import re
 import sys
 from pathlib import Path
@@ -42,6 +46,11 @@ GEN = re.compile(r"generation (\d+) tokens, (\d+) decode steps")
 def prompt_args(name, tmp):
     if name == "copy":
         return ["--chat", "-p", COPY, "-n", 48]
+    if name == "list":  # earlier lines propose the next's words, and wrong numbers
+        r = random.Random(5)
+        f = tmp / "list.txt"
+        f.write_text("".join(f"Line {i}: the value of item {i} is {r.randint(10, 99)}.\n" for i in range(1, 46)))
+        return ["-f", f, "-n", 64]
     f = tmp / "edit.txt"
     f.write_text(EDIT)
     return ["-f", f, "-n", 40]
@@ -117,3 +126,29 @@ def test_lookup_bad_values(value, needle):
     p = h.run(["run", "-m", h.smollm2(), "-p", "Hi", "--lookup"] + value.split(), check=False)
     err = p.stderr.decode(errors="replace")
     assert p.returncode == 2 and needle in err, err[-2000:]
+
+
+@pytest.mark.parametrize("tp,extra", [(1, ["--device-mem", "280M"]), (2, ["--device-mem", "170M"])])
+def test_lookup_with_offload(tp, extra, tmp_path):
+    """Streamed layers (the CPU's device arena, smaller than the model) under --lookup."""
+    run = prompt_args("list", tmp_path) + ["--temp", 0, "-t", 2 if tp == 1 else 1]
+    base = h.layout_run(["-m", h.smollm2()], run, tmp_path, "offload_base")
+    got = h.layout_run(["-m", h.smollm2()], run, tmp_path, f"offload_{tp}", np_=tp,
+                       extra=["--lookup", 8] + extra + layout_args(tp, 1))
+    assert re.search(r"offload \(rank 0\): \d+ of 30 layers resident, [1-9]\d* streamed", got[2]), got[2][-2000:]
+    h.assert_same_run(f"--lookup 8, tp {tp}, {' '.join(extra)}", got, base)
+    speculated(got[2], f"tp {tp} offloaded")
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_lookup_gemma3_rings(tp, tmp_path):
+    """Gemma 3's sliding-window layers keep rings of 512 + 15 positions at -b 16: the 790-token
+    list wraps them, and rejected drafts write ring slots that later steps write over."""
+    run = prompt_args("list", tmp_path) + ["--temp", 0, "-b", 16, "-t", 2 if tp == 1 else 1]
+    base = h.layout_run(["-m", h.gemma3()], run, tmp_path, "gemma_base")
+    assert len(base[1]) // (4 * 262144) > 512 + 16, "the sequence does not wrap the rings"
+    got = h.layout_run(["-m", h.gemma3()], run, tmp_path, f"gemma_{tp}", np_=tp,
+                       extra=["--lookup", 8] + layout_args(tp, 1))
+    h.assert_same_run(f"Gemma 3, --lookup 8, tp {tp}", got, base)
+    drafted, accepted = speculated(got[2], f"Gemma 3 tp {tp}")
+    assert accepted < drafted, "no draft was rejected"
