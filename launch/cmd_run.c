@@ -175,6 +175,7 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         { "--drain-timeout", 0, OPT_FLOAT, &o->drain_seconds, "S", "after SIGTERM, seconds in-flight requests may take before they are cut (default 30)" },
         { "--header-timeout", 0, OPT_FLOAT, &o->header_seconds, "S", "seconds a connection has to send a request's headers, from its opening or its last answer; a slower one is closed, however slowly bytes still come (default 30)" },
         { "--body-timeout", 0, OPT_FLOAT, &o->body_seconds, "S", "seconds a request has to send its body once its headers are in (default 60)" },
+        { "--lookup", 0, OPT_INT, &o->lookup, "N", "speculative decoding by prompt lookup, as shoal run's: each decoding request's step drafts up to N tokens from its own text and verifies them at once; the same text as without; needs batch-invariant kernels and -b of --parallel x (1 + N) (default 0: off)" },
         { "--parse-special", 0, OPT_FLAG, &o->parse_special, NULL, "special tokens written in a request's text (a prompt, a message) are control tokens, as llama.cpp's server has them; default: a request's text is text, and only the chat template's own markers are special" },
         OPT_END,
     };
@@ -309,6 +310,9 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
     if (serve && (o->port < 0 || o->port > 65535)) USAGE("--port must be 0..65535\n");
     if (serve && (o->parallel < 1 || o->parallel > 1024)) USAGE("--parallel must be 1..1024\n");
     if (serve && o->parallel > o->n_batch) USAGE("--parallel %d is more than -b %d\n", o->parallel, o->n_batch);
+    if (serve && o->lookup > 0 && (long)o->parallel * (1 + o->lookup) > o->n_batch)
+        USAGE("--lookup %d with --parallel %d: a step's rows of logits, %ld, are more than -b %d\n", o->lookup,
+              o->parallel, (long)o->parallel * (1 + o->lookup), o->n_batch);
     if (serve && (o->max_queue < 0 || o->max_tokens < 1 || o->max_prompt < 0 || o->max_conns < 1 || o->max_body < 1 ||
                   o->max_conns_per_client < 0))
         USAGE("--max-queue, --max-prompt and --max-conns-per-client must be >= 0; --max-tokens, --max-conns, --max-body >= 1\n");
@@ -698,7 +702,7 @@ static shoal_status load(struct run *r) {
     int topk = r->o.logits_path || r->o.perplexity || !plain ? 0 : sp->temp <= 0 ? 1 : sp->top_k > 0 && sp->top_k <= 1024 ? sp->top_k : 0;
     if (r->o.serve) topk = 0; /* requests sample as they like: whole rows of logits */
     struct shoal_state_params stp = { .n_ctx = r->o.n_ctx, .n_batch = r->o.n_batch,
-                                      .n_outputs = r->o.serve ? r->o.parallel
+                                      .n_outputs = r->o.serve ? r->o.parallel * (1 + r->o.lookup)
                                                    : r->o.logits_path || r->o.perplexity ? r->o.n_batch
                                                                                           : 1 + r->o.lookup,
                                       .kv_type = r->o.kv_type, .topk = topk, .dist = r->dist,

@@ -4,6 +4,7 @@
 #include "sched.h"
 
 #include "../comm/comm.h"
+#include "lookup.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,10 @@ struct seq {
     int32_t *blocks; /* the block table: block_size positions each */
     int n_blocks;
     int ring;        /* while running: its ring of the windowed layers' caches (a state with rings) */
-    int take;        /* this step: tokens fed */
+    int take;        /* this step: tokens fed (its drafts included) */
+    int n_draft;     /* this step: of them, drafted (lookup), after its last token */
+    int k;           /* lookup: drafts it asks for next (adapts to what it accepts) */
+    int out_row;     /* this step: its first output row */
     int cancelled;
     struct shoal_sampler *smp;
     struct shoal_sampler_params sp;
@@ -39,11 +43,12 @@ struct shoal_sched {
     /* one step's batch: rows that only fill the cache, then those whose logits are wanted */
     int32_t *tok, *pos, *seqi, *slot, *table;
     int32_t *ringi;       /* (max_seqs) the step's sequences' rings */
-    struct seq **out_seq; /* (max_seqs) the sequence of each output row */
+    struct seq **out_seq; /* (max_seqs) the sequences with output rows, in row order */
+    int n_out_seq;
     uint64_t *meta_id;    /* (max_seqs) the step's sequences, for the step's message */
     struct shoal_sampler_params *meta_sp;
     struct shoal_step_meta meta;
-    float *logits;        /* (max_seqs, n_vocab) */
+    float *logits;        /* (max_seqs x (1 + lookup), n_vocab) */
     struct shoal_sched_stats st;
     double last_contact;  /* when the other ranks last heard from this one (a step or a ping) */
     struct shoal_rank_pace *pace; /* shoal_sched_pace's: every rank's, as last gathered */
@@ -65,6 +70,9 @@ shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
     if (q.max_seqs < 1 || q.max_seqs > s->n_outputs || q.max_seqs > s->n_batch)
         return shoal_errorf(SHOAL_INVALID, "%d sequences at once: the state has room for 1 to %d", q.max_seqs,
                             s->n_outputs < s->n_batch ? s->n_outputs : s->n_batch);
+    if (q.lookup < 0 || (q.lookup > 0 && ((long)q.max_seqs * (1 + q.lookup) > s->n_outputs || q.lookup >= s->n_batch)))
+        return shoal_errorf(SHOAL_INVALID, "lookup %d for %d sequences: the state has %d output rows and "
+                            "batches of %d", q.lookup, q.max_seqs, s->n_outputs, s->n_batch);
     if (q.block_size > s->n_ctx)
         return shoal_errorf(SHOAL_INVALID, "KV blocks of %d positions in a cache of %d", q.block_size, s->n_ctx);
     if (s->ring && q.max_seqs > s->n_rings)
@@ -84,7 +92,7 @@ shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
     sc->out_seq = calloc((size_t)q.max_seqs, sizeof *sc->out_seq);
     sc->tok = malloc(nb * 4 * sizeof(int32_t));
     sc->table = malloc((size_t)q.max_seqs * sc->table_cap * sizeof(int32_t));
-    sc->logits = malloc((size_t)q.max_seqs * sc->n_vocab * sizeof(float));
+    sc->logits = malloc((size_t)q.max_seqs * (size_t)(1 + q.lookup) * sc->n_vocab * sizeof(float));
     sc->meta_id = malloc((size_t)q.max_seqs * sizeof *sc->meta_id);
     sc->meta_sp = malloc((size_t)q.max_seqs * sizeof *sc->meta_sp);
     sc->meta = (struct shoal_step_meta){ sc->meta_id, sc->meta_sp };
@@ -183,6 +191,7 @@ shoal_status shoal_sched_add(struct shoal_sched *sc, const int32_t *prompt, int 
     memcpy(q->toks, prompt, (size_t)n_prompt * sizeof *prompt);
     q->n_toks = q->n_prompt = n_prompt;
     q->max_tokens = max_tokens;
+    q->k = sc->p.lookup;
     q->sp = *sp;
     q->cb = *cb;
     q->id = sc->next_id++;
@@ -269,7 +278,7 @@ static int32_t slot_of(const struct shoal_sched *sc, const struct seq *q, int po
  */
 static int plan_feed(struct shoal_sched *sc, int i, int budget) {
     struct seq *q = sc->run[i];
-    int take = q->n_toks - q->n_past;
+    int take = q->n_toks - q->n_past + q->n_draft;
     if (take > sc->p.chunk) take = sc->p.chunk;
     if (take > budget) take = budget;
     while (take > 0) {
@@ -282,7 +291,25 @@ static int plan_feed(struct shoal_sched *sc, int i, int budget) {
     }
     int need = take > 0 ? blocks_for(sc, q->n_past + take) - q->n_blocks : 0;
     for (int b = 0; b < need; b++) q->blocks[q->n_blocks++] = sc->free_blocks[--sc->n_free];
+    /* drafts only whole, after the last token: cut short, the step feeds the token alone */
+    if (q->n_draft && take < 1 + q->n_draft) q->n_draft = 0, take = take > 0 ? 1 : 0;
     return take;
+}
+
+/*
+ * A decoding sequence's drafts for this step (lookup): from its text so far, at
+ * most its k, no more than its length limit, max_pos and a chunk leave room
+ * for; after its tokens in toks (which has room: n_toks + room <= cap).
+ */
+static void plan_drafts(struct shoal_sched *sc, struct seq *q) {
+    q->n_draft = 0;
+    if (!sc->p.lookup || q->n_gen == 0 || q->n_toks - q->n_past != 1) return;
+    int room = sc->p.max_pos - q->n_toks; /* positions after the last token's */
+    if (room > q->max_tokens - q->n_gen) room = q->max_tokens - q->n_gen;
+    if (room > sc->p.chunk - 1) room = sc->p.chunk - 1;
+    if (room > q->k) room = q->k;
+    if (room > q->cap - q->n_toks) room = q->cap - q->n_toks;
+    q->n_draft = shoal_lookup_propose(q->toks, (size_t)q->n_toks, 1, 3, room, q->toks + q->n_toks);
 }
 
 shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
@@ -291,22 +318,27 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
     admit(sc);
     if (sc->n_run == 0) return SHOAL_OK;
 
-    /* what each sequence feeds: decoding ones their last token, the others a prompt chunk */
+    /* what each sequence feeds: decoding ones their last token (and drafts after it), the
+     * others a prompt chunk */
     int budget = sc->s->n_batch, n_tok = 0, n_out = 0, max_blocks = 1;
     for (int i = 0; i < sc->n_run; i++) {
         struct seq *q = sc->run[i];
+        plan_drafts(sc, q);
         q->take = plan_feed(sc, i, budget);
         budget -= q->take;
         n_tok += q->take;
-        if (q->take && q->n_past + q->take == q->n_toks) n_out++;
-        if (q->n_blocks > max_blocks) max_blocks = q->n_blocks;
+        if (q->take && q->n_past + q->take == q->n_toks + q->n_draft) n_out += 1 + q->n_draft;
     }
+    for (int i = 0; i < sc->n_run; i++) /* (after every preemption) */
+        if (sc->run[i]->n_blocks > max_blocks) max_blocks = sc->run[i]->n_blocks;
     /* a sequence preempted by a younger one's need never happens (younger ones go
      * first), but one with nothing fed (no budget left) simply waits a step */
     if (n_tok == 0) return SHOAL_OK;
 
-    /* the rows: cache-only first, then one output row per sequence whose input is all in */
+    /* the rows: cache-only first, then the output rows of each sequence whose input is all in
+     * (its last token's, then its drafts') */
     int r = 0, o = n_tok - n_out, k = 0;
+    sc->n_out_seq = 0;
     for (int i = 0; i < sc->n_run; i++) {
         struct seq *q = sc->run[i];
         if (!q->take) continue;
@@ -315,15 +347,18 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
         sc->meta_id[k] = q->id;
         sc->meta_sp[k] = q->sp;
         sc->ringi[k] = q->ring;
-        const int outputs = q->n_past + q->take == q->n_toks;
+        const int outputs = q->n_past + q->take == q->n_toks + q->n_draft, first_out = q->take - 1 - q->n_draft;
+        if (outputs) {
+            q->out_row = o - (n_tok - n_out);
+            sc->out_seq[sc->n_out_seq++] = q;
+        }
         for (int t = 0; t < q->take; t++) {
             const int p = q->n_past + t;
-            const int row = outputs && t == q->take - 1 ? o++ : r++;
-            sc->tok[row] = q->toks[p];
+            const int row = outputs && t >= first_out ? o++ : r++;
+            sc->tok[row] = q->toks[p]; /* (a draft past n_toks) */
             sc->pos[row] = p;
             sc->seqi[row] = k;
             sc->slot[row] = slot_of(sc, q, p);
-            if (outputs && t == q->take - 1) sc->out_seq[row - (n_tok - n_out)] = q;
         }
         k++;
     }
@@ -346,26 +381,47 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
     for (int i = 0; i < sc->n_run; i++) {
         struct seq *q = sc->run[i];
         if (q->n_gen == 0) sc->st.prompt_tokens += (uint64_t)q->take;
-        q->n_past += q->take;
+        q->n_past += q->take - q->n_draft; /* the drafts' positions: those accepted, below */
     }
 
-    /* a token for each output row; sequences that are done leave */
-    for (int j = 0; j < n_out; j++) {
+    /* tokens for each sequence with output rows: its drafts in order, each against the row before
+     * it (accepted ones are tokens already in the cache; the first rejected one gives its
+     * correction instead, and the rows after it are written over later), else the next token;
+     * sequences that are done leave */
+    for (int j = 0; j < sc->n_out_seq; j++) {
         struct seq *q = sc->out_seq[j];
-        int32_t t = shoal_sampler_sample(q->smp, sc->logits + (size_t)j * sc->n_vocab, q->toks, q->n_toks);
-        q->toks[q->n_toks++] = t;
-        q->n_gen++;
-        sc->st.gen_tokens++;
-        int why = q->cb.on_token && q->cb.on_token(q->cb.user, t) ? SHOAL_SEQ_STOPPED
+        int why = 0, a = 0;
+        for (int d = 0; d <= q->n_draft && !why; d++) {
+            float *row = sc->logits + (size_t)(q->out_row + d) * sc->n_vocab;
+            int ok = 0;
+            /* draft d is toks[n_toks] (plan_drafts), its history the tokens before it */
+            const int32_t t = d < q->n_draft ? shoal_sampler_verify(q->smp, row, q->toks, q->n_toks, q->toks[q->n_toks], &ok)
+                                             : shoal_sampler_sample(q->smp, row, q->toks, q->n_toks);
+            q->toks[q->n_toks++] = t;
+            q->n_gen++;
+            sc->st.gen_tokens++;
+            if (ok) q->n_past++, a++; /* its row in the cache is the token's */
+            why = q->cb.on_token && q->cb.on_token(q->cb.user, t) ? SHOAL_SEQ_STOPPED
                   : q->n_gen >= q->max_tokens                    ? SHOAL_SEQ_LENGTH
                   : q->n_toks - 1 >= sc->p.max_pos               ? SHOAL_SEQ_CONTEXT
                                                                  : 0;
+            if (!ok) break;
+        }
+        if (q->n_draft) {
+            sc->st.drafted += (uint64_t)q->n_draft;
+            sc->st.accepted += (uint64_t)a;
+            /* more drafts while all of them pass, fewer when they do not (generate.c's rule) */
+            if (a == q->n_draft && a == q->k) q->k = q->k + 2 < sc->p.lookup ? q->k + 2 : sc->p.lookup;
+            else if (a < q->n_draft && q->k > 1) q->k--;
+            q->n_draft = 0;
+        }
         if (why) {
             for (int i = 0; i < sc->n_run; i++)
                 if (sc->run[i] == q) drop_running(sc, i);
             finish(sc, q, why);
         }
     }
+    for (int i = 0; i < sc->n_run; i++) sc->run[i]->n_draft = 0;
     return SHOAL_OK;
 }
 

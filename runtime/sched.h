@@ -31,6 +31,10 @@ struct shoal_sched_params {
     int max_seqs;   /* sequences running at once, at most the state's n_outputs */
     int chunk;      /* most prompt tokens of one sequence per step (default: the state's n_batch) */
     int max_pos;    /* positions one sequence may reach (the model's context), at most the state's n_ctx */
+    /* speculative decoding by prompt lookup (generate.h's lookup): a decoding sequence's step
+     * carries up to lookup tokens drafted from its own text, verified in that step; 0: off.
+     * The state needs n_outputs of max_seqs x (1 + lookup). */
+    int lookup;
 };
 
 enum shoal_seq_end {
@@ -57,6 +61,7 @@ struct shoal_sched_stats {
     int last_batch;           /* tokens in the last step */
     int last_seqs;            /* sequences in the last step */
     uint64_t steps, prompt_tokens, gen_tokens, preemptions;
+    uint64_t drafted, accepted; /* lookup: tokens drafted, and accepted (generated without a step of their own) */
     uint64_t lane_steps;      /* steps rank 0 ran cut into lanes (shoal_backend_run_lanes) */
     uint64_t expert_runs, expert_bytes; /* a mixture of experts: rank 0's experts run (an expert in a lane's
                                          * step, once a layer) and their weights' bytes */
@@ -84,8 +89,9 @@ void shoal_sched_cancel(struct shoal_sched *sc, uint64_t id);
 
 /*
  * One step: every running sequence fed, one forward pass, a token sampled for
- * each sequence whose input is all in. *worked: 0 when there was nothing to
- * do. An error from the forward pass is returned (the state is then unusable).
+ * each sequence whose input is all in (with lookup, a decoding sequence's
+ * drafts verified first: those accepted, then the token after them). *worked:
+ * 0 when there was nothing to do. An error from the forward pass is returned (the state is then unusable).
  */
 shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked);
 /*

@@ -966,14 +966,19 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
                    "# TYPE shoal_kv_blocks_used gauge\nshoal_kv_blocks_used %d\n"
                    "# HELP shoal_kv_blocks KV cache blocks in all\n# TYPE shoal_kv_blocks gauge\nshoal_kv_blocks %d\n"
                    "# HELP shoal_kv_cache_usage_ratio Share of the KV cache taken\n"
-                   "# TYPE shoal_kv_cache_usage_ratio gauge\nshoal_kv_cache_usage_ratio %.4f\n",
+                   "# TYPE shoal_kv_cache_usage_ratio gauge\nshoal_kv_cache_usage_ratio %.4f\n"
+                   "# HELP shoal_spec_draft_tokens_total Speculative decoding (--lookup): tokens drafted\n"
+                   "# TYPE shoal_spec_draft_tokens_total counter\nshoal_spec_draft_tokens_total %llu\n"
+                   "# HELP shoal_spec_accepted_tokens_total Of them, accepted: tokens generated without a step "
+                   "of their own\n# TYPE shoal_spec_accepted_tokens_total counter\nshoal_spec_accepted_tokens_total %llu\n",
                    (unsigned long long)srv->prompt_tokens, (unsigned long long)srv->gen_tokens,
                    (unsigned long long)srv->cancelled, st->running,
                    srv->n_inflight - st->running > 0 ? srv->n_inflight - st->running : 0, st->last_batch,
                    st->last_seqs, (unsigned long long)st->steps, (unsigned long long)srv->batch_tokens_sum,
                    (unsigned long long)st->lane_steps, (unsigned long long)st->expert_runs,
                    (unsigned long long)st->expert_bytes, (unsigned long long)st->preemptions, st->blocks_used, st->blocks,
-                   st->blocks ? (double)st->blocks_used / st->blocks : 0.0);
+                   st->blocks ? (double)st->blocks_used / st->blocks : 0.0, (unsigned long long)st->drafted,
+                   (unsigned long long)st->accepted);
     if (srv->n_pace) {
         at += snprintf(at, (size_t)(end - at),
                        "# HELP shoal_rank_compute_seconds_total Each rank's time computing its part of the steps (gathered "
