@@ -154,6 +154,8 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         { "--logits-out", 0, OPT_STR, &o->logits_path, "FILE", "write every position's logits as text (for tests)" },
         { "--logits-f32", 0, OPT_FLAG, &o->logits_f32, NULL, "with --logits-out: raw little-endian float32 rows, one per position in order, instead of text" },
         { "--ids-out", 0, OPT_STR, &o->ids_path, "FILE", "write the prompt's ids (after BOS) and the generated ids, on one line" },
+        { "--draft-model", 0, OPT_STR, &o->draft_model, "FILE", "speculative decoding with a draft model: a smaller GGUF with the same vocabulary that rank 0 runs alone, proposing its best next tokens, which the model verifies in one forward pass a step; the same text as without; needs batch-invariant kernels" },
+        { "--draft-max", 0, OPT_INT, &o->draft_max, "N", "with --draft-model: most tokens it drafts a step (default 8)" },
         { "--lookup", 0, OPT_INT, &o->lookup, "N", "speculative decoding by prompt lookup: each step drafts up to N tokens from the text so far (where its last 1-3 tokens occurred before, what followed them) and verifies them in one forward pass; the same text as without, more tokens a step where text repeats (code edits, quotes, summaries); needs batch-invariant kernels (the CPU's scalar and avx512) (default 0: off)" },
         OPT_END,
     };
@@ -285,6 +287,11 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
     }
     if (o->logits_f32 && !o->logits_path) USAGE("--logits-f32 goes with --logits-out FILE\n");
     if (o->lookup < 0 || o->lookup > 64) USAGE("--lookup must be 0..64 (tokens drafted a step)\n");
+    if (o->draft_max && !o->draft_model) USAGE("--draft-max goes with --draft-model FILE\n");
+    if (o->draft_model && o->lookup) USAGE("give --lookup or --draft-model, not both\n");
+    if (o->draft_model && !o->draft_max) o->draft_max = 8;
+    if (o->draft_max < 0 || o->draft_max > 64) USAGE("--draft-max must be 1..64 (tokens drafted a step)\n");
+    if (o->draft_model) o->lookup = o->draft_max; /* the most drafted a step, either way */
     if (o->lookup && o->lookup >= o->n_batch) USAGE("--lookup %d: a step of it and the token before needs -b %d or more\n", o->lookup, o->lookup + 1);
     if (o->shards && o->model) USAGE("give -m or --shards, not both\n");
     if (o->hosts && (o->tp || o->pp || o->shards))
@@ -686,6 +693,31 @@ static shoal_status attach_device_comm(struct run *r) {
     return SHOAL_OK;
 }
 
+/*
+ * Rank 0's draft model (--draft-model): the whole model on a CPU backend of
+ * its own (its threads rank 0's), a state of one sequence as long as the
+ * run's, the vocabulary checked against the model's.
+ */
+static shoal_status load_draft(struct run *r) {
+    const struct run_opts *o = &r->o;
+    SHOAL_TRY(shoal_gguf_open(&r->dg, o->draft_model));
+    struct shoal_cpu_params cp = { .n_threads = r->threads, .simd = o->simd, .spin = -1 };
+    SHOAL_TRY(shoal_cpu_backend_create(&r->dbe, &cp));
+    SHOAL_TRY(shoal_model_load(&r->dm, r->dg, r->dbe, NULL));
+    SHOAL_TRY(shoal_tokenizer_create(&r->dtok, r->dg));
+    struct shoal_state_params stp = { .n_ctx = o->n_ctx, .n_batch = o->n_batch, .n_outputs = 1,
+                                      .kv_type = o->kv_type, .rings = 1 };
+    SHOAL_TRY(shoal_state_create(&r->dst, r->dm, &stp));
+    SHOAL_TRY(shoal_draft_create(&r->draft, r->dst, r->dtok, o->draft_model, r->tok, o->model));
+    if (!o->quiet) {
+        char w[32];
+        fprintf(stderr, "shoal: draft model %s (%s, %d layers, %s), up to %d tokens a step\n", o->draft_model,
+                r->dm->hp.arch, r->dm->hp.n_layers, shoal_fmt_bytes(w, sizeof w, (double)r->dm->weight_bytes),
+                o->draft_max);
+    }
+    return SHOAL_OK;
+}
+
 /* This rank's part: its weights, the tokenizer (rank 0), the state. */
 static shoal_status load(struct run *r) {
     /* the state's shape first: with a device budget, the model leaves it room */
@@ -728,10 +760,18 @@ static shoal_status load(struct run *r) {
                             "bits in a batch than alone, so speculative steps would not give the text that "
                             "decoding gives (CPU ranks: --simd avx512 or scalar; GPU ranks: not yet)",
                             r->rank, r->dev_desc[0] ? r->dev_desc : "this backend");
-    return shoal_state_create(&r->st, r->m, &stp);
+    SHOAL_TRY(shoal_state_create(&r->st, r->m, &stp));
+    if (r->rank == 0 && r->o.draft_model) SHOAL_TRY(load_draft(r));
+    return SHOAL_OK;
 }
 
 static void teardown(struct run *r) {
+    shoal_draft_destroy(r->draft);
+    shoal_state_destroy(r->dst);
+    shoal_tokenizer_destroy(r->dtok);
+    shoal_model_destroy(r->dm);
+    shoal_backend_destroy(r->dbe);
+    shoal_gguf_close(r->dg);
     shoal_state_destroy(r->st);
     shoal_tokenizer_destroy(r->tok);
     shoal_model_destroy(r->m);
@@ -1153,6 +1193,7 @@ static shoal_status converse(struct run *r, struct convo *c, struct shoal_sample
             .on_token = on_token_convo,
             .user = lo,
             .lookup = o->lookup,
+            .draft = r->draft,
         };
         struct shoal_gen_stats gs = { .stop = "none" };
         SHOAL_TRY(shoal_generate(r->st, r->tok, smp, c->ids, (int)c->n_ids, &gp, &gs));
@@ -1254,8 +1295,8 @@ static int lead(struct run *r) {
                     shoal_fmt_bytes(rss, sizeof rss, (double)shoal_peak_rss()),
                     r->size > 1 ? " (rank 0)" : "", dev, gs.stop);
             if (o->lookup)
-                fprintf(stderr, "shoal: lookup: %d of %d decode steps drafted, %d tokens drafted, %d accepted "
-                        "(%.0f%%), %.2f tokens a decode step\n", gs.n_spec_steps, gs.n_decode, gs.n_drafted,
+                fprintf(stderr, "shoal: %s: %d of %d decode steps drafted, %d tokens drafted, %d accepted "
+                        "(%.0f%%), %.2f tokens a decode step\n", r->draft ? "draft model" : "lookup", gs.n_spec_steps, gs.n_decode, gs.n_drafted,
                         gs.n_accepted, gs.n_drafted ? 100.0 * gs.n_accepted / gs.n_drafted : 0.0,
                         gs.n_decode ? (double)(gs.n_decode + gs.n_accepted) / gs.n_decode : 0.0);
             report_pace(r, &gs, ranks);

@@ -39,6 +39,8 @@ struct run_opts {
     int tp, pp, kv_type, simd, wire, chat, interactive, verify, no_verify;
     int ep; /* --ep: a mixture of experts' experts whole over the tp ranks */
     int lookup; /* shoal run --lookup: most tokens drafted a step by prompt lookup (0: off) */
+    const char *draft_model; /* shoal run --draft-model: rank 0 drafts with it */
+    int draft_max;           /* --draft-max: most tokens it drafts a step */
     double tp_weights[ARGS_MAX_WEIGHTS], pp_weights[ARGS_MAX_WEIGHTS];
     int n_tp_weights, n_pp_weights;
     struct shoal_sampler_params sp;
@@ -83,6 +85,13 @@ struct run {
     double predicted_tok_s;
     struct launch_start start;
     struct bench_state *bench; /* shoal bench: the rows so far (rank 0) */
+    /* rank 0 with --draft-model: the draft model, alone on a backend of its own */
+    struct shoal_gguf *dg;
+    struct shoal_backend *dbe;
+    struct shoal_model *dm;
+    struct shoal_state *dst;
+    struct shoal_tokenizer *dtok;
+    struct shoal_draft *draft;
 };
 
 /*

@@ -171,7 +171,9 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
         int m = 0;
         if (kmax) {
             int room = s->n_ctx - 1 - pos < limit - st->n_gen ? s->n_ctx - 1 - pos : limit - st->n_gen;
-            m = shoal_lookup_propose(hist, (size_t)g.n_hist, ng_min, ng_max, k < room ? k : room, vtok + 1);
+            if (p->draft) SHOAL_TRY_GOTO(shoal_draft_propose(p->draft, hist, g.n_hist, k < room ? k : room, vtok + 1, &m),
+                                         rc, done);
+            else m = shoal_lookup_propose(hist, (size_t)g.n_hist, ng_min, ng_max, k < room ? k : room, vtok + 1);
             vtok[0] = next;
         }
         shoal_seq_batch_set(&sb, m ? vtok : &hist[g.n_hist - 1], 1 + m, pos);

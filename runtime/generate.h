@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "draft.h"
 #include "model.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -39,6 +40,8 @@ struct shoal_gen_params {
      * batch-invariant kernels (shoal_backend_batch_invariant).
      */
     int lookup, lookup_ngram_min, lookup_ngram_max;
+    /* drafts from a draft model (draft.h) instead of prompt lookup, up to lookup a step */
+    struct shoal_draft *draft;
 };
 
 struct shoal_gen_stats {

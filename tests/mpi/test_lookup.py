@@ -1,4 +1,6 @@
-"""Speculative decoding by prompt lookup (`shoal run --lookup N`, issue 22):
+"""Speculative decoding (issue 22), by prompt lookup (`shoal run --lookup N`)
+and with a draft model (`--draft-model FILE`: SmolLM2 Q4_1 drafting for
+itself requantized to Q8_0, the only real pair these machines have):
 greedy decoding with drafts verified several to a step gives one rank's plain
 decoding, id for id and every position's logits byte for byte, in the
 layouts 1x1, tp 2, pp 2 and 2 x 2, on SmolLM2 with a prompt it copies from
@@ -152,3 +154,43 @@ def test_lookup_gemma3_rings(tp, tmp_path):
     h.assert_same_run(f"Gemma 3, --lookup 8, tp {tp}", got, base)
     drafted, accepted = speculated(got[2], f"Gemma 3 tp {tp}")
     assert accepted < drafted, "no draft was rejected"
+
+
+@pytest.fixture(scope="module")
+def smollm2_q8(tmp_path_factory):
+    """SmolLM2 requantized to Q8_0 (shoal quantize): the model the Q4_1 file drafts for."""
+    out = tmp_path_factory.mktemp("draft") / "smollm2-q8_0.gguf"
+    h.run(["quantize", h.smollm2(), out, "Q8_0", "--allow-requantize", "-q"])
+    return out
+
+
+@pytest.mark.parametrize("tp,pp", LAYOUTS)
+def test_draft_model_gives_decodings_tokens_and_logits(tp, pp, smollm2_q8, tmp_path):
+    run = prompt_args("edit", tmp_path) + ["--temp", 0, "-t", 2 if tp * pp == 1 else 1]
+    base = h.layout_run(["-m", smollm2_q8], run, tmp_path, "draft_base")
+    got = h.layout_run(["-m", smollm2_q8], run, tmp_path, f"draft_{tp}x{pp}", np_=tp * pp,
+                       extra=["--draft-model", h.smollm2(), "--draft-max", 6] + layout_args(tp, pp))
+    case = f"--draft-model, tp {tp} x pp {pp}"
+    h.assert_same_run(case, got, base)
+    m = re.search(r"draft model: \d+ of (\d+) decode steps drafted, (\d+) tokens drafted, (\d+) accepted", got[2])
+    assert m, got[2][-2000:]
+    steps, drafted, accepted = (int(x) for x in m.groups())
+    # the same model at 4 bits: most of its drafts are right, some not
+    assert 0.5 * drafted <= accepted < drafted, f"{case}: {accepted} of {drafted} drafts accepted"
+    assert steps < len(base[0]) - 1, f"{case}: {steps} steps"
+
+
+def test_draft_model_needs_the_same_vocabulary(smollm2_q8):
+    p = h.run(["run", "-m", smollm2_q8, "--draft-model", h.testdata("stories260K.gguf"), "-p", "Hi", "-n", 4],
+              check=False)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode != 0 and "stories260K.gguf" in err and "vocabulary" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("args,needle", [(["--draft-max", 4], "--draft-max goes with --draft-model"),
+                                         (["--draft-model", "x.gguf", "--lookup", 4], "not both"),
+                                         (["--draft-model", "/nonexistent/draft.gguf"], "/nonexistent/draft.gguf")])
+def test_draft_model_bad_options(args, needle):
+    p = h.run(["run", "-m", h.smollm2(), "-p", "Hi", "-n", 4] + args, check=False)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode != 0 and needle in err, err[-2000:]
