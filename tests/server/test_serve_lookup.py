@@ -5,6 +5,13 @@ plain greedy text (no drafts), on one rank and on 2 x 2 ranks under mpirun;
 prompts make drafts right (a list the model goes on with, a sentence to
 copy) and wrong (its numbers, the code to edit), so that rejected drafts'
 KV blocks are written over while other requests share the steps.
+
+Sampling: on stories260K, many seeded requests of two tokens with and
+without --lookup, a prompt after which the second token is drafted (the
+first occurred before, followed by a word): the pairs' counts must be one
+distribution (a chi-square test of homogeneity), with drafts both accepted
+and rejected, so that speculative sampling's rule, not greedy acceptance,
+is what keeps the target's distribution.
 """
 from __future__ import annotations
 
@@ -79,3 +86,70 @@ def test_serve_lookup_bad_values():
         p = h.run(["serve", "-m", h.smollm2(), "--port", 0] + args, check=False, timeout=60)
         err = p.stderr.decode(errors="replace")
         assert p.returncode == 2 and needle in err, err[-2000:]
+
+
+SAMPLED = 1200
+PAIR_PROMPT = "the cat sat on the mat. the dog sat on the rug. the cat sat on the rug. the dog sat on the mat. the"
+
+
+def pair_counts(lookup, seed0, np_=1):
+    """SAMPLED two-token completions of PAIR_PROMPT seeded seed0.. (temperature 2, top-k 3: the
+    draft is likely, not sure): their counts by pair, and the server's drafted and accepted totals."""
+    model = h.testdata("stories260K.gguf")
+    s = Server(["-m", model, "--model-id", "m", "--parallel", 8, "-t", 1] + (["--lookup", lookup] if lookup else []),
+               np_=np_)
+    counts = {}
+    try:
+        seeds = list(range(seed0, seed0 + SAMPLED))
+        got = [None] * SAMPLED
+
+        def one(i, seed):
+            body = json.dumps({"model": "m", "prompt": PAIR_PROMPT, "max_tokens": 2, "temperature": 2.0,
+                               "top_k": 3, "top_p": 1.0, "min_p": 0.0, "seed": seed}).encode()
+            req = urllib.request.Request(s.url + "/v1/completions", body, {"Content-Type": "application/json"})
+            got[i] = json.loads(urllib.request.urlopen(req, timeout=60).read())["choices"][0]["text"]
+
+        for k in range(0, SAMPLED, 8):  # eight at a time: the batch's sequences
+            assert at_once(seeds[k:k + 8], lambda i, seed: one(k + i, seed)) == []
+        for g in got:
+            counts[g] = counts.get(g, 0) + 1
+        drafted = metric(s.url, "shoal_spec_draft_tokens_total")
+        accepted = metric(s.url, "shoal_spec_accepted_tokens_total")
+    finally:
+        assert s.stop() == 0
+    return counts, drafted, accepted
+
+
+def test_serve_lookup_sampling_keeps_the_distribution():
+    # other seeds for each: draws of one seed share their first numbers, which would make the two
+    # samples alike whatever the rule
+    plain, _, _ = pair_counts(0, 0)
+    spec, drafted, accepted = pair_counts(4, 1 << 20)
+    assert 0 < accepted < drafted, f"{accepted} of {drafted} drafts accepted: the rule's two ways did not both run"
+    assert drafted >= SAMPLED // 2, f"only {drafted} drafts for {SAMPLED} requests"
+    # chi-square test of homogeneity over the pairs (rare ones pooled), at p = 0.001
+    keys = sorted(set(plain) | set(spec), key=lambda k: -(plain.get(k, 0) + spec.get(k, 0)))
+    cells, rest = [], [0, 0]
+    for k in keys:
+        a, b = plain.get(k, 0), spec.get(k, 0)
+        if a + b >= 20:
+            cells.append((a, b))
+        else:
+            rest[0] += a
+            rest[1] += b
+    if sum(rest):
+        cells.append(tuple(rest))
+    assert len(cells) >= 3, f"too few pairs to compare: {plain}"
+    n_a, n_b = sum(c[0] for c in cells), sum(c[1] for c in cells)
+    chi2 = 0.0
+    for a, b in cells:
+        tot = a + b
+        for obs, n in ((a, n_a), (b, n_b)):
+            exp = tot * n / (n_a + n_b)
+            chi2 += (obs - exp) ** 2 / exp
+    df = len(cells) - 1
+    # the chi-square distribution's 0.999 quantile (Wilson-Hilferty), for df cells
+    z = 3.0902
+    crit = df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+    assert chi2 < crit, f"pairs with --lookup differ from without: chi2 {chi2:.1f} > {crit:.1f} (df {df})\n" \
+                        f"plain {plain}\nlookup {spec}"
