@@ -154,9 +154,9 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         { "--logits-out", 0, OPT_STR, &o->logits_path, "FILE", "write every position's logits as text (for tests)" },
         { "--logits-f32", 0, OPT_FLAG, &o->logits_f32, NULL, "with --logits-out: raw little-endian float32 rows, one per position in order, instead of text" },
         { "--ids-out", 0, OPT_STR, &o->ids_path, "FILE", "write the prompt's ids (after BOS) and the generated ids, on one line" },
-        { "--draft-model", 0, OPT_STR, &o->draft_model, "FILE", "speculative decoding with a draft model: a smaller GGUF with the same vocabulary that rank 0 runs alone, proposing its best next tokens, which the model verifies in one forward pass a step; the same text as without; needs batch-invariant kernels" },
+        { "--draft-model", 0, OPT_STR, &o->draft_model, "FILE", "speculative decoding with a draft model: a smaller GGUF with the same vocabulary that rank 0 runs alone, proposing its best next tokens, which the model verifies in one forward pass a step; the same text as without; needs batch-invariant kernels: the CPU backend's, not yet CUDA's" },
         { "--draft-max", 0, OPT_INT, &o->draft_max, "N", "with --draft-model: most tokens it drafts a step (default 8)" },
-        { "--lookup", 0, OPT_INT, &o->lookup, "N", "speculative decoding by prompt lookup: each step drafts up to N tokens from the text so far (where its last 1-3 tokens occurred before, what followed them) and verifies them in one forward pass; the same text as without, more tokens a step where text repeats (code edits, quotes, summaries); needs batch-invariant kernels (the CPU's scalar and avx512) (default 0: off)" },
+        { "--lookup", 0, OPT_INT, &o->lookup, "N", "speculative decoding by prompt lookup: each step drafts up to N tokens from the text so far (where its last 1-3 tokens occurred before, what followed them) and verifies them in one forward pass; the same text as without, more tokens a step where text repeats (code edits, quotes, summaries); needs batch-invariant kernels: the CPU backend's, not yet CUDA's (default 0: off)" },
         OPT_END,
     };
     const struct opt serve_only[] = {
@@ -177,7 +177,7 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         { "--drain-timeout", 0, OPT_FLOAT, &o->drain_seconds, "S", "after SIGTERM, seconds in-flight requests may take before they are cut (default 30)" },
         { "--header-timeout", 0, OPT_FLOAT, &o->header_seconds, "S", "seconds a connection has to send a request's headers, from its opening or its last answer; a slower one is closed, however slowly bytes still come (default 30)" },
         { "--body-timeout", 0, OPT_FLOAT, &o->body_seconds, "S", "seconds a request has to send its body once its headers are in (default 60)" },
-        { "--lookup", 0, OPT_INT, &o->lookup, "N", "speculative decoding by prompt lookup, as shoal run's: each decoding request's step drafts up to N tokens from its own text and verifies them at once; the same text as without; needs batch-invariant kernels and -b of --parallel x (1 + N) (default 0: off)" },
+        { "--lookup", 0, OPT_INT, &o->lookup, "N", "speculative decoding by prompt lookup, as shoal run's: each decoding request's step drafts up to N tokens from its own text and verifies them at once; the same text as without; needs batch-invariant kernels (the CPU backend's, not yet CUDA's) and -b of --parallel x (1 + N) (default 0: off)" },
         { "--parse-special", 0, OPT_FLAG, &o->parse_special, NULL, "special tokens written in a request's text (a prompt, a message) are control tokens, as llama.cpp's server has them; default: a request's text is text, and only the chat template's own markers are special" },
         OPT_END,
     };
@@ -758,7 +758,7 @@ static shoal_status load(struct run *r) {
     if (r->o.lookup && !shoal_backend_batch_invariant(r->be))
         return shoal_errorf(SHOAL_INVALID, "--lookup: rank %d computes on %s, whose kernels give a token other "
                             "bits in a batch than alone, so speculative steps would not give the text that "
-                            "decoding gives (CPU ranks: --simd avx512 or scalar; GPU ranks: not yet)",
+                            "decoding gives (the CPU backend's kernels are batch-invariant, CUDA's not yet: --device cpu)",
                             r->rank, r->dev_desc[0] ? r->dev_desc : "this backend");
     SHOAL_TRY(shoal_state_create(&r->st, r->m, &stp));
     if (r->rank == 0 && r->o.draft_model) SHOAL_TRY(load_draft(r));

@@ -339,7 +339,7 @@ int main(void) {
                 { 9, 256, 1, 128 }, { 9, 256, 3, 96 }, { 5, 1184, 2, 32 }, { 17, 352, 1, 160 },
                 { 7, 4096, 1, 2080 }, { 33, 224, 7, 192 }, { 4, 64, 5, 32 },
             };
-            static const int tiles[][3] = { { 37, 172, 13 }, { 9, 1184, 8 }, { 70, 96, 3 } };
+            static const int tiles[][3] = { { 37, 172, 13 }, { 9, 1184, 8 }, { 70, 96, 3 }, { 19, 768, 11 } };
             const struct cpu_kernels *k = simd == SHOAL_SIMD_SCALAR ? &shoal_cpu_kernels_scalar
 #if defined(SHOAL_X86)
                                           : simd == SHOAL_SIMD_AVX2 ? &shoal_cpu_kernels_avx2
@@ -347,12 +347,13 @@ int main(void) {
 #else
                                                                     : NULL;
 #endif
-            for (size_t ti = 0; k && k->batch_invariant && ti < sizeof types / sizeof *types; ti++)
-                for (size_t si = 0; si < sizeof tiles / sizeof *tiles; si++)
-                    if (shoal_dtype_row_bytes(types[ti], tiles[si][1]))
+            /* every type the level computes and shoal can make weights of (the K-quants at 768 columns) */
+            for (int type = 0; k && k->batch_invariant && type < SHOAL_DTYPE_MAX; type++)
+                for (size_t si = 0; k->mm[type] && shoal_can_quantize(type) && si < sizeof tiles / sizeof *tiles; si++)
+                    if (shoal_dtype_row_bytes(type, tiles[si][1]))
                         for (int run = 0; run <= 64; run += 64)
-                            run_invariance_case(be, shoal_cpu_simd_name(simd), types[ti], tiles[si][0],
-                                                tiles[si][1], tiles[si][2], run);
+                            run_invariance_case(be, shoal_cpu_simd_name(simd), type, tiles[si][0], tiles[si][1],
+                                                tiles[si][2], run);
             for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++)
                 for (size_t si = 0; si < sizeof splits / sizeof *splits; si++) {
                     run_split_case(be, shoal_cpu_simd_name(simd), types[ti], splits[si][0],
