@@ -360,6 +360,9 @@ int cmd_plan(int argc, char **argv) {
     struct shoal_offload_plan *off = NULL; /* (tp * pp) of the shown layout, with --device-mem */
     struct shoal_layout_cost given = { 0 }; /* --tp-weights/--pp-weights: the layout shown */
     uint64_t mem_per_rank = 0;
+    int spec_k = 0;
+    float spec_accept = 0.6f, spec_draft_ms = 0;
+    struct shoal_spec_gain spec = { 0 };
     const struct opt opts[] = {
         { "--model", 'm', OPT_STR, &model, "FILE", "GGUF model (default: the default model, as shoal run)" },
         { "--hosts", 0, OPT_STR, &hosts_path, "FILE", "the hosts: ranks, memory, bandwidth, links (see below)" },
@@ -383,6 +386,9 @@ int cmd_plan(int argc, char **argv) {
         { "--offload-group", 0, OPT_INT, &group, "G", "with --device-mem: the shown layout's ranks replicated G times (shoal run --offload-group), each holding 1/G of every streamed layer and copying only that" },
         { "--probe-cluster", 0, OPT_STR, &probe_out, "FILE", "under mpirun, with the ranks of the run: measure the hosts they run on and the links between them (what shoal run does when given no --tp/--pp), write that host file to FILE to keep and edit, and plan on it" },
         { "--threads", 't', OPT_INT, &threads, "N", "threads each rank runs (shoal run -t; default: a host's cores / its ranks)" },
+        { "--spec-draft", 0, OPT_INT, &spec_k, "K", "speculative decoding (shoal run --lookup K, or --draft-model with --draft-max K): the shown layout's decoding with K tokens drafted a step" },
+        { "--spec-accept", 0, OPT_FLOAT, &spec_accept, "A", "with --spec-draft: the chance that a draft is accepted once the one before it was (shoal run -v says how many were; default 0.6)" },
+        { "--spec-draft-ms", 0, OPT_FLOAT, &spec_draft_ms, "T", "with --spec-draft: a draft model's milliseconds a token on rank 0 (default 0: prompt lookup, whose drafts cost nothing)" },
         { "--json", 0, OPT_FLAG, &json, NULL, "print JSON (for scripts) instead of tables" },
         OPT_END,
     };
@@ -417,6 +423,10 @@ int cmd_plan(int argc, char **argv) {
     if (threads < 0 || threads > SHOAL_HOSTS_MAX_RANKS) USAGE("shoal plan: --threads must be 1..%d\n", SHOAL_HOSTS_MAX_RANKS);
     if (probe_out && (membw_s || corebw_s || cores))
         USAGE("shoal plan: --probe-cluster measures bandwidth and cores; leave out --membw, --corebw and --cores\n");
+    if (spec_k < 0 || spec_k > 64 || !(spec_accept >= 0 && spec_accept <= 1) || !(spec_draft_ms >= 0))
+        USAGE("shoal plan: --spec-draft must be 1..64, --spec-accept 0..1, --spec-draft-ms >= 0\n");
+    if (!spec_k && (spec_accept != 0.6f || spec_draft_ms != 0))
+        USAGE("shoal plan: --spec-accept and --spec-draft-ms go with --spec-draft K\n");
     if (ranks < 0 || n_ctx < 0 || n_batch < 1 || cores < 0 || tp < 0 || pp < 0)
         USAGE("shoal plan: --ranks, -c, -b, --cores, --tp and --pp must be positive\n");
     if (mem_per_rank && hosts_path) USAGE("shoal plan: --mem-per-rank goes with --ranks; a host file says mem=\n");
@@ -523,6 +533,15 @@ int cmd_plan(int argc, char **argv) {
         if (n_ppw) memcpy(given.pp_weights, ppw, sizeof *ppw * (size_t)pp);
         show = &given;
     }
+    if (spec_k) { /* the shown layout, speculating */
+        struct shoal_plan *sp = NULL;
+        const struct shoal_plan_params spp = { .tp = show->tp, .pp = show->pp, .ep = show->ep,
+                                               .tp_weights = show->tp_weights, .pp_weights = show->pp_weights };
+        SHOAL_TRY_GOTO(shoal_plan_make(&sp, &shape, &spp), rc, fail);
+        rc = shoal_cost_speculation(&shape, sp, &topo, &cp, spec_k, spec_accept, spec_draft_ms / 1e3, &spec);
+        shoal_plan_destroy(sp);
+        if (rc != SHOAL_OK) goto fail;
+    }
     double weights = 0;
     for (int64_t i = 0; i < g->n_tensors; i++) weights += (double)g->tensors[i].nbytes;
     /* offload of the shown layout's ranks under --device-mem */
@@ -580,6 +599,17 @@ int cmd_plan(int argc, char **argv) {
                 cJSON_AddItemToArray(oa, e);
             }
         }
+        if (spec_k) {
+            cJSON *e = cJSON_AddObjectToObject(o, "speculation"); /* the shown layout's */
+            cJSON_AddNumberToObject(e, "drafts", spec_k);
+            cJSON_AddNumberToObject(e, "accept", spec_accept);
+            cJSON_AddNumberToObject(e, "draft_ms", spec_draft_ms);
+            cJSON_AddNumberToObject(e, "tokens_per_step", spec.tokens_per_step);
+            cJSON_AddNumberToObject(e, "step_ms", spec.step_s * 1e3);
+            cJSON_AddNumberToObject(e, "decode_tok_s", spec.tok_s);
+            cJSON_AddNumberToObject(e, "plain_decode_tok_s", spec.plain_tok_s);
+            cJSON_AddNumberToObject(e, "speedup", spec.speedup);
+        }
         cJSON *ls = cJSON_AddArrayToObject(o, "layouts");
         for (int i = 0; i < n_all; i++) cJSON_AddItemToArray(ls, json_cost(&all[i]));
         char *s = cJSON_Print(o);
@@ -632,6 +662,15 @@ int cmd_plan(int argc, char **argv) {
                            mib(b[1], 32, (double)off[r].gather_bytes), mib(b[2], 32, (double)off[r].host_bytes));
                 printf("\n");
             }
+        }
+        if (spec_k) {
+            char dr[64] = "";
+            if (spec_draft_ms > 0) snprintf(dr, sizeof dr, ", after %d drafts of %.2f ms", spec_k, spec_draft_ms);
+            printf("\nspeculative decoding, tp %d x pp %d, %d tokens drafted a step, each accepted at %.2f once the one "
+                   "before was: %.2f tokens a step of %.2f ms (%d tokens' compute and bytes%s): predicted %.1f "
+                   "tokens/s, %.2fx the %.1f without\n", show->tp, show->pp, spec_k, spec_accept,
+                   spec.tokens_per_step, spec.step_s * 1e3, spec_k + 1, dr, spec.tok_s, spec.speedup,
+                   spec.plain_tok_s);
         }
         printf("\n");
         shoal_cost_print_assumptions(stdout, !no_probe);

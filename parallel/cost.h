@@ -46,6 +46,7 @@ struct shoal_cost_params {
     double meta_bytes;      /* the model file's header every rank parses (and its index) */
     double tokenizer_bytes; /* rank 0's tokenizer (vocabulary and merges in tables) */
     double decode_fill;     /* the part of the cache a decoded token reads, on average (0..1) */
+    int step_tokens;        /* tokens a decode step carries: 1 (0 too), or a speculative step's 1 + drafts */
     int threads;            /* threads each rank runs (shoal run -t), or 0: a host's cores / its ranks */
     /*
      * Measured compute, or NULL for bytes over bandwidth alone: the seconds
@@ -96,6 +97,22 @@ shoal_status shoal_cost_layout(const struct shoal_model_shape *m, const struct s
                                const struct shoal_topology *topo, const struct shoal_cost_params *p,
                                struct shoal_layout_cost *c);
 void shoal_layout_cost_free(struct shoal_layout_cost *c);
+
+/*
+ * Speculative decoding on plan (shoal run --lookup, --draft-model): k tokens
+ * drafted a step, each accepted with probability accept once the one before
+ * it was, so a step gives 1 + accept + ... + accept^k tokens; a step carries
+ * k + 1 tokens (shoal_cost_params.step_tokens: its compute and its messages'
+ * bytes grow, its latencies do not), after k drafts of draft_s seconds each
+ * on rank 0 (a draft model; 0 for prompt lookup).
+ */
+struct shoal_spec_gain {
+    double tokens_per_step, step_s, tok_s; /* with speculation */
+    double plain_tok_s, speedup;           /* without, and tok_s over it */
+};
+shoal_status shoal_cost_speculation(const struct shoal_model_shape *m, const struct shoal_plan *plan,
+                                    const struct shoal_topology *topo, const struct shoal_cost_params *p, int k,
+                                    double accept, double draft_s, struct shoal_spec_gain *g);
 
 /*
  * Every layout of topo's ranks that the model can be split into, costed;

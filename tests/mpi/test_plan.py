@@ -229,3 +229,29 @@ def test_probe_cluster_on_one_machine(tmp_path):
     err = r.stderr.decode()
     assert "the cluster, measured in" in err and "ranks of one host" in err, err
     assert re.search(r"rank 1 \(stage \d, tp \d\): a decode token [\d.]+ ms computing, [\d.]+ ms waiting", err), err
+
+
+def test_speculation_prediction(tmp_path):
+    """--spec-draft K --spec-accept A: the shown layout's prediction with K drafts a step, its
+    tokens a step 1 + A + ... + A^K, its gain that prediction over the plain one; a draft
+    model's time makes the step longer; bad values are usage errors."""
+    hosts = tmp_path / "lan.txt"
+    hosts.write_text("host a ranks=1 mem=8G\nhost b ranks=1 mem=8G\nlink * * bw=1Gbit/s lat=1ms\n")
+    model = h.testdata("stories260K.gguf")
+    base = ["--hosts", hosts, "--tp", 2, "--pp", 1, "-t", 1]
+    _, plain = plan_json(model, *base)
+    _, d = plan_json(model, *base, "--spec-draft", 4, "--spec-accept", 0.5)
+    s = d["speculation"]
+    assert s["tokens_per_step"] == pytest.approx(1.9375)
+    assert s["plain_decode_tok_s"] == pytest.approx(plain["shown"]["decode_tok_s"])
+    assert s["speedup"] == pytest.approx(s["decode_tok_s"] / s["plain_decode_tok_s"])
+    # a tiny model on 1 ms links: the step is its latencies, nearly whatever it carries
+    assert 1.4 < s["speedup"] < 1.9375
+    _, dm = plan_json(model, *base, "--spec-draft", 4, "--spec-accept", 0.5, "--spec-draft-ms", 5)
+    assert dm["speculation"]["step_ms"] == pytest.approx(s["step_ms"] + 20, rel=1e-6)
+    text = h.run(["plan", "-m", model] + FIXED + base + ["--spec-draft", 4]).stdout.decode()
+    assert re.search(r"speculative decoding, tp 2 x pp 1, 4 tokens drafted a step, each accepted at 0\.60", text), text
+    for bad in (["--spec-draft", 0, "--spec-accept", 0.5], ["--spec-draft", 4, "--spec-accept", 1.5],
+                ["--spec-draft", 65]):
+        p = h.run(["plan", "-m", model] + FIXED + base + [str(x) for x in bad], check=False)
+        assert p.returncode == 2 and b"--spec" in p.stderr, p.stderr.decode()

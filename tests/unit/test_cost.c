@@ -472,7 +472,59 @@ static void test_measured_hosts(void) {
     }
 }
 
+/*
+ * Speculation's prediction: tokens a step 1 + a + ... + a^k; a step of k + 1
+ * tokens costs more than one token's (compute and bytes) but less than k + 1
+ * steps; on a LAN whose latency dominates, the gain nears the tokens a step;
+ * drafts that are never accepted lose; a draft model's time counts.
+ */
+static void test_speculation(void) {
+    struct shoal_model_shape m = shape7b();
+    struct shoal_cost_params p = params();
+    struct shoal_topology t;
+    CHECK_OK(shoal_hosts_parse("host a ranks=1 mem=64G\nhost b ranks=1 mem=64G\nlink * * bw=10Gbit/s lat=1ms\n", "h.txt",
+                               &machine, &t));
+    struct shoal_plan *plan = make(&m, 2, 1);
+    struct shoal_layout_cost one;
+    CHECK_OK(shoal_cost_layout(&m, plan, &t, &p, &one));
+    struct shoal_spec_gain g, none, all, slow;
+    CHECK_OK(shoal_cost_speculation(&m, plan, &t, &p, 4, 0.5, 0, &g));
+    CHECK(near(g.tokens_per_step, 1 + 0.5 + 0.25 + 0.125 + 0.0625, 1e-12), "tokens a step %g", g.tokens_per_step);
+    CHECK(near(g.plain_tok_s, one.tok_s, 1e-12), "plain %g against %g", g.plain_tok_s, one.tok_s);
+    CHECK(g.step_s > 1 / one.tok_s && g.step_s < 5 / one.tok_s, "a step of 5 tokens %g s, one token's %g", g.step_s,
+          1 / one.tok_s);
+    CHECK(near(g.tok_s, g.tokens_per_step / g.step_s, 1e-12) && near(g.speedup, g.tok_s / one.tok_s, 1e-12),
+          "tok/s %g, speedup %g", g.tok_s, g.speedup);
+    CHECK(g.speedup > 1.1 && g.speedup < g.tokens_per_step, "tp 2 over 1 ms, 10 Gbit links: %.2fx of %.2f tokens a step",
+          g.speedup, g.tokens_per_step);
+    { /* links of 20 ms: the latency is the step, whatever it carries */
+        struct shoal_topology far;
+        struct shoal_spec_gain f;
+        CHECK_OK(shoal_hosts_parse("host a ranks=1 mem=64G\nhost b ranks=1 mem=64G\nlink * * bw=10Gbit/s lat=20ms\n",
+                                   "h.txt", &machine, &far));
+        CHECK_OK(shoal_cost_speculation(&m, plan, &far, &p, 4, 0.5, 0, &f));
+        CHECK(f.speedup > 0.85 * f.tokens_per_step && f.speedup > g.speedup, "20 ms links: %.2fx of %.2f tokens a step",
+              f.speedup, f.tokens_per_step);
+        shoal_topology_free(&far);
+    }
+    CHECK_OK(shoal_cost_speculation(&m, plan, &t, &p, 4, 0, 0, &none));
+    CHECK(none.tokens_per_step == 1 && none.speedup < 1, "no draft accepted: %.2fx", none.speedup);
+    CHECK_OK(shoal_cost_speculation(&m, plan, &t, &p, 4, 1, 0, &all));
+    CHECK(all.tokens_per_step == 5 && all.speedup > g.speedup, "every draft accepted: %.2f tokens, %.2fx",
+          all.tokens_per_step, all.speedup);
+    CHECK_OK(shoal_cost_speculation(&m, plan, &t, &p, 4, 0.5, 0.01, &slow));
+    CHECK(near(slow.step_s, g.step_s + 0.04, 1e-9), "4 drafts of 10 ms: a step of %g s, %g without", slow.step_s,
+          g.step_s);
+    CHECK(shoal_cost_speculation(&m, plan, &t, &p, 0, 0.5, 0, &g) == SHOAL_INVALID &&
+              shoal_cost_speculation(&m, plan, &t, &p, 4, 1.5, 0, &g) == SHOAL_INVALID,
+          "bad speculation accepted");
+    shoal_layout_cost_free(&one);
+    shoal_plan_destroy(plan);
+    shoal_topology_free(&t);
+}
+
 int main(void) {
+    test_speculation();
     test_measured_hosts();
     test_units();
     test_hosts();
