@@ -178,6 +178,8 @@ static int parse_opts(int argc, char **argv, int loud, int mode, struct run_opts
         { "--header-timeout", 0, OPT_FLOAT, &o->header_seconds, "S", "seconds a connection has to send a request's headers, from its opening or its last answer; a slower one is closed, however slowly bytes still come (default 30)" },
         { "--body-timeout", 0, OPT_FLOAT, &o->body_seconds, "S", "seconds a request has to send its body once its headers are in (default 60)" },
         { "--lookup", 0, OPT_INT, &o->lookup, "N", "speculative decoding by prompt lookup, as shoal run's: each decoding request's step drafts up to N tokens from its own text and verifies them at once; the same text as without; needs batch-invariant kernels (the CPU backend's, not yet CUDA's) and -b of --parallel x (1 + N) (default 0: off)" },
+        { "--draft-model", 0, OPT_STR, &o->draft_model, "FILE", "speculative decoding with a draft model, as shoal run's: rank 0 runs it on every decoding request's text (its own paged cache), greedy, and each step verifies its drafts; the same text as without; needs batch-invariant kernels" },
+        { "--draft-max", 0, OPT_INT, &o->draft_max, "N", "with --draft-model: most tokens it drafts a request's step (default 8)" },
         { "--parse-special", 0, OPT_FLAG, &o->parse_special, NULL, "special tokens written in a request's text (a prompt, a message) are control tokens, as llama.cpp's server has them; default: a request's text is text, and only the chat template's own markers are special" },
         OPT_END,
     };
@@ -712,10 +714,12 @@ static shoal_status load_draft(struct run *r) {
     }
     SHOAL_TRY(shoal_model_load(&r->dm, r->dg, be, NULL));
     SHOAL_TRY(shoal_tokenizer_create(&r->dtok, r->dg));
-    struct shoal_state_params stp = { .n_ctx = o->n_ctx, .n_batch = o->n_batch, .n_outputs = 1,
-                                      .kv_type = o->kv_type, .rings = 1 };
+    /* shoal serve's scheduler drives its state itself (a row a sequence, rings for each) */
+    struct shoal_state_params stp = { .n_ctx = o->n_ctx, .n_batch = o->n_batch, .n_outputs = o->serve ? o->parallel : 1,
+                                      .kv_type = o->kv_type, .rings = o->serve ? o->parallel : 1 };
     SHOAL_TRY(shoal_state_create(&r->dst, r->dm, &stp));
-    SHOAL_TRY(shoal_draft_create(&r->draft, r->dst, r->dtok, o->draft_model, r->tok, o->model));
+    if (o->serve) SHOAL_TRY(shoal_draft_same_vocab(r->dtok, o->draft_model, r->tok, o->model));
+    else SHOAL_TRY(shoal_draft_create(&r->draft, r->dst, r->dtok, o->draft_model, r->tok, o->model));
     if (!o->quiet) {
         char w[32];
         fprintf(stderr, "shoal: draft model %s (%s, %d layers, %s), up to %d tokens a step\n", o->draft_model,

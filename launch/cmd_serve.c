@@ -81,7 +81,8 @@ int serve_lead(struct run *r) {
     struct shoal_sched *sc = NULL;
     struct shoal_server *srv = NULL;
     struct shoal_sched_params sp = { .block_size = o->block_size, .max_seqs = o->parallel,
-                                     .chunk = o->prompt_chunk, .max_pos = max_pos, .lookup = o->lookup };
+                                     .chunk = o->prompt_chunk, .max_pos = max_pos, .lookup = o->lookup,
+                                     .draft = r->dst };
     shoal_status rc = shoal_sched_create(&sc, r->st, &sp);
     struct shoal_server_params p = {
         .host = o->host ? o->host : "127.0.0.1", .port = o->port, .api_key = o->api_key, .model_id = id,

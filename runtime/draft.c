@@ -20,8 +20,8 @@ struct shoal_draft {
     uint64_t steps, tokens;
 };
 
-static shoal_status same_vocab(const struct shoal_tokenizer *a, const char *pa, const struct shoal_tokenizer *b,
-                               const char *pb) {
+shoal_status shoal_draft_same_vocab(const struct shoal_tokenizer *a, const char *pa, const struct shoal_tokenizer *b,
+                                    const char *pb) {
     const int na = shoal_tokenizer_n_vocab(a), nb = shoal_tokenizer_n_vocab(b);
     if (na != nb)
         return shoal_errorf(SHOAL_INVALID, "the draft model %s has %d tokens, the model %s %d: a draft model "
@@ -41,7 +41,7 @@ shoal_status shoal_draft_create(struct shoal_draft **out, struct shoal_state *st
                                 const struct shoal_tokenizer *draft_tok, const char *draft_path,
                                 const struct shoal_tokenizer *target_tok, const char *target_path) {
     *out = NULL;
-    SHOAL_TRY(same_vocab(draft_tok, draft_path, target_tok, target_path));
+    SHOAL_TRY(shoal_draft_same_vocab(draft_tok, draft_path, target_tok, target_path));
     struct shoal_draft *d = calloc(1, sizeof *d);
     if (!d) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     d->st = st;

@@ -16,6 +16,10 @@
 
 struct shoal_draft;
 
+/* SHOAL_INVALID, naming both files and the first token that differs, unless the vocabularies are one. */
+shoal_status shoal_draft_same_vocab(const struct shoal_tokenizer *draft_tok, const char *draft_path,
+                                    const struct shoal_tokenizer *target_tok, const char *target_path);
+
 /*
  * A drafter over state st (the draft model's: one rank, no distribution;
  * the drafter does not own it). SHOAL_INVALID, naming both files, unless

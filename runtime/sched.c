@@ -21,6 +21,11 @@ struct seq {
     int n_draft;     /* this step: of them, drafted (lookup), after its last token */
     int k;           /* lookup: drafts it asks for next (adapts to what it accepts) */
     int out_row;     /* this step: its first output row */
+    /* a draft model's cache: the positions of toks it holds, its blocks; this step's drafts'
+     * first position (n_toks when drafted), and how many it wants */
+    int d_past, d_base, d_want, d_catch; /* (d_catch: this step's tokens to catch up with) */
+    int32_t *d_blocks;
+    int n_dblocks;
     int cancelled;
     struct shoal_sampler *smp;
     struct shoal_sampler_params sp;
@@ -49,6 +54,13 @@ struct shoal_sched {
     struct shoal_sampler_params *meta_sp;
     struct shoal_step_meta meta;
     float *logits;        /* (max_seqs x (1 + lookup), n_vocab) */
+    /* the draft model's (p.draft): its free blocks, a step's batch, its rows of logits */
+    struct shoal_state *ds;
+    int d_n_free;
+    int32_t *d_free, *d_tok, *d_pos, *d_seqi, *d_slot, *d_table, *d_ringi;
+    struct seq **d_seq;   /* (max_seqs) the draft step's sequences, in row order */
+    float *d_logits;      /* (max_seqs, n_vocab) */
+    struct shoal_sampler *d_greedy;
     struct shoal_sched_stats st;
     double last_contact;  /* when the other ranks last heard from this one (a step or a ping) */
     struct shoal_rank_pace *pace; /* shoal_sched_pace's: every rank's, as last gathered */
@@ -78,6 +90,12 @@ shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
     if (s->ring && q.max_seqs > s->n_rings)
         return shoal_errorf(SHOAL_INVALID, "%d sequences at once: the state's windowed layers have rings for %d",
                             q.max_seqs, s->n_rings);
+    const struct shoal_state *ds = q.draft;
+    if (ds && (q.lookup < 1 || ds->n_ctx != s->n_ctx || ds->n_outputs < q.max_seqs || ds->m->hp.n_vocab != s->m->hp.n_vocab ||
+               (ds->ring && ds->n_rings < q.max_seqs) || ds->dist))
+        return shoal_errorf(SHOAL_INVALID, "the draft model's state does not match the model's (context %d against %d, "
+                            "%d output rows for %d sequences, vocabulary %d against %d)", ds->n_ctx, s->n_ctx,
+                            ds->n_outputs, q.max_seqs, ds->m->hp.n_vocab, s->m->hp.n_vocab);
     struct shoal_sched *sc = calloc(1, sizeof *sc);
     if (!sc) return shoal_errorf(SHOAL_NOMEM, "out of memory");
     sc->s = s;
@@ -98,6 +116,29 @@ shoal_status shoal_sched_create(struct shoal_sched **out, struct shoal_state *s,
     sc->meta = (struct shoal_step_meta){ sc->meta_id, sc->meta_sp };
     sc->free_rings = malloc((size_t)q.max_seqs * sizeof *sc->free_rings);
     sc->ringi = malloc((size_t)q.max_seqs * sizeof *sc->ringi);
+    if (ds) {
+        const size_t dnb = (size_t)ds->n_batch;
+        sc->ds = q.draft;
+        sc->d_free = malloc((size_t)sc->n_blocks * sizeof *sc->d_free);
+        sc->d_tok = malloc(dnb * 4 * sizeof(int32_t));
+        sc->d_table = malloc((size_t)q.max_seqs * sc->table_cap * sizeof(int32_t));
+        sc->d_ringi = malloc((size_t)q.max_seqs * sizeof *sc->d_ringi);
+        sc->d_seq = calloc((size_t)q.max_seqs, sizeof *sc->d_seq);
+        sc->d_logits = malloc((size_t)q.max_seqs * sc->n_vocab * sizeof(float));
+        struct shoal_sampler_params gp;
+        shoal_sampler_defaults(&gp);
+        gp.temp = 0;
+        if (shoal_sampler_create(&sc->d_greedy, &gp, sc->n_vocab) != SHOAL_OK || !sc->d_free || !sc->d_tok ||
+            !sc->d_table || !sc->d_ringi || !sc->d_seq || !sc->d_logits) {
+            shoal_sched_destroy(sc);
+            return shoal_errorf(SHOAL_NOMEM, "out of memory for the scheduler's draft model");
+        }
+        sc->d_pos = sc->d_tok + dnb;
+        sc->d_seqi = sc->d_pos + dnb;
+        sc->d_slot = sc->d_seqi + dnb;
+        for (int b = 0; b < sc->n_blocks; b++) sc->d_free[b] = sc->n_blocks - 1 - b;
+        sc->d_n_free = sc->n_blocks;
+    }
     if (!sc->free_blocks || !sc->run || !sc->out_seq || !sc->tok || !sc->table || !sc->logits || !sc->meta_id ||
         !sc->meta_sp || !sc->free_rings || !sc->ringi) {
         shoal_sched_destroy(sc);
@@ -121,6 +162,7 @@ static void seq_free(struct seq *q) {
     shoal_sampler_destroy(q->smp);
     free(q->toks);
     free(q->blocks);
+    free(q->d_blocks);
     free(q);
 }
 
@@ -128,6 +170,9 @@ static void give_back(struct shoal_sched *sc, struct seq *q) {
     for (int b = q->n_blocks - 1; b >= 0; b--) sc->free_blocks[sc->n_free++] = q->blocks[b];
     q->n_blocks = 0;
     q->n_past = 0;
+    for (int b = q->n_dblocks - 1; b >= 0; b--) sc->d_free[sc->d_n_free++] = q->d_blocks[b];
+    q->n_dblocks = 0;
+    q->d_past = 0;
     if (q->ring >= 0) sc->free_rings[sc->n_free_rings++] = q->ring;
     q->ring = -1;
 }
@@ -158,6 +203,13 @@ void shoal_sched_destroy(struct shoal_sched *sc) {
     free(sc->meta_sp);
     free(sc->free_rings);
     free(sc->ringi);
+    free(sc->d_free);
+    free(sc->d_tok);
+    free(sc->d_table);
+    free(sc->d_ringi);
+    free(sc->d_seq);
+    free(sc->d_logits);
+    shoal_sampler_destroy(sc->d_greedy);
     free(sc);
 }
 
@@ -182,7 +234,8 @@ shoal_status shoal_sched_add(struct shoal_sched *sc, const int32_t *prompt, int 
     q->cap = (int)cap;
     q->toks = malloc((size_t)q->cap * sizeof *q->toks);
     q->blocks = malloc((size_t)sc->table_cap * sizeof *q->blocks);
-    shoal_status rc = q->toks && q->blocks ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of memory");
+    q->d_blocks = sc->ds ? malloc((size_t)sc->table_cap * sizeof *q->d_blocks) : NULL;
+    shoal_status rc = q->toks && q->blocks && (!sc->ds || q->d_blocks) ? SHOAL_OK : shoal_errorf(SHOAL_NOMEM, "out of memory");
     if (rc == SHOAL_OK) rc = shoal_sampler_create(&q->smp, sp, sc->n_vocab);
     if (rc != SHOAL_OK) {
         seq_free(q);
@@ -301,7 +354,116 @@ static int plan_feed(struct shoal_sched *sc, int i, int budget) {
  * most its k, no more than its length limit, max_pos and a chunk leave room
  * for; after its tokens in toks (which has room: n_toks + room <= cap).
  */
+static int draft_room(const struct shoal_sched *sc, const struct seq *q) {
+    if (!sc->p.lookup || q->n_gen == 0 || q->n_toks - q->n_past != 1) return 0;
+    int room = sc->p.max_pos - q->n_toks; /* positions after the last token's */
+    if (room > q->max_tokens - q->n_gen) room = q->max_tokens - q->n_gen;
+    if (room > sc->p.chunk - 1) room = sc->p.chunk - 1;
+    if (room > q->k) room = q->k;
+    if (room > q->cap - q->n_toks) room = q->cap - q->n_toks;
+    return room > 0 ? room : 0;
+}
+
+/* The draft model's blocks of q for positions [0, upto), from its own free list; 0 when they run short. */
+static int draft_blocks(struct shoal_sched *sc, struct seq *q, int upto) {
+    const int need = blocks_for(sc, upto) - q->n_dblocks;
+    if (need > sc->d_n_free) return 0;
+    for (int b = 0; b < need; b++) q->d_blocks[q->n_dblocks++] = sc->d_free[--sc->d_n_free];
+    return 1;
+}
+
+/* One forward step of the draft model over its batch of n tokens, the last n_out rows its drafts' logits. */
+static shoal_status draft_forward(struct shoal_sched *sc, int n, int n_seq, int n_out, int max_blocks) {
+    struct shoal_batch b = { .n_tokens = n, .token = sc->d_tok, .pos = sc->d_pos, .seq = sc->d_seqi,
+                             .slot = sc->d_slot, .block_table = sc->d_table, .n_seq = n_seq,
+                             .max_blocks = max_blocks, .block_size = sc->p.block_size,
+                             .ring = sc->ds->ring ? sc->d_ringi : NULL };
+    SHOAL_TRY(shoal_forward(sc->ds, &b, n - n_out, n_out, sc->d_logits));
+    sc->st.draft_steps++;
+    sc->st.draft_tokens += (uint64_t)n;
+    return SHOAL_OK;
+}
+
+/* Rows of the draft step for sequence q: its tokens [from, to) (the last one's logits wanted when out). */
+static void draft_rows(struct shoal_sched *sc, struct seq *q, int from, int to, int k, int max_blocks, int *r, int *o,
+                       int out) {
+    memcpy(sc->d_table + (size_t)k * max_blocks, q->d_blocks, (size_t)q->n_dblocks * sizeof(int32_t));
+    for (int j = q->n_dblocks; j < max_blocks; j++) sc->d_table[(size_t)k * max_blocks + j] = q->d_blocks[0];
+    sc->d_ringi[k] = q->ring;
+    for (int p = from; p < to; p++) {
+        const int row = out && p == to - 1 ? (*o)++ : (*r)++;
+        sc->d_tok[row] = q->toks[p];
+        sc->d_pos[row] = p;
+        sc->d_seqi[row] = k;
+        sc->d_slot[row] = q->d_blocks[p / sc->p.block_size] * sc->p.block_size + p % sc->p.block_size;
+    }
+}
+
+/*
+ * The draft model's drafts for this step's decoding sequences, after their
+ * tokens in toks (n_draft each): a first step feeds each what of its text its
+ * cache lacks (a prompt a chunk at a time, as the batch has room) and drafts
+ * one token for those it caught up; each further step feeds every drafting
+ * sequence its last draft and drafts the next, until each has as many as it
+ * wants (draft_room). Greedy: the draft model's best tokens.
+ */
+static shoal_status draft_round(struct shoal_sched *sc) {
+    int budget = sc->ds->n_batch, n = 0, n_out = 0, max_blocks = 1, want = 0;
+    for (int i = 0; i < sc->n_run; i++) {
+        struct seq *q = sc->run[i];
+        q->n_draft = q->d_want = q->d_catch = 0;
+        const int room = draft_room(sc, q);
+        if (!room || budget < 1 || !draft_blocks(sc, q, q->n_toks + room - 1)) continue;
+        q->d_catch = q->n_toks - q->d_past < budget ? q->n_toks - q->d_past : budget;
+        budget -= q->d_catch;
+        n += q->d_catch;
+        if (q->d_past + q->d_catch == q->n_toks) q->d_want = room, n_out++, want = room > want ? room : want;
+        if (q->n_dblocks > max_blocks) max_blocks = q->n_dblocks;
+    }
+    if (n == 0) return SHOAL_OK;
+    int r = 0, o = n - n_out, k = 0;
+    for (int i = 0; i < sc->n_run; i++) {
+        struct seq *q = sc->run[i];
+        if (!q->d_catch) continue;
+        if (q->d_want) sc->d_seq[o - (n - n_out)] = q;
+        draft_rows(sc, q, q->d_past, q->d_past + q->d_catch, k++, max_blocks, &r, &o, q->d_want);
+        q->d_past += q->d_catch;
+    }
+    SHOAL_TRY(draft_forward(sc, n, k, n_out, max_blocks));
+    for (int j = 0; j < n_out; j++) {
+        struct seq *q = sc->d_seq[j];
+        q->d_base = q->n_toks;
+        q->toks[q->n_toks] = shoal_sampler_sample(sc->d_greedy, sc->d_logits + (size_t)j * sc->n_vocab, NULL, 0);
+        q->n_draft = 1;
+    }
+    for (int step = 1; step < want; step++) {
+        int m = 0;
+        max_blocks = 1;
+        for (int j = 0; j < n_out; j++)
+            if (sc->d_seq[j]->n_draft < sc->d_seq[j]->d_want && sc->d_seq[j]->n_dblocks > max_blocks)
+                max_blocks = sc->d_seq[j]->n_dblocks;
+        r = 0, o = 0, k = 0;
+        for (int j = 0; j < n_out; j++) {
+            struct seq *q = sc->d_seq[j];
+            if (q->n_draft >= q->d_want) continue;
+            sc->d_seq[m++] = q; /* (in place: m <= j) */
+            draft_rows(sc, q, q->d_past, q->d_past + 1, k++, max_blocks, &r, &o, 1);
+            q->d_past++;
+        }
+        n_out = m;
+        if (!m) break;
+        SHOAL_TRY(draft_forward(sc, m, m, m, max_blocks));
+        for (int j = 0; j < m; j++) {
+            struct seq *q = sc->d_seq[j];
+            q->toks[q->n_toks + q->n_draft++] = shoal_sampler_sample(sc->d_greedy, sc->d_logits + (size_t)j * sc->n_vocab,
+                                                                     NULL, 0);
+        }
+    }
+    return SHOAL_OK;
+}
+
 static void plan_drafts(struct shoal_sched *sc, struct seq *q) {
+    if (sc->ds) return; /* draft_round's */
     q->n_draft = 0;
     if (!sc->p.lookup || q->n_gen == 0 || q->n_toks - q->n_past != 1) return;
     int room = sc->p.max_pos - q->n_toks; /* positions after the last token's */
@@ -318,6 +480,7 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
     admit(sc);
     if (sc->n_run == 0) return SHOAL_OK;
 
+    if (sc->ds) SHOAL_TRY(draft_round(sc));
     /* what each sequence feeds: decoding ones their last token (and drafts after it), the
      * others a prompt chunk */
     int budget = sc->s->n_batch, n_tok = 0, n_out = 0, max_blocks = 1;
@@ -410,6 +573,8 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
         if (q->n_draft) {
             sc->st.drafted += (uint64_t)q->n_draft;
             sc->st.accepted += (uint64_t)a;
+            /* the draft model's cache holds toks as far as its drafts were accepted */
+            if (sc->ds && q->d_past > q->d_base + a) q->d_past = q->d_base + a;
             /* more drafts while all of them pass, fewer when they do not (generate.c's rule) */
             if (a == q->n_draft && a == q->k) q->k = q->k + 2 < sc->p.lookup ? q->k + 2 : sc->p.lookup;
             else if (a < q->n_draft && q->k > 1) q->k--;

@@ -35,6 +35,10 @@ struct shoal_sched_params {
      * carries up to lookup tokens drafted from its own text, verified in that step; 0: off.
      * The state needs n_outputs of max_seqs x (1 + lookup). */
     int lookup;
+    /* or drafts from a draft model (up to lookup of them a decoding sequence's step): its state,
+     * rank 0's alone (n_ctx, block size and rings as the state's; n_outputs max_seqs), whose
+     * paged cache has blocks of its own (a sequence they run short for drafts nothing) */
+    struct shoal_state *draft;
 };
 
 enum shoal_seq_end {
@@ -61,7 +65,8 @@ struct shoal_sched_stats {
     int last_batch;           /* tokens in the last step */
     int last_seqs;            /* sequences in the last step */
     uint64_t steps, prompt_tokens, gen_tokens, preemptions;
-    uint64_t drafted, accepted; /* lookup: tokens drafted, and accepted (generated without a step of their own) */
+    uint64_t drafted, accepted; /* tokens drafted, and accepted (generated without a step of their own) */
+    uint64_t draft_steps, draft_tokens; /* a draft model's forward steps, and the tokens they fed */
     uint64_t lane_steps;      /* steps rank 0 ran cut into lanes (shoal_backend_run_lanes) */
     uint64_t expert_runs, expert_bytes; /* a mixture of experts: rank 0's experts run (an expert in a lane's
                                          * step, once a layer) and their weights' bytes */

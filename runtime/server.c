@@ -970,7 +970,9 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
                    "# HELP shoal_spec_draft_tokens_total Speculative decoding (--lookup): tokens drafted\n"
                    "# TYPE shoal_spec_draft_tokens_total counter\nshoal_spec_draft_tokens_total %llu\n"
                    "# HELP shoal_spec_accepted_tokens_total Of them, accepted: tokens generated without a step "
-                   "of their own\n# TYPE shoal_spec_accepted_tokens_total counter\nshoal_spec_accepted_tokens_total %llu\n",
+                   "of their own\n# TYPE shoal_spec_accepted_tokens_total counter\nshoal_spec_accepted_tokens_total %llu\n"
+                   "# HELP shoal_draft_model_steps_total Forward steps of the draft model (--draft-model)\n"
+                   "# TYPE shoal_draft_model_steps_total counter\nshoal_draft_model_steps_total %llu\n",
                    (unsigned long long)srv->prompt_tokens, (unsigned long long)srv->gen_tokens,
                    (unsigned long long)srv->cancelled, st->running,
                    srv->n_inflight - st->running > 0 ? srv->n_inflight - st->running : 0, st->last_batch,
@@ -978,7 +980,7 @@ static enum MHD_Result metrics(struct shoal_server *srv, struct MHD_Connection *
                    (unsigned long long)st->lane_steps, (unsigned long long)st->expert_runs,
                    (unsigned long long)st->expert_bytes, (unsigned long long)st->preemptions, st->blocks_used, st->blocks,
                    st->blocks ? (double)st->blocks_used / st->blocks : 0.0, (unsigned long long)st->drafted,
-                   (unsigned long long)st->accepted);
+                   (unsigned long long)st->accepted, (unsigned long long)st->draft_steps);
     if (srv->n_pace) {
         at += snprintf(at, (size_t)(end - at),
                        "# HELP shoal_rank_compute_seconds_total Each rank's time computing its part of the steps (gathered "

@@ -1,7 +1,9 @@
-"""shoal serve --lookup N (issue 22): requests running together, each
-decoding step of each carrying drafts from its own text, give `shoal run`'s
-plain greedy text (no drafts), on one rank and on 2 x 2 ranks under mpirun;
-/metrics counts the drafts and those accepted, which must not be none. The
+"""shoal serve --lookup N and --draft-model FILE (issue 22): requests running
+together, each decoding step of each carrying drafts (from its own text, or
+from the draft model that rank 0 runs on every request's text in a paged
+cache of its own), give `shoal run`'s plain greedy text (no drafts), on one
+rank and on 2 x 2 ranks under mpirun; /metrics counts the drafts and those
+accepted, which must not be none. The
 prompts make drafts right (a list the model goes on with, a sentence to
 copy) and wrong (its numbers, the code to edit), so that rejected drafts'
 KV blocks are written over while other requests share the steps.
@@ -41,15 +43,27 @@ def prompts():
             "Count: one two three four five six seven"]
 
 
-@pytest.fixture(scope="module")
-def refs():
+def plain_texts(model):
     """shoal run's plain greedy continuations (its echo of the prompt cut off)."""
     out = []
     for p in prompts():
-        text = h.run(["run", "-m", h.smollm2(), "-p", p, "-n", N, "--temp", 0, "-q", "-t", 1]).stdout.decode()
+        text = h.run(["run", "-m", model, "-p", p, "-n", N, "--temp", 0, "-q", "-t", 1]).stdout.decode()
         assert text.endswith("\n") and text.startswith(p)
         out.append(text[len(p):-1])
     return out
+
+
+@pytest.fixture(scope="module")
+def refs():
+    return plain_texts(h.smollm2())
+
+
+@pytest.fixture(scope="module")
+def q8(tmp_path_factory):
+    """SmolLM2 requantized to Q8_0, which its Q4_1 file drafts for; and its plain texts."""
+    out = tmp_path_factory.mktemp("serve_draft") / "smollm2-q8_0.gguf"
+    h.run(["quantize", h.smollm2(), out, "Q8_0", "--allow-requantize", "-q"])
+    return out, plain_texts(out)
 
 
 def metric(url, name):
@@ -59,9 +73,8 @@ def metric(url, name):
     return int(m.group(1))
 
 
-@pytest.mark.parametrize("np_,layout", [(1, []), (4, ["--tp", 2, "--pp", 2])])
-def test_serve_lookup_gives_plain_greedy_text(np_, layout, refs):
-    s = Server(["-m", h.smollm2(), "--model-id", "m", "--parallel", 4, "-t", 1, "--lookup", 8] + layout, np_=np_)
+def check_served(model, spec, np_, layout, refs):
+    s = Server(["-m", model, "--model-id", "m", "--parallel", 4, "-t", 1] + spec + layout, np_=np_)
     try:
         got = [None] * len(refs)
 
@@ -77,8 +90,21 @@ def test_serve_lookup_gives_plain_greedy_text(np_, layout, refs):
         assert 0 < accepted < drafted, f"{accepted} of {drafted} drafts accepted: speculation did not run, or never erred"
         steps = metric(s.url, "shoal_steps_total")
         assert steps < N, f"{steps} steps for {len(refs)} requests of {N} tokens: no step carried several of a request's"
+        draft_steps = metric(s.url, "shoal_draft_model_steps_total")
+        assert (draft_steps > 0) == ("--draft-model" in spec), f"{draft_steps} steps of a draft model"
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.parametrize("np_,layout", [(1, []), (4, ["--tp", 2, "--pp", 2])])
+def test_serve_lookup_gives_plain_greedy_text(np_, layout, refs):
+    check_served(h.smollm2(), ["--lookup", 8], np_, layout, refs)
+
+
+@pytest.mark.parametrize("np_,layout", [(1, []), (4, ["--tp", 2, "--pp", 2])])
+def test_serve_draft_model_gives_plain_greedy_text(np_, layout, q8):
+    model, refs = q8
+    check_served(model, ["--draft-model", h.smollm2(), "--draft-max", 6], np_, layout, refs)
 
 
 def test_serve_lookup_bad_values():
