@@ -87,16 +87,26 @@ static shoal_status feed(struct shoal_draft *d, const int32_t *toks, int n) {
     return SHOAL_OK;
 }
 
+/* What of its cache still holds: the prefix it shares with hist, short of hist's last token (whose
+ * logits a proposal needs). */
+static void keep_prefix(struct shoal_draft *d, const int32_t *hist, int n) {
+    int keep = 0;
+    while (keep < d->n_fed && keep < n - 1 && d->fed[keep] == hist[keep]) keep++;
+    d->n_fed = keep;
+}
+
+shoal_status shoal_draft_prefill(struct shoal_draft *d, const int32_t *hist, int n) {
+    if (n < 2 || n > d->n_ctx) return SHOAL_OK;
+    keep_prefix(d, hist, n);
+    return d->n_fed < n - 1 ? feed(d, hist + d->n_fed, n - 1 - d->n_fed) : SHOAL_OK;
+}
+
 shoal_status shoal_draft_propose(struct shoal_draft *d, const int32_t *hist, int n, int k, int32_t *out, int *n_out) {
     *n_out = 0;
     if (k > d->n_ctx - n + 1) k = d->n_ctx - n + 1; /* it feeds n + k - 1 tokens in all */
     if (k < 1 || n < 1) return SHOAL_OK;
-    /* what of its cache still holds: the prefix it shares with hist, short of hist's last token
-     * (whose logits it needs) */
-    int keep = 0;
-    while (keep < d->n_fed && keep < n - 1 && d->fed[keep] == hist[keep]) keep++;
-    d->n_fed = keep;
-    SHOAL_TRY(feed(d, hist + keep, n - keep));
+    keep_prefix(d, hist, n);
+    SHOAL_TRY(feed(d, hist + d->n_fed, n - d->n_fed));
     for (int i = 0;; i++) {
         out[i] = shoal_sampler_sample(d->greedy, d->logits, NULL, 0);
         *n_out = i + 1;

@@ -40,6 +40,13 @@ void shoal_draft_destroy(struct shoal_draft *d); /* accepts NULL */
  */
 shoal_status shoal_draft_propose(struct shoal_draft *d, const int32_t *hist, int n, int k, int32_t *out, int *n_out);
 
+/*
+ * Feeds the draft model hist[0..n) but the last token (what a first
+ * shoal_draft_propose on hist would): its share of a prompt, done with the
+ * prompt rather than in the first decode step.
+ */
+shoal_status shoal_draft_prefill(struct shoal_draft *d, const int32_t *hist, int n);
+
 /* Forward steps the draft model ran, and tokens they fed. */
 void shoal_draft_stats(const struct shoal_draft *d, uint64_t *steps, uint64_t *tokens);
 

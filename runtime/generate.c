@@ -153,6 +153,8 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
                 p->on_logits(p->user, at + i, prompt[at + i], logits + (size_t)i * n_vocab, n_vocab);
         if (final) last = logits + (size_t)(n_out - 1) * n_vocab;
     }
+    if (p->draft && kmax) /* the draft model's share of the prompt, with the prompt */
+        SHOAL_TRY_GOTO(shoal_draft_prefill(p->draft, prompt, n_prompt), rc, done);
     st->n_prompt = n_prompt - n_cached;
     int pos = n_prompt; /* where the next token goes in the cache */
     double t1 = shoal_now();
