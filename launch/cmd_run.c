@@ -1339,8 +1339,8 @@ static int lead(struct run *r) {
             if (ss->gathered)
                 snprintf(gb, sizeof gb, ", %s gathered from the offload group",
                          shoal_fmt_bytes(gg, sizeof gg, (double)ss->gathered / steps));
-            fprintf(stderr, "shoal: offload (rank 0): per token %s copied host to device%s, %.3f ms "
-                    "computing, %.3f ms waited for copies%s\n",
+            fprintf(stderr, "shoal: offload (rank 0): per %s %s copied host to device%s, %.3f ms "
+                    "computing, %.3f ms waited for copies%s\n", o->lookup ? "decode step" : "token",
                     shoal_fmt_bytes(cb, sizeof cb, (double)ss->bytes / steps), gb, compute > 0 ? compute * 1e3 : 0,
                     waited / steps * 1e3, hid);
         }
