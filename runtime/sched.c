@@ -344,8 +344,13 @@ static int plan_feed(struct shoal_sched *sc, int i, int budget) {
     }
     int need = take > 0 ? blocks_for(sc, q->n_past + take) - q->n_blocks : 0;
     for (int b = 0; b < need; b++) q->blocks[q->n_blocks++] = sc->free_blocks[--sc->n_free];
-    /* drafts only whole, after the last token: cut short, the step feeds the token alone */
-    if (q->n_draft && take < 1 + q->n_draft) q->n_draft = 0, take = take > 0 ? 1 : 0;
+    /* drafts only whole, after the last token: cut short, the step feeds the token alone (and a
+     * draft model's cache holds the sequence's tokens only, not the drafts it fed) */
+    if (q->n_draft && take < 1 + q->n_draft) {
+        q->n_draft = 0;
+        take = take > 0 ? 1 : 0;
+        if (q->d_past > q->n_toks) q->d_past = q->n_toks;
+    }
     return take;
 }
 

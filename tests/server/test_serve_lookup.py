@@ -73,7 +73,7 @@ def metric(url, name):
     return int(m.group(1))
 
 
-def check_served(model, spec, np_, layout, refs):
+def check_served(model, spec, np_, layout, refs, few_steps=True):
     s = Server(["-m", model, "--model-id", "m", "--parallel", 4, "-t", 1] + spec + layout, np_=np_)
     try:
         got = [None] * len(refs)
@@ -89,7 +89,7 @@ def check_served(model, spec, np_, layout, refs):
         drafted, accepted = metric(s.url, "shoal_spec_draft_tokens_total"), metric(s.url, "shoal_spec_accepted_tokens_total")
         assert 0 < accepted < drafted, f"{accepted} of {drafted} drafts accepted: speculation did not run, or never erred"
         steps = metric(s.url, "shoal_steps_total")
-        assert steps < N, f"{steps} steps for {len(refs)} requests of {N} tokens: no step carried several of a request's"
+        assert steps < N or not few_steps, f"{steps} steps for {len(refs)} requests of {N} tokens: no step carried several of a request's"
         draft_steps = metric(s.url, "shoal_draft_model_steps_total")
         assert (draft_steps > 0) == ("--draft-model" in spec), f"{draft_steps} steps of a draft model"
     finally:
@@ -99,6 +99,16 @@ def check_served(model, spec, np_, layout, refs):
 @pytest.mark.parametrize("np_,layout", [(1, []), (4, ["--tp", 2, "--pp", 2])])
 def test_serve_lookup_gives_plain_greedy_text(np_, layout, refs):
     check_served(h.smollm2(), ["--lookup", 8], np_, layout, refs)
+
+
+@pytest.mark.parametrize("spec", [["--lookup", 3], ["--draft-model", "SMOLLM2", "--draft-max", 3]])
+def test_serve_speculation_in_small_batches(spec, refs, q8):
+    """-b 16 for four requests of up to 3 drafts, a prompt 13 tokens a step: prompts are fed beside the
+    others' decoding, so drafts are often cut for want of room (the step then feeds the last token
+    alone, and a draft model's cache drops the drafts it fed): still the plain text."""
+    model, want = (q8 if "--draft-model" in spec else (h.smollm2(), refs))
+    spec = [str(h.smollm2()) if x == "SMOLLM2" else x for x in spec]
+    check_served(model, spec + ["-b", 16, "--prompt-chunk", 13], 1, [], want, few_steps=False)  # (prompts: many steps)
 
 
 @pytest.mark.parametrize("np_,layout", [(1, []), (4, ["--tp", 2, "--pp", 2])])
