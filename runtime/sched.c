@@ -355,9 +355,10 @@ static int plan_feed(struct shoal_sched *sc, int i, int budget) {
 }
 
 /*
- * A decoding sequence's drafts for this step (lookup): from its text so far, at
- * most its k, no more than its length limit, max_pos and a chunk leave room
- * for; after its tokens in toks (which has room: n_toks + room <= cap).
+ * How many tokens a decoding sequence may have drafted this step (0 for one
+ * still in its prompt): at most its k, no more than its length limit,
+ * max_pos and a chunk leave room for; they go after its tokens in toks
+ * (which has room: n_toks + room <= cap).
  */
 static int draft_room(const struct shoal_sched *sc, const struct seq *q) {
     if (!sc->p.lookup || q->n_gen == 0 || q->n_toks - q->n_past != 1) return 0;
@@ -467,16 +468,11 @@ static shoal_status draft_round(struct shoal_sched *sc) {
     return SHOAL_OK;
 }
 
+/* A decoding sequence's drafts by prompt lookup, after its tokens in toks (a draft model's: draft_round). */
 static void plan_drafts(struct shoal_sched *sc, struct seq *q) {
-    if (sc->ds) return; /* draft_round's */
-    q->n_draft = 0;
-    if (!sc->p.lookup || q->n_gen == 0 || q->n_toks - q->n_past != 1) return;
-    int room = sc->p.max_pos - q->n_toks; /* positions after the last token's */
-    if (room > q->max_tokens - q->n_gen) room = q->max_tokens - q->n_gen;
-    if (room > sc->p.chunk - 1) room = sc->p.chunk - 1;
-    if (room > q->k) room = q->k;
-    if (room > q->cap - q->n_toks) room = q->cap - q->n_toks;
-    q->n_draft = shoal_lookup_propose(q->toks, (size_t)q->n_toks, 1, 3, room, q->toks + q->n_toks);
+    if (sc->ds) return;
+    const int room = draft_room(sc, q);
+    q->n_draft = room ? shoal_lookup_propose(q->toks, (size_t)q->n_toks, 1, 3, room, q->toks + q->n_toks) : 0;
 }
 
 shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
