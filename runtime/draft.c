@@ -17,7 +17,6 @@ struct shoal_draft {
     int n_fed;
     float *logits; /* (n_vocab) */
     struct shoal_seq_batch sb;
-    uint64_t steps, tokens;
 };
 
 shoal_status shoal_draft_same_vocab(const struct shoal_tokenizer *a, const char *pa, const struct shoal_tokenizer *b,
@@ -80,8 +79,6 @@ static shoal_status feed(struct shoal_draft *d, const int32_t *toks, int n) {
         SHOAL_TRY(shoal_forward(d->st, &d->sb.b, b - last, last, d->logits));
         memcpy(d->fed + d->n_fed, toks + at, (size_t)b * sizeof *toks);
         d->n_fed += b;
-        d->steps++;
-        d->tokens += (uint64_t)b;
         at += b;
     }
     return SHOAL_OK;
@@ -113,9 +110,4 @@ shoal_status shoal_draft_propose(struct shoal_draft *d, const int32_t *hist, int
         if (i + 1 == k) return SHOAL_OK;
         SHOAL_TRY(feed(d, &out[i], 1));
     }
-}
-
-void shoal_draft_stats(const struct shoal_draft *d, uint64_t *steps, uint64_t *tokens) {
-    *steps = d->steps;
-    *tokens = d->tokens;
 }

@@ -47,7 +47,4 @@ shoal_status shoal_draft_propose(struct shoal_draft *d, const int32_t *hist, int
  */
 shoal_status shoal_draft_prefill(struct shoal_draft *d, const int32_t *hist, int n);
 
-/* Forward steps the draft model ran, and tokens they fed. */
-void shoal_draft_stats(const struct shoal_draft *d, uint64_t *steps, uint64_t *tokens);
-
 #endif

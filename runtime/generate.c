@@ -109,8 +109,6 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
     int limit = p->n_predict < 0 ? s->n_ctx : p->n_predict;
     /* speculation: at most kmax drafts a step, k of them this step */
     const int kmax = p->lookup < 1 ? 0 : p->lookup < s->n_outputs - 1 ? p->lookup : s->n_outputs - 1;
-    const int ng_min = p->lookup_ngram_min > 0 ? p->lookup_ngram_min : 1;
-    const int ng_max = p->lookup_ngram_max >= ng_min ? p->lookup_ngram_max : ng_min > 3 ? ng_min : 3;
     int k = kmax;
     /* the whole sequence, for the penalties and the ids callback */
     int32_t *hist = malloc(((size_t)n_prompt + (size_t)limit + 1) * sizeof(int32_t));
@@ -175,7 +173,8 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
             int room = s->n_ctx - 1 - pos < limit - st->n_gen ? s->n_ctx - 1 - pos : limit - st->n_gen;
             if (p->draft) SHOAL_TRY_GOTO(shoal_draft_propose(p->draft, hist, g.n_hist, k < room ? k : room, vtok + 1, &m),
                                          rc, done);
-            else m = shoal_lookup_propose(hist, (size_t)g.n_hist, ng_min, ng_max, k < room ? k : room, vtok + 1);
+            else m = shoal_lookup_propose(hist, (size_t)g.n_hist, SHOAL_LOOKUP_NGRAM_MIN, SHOAL_LOOKUP_NGRAM_MAX,
+                                          k < room ? k : room, vtok + 1);
             vtok[0] = next;
         }
         shoal_seq_batch_set(&sb, m ? vtok : &hist[g.n_hist - 1], 1 + m, pos);
@@ -208,9 +207,7 @@ shoal_status shoal_generate(struct shoal_state *s, const struct shoal_tokenizer 
             st->n_spec_steps++;
             st->n_drafted += m;
             st->n_accepted += a;
-            /* more drafts while all of them pass, fewer when they do not */
-            if (a == m && m == k) k = k + 2 < kmax ? k + 2 : kmax;
-            else if (a < m && k > 1) k--;
+            k = shoal_spec_next_k(k, kmax, m, a);
         }
         if (end) break;
     }

@@ -33,13 +33,12 @@ struct shoal_gen_params {
     /*
      * Speculative decoding with prompt lookup (shoal_lookup_propose): each
      * decode step carries up to lookup tokens drafted from the sequence so
-     * far (n-grams of lookup_ngram_min..lookup_ngram_max tokens; 0, 0: 1 and
-     * 3), verified in that one forward step (shoal_sampler_verify); the
-     * number drafted adapts to how many were accepted. 0: off. At most the
-     * state's n_outputs - 1. Greedy output is the same as without, on
-     * batch-invariant kernels (shoal_backend_batch_invariant).
+     * far, verified in that one forward step (shoal_sampler_verify); the
+     * number drafted adapts to how many were accepted (shoal_spec_next_k).
+     * 0: off. At most the state's n_outputs - 1. Greedy output is the same as
+     * without, on batch-invariant kernels (shoal_backend_batch_invariant).
      */
-    int lookup, lookup_ngram_min, lookup_ngram_max;
+    int lookup;
     /* drafts from a draft model (draft.h) instead of prompt lookup, up to lookup a step */
     struct shoal_draft *draft;
 };

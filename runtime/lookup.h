@@ -20,4 +20,19 @@
  */
 int shoal_lookup_propose(const int32_t *hist, size_t n, int ngram_min, int ngram_max, int k, int32_t *out);
 
+/* The n-grams shoal run and shoal serve look up: their last 1 to 3 tokens. */
+enum { SHOAL_LOOKUP_NGRAM_MIN = 1, SHOAL_LOOKUP_NGRAM_MAX = 3 };
+
+/*
+ * The drafts a sequence asks for next, after a step that asked for k (of at
+ * most kmax), drafted m and saw a of them accepted: two more when all of
+ * them passed, one fewer (at least 1) when one did not, else k. Both kinds
+ * of draft (lookup, a draft model) and both loops (shoal run's, shoal
+ * serve's) adapt by it.
+ */
+static inline int shoal_spec_next_k(int k, int kmax, int m, int a) {
+    if (a == m && m == k) return k + 2 < kmax ? k + 2 : kmax;
+    return a < m && k > 1 ? k - 1 : k;
+}
+
 #endif

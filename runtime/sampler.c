@@ -210,23 +210,19 @@ static int distribution(struct shoal_sampler *s, float *logits, const int32_t *h
     return n;
 }
 
-/* A draw from c[0..n) by weight w(i) (p, or what is left of it), whose total is total. */
-static int32_t draw(struct shoal_sampler *s, int n, double total, double (*w)(const struct cand *, int32_t),
-                    int32_t skip) {
+/* A draw from c[0..n) by probability, skip's left out (-1: none); total: the probabilities' sum without it. */
+static int32_t draw(struct shoal_sampler *s, int n, double total, int32_t skip) {
     const struct cand *c = s->c;
     double r = uniform(s->rng) * total, cum = 0;
     int last = -1;
     for (int i = 0; i < n; i++) {
-        const double wi = w(&c[i], skip);
-        if (!(wi > 0)) continue;
-        cum += wi;
+        if (c[i].id == skip || !(c[i].p > 0)) continue;
+        cum += c[i].p;
         last = i;
         if (r < cum) return c[i].id;
     }
     return last >= 0 ? c[last].id : c[0].id; /* rounding at the end of the sum */
 }
-
-static double weight_p(const struct cand *c, int32_t skip) { return c->id == skip ? 0 : c->p; }
 
 int32_t shoal_sampler_sample(struct shoal_sampler *s, float *logits, const int32_t *history,
                              int n_history) {
@@ -235,7 +231,7 @@ int32_t shoal_sampler_sample(struct shoal_sampler *s, float *logits, const int32
         return argmax(logits, s->n_vocab);
     }
     const int n = distribution(s, logits, history, n_history);
-    return draw(s, n, 1.0, weight_p, -1);
+    return draw(s, n, 1.0, -1);
 }
 
 int32_t shoal_sampler_verify(struct shoal_sampler *s, float *logits, const int32_t *history, int n_history,
@@ -258,5 +254,5 @@ int32_t shoal_sampler_verify(struct shoal_sampler *s, float *logits, const int32
     }
     /* else a draw from max(0, p - q), normalised: p without the draft */
     if (pd >= 1) return draft; /* (nothing else has weight: only rounding got here) */
-    return draw(s, n, 1.0 - pd, weight_p, draft);
+    return draw(s, n, 1.0 - pd, draft);
 }

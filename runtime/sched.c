@@ -472,7 +472,9 @@ static shoal_status draft_round(struct shoal_sched *sc) {
 static void plan_drafts(struct shoal_sched *sc, struct seq *q) {
     if (sc->ds) return;
     const int room = draft_room(sc, q);
-    q->n_draft = room ? shoal_lookup_propose(q->toks, (size_t)q->n_toks, 1, 3, room, q->toks + q->n_toks) : 0;
+    q->n_draft = room ? shoal_lookup_propose(q->toks, (size_t)q->n_toks, SHOAL_LOOKUP_NGRAM_MIN,
+                                             SHOAL_LOOKUP_NGRAM_MAX, room, q->toks + q->n_toks)
+                      : 0;
 }
 
 shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
@@ -576,9 +578,7 @@ shoal_status shoal_sched_step(struct shoal_sched *sc, int *worked) {
             sc->st.accepted += (uint64_t)a;
             /* the draft model's cache holds toks as far as its drafts were accepted */
             if (sc->ds && q->d_past > q->d_base + a) q->d_past = q->d_base + a;
-            /* more drafts while all of them pass, fewer when they do not (generate.c's rule) */
-            if (a == q->n_draft && a == q->k) q->k = q->k + 2 < sc->p.lookup ? q->k + 2 : sc->p.lookup;
-            else if (a < q->n_draft && q->k > 1) q->k--;
+            q->k = shoal_spec_next_k(q->k, sc->p.lookup, q->n_draft, a);
             q->n_draft = 0;
         }
         if (why) {
