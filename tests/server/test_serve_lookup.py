@@ -73,7 +73,7 @@ def metric(url, name):
     return int(m.group(1))
 
 
-def check_served(model, spec, np_, layout, refs, few_steps=True):
+def check_served(model, spec, np_, layout, refs, few_steps=True, refusals=True):
     s = Server(["-m", model, "--model-id", "m", "--parallel", 4, "-t", 1] + spec + layout, np_=np_)
     try:
         got = [None] * len(refs)
@@ -87,7 +87,8 @@ def check_served(model, spec, np_, layout, refs, few_steps=True):
         for i, (g, want) in enumerate(zip(got, refs)):
             assert g == want, f"request {i}: {g!r} against shoal run's {want!r}"
         drafted, accepted = metric(s.url, "shoal_spec_draft_tokens_total"), metric(s.url, "shoal_spec_accepted_tokens_total")
-        assert 0 < accepted < drafted, f"{accepted} of {drafted} drafts accepted: speculation did not run, or never erred"
+        assert 0 < accepted <= drafted, f"{accepted} of {drafted} drafts accepted: speculation did not run"
+        assert accepted < drafted or not refusals, f"every one of {drafted} drafts accepted: none was refused"
         steps = metric(s.url, "shoal_steps_total")
         assert steps < N or not few_steps, f"{steps} steps for {len(refs)} requests of {N} tokens: no step carried several of a request's"
         draft_steps = metric(s.url, "shoal_draft_model_steps_total")
@@ -108,7 +109,10 @@ def test_serve_speculation_in_small_batches(spec, refs, q8):
     alone, and a draft model's cache drops the drafts it fed): still the plain text."""
     model, want = (q8 if "--draft-model" in spec else (h.smollm2(), refs))
     spec = [str(h.smollm2()) if x == "SMOLLM2" else x for x in spec]
-    check_served(model, spec + ["-b", 16, "--prompt-chunk", 13], 1, [], want, few_steps=False)  # (prompts: many steps)
+    # (prompts take many steps; and which drafts a cut drops depends on the order the requests
+    # arrive in, so a run may happen to keep only drafts the model accepts: refusals are the
+    # other tests')
+    check_served(model, spec + ["-b", 16, "--prompt-chunk", 13], 1, [], want, few_steps=False, refusals=False)
 
 
 @pytest.mark.parametrize("np_,layout", [(1, []), (4, ["--tp", 2, "--pp", 2])])
