@@ -123,7 +123,7 @@ def level(port, model, streams, per_client, max_tokens, deadline_s):
                 return
             one_request(port, model, c * 1000 + k, max_tokens, res, lock, deadline)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     ts = [threading.Thread(target=client_loop, args=(c,), daemon=True) for c in range(streams)]
     for t in ts:
         t.start()
@@ -131,6 +131,7 @@ def level(port, model, streams, per_client, max_tokens, deadline_s):
         t.join(max(0.0, deadline - time.time()) + 5)
     res["timed_out"] = any(t.is_alive() for t in ts)
     res["wall"] = time.perf_counter() - t0
+    res["client_cpu"] = time.process_time() - cpu0  # this process's own CPU: the clients (the server is a child)
     return res
 
 
@@ -206,7 +207,7 @@ def run_server(name, start, levels, a):
                 print(f"{name:>8} {n:3d} streams{f' (round {k + 1})' if a.repeat > 1 else ''}: {r['requests']} "
                       f"requests ({r['failed']} failed{', timed out' if r.get('timed_out') else ''}), {r['tokens']} "
                       f"tokens in {r['wall']:.1f} s = {r['tok_s']:.1f} tok/s; TTFT p50 {pct(r['ttft'], 50) * 1e3:.0f} "
-                      f"ms; ITL p50 {pct(r['itl'], 50) * 1e3:.1f} ms", flush=True)
+                      f"ms; ITL p50 {pct(r['itl'], 50) * 1e3:.1f} ms; clients' CPU {r['client_cpu']:.2f} s", flush=True)
         for o in out.values():
             o["tok_s"] = statistics.median(o["rounds"])
     finally:
