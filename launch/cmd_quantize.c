@@ -17,14 +17,17 @@
  * cannot hold replaced as llama.cpp does (Q2_K and Q3_K by Q4_0, Q4_K by
  * Q5_0, Q5_K by Q5_1, Q6_K by Q8_0, IQ4_XS by IQ4_NL; then F16). --pure: one type
  * throughout but that fallback. The file is streamed a row at a time
- * (bounded memory), written under a temporary name and renamed when whole,
- * with progress on stderr.
+ * (bounded memory: a chunk of rows at a time, converted by -t threads and
+ * written in order), under a temporary name and renamed when whole, with
+ * progress on stderr.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../cpu/cpu.h"
+#include "../cpu/pool.h"
 #include "../runtime/model.h"
 #include "args.h"
 #include "launch.h"
@@ -151,8 +154,37 @@ static int quantizable(const struct shoal_gguf_tensor *t) {
 }
 
 /* The rows of t into type, a row at a time, written to w; a tensor kept as it is, its bytes as they are. */
-static shoal_status convert(struct shoal_gguf_writer *w, const struct shoal_gguf_tensor *t, int type, float *row,
-                            void *out, struct progress *pr) {
+/* Rows converted a chunk at a time: each thread its share of the chunk's rows, into the chunk in order. */
+#define CHUNK_BYTES (4u << 20)
+struct conv {
+    struct shoal_pool *pool;
+    int n_threads;
+    float *rows;    /* n_threads rows of the widest tensor's values */
+    uint8_t *chunk; /* chunk_bytes of converted rows */
+    size_t chunk_bytes;
+    /* the chunk being converted */
+    const uint8_t *src;
+    int in_type, type;
+    int64_t ne0, n;
+    size_t in_rb, out_rb, row_floats;
+    shoal_status *rc;
+    char (*err)[256];
+};
+
+static void conv_worker(void *arg, int ith, int nth) {
+    struct conv *c = arg;
+    float *row = c->rows + (size_t)ith * c->row_floats;
+    shoal_status rc = SHOAL_OK;
+    for (int64_t r = ith; r < c->n && rc == SHOAL_OK; r += nth) {
+        rc = shoal_dequantize_row(c->in_type, c->src + (size_t)r * c->in_rb, row, c->ne0);
+        if (rc == SHOAL_OK) rc = shoal_quantize_row(c->type, row, c->chunk + (size_t)r * c->out_rb, c->ne0);
+    }
+    c->rc[ith] = rc;
+    if (rc != SHOAL_OK) snprintf(c->err[ith], sizeof c->err[ith], "%s", shoal_last_error());
+}
+
+static shoal_status convert(struct shoal_gguf_writer *w, const struct shoal_gguf_tensor *t, int type, struct conv *c,
+                            struct progress *pr) {
     const uint8_t *src = t->data;
     if (type == t->type) {
         for (uint64_t at = 0; at < t->nbytes;) {
@@ -168,18 +200,30 @@ static shoal_status convert(struct shoal_gguf_writer *w, const struct shoal_gguf
     if (!in_rb || !out_rb || (uint64_t)in_rb * (uint64_t)rows != t->nbytes)
         return shoal_errorf(SHOAL_FORMAT, "rows of %lld %s values do not make its %llu bytes", (long long)ne0,
                             shoal_dtype_name(t->type), (unsigned long long)t->nbytes);
-    for (int64_t r = 0; r < rows; r++, src += in_rb) {
-        SHOAL_TRY(shoal_dequantize_row(t->type, src, row, ne0));
-        SHOAL_TRY(shoal_quantize_row(type, row, out, ne0));
-        SHOAL_TRY(shoal_gguf_write_data(w, out, out_rb));
-        progress_add(pr, in_rb);
+    if (out_rb > c->chunk_bytes || (size_t)ne0 > c->row_floats)
+        return shoal_errorf(SHOAL_INTERNAL, "a row of %lld values past the buffers", (long long)ne0);
+    const int64_t per = (int64_t)(c->chunk_bytes / out_rb);
+    for (int64_t r0 = 0; r0 < rows; r0 += per) {
+        c->src = src + (size_t)r0 * in_rb;
+        c->in_type = t->type;
+        c->type = type;
+        c->ne0 = ne0;
+        c->n = rows - r0 < per ? rows - r0 : per;
+        c->in_rb = in_rb;
+        c->out_rb = out_rb;
+        shoal_pool_run(c->pool, conv_worker, c);
+        for (int i = 0; i < c->n_threads; i++)
+            if (c->rc[i] != SHOAL_OK) return shoal_errorf(c->rc[i], "%s", c->err[i]);
+        SHOAL_TRY(shoal_gguf_write_data(w, c->chunk, (size_t)c->n * out_rb));
+        progress_add(pr, (uint64_t)c->n * in_rb);
     }
     return SHOAL_OK;
 }
 
 int cmd_quantize(int argc, char **argv) {
-    int pure = 0, requant = 0, quiet = 0;
+    int pure = 0, requant = 0, quiet = 0, threads = 0;
     const struct opt opts[] = {
+        { "--threads", 't', OPT_INT, &threads, "N", "threads converting the rows (default: this machine's cores)" },
         { "--pure", 0, OPT_FLAG, &pure, NULL, "every matrix the one type (no mix; llama-quantize --pure)" },
         { "--allow-requantize", 0, OPT_FLAG, &requant, NULL, "requantize a quantized file (its blocks dequantized, then quantized again)" },
         { "--quiet", 'q', OPT_FLAG, &quiet, NULL, "no progress or summary" },
@@ -215,12 +259,16 @@ int cmd_quantize(int argc, char **argv) {
         fprintf(stderr, "shoal quantize: IN and OUT are the same file\n");
         return 2;
     }
+    if (threads < 0 || threads > 4096) {
+        fprintf(stderr, "shoal quantize: --threads %d: give 1 to 4096 (or leave it out: this machine's cores)\n",
+                threads);
+        return 2;
+    }
     shoal_log_init(SHOAL_LOG_WARN, 0, getenv("SHOAL_DEBUG"));
     struct shoal_gguf *g = NULL;
     struct shoal_gguf_writer *w = NULL;
     struct shoal_hparams hp;
-    float *row = NULL;
-    void *out = NULL;
+    struct conv cv = { .n_threads = threads > 0 ? threads : shoal_cpu_online_cores() };
     int *types = NULL;
     shoal_status rc = shoal_gguf_open(&g, pos[0]);
     if (rc == SHOAL_OK) rc = shoal_hparams_read(&hp, g);
@@ -263,9 +311,16 @@ int cmd_quantize(int argc, char **argv) {
         types[i] = tensor_type(&q, t->name, t->ne[0], FTYPES[k].type, pure);
         n_quant++;
     }
-    if (rc == SHOAL_OK && (!(row = malloc(sizeof *row * (size_t)widest)) ||
-                           !(out = malloc(sizeof(float) * (size_t)widest)))) /* no type's row is larger than f32's */
-        rc = shoal_errorf(SHOAL_NOMEM, "out of memory for a row of %lld values", (long long)widest);
+    /* no type's row is larger than f32's */
+    cv.row_floats = (size_t)widest;
+    cv.chunk_bytes = sizeof(float) * (size_t)widest > CHUNK_BYTES ? sizeof(float) * (size_t)widest : CHUNK_BYTES;
+    if (rc == SHOAL_OK && (!(cv.rows = malloc(sizeof *cv.rows * (size_t)widest * (size_t)cv.n_threads)) ||
+                           !(cv.chunk = malloc(cv.chunk_bytes)) ||
+                           !(cv.rc = calloc((size_t)cv.n_threads, sizeof *cv.rc)) ||
+                           !(cv.err = calloc((size_t)cv.n_threads, sizeof *cv.err))))
+        rc = shoal_errorf(SHOAL_NOMEM, "out of memory for %d threads' rows of %lld values", cv.n_threads,
+                          (long long)widest);
+    if (rc == SHOAL_OK) rc = shoal_pool_create(&cv.pool, cv.n_threads, 0);
     /* the file: the metadata (the file type llama.cpp's), the tensors' descriptions, their rows */
     if (rc == SHOAL_OK) rc = shoal_gguf_writer_create(&w, pos[1]);
     for (int64_t i = 0; i < g->n_kv && rc == SHOAL_OK; i++) {
@@ -286,7 +341,7 @@ int cmd_quantize(int argc, char **argv) {
     double mat_values = 0;
     for (int64_t i = 0; i < g->n_tensors && rc == SHOAL_OK; i++) {
         const struct shoal_gguf_tensor *t = &g->tensors[i];
-        rc = convert(w, t, types[i], row, out, &pr);
+        rc = convert(w, t, types[i], &cv, &pr);
         if (rc != SHOAL_OK) shoal_error_prefix("tensor '%s'", t->name);
         const uint64_t rows = (uint64_t)(t->ne[1] * t->ne[2] * t->ne[3]);
         const uint64_t bytes = types[i] == t->type ? t->nbytes : shoal_dtype_row_bytes(types[i], t->ne[0]) * rows;
@@ -309,7 +364,10 @@ done:
     shoal_gguf_writer_destroy(w);
     shoal_gguf_close(g);
     free(types);
-    free(row);
-    free(out);
+    shoal_pool_destroy(cv.pool);
+    free(cv.rows);
+    free(cv.chunk);
+    free(cv.rc);
+    free(cv.err);
     return rc == SHOAL_OK ? 0 : launch_fail("quantize", rc);
 }

@@ -157,6 +157,22 @@ def test_from_floats(tmp_path):
                                                                   want.view(np.uint8).ravel()), (qtype, t.name)
 
 
+def test_threads_write_the_same_bytes(tmp_path):
+    """-t 1 and -t 3 (rows split unevenly) write the same file, the embedding table in two chunks of rows."""
+    src = tmp_path / "f32.gguf"
+    h.run(["synth", "-o", src, "--dim", 256, "--layers", 2, "--heads", 4, "--kv-heads", 2, "--ffn", 512,
+           "--vocab", 32000])
+    outs = []
+    for t in (1, 3):
+        outs.append(tmp_path / f"t{t}.gguf")
+        h.run(["quantize", "-q", "-t", t, src, outs[-1], "Q4_K_M"])
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    emb = next(t for t in gguf.GGUFReader(str(outs[1])).tensors if t.name == "token_embd.weight")
+    assert emb.n_bytes > (4 << 20), "the table should span more than one chunk of rows"
+    p = h.run(["quantize", "-t", -1, src, tmp_path / "x.gguf", "Q8_0"], check=False)
+    assert p.returncode == 2 and "--threads -1" in p.stderr.decode()
+
+
 def test_refusals(tmp_path):
     src = h.smollm2()
     out = tmp_path / "out.gguf"
