@@ -9,15 +9,15 @@
 # (libFuzzer's cov: and ft:) and the crash file, if any.
 #
 #   scripts/fuzz.sh --ci            every harness for a bounded time: 240 s in
-#                                   all (at most 60 s each), the grown corpus
-#                                   thrown away
+#                                   all (at most 60 s each), a harness a core
+#                                   at once, the grown corpus thrown away
 #   scripts/fuzz.sh --hours 1       a long run, the time shared among the
 #   scripts/fuzz.sh --seconds 600   harnesses; the grown corpus and any crash
 #                                   kept in the work folder (--work DIR,
 #                                   default ~/.cache/shoal-fuzz), so that the
 #                                   next long run goes on from it
 # Options: --only NAME[,NAME..]  these harnesses only; --jobs N  N harnesses at
-# once (default 1); --timeout S  the per-input limit (default 5 s);
+# once (default 1; with --ci, the cores); --timeout S  the per-input limit (default 5 s);
 # --no-build  use build-fuzz/ as it is.
 #
 # To reproduce a failure: build-fuzz/fuzz_NAME FILE (runs FILE once). A real
@@ -26,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-mode="" total=0 only="" jobs=1 per_input=5 build=1
+mode="" total=0 only="" jobs="" per_input=5 build=1
 work="${SHOAL_FUZZ_WORK:-$HOME/.cache/shoal-fuzz}"
 ci_total=240 ci_each=60
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -88,6 +88,9 @@ if [ "$build" = 1 ]; then
 fi
 
 n=${#names[@]}
+# CI: a harness a core at once (each still its share of the time); otherwise one at a time
+[ -n "$jobs" ] || { [ "$mode" = ci ] && jobs=$(nproc); } || jobs=1
+[ "$jobs" -ge 1 ] 2>/dev/null || { echo "fuzz.sh: --jobs wants a number from 1: $jobs" >&2; exit 2; }
 if [ "$mode" = ci ]; then
   each=$(( ci_total / n < ci_each ? ci_total / n : ci_each ))
   work=$(mktemp -d /tmp/shoal-fuzz-ci.XXXXXX)

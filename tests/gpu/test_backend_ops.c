@@ -5,7 +5,7 @@
  * prints one line per case (op, type, shape, largest errors, PASS/FAIL) and
  * a summary.
  *
- *   test_backend_ops [cuda|cpu] [--device N] [--simd L] [--quick] [--filter OP] [--perturb] [-v]
+ *   test_backend_ops [cuda|cpu] [--device N] [--simd L] [--quick] [--filter OP] [--part K/N] [--perturb] [-v]
  *
  * cuda (the default) is the CUDA backend on device N; cpu is the CPU
  * backend at the best SIMD level this processor runs (or --simd avx2, ...),
@@ -45,6 +45,8 @@ struct ctx {
     int quick, perturb, verbose;
     signed char has[SHOAL_DTYPE_MAX]; /* whether [0] takes weights of a type: 0 not asked yet, 1, -1 */
     const char *filter;
+    int part, parts;  /* --part K/N: the cases numbered K mod N (of those the filter leaves), K from 1 */
+    long seen;        /* cases the filter left, so far */
     uint64_t rng;    /* splitmix64 state, seeded per case */
     /* the case running now */
     char op[16], type[16], shape[64];
@@ -291,6 +293,7 @@ static int begin(struct ctx *c, const char *op, const char *type, const char *fm
     __attribute__((format(printf, 4, 5)));
 static int begin(struct ctx *c, const char *op, const char *type, const char *fmt, ...) {
     if (c->filter && !strstr(op, c->filter)) return 0;
+    if (c->parts > 1 && c->seen++ % c->parts != c->part - 1) return 0;
     snprintf(c->op, sizeof c->op, "%s", op);
     snprintf(c->type, sizeof c->type, "%s", type);
     va_list ap;
@@ -1443,11 +1446,12 @@ static void sweep_rows(struct ctx *c) {
 
 static int usage(const char *argv0) {
     fprintf(stderr,
-            "usage: %s [cuda|cpu] [--device N] [--simd L] [--quick] [--filter OP] [--perturb] [-v]\n"
+            "usage: %s [cuda|cpu] [--device N] [--simd L] [--quick] [--filter OP] [--part K/N] [--perturb] [-v]\n"
             "  cuda (default): the CUDA backend on device N; cpu: the CPU backend at its best\n"
             "  SIMD level (or L: scalar, avx2, avx512). Both are checked against the CPU\n"
             "  backend's scalar kernels. --quick: fewer sizes; --filter: the ops whose name\n"
-            "  contains OP; --perturb: every case must fail; -v: show what differed.\n",
+            "  contains OP; --part K/N: every Nth case from the Kth (N runs share the cases);\n"
+            "  --perturb: every case must fail; -v: show what differed.\n",
             argv0);
     return 2;
 }
@@ -1463,6 +1467,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-v")) c.verbose = 1;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) c.filter = argv[++i];
+        else if (!strcmp(argv[i], "--part") && i + 1 < argc) {
+            if (sscanf(argv[++i], "%d/%d", &c.part, &c.parts) != 2 || c.parts < 1 || c.parts > 64 || c.part < 1 ||
+                c.part > c.parts)
+                return usage(argv[0]);
+        }
         else if (!strcmp(argv[i], "--simd") && i + 1 < argc) {
             if ((simd = shoal_cpu_simd_from_name(argv[++i])) == -2) return usage(argv[0]);
         }

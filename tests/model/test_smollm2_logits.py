@@ -148,7 +148,10 @@ def score(name, k, lq):
 def test_teacher_forced_distributions(variant_file, name, simd, tmp_path):
     extra = [] if simd == "default" else ["--simd", simd]
     path = variant_file(name)
-    for k, case in enumerate(VARIANTS[name]["cases"]):
+    cases = VARIANTS[name]["cases"]
+    # the scalar level on two of the prompts (one of each half: all 8 took 26 s in CI)
+    for k in range(len(cases)) if simd == "default" else (0, len(cases) // 2):
+        case = cases[k]
         seq = NPZ[f"{name}.p{k}.seq"].tolist()
         kl, n_cmp, n_agree, bad = score(name, k, shoal_logp(path, seq, tmp_path, extra))
         print(f"{name} prompt {k}: mean KL {kl:.2e} (llama.cpp against itself {case['self_kl_mean']:.2e}); "

@@ -2,8 +2,9 @@
 and errors, what it says when nothing fits, --json, and shoal run taking
 the planner's layout when given no --tp/--pp.
 
-Memory: runs that fill their context (a prompt longer than the batch, then
-generation to the end of the context) so that the KV cache and the
+Memory: runs that fill their context (a prompt of ~900 tokens in batches,
+then generation to the end of the context: filled by generation alone, 1024
+decode steps on 3 ranks took 15 s in CI) so that the KV cache and the
 activations are all touched, under several layouts; each rank's peak RSS
 (shoal run -v) must be within 10% of `shoal plan`'s total for that rank.
 Speed predictions are timings and are checked in bench/bench_plan.py, not
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 
 PROMPT = ("Once upon a time there was a little girl who lived in a village near the forest, and every "
-          "day she walked to the river to fetch water. ") * 3
+          "day she walked to the river to fetch water. ") * 30
 # no bandwidth measurement or probe: memory does not depend on them, and tests stay quick
 FIXED = ["--membw", "50GB/s", "--corebw", "25GB/s", "--no-probe"]
 

@@ -203,7 +203,7 @@ def peak_rss_of(cmd):
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("big") / "big.gguf"
-    h.run(["synth", "-o", path, "--dim", 4096, "--layers", 12, "--heads", 32, "--kv-heads", 8,
+    h.run(["synth", "-o", path, "--dim", 4096, "--layers", 6, "--heads", 32, "--kv-heads", 8,
            "--ffn", 11008, "--vocab", 32000, "--type", "q8_0", "--seed", 1], timeout=600)
     yield path
     path.unlink()
@@ -211,7 +211,7 @@ def big_model(tmp_path_factory):
 
 def test_sharding_a_big_model_keeps_memory_small(big_model, tmp_path):
     size = big_model.stat().st_size
-    assert size > 2 * 2**30, "the test model should be multi-GB"
+    assert size > 2**30, "the test model should be over a GiB"
     d = tmp_path / "bigsh"
     rc, kib, err = peak_rss_of([h.shoal_bin(), "shard", "-m", big_model, "--tp", 2, "--pp", 2, "-o", d])
     assert rc == 0, err
