@@ -8,7 +8,7 @@
 # the input that did it. Per harness it prints the executions, the coverage
 # (libFuzzer's cov: and ft:) and the crash file, if any.
 #
-#   scripts/fuzz.sh --ci            every harness for a bounded time: 240 s in
+#   scripts/fuzz.sh --ci            every harness for a bounded time: 160 s in
 #                                   all (at most 60 s each), a harness a core
 #                                   at once, the grown corpus thrown away
 #   scripts/fuzz.sh --hours 1       a long run, the time shared among the
@@ -28,7 +28,7 @@ cd "$(dirname "$0")/.."
 
 mode="" total=0 only="" jobs="" per_input=5 build=1
 work="${SHOAL_FUZZ_WORK:-$HOME/.cache/shoal-fuzz}"
-ci_total=240 ci_each=60
+ci_total=160 ci_each=60
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -29,6 +29,15 @@ def shoal(args, timeout=60):
     return p.returncode, p.stderr.decode(errors="replace")
 
 
+def shoal_many(cases):
+    """[(args, what)] run a core each at once (hundreds of short processes: one at a time, the
+    truncations and corruptions took 33 s of CI under ASan); [(rc, err, what)] in their order."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        done = list(pool.map(lambda c: shoal(c[0]), cases))
+    return [(rc, err, what) for (rc, err), (_, what) in zip(done, cases)]
+
+
 def check_clean(rc, err, what):
     assert rc in (0, 1), f"{what}: exit status {rc} (signal or sanitizer):\n{err[-2000:]}"
     assert "Sanitizer" not in err and "runtime error" not in err, f"{what}:\n{err[-2000:]}"
@@ -50,7 +59,7 @@ def data_start(path) -> int:
 
 
 def commands(path):
-    return [["info", path], ["run", "-m", path, "-n", 2, "--temp", 0, "-p", "a b"]]
+    return [["info", path], ["run", "-m", path, "-n", 2, "--temp", 0, "-p", "a b", "-t", 1]]
 
 
 def test_truncations_are_refused(small_model, tmp_path):
@@ -60,30 +69,32 @@ def test_truncations_are_refused(small_model, tmp_path):
     cuts = set(range(0, 64)) | set(range(64, start, max(1, start // 150)))
     cuts |= set(range(start, len(data), max(1, (len(data) - start) // 40)))
     cuts |= {len(data) - k for k in range(1, 4)}
-    cut = tmp_path / "cut.gguf"
+    cases = []
     for n in sorted(cuts):
+        cut = tmp_path / f"cut-{n}.gguf"
         cut.write_bytes(data[:n])
-        for cmd in commands(cut):
-            rc, err = shoal(cmd)
-            check_clean(rc, err, f"{cmd[0]} of the first {n} of {len(data)} bytes")
-            assert rc == 1, f"{cmd[0]} accepted a file truncated to {n} of {len(data)} bytes"
-            assert str(cut) in err, f"message does not name the file: {err}"
+        cases += [(cmd, (cmd[0], n, cut)) for cmd in commands(cut)]
+    for rc, err, (what, n, cut) in shoal_many(cases):
+        check_clean(rc, err, f"{what} of the first {n} of {len(data)} bytes")
+        assert rc == 1, f"{what} accepted a file truncated to {n} of {len(data)} bytes"
+        assert str(cut) in err, f"message does not name the file: {err}"
 
 
 def test_random_corruptions(small_model, tmp_path):
     data = bytearray(small_model.read_bytes())
     start = data_start(small_model)
     rng = random.Random(1234)
-    bad = tmp_path / "bad.gguf"
+    cases = []
     for i in range(250):
         d = bytearray(data)
         for _ in range(rng.choice([1, 1, 2, 4])):
             pos = rng.randrange(0, start) if rng.random() < 0.9 else rng.randrange(len(d))
             d[pos] = rng.choice([0, 0xff, 0x7f, 0x80, rng.randrange(256)])
+        bad = tmp_path / f"bad-{i}.gguf"
         bad.write_bytes(bytes(d))
-        for cmd in commands(bad):
-            rc, err = shoal(cmd)
-            check_clean(rc, err, f"{cmd[0]} after corruption {i}")
+        cases += [(cmd, f"{cmd[0]} after corruption {i}") for cmd in commands(bad)]
+    for rc, err, what in shoal_many(cases):
+        check_clean(rc, err, what)
 
 
 def patch_u64(data, off, value):
