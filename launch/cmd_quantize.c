@@ -153,7 +153,6 @@ static int quantizable(const struct shoal_gguf_tensor *t) {
     return t->n_dims >= 2 && ends_with(t->name, "weight") && !strstr(t->name, "ffn_gate_inp");
 }
 
-/* The rows of t into type, a row at a time, written to w; a tensor kept as it is, its bytes as they are. */
 /* Rows converted a chunk at a time: each thread its share of the chunk's rows, into the chunk in order. */
 #define CHUNK_BYTES (4u << 20)
 struct conv {
@@ -183,6 +182,7 @@ static void conv_worker(void *arg, int ith, int nth) {
     if (rc != SHOAL_OK) snprintf(c->err[ith], sizeof c->err[ith], "%s", shoal_last_error());
 }
 
+/* The rows of t into type, a chunk at a time, written to w; a tensor kept as it is, its bytes as they are. */
 static shoal_status convert(struct shoal_gguf_writer *w, const struct shoal_gguf_tensor *t, int type, struct conv *c,
                             struct progress *pr) {
     const uint8_t *src = t->data;
