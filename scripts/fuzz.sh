@@ -47,6 +47,9 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$mode" ] || { echo "fuzz.sh: say --ci, --hours H or --seconds S" >&2; exit 2; }
 [ "$total" -ge 0 ] 2>/dev/null || { echo "fuzz.sh: not a number of seconds: $total" >&2; exit 2; }
+# CI: a harness a core at once (each still its share of the time); otherwise one at a time
+[ -n "$jobs" ] || { [ "$mode" = ci ] && jobs=$(nproc); } || jobs=1
+[ "$jobs" -ge 1 ] 2>/dev/null || { echo "fuzz.sh: --jobs wants a number from 1: $jobs" >&2; exit 2; }
 
 # ---------------------------------------------------------------- clang and libFuzzer
 have_libfuzzer() {
@@ -88,9 +91,6 @@ if [ "$build" = 1 ]; then
 fi
 
 n=${#names[@]}
-# CI: a harness a core at once (each still its share of the time); otherwise one at a time
-[ -n "$jobs" ] || { [ "$mode" = ci ] && jobs=$(nproc); } || jobs=1
-[ "$jobs" -ge 1 ] 2>/dev/null || { echo "fuzz.sh: --jobs wants a number from 1: $jobs" >&2; exit 2; }
 if [ "$mode" = ci ]; then
   each=$(( ci_total / n < ci_each ? ci_total / n : ci_each ))
   work=$(mktemp -d /tmp/shoal-fuzz-ci.XXXXXX)

@@ -1540,5 +1540,6 @@ int main(int argc, char **argv) {
     if (c.failed > COUNT(c.fails)) printf("  ... and %d more\n", c.failed - COUNT(c.fails));
     shoal_backend_destroy(c.be[0]);
     shoal_backend_destroy(c.be[1]);
-    return c.failed ? 1 : 0;
+    if (!c.cases) printf("  no case ran (--filter, --part): nothing was checked\n");
+    return c.failed || !c.cases ? 1 : 0;
 }
