@@ -58,7 +58,7 @@ struct cpu_ctx {
     struct lane_out { shoal_status rc; int waited; char err[256]; } *lane_out;
     struct shoal_bar bar;  /* the lanes' barrier, for the run going on */
     struct shoal_bar *in;  /* a lane: its run's barrier (shoal_backend_lane_barrier) */
-    int spin;
+    int spin;              /* microseconds a waiting thread polls (pool.h) */
 };
 
 /* ------------------------------------------------------------ SIMD levels */
@@ -1166,7 +1166,13 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
     c->n_threads = params && params->n_threads > 0 ? params->n_threads : shoal_cpu_online_cores();
     c->k = kernels_for(simd);
     c->no_lanes = params && params->no_lanes;
-    int spin = params && params->spin >= 0 ? params->spin : 200000;
+    /* 100 us: the ops of a step follow each other within microseconds (shoal bench -p 64
+     * -n 128, SmolLM2, two threads: a worker slept 261 times in 99,069 hand-offs at 100 us, 16
+     * at 200, 3 at 12,000), while two processes on the same cores each wait that long for a
+     * thread of their own that the other keeps off its core (two such benches at once on two
+     * cores: 10.8 s at 100 us, 17.9 at 200, 70.7 at 1,000, 9.5 to 264 s at 12,000, about
+     * what the 200,000 polls before came to on an Intel core) */
+    int spin = params && params->spin >= 0 ? params->spin : 100;
     c->spin = spin;
     shoal_status rc = shoal_pool_create(&c->pool, c->n_threads, spin);
     if (rc != SHOAL_OK) {

@@ -24,7 +24,7 @@ enum shoal_simd {
 struct shoal_cpu_params {
     int n_threads; /* <= 0: one per online core */
     int simd;      /* enum shoal_simd; SHOAL_SIMD_AUTO picks the best supported */
-    int spin;      /* worker polls before sleeping; < 0: default */
+    int spin;      /* microseconds a worker polls before sleeping (and a waiting caller before yielding); < 0: default */
     /*
      * Behave like a device backend (for tests of the code around one): the
      * weights are copied into the caller's device block instead of used in

@@ -14,10 +14,10 @@
 
 struct shoal_pool;
 
-/* n_threads >= 1; spin is how many polls a worker makes before sleeping (and
- * the caller before it yields); spinning is off when there are more threads
- * than online cores. */
-shoal_status shoal_pool_create(struct shoal_pool **out, int n_threads, int spin);
+/* n_threads >= 1; spin_us is how long a worker polls before it sleeps (and
+ * the caller before it yields), in microseconds; polling is off when there
+ * are more threads than online cores. */
+shoal_status shoal_pool_create(struct shoal_pool **out, int n_threads, int spin_us);
 void shoal_pool_destroy(struct shoal_pool *p); /* accepts NULL; joins the workers */
 int shoal_pool_size(const struct shoal_pool *p);
 void shoal_pool_run(struct shoal_pool *p, void (*fn)(void *arg, int ith, int nth), void *arg);
@@ -32,9 +32,9 @@ struct shoal_bar {
     _Atomic int arrived, failed;
     _Atomic unsigned gen;
     int n;
-    long spin;
+    long spin_us;
 };
-void shoal_bar_init(struct shoal_bar *b, int n, long spin);
+void shoal_bar_init(struct shoal_bar *b, int n, long spin_us); /* spin_us: as the pool's */
 int shoal_bar_wait(struct shoal_bar *b);
 void shoal_bar_fail(struct shoal_bar *b);
 

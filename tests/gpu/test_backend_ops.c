@@ -1498,7 +1498,7 @@ int main(int argc, char **argv) {
         snprintf(name, sizeof name, "cuda (device %d)", device);
     } else {
         if (simd == SHOAL_SIMD_AUTO) simd = shoal_cpu_simd_best();
-        rc = shoal_cpu_backend_create(&c.be[0], &(struct shoal_cpu_params){ .simd = simd, .spin = 1000 });
+        rc = shoal_cpu_backend_create(&c.be[0], &(struct shoal_cpu_params){ .simd = simd, .spin = -1 });
         if (rc == SHOAL_UNSUPPORTED) {
             printf("skipped: %s\n", shoal_last_error());
             return 77;
@@ -1512,7 +1512,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     rc = shoal_cpu_backend_create(&c.be[1], &(struct shoal_cpu_params){ .simd = SHOAL_SIMD_SCALAR,
-                                                                         .spin = 1000 });
+                                                                         .spin = -1 });
     if (rc != SHOAL_OK) {
         fprintf(stderr, "cannot create the reference backend: %s\n", shoal_last_error());
         shoal_backend_destroy(c.be[0]);

@@ -457,7 +457,7 @@ int main(void) {
     const int best = shoal_cpu_simd_best();
     for (int simd = SHOAL_SIMD_SCALAR; simd <= best; simd++) {
         struct shoal_backend *be = NULL;
-        struct shoal_cpu_params p = { .n_threads = 2, .simd = simd, .spin = 1000 };
+        struct shoal_cpu_params p = { .n_threads = 2, .simd = simd, .spin = -1 };
         CHECK_OK(shoal_cpu_backend_create(&be, &p));
         if (!be) continue;
         const char *level = shoal_cpu_simd_name(simd);

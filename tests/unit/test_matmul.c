@@ -207,7 +207,7 @@ static void test_f64_levels(int best) {
         for (int simd = SHOAL_SIMD_SCALAR; simd <= best; simd++) {
             if (simd != SHOAL_SIMD_SCALAR && simd != SHOAL_SIMD_AVX512) continue;
             struct shoal_backend *be = NULL;
-            struct shoal_cpu_params p = { .n_threads = 2, .simd = simd, .spin = 1000 };
+            struct shoal_cpu_params p = { .n_threads = 2, .simd = simd, .spin = -1 };
             CHECK_OK(shoal_cpu_backend_create(&be, &p));
             struct shoal_weight w;
             CHECK_OK(shoal_weight_prepare(be, &w, type, ROWS, COLS, wq, NULL));
@@ -325,7 +325,7 @@ int main(void) {
     for (int simd = SHOAL_SIMD_SCALAR; simd <= best; simd++) {
         for (int threads = 1; threads <= 3; threads += 2) {
             struct shoal_backend *be = NULL;
-            struct shoal_cpu_params p = { .n_threads = threads, .simd = simd, .spin = 1000 };
+            struct shoal_cpu_params p = { .n_threads = threads, .simd = simd, .spin = -1 };
             CHECK_OK(shoal_cpu_backend_create(&be, &p));
             if (!be) continue;
             for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++)
@@ -375,7 +375,7 @@ int main(void) {
      * one may have it): against the reference, cut on a run, and batch-invariant */
     if (best >= SHOAL_SIMD_AVX512) {
         struct shoal_backend *be = NULL;
-        struct shoal_cpu_params p = { .n_threads = 3, .simd = SHOAL_SIMD_AVX512, .spin = 1000 };
+        struct shoal_cpu_params p = { .n_threads = 3, .simd = SHOAL_SIMD_AVX512, .spin = -1 };
         CHECK_OK(shoal_cpu_backend_create(&be, &p));
         shoal_cpu_avx512_set_bf16(0);
         for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
