@@ -1169,9 +1169,9 @@ shoal_status shoal_cpu_backend_create(struct shoal_backend **out,
     /* 100 us: the ops of a step follow each other within microseconds (shoal bench -p 64
      * -n 128, SmolLM2, two threads: a worker slept 261 times in 99,069 hand-offs at 100 us, 16
      * at 200, 3 at 12,000), while two processes on the same cores each wait that long for a
-     * thread of their own that the other keeps off its core (two such benches at once on two
-     * cores: 10.8 s at 100 us, 17.9 at 200, 70.7 at 1,000, 9.5 to 264 s at 12,000, about
-     * what the 200,000 polls before came to on an Intel core) */
+     * thread of their own that the other keeps off its core: two shoal bench -p 256 -n 64 at
+     * once on two cores took 10.2-10.9 s at 100 us (one alone 1.7-1.9 s), 70.7 s at 1,000,
+     * and 31-234 s with the 200,000 polls before (one alone 1.8-2.3 s) */
     int spin = params && params->spin >= 0 ? params->spin : 100;
     c->spin = spin;
     shoal_status rc = shoal_pool_create(&c->pool, c->n_threads, spin);

@@ -5,11 +5,11 @@
  * sleepers; workers poll the counter, then sleep when it stays still. The
  * caller counts finished workers down with an atomic and spins until zero.
  *
- * Polling is bounded in time, not in polls: a pause takes 140 cycles on
- * recent Intel cores and a tenth of that on AMD's, so 200,000 polls (the
- * bound before) were 12 ms on one machine and 1 ms on another, and two
+ * Polling is bounded in time, not in polls: how long a pause takes differs
+ * several times over between processors (24 ns on the Intel VM where the
+ * bound was set, so that the 200,000 polls before came to 4.7 ms), and two
  * processes on the same cores (tests side by side, or a user's two runs)
- * spent those milliseconds of each other's time after every step.
+ * spent that long of each other's time at every hand-off.
  */
 #define _GNU_SOURCE
 #include "pool.h"
