@@ -64,6 +64,17 @@ static inline int spun(long i, uint64_t *t0, long spin_us) {
     return t - *t0 >= (uint64_t)spin_us * 1000u;
 }
 
+/* One poll of a wait that does not sleep (the caller's for its workers, a barrier's): a
+ * pause while spin_us lasts, sched_yield from then on. *t0: as spun's, UINT64_MAX once past. */
+static inline void pause_or_yield(long i, uint64_t *t0, long spin_us) {
+    if (*t0 != UINT64_MAX && !spun(i, t0, spin_us)) {
+        cpu_relax();
+        return;
+    }
+    *t0 = UINT64_MAX;
+    sched_yield();
+}
+
 static void *worker_main(void *p) {
     struct worker *w = p;
     struct shoal_pool *pool = w->pool;
@@ -156,11 +167,8 @@ void shoal_pool_run(struct shoal_pool *p, void (*fn)(void *arg, int ith, int nth
      * cores (or other ranks on the same cores) the worker we wait for may
      * need this core to run at all. */
     uint64_t t0 = 0;
-    int yield = 0;
-    for (long i = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; i++) {
-        if (!yield && !(yield = spun(i, &t0, p->spin_us))) cpu_relax();
-        else sched_yield();
-    }
+    for (long i = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; i++)
+        pause_or_yield(i, &t0, p->spin_us);
 }
 
 /* ------------------------------------------------------------- barrier */
@@ -181,11 +189,9 @@ int shoal_bar_wait(struct shoal_bar *b) {
         return atomic_load(&b->failed) ? -1 : 0;
     }
     uint64_t t0 = 0;
-    int yield = 0;
     for (long i = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == gen; i++) {
         if (atomic_load_explicit(&b->failed, memory_order_relaxed)) return -1;
-        if (!yield && !(yield = spun(i, &t0, b->spin_us))) cpu_relax();
-        else sched_yield();
+        pause_or_yield(i, &t0, b->spin_us);
     }
     return 0;
 }
