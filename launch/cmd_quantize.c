@@ -161,7 +161,7 @@ struct conv {
     float *rows;    /* n_threads rows of the widest tensor's values */
     uint8_t *chunk; /* chunk_bytes of converted rows */
     size_t chunk_bytes;
-    /* the chunk being converted */
+    /* the tensor being converted, and its chunk */
     const uint8_t *src;
     int in_type, type;
     int64_t ne0, n;
@@ -203,14 +203,14 @@ static shoal_status convert(struct shoal_gguf_writer *w, const struct shoal_gguf
     if (out_rb > c->chunk_bytes || (size_t)ne0 > c->row_floats)
         return shoal_errorf(SHOAL_INTERNAL, "a row of %lld values past the buffers", (long long)ne0);
     const int64_t per = (int64_t)(c->chunk_bytes / out_rb);
+    c->in_type = t->type;
+    c->type = type;
+    c->ne0 = ne0;
+    c->in_rb = in_rb;
+    c->out_rb = out_rb;
     for (int64_t r0 = 0; r0 < rows; r0 += per) {
         c->src = src + (size_t)r0 * in_rb;
-        c->in_type = t->type;
-        c->type = type;
-        c->ne0 = ne0;
         c->n = rows - r0 < per ? rows - r0 : per;
-        c->in_rb = in_rb;
-        c->out_rb = out_rb;
         shoal_pool_run(c->pool, conv_worker, c);
         for (int i = 0; i < c->n_threads; i++)
             if (c->rc[i] != SHOAL_OK) return shoal_errorf(c->rc[i], "%s", c->err[i]);
