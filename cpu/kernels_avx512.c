@@ -540,6 +540,11 @@ static void unpack_q8_row(const struct shoal_weight *w, int64_t r, float *y) {
 }
 
 
+/* bytes ahead that a group's first tile fetches the weights from memory: two pages, as
+ * kernels_avx512_kq.c does (measured: Q5_0 and Q5_1 decoded at 44 GB/s without, 67 with; the
+ * others 60-64 and 67-69) */
+#define PACKED_AHEAD 8192
+
 /*
  * One group of 16 rows x NT tokens from t0: f32 sums into y, or (EXACT) f64
  * sums into yd, for the rows of the group that mask says.
@@ -561,6 +566,8 @@ INLINE void q8p_tile(const struct mm_task *t, const uint8_t *gp, const uint8_t *
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(gp + q8p_scale_off(b, nb))));
         if (next) /* the next group's block, read from memory while this tile computes */
             for (int l = 0; l < PB; l += 64) _mm_prefetch((const char *)next + b * PB + l, _MM_HINT_T0);
+        else /* the first tile: the weights PACKED_AHEAD bytes on, as p32_tile does */
+            for (int l = 0; l < PB; l += 64) _mm_prefetch((const char *)gp + b * PB + PACKED_AHEAD + l, _MM_HINT_T0);
         __m512i p[PT];
         for (int j = 0; j < NT; j++) p[j] = _mm512_set1_epi32(xc[j]);
         /* the tokens' sums side by side, so that no product waits on the one before */
@@ -673,9 +680,6 @@ enum { K40, K41, K50, K51, KNL };
 #define KIND_QO(K) ((K) == K41 ? 4 : (K) == K50 ? 6 : (K) == K51 ? 8 : 2)
 /* bytes of a block of a group: codes, fifth bits, d, m */
 #define P32_BB(K) (PG * KIND_BS(K))
-/* bytes ahead that decoding fetches the weights from memory: two pages, as kernels_avx512_kq.c does
- * (measured: Q5_0 and Q5_1 decoded at 44 GB/s without, 67 with; the others 60-64 and 67-69) */
-#define P32_AHEAD 8192
 
 static int kind_of(int type) {
     switch (type) {
@@ -795,7 +799,7 @@ INLINE void p32_tile(const struct mm_task *t, const uint8_t *gp, const uint8_t *
         if (next) /* the next group's block, read from memory while this tile computes */
             for (int l = 0; l < BB; l += 64) _mm_prefetch((const char *)next + b * BB + l, _MM_HINT_T0);
         else
-            for (int l = 0; l < BB; l += 64) _mm_prefetch((const char *)gp + b * BB + P32_AHEAD + l, _MM_HINT_T0);
+            for (int l = 0; l < BB; l += 64) _mm_prefetch((const char *)gp + b * BB + PACKED_AHEAD + l, _MM_HINT_T0);
         /*
          * The products of the low and the high nibbles in two sums (q) for tiles of few tokens,
          * so that a dot product is two chains of four vpdpbusd (decoding waits on their
