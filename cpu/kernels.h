@@ -258,7 +258,7 @@ static inline void mm_drive_f64(const struct mm_task *t, int64_t r0, int64_t r1,
     KQ_DECLARE(level, q2_k) KQ_DECLARE(level, q3_k) KQ_DECLARE(level, q4_k)                \
     KQ_DECLARE(level, q5_k) KQ_DECLARE(level, q6_k) KQ_DECLARE(level, iq4_xs)
 KQ_DECLARE_ALL(avx2)
-KQ_DECLARE(avx512, q2_k) KQ_DECLARE(avx512, q3_k) /* a row at a time; the others packed at load: */
+KQ_DECLARE(avx512, q2_kp) KQ_DECLARE(avx512, q3_kp) /* packed at load */
 KQ_DECLARE(avx512, q4_kp) KQ_DECLARE(avx512, q5_kp) KQ_DECLARE(avx512, q6_kp) KQ_DECLARE(avx512, iq4_xsp)
 /* shoal_cpu_quantize_q8k's bytes, in SIMD */
 void shoal_cpu_avx512_quantize_q8k(const float *x, int64_t cols, int8_t *q, float *d, int16_t *bsums);

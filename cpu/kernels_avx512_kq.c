@@ -2,12 +2,13 @@
  * kernels_avx512_kq.c — the AVX-512 (VNNI) matmuls of the super-block types
  * (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) with Q8_K activations: f32 sums
  * (mm) and exact f64 sums (mm_f64); kernels_avx512.c's table lists them
- * (the 32-value block types are there). Q4_K, Q5_K, Q6_K and IQ4_XS are
- * packed at load, 16 rows interleaved (the second half of this file says
- * how): what a Q4_K_M, Q5_K_M, Q6_K or IQ4_XS file is made of. Q2_K and
- * Q3_K run a row at a time on the GGUF rows (the first half). Compiled
- * with AVX-512 enabled (see CMakeLists.txt) and only called after the
- * processor says it has it.
+ * (the 32-value block types are there). All six are packed at load, 16
+ * rows interleaved (the comment before image_bytes says how), so that a
+ * block of weights is unpacked once for a tile of up to 8 tokens (Q2_K and
+ * Q3_K ran a row at a time on the GGUF rows before: 8 tokens cost 4-5
+ * times one, now 2; bench_matmul q2_k 2816 1024 8 1: 521-580 -> 182-195
+ * us, q3_k 468 -> 222-235). Compiled with AVX-512 enabled (see
+ * CMakeLists.txt) and only called after the processor says it has it.
  *
  * Both compute a super-block's integer sum_k sc_k * dot_k exactly (and the
  * mins' sum_k m_k * bsum_k), then scale it:
@@ -22,11 +23,10 @@
  * one token alone, or a row of a slice, gives the bits it gives in any
  * batch or in the whole weight.
  *
- * The weights two pages on are prefetched: the rows are read in an order
- * (scales, then codes) that the hardware prefetchers follow poorly across
- * 4 KiB pages. Measured here (Zen 5, one thread, 5632 x 2048, a row at a
- * time): Q6_K decoded at 33 GB/s without and 38 with, Q4_K 28 and 30, the
- * others level.
+ * The weights two pages on are prefetched: the hardware prefetchers follow
+ * the images poorly across 4 KiB pages. Measured (Zen 5, one thread,
+ * 5632 x 2048, when rows were read one at a time): Q6_K decoded at 33 GB/s
+ * without and 38 with, Q4_K 28 and 30, the others level.
  */
 #include <immintrin.h>
 #include <stddef.h>
@@ -34,134 +34,17 @@
 #include <string.h>
 
 #include "kernels.h"
-#include "x86_sum.h"
 
 #define INLINE static inline __attribute__((always_inline))
-#define KT 8 /* most tokens per tile */
 
 enum { Q2K, Q3K, Q4K, Q5K, Q6K, IQ4XS };
 
-static inline const uint8_t *row_ptr(const struct mm_task *t, int64_t r) {
-    return (const uint8_t *)t->w->data + (size_t)r * t->w->row_bytes;
-}
-
-INLINE float f16(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
-/* ------------------------------------------------ Q2_K, Q3_K: a row at a time */
-
-/*
- * A super-block goes through in four quarters of 64 values, each one
- * register of codes in value order (unsigned: 0..3, 0..7) and one register
- * of its sub-block scales, as int16, the scale of each pair of values. Per
- * token, a quarter is vpmaddubsw (codes x int8 activations, pairs into
- * int16: no saturation) and vpdpwssd (those pairs times their scales, added
- * into int32 lanes): the 16 lanes hold the super-block's sum_k sc_k * dot_k
- * in parts, each exact. Q3_K's offset (-4) and Q2_K's mins come from the
- * activations' sums of 16 (bsums) times the scales or mins, one vpmaddwd
- * per super-block. The lanes of CH super-blocks are then added across
- * eight super-blocks at a time (exact integers, below 2^27:
- * kernels_scalar.c's bounds), and the scales applied to eight super-blocks
- * side by side. Tiles are one row x up to KT tokens, a row's super-block
- * unpacked once for the tile's tokens; decoding reads one row at a time:
- * one stream per thread (kernels_avx512.c says why).
- */
-
-/* One super-block's weights, unpacked. */
-struct sb {
-    __m512i q[4];      /* codes of values 64 k .. 64 k + 63, unsigned */
-    __m512i s[4];      /* their scales as int16, one per pair of values */
-    __m256i c16;       /* int16 per 16 values: Q2_K's mins, Q3_K's scales */
-};
-
-/* Bytes i, i+1 of a 128-bit lane repeated over it, lane by lane: shuffle controls. */
-INLINE __m512i pair_ctrl(int l0, int l1, int l2, int l3) {
-    const int b[4] = { l0, l1, l2, l3 };
-    uint64_t v[8];
-    for (int k = 0; k < 8; k++) {
-        const uint64_t w = (uint64_t)(b[k / 2] | (b[k / 2] + 1) << 8);
-        v[k] = w | w << 16 | w << 32 | w << 48;
-    }
-    return _mm512_loadu_si512((const void *)v);
-}
-
-/* From 16 int16 scales per 16 values (sc16: Q2_K, Q3_K, Q6_K): lane l of quarter k takes 4k + l. */
-INLINE void scales_by16(struct sb *o, __m256i sc16) {
-    const __m512i b0 = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc16));
-    const __m512i b1 = _mm512_broadcast_i32x4(_mm256_extracti128_si256(sc16, 1));
-    const __m512i c0 = pair_ctrl(0, 2, 4, 6), c1 = pair_ctrl(8, 10, 12, 14);
-    o->s[0] = _mm512_shuffle_epi8(b0, c0);
-    o->s[1] = _mm512_shuffle_epi8(b0, c1);
-    o->s[2] = _mm512_shuffle_epi8(b1, c0);
-    o->s[3] = _mm512_shuffle_epi8(b1, c1);
-}
-
-/* 32 bytes at p in both halves of a register. */
-INLINE __m512i bcast256(const uint8_t *p) { return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)); }
-
-/* int16 shift counts: a in the first 16 words, b in the next 16. */
-INLINE __m512i counts16(int a, int b) {
-    return _mm512_inserti64x4(_mm512_set1_epi16((short)a), _mm256_set1_epi16((short)b), 1);
-}
-
-/* int32 rotate counts: a in the first 8 dwords, b in the next 8 (mod 32). */
-INLINE __m512i counts32(int a, int b) {
-    return _mm512_inserti64x4(_mm512_set1_epi32(a & 31), _mm256_set1_epi32(b & 31), 1);
-}
-
-/* The 2-bit codes of Q2_K and Q3_K, quarter k: bits 2 (2 (k % 2) + h) of qs[32 (k / 2) + j], half h. */
-INLINE __m512i low2(const uint8_t *qs, int k) {
-    const int c = 2 * (k % 2);
-    return _mm512_and_si512(_mm512_srlv_epi16(bcast256(qs + 32 * (k / 2)), counts16(2 * c, 2 * c + 2)),
-                            _mm512_set1_epi8(3));
-}
-
-/* Unpacks super-block p of type T (but for its f16 scales). */
-INLINE void unpack(const uint8_t *p, const int T, struct sb *o) {
-    switch (T) {
-    case Q3K: {
-        const struct shoal_block_q3_k *b = (const void *)p;
-        uint32_t a[3];
-        memcpy(a, b->scales, 12);
-        const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f;
-        const uint32_t s0 = (a[0] & k2) | (a[2] & k1) << 4, s1 = (a[1] & k2) | ((a[2] >> 2) & k1) << 4;
-        const uint32_t s2 = ((a[0] >> 4) & k2) | ((a[2] >> 4) & k1) << 4;
-        const uint32_t s3 = ((a[1] >> 4) & k2) | ((a[2] >> 6) & k1) << 4;
-        const __m128i raw = _mm_sub_epi8(_mm_setr_epi32((int)s0, (int)s1, (int)s2, (int)s3), _mm_set1_epi8(32));
-        const __m256i sc = _mm256_cvtepi8_epi16(raw);
-        o->c16 = sc;
-        scales_by16(o, sc);
-        const __m512i hm = bcast256(b->hmask);
-        for (int k = 0; k < 4; k++) { /* the third bit, bit g of hmask[j] (g = 2 k, 2 k + 1), to bit 2 */
-            const __m512i hb = _mm512_rolv_epi32(hm, counts32(2 - 2 * k, 1 - 2 * k));
-            o->q[k] = _mm512_ternarylogic_epi32(hb, _mm512_set1_epi8(4), low2(b->qs, k), 0xea);
-        }
-        break;
-    }
-    case Q2K: {
-        const struct shoal_block_q2_k *b = (const void *)p;
-        const __m128i raw = _mm_loadu_si128((const __m128i *)b->scales);
-        const __m256i sc = _mm256_cvtepu8_epi16(_mm_and_si128(raw, _mm_set1_epi8(0x0f)));
-        o->c16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f)));
-        scales_by16(o, sc);
-        for (int k = 0; k < 4; k++) o->q[k] = low2(b->qs, k);
-        break;
-    }
-    }
-}
-
-/* Block bytes of type T, and where its f16 scale d is (Q2_K: dmin beside it). */
-#define KQ_BYTES(T) ((T) == Q2K ? sizeof(struct shoal_block_q2_k) : sizeof(struct shoal_block_q3_k))
-#define KQ_D(T) ((T) == Q2K ? offsetof(struct shoal_block_q2_k, d) : offsetof(struct shoal_block_q3_k, d))
-
-/*
- * Eight horizontal sums of int32 lanes at once (exact): lane i of the
- * result is the sum of v[i]'s 16 lanes (hsum8x16) or of c[i]'s 8 (hsum8x8).
- */
-INLINE __m256i hsum_tail(const __m512i t[4]) { /* t[k]: lanes 0-1 one vector's parts, 2-3 the next's */
+/* Eight horizontal sums of int32 lanes at once (exact): lane i of the result is the sum of v[i]'s 16 lanes. */
+INLINE __m256i hsum8x16(const __m512i v[8]) {
+    __m512i t[4]; /* t[k]: lanes 0-1 one vector's parts, 2-3 the next's */
+    for (int k = 0; k < 4; k++)
+        t[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                _mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
     __m512i u[2];
     for (int m = 0; m < 2; m++)
         u[m] = _mm512_add_epi32(_mm512_shuffle_i32x4(t[2 * m], t[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
@@ -174,120 +57,21 @@ INLINE __m256i hsum_tail(const __m512i t[4]) { /* t[k]: lanes 0-1 one vector's p
         _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), z));
 }
 
-INLINE __m256i hsum8x16(const __m512i v[8]) {
-    __m512i t[4];
-    for (int k = 0; k < 4; k++)
-        t[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                _mm512_shuffle_i32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    return hsum_tail(t);
-}
+#define PREFETCH 8192 /* bytes ahead that a group's weights are fetched from memory */
 
-INLINE __m256i hsum8x8(const __m256i c[8]) {
-    __m512i t[4];
-    for (int k = 0; k < 4; k++) t[k] = _mm512_inserti64x4(_mm512_castsi256_si512(c[2 * k]), c[2 * k + 1], 1);
-    return hsum_tail(t);
-}
-
-#define CH 8 /* super-blocks whose sums are finished together */
-#define PREFETCH 8192 /* bytes ahead that a row's weights are fetched from memory */
+/* ------------------------------------------------------ packed at load */
 
 /*
- * Row r times NT tokens from t0, type T: f32 sums into y, or (EXACT) f64
- * sums into yd. The super-blocks go in chunks of CH: first their integer
- * sums (isum, and the mins' msum), kept in 16 (8) lanes each; then the
- * chunk's lanes added across eight super-blocks at a time, and the scales
- * applied to the eight sums side by side:
- *  - f32: isum * (d * dx) - msum * (dmin * dx) into eight f32 lanes (one per
- *    super-block of a chunk), added across at the end;
- *  - f64: kernels_scalar.c's kterm terms, (isum * d) * dx (less the same
- *    of msum and dmin), each rounded once, computed side by side and added
- *    into the row's f64 sum in its order: the scalar level's bits.
- */
-INLINE void kq_tile(const struct mm_task *t, int64_t r, int t0, const int NT, const int EXACT, const int T) {
-    const int64_t cols = t->w->cols, nb = cols / SHOAL_QK_K, rows = t->w->rows;
-    const size_t bsz = KQ_BYTES(T), doff = KQ_D(T);
-    const int MINS = T == Q2K, OFF = T == Q3K ? 2 : 0; /* log2 of the offset */
-    const uint8_t *w = row_ptr(t, r);
-    __m256 acc[KT];
-    double sd[KT];
-    for (int j = 0; j < NT; j++) {
-        acc[j] = _mm256_setzero_ps();
-        sd[j] = 0;
-    }
-    const int8_t *x0 = t->xkq + (int64_t)t0 * cols;
-    const int16_t *bs0 = t->xkbs + (int64_t)t0 * (cols / 16);
-    const float *xd0 = t->xkd + (int64_t)t0 * nb;
-    for (int64_t b0 = 0; b0 < nb; b0 += CH) {
-        const int nc = nb - b0 < CH ? (int)(nb - b0) : CH;
-        __m512i isum[KT][CH];
-        __m256i msum[KT][CH];
-        uint16_t dh[2][CH] = { { 0 } }; /* the f16 d and dmin of each super-block */
-        for (int c = 0; c < nc; c++, w += bsz) {
-            struct sb s;
-            for (int l = 0; l < (int)bsz; l += 64) /* two pages on: see the banner */
-                _mm_prefetch((const char *)w + PREFETCH + l, _MM_HINT_T0);
-            unpack(w, T, &s);
-            memcpy(&dh[0][c], w + doff, 2);
-            if (MINS) memcpy(&dh[1][c], w + doff + 2, 2);
-            for (int j = 0; j < NT; j++) {
-                const int8_t *x = x0 + j * cols + (b0 + c) * SHOAL_QK_K;
-                __m512i a = _mm512_setzero_si512();
-                for (int k = 0; k < 4; k++) {
-                    const __m512i xv = _mm512_loadu_si512((const void *)(x + 64 * k));
-                    a = _mm512_dpwssd_epi32(a, _mm512_maddubs_epi16(s.q[k], xv), s.s[k]);
-                }
-                if (OFF || MINS) {
-                    const __m256i bsv = _mm256_loadu_si256((const __m256i *)(bs0 + j * (cols / 16) + (b0 + c) * 16));
-                    const __m256i c8 = _mm256_madd_epi16(bsv, s.c16); /* sum_k c_k * bsum_k, in 8 parts */
-                    if (OFF) a = _mm512_sub_epi32(a, _mm512_zextsi256_si512(_mm256_slli_epi32(c8, OFF)));
-                    if (MINS) msum[j][c] = c8;
-                }
-                isum[j][c] = a;
-            }
-        }
-        for (int c = nc; c < CH; c++)
-            for (int j = 0; j < NT; j++) {
-                isum[j][c] = _mm512_setzero_si512();
-                msum[j][c] = _mm256_setzero_si256();
-            }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh[0]));
-        const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh[1]));
-        const __mmask8 live = (__mmask8)((1u << nc) - 1);
-        for (int j = 0; j < NT; j++) {
-            const __m256i is = hsum8x16(isum[j]), ms = MINS ? hsum8x8(msum[j]) : _mm256_setzero_si256();
-            const __m256 dx = _mm256_maskz_loadu_ps(live, xd0 + j * nb + b0);
-            if (EXACT) { /* kterm: (isum d) dx, then the mins' */
-                const __m512d x = _mm512_cvtps_pd(dx);
-                __m512d v = _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(is), _mm512_cvtps_pd(dw)), x);
-                if (MINS)
-                    v = _mm512_sub_pd(v, _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(ms), _mm512_cvtps_pd(dm)), x));
-                double terms[CH];
-                _mm512_storeu_pd(terms, v);
-                for (int c = 0; c < nc; c++) sd[j] += terms[c];
-            } else {
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, dx), acc[j]);
-                if (MINS) acc[j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dm, dx), acc[j]);
-            }
-        }
-    }
-    for (int j = 0; j < NT; j++) {
-        const int64_t at = (int64_t)(t0 + j) * rows + r;
-        if (EXACT) t->yd[at] = sd[j];
-        else t->y[at] = hsum256(acc[j]);
-    }
-}
-
-/* ------------------------------------ Q4_K, Q5_K, Q6_K, IQ4_XS packed at load */
-
-/*
- * These four are packed at load (as Q8_0 is in kernels_avx512.c): rows in
+ * The six are packed at load (as Q8_0 is in kernels_avx512.c): rows in
  * groups of 16, and per super-block one image of the group's 16 rows, of
  * exactly the rows' own bytes (so that packing in place, group by group,
  * never overtakes the rows still to be read), read from start to end:
  *  - first the scales: Q4_K's and Q5_K's 12 scale bytes of each row as 12
  *    planes of 16 (plane j: byte j of each row), then the 16 rows' d, their
  *    dmin (256 bytes); Q6_K's 16 int8 scales as 16 planes, d (288);
- *    IQ4_XS's scales_h and scales_l as 6 planes, d (128);
+ *    IQ4_XS's scales_h and scales_l as 6 planes, d (128); Q2_K's 16 scale
+ *    bytes (scale and min of each 16 values) as 16 planes, d, dmin (320);
+ *    Q3_K's 12 as 12 planes, d (224);
  *  - then the codes (IQ4_XS: the levels' indices), group by group (32
  *    values each): the low four bits in four 64-byte vectors, vector k's
  *    bytes 4 r + e (row r) holding those of value 32 g + 4 k + e in the low
@@ -295,14 +79,19 @@ INLINE void kq_tile(const struct mm_task *t, int64_t r, int t0, const int NT, co
  *    Q5_K, one vector of the fifth bits (bits 2 k and 2 k + 1 of byte 4 r +
  *    e: those of the two values above), for Q6_K two vectors of the high
  *    two bits (vector q: at bits 0-3 those of the two values for k = 2 q,
- *    at 4-7 for k = 2 q + 1).
- * Q4_K's image is 2304 bytes, Q5_K's 2816, Q6_K's 3360, IQ4_XS's 2176.
+ *    at 4-7 for k = 2 q + 1). Q2_K's and Q3_K's two low bits in two
+ *    vectors instead, vector 0's (1's) byte 4 r + e holding at bits 2 k,
+ *    2 k + 1 those of value 32 g + 4 k + e (+ 16), then Q3_K's third bits
+ *    in one vector, at bits k (4 + k) of byte 4 r + e.
+ * Q4_K's image is 2304 bytes, Q5_K's 2816, Q6_K's 3360, IQ4_XS's 2176,
+ * Q2_K's 1344, Q3_K's 1760.
  * A token's four activation bytes, broadcast, meet a code vector's 16 rows
- * in one vpdpbusd: eight make the 16 rows' dot products of a group (Q6_K:
- * of two sub-blocks of 16), one per int32 lane (rows, not parts of one row:
- * nothing to add across lanes), then times the 16 rows' scales (vpmulld)
- * into the rows' isum; the offsets (Q6_K's -32, IQ4_XS's levels are +128
- * here) and the mins from the activations' sums. Then per super-block the
+ * in one vpdpbusd: eight make the 16 rows' dot products of a group (Q2_K,
+ * Q3_K, Q6_K: of two sub-blocks of 16), one per int32 lane (rows, not
+ * parts of one row: nothing to add across lanes), then times the 16 rows'
+ * scales (vpmulld) into the rows' isum; the offsets (Q3_K's -4, Q6_K's
+ * -32, IQ4_XS's levels are +128 here) and the mins from the activations'
+ * sums. Then per super-block the
  * 16 rows' d * dx and dmin * dx in f32 (mm), or kernels_scalar.c's kterm
  * terms per row in f64, in its order (mm_f64: the scalar level's bits).
  * Each (row, token) output goes through the same instructions in the same
@@ -316,6 +105,8 @@ INLINE void kq_tile(const struct mm_task *t, int64_t r, int t0, const int NT, co
 /* Bytes of one super-block image of a group (16 x the block), 0 for the types not packed. */
 static size_t image_bytes(int type) {
     switch (type) {
+    case SHOAL_DTYPE_Q2_K: return PG * sizeof(struct shoal_block_q2_k);
+    case SHOAL_DTYPE_Q3_K: return PG * sizeof(struct shoal_block_q3_k);
     case SHOAL_DTYPE_Q4_K: return PG * sizeof(struct shoal_block_q4_k);
     case SHOAL_DTYPE_Q5_K: return PG * sizeof(struct shoal_block_q5_k);
     case SHOAL_DTYPE_Q6_K: return PG * sizeof(struct shoal_block_q6_k);
@@ -323,10 +114,13 @@ static size_t image_bytes(int type) {
     }
     return 0;
 }
+#define P2K 1344
+#define P3K 1760
 #define P4K 2304
 #define P5K 2816
 #define P6K 3360
 #define PXS 2176
+_Static_assert(P2K == PG * sizeof(struct shoal_block_q2_k) && P3K == PG * sizeof(struct shoal_block_q3_k), "an image is its rows' bytes");
 _Static_assert(P4K == PG * sizeof(struct shoal_block_q4_k) && P5K == PG * sizeof(struct shoal_block_q5_k) &&
                P6K == PG * sizeof(struct shoal_block_q6_k) && PXS == PG * sizeof(struct shoal_block_iq4_xs),
                "an image is its rows' bytes");
@@ -334,12 +128,32 @@ _Static_assert(P4K == PG * sizeof(struct shoal_block_q4_k) && P5K == PG * sizeof
 /* Where an image's codes start (after its scales and d), and the bytes of a group's codes: the
  * low four bits, then Q5_K's and Q6_K's high ones. */
 static int code_base(int type) {
-    return type == SHOAL_DTYPE_Q6_K ? 288 : type == SHOAL_DTYPE_IQ4_XS ? 128 : 256;
+    switch (type) {
+    case SHOAL_DTYPE_Q2_K: return 320;
+    case SHOAL_DTYPE_Q3_K: return 224;
+    case SHOAL_DTYPE_Q6_K: return 288;
+    case SHOAL_DTYPE_IQ4_XS: return 128;
+    }
+    return 256;
 }
 
 static int group_bytes(int type) {
-    return type == SHOAL_DTYPE_Q5_K ? 320 : type == SHOAL_DTYPE_Q6_K ? 384 : 256;
+    switch (type) {
+    case SHOAL_DTYPE_Q2_K: return 128;
+    case SHOAL_DTYPE_Q3_K: return 192;
+    case SHOAL_DTYPE_Q5_K: return 320;
+    case SHOAL_DTYPE_Q6_K: return 384;
+    }
+    return 256;
 }
+
+/* Q2_K's and Q3_K's codes, value v of block p: the low two bits; Q3_K's third (set: no -4). */
+static int low2_of(int type, const uint8_t *p, int v) {
+    const uint8_t *qs = type == SHOAL_DTYPE_Q2_K ? ((const struct shoal_block_q2_k *)p)->qs
+                                                 : ((const struct shoal_block_q3_k *)p)->qs;
+    return (qs[32 * (v / 128) + v % 32] >> (2 * (v % 128 / 32))) & 3;
+}
+static int hbit_of(const uint8_t *p, int v) { return (((const struct shoal_block_q3_k *)p)->hmask[v % 32] >> (v / 32)) & 1; }
 
 size_t shoal_cpu_avx512_kq_packed_bytes(int type, int64_t rows, int64_t cols) {
     return (size_t)((rows + PG - 1) / PG) * (size_t)(cols / SHOAL_QK_K) * image_bytes(type);
@@ -348,6 +162,15 @@ size_t shoal_cpu_avx512_kq_packed_bytes(int type, int64_t rows, int64_t cols) {
 /* Sets the bits of value v's code c in block p of type (zeroed first): codes_of's inverse. */
 static void set_code(int type, uint8_t *p, int v, int c) {
     switch (type) {
+    case SHOAL_DTYPE_Q2_K:
+        ((struct shoal_block_q2_k *)p)->qs[32 * (v / 128) + v % 32] |= (uint8_t)((c & 3) << (2 * (v % 128 / 32)));
+        break;
+    case SHOAL_DTYPE_Q3_K: {
+        struct shoal_block_q3_k *b = (void *)p;
+        b->qs[32 * (v / 128) + v % 32] |= (uint8_t)((c & 3) << (2 * (v % 128 / 32)));
+        b->hmask[v % 32] |= (uint8_t)((c >> 2) << (v / 32));
+        break;
+    }
     case SHOAL_DTYPE_Q4_K:
         ((struct shoal_block_q4_k *)p)->qs[32 * (v / 64) + v % 32] |= (uint8_t)((c & 0x0f) << (4 * (v / 32 % 2)));
         break;
@@ -377,6 +200,11 @@ struct image_fields {
 
 static struct image_fields fields_of(int type) {
     switch (type) {
+    case SHOAL_DTYPE_Q2_K:
+        return (struct image_fields){ offsetof(struct shoal_block_q2_k, scales), 16, offsetof(struct shoal_block_q2_k, d),
+                                      offsetof(struct shoal_block_q2_k, dmin), 0, 256 };
+    case SHOAL_DTYPE_Q3_K:
+        return (struct image_fields){ offsetof(struct shoal_block_q3_k, scales), 12, offsetof(struct shoal_block_q3_k, d), -1, 0, 192 };
     case SHOAL_DTYPE_Q4_K: return (struct image_fields){ 4, 12, 0, 2, 0, 192 };
     case SHOAL_DTYPE_Q5_K: return (struct image_fields){ 4, 12, 0, 2, 0, 192 };
     case SHOAL_DTYPE_Q6_K:
@@ -423,7 +251,16 @@ static void pack_sb(int type, const uint8_t *const blk[PG], uint8_t *o) {
     for (int r = 0; r < PG; r++) {
         const uint8_t *b = blk[r];
         if (!b) continue;
-        for (int g = 0; g < 8; g++) {
+        for (int g = 0; g < 8 && (type == SHOAL_DTYPE_Q2_K || type == SHOAL_DTYPE_Q3_K); g++)
+            for (int k = 0; k < 4; k++)
+                for (int e = 0; e < 4; e++) { /* bits 2 k of vector 0 (1): value 32 g + 4 k + e (+ 16) */
+                    const int lo = 32 * g + 4 * k + e, hi = lo + 16, at = cb + g * gs + r * 4 + e;
+                    o[at] |= (uint8_t)(low2_of(type, b, lo) << (2 * k));
+                    o[at + 64] |= (uint8_t)(low2_of(type, b, hi) << (2 * k));
+                    if (type == SHOAL_DTYPE_Q3_K) /* their third bits: bits k, 4 + k of vector 2 */
+                        o[at + 128] |= (uint8_t)(hbit_of(b, lo) << k | hbit_of(b, hi) << (4 + k));
+                }
+        for (int g = 0; g < 8 && type != SHOAL_DTYPE_Q2_K && type != SHOAL_DTYPE_Q3_K; g++) {
             uint32_t w[4];
             nibbles_of(type, b, g, w);
             for (int k = 0; k < 4; k++) memcpy(o + cb + g * gs + k * 64 + r * 4, &w[k], 4);
@@ -476,7 +313,14 @@ void shoal_cpu_avx512_kq_unpack_row(const struct shoal_weight *w, int64_t r, flo
         const uint8_t *o = gp + b * per;
         uint8_t blk[sizeof(struct shoal_block_q6_k)]; /* the largest of the four */
         memset(blk, 0, sizeof blk);
-        for (int g = 0; g < 8; g++)
+        for (int g = 0; g < 8 && (type == SHOAL_DTYPE_Q2_K || type == SHOAL_DTYPE_Q3_K); g++)
+            for (int k = 0; k < 4; k++)
+                for (int e = 0; e < 4; e++) { /* pack_sb's bits back */
+                    const int at = cb + g * gs + lane * 4 + e, h = type == SHOAL_DTYPE_Q3_K ? o[at + 128] : 0;
+                    set_code(type, blk, 32 * g + 4 * k + e, (o[at] >> (2 * k) & 3) | (h >> k & 1) << 2);
+                    set_code(type, blk, 32 * g + 16 + 4 * k + e, (o[at + 64] >> (2 * k) & 3) | (h >> (4 + k) & 1) << 2);
+                }
+        for (int g = 0; g < 8 && type != SHOAL_DTYPE_Q2_K && type != SHOAL_DTYPE_Q3_K; g++)
             for (int k = 0; k < 4; k++)
                 for (int e = 0; e < 4; e++) {
                     const int at = lane * 4 + e, c = o[cb + g * gs + k * 64 + at];
@@ -506,11 +350,15 @@ void shoal_cpu_avx512_kq_unpack_row(const struct shoal_weight *w, int64_t r, flo
 INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, __mmask16 mask, int t0,
                      const int NT, const int EXACT, const int T) {
     const int64_t cols = t->w->cols, nb = cols / SHOAL_QK_K, rows = t->w->rows;
-    const int PER = T == Q4K ? P4K : T == Q5K ? P5K : T == Q6K ? P6K : PXS;
-    const int MINS = T == Q4K || T == Q5K, GS = T == Q5K ? 320 : T == Q6K ? 384 : 256; /* group_bytes */
-    const int SCO = 0, DO = T == Q6K ? 256 : T == IQ4XS ? 96 : 192; /* the scale planes; d (then dmin) */
-    const int CB = T == Q6K ? 288 : T == IQ4XS ? 128 : 256;          /* the codes: code_base */
+    const int PER = T == Q2K ? P2K : T == Q3K ? P3K : T == Q4K ? P4K : T == Q5K ? P5K : T == Q6K ? P6K : PXS;
+    const int MINS = T == Q2K || T == Q4K || T == Q5K;
+    const int S16 = T == Q2K || T == Q3K || T == Q6K; /* sub-blocks of 16 values: two scales a group */
+    const int LOW2 = T == Q2K || T == Q3K;            /* codes of two bits (Q3_K: and a third) */
+    const int GS = T == Q2K ? 128 : T == Q3K ? 192 : T == Q5K ? 320 : T == Q6K ? 384 : 256; /* group_bytes */
+    const int SCO = 0, DO = T == Q2K || T == Q6K ? 256 : T == IQ4XS ? 96 : 192; /* the scale planes; d (then dmin) */
+    const int CB = T == Q2K ? 320 : T == Q3K ? 224 : T == Q6K ? 288 : T == IQ4XS ? 128 : 256; /* code_base */
     const __m512i m4 = _mm512_set1_epi8(0x0f), m6 = _mm512_set1_epi8(63), top = _mm512_set1_epi8(0x30);
+    const __m512i m3 = _mm512_set1_epi8(3), b3 = _mm512_set1_epi8(4);
     const __m512i b5 = _mm512_set1_epi8(0x10);
     const __m512i levels = _mm512_broadcast_i32x4( /* IQ4_XS's, +128 */
         _mm_setr_epi8(1, 24, 45, 63, 79, 93, 106, 118, (char)129, (char)141, (char)153, (char)166, (char)181,
@@ -527,9 +375,26 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = gp + b * PER;
         for (int l = 0; l < PER; l += 64) _mm_prefetch((const char *)p + PREFETCH + l, _MM_HINT_T0);
-        /* the 16 rows' scales (and mins) by group: bytes 16 g.. (mins 128 + 16 g..) of scm */
-        uint8_t scm[256];
-        if (MINS) {
+        /* the 16 rows' scales (and mins) by group: bytes 16 g.. (mins 128 + 16 g..) of scm; by
+         * sub-block of 16 for Q2_K and Q3_K: bytes 16 j.. (Q2_K's mins 256 + 16 j..) */
+        uint8_t scm[512];
+        if (T == Q2K) { /* scale and min of sub-block j: the low and high nibbles of plane j */
+            for (int i = 0; i < 4; i++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(p + SCO + 64 * i));
+                _mm512_storeu_si512((void *)(scm + 64 * i), _mm512_and_si512(v, m4));
+                _mm512_storeu_si512((void *)(scm + 256 + 64 * i), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            }
+        } else if (T == Q3K) {
+            /* scale j: nibble j / 8 of plane j % 8, bits 2 (j / 4) of plane 8 + j % 4 above it; -32 */
+            const __m512i p0 = _mm512_loadu_si512((const void *)(p + SCO));
+            const __m512i p1 = _mm512_loadu_si512((const void *)(p + SCO + 64));
+            const __m512i p2 = _mm512_loadu_si512((const void *)(p + SCO + 128));
+            for (int i = 0; i < 4; i++) {
+                const __m512i lo = _mm512_and_si512(i < 2 ? (i ? p1 : p0) : _mm512_srli_epi16(i == 3 ? p1 : p0, 4), m4);
+                const __m512i hi = _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(p2, 2 * i), m3), 4);
+                _mm512_storeu_si512((void *)(scm + 64 * i), _mm512_sub_epi8(_mm512_or_si512(lo, hi), _mm512_set1_epi8(32)));
+            }
+        } else if (MINS) {
             const __m512i p0 = _mm512_loadu_si512((const void *)(p + SCO));
             const __m512i p1 = _mm512_loadu_si512((const void *)(p + SCO + 64));
             const __m512i p2 = _mm512_loadu_si512((const void *)(p + SCO + 128));
@@ -553,7 +418,7 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
         }
         /* each token's sums of 32 activations, int16 (at most 32 x 127): the mins', IQ4_XS's +128 */
         int16_t bsg[PT4][8];
-        if (MINS || T == IQ4XS)
+        if (T == Q4K || T == Q5K || T == IQ4XS)
             for (int j = 0; j < NT; j++) {
                 const __m256i bsv = _mm256_loadu_si256((const __m256i *)(t->xkbs + (int64_t)(t0 + j) * (cols / 16) + b * 16));
                 _mm_storeu_si128((__m128i *)bsg[j], _mm256_cvtepi32_epi16(_mm256_madd_epi16(bsv, _mm256_set1_epi16(1))));
@@ -562,10 +427,11 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
         for (int j = 0; j < NT; j++) isum[j] = _mm512_setzero_si512();
         for (int g = 0; g < 8; g++) {
             /* the scales of values 0..15 (s0) and 16..31 (s1) of the group: one but for Q6_K */
-            const __m512i s0 = T == Q6K ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + SCO + 32 * g)))
+            const uint8_t *s16 = T == Q6K ? p + SCO + 32 * g : scm + 32 * g; /* S16: sub-blocks 2 g, 2 g + 1 */
+            const __m512i s0 = S16 ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)s16))
                              : T == IQ4XS ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(scm + 16 * g)))
                                           : _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(scm + 16 * g)));
-            const __m512i s1 = T == Q6K ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + SCO + 32 * g + 16))) : s0;
+            const __m512i s1 = S16 ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(s16 + 16))) : s0;
             /*
              * A code vector at a time, unpacked once for the tile's tokens, each token's dot
              * products in one accumulator (Q6_K: one per half of the group, a scale each).
@@ -573,10 +439,21 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
              */
             __m512i a[PT4], c[PT4]; /* the offsets (Q6_K's, IQ4_XS's) come after the groups */
             for (int j = 0; j < NT; j++) a[j] = c[j] = _mm512_setzero_si512();
+            const __m512i v0 = LOW2 ? _mm512_loadu_si512((const void *)(p + CB + g * GS)) : m4;
+            const __m512i v1 = LOW2 ? _mm512_loadu_si512((const void *)(p + CB + g * GS + 64)) : m4;
+            const __m512i vh = T == Q3K ? _mm512_loadu_si512((const void *)(p + CB + g * GS + 128)) : m4;
             for (int k = 0; k < 4; k++) {
-                const __m512i v = _mm512_loadu_si512((const void *)(p + CB + g * GS + k * 64));
+                const __m512i v = LOW2 ? m4 : _mm512_loadu_si512((const void *)(p + CB + g * GS + k * 64));
                 __m512i cl = _mm512_and_si512(v, m4), ch = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                if (T == Q5K) { /* fifth bits 2 k, 2 k + 1 to bit 4 */
+                if (LOW2) { /* bits 2 k of vectors 0 and 1; Q3_K's third bits k and 4 + k of vector 2, to bit 2 */
+                    cl = _mm512_and_si512(_mm512_srli_epi16(v0, 2 * k), m3);
+                    ch = _mm512_and_si512(_mm512_srli_epi16(v1, 2 * k), m3);
+                    if (T == Q3K) {
+                        const __m512i hl = k < 2 ? _mm512_slli_epi16(vh, 2 - k) : _mm512_srli_epi16(vh, k - 2);
+                        cl = _mm512_ternarylogic_epi32(hl, b3, cl, 0xea);
+                        ch = _mm512_ternarylogic_epi32(_mm512_srli_epi16(vh, 2 + k), b3, ch, 0xea);
+                    }
+                } else if (T == Q5K) { /* fifth bits 2 k, 2 k + 1 to bit 4 */
                     const __m512i h = _mm512_loadu_si512((const void *)(p + CB + g * GS + 256));
                     const __m512i hl = k < 2 ? _mm512_slli_epi16(h, 4 - 2 * k) : _mm512_srli_epi16(h, 2 * k - 4);
                     const __m512i hh = k < 2 ? _mm512_slli_epi16(h, 3 - 2 * k) : _mm512_srli_epi16(h, 2 * k - 3);
@@ -598,12 +475,12 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
                     memcpy(&xl, x + 4 * k, 4);
                     memcpy(&xh, x + 16 + 4 * k, 4);
                     a[j] = _mm512_dpbusd_epi32(a[j], cl, _mm512_set1_epi32(xl));
-                    if (T == Q6K) c[j] = _mm512_dpbusd_epi32(c[j], ch, _mm512_set1_epi32(xh));
+                    if (S16) c[j] = _mm512_dpbusd_epi32(c[j], ch, _mm512_set1_epi32(xh));
                     else a[j] = _mm512_dpbusd_epi32(a[j], ch, _mm512_set1_epi32(xh));
                 }
             }
             for (int j = 0; j < NT; j++)
-                isum[j] = T == Q6K ? _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(a[j], s0), _mm512_mullo_epi32(c[j], s1)))
+                isum[j] = S16 ? _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(a[j], s0), _mm512_mullo_epi32(c[j], s1)))
                                    : _mm512_add_epi32(isum[j], _mm512_mullo_epi32(a[j], s0));
         }
         /*
@@ -613,8 +490,8 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
          * 2 q + 1 of each row; then, the same way, the mins' sums sum_g m_g bsum_g. Exact
          * integers, the same whatever the tile.
          */
-        if (T == Q6K || T == IQ4XS) {
-            const int NP = T == Q6K ? 8 : 4;
+        if (T == Q3K || T == Q6K || T == IQ4XS) {
+            const int NP = S16 ? 8 : 4;
             __m512i cq[8];
             for (int q = 0; q < NP; q++) {
                 const uint8_t *sp = T == Q6K ? p + SCO + 32 * q : scm + 32 * q;
@@ -623,27 +500,31 @@ INLINE void kqp_tile(const struct mm_task *t, const uint8_t *gp, int64_t row0, _
                     _mm512_slli_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(sp + 16))), 16));
             }
             for (int j = 0; j < NT; j++) {
-                const int16_t *bs = T == Q6K ? t->xkbs + (int64_t)(t0 + j) * (cols / 16) + b * 16 : bsg[j];
+                const int16_t *bs = S16 ? t->xkbs + (int64_t)(t0 + j) * (cols / 16) + b * 16 : bsg[j];
                 __m512i m = _mm512_setzero_si512();
                 for (int q = 0; q < NP; q++) {
                     int32_t pair;
                     memcpy(&pair, bs + 2 * q, 4);
                     m = _mm512_dpwssd_epi32(m, cq[q], _mm512_set1_epi32(pair));
                 }
-                isum[j] = _mm512_sub_epi32(isum[j], _mm512_slli_epi32(m, T == Q6K ? 5 : 7));
+                isum[j] = _mm512_sub_epi32(isum[j], _mm512_slli_epi32(m, T == Q3K ? 2 : T == Q6K ? 5 : 7));
             }
         }
         __m512i msum[PT4];
         if (MINS) {
-            __m512i mq[4]; /* lane r: row r's mins of groups 2 q and 2 q + 1, int16 */
-            for (int q = 0; q < 4; q++)
-                mq[q] = _mm512_or_si512(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(scm + 128 + 32 * q))),
-                                        _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(scm + 144 + 32 * q))), 16));
+            /* lane r: row r's mins of groups 2 q and 2 q + 1, int16 (Q2_K: of sub-blocks of 16) */
+            const int NM = S16 ? 8 : 4;
+            const uint8_t *ms = scm + (S16 ? 256 : 128);
+            __m512i mq[8];
+            for (int q = 0; q < NM; q++)
+                mq[q] = _mm512_or_si512(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ms + 32 * q))),
+                                        _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ms + 16 + 32 * q))), 16));
             for (int j = 0; j < NT; j++) {
+                const int16_t *bs = S16 ? t->xkbs + (int64_t)(t0 + j) * (cols / 16) + b * 16 : bsg[j];
                 __m512i m = _mm512_setzero_si512();
-                for (int q = 0; q < 4; q++) {
+                for (int q = 0; q < NM; q++) {
                     int32_t pair;
-                    memcpy(&pair, &bsg[j][2 * q], 4);
+                    memcpy(&pair, bs + 2 * q, 4);
                     m = _mm512_dpwssd_epi32(m, mq[q], _mm512_set1_epi32(pair));
                 }
                 msum[j] = m;
@@ -720,6 +601,10 @@ static void kqp_drive(const struct mm_task *t, int64_t r0, int64_t r1, const kqp
         kqp_drive(t, r0, r1, tiles, PER, EX ? PT4_F64 : PT4);                                  \
     }
 _Static_assert(PT4 == 8, "KQP_TYPE lists 8 tile sizes");
+KQP_TYPE(mm_q2_kp, Q2K, 0, P2K)
+KQP_TYPE(mm_q3_kp, Q3K, 0, P3K)
+KQP_TYPE(mm_f64_q2_kp, Q2K, 1, P2K)
+KQP_TYPE(mm_f64_q3_kp, Q3K, 1, P3K)
 KQP_TYPE(mm_q4_kp, Q4K, 0, P4K)
 KQP_TYPE(mm_q5_kp, Q5K, 0, P5K)
 KQP_TYPE(mm_q6_kp, Q6K, 0, P6K)
@@ -728,34 +613,6 @@ KQP_TYPE(mm_f64_q4_kp, Q4K, 1, P4K)
 KQP_TYPE(mm_f64_q5_kp, Q5K, 1, P5K)
 KQP_TYPE(mm_f64_q6_kp, Q6K, 1, P6K)
 KQP_TYPE(mm_f64_iq4_xsp, IQ4XS, 1, PXS)
-
-/* Rows [r0, r1): tiles of KT tokens (the tile's activations stay in L1) passing every row. */
-INLINE void kq_drive(const struct mm_task *t, int64_t r0, int64_t r1,
-                     void (*const tiles[KT])(const struct mm_task *, int64_t, int)) {
-    for (int tk = 0; tk < t->n; tk += KT) {
-        const int nt = t->n - tk < KT ? t->n - tk : KT;
-        for (int64_t r = r0; r < r1; r++) tiles[nt - 1](t, r, tk);
-    }
-}
-
-/* One function per tile size and type, so that each has its loops unrolled. */
-#define KQ_TILE(name, T, EX, nt)                                                               \
-    static void name##_##nt(const struct mm_task *t, int64_t r, int t0) { kq_tile(t, r, t0, nt, EX, T); }
-#define KQ_TYPE(name, T, EX)                                                                   \
-    KQ_TILE(name, T, EX, 1) KQ_TILE(name, T, EX, 2) KQ_TILE(name, T, EX, 3) KQ_TILE(name, T, EX, 4) \
-    KQ_TILE(name, T, EX, 5) KQ_TILE(name, T, EX, 6) KQ_TILE(name, T, EX, 7) KQ_TILE(name, T, EX, 8) \
-    void shoal_cpu_avx512_##name(const struct mm_task *t, int64_t r0, int64_t r1) {            \
-        static void (*const tiles[KT])(const struct mm_task *, int64_t, int) = {                \
-            name##_1, name##_2, name##_3, name##_4, name##_5, name##_6, name##_7, name##_8,     \
-        };                                                                                     \
-        kq_drive(t, r0, r1, tiles);                                                            \
-    }
-_Static_assert(KT == 8, "KQ_TYPE lists 8 tile sizes");
-
-KQ_TYPE(mm_q2_k, Q2K, 0)
-KQ_TYPE(mm_q3_k, Q3K, 0)
-KQ_TYPE(mm_f64_q2_k, Q2K, 1)
-KQ_TYPE(mm_f64_q3_k, Q3K, 1)
 
 /* ---------------------------------------------------------- activations */
 

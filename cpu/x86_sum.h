@@ -1,7 +1,7 @@
 /*
  * x86_sum.h — horizontal sums shared by the x86 kernel files (kernels_avx2.c,
- * kernels_avx2_kq.c, kernels_avx512_kq.c). Include it only from files
- * compiled with AVX2 enabled (see CMakeLists.txt).
+ * kernels_avx2_kq.c). Include it only from files compiled with AVX2
+ * enabled (see CMakeLists.txt).
  */
 #ifndef SHOAL_CPU_X86_SUM_H
 #define SHOAL_CPU_X86_SUM_H
