@@ -9,9 +9,11 @@
 #include "check.h"
 #include "shard/gguf.h"
 
-static const char *tmp_path(const char *name) {
-    static char buf[256];
-    snprintf(buf, sizeof buf, "/tmp/shoal_test_gguf_%d_%s", (int)getpid(), name);
+/* The path of a scratch file of this process, into the caller's buf (one buffer each: a
+ * shared static one made two paths of one test the same file). */
+#define TMP_PATH_MAX 256
+static const char *tmp_path(char buf[TMP_PATH_MAX], const char *name) {
+    snprintf(buf, TMP_PATH_MAX, "/tmp/shoal_test_gguf_%d_%s", (int)getpid(), name);
     return buf;
 }
 
@@ -51,7 +53,8 @@ static void write_sample(const char *path) {
 }
 
 static void test_roundtrip(void) {
-    const char *path = tmp_path("rt.gguf");
+    char path_buf[TMP_PATH_MAX];
+    const char *path = tmp_path(path_buf, "rt.gguf");
     write_sample(path);
     struct shoal_gguf *g = NULL;
     CHECK_OK(shoal_gguf_open(&g, path));
@@ -101,7 +104,8 @@ static void test_roundtrip(void) {
     if (t) CHECK(((const uint8_t *)t->data)[67] == 67, "b[67]");
 
     /* copy_kv reproduces every entry byte for byte */
-    const char *path2 = tmp_path("copy.gguf");
+    char path2_buf[TMP_PATH_MAX];
+    const char *path2 = tmp_path(path2_buf, "copy.gguf");
     struct shoal_gguf_writer *w = NULL;
     CHECK_OK(shoal_gguf_writer_create(&w, path2));
     for (int64_t i = 0; w && i < g->n_kv; i++) CHECK_OK(shoal_gguf_copy_kv(w, &g->kv[i]));
@@ -124,14 +128,16 @@ static void test_roundtrip(void) {
 
 /* Every prefix of the file must be refused; no read may go past it (ASan). */
 static void test_truncations(void) {
-    const char *path = tmp_path("rt.gguf");
+    char path_buf[TMP_PATH_MAX];
+    const char *path = tmp_path(path_buf, "rt.gguf");
     FILE *f = fopen(path, "rb");
     CHECK(f != NULL, "open %s", path);
     if (!f) return;
     static uint8_t buf[4096];
     size_t n = fread(buf, 1, sizeof buf, f);
     fclose(f);
-    const char *cut = tmp_path("cut.gguf");
+    char cut_buf[TMP_PATH_MAX];
+    const char *cut = tmp_path(cut_buf, "cut.gguf");
     int accepted = 0;
     for (size_t len = 0; len < n; len++) {
         f = fopen(cut, "wb");
@@ -156,6 +162,7 @@ static void test_truncations(void) {
         if (g) header = (size_t)g->data_offset;
         shoal_gguf_close(g);
     }
+    CHECK(header > 0 && header < n, "the sample's header: %zu of %zu bytes", header, n); /* else nothing below runs */
     static const uint8_t vals[] = { 0x00, 0xff, 0x7f, 0x80, 0x13 };
     int crashes_would_show_under_asan = 0;
     for (size_t i = 0; i < header; i++) {
@@ -188,7 +195,8 @@ static void test_truncations(void) {
 }
 
 static void test_messages(void) {
-    const char *p = tmp_path("bad.gguf");
+    char p_buf[TMP_PATH_MAX];
+    const char *p = tmp_path(p_buf, "bad.gguf");
     FILE *f = fopen(p, "wb");
     fputs("GGML this is not a gguf file at all", f);
     fclose(f);
@@ -254,7 +262,8 @@ static void write_many(const char *path, uint64_t n, int dup_key, int dup_tensor
  * repeated key or tensor name is still refused.
  */
 static void test_many_names(void) {
-    const char *p = tmp_path("many.gguf");
+    char p_buf[TMP_PATH_MAX];
+    const char *p = tmp_path(p_buf, "many.gguf");
     const uint64_t n = 200000;
     write_many(p, n, 0, 0);
     struct shoal_gguf *g = NULL;
