@@ -572,22 +572,17 @@ static double row_f64_q8_0(const struct mm_task *t, int64_t r, int tok) {
     return hsum_pd(acc);
 }
 
-/*
- * Q4_0 and Q4_1 (Q41) in f64 over grouped activations: Q4_0's lanes start at
- * their correction (the lane vectors), Q4_1 adds m x (dx x sum of x) per block.
- */
-INLINE double row_f64_q4x(const struct mm_task *t, int64_t r, int tok, const int Q41) {
-    const int BS = Q41 ? sizeof(struct shoal_block_q4_1) : sizeof(struct shoal_block_q4_0);
-    const int QO = Q41 ? 4 : 2; /* where the nibbles start in a block */
+/* Q4_0 in f64 over grouped activations: the lanes start at their correction (the lane vectors). */
+static double row_f64_q4_0(const struct mm_task *t, int64_t r, int tok) {
+    const int BS = sizeof(struct shoal_block_q4_0), QO = 2; /* where the nibbles start in a block */
     const int64_t cols = t->w->cols, nb = cols / SHOAL_QK, nv = nb / 4 * 16;
     const uint8_t *w = row_ptr(t, r);
     const int8_t *x = t->xq + tok * cols;
-    const float *xd = t->xd + tok * nb, *xs = t->xs + tok * nb, *vd = t->xvd + tok * nv;
+    const float *xd = t->xd + tok * nb, *vd = t->xvd + tok * nv;
     const int32_t *vc = t->xvc + tok * nv, *xsum = t->xsum + tok * nb;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     __m256d acc[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
-    double s = 0;
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4)
         for (int h = 0; h < 2; h++) { /* blocks b+2h, b+2h+1: the layout of q4_half */
@@ -597,36 +592,22 @@ INLINE double row_f64_q4x(const struct mm_task *t, int64_t r, int tok, const int
             __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xp)),
                                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xp + 64))));
-            __m256i p = sum_pairs(p16);
-            if (!Q41) p = _mm256_add_epi32(p, _mm256_loadu_si256((const __m256i *)(vc + b * 4 + 8 * h)));
+            __m256i p = _mm256_add_epi32(sum_pairs(p16), _mm256_loadu_si256((const __m256i *)(vc + b * 4 + 8 * h)));
             __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(d_pair(w0, w1))), lanes);
             acc_f64(acc, p, _mm256_mul_ps(dw, _mm256_loadu_ps(vd + b * 4 + 8 * h)));
-            if (Q41) {
-                uint16_t m0, m1;
-                memcpy(&m0, w0 + 2, 2);
-                memcpy(&m1, w1 + 2, 2);
-                s += (double)f16(m0) * xs[b + 2 * h] + (double)f16(m1) * xs[b + 2 * h + 1];
-            }
         }
-    s += hsum_pd(acc);
+    double s = hsum_pd(acc);
     for (; b < nb; b++) { /* past the groups, in natural order */
         const uint8_t *wb = w + b * BS, *qs = wb + QO;
-        uint16_t d, m;
+        uint16_t d;
         memcpy(&d, wb, 2);
-        memcpy(&m, wb + 2, 2);
         int sum = 0;
         for (int j = 0; j < SHOAL_QK / 2; j++)
             sum += (qs[j] & 0x0f) * x[b * SHOAL_QK + j] + (qs[j] >> 4) * x[b * SHOAL_QK + j + 16];
-        if (Q41) s += (double)(f16(d) * xd[b]) * sum + (double)f16(m) * xs[b];
-        else s += (double)(f16(d) * xd[b]) * (sum - 8 * xsum[b]);
+        s += (double)(f16(d) * xd[b]) * (sum - 8 * xsum[b]);
     }
     return s;
 }
-
-static double row_f64_q4_0(const struct mm_task *t, int64_t r, int tok) { return row_f64_q4x(t, r, tok, 0); }
-static double row_f64_q4_1(const struct mm_task *t, int64_t r, int tok) { return row_f64_q4x(t, r, tok, 1); }
-/* Q4_1 in f32 is the f64 sum rounded: this level has no faster Q4_1 path */
-static float row_q4_1(const struct mm_task *t, int64_t r, int tok) { return (float)row_f64_q4_1(t, r, tok); }
 
 /* f32 products of 8-value pieces (widened by load8) summed in f64. */
 INLINE double row_f64_wide(const struct mm_task *t, int64_t r, int tok, __m256 (*load8)(const void *, int64_t),
@@ -658,15 +639,14 @@ static double row_f64_f32(const struct mm_task *t, int64_t r, int tok) {
 MM_ROW_DRIVER_F64(f32)
 MM_ROW_DRIVER_F64(q8_0)
 MM_ROW_DRIVER_F64(q4_0)
-MM_ROW_DRIVER_F64(q4_1)
-MM_ROW_DRIVER(q4_1)
 
-/* ------------------------------------------------- Q5_0, Q5_1, IQ4_NL */
+/* ------------------------------------------ Q4_1, Q5_0, Q5_1, IQ4_NL */
 
 /*
- * The 32-value block types beside Q4_0 and Q4_1 (kernels_scalar.c has their
- * formats): Q5_0 and Q5_1 add a fifth bit from qh (values 0..31; Q5_0 less
- * 16, taken off with the block sums of x, Q5_1 plus m x s), IQ4_NL looks its
+ * The 32-value block types beside Q4_0 (kernels_scalar.c has their
+ * formats): Q4_1's codes are its nibbles plus m x s (m times dx x the sum of
+ * x); Q5_0 and Q5_1 add a fifth bit from qh (values 0..31; Q5_0 less 16,
+ * taken off with the block sums of x, Q5_1 plus m x s), IQ4_NL looks its
  * nibbles up in a table of 16 signed levels (maddubs on |level| and x with
  * the level's sign). Grouped activations as Q4_0's (two blocks to a
  * register, the lane vectors for the offset and dx), but tiles of one row x
@@ -676,9 +656,11 @@ MM_ROW_DRIVER(q4_1)
  * by their two banks). f32 sums of the lanes times dw * dx; or (EXACT) the same exact
  * products summed in f64.
  */
-enum { X50, X51, XNL };
-#define X_BS(K) ((K) == X51 ? 24 : (K) == X50 ? 22 : 18) /* block bytes */
-#define X_QO(K) ((K) == X51 ? 8 : (K) == X50 ? 6 : 2)    /* where the nibbles start */
+enum { X41, X50, X51, XNL };
+#define X_BS(K) ((K) == X51 ? 24 : (K) == X50 ? 22 : (K) == X41 ? 20 : 18) /* block bytes */
+#define X_QO(K) ((K) == X51 ? 8 : (K) == X50 ? 6 : (K) == X41 ? 4 : 2)    /* where the nibbles start */
+#define X_MIN(K) ((K) == X41 || (K) == X51) /* d x q + m: the m part meets s */
+#define X_HI(K) ((K) == X50 || (K) == X51)  /* a fifth bit */
 #define X_T 4
 
 /* 0x10 in byte i where bit i of m is set. */
@@ -722,7 +704,7 @@ INLINE void x32_tile(const struct mm_task *t, int64_t r, int t0, const int NT, c
     const uint8_t *w = row_ptr(t, r);
     __m256 acc[X_T];
     __m256d accd[X_T][2];
-    double mn[X_T]; /* Q5_1's m x s terms, in order */
+    double mn[X_T]; /* Q4_1's and Q5_1's m x s terms, in order */
     for (int j = 0; j < NT; j++) {
         acc[j] = _mm256_setzero_ps();
         accd[j][0] = accd[j][1] = _mm256_setzero_pd();
@@ -737,14 +719,14 @@ INLINE void x32_tile(const struct mm_task *t, int64_t r, int t0, const int NT, c
             if (K == XNL) {
                 lo = _mm256_shuffle_epi8(iq4nl_table(), lo);
                 hi = _mm256_shuffle_epi8(iq4nl_table(), hi);
-            } else {
+            } else if (X_HI(K)) {
                 const uint32_t h0 = qh_of(w0, K), h1 = qh_of(w1, K);
                 lo = _mm256_or_si256(lo, bits_0x10((h0 & 0xffff) | h1 << 16));
                 hi = _mm256_or_si256(hi, bits_0x10(h0 >> 16 | (h1 & 0xffff0000u)));
             }
             const __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(d_pair(w0, w1))), lanes);
             uint16_t m0 = 0, m1 = 0;
-            if (K == X51) memcpy(&m0, w0 + 2, 2), memcpy(&m1, w1 + 2, 2);
+            if (X_MIN(K)) memcpy(&m0, w0 + 2, 2), memcpy(&m1, w1 + 2, 2);
             for (int j = 0; j < NT; j++) {
                 const int64_t tok = t0 + j, v = tok * nv + b * 4 + 8 * h;
                 const int8_t *xp = t->xq + tok * cols + b * SHOAL_QK + 32 * h;
@@ -753,7 +735,7 @@ INLINE void x32_tile(const struct mm_task *t, int64_t r, int t0, const int NT, c
                 if (K == X50) /* -16 x the block's sum: twice the lane vectors' -8 */
                     p = _mm256_add_epi32(p, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(t->xvc + v)), 1));
                 x_acc(&acc[j], accd[j], p, _mm256_mul_ps(dw, _mm256_loadu_ps(t->xvd + v)), EXACT);
-                if (K == X51)
+                if (X_MIN(K))
                     mn[j] += (double)f16(m0) * t->xs[tok * nb + b + 2 * h] + (double)f16(m1) * t->xs[tok * nb + b + 2 * h + 1];
             }
         }
@@ -762,16 +744,16 @@ INLINE void x32_tile(const struct mm_task *t, int64_t r, int t0, const int NT, c
         const __m128i q = _mm_loadu_si128((const __m128i *)(wb + QO));
         __m256i code = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m4);
         if (K == XNL) code = _mm256_shuffle_epi8(iq4nl_table(), code);
-        else code = _mm256_or_si256(code, bits_0x10(qh_of(wb, K)));
+        else if (X_HI(K)) code = _mm256_or_si256(code, bits_0x10(qh_of(wb, K)));
         uint16_t d, m = 0;
         memcpy(&d, wb, 2);
-        if (K == X51) memcpy(&m, wb + 2, 2);
+        if (X_MIN(K)) memcpy(&m, wb + 2, 2);
         for (int j = 0; j < NT; j++) {
             const int64_t tok = t0 + j;
             __m256i p = codes_dot(code, _mm256_loadu_si256((const __m256i *)(t->xq + tok * cols + b * SHOAL_QK)), K);
             if (K == X50) p = _mm256_add_epi32(p, _mm256_set1_epi32(-2 * t->xsum[tok * nb + b])); /* -16 x sum */
             x_acc(&acc[j], accd[j], p, _mm256_set1_ps(f16(d) * t->xd[tok * nb + b]), EXACT);
-            if (K == X51) mn[j] += (double)f16(m) * t->xs[tok * nb + b];
+            if (X_MIN(K)) mn[j] += (double)f16(m) * t->xs[tok * nb + b];
         }
     }
     for (int j = 0; j < NT; j++) {
@@ -810,6 +792,7 @@ static void x_drive(const struct mm_task *t, int64_t r0, int64_t r1,
     }
 }
 
+X_FNS(q41, X41) /* (q4_1_1 and the like are Q4_0's 1 x 1 tiles) */
 X_FNS(q5_0, X50)
 X_FNS(q5_1, X51)
 X_FNS(iq4_nl, XNL)
@@ -893,7 +876,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_BF16] = mm_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_q8,
         [SHOAL_DTYPE_Q4_0] = mm_q4,
-        [SHOAL_DTYPE_Q4_1] = mm_q4_1,
+        [SHOAL_DTYPE_Q4_1] = mm_q41,
         [SHOAL_DTYPE_Q5_0] = mm_q5_0,
         [SHOAL_DTYPE_Q5_1] = mm_q5_1,
         [SHOAL_DTYPE_IQ4_NL] = mm_iq4_nl,
@@ -910,7 +893,7 @@ const struct cpu_kernels shoal_cpu_kernels_avx2 = {
         [SHOAL_DTYPE_BF16] = mm_f64_bf16,
         [SHOAL_DTYPE_Q8_0] = mm_f64_q8_0,
         [SHOAL_DTYPE_Q4_0] = mm_f64_q4_0,
-        [SHOAL_DTYPE_Q4_1] = mm_f64_q4_1,
+        [SHOAL_DTYPE_Q4_1] = mm_f64_q41,
         [SHOAL_DTYPE_Q5_0] = mm_f64_q5_0,
         [SHOAL_DTYPE_Q5_1] = mm_f64_q5_1,
         [SHOAL_DTYPE_IQ4_NL] = mm_f64_iq4_nl,
