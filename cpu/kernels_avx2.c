@@ -7,7 +7,8 @@
  * meet activations quantized per block of 32, in integer dot products with
  * maddubs, run as tiles of rows x tokens for prompts (see the banner there).
  * Q4_0 wants its activations grouped and the lane vectors (kernels.h), as
- * do Q5_0, Q5_1 and IQ4_NL (tiles of one row, one accumulator per output).
+ * do Q4_1, Q5_0, Q5_1 and IQ4_NL (tiles of one row, one accumulator per
+ * output).
  * Every kernel of this level is batch-invariant: a (row, token) output goes
  * through the same instructions in the same order whatever its tile, so a
  * token's results are its own whatever its batch holds (what lanes and
