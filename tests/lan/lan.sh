@@ -202,6 +202,13 @@ teardown() { # $1: id; never fails
     p=$(<"$st/reaper.pid")
     if [[ $p != "$$" ]] && pid_matches "$p" "_reap $id"; then kill -TERM "$p" 2>/dev/null || true; fi
   fi
+  # Marked torn under the lock that the command of 'lan.sh session' registers
+  # under: one that registers later never starts, one that registered before
+  # is in session-cmd.pid (else a command forked just before its session's
+  # shell was killed could register after the check below and outlive us).
+  if [[ -d $st ]]; then
+    (exec 9>>"$st/lock" && flock 9 && : >"$st/torn") 2>/dev/null || true
+  fi
   # Every process still inside our namespaces (ranks, orted, delayq) was
   # started through this tool for this instance: stop them by pid.
   pids=()
@@ -515,9 +522,17 @@ cmd_session() {
   SHOAL_LAN_STATE=$(state_dir "$SESSION_ID")
   export SHOAL_LAN_ID SHOAL_LAN_STATE
   # The command records itself (pid, start time) before it starts, so that a
-  # teardown, the watcher's too, can end it; with no state dir it never starts.
+  # teardown, the watcher's too, can end it; with no state dir, or once a
+  # teardown has begun (teardown's lock and mark), it never starts.
   (
-    echo "$BASHPID $(proc_start "$BASHPID")" >"$SHOAL_LAN_STATE/session-cmd.pid"
+    exec 9>>"$SHOAL_LAN_STATE/lock"
+    flock 9
+    [[ ! -e $SHOAL_LAN_STATE/torn ]] || exit 143
+    # (this subshell's pid read here: inside the $(...) below, BASHPID is the
+    # substitution's own child, whose start time can be a tick later)
+    me=$BASHPID
+    echo "$me $(proc_start "$me")" >"$SHOAL_LAN_STATE/session-cmd.pid"
+    exec 9>&-
     exec "$@"
   ) &
   SESSION_CHILD=$!
