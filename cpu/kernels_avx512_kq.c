@@ -147,6 +147,9 @@ static int group_bytes(int type) {
     return 256;
 }
 
+/* Codes of two bits (and Q3_K's third) rather than nibbles: Q2_K and Q3_K. */
+static int low2_type(int type) { return type == SHOAL_DTYPE_Q2_K || type == SHOAL_DTYPE_Q3_K; }
+
 /* Q2_K's and Q3_K's codes, value v of block p: the low two bits; Q3_K's third (set: no -4). */
 static int low2_of(int type, const uint8_t *p, int v) {
     const uint8_t *qs = type == SHOAL_DTYPE_Q2_K ? ((const struct shoal_block_q2_k *)p)->qs
@@ -251,7 +254,7 @@ static void pack_sb(int type, const uint8_t *const blk[PG], uint8_t *o) {
     for (int r = 0; r < PG; r++) {
         const uint8_t *b = blk[r];
         if (!b) continue;
-        for (int g = 0; g < 8 && (type == SHOAL_DTYPE_Q2_K || type == SHOAL_DTYPE_Q3_K); g++)
+        for (int g = 0; g < 8 && low2_type(type); g++)
             for (int k = 0; k < 4; k++)
                 for (int e = 0; e < 4; e++) { /* bits 2 k of vector 0 (1): value 32 g + 4 k + e (+ 16) */
                     const int lo = 32 * g + 4 * k + e, hi = lo + 16, at = cb + g * gs + r * 4 + e;
@@ -260,7 +263,7 @@ static void pack_sb(int type, const uint8_t *const blk[PG], uint8_t *o) {
                     if (type == SHOAL_DTYPE_Q3_K) /* their third bits: bits k, 4 + k of vector 2 */
                         o[at + 128] |= (uint8_t)(hbit_of(b, lo) << k | hbit_of(b, hi) << (4 + k));
                 }
-        for (int g = 0; g < 8 && type != SHOAL_DTYPE_Q2_K && type != SHOAL_DTYPE_Q3_K; g++) {
+        for (int g = 0; g < 8 && !low2_type(type); g++) {
             uint32_t w[4];
             nibbles_of(type, b, g, w);
             for (int k = 0; k < 4; k++) memcpy(o + cb + g * gs + k * 64 + r * 4, &w[k], 4);
@@ -313,14 +316,14 @@ void shoal_cpu_avx512_kq_unpack_row(const struct shoal_weight *w, int64_t r, flo
         const uint8_t *o = gp + b * per;
         uint8_t blk[sizeof(struct shoal_block_q6_k)]; /* the largest of the four */
         memset(blk, 0, sizeof blk);
-        for (int g = 0; g < 8 && (type == SHOAL_DTYPE_Q2_K || type == SHOAL_DTYPE_Q3_K); g++)
+        for (int g = 0; g < 8 && low2_type(type); g++)
             for (int k = 0; k < 4; k++)
                 for (int e = 0; e < 4; e++) { /* pack_sb's bits back */
                     const int at = cb + g * gs + lane * 4 + e, h = type == SHOAL_DTYPE_Q3_K ? o[at + 128] : 0;
                     set_code(type, blk, 32 * g + 4 * k + e, (o[at] >> (2 * k) & 3) | (h >> k & 1) << 2);
                     set_code(type, blk, 32 * g + 16 + 4 * k + e, (o[at + 64] >> (2 * k) & 3) | (h >> (4 + k) & 1) << 2);
                 }
-        for (int g = 0; g < 8 && type != SHOAL_DTYPE_Q2_K && type != SHOAL_DTYPE_Q3_K; g++)
+        for (int g = 0; g < 8 && !low2_type(type); g++)
             for (int k = 0; k < 4; k++)
                 for (int e = 0; e < 4; e++) {
                     const int at = lane * 4 + e, c = o[cb + g * gs + k * 64 + at];
