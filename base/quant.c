@@ -137,6 +137,20 @@ static uint8_t low_byte(float f) {
     return (uint8_t)i;
 }
 
+/*
+ * low_byte(roundf(f)) (q8_0's rounding: half away from zero) without the
+ * calls to libm that GCC makes of roundf: f less its truncation is exact, so
+ * comparing it with 0.5 rounds as roundf does. Out of int's range (or NaN),
+ * roundf's value is out of it too, and low_byte gives 0 for both.
+ */
+static uint8_t round_low_byte(float f) {
+    if (!(f >= -2147483648.0f && f < 2147483648.0f)) return 0;
+    int i = (int)f;
+    float r = f - (float)i;
+    i += (r >= 0.5f) - (r <= -0.5f);
+    return (uint8_t)i;
+}
+
 /* llama.cpp's MIN(top, (int8_t)f), as the byte it stores. */
 static int quant_top(float f, int top) {
     int q = (int8_t)low_byte(f);
@@ -174,10 +188,11 @@ static void set_q5_high(uint8_t qh[4], uint32_t bits) {
 static void quantize_q8_0(const float *x, struct shoal_block_q8_0 *y, int64_t nb) {
     for (int64_t b = 0; b < nb; b++, x += SHOAL_QK) {
         float amax = 0;
-        for (int j = 0; j < SHOAL_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < SHOAL_QK; j++) /* fmaxf's value (a NaN passed over), inline */
+            if (fabsf(x[j]) > amax) amax = fabsf(x[j]);
         float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
         y[b].d = shoal_f32_to_f16(d);
-        for (int j = 0; j < SHOAL_QK; j++) y[b].qs[j] = (int8_t)low_byte(roundf(x[j] * id));
+        for (int j = 0; j < SHOAL_QK; j++) y[b].qs[j] = (int8_t)round_low_byte(x[j] * id);
     }
 }
 
@@ -593,10 +608,16 @@ static void quantize_q6_k(const float *x, struct shoal_block_q6_k *y, int64_t nb
  * the sum of the two, both exact). A NaN (from a group whose squares
  * overflow) gets the top level, as in llama.cpp's best_index_int8.
  */
+static const float iq4_mids[16] = { /* -inf, then iq4_levels[i - 1] + iq4_levels[i] */
+    -INFINITY, -231, -187, -148, -114, -84, -57, -32, -9, 14, 38, 63, 91, 122, 158, 202,
+};
+
+/* (Levels ascend, so the midpoints 2 v reaches are the first ones: their count less one, with
+ * no branch; a NaN reaches every one.) */
 static int iq4_nearest(float v) {
-    int i = 15;
-    while (i > 0 && v + v < (float)(iq4_levels[i - 1] + iq4_levels[i])) i--;
-    return i;
+    int n = 0;
+    for (int i = 0; i < 16; i++) n += !(v + v < iq4_mids[i]);
+    return n - 1;
 }
 
 /*
