@@ -136,11 +136,11 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
            12: "<d"}
 
 
-def gguf_tensors(path):
-    """[(name, type number, dims as stored (ne0 first), offset of the bytes in
-    the file, their size)] of a GGUF file, in the file's order. The
-    gguf package's GGUFReader takes seconds on SmolLM2's 49,152-token
-    vocabulary (it builds every metadata field); this skips them."""
+def _gguf_layout(path):
+    """({key: (value type number, the value's bytes as stored)}, [(name, type number, dims as stored
+    (ne0 first), offset of the bytes in the file, their size)]) of a GGUF file, in the file's order.
+    The gguf package's GGUFReader takes seconds on SmolLM2's 49,152-token vocabulary (it builds
+    every metadata field); this walks the header and keeps the bytes."""
     import mmap
     import struct
 
@@ -179,12 +179,17 @@ def gguf_tensors(path):
         else:
             pos += struct.calcsize(_SCALAR[vtype])
 
+    kv = {}
     for _ in range(n_kv):
         key, vtype = string(), take("<I")
+        start = pos
         if key == "general.alignment" and vtype == 4:
             align = take("<I")
         else:
             skip(vtype)
+        if pos > len(data):
+            raise ValueError(f"{path}: metadata {key!r} ends past the end of the file")
+        kv[key] = (vtype, bytes(data[start:pos]))
     infos = []
     for _ in range(n_tensors):
         name = string()
@@ -194,7 +199,19 @@ def gguf_tensors(path):
         infos.append((name, ttype, dims, offset, int(np.prod(dims)) // block * size))
     data.close()
     start = (pos + align - 1) // align * align
-    return [(n, t, d, start + o, s) for n, t, d, o, s in infos]
+    return kv, [(n, t, d, start + o, s) for n, t, d, o, s in infos]
+
+
+def gguf_tensors(path):
+    """[(name, type number, dims as stored (ne0 first), offset of the bytes in
+    the file, their size)] of a GGUF file, in the file's order (_gguf_layout)."""
+    return _gguf_layout(path)[1]
+
+
+def gguf_metadata(path):
+    """{key: (value type number, the value's bytes as stored)} of a GGUF file (_gguf_layout): two
+    files' metadata are equal where these are, type and every byte."""
+    return _gguf_layout(path)[0]
 
 
 def tensor_types(path):
