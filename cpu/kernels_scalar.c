@@ -164,6 +164,24 @@ static double row_f64_bf16(const struct mm_task *t, int64_t r, int tok) {
     return row_f64_half(t, r, tok, shoal_bf16_to_f32, 1);
 }
 
+/*
+ * A 32-value block's integer sum of 4-bit codes less bias (0 or 8) times its
+ * activations: the low nibbles meet the first 16, the high the next 16.
+ * Loops over contiguous bytes, kept loops (GCC unroll 1), so that GCC
+ * vectorizes them with the baseline ISA (SSE2 on x86-64, NEON on AArch64):
+ * unrolled whole into the row's loop, they were 32 scalar multiplies a block
+ * (SmolLM2 decoded 1.5x faster at --simd scalar). Integer sums: any order
+ * gives the same sum.
+ */
+static inline int nibble_dot(const uint8_t *qs, const int8_t *x, int bias) {
+    int lo = 0, hi = 0;
+#pragma GCC unroll 1
+    for (int j = 0; j < SHOAL_QK / 2; j++) lo += ((qs[j] & 0x0f) - bias) * x[j];
+#pragma GCC unroll 1
+    for (int j = 0; j < SHOAL_QK / 2; j++) hi += ((qs[j] >> 4) - bias) * x[j + SHOAL_QK / 2];
+    return lo + hi;
+}
+
 /* A block's scale dw * dx as every level forms it: an f32 product. */
 static inline float block_scale(uint16_t dw, float dx) { return shoal_f16_to_f32(dw) * dx; }
 
@@ -176,6 +194,7 @@ static double row_f64_q8_0(const struct mm_task *t, int64_t r, int tok) {
     double s = 0;
     for (int64_t b = 0; b < nb; b++) {
         int sum = 0;
+#pragma GCC unroll 1 /* (as nibble_dot) */
         for (int j = 0; j < SHOAL_QK; j++) sum += w[b].qs[j] * xq[b * SHOAL_QK + j];
         s += (double)block_scale(w[b].d, xd[b]) * sum;
     }
@@ -190,11 +209,7 @@ static double row_f64_q4_0(const struct mm_task *t, int64_t r, int tok) {
     const float *xd = t->xd + tok * nb;
     double s = 0;
     for (int64_t b = 0; b < nb; b++) {
-        int sum = 0;
-        for (int j = 0; j < SHOAL_QK / 2; j++) {
-            sum += ((w[b].qs[j] & 0x0f) - 8) * xq[b * SHOAL_QK + j];
-            sum += ((w[b].qs[j] >> 4) - 8) * xq[b * SHOAL_QK + j + 16];
-        }
+        const int sum = nibble_dot(w[b].qs, xq + b * SHOAL_QK, 8);
         s += (double)block_scale(w[b].d, xd[b]) * sum;
     }
     return s;
@@ -210,11 +225,7 @@ static double row_f64_q4_1(const struct mm_task *t, int64_t r, int tok) {
     const float *xd = t->xd + tok * nb, *xs = t->xs + tok * nb;
     double s = 0;
     for (int64_t b = 0; b < nb; b++) {
-        int sum = 0;
-        for (int j = 0; j < SHOAL_QK / 2; j++) {
-            sum += (w[b].qs[j] & 0x0f) * xq[b * SHOAL_QK + j];
-            sum += (w[b].qs[j] >> 4) * xq[b * SHOAL_QK + j + 16];
-        }
+        const int sum = nibble_dot(w[b].qs, xq + b * SHOAL_QK, 0);
         s += (double)block_scale(w[b].d, xd[b]) * sum; /* exact products: two adds, each rounded */
         s += (double)shoal_f16_to_f32(w[b].m) * xs[b];
     }
