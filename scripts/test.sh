@@ -14,10 +14,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SHOAL_CI_STRICT=1
+# each part's header says when it started, in seconds from here (CI's budget is 20 minutes)
+section() { echo "== $* [at ${SECONDS} s]"; }
 
+section "installing what is missing"
 bash scripts/install-deps.sh
 
 jobs=$(nproc)
+section "building: Release, ASan + UBSan, TSan"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 ninja -C build -j "$jobs"
 # (-O1, as AddressSanitizer's own documentation advises: its unit tests took 227 s at -O0 in CI, 60 s so)
@@ -28,14 +32,14 @@ cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHOAL_CUDA
   -DCMAKE_C_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread >/dev/null
 ninja -C build-tsan -j "$jobs" shoal
 
-echo "== all tests (Release build)"
+section "all tests (Release build)"
 (cd build && ctest --output-on-failure -j "$jobs")
 # the GPU tests skip where there is no GPU: say why, not only that they did
 (cd build && ctest -L gpu -V 2>&1 | grep -E "^[0-9]+: (skipped|SKIPPED)" | awk -F: "!seen[\$1]++" | sed "s/^/GPU test /") || true
 
 # the one-call GPU check's script, as far as a machine without a GPU takes it: its
 # steps with the CPU standing in for the GPU (the build step reuses build/)
-echo "== tests/gpu/run.sh --dry-run --quick"
+section "tests/gpu/run.sh --dry-run --quick"
 gpu_out=$(mktemp -d)
 OUT=$gpu_out SHOAL_GPU_BUILD=build SHOAL_GPU_MODELS=$gpu_out/models bash tests/gpu/run.sh --dry-run --quick >"$gpu_out/run.log" 2>&1 \
   || { tail -n 60 "$gpu_out/run.log"; echo "tests/gpu/run.sh --dry-run failed (its summary: $gpu_out/summary.txt)"; exit 1; }
@@ -47,7 +51,7 @@ done
 cat "$gpu_out/summary.txt"
 rm -rf "$gpu_out"
 
-echo "== unit tests and corruption test under ASan + UBSan"
+section "unit tests and corruption test under ASan + UBSan"
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 (cd build-asan && ctest --output-on-failure -j "$jobs" -L unit)
 SHOAL_BIN="$PWD/build-asan/shoal" python3 -m pytest -q -rs tests/fuzz
@@ -55,14 +59,14 @@ SHOAL_BIN="$PWD/build-asan/shoal" python3 -m pytest -q -rs tests/fuzz
 # libFuzzer harnesses (tests/fuzz/harness: GGUF, tokenizers, chat templates, shard manifests, host
 # files, step messages, request bodies), each for a bounded time; any crash, sanitizer report,
 # leak or input slower than 5 s fails (scripts/fuzz.sh --hours 1 is the long run)
-echo "== fuzzing (scripts/fuzz.sh --ci)"
+section "fuzzing (scripts/fuzz.sh --ci)"
 bash scripts/fuzz.sh --ci
 
 # lanes: two threads each running a share of a step's tokens through every layer, meeting at
 # a barrier per layer when a sequence spans both (a race there is a wrong answer now and then:
 # TSan sees it every time)
-echo "== lanes under ThreadSanitizer"
+section "lanes under ThreadSanitizer"
 SHOAL_BIN="$PWD/build-tsan/shoal" TSAN_OPTIONS=halt_on_error=1 python3 -m pytest -q -rs tests/model/test_lanes.py \
   tests/server/test_serve.py -k lanes
 
-echo "== all tests passed"
+section "all tests passed"
