@@ -261,3 +261,76 @@ def peak_rss(stderr: str, n_ranks: int) -> list:
     got = {int(r): float(v) * _UNIT[u] for r, v, u in _RANK_RSS.findall(stderr)}
     assert sorted(got) == list(range(n_ranks)), "not every rank's peak RSS in:\n" + stderr[-2000:]
     return [got[r] for r in range(n_ranks)]
+
+
+# GGUF's metadata value types (gguf.GGUFValueType) -> struct formats of the
+# fixed-size ones; 8 is a string, 9 an array
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+           12: "<d"}
+
+
+def gguf_layout(path):
+    """({key: (value type number, the value's bytes as stored)}, [(name, type number, dims as stored
+    (ne0 first), offset of the bytes in the file, their size)]) of a GGUF file, in the file's order.
+    The gguf package's GGUFReader takes seconds on SmolLM2's 49,152-token vocabulary (it builds
+    every metadata field); this walks the header and keeps the bytes."""
+    import math
+    import mmap
+    import struct
+
+    import gguf
+    with open(path, "rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
+    if magic != b"GGUF" or version < 2:
+        raise ValueError(f"{path}: not a GGUF file of version 2 or later")
+    pos, align = 24, 32
+
+    def take(fmt):
+        nonlocal pos
+        v = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return v[0]
+
+    def string():
+        nonlocal pos
+        n = take("<Q")
+        pos += n
+        return data[pos - n:pos].decode()
+
+    def skip(vtype):
+        nonlocal pos
+        if vtype == 8:
+            n = take("<Q")  # (not pos += take(): that would add to pos as it was before take)
+            pos += n
+        elif vtype == 9:
+            sub, n = take("<I"), take("<Q")
+            if sub in _SCALAR:
+                pos += n * struct.calcsize(_SCALAR[sub])
+            else:
+                for _ in range(n):
+                    skip(sub)
+        else:
+            pos += struct.calcsize(_SCALAR[vtype])
+
+    kv = {}
+    for _ in range(n_kv):
+        key, vtype = string(), take("<I")
+        start = pos
+        if key == "general.alignment" and vtype == 4:
+            align = take("<I")
+        else:
+            skip(vtype)
+        if pos > len(data):
+            raise ValueError(f"{path}: metadata {key!r} ends past the end of the file")
+        kv[key] = (vtype, bytes(data[start:pos]))
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        dims = [take("<Q") for _ in range(take("<I"))]
+        ttype, offset = take("<I"), take("<Q")
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
+        infos.append((name, ttype, dims, offset, math.prod(dims) // block * size))
+    data.close()
+    start = (pos + align - 1) // align * align
+    return kv, [(n, t, d, start + o, s) for n, t, d, o, s in infos]

@@ -17,9 +17,13 @@ only saves storing the file, it cannot bend what shoal is scored against.
 import hashlib
 import os
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # shoal_harness, for the record_*.py scripts too
 
 # the types the gguf package's quantizer writes with llama.cpp's bytes, as
 # quant_rows does too (the digest checks Q4_0, Q5_0, Q5_1 and Q8_0, in the
@@ -130,88 +134,18 @@ def write_variant(src, dst, qtype=None, quant_rows=None, cache=None):
     w.close()
 
 
-# GGUF's metadata value types (gguf.GGUFValueType) -> struct formats of the
-# fixed-size ones; 8 is a string, 9 an array
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-           12: "<d"}
-
-
-def _gguf_layout(path):
-    """({key: (value type number, the value's bytes as stored)}, [(name, type number, dims as stored
-    (ne0 first), offset of the bytes in the file, their size)]) of a GGUF file, in the file's order.
-    The gguf package's GGUFReader takes seconds on SmolLM2's 49,152-token vocabulary (it builds
-    every metadata field); this walks the header and keeps the bytes."""
-    import mmap
-    import struct
-
-    import gguf
-    with open(path, "rb") as f:
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
-    if magic != b"GGUF" or version < 2:
-        raise ValueError(f"{path}: not a GGUF file of version 2 or later")
-    pos, align = 24, 32
-
-    def take(fmt):
-        nonlocal pos
-        v = struct.unpack_from(fmt, data, pos)
-        pos += struct.calcsize(fmt)
-        return v[0]
-
-    def string():
-        nonlocal pos
-        n = take("<Q")
-        pos += n
-        return data[pos - n:pos].decode()
-
-    def skip(vtype):
-        nonlocal pos
-        if vtype == 8:
-            n = take("<Q")  # (not pos += take(): that would add to pos as it was before take)
-            pos += n
-        elif vtype == 9:
-            sub, n = take("<I"), take("<Q")
-            if sub in _SCALAR:
-                pos += n * struct.calcsize(_SCALAR[sub])
-            else:
-                for _ in range(n):
-                    skip(sub)
-        else:
-            pos += struct.calcsize(_SCALAR[vtype])
-
-    kv = {}
-    for _ in range(n_kv):
-        key, vtype = string(), take("<I")
-        start = pos
-        if key == "general.alignment" and vtype == 4:
-            align = take("<I")
-        else:
-            skip(vtype)
-        if pos > len(data):
-            raise ValueError(f"{path}: metadata {key!r} ends past the end of the file")
-        kv[key] = (vtype, bytes(data[start:pos]))
-    infos = []
-    for _ in range(n_tensors):
-        name = string()
-        dims = [take("<Q") for _ in range(take("<I"))]
-        ttype, offset = take("<I"), take("<Q")
-        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
-        infos.append((name, ttype, dims, offset, int(np.prod(dims)) // block * size))
-    data.close()
-    start = (pos + align - 1) // align * align
-    return kv, [(n, t, d, start + o, s) for n, t, d, o, s in infos]
-
-
 def gguf_tensors(path):
     """[(name, type number, dims as stored (ne0 first), offset of the bytes in
-    the file, their size)] of a GGUF file, in the file's order (_gguf_layout)."""
-    return _gguf_layout(path)[1]
+    the file, their size)] of a GGUF file, in the file's order (h.gguf_layout)."""
+    import shoal_harness as h
+    return h.gguf_layout(path)[1]
 
 
 def gguf_metadata(path):
-    """{key: (value type number, the value's bytes as stored)} of a GGUF file (_gguf_layout): two
+    """{key: (value type number, the value's bytes as stored)} of a GGUF file (h.gguf_layout): two
     files' metadata are equal where these are, type and every byte."""
-    return _gguf_layout(path)[0]
+    import shoal_harness as h
+    return h.gguf_layout(path)[0]
 
 
 def tensor_types(path):
