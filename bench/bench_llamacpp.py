@@ -72,14 +72,49 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, errors="replace", **kw)
 
 
+LLAMA_CPP_PYTHON = "0.3.36"  # the version tests/model's oracles were recorded with
+
+# ggml's native build (its default) uses AMX where the processor has it, and on the VMs here
+# (amx_tile in /proc/cpuinfo) its first tile instruction dies with SIGILL (the kernel has not
+# granted the process tile data); so there the build names the instruction sets the processor
+# has, AMX left out. /proc/cpuinfo's flag -> ggml's CMake option:
+GGML_ISA = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512",
+            "avx512_vnni": "AVX512_VNNI", "avx512_vbmi": "AVX512_VBMI", "avx512_bf16": "AVX512_BF16",
+            "avx_vnni": "AVX_VNNI", "bmi2": "BMI2"}
+
+
+def cpu_flags() -> set:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    m = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
+def no_amx_cmake_args(flags: set) -> str:
+    return " ".join(["-DGGML_NATIVE=OFF"] + [f"-DGGML_{opt}={'ON' if f in flags else 'OFF'}"
+                                             for f, opt in GGML_ISA.items()])
+
+
 def ensure_llama_cpp():
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        print("installing llama-cpp-python from PyPI (builds llama.cpp from source: a few minutes)",
-              file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "llama-cpp-python"], check=True)
+        env = dict(os.environ)
+        flags = cpu_flags()
+        note = ""
+        if "amx_tile" in flags and "CMAKE_ARGS" not in env:
+            env["CMAKE_ARGS"] = no_amx_cmake_args(flags)
+            note = f", without AMX: CMAKE_ARGS={env['CMAKE_ARGS']}"
+        print(f"installing llama-cpp-python=={LLAMA_CPP_PYTHON} from PyPI (builds llama.cpp from source: "
+              f"about 10 minutes on 2 cores{note})", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"llama-cpp-python=={LLAMA_CPP_PYTHON}"],
+                       check=True, env=env)
     import llama_cpp
+    if llama_cpp.__version__ != LLAMA_CPP_PYTHON:
+        print(f"note: llama-cpp-python {llama_cpp.__version__} is installed; the oracles were recorded with "
+              f"{LLAMA_CPP_PYTHON}", file=sys.stderr)
     return llama_cpp.__version__, llama_cpp.llama_print_system_info().decode().strip()
 
 

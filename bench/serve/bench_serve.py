@@ -244,7 +244,8 @@ def main() -> int:
             import llama_cpp.server.app  # noqa: F401
             results["llama.cpp"] = run_server("llama.cpp", lambda p: start_peer(a, model, p), levels, a)
         except ImportError as e:
-            print(f"llama-cpp-python's server is not installed ({e}): pip install 'llama-cpp-python[server]'")
+            print(f"llama-cpp-python's server is not installed ({e}): pip install 'llama-cpp-python[server]==0.3.36' "
+                  "(on a processor with AMX, with CMAKE_ARGS as bench/bench_llamacpp.py's no_amx_cmake_args gives)")
     lines = [f"Serving {model.name} ({model.stat().st_size / 2**20:.0f} MiB), {a.threads} threads, streamed "
              f"completions of {a.max_tokens} tokens, ~30-token prompts, {a.requests} requests per level"
              f"{f' in each of {a.repeat} rounds (tok/s: the median round, min-max after it)' if a.repeat > 1 else ''}; "
