@@ -245,33 +245,37 @@ static inline const void *row_ptr(const struct mm_task *t, int64_t r) {
  * product of two f16 values.
  */
 
-/* Q5_0, Q5_1: value j's fifth bit is bit j of the 32 in qh (little-endian); its
+/*
+ * Q5_0, Q5_1: value j's fifth bit is bit j of the 32 in qh (little-endian); its
  * low four bits are ordered as in q4_0. The block's integer sum of codes less
- * bias (16 or 0) times its activations: the codes built in 32 bytes first, in
- * loops GCC vectorizes as it does nibble_dot's (Gemma 3 270M's Q4_K_M file is
- * Q5_0 in most of its matrices), the fifth bits eight at a time in a 64-bit
- * word: qh's byte k copied to all eight bytes, byte e masked to its bit e,
- * then 16 in each byte that is not zero (b + 0x7f reaches bit 7 from any bit,
- * and no byte carries into the next: b <= 0x80). The word's byte e is value
- * 8 k + e in memory on a little-endian machine, as GGUF itself is. */
+ * bias (16 or 0) times its activations, as the nibbles' sum (nibble_dot, which
+ * GCC vectorizes) plus 16 times the sum of the activations whose fifth bit is
+ * set, eight at a time in 64-bit words (built in registers: codes merged in
+ * memory cost a stalled load a block, the bytes stored 8 and read 16 at a time):
+ *  - byte e of qh[k] * 0x0101..01 masked by 0x8040..01 is bit e of qh[k] in
+ *    place; b + 0x7f reaches bit 7 from any set bit, and no byte carries into
+ *    the next (b <= 0x80): the selection mask, 0xff where the bit is set;
+ *  - the selected int8 activations' sum: their bytes' sum as unsigned (two
+ *    16-bit lanes a pair, then a multiply that adds the four, at most 2040)
+ *    less 256 for each negative one.
+ * Byte e of a word is value 8 k + e on a little-endian host, as shoal's GGUF
+ * reader assumes too.
+ */
 static inline int q5_dot(const uint8_t *qs, const uint8_t *qh, const int8_t *x, int bias) {
-    uint8_t code[SHOAL_QK];
-#pragma GCC unroll 1
-    for (int j = 0; j < SHOAL_QK / 2; j++) code[j] = (uint8_t)(qs[j] & 0x0f);
-#pragma GCC unroll 1
-    for (int j = 0; j < SHOAL_QK / 2; j++) code[j + SHOAL_QK / 2] = (uint8_t)(qs[j] >> 4);
+    const uint64_t ones = 0x0101010101010101ull, low = 0x00ff00ff00ff00ffull;
+    int fifth = 0;
     for (int k = 0; k < 4; k++) {
-        const uint64_t m = (qh[k] * 0x0101010101010101ull) & 0x8040201008040201ull;
-        const uint64_t five = (((m + 0x7f7f7f7f7f7f7f7full) | m) & 0x8080808080808080ull) >> 3;
-        uint64_t c;
-        memcpy(&c, code + 8 * k, 8);
-        c |= five;
-        memcpy(code + 8 * k, &c, 8);
+        const uint64_t m = (qh[k] * ones) & 0x8040201008040201ull;
+        const uint64_t sel = ((((m + 0x7f7f7f7f7f7f7f7full) | m) & 0x8080808080808080ull) >> 7) * 0xff;
+        uint64_t xw;
+        memcpy(&xw, x + 8 * k, 8);
+        const uint64_t v = xw & sel;
+        const uint64_t pairs = (v & low) + ((v >> 8) & low);
+        const int usum = (int)((pairs * 0x0001000100010001ull) >> 48);
+        const int neg = (int)((((v >> 7) & ones) * ones) >> 56);
+        fifth += usum - 256 * neg;
     }
-    int sum = 0;
-#pragma GCC unroll 1
-    for (int j = 0; j < SHOAL_QK; j++) sum += (code[j] - bias) * x[j];
-    return sum;
+    return nibble_dot(qs, x, bias) + 16 * fifth;
 }
 
 static double row_f64_q5_0(const struct mm_task *t, int64_t r, int tok) {
