@@ -608,16 +608,12 @@ static void quantize_q6_k(const float *x, struct shoal_block_q6_k *y, int64_t nb
  * the sum of the two, both exact). A NaN (from a group whose squares
  * overflow) gets the top level, as in llama.cpp's best_index_int8.
  */
-static const float iq4_mids[16] = { /* -inf, then iq4_levels[i - 1] + iq4_levels[i] */
-    -INFINITY, -231, -187, -148, -114, -84, -57, -32, -9, 14, 38, 63, 91, 122, 158, 202,
-};
-
-/* (Levels ascend, so the midpoints 2 v reaches are the first ones: their count less one, with
- * no branch; a NaN reaches every one.) */
+/* (Levels ascend, so the midpoints 2 v reaches are the first ones: their count, with no
+ * branch; a NaN reaches every one.) */
 static int iq4_nearest(float v) {
     int n = 0;
-    for (int i = 0; i < 16; i++) n += !(v + v < iq4_mids[i]);
-    return n - 1;
+    for (int i = 1; i < 16; i++) n += !(v + v < (float)(iq4_levels[i - 1] + iq4_levels[i]));
+    return n;
 }
 
 /*
