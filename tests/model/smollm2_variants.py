@@ -141,13 +141,6 @@ def gguf_tensors(path):
     return h.gguf_layout(path)[1]
 
 
-def gguf_metadata(path):
-    """{key: (value type number, the value's bytes as stored)} of a GGUF file (h.gguf_layout): two
-    files' metadata are equal where these are, type and every byte."""
-    import shoal_harness as h
-    return h.gguf_layout(path)[0]
-
-
 def tensor_types(path):
     """{tensor name: its type's name} of the 2-D tensors of path."""
     import gguf

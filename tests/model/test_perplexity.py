@@ -11,6 +11,7 @@ second half of each scored.
 - Bad input: no text, a text too short for two windows, a NUL byte: a
   message and a non-zero exit.
 """
+import functools
 import hashlib
 import json
 import re
@@ -76,15 +77,16 @@ def test_matches_llamacpp(which, text):
         assert abs(a / b - 1) < 0.01, f"window {k + 1}: running PPL {a} against llama.cpp's {b}"
 
 
-_ONE_RANK = {}
+@functools.cache
+def one_rank_ppl(model, text):
+    """One rank's printed figures for the layouts to equal (run once for both)."""
+    return run_ppl(model, text, ["--chunks", 3, "-t", 1])[0]
 
 
 @pytest.mark.parametrize("layout", [["--tp", 2], ["--pp", 2]])
 def test_layouts_give_one_ranks_figure(layout, text):
     model = h.smollm2()
-    if "one" not in _ONE_RANK:  # (the same for both layouts)
-        _ONE_RANK["one"] = run_ppl(model, text, ["--chunks", 3, "-t", 1])[0]
-    one = _ONE_RANK["one"]
+    one = one_rank_ppl(model, text)
     many = run_ppl(model, text, ["--chunks", 3] + layout, np_=2)[0]
     assert "Final estimate" in one and many == one, f"{layout}: {many!r} against one rank's {one!r}"
 

@@ -31,6 +31,7 @@ shoal parts too; hence 0.6, not 0.5. The 15 other parts before step 16 that
 these files show are at gaps of 0.28 or less; ids shifted by one part at
 gaps of 0.7 to 5.) The files are made once for the module's tests.
 """
+import functools
 import json
 import shutil
 import sys
@@ -54,15 +55,11 @@ AGREE = 16
 GAP = 0.6
 
 
-_source = {}
-
-
+@functools.cache
 def source_metadata():
-    """SmolLM2's metadata as stored (sv.gguf_metadata: a GGUFReader takes 1.5-3 s on its 49,152-token
-    arrays, for every file compared)."""
-    if "m" not in _source:
-        _source["m"] = sv.gguf_metadata(h.smollm2())
-    return dict(_source["m"])
+    """SmolLM2's metadata as stored, {key: (value type, bytes)} (h.gguf_layout: a GGUFReader takes
+    1.5-3 s on its 49,152-token arrays, for every file compared). Callers copy it before popping."""
+    return h.gguf_layout(h.smollm2())[0]
 
 
 def u32(meta, key):
@@ -96,12 +93,13 @@ def test_as_llamacpp_writes_it(name, quantized):
     v = VARIANTS[name]
     out, err, digest = quantized(name)
     assert f"-> {out}: {v['llama_ftype']}" in err
-    types = {n: gguf.GGMLQuantizationType(t).name for n, t, _, _, _ in sv.gguf_tensors(out)}
+    b, tensors = h.gguf_layout(out)  # its metadata as stored, and its tensors
+    types = {n: gguf.GGMLQuantizationType(t).name for n, t, _, _, _ in tensors}
     if v.get("tensor_types"):
         wrong = {k: (types.get(k), t) for k, t in v["tensor_types"].items() if types.get(k) != t}
         assert not wrong, f"{name}: tensors whose type is not llama.cpp's (shoal's, llama.cpp's): {wrong}"
     assert digest == v["tensor_sha256"], f"{name}: the tensors' bytes are not llama.cpp's file's"
-    a, b = source_metadata(), sv.gguf_metadata(out)
+    a = dict(source_metadata())
     ftypes = {"Q5_0": 8, "Q5_1": 9, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q3_K_M": 12, "Q2_K": 10,
               "IQ4_XS": 30, "IQ4_NL": 25}
     assert u32(b, "general.file_type") == ftypes[v["llama_ftype"]] and u32(b, "general.quantization_version") == 2

@@ -8,6 +8,7 @@ together in shared batches, on one rank (one thread, and two: steps cut
 into lanes) and under tp 2 (and 3; the experts shared, or whole with
 --ep 2): each text equal to `shoal run`'s alone on one rank (the batch- and
 row-invariant kernels of these types make it so)."""
+import functools
 import tempfile
 import sys
 from pathlib import Path
@@ -88,18 +89,14 @@ def test_batched_requests_equal_one_rank_alone(name, np_, layout):
     assert rc == 0, s.err[-3000:]
 
 
-_ALONE = {}
-
-
+@functools.cache
 def run_alone(model, p):
     """shoal run's 24 tokens after p, alone, with every layer's whole cache (once for both layouts)."""
-    if p not in _ALONE:
-        out = h.run(["run", "-m", model, "-p", p, "-n", 24, "--temp", 0, "-q", "-t", 1, "-c", 1024, "-b", 1024],
-                    timeout=300).stdout
-        text = out.replace(b"\0", "\ufffd".encode()).decode(errors="replace")
-        assert text.startswith(p) and text.endswith("\n"), text[-200:]
-        _ALONE[p] = text[len(p):-1]
-    return _ALONE[p]
+    out = h.run(["run", "-m", model, "-p", p, "-n", 24, "--temp", 0, "-q", "-t", 1, "-c", 1024, "-b", 1024],
+                timeout=300).stdout
+    text = out.replace(b"\0", "\ufffd".encode()).decode(errors="replace")
+    assert text.startswith(p) and text.endswith("\n"), text[-200:]
+    return text[len(p):-1]
 
 
 @pytest.mark.parametrize("np_,layout", [(1, []), (2, ["--tp", 2])], ids=["one rank", "tp 2"])
