@@ -75,9 +75,11 @@ def sh(cmd, **kw):
 LLAMA_CPP_PYTHON = "0.3.36"  # the version tests/model's oracles were recorded with
 
 # ggml's native build (its default) uses AMX where the processor has it, and on the VMs here
-# (amx_tile in /proc/cpuinfo) its first tile instruction dies with SIGILL (the kernel has not
-# granted the process tile data); so there the build names the instruction sets the processor
-# has, AMX left out. /proc/cpuinfo's flag -> ggml's CMake option:
+# (amx_tile in /proc/cpuinfo) its first tile instruction dies with SIGILL. (Linux hands a process
+# the tiles' state only when it asks, with arch_prctl(ARCH_REQ_XCOMP_PERM); a test program that
+# asks runs tile instructions on these VMs, so it is that build's way to them that fails, not the
+# processor.) So there the build names the instruction sets the processor has, AMX left out.
+# /proc/cpuinfo's flag -> ggml's CMake option:
 GGML_ISA = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512",
             "avx512_vnni": "AVX512_VNNI", "avx512_vbmi": "AVX512_VBMI", "avx512_bf16": "AVX512_BF16",
             "avx_vnni": "AVX_VNNI", "bmi2": "BMI2"}
