@@ -134,25 +134,21 @@ def write_variant(src, dst, qtype=None, quant_rows=None, cache=None):
     w.close()
 
 
-def gguf_tensors(path):
-    """[(name, type number, dims as stored (ne0 first), offset of the bytes in
-    the file, their size)] of a GGUF file, in the file's order (h.gguf_layout)."""
-    import shoal_harness as h
-    return h.gguf_layout(path)[1]
-
-
 def tensor_types(path):
     """{tensor name: its type's name} of the 2-D tensors of path."""
     import gguf
-    return {n: gguf.GGMLQuantizationType(t).name for n, t, d, _, _ in gguf_tensors(path) if len(d) >= 2}
+
+    import shoal_harness
+    return {n: gguf.GGMLQuantizationType(t).name for n, t, d, _, _ in shoal_harness.gguf_layout(path)[1] if len(d) >= 2}
 
 
 def tensor_digest(path):
     """SHA-256 over every tensor's name, type, shape and bytes, by name (llama.cpp
     writes them in another order)."""
+    import shoal_harness
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for name, ttype, dims, offset, size in sorted(gguf_tensors(path)):
+        for name, ttype, dims, offset, size in sorted(shoal_harness.gguf_layout(path)[1]):
             h.update(f"{name} {ttype} {dims}\n".encode())
             f.seek(offset)
             b = f.read(size)

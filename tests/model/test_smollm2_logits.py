@@ -70,7 +70,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shoal_harness as h  # noqa: E402
 from record_smollm2_logits import bucketed_kl, log_softmax  # noqa: E402
-from smollm2_variants import gguf_tensors, tensor_digest, write_variant  # noqa: E402
+from smollm2_variants import tensor_digest, write_variant  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 META = json.loads((DATA / "smollm2_logits.json").read_text())
@@ -179,7 +179,7 @@ def test_the_checks_see_a_broken_model(variant_file, name, tmp_path):
     path = variant_file(name)
     data = bytearray(path.read_bytes())
     n_broken = 0
-    for tname, ttype, _, offset, size in gguf_tensors(path):
+    for tname, ttype, _, offset, size in h.gguf_layout(path)[1]:
         if ttype == gguf.GGMLQuantizationType[qtype] and tname.endswith("ffn_down.weight"):
             blocks = np.frombuffer(data, dtype=np.uint8, count=size, offset=offset).reshape(-1, block).copy()
             qs = blocks[:, lo:hi].copy()
